@@ -1,0 +1,291 @@
+//! The Seal manifest (the artifact's config blob) and the `seal.toml`
+//! project file it is made from.
+
+use crate::{ArtifactError, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+pub const DEFAULT_MEMORY_MB: u64 = 128;
+pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
+/// Upper bounds a manifest may ask for; the server's pooling allocator is
+/// sized for these.
+pub const MAX_MEMORY_MB: u64 = 4096;
+pub const MAX_TIMEOUT_MS: u64 = 15 * 60 * 1000;
+
+/// The Seal manifest: part of the artifact, hence part of its digest.
+///
+/// Field order is fixed and maps are `BTreeMap`s so serialisation is
+/// canonical: the same manifest always gives the same bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SealManifest {
+    /// Manifest format version.
+    pub schema: u32,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub capabilities: Capabilities,
+    /// Event contracts: a JSON Schema per event type the function accepts.
+    #[serde(default)]
+    pub events: BTreeMap<String, serde_json::Value>,
+    #[serde(default)]
+    pub provenance: Provenance,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    #[serde(default = "default_memory_mb")]
+    pub memory_mb: u64,
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_memory_mb() -> u64 {
+    DEFAULT_MEMORY_MB
+}
+fn default_timeout_ms() -> u64 {
+    DEFAULT_TIMEOUT_MS
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            memory_mb: DEFAULT_MEMORY_MB,
+            timeout_ms: DEFAULT_TIMEOUT_MS,
+        }
+    }
+}
+
+/// What the function asks to be allowed to do. Recorded now; enforced by
+/// the runtime as the capability work lands.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Capabilities {
+    #[serde(default)]
+    pub outbound_hosts: Vec<String>,
+    #[serde(default)]
+    pub config_keys: Vec<String>,
+}
+
+/// Where the artifact came from. Filled in by `seal publish`; never a
+/// timestamp, so that packing stays deterministic.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Provenance {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_command: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub builder: Option<String>,
+}
+
+impl SealManifest {
+    pub fn new(name: &str) -> Self {
+        Self {
+            schema: 1,
+            name: name.to_owned(),
+            description: None,
+            tags: Vec::new(),
+            limits: Limits::default(),
+            capabilities: Capabilities::default(),
+            events: BTreeMap::new(),
+            provenance: Provenance::default(),
+        }
+    }
+
+    /// Checks every field a user can get wrong.
+    pub fn validate(&self) -> Result<()> {
+        if self.schema != 1 {
+            return Err(ArtifactError::InvalidManifest(format!(
+                "unsupported manifest schema {} (this Seal reads schema 1)",
+                self.schema
+            )));
+        }
+        validate_function_name(&self.name)?;
+        let l = &self.limits;
+        if l.memory_mb == 0 || l.memory_mb > MAX_MEMORY_MB {
+            return Err(ArtifactError::InvalidManifest(format!(
+                "limits.memory_mb must be between 1 and {MAX_MEMORY_MB}, got {}",
+                l.memory_mb
+            )));
+        }
+        if l.timeout_ms == 0 || l.timeout_ms > MAX_TIMEOUT_MS {
+            return Err(ArtifactError::InvalidManifest(format!(
+                "limits.timeout_ms must be between 1 and {MAX_TIMEOUT_MS}, got {}",
+                l.timeout_ms
+            )));
+        }
+        if let Some(tag) = self.tags.iter().find(|t| t.is_empty() || t.len() > 64) {
+            return Err(ArtifactError::InvalidManifest(format!(
+                "tag {tag:?} must be 1 to 64 characters"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The canonical bytes stored as the config blob.
+    pub fn to_canonical_json(&self) -> Vec<u8> {
+        // Serialising plain structs, strings and BTreeMaps cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn from_json(bytes: &[u8]) -> Result<Self> {
+        let m: Self = serde_json::from_slice(bytes)
+            .map_err(|e| ArtifactError::InvalidManifest(e.to_string()))?;
+        m.validate()?;
+        Ok(m)
+    }
+}
+
+/// Function names: `[a-z][a-z0-9-]{0,62}`, so they are safe in URLs, host
+/// names (`<fn>.<env>.localhost`) and file names.
+pub fn validate_function_name(name: &str) -> Result<()> {
+    let fail = |reason| {
+        Err(ArtifactError::InvalidName {
+            name: name.chars().take(80).collect(),
+            reason,
+        })
+    };
+    if name.is_empty() {
+        return fail("it is empty");
+    }
+    if name.len() > 63 {
+        return fail("it is longer than 63 characters");
+    }
+    if !name.starts_with(|c: char| c.is_ascii_lowercase()) {
+        return fail("it must start with a lowercase letter a-z");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return fail("only lowercase letters, digits and '-' are allowed");
+    }
+    if name.ends_with('-') || name.contains("--") {
+        return fail("it may not end with '-' or contain '--'");
+    }
+    Ok(())
+}
+
+/// `seal.toml`: how a function project is built and what goes in its manifest.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectFile {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    pub build: ProjectBuild,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub capabilities: Capabilities,
+    #[serde(default)]
+    pub events: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectBuild {
+    /// Shell command run in the project directory, e.g.
+    /// `cargo build --release --target wasm32-wasip2`.
+    #[serde(default)]
+    pub command: Option<String>,
+    /// Path of the built component, relative to the project directory.
+    pub component: String,
+}
+
+impl ProjectFile {
+    pub fn parse(text: &str) -> Result<Self> {
+        let p: Self =
+            toml::from_str(text).map_err(|e| ArtifactError::InvalidManifest(e.to_string()))?;
+        Ok(p)
+    }
+
+    /// The manifest this project produces (before provenance is added).
+    pub fn to_manifest(&self) -> SealManifest {
+        SealManifest {
+            schema: 1,
+            name: self.name.clone(),
+            description: self.description.clone(),
+            tags: self.tags.clone(),
+            limits: self.limits.clone(),
+            capabilities: self.capabilities.clone(),
+            events: self.events.clone(),
+            provenance: Provenance {
+                build_command: self.build.command.clone(),
+                ..Provenance::default()
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_rule() {
+        for ok in ["a", "hello", "hello-world", "h2", &"a".repeat(63)] {
+            assert!(validate_function_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "../x",
+            "Hello",
+            "1abc",
+            "-a",
+            "a-",
+            "a--b",
+            "a_b",
+            "a.b",
+            &"a".repeat(64),
+            &"a".repeat(200),
+        ] {
+            assert!(validate_function_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn canonical_json_is_stable_and_round_trips() {
+        let mut m = SealManifest::new("hello");
+        m.tags = vec!["x".into()];
+        m.events
+            .insert("order.created".into(), serde_json::json!({"type": "object"}));
+        let a = m.to_canonical_json();
+        assert_eq!(a, m.clone().to_canonical_json());
+        assert_eq!(SealManifest::from_json(&a).unwrap(), m);
+    }
+
+    #[test]
+    fn project_file_parses_and_rejects_typos() {
+        let p = ProjectFile::parse(
+            "name = \"hello\"\n[build]\ncomponent = \"x.wasm\"\n[limits]\nmemory_mb = 64\n",
+        )
+        .unwrap();
+        assert_eq!(p.to_manifest().limits.memory_mb, 64);
+        assert_eq!(p.to_manifest().limits.timeout_ms, DEFAULT_TIMEOUT_MS);
+        let err = ProjectFile::parse("name = \"hello\"\nbulid = 1\n").unwrap_err();
+        assert!(err.to_string().contains("bulid"), "{err}");
+    }
+
+    #[test]
+    fn limits_are_bounded() {
+        let mut m = SealManifest::new("hello");
+        m.limits.memory_mb = 0;
+        assert!(m.validate().is_err());
+        m.limits.memory_mb = 128;
+        m.limits.timeout_ms = MAX_TIMEOUT_MS + 1;
+        assert!(m.validate().is_err());
+    }
+}

@@ -1,0 +1,359 @@
+//! The control API: JSON over HTTP under `/v1/…`, on its own listener.
+//!
+//! | method | path | what |
+//! |---|---|---|
+//! | HEAD/PUT | `/v1/blobs/{digest}` | does a blob exist / stream one in (size-limited, digest-checked) |
+//! | POST | `/v1/artifacts` | body = OCI manifest; creates `function@N` |
+//! | GET | `/v1/functions` | functions with their routes |
+//! | GET | `/v1/functions/{fn}` | status: routes, weights, live counters |
+//! | GET | `/v1/functions/{fn}/versions[/{n}]` | versions / one version in full |
+//! | POST | `/v1/functions/{fn}/deploy` | `{"version", "environment"?, "reason"?}` |
+//! | POST | `/v1/functions/{fn}/rollback` | `{"environment"?, "to"?}` |
+//! | GET | `/v1/functions/{fn}/deployments` | history, newest first |
+//! | GET | `/v1/deployments/{id}` | one deployment with its events |
+//! | GET | `/v1/audit` | audit entries, newest first |
+//! | GET | `/v1/server` | runtime counters (compiles, cache loads) |
+//! | GET | `/healthz` | liveness |
+
+use crate::engine::Control;
+use crate::error::{ApiError, ApiResult};
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use futures::StreamExt;
+use seal_artifact::{Digest, parse_oci_manifest};
+use seal_oci::StoreError;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+/// The manifest endpoint takes small JSON documents only.
+const MAX_MANIFEST_BYTES: usize = 64 * 1024;
+
+pub fn router(control: Arc<Control>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/v1/server", get(server_info))
+        .route("/v1/blobs/{digest}", put(put_blob).head(head_blob))
+        .route("/v1/artifacts", post(post_artifact))
+        .route("/v1/functions", get(list_functions))
+        .route("/v1/functions/{function}", get(function_status))
+        .route("/v1/functions/{function}/versions", get(list_versions))
+        .route("/v1/functions/{function}/versions/{version}", get(inspect_version))
+        .route("/v1/functions/{function}/deploy", post(deploy))
+        .route("/v1/functions/{function}/rollback", post(rollback))
+        .route("/v1/functions/{function}/deployments", get(list_deployments))
+        .route("/v1/deployments/{id}", get(show_deployment))
+        .route("/v1/audit", get(audit))
+        .fallback(|| async { ApiError::not_found("no such API endpoint") })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_MANIFEST_BYTES))
+        .with_state(control)
+}
+
+/// Who is acting. Recorded in deployments and the audit log; token
+/// authentication replaces this self-declared name when it lands.
+fn actor(headers: &HeaderMap) -> String {
+    headers
+        .get("seal-actor")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .unwrap_or("anonymous")
+        .to_owned()
+}
+
+fn parse_digest(s: &str) -> ApiResult<Digest> {
+    Digest::parse(s).map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+async fn server_info(State(c): State<Arc<Control>>) -> Json<Value> {
+    let stats = c.runtime().stats();
+    Json(json!({
+        "seal_version": env!("CARGO_PKG_VERSION"),
+        "compiles": stats.compiles.load(Ordering::Relaxed),
+        "cache_loads": stats.cache_loads.load(Ordering::Relaxed),
+        "max_upload_bytes": c.max_upload_bytes,
+        "default_environment": c.default_environment,
+    }))
+}
+
+async fn head_blob(State(c): State<Arc<Control>>, Path(digest): Path<String>) -> StatusCode {
+    match Digest::parse(&digest) {
+        Ok(d) if c.oci.has_blob(&d) => StatusCode::OK,
+        Ok(_) => StatusCode::NOT_FOUND,
+        Err(_) => StatusCode::BAD_REQUEST,
+    }
+}
+
+/// Streams a blob to disk, hashing as it goes; refuses past the limit
+/// without buffering the upload.
+async fn put_blob(
+    State(c): State<Arc<Control>>,
+    Path(digest): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let expected = parse_digest(&digest)?;
+    let limit = c.max_upload_bytes;
+    let too_large = || StoreError::TooLarge { limit };
+    if let Some(len) = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > limit
+    {
+        return Err(too_large().into());
+    }
+    if c.oci.has_blob(&expected) {
+        return Ok((StatusCode::OK, Json(json!({"digest": expected, "existed": true}))));
+    }
+    let mut writer = c.oci.blob_writer(limit)?;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("upload interrupted: {e}")))?;
+        writer.write(&chunk)?;
+    }
+    let size = writer.written();
+    let digest = tokio::task::spawn_blocking(move || writer.commit(Some(&expected)))
+        .await
+        .map_err(ApiError::internal)??;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"digest": digest, "size": size, "existed": false})),
+    ))
+}
+
+async fn post_artifact(
+    State(c): State<Arc<Control>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let published = c.publish(body.to_vec(), &actor(&headers)).await?;
+    let status = if published.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(json!(published))))
+}
+
+async fn list_functions(State(c): State<Arc<Control>>) -> ApiResult<Json<Value>> {
+    let routes = c.state.routes().await?;
+    let mut out = Vec::new();
+    for name in c.state.functions().await? {
+        let versions = c.state.versions(&name).await?;
+        let fn_routes: Vec<_> = routes.iter().filter(|r| r.function == name).collect();
+        out.push(json!({
+            "function": name,
+            "versions": versions.len(),
+            "latest": versions.last().map(|v| v.version),
+            "routes": fn_routes,
+        }));
+    }
+    Ok(Json(json!({"functions": out})))
+}
+
+async fn function_status(
+    State(c): State<Arc<Control>>,
+    Path(function): Path<String>,
+) -> ApiResult<Json<Value>> {
+    if !c.state.function_exists(&function).await? {
+        return Err(ApiError::not_found(format!("unknown function {function:?}")));
+    }
+    let table = c.gateway().table();
+    let mut routes = Vec::new();
+    for r in c.state.routes().await?.into_iter().filter(|r| r.function == function) {
+        let live = table.get(&r.environment, &r.function);
+        let mut versions = Vec::new();
+        for w in &r.weights {
+            let digest = c
+                .state
+                .version(&function, w.version)
+                .await?
+                .map(|v| v.digest);
+            let backend = live.and_then(|l| l.backends.iter().find(|b| b.version == w.version));
+            versions.push(json!({
+                "version": w.version,
+                "weight": w.weight,
+                "digest": digest,
+                "serving": backend.is_some(),
+                "requests": backend.map(|b| b.stats.requests.load(Ordering::Relaxed)),
+                "errors": backend.map(|b| b.stats.errors.load(Ordering::Relaxed)),
+            }));
+        }
+        routes.push(json!({
+            "environment": r.environment,
+            "deployment_id": r.deployment_id,
+            "updated_at": r.updated_at,
+            "versions": versions,
+        }));
+    }
+    let versions = c.state.versions(&function).await?;
+    Ok(Json(json!({
+        "function": function,
+        "latest_version": versions.last().map(|v| v.version),
+        "routes": routes,
+    })))
+}
+
+async fn list_versions(
+    State(c): State<Arc<Control>>,
+    Path(function): Path<String>,
+) -> ApiResult<Json<Value>> {
+    if !c.state.function_exists(&function).await? {
+        return Err(ApiError::not_found(format!("unknown function {function:?}")));
+    }
+    let versions = c.state.versions(&function).await?;
+    Ok(Json(json!({"function": function, "versions": versions})))
+}
+
+async fn inspect_version(
+    State(c): State<Arc<Control>>,
+    Path((function, version)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let number: u64 = version
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("version must be a number, got {version:?}")))?;
+    if !c.state.function_exists(&function).await? {
+        return Err(ApiError::not_found(format!("unknown function {function:?}")));
+    }
+    let v = c
+        .state
+        .version(&function, number)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("{function} has no version {number}")))?;
+    let digest = parse_digest(&v.digest)?;
+    let oci = c.oci.clone();
+    let (oci_manifest, verified) = tokio::task::spawn_blocking(move || {
+        let bytes = oci.read_blob(&digest)?;
+        let refs = parse_oci_manifest(&bytes)?;
+        // Verify every blob the artifact names, so `inspect` doubles as a check.
+        oci.read_blob(&refs.config_digest)?;
+        oci.read_blob(&refs.layer_digest)?;
+        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Ok::<_, ApiError>((value, true))
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    let routes: Vec<_> = c
+        .state
+        .routes()
+        .await?
+        .into_iter()
+        .filter(|r| r.function == function && r.weights.iter().any(|w| w.version == number))
+        .map(|r| json!({"environment": r.environment, "weights": r.weights}))
+        .collect();
+    Ok(Json(json!({
+        "version": v,
+        "oci_manifest": oci_manifest,
+        "verified": verified,
+        "routes": routes,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeployRequest {
+    version: u64,
+    environment: Option<String>,
+    reason: Option<String>,
+}
+
+async fn deploy(
+    State(c): State<Arc<Control>>,
+    Path(function): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<Value>> {
+    let req: DeployRequest = parse_json(&body)?;
+    let outcome = c
+        .deploy(
+            &function,
+            req.version,
+            req.environment.as_deref(),
+            req.reason.as_deref(),
+            &actor(&headers),
+        )
+        .await?;
+    Ok(Json(json!(outcome)))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RollbackRequest {
+    environment: Option<String>,
+    to: Option<u64>,
+}
+
+async fn rollback(
+    State(c): State<Arc<Control>>,
+    Path(function): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<Value>> {
+    let req: RollbackRequest = if body.is_empty() {
+        RollbackRequest::default()
+    } else {
+        parse_json(&body)?
+    };
+    let outcome = c
+        .rollback(&function, req.environment.as_deref(), req.to, &actor(&headers))
+        .await?;
+    Ok(Json(json!(outcome)))
+}
+
+/// JSON bodies with errors that name the problem (axum's `Json` rejection
+/// is plain text).
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
+}
+
+#[derive(Deserialize)]
+struct DeploymentsQuery {
+    environment: Option<String>,
+}
+
+async fn list_deployments(
+    State(c): State<Arc<Control>>,
+    Path(function): Path<String>,
+    Query(q): Query<DeploymentsQuery>,
+) -> ApiResult<Json<Value>> {
+    if !c.state.function_exists(&function).await? {
+        return Err(ApiError::not_found(format!("unknown function {function:?}")));
+    }
+    let deployments = c
+        .state
+        .deployments(&function, q.environment.as_deref())
+        .await?;
+    Ok(Json(json!({"function": function, "deployments": deployments})))
+}
+
+async fn show_deployment(
+    State(c): State<Arc<Control>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let id: u64 = id
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("deployment id must be a number, got {id:?}")))?;
+    let (deployment, events) = c
+        .state
+        .deployment(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no deployment {id}")))?;
+    Ok(Json(json!({"deployment": deployment, "events": events})))
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    limit: Option<u32>,
+}
+
+async fn audit(
+    State(c): State<Arc<Control>>,
+    Query(q): Query<AuditQuery>,
+) -> ApiResult<Json<Value>> {
+    let entries = c.state.audit_log(q.limit.unwrap_or(100).min(10_000)).await?;
+    Ok(Json(json!({"entries": entries})))
+}

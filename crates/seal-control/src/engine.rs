@@ -1,0 +1,423 @@
+//! The control engine: publish and deploy. The only code that writes the
+//! state store, the artifact store and the gateway's route table.
+
+use crate::error::{ApiError, ApiResult};
+use axum::http::StatusCode;
+use seal_artifact::{
+    Digest, SealManifest, parse_oci_manifest, sha256_digest, validate_component,
+    validate_function_name,
+};
+use seal_gateway::{Backend, Gateway, Route, RouteTable};
+use seal_oci::{ANNOTATION_FUNCTION, ANNOTATION_REF_NAME, IndexEntry, OciLayout};
+use seal_runtime::{Function, FunctionLimits, Runtime};
+use seal_state::{
+    DeploymentRecord, NewAudit, NewDeployment, NewVersion, StateStore, VersionRecord,
+    WeightedVersion,
+};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub const OCI_MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+
+/// What a publish produced.
+#[derive(Debug, Serialize)]
+pub struct Published {
+    pub function: String,
+    pub version: u64,
+    pub digest: String,
+    /// False when this digest already had a version.
+    pub created: bool,
+}
+
+pub struct Control {
+    pub(crate) state: StateStore,
+    pub(crate) oci: Arc<OciLayout>,
+    pub(crate) runtime: Arc<Runtime>,
+    pub(crate) gateway: Arc<Gateway>,
+    pub(crate) max_upload_bytes: u64,
+    pub(crate) default_environment: String,
+    /// Pre-instantiated functions by artifact digest (control-plane cache;
+    /// the data plane only sees the `Arc`s placed in the route table).
+    loaded: Mutex<HashMap<String, Arc<Function>>>,
+    /// Serialises route changes so each deployment sees the route it replaces.
+    deploy_lock: tokio::sync::Mutex<()>,
+}
+
+impl Control {
+    pub fn new(
+        state: StateStore,
+        oci: Arc<OciLayout>,
+        runtime: Arc<Runtime>,
+        gateway: Arc<Gateway>,
+        max_upload_bytes: u64,
+        default_environment: String,
+    ) -> Self {
+        Self {
+            state,
+            oci,
+            runtime,
+            gateway,
+            max_upload_bytes,
+            default_environment,
+            loaded: Mutex::default(),
+            deploy_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    pub fn gateway(&self) -> &Gateway {
+        &self.gateway
+    }
+
+    /// Turns an uploaded OCI manifest (whose blobs are already in the store)
+    /// into `function@N`: every digest recomputed, the component validated,
+    /// compiled once, and the version recorded.
+    pub async fn publish(&self, manifest_bytes: Vec<u8>, actor: &str) -> ApiResult<Published> {
+        let digest = sha256_digest(&manifest_bytes);
+        let refs = parse_oci_manifest(&manifest_bytes)?;
+        let oci = self.oci.clone();
+        let (config_digest, config_size) = (refs.config_digest.clone(), refs.config_size);
+        let config = blocking(move || oci.read_blob(&config_digest)).await??;
+        if config.len() as u64 != config_size {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_artifact",
+                format!("config blob is {} bytes, the manifest says {config_size}", config.len()),
+            ));
+        }
+        let manifest = SealManifest::from_json(&config)?;
+
+        if let Some(existing) = self.state.version_by_digest(digest.as_str()).await? {
+            return Ok(Published {
+                function: existing.function,
+                version: existing.version,
+                digest: existing.digest,
+                created: false,
+            });
+        }
+
+        let oci = self.oci.clone();
+        let runtime = self.runtime.clone();
+        let layer_digest = refs.layer_digest.clone();
+        let layer_size = refs.layer_size;
+        let manifest_for_load = manifest.clone();
+        let digest_for_load = digest.clone();
+        let bytes_for_store = manifest_bytes.clone();
+        let (function, compiled_sha) = blocking(move || -> ApiResult<_> {
+            let wasm = oci.read_blob(&layer_digest)?;
+            if wasm.len() as u64 != layer_size {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_artifact",
+                    format!("component blob is {} bytes, the manifest says {layer_size}", wasm.len()),
+                ));
+            }
+            validate_component(&wasm)?;
+            let (function, sha) = runtime.prepare(
+                digest_for_load.hex(),
+                None,
+                || Ok(wasm),
+                limits_of(&manifest_for_load),
+                env_of(&manifest_for_load),
+            )?;
+            oci.put_blob(&bytes_for_store)?;
+            Ok((function, sha.unwrap_or_default()))
+        })
+        .await??;
+
+        let manifest_json = serde_json::to_value(&manifest).map_err(ApiError::internal)?;
+        let (version, created) = self
+            .state
+            .create_version(NewVersion {
+                function: &manifest.name,
+                digest: digest.as_str(),
+                manifest: &manifest_json,
+                component_size: refs.layer_size,
+                compiled_sha256: &compiled_sha,
+                actor,
+            })
+            .await?;
+        let oci = self.oci.clone();
+        let entry = IndexEntry {
+            media_type: OCI_MANIFEST_MEDIA_TYPE.into(),
+            digest: digest.clone(),
+            size: manifest_bytes.len() as u64,
+            annotations: BTreeMap::from([
+                (ANNOTATION_FUNCTION.to_owned(), version.function.clone()),
+                (
+                    ANNOTATION_REF_NAME.to_owned(),
+                    format!("{}-{}", version.function, version.version),
+                ),
+            ]),
+        };
+        blocking(move || oci.add_manifest(entry)).await??;
+        self.cache_function(digest.as_str(), function);
+        tracing::info!(function = %version.function, version = version.version, digest = %digest, created, "published");
+        Ok(Published {
+            function: version.function,
+            version: version.version,
+            digest: version.digest,
+            created,
+        })
+    }
+
+    fn cache_function(&self, digest: &str, function: Arc<Function>) {
+        if let Ok(mut map) = self.loaded.lock() {
+            map.insert(digest.to_owned(), function);
+        }
+    }
+
+    /// The pre-instantiated function of a version: from memory, else from
+    /// the compile cache (hash-checked), else recompiled from the verified
+    /// blob. A corrupt blob is refused and never executed.
+    pub async fn load(&self, v: &VersionRecord) -> ApiResult<Arc<Function>> {
+        if let Some(f) = self.loaded.lock().ok().and_then(|m| m.get(&v.digest).cloned()) {
+            return Ok(f);
+        }
+        let manifest: SealManifest = serde_json::from_value(v.manifest.clone())
+            .map_err(|e| ApiError::internal(format!("stored manifest of {}@{}: {e}", v.function, v.version)))?;
+        let digest = Digest::parse(&v.digest).map_err(ApiError::internal)?;
+        let oci = self.oci.clone();
+        let runtime = self.runtime.clone();
+        let expected = v.compiled_sha256.clone();
+        let (function, new_sha) = blocking(move || -> ApiResult<_> {
+            // The OCI manifest, then the layer it names, each verified on read.
+            let manifest_bytes = oci.read_blob(&digest)?;
+            let refs = parse_oci_manifest(&manifest_bytes)?;
+            Ok(runtime.prepare(
+                digest.hex(),
+                expected.as_deref(),
+                || oci.read_blob(&refs.layer_digest).map_err(|e| e.to_string()),
+                limits_of(&manifest),
+                env_of(&manifest),
+            )?)
+        })
+        .await?
+        .map_err(|e| {
+            if e.code == "cannot_load" && e.message.contains("corrupt") {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "artifact_corrupt", e.message)
+            } else {
+                e
+            }
+        })?;
+        if let Some(sha) = new_sha {
+            self.state.set_compiled_sha256(&v.digest, &sha).await?;
+        }
+        self.cache_function(&v.digest, function.clone());
+        Ok(function)
+    }
+
+    /// Rebuilds the route table from the state store and swaps it into the
+    /// gateway. A version that cannot be loaded is left out (and logged):
+    /// a route never names a version that cannot serve.
+    pub async fn reload_routes(&self) -> ApiResult<()> {
+        let mut routes = Vec::new();
+        for r in self.state.routes().await? {
+            let mut backends = Vec::new();
+            for w in &r.weights {
+                let Some(v) = self.state.version(&r.function, w.version).await? else {
+                    tracing::error!(function = %r.function, version = w.version, "route names an unknown version");
+                    continue;
+                };
+                match self.load(&v).await {
+                    Ok(f) => backends.push(Backend::new(w.version, &v.digest, w.weight, f)),
+                    Err(e) => tracing::error!(
+                        function = %r.function, environment = %r.environment, version = w.version,
+                        error = %e.message, "version cannot serve; left out of the route"
+                    ),
+                }
+            }
+            if !backends.is_empty() {
+                routes.push(Route::new(&r.environment, &r.function, backends));
+            }
+        }
+        let table = RouteTable::new(routes, &self.gateway.table());
+        self.gateway.publish(table);
+        Ok(())
+    }
+
+    async fn version_or_404(&self, function: &str, version: u64) -> ApiResult<VersionRecord> {
+        if !self.state.function_exists(function).await? {
+            return Err(ApiError::not_found(format!("unknown function {function:?}")));
+        }
+        self.state.version(function, version).await?.ok_or_else(|| {
+            ApiError::not_found(format!("{function} has no version {version}"))
+        })
+    }
+
+    fn environment_or_default(&self, environment: Option<&str>) -> ApiResult<String> {
+        let env = environment.unwrap_or(&self.default_environment);
+        validate_function_name(env).map_err(|e| {
+            ApiError::bad_request(format!(
+                "invalid environment name {env:?}: {}",
+                e.to_string().rsplit(": ").next().unwrap_or_default()
+            ))
+        })?;
+        Ok(env.to_owned())
+    }
+
+    /// All-at-once deployment of `function@version` to an environment.
+    pub async fn deploy(
+        &self,
+        function: &str,
+        version: u64,
+        environment: Option<&str>,
+        reason: Option<&str>,
+        actor: &str,
+    ) -> ApiResult<DeployOutcome> {
+        let env = self.environment_or_default(environment)?;
+        let v = self.version_or_404(function, version).await?;
+        let to = vec![WeightedVersion { version, weight: 100 }];
+        self.switch(&env, &v, to, "deploy", reason, actor).await
+    }
+
+    /// Returns the route to the version that served before the current one
+    /// (or to `to`).
+    pub async fn rollback(
+        &self,
+        function: &str,
+        environment: Option<&str>,
+        to: Option<u64>,
+        actor: &str,
+    ) -> ApiResult<DeployOutcome> {
+        let env = self.environment_or_default(environment)?;
+        if !self.state.function_exists(function).await? {
+            return Err(ApiError::not_found(format!("unknown function {function:?}")));
+        }
+        let Some(current) = self.state.route(&env, function).await? else {
+            return Err(ApiError::conflict(format!(
+                "{function} has no route in {env}: nothing to roll back"
+            )));
+        };
+        let target = match to {
+            Some(n) => n,
+            None => {
+                let latest = self
+                    .state
+                    .deployments(function, Some(&env))
+                    .await?
+                    .into_iter()
+                    .find(|d| d.id == current.deployment_id);
+                let previous = latest
+                    .and_then(|d| d.from_weights)
+                    .and_then(|w| w.iter().max_by_key(|w| w.weight).map(|w| w.version));
+                previous.ok_or_else(|| {
+                    ApiError::conflict(format!(
+                        "{function} has no previous version in {env} to roll back to; use --to N"
+                    ))
+                })?
+            }
+        };
+        let v = self.version_or_404(function, target).await?;
+        let to = vec![WeightedVersion { version: target, weight: 100 }];
+        self.switch(&env, &v, to, "rollback", None, actor).await
+    }
+
+    async fn switch(
+        &self,
+        env: &str,
+        v: &VersionRecord,
+        to: Vec<WeightedVersion>,
+        kind: &str,
+        reason: Option<&str>,
+        actor: &str,
+    ) -> ApiResult<DeployOutcome> {
+        let _guard = self.deploy_lock.lock().await;
+        let current = self.state.route(env, &v.function).await?;
+        if current.as_ref().is_some_and(|c| c.weights == to) {
+            return Ok(DeployOutcome {
+                deployment: None,
+                unchanged: true,
+                weights: to,
+            });
+        }
+        // Load (and so verify) the target before anything is recorded: a
+        // version that cannot serve never gets a route.
+        let function = match self.load(v).await {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = self
+                    .state
+                    .audit(NewAudit {
+                        actor,
+                        action: kind,
+                        object: &format!("{env}/{}", v.function),
+                        digest: Some(&v.digest),
+                        outcome: "refused",
+                        detail: serde_json::json!({"version": v.version, "error": e.message}),
+                    })
+                    .await;
+                return Err(e);
+            }
+        };
+        let started = std::time::Instant::now();
+        let deployment = self
+            .state
+            .record_deployment(NewDeployment {
+                function: &v.function,
+                environment: env,
+                kind,
+                strategy: "all-at-once",
+                from_weights: current.as_ref().map(|c| c.weights.as_slice()),
+                to_weights: &to,
+                actor,
+                reason,
+                digest: Some(&v.digest),
+            })
+            .await?;
+        // Committed; now the swap. Only this route changes: the others are
+        // carried over from the current snapshot as they are.
+        let previous = self.gateway.table();
+        let mut routes: Vec<Route> = previous
+            .routes()
+            .filter(|r| !(r.environment == env && r.function == v.function))
+            .map(|r| (**r).clone())
+            .collect();
+        routes.push(Route::new(
+            env,
+            &v.function,
+            vec![Backend::new(v.version, &v.digest, 100, function)],
+        ));
+        self.gateway.publish(RouteTable::new(routes, &previous));
+        tracing::info!(
+            function = %v.function, environment = env, version = v.version, digest = %v.digest,
+            deployment = deployment.id, kind, swap_us = started.elapsed().as_micros() as u64,
+            "route switched"
+        );
+        Ok(DeployOutcome {
+            deployment: Some(deployment),
+            unchanged: false,
+            weights: to,
+        })
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct DeployOutcome {
+    pub deployment: Option<DeploymentRecord>,
+    pub unchanged: bool,
+    pub weights: Vec<WeightedVersion>,
+}
+
+fn limits_of(m: &SealManifest) -> FunctionLimits {
+    FunctionLimits {
+        memory_bytes: m.limits.memory_mb << 20,
+        timeout: Duration::from_millis(m.limits.timeout_ms),
+    }
+}
+
+fn env_of(m: &SealManifest) -> Vec<(String, String)> {
+    vec![("SEAL_FUNCTION".into(), m.name.clone())]
+}
+
+/// Runs blocking file and compile work off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(ApiError::internal)
+}

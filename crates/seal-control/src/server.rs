@@ -1,0 +1,127 @@
+//! The composition root: binds the listeners, opens the stores, builds the
+//! runtime, restores the routes, and hands back the addresses it bound and
+//! a shutdown handle. Nothing deeper binds ports or reads the environment.
+
+use crate::api;
+use crate::engine::Control;
+use anyhow::Context;
+use seal_gateway::Gateway;
+use seal_oci::OciLayout;
+use seal_runtime::{Runtime, RuntimeConfig};
+use seal_state::StateStore;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Everything `seal server` can be told.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub gateway_listen: SocketAddr,
+    pub api_listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub max_upload_bytes: u64,
+    pub default_environment: String,
+    pub max_instances: u32,
+}
+
+/// A started server.
+pub struct RunningServer {
+    pub gateway_addr: SocketAddr,
+    pub api_addr: SocketAddr,
+    pub control: Arc<Control>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningServer {
+    /// Stops accepting, lets in-flight requests finish, and returns.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+
+    /// Waits until both listeners have stopped (after [`Self::shutdown`]
+    /// from elsewhere, or a fatal error).
+    pub fn shutdown_handle(&self) -> watch::Sender<bool> {
+        self.shutdown.clone()
+    }
+
+    pub async fn wait(self) {
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
+    // Bind first, so a busy port fails before any state is touched.
+    let gateway_listener = TcpListener::bind(config.gateway_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (gateway)", config.gateway_listen))?;
+    let api_listener = TcpListener::bind(config.api_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (api)", config.api_listen))?;
+    let gateway_addr = gateway_listener.local_addr()?;
+    let api_addr = api_listener.local_addr()?;
+
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    let state = StateStore::open_sqlite(&config.data_dir.join("state.db"))
+        .await
+        .context("cannot open the state store")?;
+    let oci = Arc::new(
+        OciLayout::open(config.data_dir.join("artifacts"))
+            .context("cannot open the artifact store")?,
+    );
+    let runtime = Arc::new(
+        Runtime::new(RuntimeConfig {
+            cache_dir: config.data_dir.join("compiled"),
+            max_instances: config.max_instances,
+        })
+        .context("cannot start the wasm runtime")?,
+    );
+    let gateway = Gateway::new(&config.default_environment);
+    let control = Arc::new(Control::new(
+        state,
+        oci,
+        runtime,
+        gateway.clone(),
+        config.max_upload_bytes,
+        config.default_environment.clone(),
+    ));
+    control
+        .reload_routes()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot restore routes: {}", e.message))?;
+
+    let (shutdown, rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    let mut gw_rx = rx.clone();
+    tasks.push(tokio::spawn(gateway.serve(gateway_listener, async move {
+        let _ = gw_rx.wait_for(|stop| *stop).await;
+    })));
+    let app = api::router(control.clone());
+    let mut api_rx = rx;
+    tasks.push(tokio::spawn(async move {
+        let result = axum::serve(api_listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = api_rx.wait_for(|stop| *stop).await;
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "api server failed");
+        }
+    }));
+    Ok(RunningServer {
+        gateway_addr,
+        api_addr,
+        control,
+        shutdown,
+        tasks,
+    })
+}

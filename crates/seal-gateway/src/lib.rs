@@ -1,0 +1,408 @@
+//! The gateway: Seal's data plane.
+//!
+//! A hyper server, separate from the control API, that resolves
+//! environment + function from the request, picks a version from the route,
+//! and hands the request to that version's pre-instantiated component.
+//!
+//! Invariants:
+//! - the request path takes no lock and touches no database: the
+//!   [`RouteTable`] is an immutable snapshot behind an `ArcSwap`, replaced
+//!   whole by the control plane after a deployment is committed;
+//! - a request holds the `Arc` of the backend it started on, so a swap never
+//!   moves or fails a request in flight;
+//! - every response names the version and artifact digest that produced it
+//!   (`seal-version`, `seal-digest`), errors included.
+//!
+//! This crate does not know where routes come from; it is handed tables.
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use seal_runtime::{Function, HyperOutgoingBody, full_body};
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::net::TcpListener;
+
+pub const HEADER_VERSION: HeaderName = HeaderName::from_static("seal-version");
+pub const HEADER_DIGEST: HeaderName = HeaderName::from_static("seal-digest");
+
+/// Live counters of one version in one route. Shared across route-table
+/// swaps so a deployment does not reset them.
+#[derive(Debug, Default)]
+pub struct VersionStats {
+    pub requests: AtomicU64,
+    /// 5xx answers, traps, timeouts and out-of-memory.
+    pub errors: AtomicU64,
+}
+
+/// One version of a route, ready to serve.
+#[derive(Clone)]
+pub struct Backend {
+    pub version: u64,
+    pub digest: String,
+    pub weight: u32,
+    pub function: Arc<Function>,
+    pub stats: Arc<VersionStats>,
+    version_header: HeaderValue,
+    digest_header: HeaderValue,
+}
+
+impl Backend {
+    pub fn new(version: u64, digest: &str, weight: u32, function: Arc<Function>) -> Self {
+        Self {
+            version,
+            digest: digest.to_owned(),
+            weight,
+            function,
+            stats: Arc::default(),
+            version_header: HeaderValue::from(version),
+            digest_header: HeaderValue::from_str(digest)
+                .unwrap_or_else(|_| HeaderValue::from_static("invalid")),
+        }
+    }
+}
+
+/// The versions serving one function in one environment.
+#[derive(Clone)]
+pub struct Route {
+    pub environment: String,
+    pub function: String,
+    pub backends: Vec<Backend>,
+    total_weight: u32,
+}
+
+impl Route {
+    pub fn new(environment: &str, function: &str, backends: Vec<Backend>) -> Self {
+        let total_weight = backends.iter().map(|b| b.weight).sum();
+        Self {
+            environment: environment.to_owned(),
+            function: function.to_owned(),
+            backends,
+            total_weight,
+        }
+    }
+
+    /// `seal-version` override if it names a version of this route, else a
+    /// weighted random choice.
+    fn pick(&self, requested: Option<u64>) -> Option<&Backend> {
+        if let Some(v) = requested
+            && let Some(b) = self.backends.iter().find(|b| b.version == v)
+        {
+            return Some(b);
+        }
+        if self.total_weight == 0 {
+            return None;
+        }
+        let mut ticket = rand::random_range(0..self.total_weight);
+        for b in &self.backends {
+            if ticket < b.weight {
+                return Some(b);
+            }
+            ticket -= b.weight;
+        }
+        None
+    }
+}
+
+/// An immutable snapshot of every route, keyed by (environment, function).
+#[derive(Clone, Default)]
+pub struct RouteTable {
+    /// environment → function → route; nested so lookups borrow `&str`.
+    routes: HashMap<String, HashMap<String, Arc<Route>>>,
+}
+
+impl RouteTable {
+    /// Builds a table, carrying the live stats of versions that were
+    /// already serving in `previous`.
+    pub fn new(routes: Vec<Route>, previous: &RouteTable) -> Self {
+        let mut table: HashMap<String, HashMap<String, Arc<Route>>> = HashMap::new();
+        for mut r in routes {
+                if let Some(old) = previous.get(&r.environment, &r.function) {
+                    for b in &mut r.backends {
+                        if let Some(ob) = old
+                            .backends
+                            .iter()
+                            .find(|ob| ob.version == b.version && ob.digest == b.digest)
+                        {
+                            b.stats = ob.stats.clone();
+                        }
+                    }
+                }
+            table
+                .entry(r.environment.clone())
+                .or_default()
+                .insert(r.function.clone(), Arc::new(r));
+        }
+        Self { routes: table }
+    }
+
+    pub fn get(&self, environment: &str, function: &str) -> Option<&Arc<Route>> {
+        self.routes.get(environment)?.get(function)
+    }
+
+    pub fn routes(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.routes.values().flat_map(|m| m.values())
+    }
+}
+
+/// The data plane: holds the current route table and serves HTTP.
+pub struct Gateway {
+    table: ArcSwap<RouteTable>,
+    default_environment: String,
+}
+
+impl Gateway {
+    pub fn new(default_environment: &str) -> Arc<Self> {
+        Arc::new(Self {
+            table: ArcSwap::from_pointee(RouteTable::default()),
+            default_environment: default_environment.to_owned(),
+        })
+    }
+
+    /// The current snapshot.
+    pub fn table(&self) -> Arc<RouteTable> {
+        self.table.load_full()
+    }
+
+    /// Atomically replaces the route table. Requests already running keep
+    /// the backends they picked.
+    pub fn publish(&self, table: RouteTable) {
+        self.table.store(Arc::new(table));
+    }
+
+    /// Accepts connections until `shutdown` resolves, then lets in-flight
+    /// requests finish.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        tokio::pin!(shutdown);
+        loop {
+            let (stream, _peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "gateway accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let gateway = self.clone();
+            let service = hyper::service::service_fn(move |req| {
+                let gateway = gateway.clone();
+                async move { Ok::<_, std::convert::Infallible>(gateway.handle(req).await) }
+            });
+            let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "gateway connection ended with an error");
+                }
+            });
+        }
+        graceful.shutdown().await;
+    }
+
+    /// Serves one request.
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<HyperOutgoingBody> {
+        let Some(target) = resolve(&req, &self.default_environment) else {
+            return error_response(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no function named in the request: use http://GATEWAY/<function>/… or Host: <function>.<environment>.localhost",
+                None,
+            );
+        };
+        let table = self.table.load();
+        let Some(route) = table.get(&target.environment, &target.function) else {
+            return error_response(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                &format!(
+                    "no route for function {:?} in environment {:?}",
+                    target.function, target.environment
+                ),
+                None,
+            );
+        };
+        let requested = req
+            .headers()
+            .get(&HEADER_VERSION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let Some(backend) = route.pick(requested).cloned() else {
+            return error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_version",
+                "the route has no version with traffic",
+                None,
+            );
+        };
+        drop(table);
+        backend.stats.requests.fetch_add(1, Ordering::Relaxed);
+
+        let req = match rewrite(req, &target.path) {
+            Ok(r) => r,
+            Err(msg) => {
+                return error_response(StatusCode::BAD_REQUEST, "bad_request", &msg, Some(&backend));
+            }
+        };
+        let mut resp = match backend.function.handle(req).await {
+            Ok(resp) => {
+                if resp.status().is_server_error() {
+                    backend.stats.errors.fetch_add(1, Ordering::Relaxed);
+                }
+                resp
+            }
+            Err(e) => {
+                backend.stats.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    function = %route.function, environment = %route.environment,
+                    version = backend.version, digest = %backend.digest,
+                    kind = e.kind(), error = %e, "invocation failed"
+                );
+                let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                return error_response(status, e.kind(), &e.to_string(), Some(&backend));
+            }
+        };
+        stamp(&mut resp, &backend);
+        resp
+    }
+}
+
+struct Target {
+    environment: String,
+    function: String,
+    /// Path and query the function sees.
+    path: String,
+}
+
+/// `Host: <fn>.<env>.localhost` picks the environment explicitly;
+/// otherwise the first path segment is the function in the default one.
+fn resolve<B>(req: &Request<B>, default_env: &str) -> Option<Target> {
+    let host = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().host())
+        .unwrap_or("");
+    let host = host.rsplit_once(':').map_or(host, |(h, port)| {
+        if port.bytes().all(|b| b.is_ascii_digit()) { h } else { host }
+    });
+    let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    if let Some(prefix) = host.strip_suffix(".localhost") {
+        let mut parts = prefix.split('.');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(f), Some(e), None) if !f.is_empty() && !e.is_empty() => {
+                return Some(Target {
+                    environment: e.to_owned(),
+                    function: f.to_owned(),
+                    path: path_and_query.to_owned(),
+                });
+            }
+            (Some(f), None, None) if !f.is_empty() => {
+                return Some(Target {
+                    environment: default_env.to_owned(),
+                    function: f.to_owned(),
+                    path: path_and_query.to_owned(),
+                });
+            }
+            _ => {}
+        }
+    }
+    let rest = path_and_query.strip_prefix('/')?;
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (function, tail) = rest.split_at(end);
+    if function.is_empty() {
+        return None;
+    }
+    let path = if tail.starts_with('/') {
+        tail.to_owned()
+    } else {
+        format!("/{tail}")
+    };
+    Some(Target {
+        environment: default_env.to_owned(),
+        function: function.to_owned(),
+        path,
+    })
+}
+
+/// Gives the function the path it should see, with an absolute URI
+/// (wasi:http wants an authority).
+fn rewrite(mut req: Request<Incoming>, path: &str) -> Result<Request<Incoming>, String> {
+    let authority = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+        .unwrap_or("localhost")
+        .to_owned();
+    let uri = Uri::builder()
+        .scheme("http")
+        .authority(authority)
+        .path_and_query(path)
+        .build()
+        .map_err(|e| format!("invalid request URI: {e}"))?;
+    *req.uri_mut() = uri;
+    Ok(req)
+}
+
+fn stamp(resp: &mut Response<HyperOutgoingBody>, backend: &Backend) {
+    let h = resp.headers_mut();
+    h.insert(HEADER_VERSION, backend.version_header.clone());
+    h.insert(HEADER_DIGEST, backend.digest_header.clone());
+}
+
+/// A JSON error answer: `{"error": {"code", "message"}}`.
+fn error_response(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    backend: Option<&Backend>,
+) -> Response<HyperOutgoingBody> {
+    let body = serde_json::json!({"error": {"code": code, "message": message}});
+    let mut resp = Response::new(full_body(Bytes::from(body.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some(b) = backend {
+        stamp(&mut resp, b);
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(host: &str, path: &str) -> Request<()> {
+        Request::builder()
+            .uri(path)
+            .header("host", host)
+            .body(())
+            .unwrap()
+    }
+
+    #[test]
+    fn resolves_path_and_host_forms() {
+        let t = resolve(&req("127.0.0.1:8080", "/hello/a/b?x=1"), "production").unwrap();
+        assert_eq!((t.environment.as_str(), t.function.as_str(), t.path.as_str()), ("production", "hello", "/a/b?x=1"));
+        let t = resolve(&req("127.0.0.1:8080", "/hello"), "production").unwrap();
+        assert_eq!((t.function.as_str(), t.path.as_str()), ("hello", "/"));
+        let t = resolve(&req("127.0.0.1", "/hello?q"), "production").unwrap();
+        assert_eq!((t.function.as_str(), t.path.as_str()), ("hello", "/?q"));
+        let t = resolve(&req("hello.staging.localhost:8080", "/x"), "production").unwrap();
+        assert_eq!((t.environment.as_str(), t.function.as_str(), t.path.as_str()), ("staging", "hello", "/x"));
+        assert!(resolve(&req("127.0.0.1", "/"), "production").is_none());
+    }
+}

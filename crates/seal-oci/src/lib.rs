@@ -1,0 +1,327 @@
+//! The embedded artifact store: an OCI image layout directory.
+//!
+//! ```text
+//! <root>/oci-layout          {"imageLayoutVersion":"1.0.0"}
+//! <root>/index.json          one descriptor per artifact manifest
+//! <root>/blobs/sha256/<hex>  content-addressed blobs
+//! ```
+//!
+//! Invariants this crate keeps:
+//! - a blob file only ever appears complete: it is written to a temp file in
+//!   the same directory, fsynced, and renamed into place;
+//! - an existing blob is never rewritten (same digest, same bytes);
+//! - every read recomputes the sha256 and refuses bytes that do not match
+//!   their name ([`StoreError::Corrupt`]), so a damaged blob is never executed.
+//!
+//! It knows nothing of functions or versions beyond the annotations it is
+//! handed for `index.json`.
+
+use seal_artifact::{Digest, sha256_digest};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("blob {0} is not in the artifact store")]
+    NotFound(Digest),
+    #[error("blob {digest} is corrupt on disk: its content hashes to {actual}; it will not be used")]
+    Corrupt { digest: Digest, actual: Digest },
+    #[error("upload does not match its digest: expected {expected}, got {actual}")]
+    DigestMismatch { expected: Digest, actual: Digest },
+    #[error("upload is larger than the limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("artifact store I/O error at {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("artifact store index is unreadable: {0}")]
+    Index(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Annotation keys written on `index.json` entries.
+pub const ANNOTATION_FUNCTION: &str = "dev.seal.function";
+pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
+
+/// An OCI image layout directory.
+#[derive(Debug)]
+pub struct OciLayout {
+    root: PathBuf,
+    /// Serialises read-modify-write of `index.json`.
+    index_lock: Mutex<()>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Index {
+    schema_version: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    media_type: Option<String>,
+    manifests: Vec<IndexEntry>,
+}
+
+/// One entry of `index.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct IndexEntry {
+    pub media_type: String,
+    pub digest: Digest,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl OciLayout {
+    /// Opens (creating if needed) a layout at `root`.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
+        let root = root.into();
+        let blobs = root.join("blobs").join("sha256");
+        fs::create_dir_all(&blobs).map_err(io_err(&blobs))?;
+        let layout = Self {
+            root,
+            index_lock: Mutex::new(()),
+        };
+        let marker = layout.root.join("oci-layout");
+        if !marker.exists() {
+            write_atomic(&marker, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+        }
+        let index = layout.root.join("index.json");
+        if !index.exists() {
+            layout.write_index(&Index {
+                schema_version: 2,
+                media_type: Some("application/vnd.oci.image.index.v1+json".into()),
+                manifests: Vec::new(),
+            })?;
+        }
+        Ok(layout)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("blobs").join("sha256").join(digest.hex())
+    }
+
+    pub fn has_blob(&self, digest: &Digest) -> bool {
+        self.blob_path(digest).is_file()
+    }
+
+    /// Writes `bytes` as a blob and returns its digest. Idempotent.
+    pub fn put_blob(&self, bytes: &[u8]) -> Result<Digest> {
+        let mut w = self.blob_writer(u64::MAX)?;
+        w.write(bytes)?;
+        w.commit(None)
+    }
+
+    /// Starts a streamed blob upload that refuses more than `limit` bytes.
+    pub fn blob_writer(&self, limit: u64) -> Result<BlobWriter> {
+        let dir = self.root.join("blobs").join("sha256");
+        let file = tempfile::Builder::new()
+            .prefix(".upload-")
+            .tempfile_in(&dir)
+            .map_err(io_err(&dir))?;
+        Ok(BlobWriter {
+            file,
+            hasher: Sha256::new(),
+            written: 0,
+            limit,
+            dir,
+        })
+    }
+
+    /// Reads a blob, verifying its digest.
+    pub fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>> {
+        let path = self.blob_path(digest);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::NotFound(digest.clone()));
+            }
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        let actual = sha256_digest(&bytes);
+        if &actual != digest {
+            return Err(StoreError::Corrupt {
+                digest: digest.clone(),
+                actual,
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// Records an artifact manifest in `index.json` (once per digest).
+    pub fn add_manifest(&self, entry: IndexEntry) -> Result<()> {
+        let _guard = self
+            .index_lock
+            .lock()
+            .map_err(|_| StoreError::Index("index lock poisoned".into()))?;
+        let mut index = self.read_index()?;
+        if index.manifests.iter().any(|m| m.digest == entry.digest) {
+            return Ok(());
+        }
+        index.manifests.push(entry);
+        self.write_index(&index)
+    }
+
+    /// Every manifest recorded in `index.json`.
+    pub fn manifests(&self) -> Result<Vec<IndexEntry>> {
+        Ok(self.read_index()?.manifests)
+    }
+
+    fn read_index(&self) -> Result<Index> {
+        let path = self.root.join("index.json");
+        let bytes = fs::read(&path).map_err(io_err(&path))?;
+        serde_json::from_slice(&bytes).map_err(|e| StoreError::Index(e.to_string()))
+    }
+
+    fn write_index(&self, index: &Index) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(index).map_err(|e| StoreError::Index(e.to_string()))?;
+        write_atomic(&self.root.join("index.json"), &bytes)
+    }
+}
+
+/// A blob being streamed in: hashed and size-checked as it is written.
+pub struct BlobWriter {
+    file: tempfile::NamedTempFile,
+    hasher: Sha256,
+    written: u64,
+    limit: u64,
+    dir: PathBuf,
+}
+
+impl BlobWriter {
+    /// Appends a chunk; fails (and the upload is discarded on drop) once the
+    /// total passes the limit, so an oversized upload is never buffered whole.
+    pub fn write(&mut self, chunk: &[u8]) -> Result<()> {
+        self.written += chunk.len() as u64;
+        if self.written > self.limit {
+            return Err(StoreError::TooLarge { limit: self.limit });
+        }
+        self.hasher.update(chunk);
+        self.file.write_all(chunk).map_err(io_err(&self.dir))
+    }
+
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Verifies the digest (if one was announced), fsyncs and renames the
+    /// blob into place. An existing blob with that digest is left untouched.
+    pub fn commit(self, expected: Option<&Digest>) -> Result<Digest> {
+        let actual = Digest::from_sha256(&self.hasher.finalize());
+        if let Some(expected) = expected
+            && expected != &actual
+        {
+            return Err(StoreError::DigestMismatch {
+                expected: expected.clone(),
+                actual,
+            });
+        }
+        let target = self.dir.join(actual.hex());
+        if target.is_file() {
+            // Never rewrite an existing blob; the temp file is removed on drop.
+            return Ok(actual);
+        }
+        self.file.as_file().sync_all().map_err(io_err(&self.dir))?;
+        self.file
+            .persist_noclobber(&target)
+            .map_err(|e| io_err(&target)(e.error))
+            .or_else(|e| if target.is_file() { Ok(File::open(&target).map_err(io_err(&target))?) } else { Err(e) })?;
+        sync_dir(&self.dir);
+        Ok(actual)
+    }
+}
+
+/// Writes a small file atomically: temp file in the same directory, fsync, rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(dir)
+        .map_err(io_err(dir))?;
+    tmp.write_all(bytes).map_err(io_err(path))?;
+    tmp.as_file().sync_all().map_err(io_err(path))?;
+    tmp.persist(path).map_err(|e| io_err(path)(e.error))?;
+    sync_dir(dir);
+    Ok(())
+}
+
+/// Makes a rename durable. Best effort: not every platform can fsync a directory.
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blobs_round_trip_and_are_verified_on_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = OciLayout::open(dir.path()).unwrap();
+        assert!(dir.path().join("oci-layout").is_file());
+        let d = store.put_blob(b"hello").unwrap();
+        assert_eq!(store.read_blob(&d).unwrap(), b"hello");
+        // Same bytes again: same digest, file untouched.
+        assert_eq!(store.put_blob(b"hello").unwrap(), d);
+
+        fs::write(store.blob_path(&d), b"jello").unwrap();
+        let err = store.read_blob(&d).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    }
+
+    #[test]
+    fn streamed_upload_enforces_limit_and_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = OciLayout::open(dir.path()).unwrap();
+        let mut w = store.blob_writer(4).unwrap();
+        w.write(b"abc").unwrap();
+        assert!(matches!(w.write(b"de"), Err(StoreError::TooLarge { limit: 4 })));
+        drop(w);
+
+        let mut w = store.blob_writer(100).unwrap();
+        w.write(b"abc").unwrap();
+        let wrong = sha256_digest(b"xyz");
+        assert!(matches!(
+            w.commit(Some(&wrong)),
+            Err(StoreError::DigestMismatch { .. })
+        ));
+        // Nothing but the layout's own files is left behind.
+        let leftovers: Vec<_> = fs::read_dir(dir.path().join("blobs/sha256"))
+            .unwrap()
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[test]
+    fn index_records_each_manifest_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = OciLayout::open(dir.path()).unwrap();
+        let d = store.put_blob(b"{}").unwrap();
+        let entry = IndexEntry {
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            digest: d,
+            size: 2,
+            annotations: BTreeMap::new(),
+        };
+        store.add_manifest(entry.clone()).unwrap();
+        store.add_manifest(entry.clone()).unwrap();
+        let reopened = OciLayout::open(dir.path()).unwrap();
+        assert_eq!(reopened.manifests().unwrap(), vec![entry]);
+    }
+}

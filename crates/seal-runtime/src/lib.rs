@@ -1,0 +1,487 @@
+//! The runtime: runs sealed components in wasmtime.
+//!
+//! One [`Engine`] (pooling allocator, epoch interruption) and one [`Linker`]
+//! serve every function. A component is compiled once, at publish time, and
+//! its compiled form cached on disk by artifact digest; a [`Function`] holds
+//! the pre-instantiated component (`ProxyPre`) and its limits, and every
+//! request gets a fresh `Store`.
+//!
+//! Invariants:
+//! - nothing is compiled on the request path;
+//! - a cached compiled file is deserialized only after its sha256 matches
+//!   the one recorded when it was compiled (wasmtime trusts what it
+//!   deserializes); otherwise the caller recompiles from the verified blob;
+//! - a trap, a timeout or an out-of-memory ends that one request with an
+//!   [`InvokeError`]; the engine and every other request carry on.
+//!
+//! This crate knows nothing of routes, versions or databases.
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use sha2::{Digest as _, Sha256};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+pub use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+/// How often the epoch advances; timeouts are measured in these ticks.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("failed to compile component: {0}")]
+    Compile(String),
+    #[error("component cannot be linked: {0}")]
+    Link(String),
+    #[error("compile cache I/O error at {path}: {source}")]
+    Cache {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("runtime configuration error: {0}")]
+    Config(String),
+}
+
+pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
+
+/// Why one invocation failed. Each is that request's failure alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InvokeError {
+    /// The guest trapped (unreachable, panic, bad memory access, …).
+    Trap(String),
+    /// The guest ran past its time limit.
+    Timeout(Duration),
+    /// The guest tried to grow memory past its limit.
+    OutOfMemory { limit_bytes: u64 },
+    /// The guest returned without setting a response, or set an error code.
+    NoResponse(String),
+    /// The host could not set up the invocation.
+    Internal(String),
+}
+
+impl InvokeError {
+    /// A short machine-readable kind: `trap`, `timeout`, `memory`, `no_response`, `internal`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            InvokeError::Trap(_) => "trap",
+            InvokeError::Timeout(_) => "timeout",
+            InvokeError::OutOfMemory { .. } => "memory",
+            InvokeError::NoResponse(_) => "no_response",
+            InvokeError::Internal(_) => "internal",
+        }
+    }
+
+    /// The HTTP status this failure answers with.
+    pub fn status(&self) -> u16 {
+        match self {
+            InvokeError::Timeout(_) => 504,
+            _ => 500,
+        }
+    }
+}
+
+impl std::fmt::Display for InvokeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InvokeError::Trap(m) => write!(f, "function trapped: {m}"),
+            InvokeError::Timeout(d) => write!(f, "function exceeded its timeout of {} ms", d.as_millis()),
+            InvokeError::OutOfMemory { limit_bytes } => write!(
+                f,
+                "function exceeded its memory limit of {} MiB",
+                limit_bytes >> 20
+            ),
+            InvokeError::NoResponse(m) => write!(f, "function did not produce a response: {m}"),
+            InvokeError::Internal(m) => write!(f, "runtime error: {m}"),
+        }
+    }
+}
+
+/// Server-wide runtime settings.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Where compiled components are cached (`<hex digest>.cwasm`).
+    pub cache_dir: PathBuf,
+    /// Instances the pooling allocator keeps slots for.
+    pub max_instances: u32,
+}
+
+/// Counters that say what the runtime did since start.
+#[derive(Debug, Default)]
+pub struct RuntimeStats {
+    /// Components compiled from wasm (at publish, or after a cache miss).
+    pub compiles: AtomicU64,
+    /// Components loaded from the compile cache.
+    pub cache_loads: AtomicU64,
+}
+
+/// Per-function limits and environment, fixed when a version is loaded.
+#[derive(Debug, Clone)]
+pub struct FunctionLimits {
+    pub memory_bytes: u64,
+    pub timeout: Duration,
+}
+
+/// The wasmtime engine and linker shared by every function.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<Host>,
+    cache_dir: PathBuf,
+    stats: Arc<RuntimeStats>,
+}
+
+impl Runtime {
+    pub fn new(config: RuntimeConfig) -> Result<Self> {
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(config.max_instances)
+            .total_core_instances(config.max_instances)
+            .total_memories(config.max_instances)
+            .total_tables(config.max_instances)
+            .total_stacks(config.max_instances)
+            // Interpreters compiled to wasm (Python, JS) have large tables.
+            .table_elements(100_000)
+            .max_core_instance_size(4 << 20)
+            .max_component_instance_size(4 << 20);
+        let mut cfg = Config::new();
+        cfg.wasm_component_model(true)
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&cfg).map_err(|e| RuntimeError::Config(format!("{e:#}")))?;
+
+        let mut linker = Linker::<Host>::new(&engine);
+        // What `wasmtime serve -Scli` provides: wasi:cli, clocks, random, io
+        // (and filesystem/sockets, which are linked but grant nothing: no
+        // preopens, no network access), plus wasi:http.
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| RuntimeError::Config(format!("{e:#}")))?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(|e| RuntimeError::Config(format!("{e:#}")))?;
+
+        std::fs::create_dir_all(&config.cache_dir).map_err(|source| RuntimeError::Cache {
+            path: config.cache_dir.clone(),
+            source,
+        })?;
+        spawn_epoch_ticker(engine.weak());
+        Ok(Self {
+            engine,
+            linker,
+            cache_dir: config.cache_dir,
+            stats: Arc::default(),
+        })
+    }
+
+    pub fn stats(&self) -> &RuntimeStats {
+        &self.stats
+    }
+
+    fn cache_path(&self, digest_hex: &str) -> PathBuf {
+        self.cache_dir.join(format!("{digest_hex}.cwasm"))
+    }
+
+    /// Compiles a component ahead of time, writes the compiled form to the
+    /// cache and returns the sha256 (hex) of the compiled bytes, to be
+    /// recorded by the caller and checked on every later load.
+    pub fn compile(&self, digest_hex: &str, wasm: &[u8]) -> Result<String> {
+        let compiled = self
+            .engine
+            .precompile_component(wasm)
+            .map_err(|e| RuntimeError::Compile(format!("{e:#}")))?;
+        self.stats.compiles.fetch_add(1, Ordering::Relaxed);
+        let sha = hex::encode(Sha256::digest(&compiled));
+        write_atomic(&self.cache_path(digest_hex), &compiled)?;
+        Ok(sha)
+    }
+
+    /// Loads a compiled component from the cache if it is there, its hash
+    /// is `expected_sha256`, and this engine accepts it. `None` means:
+    /// recompile from the verified wasm.
+    pub fn load_cached(&self, digest_hex: &str, expected_sha256: &str) -> Option<Component> {
+        let path = self.cache_path(digest_hex);
+        let bytes = std::fs::read(&path).ok()?;
+        let actual = hex::encode(Sha256::digest(&bytes));
+        if actual != expected_sha256 {
+            tracing::warn!(path = %path.display(), expected = expected_sha256, actual, "compiled cache file does not match its recorded hash; recompiling");
+            return None;
+        }
+        match deserialize(&self.engine, &bytes) {
+            Ok(c) => {
+                self.stats.cache_loads.fetch_add(1, Ordering::Relaxed);
+                Some(c)
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "compiled cache file not usable by this engine; recompiling");
+                None
+            }
+        }
+    }
+
+    /// Compiles (or loads) and pre-instantiates: the one entry point the
+    /// control plane uses. `wasm` is called only when the cache cannot be
+    /// used. Returns the function and, if it was (re)compiled, the new hash.
+    pub fn prepare(
+        &self,
+        digest_hex: &str,
+        expected_sha256: Option<&str>,
+        wasm: impl FnOnce() -> Result<Vec<u8>, String>,
+        limits: FunctionLimits,
+        env: Vec<(String, String)>,
+    ) -> Result<(Arc<Function>, Option<String>)> {
+        let cached = expected_sha256.and_then(|sha| self.load_cached(digest_hex, sha));
+        let (component, new_sha) = match cached {
+            Some(c) => (c, None),
+            None => {
+                let wasm = wasm().map_err(RuntimeError::Compile)?;
+                let sha = self.compile(digest_hex, &wasm)?;
+                let bytes = std::fs::read(self.cache_path(digest_hex)).map_err(|source| {
+                    RuntimeError::Cache {
+                        path: self.cache_path(digest_hex),
+                        source,
+                    }
+                })?;
+                if hex::encode(Sha256::digest(&bytes)) != sha {
+                    return Err(RuntimeError::Compile(
+                        "compiled file changed on disk while loading".into(),
+                    ));
+                }
+                let c = deserialize(&self.engine, &bytes).map_err(RuntimeError::Compile)?;
+                (c, Some(sha))
+            }
+        };
+        let function = self.instantiate_pre(&component, limits, env)?;
+        Ok((Arc::new(function), new_sha))
+    }
+
+    fn instantiate_pre(
+        &self,
+        component: &Component,
+        limits: FunctionLimits,
+        env: Vec<(String, String)>,
+    ) -> Result<Function> {
+        let pre = self
+            .linker
+            .instantiate_pre(component)
+            .map_err(|e| RuntimeError::Link(format!("{e:#}")))?;
+        let pre = ProxyPre::new(pre).map_err(|e| RuntimeError::Link(format!("{e:#}")))?;
+        let deadline_ticks = (limits.timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64 + 1;
+        Ok(Function {
+            pre,
+            limits,
+            env,
+            deadline_ticks,
+        })
+    }
+}
+
+#[allow(unsafe_code)]
+fn deserialize(engine: &Engine, bytes: &[u8]) -> Result<Component, String> {
+    // SAFETY: `bytes` were produced by `Engine::precompile_component` of an
+    // engine with this configuration, and callers have checked their sha256
+    // against the hash recorded when they were written; the bytes are held
+    // in memory, so they cannot change between the check and this call.
+    unsafe { Component::deserialize(engine, bytes) }.map_err(|e| format!("{e:#}"))
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let err = |source| RuntimeError::Cache {
+        path: path.to_owned(),
+        source,
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(dir)
+        .map_err(err)?;
+    tmp.write_all(bytes).map_err(err)?;
+    tmp.as_file().sync_all().map_err(err)?;
+    tmp.persist(path).map_err(|e| err(e.error))?;
+    Ok(())
+}
+
+fn spawn_epoch_ticker(engine: wasmtime::EngineWeak) {
+    std::thread::Builder::new()
+        .name("seal-epoch".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(EPOCH_TICK);
+                match engine.upgrade() {
+                    Some(e) => e.increment_epoch(),
+                    None => return,
+                }
+            }
+        })
+        .ok();
+}
+
+/// Per-store state: WASI contexts, the resource table, the memory limiter.
+struct Host {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    limiter: MemoryLimiter,
+}
+
+impl WasiView for Host {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for Host {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: Default::default(),
+        }
+    }
+}
+
+/// Caps linear memory growth and remembers whether the cap was hit, so a
+/// resulting trap is reported as out-of-memory rather than a plain trap.
+struct MemoryLimiter {
+    max_bytes: usize,
+    hit: bool,
+}
+
+impl wasmtime::ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_bytes {
+            self.hit = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 1_000_000)
+    }
+}
+
+/// One artifact, pre-instantiated, with its limits: ready to serve.
+pub struct Function {
+    pre: ProxyPre<Host>,
+    limits: FunctionLimits,
+    env: Vec<(String, String)>,
+    deadline_ticks: u64,
+}
+
+impl Function {
+    pub fn limits(&self) -> &FunctionLimits {
+        &self.limits
+    }
+
+    /// Runs one request in a fresh store. The response body keeps streaming
+    /// from the guest after this returns.
+    pub async fn handle<B>(
+        &self,
+        req: http::Request<B>,
+    ) -> Result<http::Response<HyperOutgoingBody>, InvokeError>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
+        let mut wasi = WasiCtx::builder();
+        wasi.inherit_stdout().inherit_stderr().envs(&self.env);
+        let mut store = Store::new(
+            self.pre.engine(),
+            Host {
+                wasi: wasi.build(),
+                http: WasiHttpCtx::new(),
+                table: ResourceTable::new(),
+                limiter: MemoryLimiter {
+                    max_bytes: usize::try_from(self.limits.memory_bytes).unwrap_or(usize::MAX),
+                    hit: false,
+                },
+            },
+        );
+        store.limiter(|h| &mut h.limiter);
+        store.set_epoch_deadline(self.deadline_ticks);
+
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let req = store
+            .data_mut()
+            .http()
+            .new_incoming_request(Scheme::Http, req)
+            .map_err(|e| InvokeError::Internal(format!("{e:#}")))?;
+        let out = store
+            .data_mut()
+            .http()
+            .new_response_outparam(sender)
+            .map_err(|e| InvokeError::Internal(format!("{e:#}")))?;
+        let pre = self.pre.clone();
+        let memory_limit = self.limits.memory_bytes;
+        let timeout = self.limits.timeout;
+
+        // The guest runs in its own task so it can keep streaming the body
+        // after the response head has been handed back.
+        let task = tokio::task::spawn(async move {
+            let result = async {
+                let proxy = pre.instantiate_async(&mut store).await?;
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, req, out)
+                    .await
+            }
+            .await;
+            result.map_err(|e| classify(e, store.data().limiter.hit, memory_limit, timeout))
+        });
+
+        match tokio::time::timeout(timeout, receiver).await {
+            Ok(Ok(Ok(resp))) => Ok(resp),
+            Ok(Ok(Err(code))) => Err(InvokeError::NoResponse(format!(
+                "guest answered with error {code:?}"
+            ))),
+            Ok(Err(_)) => match task.await {
+                Ok(Ok(())) => Err(InvokeError::NoResponse(
+                    "guest returned without calling response-outparam.set".into(),
+                )),
+                Ok(Err(e)) => Err(e),
+                Err(join) => Err(InvokeError::Internal(join.to_string())),
+            },
+            Err(_elapsed) => {
+                task.abort();
+                Err(InvokeError::Timeout(timeout))
+            }
+        }
+    }
+}
+
+fn classify(e: wasmtime::Error, oom: bool, memory_limit: u64, timeout: Duration) -> InvokeError {
+    if oom {
+        return InvokeError::OutOfMemory {
+            limit_bytes: memory_limit,
+        };
+    }
+    if let Some(Trap::Interrupt) = e.downcast_ref::<Trap>() {
+        return InvokeError::Timeout(timeout);
+    }
+    InvokeError::Trap(format!("{e:#}"))
+}
+
+/// A complete body from bytes, in the body type the runtime streams.
+pub fn full_body(bytes: impl Into<Bytes>) -> HyperOutgoingBody {
+    http_body_util::Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}

@@ -1,0 +1,667 @@
+//! The state store: functions, versions, environments, routes, deployments,
+//! deployment events and audit entries.
+//!
+//! The embedded default is one SQLite file reached through sqlx, with
+//! migrations in `migrations/`. The SQL is kept to what PostgreSQL also runs
+//! (BIGINT unix-millisecond times, TEXT JSON, no `AUTOINCREMENT`), so a
+//! PostgreSQL backend is a connection string away, not a rewrite.
+//!
+//! Invariants:
+//! - a version number is allocated once per function and never reused; a
+//!   digest maps to at most one version;
+//! - a route row changes only inside the transaction that inserts the
+//!   deployment explaining the change, its events and its audit entry.
+//!
+//! This crate knows nothing about wasm, HTTP or the route table in memory.
+
+use serde::{Deserialize, Serialize};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{FromRow, Sqlite, SqlitePool, Transaction};
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state store error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("state store migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("corrupt state row: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = StateError> = std::result::Result<T, E>;
+
+/// One version's share of a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WeightedVersion {
+    pub version: u64,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionRecord {
+    pub function: String,
+    pub version: u64,
+    pub digest: String,
+    /// The Seal manifest (config blob) as JSON.
+    pub manifest: serde_json::Value,
+    pub component_size: u64,
+    #[serde(skip)]
+    pub compiled_sha256: Option<String>,
+    pub created_at: i64,
+    pub created_by: String,
+}
+
+#[derive(FromRow)]
+struct VersionRow {
+    function: String,
+    number: i64,
+    digest: String,
+    manifest: String,
+    component_size: i64,
+    compiled_sha256: Option<String>,
+    created_at: i64,
+    created_by: String,
+}
+
+impl TryFrom<VersionRow> for VersionRecord {
+    type Error = StateError;
+    fn try_from(r: VersionRow) -> Result<Self> {
+        Ok(Self {
+            manifest: serde_json::from_str(&r.manifest)
+                .map_err(|e| StateError::Corrupt(format!("manifest of {}@{}: {e}", r.function, r.number)))?,
+            function: r.function,
+            version: r.number as u64,
+            digest: r.digest,
+            component_size: r.component_size as u64,
+            compiled_sha256: r.compiled_sha256,
+            created_at: r.created_at,
+            created_by: r.created_by,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteRecord {
+    pub environment: String,
+    pub function: String,
+    pub weights: Vec<WeightedVersion>,
+    pub deployment_id: u64,
+    pub updated_at: i64,
+}
+
+#[derive(FromRow)]
+struct RouteRow {
+    environment: String,
+    function: String,
+    weights: String,
+    deployment_id: i64,
+    updated_at: i64,
+}
+
+impl TryFrom<RouteRow> for RouteRecord {
+    type Error = StateError;
+    fn try_from(r: RouteRow) -> Result<Self> {
+        Ok(Self {
+            weights: parse_weights(&r.weights)?,
+            environment: r.environment,
+            function: r.function,
+            deployment_id: r.deployment_id as u64,
+            updated_at: r.updated_at,
+        })
+    }
+}
+
+fn parse_weights(s: &str) -> Result<Vec<WeightedVersion>> {
+    serde_json::from_str(s).map_err(|e| StateError::Corrupt(format!("weights {s:?}: {e}")))
+}
+
+fn weights_json(w: &[WeightedVersion]) -> String {
+    serde_json::to_string(w).unwrap_or_else(|_| "[]".into())
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentRecord {
+    pub id: u64,
+    pub function: String,
+    pub environment: String,
+    /// `deploy` or `rollback`.
+    pub kind: String,
+    pub strategy: String,
+    pub state: String,
+    pub from_weights: Option<Vec<WeightedVersion>>,
+    pub to_weights: Vec<WeightedVersion>,
+    pub actor: String,
+    pub reason: Option<String>,
+    pub created_at: i64,
+    pub finished_at: Option<i64>,
+}
+
+#[derive(FromRow)]
+struct DeploymentRow {
+    id: i64,
+    function: String,
+    environment: String,
+    kind: String,
+    strategy: String,
+    state: String,
+    from_weights: Option<String>,
+    to_weights: String,
+    actor: String,
+    reason: Option<String>,
+    created_at: i64,
+    finished_at: Option<i64>,
+}
+
+impl TryFrom<DeploymentRow> for DeploymentRecord {
+    type Error = StateError;
+    fn try_from(r: DeploymentRow) -> Result<Self> {
+        Ok(Self {
+            id: r.id as u64,
+            from_weights: r.from_weights.as_deref().map(parse_weights).transpose()?,
+            to_weights: parse_weights(&r.to_weights)?,
+            function: r.function,
+            environment: r.environment,
+            kind: r.kind,
+            strategy: r.strategy,
+            state: r.state,
+            actor: r.actor,
+            reason: r.reason,
+            created_at: r.created_at,
+            finished_at: r.finished_at,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentEvent {
+    pub seq: u64,
+    pub at: i64,
+    pub kind: String,
+    pub detail: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    pub id: u64,
+    pub at: i64,
+    pub actor: String,
+    pub action: String,
+    pub object: String,
+    pub digest: Option<String>,
+    pub outcome: String,
+    pub detail: serde_json::Value,
+}
+
+/// An audit entry to append.
+#[derive(Debug, Clone)]
+pub struct NewAudit<'a> {
+    pub actor: &'a str,
+    pub action: &'a str,
+    pub object: &'a str,
+    pub digest: Option<&'a str>,
+    pub outcome: &'a str,
+    pub detail: serde_json::Value,
+}
+
+/// A version to create at publish time.
+#[derive(Debug, Clone)]
+pub struct NewVersion<'a> {
+    pub function: &'a str,
+    pub digest: &'a str,
+    pub manifest: &'a serde_json::Value,
+    pub component_size: u64,
+    pub compiled_sha256: &'a str,
+    pub actor: &'a str,
+}
+
+/// A completed route change to record.
+#[derive(Debug, Clone)]
+pub struct NewDeployment<'a> {
+    pub function: &'a str,
+    pub environment: &'a str,
+    pub kind: &'a str,
+    pub strategy: &'a str,
+    pub from_weights: Option<&'a [WeightedVersion]>,
+    pub to_weights: &'a [WeightedVersion],
+    pub actor: &'a str,
+    pub reason: Option<&'a str>,
+    /// The artifact digest(s) the route now serves, for the audit entry.
+    pub digest: Option<&'a str>,
+}
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[derive(Debug, Clone)]
+pub struct StateStore {
+    pool: SqlitePool,
+}
+
+impl StateStore {
+    /// Opens (creating if needed) the SQLite database at `path` and runs migrations.
+    pub async fn open_sqlite(path: &Path) -> Result<Self> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(std::time::Duration::from_secs(10));
+        // One connection: the control plane is low-volume, and a single writer
+        // makes `MAX(id) + 1` allocation and read-modify-write transactions
+        // trivially serial. The data plane never touches the database.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    pub async fn version_by_digest(&self, digest: &str) -> Result<Option<VersionRecord>> {
+        sqlx::query_as::<_, VersionRow>("SELECT * FROM versions WHERE digest = $1")
+            .bind(digest)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(TryInto::try_into)
+            .transpose()
+    }
+
+    pub async fn version(&self, function: &str, number: u64) -> Result<Option<VersionRecord>> {
+        sqlx::query_as::<_, VersionRow>("SELECT * FROM versions WHERE function = $1 AND number = $2")
+            .bind(function)
+            .bind(number as i64)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(TryInto::try_into)
+            .transpose()
+    }
+
+    pub async fn versions(&self, function: &str) -> Result<Vec<VersionRecord>> {
+        sqlx::query_as::<_, VersionRow>("SELECT * FROM versions WHERE function = $1 ORDER BY number")
+            .bind(function)
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(TryInto::try_into)
+            .collect()
+    }
+
+    pub async fn all_versions(&self) -> Result<Vec<VersionRecord>> {
+        sqlx::query_as::<_, VersionRow>("SELECT * FROM versions ORDER BY function, number")
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(TryInto::try_into)
+            .collect()
+    }
+
+    pub async fn function_exists(&self, name: &str) -> Result<bool> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM functions WHERE name = $1")
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n > 0)
+    }
+
+    pub async fn functions(&self) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar("SELECT name FROM functions ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// Creates `function@N` for `digest`, or returns the version that digest
+    /// already has (`false` = not created). Writes an audit entry either way.
+    pub async fn create_version(&self, new: NewVersion<'_>) -> Result<(VersionRecord, bool)> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(existing) =
+            sqlx::query_as::<_, VersionRow>("SELECT * FROM versions WHERE digest = $1")
+                .bind(new.digest)
+                .fetch_optional(&mut *tx)
+                .await?
+        {
+            tx.commit().await?;
+            return Ok((existing.try_into()?, false));
+        }
+        let now = now_ms();
+        sqlx::query("INSERT INTO functions (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
+            .bind(new.function)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        let number: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(number), 0) + 1 FROM versions WHERE function = $1")
+                .bind(new.function)
+                .fetch_one(&mut *tx)
+                .await?;
+        sqlx::query(
+            "INSERT INTO versions (function, number, digest, manifest, component_size, compiled_sha256, created_at, created_by)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(new.function)
+        .bind(number)
+        .bind(new.digest)
+        .bind(new.manifest.to_string())
+        .bind(new.component_size as i64)
+        .bind(new.compiled_sha256)
+        .bind(now)
+        .bind(new.actor)
+        .execute(&mut *tx)
+        .await?;
+        insert_audit(
+            &mut tx,
+            NewAudit {
+                actor: new.actor,
+                action: "publish",
+                object: &format!("{}@{number}", new.function),
+                digest: Some(new.digest),
+                outcome: "ok",
+                detail: serde_json::json!({"component_size": new.component_size}),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        let record = self
+            .version(new.function, number as u64)
+            .await?
+            .ok_or_else(|| StateError::Corrupt("version vanished after insert".into()))?;
+        Ok((record, true))
+    }
+
+    /// Records a new hash of a version's compiled form (after a recompile).
+    pub async fn set_compiled_sha256(&self, digest: &str, sha256: &str) -> Result<()> {
+        sqlx::query("UPDATE versions SET compiled_sha256 = $1 WHERE digest = $2")
+            .bind(sha256)
+            .bind(digest)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn environment_exists(&self, name: &str) -> Result<bool> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM environments WHERE name = $1")
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n > 0)
+    }
+
+    pub async fn environments(&self) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar("SELECT name FROM environments ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    pub async fn routes(&self) -> Result<Vec<RouteRecord>> {
+        sqlx::query_as::<_, RouteRow>("SELECT * FROM routes ORDER BY environment, function")
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(TryInto::try_into)
+            .collect()
+    }
+
+    pub async fn route(&self, environment: &str, function: &str) -> Result<Option<RouteRecord>> {
+        sqlx::query_as::<_, RouteRow>("SELECT * FROM routes WHERE environment = $1 AND function = $2")
+            .bind(environment)
+            .bind(function)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(TryInto::try_into)
+            .transpose()
+    }
+
+    /// Records a route change: the deployment, its events, the new route row
+    /// and an audit entry, in one transaction. The caller swaps the in-memory
+    /// route table only after this returns.
+    pub async fn record_deployment(&self, new: NewDeployment<'_>) -> Result<DeploymentRecord> {
+        let mut tx = self.pool.begin().await?;
+        let now = now_ms();
+        sqlx::query("INSERT INTO environments (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
+            .bind(new.environment)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        let id: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) + 1 FROM deployments")
+            .fetch_one(&mut *tx)
+            .await?;
+        let to = weights_json(new.to_weights);
+        let from = new.from_weights.map(weights_json);
+        sqlx::query(
+            "INSERT INTO deployments (id, function, environment, kind, strategy, state, from_weights, to_weights, actor, reason, created_at, finished_at)
+             VALUES ($1, $2, $3, $4, $5, 'succeeded', $6, $7, $8, $9, $10, $10)",
+        )
+        .bind(id)
+        .bind(new.function)
+        .bind(new.environment)
+        .bind(new.kind)
+        .bind(new.strategy)
+        .bind(&from)
+        .bind(&to)
+        .bind(new.actor)
+        .bind(new.reason)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let events = [
+            ("started", serde_json::json!({"from": new.from_weights, "to": new.to_weights, "strategy": new.strategy})),
+            ("route_switched", serde_json::json!({"weights": new.to_weights})),
+            ("succeeded", serde_json::json!({})),
+        ];
+        for (seq, (kind, detail)) in events.iter().enumerate() {
+            sqlx::query("INSERT INTO deployment_events (deployment_id, seq, at, kind, detail) VALUES ($1, $2, $3, $4, $5)")
+                .bind(id)
+                .bind(seq as i64 + 1)
+                .bind(now)
+                .bind(*kind)
+                .bind(detail.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(
+            "INSERT INTO routes (environment, function, weights, deployment_id, updated_at) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (environment, function) DO UPDATE SET weights = excluded.weights,
+                 deployment_id = excluded.deployment_id, updated_at = excluded.updated_at",
+        )
+        .bind(new.environment)
+        .bind(new.function)
+        .bind(&to)
+        .bind(id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        insert_audit(
+            &mut tx,
+            NewAudit {
+                actor: new.actor,
+                action: new.kind,
+                object: &format!("{}/{}", new.environment, new.function),
+                digest: new.digest,
+                outcome: "ok",
+                detail: serde_json::json!({"deployment": id, "from": new.from_weights, "to": new.to_weights, "reason": new.reason}),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        self.deployment(id as u64)
+            .await?
+            .map(|(d, _)| d)
+            .ok_or_else(|| StateError::Corrupt("deployment vanished after insert".into()))
+    }
+
+    pub async fn deployments(
+        &self,
+        function: &str,
+        environment: Option<&str>,
+    ) -> Result<Vec<DeploymentRecord>> {
+        sqlx::query_as::<_, DeploymentRow>(
+            "SELECT * FROM deployments WHERE function = $1 AND ($2 IS NULL OR environment = $2) ORDER BY id DESC",
+        )
+        .bind(function)
+        .bind(environment)
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(TryInto::try_into)
+        .collect()
+    }
+
+    pub async fn deployment(&self, id: u64) -> Result<Option<(DeploymentRecord, Vec<DeploymentEvent>)>> {
+        let Some(row) = sqlx::query_as::<_, DeploymentRow>("SELECT * FROM deployments WHERE id = $1")
+            .bind(id as i64)
+            .fetch_optional(&self.pool)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let events: Vec<(i64, i64, String, String)> = sqlx::query_as(
+            "SELECT seq, at, kind, detail FROM deployment_events WHERE deployment_id = $1 ORDER BY seq",
+        )
+        .bind(id as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        let events = events
+            .into_iter()
+            .map(|(seq, at, kind, detail)| DeploymentEvent {
+                seq: seq as u64,
+                at,
+                kind,
+                detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::String(detail)),
+            })
+            .collect();
+        Ok(Some((row.try_into()?, events)))
+    }
+
+    /// Appends an audit entry on its own (refusals, failures).
+    pub async fn audit(&self, entry: NewAudit<'_>) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        insert_audit(&mut tx, entry).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The most recent audit entries, newest first.
+    pub async fn audit_log(&self, limit: u32) -> Result<Vec<AuditRecord>> {
+        #[allow(clippy::type_complexity)]
+        let rows: Vec<(i64, i64, String, String, String, Option<String>, String, String)> =
+            sqlx::query_as(
+                "SELECT id, at, actor, action, object, digest, outcome, detail FROM audit ORDER BY id DESC LIMIT $1",
+            )
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, at, actor, action, object, digest, outcome, detail)| AuditRecord {
+                id: id as u64,
+                at,
+                actor,
+                action,
+                object,
+                digest,
+                outcome,
+                detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::String(detail)),
+            })
+            .collect())
+    }
+}
+
+async fn insert_audit(tx: &mut Transaction<'_, Sqlite>, entry: NewAudit<'_>) -> Result<()> {
+    let id: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) + 1 FROM audit")
+        .fetch_one(&mut **tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO audit (id, at, actor, action, object, digest, outcome, detail) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(id)
+    .bind(now_ms())
+    .bind(entry.actor)
+    .bind(entry.action)
+    .bind(entry.object)
+    .bind(entry.digest)
+    .bind(entry.outcome)
+    .bind(entry.detail.to_string())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn store() -> (tempfile::TempDir, StateStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateStore::open_sqlite(&dir.path().join("state.db")).await.unwrap();
+        (dir, s)
+    }
+
+    fn new_version<'a>(f: &'a str, d: &'a str, m: &'a serde_json::Value) -> NewVersion<'a> {
+        NewVersion {
+            function: f,
+            digest: d,
+            manifest: m,
+            component_size: 10,
+            compiled_sha256: "x",
+            actor: "test",
+        }
+    }
+
+    #[tokio::test]
+    async fn versions_count_up_and_a_digest_keeps_its_version() {
+        let (_d, s) = store().await;
+        let m = serde_json::json!({"name": "hello"});
+        let (v1, created) = s.create_version(new_version("hello", "sha256:a", &m)).await.unwrap();
+        assert!(created);
+        assert_eq!(v1.version, 1);
+        let (v2, _) = s.create_version(new_version("hello", "sha256:b", &m)).await.unwrap();
+        assert_eq!(v2.version, 2);
+        let (again, created) = s.create_version(new_version("hello", "sha256:a", &m)).await.unwrap();
+        assert!(!created);
+        assert_eq!(again.version, 1);
+        assert_eq!(s.versions("hello").await.unwrap().len(), 2);
+        // Each publish left one audit entry; the repeat left none.
+        assert_eq!(s.audit_log(10).await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn deployments_move_routes_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let s = StateStore::open_sqlite(&path).await.unwrap();
+            let m = serde_json::json!({});
+            s.create_version(new_version("hello", "sha256:a", &m)).await.unwrap();
+            let to = [WeightedVersion { version: 1, weight: 100 }];
+            let d = s
+                .record_deployment(NewDeployment {
+                    function: "hello",
+                    environment: "production",
+                    kind: "deploy",
+                    strategy: "all-at-once",
+                    from_weights: None,
+                    to_weights: &to,
+                    actor: "test",
+                    reason: None,
+                    digest: Some("sha256:a"),
+                })
+                .await
+                .unwrap();
+            assert_eq!(d.id, 1);
+            assert_eq!(d.state, "succeeded");
+            let (_, events) = s.deployment(1).await.unwrap().unwrap();
+            assert_eq!(events.len(), 3);
+        }
+        let s = StateStore::open_sqlite(&path).await.unwrap();
+        let route = s.route("production", "hello").await.unwrap().unwrap();
+        assert_eq!(route.weights, vec![WeightedVersion { version: 1, weight: 100 }]);
+        assert_eq!(route.deployment_id, 1);
+    }
+}

@@ -1,0 +1,6 @@
+//! One module per verb group.
+
+pub mod deploy;
+pub mod publish;
+pub mod query;
+pub mod server;

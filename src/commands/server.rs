@@ -1,0 +1,137 @@
+//! `seal server`: parse flags into a `ServerConfig`, start, wait for a signal.
+
+use clap::Args;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct ServerArgs {
+    /// Gateway (data plane) address; port 0 picks a free port.
+    #[arg(long, env = "SEAL_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+
+    /// Control API address; port 0 picks a free port.
+    #[arg(long, env = "SEAL_API_LISTEN", default_value = "127.0.0.1:8081")]
+    api_listen: SocketAddr,
+
+    /// Where state, artifacts and compiled components live.
+    #[arg(long, env = "SEAL_DATA_DIR", default_value = "./.seal")]
+    data_dir: PathBuf,
+
+    /// Largest blob an upload may send, e.g. 64MiB, 512KiB, 1000000.
+    #[arg(long, env = "SEAL_MAX_UPLOAD_SIZE", default_value = "64MiB", value_parser = parse_size)]
+    max_upload_size: u64,
+
+    /// Environment served at http://GATEWAY/<function>/….
+    #[arg(long, env = "SEAL_DEFAULT_ENVIRONMENT", default_value = "production")]
+    default_environment: String,
+
+    /// Concurrent instances the pooling allocator reserves slots for.
+    #[arg(long, env = "SEAL_MAX_INSTANCES", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    max_instances: u32,
+
+    /// Log format on stderr.
+    #[arg(long, env = "SEAL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `64MiB`, `512KiB`, `1GiB`, `10MB`, `1000` (bytes).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid size {s:?}: expected a number with an optional unit (KiB, MiB, GiB, KB, MB, GB, B)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" | "k" => 1 << 10,
+        "mib" | "m" => 1 << 20,
+        "gib" | "g" => 1 << 30,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        other => return Err(format!("invalid size unit {other:?} in {s:?}: use KiB, MiB, GiB, KB, MB, GB or B")),
+    };
+    n.checked_mul(mult)
+        .filter(|v| *v > 0)
+        .ok_or_else(|| format!("invalid size {s:?}: must be between 1 byte and 16 EiB"))
+}
+
+pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SEAL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    seal_artifact::validate_function_name(&args.default_environment)
+        .map_err(|e| anyhow::anyhow!("--default-environment: {e}"))?;
+
+    let server = seal_control::start(seal_control::ServerConfig {
+        gateway_listen: args.listen,
+        api_listen: args.api_listen,
+        data_dir: args.data_dir.clone(),
+        max_upload_bytes: args.max_upload_size,
+        default_environment: args.default_environment,
+        max_instances: args.max_instances,
+    })
+    .await?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "gateway listening on http://{}", server.gateway_addr)?;
+        writeln!(out, "api listening on http://{}", server.api_addr)?;
+        writeln!(out, "data dir {}", args.data_dir.display())?;
+        out.flush()?;
+    }
+    shutdown_signal().await;
+    tracing::info!("shutting down: finishing in-flight requests");
+    server.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("512KiB"), Ok(512 << 10));
+        assert_eq!(parse_size("1000"), Ok(1000));
+        assert_eq!(parse_size("10MB"), Ok(10_000_000));
+        assert!(parse_size("ten").is_err());
+        assert!(parse_size("5 parsecs").is_err());
+        assert!(parse_size("0").is_err());
+    }
+}

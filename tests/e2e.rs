@@ -1,0 +1,413 @@
+//! End-to-end: the real server on 127.0.0.1:0, real guests built from
+//! source, the real CLI, real HTTP.
+
+mod support;
+
+use serde_json::Value;
+use std::time::Duration;
+use support::{Server, example_component, guest, header, publish_file, repo};
+
+fn examples(name: &str) -> String {
+    repo().join("examples").join(name).to_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_deploy_rollback_and_history() {
+    example_component("hello");
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+
+    // Publish the example project (builds through seal.toml) → hello@1.
+    let p1 = s.seal_json(&["publish", &examples("hello")]);
+    assert_eq!(p1["function"], "hello");
+    assert_eq!(p1["version"], 1);
+    let d1 = p1["digest"].as_str().unwrap().to_owned();
+    assert!(d1.starts_with("sha256:") && d1.len() == 71, "{d1}");
+
+    // Not deployed yet: 404 with a JSON error.
+    let r = s.get("/hello/").await;
+    assert_eq!(r.status(), 404);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "not_found");
+
+    let d = s.seal_json(&["deploy", "hello", "1"]);
+    assert_eq!(d["deployment"]["to_weights"][0]["version"], 1);
+    let r = s.get("/hello/some/path?x=1").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "seal-version"), "1");
+    assert_eq!(header(&r, "seal-digest"), d1);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("(v1)"), "{text}");
+    assert!(text.contains("path=/some/path?x=1"), "function must see the path after /hello: {text}");
+
+    // Second version under the same name.
+    let p2 = s.seal_json(&["publish", &examples("hello-v2"), "--name", "hello"]);
+    assert_eq!(p2["version"], 2);
+    let d2 = p2["digest"].as_str().unwrap().to_owned();
+    assert_ne!(d1, d2);
+    s.seal_json(&["deploy", "hello", "2", "--reason", "ship v2"]);
+    let r = s.get("/hello/").await;
+    assert_eq!(header(&r, "seal-version"), "2");
+    assert_eq!(header(&r, "seal-digest"), d2);
+    assert!(r.text().await.unwrap().contains("(v2)"));
+
+    // Environment by Host header.
+    let r = s
+        .http
+        .get(format!("{}/", s.gateway))
+        .header("host", "hello.production.localhost")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(&r, "seal-version"), "2");
+    let r = s
+        .http
+        .get(format!("{}/", s.gateway))
+        .header("host", "hello.staging.localhost")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "staging has no route");
+
+    // Rollback goes back to v1.
+    let rb = s.seal_json(&["rollback", "hello"]);
+    assert_eq!(rb["deployment"]["kind"], "rollback");
+    assert_eq!(rb["deployment"]["to_weights"][0]["version"], 1);
+    let r = s.get("/hello/").await;
+    assert_eq!(header(&r, "seal-version"), "1");
+    assert!(r.text().await.unwrap().contains("(v1)"));
+
+    // Publishing the same artifact again returns the same version.
+    let again = s.seal_json(&["publish", &examples("hello")]);
+    assert_eq!(again["version"], 1);
+    assert_eq!(again["digest"], d1.as_str());
+    assert_eq!(again["created"], false);
+
+    // History and inspection.
+    let versions = s.seal_json(&["versions", "hello"]);
+    assert_eq!(versions["versions"].as_array().unwrap().len(), 2);
+    let deployments = s.seal_json(&["deployments", "hello"]);
+    let list = deployments["deployments"].as_array().unwrap();
+    assert_eq!(list.len(), 3);
+    assert_eq!(list[0]["kind"], "rollback");
+    assert_eq!(list[1]["reason"], "ship v2");
+    assert_eq!(list[1]["actor"], "e2e-test");
+    let shown = s.seal_json(&["deployment", &list[0]["id"].to_string()]);
+    let kinds: Vec<_> = shown["events"].as_array().unwrap().iter().map(|e| e["kind"].clone()).collect();
+    assert_eq!(kinds, ["started", "route_switched", "succeeded"]);
+    let status = s.seal_json(&["status", "hello"]);
+    assert_eq!(status["routes"][0]["versions"][0]["version"], 1);
+    assert_eq!(status["routes"][0]["versions"][0]["serving"], true);
+    let inspect = s.seal_json(&["inspect", "hello@2"]);
+    assert_eq!(inspect["verified"], true);
+    assert_eq!(inspect["version"]["digest"], d2.as_str());
+    assert_eq!(inspect["oci_manifest"]["schemaVersion"], 2);
+    assert_eq!(inspect["oci_manifest"]["config"]["mediaType"], "application/vnd.seal.function.config.v1+json");
+    assert_eq!(inspect["oci_manifest"]["layers"][0]["mediaType"], "application/wasm");
+    let audit = s.seal_json(&["audit"]);
+    let actions: Vec<_> = audit["entries"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(actions, ["rollback", "deploy", "publish", "deploy", "publish"]);
+
+    // Human output works too.
+    let out = s.seal(&["status", "hello"]);
+    assert!(out.ok && out.stdout.contains("production"), "{}", out.stdout);
+
+    // The artifact store is a real OCI image layout.
+    let layout = dir.path().join("artifacts");
+    assert!(layout.join("oci-layout").is_file());
+    let index: Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let digests: Vec<_> = index["manifests"].as_array().unwrap().iter().map(|m| m["digest"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(digests, [d1.clone(), d2.clone()]);
+    assert!(layout.join("blobs/sha256").join(&d1["sha256:".len()..]).is_file());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_serves_same_routes_without_recompiling() {
+    let echo = guest("echo");
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    let (v, digest) = publish_file(&s, &echo, "echo", &[]);
+    s.seal_json(&["deploy", "echo", &v.to_string()]);
+    let info = s.api_get("/v1/server").await;
+    assert_eq!(info["compiles"], 1, "compiled once, at publish");
+    s.stop();
+
+    let s = Server::start(dir.path());
+    let r = s.get("/echo/after-restart").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "seal-digest"), digest);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["path"], "/after-restart");
+    let info = s.api_get("/v1/server").await;
+    assert_eq!(info["compiles"], 0, "nothing recompiled on restart");
+    assert_eq!(info["cache_loads"], 1);
+    s.stop();
+
+    // A tampered compiled file is not trusted: it is recompiled from the
+    // verified blob, and the route still serves.
+    let cached = dir.path().join("compiled").join(format!("{}.cwasm", &digest["sha256:".len()..]));
+    let mut bytes = std::fs::read(&cached).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&cached, bytes).unwrap();
+    let s = Server::start(dir.path());
+    assert_eq!(s.get("/echo/").await.status(), 200);
+    let info = s.api_get("/v1/server").await;
+    assert_eq!(info["compiles"], 1, "tampered cache must be recompiled");
+    assert!(s.log().contains("does not match its recorded hash"), "{}", s.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_sees_method_path_headers_body_and_env() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    let (v, _) = publish_file(&s, &guest("echo"), "echo", &[]);
+    s.seal_json(&["deploy", "echo", &v.to_string()]);
+    let r = s
+        .http
+        .post(format!("{}/echo/a/b?c=d", s.gateway))
+        .header("x-test", "yes")
+        .body("payload")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["method"], "POST");
+    assert_eq!(body["path"], "/a/b?c=d");
+    assert_eq!(body["headers"]["x-test"], "yes");
+    assert_eq!(body["body"], "payload");
+    assert_eq!(body["env"]["SEAL_FUNCTION"], "echo");
+    // Same function, function-without-trailing-slash form.
+    let body: Value = s.get("/echo").await.json().await.unwrap();
+    assert_eq!(body["path"], "/");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traps_timeouts_and_memory_fail_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    for (name, extra) in [
+        ("echo", vec![]),
+        ("trap", vec![]),
+        ("fail", vec![]),
+        ("spin", vec!["--timeout", "300ms"]),
+        ("slow", vec!["--timeout", "300ms"]),
+        ("memhog", vec!["--memory", "32MiB"]),
+    ] {
+        let (v, _) = publish_file(&s, &guest(name), name, &extra);
+        s.seal_json(&["deploy", name, &v.to_string()]);
+    }
+
+    let r = s.get("/trap/").await;
+    assert_eq!(r.status(), 500);
+    assert_eq!(header(&r, "seal-version"), "1", "errors carry the version");
+    assert!(header(&r, "seal-digest").starts_with("sha256:"));
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "trap");
+
+    let r = s.get("/fail/").await;
+    assert_eq!(r.status(), 500);
+    assert_eq!(r.text().await.unwrap(), "boom\n", "a guest's own 500 passes through");
+
+    // The infinite loop and an echo request at the same time: the echo
+    // answers at once, the loop is cut at its timeout.
+    let (spin, echo) = tokio::join!(s.get("/spin/"), async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let started = std::time::Instant::now();
+        let r = s.get("/echo/").await;
+        (r.status(), started.elapsed())
+    });
+    assert_eq!(spin.status(), 504);
+    let body: Value = spin.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "timeout");
+    assert_eq!(echo.0, 200);
+    assert!(echo.1 < Duration::from_millis(250), "echo was held up by the loop: {:?}", echo.1);
+
+    let r = s.get("/slow/?ms=5000").await;
+    assert_eq!(r.status(), 504);
+    let r = s.get("/slow/?ms=10").await;
+    assert_eq!(r.status(), 200);
+
+    let r = s.get("/memhog/").await;
+    assert_eq!(r.status(), 500);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "memory", "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("32 MiB"), "{body}");
+
+    // Each failure counted against its version; the server still serves.
+    let trap = s.seal_json(&["status", "trap"]);
+    assert_eq!(trap["routes"][0]["versions"][0]["errors"], 1);
+    assert_eq!(trap["routes"][0]["versions"][0]["requests"], 1);
+    for _ in 0..5 {
+        assert_eq!(s.get("/echo/").await.status(), 200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start_with(dir.path(), &["--max-upload-size", "90KiB"]);
+    let (v, digest) = publish_file(&s, &guest("fail"), "keep", &[]);
+    s.seal_json(&["deploy", "keep", &v.to_string()]);
+    let still_serving = || async {
+        let r = s.get("/keep/").await;
+        assert_eq!(r.status(), 500, "the deployed guest answers 500 by design");
+        assert_eq!(header(&r, "seal-digest"), digest, "route changed");
+    };
+
+    let files = tempfile::tempdir().unwrap();
+    let garbage = files.path().join("garbage.wasm");
+    std::fs::write(&garbage, b"this is not wasm").unwrap();
+    s.seal(&["publish", garbage.to_str().unwrap()]).assert_fails_with("not a WebAssembly file");
+    let core = files.path().join("core.wasm");
+    std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
+    s.seal(&["publish", core.to_str().unwrap()]).assert_fails_with("core WebAssembly module");
+    s.seal(&["publish", guest("cli").to_str().unwrap(), "--name", "cli"])
+        .assert_fails_with("does not export wasi:http/incoming-handler");
+    for bad in ["../x", "Hello", &"a".repeat(200)] {
+        s.seal(&["publish", guest("trap").to_str().unwrap(), "--name", bad])
+            .assert_fails_with("invalid function name");
+    }
+    // echo is ~100 KB, over the 90 KiB limit.
+    s.seal(&["publish", guest("echo").to_str().unwrap(), "--name", "big"])
+        .assert_fails_with("larger than the limit");
+
+    // The server checks too, not just the CLI: a raw oversized streamed
+    // upload without Content-Length is cut off, and leaves nothing behind.
+    let chunks = (0..64).map(|_| Ok::<_, std::io::Error>(vec![0u8; 64 * 1024]));
+    let r = s
+        .http
+        .put(format!("{}/v1/blobs/sha256:{}", s.api, "0".repeat(64)))
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_large");
+    // A blob whose bytes do not match its digest is refused.
+    let r = s
+        .http
+        .put(format!("{}/v1/blobs/sha256:{}", s.api, "0".repeat(64)))
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("artifacts/blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
+    // A manifest that is not an OCI manifest.
+    let r = s.http.post(format!("{}/v1/artifacts", s.api)).body("{}").send().await.unwrap();
+    assert_eq!(r.status(), 422);
+
+    s.seal(&["deploy", "nope", "1"]).assert_fails_with("unknown function");
+    s.seal(&["deploy", "keep", "9"]).assert_fails_with("has no version 9");
+    s.seal(&["deploy", "keep", "1", "--env", "Bad_Env"]).assert_fails_with("invalid environment name");
+    s.seal(&["rollback", "keep"]).assert_fails_with("no previous version");
+    s.seal(&["rollback", "keep", "--env", "staging"]).assert_fails_with("no route");
+    s.seal(&["inspect", "keep"]).assert_fails_with("FUNCTION@VERSION");
+    let r = s
+        .http
+        .post(format!("{}/v1/functions/keep/deploy", s.api))
+        .body(r#"{"version": "one"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    still_serving().await;
+
+    // Nothing was recorded for the refusals but the one deployment.
+    let deployments = s.seal_json(&["deployments", "keep"]);
+    assert_eq!(deployments["deployments"].as_array().unwrap().len(), 1);
+    let functions = s.seal_json(&["functions"]);
+    let names: Vec<_> = functions["functions"].as_array().unwrap().iter().map(|f| f["function"].clone()).collect();
+    assert_eq!(names, ["keep"]);
+
+    // A corrupted blob on disk is reported and never executed.
+    let (v2, d2) = publish_file(&s, &guest("trap"), "other", &[]);
+    assert_eq!(v2, 1);
+    s.stop();
+    let oci_manifest: Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("artifacts/blobs/sha256").join(&d2["sha256:".len()..])).unwrap(),
+    )
+    .unwrap();
+    let layer = oci_manifest["layers"][0]["digest"].as_str().unwrap();
+    let layer_path = dir.path().join("artifacts/blobs/sha256").join(&layer["sha256:".len()..]);
+    let mut bytes = std::fs::read(&layer_path).unwrap();
+    bytes[100] ^= 0xff;
+    std::fs::write(&layer_path, bytes).unwrap();
+    std::fs::remove_file(dir.path().join("compiled").join(format!("{}.cwasm", &d2["sha256:".len()..]))).unwrap();
+
+    let s = Server::start_with(dir.path(), &["--max-upload-size", "90KiB"]);
+    s.seal(&["deploy", "other", "1"]).assert_fails_with("corrupt");
+    s.seal(&["inspect", "other@1"]).assert_fails_with("corrupt");
+    assert_eq!(s.get("/other/").await.status(), 404);
+    let r = s.get("/keep/").await;
+    assert_eq!(header(&r, "seal-digest"), digest, "the good route still serves");
+    let audit = s.seal_json(&["audit"]);
+    assert_eq!(audit["entries"][0]["outcome"], "refused");
+}
+
+/// A load loop of concurrent requests across deploys and rollbacks: zero
+/// failed requests, and both versions seen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_request_fails_across_deploys_and_rollbacks() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    let (v1, _) = publish_file(&s, &example_component("hello"), "hello", &[]);
+    let (v2, _) = publish_file(&s, &example_component("hello_v2"), "hello", &[]);
+    assert_eq!((v1, v2), (1, 2));
+    s.seal_json(&["deploy", "hello", "1"]);
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for _ in 0..8 {
+        let url = format!("{}/hello/", s.gateway);
+        let stop = stop.clone();
+        workers.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let (mut ok, mut failed, mut seen) = (0u64, Vec::new(), std::collections::BTreeSet::new());
+            // Bounded: at most 5000 requests per worker.
+            for _ in 0..5000 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                match client.get(&url).send().await {
+                    Ok(r) if r.status() == 200 => {
+                        seen.insert(r.headers()["seal-version"].to_str().unwrap().to_owned());
+                        ok += 1;
+                    }
+                    Ok(r) => failed.push(format!("status {}", r.status())),
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            (ok, failed, seen)
+        }));
+    }
+    for i in 0..6 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        if i % 2 == 0 {
+            s.seal_json(&["deploy", "hello", "2"]);
+        } else {
+            s.seal_json(&["rollback", "hello"]);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut total, mut seen) = (0, std::collections::BTreeSet::new());
+    for w in workers {
+        let (ok, failed, s) = w.await.unwrap();
+        assert!(failed.is_empty(), "failed requests: {failed:?}");
+        total += ok;
+        seen.extend(s);
+    }
+    assert!(total > 100, "too few requests to mean anything: {total}");
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["1", "2"]);
+    let deployments = s.seal_json(&["deployments", "hello"]);
+    assert_eq!(deployments["deployments"].as_array().unwrap().len(), 7);
+}

@@ -1,0 +1,5 @@
+//! Test guest: a plain WASI command (exports `wasi:cli/run` only).
+
+fn main() {
+    println!("hi");
+}

@@ -1,0 +1,222 @@
+//! End-to-end test harness: builds the guest components from source, starts
+//! the real `seal server` on 127.0.0.1:0, and runs the real CLI against it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn seal_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_seal"))
+}
+
+/// Builds a guest workspace once per test binary and returns its release dir.
+fn build_wasm_workspace(dir: &str, cell: &'static OnceLock<PathBuf>) -> PathBuf {
+    cell.get_or_init(|| {
+        let manifest = repo().join(dir).join("Cargo.toml");
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
+            .arg(&manifest)
+            .env_remove("CARGO_TARGET_DIR")
+            .env_remove("RUSTFLAGS")
+            .status()
+            .expect("run cargo for guests");
+        assert!(status.success(), "building {dir} for wasm32-wasip2 failed (is the target installed? `rustup target add wasm32-wasip2`)");
+        repo().join(dir).join("target/wasm32-wasip2/release")
+    })
+    .clone()
+}
+
+/// Path of a test guest component (`echo`, `fail`, `slow`, `trap`, `spin`, `memhog`, `cli`).
+pub fn guest(name: &str) -> PathBuf {
+    static CELL: OnceLock<PathBuf> = OnceLock::new();
+    let dir = build_wasm_workspace("tests/guests", &CELL);
+    if name == "cli" {
+        dir.join("guest-cli.wasm")
+    } else {
+        dir.join(format!("guest_{name}.wasm"))
+    }
+}
+
+/// Makes sure `examples/` is built (the CLI builds it too, through seal.toml).
+pub fn example_component(name: &str) -> PathBuf {
+    static CELL: OnceLock<PathBuf> = OnceLock::new();
+    build_wasm_workspace("examples", &CELL).join(format!("{name}.wasm"))
+}
+
+/// A running `seal server` child process; killed on drop, its log printed
+/// if the test failed.
+pub struct Server {
+    child: Option<Child>,
+    pub gateway: String,
+    pub api: String,
+    pub data_dir: PathBuf,
+    log: Arc<Mutex<String>>,
+    pub http: reqwest::Client,
+}
+
+impl Server {
+    pub fn start(data_dir: &Path) -> Self {
+        Self::start_with(data_dir, &[])
+    }
+
+    pub fn start_with(data_dir: &Path, extra: &[&str]) -> Self {
+        let mut child = Command::new(seal_bin())
+            .args(["server", "--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .env("SEAL_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn seal server");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("stderr");
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let (mut gateway, mut api) = (None, None);
+        while gateway.is_none() || api.is_none() {
+            let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| {
+                panic!("server did not print its addresses; log:\n{}", log.lock().unwrap())
+            });
+            if let Some(a) = line.strip_prefix("gateway listening on ") {
+                gateway = Some(a.to_owned());
+            } else if let Some(a) = line.strip_prefix("api listening on ") {
+                api = Some(a.to_owned());
+            }
+        }
+        Self {
+            child: Some(child),
+            gateway: gateway.unwrap(),
+            api: api.unwrap(),
+            data_dir: data_dir.to_owned(),
+            log,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Stops the server with SIGTERM-like kill and waits for it.
+    pub fn stop(mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs a CLI command against this server.
+    pub fn seal(&self, args: &[&str]) -> CliOutput {
+        let out = Command::new(seal_bin())
+            .args(args)
+            .env("SEAL_SERVER", &self.api)
+            .env("SEAL_ACTOR", "e2e-test")
+            .output()
+            .expect("run seal");
+        CliOutput {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Runs a CLI command that must succeed with `--output json`, and parses it.
+    pub fn seal_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.extend(["--output", "json"]);
+        let out = self.seal(&all);
+        assert!(out.ok, "seal {args:?} failed: {}\n{}", out.stderr, self.log());
+        serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("seal {args:?} printed non-JSON ({e}): {}", out.stdout))
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.gateway))
+            .send()
+            .await
+            .expect("gateway request")
+    }
+
+    pub async fn api_get(&self, path: &str) -> serde_json::Value {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.api))
+            .send()
+            .await
+            .expect("api request");
+        assert!(resp.status().is_success(), "GET {path}: {}", resp.status());
+        resp.json().await.expect("api json")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("---- seal server log ----\n{}", self.log());
+        }
+    }
+}
+
+pub struct CliOutput {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CliOutput {
+    /// Asserts failure with a single-line message containing `needle`.
+    pub fn assert_fails_with(&self, needle: &str) {
+        assert!(!self.ok, "expected failure, got success: {}", self.stdout);
+        assert!(
+            self.stderr.to_lowercase().contains(&needle.to_lowercase()),
+            "stderr does not mention {needle:?}: {}",
+            self.stderr
+        );
+        assert_eq!(self.stderr.trim_end().lines().count(), 1, "error is not one line: {}", self.stderr);
+    }
+}
+
+pub fn header(resp: &reqwest::Response, name: &str) -> String {
+    resp.headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+/// Publishes a built `.wasm` file under a name and returns (version, digest).
+pub fn publish_file(server: &Server, path: &Path, name: &str, extra: &[&str]) -> (u64, String) {
+    let p = path.to_str().unwrap();
+    let mut args = vec!["publish", p, "--name", name];
+    args.extend(extra);
+    let v = server.seal_json(&args);
+    (
+        v["version"].as_u64().expect("version"),
+        v["digest"].as_str().expect("digest").to_owned(),
+    )
+}
