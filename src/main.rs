@@ -27,7 +27,12 @@ struct Cli {
     output: OutputFormat,
 
     /// URL of the Seal control API.
-    #[arg(long, global = true, env = "SEAL_SERVER", default_value = "http://127.0.0.1:8081")]
+    #[arg(
+        long,
+        global = true,
+        env = "SEAL_SERVER",
+        default_value = "http://127.0.0.1:8081"
+    )]
     server: String,
 
     #[command(subcommand)]
@@ -62,7 +67,10 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -1,6 +1,8 @@
 //! End-to-end: the real server on 127.0.0.1:0, real guests built from
 //! source, the real CLI, real HTTP.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use serde_json::Value;
@@ -8,7 +10,12 @@ use std::time::Duration;
 use support::{Server, example_component, guest, header, publish_file, repo};
 
 fn examples(name: &str) -> String {
-    repo().join("examples").join(name).to_str().unwrap().to_owned()
+    repo()
+        .join("examples")
+        .join(name)
+        .to_str()
+        .unwrap()
+        .to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -38,7 +45,10 @@ async fn publish_deploy_rollback_and_history() {
     assert_eq!(header(&r, "seal-digest"), d1);
     let text = r.text().await.unwrap();
     assert!(text.contains("(v1)"), "{text}");
-    assert!(text.contains("path=/some/path?x=1"), "function must see the path after /hello: {text}");
+    assert!(
+        text.contains("path=/some/path?x=1"),
+        "function must see the path after /hello: {text}"
+    );
 
     // Second version under the same name.
     let p2 = s.seal_json(&["publish", &examples("hello-v2"), "--name", "hello"]);
@@ -93,7 +103,12 @@ async fn publish_deploy_rollback_and_history() {
     assert_eq!(list[1]["reason"], "ship v2");
     assert_eq!(list[1]["actor"], "e2e-test");
     let shown = s.seal_json(&["deployment", &list[0]["id"].to_string()]);
-    let kinds: Vec<_> = shown["events"].as_array().unwrap().iter().map(|e| e["kind"].clone()).collect();
+    let kinds: Vec<_> = shown["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].clone())
+        .collect();
     assert_eq!(kinds, ["started", "route_switched", "succeeded"]);
     let status = s.seal_json(&["status", "hello"]);
     assert_eq!(status["routes"][0]["versions"][0]["version"], 1);
@@ -102,23 +117,52 @@ async fn publish_deploy_rollback_and_history() {
     assert_eq!(inspect["verified"], true);
     assert_eq!(inspect["version"]["digest"], d2.as_str());
     assert_eq!(inspect["oci_manifest"]["schemaVersion"], 2);
-    assert_eq!(inspect["oci_manifest"]["config"]["mediaType"], "application/vnd.seal.function.config.v1+json");
-    assert_eq!(inspect["oci_manifest"]["layers"][0]["mediaType"], "application/wasm");
+    assert_eq!(
+        inspect["oci_manifest"]["config"]["mediaType"],
+        "application/vnd.seal.function.config.v1+json"
+    );
+    assert_eq!(
+        inspect["oci_manifest"]["layers"][0]["mediaType"],
+        "application/wasm"
+    );
     let audit = s.seal_json(&["audit"]);
-    let actions: Vec<_> = audit["entries"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap().to_owned()).collect();
-    assert_eq!(actions, ["rollback", "deploy", "publish", "deploy", "publish"]);
+    let actions: Vec<_> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        actions,
+        ["rollback", "deploy", "publish", "deploy", "publish"]
+    );
 
     // Human output works too.
     let out = s.seal(&["status", "hello"]);
-    assert!(out.ok && out.stdout.contains("production"), "{}", out.stdout);
+    assert!(
+        out.ok && out.stdout.contains("production"),
+        "{}",
+        out.stdout
+    );
 
     // The artifact store is a real OCI image layout.
     let layout = dir.path().join("artifacts");
     assert!(layout.join("oci-layout").is_file());
-    let index: Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
-    let digests: Vec<_> = index["manifests"].as_array().unwrap().iter().map(|m| m["digest"].as_str().unwrap().to_owned()).collect();
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let digests: Vec<_> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["digest"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(digests, [d1.clone(), d2.clone()]);
-    assert!(layout.join("blobs/sha256").join(&d1["sha256:".len()..]).is_file());
+    assert!(
+        layout
+            .join("blobs/sha256")
+            .join(&d1["sha256:".len()..])
+            .is_file()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,7 +189,10 @@ async fn restart_serves_same_routes_without_recompiling() {
 
     // A tampered compiled file is not trusted: it is recompiled from the
     // verified blob, and the route still serves.
-    let cached = dir.path().join("compiled").join(format!("{}.cwasm", &digest["sha256:".len()..]));
+    let cached = dir
+        .path()
+        .join("compiled")
+        .join(format!("{}.cwasm", &digest["sha256:".len()..]));
     let mut bytes = std::fs::read(&cached).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
@@ -154,7 +201,11 @@ async fn restart_serves_same_routes_without_recompiling() {
     assert_eq!(s.get("/echo/").await.status(), 200);
     let info = s.api_get("/v1/server").await;
     assert_eq!(info["compiles"], 1, "tampered cache must be recompiled");
-    assert!(s.log().contains("does not match its recorded hash"), "{}", s.log());
+    assert!(
+        s.log().contains("does not match its recorded hash"),
+        "{}",
+        s.log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -208,7 +259,11 @@ async fn traps_timeouts_and_memory_fail_alone() {
 
     let r = s.get("/fail/").await;
     assert_eq!(r.status(), 500);
-    assert_eq!(r.text().await.unwrap(), "boom\n", "a guest's own 500 passes through");
+    assert_eq!(
+        r.text().await.unwrap(),
+        "boom\n",
+        "a guest's own 500 passes through"
+    );
 
     // The infinite loop and an echo request at the same time: the echo
     // answers at once, the loop is cut at its timeout.
@@ -222,7 +277,11 @@ async fn traps_timeouts_and_memory_fail_alone() {
     let body: Value = spin.json().await.unwrap();
     assert_eq!(body["error"]["code"], "timeout");
     assert_eq!(echo.0, 200);
-    assert!(echo.1 < Duration::from_millis(250), "echo was held up by the loop: {:?}", echo.1);
+    assert!(
+        echo.1 < Duration::from_millis(250),
+        "echo was held up by the loop: {:?}",
+        echo.1
+    );
 
     let r = s.get("/slow/?ms=5000").await;
     assert_eq!(r.status(), 504);
@@ -233,7 +292,13 @@ async fn traps_timeouts_and_memory_fail_alone() {
     assert_eq!(r.status(), 500);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "memory", "{body}");
-    assert!(body["error"]["message"].as_str().unwrap().contains("32 MiB"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("32 MiB"),
+        "{body}"
+    );
 
     // Each failure counted against its version; the server still serves.
     let trap = s.seal_json(&["status", "trap"]);
@@ -259,10 +324,12 @@ async fn bad_input_is_refused_and_changes_nothing() {
     let files = tempfile::tempdir().unwrap();
     let garbage = files.path().join("garbage.wasm");
     std::fs::write(&garbage, b"this is not wasm").unwrap();
-    s.seal(&["publish", garbage.to_str().unwrap()]).assert_fails_with("not a WebAssembly file");
+    s.seal(&["publish", garbage.to_str().unwrap()])
+        .assert_fails_with("not a WebAssembly file");
     let core = files.path().join("core.wasm");
     std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
-    s.seal(&["publish", core.to_str().unwrap()]).assert_fails_with("core WebAssembly module");
+    s.seal(&["publish", core.to_str().unwrap()])
+        .assert_fails_with("core WebAssembly module");
     s.seal(&["publish", guest("cli").to_str().unwrap(), "--name", "cli"])
         .assert_fails_with("does not export wasi:http/incoming-handler");
     for bad in ["../x", "Hello", &"a".repeat(200)] {
@@ -302,15 +369,27 @@ async fn bad_input_is_refused_and_changes_nothing() {
         .collect();
     assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
     // A manifest that is not an OCI manifest.
-    let r = s.http.post(format!("{}/v1/artifacts", s.api)).body("{}").send().await.unwrap();
+    let r = s
+        .http
+        .post(format!("{}/v1/artifacts", s.api))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 422);
 
-    s.seal(&["deploy", "nope", "1"]).assert_fails_with("unknown function");
-    s.seal(&["deploy", "keep", "9"]).assert_fails_with("has no version 9");
-    s.seal(&["deploy", "keep", "1", "--env", "Bad_Env"]).assert_fails_with("invalid environment name");
-    s.seal(&["rollback", "keep"]).assert_fails_with("no previous version");
-    s.seal(&["rollback", "keep", "--env", "staging"]).assert_fails_with("no route");
-    s.seal(&["inspect", "keep"]).assert_fails_with("FUNCTION@VERSION");
+    s.seal(&["deploy", "nope", "1"])
+        .assert_fails_with("unknown function");
+    s.seal(&["deploy", "keep", "9"])
+        .assert_fails_with("has no version 9");
+    s.seal(&["deploy", "keep", "1", "--env", "Bad_Env"])
+        .assert_fails_with("invalid environment name");
+    s.seal(&["rollback", "keep"])
+        .assert_fails_with("no previous version");
+    s.seal(&["rollback", "keep", "--env", "staging"])
+        .assert_fails_with("no route");
+    s.seal(&["inspect", "keep"])
+        .assert_fails_with("FUNCTION@VERSION");
     let r = s
         .http
         .post(format!("{}/v1/functions/keep/deploy", s.api))
@@ -325,7 +404,12 @@ async fn bad_input_is_refused_and_changes_nothing() {
     let deployments = s.seal_json(&["deployments", "keep"]);
     assert_eq!(deployments["deployments"].as_array().unwrap().len(), 1);
     let functions = s.seal_json(&["functions"]);
-    let names: Vec<_> = functions["functions"].as_array().unwrap().iter().map(|f| f["function"].clone()).collect();
+    let names: Vec<_> = functions["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["function"].clone())
+        .collect();
     assert_eq!(names, ["keep"]);
 
     // A corrupted blob on disk is reported and never executed.
@@ -333,22 +417,40 @@ async fn bad_input_is_refused_and_changes_nothing() {
     assert_eq!(v2, 1);
     s.stop();
     let oci_manifest: Value = serde_json::from_slice(
-        &std::fs::read(dir.path().join("artifacts/blobs/sha256").join(&d2["sha256:".len()..])).unwrap(),
+        &std::fs::read(
+            dir.path()
+                .join("artifacts/blobs/sha256")
+                .join(&d2["sha256:".len()..]),
+        )
+        .unwrap(),
     )
     .unwrap();
     let layer = oci_manifest["layers"][0]["digest"].as_str().unwrap();
-    let layer_path = dir.path().join("artifacts/blobs/sha256").join(&layer["sha256:".len()..]);
+    let layer_path = dir
+        .path()
+        .join("artifacts/blobs/sha256")
+        .join(&layer["sha256:".len()..]);
     let mut bytes = std::fs::read(&layer_path).unwrap();
     bytes[100] ^= 0xff;
     std::fs::write(&layer_path, bytes).unwrap();
-    std::fs::remove_file(dir.path().join("compiled").join(format!("{}.cwasm", &d2["sha256:".len()..]))).unwrap();
+    std::fs::remove_file(
+        dir.path()
+            .join("compiled")
+            .join(format!("{}.cwasm", &d2["sha256:".len()..])),
+    )
+    .unwrap();
 
     let s = Server::start_with(dir.path(), &["--max-upload-size", "90KiB"]);
-    s.seal(&["deploy", "other", "1"]).assert_fails_with("corrupt");
+    s.seal(&["deploy", "other", "1"])
+        .assert_fails_with("corrupt");
     s.seal(&["inspect", "other@1"]).assert_fails_with("corrupt");
     assert_eq!(s.get("/other/").await.status(), 404);
     let r = s.get("/keep/").await;
-    assert_eq!(header(&r, "seal-digest"), digest, "the good route still serves");
+    assert_eq!(
+        header(&r, "seal-digest"),
+        digest,
+        "the good route still serves"
+    );
     let audit = s.seal_json(&["audit"]);
     assert_eq!(audit["entries"][0]["outcome"], "refused");
 }
@@ -371,7 +473,8 @@ async fn no_request_fails_across_deploys_and_rollbacks() {
         let stop = stop.clone();
         workers.push(tokio::spawn(async move {
             let client = reqwest::Client::new();
-            let (mut ok, mut failed, mut seen) = (0u64, Vec::new(), std::collections::BTreeSet::new());
+            let (mut ok, mut failed, mut seen) =
+                (0u64, Vec::new(), std::collections::BTreeSet::new());
             // Bounded: at most 5000 requests per worker.
             for _ in 0..5000 {
                 if stop.load(std::sync::atomic::Ordering::Relaxed) {

@@ -38,24 +38,35 @@ pub async fn deploy(args: DeployArgs, client: &Client, out: OutputFormat) -> any
             &json!({"version": args.version, "environment": args.env, "reason": args.reason}),
         )
         .await?;
-    emit(out, &v, |v| report(v, &args.function, &args.env, "deployed"));
+    emit(out, &v, |v| {
+        report(v, &args.function, &args.env, "deployed")
+    });
     Ok(())
 }
 
-pub async fn rollback(args: RollbackArgs, client: &Client, out: OutputFormat) -> anyhow::Result<()> {
+pub async fn rollback(
+    args: RollbackArgs,
+    client: &Client,
+    out: OutputFormat,
+) -> anyhow::Result<()> {
     let v = client
         .post(
             &format!("/v1/functions/{}/rollback", args.function),
             &json!({"environment": args.env, "to": args.to}),
         )
         .await?;
-    emit(out, &v, |v| report(v, &args.function, &args.env, "rolled back"));
+    emit(out, &v, |v| {
+        report(v, &args.function, &args.env, "rolled back")
+    });
     Ok(())
 }
 
 fn report(v: &serde_json::Value, function: &str, env: &str, verb: &str) {
     if v["unchanged"].as_bool() == Some(true) {
-        println!("{function} in {env} already serves {}; nothing changed", weights(&v["weights"]));
+        println!(
+            "{function} in {env} already serves {}; nothing changed",
+            weights(&v["weights"])
+        );
         return;
     }
     let d = &v["deployment"];

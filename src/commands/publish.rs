@@ -40,7 +40,10 @@ pub async fn run(args: PublishArgs, client: &Client, out: OutputFormat) -> anyho
             .unwrap_or_else(|| name_from_file(&args.path));
         (bytes, SealManifest::new(&name))
     } else {
-        bail!("{} is neither a project directory nor a .wasm file", args.path.display());
+        bail!(
+            "{} is neither a project directory nor a .wasm file",
+            args.path.display()
+        );
     };
     if let Some(name) = &args.name {
         manifest.name = name.clone();
@@ -173,7 +176,10 @@ async fn upload_blob(client: &Client, bytes: &[u8], digest: &Digest) -> anyhow::
     result.map(|_| ()).context("upload refused")
 }
 
-async fn publish_manifest(client: &Client, packed: &PackedArtifact) -> anyhow::Result<serde_json::Value> {
+async fn publish_manifest(
+    client: &Client,
+    packed: &PackedArtifact,
+) -> anyhow::Result<serde_json::Value> {
     client
         .send(
             client
@@ -194,7 +200,10 @@ mod tests {
 
     #[test]
     fn file_names_become_function_names() {
-        assert_eq!(name_from_file(Path::new("/x/Hello_World.wasm")), "hello-world");
+        assert_eq!(
+            name_from_file(Path::new("/x/Hello_World.wasm")),
+            "hello-world"
+        );
         assert_eq!(name_from_file(Path::new("guest_echo.wasm")), "guest-echo");
     }
 }

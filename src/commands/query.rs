@@ -54,7 +54,15 @@ pub async fn functions(client: &Client, out: OutputFormat) -> anyhow::Result<()>
                     .map(|r| format!("{}: {}", s(&r["environment"]), weights(&r["weights"])))
                     .collect::<Vec<_>>()
                     .join(", ");
-                vec![s(&f["function"]), s(&f["latest"]), if routes.is_empty() { "-".into() } else { routes }]
+                vec![
+                    s(&f["function"]),
+                    s(&f["latest"]),
+                    if routes.is_empty() {
+                        "-".into()
+                    } else {
+                        routes
+                    },
+                ]
             })
             .collect();
         table(&["FUNCTION", "LATEST", "ROUTES"], rows);
@@ -87,9 +95,15 @@ pub async fn versions(args: FunctionArg, client: &Client, out: OutputFormat) -> 
 }
 
 pub async fn status(args: FunctionArg, client: &Client, out: OutputFormat) -> anyhow::Result<()> {
-    let v = client.get(&format!("/v1/functions/{}", args.function)).await?;
+    let v = client
+        .get(&format!("/v1/functions/{}", args.function))
+        .await?;
     emit(out, &v, |v| {
-        println!("function {}  (latest version {})", s(&v["function"]), s(&v["latest_version"]));
+        println!(
+            "function {}  (latest version {})",
+            s(&v["function"]),
+            s(&v["latest_version"])
+        );
         let mut rows = Vec::new();
         for r in v["routes"].as_array().into_iter().flatten() {
             for x in r["versions"].as_array().into_iter().flatten() {
@@ -98,7 +112,11 @@ pub async fn status(args: FunctionArg, client: &Client, out: OutputFormat) -> an
                     s(&x["version"]),
                     format!("{}%", x["weight"]),
                     s(&x["digest"]),
-                    if x["serving"].as_bool() == Some(true) { "yes".into() } else { "NO".into() },
+                    if x["serving"].as_bool() == Some(true) {
+                        "yes".into()
+                    } else {
+                        "NO".into()
+                    },
                     s(&x["requests"]),
                     s(&x["errors"]),
                     s(&r["deployment_id"]),
@@ -106,15 +124,34 @@ pub async fn status(args: FunctionArg, client: &Client, out: OutputFormat) -> an
             }
         }
         if rows.is_empty() {
-            println!("not deployed anywhere; deploy with `seal deploy {} N`", s(&v["function"]));
+            println!(
+                "not deployed anywhere; deploy with `seal deploy {} N`",
+                s(&v["function"])
+            );
         } else {
-            table(&["ENV", "VERSION", "WEIGHT", "DIGEST", "SERVING", "REQUESTS", "ERRORS", "DEPLOYMENT"], rows);
+            table(
+                &[
+                    "ENV",
+                    "VERSION",
+                    "WEIGHT",
+                    "DIGEST",
+                    "SERVING",
+                    "REQUESTS",
+                    "ERRORS",
+                    "DEPLOYMENT",
+                ],
+                rows,
+            );
         }
     });
     Ok(())
 }
 
-pub async fn deployments(args: DeploymentsArgs, client: &Client, out: OutputFormat) -> anyhow::Result<()> {
+pub async fn deployments(
+    args: DeploymentsArgs,
+    client: &Client,
+    out: OutputFormat,
+) -> anyhow::Result<()> {
     let mut path = format!("/v1/functions/{}/deployments", args.function);
     if let Some(env) = &args.env {
         path.push_str(&format!("?environment={env}"));
@@ -138,12 +175,19 @@ pub async fn deployments(args: DeploymentsArgs, client: &Client, out: OutputForm
                 ]
             })
             .collect();
-        table(&["ID", "ENV", "KIND", "FROM", "TO", "STATE", "BY", "AT"], rows);
+        table(
+            &["ID", "ENV", "KIND", "FROM", "TO", "STATE", "BY", "AT"],
+            rows,
+        );
     });
     Ok(())
 }
 
-pub async fn deployment(args: DeploymentArg, client: &Client, out: OutputFormat) -> anyhow::Result<()> {
+pub async fn deployment(
+    args: DeploymentArg,
+    client: &Client,
+    out: OutputFormat,
+) -> anyhow::Result<()> {
     let v = client.get(&format!("/v1/deployments/{}", args.id)).await?;
     emit(out, &v, |v| {
         let d = &v["deployment"];
@@ -163,7 +207,12 @@ pub async fn deployment(args: DeploymentArg, client: &Client, out: OutputFormat)
             println!("reason: {reason}");
         }
         for e in v["events"].as_array().into_iter().flatten() {
-            println!("  {}  {:<16} {}", time(&e["at"]), s(&e["kind"]), e["detail"]);
+            println!(
+                "  {}  {:<16} {}",
+                time(&e["at"]),
+                s(&e["kind"]),
+                e["detail"]
+            );
         }
     });
     Ok(())
@@ -171,7 +220,10 @@ pub async fn deployment(args: DeploymentArg, client: &Client, out: OutputFormat)
 
 pub async fn inspect(args: InspectArgs, client: &Client, out: OutputFormat) -> anyhow::Result<()> {
     let Some((function, version)) = args.target.split_once('@') else {
-        bail!("expected FUNCTION@VERSION, e.g. hello@2; got {:?}", args.target);
+        bail!(
+            "expected FUNCTION@VERSION, e.g. hello@2; got {:?}",
+            args.target
+        );
     };
     let v = client
         .get(&format!("/v1/functions/{function}/versions/{version}"))
@@ -182,25 +234,48 @@ pub async fn inspect(args: InspectArgs, client: &Client, out: OutputFormat) -> a
         println!("{}@{}", s(&x["function"]), x["version"]);
         println!("  digest       {}", s(&x["digest"]));
         println!("  verified     {}", v["verified"]);
-        println!("  component    {} ({} bytes)", s(&v["oci_manifest"]["layers"][0]["digest"]), x["component_size"]);
-        println!("  config       {}", s(&v["oci_manifest"]["config"]["digest"]));
+        println!(
+            "  component    {} ({} bytes)",
+            s(&v["oci_manifest"]["layers"][0]["digest"]),
+            x["component_size"]
+        );
+        println!(
+            "  config       {}",
+            s(&v["oci_manifest"]["config"]["digest"])
+        );
         println!("  description  {}", s(&m["description"]));
-        println!("  limits       memory {} MiB, timeout {} ms", m["limits"]["memory_mb"], m["limits"]["timeout_ms"]);
+        println!(
+            "  limits       memory {} MiB, timeout {} ms",
+            m["limits"]["memory_mb"], m["limits"]["timeout_ms"]
+        );
         println!("  provenance   {}", m["provenance"]);
-        println!("  created      {} by {}", time(&x["created_at"]), s(&x["created_by"]));
+        println!(
+            "  created      {} by {}",
+            time(&x["created_at"]),
+            s(&x["created_by"])
+        );
         let routes: Vec<String> = v["routes"]
             .as_array()
             .into_iter()
             .flatten()
             .map(|r| format!("{} ({})", s(&r["environment"]), weights(&r["weights"])))
             .collect();
-        println!("  serving in   {}", if routes.is_empty() { "-".into() } else { routes.join(", ") });
+        println!(
+            "  serving in   {}",
+            if routes.is_empty() {
+                "-".into()
+            } else {
+                routes.join(", ")
+            }
+        );
     });
     Ok(())
 }
 
 pub async fn audit(args: AuditArgs, client: &Client, out: OutputFormat) -> anyhow::Result<()> {
-    let v = client.get(&format!("/v1/audit?limit={}", args.limit)).await?;
+    let v = client
+        .get(&format!("/v1/audit?limit={}", args.limit))
+        .await?;
     emit(out, &v, |v| {
         let rows = v["entries"]
             .as_array()
@@ -214,11 +289,17 @@ pub async fn audit(args: AuditArgs, client: &Client, out: OutputFormat) -> anyho
                     s(&e["action"]),
                     s(&e["object"]),
                     s(&e["outcome"]),
-                    e["digest"].as_str().map(|d| d.chars().take(19).collect()).unwrap_or_else(|| "-".into()),
+                    e["digest"]
+                        .as_str()
+                        .map(|d| d.chars().take(19).collect())
+                        .unwrap_or_else(|| "-".into()),
                 ]
             })
             .collect();
-        table(&["ID", "AT", "ACTOR", "ACTION", "OBJECT", "OUTCOME", "DIGEST"], rows);
+        table(
+            &["ID", "AT", "ACTOR", "ACTION", "OBJECT", "OUTCOME", "DIGEST"],
+            rows,
+        );
     });
     Ok(())
 }

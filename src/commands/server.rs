@@ -58,7 +58,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "kb" => 1_000,
         "mb" => 1_000_000,
         "gb" => 1_000_000_000,
-        other => return Err(format!("invalid size unit {other:?} in {s:?}: use KiB, MiB, GiB, KB, MB, GB or B")),
+        other => {
+            return Err(format!(
+                "invalid size unit {other:?} in {s:?}: use KiB, MiB, GiB, KB, MB, GB or B"
+            ));
+        }
     };
     n.checked_mul(mult)
         .filter(|v| *v > 0)
@@ -104,13 +108,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},

@@ -1,6 +1,6 @@
 //! End-to-end test harness: builds the guest components from source, starts
 //! the real `seal server` on 127.0.0.1:0, and runs the real CLI against it.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -68,7 +68,14 @@ impl Server {
 
     pub fn start_with(data_dir: &Path, extra: &[&str]) -> Self {
         let mut child = Command::new(seal_bin())
-            .args(["server", "--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0", "--data-dir"])
+            .args([
+                "server",
+                "--listen",
+                "127.0.0.1:0",
+                "--api-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
             .arg(data_dir)
             .args(extra)
             .env("SEAL_LOG", "info")
@@ -95,9 +102,14 @@ impl Server {
         });
         let (mut gateway, mut api) = (None, None);
         while gateway.is_none() || api.is_none() {
-            let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| {
-                panic!("server did not print its addresses; log:\n{}", log.lock().unwrap())
-            });
+            let line = rx
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "server did not print its addresses; log:\n{}",
+                        log.lock().unwrap()
+                    )
+                });
             if let Some(a) = line.strip_prefix("gateway listening on ") {
                 gateway = Some(a.to_owned());
             } else if let Some(a) = line.strip_prefix("api listening on ") {
@@ -146,7 +158,12 @@ impl Server {
         let mut all = args.to_vec();
         all.extend(["--output", "json"]);
         let out = self.seal(&all);
-        assert!(out.ok, "seal {args:?} failed: {}\n{}", out.stderr, self.log());
+        assert!(
+            out.ok,
+            "seal {args:?} failed: {}\n{}",
+            out.stderr,
+            self.log()
+        );
         serde_json::from_str(&out.stdout)
             .unwrap_or_else(|e| panic!("seal {args:?} printed non-JSON ({e}): {}", out.stdout))
     }
@@ -198,7 +215,12 @@ impl CliOutput {
             "stderr does not mention {needle:?}: {}",
             self.stderr
         );
-        assert_eq!(self.stderr.trim_end().lines().count(), 1, "error is not one line: {}", self.stderr);
+        assert_eq!(
+            self.stderr.trim_end().lines().count(),
+            1,
+            "error is not one line: {}",
+            self.stderr
+        );
     }
 }
 

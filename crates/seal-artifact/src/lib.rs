@@ -22,7 +22,9 @@ pub use manifest::{
 };
 pub use validate::{ComponentInfo, validate_component};
 
-use oci_spec::image::{Descriptor, DescriptorBuilder, ImageManifest, ImageManifestBuilder, MediaType};
+use oci_spec::image::{
+    Descriptor, DescriptorBuilder, ImageManifest, ImageManifestBuilder, MediaType,
+};
 
 /// Media type of the config blob: the Seal manifest as JSON.
 pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.seal.function.config.v1+json";
@@ -88,8 +90,16 @@ pub fn pack(component: &[u8], manifest: &SealManifest) -> Result<PackedArtifact>
         .schema_version(2u32)
         .media_type(MediaType::ImageManifest)
         .artifact_type(MediaType::Other(ARTIFACT_TYPE.into()))
-        .config(descriptor(CONFIG_MEDIA_TYPE, &config_digest, config_bytes.len() as u64)?)
-        .layers(vec![descriptor(LAYER_MEDIA_TYPE, &layer_digest, layer_size)?])
+        .config(descriptor(
+            CONFIG_MEDIA_TYPE,
+            &config_digest,
+            config_bytes.len() as u64,
+        )?)
+        .layers(vec![descriptor(
+            LAYER_MEDIA_TYPE,
+            &layer_digest,
+            layer_size,
+        )?])
         .build()
         .map_err(|e| ArtifactError::InvalidArtifact(e.to_string()))?;
     let manifest_bytes =
@@ -159,9 +169,9 @@ pub fn parse_oci_manifest(bytes: &[u8]) -> Result<ArtifactRefs> {
         )));
     }
     Ok(ArtifactRefs {
-        config_digest: Digest::parse(&config.digest().to_string())?,
+        config_digest: Digest::parse(config.digest().as_ref())?,
         config_size: config.size(),
-        layer_digest: Digest::parse(&layer.digest().to_string())?,
+        layer_digest: Digest::parse(layer.digest().as_ref())?,
         layer_size: layer.size(),
     })
 }

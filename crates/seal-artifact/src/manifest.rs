@@ -260,8 +260,10 @@ mod tests {
     fn canonical_json_is_stable_and_round_trips() {
         let mut m = SealManifest::new("hello");
         m.tags = vec!["x".into()];
-        m.events
-            .insert("order.created".into(), serde_json::json!({"type": "object"}));
+        m.events.insert(
+            "order.created".into(),
+            serde_json::json!({"type": "object"}),
+        );
         let a = m.to_canonical_json();
         assert_eq!(a, m.clone().to_canonical_json());
         assert_eq!(SealManifest::from_json(&a).unwrap(), m);

@@ -42,10 +42,16 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/v1/functions", get(list_functions))
         .route("/v1/functions/{function}", get(function_status))
         .route("/v1/functions/{function}/versions", get(list_versions))
-        .route("/v1/functions/{function}/versions/{version}", get(inspect_version))
+        .route(
+            "/v1/functions/{function}/versions/{version}",
+            get(inspect_version),
+        )
         .route("/v1/functions/{function}/deploy", post(deploy))
         .route("/v1/functions/{function}/rollback", post(rollback))
-        .route("/v1/functions/{function}/deployments", get(list_deployments))
+        .route(
+            "/v1/functions/{function}/deployments",
+            get(list_deployments),
+        )
         .route("/v1/deployments/{id}", get(show_deployment))
         .route("/v1/audit", get(audit))
         .fallback(|| async { ApiError::not_found("no such API endpoint") })
@@ -107,13 +113,20 @@ async fn put_blob(
         return Err(too_large().into());
     }
     if c.oci.has_blob(&expected) {
-        return Ok((StatusCode::OK, Json(json!({"digest": expected, "existed": true}))));
+        return Ok((
+            StatusCode::OK,
+            Json(json!({"digest": expected, "existed": true})),
+        ));
     }
     let mut writer = c.oci.blob_writer(limit)?;
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| ApiError::bad_request(format!("upload interrupted: {e}")))?;
-        writer.write(&chunk)?;
+        if let Err(e) = writer.write(&chunk) {
+            drop(writer); // removes the partial upload
+            drain(&mut stream).await;
+            return Err(e.into());
+        }
     }
     let size = writer.written();
     let digest = tokio::task::spawn_blocking(move || writer.commit(Some(&expected)))
@@ -123,6 +136,23 @@ async fn put_blob(
         StatusCode::CREATED,
         Json(json!({"digest": digest, "size": size, "existed": false})),
     ))
+}
+
+/// Reads and discards what a refused upload is still sending, for a bounded
+/// time and size, so the client is still reading when the 413 arrives
+/// instead of seeing its connection reset mid-send.
+async fn drain(stream: &mut axum::body::BodyDataStream) {
+    const MAX_DRAIN_BYTES: usize = 64 << 20;
+    let mut drained = 0usize;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        while let Some(Ok(chunk)) = stream.next().await {
+            drained += chunk.len();
+            if drained > MAX_DRAIN_BYTES {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 async fn post_artifact(
@@ -160,11 +190,19 @@ async fn function_status(
     Path(function): Path<String>,
 ) -> ApiResult<Json<Value>> {
     if !c.state.function_exists(&function).await? {
-        return Err(ApiError::not_found(format!("unknown function {function:?}")));
+        return Err(ApiError::not_found(format!(
+            "unknown function {function:?}"
+        )));
     }
     let table = c.gateway().table();
     let mut routes = Vec::new();
-    for r in c.state.routes().await?.into_iter().filter(|r| r.function == function) {
+    for r in c
+        .state
+        .routes()
+        .await?
+        .into_iter()
+        .filter(|r| r.function == function)
+    {
         let live = table.get(&r.environment, &r.function);
         let mut versions = Vec::new();
         for w in &r.weights {
@@ -203,7 +241,9 @@ async fn list_versions(
     Path(function): Path<String>,
 ) -> ApiResult<Json<Value>> {
     if !c.state.function_exists(&function).await? {
-        return Err(ApiError::not_found(format!("unknown function {function:?}")));
+        return Err(ApiError::not_found(format!(
+            "unknown function {function:?}"
+        )));
     }
     let versions = c.state.versions(&function).await?;
     Ok(Json(json!({"function": function, "versions": versions})))
@@ -217,7 +257,9 @@ async fn inspect_version(
         .parse()
         .map_err(|_| ApiError::bad_request(format!("version must be a number, got {version:?}")))?;
     if !c.state.function_exists(&function).await? {
-        return Err(ApiError::not_found(format!("unknown function {function:?}")));
+        return Err(ApiError::not_found(format!(
+            "unknown function {function:?}"
+        )));
     }
     let v = c
         .state
@@ -299,7 +341,12 @@ async fn rollback(
         parse_json(&body)?
     };
     let outcome = c
-        .rollback(&function, req.environment.as_deref(), req.to, &actor(&headers))
+        .rollback(
+            &function,
+            req.environment.as_deref(),
+            req.to,
+            &actor(&headers),
+        )
         .await?;
     Ok(Json(json!(outcome)))
 }
@@ -307,7 +354,8 @@ async fn rollback(
 /// JSON bodies with errors that name the problem (axum's `Json` rejection
 /// is plain text).
 fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
 }
 
 #[derive(Deserialize)]
@@ -321,22 +369,26 @@ async fn list_deployments(
     Query(q): Query<DeploymentsQuery>,
 ) -> ApiResult<Json<Value>> {
     if !c.state.function_exists(&function).await? {
-        return Err(ApiError::not_found(format!("unknown function {function:?}")));
+        return Err(ApiError::not_found(format!(
+            "unknown function {function:?}"
+        )));
     }
     let deployments = c
         .state
         .deployments(&function, q.environment.as_deref())
         .await?;
-    Ok(Json(json!({"function": function, "deployments": deployments})))
+    Ok(Json(
+        json!({"function": function, "deployments": deployments}),
+    ))
 }
 
 async fn show_deployment(
     State(c): State<Arc<Control>>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let id: u64 = id
-        .parse()
-        .map_err(|_| ApiError::bad_request(format!("deployment id must be a number, got {id:?}")))?;
+    let id: u64 = id.parse().map_err(|_| {
+        ApiError::bad_request(format!("deployment id must be a number, got {id:?}"))
+    })?;
     let (deployment, events) = c
         .state
         .deployment(id)
@@ -354,6 +406,9 @@ async fn audit(
     State(c): State<Arc<Control>>,
     Query(q): Query<AuditQuery>,
 ) -> ApiResult<Json<Value>> {
-    let entries = c.state.audit_log(q.limit.unwrap_or(100).min(10_000)).await?;
+    let entries = c
+        .state
+        .audit_log(q.limit.unwrap_or(100).min(10_000))
+        .await?;
     Ok(Json(json!({"entries": entries})))
 }

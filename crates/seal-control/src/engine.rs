@@ -87,7 +87,10 @@ impl Control {
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid_artifact",
-                format!("config blob is {} bytes, the manifest says {config_size}", config.len()),
+                format!(
+                    "config blob is {} bytes, the manifest says {config_size}",
+                    config.len()
+                ),
             ));
         }
         let manifest = SealManifest::from_json(&config)?;
@@ -114,7 +117,10 @@ impl Control {
                 return Err(ApiError::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "invalid_artifact",
-                    format!("component blob is {} bytes, the manifest says {layer_size}", wasm.len()),
+                    format!(
+                        "component blob is {} bytes, the manifest says {layer_size}",
+                        wasm.len()
+                    ),
                 ));
             }
             validate_component(&wasm)?;
@@ -176,11 +182,20 @@ impl Control {
     /// the compile cache (hash-checked), else recompiled from the verified
     /// blob. A corrupt blob is refused and never executed.
     pub async fn load(&self, v: &VersionRecord) -> ApiResult<Arc<Function>> {
-        if let Some(f) = self.loaded.lock().ok().and_then(|m| m.get(&v.digest).cloned()) {
+        if let Some(f) = self
+            .loaded
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&v.digest).cloned())
+        {
             return Ok(f);
         }
-        let manifest: SealManifest = serde_json::from_value(v.manifest.clone())
-            .map_err(|e| ApiError::internal(format!("stored manifest of {}@{}: {e}", v.function, v.version)))?;
+        let manifest: SealManifest = serde_json::from_value(v.manifest.clone()).map_err(|e| {
+            ApiError::internal(format!(
+                "stored manifest of {}@{}: {e}",
+                v.function, v.version
+            ))
+        })?;
         let digest = Digest::parse(&v.digest).map_err(ApiError::internal)?;
         let oci = self.oci.clone();
         let runtime = self.runtime.clone();
@@ -200,7 +215,11 @@ impl Control {
         .await?
         .map_err(|e| {
             if e.code == "cannot_load" && e.message.contains("corrupt") {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "artifact_corrupt", e.message)
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "artifact_corrupt",
+                    e.message,
+                )
             } else {
                 e
             }
@@ -243,11 +262,14 @@ impl Control {
 
     async fn version_or_404(&self, function: &str, version: u64) -> ApiResult<VersionRecord> {
         if !self.state.function_exists(function).await? {
-            return Err(ApiError::not_found(format!("unknown function {function:?}")));
+            return Err(ApiError::not_found(format!(
+                "unknown function {function:?}"
+            )));
         }
-        self.state.version(function, version).await?.ok_or_else(|| {
-            ApiError::not_found(format!("{function} has no version {version}"))
-        })
+        self.state
+            .version(function, version)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("{function} has no version {version}")))
     }
 
     fn environment_or_default(&self, environment: Option<&str>) -> ApiResult<String> {
@@ -272,7 +294,10 @@ impl Control {
     ) -> ApiResult<DeployOutcome> {
         let env = self.environment_or_default(environment)?;
         let v = self.version_or_404(function, version).await?;
-        let to = vec![WeightedVersion { version, weight: 100 }];
+        let to = vec![WeightedVersion {
+            version,
+            weight: 100,
+        }];
         self.switch(&env, &v, to, "deploy", reason, actor).await
     }
 
@@ -287,7 +312,9 @@ impl Control {
     ) -> ApiResult<DeployOutcome> {
         let env = self.environment_or_default(environment)?;
         if !self.state.function_exists(function).await? {
-            return Err(ApiError::not_found(format!("unknown function {function:?}")));
+            return Err(ApiError::not_found(format!(
+                "unknown function {function:?}"
+            )));
         }
         let Some(current) = self.state.route(&env, function).await? else {
             return Err(ApiError::conflict(format!(
@@ -314,7 +341,10 @@ impl Control {
             }
         };
         let v = self.version_or_404(function, target).await?;
-        let to = vec![WeightedVersion { version: target, weight: 100 }];
+        let to = vec![WeightedVersion {
+            version: target,
+            weight: 100,
+        }];
         self.switch(&env, &v, to, "rollback", None, actor).await
     }
 

@@ -76,10 +76,16 @@ impl From<ArtifactError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::NotFound(_) => Self::new(StatusCode::BAD_REQUEST, "blob_missing", e.to_string()),
+            StoreError::NotFound(_) => {
+                Self::new(StatusCode::BAD_REQUEST, "blob_missing", e.to_string())
+            }
             StoreError::Corrupt { .. } => {
                 tracing::error!(error = %e, "corrupt blob refused");
-                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "artifact_corrupt", e.to_string())
+                Self::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "artifact_corrupt",
+                    e.to_string(),
+                )
             }
             StoreError::DigestMismatch { .. } => {
                 Self::new(StatusCode::BAD_REQUEST, "digest_mismatch", e.to_string())
@@ -101,9 +107,11 @@ impl From<StateError> for ApiError {
 impl From<RuntimeError> for ApiError {
     fn from(e: RuntimeError) -> Self {
         match e {
-            RuntimeError::Compile(_) | RuntimeError::Link(_) => {
-                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "cannot_load", e.to_string())
-            }
+            RuntimeError::Compile(_) | RuntimeError::Link(_) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "cannot_load",
+                e.to_string(),
+            ),
             RuntimeError::Cache { .. } | RuntimeError::Config(_) => Self::internal(e),
         }
     }

@@ -122,17 +122,17 @@ impl RouteTable {
     pub fn new(routes: Vec<Route>, previous: &RouteTable) -> Self {
         let mut table: HashMap<String, HashMap<String, Arc<Route>>> = HashMap::new();
         for mut r in routes {
-                if let Some(old) = previous.get(&r.environment, &r.function) {
-                    for b in &mut r.backends {
-                        if let Some(ob) = old
-                            .backends
-                            .iter()
-                            .find(|ob| ob.version == b.version && ob.digest == b.digest)
-                        {
-                            b.stats = ob.stats.clone();
-                        }
+            if let Some(old) = previous.get(&r.environment, &r.function) {
+                for b in &mut r.backends {
+                    if let Some(ob) = old
+                        .backends
+                        .iter()
+                        .find(|ob| ob.version == b.version && ob.digest == b.digest)
+                    {
+                        b.stats = ob.stats.clone();
                     }
                 }
+            }
             table
                 .entry(r.environment.clone())
                 .or_default()
@@ -199,7 +199,9 @@ impl Gateway {
                 let gateway = gateway.clone();
                 async move { Ok::<_, std::convert::Infallible>(gateway.handle(req).await) }
             });
-            let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+            let conn = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned();
             let conn = graceful.watch(conn);
             tokio::spawn(async move {
                 if let Err(e) = conn.await {
@@ -220,8 +222,14 @@ impl Gateway {
                 None,
             );
         };
-        let table = self.table.load();
-        let Some(route) = table.get(&target.environment, &target.function) else {
+        // Take the route's Arc and let the snapshot guard go at once: the
+        // request keeps what it picked even if the table is swapped.
+        let route = self
+            .table
+            .load()
+            .get(&target.environment, &target.function)
+            .cloned();
+        let Some(route) = route else {
             return error_response(
                 StatusCode::NOT_FOUND,
                 "not_found",
@@ -245,13 +253,17 @@ impl Gateway {
                 None,
             );
         };
-        drop(table);
         backend.stats.requests.fetch_add(1, Ordering::Relaxed);
 
         let req = match rewrite(req, &target.path) {
             Ok(r) => r,
             Err(msg) => {
-                return error_response(StatusCode::BAD_REQUEST, "bad_request", &msg, Some(&backend));
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    &msg,
+                    Some(&backend),
+                );
             }
         };
         let mut resp = match backend.function.handle(req).await {
@@ -268,7 +280,8 @@ impl Gateway {
                     version = backend.version, digest = %backend.digest,
                     kind = e.kind(), error = %e, "invocation failed"
                 );
-                let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                let status =
+                    StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
                 return error_response(status, e.kind(), &e.to_string(), Some(&backend));
             }
         };
@@ -294,7 +307,11 @@ fn resolve<B>(req: &Request<B>, default_env: &str) -> Option<Target> {
         .or_else(|| req.uri().host())
         .unwrap_or("");
     let host = host.rsplit_once(':').map_or(host, |(h, port)| {
-        if port.bytes().all(|b| b.is_ascii_digit()) { h } else { host }
+        if port.bytes().all(|b| b.is_ascii_digit()) {
+            h
+        } else {
+            host
+        }
     });
     let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str());
     if let Some(prefix) = host.strip_suffix(".localhost") {
@@ -396,13 +413,19 @@ mod tests {
     #[test]
     fn resolves_path_and_host_forms() {
         let t = resolve(&req("127.0.0.1:8080", "/hello/a/b?x=1"), "production").unwrap();
-        assert_eq!((t.environment.as_str(), t.function.as_str(), t.path.as_str()), ("production", "hello", "/a/b?x=1"));
+        assert_eq!(
+            (t.environment.as_str(), t.function.as_str(), t.path.as_str()),
+            ("production", "hello", "/a/b?x=1")
+        );
         let t = resolve(&req("127.0.0.1:8080", "/hello"), "production").unwrap();
         assert_eq!((t.function.as_str(), t.path.as_str()), ("hello", "/"));
         let t = resolve(&req("127.0.0.1", "/hello?q"), "production").unwrap();
         assert_eq!((t.function.as_str(), t.path.as_str()), ("hello", "/?q"));
         let t = resolve(&req("hello.staging.localhost:8080", "/x"), "production").unwrap();
-        assert_eq!((t.environment.as_str(), t.function.as_str(), t.path.as_str()), ("staging", "hello", "/x"));
+        assert_eq!(
+            (t.environment.as_str(), t.function.as_str(), t.path.as_str()),
+            ("staging", "hello", "/x")
+        );
         assert!(resolve(&req("127.0.0.1", "/"), "production").is_none());
     }
 }

@@ -29,7 +29,9 @@ use std::sync::Mutex;
 pub enum StoreError {
     #[error("blob {0} is not in the artifact store")]
     NotFound(Digest),
-    #[error("blob {digest} is corrupt on disk: its content hashes to {actual}; it will not be used")]
+    #[error(
+        "blob {digest} is corrupt on disk: its content hashes to {actual}; it will not be used"
+    )]
     Corrupt { digest: Digest, actual: Digest },
     #[error("upload does not match its digest: expected {expected}, got {actual}")]
     DigestMismatch { expected: Digest, actual: Digest },
@@ -188,7 +190,8 @@ impl OciLayout {
     }
 
     fn write_index(&self, index: &Index) -> Result<()> {
-        let bytes = serde_json::to_vec_pretty(index).map_err(|e| StoreError::Index(e.to_string()))?;
+        let bytes =
+            serde_json::to_vec_pretty(index).map_err(|e| StoreError::Index(e.to_string()))?;
         write_atomic(&self.root.join("index.json"), &bytes)
     }
 }
@@ -239,7 +242,13 @@ impl BlobWriter {
         self.file
             .persist_noclobber(&target)
             .map_err(|e| io_err(&target)(e.error))
-            .or_else(|e| if target.is_file() { Ok(File::open(&target).map_err(io_err(&target))?) } else { Err(e) })?;
+            .or_else(|e| {
+                if target.is_file() {
+                    Ok(File::open(&target).map_err(io_err(&target))?)
+                } else {
+                    Err(e)
+                }
+            })?;
         sync_dir(&self.dir);
         Ok(actual)
     }
@@ -291,7 +300,10 @@ mod tests {
         let store = OciLayout::open(dir.path()).unwrap();
         let mut w = store.blob_writer(4).unwrap();
         w.write(b"abc").unwrap();
-        assert!(matches!(w.write(b"de"), Err(StoreError::TooLarge { limit: 4 })));
+        assert!(matches!(
+            w.write(b"de"),
+            Err(StoreError::TooLarge { limit: 4 })
+        ));
         drop(w);
 
         let mut w = store.blob_writer(100).unwrap();

@@ -20,11 +20,14 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use sha2::{Digest as _, Sha256};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
 use std::time::Duration;
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap,
+    UpdateDeadline,
+};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
@@ -92,7 +95,9 @@ impl std::fmt::Display for InvokeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             InvokeError::Trap(m) => write!(f, "function trapped: {m}"),
-            InvokeError::Timeout(d) => write!(f, "function exceeded its timeout of {} ms", d.as_millis()),
+            InvokeError::Timeout(d) => {
+                write!(f, "function exceeded its timeout of {} ms", d.as_millis())
+            }
             InvokeError::OutOfMemory { limit_bytes } => write!(
                 f,
                 "function exceeded its memory limit of {} MiB",
@@ -269,13 +274,7 @@ impl Runtime {
             .instantiate_pre(component)
             .map_err(|e| RuntimeError::Link(format!("{e:#}")))?;
         let pre = ProxyPre::new(pre).map_err(|e| RuntimeError::Link(format!("{e:#}")))?;
-        let deadline_ticks = (limits.timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64 + 1;
-        Ok(Function {
-            pre,
-            limits,
-            env,
-            deadline_ticks,
-        })
+        Ok(Function { pre, limits, env })
     }
 }
 
@@ -383,7 +382,6 @@ pub struct Function {
     pre: ProxyPre<Host>,
     limits: FunctionLimits,
     env: Vec<(String, String)>,
-    deadline_ticks: u64,
 }
 
 impl Function {
@@ -416,7 +414,18 @@ impl Function {
             },
         );
         store.limiter(|h| &mut h.limiter);
-        store.set_epoch_deadline(self.deadline_ticks);
+        // Every epoch tick the guest yields to the executor, so a busy guest
+        // cannot starve other requests on its worker thread; past the
+        // deadline the tick interrupts it instead (a `Trap::Interrupt`).
+        let deadline = std::time::Instant::now() + self.limits.timeout;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            Ok(if std::time::Instant::now() >= deadline {
+                UpdateDeadline::Interrupt
+            } else {
+                UpdateDeadline::Yield(1)
+            })
+        });
 
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let req = store

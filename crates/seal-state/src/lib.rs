@@ -69,8 +69,9 @@ impl TryFrom<VersionRow> for VersionRecord {
     type Error = StateError;
     fn try_from(r: VersionRow) -> Result<Self> {
         Ok(Self {
-            manifest: serde_json::from_str(&r.manifest)
-                .map_err(|e| StateError::Corrupt(format!("manifest of {}@{}: {e}", r.function, r.number)))?,
+            manifest: serde_json::from_str(&r.manifest).map_err(|e| {
+                StateError::Corrupt(format!("manifest of {}@{}: {e}", r.function, r.number))
+            })?,
             function: r.function,
             version: r.number as u64,
             digest: r.digest,
@@ -275,23 +276,27 @@ impl StateStore {
     }
 
     pub async fn version(&self, function: &str, number: u64) -> Result<Option<VersionRecord>> {
-        sqlx::query_as::<_, VersionRow>("SELECT * FROM versions WHERE function = $1 AND number = $2")
-            .bind(function)
-            .bind(number as i64)
-            .fetch_optional(&self.pool)
-            .await?
-            .map(TryInto::try_into)
-            .transpose()
+        sqlx::query_as::<_, VersionRow>(
+            "SELECT * FROM versions WHERE function = $1 AND number = $2",
+        )
+        .bind(function)
+        .bind(number as i64)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(TryInto::try_into)
+        .transpose()
     }
 
     pub async fn versions(&self, function: &str) -> Result<Vec<VersionRecord>> {
-        sqlx::query_as::<_, VersionRow>("SELECT * FROM versions WHERE function = $1 ORDER BY number")
-            .bind(function)
-            .fetch_all(&self.pool)
-            .await?
-            .into_iter()
-            .map(TryInto::try_into)
-            .collect()
+        sqlx::query_as::<_, VersionRow>(
+            "SELECT * FROM versions WHERE function = $1 ORDER BY number",
+        )
+        .bind(function)
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(TryInto::try_into)
+        .collect()
     }
 
     pub async fn all_versions(&self) -> Result<Vec<VersionRecord>> {
@@ -312,9 +317,11 @@ impl StateStore {
     }
 
     pub async fn functions(&self) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar("SELECT name FROM functions ORDER BY name")
-            .fetch_all(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT name FROM functions ORDER BY name")
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     /// Creates `function@N` for `digest`, or returns the version that digest
@@ -336,11 +343,12 @@ impl StateStore {
             .bind(now)
             .execute(&mut *tx)
             .await?;
-        let number: i64 =
-            sqlx::query_scalar("SELECT COALESCE(MAX(number), 0) + 1 FROM versions WHERE function = $1")
-                .bind(new.function)
-                .fetch_one(&mut *tx)
-                .await?;
+        let number: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(MAX(number), 0) + 1 FROM versions WHERE function = $1",
+        )
+        .bind(new.function)
+        .fetch_one(&mut *tx)
+        .await?;
         sqlx::query(
             "INSERT INTO versions (function, number, digest, manifest, component_size, compiled_sha256, created_at, created_by)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -394,9 +402,11 @@ impl StateStore {
     }
 
     pub async fn environments(&self) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar("SELECT name FROM environments ORDER BY name")
-            .fetch_all(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT name FROM environments ORDER BY name")
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     pub async fn routes(&self) -> Result<Vec<RouteRecord>> {
@@ -409,13 +419,15 @@ impl StateStore {
     }
 
     pub async fn route(&self, environment: &str, function: &str) -> Result<Option<RouteRecord>> {
-        sqlx::query_as::<_, RouteRow>("SELECT * FROM routes WHERE environment = $1 AND function = $2")
-            .bind(environment)
-            .bind(function)
-            .fetch_optional(&self.pool)
-            .await?
-            .map(TryInto::try_into)
-            .transpose()
+        sqlx::query_as::<_, RouteRow>(
+            "SELECT * FROM routes WHERE environment = $1 AND function = $2",
+        )
+        .bind(environment)
+        .bind(function)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(TryInto::try_into)
+        .transpose()
     }
 
     /// Records a route change: the deployment, its events, the new route row
@@ -451,8 +463,14 @@ impl StateStore {
         .execute(&mut *tx)
         .await?;
         let events = [
-            ("started", serde_json::json!({"from": new.from_weights, "to": new.to_weights, "strategy": new.strategy})),
-            ("route_switched", serde_json::json!({"weights": new.to_weights})),
+            (
+                "started",
+                serde_json::json!({"from": new.from_weights, "to": new.to_weights, "strategy": new.strategy}),
+            ),
+            (
+                "route_switched",
+                serde_json::json!({"weights": new.to_weights}),
+            ),
             ("succeeded", serde_json::json!({})),
         ];
         for (seq, (kind, detail)) in events.iter().enumerate() {
@@ -513,11 +531,15 @@ impl StateStore {
         .collect()
     }
 
-    pub async fn deployment(&self, id: u64) -> Result<Option<(DeploymentRecord, Vec<DeploymentEvent>)>> {
-        let Some(row) = sqlx::query_as::<_, DeploymentRow>("SELECT * FROM deployments WHERE id = $1")
-            .bind(id as i64)
-            .fetch_optional(&self.pool)
-            .await?
+    pub async fn deployment(
+        &self,
+        id: u64,
+    ) -> Result<Option<(DeploymentRecord, Vec<DeploymentEvent>)>> {
+        let Some(row) =
+            sqlx::query_as::<_, DeploymentRow>("SELECT * FROM deployments WHERE id = $1")
+                .bind(id as i64)
+                .fetch_optional(&self.pool)
+                .await?
         else {
             return Ok(None);
         };
@@ -559,16 +581,19 @@ impl StateStore {
             .await?;
         Ok(rows
             .into_iter()
-            .map(|(id, at, actor, action, object, digest, outcome, detail)| AuditRecord {
-                id: id as u64,
-                at,
-                actor,
-                action,
-                object,
-                digest,
-                outcome,
-                detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::String(detail)),
-            })
+            .map(
+                |(id, at, actor, action, object, digest, outcome, detail)| AuditRecord {
+                    id: id as u64,
+                    at,
+                    actor,
+                    action,
+                    object,
+                    digest,
+                    outcome,
+                    detail: serde_json::from_str(&detail)
+                        .unwrap_or(serde_json::Value::String(detail)),
+                },
+            )
             .collect())
     }
 }
@@ -599,7 +624,9 @@ mod tests {
 
     async fn store() -> (tempfile::TempDir, StateStore) {
         let dir = tempfile::tempdir().unwrap();
-        let s = StateStore::open_sqlite(&dir.path().join("state.db")).await.unwrap();
+        let s = StateStore::open_sqlite(&dir.path().join("state.db"))
+            .await
+            .unwrap();
         (dir, s)
     }
 
@@ -618,12 +645,21 @@ mod tests {
     async fn versions_count_up_and_a_digest_keeps_its_version() {
         let (_d, s) = store().await;
         let m = serde_json::json!({"name": "hello"});
-        let (v1, created) = s.create_version(new_version("hello", "sha256:a", &m)).await.unwrap();
+        let (v1, created) = s
+            .create_version(new_version("hello", "sha256:a", &m))
+            .await
+            .unwrap();
         assert!(created);
         assert_eq!(v1.version, 1);
-        let (v2, _) = s.create_version(new_version("hello", "sha256:b", &m)).await.unwrap();
+        let (v2, _) = s
+            .create_version(new_version("hello", "sha256:b", &m))
+            .await
+            .unwrap();
         assert_eq!(v2.version, 2);
-        let (again, created) = s.create_version(new_version("hello", "sha256:a", &m)).await.unwrap();
+        let (again, created) = s
+            .create_version(new_version("hello", "sha256:a", &m))
+            .await
+            .unwrap();
         assert!(!created);
         assert_eq!(again.version, 1);
         assert_eq!(s.versions("hello").await.unwrap().len(), 2);
@@ -638,8 +674,13 @@ mod tests {
         {
             let s = StateStore::open_sqlite(&path).await.unwrap();
             let m = serde_json::json!({});
-            s.create_version(new_version("hello", "sha256:a", &m)).await.unwrap();
-            let to = [WeightedVersion { version: 1, weight: 100 }];
+            s.create_version(new_version("hello", "sha256:a", &m))
+                .await
+                .unwrap();
+            let to = [WeightedVersion {
+                version: 1,
+                weight: 100,
+            }];
             let d = s
                 .record_deployment(NewDeployment {
                     function: "hello",
@@ -661,7 +702,13 @@ mod tests {
         }
         let s = StateStore::open_sqlite(&path).await.unwrap();
         let route = s.route("production", "hello").await.unwrap().unwrap();
-        assert_eq!(route.weights, vec![WeightedVersion { version: 1, weight: 100 }]);
+        assert_eq!(
+            route.weights,
+            vec![WeightedVersion {
+                version: 1,
+                weight: 100
+            }]
+        );
         assert_eq!(route.deployment_id, 1);
     }
 }
