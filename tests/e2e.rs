@@ -514,3 +514,39 @@ async fn no_request_fails_across_deploys_and_rollbacks() {
     let deployments = s.seal_json(&["deployments", "hello"]);
     assert_eq!(deployments["deployments"].as_array().unwrap().len(), 7);
 }
+
+/// Components built by componentize-py (CPython inside, ~18 MB) and
+/// componentize-js (StarlingMonkey inside, ~13 MB) run unchanged: they
+/// import other wasi 0.2.x minor versions and more interfaces than the Rust
+/// guests. `scripts/build-foreign-guests` builds them (tools from PyPI and
+/// npm); `scripts/test` and CI always do and set SEAL_REQUIRE_FOREIGN_GUESTS,
+/// so there this test cannot pass without running them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_and_javascript_components_run() {
+    let dir = repo().join("target/foreign-guests");
+    let guests = [
+        ("hello-py", "hello-py.wasm", "Hello from Python! path=/x?y=1"),
+        ("hello-js", "hello-js.wasm", "Hello from JavaScript! path=/x?y=1"),
+    ];
+    if guests.iter().any(|(_, f, _)| !dir.join(f).is_file()) {
+        assert!(
+            std::env::var_os("SEAL_REQUIRE_FOREIGN_GUESTS").is_none(),
+            "SEAL_REQUIRE_FOREIGN_GUESTS is set but {} lacks the guests; run scripts/build-foreign-guests",
+            dir.display()
+        );
+        eprintln!("skipping: run scripts/build-foreign-guests to build the Python and JS guests");
+        return;
+    }
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path());
+    for (name, file, expected) in guests {
+        let path = dir.join(file);
+        assert!(std::fs::metadata(&path).unwrap().len() > 10 << 20, "{file} should be a large (>10 MB) component");
+        let (v, digest) = publish_file(&s, &path, name, &[]);
+        s.seal_json(&["deploy", name, &v.to_string()]);
+        let r = s.get(&format!("/{name}/x?y=1")).await;
+        assert_eq!(r.status(), 200, "{name}");
+        assert_eq!(header(&r, "seal-digest"), digest);
+        assert_eq!(r.text().await.unwrap(), expected);
+    }
+}

@@ -58,6 +58,17 @@ pub async fn run(args: PublishArgs, client: &Client, out: OutputFormat) -> anyho
 
     let packed = pack(&component, &manifest)
         .with_context(|| format!("cannot publish {}", args.path.display()))?;
+    // Check the server's limit first, so a big component is refused before
+    // megabytes are sent (the server enforces it regardless).
+    let info = client.get("/v1/server").await?;
+    if let Some(limit) = info["max_upload_bytes"].as_u64()
+        && component.len() as u64 > limit
+    {
+        bail!(
+            "the component is {} bytes, larger than the limit of {limit} bytes this server accepts (seal server --max-upload-size)",
+            component.len()
+        );
+    }
     upload_blob(client, &packed.config_bytes, &packed.config_digest).await?;
     upload_blob(client, &component, &packed.layer_digest).await?;
     let v = publish_manifest(client, &packed).await?;

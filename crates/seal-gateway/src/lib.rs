@@ -90,23 +90,40 @@ impl Route {
     /// `seal-version` override if it names a version of this route, else a
     /// weighted random choice.
     fn pick(&self, requested: Option<u64>) -> Option<&Backend> {
-        if let Some(v) = requested
-            && let Some(b) = self.backends.iter().find(|b| b.version == v)
-        {
-            return Some(b);
-        }
-        if self.total_weight == 0 {
-            return None;
-        }
-        let mut ticket = rand::random_range(0..self.total_weight);
-        for b in &self.backends {
-            if ticket < b.weight {
-                return Some(b);
-            }
-            ticket -= b.weight;
-        }
-        None
+        let ticket = if self.total_weight == 0 {
+            0
+        } else {
+            rand::random_range(0..self.total_weight)
+        };
+        let i = choose(
+            self.backends.iter().map(|b| (b.version, b.weight)),
+            requested,
+            ticket,
+        )?;
+        self.backends.get(i)
     }
+}
+
+/// Index of the version to serve: the requested one if present (even at
+/// weight 0, e.g. a blue/green preview), else the one whose cumulative
+/// weight range holds `ticket` (drawn uniformly from `0..total`).
+fn choose(
+    versions: impl Iterator<Item = (u64, u32)> + Clone,
+    requested: Option<u64>,
+    mut ticket: u32,
+) -> Option<usize> {
+    if let Some(r) = requested
+        && let Some(i) = versions.clone().position(|(v, _)| v == r)
+    {
+        return Some(i);
+    }
+    for (i, (_, weight)) in versions.enumerate() {
+        if ticket < weight {
+            return Some(i);
+        }
+        ticket -= weight;
+    }
+    None
 }
 
 /// An immutable snapshot of every route, keyed by (environment, function).
@@ -408,6 +425,24 @@ mod tests {
             .header("host", host)
             .body(())
             .unwrap()
+    }
+
+    #[test]
+    fn version_choice_honours_override_then_weights() {
+        let route = [(1u64, 90u32), (2, 10), (3, 0)];
+        let it = || route.iter().copied();
+        // Weighted: tickets 0..90 → v1, 90..100 → v2, never the 0% version.
+        assert_eq!(choose(it(), None, 0), Some(0));
+        assert_eq!(choose(it(), None, 89), Some(0));
+        assert_eq!(choose(it(), None, 90), Some(1));
+        assert_eq!(choose(it(), None, 99), Some(1));
+        // An override naming a version in the route wins, even at 0%.
+        assert_eq!(choose(it(), Some(3), 0), Some(2));
+        assert_eq!(choose(it(), Some(2), 0), Some(1));
+        // An override naming another version falls back to the weights.
+        assert_eq!(choose(it(), Some(7), 95), Some(1));
+        // No weight at all: nothing to serve.
+        assert_eq!(choose([(1u64, 0u32)].into_iter(), None, 0), None);
     }
 
     #[test]
