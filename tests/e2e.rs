@@ -525,8 +525,16 @@ async fn no_request_fails_across_deploys_and_rollbacks() {
 async fn python_and_javascript_components_run() {
     let dir = repo().join("target/foreign-guests");
     let guests = [
-        ("hello-py", "hello-py.wasm", "Hello from Python! path=/x?y=1"),
-        ("hello-js", "hello-js.wasm", "Hello from JavaScript! path=/x?y=1"),
+        (
+            "hello-py",
+            "hello-py.wasm",
+            "Hello from Python! path=/x?y=1",
+        ),
+        (
+            "hello-js",
+            "hello-js.wasm",
+            "Hello from JavaScript! path=/x?y=1",
+        ),
     ];
     if guests.iter().any(|(_, f, _)| !dir.join(f).is_file()) {
         assert!(
@@ -541,7 +549,10 @@ async fn python_and_javascript_components_run() {
     let s = Server::start(data.path());
     for (name, file, expected) in guests {
         let path = dir.join(file);
-        assert!(std::fs::metadata(&path).unwrap().len() > 10 << 20, "{file} should be a large (>10 MB) component");
+        assert!(
+            std::fs::metadata(&path).unwrap().len() > 10 << 20,
+            "{file} should be a large (>10 MB) component"
+        );
         let (v, digest) = publish_file(&s, &path, name, &[]);
         s.seal_json(&["deploy", name, &v.to_string()]);
         let r = s.get(&format!("/{name}/x?y=1")).await;
