@@ -229,6 +229,14 @@ async fn echo_sees_method_path_headers_body_and_env() {
     assert_eq!(body["headers"]["x-test"], "yes");
     assert_eq!(body["body"], "payload");
     assert_eq!(body["env"]["SEAL_FUNCTION"], "echo");
+    assert_eq!(body["env"]["SEAL_ENVIRONMENT"], "production");
+    assert_eq!(body["env"]["SEAL_VERSION"], "1");
+    assert!(
+        body["env"]["SEAL_DIGEST"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
     // Same function, function-without-trailing-slash form.
     let body: Value = s.get("/echo").await.json().await.unwrap();
     assert_eq!(body["path"], "/");

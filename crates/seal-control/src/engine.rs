@@ -129,7 +129,6 @@ impl Control {
                 None,
                 || Ok(wasm),
                 limits_of(&manifest_for_load),
-                env_of(&manifest_for_load),
             )?;
             oci.put_blob(&bytes_for_store)?;
             Ok((function, sha.unwrap_or_default()))
@@ -209,7 +208,6 @@ impl Control {
                 expected.as_deref(),
                 || oci.read_blob(&refs.layer_digest).map_err(|e| e.to_string()),
                 limits_of(&manifest),
-                env_of(&manifest),
             )?)
         })
         .await?
@@ -244,7 +242,14 @@ impl Control {
                     continue;
                 };
                 match self.load(&v).await {
-                    Ok(f) => backends.push(Backend::new(w.version, &v.digest, w.weight, f)),
+                    Ok(f) => backends.push(Backend::new(
+                        &r.environment,
+                        &r.function,
+                        w.version,
+                        &v.digest,
+                        w.weight,
+                        f,
+                    )),
                     Err(e) => tracing::error!(
                         function = %r.function, environment = %r.environment, version = w.version,
                         error = %e.message, "version cannot serve; left out of the route"
@@ -411,7 +416,14 @@ impl Control {
         routes.push(Route::new(
             env,
             &v.function,
-            vec![Backend::new(v.version, &v.digest, 100, function)],
+            vec![Backend::new(
+                env,
+                &v.function,
+                v.version,
+                &v.digest,
+                100,
+                function,
+            )],
         ));
         self.gateway.publish(RouteTable::new(routes, &previous));
         tracing::info!(
@@ -439,10 +451,6 @@ fn limits_of(m: &SealManifest) -> FunctionLimits {
         memory_bytes: m.limits.memory_mb << 20,
         timeout: Duration::from_millis(m.limits.timeout_ms),
     }
-}
-
-fn env_of(m: &SealManifest) -> Vec<(String, String)> {
-    vec![("SEAL_FUNCTION".into(), m.name.clone())]
 }
 
 /// Runs blocking file and compile work off the async workers.

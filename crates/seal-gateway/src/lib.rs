@@ -50,11 +50,29 @@ pub struct Backend {
     pub stats: Arc<VersionStats>,
     version_header: HeaderValue,
     digest_header: HeaderValue,
+    /// What the guest sees in its environment: which function, environment,
+    /// version and artifact it is.
+    env: Arc<[(String, String)]>,
 }
 
 impl Backend {
-    pub fn new(version: u64, digest: &str, weight: u32, function: Arc<Function>) -> Self {
+    pub fn new(
+        environment: &str,
+        function_name: &str,
+        version: u64,
+        digest: &str,
+        weight: u32,
+        function: Arc<Function>,
+    ) -> Self {
+        let env = [
+            ("SEAL_FUNCTION", function_name.to_owned()),
+            ("SEAL_ENVIRONMENT", environment.to_owned()),
+            ("SEAL_VERSION", version.to_string()),
+            ("SEAL_DIGEST", digest.to_owned()),
+        ]
+        .map(|(k, v)| (k.to_owned(), v));
         Self {
+            env: Arc::from(env),
             version,
             digest: digest.to_owned(),
             weight,
@@ -283,7 +301,7 @@ impl Gateway {
                 );
             }
         };
-        let mut resp = match backend.function.handle(req).await {
+        let mut resp = match backend.function.handle(req, &backend.env).await {
             Ok(resp) => {
                 if resp.status().is_server_error() {
                     backend.stats.errors.fetch_add(1, Ordering::Relaxed);

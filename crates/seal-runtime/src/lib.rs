@@ -164,10 +164,19 @@ impl Runtime {
             .table_keep_resident(64 << 10)
             .async_stack_keep_resident(64 << 10);
         let mut cfg = Config::new();
-        cfg.wasm_component_model(true)
-            .epoch_interruption(true)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        let engine = Engine::new(&cfg).map_err(|e| RuntimeError::Config(format!("{e:#}")))?;
+        cfg.wasm_component_model(true).epoch_interruption(true);
+        let mut pooled = cfg.clone();
+        pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        // The pool reserves address space for every slot up front; where the
+        // OS refuses that (a low `ulimit -v`, say), run without it rather
+        // than not at all, and say so.
+        let engine = match Engine::new(&pooled) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "pooling allocator unavailable; using on-demand instance allocation");
+                Engine::new(&cfg).map_err(|e| RuntimeError::Config(format!("{e:#}")))?
+            }
+        };
 
         let mut linker = Linker::<Host>::new(&engine);
         // What `wasmtime serve -Scli` provides: wasi:cli, clocks, random, io
@@ -245,7 +254,6 @@ impl Runtime {
         expected_sha256: Option<&str>,
         wasm: impl FnOnce() -> Result<Vec<u8>, String>,
         limits: FunctionLimits,
-        env: Vec<(String, String)>,
     ) -> Result<(Arc<Function>, Option<String>)> {
         let cached = expected_sha256.and_then(|sha| self.load_cached(digest_hex, sha));
         let (component, new_sha) = match cached {
@@ -268,22 +276,17 @@ impl Runtime {
                 (c, Some(sha))
             }
         };
-        let function = self.instantiate_pre(&component, limits, env)?;
+        let function = self.instantiate_pre(&component, limits)?;
         Ok((Arc::new(function), new_sha))
     }
 
-    fn instantiate_pre(
-        &self,
-        component: &Component,
-        limits: FunctionLimits,
-        env: Vec<(String, String)>,
-    ) -> Result<Function> {
+    fn instantiate_pre(&self, component: &Component, limits: FunctionLimits) -> Result<Function> {
         let pre = self
             .linker
             .instantiate_pre(component)
             .map_err(|e| RuntimeError::Link(format!("{e:#}")))?;
         let pre = ProxyPre::new(pre).map_err(|e| RuntimeError::Link(format!("{e:#}")))?;
-        Ok(Function { pre, limits, env })
+        Ok(Function { pre, limits })
     }
 }
 
@@ -390,7 +393,6 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
 pub struct Function {
     pre: ProxyPre<Host>,
     limits: FunctionLimits,
-    env: Vec<(String, String)>,
 }
 
 impl Function {
@@ -398,18 +400,20 @@ impl Function {
         &self.limits
     }
 
-    /// Runs one request in a fresh store. The response body keeps streaming
-    /// from the guest after this returns.
+    /// Runs one request in a fresh store with `env` as its environment
+    /// variables. The response body keeps streaming from the guest after
+    /// this returns.
     pub async fn handle<B>(
         &self,
         req: http::Request<B>,
+        env: &[(String, String)],
     ) -> Result<http::Response<HyperOutgoingBody>, InvokeError>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
         let mut wasi = WasiCtx::builder();
-        wasi.inherit_stdout().inherit_stderr().envs(&self.env);
+        wasi.inherit_stdout().inherit_stderr().envs(env);
         let mut store = Store::new(
             self.pre.engine(),
             Host {
