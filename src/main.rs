@@ -63,6 +63,9 @@ enum Command {
     Inspect(commands::query::InspectArgs),
     /// Show the audit log, newest first.
     Audit(commands::query::AuditArgs),
+    /// List or create environments.
+    #[command(subcommand)]
+    Env(commands::query::EnvCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -102,6 +105,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Deployment(args) => commands::query::deployment(args, &client()?, out).await,
         Command::Inspect(args) => commands::query::inspect(args, &client()?, out).await,
         Command::Audit(args) => commands::query::audit(args, &client()?, out).await,
+        Command::Env(cmd) => commands::query::env(cmd, &client()?, out).await,
     }
 }
 

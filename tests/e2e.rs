@@ -420,35 +420,21 @@ async fn bad_input_is_refused_and_changes_nothing() {
         .collect();
     assert_eq!(names, ["keep"]);
 
-    // A corrupted blob on disk is reported and never executed.
+    // A corrupted blob on disk is reported and never executed — even for a
+    // version the running server already has compiled in memory.
     let (v2, d2) = publish_file(&s, &guest("trap"), "other", &[]);
     assert_eq!(v2, 1);
-    s.stop();
-    let oci_manifest: Value = serde_json::from_slice(
-        &std::fs::read(
-            dir.path()
-                .join("artifacts/blobs/sha256")
-                .join(&d2["sha256:".len()..]),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let blobs = dir.path().join("artifacts/blobs/sha256");
+    let oci_manifest: Value =
+        serde_json::from_slice(&std::fs::read(blobs.join(&d2["sha256:".len()..])).unwrap())
+            .unwrap();
     let layer = oci_manifest["layers"][0]["digest"].as_str().unwrap();
-    let layer_path = dir
-        .path()
-        .join("artifacts/blobs/sha256")
-        .join(&layer["sha256:".len()..]);
-    let mut bytes = std::fs::read(&layer_path).unwrap();
-    bytes[100] ^= 0xff;
-    std::fs::write(&layer_path, bytes).unwrap();
-    std::fs::remove_file(
-        dir.path()
-            .join("compiled")
-            .join(format!("{}.cwasm", &d2["sha256:".len()..])),
-    )
-    .unwrap();
+    let layer_path = blobs.join(&layer["sha256:".len()..]);
+    let good = std::fs::read(&layer_path).unwrap();
+    let mut bad = good.clone();
+    bad[100] ^= 0xff;
+    std::fs::write(&layer_path, &bad).unwrap();
 
-    let s = Server::start_with(dir.path(), &["--max-upload-size", "90KiB"]);
     s.seal(&["deploy", "other", "1"])
         .assert_fails_with("corrupt");
     s.seal(&["inspect", "other@1"]).assert_fails_with("corrupt");
@@ -461,6 +447,21 @@ async fn bad_input_is_refused_and_changes_nothing() {
     );
     let audit = s.seal_json(&["audit"]);
     assert_eq!(audit["entries"][0]["outcome"], "refused");
+    assert_eq!(audit["entries"][0]["action"], "deploy");
+
+    // Publishing the same component again repairs the damaged blob; the
+    // version (same digest) is unchanged and now deploys.
+    let again = s.seal_json(&[
+        "publish",
+        guest("trap").to_str().unwrap(),
+        "--name",
+        "other",
+    ]);
+    assert_eq!(again["version"], 1);
+    assert_eq!(again["created"], false);
+    assert_eq!(std::fs::read(&layer_path).unwrap(), good);
+    s.seal_json(&["deploy", "other", "1"]);
+    assert_eq!(header(&s.get("/other/").await, "seal-digest"), d2);
 }
 
 /// A load loop of concurrent requests across deploys and rollbacks: zero
@@ -568,4 +569,179 @@ async fn python_and_javascript_components_run() {
         assert_eq!(header(&r, "seal-digest"), digest);
         assert_eq!(r.text().await.unwrap(), expected);
     }
+}
+
+/// Puts a blob through the API the way any client could.
+async fn put_blob(s: &Server, bytes: &[u8]) -> reqwest::StatusCode {
+    let digest = seal_artifact::sha256_digest(bytes);
+    s.http
+        .put(format!("{}/v1/blobs/{digest}", s.api))
+        .body(bytes.to_vec())
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+/// Publishes by hand: blobs, then an OCI manifest naming them. Returns the
+/// status and the JSON body of the final POST.
+async fn raw_publish(s: &Server, component: &[u8], config: &Value) -> (u16, Value) {
+    let config_bytes = serde_json::to_vec(config).unwrap();
+    assert!(put_blob(s, &config_bytes).await.is_success());
+    assert!(put_blob(s, component).await.is_success());
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.seal.function.config.v1+json",
+            "digest": seal_artifact::sha256_digest(&config_bytes).as_str(),
+            "size": config_bytes.len(),
+        },
+        "layers": [{
+            "mediaType": "application/wasm",
+            "digest": seal_artifact::sha256_digest(component).as_str(),
+            "size": component.len(),
+        }],
+    });
+    let r = s
+        .http
+        .post(format!("{}/v1/artifacts", s.api))
+        .body(serde_json::to_vec(&manifest).unwrap())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap())
+}
+
+/// The server validates on its own: what a hand-made client sends is
+/// checked as strictly as what the CLI checks before sending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_refuses_bad_artifacts_from_any_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    let manifest = |name: &str| serde_json::json!({"schema": 1, "name": name});
+    let cli = std::fs::read(guest("cli")).unwrap();
+    let echo = std::fs::read(guest("echo")).unwrap();
+    for (component, config, code) in [
+        (b"garbage".to_vec(), manifest("a"), "not_wasm"),
+        (b"\0asm\x01\0\0\0".to_vec(), manifest("b"), "core_module"),
+        (cli, manifest("c"), "no_http_handler"),
+        (echo.clone(), manifest("../x"), "invalid_name"),
+        (echo.clone(), manifest("Hello"), "invalid_name"),
+        (
+            echo.clone(),
+            serde_json::json!({"schema": 1, "name": "d", "limits": {"memory_mb": 0}}),
+            "invalid_manifest",
+        ),
+        (
+            echo.clone(),
+            serde_json::json!({"schema": 1, "name": "e", "surprise": true}),
+            "invalid_manifest",
+        ),
+    ] {
+        let (status, body) = raw_publish(&s, &component, &config).await;
+        assert_eq!(status, 422, "{config}: {body}");
+        assert_eq!(body["error"]["code"], code, "{config}: {body}");
+    }
+    // A manifest naming a blob that was never uploaded.
+    let r = s
+        .http
+        .post(format!("{}/v1/artifacts", s.api))
+        .body(
+            serde_json::json!({
+                "schemaVersion": 2,
+                "config": {"mediaType": "application/vnd.seal.function.config.v1+json", "digest": format!("sha256:{}", "1".repeat(64)), "size": 2},
+                "layers": [{"mediaType": "application/wasm", "digest": format!("sha256:{}", "2".repeat(64)), "size": 2}],
+            })
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    // Errors from the HTTP layer itself are JSON too.
+    let r = s
+        .http
+        .post(format!("{}/v1/artifacts", s.api))
+        .body(vec![b' '; 100 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_large");
+    let r = s
+        .http
+        .get(format!("{}/v1/audit?limit=many", s.api))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "bad_request");
+    // Nothing was created by any of it.
+    let functions = s.api_get("/v1/functions").await;
+    assert_eq!(functions["functions"], serde_json::json!([]));
+
+    // And a well-formed one goes through the same path.
+    let (status, body) = raw_publish(&s, &echo, &manifest("echo")).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["version"], 1);
+}
+
+/// A request that started on v1 finishes on v1 while v2 takes the route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_in_flight_finishes_on_its_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    let slow = guest("slow");
+    let (v1, d1) = publish_file(&s, &slow, "inflight", &[]);
+    let (v2, d2) = publish_file(&s, &slow, "inflight", &["--timeout", "20s"]);
+    assert_eq!((v1, v2), (1, 2));
+    s.seal_json(&["deploy", "inflight", "1"]);
+    let (slow_resp, ()) = tokio::join!(s.get("/inflight/?ms=1500"), async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        s.seal_json(&["deploy", "inflight", "2"]);
+        let r = s.get("/inflight/?ms=1").await;
+        assert_eq!(header(&r, "seal-digest"), d2, "new requests go to v2");
+    });
+    assert_eq!(slow_resp.status(), 200);
+    assert_eq!(header(&slow_resp, "seal-version"), "1");
+    assert_eq!(header(&slow_resp, "seal-digest"), d1);
+    assert_eq!(slow_resp.text().await.unwrap(), "slept 1500 ms");
+}
+
+/// Deployments go only to environments that exist; a typo is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn environments_are_explicit() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    let (v, digest) = publish_file(&s, &guest("echo"), "echo", &[]);
+    s.seal(&["deploy", "echo", &v.to_string(), "--env", "prodution"])
+        .assert_fails_with("unknown environment \"prodution\"");
+    let created = s.seal_json(&["env", "create", "qa"]);
+    assert_eq!(created["created"], true);
+    s.seal_json(&["deploy", "echo", &v.to_string(), "--env", "qa"]);
+    let r = s
+        .http
+        .get(format!("{}/hi", s.gateway))
+        .header("host", "echo.qa.localhost")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "seal-digest"), digest);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["env"]["SEAL_ENVIRONMENT"], "qa");
+    // Production was not touched.
+    assert_eq!(s.get("/echo/").await.status(), 404);
+    let envs = s.seal_json(&["env", "list"]);
+    assert_eq!(
+        envs["environments"],
+        serde_json::json!(["production", "qa", "staging"])
+    );
+    assert_eq!(envs["default"], "production");
+    let audit = s.seal_json(&["audit"]);
+    assert_eq!(audit["entries"][1]["action"], "environment.create");
 }

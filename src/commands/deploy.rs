@@ -11,9 +11,9 @@ pub struct DeployArgs {
     function: String,
     /// Version number to deploy (see `seal versions FUNCTION`).
     version: u64,
-    /// Environment to deploy to.
-    #[arg(long, short = 'e', default_value = "production")]
-    env: String,
+    /// Environment to deploy to (default: the server's default, production).
+    #[arg(long, short = 'e')]
+    env: Option<String>,
     /// Why: recorded with the deployment and in the audit log.
     #[arg(long)]
     reason: Option<String>,
@@ -23,24 +23,23 @@ pub struct DeployArgs {
 pub struct RollbackArgs {
     /// Function name.
     function: String,
-    /// Environment to roll back.
-    #[arg(long, short = 'e', default_value = "production")]
-    env: String,
+    /// Environment to roll back (default: the server's default, production).
+    #[arg(long, short = 'e')]
+    env: Option<String>,
     /// Version to return to (default: the one that served before the current deployment).
     #[arg(long)]
     to: Option<u64>,
 }
 
 pub async fn deploy(args: DeployArgs, client: &Client, out: OutputFormat) -> anyhow::Result<()> {
+    check_names(&args.function, args.env.as_deref())?;
     let v = client
         .post(
             &format!("/v1/functions/{}/deploy", args.function),
             &json!({"version": args.version, "environment": args.env, "reason": args.reason}),
         )
         .await?;
-    emit(out, &v, |v| {
-        report(v, &args.function, &args.env, "deployed")
-    });
+    emit(out, &v, |v| report(v, &args.function, "deployed"));
     Ok(())
 }
 
@@ -49,29 +48,43 @@ pub async fn rollback(
     client: &Client,
     out: OutputFormat,
 ) -> anyhow::Result<()> {
+    check_names(&args.function, args.env.as_deref())?;
     let v = client
         .post(
             &format!("/v1/functions/{}/rollback", args.function),
             &json!({"environment": args.env, "to": args.to}),
         )
         .await?;
-    emit(out, &v, |v| {
-        report(v, &args.function, &args.env, "rolled back")
-    });
+    emit(out, &v, |v| report(v, &args.function, "rolled back"));
     Ok(())
 }
 
-fn report(v: &serde_json::Value, function: &str, env: &str, verb: &str) {
+/// Checks names before they go into a URL, with the server's own rule.
+pub fn check_names(function: &str, env: Option<&str>) -> anyhow::Result<()> {
+    seal_artifact::validate_function_name(function)?;
+    if let Some(env) = env {
+        seal_artifact::validate_function_name(env).map_err(|e| match e {
+            seal_artifact::ArtifactError::InvalidName { reason, .. } => {
+                anyhow::anyhow!("invalid environment name {env:?}: {reason}")
+            }
+            other => other.into(),
+        })?;
+    }
+    Ok(())
+}
+
+fn report(v: &serde_json::Value, function: &str, verb: &str) {
     if v["unchanged"].as_bool() == Some(true) {
         println!(
-            "{function} in {env} already serves {}; nothing changed",
+            "{function} already serves {} there; nothing changed",
             weights(&v["weights"])
         );
         return;
     }
     let d = &v["deployment"];
     println!(
-        "{verb} {function} in {env}: {} → {} (deployment {})",
+        "{verb} {function} in {}: {} → {} (deployment {})",
+        crate::output::s(&d["environment"]),
         weights(&d["from_weights"]),
         weights(&d["to_weights"]),
         d["id"]

@@ -71,6 +71,7 @@ pub async fn functions(client: &Client, out: OutputFormat) -> anyhow::Result<()>
 }
 
 pub async fn versions(args: FunctionArg, client: &Client, out: OutputFormat) -> anyhow::Result<()> {
+    super::deploy::check_names(&args.function, None)?;
     let v = client
         .get(&format!("/v1/functions/{}/versions", args.function))
         .await?;
@@ -95,6 +96,7 @@ pub async fn versions(args: FunctionArg, client: &Client, out: OutputFormat) -> 
 }
 
 pub async fn status(args: FunctionArg, client: &Client, out: OutputFormat) -> anyhow::Result<()> {
+    super::deploy::check_names(&args.function, None)?;
     let v = client
         .get(&format!("/v1/functions/{}", args.function))
         .await?;
@@ -269,6 +271,47 @@ pub async fn inspect(args: InspectArgs, client: &Client, out: OutputFormat) -> a
             }
         );
     });
+    Ok(())
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum EnvCommand {
+    /// List environments.
+    List,
+    /// Create an environment (deployments to unknown environments are refused).
+    Create {
+        /// Name: lowercase letters, digits and '-'.
+        name: String,
+    },
+}
+
+pub async fn env(cmd: EnvCommand, client: &Client, out: OutputFormat) -> anyhow::Result<()> {
+    match cmd {
+        EnvCommand::List => {
+            let v = client.get("/v1/environments").await?;
+            emit(out, &v, |v| {
+                let default = s(&v["default"]);
+                for e in v["environments"].as_array().into_iter().flatten() {
+                    let name = s(e);
+                    let mark = if name == default { "  (default)" } else { "" };
+                    println!("{name}{mark}");
+                }
+            });
+        }
+        EnvCommand::Create { name } => {
+            super::deploy::check_names("x", Some(&name))?;
+            let v = client
+                .post("/v1/environments", &serde_json::json!({"name": name}))
+                .await?;
+            emit(out, &v, |v| {
+                if v["created"].as_bool() == Some(true) {
+                    println!("created environment {}", s(&v["name"]));
+                } else {
+                    println!("environment {} already exists", s(&v["name"]));
+                }
+            });
+        }
+    }
     Ok(())
 }
 

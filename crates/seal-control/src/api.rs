@@ -12,6 +12,7 @@
 //! | GET | `/v1/functions/{fn}/deployments` | history, newest first |
 //! | GET | `/v1/deployments/{id}` | one deployment with its events |
 //! | GET | `/v1/audit` | audit entries, newest first |
+//! | GET/POST | `/v1/environments` | list / create (`{"name"}`) environments |
 //! | GET | `/v1/server` | runtime counters (compiles, cache loads) |
 //! | GET | `/healthz` | liveness |
 
@@ -54,9 +55,46 @@ pub fn router(control: Arc<Control>) -> Router {
         )
         .route("/v1/deployments/{id}", get(show_deployment))
         .route("/v1/audit", get(audit))
+        .route(
+            "/v1/environments",
+            get(list_environments).post(create_environment),
+        )
         .fallback(|| async { ApiError::not_found("no such API endpoint") })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_MANIFEST_BYTES))
+        .layer(axum::middleware::map_response(json_errors))
         .with_state(control)
+}
+
+/// Every error answer is JSON, including axum's own rejections (bad query
+/// strings, bodies over the limit, wrong methods), which are plain text.
+async fn json_errors(resp: axum::response::Response) -> axum::response::Response {
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let body = axum::body::to_bytes(resp.into_body(), 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let mut message = String::from_utf8_lossy(&body).trim().to_owned();
+    if message.is_empty() {
+        message = status
+            .canonical_reason()
+            .unwrap_or("request failed")
+            .to_owned();
+    }
+    let code = match status {
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        s if s.is_server_error() => "internal",
+        _ => "bad_request",
+    };
+    axum::response::IntoResponse::into_response(ApiError::new(status, code, message))
 }
 
 /// Who is acting. Recorded in deployments and the audit log; token
@@ -85,9 +123,18 @@ async fn server_info(State(c): State<Arc<Control>>) -> Json<Value> {
     }))
 }
 
+/// Whether an intact blob is stored (re-hashed off the async workers).
+async fn has_blob(c: &Control, digest: &Digest) -> bool {
+    let oci = c.oci.clone();
+    let digest = digest.clone();
+    tokio::task::spawn_blocking(move || oci.has_blob(&digest))
+        .await
+        .unwrap_or(false)
+}
+
 async fn head_blob(State(c): State<Arc<Control>>, Path(digest): Path<String>) -> StatusCode {
     match Digest::parse(&digest) {
-        Ok(d) if c.oci.has_blob(&d) => StatusCode::OK,
+        Ok(d) if has_blob(&c, &d).await => StatusCode::OK,
         Ok(_) => StatusCode::NOT_FOUND,
         Err(_) => StatusCode::BAD_REQUEST,
     }
@@ -112,7 +159,7 @@ async fn put_blob(
     {
         return Err(too_large().into());
     }
-    if c.oci.has_blob(&expected) {
+    if has_blob(&c, &expected).await {
         return Ok((
             StatusCode::OK,
             Json(json!({"digest": expected, "existed": true})),
@@ -395,6 +442,34 @@ async fn show_deployment(
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no deployment {id}")))?;
     Ok(Json(json!({"deployment": deployment, "events": events})))
+}
+
+async fn list_environments(State(c): State<Arc<Control>>) -> ApiResult<Json<Value>> {
+    Ok(Json(json!({
+        "environments": c.state.environments().await?,
+        "default": c.default_environment,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateEnvironment {
+    name: String,
+}
+
+async fn create_environment(
+    State(c): State<Arc<Control>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let req: CreateEnvironment = parse_json(&body)?;
+    let created = c.create_environment(&req.name, &actor(&headers)).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(json!({"name": req.name, "created": created}))))
 }
 
 #[derive(Deserialize)]

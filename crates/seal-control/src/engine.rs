@@ -177,10 +177,37 @@ impl Control {
         }
     }
 
-    /// The pre-instantiated function of a version: from memory, else from
-    /// the compile cache (hash-checked), else recompiled from the verified
-    /// blob. A corrupt blob is refused and never executed.
+    /// Reads every blob of a stored artifact (OCI manifest, config, layer),
+    /// each re-hashed on read, and returns the component bytes. A corrupt
+    /// or missing blob is refused here, before anything runs or routes.
+    async fn verified_component(&self, digest: &Digest) -> ApiResult<Vec<u8>> {
+        let oci = self.oci.clone();
+        let digest = digest.clone();
+        blocking(move || -> ApiResult<Vec<u8>> {
+            let stored = |d: &Digest| {
+                oci.read_blob(d).map_err(|e| match e {
+                    seal_oci::StoreError::NotFound(_) => ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "artifact_missing",
+                        format!("{e}: the data dir has lost part of artifact {digest}"),
+                    ),
+                    other => other.into(),
+                })
+            };
+            let refs = parse_oci_manifest(&stored(&digest)?)?;
+            stored(&refs.config_digest)?;
+            stored(&refs.layer_digest)
+        })
+        .await?
+    }
+
+    /// The pre-instantiated function of a version. Its blobs are verified
+    /// every time; the compiled form comes from memory, else from the
+    /// compile cache (hash-checked), else is recompiled from the verified
+    /// component. A corrupt blob is refused and never executed.
     pub async fn load(&self, v: &VersionRecord) -> ApiResult<Arc<Function>> {
+        let digest = Digest::parse(&v.digest).map_err(ApiError::internal)?;
+        let wasm = self.verified_component(&digest).await?;
         if let Some(f) = self
             .loaded
             .lock()
@@ -195,33 +222,17 @@ impl Control {
                 v.function, v.version
             ))
         })?;
-        let digest = Digest::parse(&v.digest).map_err(ApiError::internal)?;
-        let oci = self.oci.clone();
         let runtime = self.runtime.clone();
         let expected = v.compiled_sha256.clone();
-        let (function, new_sha) = blocking(move || -> ApiResult<_> {
-            // The OCI manifest, then the layer it names, each verified on read.
-            let manifest_bytes = oci.read_blob(&digest)?;
-            let refs = parse_oci_manifest(&manifest_bytes)?;
-            Ok(runtime.prepare(
+        let (function, new_sha) = blocking(move || {
+            runtime.prepare(
                 digest.hex(),
                 expected.as_deref(),
-                || oci.read_blob(&refs.layer_digest).map_err(|e| e.to_string()),
+                || Ok(wasm),
                 limits_of(&manifest),
-            )?)
+            )
         })
-        .await?
-        .map_err(|e| {
-            if e.code == "cannot_load" && e.message.contains("corrupt") {
-                ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "artifact_corrupt",
-                    e.message,
-                )
-            } else {
-                e
-            }
-        })?;
+        .await??;
         if let Some(sha) = new_sha {
             self.state.set_compiled_sha256(&v.digest, &sha).await?;
         }
@@ -277,15 +288,23 @@ impl Control {
             .ok_or_else(|| ApiError::not_found(format!("{function} has no version {version}")))
     }
 
-    fn environment_or_default(&self, environment: Option<&str>) -> ApiResult<String> {
+    /// The named environment (default: the server's), which must exist:
+    /// a typo must not create a new environment.
+    async fn environment_or_default(&self, environment: Option<&str>) -> ApiResult<String> {
         let env = environment.unwrap_or(&self.default_environment);
-        validate_function_name(env).map_err(|e| {
-            ApiError::bad_request(format!(
-                "invalid environment name {env:?}: {}",
-                e.to_string().rsplit(": ").next().unwrap_or_default()
-            ))
-        })?;
+        validate_environment_name(env)?;
+        if !self.state.environment_exists(env).await? {
+            let known = self.state.environments().await?.join(", ");
+            return Err(ApiError::not_found(format!(
+                "unknown environment {env:?} (environments: {known}); create it with `seal env create {env}`"
+            )));
+        }
         Ok(env.to_owned())
+    }
+
+    pub async fn create_environment(&self, name: &str, actor: &str) -> ApiResult<bool> {
+        validate_environment_name(name)?;
+        Ok(self.state.create_environment(name, actor).await?)
     }
 
     /// All-at-once deployment of `function@version` to an environment.
@@ -297,13 +316,15 @@ impl Control {
         reason: Option<&str>,
         actor: &str,
     ) -> ApiResult<DeployOutcome> {
-        let env = self.environment_or_default(environment)?;
+        let env = self.environment_or_default(environment).await?;
         let v = self.version_or_404(function, version).await?;
+        let _guard = self.deploy_lock.lock().await;
         let to = vec![WeightedVersion {
             version,
             weight: 100,
         }];
-        self.switch(&env, &v, to, "deploy", reason, actor).await
+        self.switch_locked(&env, &v, to, "deploy", reason, actor)
+            .await
     }
 
     /// Returns the route to the version that served before the current one
@@ -315,12 +336,15 @@ impl Control {
         to: Option<u64>,
         actor: &str,
     ) -> ApiResult<DeployOutcome> {
-        let env = self.environment_or_default(environment)?;
+        let env = self.environment_or_default(environment).await?;
         if !self.state.function_exists(function).await? {
             return Err(ApiError::not_found(format!(
                 "unknown function {function:?}"
             )));
         }
+        // The target is worked out under the lock, from the route as it is
+        // now, so a deploy landing meanwhile cannot make it stale.
+        let _guard = self.deploy_lock.lock().await;
         let Some(current) = self.state.route(&env, function).await? else {
             return Err(ApiError::conflict(format!(
                 "{function} has no route in {env}: nothing to roll back"
@@ -331,10 +355,9 @@ impl Control {
             None => {
                 let latest = self
                     .state
-                    .deployments(function, Some(&env))
+                    .deployment(current.deployment_id)
                     .await?
-                    .into_iter()
-                    .find(|d| d.id == current.deployment_id);
+                    .map(|(d, _)| d);
                 let previous = latest
                     .and_then(|d| d.from_weights)
                     .and_then(|w| w.iter().max_by_key(|w| w.weight).map(|w| w.version));
@@ -350,10 +373,12 @@ impl Control {
             version: target,
             weight: 100,
         }];
-        self.switch(&env, &v, to, "rollback", None, actor).await
+        self.switch_locked(&env, &v, to, "rollback", None, actor)
+            .await
     }
 
-    async fn switch(
+    /// Moves a route; the caller holds `deploy_lock`.
+    async fn switch_locked(
         &self,
         env: &str,
         v: &VersionRecord,
@@ -362,9 +387,17 @@ impl Control {
         reason: Option<&str>,
         actor: &str,
     ) -> ApiResult<DeployOutcome> {
-        let _guard = self.deploy_lock.lock().await;
         let current = self.state.route(env, &v.function).await?;
-        if current.as_ref().is_some_and(|c| c.weights == to) {
+        let previous = self.gateway.table();
+        let live = previous.get(env, &v.function);
+        let live_matches = live.is_some_and(|r| {
+            r.backends.len() == to.len()
+                && r.backends
+                    .iter()
+                    .zip(&to)
+                    .all(|(b, w)| b.version == w.version && b.weight == w.weight)
+        });
+        if live_matches && current.as_ref().is_some_and(|c| c.weights == to) {
             return Ok(DeployOutcome {
                 deployment: None,
                 unchanged: true,
@@ -407,7 +440,6 @@ impl Control {
             .await?;
         // Committed; now the swap. Only this route changes: the others are
         // carried over from the current snapshot as they are.
-        let previous = self.gateway.table();
         let mut routes: Vec<Route> = previous
             .routes()
             .filter(|r| !(r.environment == env && r.function == v.function))
@@ -425,7 +457,9 @@ impl Control {
                 function,
             )],
         ));
-        self.gateway.publish(RouteTable::new(routes, &previous));
+        let table = RouteTable::new(routes, &previous);
+        self.retain_loaded(&table, &previous);
+        self.gateway.publish(table);
         tracing::info!(
             function = %v.function, environment = env, version = v.version, digest = %v.digest,
             deployment = deployment.id, kind, swap_us = started.elapsed().as_micros() as u64,
@@ -437,6 +471,20 @@ impl Control {
             weights: to,
         })
     }
+
+    /// Keeps in memory only what serves now and what served just before
+    /// (the rollback targets); everything else reloads from the compile
+    /// cache when a deployment names it again.
+    fn retain_loaded(&self, table: &RouteTable, previous: &RouteTable) {
+        let keep: std::collections::HashSet<&str> = table
+            .routes()
+            .chain(previous.routes())
+            .flat_map(|r| r.backends.iter().map(|b| b.digest.as_str()))
+            .collect();
+        if let Ok(mut map) = self.loaded.lock() {
+            map.retain(|digest, _| keep.contains(digest.as_str()));
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -444,6 +492,17 @@ pub struct DeployOutcome {
     pub deployment: Option<DeploymentRecord>,
     pub unchanged: bool,
     pub weights: Vec<WeightedVersion>,
+}
+
+/// Environment names follow the function-name rule (they appear in host
+/// names: `<fn>.<env>.localhost`).
+fn validate_environment_name(env: &str) -> ApiResult<()> {
+    validate_function_name(env).map_err(|e| match e {
+        seal_artifact::ArtifactError::InvalidName { reason, .. } => {
+            ApiError::bad_request(format!("invalid environment name {env:?}: {reason}"))
+        }
+        other => ApiError::bad_request(other.to_string()),
+    })
 }
 
 fn limits_of(m: &SealManifest) -> FunctionLimits {

@@ -90,7 +90,7 @@ impl Backend {
 pub struct Route {
     pub environment: String,
     pub function: String,
-    pub backends: Vec<Backend>,
+    pub backends: Vec<Arc<Backend>>,
     total_weight: u32,
 }
 
@@ -100,14 +100,14 @@ impl Route {
         Self {
             environment: environment.to_owned(),
             function: function.to_owned(),
-            backends,
+            backends: backends.into_iter().map(Arc::new).collect(),
             total_weight,
         }
     }
 
     /// `seal-version` override if it names a version of this route, else a
     /// weighted random choice.
-    fn pick(&self, requested: Option<u64>) -> Option<&Backend> {
+    fn pick(&self, requested: Option<u64>) -> Option<&Arc<Backend>> {
         let ticket = if self.total_weight == 0 {
             0
         } else {
@@ -163,8 +163,12 @@ impl RouteTable {
                         .backends
                         .iter()
                         .find(|ob| ob.version == b.version && ob.digest == b.digest)
+                        && !Arc::ptr_eq(&ob.stats, &b.stats)
                     {
-                        b.stats = ob.stats.clone();
+                        *b = Arc::new(Backend {
+                            stats: ob.stats.clone(),
+                            ..Backend::clone(b)
+                        });
                     }
                 }
             }
@@ -248,33 +252,43 @@ impl Gateway {
     }
 
     /// Serves one request.
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<HyperOutgoingBody> {
-        let Some(target) = resolve(&req, &self.default_environment) else {
-            return error_response(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "no function named in the request: use http://GATEWAY/<function>/… or Host: <function>.<environment>.localhost",
-                None,
-            );
+    pub async fn handle(&self, mut req: Request<Incoming>) -> Response<HyperOutgoingBody> {
+        let (route, uri) = {
+            let Some(target) = resolve(&req, &self.default_environment) else {
+                return error_response(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    "no function named in the request: use http://GATEWAY/<function>/… or Host: <function>.<environment>.localhost",
+                    None,
+                );
+            };
+            // Take the route's Arc and let the snapshot guard go at once: the
+            // request keeps what it picked even if the table is swapped.
+            let route = self
+                .table
+                .load()
+                .get(target.environment, target.function)
+                .cloned();
+            let Some(route) = route else {
+                return error_response(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    &format!(
+                        "no route for function {:?} in environment {:?}",
+                        target.function, target.environment
+                    ),
+                    None,
+                );
+            };
+            match function_uri(&req, &target.path) {
+                Ok(uri) => (route, uri),
+                Err(msg) => {
+                    return error_response(StatusCode::BAD_REQUEST, "bad_request", &msg, None);
+                }
+            }
         };
-        // Take the route's Arc and let the snapshot guard go at once: the
-        // request keeps what it picked even if the table is swapped.
-        let route = self
-            .table
-            .load()
-            .get(&target.environment, &target.function)
-            .cloned();
-        let Some(route) = route else {
-            return error_response(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                &format!(
-                    "no route for function {:?} in environment {:?}",
-                    target.function, target.environment
-                ),
-                None,
-            );
-        };
+        // The function sees the path after `/<function>`.
+        *req.uri_mut() = uri;
         let requested = req
             .headers()
             .get(&HEADER_VERSION)
@@ -290,17 +304,6 @@ impl Gateway {
         };
         backend.stats.requests.fetch_add(1, Ordering::Relaxed);
 
-        let req = match rewrite(req, &target.path) {
-            Ok(r) => r,
-            Err(msg) => {
-                return error_response(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    &msg,
-                    Some(&backend),
-                );
-            }
-        };
         let mut resp = match backend.function.handle(req, &backend.env).await {
             Ok(resp) => {
                 if resp.status().is_server_error() {
@@ -309,7 +312,9 @@ impl Gateway {
                 resp
             }
             Err(e) => {
-                backend.stats.errors.fetch_add(1, Ordering::Relaxed);
+                if e.is_function_error() {
+                    backend.stats.errors.fetch_add(1, Ordering::Relaxed);
+                }
                 tracing::warn!(
                     function = %route.function, environment = %route.environment,
                     version = backend.version, digest = %backend.digest,
@@ -325,16 +330,16 @@ impl Gateway {
     }
 }
 
-struct Target {
-    environment: String,
-    function: String,
+struct Target<'a> {
+    environment: &'a str,
+    function: &'a str,
     /// Path and query the function sees.
-    path: String,
+    path: std::borrow::Cow<'a, str>,
 }
 
 /// `Host: <fn>.<env>.localhost` picks the environment explicitly;
 /// otherwise the first path segment is the function in the default one.
-fn resolve<B>(req: &Request<B>, default_env: &str) -> Option<Target> {
+fn resolve<'a, B>(req: &'a Request<B>, default_env: &'a str) -> Option<Target<'a>> {
     let host = req
         .headers()
         .get(http::header::HOST)
@@ -354,16 +359,16 @@ fn resolve<B>(req: &Request<B>, default_env: &str) -> Option<Target> {
         match (parts.next(), parts.next(), parts.next()) {
             (Some(f), Some(e), None) if !f.is_empty() && !e.is_empty() => {
                 return Some(Target {
-                    environment: e.to_owned(),
-                    function: f.to_owned(),
-                    path: path_and_query.to_owned(),
+                    environment: e,
+                    function: f,
+                    path: path_and_query.into(),
                 });
             }
             (Some(f), None, None) if !f.is_empty() => {
                 return Some(Target {
-                    environment: default_env.to_owned(),
-                    function: f.to_owned(),
-                    path: path_and_query.to_owned(),
+                    environment: default_env,
+                    function: f,
+                    path: path_and_query.into(),
                 });
             }
             _ => {}
@@ -376,20 +381,20 @@ fn resolve<B>(req: &Request<B>, default_env: &str) -> Option<Target> {
         return None;
     }
     let path = if tail.starts_with('/') {
-        tail.to_owned()
+        tail.into()
     } else {
-        format!("/{tail}")
+        format!("/{tail}").into()
     };
     Some(Target {
-        environment: default_env.to_owned(),
-        function: function.to_owned(),
+        environment: default_env,
+        function,
         path,
     })
 }
 
-/// Gives the function the path it should see, with an absolute URI
-/// (wasi:http wants an authority).
-fn rewrite(mut req: Request<Incoming>, path: &str) -> Result<Request<Incoming>, String> {
+/// The URI the function sees: its own path, absolute (wasi:http wants an
+/// authority).
+fn function_uri<B>(req: &Request<B>, path: &str) -> Result<Uri, String> {
     let authority = req
         .headers()
         .get(http::header::HOST)
@@ -397,14 +402,12 @@ fn rewrite(mut req: Request<Incoming>, path: &str) -> Result<Request<Incoming>, 
         .or_else(|| req.uri().authority().map(|a| a.as_str()))
         .unwrap_or("localhost")
         .to_owned();
-    let uri = Uri::builder()
+    Uri::builder()
         .scheme("http")
         .authority(authority)
         .path_and_query(path)
         .build()
-        .map_err(|e| format!("invalid request URI: {e}"))?;
-    *req.uri_mut() = uri;
-    Ok(req)
+        .map_err(|e| format!("invalid request URI: {e}"))
 }
 
 fn stamp(resp: &mut Response<HyperOutgoingBody>, backend: &Backend) {
@@ -465,20 +468,34 @@ mod tests {
 
     #[test]
     fn resolves_path_and_host_forms() {
-        let t = resolve(&req("127.0.0.1:8080", "/hello/a/b?x=1"), "production").unwrap();
-        assert_eq!(
-            (t.environment.as_str(), t.function.as_str(), t.path.as_str()),
-            ("production", "hello", "/a/b?x=1")
+        let check = |host: &str, path: &str, want: Option<(&str, &str, &str)>| {
+            let r = req(host, path);
+            let got =
+                resolve(&r, "production").map(|t| (t.environment, t.function, t.path.into_owned()));
+            let got = got.as_ref().map(|(e, f, p)| (*e, *f, p.as_str()));
+            assert_eq!(got, want, "{host} {path}");
+        };
+        check(
+            "127.0.0.1:8080",
+            "/hello/a/b?x=1",
+            Some(("production", "hello", "/a/b?x=1")),
         );
-        let t = resolve(&req("127.0.0.1:8080", "/hello"), "production").unwrap();
-        assert_eq!((t.function.as_str(), t.path.as_str()), ("hello", "/"));
-        let t = resolve(&req("127.0.0.1", "/hello?q"), "production").unwrap();
-        assert_eq!((t.function.as_str(), t.path.as_str()), ("hello", "/?q"));
-        let t = resolve(&req("hello.staging.localhost:8080", "/x"), "production").unwrap();
-        assert_eq!(
-            (t.environment.as_str(), t.function.as_str(), t.path.as_str()),
-            ("staging", "hello", "/x")
+        check(
+            "127.0.0.1:8080",
+            "/hello",
+            Some(("production", "hello", "/")),
         );
-        assert!(resolve(&req("127.0.0.1", "/"), "production").is_none());
+        check(
+            "127.0.0.1",
+            "/hello?q",
+            Some(("production", "hello", "/?q")),
+        );
+        check(
+            "hello.staging.localhost:8080",
+            "/x",
+            Some(("staging", "hello", "/x")),
+        );
+        check("hello.localhost", "/x", Some(("production", "hello", "/x")));
+        check("127.0.0.1", "/", None);
     }
 }

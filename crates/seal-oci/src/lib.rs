@@ -90,6 +90,17 @@ impl OciLayout {
         let root = root.into();
         let blobs = root.join("blobs").join("sha256");
         fs::create_dir_all(&blobs).map_err(io_err(&blobs))?;
+        // Temp files of uploads cut off by a crash; nothing else writes here
+        // before `open` returns.
+        if let Ok(entries) = fs::read_dir(&blobs) {
+            for e in entries.flatten() {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with(".upload-") || name.starts_with(".tmp-") {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
         let layout = Self {
             root,
             index_lock: Mutex::new(()),
@@ -117,8 +128,10 @@ impl OciLayout {
         self.root.join("blobs").join("sha256").join(digest.hex())
     }
 
+    /// Whether a blob with this digest is present *and intact* (re-hashed).
+    /// A damaged blob counts as absent, so a fresh upload replaces it.
     pub fn has_blob(&self, digest: &Digest) -> bool {
-        self.blob_path(digest).is_file()
+        self.read_blob(digest).is_ok()
     }
 
     /// Writes `bytes` as a blob and returns its digest. Idempotent.
@@ -234,21 +247,16 @@ impl BlobWriter {
             });
         }
         let target = self.dir.join(actual.hex());
-        if target.is_file() {
-            // Never rewrite an existing blob; the temp file is removed on drop.
+        if fs::read(&target).is_ok_and(|b| sha256_digest(&b) == actual) {
+            // Never rewrite an intact blob; the temp file is removed on drop.
             return Ok(actual);
         }
+        // Absent, or damaged on disk (its bytes were never this digest's):
+        // the verified upload takes its place, atomically.
         self.file.as_file().sync_all().map_err(io_err(&self.dir))?;
         self.file
-            .persist_noclobber(&target)
-            .map_err(|e| io_err(&target)(e.error))
-            .or_else(|e| {
-                if target.is_file() {
-                    Ok(File::open(&target).map_err(io_err(&target))?)
-                } else {
-                    Err(e)
-                }
-            })?;
+            .persist(&target)
+            .map_err(|e| io_err(&target)(e.error))?;
         sync_dir(&self.dir);
         Ok(actual)
     }
@@ -292,6 +300,10 @@ mod tests {
         fs::write(store.blob_path(&d), b"jello").unwrap();
         let err = store.read_blob(&d).unwrap_err();
         assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+        assert!(!store.has_blob(&d), "a damaged blob is not 'present'");
+        // Uploading the real bytes again repairs it.
+        assert_eq!(store.put_blob(b"hello").unwrap(), d);
+        assert_eq!(store.read_blob(&d).unwrap(), b"hello");
     }
 
     #[test]

@@ -66,6 +66,9 @@ pub enum InvokeError {
     OutOfMemory { limit_bytes: u64 },
     /// The guest returned without setting a response, or set an error code.
     NoResponse(String),
+    /// Every instance slot is busy: the server is at capacity, the
+    /// function did nothing wrong.
+    Overloaded(String),
     /// The host could not set up the invocation.
     Internal(String),
 }
@@ -78,14 +81,22 @@ impl InvokeError {
             InvokeError::Timeout(_) => "timeout",
             InvokeError::OutOfMemory { .. } => "memory",
             InvokeError::NoResponse(_) => "no_response",
+            InvokeError::Overloaded(_) => "overloaded",
             InvokeError::Internal(_) => "internal",
         }
+    }
+
+    /// Whether this failure is the function's fault (and so counts as an
+    /// error of its version) rather than the server's.
+    pub fn is_function_error(&self) -> bool {
+        !matches!(self, InvokeError::Overloaded(_) | InvokeError::Internal(_))
     }
 
     /// The HTTP status this failure answers with.
     pub fn status(&self) -> u16 {
         match self {
             InvokeError::Timeout(_) => 504,
+            InvokeError::Overloaded(_) => 503,
             _ => 500,
         }
     }
@@ -104,6 +115,7 @@ impl std::fmt::Display for InvokeError {
                 limit_bytes >> 20
             ),
             InvokeError::NoResponse(m) => write!(f, "function did not produce a response: {m}"),
+            InvokeError::Overloaded(m) => write!(f, "server at capacity: {m}"),
             InvokeError::Internal(m) => write!(f, "runtime error: {m}"),
         }
     }
@@ -456,21 +468,42 @@ impl Function {
         let timeout = self.limits.timeout;
 
         // The guest runs in its own task so it can keep streaming the body
-        // after the response head has been handed back.
+        // after the response head has been handed back. The whole task,
+        // body streaming included, is bounded by the timeout: a guest
+        // parked in a host wait (a sleep, a client that stopped reading)
+        // does not hold its instance slot past the deadline.
+        let head_sent = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let head_sent_in_task = head_sent.clone();
         let task = tokio::task::spawn(async move {
-            let result = async {
-                let proxy = pre.instantiate_async(&mut store).await?;
+            let run = async {
+                let proxy = match pre.instantiate_async(&mut store).await {
+                    Ok(p) => p,
+                    Err(e) => return Err(instantiate_error(e)),
+                };
                 proxy
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, req, out)
                     .await
+                    .map_err(|e| classify(e, store.data().limiter.hit, memory_limit, timeout))
+            };
+            let result = match tokio::time::timeout(timeout, run).await {
+                Ok(result) => result,
+                Err(_elapsed) => Err(InvokeError::Timeout(timeout)),
+            };
+            if let Err(e) = &result
+                && head_sent_in_task.load(Ordering::Acquire)
+            {
+                // The status is already on the wire; the body is cut short.
+                tracing::warn!(kind = e.kind(), error = %e, "function failed after sending its response head");
             }
-            .await;
-            result.map_err(|e| classify(e, store.data().limiter.hit, memory_limit, timeout))
+            result
         });
 
         match tokio::time::timeout(timeout, receiver).await {
-            Ok(Ok(Ok(resp))) => Ok(resp),
+            Ok(Ok(Ok(resp))) => {
+                head_sent.store(true, Ordering::Release);
+                Ok(resp)
+            }
             Ok(Ok(Err(code))) => Err(InvokeError::NoResponse(format!(
                 "guest answered with error {code:?}"
             ))),
@@ -487,6 +520,21 @@ impl Function {
             }
         }
     }
+}
+
+/// An instantiation failure is the server's (no free slot) or a link
+/// problem, not a guest trap.
+fn instantiate_error(e: wasmtime::Error) -> InvokeError {
+    if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+        .is_some()
+    {
+        return InvokeError::Overloaded(format!("{e:#}"));
+    }
+    if let Some(trap) = e.downcast_ref::<Trap>() {
+        // A trap in a start function is the guest's own failure.
+        return InvokeError::Trap(format!("{trap}: {e:#}"));
+    }
+    InvokeError::Internal(format!("instantiation failed: {e:#}"))
 }
 
 fn classify(e: wasmtime::Error, oom: bool, memory_limit: u64, timeout: Duration) -> InvokeError {

@@ -325,7 +325,8 @@ impl StateStore {
     }
 
     /// Creates `function@N` for `digest`, or returns the version that digest
-    /// already has (`false` = not created). Writes an audit entry either way.
+    /// already has (`false` = not created). Writes an audit entry when it
+    /// creates one.
     pub async fn create_version(&self, new: NewVersion<'_>) -> Result<(VersionRecord, bool)> {
         let mut tx = self.pool.begin().await?;
         if let Some(existing) =
@@ -401,6 +402,36 @@ impl StateStore {
         Ok(n > 0)
     }
 
+    /// Creates an environment (`false` if it already existed), with an
+    /// audit entry when created.
+    pub async fn create_environment(&self, name: &str, actor: &str) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "INSERT INTO environments (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        let created = done.rows_affected() == 1;
+        if created {
+            insert_audit(
+                &mut tx,
+                NewAudit {
+                    actor,
+                    action: "environment.create",
+                    object: name,
+                    digest: None,
+                    outcome: "ok",
+                    detail: serde_json::json!({}),
+                },
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(created)
+    }
+
     pub async fn environments(&self) -> Result<Vec<String>> {
         Ok(
             sqlx::query_scalar("SELECT name FROM environments ORDER BY name")
@@ -436,11 +467,6 @@ impl StateStore {
     pub async fn record_deployment(&self, new: NewDeployment<'_>) -> Result<DeploymentRecord> {
         let mut tx = self.pool.begin().await?;
         let now = now_ms();
-        sqlx::query("INSERT INTO environments (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
-            .bind(new.environment)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
         let id: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) + 1 FROM deployments")
             .fetch_one(&mut *tx)
             .await?;
