@@ -175,6 +175,12 @@ async fn restart_serves_same_routes_without_recompiling() {
     let info = s.api_get("/v1/server").await;
     assert_eq!(info["compiles"], 1, "compiled once, at publish");
     s.stop();
+    // As if the server died between committing the version and writing
+    // index.json: the entry is restored at start-up.
+    let index_path = dir.path().join("artifacts/index.json");
+    let mut index: Value = serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+    index["manifests"] = serde_json::json!([]);
+    std::fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
 
     let s = Server::start(dir.path());
     let r = s.get("/echo/after-restart").await;
@@ -182,6 +188,12 @@ async fn restart_serves_same_routes_without_recompiling() {
     assert_eq!(header(&r, "seal-digest"), digest);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["path"], "/after-restart");
+    let index: Value = serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+    assert_eq!(index["manifests"][0]["digest"], digest.as_str());
+    assert_eq!(
+        index["manifests"][0]["annotations"]["dev.seal.function"],
+        "echo"
+    );
     let info = s.api_get("/v1/server").await;
     assert_eq!(info["compiles"], 0, "nothing recompiled on restart");
     assert_eq!(info["cache_loads"], 1);

@@ -148,18 +148,7 @@ impl Control {
             })
             .await?;
         let oci = self.oci.clone();
-        let entry = IndexEntry {
-            media_type: OCI_MANIFEST_MEDIA_TYPE.into(),
-            digest: digest.clone(),
-            size: manifest_bytes.len() as u64,
-            annotations: BTreeMap::from([
-                (ANNOTATION_FUNCTION.to_owned(), version.function.clone()),
-                (
-                    ANNOTATION_REF_NAME.to_owned(),
-                    format!("{}-{}", version.function, version.version),
-                ),
-            ]),
-        };
+        let entry = index_entry(&version, &digest, manifest_bytes.len() as u64);
         blocking(move || oci.add_manifest(entry)).await??;
         self.cache_function(digest.as_str(), function);
         tracing::info!(function = %version.function, version = version.version, digest = %digest, created, "published");
@@ -169,6 +158,34 @@ impl Control {
             digest: version.digest,
             created,
         })
+    }
+
+    /// Makes `index.json` name every version's manifest. Publish writes it
+    /// after the state store commits, so a crash in between is mended here
+    /// at start-up.
+    pub async fn reconcile_index(&self) -> ApiResult<()> {
+        let versions = self.state.all_versions().await?;
+        let oci = self.oci.clone();
+        blocking(move || -> ApiResult<()> {
+            let known: std::collections::HashSet<Digest> =
+                oci.manifests()?.into_iter().map(|m| m.digest).collect();
+            for v in versions {
+                let Ok(digest) = Digest::parse(&v.digest) else {
+                    continue;
+                };
+                if known.contains(&digest) {
+                    continue;
+                }
+                let Ok(meta) = std::fs::metadata(oci.blob_path(&digest)) else {
+                    tracing::error!(function = %v.function, version = v.version, digest = %digest, "artifact manifest missing from the store");
+                    continue;
+                };
+                oci.add_manifest(index_entry(&v, &digest, meta.len()))?;
+                tracing::info!(function = %v.function, version = v.version, "index.json entry restored");
+            }
+            Ok(())
+        })
+        .await?
     }
 
     fn cache_function(&self, digest: &str, function: Arc<Function>) {
@@ -492,6 +509,21 @@ pub struct DeployOutcome {
     pub deployment: Option<DeploymentRecord>,
     pub unchanged: bool,
     pub weights: Vec<WeightedVersion>,
+}
+
+fn index_entry(v: &VersionRecord, digest: &Digest, size: u64) -> IndexEntry {
+    IndexEntry {
+        media_type: OCI_MANIFEST_MEDIA_TYPE.into(),
+        digest: digest.clone(),
+        size,
+        annotations: BTreeMap::from([
+            (ANNOTATION_FUNCTION.to_owned(), v.function.clone()),
+            (
+                ANNOTATION_REF_NAME.to_owned(),
+                format!("{}-{}", v.function, v.version),
+            ),
+        ]),
+    }
 }
 
 /// Environment names follow the function-name rule (they appear in host

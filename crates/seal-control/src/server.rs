@@ -45,12 +45,12 @@ impl RunningServer {
         }
     }
 
-    /// Waits until both listeners have stopped (after [`Self::shutdown`]
-    /// from elsewhere, or a fatal error).
+    /// A handle that stops the server when `true` is sent on it.
     pub fn shutdown_handle(&self) -> watch::Sender<bool> {
         self.shutdown.clone()
     }
 
+    /// Waits until both listeners have stopped.
     pub async fn wait(self) {
         for t in self.tasks {
             let _ = t.await;
@@ -94,6 +94,10 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         config.max_upload_bytes,
         config.default_environment.clone(),
     ));
+    control
+        .reconcile_index()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot check the artifact index: {}", e.message))?;
     control
         .reload_routes()
         .await
