@@ -262,7 +262,7 @@ async fn traps_timeouts_and_memory_fail_alone() {
         ("echo", vec![]),
         ("trap", vec![]),
         ("fail", vec![]),
-        ("spin", vec!["--timeout", "300ms"]),
+        ("spin", vec!["--timeout", "2s"]),
         ("slow", vec!["--timeout", "300ms"]),
         ("memhog", vec!["--memory", "32MiB"]),
     ] {
@@ -285,20 +285,22 @@ async fn traps_timeouts_and_memory_fail_alone() {
         "a guest's own 500 passes through"
     );
 
-    // The infinite loop and an echo request at the same time: the echo
-    // answers at once, the loop is cut at its timeout.
-    let (spin, echo) = tokio::join!(s.get("/spin/"), async {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    // Two infinite loops (as many as the server has worker threads here)
+    // and an echo request at the same time: the loops yield every epoch
+    // tick, so the echo answers at once; the loops are cut at their timeout.
+    let (spin, spin2, echo) = tokio::join!(s.get("/spin/"), s.get("/spin/"), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
         let started = std::time::Instant::now();
         let r = s.get("/echo/").await;
         (r.status(), started.elapsed())
     });
     assert_eq!(spin.status(), 504);
+    assert_eq!(spin2.status(), 504);
     let body: Value = spin.json().await.unwrap();
     assert_eq!(body["error"]["code"], "timeout");
     assert_eq!(echo.0, 200);
     assert!(
-        echo.1 < Duration::from_millis(250),
+        echo.1 < Duration::from_millis(1000),
         "echo was held up by the loop: {:?}",
         echo.1
     );
