@@ -759,3 +759,30 @@ async fn environments_are_explicit() {
     let audit = s.seal_json(&["audit"]);
     assert_eq!(audit["entries"][1]["action"], "environment.create");
 }
+
+/// SIGTERM stops the server gracefully: a request in flight completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_requests_in_flight_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    let (v, _) = publish_file(&s, &guest("slow"), "slow", &[]);
+    s.seal_json(&["deploy", "slow", &v.to_string()]);
+    let url = format!("{}/slow/?ms=1000", s.gateway);
+    let in_flight = tokio::spawn(async move { reqwest::get(url).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    let status = tokio::task::spawn_blocking(move || s.terminate())
+        .await
+        .unwrap();
+    let resp = in_flight
+        .await
+        .unwrap()
+        .expect("in-flight request must complete");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "slept 1000 ms");
+    assert!(status.success(), "server exit: {status}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "exited before the request finished"
+    );
+}

@@ -138,6 +138,17 @@ impl Server {
         }
     }
 
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let status = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+        c.wait().expect("wait for seal server")
+    }
+
     /// Runs a CLI command against this server.
     pub fn seal(&self, args: &[&str]) -> CliOutput {
         let out = Command::new(seal_bin())
