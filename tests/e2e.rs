@@ -7,7 +7,7 @@ mod support;
 
 use serde_json::Value;
 use std::time::Duration;
-use support::{Server, example_component, guest, header, publish_file, repo};
+use support::{Server, assert_error, example_component, guest, header, publish_file, repo};
 
 fn examples(name: &str) -> String {
     repo()
@@ -33,9 +33,7 @@ async fn publish_deploy_rollback_and_history() {
 
     // Not deployed yet: 404 with a JSON error.
     let r = s.get("/hello/").await;
-    assert_eq!(r.status(), 404);
-    let body: Value = r.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "not_found");
+    assert_error(r, 404, "not_found").await;
 
     let d = s.seal_json(&["deploy", "hello", "1"]);
     assert_eq!(d["deployment"]["to_weights"][0]["version"], 1);
@@ -372,9 +370,7 @@ async fn bad_input_is_refused_and_changes_nothing() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 413);
-    let body: Value = r.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "too_large");
+    assert_error(r, 413, "too_large").await;
     // A blob whose bytes do not match its digest is refused.
     let r = s
         .http
@@ -682,18 +678,14 @@ async fn server_refuses_bad_artifacts_from_any_client() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 413);
-    let body: Value = r.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "too_large");
+    assert_error(r, 413, "too_large").await;
     let r = s
         .http
         .get(format!("{}/v1/audit?limit=many", s.api))
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 400);
-    let body: Value = r.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "bad_request");
+    assert_error(r, 400, "bad_request").await;
     // Nothing was created by any of it.
     let functions = s.api_get("/v1/functions").await;
     assert_eq!(functions["functions"], serde_json::json!([]));

@@ -235,6 +235,15 @@ impl CliOutput {
     }
 }
 
+/// Asserts an API or gateway error answer: the status and the JSON
+/// `{"error": {"code"}}`. Returns the body.
+pub async fn assert_error(resp: reqwest::Response, status: u16, code: &str) -> serde_json::Value {
+    assert_eq!(resp.status().as_u16(), status, "{}", resp.url());
+    let body: serde_json::Value = resp.json().await.expect("JSON error body");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    body
+}
+
 pub fn header(resp: &reqwest::Response, name: &str) -> String {
     resp.headers()
         .get(name)
