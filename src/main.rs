@@ -100,7 +100,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let out = cli.output;
     let client = || client::Client::new(&cli.server);
     match cli.command {
-        Command::Server(args) => commands::server::run(args).await,
+        Command::Server(args) => commands::server::run(args, out).await,
         Command::Publish(args) => commands::publish::run(args, &client()?, out).await,
         Command::Deploy(args) => commands::deploy::deploy(args, &client()?, out).await,
         Command::Rollback(args) => commands::deploy::rollback(args, &client()?, out).await,

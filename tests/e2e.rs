@@ -778,3 +778,40 @@ async fn sigterm_lets_requests_in_flight_finish() {
         "exited before the request finished"
     );
 }
+
+/// `seal server --output json` reports where it listens as one JSON line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_start_report_in_json() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(support::seal_bin())
+        .args([
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--api-listen",
+            "127.0.0.1:0",
+            "--output",
+            "json",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let report: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+    let api = report["api"].as_str().unwrap().to_owned();
+    let health = reqwest::get(format!("{api}/healthz")).await.unwrap();
+    assert_eq!(health.status(), 200);
+    let r = reqwest::get(format!("{}/nothing/", report["gateway"].as_str().unwrap()))
+        .await
+        .unwrap();
+    assert_error(r, 404, "not_found").await;
+    let _ = child.kill();
+    let _ = child.wait();
+}

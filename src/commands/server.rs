@@ -69,7 +69,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("invalid size {s:?}: must be between 1 byte and 16 EiB"))
 }
 
-pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+/// With `--output json` the start-up report is one JSON line
+/// (`{"gateway", "api", "data_dir"}`) instead of the three text lines.
+pub async fn run(args: ServerArgs, format: crate::output::OutputFormat) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SEAL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
@@ -93,9 +95,22 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     .await?;
     {
         let mut out = std::io::stdout().lock();
-        writeln!(out, "gateway listening on http://{}", server.gateway_addr)?;
-        writeln!(out, "api listening on http://{}", server.api_addr)?;
-        writeln!(out, "data dir {}", args.data_dir.display())?;
+        match format {
+            crate::output::OutputFormat::Text => {
+                writeln!(out, "gateway listening on http://{}", server.gateway_addr)?;
+                writeln!(out, "api listening on http://{}", server.api_addr)?;
+                writeln!(out, "data dir {}", args.data_dir.display())?;
+            }
+            crate::output::OutputFormat::Json => writeln!(
+                out,
+                "{}",
+                serde_json::json!({
+                    "gateway": format!("http://{}", server.gateway_addr),
+                    "api": format!("http://{}", server.api_addr),
+                    "data_dir": args.data_dir,
+                })
+            )?,
+        }
         out.flush()?;
     }
     shutdown_signal().await;
