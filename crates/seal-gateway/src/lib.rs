@@ -40,6 +40,14 @@ pub struct VersionStats {
     pub errors: AtomicU64,
 }
 
+impl seal_runtime::LateFailure for VersionStats {
+    fn late_failure(&self, error: &seal_runtime::InvokeError) {
+        if error.is_function_error() {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// One version of a route, ready to serve.
 #[derive(Clone)]
 pub struct Backend {
@@ -304,7 +312,11 @@ impl Gateway {
         };
         backend.stats.requests.fetch_add(1, Ordering::Relaxed);
 
-        let mut resp = match backend.function.handle(req, &backend.env).await {
+        let mut resp = match backend
+            .function
+            .handle(req, &backend.env, backend.stats.clone())
+            .await
+        {
             Ok(resp) => {
                 if resp.status().is_server_error() {
                     backend.stats.errors.fetch_add(1, Ordering::Relaxed);

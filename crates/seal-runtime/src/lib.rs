@@ -121,6 +121,13 @@ impl std::fmt::Display for InvokeError {
     }
 }
 
+/// Told about failures the caller can no longer answer with an error
+/// status because the response head is already out (a trap or timeout
+/// while the body streams), so they still count against the version.
+pub trait LateFailure: Send + Sync {
+    fn late_failure(&self, error: &InvokeError);
+}
+
 /// Server-wide runtime settings.
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
@@ -419,6 +426,7 @@ impl Function {
         &self,
         req: http::Request<B>,
         env: &[(String, String)],
+        late: Arc<dyn LateFailure>,
     ) -> Result<http::Response<HyperOutgoingBody>, InvokeError>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -458,10 +466,20 @@ impl Function {
             .http()
             .new_incoming_request(Scheme::Http, req)
             .map_err(|e| InvokeError::Internal(format!("{e:#}")))?;
+        // Whether the guest handed over a response head, recorded by the
+        // guest's own `response-outparam.set` call, so a failure after it
+        // is known to be "late" without racing the caller.
+        let head_sent = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let head_flag = head_sent.clone();
         let out = store
             .data_mut()
             .http()
-            .new_response_outparam(sender)
+            .new_response_outparam_from_callback(move |response| {
+                if response.is_ok() {
+                    head_flag.store(true, Ordering::Release);
+                }
+                let _ = sender.send(response);
+            })
             .map_err(|e| InvokeError::Internal(format!("{e:#}")))?;
         let pre = self.pre.clone();
         let memory_limit = self.limits.memory_bytes;
@@ -472,8 +490,6 @@ impl Function {
         // body streaming included, is bounded by the timeout: a guest
         // parked in a host wait (a sleep, a client that stopped reading)
         // does not hold its instance slot past the deadline.
-        let head_sent = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let head_sent_in_task = head_sent.clone();
         let task = tokio::task::spawn(async move {
             let run = async {
                 let proxy = match pre.instantiate_async(&mut store).await {
@@ -491,19 +507,17 @@ impl Function {
                 Err(_elapsed) => Err(InvokeError::Timeout(timeout)),
             };
             if let Err(e) = &result
-                && head_sent_in_task.load(Ordering::Acquire)
+                && head_sent.load(Ordering::Acquire)
             {
                 // The status is already on the wire; the body is cut short.
                 tracing::warn!(kind = e.kind(), error = %e, "function failed after sending its response head");
+                late.late_failure(e);
             }
             result
         });
 
         match tokio::time::timeout(timeout, receiver).await {
-            Ok(Ok(Ok(resp))) => {
-                head_sent.store(true, Ordering::Release);
-                Ok(resp)
-            }
+            Ok(Ok(Ok(resp))) => Ok(resp),
             Ok(Ok(Err(code))) => Err(InvokeError::NoResponse(format!(
                 "guest answered with error {code:?}"
             ))),
