@@ -60,21 +60,9 @@ async fn publish_deploy_rollback_and_history() {
     assert!(r.text().await.unwrap().contains("(v2)"));
 
     // Environment by Host header.
-    let r = s
-        .http
-        .get(format!("{}/", s.gateway))
-        .header("host", "hello.production.localhost")
-        .send()
-        .await
-        .unwrap();
+    let r = s.get_host("hello.production.localhost", "/").await;
     assert_eq!(header(&r, "seal-version"), "2");
-    let r = s
-        .http
-        .get(format!("{}/", s.gateway))
-        .header("host", "hello.staging.localhost")
-        .send()
-        .await
-        .unwrap();
+    let r = s.get_host("hello.staging.localhost", "/").await;
     assert_eq!(r.status(), 404, "staging has no route");
 
     // Rollback goes back to v1.
@@ -749,13 +737,7 @@ async fn environments_are_explicit() {
     let created = s.seal_json(&["env", "create", "qa"]);
     assert_eq!(created["created"], true);
     s.seal_json(&["deploy", "echo", &v.to_string(), "--env", "qa"]);
-    let r = s
-        .http
-        .get(format!("{}/hi", s.gateway))
-        .header("host", "echo.qa.localhost")
-        .send()
-        .await
-        .unwrap();
+    let r = s.get_host("echo.qa.localhost", "/hi").await;
     assert_eq!(r.status(), 200);
     assert_eq!(header(&r, "seal-digest"), digest);
     let body: Value = r.json().await.unwrap();

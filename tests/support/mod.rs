@@ -187,6 +187,16 @@ impl Server {
             .expect("gateway request")
     }
 
+    /// A gateway request with an explicit `Host` header (`fn.env.localhost`).
+    pub async fn get_host(&self, host: &str, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.gateway))
+            .header("host", host)
+            .send()
+            .await
+            .expect("gateway request")
+    }
+
     pub async fn api_get(&self, path: &str) -> serde_json::Value {
         let resp = self
             .http
