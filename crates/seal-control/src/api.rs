@@ -7,10 +7,12 @@
 //! | GET | `/v1/functions` | functions with their routes |
 //! | GET | `/v1/functions/{fn}` | status: routes, weights, live counters |
 //! | GET | `/v1/functions/{fn}/versions[/{n}]` | versions / one version in full |
-//! | POST | `/v1/functions/{fn}/deploy` | `{"version", "environment"?, "reason"?}` |
+//! | POST | `/v1/functions/{fn}/deploy` | `{"version", "environment"?, "reason"?, "rollout"?, "dry_run"?}` |
 //! | POST | `/v1/functions/{fn}/rollback` | `{"environment"?, "to"?}` |
 //! | GET | `/v1/functions/{fn}/deployments` | history, newest first |
 //! | GET | `/v1/deployments/{id}` | one deployment with its events |
+//! | POST | `/v1/deployments/{id}/approve\|promote\|abort` | steer a progressive deployment |
+//! | GET | `/v1/functions/{fn}/rollout?environment=` | live view: weights, per-version windows, gates |
 //! | GET | `/v1/audit` | audit entries, newest first |
 //! | GET/POST | `/v1/environments` | list / create (`{"name"}`) environments |
 //! | GET | `/v1/server` | runtime counters (compiles, cache loads) |
@@ -18,6 +20,8 @@
 
 use crate::engine::Control;
 use crate::error::{ApiError, ApiResult};
+use crate::rollout::Command;
+use crate::rollout::plan::{RolloutSpec, Strategy};
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -54,6 +58,8 @@ pub fn router(control: Arc<Control>) -> Router {
             get(list_deployments),
         )
         .route("/v1/deployments/{id}", get(show_deployment))
+        .route("/v1/deployments/{id}/{command}", post(deployment_command))
+        .route("/v1/functions/{function}/rollout", get(rollout_status))
         .route("/v1/audit", get(audit))
         .route(
             "/v1/environments",
@@ -264,8 +270,8 @@ async fn function_status(
                 "weight": w.weight,
                 "digest": digest,
                 "serving": backend.is_some(),
-                "requests": backend.map(|b| b.stats.requests.load(Ordering::Relaxed)),
-                "errors": backend.map(|b| b.stats.errors.load(Ordering::Relaxed)),
+                "requests": backend.map(|b| b.stats.requests()),
+                "errors": backend.map(|b| b.stats.errors()),
             }));
         }
         routes.push(json!({
@@ -348,6 +354,11 @@ struct DeployRequest {
     version: u64,
     environment: Option<String>,
     reason: Option<String>,
+    /// Progressive settings; absent (or all-at-once) moves all traffic now.
+    rollout: Option<RolloutSpec>,
+    /// Plan only: print what would happen, change nothing.
+    #[serde(default)]
+    dry_run: bool,
 }
 
 async fn deploy(
@@ -357,6 +368,33 @@ async fn deploy(
     body: axum::body::Bytes,
 ) -> ApiResult<Json<Value>> {
     let req: DeployRequest = parse_json(&body)?;
+    if let Some(spec) = req
+        .rollout
+        .filter(|r| r.strategy != Strategy::AllAtOnce || req.dry_run)
+    {
+        if spec.strategy == Strategy::AllAtOnce {
+            return Err(ApiError::bad_request(
+                "--plan shows the steps of canary, linear and blue-green deployments; all-at-once has one step: 100% now",
+            ));
+        }
+        let v = c
+            .deploy_progressive(
+                &function,
+                req.version,
+                req.environment.as_deref(),
+                req.reason.as_deref(),
+                &actor(&headers),
+                spec,
+                req.dry_run,
+            )
+            .await?;
+        return Ok(Json(v));
+    }
+    if req.dry_run {
+        return Err(ApiError::bad_request(
+            "dry_run needs a progressive rollout (strategy canary, linear or blue-green)",
+        ));
+    }
     let outcome = c
         .deploy(
             &function,
@@ -396,6 +434,39 @@ async fn rollback(
         )
         .await?;
     Ok(Json(json!(outcome)))
+}
+
+async fn deployment_command(
+    State(c): State<Arc<Control>>,
+    Path((id, command)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    let id: u64 = id.parse().map_err(|_| {
+        ApiError::bad_request(format!("deployment id must be a number, got {id:?}"))
+    })?;
+    let cmd = match command.as_str() {
+        "approve" => Command::Approve,
+        "promote" => Command::Promote,
+        "abort" => Command::Abort,
+        other => {
+            return Err(ApiError::not_found(format!(
+                "unknown deployment command {other:?}: use approve, promote or abort"
+            )));
+        }
+    };
+    let d = c.command(id, cmd, &actor(&headers)).await?;
+    Ok(Json(json!({"deployment": d})))
+}
+
+async fn rollout_status(
+    State(c): State<Arc<Control>>,
+    Path(function): Path<String>,
+    Query(q): Query<DeploymentsQuery>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(
+        c.rollout_status(&function, q.environment.as_deref())
+            .await?,
+    ))
 }
 
 /// JSON bodies with errors that name the problem (axum's `Json` rejection

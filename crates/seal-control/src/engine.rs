@@ -42,7 +42,13 @@ pub struct Control {
     /// the data plane only sees the `Arc`s placed in the route table).
     loaded: Mutex<HashMap<String, Arc<Function>>>,
     /// Serialises route changes so each deployment sees the route it replaces.
-    deploy_lock: tokio::sync::Mutex<()>,
+    pub(crate) deploy_lock: tokio::sync::Mutex<()>,
+    /// Running progressive deployments and their live views.
+    pub(crate) rollouts: crate::rollout::Rollouts,
+    /// Hooks and notifications.
+    pub(crate) http: reqwest::Client,
+    /// Where hooks reach the gateway (set once the listener is bound).
+    gateway_addr: std::sync::OnceLock<std::net::SocketAddr>,
 }
 
 impl Control {
@@ -63,7 +69,22 @@ impl Control {
             default_environment,
             loaded: Mutex::default(),
             deploy_lock: tokio::sync::Mutex::new(()),
+            rollouts: crate::rollout::Rollouts::default(),
+            http: reqwest::Client::new(),
+            gateway_addr: std::sync::OnceLock::new(),
         }
+    }
+
+    pub fn set_gateway_addr(&self, addr: std::net::SocketAddr) {
+        let _ = self.gateway_addr.set(addr);
+    }
+
+    pub fn gateway_addr(&self) -> Option<std::net::SocketAddr> {
+        self.gateway_addr.get().copied()
+    }
+
+    pub fn rollouts(&self) -> &crate::rollout::Rollouts {
+        &self.rollouts
     }
 
     pub fn runtime(&self) -> &Runtime {
@@ -285,7 +306,15 @@ impl Control {
                 }
             }
             if !backends.is_empty() {
-                routes.push(Route::new(&r.environment, &r.function, backends));
+                let sticky = r
+                    .sticky_header
+                    .as_deref()
+                    .and_then(|h| axum::http::HeaderName::from_bytes(h.as_bytes()).ok());
+                routes.push(
+                    Route::new(&r.environment, &r.function, backends)
+                        .with_sticky_header(sticky)
+                        .with_preview(r.preview),
+                );
             }
         }
         let table = RouteTable::new(routes, &self.gateway.table());
@@ -293,7 +322,11 @@ impl Control {
         Ok(())
     }
 
-    async fn version_or_404(&self, function: &str, version: u64) -> ApiResult<VersionRecord> {
+    pub(crate) async fn version_or_404(
+        &self,
+        function: &str,
+        version: u64,
+    ) -> ApiResult<VersionRecord> {
         if !self.state.function_exists(function).await? {
             return Err(ApiError::not_found(format!(
                 "unknown function {function:?}"
@@ -307,7 +340,10 @@ impl Control {
 
     /// The named environment (default: the server's), which must exist:
     /// a typo must not create a new environment.
-    async fn environment_or_default(&self, environment: Option<&str>) -> ApiResult<String> {
+    pub(crate) async fn environment_or_default(
+        &self,
+        environment: Option<&str>,
+    ) -> ApiResult<String> {
         let env = environment.unwrap_or(&self.default_environment);
         validate_environment_name(env)?;
         if !self.state.environment_exists(env).await? {
@@ -404,6 +440,14 @@ impl Control {
         reason: Option<&str>,
         actor: &str,
     ) -> ApiResult<DeployOutcome> {
+        if let Some(busy) = self.active_deployment(env, &v.function).await? {
+            return Err(seal_state::StateError::Busy {
+                id: busy.id,
+                function: busy.function,
+                environment: busy.environment,
+            }
+            .into());
+        }
         let current = self.state.route(env, &v.function).await?;
         let previous = self.gateway.table();
         let live = previous.get(env, &v.function);

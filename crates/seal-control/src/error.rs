@@ -10,7 +10,7 @@ use seal_oci::StoreError;
 use seal_runtime::RuntimeError;
 use seal_state::StateError;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
@@ -100,7 +100,25 @@ impl From<StoreError> for ApiError {
 
 impl From<StateError> for ApiError {
     fn from(e: StateError) -> Self {
-        Self::internal(e)
+        match e {
+            StateError::Busy {
+                id,
+                function,
+                environment,
+            } => Self::new(
+                StatusCode::CONFLICT,
+                "deployment_in_progress",
+                format!(
+                    "deployment {id} is in progress on {function} in {environment}: wait for it, or stop it with `seal abort {id}`"
+                ),
+            ),
+            StateError::NotActive(id) => Self::new(
+                StatusCode::CONFLICT,
+                "not_active",
+                format!("deployment {id} has already finished"),
+            ),
+            other => Self::internal(other),
+        }
     }
 }
 

@@ -14,6 +14,7 @@
 pub mod api;
 pub mod engine;
 pub mod error;
+pub mod rollout;
 pub mod server;
 
 pub use engine::{Control, Published};

@@ -98,6 +98,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         .reconcile_index()
         .await
         .map_err(|e| anyhow::anyhow!("cannot check the artifact index: {}", e.message))?;
+    control.set_gateway_addr(gateway_addr);
     control
         .reload_routes()
         .await
@@ -109,6 +110,26 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     tasks.push(tokio::spawn(gateway.serve(gateway_listener, async move {
         let _ = gw_rx.wait_for(|stop| *stop).await;
     })));
+    // Deployments that were in progress resume (or roll back) once the
+    // gateway serves again: their hooks and gates need it.
+    let resumer = control.clone();
+    tokio::spawn(async move {
+        if let Err(e) = resumer.resume_rollouts().await {
+            tracing::error!(error = %e.message, "cannot resume deployments");
+        }
+    });
+    // Per-version snapshots every second, for `seal rollout status` rates.
+    let sampler = control.clone();
+    let mut sampler_rx = rx.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => sampler.rollouts().sample(&sampler.gateway().table()),
+                _ = sampler_rx.wait_for(|stop| *stop) => break,
+            }
+        }
+    });
     let app = api::router(control.clone());
     let mut api_rx = rx;
     tasks.push(tokio::spawn(async move {

@@ -25,28 +25,13 @@ use seal_runtime::{Function, HyperOutgoingBody, full_body};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::net::TcpListener;
+
+pub mod telemetry;
+pub use telemetry::{Snapshot, VersionStats};
 
 pub const HEADER_VERSION: HeaderName = HeaderName::from_static("seal-version");
 pub const HEADER_DIGEST: HeaderName = HeaderName::from_static("seal-digest");
-
-/// Live counters of one version in one route. Shared across route-table
-/// swaps so a deployment does not reset them.
-#[derive(Debug, Default)]
-pub struct VersionStats {
-    pub requests: AtomicU64,
-    /// 5xx answers, traps, timeouts and out-of-memory.
-    pub errors: AtomicU64,
-}
-
-impl seal_runtime::LateFailure for VersionStats {
-    fn late_failure(&self, error: &seal_runtime::InvokeError) {
-        if error.is_function_error() {
-            self.errors.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
 
 /// One version of a route, ready to serve.
 #[derive(Clone)]
@@ -93,31 +78,75 @@ impl Backend {
     }
 }
 
+impl Backend {
+    /// The same version (same loaded function, same live stats) at
+    /// another weight.
+    pub fn with_weight(&self, weight: u32) -> Backend {
+        Backend {
+            weight,
+            ..self.clone()
+        }
+    }
+}
+
 /// The versions serving one function in one environment.
 #[derive(Clone)]
 pub struct Route {
     pub environment: String,
     pub function: String,
     pub backends: Vec<Arc<Backend>>,
+    /// Callers with the same value of this header get the same version.
+    pub sticky_header: Option<HeaderName>,
+    /// The version under deployment, served on the preview host
+    /// `<fn>--preview.<env>.localhost` whatever its weight.
+    pub preview: Option<u64>,
     total_weight: u32,
 }
 
 impl Route {
     pub fn new(environment: &str, function: &str, backends: Vec<Backend>) -> Self {
+        Self::from_arcs(
+            environment,
+            function,
+            backends.into_iter().map(Arc::new).collect(),
+        )
+    }
+
+    /// A route over backends that may already serve elsewhere (a step of a
+    /// deployment reuses the loaded functions and their live stats).
+    pub fn from_arcs(environment: &str, function: &str, backends: Vec<Arc<Backend>>) -> Self {
         let total_weight = backends.iter().map(|b| b.weight).sum();
         Self {
             environment: environment.to_owned(),
             function: function.to_owned(),
-            backends: backends.into_iter().map(Arc::new).collect(),
+            backends,
+            sticky_header: None,
+            preview: None,
             total_weight,
         }
     }
 
-    /// `seal-version` override if it names a version of this route, else a
-    /// weighted random choice.
-    fn pick(&self, requested: Option<u64>) -> Option<&Arc<Backend>> {
+    pub fn with_sticky_header(mut self, header: Option<HeaderName>) -> Self {
+        self.sticky_header = header;
+        self
+    }
+
+    pub fn with_preview(mut self, version: Option<u64>) -> Self {
+        self.preview = version;
+        self
+    }
+
+    /// `seal-version` override if it names a version of this route, else
+    /// the sticky key's hash, else a weighted random choice.
+    ///
+    /// A sticky caller's ticket is a hash of its key, fixed for the life of
+    /// the deployment; the candidate is listed first, so a ticket that fell
+    /// on the candidate at 10% still falls on it at 50%.
+    fn pick(&self, requested: Option<u64>, sticky: Option<&[u8]>) -> Option<&Arc<Backend>> {
         let ticket = if self.total_weight == 0 {
             0
+        } else if let Some(key) = sticky {
+            sticky_ticket(key, self.total_weight)
         } else {
             rand::random_range(0..self.total_weight)
         };
@@ -152,6 +181,19 @@ fn choose(
     None
 }
 
+/// A stable ticket in `0..total` for a sticky key: the first 8 bytes of
+/// its SHA-256 (stable across restarts and builds, unlike `DefaultHasher`).
+fn sticky_ticket(key: &[u8], total: u32) -> u32 {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(key);
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&h[..8]);
+    // Map onto 0..100 first so the same key holds the same place in the
+    // weight space whatever the weights add up to.
+    let percent = u64::from_be_bytes(first) % 100;
+    ((percent * u64::from(total)) / 100) as u32
+}
+
 /// An immutable snapshot of every route, keyed by (environment, function).
 #[derive(Clone, Default)]
 pub struct RouteTable {
@@ -167,6 +209,8 @@ impl RouteTable {
         for mut r in routes {
             if let Some(old) = previous.get(&r.environment, &r.function) {
                 for b in &mut r.backends {
+                    // Same version and artifact anywhere in the old route:
+                    // keep counting into the same stats.
                     if let Some(ob) = old
                         .backends
                         .iter()
@@ -261,7 +305,7 @@ impl Gateway {
 
     /// Serves one request.
     pub async fn handle(&self, mut req: Request<Incoming>) -> Response<HyperOutgoingBody> {
-        let (route, uri) = {
+        let (route, uri, target_preview) = {
             let Some(target) = resolve(&req, &self.default_environment) else {
                 return error_response(
                     StatusCode::NOT_FOUND,
@@ -289,7 +333,7 @@ impl Gateway {
                 );
             };
             match function_uri(&req, &target.path) {
-                Ok(uri) => (route, uri),
+                Ok(uri) => (route, uri, target.preview),
                 Err(msg) => {
                     return error_response(StatusCode::BAD_REQUEST, "bad_request", &msg, None);
                 }
@@ -297,12 +341,31 @@ impl Gateway {
         };
         // The function sees the path after `/<function>`.
         *req.uri_mut() = uri;
-        let requested = req
-            .headers()
-            .get(&HEADER_VERSION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        let Some(backend) = route.pick(requested).cloned() else {
+        let requested = if target_preview {
+            route.preview
+        } else {
+            req.headers()
+                .get(&HEADER_VERSION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        if target_preview && requested.is_none() {
+            return error_response(
+                StatusCode::NOT_FOUND,
+                "no_preview",
+                &format!(
+                    "{} has no deployment in progress in {}: nothing to preview",
+                    route.function, route.environment
+                ),
+                None,
+            );
+        }
+        let sticky = route
+            .sticky_header
+            .as_ref()
+            .and_then(|h| req.headers().get(h))
+            .map(|v| v.as_bytes().to_vec());
+        let Some(backend) = route.pick(requested, sticky.as_deref()).cloned() else {
             return error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no_version",
@@ -310,23 +373,24 @@ impl Gateway {
                 None,
             );
         };
-        backend.stats.requests.fetch_add(1, Ordering::Relaxed);
-
+        let started = std::time::Instant::now();
         let mut resp = match backend
             .function
             .handle(req, &backend.env, backend.stats.clone())
             .await
         {
             Ok(resp) => {
-                if resp.status().is_server_error() {
-                    backend.stats.errors.fetch_add(1, Ordering::Relaxed);
-                }
+                backend
+                    .stats
+                    .record(started.elapsed(), resp.status().is_server_error());
                 resp
             }
             Err(e) => {
-                if e.is_function_error() {
-                    backend.stats.errors.fetch_add(1, Ordering::Relaxed);
-                }
+                // An overloaded pool is the platform's answer, not the
+                // version's: it counts as a request but not an error.
+                backend
+                    .stats
+                    .record(started.elapsed(), e.is_function_error());
                 tracing::warn!(
                     function = %route.function, environment = %route.environment,
                     version = backend.version, digest = %backend.digest,
@@ -347,6 +411,8 @@ struct Target<'a> {
     function: &'a str,
     /// Path and query the function sees.
     path: std::borrow::Cow<'a, str>,
+    /// `<fn>--preview.<env>.localhost`: the version under deployment.
+    preview: bool,
 }
 
 /// `Host: <fn>.<env>.localhost` picks the environment explicitly;
@@ -370,17 +436,21 @@ fn resolve<'a, B>(req: &'a Request<B>, default_env: &'a str) -> Option<Target<'a
         let mut parts = prefix.split('.');
         match (parts.next(), parts.next(), parts.next()) {
             (Some(f), Some(e), None) if !f.is_empty() && !e.is_empty() => {
+                let (function, preview) = split_preview(f);
                 return Some(Target {
                     environment: e,
-                    function: f,
+                    function,
                     path: path_and_query.into(),
+                    preview,
                 });
             }
             (Some(f), None, None) if !f.is_empty() => {
+                let (function, preview) = split_preview(f);
                 return Some(Target {
                     environment: default_env,
-                    function: f,
+                    function,
                     path: path_and_query.into(),
+                    preview,
                 });
             }
             _ => {}
@@ -401,7 +471,19 @@ fn resolve<'a, B>(req: &'a Request<B>, default_env: &'a str) -> Option<Target<'a
         environment: default_env,
         function,
         path,
+        preview: false,
     })
+}
+
+/// `hello--preview` → (`hello`, true). Function names cannot contain
+/// `--` followed by `preview` at the end and mean something else: the
+/// name rule allows it, so a function literally named `x--preview` is
+/// reachable by path only.
+fn split_preview(host_label: &str) -> (&str, bool) {
+    match host_label.strip_suffix("--preview") {
+        Some(f) if !f.is_empty() => (f, true),
+        _ => (host_label, false),
+    }
 }
 
 /// The URI the function sees: its own path, absolute (wasi:http wants an
@@ -509,5 +591,36 @@ mod tests {
         );
         check("hello.localhost", "/x", Some(("production", "hello", "/x")));
         check("127.0.0.1", "/", None);
+        let r = req("hello--preview.staging.localhost", "/x");
+        let t = resolve(&r, "production").unwrap();
+        assert_eq!(
+            (t.function, t.environment, t.preview),
+            ("hello", "staging", true)
+        );
+        let r = req("hello.staging.localhost", "/x");
+        assert!(!resolve(&r, "production").unwrap().preview);
+    }
+
+    #[test]
+    fn a_sticky_caller_stays_on_the_candidate_as_it_grows() {
+        // Candidate (v2) first, as the rollout controller lists it.
+        let at = |w: u32| [(2u64, w), (1u64, 100 - w)];
+        let mut on_candidate_at_10 = 0;
+        for user in 0..1000 {
+            let key = format!("user-{user}");
+            let ticket = sticky_ticket(key.as_bytes(), 100);
+            assert_eq!(ticket, sticky_ticket(key.as_bytes(), 100), "stable");
+            let pick = |w| choose(at(w).into_iter(), None, ticket);
+            if pick(10) == Some(0) {
+                on_candidate_at_10 += 1;
+                assert_eq!(pick(50), Some(0), "{key} moved back to the baseline");
+                assert_eq!(pick(90), Some(0));
+            }
+        }
+        // About 10% of callers: the hash spreads keys evenly.
+        assert!(
+            (50..=150).contains(&on_candidate_at_10),
+            "{on_candidate_at_10}"
+        );
     }
 }

@@ -28,7 +28,19 @@ pub enum StateError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("corrupt state row: {0}")]
     Corrupt(String),
+    /// The route has a deployment in progress; it must finish first.
+    #[error("deployment {id} is in progress on {environment}/{function}")]
+    Busy {
+        id: u64,
+        function: String,
+        environment: String,
+    },
+    #[error("deployment {0} is not active")]
+    NotActive(u64),
 }
+
+/// States in which a deployment still owns its route.
+pub const ACTIVE_STATES: [&str; 3] = ["pending", "progressing", "paused"];
 
 pub type Result<T, E = StateError> = std::result::Result<T, E>;
 
@@ -90,6 +102,9 @@ pub struct RouteRecord {
     pub weights: Vec<WeightedVersion>,
     pub deployment_id: u64,
     pub updated_at: i64,
+    pub sticky_header: Option<String>,
+    /// The version a deployment in progress previews.
+    pub preview: Option<u64>,
 }
 
 #[derive(FromRow)]
@@ -99,6 +114,8 @@ struct RouteRow {
     weights: String,
     deployment_id: i64,
     updated_at: i64,
+    sticky_header: Option<String>,
+    preview: Option<i64>,
 }
 
 impl TryFrom<RouteRow> for RouteRecord {
@@ -110,6 +127,8 @@ impl TryFrom<RouteRow> for RouteRecord {
             function: r.function,
             deployment_id: r.deployment_id as u64,
             updated_at: r.updated_at,
+            sticky_header: r.sticky_header,
+            preview: r.preview.map(|v| v as u64),
         })
     }
 }
@@ -137,6 +156,19 @@ pub struct DeploymentRecord {
     pub reason: Option<String>,
     pub created_at: i64,
     pub finished_at: Option<i64>,
+    /// The progressive plan (steps, gates, hooks), absent for all-at-once.
+    pub plan: Option<serde_json::Value>,
+    pub baseline: Option<u64>,
+    pub candidate: Option<u64>,
+    /// Index of the current step (0-based) of the plan.
+    pub step: u32,
+    pub step_started_at: Option<i64>,
+}
+
+impl DeploymentRecord {
+    pub fn is_active(&self) -> bool {
+        ACTIVE_STATES.contains(&self.state.as_str())
+    }
 }
 
 #[derive(FromRow)]
@@ -153,6 +185,11 @@ struct DeploymentRow {
     reason: Option<String>,
     created_at: i64,
     finished_at: Option<i64>,
+    plan: Option<String>,
+    baseline: Option<i64>,
+    candidate: Option<i64>,
+    step: i64,
+    step_started_at: Option<i64>,
 }
 
 impl TryFrom<DeploymentRow> for DeploymentRecord {
@@ -171,6 +208,16 @@ impl TryFrom<DeploymentRow> for DeploymentRecord {
             reason: r.reason,
             created_at: r.created_at,
             finished_at: r.finished_at,
+            plan: r
+                .plan
+                .as_deref()
+                .map(serde_json::from_str)
+                .transpose()
+                .map_err(|e| StateError::Corrupt(format!("plan of deployment {}: {e}", r.id)))?,
+            baseline: r.baseline.map(|v| v as u64),
+            candidate: r.candidate.map(|v| v as u64),
+            step: r.step as u32,
+            step_started_at: r.step_started_at,
         })
     }
 }
@@ -230,6 +277,40 @@ pub struct NewDeployment<'a> {
     pub reason: Option<&'a str>,
     /// The artifact digest(s) the route now serves, for the audit entry.
     pub digest: Option<&'a str>,
+}
+
+/// A progressive deployment to start.
+#[derive(Debug, Clone)]
+pub struct NewRollout<'a> {
+    pub function: &'a str,
+    pub environment: &'a str,
+    pub strategy: &'a str,
+    pub plan: &'a serde_json::Value,
+    pub baseline: u64,
+    pub candidate: u64,
+    pub from_weights: Option<&'a [WeightedVersion]>,
+    /// The route while the deployment starts (candidate at 0%).
+    pub weights: &'a [WeightedVersion],
+    pub sticky_header: Option<&'a str>,
+    pub actor: &'a str,
+    pub reason: Option<&'a str>,
+    pub digest: Option<&'a str>,
+}
+
+/// One state change of a progressive deployment, recorded whole.
+#[derive(Debug, Clone)]
+pub struct Transition<'a> {
+    pub state: &'a str,
+    /// New step index, if the step changes (restarts its clock).
+    pub step: Option<u32>,
+    /// New route weights, if the route changes.
+    pub weights: Option<&'a [WeightedVersion]>,
+    /// The deployment ends: the route loses its sticky key and preview.
+    pub finished: bool,
+    pub event: &'a str,
+    pub detail: serde_json::Value,
+    /// An audit entry (action, outcome, actor) for changes people care about.
+    pub audit: Option<(&'a str, &'a str, &'a str)>,
 }
 
 /// Unix time in milliseconds.
@@ -466,6 +547,7 @@ impl StateStore {
     /// route table only after this returns.
     pub async fn record_deployment(&self, new: NewDeployment<'_>) -> Result<DeploymentRecord> {
         let mut tx = self.pool.begin().await?;
+        ensure_idle(&mut tx, new.function, new.environment).await?;
         let now = now_ms();
         let id: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) + 1 FROM deployments")
             .fetch_one(&mut *tx)
@@ -510,9 +592,11 @@ impl StateStore {
                 .await?;
         }
         sqlx::query(
-            "INSERT INTO routes (environment, function, weights, deployment_id, updated_at) VALUES ($1, $2, $3, $4, $5)
+            "INSERT INTO routes (environment, function, weights, deployment_id, updated_at, sticky_header, preview)
+             VALUES ($1, $2, $3, $4, $5, NULL, NULL)
              ON CONFLICT (environment, function) DO UPDATE SET weights = excluded.weights,
-                 deployment_id = excluded.deployment_id, updated_at = excluded.updated_at",
+                 deployment_id = excluded.deployment_id, updated_at = excluded.updated_at,
+                 sticky_header = NULL, preview = NULL",
         )
         .bind(new.environment)
         .bind(new.function)
@@ -538,6 +622,200 @@ impl StateStore {
             .await?
             .map(|(d, _)| d)
             .ok_or_else(|| StateError::Corrupt("deployment vanished after insert".into()))
+    }
+
+    /// Starts a progressive deployment: the deployment row (progressing,
+    /// step 0), its `started` event, the route with the candidate at 0%
+    /// and the audit entry, in one transaction. Refused (`Busy`) when the
+    /// route already has an active deployment.
+    pub async fn start_rollout(&self, new: NewRollout<'_>) -> Result<DeploymentRecord> {
+        let mut tx = self.pool.begin().await?;
+        ensure_idle(&mut tx, new.function, new.environment).await?;
+        let now = now_ms();
+        let id: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) + 1 FROM deployments")
+            .fetch_one(&mut *tx)
+            .await?;
+        let weights = weights_json(new.weights);
+        let from = new.from_weights.map(weights_json);
+        sqlx::query(
+            "INSERT INTO deployments (id, function, environment, kind, strategy, state, from_weights, to_weights, actor, reason,
+                 created_at, finished_at, plan, baseline, candidate, step, step_started_at)
+             VALUES ($1, $2, $3, 'deploy', $4, 'progressing', $5, $6, $7, $8, $9, NULL, $10, $11, $12, 0, $9)",
+        )
+        .bind(id)
+        .bind(new.function)
+        .bind(new.environment)
+        .bind(new.strategy)
+        .bind(&from)
+        .bind(&weights)
+        .bind(new.actor)
+        .bind(new.reason)
+        .bind(now)
+        .bind(new.plan.to_string())
+        .bind(new.baseline as i64)
+        .bind(new.candidate as i64)
+        .execute(&mut *tx)
+        .await?;
+        insert_event(
+            &mut tx,
+            id,
+            "started",
+            &serde_json::json!({"strategy": new.strategy, "from": new.from_weights, "weights": new.weights,
+                "baseline": new.baseline, "candidate": new.candidate}),
+        )
+        .await?;
+        upsert_route(
+            &mut tx,
+            new.environment,
+            new.function,
+            &weights,
+            id,
+            new.sticky_header,
+            Some(new.candidate),
+        )
+        .await?;
+        insert_audit(
+            &mut tx,
+            NewAudit {
+                actor: new.actor,
+                action: "deploy",
+                object: &format!("{}/{}", new.environment, new.function),
+                digest: new.digest,
+                outcome: "started",
+                detail: serde_json::json!({"deployment": id, "strategy": new.strategy,
+                    "from": new.from_weights, "candidate": new.candidate, "reason": new.reason}),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        self.deployment_record(id as u64).await
+    }
+
+    /// Applies one transition of an active deployment in one transaction:
+    /// its state (and step), its event, the route (if the weights change)
+    /// and an audit entry. Refused (`NotActive`) once the deployment has
+    /// ended, so two racing transitions cannot both end it.
+    pub async fn transition(&self, id: u64, t: Transition<'_>) -> Result<DeploymentRecord> {
+        let mut tx = self.pool.begin().await?;
+        let Some(row) =
+            sqlx::query_as::<_, DeploymentRow>("SELECT * FROM deployments WHERE id = $1")
+                .bind(id as i64)
+                .fetch_optional(&mut *tx)
+                .await?
+        else {
+            return Err(StateError::NotActive(id));
+        };
+        let d: DeploymentRecord = row.try_into()?;
+        if !d.is_active() {
+            return Err(StateError::NotActive(id));
+        }
+        let now = now_ms();
+        let weights = t.weights.map(weights_json);
+        sqlx::query(
+            "UPDATE deployments SET state = $2,
+                 step = COALESCE($3, step),
+                 step_started_at = CASE WHEN $3 IS NULL THEN step_started_at ELSE $4 END,
+                 to_weights = COALESCE($5, to_weights),
+                 finished_at = CASE WHEN $6 THEN $4 ELSE NULL END
+             WHERE id = $1",
+        )
+        .bind(id as i64)
+        .bind(t.state)
+        .bind(t.step.map(i64::from))
+        .bind(now)
+        .bind(&weights)
+        .bind(t.finished)
+        .execute(&mut *tx)
+        .await?;
+        insert_event(&mut tx, id as i64, t.event, &t.detail).await?;
+        if t.weights.is_some() || t.finished {
+            let weights = weights.unwrap_or_else(|| weights_json(&d.to_weights));
+            let (sticky, preview) = if t.finished {
+                (None, None)
+            } else {
+                let route = self.route_in(&mut tx, &d.environment, &d.function).await?;
+                (
+                    route.as_ref().and_then(|r| r.sticky_header.clone()),
+                    route.as_ref().and_then(|r| r.preview),
+                )
+            };
+            upsert_route(
+                &mut tx,
+                &d.environment,
+                &d.function,
+                &weights,
+                id as i64,
+                sticky.as_deref(),
+                preview,
+            )
+            .await?;
+        }
+        if let Some((action, outcome, actor)) = t.audit {
+            insert_audit(
+                &mut tx,
+                NewAudit {
+                    actor,
+                    action,
+                    object: &format!("{}/{}", d.environment, d.function),
+                    digest: None,
+                    outcome,
+                    detail: serde_json::json!({"deployment": id, "event": t.event, "detail": t.detail}),
+                },
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        self.deployment_record(id).await
+    }
+
+    /// Appends an event (a gate evaluation, a hook result) without changing
+    /// the deployment's state.
+    pub async fn record_event(
+        &self,
+        id: u64,
+        kind: &str,
+        detail: &serde_json::Value,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        insert_event(&mut tx, id as i64, kind, detail).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Deployments that still own their route (to resume after a restart).
+    pub async fn active_deployments(&self) -> Result<Vec<DeploymentRecord>> {
+        sqlx::query_as::<_, DeploymentRow>(
+            "SELECT * FROM deployments WHERE state IN ('pending', 'progressing', 'paused') ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(TryInto::try_into)
+        .collect()
+    }
+
+    async fn deployment_record(&self, id: u64) -> Result<DeploymentRecord> {
+        self.deployment(id)
+            .await?
+            .map(|(d, _)| d)
+            .ok_or_else(|| StateError::Corrupt(format!("deployment {id} vanished after write")))
+    }
+
+    async fn route_in(
+        &self,
+        tx: &mut Transaction<'_, Sqlite>,
+        environment: &str,
+        function: &str,
+    ) -> Result<Option<RouteRecord>> {
+        sqlx::query_as::<_, RouteRow>(
+            "SELECT * FROM routes WHERE environment = $1 AND function = $2",
+        )
+        .bind(environment)
+        .bind(function)
+        .fetch_optional(&mut **tx)
+        .await?
+        .map(TryInto::try_into)
+        .transpose()
     }
 
     pub async fn deployments(
@@ -622,6 +900,81 @@ impl StateStore {
             )
             .collect())
     }
+}
+
+/// Refuses a new deployment while the route has an active one.
+async fn ensure_idle(
+    tx: &mut Transaction<'_, Sqlite>,
+    function: &str,
+    environment: &str,
+) -> Result<()> {
+    let busy: Option<i64> = sqlx::query_scalar(
+        "SELECT id FROM deployments WHERE function = $1 AND environment = $2
+             AND state IN ('pending', 'progressing', 'paused') ORDER BY id LIMIT 1",
+    )
+    .bind(function)
+    .bind(environment)
+    .fetch_optional(&mut **tx)
+    .await?;
+    match busy {
+        Some(id) => Err(StateError::Busy {
+            id: id as u64,
+            function: function.to_owned(),
+            environment: environment.to_owned(),
+        }),
+        None => Ok(()),
+    }
+}
+
+async fn insert_event(
+    tx: &mut Transaction<'_, Sqlite>,
+    id: i64,
+    kind: &str,
+    detail: &serde_json::Value,
+) -> Result<()> {
+    let seq: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(MAX(seq), 0) + 1 FROM deployment_events WHERE deployment_id = $1",
+    )
+    .bind(id)
+    .fetch_one(&mut **tx)
+    .await?;
+    sqlx::query("INSERT INTO deployment_events (deployment_id, seq, at, kind, detail) VALUES ($1, $2, $3, $4, $5)")
+        .bind(id)
+        .bind(seq)
+        .bind(now_ms())
+        .bind(kind)
+        .bind(detail.to_string())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+async fn upsert_route(
+    tx: &mut Transaction<'_, Sqlite>,
+    environment: &str,
+    function: &str,
+    weights: &str,
+    deployment_id: i64,
+    sticky_header: Option<&str>,
+    preview: Option<u64>,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO routes (environment, function, weights, deployment_id, updated_at, sticky_header, preview)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (environment, function) DO UPDATE SET weights = excluded.weights,
+             deployment_id = excluded.deployment_id, updated_at = excluded.updated_at,
+             sticky_header = excluded.sticky_header, preview = excluded.preview",
+    )
+    .bind(environment)
+    .bind(function)
+    .bind(weights)
+    .bind(deployment_id)
+    .bind(now_ms())
+    .bind(sticky_header)
+    .bind(preview.map(|v| v as i64))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 async fn insert_audit(tx: &mut Transaction<'_, Sqlite>, entry: NewAudit<'_>) -> Result<()> {

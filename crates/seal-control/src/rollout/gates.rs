@@ -1,0 +1,574 @@
+//! Gates: judging a candidate's window of live telemetry, alone and
+//! against the baseline's window of the same moment.
+//!
+//! Every gate answers pass, fail or inconclusive, with its numbers:
+//! - **fail** only when the breach is statistically certain: a one-sided
+//!   test rejects "the candidate is within the threshold" at level α.
+//!   While a step runs the controller checks every tick with a strict α
+//!   ([`ALPHA_EARLY`]) so peeking many times does not fail a healthy
+//!   version by luck; at the end of a step it uses [`ALPHA`].
+//! - **pass** only at the end of a step, with at least `min_requests`
+//!   (both versions, for relative gates) and the measured value within
+//!   the threshold.
+//! - **inconclusive** otherwise: too little traffic, or over the threshold
+//!   but not certainly.
+//!
+//! Tests: exact binomial tail for an absolute error rate and for "share of
+//! requests slower than T" (a latency quantile); Agresti–Caffo adjusted
+//! two-proportion z-test for an error-rate increase; Mann–Whitney U (with
+//! tie correction, on the histogram buckets) for a latency increase.
+
+use seal_gateway::Snapshot;
+use seal_gateway::telemetry::{BUCKETS, bucket_high, bucket_low};
+use serde::{Deserialize, Serialize};
+use statrs::distribution::{Binomial, ContinuousCDF, DiscreteCDF, Normal};
+
+/// Level of the end-of-step judgement.
+pub const ALPHA: f64 = 0.05;
+/// Level of the every-tick check: a breach must be very certain to roll
+/// back before the step ends.
+pub const ALPHA_EARLY: f64 = 0.001;
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LatencyLimit {
+    /// e.g. 0.99 for p99.
+    pub quantile: f64,
+    pub ms: f64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Gates {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_error_rate: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_latency: Option<LatencyLimit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_error_rate_increase: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_latency_increase: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_requests: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Pass,
+    Fail,
+    Inconclusive,
+}
+
+/// A window's numbers as they appear in events and status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WindowSummary {
+    pub requests: u64,
+    pub errors: u64,
+    pub error_rate: f64,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+}
+
+impl WindowSummary {
+    pub fn of(w: &Snapshot) -> Self {
+        let ms = |q| w.quantile_us(q).map(|us| us as f64 / 1000.0);
+        Self {
+            requests: w.requests,
+            errors: w.errors,
+            error_rate: w.error_rate(),
+            p50_ms: ms(0.5),
+            p99_ms: ms(0.99),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GateResult {
+    pub gate: String,
+    pub threshold: String,
+    pub verdict: Verdict,
+    pub measured: String,
+    pub detail: String,
+    pub candidate: WindowSummary,
+    pub baseline: Option<WindowSummary>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evaluation {
+    pub verdict: Verdict,
+    pub results: Vec<GateResult>,
+}
+
+impl Evaluation {
+    /// The first failed gate, for the rollback record.
+    pub fn failed(&self) -> Option<&GateResult> {
+        self.results.iter().find(|r| r.verdict == Verdict::Fail)
+    }
+}
+
+pub fn percent(x: f64) -> String {
+    let p = x * 100.0;
+    if (p - p.round()).abs() < 1e-9 {
+        format!("{p:.0}%")
+    } else {
+        format!("{p:.2}%")
+    }
+}
+
+pub fn quantile_name(q: f64) -> String {
+    let p = q * 100.0;
+    if (p - p.round()).abs() < 1e-9 {
+        format!("p{p:.0}")
+    } else {
+        format!("p{p}")
+    }
+}
+
+impl Gates {
+    pub fn is_empty(&self) -> bool {
+        self.max_error_rate.is_none()
+            && self.max_latency.is_none()
+            && self.max_error_rate_increase.is_none()
+            && self.max_latency_increase.is_none()
+    }
+
+    pub fn has_relative(&self) -> bool {
+        self.max_error_rate_increase.is_some() || self.max_latency_increase.is_some()
+    }
+
+    /// The gates as the plan lists them.
+    pub fn describe(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        if let Some(r) = self.max_error_rate {
+            out.push(("error_rate".into(), format!("≤ {}", percent(r))));
+        }
+        if let Some(l) = self.max_latency {
+            out.push((
+                format!("latency_{}", quantile_name(l.quantile)),
+                format!("≤ {} ms", l.ms),
+            ));
+        }
+        if let Some(d) = self.max_error_rate_increase {
+            out.push((
+                "error_rate_increase".into(),
+                format!("≤ baseline + {}", percent(d)),
+            ));
+        }
+        if let Some(d) = self.max_latency_increase {
+            out.push((
+                "latency_increase".into(),
+                format!("median ≤ baseline × {:.2}", 1.0 + d),
+            ));
+        }
+        out
+    }
+
+    /// Judges the candidate's window (and the baseline's, same interval).
+    /// `step_over`: the step's interval has elapsed, so a pass is possible
+    /// and the end-of-step α applies.
+    pub fn evaluate(
+        &self,
+        candidate: &Snapshot,
+        baseline: Option<&Snapshot>,
+        step_over: bool,
+    ) -> Evaluation {
+        let alpha = if step_over { ALPHA } else { ALPHA_EARLY };
+        let min = self.min_requests.unwrap_or(0);
+        let c_sum = WindowSummary::of(candidate);
+        let b_sum = baseline.map(WindowSummary::of);
+        let enough_c = candidate.requests >= min && candidate.requests > 0;
+        let mut results = Vec::new();
+        let mut push = |gate: String, threshold: String, verdict, measured, detail| {
+            results.push(GateResult {
+                gate,
+                threshold,
+                verdict,
+                measured,
+                detail,
+                candidate: c_sum.clone(),
+                baseline: b_sum.clone(),
+            })
+        };
+        let judge = |p_breach: Option<f64>, within: bool, enough: bool| {
+            if p_breach.is_some_and(|p| p < alpha) {
+                Verdict::Fail
+            } else if step_over && enough && within {
+                Verdict::Pass
+            } else {
+                Verdict::Inconclusive
+            }
+        };
+
+        if let Some(max) = self.max_error_rate {
+            let (n, x) = (candidate.requests, candidate.errors);
+            let p = binomial_tail(n, x, max);
+            let verdict = judge(p, candidate.error_rate() <= max, enough_c);
+            push(
+                "error_rate".into(),
+                format!("≤ {}", percent(max)),
+                verdict,
+                format!("{} ({x}/{n})", percent(candidate.error_rate())),
+                format!("P(≥{x} errors | rate {}) = {}", percent(max), fmt_p(p)),
+            );
+        }
+
+        if let Some(limit) = self.max_latency {
+            let limit_us = (limit.ms * 1000.0) as u64;
+            let n = candidate.samples();
+            let slow = candidate.slower_than_us(limit_us);
+            let allowed = 1.0 - limit.quantile;
+            let p = binomial_tail(n, slow, allowed);
+            let q_ms = candidate
+                .quantile_us(limit.quantile)
+                .map(|us| us as f64 / 1000.0);
+            let within = q_ms.is_some_and(|v| v <= limit.ms);
+            let verdict = judge(p, within, enough_c);
+            push(
+                format!("latency_{}", quantile_name(limit.quantile)),
+                format!("≤ {} ms", limit.ms),
+                verdict,
+                match q_ms {
+                    Some(v) => format!("{v:.1} ms"),
+                    None => "no requests".into(),
+                },
+                format!(
+                    "{slow}/{n} slower than {} ms (allowed {}); P = {}",
+                    limit.ms,
+                    percent(allowed),
+                    fmt_p(p)
+                ),
+            );
+        }
+
+        if let Some(delta) = self.max_error_rate_increase {
+            match baseline {
+                Some(b) => {
+                    let enough = enough_c && b.requests >= min && b.requests > 0;
+                    let p = two_proportion_excess(
+                        candidate.errors,
+                        candidate.requests,
+                        b.errors,
+                        b.requests,
+                        delta,
+                    );
+                    let diff = candidate.error_rate() - b.error_rate();
+                    let verdict = judge(p, diff <= delta + 1e-12, enough);
+                    push(
+                        "error_rate_increase".into(),
+                        format!("≤ baseline + {}", percent(delta)),
+                        verdict,
+                        format!(
+                            "{} vs baseline {} ({:+.2} pp)",
+                            percent(candidate.error_rate()),
+                            percent(b.error_rate()),
+                            diff * 100.0
+                        ),
+                        format!("two-proportion test P = {}", fmt_p(p)),
+                    );
+                }
+                None => push(
+                    "error_rate_increase".into(),
+                    format!("≤ baseline + {}", percent(delta)),
+                    Verdict::Pass,
+                    "no baseline traffic".into(),
+                    "skipped: the baseline serves no traffic in this phase".into(),
+                ),
+            }
+        }
+
+        if let Some(delta) = self.max_latency_increase {
+            match baseline {
+                Some(b) => {
+                    let enough = enough_c && b.samples() >= min && b.samples() > 0;
+                    let p = mann_whitney_slower(candidate, b, 1.0 + delta);
+                    let (mc, mb) = (candidate.quantile_us(0.5), b.quantile_us(0.5));
+                    let within = match (mc, mb) {
+                        (Some(c), Some(b)) => c as f64 <= b as f64 * (1.0 + delta),
+                        _ => false,
+                    };
+                    // Significant but within the threshold in the middle
+                    // is not a breach.
+                    let p_breach = if within { None } else { p };
+                    let verdict = judge(p_breach, within, enough);
+                    let ms = |v: Option<u64>| {
+                        v.map_or("-".into(), |us| format!("{:.1} ms", us as f64 / 1000.0))
+                    };
+                    push(
+                        "latency_increase".into(),
+                        format!("median ≤ baseline × {:.2}", 1.0 + delta),
+                        verdict,
+                        format!("median {} vs baseline {}", ms(mc), ms(mb)),
+                        format!("Mann-Whitney U P = {}", fmt_p(p)),
+                    );
+                }
+                None => push(
+                    "latency_increase".into(),
+                    format!("median ≤ baseline × {:.2}", 1.0 + delta),
+                    Verdict::Pass,
+                    "no baseline traffic".into(),
+                    "skipped: the baseline serves no traffic in this phase".into(),
+                ),
+            }
+        }
+
+        if self.is_empty() {
+            // Time-based steps: nothing to judge but traffic.
+            let verdict = if step_over && candidate.requests >= min {
+                Verdict::Pass
+            } else {
+                Verdict::Inconclusive
+            };
+            push(
+                "min_requests".into(),
+                format!("≥ {min} requests"),
+                verdict,
+                format!("{} requests", candidate.requests),
+                String::new(),
+            );
+        } else if !enough_c {
+            for r in &mut results {
+                if r.verdict == Verdict::Inconclusive && r.detail.is_empty() {
+                    r.detail = format!("fewer than {min} requests");
+                }
+            }
+        }
+
+        let verdict = if results.iter().any(|r| r.verdict == Verdict::Fail) {
+            Verdict::Fail
+        } else if results.iter().all(|r| r.verdict == Verdict::Pass) {
+            Verdict::Pass
+        } else {
+            Verdict::Inconclusive
+        };
+        Evaluation { verdict, results }
+    }
+}
+
+fn fmt_p(p: Option<f64>) -> String {
+    match p {
+        Some(p) if p < 0.0001 => "<0.0001".into(),
+        Some(p) => format!("{p:.4}"),
+        None => "n/a".into(),
+    }
+}
+
+/// P(X ≥ x) for X ~ Binomial(n, p0): how surprising `x` bad outcomes in
+/// `n` are if the true rate were exactly the threshold. `None` without data.
+pub fn binomial_tail(n: u64, x: u64, p0: f64) -> Option<f64> {
+    if n == 0 {
+        return None;
+    }
+    if x == 0 {
+        return Some(1.0);
+    }
+    if p0 <= 0.0 {
+        return Some(0.0);
+    }
+    if p0 >= 1.0 {
+        return Some(1.0);
+    }
+    let b = Binomial::new(p0, n).ok()?;
+    // sf(k) = P(X > k), so P(X ≥ x) = sf(x − 1).
+    Some(b.sf(x - 1))
+}
+
+/// One-sided p-value for "candidate error rate exceeds baseline's by more
+/// than `delta`", Agresti–Caffo adjusted (one success and one failure
+/// added to each group) so zero-error windows still have a variance.
+pub fn two_proportion_excess(xc: u64, nc: u64, xb: u64, nb: u64, delta: f64) -> Option<f64> {
+    if nc == 0 || nb == 0 {
+        return None;
+    }
+    let pc = (xc as f64 + 1.0) / (nc as f64 + 2.0);
+    let pb = (xb as f64 + 1.0) / (nb as f64 + 2.0);
+    let se = (pc * (1.0 - pc) / (nc as f64 + 2.0) + pb * (1.0 - pb) / (nb as f64 + 2.0)).sqrt();
+    if se <= 0.0 {
+        return None;
+    }
+    let z = (pc - pb - delta) / se;
+    Some(1.0 - standard_normal().cdf(z))
+}
+
+/// One-sided Mann–Whitney U p-value for "the candidate's latencies tend to
+/// be larger than the baseline's scaled by `factor`". Each bucket counts
+/// as its midpoint; equal values are ties (midranks, tie-corrected
+/// variance), normal approximation with continuity correction.
+pub fn mann_whitney_slower(c: &Snapshot, b: &Snapshot, factor: f64) -> Option<f64> {
+    let (nc, nb) = (c.samples() as f64, b.samples() as f64);
+    if nc == 0.0 || nb == 0.0 {
+        return None;
+    }
+    let mid = |i: usize| (bucket_low(i) as f64 + bucket_high(i) as f64) / 2.0;
+    // (value, candidate count, baseline count), sorted by value.
+    let mut points: Vec<(f64, f64, f64)> = Vec::with_capacity(2 * BUCKETS);
+    for (i, &n) in c.latency.iter().enumerate() {
+        if n > 0 {
+            points.push((mid(i), n as f64, 0.0));
+        }
+    }
+    for (i, &n) in b.latency.iter().enumerate() {
+        if n > 0 {
+            points.push((mid(i) * factor, 0.0, n as f64));
+        }
+    }
+    points.sort_by(|x, y| x.0.total_cmp(&y.0));
+    let mut u = 0.0; // candidate observations above baseline ones (+½ per tie)
+    let mut baseline_below = 0.0;
+    let mut tie_term = 0.0;
+    let mut i = 0;
+    while i < points.len() {
+        let (value, mut cc, mut bc) = points[i];
+        let mut j = i + 1;
+        while j < points.len() && points[j].0 == value {
+            cc += points[j].1;
+            bc += points[j].2;
+            j += 1;
+        }
+        u += cc * (baseline_below + 0.5 * bc);
+        baseline_below += bc;
+        let t = cc + bc;
+        tie_term += t * t * t - t;
+        i = j;
+    }
+    let n = nc + nb;
+    let mean = nc * nb / 2.0;
+    let var = nc * nb / 12.0 * ((n + 1.0) - tie_term / (n * (n - 1.0)).max(1.0));
+    if var <= 0.0 {
+        return Some(if u > mean { 0.0 } else { 1.0 });
+    }
+    let z = (u - mean - 0.5) / var.sqrt();
+    Some(1.0 - standard_normal().cdf(z))
+}
+
+fn standard_normal() -> Normal {
+    Normal::standard()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use seal_gateway::VersionStats;
+    use std::time::Duration;
+
+    fn window(n: u64, errors: u64, ms: impl Fn(u64) -> f64) -> Snapshot {
+        let s = VersionStats::default();
+        for i in 0..n {
+            s.record(Duration::from_secs_f64(ms(i) / 1000.0), i < errors);
+        }
+        s.snapshot()
+    }
+
+    fn gates(f: impl FnOnce(&mut Gates)) -> Gates {
+        let mut g = Gates {
+            min_requests: Some(50),
+            ..Gates::default()
+        };
+        f(&mut g);
+        g
+    }
+
+    #[test]
+    fn binomial_tail_matches_hand_values() {
+        // 1 error in 2 at 1%: 1 − 0.99² = 0.0199.
+        assert!((binomial_tail(2, 1, 0.01).unwrap() - 0.0199).abs() < 1e-6);
+        // 3 of 3 at 1%: 1e-6.
+        assert!((binomial_tail(3, 3, 0.01).unwrap() - 1e-6).abs() < 1e-9);
+        assert_eq!(binomial_tail(10, 0, 0.01), Some(1.0));
+        assert_eq!(binomial_tail(0, 0, 0.01), None);
+    }
+
+    #[test]
+    fn an_always_failing_candidate_fails_within_a_few_requests() {
+        let g = gates(|g| g.max_error_rate = Some(0.01));
+        // Two failures could be luck at the strict every-tick level...
+        let e = g.evaluate(&window(1, 1, |_| 1.0), None, false);
+        assert_eq!(e.verdict, Verdict::Inconclusive);
+        // ...a handful cannot, long before min_requests.
+        let e = g.evaluate(&window(5, 5, |_| 1.0), None, false);
+        assert_eq!(e.verdict, Verdict::Fail, "{e:?}");
+        assert_eq!(e.failed().unwrap().gate, "error_rate");
+        assert_eq!(e.failed().unwrap().measured, "100% (5/5)");
+    }
+
+    #[test]
+    fn a_healthy_candidate_passes_only_at_the_end_of_the_step_with_enough_traffic() {
+        let g = gates(|g| {
+            g.max_error_rate = Some(0.05);
+            g.max_latency = Some(LatencyLimit {
+                quantile: 0.99,
+                ms: 200.0,
+            });
+        });
+        let healthy = window(100, 1, |i| 1.0 + (i % 10) as f64);
+        assert_eq!(
+            g.evaluate(&healthy, None, false).verdict,
+            Verdict::Inconclusive
+        );
+        assert_eq!(g.evaluate(&healthy, None, true).verdict, Verdict::Pass);
+        // Low traffic: inconclusive, neither pass nor fail.
+        let few = window(10, 0, |_| 2.0);
+        let e = g.evaluate(&few, None, true);
+        assert_eq!(e.verdict, Verdict::Inconclusive);
+        assert!(e.results[0].detail.contains("P("), "{e:?}");
+    }
+
+    #[test]
+    fn a_slow_candidate_fails_the_latency_gate() {
+        let g = gates(|g| {
+            g.max_latency = Some(LatencyLimit {
+                quantile: 0.99,
+                ms: 200.0,
+            })
+        });
+        let slow = window(8, 0, |_| 300.0);
+        let e = g.evaluate(&slow, None, false);
+        assert_eq!(e.verdict, Verdict::Fail, "{e:?}");
+        assert_eq!(e.failed().unwrap().gate, "latency_p99");
+    }
+
+    #[test]
+    fn error_rate_increase_is_judged_against_the_baseline() {
+        let g = gates(|g| g.max_error_rate_increase = Some(0.01));
+        let base = window(1000, 10, |_| 5.0); // 1%
+        let same = window(200, 2, |_| 5.0); // 1%
+        assert_eq!(g.evaluate(&same, Some(&base), true).verdict, Verdict::Pass);
+        let worse = window(200, 40, |_| 5.0); // 20%
+        let e = g.evaluate(&worse, Some(&base), false);
+        assert_eq!(e.verdict, Verdict::Fail, "{e:?}");
+        // 3% vs 1% on little traffic: over the threshold, not certain.
+        let unsure = window(60, 2, |_| 5.0);
+        assert_eq!(
+            g.evaluate(&unsure, Some(&base), true).verdict,
+            Verdict::Inconclusive
+        );
+    }
+
+    #[test]
+    fn latency_increase_uses_mann_whitney() {
+        let g = gates(|g| g.max_latency_increase = Some(0.2));
+        let base = window(500, 0, |i| 10.0 + (i % 5) as f64);
+        let similar = window(100, 0, |i| 10.0 + (i % 5) as f64);
+        assert_eq!(
+            g.evaluate(&similar, Some(&base), true).verdict,
+            Verdict::Pass
+        );
+        let slower = window(100, 0, |i| 30.0 + (i % 5) as f64);
+        let e = g.evaluate(&slower, Some(&base), false);
+        assert_eq!(e.verdict, Verdict::Fail, "{e:?}");
+        let p = mann_whitney_slower(&similar, &base, 1.2).unwrap();
+        assert!(p > 0.5, "{p}");
+    }
+
+    #[test]
+    fn no_gates_means_time_and_traffic_only() {
+        let g = gates(|_| {});
+        assert_eq!(
+            g.evaluate(&window(60, 60, |_| 1.0), None, true).verdict,
+            Verdict::Pass
+        );
+        assert_eq!(
+            g.evaluate(&window(10, 0, |_| 1.0), None, true).verdict,
+            Verdict::Inconclusive
+        );
+    }
+}

@@ -1,0 +1,1214 @@
+//! Progressive delivery: canary, linear and blue/green deployments driven
+//! by live per-version telemetry.
+//!
+//! A deployment is a state machine stored in the state store
+//! (`progressing` → `paused` → `succeeded | rolled_back | aborted`), with
+//! its plan. One driver task per active deployment ticks every
+//! [`TICK`], reads the candidate's and the baseline's telemetry windows
+//! (cumulative gateway counters minus a snapshot taken when the step
+//! began), evaluates the gates, and moves the route. Every transition is
+//! committed (deployment row, event, route, audit) *before* the gateway's
+//! table is swapped; a gate evaluation that decides something is written
+//! as an event first.
+//!
+//! The baseline stays in the route at 0% until the deployment ends, so a
+//! rollback is a weight change on functions already loaded: a commit and a
+//! pointer swap, never a load.
+
+pub mod gates;
+pub mod plan;
+
+use crate::engine::Control;
+use crate::error::{ApiError, ApiResult};
+use axum::http::StatusCode;
+use gates::{Evaluation, Verdict};
+use plan::{Hook, HookPhase, OnInconclusive, Plan, RolloutSpec, VersionRef};
+use seal_gateway::{Backend, Route, RouteTable, Snapshot};
+use seal_state::{DeploymentRecord, NewAudit, NewRollout, Transition, WeightedVersion};
+use serde::Serialize;
+use serde_json::{Value, json};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+/// How often a driver looks at the telemetry.
+pub const TICK: Duration = Duration::from_millis(100);
+/// The window `seal rollout status` reports rates over.
+pub const STATUS_WINDOW: Duration = Duration::from_secs(10);
+
+/// What a person can tell a running deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    Approve,
+    Promote,
+    Abort,
+}
+
+impl Command {
+    fn as_str(self) -> &'static str {
+        match self {
+            Command::Approve => "approve",
+            Command::Promote => "promote",
+            Command::Abort => "abort",
+        }
+    }
+}
+
+type Reply = oneshot::Sender<ApiResult<DeploymentRecord>>;
+/// A command, who sent it, and where the resulting record goes.
+type Envelope = (Command, String, Reply);
+/// (environment, function, version) → recent (time, snapshot) pairs.
+type History = HashMap<(String, String, u64), VecDeque<(Instant, Snapshot)>>;
+
+/// The in-memory side of progressive delivery: a command channel per
+/// running driver, the latest evaluation of each, and the history of
+/// snapshots `rollout status` computes rates from.
+#[derive(Default)]
+pub struct Rollouts {
+    drivers: Mutex<HashMap<u64, mpsc::Sender<Envelope>>>,
+    live: Mutex<HashMap<u64, LiveView>>,
+    history: Mutex<History>,
+}
+
+/// What a driver is doing right now (for `rollout status`).
+#[derive(Debug, Clone, Serialize)]
+pub struct LiveView {
+    pub step: usize,
+    pub of: usize,
+    pub weight: u32,
+    pub started_at: i64,
+    pub next_at: Option<i64>,
+    pub evaluation: Option<Evaluation>,
+    pub phase: String,
+}
+
+/// How a deployment ends.
+struct Ending {
+    state: &'static str,
+    event: &'static str,
+    weights: Vec<WeightedVersion>,
+    detail: Value,
+    actor: String,
+}
+
+impl Control {
+    /// Starts (or, with `dry_run`, only plans) a progressive deployment.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn deploy_progressive(
+        self: &Arc<Self>,
+        function: &str,
+        version: u64,
+        environment: Option<&str>,
+        reason: Option<&str>,
+        actor: &str,
+        spec: RolloutSpec,
+        dry_run: bool,
+    ) -> ApiResult<Value> {
+        let env = self.environment_or_default(environment).await?;
+        let candidate = self.version_or_404(function, version).await?;
+        let _guard = self.deploy_lock.lock().await;
+        if let Some(busy) = self.active_deployment(&env, function).await? {
+            return Err(busy_error(&busy));
+        }
+        let current = self.state.route(&env, function).await?;
+        let Some(baseline) = current
+            .as_ref()
+            .and_then(|r| r.weights.iter().max_by_key(|w| w.weight).copied())
+        else {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "no_baseline",
+                format!(
+                    "{function} serves nothing in {env} yet: a {} needs a baseline to compare with; deploy the first version all-at-once",
+                    spec.strategy.as_str()
+                ),
+            ));
+        };
+        if baseline.version == version {
+            return Err(ApiError::conflict(format!(
+                "{function}@{version} already serves {env}: nothing to roll out"
+            )));
+        }
+        let baseline_v = self.version_or_404(function, baseline.version).await?;
+        let current_weights = current.map(|r| r.weights).unwrap_or_default();
+        let plan = spec.plan(
+            function,
+            &env,
+            VersionRef {
+                version: baseline.version,
+                digest: baseline_v.digest.clone(),
+            },
+            VersionRef {
+                version,
+                digest: candidate.digest.clone(),
+            },
+            current_weights.clone(),
+        )?;
+        let plan_json = serde_json::to_value(&plan).map_err(ApiError::internal)?;
+        if dry_run {
+            return Ok(json!({"dry_run": true, "plan": plan_json}));
+        }
+        // Verify and load both versions before anything is recorded.
+        let candidate_fn = match self.load(&candidate).await {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = self
+                    .state
+                    .audit(NewAudit {
+                        actor,
+                        action: "deploy",
+                        object: &format!("{env}/{function}"),
+                        digest: Some(&candidate.digest),
+                        outcome: "refused",
+                        detail: json!({"version": version, "error": e.message}),
+                    })
+                    .await;
+                return Err(e);
+            }
+        };
+        let baseline_fn = self.load(&baseline_v).await?;
+        let weights = plan.weights_at(0);
+        let record = self
+            .state
+            .start_rollout(NewRollout {
+                function,
+                environment: &env,
+                strategy: plan.strategy.as_str(),
+                plan: &plan_json,
+                baseline: baseline.version,
+                candidate: version,
+                from_weights: Some(&current_weights),
+                weights: &weights,
+                sticky_header: plan.sticky_header.as_deref(),
+                actor,
+                reason,
+                digest: Some(&candidate.digest),
+            })
+            .await?;
+        let backends = vec![
+            Arc::new(Backend::new(
+                &env,
+                function,
+                version,
+                &candidate.digest,
+                0,
+                candidate_fn,
+            )),
+            Arc::new(Backend::new(
+                &env,
+                function,
+                baseline.version,
+                &baseline_v.digest,
+                100,
+                baseline_fn,
+            )),
+        ];
+        self.swap_route(route_for(&plan, backends, false));
+        tracing::info!(function, environment = %env, deployment = record.id, strategy = plan.strategy.as_str(),
+            baseline = baseline.version, candidate = version, "progressive deployment started");
+        self.notify(&plan, record.id, "started", json!({"weights": weights}));
+        self.spawn_driver(record.clone(), plan.clone());
+        Ok(json!({"deployment": record, "unchanged": false, "weights": weights, "plan": plan_json}))
+    }
+
+    pub(crate) async fn active_deployment(
+        &self,
+        env: &str,
+        function: &str,
+    ) -> ApiResult<Option<DeploymentRecord>> {
+        Ok(self
+            .state
+            .active_deployments()
+            .await?
+            .into_iter()
+            .find(|d| d.environment == env && d.function == function))
+    }
+
+    /// Sends approve / promote / abort to a running deployment and waits
+    /// for the transition it causes.
+    pub async fn command(&self, id: u64, cmd: Command, actor: &str) -> ApiResult<DeploymentRecord> {
+        let Some((d, _)) = self.state.deployment(id).await? else {
+            return Err(ApiError::not_found(format!("no deployment {id}")));
+        };
+        if !d.is_active() {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "not_active",
+                format!(
+                    "deployment {id} has already finished ({}): nothing to {}",
+                    d.state,
+                    cmd.as_str()
+                ),
+            ));
+        }
+        if cmd == Command::Approve && d.state != "paused" {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "not_paused",
+                format!(
+                    "deployment {id} is not waiting for approval (state {}, step {})",
+                    d.state, d.step
+                ),
+            ));
+        }
+        let tx = self
+            .rollouts
+            .drivers
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&id).cloned());
+        let Some(tx) = tx else {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_running",
+                format!("deployment {id} is not running on this server; retry in a moment"),
+            ));
+        };
+        let (reply, rx) = oneshot::channel();
+        tx.send((cmd, actor.to_owned(), reply))
+            .await
+            .map_err(|_| ApiError::conflict(format!("deployment {id} has just finished")))?;
+        rx.await
+            .map_err(|_| ApiError::conflict(format!("deployment {id} has just finished")))?
+    }
+
+    /// The live view of a route: the deployment on it, per-version rates
+    /// over the last [`STATUS_WINDOW`], and the latest gate verdicts.
+    pub async fn rollout_status(
+        &self,
+        function: &str,
+        environment: Option<&str>,
+    ) -> ApiResult<Value> {
+        let env = self.environment_or_default(environment).await?;
+        if !self.state.function_exists(function).await? {
+            return Err(ApiError::not_found(format!(
+                "unknown function {function:?}"
+            )));
+        }
+        let deployment = self
+            .state
+            .deployments(function, Some(&env))
+            .await?
+            .into_iter()
+            .next();
+        let active = deployment.as_ref().is_some_and(|d| d.is_active());
+        let live = deployment.as_ref().filter(|d| d.is_active()).and_then(|d| {
+            self.rollouts
+                .live
+                .lock()
+                .ok()
+                .and_then(|m| m.get(&d.id).cloned())
+        });
+        let table = self.gateway.table();
+        let mut versions = Vec::new();
+        let mut weights = Vec::new();
+        if let Some(route) = table.get(&env, function) {
+            for b in &route.backends {
+                weights.push(WeightedVersion {
+                    version: b.version,
+                    weight: b.weight,
+                });
+                let (window, secs) = self.rollouts.window(&env, function, b);
+                let role = match deployment.as_ref().filter(|d| d.is_active()) {
+                    Some(d) if d.candidate == Some(b.version) => "candidate",
+                    Some(d) if d.baseline == Some(b.version) => "baseline",
+                    _ => "stable",
+                };
+                let summary = gates::WindowSummary::of(&window);
+                versions.push(json!({
+                    "version": b.version, "digest": b.digest, "weight": b.weight, "role": role,
+                    "window_s": secs, "requests": window.requests,
+                    "rps": if secs > 0.0 { window.requests as f64 / secs } else { 0.0 },
+                    "errors": window.errors, "error_rate": summary.error_rate,
+                    "p50_ms": summary.p50_ms, "p99_ms": summary.p99_ms,
+                }));
+            }
+        }
+        Ok(json!({
+            "function": function,
+            "environment": env,
+            "active": active,
+            "deployment": deployment,
+            "step": live.as_ref().map(|l| json!({
+                "index": l.step, "of": l.of, "weight": l.weight, "started_at": l.started_at,
+                "next_at": l.next_at, "phase": l.phase,
+            })),
+            "weights": weights,
+            "versions": versions,
+            "gates": live.and_then(|l| l.evaluation),
+        }))
+    }
+
+    /// After a restart: every deployment that was in progress is resumed
+    /// from the step it had reached (its clock restarts, its telemetry is
+    /// new), or rolled back when its candidate cannot serve.
+    pub async fn resume_rollouts(self: &Arc<Self>) -> ApiResult<()> {
+        for d in self.state.active_deployments().await? {
+            let plan: Option<Plan> = d.plan.clone().and_then(|p| serde_json::from_value(p).ok());
+            let table = self.gateway.table();
+            let route = table.get(&d.environment, &d.function);
+            let serves = |v: Option<u64>| {
+                route.is_some_and(|r| r.backends.iter().any(|b| Some(b.version) == v))
+            };
+            let Some(plan) = plan else {
+                tracing::error!(
+                    deployment = d.id,
+                    "active deployment without a readable plan"
+                );
+                continue;
+            };
+            if !serves(d.candidate) || !serves(d.baseline) {
+                let _guard = self.deploy_lock.lock().await;
+                let ending = Ending {
+                    state: "rolled_back",
+                    event: "rolled_back",
+                    weights: plan.rollback_target.clone(),
+                    detail: json!({"reason": "after a restart a version of the deployment could not be loaded", "gate": null}),
+                    actor: "seal".into(),
+                };
+                if let Err(e) = self.finish_locked(&d, &plan, ending).await {
+                    tracing::error!(deployment = d.id, error = %e.message, "cannot roll back after restart");
+                }
+                continue;
+            }
+            self.state
+                .record_event(d.id, "resumed", &json!({"step": d.step, "state": d.state}))
+                .await?;
+            tracing::info!(
+                deployment = d.id,
+                step = d.step,
+                "deployment resumed after restart"
+            );
+            self.spawn_driver(d, plan);
+        }
+        Ok(())
+    }
+
+    fn spawn_driver(self: &Arc<Self>, d: DeploymentRecord, plan: Plan) {
+        let (tx, rx) = mpsc::channel(8);
+        if let Ok(mut m) = self.rollouts.drivers.lock() {
+            m.insert(d.id, tx);
+        }
+        let control = self.clone();
+        tokio::spawn(async move {
+            let id = d.id;
+            let mut driver = Driver {
+                control: control.clone(),
+                plan,
+                rx,
+                deployment: d,
+            };
+            if let Err(e) = driver.run().await {
+                tracing::error!(deployment = id, error = %e.message, "deployment driver failed; it resumes on the next start");
+            }
+            if let Ok(mut m) = control.rollouts.drivers.lock() {
+                m.remove(&id);
+            }
+            if let Ok(mut m) = control.rollouts.live.lock() {
+                m.remove(&id);
+            }
+        });
+    }
+
+    /// Swaps one route into the gateway's table, carrying the others over.
+    /// The caller holds `deploy_lock`.
+    fn swap_route(&self, route: Route) {
+        let previous = self.gateway.table();
+        let mut routes: Vec<Route> = previous
+            .routes()
+            .filter(|r| !(r.environment == route.environment && r.function == route.function))
+            .map(|r| (**r).clone())
+            .collect();
+        routes.push(route);
+        let table = RouteTable::new(routes, &previous);
+        self.gateway.publish(table);
+    }
+
+    /// Re-weights the live route of a deployment (both versions are loaded
+    /// in it for the deployment's whole life). The caller holds the lock.
+    fn reweigh_locked(
+        &self,
+        plan: &Plan,
+        weights: &[WeightedVersion],
+        finished: bool,
+    ) -> ApiResult<()> {
+        let table = self.gateway.table();
+        let route = table
+            .get(&plan.environment, &plan.function)
+            .ok_or_else(|| ApiError::internal("the deployment's route is not in the table"))?;
+        let mut backends = Vec::new();
+        for w in weights {
+            let b = route
+                .backends
+                .iter()
+                .find(|b| b.version == w.version)
+                .ok_or_else(|| {
+                    ApiError::internal(format!("version {} is not loaded in the route", w.version))
+                })?;
+            backends.push(Arc::new(b.with_weight(w.weight)));
+        }
+        self.swap_route(route_for(plan, backends, finished));
+        Ok(())
+    }
+
+    /// Records a transition, then applies its weights.
+    async fn transition_locked(
+        &self,
+        d: &DeploymentRecord,
+        plan: &Plan,
+        t: Transition<'_>,
+    ) -> ApiResult<DeploymentRecord> {
+        let weights = t.weights.map(<[WeightedVersion]>::to_vec);
+        let finished = t.finished;
+        let record = self.state.transition(d.id, t).await?;
+        if let Some(w) = weights {
+            self.reweigh_locked(plan, &w, finished)?;
+        } else if finished {
+            self.reweigh_locked(plan, &record.to_weights, true)?;
+        }
+        Ok(record)
+    }
+
+    async fn finish_locked(
+        &self,
+        d: &DeploymentRecord,
+        plan: &Plan,
+        ending: Ending,
+    ) -> ApiResult<DeploymentRecord> {
+        let started = Instant::now();
+        let record = self
+            .transition_locked(
+                d,
+                plan,
+                Transition {
+                    state: ending.state,
+                    step: None,
+                    weights: Some(&ending.weights),
+                    finished: true,
+                    event: ending.event,
+                    detail: ending.detail.clone(),
+                    audit: Some(("deploy", ending.state, &ending.actor)),
+                },
+            )
+            .await?;
+        tracing::info!(deployment = d.id, function = %plan.function, environment = %plan.environment,
+            state = ending.state, swap_us = started.elapsed().as_micros() as u64, "deployment ended");
+        self.notify(plan, d.id, ending.event, ending.detail);
+        Ok(record)
+    }
+
+    /// Fires a webhook for a deployment event, off the driver's path, with
+    /// retries and exponential backoff.
+    fn notify(&self, plan: &Plan, id: u64, event: &str, detail: Value) {
+        let Some(url) = plan.notify.clone() else {
+            return;
+        };
+        let body = json!({
+            "deployment": id, "function": plan.function, "environment": plan.environment,
+            "strategy": plan.strategy.as_str(), "candidate": plan.candidate.version,
+            "baseline": plan.baseline.version, "event": event, "detail": detail,
+            "at": seal_state::now_ms(),
+        });
+        let http = self.http.clone();
+        tokio::spawn(async move {
+            let mut delay = Duration::from_millis(200);
+            for attempt in 1..=5 {
+                match http.post(&url).json(&body).send().await {
+                    Ok(r) if r.status().is_success() => return,
+                    Ok(r) => tracing::warn!(
+                        url,
+                        attempt,
+                        status = r.status().as_u16(),
+                        "notification refused"
+                    ),
+                    Err(e) => tracing::warn!(url, attempt, error = %e, "notification failed"),
+                }
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            tracing::error!(
+                url,
+                deployment = id,
+                "notification dropped after 5 attempts"
+            );
+        });
+    }
+
+    /// Sends one hook request to the candidate through the gateway (real
+    /// HTTP on the gateway's socket, `seal-version` naming the candidate).
+    async fn run_hook(&self, plan: &Plan, hook: &Hook) -> (bool, Value) {
+        let Some(addr) = self.gateway_addr() else {
+            return (false, json!({"error": "gateway address unknown"}));
+        };
+        let url = format!("http://{addr}{}", hook.request.path);
+        let method = reqwest::Method::from_bytes(hook.request.method.as_bytes())
+            .unwrap_or(reqwest::Method::GET);
+        let mut req = self
+            .http
+            .request(method, &url)
+            .header(
+                "host",
+                format!("{}.{}.localhost", plan.function, plan.environment),
+            )
+            .header("seal-version", plan.candidate.version.to_string())
+            .timeout(Duration::from_secs(30));
+        for (k, v) in &hook.request.headers {
+            req = req.header(k, v);
+        }
+        if let Some(body) = &hook.request.body {
+            req = req.body(body.clone());
+        }
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => return (false, json!({"error": e.to_string()})),
+        };
+        let status = resp.status().as_u16();
+        let served_by = resp
+            .headers()
+            .get("seal-version")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = resp.text().await.unwrap_or_default();
+        let mut problems = Vec::new();
+        if served_by.as_deref() != Some(&plan.candidate.version.to_string()) {
+            problems.push(format!(
+                "served by version {served_by:?}, not the candidate"
+            ));
+        }
+        if let Some(want) = hook.expect.status
+            && want != status
+        {
+            problems.push(format!("status {status}, expected {want}"));
+        }
+        if let Some(want) = &hook.expect.body_contains
+            && !body.contains(want.as_str())
+        {
+            problems.push(format!("body does not contain {want:?}"));
+        }
+        let excerpt: String = body.chars().take(200).collect();
+        (
+            problems.is_empty(),
+            json!({"status": status, "body": excerpt, "problems": problems}),
+        )
+    }
+}
+
+impl Rollouts {
+    /// Records a snapshot of every version in the table (called every
+    /// second by the sampler task) and forgets versions no longer routed.
+    pub fn sample(&self, table: &RouteTable) {
+        let now = Instant::now();
+        let Ok(mut h) = self.history.lock() else {
+            return;
+        };
+        let mut seen = std::collections::HashSet::new();
+        for r in table.routes() {
+            for b in &r.backends {
+                let key = (r.environment.clone(), r.function.clone(), b.version);
+                let q = h.entry(key.clone()).or_default();
+                q.push_back((now, b.stats.snapshot()));
+                while q.front().is_some_and(|(t, _)| {
+                    now.duration_since(*t) > STATUS_WINDOW + Duration::from_secs(1)
+                }) {
+                    q.pop_front();
+                }
+                seen.insert(key);
+            }
+        }
+        h.retain(|k, _| seen.contains(k));
+    }
+
+    /// The last ~10 s of a version: now minus the oldest kept snapshot.
+    fn window(&self, env: &str, function: &str, b: &Backend) -> (Snapshot, f64) {
+        let now = b.stats.snapshot();
+        let oldest = self.history.lock().ok().and_then(|h| {
+            h.get(&(env.to_owned(), function.to_owned(), b.version))
+                .and_then(|q| q.front().cloned())
+        });
+        match oldest {
+            Some((t, s)) => (now.since(&s), t.elapsed().as_secs_f64()),
+            None => (Snapshot::default(), 0.0),
+        }
+    }
+}
+
+fn route_for(plan: &Plan, backends: Vec<Arc<Backend>>, finished: bool) -> Route {
+    let sticky = if finished {
+        None
+    } else {
+        plan.sticky_header
+            .as_deref()
+            .and_then(|h| axum::http::HeaderName::from_bytes(h.as_bytes()).ok())
+    };
+    Route::from_arcs(&plan.environment, &plan.function, backends)
+        .with_sticky_header(sticky)
+        .with_preview((!finished).then_some(plan.candidate.version))
+}
+
+fn busy_error(d: &DeploymentRecord) -> ApiError {
+    seal_state::StateError::Busy {
+        id: d.id,
+        function: d.function.clone(),
+        environment: d.environment.clone(),
+    }
+    .into()
+}
+
+/// The task that walks one deployment through its plan.
+struct Driver {
+    control: Arc<Control>,
+    plan: Plan,
+    rx: mpsc::Receiver<Envelope>,
+    deployment: DeploymentRecord,
+}
+
+/// Why a phase stopped early.
+enum Stop {
+    /// The deployment ended (rolled back, aborted).
+    Ended,
+    /// A person promoted it: the switch is done, the promotion's tail
+    /// (post-traffic hooks, scale-down delay) remains.
+    Promoted,
+}
+
+impl Driver {
+    async fn run(&mut self) -> ApiResult<()> {
+        // Steps applied so far; the last plan step always has weight 100.
+        let mut step = self.deployment.step as usize;
+        if step == 0 && self.run_hooks(HookPhase::PreTraffic).await?.is_some() {
+            return Ok(());
+        }
+        loop {
+            if step >= 1 && self.plan.steps[step - 1].weight == 100 {
+                // Restarted after the switch: finish the promotion.
+                return self.promote("seal".into()).await;
+            }
+            if step >= 1 && self.deployment.state != "paused" {
+                match self.judge_step(step).await? {
+                    Some(Stop::Ended) => return Ok(()),
+                    Some(Stop::Promoted) => return self.finish_promotion().await,
+                    None => {}
+                }
+            }
+            if self.plan.steps[step].weight == 100 {
+                if self.plan.approve_before_promote {
+                    if self.deployment.state != "paused" {
+                        self.pause().await?;
+                    }
+                    match self.wait_for_approval().await? {
+                        Some(Stop::Ended) => return Ok(()),
+                        Some(Stop::Promoted) => return self.finish_promotion().await,
+                        None => {}
+                    }
+                }
+                return self.promote("seal".into()).await;
+            }
+            self.apply_step(step + 1).await?;
+            step += 1;
+        }
+    }
+
+    fn set_live(
+        &self,
+        step: usize,
+        started: i64,
+        next_at: Option<i64>,
+        eval: Option<Evaluation>,
+        phase: &str,
+    ) {
+        let weight = step
+            .checked_sub(1)
+            .and_then(|i| self.plan.steps.get(i))
+            .map_or(0, |s| s.weight);
+        if let Ok(mut m) = self.control.rollouts.live.lock() {
+            m.insert(
+                self.deployment.id,
+                LiveView {
+                    step,
+                    of: self.plan.steps.len(),
+                    weight,
+                    started_at: started,
+                    next_at,
+                    evaluation: eval,
+                    phase: phase.to_owned(),
+                },
+            );
+        }
+    }
+
+    async fn apply_step(&mut self, step: usize) -> ApiResult<()> {
+        let weight = self.plan.steps[step - 1].weight;
+        let weights = self.plan.weights_at(weight);
+        let _guard = self.control.deploy_lock.lock().await;
+        self.deployment = self
+            .control
+            .transition_locked(
+                &self.deployment,
+                &self.plan,
+                Transition {
+                    state: "progressing",
+                    step: Some(step as u32),
+                    weights: Some(&weights),
+                    finished: false,
+                    event: "step",
+                    detail: json!({"step": step, "weight": weight, "weights": weights}),
+                    audit: None,
+                },
+            )
+            .await?;
+        drop(_guard);
+        tracing::info!(
+            deployment = self.deployment.id,
+            step,
+            weight,
+            "deployment step"
+        );
+        self.control.notify(
+            &self.plan,
+            self.deployment.id,
+            "step",
+            json!({"step": step, "weight": weight, "weights": weights}),
+        );
+        Ok(())
+    }
+
+    /// Watches one step until its gates pass (→ `None`), or the deployment
+    /// ends (rolled back by a gate, the deadline, or a person).
+    async fn judge_step(&mut self, step: usize) -> ApiResult<Option<Stop>> {
+        let spec = self.plan.steps[step - 1].clone();
+        let interval = Duration::from_millis(spec.duration_ms);
+        let deadline = Duration::from_millis(self.plan.progress_deadline_ms);
+        let gates = gates::Gates {
+            min_requests: Some(self.plan.min_requests),
+            ..self.plan.gate_settings.clone()
+        };
+        let (c0, b0) = self.snapshots();
+        let started = Instant::now();
+        let started_ms = seal_state::now_ms();
+        let mut next_record = interval;
+        loop {
+            let elapsed = started.elapsed();
+            let next_at = started_ms + next_record.as_millis() as i64;
+            tokio::select! {
+                cmd = self.rx.recv() => {
+                    if let Some(stop) = self.on_command(cmd).await? {
+                        return Ok(Some(stop));
+                    }
+                    continue;
+                }
+                () = tokio::time::sleep(TICK) => {}
+            }
+            let (c, b) = self.snapshots();
+            let cw = c.since(&c0);
+            let bw = b.since(&b0);
+            let baseline_weight = 100 - spec.weight;
+            let baseline_window = (baseline_weight > 0 && bw.requests > 0).then_some(&bw);
+            let step_over = elapsed >= interval;
+            let eval = gates.evaluate(&cw, baseline_window, step_over);
+            self.set_live(
+                step,
+                started_ms,
+                Some(next_at),
+                Some(eval.clone()),
+                "judging",
+            );
+            match eval.verdict {
+                Verdict::Fail => {
+                    self.record_gate(step, &eval).await?;
+                    let failed = eval.failed().cloned();
+                    let reason = failed.as_ref().map_or_else(
+                        || "a gate failed".to_owned(),
+                        |g| {
+                            format!(
+                                "gate {} failed: measured {}, threshold {}",
+                                g.gate, g.measured, g.threshold
+                            )
+                        },
+                    );
+                    self.end_rolled_back(reason, failed.map(|g| json!(g)))
+                        .await?;
+                    return Ok(Some(Stop::Ended));
+                }
+                Verdict::Pass if step_over => {
+                    self.record_gate(step, &eval).await?;
+                    return Ok(None);
+                }
+                _ if elapsed >= next_record => {
+                    // End of the interval without a pass: record it, then
+                    // wait (or fail) until the progress deadline.
+                    self.record_gate(step, &eval).await?;
+                    next_record += interval;
+                    if self.plan.on_inconclusive == OnInconclusive::Fail {
+                        self.end_rolled_back(
+                            "gates inconclusive at the end of the step (--on-inconclusive fail)"
+                                .into(),
+                            None,
+                        )
+                        .await?;
+                        return Ok(Some(Stop::Ended));
+                    }
+                }
+                _ => {}
+            }
+            if elapsed >= deadline {
+                self.record_gate(step, &eval).await?;
+                self.end_rolled_back(
+                    format!(
+                        "progress deadline: step {step} was still inconclusive after {}",
+                        humantime::format_duration(Duration::from_secs(deadline.as_secs()))
+                    ),
+                    None,
+                )
+                .await?;
+                return Ok(Some(Stop::Ended));
+            }
+        }
+    }
+
+    fn snapshots(&self) -> (Snapshot, Snapshot) {
+        let table = self.control.gateway.table();
+        let route = table.get(&self.plan.environment, &self.plan.function);
+        let snap = |v: u64| {
+            route
+                .and_then(|r| r.backends.iter().find(|b| b.version == v))
+                .map(|b| b.stats.snapshot())
+                .unwrap_or_default()
+        };
+        (
+            snap(self.plan.candidate.version),
+            snap(self.plan.baseline.version),
+        )
+    }
+
+    async fn record_gate(&self, step: usize, eval: &Evaluation) -> ApiResult<()> {
+        self.control
+            .state
+            .record_event(
+                self.deployment.id,
+                "gate",
+                &json!({"step": step, "verdict": eval.verdict, "results": eval.results}),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn end_rolled_back(&mut self, reason: String, gate: Option<Value>) -> ApiResult<()> {
+        self.end(Ending {
+            state: "rolled_back",
+            event: "rolled_back",
+            weights: self.plan.rollback_target.clone(),
+            detail: json!({"reason": reason, "gate": gate, "weights": self.plan.rollback_target}),
+            actor: "seal".into(),
+        })
+        .await
+    }
+
+    async fn end(&mut self, ending: Ending) -> ApiResult<()> {
+        let _guard = self.control.deploy_lock.lock().await;
+        self.deployment = self
+            .control
+            .finish_locked(&self.deployment, &self.plan, ending)
+            .await?;
+        Ok(())
+    }
+
+    /// Handles a command; `Some` when it ended the deployment.
+    async fn on_command(&mut self, cmd: Option<Envelope>) -> ApiResult<Option<Stop>> {
+        let Some((cmd, actor, reply)) = cmd else {
+            return Ok(None);
+        };
+        match cmd {
+            Command::Abort => {
+                let result = self
+                    .end(Ending {
+                        state: "aborted",
+                        event: "aborted",
+                        weights: self.plan.rollback_target.clone(),
+                        detail: json!({"reason": format!("aborted by {actor}"), "weights": self.plan.rollback_target}),
+                        actor,
+                    })
+                    .await;
+                let _ = reply.send(result.map(|()| self.deployment.clone()));
+                Ok(Some(Stop::Ended))
+            }
+            Command::Promote => {
+                let result = self.switch_to_candidate(&actor).await;
+                let failed = result.is_err();
+                let _ = reply.send(result.map(|()| self.deployment.clone()));
+                Ok(Some(if failed { Stop::Ended } else { Stop::Promoted }))
+            }
+            Command::Approve => {
+                let _ = reply.send(Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "not_paused",
+                    format!(
+                        "deployment {} is not waiting for approval",
+                        self.deployment.id
+                    ),
+                )));
+                Ok(None)
+            }
+        }
+    }
+
+    async fn pause(&mut self) -> ApiResult<Option<Stop>> {
+        let _guard = self.control.deploy_lock.lock().await;
+        self.deployment = self
+            .control
+            .transition_locked(
+                &self.deployment,
+                &self.plan,
+                Transition {
+                    state: "paused",
+                    step: None,
+                    weights: None,
+                    finished: false,
+                    event: "paused",
+                    detail: json!({"reason": "waiting for `seal approve` before promotion"}),
+                    audit: None,
+                },
+            )
+            .await?;
+        drop(_guard);
+        self.control.notify(
+            &self.plan,
+            self.deployment.id,
+            "paused",
+            json!({"step": self.deployment.step}),
+        );
+        Ok(None)
+    }
+
+    async fn wait_for_approval(&mut self) -> ApiResult<Option<Stop>> {
+        let step = self.deployment.step as usize;
+        self.set_live(
+            step,
+            seal_state::now_ms(),
+            None,
+            None,
+            "waiting for approval",
+        );
+        loop {
+            let Some((cmd, actor, reply)) = self.rx.recv().await else {
+                return Ok(Some(Stop::Ended));
+            };
+            if cmd == Command::Approve {
+                let _guard = self.control.deploy_lock.lock().await;
+                let result = self
+                    .control
+                    .transition_locked(
+                        &self.deployment,
+                        &self.plan,
+                        Transition {
+                            state: "progressing",
+                            step: None,
+                            weights: None,
+                            finished: false,
+                            event: "approved",
+                            detail: json!({"by": actor}),
+                            audit: Some(("approve", "ok", &actor)),
+                        },
+                    )
+                    .await;
+                drop(_guard);
+                match result {
+                    Ok(d) => {
+                        self.deployment = d.clone();
+                        let _ = reply.send(Ok(d));
+                        return Ok(None);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e.clone()));
+                        return Err(e);
+                    }
+                }
+            }
+            if let Some(stop) = self.on_command(Some((cmd, actor, reply))).await? {
+                return Ok(Some(stop));
+            }
+        }
+    }
+
+    /// The candidate takes all traffic (the baseline stays loaded at 0%),
+    /// post-traffic hooks run, blue/green watches the scale-down delay, and
+    /// the deployment succeeds with the candidate alone in the route.
+    async fn promote(&mut self, actor: String) -> ApiResult<()> {
+        self.switch_to_candidate(&actor).await?;
+        self.finish_promotion().await
+    }
+
+    async fn switch_to_candidate(&mut self, actor: &str) -> ApiResult<()> {
+        let last = self.plan.steps.len();
+        let weights = self.plan.weights_at(100);
+        let _guard = self.control.deploy_lock.lock().await;
+        self.deployment = self
+            .control
+            .transition_locked(
+                &self.deployment,
+                &self.plan,
+                Transition {
+                    state: "progressing",
+                    step: Some(last as u32),
+                    weights: Some(&weights),
+                    finished: false,
+                    event: "promoted",
+                    detail: json!({"step": last, "weights": weights, "by": actor}),
+                    audit: Some(("promote", "ok", actor)),
+                },
+            )
+            .await?;
+        drop(_guard);
+        self.control.notify(
+            &self.plan,
+            self.deployment.id,
+            "promoted",
+            json!({"weights": weights, "by": actor}),
+        );
+        Ok(())
+    }
+
+    async fn finish_promotion(&mut self) -> ApiResult<()> {
+        if self.run_hooks(HookPhase::PostTraffic).await?.is_some() {
+            return Ok(());
+        }
+        if let Some(delay) = self.plan.scale_down_delay_ms
+            && self
+                .watch_after_switch(Duration::from_millis(delay))
+                .await?
+                .is_some()
+        {
+            return Ok(());
+        }
+        self.end(Ending {
+            state: "succeeded",
+            event: "succeeded",
+            weights: self.plan.final_weights(),
+            detail: json!({"weights": self.plan.final_weights()}),
+            actor: "seal".into(),
+        })
+        .await
+    }
+
+    /// Blue/green after the switch: the old version stays warm at 0% for
+    /// the scale-down delay, and a certain breach on the absolute gates
+    /// switches back at once.
+    async fn watch_after_switch(&mut self, delay: Duration) -> ApiResult<Option<Stop>> {
+        let gates = gates::Gates {
+            max_error_rate_increase: None,
+            max_latency_increase: None,
+            min_requests: Some(self.plan.min_requests),
+            ..self.plan.gate_settings.clone()
+        };
+        let (c0, _) = self.snapshots();
+        let started = Instant::now();
+        let started_ms = seal_state::now_ms();
+        let step = self.plan.steps.len();
+        while started.elapsed() < delay {
+            tokio::select! {
+                cmd = self.rx.recv() => {
+                    if let Some((Command::Abort, actor, reply)) = cmd {
+                        let result = self
+                            .end(Ending {
+                                state: "aborted",
+                                event: "aborted",
+                                weights: self.plan.rollback_target.clone(),
+                                detail: json!({"reason": format!("aborted by {actor}"), "weights": self.plan.rollback_target}),
+                                actor,
+                            })
+                            .await;
+                        let _ = reply.send(result.map(|()| self.deployment.clone()));
+                        return Ok(Some(Stop::Ended));
+                    } else if let Some((_, _, reply)) = cmd {
+                        let _ = reply.send(Ok(self.deployment.clone()));
+                    }
+                    continue;
+                }
+                () = tokio::time::sleep(TICK) => {}
+            }
+            if gates.is_empty() {
+                continue;
+            }
+            let (c, _) = self.snapshots();
+            let eval = gates.evaluate(&c.since(&c0), None, false);
+            self.set_live(
+                step,
+                started_ms,
+                Some(started_ms + delay.as_millis() as i64),
+                Some(eval.clone()),
+                "scale-down delay",
+            );
+            if eval.verdict == Verdict::Fail {
+                self.record_gate(step, &eval).await?;
+                let failed = eval.failed().cloned();
+                let reason = failed.as_ref().map_or_else(
+                    || "a gate failed after the switch".to_owned(),
+                    |g| {
+                        format!(
+                            "gate {} failed after the switch: measured {}, threshold {}",
+                            g.gate, g.measured, g.threshold
+                        )
+                    },
+                );
+                self.end_rolled_back(reason, failed.map(|g| json!(g)))
+                    .await?;
+                return Ok(Some(Stop::Ended));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Runs the hooks of one phase; a failure ends the deployment
+    /// (aborted before traffic, rolled back after).
+    async fn run_hooks(&mut self, phase: HookPhase) -> ApiResult<Option<Stop>> {
+        let hooks: Vec<Hook> = self
+            .plan
+            .hook_specs
+            .iter()
+            .filter(|h| h.phase == phase)
+            .cloned()
+            .collect();
+        for hook in hooks {
+            self.set_live(
+                self.deployment.step as usize,
+                seal_state::now_ms(),
+                None,
+                None,
+                "hooks",
+            );
+            let (passed, detail) = self.control.run_hook(&self.plan, &hook).await;
+            let phase_name = match phase {
+                HookPhase::PreTraffic => "pre-traffic",
+                HookPhase::PostTraffic => "post-traffic",
+            };
+            self.control
+                .state
+                .record_event(
+                    self.deployment.id,
+                    "hook",
+                    &json!({"name": hook.name, "phase": phase_name, "passed": passed, "detail": detail}),
+                )
+                .await?;
+            if !passed {
+                let reason = format!(
+                    "{phase_name} hook {:?} failed: {}",
+                    hook.name, detail["problems"]
+                );
+                let (state, event) = match phase {
+                    HookPhase::PreTraffic => ("aborted", "aborted"),
+                    HookPhase::PostTraffic => ("rolled_back", "rolled_back"),
+                };
+                self.end(Ending {
+                    state,
+                    event,
+                    weights: self.plan.rollback_target.clone(),
+                    detail: json!({"reason": reason, "hook": hook.name, "result": detail, "weights": self.plan.rollback_target}),
+                    actor: "seal".into(),
+                })
+                .await?;
+                return Ok(Some(Stop::Ended));
+            }
+        }
+        Ok(None)
+    }
+}

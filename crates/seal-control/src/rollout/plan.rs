@@ -1,0 +1,476 @@
+//! What a progressive deployment will do: the settings a user asks for
+//! ([`RolloutSpec`]), checked and expanded into steps ([`Plan`]). The plan
+//! is stored with the deployment, so a restarted server resumes exactly
+//! what was started.
+
+use super::gates::Gates;
+use crate::error::{ApiError, ApiResult};
+use seal_state::WeightedVersion;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    AllAtOnce,
+    Canary,
+    Linear,
+    BlueGreen,
+}
+
+impl Strategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::AllAtOnce => "all-at-once",
+            Strategy::Canary => "canary",
+            Strategy::Linear => "linear",
+            Strategy::BlueGreen => "blue-green",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnInconclusive {
+    #[default]
+    Wait,
+    Fail,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HookPhase {
+    PreTraffic,
+    PostTraffic,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HookRequest {
+    #[serde(default = "default_method")]
+    pub method: String,
+    #[serde(default = "default_path")]
+    pub path: String,
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub body: Option<String>,
+}
+
+fn default_method() -> String {
+    "GET".into()
+}
+
+fn default_path() -> String {
+    "/".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HookExpect {
+    #[serde(default)]
+    pub status: Option<u16>,
+    #[serde(default)]
+    pub body_contains: Option<String>,
+}
+
+/// A synthetic request sent to the candidate through the version header
+/// before it gets traffic (pre-traffic) or after promotion (post-traffic).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hook {
+    pub name: String,
+    #[serde(default = "default_phase")]
+    pub phase: HookPhase,
+    pub request: HookRequest,
+    #[serde(default = "default_expect")]
+    pub expect: HookExpect,
+}
+
+fn default_phase() -> HookPhase {
+    HookPhase::PreTraffic
+}
+
+fn default_expect() -> HookExpect {
+    HookExpect {
+        status: Some(200),
+        body_contains: None,
+    }
+}
+
+/// The rollout settings of a deploy request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutSpec {
+    pub strategy: Strategy,
+    #[serde(default)]
+    pub steps: Option<Vec<u32>>,
+    #[serde(default)]
+    pub increment: Option<u32>,
+    #[serde(default)]
+    pub interval_ms: Option<u64>,
+    #[serde(default)]
+    pub gates: Gates,
+    #[serde(default)]
+    pub on_inconclusive: OnInconclusive,
+    #[serde(default)]
+    pub progress_deadline_ms: Option<u64>,
+    #[serde(default)]
+    pub approve_before_promote: bool,
+    #[serde(default)]
+    pub scale_down_delay_ms: Option<u64>,
+    #[serde(default)]
+    pub sticky_header: Option<String>,
+    #[serde(default)]
+    pub notify: Option<String>,
+    #[serde(default)]
+    pub hooks: Vec<Hook>,
+}
+
+pub const DEFAULT_INTERVAL_MS: u64 = 60_000;
+pub const DEFAULT_PROGRESS_DEADLINE_MS: u64 = 600_000;
+pub const DEFAULT_SCALE_DOWN_DELAY_MS: u64 = 30_000;
+pub const DEFAULT_MIN_REQUESTS: u64 = 20;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VersionRef {
+    pub version: u64,
+    pub digest: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanStep {
+    /// 1-based.
+    pub index: usize,
+    /// The candidate's weight during this step.
+    pub weight: u32,
+    /// How long the step is judged (0 for the final, promoting step).
+    pub duration_ms: u64,
+    pub gated: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GateLine {
+    pub gate: String,
+    pub threshold: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HookLine {
+    pub name: String,
+    pub phase: HookPhase,
+}
+
+/// A checked, expanded rollout: stored with the deployment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Plan {
+    pub function: String,
+    pub environment: String,
+    pub strategy: Strategy,
+    pub baseline: VersionRef,
+    pub candidate: VersionRef,
+    pub current_route: Vec<WeightedVersion>,
+    pub steps: Vec<PlanStep>,
+    pub gates: Vec<GateLine>,
+    pub gate_settings: Gates,
+    pub min_requests: u64,
+    pub on_inconclusive: OnInconclusive,
+    pub progress_deadline_ms: u64,
+    pub approve_before_promote: bool,
+    pub scale_down_delay_ms: Option<u64>,
+    pub sticky_header: Option<String>,
+    pub notify: Option<String>,
+    pub hooks: Vec<HookLine>,
+    pub hook_specs: Vec<Hook>,
+    pub rollback_target: Vec<WeightedVersion>,
+    /// Longest the deployment can take if every step waits until its
+    /// progress deadline (plus the blue/green scale-down delay).
+    pub worst_case_ms: u64,
+}
+
+impl Plan {
+    /// Route weights with the candidate at `weight` (listed first, which
+    /// sticky assignment relies on) and the baseline at the rest. The
+    /// baseline stays in the route at 0% until the deployment ends, so a
+    /// rollback is a weight change on backends already loaded.
+    pub fn weights_at(&self, weight: u32) -> Vec<WeightedVersion> {
+        vec![
+            WeightedVersion {
+                version: self.candidate.version,
+                weight,
+            },
+            WeightedVersion {
+                version: self.baseline.version,
+                weight: 100 - weight,
+            },
+        ]
+    }
+
+    pub fn final_weights(&self) -> Vec<WeightedVersion> {
+        vec![WeightedVersion {
+            version: self.candidate.version,
+            weight: 100,
+        }]
+    }
+}
+
+fn bad(msg: impl Into<String>) -> ApiError {
+    ApiError::bad_request(msg)
+}
+
+impl RolloutSpec {
+    /// Checks the settings and expands them into a plan.
+    pub fn plan(
+        &self,
+        function: &str,
+        environment: &str,
+        baseline: VersionRef,
+        candidate: VersionRef,
+        current_route: Vec<WeightedVersion>,
+    ) -> ApiResult<Plan> {
+        let interval_ms = self.interval_ms.unwrap_or(DEFAULT_INTERVAL_MS);
+        if interval_ms == 0 {
+            return Err(bad("--interval must be longer than 0"));
+        }
+        let g = &self.gates;
+        for (name, v) in [
+            ("--max-error-rate", g.max_error_rate),
+            ("--max-error-rate-increase", g.max_error_rate_increase),
+        ] {
+            if let Some(v) = v
+                && !(0.0..=1.0).contains(&v)
+            {
+                return Err(bad(format!("{name} must be between 0% and 100%")));
+            }
+        }
+        if let Some(v) = g.max_latency_increase
+            && !(v.is_finite() && v >= 0.0)
+        {
+            return Err(bad("--max-latency-increase must be 0% or more"));
+        }
+        if let Some(l) = g.max_latency {
+            if !(l.quantile > 0.0 && l.quantile < 1.0) {
+                return Err(bad(
+                    "--max-latency quantile must be between p0 and p100, e.g. p99=200ms",
+                ));
+            }
+            if !(l.ms.is_finite() && l.ms > 0.0) {
+                return Err(bad(
+                    "--max-latency must be a duration above 0, e.g. p99=200ms",
+                ));
+            }
+        }
+        let weights: Vec<u32> = match self.strategy {
+            Strategy::AllAtOnce => {
+                return Err(bad(
+                    "all-at-once has no steps: choose --strategy canary, linear or blue-green",
+                ));
+            }
+            Strategy::Canary => {
+                if self.increment.is_some() {
+                    return Err(bad(
+                        "--increment is for --strategy linear; canary takes --steps",
+                    ));
+                }
+                let mut steps = self.steps.clone().unwrap_or_else(|| vec![10, 50, 100]);
+                if steps.is_empty() {
+                    return Err(bad("--steps needs at least one weight, e.g. 10,50,100"));
+                }
+                if steps.last() != Some(&100) {
+                    steps.push(100);
+                }
+                steps
+            }
+            Strategy::Linear => {
+                if self.steps.is_some() {
+                    return Err(bad(
+                        "--steps is for --strategy canary; linear takes --increment",
+                    ));
+                }
+                let inc = self.increment.unwrap_or(20);
+                if inc == 0 || inc > 100 {
+                    return Err(bad("--increment must be between 1 and 100"));
+                }
+                let mut steps: Vec<u32> = (1..).map(|i| i * inc).take_while(|w| *w < 100).collect();
+                steps.push(100);
+                steps
+            }
+            Strategy::BlueGreen => {
+                if self.steps.is_some() || self.increment.is_some() {
+                    return Err(bad(
+                        "blue-green has no steps: the candidate is previewed at 0%, then gets 100%",
+                    ));
+                }
+                vec![0, 100]
+            }
+        };
+        let mut last = None;
+        for &w in &weights {
+            if w > 100 || (w == 0 && self.strategy != Strategy::BlueGreen) {
+                return Err(bad(format!(
+                    "step weight {w}% is outside 1..100: weights are the candidate's percentage of traffic"
+                )));
+            }
+            if last.is_some_and(|l| w <= l) {
+                return Err(bad(format!(
+                    "steps must increase: {} comes after {}",
+                    w,
+                    last.unwrap_or_default()
+                )));
+            }
+            last = Some(w);
+        }
+        if self.strategy != Strategy::BlueGreen && self.scale_down_delay_ms.is_some() {
+            return Err(bad("--scale-down-delay is for --strategy blue-green"));
+        }
+        if let Some(h) = &self.sticky_header
+            && axum::http::HeaderName::from_bytes(h.as_bytes()).is_err()
+        {
+            return Err(bad(format!(
+                "--sticky-header {h:?} is not a valid header name"
+            )));
+        }
+        if let Some(url) = &self.notify
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(bad(format!("--notify must be an http:// URL, got {url:?}")));
+        }
+        let mut names = std::collections::HashSet::new();
+        for h in &self.hooks {
+            if !names.insert(&h.name) {
+                return Err(bad(format!("two hooks are named {:?}", h.name)));
+            }
+            if !h.request.path.starts_with('/') {
+                return Err(bad(format!(
+                    "hook {:?}: path must start with '/', got {:?}",
+                    h.name, h.request.path
+                )));
+            }
+            if axum::http::Method::from_bytes(h.request.method.as_bytes()).is_err() {
+                return Err(bad(format!(
+                    "hook {:?}: invalid method {:?}",
+                    h.name, h.request.method
+                )));
+            }
+        }
+        let progress_deadline_ms = self
+            .progress_deadline_ms
+            .unwrap_or(DEFAULT_PROGRESS_DEADLINE_MS.max(interval_ms));
+        if progress_deadline_ms < interval_ms {
+            return Err(bad("--progress-deadline must be at least --interval"));
+        }
+        let steps: Vec<PlanStep> = weights
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| PlanStep {
+                index: i + 1,
+                weight: w,
+                duration_ms: if w < 100 { interval_ms } else { 0 },
+                gated: w < 100,
+            })
+            .collect();
+        let scale_down_delay_ms = (self.strategy == Strategy::BlueGreen).then(|| {
+            self.scale_down_delay_ms
+                .unwrap_or(DEFAULT_SCALE_DOWN_DELAY_MS)
+        });
+        let gated = steps.iter().filter(|s| s.gated).count() as u64;
+        let worst_case_ms = gated * progress_deadline_ms + scale_down_delay_ms.unwrap_or(0);
+        Ok(Plan {
+            function: function.to_owned(),
+            environment: environment.to_owned(),
+            strategy: self.strategy,
+            rollback_target: vec![WeightedVersion {
+                version: baseline.version,
+                weight: 100,
+            }],
+            baseline,
+            candidate,
+            current_route,
+            steps,
+            gates: g
+                .describe()
+                .into_iter()
+                .map(|(gate, threshold)| GateLine { gate, threshold })
+                .collect(),
+            gate_settings: g.clone(),
+            min_requests: g.min_requests.unwrap_or(DEFAULT_MIN_REQUESTS),
+            on_inconclusive: self.on_inconclusive,
+            progress_deadline_ms,
+            approve_before_promote: self.approve_before_promote,
+            scale_down_delay_ms,
+            sticky_header: self.sticky_header.clone(),
+            notify: self.notify.clone(),
+            hooks: self
+                .hooks
+                .iter()
+                .map(|h| HookLine {
+                    name: h.name.clone(),
+                    phase: h.phase,
+                })
+                .collect(),
+            hook_specs: self.hooks.clone(),
+            worst_case_ms,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(json: serde_json::Value) -> RolloutSpec {
+        serde_json::from_value(json).unwrap()
+    }
+
+    fn plan(json: serde_json::Value) -> ApiResult<Plan> {
+        let v = |n| VersionRef {
+            version: n,
+            digest: format!("sha256:{n}"),
+        };
+        spec(json).plan("hello", "production", v(1), v(2), vec![])
+    }
+
+    #[test]
+    fn strategies_expand_into_steps() {
+        let w = |p: Plan| p.steps.iter().map(|s| s.weight).collect::<Vec<_>>();
+        assert_eq!(
+            w(plan(serde_json::json!({"strategy": "canary", "steps": [10, 50]})).unwrap()),
+            [10, 50, 100]
+        );
+        assert_eq!(
+            w(plan(serde_json::json!({"strategy": "linear", "increment": 30})).unwrap()),
+            [30, 60, 90, 100]
+        );
+        let bg = plan(serde_json::json!({"strategy": "blue-green", "interval_ms": 1000})).unwrap();
+        assert_eq!(w(bg.clone()), [0, 100]);
+        assert_eq!(bg.scale_down_delay_ms, Some(DEFAULT_SCALE_DOWN_DELAY_MS));
+        let p = plan(serde_json::json!({"strategy": "canary", "interval_ms": 30000, "progress_deadline_ms": 60000})).unwrap();
+        assert_eq!(p.worst_case_ms, 2 * 60000);
+        assert_eq!(p.weights_at(10)[0].version, 2, "candidate first");
+    }
+
+    #[test]
+    fn bad_settings_are_refused_with_the_reason() {
+        let err = |j| plan(j).unwrap_err().message;
+        assert!(
+            err(serde_json::json!({"strategy": "canary", "steps": [50, 10]})).contains("increase")
+        );
+        assert!(
+            err(serde_json::json!({"strategy": "canary", "steps": [0, 50]})).contains("outside")
+        );
+        assert!(err(serde_json::json!({"strategy": "canary", "steps": [150]})).contains("outside"));
+        assert!(
+            err(serde_json::json!({"strategy": "linear", "increment": 0})).contains("increment")
+        );
+        assert!(
+            err(serde_json::json!({"strategy": "canary", "interval_ms": 0})).contains("interval")
+        );
+        assert!(err(serde_json::json!({"strategy": "all-at-once"})).contains("no steps"));
+        assert!(
+            err(serde_json::json!({"strategy": "canary", "gates": {"max_latency": {"quantile": 1.5, "ms": 10}}}))
+                .contains("quantile")
+        );
+        assert!(
+            err(serde_json::json!({"strategy": "canary", "notify": "ftp://x"})).contains("notify")
+        );
+    }
+}
