@@ -51,17 +51,42 @@ enum Command {
     Server(commands::server::ServerArgs),
     /// Build (if a project directory), seal and upload a component as a new version.
     Publish(commands::publish::PublishArgs),
-    /// Send all traffic of an environment to a version (all-at-once).
+    /// Move the traffic of an environment to a version: at once, or progressively.
+    ///
+    /// all-at-once (the default) switches the route in one recorded
+    /// deployment. canary (--steps), linear (--increment) and blue-green move
+    /// traffic in steps of --interval, judge the candidate by its gates at
+    /// each step, and roll back on their own when a gate fails; only one
+    /// deployment of a route runs at a time.
+    ///
+    /// Gates are absolute limits on the candidate (--max-error-rate,
+    /// --max-latency) or limits relative to the baseline measured in the same
+    /// window (--max-error-rate-increase, --max-latency-increase), and a
+    /// breach that is statistically certain rolls back at once. With too
+    /// little traffic a verdict is "inconclusive": the step waits for more
+    /// (or fails, with --on-inconclusive fail) until --progress-deadline.
+    #[command(after_long_help = DEPLOY_EXAMPLES)]
     Deploy(commands::deploy::DeployArgs),
     /// Return an environment to the version that served before (or --to N).
+    ///
+    /// Refused while a progressive deployment is active: use `seal abort ID`.
     Rollback(commands::deploy::RollbackArgs),
+    /// Follow progressive deployments.
+    #[command(subcommand)]
+    Rollout(commands::rollout::RolloutCommand),
+    /// Let a paused deployment (--approve-before-promote) go on.
+    Approve(commands::rollout::DeploymentId),
+    /// Skip the remaining steps and gates: send all traffic to the candidate now.
+    Promote(commands::rollout::DeploymentId),
+    /// Stop a progressive deployment: all traffic back to the baseline.
+    Abort(commands::rollout::DeploymentId),
     /// List functions and where they are deployed.
     Functions,
     /// List the versions of a function.
     Versions(commands::query::FunctionArg),
     /// Show what serves a function in each environment, with live counters.
     Status(commands::query::FunctionArg),
-    /// List the deployments of a function, newest first.
+    /// List the deployments of a function, newest first (or `show ID`).
     Deployments(commands::query::DeploymentsArgs),
     /// Show one deployment and its events.
     Deployment(commands::query::DeploymentArg),
@@ -73,6 +98,17 @@ enum Command {
     #[command(subcommand)]
     Env(commands::query::EnvCommand),
 }
+
+const DEPLOY_EXAMPLES: &str = "\
+Examples:
+  seal deploy hello 2                      # all at once
+  seal deploy hello 2 -e production --strategy canary --steps 10,50,100 \\
+      --interval 30s --max-error-rate 1% --max-latency p99=200ms \\
+      --max-error-rate-increase 0.5% --min-requests 50 --progress-deadline 10m
+  seal deploy hello 2 --strategy canary --steps 10,50 --plan   # show the plan, change nothing
+  seal deploy hello 2 --strategy linear --increment 20 --interval 1m --wait
+  seal rollout status hello -e production --watch
+  seal approve 7    seal promote 7    seal abort 7";
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -104,6 +140,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Publish(args) => commands::publish::run(args, &client()?, out).await,
         Command::Deploy(args) => commands::deploy::deploy(args, &client()?, out).await,
         Command::Rollback(args) => commands::deploy::rollback(args, &client()?, out).await,
+        Command::Rollout(commands::rollout::RolloutCommand::Status(args)) => {
+            commands::rollout::status(args, &client()?, out).await
+        }
+        Command::Approve(args) => {
+            commands::rollout::act(commands::rollout::Action::Approve, args, &client()?, out).await
+        }
+        Command::Promote(args) => {
+            commands::rollout::act(commands::rollout::Action::Promote, args, &client()?, out).await
+        }
+        Command::Abort(args) => {
+            commands::rollout::act(commands::rollout::Action::Abort, args, &client()?, out).await
+        }
         Command::Functions => commands::query::functions(&client()?, out).await,
         Command::Versions(args) => commands::query::versions(args, &client()?, out).await,
         Command::Status(args) => commands::query::status(args, &client()?, out).await,
@@ -121,5 +169,45 @@ mod tests {
     fn verify_cli() {
         use clap::CommandFactory;
         super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn deployments_lists_or_shows() {
+        use clap::Parser;
+        let parse =
+            |argv: &[&str]| super::Cli::try_parse_from(argv).map(|c| format!("{:?}", c.command));
+        let list = parse(&["seal", "deployments", "hello", "-e", "production"]).expect("list");
+        assert!(
+            list.contains("function: Some(\"hello\")") && list.contains("production"),
+            "{list}"
+        );
+        let show = parse(&["seal", "deployments", "show", "7"]).expect("show");
+        assert!(show.contains("Show(DeploymentArg { id: 7 })"), "{show}");
+        let named_show =
+            parse(&["seal", "deployments", "--", "show"]).expect("a function named show");
+        assert!(
+            named_show.contains("function: Some(\"show\")"),
+            "{named_show}"
+        );
+        assert!(parse(&["seal", "deployments"]).is_err());
+        assert!(parse(&["seal", "deployments", "show"]).is_err());
+        assert!(parse(&["seal", "deployments", "-e", "production", "show", "7"]).is_err());
+        assert!(parse(&["seal", "deployment", "7"]).is_ok());
+        assert!(
+            parse(&[
+                "seal",
+                "rollout",
+                "status",
+                "hello",
+                "-e",
+                "production",
+                "--watch"
+            ])
+            .is_ok()
+        );
+        for verb in ["approve", "promote", "abort"] {
+            assert!(parse(&["seal", verb, "7"]).is_ok());
+            assert!(parse(&["seal", verb, "x"]).is_err());
+        }
     }
 }

@@ -74,3 +74,53 @@ pub fn s(v: &Value) -> String {
         other => other.to_string(),
     }
 }
+
+/// A fraction as a percentage: `0.01` → `1%`, `0.005` → `0.5%`, `null` → `-`.
+pub fn pct(fraction: &Value) -> String {
+    match fraction.as_f64() {
+        Some(f) => pct_f64(f),
+        None => "-".into(),
+    }
+}
+
+/// `0.01` → `1%`; at most two decimals, never a misleading `0%` for a
+/// nonzero rate.
+pub fn pct_f64(fraction: f64) -> String {
+    let p = fraction * 100.0;
+    if p == 0.0 {
+        return "0%".into();
+    }
+    let text = format!("{p:.2}");
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    if text == "0" || text == "-0" {
+        return "<0.01%".into();
+    }
+    format!("{text}%")
+}
+
+/// Milliseconds for humans: `12.3` → `12 ms`, `1.25` → `1.3 ms`, `null` → `-`.
+pub fn ms(v: &Value) -> String {
+    match v.as_f64() {
+        Some(m) if m < 10.0 => format!("{m:.1} ms"),
+        Some(m) => format!("{m:.0} ms"),
+        None => "-".into(),
+    }
+}
+
+/// A duration in milliseconds, humantime-formatted: `90000` → `1m 30s`,
+/// `null` → `-`.
+pub fn duration_ms(v: &Value) -> String {
+    match v.as_u64() {
+        Some(0) => "0s".into(),
+        Some(ms) => humantime::format_duration(std::time::Duration::from_millis(ms)).to_string(),
+        None => "-".into(),
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -737,6 +737,10 @@ async fn plans_and_bad_rollout_settings_change_nothing() {
             "between",
         ),
         (json!({"strategy": "sideways"}), "sideways"),
+        (
+            json!({"strategy": "all-at-once", "gates": {"max_error_rate": 0.01}}),
+            "--strategy canary",
+        ),
     ] {
         let (st, v) = api_post(
             &s,

@@ -3,4 +3,5 @@
 pub mod deploy;
 pub mod publish;
 pub mod query;
+pub mod rollout;
 pub mod server;

@@ -3,7 +3,8 @@
 use crate::client::Client;
 use crate::output::{OutputFormat, emit, s, table, time, weights};
 use anyhow::bail;
-use clap::Args;
+use clap::{Args, Subcommand};
+use serde_json::Value;
 
 #[derive(Args, Debug)]
 pub struct FunctionArg {
@@ -11,13 +12,25 @@ pub struct FunctionArg {
     function: String,
 }
 
+/// `seal deployments FUNCTION [-e ENV]` lists; `seal deployments show ID`
+/// shows one.
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct DeploymentsArgs {
-    /// Function name.
-    function: String,
+    #[command(subcommand)]
+    command: Option<DeploymentsCommand>,
+    /// Function name (a function named "show" is listed with `seal deployments -- show`).
+    #[arg(required = true)]
+    function: Option<String>,
     /// Only this environment.
     #[arg(long, short = 'e')]
     env: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DeploymentsCommand {
+    /// Show one deployment: every transition, hook and gate evaluation with its numbers.
+    Show(DeploymentArg),
 }
 
 #[derive(Args, Debug)]
@@ -154,7 +167,15 @@ pub async fn deployments(
     client: &Client,
     out: OutputFormat,
 ) -> anyhow::Result<()> {
-    let mut path = format!("/v1/functions/{}/deployments", args.function);
+    let function = match (args.command, args.function) {
+        (Some(DeploymentsCommand::Show(arg)), _) => return deployment(arg, client, out).await,
+        (None, Some(function)) => function,
+        (None, None) => {
+            bail!("which function? `seal deployments FUNCTION` or `seal deployments show ID`")
+        }
+    };
+    super::deploy::check_names(&function, args.env.as_deref())?;
+    let mut path = format!("/v1/functions/{function}/deployments");
     if let Some(env) = &args.env {
         path.push_str(&format!("?environment={env}"));
     }
@@ -169,16 +190,19 @@ pub async fn deployments(
                     s(&d["id"]),
                     s(&d["environment"]),
                     s(&d["kind"]),
+                    s(&d["strategy"]),
+                    s(&d["state"]),
                     weights(&d["from_weights"]),
                     weights(&d["to_weights"]),
-                    s(&d["state"]),
                     s(&d["actor"]),
                     time(&d["created_at"]),
                 ]
             })
             .collect();
         table(
-            &["ID", "ENV", "KIND", "FROM", "TO", "STATE", "BY", "AT"],
+            &[
+                "ID", "ENV", "KIND", "STRATEGY", "STATE", "FROM", "TO", "BY", "AT",
+            ],
             rows,
         );
     });
@@ -191,33 +215,201 @@ pub async fn deployment(
     out: OutputFormat,
 ) -> anyhow::Result<()> {
     let v = client.get(&format!("/v1/deployments/{}", args.id)).await?;
-    emit(out, &v, |v| {
-        let d = &v["deployment"];
-        println!(
-            "deployment {} of {} in {}: {} {} → {} ({}, by {}, {})",
-            d["id"],
-            s(&d["function"]),
-            s(&d["environment"]),
-            s(&d["kind"]),
-            weights(&d["from_weights"]),
-            weights(&d["to_weights"]),
-            s(&d["state"]),
-            s(&d["actor"]),
-            time(&d["created_at"]),
-        );
-        if let Some(reason) = d["reason"].as_str() {
-            println!("reason: {reason}");
-        }
-        for e in v["events"].as_array().into_iter().flatten() {
-            println!(
-                "  {}  {:<16} {}",
-                time(&e["at"]),
-                s(&e["kind"]),
-                e["detail"]
-            );
-        }
-    });
+    emit(out, &v, print_deployment);
     Ok(())
+}
+
+/// Prints a `GET /v1/deployments/{id}` answer: the deployment, then every
+/// event with its numbers.
+pub fn print_deployment(v: &Value) {
+    let d = &v["deployment"];
+    println!(
+        "deployment {} of {} in {}: {} {} → {} ({}, by {}, {})",
+        d["id"],
+        s(&d["function"]),
+        s(&d["environment"]),
+        s(&d["kind"]),
+        weights(&d["from_weights"]),
+        weights(&d["to_weights"]),
+        s(&d["state"]),
+        s(&d["actor"]),
+        time(&d["created_at"]),
+    );
+    if let Some(strategy) = d["strategy"].as_str().filter(|s| *s != "all-at-once") {
+        let steps = d["plan"]["steps"].as_array().map(Vec::len);
+        let step = match (d["step"].as_u64(), steps) {
+            (Some(i), Some(n)) => format!(", step {i}/{n}"),
+            (Some(i), None) => format!(", step {i}"),
+            _ => String::new(),
+        };
+        println!(
+            "strategy: {strategy}, baseline {}, candidate {}{step}",
+            s(&d["baseline"]),
+            s(&d["candidate"]),
+        );
+    }
+    if let Some(reason) = d["reason"].as_str() {
+        println!("reason: {reason}");
+    }
+    if d["finished_at"].as_i64().is_some() {
+        println!("finished: {}", time(&d["finished_at"]));
+    }
+    for e in v["events"].as_array().into_iter().flatten() {
+        print_event(e);
+    }
+}
+
+/// One deployment event as a line, plus one line per gate result for
+/// `gate` and `rolled_back` events.
+pub fn print_event(e: &Value) {
+    for line in event_lines(e) {
+        println!("{line}");
+    }
+}
+
+pub fn event_lines(e: &Value) -> Vec<String> {
+    let kind = e["kind"].as_str().unwrap_or("?");
+    let d = &e["detail"];
+    let mut extra = Vec::new();
+    let summary = match kind {
+        "started" => {
+            let mut parts = Vec::new();
+            if let Some(st) = d["strategy"].as_str() {
+                parts.push(st.to_string());
+            }
+            let to = if d["to"].is_null() {
+                &d["weights"]
+            } else {
+                &d["to"]
+            };
+            if !d["from"].is_null() || !to.is_null() {
+                parts.push(format!("{} → {}", weights(&d["from"]), weights(to)));
+            }
+            if !d["baseline"].is_null() || !d["candidate"].is_null() {
+                parts.push(format!(
+                    "(baseline {}, candidate {})",
+                    s(&d["baseline"]),
+                    s(&d["candidate"])
+                ));
+            }
+            if parts.is_empty() {
+                other_detail(d)
+            } else {
+                parts.join(" ")
+            }
+        }
+        "hook" => {
+            let passed = match d["passed"].as_bool() {
+                Some(true) => "passed",
+                Some(false) => "FAILED",
+                None => "?",
+            };
+            let mut line = format!("{} ({}): {passed}", s(&d["name"]), s(&d["phase"]));
+            let inner = &d["detail"];
+            let status = if d["status"].is_null() {
+                &inner["status"]
+            } else {
+                &d["status"]
+            };
+            if !status.is_null() {
+                line.push_str(&format!(", status {}", s(status)));
+            }
+            let why = match inner {
+                Value::String(x) => x.clone(),
+                Value::Object(_) => {
+                    let mut why: Vec<String> = inner["problems"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(s)
+                        .collect();
+                    if let Some(err) = inner["error"].as_str() {
+                        why.push(err.to_owned());
+                    }
+                    why.join("; ")
+                }
+                _ => String::new(),
+            };
+            if !why.is_empty() {
+                line.push_str(&format!(" ({why})"));
+            }
+            line
+        }
+        "step" => format!(
+            "step {} → {}%: {}",
+            s(&d["step"]),
+            s(&d["weight"]),
+            weights(&d["weights"])
+        ),
+        "gate" => {
+            for r in d["results"].as_array().into_iter().flatten() {
+                extra.push(format!("      {}", gate_result(r)));
+            }
+            format!("step {}: {}", s(&d["step"]), s(&d["verdict"]))
+        }
+        "rolled_back" | "aborted" if !d["reason"].is_null() => {
+            // The failed gate is in the reason and in the `gate` event before.
+            let mut line = match d["reason"].as_str() {
+                Some(r) => format!("reason: {r}"),
+                None => "reason: -".to_string(),
+            };
+            if !d["weights"].is_null() {
+                line.push_str(&format!("; now {}", weights(&d["weights"])));
+            }
+            line
+        }
+        "route_switched" => weights(&d["weights"]),
+        _ => other_detail(d),
+    };
+    let mut lines = vec![
+        format!("  {}  {:<14} {summary}", time(&e["at"]), kind)
+            .trim_end()
+            .to_string(),
+    ];
+    lines.extend(extra);
+    lines
+}
+
+/// `error_rate ≤ 1%: measured 100% (12/12) → fail (p=0.0000 …)`.
+pub fn gate_result(r: &Value) -> String {
+    let mut line = format!(
+        "{} {}: measured {} → {}",
+        s(&r["gate"]),
+        s(&r["threshold"]),
+        s(&r["measured"]),
+        s(&r["verdict"])
+    );
+    if let Some(detail) = r["detail"].as_str().filter(|x| !x.is_empty()) {
+        line.push_str(&format!(" ({detail})"));
+    }
+    line
+}
+
+/// A detail object as its reason, then `key=value` pairs (weights
+/// readable); `{}` as nothing.
+fn other_detail(d: &Value) -> String {
+    match d {
+        Value::Object(m) => d["reason"]
+            .as_str()
+            .map(str::to_owned)
+            .into_iter()
+            .chain(m.iter().filter(|(k, _)| *k != "reason").map(|(k, v)| {
+                let text = if k.contains("weights") {
+                    weights(v)
+                } else {
+                    match v {
+                        Value::String(x) => x.clone(),
+                        other => other.to_string(),
+                    }
+                };
+                format!("{k}={text}")
+            }))
+            .collect::<Vec<_>>()
+            .join(" "),
+        Value::Null => String::new(),
+        Value::String(x) => x.clone(),
+        other => other.to_string(),
+    }
 }
 
 pub async fn inspect(args: InspectArgs, client: &Client, out: OutputFormat) -> anyhow::Result<()> {
@@ -345,4 +537,71 @@ pub async fn audit(args: AuditArgs, client: &Client, out: OutputFormat) -> anyho
         );
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn gate_events_show_every_result_with_its_numbers() {
+        let e = json!({"seq": 3, "at": 0, "kind": "gate", "detail": {"step": 1, "verdict": "fail", "results": [
+            {"gate": "error_rate", "threshold": "≤ 1%", "verdict": "fail", "measured": "100% (12/12)", "detail": "p=0.0000"},
+            {"gate": "latency_p99", "threshold": "≤ 200 ms", "verdict": "pass", "measured": "12 ms", "detail": ""}
+        ]}});
+        let lines = event_lines(&e);
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert!(
+            lines[0].contains("gate") && lines[0].ends_with("step 1: fail"),
+            "{lines:?}"
+        );
+        assert_eq!(
+            lines[1].trim(),
+            "error_rate ≤ 1%: measured 100% (12/12) → fail (p=0.0000)"
+        );
+        assert_eq!(
+            lines[2].trim(),
+            "latency_p99 ≤ 200 ms: measured 12 ms → pass"
+        );
+    }
+
+    #[test]
+    fn transitions_read_as_sentences() {
+        let line = |kind: &str, detail: Value| {
+            event_lines(&json!({"seq": 1, "at": 0, "kind": kind, "detail": detail})).join("\n")
+        };
+        let rb = line(
+            "rolled_back",
+            json!({"reason": "gate error_rate failed", "gate": null, "weights": [{"version": 1, "weight": 100}]}),
+        );
+        assert!(
+            rb.ends_with("reason: gate error_rate failed; now 1=100%"),
+            "{rb}"
+        );
+        let step = line(
+            "step",
+            json!({"step": 2, "weight": 50, "weights": [{"version": 2, "weight": 50}, {"version": 1, "weight": 50}]}),
+        );
+        assert!(step.ends_with("step 2 → 50%: 2=50% 1=50%"), "{step}");
+        let hook = line(
+            "hook",
+            json!({"name": "get-root", "phase": "pre-traffic", "passed": false,
+                   "detail": {"status": 500, "problems": ["status 500, expected 200"]}}),
+        );
+        assert!(
+            hook.ends_with("get-root (pre-traffic): FAILED, status 500 (status 500, expected 200)"),
+            "{hook}"
+        );
+        let paused = line("paused", json!({"reason": "waiting for approval"}));
+        assert!(
+            paused.ends_with("paused         waiting for approval"),
+            "{paused}"
+        );
+        let switched = line(
+            "route_switched",
+            json!({"weights": [{"version": 2, "weight": 100}]}),
+        );
+        assert!(switched.ends_with("2=100%"), "{switched}");
+    }
 }

@@ -368,6 +368,14 @@ async fn deploy(
     body: axum::body::Bytes,
 ) -> ApiResult<Json<Value>> {
     let req: DeployRequest = parse_json(&body)?;
+    if let Some(spec) = &req.rollout
+        && spec.strategy == Strategy::AllAtOnce
+        && spec.has_progressive_settings()
+    {
+        return Err(ApiError::bad_request(
+            "steps, gates, hooks and the other rollout settings need --strategy canary, linear or blue-green; all-at-once moves all traffic at once",
+        ));
+    }
     if let Some(spec) = req
         .rollout
         .filter(|r| r.strategy != Strategy::AllAtOnce || req.dry_run)

@@ -218,6 +218,21 @@ fn bad(msg: impl Into<String>) -> ApiError {
 }
 
 impl RolloutSpec {
+    /// Whether anything beyond the strategy was asked for.
+    pub fn has_progressive_settings(&self) -> bool {
+        self.steps.is_some()
+            || self.increment.is_some()
+            || self.interval_ms.is_some()
+            || self.gates != Gates::default()
+            || self.on_inconclusive != OnInconclusive::Wait
+            || self.progress_deadline_ms.is_some()
+            || self.approve_before_promote
+            || self.scale_down_delay_ms.is_some()
+            || self.sticky_header.is_some()
+            || self.notify.is_some()
+            || !self.hooks.is_empty()
+    }
+
     /// Checks the settings and expands them into a plan.
     pub fn plan(
         &self,
