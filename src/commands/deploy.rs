@@ -85,7 +85,7 @@ pub struct DeployArgs {
     #[arg(long, value_parser = parse_increase, value_name = "PCT", help_heading = "Gates")]
     max_latency_increase: Option<f64>,
     /// Requests the candidate must serve in a step before its gates may
-    /// pass (default 20).
+    /// pass (default 20 with gates; 0 without, so steps are time-based).
     #[arg(long, value_name = "N", help_heading = "Gates")]
     min_requests: Option<u64>,
 

@@ -815,19 +815,7 @@ impl Driver {
             );
             match eval.verdict {
                 Verdict::Fail => {
-                    self.record_gate(step, &eval).await?;
-                    let failed = eval.failed().cloned();
-                    let reason = failed.as_ref().map_or_else(
-                        || "a gate failed".to_owned(),
-                        |g| {
-                            format!(
-                                "gate {} failed: measured {}, threshold {}",
-                                g.gate, g.measured, g.threshold
-                            )
-                        },
-                    );
-                    self.end_rolled_back(reason, failed.map(|g| json!(g)))
-                        .await?;
+                    self.roll_back_on(step, &eval, "").await?;
                     return Ok(Some(Stop::Ended));
                 }
                 Verdict::Pass if step_over => {
@@ -893,6 +881,23 @@ impl Driver {
         Ok(())
     }
 
+    /// A failed evaluation: its event first, then the rollback naming the
+    /// failed gate, its threshold and what was measured.
+    async fn roll_back_on(&mut self, step: usize, eval: &Evaluation, when: &str) -> ApiResult<()> {
+        self.record_gate(step, eval).await?;
+        let failed = eval.failed().cloned();
+        let reason = failed.as_ref().map_or_else(
+            || format!("a gate failed{when}"),
+            |g| {
+                format!(
+                    "gate {} failed{when}: measured {}, threshold {}",
+                    g.gate, g.measured, g.threshold
+                )
+            },
+        );
+        self.end_rolled_back(reason, failed.map(|g| json!(g))).await
+    }
+
     async fn end_rolled_back(&mut self, reason: String, gate: Option<Value>) -> ApiResult<()> {
         self.end(Ending {
             state: "rolled_back",
@@ -900,6 +905,18 @@ impl Driver {
             weights: self.plan.rollback_target.clone(),
             detail: json!({"reason": reason, "gate": gate, "weights": self.plan.rollback_target}),
             actor: "seal".into(),
+        })
+        .await
+    }
+
+    /// A person stops the deployment: back to the baseline alone.
+    async fn abort(&mut self, actor: String) -> ApiResult<()> {
+        self.end(Ending {
+            state: "aborted",
+            event: "aborted",
+            weights: self.plan.rollback_target.clone(),
+            detail: json!({"reason": format!("aborted by {actor}"), "weights": self.plan.rollback_target}),
+            actor,
         })
         .await
     }
@@ -920,15 +937,7 @@ impl Driver {
         };
         match cmd {
             Command::Abort => {
-                let result = self
-                    .end(Ending {
-                        state: "aborted",
-                        event: "aborted",
-                        weights: self.plan.rollback_target.clone(),
-                        detail: json!({"reason": format!("aborted by {actor}"), "weights": self.plan.rollback_target}),
-                        actor,
-                    })
-                    .await;
+                let result = self.abort(actor).await;
                 let _ = reply.send(result.map(|()| self.deployment.clone()));
                 Ok(Some(Stop::Ended))
             }
@@ -1108,15 +1117,7 @@ impl Driver {
             tokio::select! {
                 cmd = self.rx.recv() => {
                     if let Some((Command::Abort, actor, reply)) = cmd {
-                        let result = self
-                            .end(Ending {
-                                state: "aborted",
-                                event: "aborted",
-                                weights: self.plan.rollback_target.clone(),
-                                detail: json!({"reason": format!("aborted by {actor}"), "weights": self.plan.rollback_target}),
-                                actor,
-                            })
-                            .await;
+                        let result = self.abort(actor).await;
                         let _ = reply.send(result.map(|()| self.deployment.clone()));
                         return Ok(Some(Stop::Ended));
                     } else if let Some((_, _, reply)) = cmd {
@@ -1139,19 +1140,7 @@ impl Driver {
                 "scale-down delay",
             );
             if eval.verdict == Verdict::Fail {
-                self.record_gate(step, &eval).await?;
-                let failed = eval.failed().cloned();
-                let reason = failed.as_ref().map_or_else(
-                    || "a gate failed after the switch".to_owned(),
-                    |g| {
-                        format!(
-                            "gate {} failed after the switch: measured {}, threshold {}",
-                            g.gate, g.measured, g.threshold
-                        )
-                    },
-                );
-                self.end_rolled_back(reason, failed.map(|g| json!(g)))
-                    .await?;
+                self.roll_back_on(step, &eval, " after the switch").await?;
                 return Ok(Some(Stop::Ended));
             }
         }
