@@ -278,6 +278,34 @@ impl Control {
         Ok(function)
     }
 
+    /// Loads a version a deployment is about to name; a refusal (damaged or
+    /// unloadable artifact) is written to the audit log before it returns.
+    pub(crate) async fn load_for_route(
+        &self,
+        v: &VersionRecord,
+        env: &str,
+        action: &str,
+        actor: &str,
+    ) -> ApiResult<Arc<Function>> {
+        match self.load(v).await {
+            Ok(f) => Ok(f),
+            Err(e) => {
+                let _ = self
+                    .state
+                    .audit(NewAudit {
+                        actor,
+                        action,
+                        object: &format!("{env}/{}", v.function),
+                        digest: Some(&v.digest),
+                        outcome: "refused",
+                        detail: serde_json::json!({"version": v.version, "error": e.message}),
+                    })
+                    .await;
+                Err(e)
+            }
+        }
+    }
+
     /// Rebuilds the route table from the state store and swaps it into the
     /// gateway. A version that cannot be loaded is left out (and logged):
     /// a route never names a version that cannot serve.
@@ -467,23 +495,7 @@ impl Control {
         }
         // Load (and so verify) the target before anything is recorded: a
         // version that cannot serve never gets a route.
-        let function = match self.load(v).await {
-            Ok(f) => f,
-            Err(e) => {
-                let _ = self
-                    .state
-                    .audit(NewAudit {
-                        actor,
-                        action: kind,
-                        object: &format!("{env}/{}", v.function),
-                        digest: Some(&v.digest),
-                        outcome: "refused",
-                        detail: serde_json::json!({"version": v.version, "error": e.message}),
-                    })
-                    .await;
-                return Err(e);
-            }
-        };
+        let function = self.load_for_route(v, env, kind, actor).await?;
         let started = std::time::Instant::now();
         let deployment = self
             .state

@@ -24,7 +24,7 @@ use axum::http::StatusCode;
 use gates::{Evaluation, Verdict};
 use plan::{Hook, HookPhase, OnInconclusive, Plan, RolloutSpec, VersionRef};
 use seal_gateway::{Backend, Route, RouteTable, Snapshot};
-use seal_state::{DeploymentRecord, NewAudit, NewRollout, Transition, WeightedVersion};
+use seal_state::{DeploymentRecord, NewRollout, Transition, WeightedVersion};
 use serde::Serialize;
 use serde_json::{Value, json};
 use std::collections::{HashMap, VecDeque};
@@ -150,23 +150,9 @@ impl Control {
             return Ok(json!({"dry_run": true, "plan": plan_json}));
         }
         // Verify and load both versions before anything is recorded.
-        let candidate_fn = match self.load(&candidate).await {
-            Ok(f) => f,
-            Err(e) => {
-                let _ = self
-                    .state
-                    .audit(NewAudit {
-                        actor,
-                        action: "deploy",
-                        object: &format!("{env}/{function}"),
-                        digest: Some(&candidate.digest),
-                        outcome: "refused",
-                        detail: json!({"version": version, "error": e.message}),
-                    })
-                    .await;
-                return Err(e);
-            }
-        };
+        let candidate_fn = self
+            .load_for_route(&candidate, &env, "deploy", actor)
+            .await?;
         let baseline_fn = self.load(&baseline_v).await?;
         let weights = plan.weights_at(0);
         let record = self
