@@ -9,7 +9,9 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use support::{Server, assert_error, example_component, guest, header, publish_file};
+use support::{
+    Server, assert_error, example_component, guest, header, publish_file, webhook_receiver,
+};
 
 /// POSTs JSON to the control API; returns status and body.
 async fn api_post(s: &Server, path: &str, body: Value) -> (u16, Value) {
@@ -223,55 +225,6 @@ async fn a_slow_version_fails_the_latency_gate() {
     let measured = rb["detail"]["gate"]["measured"].as_str().unwrap();
     let ms: f64 = measured.trim_end_matches(" ms").parse().unwrap();
     assert!(ms >= 300.0, "{measured}");
-}
-
-/// A tiny webhook receiver on 127.0.0.1:0 that keeps every JSON body.
-async fn webhook_receiver() -> (String, Arc<std::sync::Mutex<Vec<Value>>>) {
-    let got = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let sink = got.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                return;
-            };
-            let sink = sink.clone();
-            tokio::spawn(async move {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    let n = stream.read(&mut chunk).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    let text = String::from_utf8_lossy(&buf).to_string();
-                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                        let len: usize = head
-                            .lines()
-                            .find_map(|l| {
-                                let (k, v) = l.split_once(':')?;
-                                k.eq_ignore_ascii_case("content-length")
-                                    .then(|| v.trim().parse().ok())?
-                            })
-                            .unwrap_or(0);
-                        if body.len() >= len {
-                            if let Ok(v) = serde_json::from_str(&body[..len]) {
-                                sink.lock().unwrap().push(v);
-                            }
-                            let _ = stream
-                                .write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n")
-                                .await;
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    (format!("http://{addr}/hook"), got)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

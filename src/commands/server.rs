@@ -31,6 +31,21 @@ pub struct ServerArgs {
     #[arg(long, env = "SEAL_MAX_INSTANCES", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     max_instances: u32,
 
+    /// Export a span per invocation and per deployment transition over
+    /// OTLP/HTTP (JSON) to this collector, e.g. http://127.0.0.1:4318.
+    #[arg(long, env = "SEAL_OTLP_ENDPOINT", value_name = "URL")]
+    otlp_endpoint: Option<String>,
+
+    /// Write one JSON log line per invocation (function, version, digest,
+    /// request id, status, duration, cold start). Guest stdout/stderr are
+    /// captured either way.
+    #[arg(long, env = "SEAL_INVOCATION_LOGS", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    invocation_logs: bool,
+
+    /// Log records kept in memory for `seal logs` (oldest dropped first).
+    #[arg(long, env = "SEAL_LOG_BUFFER", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    log_buffer: u64,
+
     /// Log format on stderr.
     #[arg(long, env = "SEAL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -74,9 +89,14 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 pub async fn run(args: ServerArgs, format: crate::output::OutputFormat) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SEAL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Log lines are written by a background thread (per-invocation lines
+    // must not put a write(2) on the request path); if it falls 128k lines
+    // behind, lines are dropped rather than requests slowed.
+    let (writer, _log_guard) =
+        tracing_appender::non_blocking(std::io::BufWriter::new(std::io::stderr()));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match args.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -91,6 +111,9 @@ pub async fn run(args: ServerArgs, format: crate::output::OutputFormat) -> anyho
         max_upload_bytes: args.max_upload_size,
         default_environment: args.default_environment,
         max_instances: args.max_instances,
+        otlp_endpoint: args.otlp_endpoint,
+        invocation_logs: args.invocation_logs,
+        log_buffer: args.log_buffer as usize,
     })
     .await?;
     {

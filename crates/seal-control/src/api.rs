@@ -17,6 +17,9 @@
 //! | GET/POST | `/v1/environments` | list / create (`{"name"}`) environments |
 //! | GET | `/v1/server` | runtime counters (compiles, cache loads) |
 //! | GET | `/healthz` | liveness |
+//!
+//! Metrics, logs, cost, budgets, `top` and generated monitoring are in
+//! [`crate::observe_api`].
 
 use crate::engine::Control;
 use crate::error::{ApiError, ApiResult};
@@ -65,6 +68,7 @@ pub fn router(control: Arc<Control>) -> Router {
             "/v1/environments",
             get(list_environments).post(create_environment),
         )
+        .merge(crate::observe_api::routes())
         .fallback(|| async { ApiError::not_found("no such API endpoint") })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_MANIFEST_BYTES))
         .layer(axum::middleware::map_response(json_errors))

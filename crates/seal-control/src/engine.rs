@@ -7,7 +7,7 @@ use seal_artifact::{
     Digest, SealManifest, parse_oci_manifest, sha256_digest, validate_component,
     validate_function_name,
 };
-use seal_gateway::{Backend, Gateway, Route, RouteTable};
+use seal_gateway::{Gateway, Route, RouteTable};
 use seal_oci::{ANNOTATION_FUNCTION, ANNOTATION_REF_NAME, IndexEntry, OciLayout};
 use seal_runtime::{Function, FunctionLimits, Runtime};
 use seal_state::{
@@ -18,6 +18,13 @@ use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+async fn write_monitoring(state: &StateStore, dir: &std::path::Path, function: &str) {
+    let budget = state.budget(function).await.ok().flatten();
+    if let Err(e) = crate::monitoring::write_files(dir, function, budget.as_ref()) {
+        tracing::warn!(function, error = %e, "cannot write the generated dashboard and rules");
+    }
+}
 
 pub const OCI_MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
 
@@ -49,6 +56,14 @@ pub struct Control {
     pub(crate) http: reqwest::Client,
     /// Where hooks reach the gateway (set once the listener is bound).
     gateway_addr: std::sync::OnceLock<std::net::SocketAddr>,
+    /// Usage persisted so far (cost).
+    pub(crate) usage: crate::usage::UsageFlusher,
+    /// `/metrics` and the deployment SLIs.
+    pub(crate) metrics: crate::metrics::Metrics,
+    /// Deployment transitions as spans, when traces are exported.
+    pub(crate) tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
+    /// Where generated dashboards and alert rules are written on deploy.
+    pub(crate) monitoring_dir: Option<std::path::PathBuf>,
 }
 
 impl Control {
@@ -61,6 +76,10 @@ impl Control {
         default_environment: String,
     ) -> Self {
         Self {
+            metrics: crate::metrics::Metrics::new(gateway.clone(), runtime.clone()),
+            usage: crate::usage::UsageFlusher::default(),
+            tracer: None,
+            monitoring_dir: None,
             state,
             oci,
             runtime,
@@ -72,6 +91,46 @@ impl Control {
             rollouts: crate::rollout::Rollouts::default(),
             http: reqwest::Client::new(),
             gateway_addr: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Exports deployment transitions as spans through `tracer`.
+    pub fn with_tracer(mut self, tracer: Option<opentelemetry_sdk::trace::SdkTracer>) -> Self {
+        self.tracer = tracer;
+        self
+    }
+
+    /// Writes each function's generated dashboard and alert rules under
+    /// `dir` whenever one of its deployments ends.
+    pub fn with_monitoring_dir(mut self, dir: std::path::PathBuf) -> Self {
+        self.monitoring_dir = Some(dir);
+        self
+    }
+
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
+    }
+
+    /// Everything that follows a committed deployment transition: its span,
+    /// and when it ended, the SLI metrics and the regenerated dashboard and
+    /// rules. Never fails the transition.
+    pub(crate) fn observe_transition(&self, d: &DeploymentRecord, event: &str) {
+        crate::telemetry::transition_span(self.tracer.as_ref(), d, event);
+        if d.is_active() {
+            return;
+        }
+        self.metrics.deployment_ended(d, &self.gateway);
+        if let Some(dir) = self.monitoring_dir.clone() {
+            let function = d.function.clone();
+            let state = self.state.clone();
+            tokio::spawn(async move { write_monitoring(&state, &dir, &function).await });
+        }
+    }
+
+    /// Regenerates a function's dashboard and rules files (budget changes).
+    pub(crate) async fn write_monitoring(&self, function: &str) {
+        if let Some(dir) = &self.monitoring_dir {
+            write_monitoring(&self.state, dir, function).await;
         }
     }
 
@@ -290,6 +349,7 @@ impl Control {
         match self.load(v).await {
             Ok(f) => Ok(f),
             Err(e) => {
+                self.metrics.artifact_fetch_failed(&v.function);
                 let _ = self
                     .state
                     .audit(NewAudit {
@@ -319,7 +379,7 @@ impl Control {
                     continue;
                 };
                 match self.load(&v).await {
-                    Ok(f) => backends.push(Backend::new(
+                    Ok(f) => backends.push(self.gateway.backend(
                         &r.environment,
                         &r.function,
                         w.version,
@@ -327,10 +387,13 @@ impl Control {
                         w.weight,
                         f,
                     )),
-                    Err(e) => tracing::error!(
-                        function = %r.function, environment = %r.environment, version = w.version,
-                        error = %e.message, "version cannot serve; left out of the route"
-                    ),
+                    Err(e) => {
+                        self.metrics.artifact_fetch_failed(&r.function);
+                        tracing::error!(
+                            function = %r.function, environment = %r.environment, version = w.version,
+                            error = %e.message, "version cannot serve; left out of the route"
+                        )
+                    }
                 }
             }
             if !backends.is_empty() {
@@ -345,7 +408,7 @@ impl Control {
                 );
             }
         }
-        let table = RouteTable::new(routes, &self.gateway.table());
+        let table = RouteTable::new(routes);
         self.gateway.publish(table);
         Ok(())
     }
@@ -521,16 +584,12 @@ impl Control {
         routes.push(Route::new(
             env,
             &v.function,
-            vec![Backend::new(
-                env,
-                &v.function,
-                v.version,
-                &v.digest,
-                100,
-                function,
-            )],
+            vec![
+                self.gateway
+                    .backend(env, &v.function, v.version, &v.digest, 100, function),
+            ],
         ));
-        let table = RouteTable::new(routes, &previous);
+        let table = RouteTable::new(routes);
         self.retain_loaded(&table, &previous);
         self.gateway.publish(table);
         tracing::info!(
@@ -538,6 +597,7 @@ impl Control {
             deployment = deployment.id, kind, swap_us = started.elapsed().as_micros() as u64,
             "route switched"
         );
+        self.observe_transition(&deployment, &deployment.state);
         Ok(DeployOutcome {
             deployment: Some(deployment),
             unchanged: false,

@@ -14,8 +14,13 @@
 pub mod api;
 pub mod engine;
 pub mod error;
+pub mod metrics;
+pub mod monitoring;
+mod observe_api;
 pub mod rollout;
 pub mod server;
+pub mod telemetry;
+mod usage;
 
 pub use engine::{Control, Published};
 pub use error::ApiError;

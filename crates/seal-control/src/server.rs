@@ -25,6 +25,29 @@ pub struct ServerConfig {
     pub max_upload_bytes: u64,
     pub default_environment: String,
     pub max_instances: u32,
+    /// Send spans over OTLP/HTTP to this collector (`http://host:4318`).
+    pub otlp_endpoint: Option<String>,
+    /// One JSON log line per invocation (guest output is always captured).
+    pub invocation_logs: bool,
+    /// Log records kept in memory for `seal logs`.
+    pub log_buffer: usize,
+}
+
+impl ServerConfig {
+    /// Defaults for everything but the addresses and the data dir.
+    pub fn new(gateway_listen: SocketAddr, api_listen: SocketAddr, data_dir: PathBuf) -> Self {
+        Self {
+            gateway_listen,
+            api_listen,
+            data_dir,
+            max_upload_bytes: 64 << 20,
+            default_environment: "production".into(),
+            max_instances: 1000,
+            otlp_endpoint: None,
+            invocation_logs: true,
+            log_buffer: 10_000,
+        }
+    }
 }
 
 /// A started server.
@@ -34,6 +57,7 @@ pub struct RunningServer {
     pub control: Arc<Control>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    tracer_provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
 }
 
 impl RunningServer {
@@ -43,6 +67,7 @@ impl RunningServer {
         for t in self.tasks {
             let _ = t.await;
         }
+        finish(&self.control, self.tracer_provider).await;
     }
 
     /// A handle that stops the server when `true` is sent on it.
@@ -55,6 +80,17 @@ impl RunningServer {
         for t in self.tasks {
             let _ = t.await;
         }
+        finish(&self.control, self.tracer_provider).await;
+    }
+}
+
+/// After the listeners stop: persist the last usage, flush the last spans.
+async fn finish(control: &Control, provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>) {
+    if let Err(e) = control.flush_usage().await {
+        tracing::warn!(error = %e.message, "cannot persist the last usage counts");
+    }
+    if let Some(p) = provider {
+        let _ = tokio::task::spawn_blocking(move || p.shutdown()).await;
     }
 }
 
@@ -85,15 +121,34 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         })
         .context("cannot start the wasm runtime")?,
     );
-    let gateway = Gateway::new(&config.default_environment);
-    let control = Arc::new(Control::new(
-        state,
-        oci,
-        runtime,
-        gateway.clone(),
-        config.max_upload_bytes,
-        config.default_environment.clone(),
-    ));
+    let (tracer_provider, tracer) = match &config.otlp_endpoint {
+        Some(endpoint) => {
+            let (p, t) = crate::telemetry::otlp_tracer(endpoint)
+                .with_context(|| format!("cannot export traces to {endpoint}"))?;
+            (Some(p), Some(t))
+        }
+        None => (None, None),
+    };
+    let gateway = Gateway::new(
+        &config.default_environment,
+        seal_gateway::Telemetry {
+            logs: seal_gateway::logs::LogHub::new(config.log_buffer),
+            tracer: tracer.clone(),
+            invocation_logs: config.invocation_logs,
+        },
+    );
+    let control = Arc::new(
+        Control::new(
+            state,
+            oci,
+            runtime,
+            gateway.clone(),
+            config.max_upload_bytes,
+            config.default_environment.clone(),
+        )
+        .with_tracer(tracer)
+        .with_monitoring_dir(config.data_dir.join("monitoring")),
+    );
     control
         .reconcile_index()
         .await
@@ -130,6 +185,25 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
             }
         }
     });
+    // Usage (cost) persisted every 10 s; budgets checked after each flush.
+    let flusher = control.clone();
+    let mut flusher_rx = rx.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+        tick.tick().await;
+        loop {
+            let stop = tokio::select! {
+                _ = tick.tick() => false,
+                _ = flusher_rx.wait_for(|stop| *stop) => true,
+            };
+            if stop {
+                break;
+            }
+            if let Err(e) = flusher.flush_usage().await {
+                tracing::warn!(error = %e.message, "cannot persist usage");
+            }
+        }
+    });
     let app = api::router(control.clone());
     let mut api_rx = rx;
     tasks.push(tokio::spawn(async move {
@@ -148,5 +222,6 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         control,
         shutdown,
         tasks,
+        tracer_provider,
     })
 }

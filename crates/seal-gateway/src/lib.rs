@@ -27,8 +27,11 @@ use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
+pub mod invocation;
+pub mod logs;
 pub mod telemetry;
-pub use telemetry::{Snapshot, VersionStats};
+pub use invocation::Telemetry;
+pub use telemetry::{ColdStart, ErrorKind, Snapshot, VersionStats};
 
 pub const HEADER_VERSION: HeaderName = HeaderName::from_static("seal-version");
 pub const HEADER_DIGEST: HeaderName = HeaderName::from_static("seal-digest");
@@ -36,6 +39,8 @@ pub const HEADER_DIGEST: HeaderName = HeaderName::from_static("seal-digest");
 /// One version of a route, ready to serve.
 #[derive(Clone)]
 pub struct Backend {
+    pub environment: String,
+    pub function_name: String,
     pub version: u64,
     pub digest: String,
     pub weight: u32,
@@ -49,6 +54,8 @@ pub struct Backend {
 }
 
 impl Backend {
+    /// `stats` are the version's counters from [`Gateway::stats_for`], so
+    /// every route naming the version counts into the same ones.
     pub fn new(
         environment: &str,
         function_name: &str,
@@ -56,6 +63,7 @@ impl Backend {
         digest: &str,
         weight: u32,
         function: Arc<Function>,
+        stats: Arc<VersionStats>,
     ) -> Self {
         let env = [
             ("SEAL_FUNCTION", function_name.to_owned()),
@@ -66,11 +74,13 @@ impl Backend {
         .map(|(k, v)| (k.to_owned(), v));
         Self {
             env: Arc::from(env),
+            environment: environment.to_owned(),
+            function_name: function_name.to_owned(),
             version,
             digest: digest.to_owned(),
             weight,
             function,
-            stats: Arc::default(),
+            stats,
             version_header: HeaderValue::from(version),
             digest_header: HeaderValue::from_str(digest)
                 .unwrap_or_else(|_| HeaderValue::from_static("invalid")),
@@ -79,6 +89,10 @@ impl Backend {
 }
 
 impl Backend {
+    pub fn load_timings(&self) -> seal_runtime::LoadTimings {
+        self.function.load_timings()
+    }
+
     /// The same version (same loaded function, same live stats) at
     /// another weight.
     pub fn with_weight(&self, weight: u32) -> Backend {
@@ -202,28 +216,9 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    /// Builds a table, carrying the live stats of versions that were
-    /// already serving in `previous`.
-    pub fn new(routes: Vec<Route>, previous: &RouteTable) -> Self {
+    pub fn new(routes: Vec<Route>) -> Self {
         let mut table: HashMap<String, HashMap<String, Arc<Route>>> = HashMap::new();
-        for mut r in routes {
-            if let Some(old) = previous.get(&r.environment, &r.function) {
-                for b in &mut r.backends {
-                    // Same version and artifact anywhere in the old route:
-                    // keep counting into the same stats.
-                    if let Some(ob) = old
-                        .backends
-                        .iter()
-                        .find(|ob| ob.version == b.version && ob.digest == b.digest)
-                        && !Arc::ptr_eq(&ob.stats, &b.stats)
-                    {
-                        *b = Arc::new(Backend {
-                            stats: ob.stats.clone(),
-                            ..Backend::clone(b)
-                        });
-                    }
-                }
-            }
+        for r in routes {
             table
                 .entry(r.environment.clone())
                 .or_default()
@@ -241,18 +236,99 @@ impl RouteTable {
     }
 }
 
+/// A version in an environment, as the registry of live counters knows it.
+#[derive(Clone)]
+pub struct VersionEntry {
+    pub environment: String,
+    pub function: String,
+    pub version: u64,
+    pub digest: String,
+    pub stats: Arc<VersionStats>,
+}
+
 /// The data plane: holds the current route table and serves HTTP.
 pub struct Gateway {
     table: ArcSwap<RouteTable>,
     default_environment: String,
+    telemetry: Arc<Telemetry>,
+    /// Live counters of every version that has served in this process,
+    /// by (environment, function, version): kept after a version leaves its
+    /// route so its counters never go backwards.
+    registry: std::sync::Mutex<HashMap<(String, String, u64), VersionEntry>>,
 }
 
 impl Gateway {
-    pub fn new(default_environment: &str) -> Arc<Self> {
+    pub fn new(default_environment: &str, telemetry: Telemetry) -> Arc<Self> {
         Arc::new(Self {
             table: ArcSwap::from_pointee(RouteTable::default()),
             default_environment: default_environment.to_owned(),
+            telemetry: Arc::new(telemetry),
+            registry: std::sync::Mutex::default(),
         })
+    }
+
+    pub fn telemetry(&self) -> &Telemetry {
+        &self.telemetry
+    }
+
+    /// The live counters of a version in an environment (created on first
+    /// use, then the same for the life of the process).
+    pub fn stats_for(
+        &self,
+        environment: &str,
+        function: &str,
+        version: u64,
+        digest: &str,
+    ) -> Arc<VersionStats> {
+        let mut reg = self
+            .registry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        reg.entry((environment.to_owned(), function.to_owned(), version))
+            .or_insert_with(|| VersionEntry {
+                environment: environment.to_owned(),
+                function: function.to_owned(),
+                version,
+                digest: digest.to_owned(),
+                stats: Arc::default(),
+            })
+            .stats
+            .clone()
+    }
+
+    /// A backend for a version, counting into its registered stats.
+    pub fn backend(
+        &self,
+        environment: &str,
+        function: &str,
+        version: u64,
+        digest: &str,
+        weight: u32,
+        loaded: Arc<Function>,
+    ) -> Backend {
+        let stats = self.stats_for(environment, function, version, digest);
+        Backend::new(
+            environment,
+            function,
+            version,
+            digest,
+            weight,
+            loaded,
+            stats,
+        )
+    }
+
+    /// Every version that has served in this process, sorted.
+    pub fn versions(&self) -> Vec<VersionEntry> {
+        let reg = self
+            .registry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut out: Vec<VersionEntry> = reg.values().cloned().collect();
+        out.sort_by(|a, b| {
+            (&a.function, &a.environment, a.version).cmp(&(&b.function, &b.environment, b.version))
+        });
+        out
     }
 
     /// The current snapshot.
@@ -305,6 +381,7 @@ impl Gateway {
 
     /// Serves one request.
     pub async fn handle(&self, mut req: Request<Incoming>) -> Response<HyperOutgoingBody> {
+        let started = std::time::Instant::now();
         let (route, uri, target_preview) = {
             let Some(target) = resolve(&req, &self.default_environment) else {
                 return error_response(
@@ -373,12 +450,20 @@ impl Gateway {
                 None,
             );
         };
-        let started = std::time::Instant::now();
-        let mut resp = match backend
-            .function
-            .handle(req, &backend.env, backend.stats.clone())
-            .await
-        {
+        let (ids, request_id) = invocation::correlate(req.headers());
+        invocation::propagate(req.headers_mut(), &ids, &request_id);
+        let request_id_header = HeaderValue::from_str(&request_id).ok();
+        let invocation = Arc::new(invocation::Invocation {
+            backend: backend.clone(),
+            telemetry: self.telemetry.clone(),
+            request_id,
+            ids,
+            method: req.method().clone(),
+            path: req.uri().path().to_owned(),
+            arrived: started,
+            arrived_wall: std::time::SystemTime::now(),
+        });
+        let mut resp = match backend.function.handle(req, &backend.env, invocation).await {
             Ok(resp) => {
                 backend
                     .stats
@@ -398,10 +483,19 @@ impl Gateway {
                 );
                 let status =
                     StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                return error_response(status, e.kind(), &e.to_string(), Some(&backend));
+                let mut resp = error_response(status, e.kind(), &e.to_string(), Some(&backend));
+                if let Some(id) = request_id_header {
+                    resp.headers_mut().insert(invocation::X_REQUEST_ID, id);
+                }
+                return resp;
             }
         };
         stamp(&mut resp, &backend);
+        if let Some(id) = request_id_header
+            && !resp.headers().contains_key(invocation::X_REQUEST_ID)
+        {
+            resp.headers_mut().insert(invocation::X_REQUEST_ID, id);
+        }
         resp
     }
 }

@@ -48,13 +48,141 @@ pub fn bucket_high(i: usize) -> u64 {
     bucket_low(i + 1).saturating_sub(1)
 }
 
-/// Live counters of one version in one route. Shared across route-table
-/// swaps so a deployment step does not reset them.
+/// A histogram over `AtomicU64`s in the log-linear layout above, with the
+/// sum of recorded values (for OpenMetrics' `_sum`).
+pub struct AtomicHistogram {
+    buckets: Box<[AtomicU64]>,
+    sum: AtomicU64,
+}
+
+impl Default for AtomicHistogram {
+    fn default() -> Self {
+        Self {
+            buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            sum: AtomicU64::new(0),
+        }
+    }
+}
+
+impl AtomicHistogram {
+    pub fn record(&self, value: u64) {
+        self.buckets[bucket_of(value)].fetch_add(1, Ordering::Relaxed);
+        self.sum.fetch_add(value, Ordering::Relaxed);
+    }
+
+    pub fn counts(&self) -> Vec<u64> {
+        self.buckets
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    pub fn sum(&self) -> u64 {
+        self.sum.load(Ordering::Relaxed)
+    }
+
+    /// Counts folded onto coarser upper bounds (same unit as the values),
+    /// non-cumulative, the last bound being +Inf; a fine bucket goes to the
+    /// first bound at or above its highest value.
+    pub fn fold(&self, bounds: &[u64]) -> Vec<u64> {
+        let mut out = vec![0; bounds.len() + 1];
+        for (i, c) in self.buckets.iter().enumerate() {
+            let c = c.load(Ordering::Relaxed);
+            if c == 0 {
+                continue;
+            }
+            let high = bucket_high(i);
+            let slot = bounds.partition_point(|b| *b < high);
+            out[slot] += c;
+        }
+        out
+    }
+}
+
+/// Why an invocation failed, for the per-kind error counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The guest answered with a 5xx status.
+    Status5xx,
+    Trap,
+    Timeout,
+    Memory,
+    NoResponse,
+}
+
+impl ErrorKind {
+    pub const ALL: [ErrorKind; 5] = [
+        ErrorKind::Status5xx,
+        ErrorKind::Trap,
+        ErrorKind::Timeout,
+        ErrorKind::Memory,
+        ErrorKind::NoResponse,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Status5xx => "status_5xx",
+            ErrorKind::Trap => "trap",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Memory => "memory",
+            ErrorKind::NoResponse => "no_response",
+        }
+    }
+
+    /// The kind of an invocation's ending, if it is the function's failure.
+    pub fn of(report: &seal_runtime::InvocationReport) -> Option<ErrorKind> {
+        use seal_runtime::InvokeError as E;
+        match &report.outcome {
+            Err(E::Trap(_)) => Some(ErrorKind::Trap),
+            Err(E::Timeout(_)) => Some(ErrorKind::Timeout),
+            Err(E::OutOfMemory { .. }) => Some(ErrorKind::Memory),
+            Err(E::NoResponse(_)) => Some(ErrorKind::NoResponse),
+            Err(E::Overloaded(_) | E::Internal(_)) => None,
+            Ok(()) => report
+                .status
+                .filter(|s| *s >= 500)
+                .map(|_| ErrorKind::Status5xx),
+        }
+    }
+}
+
+/// The last cold start of a version, in microseconds per phase.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ColdStart {
+    /// Compile-cache load (read, verify, deserialize, link), paid when the
+    /// version was loaded; `load_from_cache` says whether it was a cache
+    /// hit or a compile.
+    pub load_us: u64,
+    pub load_from_cache: bool,
+    /// The first request's instantiation.
+    pub instantiate_us: u64,
+    /// The first request's call into the handler until its response head.
+    pub first_call_us: u64,
+}
+
+/// Live counters of one version in one environment. Held by the gateway's
+/// registry for the life of the process, so they only grow (OpenMetrics
+/// counters) and a deployment step does not reset them.
 pub struct VersionStats {
     requests: AtomicU64,
     /// 5xx answers, traps, timeouts and out-of-memory.
     errors: AtomicU64,
-    latency: Box<[AtomicU64]>,
+    /// Time to the response head (µs).
+    latency: AtomicHistogram,
+    /// Invocations the runtime reported (one per request that reached the
+    /// guest's task).
+    invocations: AtomicU64,
+    errors_by_kind: [AtomicU64; 5],
+    /// Refused for lack of an instance slot: the server's failure.
+    overloaded: AtomicU64,
+    cold_starts: AtomicU64,
+    last_cold: std::sync::Mutex<Option<ColdStart>>,
+    /// Instantiation time per invocation (µs).
+    instantiate: AtomicHistogram,
+    /// Peak linear memory per invocation (KiB).
+    memory_kib: AtomicHistogram,
+    /// Memory limit × billed duration, in MiB·µs.
+    cost_mib_us: AtomicU64,
 }
 
 impl Default for VersionStats {
@@ -62,7 +190,15 @@ impl Default for VersionStats {
         Self {
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
-            latency: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            latency: AtomicHistogram::default(),
+            invocations: AtomicU64::new(0),
+            errors_by_kind: Default::default(),
+            overloaded: AtomicU64::new(0),
+            cold_starts: AtomicU64::new(0),
+            last_cold: std::sync::Mutex::new(None),
+            instantiate: AtomicHistogram::default(),
+            memory_kib: AtomicHistogram::default(),
+            cost_mib_us: AtomicU64::new(0),
         }
     }
 }
@@ -76,6 +212,9 @@ impl std::fmt::Debug for VersionStats {
     }
 }
 
+/// MiB·µs in one GB-second (memory in GiB, as serverless platforms bill).
+pub const MIB_US_PER_GB_SECOND: f64 = 1024.0 * 1_000_000.0;
+
 impl VersionStats {
     /// One finished request: its latency (to the response head) and
     /// whether it failed.
@@ -84,14 +223,57 @@ impl VersionStats {
         if error {
             self.errors.fetch_add(1, Ordering::Relaxed);
         }
-        let i = bucket_of(latency.as_micros().min(u64::MAX as u128) as u64);
-        self.latency[i].fetch_add(1, Ordering::Relaxed);
+        self.latency
+            .record(latency.as_micros().min(u64::MAX as u128) as u64);
     }
 
     /// A failure discovered after the request was counted (the body broke
     /// after the head went out).
     pub fn record_late_error(&self) {
         self.errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// What the runtime reported about one invocation; `memory_limit` is
+    /// the version's limit in bytes (the billed memory). Returns the
+    /// invocation's cost in GB-seconds.
+    pub fn record_invocation(
+        &self,
+        report: &seal_runtime::InvocationReport,
+        memory_limit: u64,
+        load: seal_runtime::LoadTimings,
+    ) -> f64 {
+        self.invocations.fetch_add(1, Ordering::Relaxed);
+        match ErrorKind::of(report) {
+            Some(kind) => {
+                let i = ErrorKind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
+                self.errors_by_kind[i].fetch_add(1, Ordering::Relaxed);
+            }
+            None => {
+                if matches!(
+                    report.outcome,
+                    Err(seal_runtime::InvokeError::Overloaded(_))
+                ) {
+                    self.overloaded.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        let instantiate_us = report.instantiate.as_micros() as u64;
+        self.instantiate.record(instantiate_us);
+        self.memory_kib.record(report.peak_memory_bytes >> 10);
+        let mib_us = (memory_limit >> 20).saturating_mul(report.total.as_micros() as u64);
+        self.cost_mib_us.fetch_add(mib_us, Ordering::Relaxed);
+        if report.cold {
+            self.cold_starts.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut last) = self.last_cold.lock() {
+                *last = Some(ColdStart {
+                    load_us: load.load.as_micros() as u64,
+                    load_from_cache: load.from_cache,
+                    instantiate_us,
+                    first_call_us: report.call_to_head.map_or(0, |d| d.as_micros() as u64),
+                });
+            }
+        }
+        mib_us as f64 / MIB_US_PER_GB_SECOND
     }
 
     pub fn requests(&self) -> u64 {
@@ -102,24 +284,51 @@ impl VersionStats {
         self.errors.load(Ordering::Relaxed)
     }
 
+    pub fn invocations(&self) -> u64 {
+        self.invocations.load(Ordering::Relaxed)
+    }
+
+    pub fn errors_of(&self, kind: ErrorKind) -> u64 {
+        let i = ErrorKind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
+        self.errors_by_kind[i].load(Ordering::Relaxed)
+    }
+
+    pub fn overloaded(&self) -> u64 {
+        self.overloaded.load(Ordering::Relaxed)
+    }
+
+    pub fn cold_starts(&self) -> u64 {
+        self.cold_starts.load(Ordering::Relaxed)
+    }
+
+    pub fn last_cold_start(&self) -> Option<ColdStart> {
+        self.last_cold.lock().ok().and_then(|c| *c)
+    }
+
+    pub fn latency(&self) -> &AtomicHistogram {
+        &self.latency
+    }
+
+    pub fn instantiation(&self) -> &AtomicHistogram {
+        &self.instantiate
+    }
+
+    pub fn memory_kib(&self) -> &AtomicHistogram {
+        &self.memory_kib
+    }
+
+    /// Total cost so far in GB-seconds.
+    pub fn gb_seconds(&self) -> f64 {
+        self.cost_mib_us.load(Ordering::Relaxed) as f64 / MIB_US_PER_GB_SECOND
+    }
+
     /// The cumulative counters as they are now.
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             requests: self.requests(),
             errors: self.errors(),
-            latency: self
-                .latency
-                .iter()
-                .map(|c| c.load(Ordering::Relaxed))
-                .collect(),
-        }
-    }
-}
-
-impl seal_runtime::LateFailure for VersionStats {
-    fn late_failure(&self, error: &seal_runtime::InvokeError) {
-        if error.is_function_error() {
-            self.record_late_error();
+            cold_starts: self.cold_starts(),
+            latency: self.latency.counts(),
         }
     }
 }
@@ -129,6 +338,7 @@ impl seal_runtime::LateFailure for VersionStats {
 pub struct Snapshot {
     pub requests: u64,
     pub errors: u64,
+    pub cold_starts: u64,
     /// Count per latency bucket (see [`bucket_low`]).
     pub latency: Vec<u64>,
 }
@@ -138,6 +348,7 @@ impl Default for Snapshot {
         Self {
             requests: 0,
             errors: 0,
+            cold_starts: 0,
             latency: vec![0; BUCKETS],
         }
     }
@@ -152,6 +363,7 @@ impl Snapshot {
                 // A late error may land after its request was snapshotted.
                 self.requests.saturating_sub(earlier.requests),
             ),
+            cold_starts: self.cold_starts.saturating_sub(earlier.cold_starts),
             latency: self
                 .latency
                 .iter()
@@ -247,5 +459,19 @@ mod tests {
         assert_eq!(w.error_rate(), 1.0);
         assert!(w.quantile_us(0.99).unwrap() < 320);
         assert_eq!(Snapshot::default().quantile_us(0.5), None);
+    }
+
+    #[test]
+    fn folding_onto_coarse_bounds_keeps_every_count() {
+        let h = AtomicHistogram::default();
+        for v in [1, 900, 1_000, 1_100, 50_000, 10_000_000] {
+            h.record(v);
+        }
+        // ≤1 ms, ≤100 ms, +Inf. 1000 µs shares a bucket reaching 1023 µs,
+        // so it lands in the second bound: folding rounds up, never down.
+        let folded = h.fold(&[1_000, 100_000]);
+        assert_eq!(folded, vec![2, 3, 1]);
+        assert_eq!(folded.iter().sum::<u64>(), 6);
+        assert_eq!(h.sum(), 1 + 900 + 1_000 + 1_100 + 50_000 + 10_000_000);
     }
 }

@@ -121,11 +121,55 @@ impl std::fmt::Display for InvokeError {
     }
 }
 
-/// Told about failures the caller can no longer answer with an error
-/// status because the response head is already out (a trap or timeout
-/// while the body streams), so they still count against the version.
-pub trait LateFailure: Send + Sync {
+/// Which of the guest's output streams a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestStream {
+    Stdout,
+    Stderr,
+}
+
+impl GuestStream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GuestStream::Stdout => "stdout",
+            GuestStream::Stderr => "stderr",
+        }
+    }
+}
+
+/// What the runtime measured about one invocation, reported once when the
+/// guest's task ends (body streamed, trapped, timed out or aborted).
+#[derive(Debug, Clone)]
+pub struct InvocationReport {
+    /// First invocation served by this loaded function in this process.
+    pub cold: bool,
+    /// Fresh store and instance from the pre-instantiated component.
+    pub instantiate: Duration,
+    /// From the call into the guest's handler to its response head (None:
+    /// it never sent one).
+    pub call_to_head: Option<Duration>,
+    /// From the start of instantiation to the end of the guest's task: what
+    /// the invocation held an instance for (the billed duration).
+    pub total: Duration,
+    /// The status the guest answered with, if it answered.
+    pub status: Option<u16>,
+    /// Largest linear memory the guest asked for (bytes).
+    pub peak_memory_bytes: u64,
+    /// How the invocation ended.
+    pub outcome: Result<(), InvokeError>,
+}
+
+/// Told what happens during one invocation. The gateway implements it to
+/// tag guest output, count failures the response head can no longer carry,
+/// and write the invocation's log line, metrics and span.
+pub trait InvocationObserver: Send + Sync {
+    /// One line the guest wrote (without its newline).
+    fn guest_output(&self, stream: GuestStream, line: &str);
+    /// A failure after the response head went out (a trap or timeout while
+    /// the body streams): the status cannot say so, but it still counts.
     fn late_failure(&self, error: &InvokeError);
+    /// Called exactly once per invocation that reached the guest's task.
+    fn finished(&self, report: InvocationReport);
 }
 
 /// Server-wide runtime settings.
@@ -144,6 +188,17 @@ pub struct RuntimeStats {
     pub compiles: AtomicU64,
     /// Components loaded from the compile cache.
     pub cache_loads: AtomicU64,
+}
+
+/// How a function was made ready, for its cold-start breakdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadTimings {
+    /// True when the compiled form came from the cache; false when it was
+    /// compiled from wasm (publish, or a cache miss).
+    pub from_cache: bool,
+    /// Reading and verifying the compiled file (or compiling), deserializing
+    /// it and pre-instantiating (linking) the component.
+    pub load: Duration,
 }
 
 /// Per-function limits and environment, fixed when a version is loaded.
@@ -274,6 +329,7 @@ impl Runtime {
         wasm: impl FnOnce() -> Result<Vec<u8>, String>,
         limits: FunctionLimits,
     ) -> Result<(Arc<Function>, Option<String>)> {
+        let started = std::time::Instant::now();
         let cached = expected_sha256.and_then(|sha| self.load_cached(digest_hex, sha));
         let (component, new_sha) = match cached {
             Some(c) => (c, None),
@@ -295,17 +351,22 @@ impl Runtime {
                 (c, Some(sha))
             }
         };
-        let function = self.instantiate_pre(&component, limits)?;
-        Ok((Arc::new(function), new_sha))
-    }
-
-    fn instantiate_pre(&self, component: &Component, limits: FunctionLimits) -> Result<Function> {
+        let from_cache = new_sha.is_none();
         let pre = self
             .linker
-            .instantiate_pre(component)
+            .instantiate_pre(&component)
             .map_err(|e| RuntimeError::Link(format!("{e:#}")))?;
         let pre = ProxyPre::new(pre).map_err(|e| RuntimeError::Link(format!("{e:#}")))?;
-        Ok(Function { pre, limits })
+        let function = Function {
+            pre,
+            limits,
+            load: LoadTimings {
+                from_cache,
+                load: started.elapsed(),
+            },
+            warm: std::sync::atomic::AtomicBool::new(false),
+        };
+        Ok((Arc::new(function), new_sha))
     }
 }
 
@@ -378,10 +439,12 @@ impl WasiHttpView for Host {
 }
 
 /// Caps linear memory growth and remembers whether the cap was hit, so a
-/// resulting trap is reported as out-of-memory rather than a plain trap.
+/// resulting trap is reported as out-of-memory rather than a plain trap,
+/// and the largest size asked for (the invocation's peak memory).
 struct MemoryLimiter {
     max_bytes: usize,
     hit: bool,
+    peak: usize,
 }
 
 impl wasmtime::ResourceLimiter for MemoryLimiter {
@@ -395,6 +458,7 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
             self.hit = true;
             return Ok(false);
         }
+        self.peak = self.peak.max(desired);
         Ok(true)
     }
 
@@ -412,11 +476,23 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
 pub struct Function {
     pre: ProxyPre<Host>,
     limits: FunctionLimits,
+    load: LoadTimings,
+    /// Set by the first invocation: every later one is warm.
+    warm: std::sync::atomic::AtomicBool,
 }
 
 impl Function {
     pub fn limits(&self) -> &FunctionLimits {
         &self.limits
+    }
+
+    pub fn load_timings(&self) -> LoadTimings {
+        self.load
+    }
+
+    /// Whether this invocation is the function's first (its cold start).
+    fn take_cold(&self) -> bool {
+        !self.warm.load(Ordering::Relaxed) && !self.warm.swap(true, Ordering::Relaxed)
     }
 
     /// Runs one request in a fresh store with `env` as its environment
@@ -426,14 +502,17 @@ impl Function {
         &self,
         req: http::Request<B>,
         env: &[(String, String)],
-        late: Arc<dyn LateFailure>,
+        observer: Arc<dyn InvocationObserver>,
     ) -> Result<http::Response<HyperOutgoingBody>, InvokeError>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
+        let cold = self.take_cold();
         let mut wasi = WasiCtx::builder();
-        wasi.inherit_stdout().inherit_stderr().envs(env);
+        wasi.stdout(GuestOutput::new(GuestStream::Stdout, observer.clone()))
+            .stderr(GuestOutput::new(GuestStream::Stderr, observer.clone()))
+            .envs(env);
         let mut store = Store::new(
             self.pre.engine(),
             Host {
@@ -443,6 +522,7 @@ impl Function {
                 limiter: MemoryLimiter {
                     max_bytes: usize::try_from(self.limits.memory_bytes).unwrap_or(usize::MAX),
                     hit: false,
+                    peak: 0,
                 },
             },
         );
@@ -469,14 +549,16 @@ impl Function {
         // Whether the guest handed over a response head, recorded by the
         // guest's own `response-outparam.set` call, so a failure after it
         // is known to be "late" without racing the caller.
-        let head_sent = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let head_flag = head_sent.clone();
+        // It also carries the status and when the head was sent, for the
+        // invocation's report.
+        let head = Arc::new(HeadSent::default());
+        let head_flag = head.clone();
         let out = store
             .data_mut()
             .http()
             .new_response_outparam_from_callback(move |response| {
-                if response.is_ok() {
-                    head_flag.store(true, Ordering::Release);
+                if let Ok(r) = &response {
+                    head_flag.set(r.status().as_u16());
                 }
                 let _ = sender.send(response);
             })
@@ -491,11 +573,32 @@ impl Function {
         // parked in a host wait (a sleep, a client that stopped reading)
         // does not hold its instance slot past the deadline.
         let task = tokio::task::spawn(async move {
+            // Reports the invocation even if this task is aborted.
+            let mut report = ReportOnDrop {
+                observer: observer.clone(),
+                report: Some(InvocationReport {
+                    cold,
+                    instantiate: Duration::ZERO,
+                    call_to_head: None,
+                    total: Duration::ZERO,
+                    status: None,
+                    peak_memory_bytes: 0,
+                    outcome: Err(InvokeError::Timeout(timeout)),
+                }),
+                started: std::time::Instant::now(),
+                call_started: None,
+                head: head.clone(),
+            };
             let run = async {
                 let proxy = match pre.instantiate_async(&mut store).await {
                     Ok(p) => p,
                     Err(e) => return Err(instantiate_error(e)),
                 };
+                let now = std::time::Instant::now();
+                report.call_started = Some(now);
+                if let Some(r) = report.report.as_mut() {
+                    r.instantiate = now - report.started;
+                }
                 proxy
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, req, out)
@@ -507,12 +610,20 @@ impl Function {
                 Err(_elapsed) => Err(InvokeError::Timeout(timeout)),
             };
             if let Err(e) = &result
-                && head_sent.load(Ordering::Acquire)
+                && head.sent()
             {
                 // The status is already on the wire; the body is cut short.
                 tracing::warn!(kind = e.kind(), error = %e, "function failed after sending its response head");
-                late.late_failure(e);
+                observer.late_failure(e);
             }
+            if let Some(r) = report.report.as_mut() {
+                r.peak_memory_bytes = store.data().limiter.peak as u64;
+                r.outcome = result.clone();
+            }
+            // The store first: its output streams flush their last
+            // partial lines before the invocation is reported.
+            drop(store);
+            drop(report);
             result
         });
 
@@ -533,6 +644,201 @@ impl Function {
                 Err(InvokeError::Timeout(timeout))
             }
         }
+    }
+}
+
+/// Whether (and when, with what status) the guest handed over its response
+/// head; written by the outparam callback, read by the guest's task.
+#[derive(Default)]
+struct HeadSent {
+    status: std::sync::atomic::AtomicU16,
+    at: std::sync::OnceLock<std::time::Instant>,
+}
+
+impl HeadSent {
+    fn set(&self, status: u16) {
+        let _ = self.at.set(std::time::Instant::now());
+        self.status.store(status, Ordering::Release);
+    }
+
+    fn sent(&self) -> bool {
+        self.status.load(Ordering::Acquire) != 0
+    }
+}
+
+/// Hands the invocation's report to its observer when the guest's task
+/// ends, however it ends (an aborted task reports a timeout).
+struct ReportOnDrop {
+    observer: Arc<dyn InvocationObserver>,
+    report: Option<InvocationReport>,
+    started: std::time::Instant,
+    call_started: Option<std::time::Instant>,
+    head: Arc<HeadSent>,
+}
+
+impl Drop for ReportOnDrop {
+    fn drop(&mut self) {
+        let Some(mut r) = self.report.take() else {
+            return;
+        };
+        r.total = self.started.elapsed();
+        let status = self.head.status.load(Ordering::Acquire);
+        r.status = (status != 0).then_some(status);
+        r.call_to_head = match (self.call_started, self.head.at.get()) {
+            (Some(call), Some(at)) => Some(at.saturating_duration_since(call)),
+            _ => None,
+        };
+        self.observer.finished(r);
+    }
+}
+
+/// A guest's stdout or stderr: split into lines, each handed to the
+/// invocation's observer. Lines are cut at [`MAX_LINE`] bytes and an
+/// invocation's output at [`MAX_OUTPUT`] (then one line says so), so a
+/// guest that prints without end cannot grow the server's memory.
+#[derive(Clone)]
+struct GuestOutput {
+    inner: Arc<std::sync::Mutex<LineBuffer>>,
+}
+
+const MAX_LINE: usize = 16 << 10;
+const MAX_OUTPUT: usize = 1 << 20;
+
+struct LineBuffer {
+    stream: GuestStream,
+    observer: Arc<dyn InvocationObserver>,
+    partial: Vec<u8>,
+    written: usize,
+    truncated: bool,
+}
+
+impl LineBuffer {
+    fn emit(&mut self, bytes: &[u8]) {
+        if self.truncated {
+            return;
+        }
+        self.written += bytes.len();
+        if self.written > MAX_OUTPUT {
+            self.truncated = true;
+            self.observer.guest_output(
+                self.stream,
+                &format!("[seal: output truncated after {} bytes]", MAX_OUTPUT),
+            );
+            return;
+        }
+        let line = String::from_utf8_lossy(bytes);
+        self.observer
+            .guest_output(self.stream, line.trim_end_matches('\r'));
+    }
+
+    fn write(&mut self, mut buf: &[u8]) {
+        while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
+            if self.partial.is_empty() {
+                self.emit(&buf[..nl]);
+            } else {
+                let mut line = std::mem::take(&mut self.partial);
+                line.extend_from_slice(&buf[..nl]);
+                self.emit(&line);
+            }
+            buf = &buf[nl + 1..];
+        }
+        self.partial.extend_from_slice(buf);
+        while self.partial.len() >= MAX_LINE {
+            let rest = self.partial.split_off(MAX_LINE);
+            let line = std::mem::replace(&mut self.partial, rest);
+            self.emit(&line);
+        }
+    }
+}
+
+impl Drop for LineBuffer {
+    fn drop(&mut self) {
+        if !self.partial.is_empty() {
+            let line = std::mem::take(&mut self.partial);
+            self.emit(&line);
+        }
+    }
+}
+
+impl GuestOutput {
+    fn new(stream: GuestStream, observer: Arc<dyn InvocationObserver>) -> Self {
+        Self {
+            inner: Arc::new(std::sync::Mutex::new(LineBuffer {
+                stream,
+                observer,
+                partial: Vec::new(),
+                written: 0,
+                truncated: false,
+            })),
+        }
+    }
+}
+
+impl wasmtime_wasi::cli::IsTerminal for GuestOutput {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl wasmtime_wasi::cli::StdoutStream for GuestOutput {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+
+    /// Written synchronously (no adapter task), so the guest's lines reach
+    /// the observer in order and before its invocation is reported.
+    fn p2_stream(&self) -> Box<dyn wasmtime_wasi::p2::OutputStream> {
+        Box::new(self.clone())
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl wasmtime_wasi::p2::OutputStream for GuestOutput {
+    fn write(&mut self, bytes: Bytes) -> wasmtime_wasi::p2::StreamResult<()> {
+        if let Ok(mut b) = self.inner.lock() {
+            b.write(&bytes);
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> wasmtime_wasi::p2::StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> wasmtime_wasi::p2::StreamResult<usize> {
+        Ok(64 << 10)
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl wasmtime_wasi::p2::Pollable for GuestOutput {
+    async fn ready(&mut self) {}
+}
+
+impl tokio::io::AsyncWrite for GuestOutput {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if let Ok(mut b) = self.inner.lock() {
+            b.write(buf);
+        }
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
     }
 }
 

@@ -997,6 +997,164 @@ async fn insert_audit(tx: &mut Transaction<'_, Sqlite>, entry: NewAudit<'_>) -> 
     Ok(())
 }
 
+/// Usage counted since the last flush, for one version in one hour.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageDelta {
+    pub function: String,
+    pub environment: String,
+    pub version: u64,
+    pub hour: i64,
+    pub invocations: u64,
+    pub gb_seconds: f64,
+}
+
+/// A version's usage over a time range.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, FromRow)]
+pub struct UsageRow {
+    pub environment: String,
+    pub version: i64,
+    pub invocations: i64,
+    pub gb_seconds: f64,
+}
+
+/// A function's cost budget per calendar period (UTC).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, FromRow)]
+pub struct Budget {
+    pub function: String,
+    pub gb_seconds: f64,
+    /// `day` or `month`.
+    pub period: String,
+    pub webhook: Option<String>,
+    pub alerted_period: Option<i64>,
+    pub updated_by: String,
+    pub updated_at: i64,
+}
+
+pub const HOUR_MS: i64 = 3_600_000;
+
+impl StateStore {
+    /// Adds usage deltas in one transaction (summed into their hour rows).
+    pub async fn add_usage(&self, deltas: &[UsageDelta]) -> Result<()> {
+        if deltas.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for d in deltas {
+            sqlx::query(
+                "INSERT INTO usage (function, environment, version, hour, invocations, gb_seconds) \
+                 VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (function, environment, version, hour) DO UPDATE SET \
+                 invocations = usage.invocations + excluded.invocations, \
+                 gb_seconds = usage.gb_seconds + excluded.gb_seconds",
+            )
+            .bind(&d.function)
+            .bind(&d.environment)
+            .bind(d.version as i64)
+            .bind(d.hour)
+            .bind(d.invocations as i64)
+            .bind(d.gb_seconds)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Usage per environment and version in the hours starting at or after
+    /// `since_ms` truncated to its hour.
+    pub async fn usage(&self, function: &str, since_ms: i64) -> Result<Vec<UsageRow>> {
+        let rows = sqlx::query_as::<_, UsageRow>(
+            "SELECT environment, version, CAST(SUM(invocations) AS BIGINT) AS invocations, \
+             CAST(SUM(gb_seconds) AS DOUBLE PRECISION) AS gb_seconds FROM usage \
+             WHERE function = $1 AND hour >= $2 GROUP BY environment, version \
+             ORDER BY environment, version",
+        )
+        .bind(function)
+        .bind(since_ms - since_ms.rem_euclid(HOUR_MS))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
+    }
+
+    pub async fn set_budget(&self, b: &Budget) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO budgets (function, gb_seconds, period, webhook, alerted_period, updated_by, updated_at) \
+             VALUES ($1, $2, $3, $4, NULL, $5, $6) \
+             ON CONFLICT (function) DO UPDATE SET gb_seconds = excluded.gb_seconds, \
+             period = excluded.period, webhook = excluded.webhook, alerted_period = NULL, \
+             updated_by = excluded.updated_by, updated_at = excluded.updated_at",
+        )
+        .bind(&b.function)
+        .bind(b.gb_seconds)
+        .bind(&b.period)
+        .bind(&b.webhook)
+        .bind(&b.updated_by)
+        .bind(b.updated_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn budget(&self, function: &str) -> Result<Option<Budget>> {
+        Ok(
+            sqlx::query_as::<_, Budget>("SELECT * FROM budgets WHERE function = $1")
+                .bind(function)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    pub async fn budgets(&self) -> Result<Vec<Budget>> {
+        Ok(
+            sqlx::query_as::<_, Budget>("SELECT * FROM budgets ORDER BY function")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Removes a budget; false when there was none.
+    pub async fn delete_budget(&self, function: &str) -> Result<bool> {
+        let r = sqlx::query("DELETE FROM budgets WHERE function = $1")
+            .bind(function)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// Claims the warning for the period starting at `period_start`: true
+    /// exactly once per period, however many servers ask.
+    pub async fn claim_budget_alert(&self, function: &str, period_start: i64) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE budgets SET alerted_period = $2 WHERE function = $1 \
+             AND (alerted_period IS NULL OR alerted_period < $2)",
+        )
+        .bind(function)
+        .bind(period_start)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+}
+
+/// Start (unix ms, UTC) of the calendar `day` or `month` holding `ms`.
+pub fn period_start(ms: i64, period: &str) -> i64 {
+    const DAY_MS: i64 = 86_400_000;
+    let day_start = ms - ms.rem_euclid(DAY_MS);
+    if period != "month" {
+        return day_start;
+    }
+    // Civil date of the day (Howard Hinnant's days-from-civil, inverted).
+    let days = day_start / DAY_MS;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day_of_month = doy - (153 * mp + 2) / 5 + 1;
+    day_start - (day_of_month - 1) * DAY_MS
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1089,5 +1247,16 @@ mod tests {
             }]
         );
         assert_eq!(route.deployment_id, 1);
+    }
+
+    #[test]
+    fn calendar_periods() {
+        // 2026-11-22T12:34:56Z
+        let t = 1_795_350_896_000;
+        assert_eq!(period_start(t, "day"), 1_795_305_600_000); // 2026-11-22T00:00Z
+        assert_eq!(period_start(t, "month"), 1_793_491_200_000); // 2026-11-01T00:00Z
+        // 2024-03-01T00:00Z is its own month start (leap year February before it).
+        assert_eq!(period_start(1_709_251_200_000, "month"), 1_709_251_200_000);
+        assert_eq!(period_start(1_709_251_199_999, "month"), 1_706_745_600_000); // 2024-02-01
     }
 }

@@ -173,7 +173,7 @@ impl Control {
             })
             .await?;
         let backends = vec![
-            Arc::new(Backend::new(
+            Arc::new(self.gateway.backend(
                 &env,
                 function,
                 version,
@@ -181,7 +181,7 @@ impl Control {
                 0,
                 candidate_fn,
             )),
-            Arc::new(Backend::new(
+            Arc::new(self.gateway.backend(
                 &env,
                 function,
                 baseline.version,
@@ -194,6 +194,7 @@ impl Control {
         tracing::info!(function, environment = %env, deployment = record.id, strategy = plan.strategy.as_str(),
             baseline = baseline.version, candidate = version, "progressive deployment started");
         self.notify(&plan, record.id, "started", json!({"weights": weights}));
+        self.observe_transition(&record, "started");
         self.spawn_driver(record.clone(), plan.clone());
         Ok(json!({"deployment": record, "unchanged": false, "weights": weights, "plan": plan_json}))
     }
@@ -407,7 +408,7 @@ impl Control {
             .map(|r| (**r).clone())
             .collect();
         routes.push(route);
-        let table = RouteTable::new(routes, &previous);
+        let table = RouteTable::new(routes);
         self.gateway.publish(table);
     }
 
@@ -447,7 +448,9 @@ impl Control {
     ) -> ApiResult<DeploymentRecord> {
         let weights = t.weights.map(<[WeightedVersion]>::to_vec);
         let finished = t.finished;
+        let event = t.event;
         let record = self.state.transition(d.id, t).await?;
+        self.observe_transition(&record, event);
         if let Some(w) = weights {
             self.reweigh_locked(plan, &w, finished)?;
         } else if finished {
@@ -606,7 +609,7 @@ impl Rollouts {
     }
 
     /// The last ~10 s of a version: now minus the oldest kept snapshot.
-    fn window(&self, env: &str, function: &str, b: &Backend) -> (Snapshot, f64) {
+    pub(crate) fn window(&self, env: &str, function: &str, b: &Backend) -> (Snapshot, f64) {
         let now = b.stats.snapshot();
         let oldest = self.history.lock().ok().and_then(|h| {
             h.get(&(env.to_owned(), function.to_owned(), b.version))
@@ -872,6 +875,11 @@ impl Driver {
     async fn roll_back_on(&mut self, step: usize, eval: &Evaluation, when: &str) -> ApiResult<()> {
         self.record_gate(step, eval).await?;
         let failed = eval.failed().cloned();
+        if let Some(g) = &failed {
+            self.control
+                .metrics
+                .gate_failed(&self.plan.function, &self.plan.environment, &g.gate);
+        }
         let reason = failed.as_ref().map_or_else(
             || format!("a gate failed{when}"),
             |g| {

@@ -7,6 +7,9 @@
 //! Header names are lowercased (repeated headers are joined with ", "), the
 //! body is the whole request body decoded as lossy UTF-8, and `env` holds every
 //! environment variable visible to the guest.
+//!
+//! It also prints `echo: <method> <path>` to stdout and
+//! `echo: request id <x-request-id>` to stderr.
 
 use std::collections::BTreeMap;
 
@@ -37,6 +40,12 @@ impl Guest for Echo {
         }
 
         let body = read_body(&request);
+        // One line on each stream, for the log-capture tests.
+        println!("echo: {method} {path}");
+        eprintln!(
+            "echo: request id {}",
+            headers.get("x-request-id").map_or("-", String::as_str)
+        );
         let env: BTreeMap<String, String> = std::env::vars().collect();
 
         let mut json = String::with_capacity(256 + body.len());

@@ -1,0 +1,431 @@
+//! One invocation's telemetry: its correlation id and trace context, the
+//! guest's output as tagged log lines, and — when the runtime reports the
+//! invocation's end — its metrics, its JSON log line and its span.
+//!
+//! The correlation id is the W3C `traceparent` trace id when the caller
+//! sent one, else the caller's `x-request-id`, else a new trace id. The
+//! guest receives `traceparent` (naming this invocation's span as parent)
+//! and `x-request-id`; the response carries `x-request-id`.
+
+use crate::Backend;
+use crate::logs::LogHub;
+use http::HeaderMap;
+use http::header::{HeaderName, HeaderValue};
+use opentelemetry::trace::{
+    SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, TraceState, Tracer,
+};
+use seal_runtime::{GuestStream, InvocationObserver, InvocationReport, InvokeError};
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// What the gateway records about invocations, beyond the per-version
+/// counters the rollout gates read (those are always on).
+pub struct Telemetry {
+    pub logs: LogHub,
+    /// Spans go out over OTLP when set.
+    pub tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
+    /// One JSON log line (and ring record) per invocation. Off, only guest
+    /// output and the counters remain.
+    pub invocation_logs: bool,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Self {
+            logs: LogHub::new(10_000),
+            tracer: None,
+            invocation_logs: true,
+        }
+    }
+}
+
+/// The trace context of one invocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceIds {
+    pub trace_id: [u8; 16],
+    /// This invocation's span.
+    pub span_id: [u8; 8],
+    /// The caller's span, when it sent `traceparent`.
+    pub parent: Option<[u8; 8]>,
+    pub sampled: bool,
+}
+
+impl TraceIds {
+    pub fn trace_hex(&self) -> String {
+        hex(&self.trace_id)
+    }
+
+    /// `traceparent` for the guest: this invocation's span as parent.
+    pub fn traceparent(&self) -> String {
+        format!(
+            "00-{}-{}-{:02x}",
+            hex(&self.trace_id),
+            hex(&self.span_id),
+            u8::from(self.sampled)
+        )
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    if s.len() != N * 2 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&s[i * 2..i * 2 + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Parses a W3C `traceparent` (`00-<trace>-<parent>-<flags>`); `None` for
+/// anything malformed, the forbidden version `ff` or all-zero ids.
+pub fn parse_traceparent(v: &str) -> Option<([u8; 16], [u8; 8], bool)> {
+    let mut parts = v.trim().split('-');
+    let version = parts.next()?;
+    let (trace, parent, flags) = (parts.next()?, parts.next()?, parts.next()?);
+    if version.len() != 2 || version.eq_ignore_ascii_case("ff") {
+        return None;
+    }
+    // Version 00 has exactly four fields; later versions may append more.
+    if version == "00" && parts.next().is_some() {
+        return None;
+    }
+    let trace = unhex::<16>(&trace.to_ascii_lowercase())?;
+    let parent = unhex::<8>(&parent.to_ascii_lowercase())?;
+    let flags = unhex::<1>(&flags.to_ascii_lowercase())?[0];
+    if trace == [0; 16] || parent == [0; 8] {
+        return None;
+    }
+    Some((trace, parent, flags & 1 == 1))
+}
+
+/// The invocation's trace context and correlation id, from the caller's
+/// headers or new.
+pub fn correlate(headers: &HeaderMap) -> (TraceIds, String) {
+    let span_id = loop {
+        let id: [u8; 8] = rand::random();
+        if id != [0; 8] {
+            break id;
+        }
+    };
+    let incoming = headers
+        .get(&TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_traceparent);
+    if let Some((trace_id, parent, sampled)) = incoming {
+        let ids = TraceIds {
+            trace_id,
+            span_id,
+            parent: Some(parent),
+            sampled,
+        };
+        return (ids, hex(&trace_id));
+    }
+    let trace_id = loop {
+        let id: [u8; 16] = rand::random();
+        if id != [0; 16] {
+            break id;
+        }
+    };
+    let ids = TraceIds {
+        trace_id,
+        span_id,
+        parent: None,
+        sampled: true,
+    };
+    let request_id = headers
+        .get(&X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty() && v.len() <= 200)
+        .map_or_else(|| hex(&trace_id), str::to_owned);
+    (ids, request_id)
+}
+
+/// Sets the headers the guest sees: its parent span and the correlation id.
+pub fn propagate(headers: &mut HeaderMap, ids: &TraceIds, request_id: &str) {
+    if let Ok(v) = HeaderValue::from_str(&ids.traceparent()) {
+        headers.insert(TRACEPARENT, v);
+    }
+    if !headers.contains_key(&X_REQUEST_ID)
+        && let Ok(v) = HeaderValue::from_str(request_id)
+    {
+        headers.insert(X_REQUEST_ID, v);
+    }
+}
+
+/// One invocation, observed. Created by the gateway per request and handed
+/// to the runtime.
+pub struct Invocation {
+    pub(crate) backend: Arc<Backend>,
+    pub(crate) telemetry: Arc<Telemetry>,
+    pub(crate) request_id: String,
+    pub(crate) ids: TraceIds,
+    pub(crate) method: http::Method,
+    pub(crate) path: String,
+    pub(crate) arrived: Instant,
+    pub(crate) arrived_wall: SystemTime,
+}
+
+#[derive(Serialize)]
+struct Tags<'a> {
+    function: &'a str,
+    environment: &'a str,
+    version: u64,
+    digest: &'a str,
+    request_id: &'a str,
+    trace_id: String,
+}
+
+#[derive(Serialize)]
+struct InvocationLine<'a> {
+    #[serde(flatten)]
+    tags: Tags<'a>,
+    span_id: String,
+    method: &'a str,
+    path: &'a str,
+    status: u16,
+    duration_ms: f64,
+    head_ms: Option<f64>,
+    instantiate_us: u64,
+    cold: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cold_start: Option<crate::telemetry::ColdStart>,
+    memory_peak_bytes: u64,
+    gb_seconds: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<ErrorField>,
+}
+
+#[derive(Serialize)]
+struct ErrorField {
+    kind: &'static str,
+    message: String,
+}
+
+#[derive(Serialize)]
+struct GuestLine<'a> {
+    #[serde(flatten)]
+    tags: Tags<'a>,
+    stream: &'static str,
+    message: &'a str,
+}
+
+fn ms(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+impl Invocation {
+    fn tags(&self) -> Tags<'_> {
+        Tags {
+            function: &self.backend.function_name,
+            environment: &self.backend.environment,
+            version: self.backend.version,
+            digest: &self.backend.digest,
+            request_id: &self.request_id,
+            trace_id: self.ids.trace_hex(),
+        }
+    }
+
+    fn key(&self) -> (&str, &str, u64) {
+        (
+            &self.backend.environment,
+            &self.backend.function_name,
+            self.backend.version,
+        )
+    }
+
+    fn span(&self, r: &InvocationReport, status: u16, error: Option<&InvokeError>) {
+        let Some(tracer) = &self.telemetry.tracer else {
+            return;
+        };
+        let b = &self.backend;
+        let mut attributes = vec![
+            opentelemetry::KeyValue::new("faas.name", b.function_name.clone()),
+            opentelemetry::KeyValue::new("faas.coldstart", r.cold),
+            opentelemetry::KeyValue::new("seal.function", b.function_name.clone()),
+            opentelemetry::KeyValue::new("seal.environment", b.environment.clone()),
+            opentelemetry::KeyValue::new("seal.version", b.version as i64),
+            opentelemetry::KeyValue::new("seal.digest", b.digest.clone()),
+            opentelemetry::KeyValue::new("seal.cold_start", r.cold),
+            opentelemetry::KeyValue::new("seal.request_id", self.request_id.clone()),
+            opentelemetry::KeyValue::new("http.request.method", self.method.to_string()),
+            opentelemetry::KeyValue::new("url.path", self.path.clone()),
+            opentelemetry::KeyValue::new("http.response.status_code", i64::from(status)),
+            opentelemetry::KeyValue::new("seal.instantiate_us", r.instantiate.as_micros() as i64),
+        ];
+        if let Some(e) = error {
+            attributes.push(opentelemetry::KeyValue::new("error.type", e.kind()));
+        }
+        let status = match error {
+            Some(e) => Status::error(e.to_string()),
+            None if status >= 500 => Status::error(format!("status {status}")),
+            None => Status::Unset,
+        };
+        let builder = tracer
+            .span_builder(format!("invoke {}", b.function_name))
+            .with_kind(SpanKind::Server)
+            .with_trace_id(TraceId::from_bytes(self.ids.trace_id))
+            .with_span_id(SpanId::from_bytes(self.ids.span_id))
+            .with_start_time(self.arrived_wall)
+            .with_attributes(attributes)
+            .with_status(status);
+        let parent = match self.ids.parent {
+            Some(p) => opentelemetry::Context::new().with_remote_span_context(SpanContext::new(
+                TraceId::from_bytes(self.ids.trace_id),
+                SpanId::from_bytes(p),
+                if self.ids.sampled {
+                    TraceFlags::SAMPLED
+                } else {
+                    TraceFlags::default()
+                },
+                true,
+                TraceState::default(),
+            )),
+            None => opentelemetry::Context::new(),
+        };
+        let mut span = tracer.build_with_context(builder, &parent);
+        use opentelemetry::trace::Span as _;
+        span.end_with_timestamp(self.arrived_wall + self.arrived.elapsed());
+    }
+}
+
+impl InvocationObserver for Invocation {
+    fn guest_output(&self, stream: GuestStream, line: &str) {
+        let tags = self.tags();
+        tracing::info!(
+            target: "seal::guest",
+            function = tags.function, environment = tags.environment,
+            version = tags.version, digest = tags.digest,
+            request_id = tags.request_id, stream = stream.as_str(),
+            "{line}"
+        );
+        let key = self.key();
+        self.telemetry.logs.push(
+            key,
+            None,
+            "guest",
+            &GuestLine {
+                tags,
+                stream: stream.as_str(),
+                message: line,
+            },
+        );
+    }
+
+    fn late_failure(&self, error: &InvokeError) {
+        if error.is_function_error() {
+            self.backend.stats.record_late_error();
+        }
+    }
+
+    fn finished(&self, r: InvocationReport) {
+        let b = &self.backend;
+        let gb_seconds =
+            b.stats
+                .record_invocation(&r, b.function.limits().memory_bytes, b.load_timings());
+        let error = r.outcome.as_ref().err();
+        let status = r.status.or(error.map(InvokeError::status)).unwrap_or(500);
+        self.span(&r, status, error);
+        if !self.telemetry.invocation_logs {
+            return;
+        }
+        let tags = self.tags();
+        let duration_ms = ms(r.total);
+        tracing::info!(
+            target: "seal::invocation",
+            function = tags.function, environment = tags.environment,
+            version = tags.version, digest = tags.digest,
+            request_id = tags.request_id, trace_id = %tags.trace_id,
+            status, duration_ms, cold = r.cold,
+            error = error.map(InvokeError::kind),
+            "invocation"
+        );
+        let line = InvocationLine {
+            tags,
+            span_id: hex(&self.ids.span_id),
+            method: self.method.as_str(),
+            path: &self.path,
+            status,
+            duration_ms,
+            head_ms: r.call_to_head.map(|c| ms(c + r.instantiate)),
+            instantiate_us: r.instantiate.as_micros() as u64,
+            cold: r.cold,
+            cold_start: if r.cold {
+                b.stats.last_cold_start()
+            } else {
+                None
+            },
+            memory_peak_bytes: r.peak_memory_bytes,
+            gb_seconds,
+            error: error.map(|e| ErrorField {
+                kind: e.kind(),
+                message: e.to_string(),
+            }),
+        };
+        self.telemetry
+            .logs
+            .push(self.key(), Some(status), "invocation", &line);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_round_trip_and_refusals() {
+        let v = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let (t, p, sampled) = parse_traceparent(v).unwrap();
+        assert_eq!(hex(&t), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(hex(&p), "00f067aa0ba902b7");
+        assert!(sampled);
+        for bad in [
+            "",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-zzf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ] {
+            assert_eq!(parse_traceparent(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn correlation_prefers_traceparent_then_request_id() {
+        let mut h = HeaderMap::new();
+        h.insert(X_REQUEST_ID, HeaderValue::from_static("abc-123"));
+        let (ids, id) = correlate(&h);
+        assert_eq!(id, "abc-123");
+        assert_eq!(ids.parent, None);
+        h.insert(
+            TRACEPARENT,
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"),
+        );
+        let (ids, id) = correlate(&h);
+        assert_eq!(id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(ids.parent.map(|p| hex(&p)).unwrap(), "00f067aa0ba902b7");
+        assert!(!ids.sampled);
+        // The guest's parent is this invocation's span, in the same trace.
+        let tp = ids.traceparent();
+        let (t, p, _) = parse_traceparent(&tp).unwrap();
+        assert_eq!((t, p), (ids.trace_id, ids.span_id));
+        let (ids, id) = correlate(&HeaderMap::new());
+        assert_eq!(id, ids.trace_hex());
+    }
+}

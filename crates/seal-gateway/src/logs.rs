@@ -1,0 +1,241 @@
+//! Invocation and guest log records: each is written once as a JSON line
+//! (through `tracing`, target `seal::invocation` or `seal::guest`) and kept
+//! in a bounded in-memory ring that `GET /v1/functions/{fn}/logs` reads and
+//! follows.
+//!
+//! The ring holds the last [`LogHub::capacity`] records of all functions;
+//! older ones are dropped (the server's own log output, collected by the
+//! operator, is the durable copy).
+
+use serde::Serialize;
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::sync::broadcast;
+
+/// One log record with the fields filters need, and its JSON line.
+#[derive(Debug)]
+pub struct LogRecord {
+    pub seq: u64,
+    pub ts_ms: i64,
+    pub environment: String,
+    pub function: String,
+    pub version: u64,
+    /// The invocation's status (guest lines carry their invocation's
+    /// status only when it is known; `None` otherwise).
+    pub status: Option<u16>,
+    /// `invocation` or `guest`.
+    pub kind: &'static str,
+    /// The whole record as one JSON object.
+    pub json: String,
+}
+
+/// Which records a reader wants.
+#[derive(Debug, Default, Clone)]
+pub struct LogFilter {
+    pub function: String,
+    pub environment: Option<String>,
+    pub version: Option<u64>,
+    /// An exact status, or a class: 2 → 2xx, 5 → 5xx.
+    pub status: Option<StatusFilter>,
+    pub since_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusFilter {
+    Exact(u16),
+    Class(u16),
+}
+
+impl StatusFilter {
+    /// `200`, `5xx`, `4XX`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim().to_ascii_lowercase();
+        if let Some(c) = s.strip_suffix("xx")
+            && let Ok(c) = c.parse::<u16>()
+            && (1..=5).contains(&c)
+        {
+            return Ok(StatusFilter::Class(c));
+        }
+        match s.parse::<u16>() {
+            Ok(n) if (100..=599).contains(&n) => Ok(StatusFilter::Exact(n)),
+            _ => Err(format!(
+                "invalid status filter {s:?}: use a status like 200 or a class like 5xx"
+            )),
+        }
+    }
+
+    fn matches(self, status: u16) -> bool {
+        match self {
+            StatusFilter::Exact(n) => status == n,
+            StatusFilter::Class(c) => status / 100 == c,
+        }
+    }
+}
+
+impl LogFilter {
+    pub fn matches(&self, r: &LogRecord) -> bool {
+        r.function == self.function
+            && self
+                .environment
+                .as_ref()
+                .is_none_or(|e| *e == r.environment)
+            && self.version.is_none_or(|v| v == r.version)
+            && self.since_ms.is_none_or(|t| r.ts_ms >= t)
+            && self
+                .status
+                .is_none_or(|f| r.status.is_some_and(|s| f.matches(s)))
+    }
+}
+
+pub struct LogHub {
+    ring: Mutex<VecDeque<std::sync::Arc<LogRecord>>>,
+    capacity: usize,
+    seq: AtomicU64,
+    live: broadcast::Sender<std::sync::Arc<LogRecord>>,
+}
+
+impl LogHub {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            ring: Mutex::new(VecDeque::with_capacity(capacity.min(1 << 16))),
+            capacity: capacity.max(1),
+            seq: AtomicU64::new(0),
+            live: broadcast::channel(4096).0,
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Adds a record. `fields` is serialized with `seq` and `ts` first.
+    pub fn push<T: Serialize>(
+        &self,
+        tags: (&str, &str, u64),
+        status: Option<u16>,
+        kind: &'static str,
+        fields: &T,
+    ) {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let ts_ms = now_ms();
+        #[derive(Serialize)]
+        struct Line<'a, T> {
+            ts: String,
+            seq: u64,
+            kind: &'static str,
+            #[serde(flatten)]
+            fields: &'a T,
+        }
+        let json = serde_json::to_string(&Line {
+            ts: rfc3339_ms(ts_ms),
+            seq,
+            kind,
+            fields,
+        })
+        .unwrap_or_default();
+        let record = std::sync::Arc::new(LogRecord {
+            seq,
+            ts_ms,
+            environment: tags.0.to_owned(),
+            function: tags.1.to_owned(),
+            version: tags.2,
+            status,
+            kind,
+            json,
+        });
+        if let Ok(mut ring) = self.ring.lock() {
+            if ring.len() >= self.capacity {
+                ring.pop_front();
+            }
+            ring.push_back(record.clone());
+        }
+        if self.live.receiver_count() > 0 {
+            let _ = self.live.send(record);
+        }
+    }
+
+    /// The newest `limit` records that match, oldest first.
+    pub fn query(&self, filter: &LogFilter, limit: usize) -> Vec<std::sync::Arc<LogRecord>> {
+        let Ok(ring) = self.ring.lock() else {
+            return Vec::new();
+        };
+        let mut out: Vec<_> = ring
+            .iter()
+            .rev()
+            .filter(|r| filter.matches(r))
+            .take(limit)
+            .cloned()
+            .collect();
+        out.reverse();
+        out
+    }
+
+    /// Records pushed from now on (a slow reader skips what it missed).
+    pub fn subscribe(&self) -> broadcast::Receiver<std::sync::Arc<LogRecord>> {
+        self.live.subscribe()
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// `2026-11-22T12:34:56.789Z`.
+pub fn rfc3339_ms(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let millis = ms.rem_euclid(1000);
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0) as u64);
+    let s = humantime::format_rfc3339_seconds(t).to_string();
+    // "…T12:34:56Z" → "…T12:34:56.789Z"
+    format!("{}.{millis:03}Z", s.trim_end_matches('Z'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_is_bounded_and_filters() {
+        let hub = LogHub::new(3);
+        for (v, status) in [(1, 200), (2, 500), (2, 200), (2, 503)] {
+            hub.push(
+                ("production", "hello", v),
+                Some(status),
+                "invocation",
+                &serde_json::json!({"v": v}),
+            );
+        }
+        let f = LogFilter {
+            function: "hello".into(),
+            ..Default::default()
+        };
+        // Capacity 3: the first record is gone.
+        let all = hub.query(&f, 100);
+        assert_eq!(all.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![2, 3, 4]);
+        let errors = LogFilter {
+            status: Some(StatusFilter::parse("5xx").unwrap()),
+            ..f.clone()
+        };
+        assert_eq!(hub.query(&errors, 100).len(), 2);
+        let v1 = LogFilter {
+            version: Some(1),
+            ..f.clone()
+        };
+        assert!(hub.query(&v1, 100).is_empty());
+        let other = LogFilter {
+            function: "other".into(),
+            ..f
+        };
+        assert!(hub.query(&other, 100).is_empty());
+        let line: serde_json::Value = serde_json::from_str(&all[0].json).unwrap();
+        assert_eq!(line["seq"], 2);
+        assert_eq!(line["kind"], "invocation");
+        assert!(line["ts"].as_str().unwrap().ends_with('Z'));
+        assert!(StatusFilter::parse("7xx").is_err());
+        assert!(StatusFilter::parse("abc").is_err());
+        assert_eq!(StatusFilter::parse("404"), Ok(StatusFilter::Exact(404)));
+    }
+}
