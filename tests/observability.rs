@@ -34,20 +34,26 @@ fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     })
 }
 
-fn promtool() -> Option<PathBuf> {
+/// A Prometheus tool on PATH; without it the check is skipped (with a
+/// note), unless `SEAL_REQUIRE_PROMTOOL=1` makes that a failure.
+fn prometheus_tool(name: &str) -> Option<PathBuf> {
     let found = std::env::var_os("PATH").and_then(|p| {
         std::env::split_paths(&p)
-            .map(|d| d.join("promtool"))
+            .map(|d| d.join(name))
             .find(|p| p.is_file())
     });
     if found.is_none() {
         assert!(
             std::env::var("SEAL_REQUIRE_PROMTOOL").as_deref() != Ok("1"),
-            "SEAL_REQUIRE_PROMTOOL=1 but promtool is not on PATH"
+            "SEAL_REQUIRE_PROMTOOL=1 but {name} is not on PATH"
         );
-        eprintln!("promtool not installed: skipping the promtool check");
+        eprintln!("{name} not installed: skipping this check");
     }
     found
+}
+
+fn promtool() -> Option<PathBuf> {
+    prometheus_tool("promtool")
 }
 
 fn run_promtool(args: &[&str], stdin: &[u8]) {
@@ -607,4 +613,93 @@ async fn generated_dashboard_and_rules_are_valid_and_written_on_deploy() {
         .await
         .unwrap();
     support::assert_error(r, 404, "not_found").await;
+}
+
+/// Kills the child on drop.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_prometheus_scrapes_the_versions_and_their_digests() {
+    let Some(bin) = prometheus_tool("prometheus") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    let (_, digest) = publish_file(&s, &guest("echo"), "scraped", &[]);
+    s.seal_json(&["deploy", "scraped", "1"]);
+    for _ in 0..3 {
+        assert_eq!(s.get("/scraped/").await.status(), 200);
+    }
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let target = s.api.trim_start_matches("http://");
+    let prom_dir = tempfile::tempdir().unwrap();
+    let config = prom_dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: seal\n    static_configs:\n      - targets: [\"{target}\"]\n"
+        ),
+    )
+    .unwrap();
+    let _prom = Child(
+        std::process::Command::new(bin)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                prom_dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let query = |q: &str| {
+        let http = s.http.clone();
+        let url = format!("http://127.0.0.1:{port}/api/v1/query");
+        let q = q.to_owned();
+        async move {
+            let r = http.get(url).query(&[("query", q)]).send().await.ok()?;
+            let v: Value = r.json().await.ok()?;
+            v["data"]["result"].as_array().cloned()
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let invocations = loop {
+        let got = query("seal_invocations_total{function=\"scraped\"}").await;
+        if let Some(r) = got.filter(|r| !r.is_empty()) {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "Prometheus never scraped Seal");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(invocations.len(), 1, "{invocations:?}");
+    assert_eq!(invocations[0]["metric"]["version"], "1");
+    assert_eq!(invocations[0]["metric"]["environment"], "production");
+    assert_eq!(invocations[0]["value"][1], "3");
+    let info = query("seal_version_info{function=\"scraped\"}")
+        .await
+        .unwrap();
+    assert_eq!(info[0]["metric"]["digest"], digest.as_str());
+    // Prometheus scraped OpenMetrics (it asks for it) and stored the
+    // histogram's buckets.
+    let p99 = query(
+        "histogram_quantile(0.99, sum by (le) (seal_invocation_duration_seconds_bucket{function=\"scraped\"}))",
+    )
+    .await
+    .unwrap();
+    let v: f64 = p99[0]["value"][1].as_str().unwrap().parse().unwrap();
+    assert!(v > 0.0 && v < 5.0, "{v}");
 }
