@@ -49,18 +49,26 @@ impl Client {
     /// Sends a request; a non-2xx answer becomes an error carrying the
     /// server's message.
     pub async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+        let text = self.checked(req).await?.text().await.unwrap_or_default();
+        Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// Sends a request and hands back a 2xx response unread (for streamed
+    /// or non-JSON bodies); a non-2xx answer becomes an error carrying the
+    /// server's message, as in [`Client::send`].
+    pub async fn checked(&self, req: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
         let resp = req.send().await.map_err(|e| self.unreachable(e))?;
         let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
         let text = resp.text().await.unwrap_or_default();
         let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        if !status.is_success() {
-            let msg = value["error"]["message"]
-                .as_str()
-                .map(str::to_owned)
-                .unwrap_or_else(|| value.to_string());
-            bail!("{msg} (HTTP {})", status.as_u16());
-        }
-        Ok(value)
+        let msg = value["error"]["message"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| value.to_string());
+        bail!("{msg} (HTTP {})", status.as_u16());
     }
 
     pub fn unreachable(&self, e: reqwest::Error) -> anyhow::Error {

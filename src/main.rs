@@ -97,7 +97,66 @@ enum Command {
     /// List or create environments.
     #[command(subcommand)]
     Env(commands::query::EnvCommand),
+    /// Show the invocation and guest logs of a function (or follow them with -f).
+    ///
+    /// Each invocation is one record (status, duration, cold start, memory,
+    /// GB-seconds, request and trace ids), and every line the guest writes to
+    /// stdout or stderr is one record tied to its request id. The server keeps
+    /// the newest records of all functions in memory; its own log output is
+    /// the durable copy. With --output json each record is printed as the JSON
+    /// line the server sent.
+    #[command(after_long_help = LOGS_EXAMPLES)]
+    Logs(commands::observe::LogsArgs),
+    /// Live table of every routed version: traffic, errors, latency, cold starts.
+    ///
+    /// Numbers are measured over the server's sliding window (about 10 s);
+    /// COLD is the cold starts in the window, with the total since the version
+    /// was loaded in parentheses. With --output json, one JSON line per frame.
+    #[command(after_long_help = TOP_EXAMPLES)]
+    Top(commands::observe::TopArgs),
+    /// Show what a function consumed: invocations and GB-seconds per version, and its budget.
+    ///
+    /// GB-seconds are memory (in GB) × execution time (in seconds), counted
+    /// per hour: --since counts from the start of the hour it falls in.
+    #[command(after_long_help = COST_EXAMPLES)]
+    Cost(commands::observe::CostArgs),
+    /// Set or remove the GB-seconds budget of a function.
+    #[command(subcommand, after_long_help = COST_EXAMPLES)]
+    Budget(commands::observe::BudgetCommand),
+    /// Print a generated Grafana dashboard or Prometheus alerting rules for a function.
+    ///
+    /// The same files are also written by the server to
+    /// <data-dir>/monitoring/<function>/ (dashboard.json, rules.yml) on each
+    /// deploy and budget change, ready for file-based provisioning.
+    #[command(after_long_help = MONITORING_EXAMPLES)]
+    Monitoring(commands::observe::MonitoringArgs),
 }
+
+const LOGS_EXAMPLES: &str = "\
+Examples:
+  seal logs hello                          # the newest 100 records
+  seal logs hello -e production --status 5xx --since 10m
+  seal logs hello --version 2 -f           # follow until Ctrl-C
+  seal logs hello -o json | jq 'select(.kind == \"invocation\") | .duration_ms'";
+
+const TOP_EXAMPLES: &str = "\
+Examples:
+  seal top                                 # refresh every second until Ctrl-C
+  seal top -e production --interval 5s
+  seal top --iterations 1 -o json          # one frame, for scripts";
+
+const COST_EXAMPLES: &str = "\
+Examples:
+  seal cost hello                          # the last 24 hours
+  seal cost hello --since 30d -e production
+  seal budget set hello --gb-seconds 100   # per calendar month (UTC)
+  seal budget set hello --gb-seconds 5 --period day --webhook http://alerts.internal/seal
+  seal budget delete hello";
+
+const MONITORING_EXAMPLES: &str = "\
+Examples:
+  seal monitoring hello --grafana --out hello-dashboard.json
+  seal monitoring hello --prometheus-rules > /etc/prometheus/rules/hello.yml";
 
 const DEPLOY_EXAMPLES: &str = "\
 Examples:
@@ -160,6 +219,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Inspect(args) => commands::query::inspect(args, &client()?, out).await,
         Command::Audit(args) => commands::query::audit(args, &client()?, out).await,
         Command::Env(cmd) => commands::query::env(cmd, &client()?, out).await,
+        Command::Logs(args) => commands::observe::logs(args, &client()?, out).await,
+        Command::Top(args) => commands::observe::top(args, &client()?, out).await,
+        Command::Cost(args) => commands::observe::cost(args, &client()?, out).await,
+        Command::Budget(cmd) => commands::observe::budget(cmd, &client()?, out).await,
+        Command::Monitoring(args) => commands::observe::monitoring(args, &client()?, out).await,
     }
 }
 

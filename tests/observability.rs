@@ -337,6 +337,84 @@ async fn every_signal_names_function_environment_version_and_digest() {
     assert_eq!(row["weight"], 100);
     assert_eq!(row["total_requests"], 4);
     assert_eq!(row["total_cold_starts"], 1);
+
+    // The CLI over the same records.
+    let out = s.seal(&["logs", "svc", "--version", "2", "--output", "json"]);
+    assert!(out.ok, "{}", out.stderr);
+    let lines: Vec<Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4);
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["version"] == 2 && l["kind"] == "invocation")
+    );
+    let text = s.seal(&["logs", "svc", "--version", "1"]);
+    assert!(text.ok && text.stdout.contains("svc@1"), "{}", text.stdout);
+    assert!(text.stdout.contains("echo: GET /first"), "{}", text.stdout);
+    s.seal(&["logs", "nope"])
+        .assert_fails_with("unknown function");
+    s.seal(&["logs", "svc", "--status", "9xx"])
+        .assert_fails_with("invalid status filter");
+    let top = s.seal_json(&["top", "--iterations", "1"]);
+    assert!(
+        top["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["function"] == "svc" && r["version"] == 2)
+    );
+    let cost = s.seal_json(&["cost", "svc"]);
+    assert_eq!(cost["total"]["invocations"], 9);
+    let rules = s.seal(&["monitoring", "svc", "--prometheus-rules"]);
+    assert!(rules.ok && rules.stdout.contains("SealHighErrorRate"));
+
+    // --follow prints records as they happen.
+    let mut follow = std::process::Command::new(support::seal_bin())
+        .args([
+            "logs", "svc", "--follow", "--limit", "0", "--output", "json",
+        ])
+        .env("SEAL_SERVER", &s.api)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    // Until the follower is subscribed, a request may come before it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let seen = loop {
+        let r = s
+            .http
+            .get(format!("{}/svc/followed", s.gateway))
+            .header("x-request-id", "follow-me")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(500)) {
+            break line;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "seal logs --follow printed nothing"
+        );
+    };
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let seen: Value = serde_json::from_str(&seen).unwrap();
+    assert_eq!(seen["request_id"], "follow-me");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,7 @@
 //! One module per verb group.
 
 pub mod deploy;
+pub mod observe;
 pub mod publish;
 pub mod query;
 pub mod rollout;

@@ -366,17 +366,31 @@ const MEMORY_KIB: [u64; 9] = [
     4 << 20,
 ];
 
+/// An exported histogram: its family, and how its fine buckets fold.
+struct HistogramSpec<'a> {
+    name: &'a str,
+    help: &'a str,
+    unit: Unit,
+    /// Upper bounds in recorded units.
+    bounds: &'a [u64],
+    /// Recorded unit → exported unit.
+    scale: f64,
+}
+
 fn histogram(
     encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    unit: &Unit,
+    spec: HistogramSpec<'_>,
     entries: &[VersionEntry],
     pick: impl Fn(&seal_gateway::VersionStats) -> &seal_gateway::telemetry::AtomicHistogram,
-    bounds: &[u64],
-    scale: f64,
 ) -> Result<(), std::fmt::Error> {
-    let mut m = encoder.encode_descriptor(name, help, Some(unit), MetricType::Histogram)?;
+    let HistogramSpec {
+        name,
+        help,
+        unit,
+        bounds,
+        scale,
+    } = spec;
+    let mut m = encoder.encode_descriptor(name, help, Some(&unit), MetricType::Histogram)?;
     for e in entries {
         let h = pick(&e.stats);
         let counts = h.fold(bounds);
@@ -489,33 +503,39 @@ impl prometheus_client::collector::Collector for VersionCollector {
         )?;
         histogram(
             &mut encoder,
-            "seal_invocation_duration",
-            "Time from request arrival to the response head",
-            &Unit::Seconds,
+            HistogramSpec {
+                name: "seal_invocation_duration",
+                help: "Time from request arrival to the response head",
+                unit: Unit::Seconds,
+                bounds: &LATENCY_US,
+                scale: 1e-6,
+            },
             &entries,
             |s| s.latency(),
-            &LATENCY_US,
-            1e-6,
         )?;
         histogram(
             &mut encoder,
-            "seal_instantiation_duration",
-            "Time to a fresh instance from the pre-instantiated component",
-            &Unit::Seconds,
+            HistogramSpec {
+                name: "seal_instantiation_duration",
+                help: "Time to a fresh instance from the pre-instantiated component",
+                unit: Unit::Seconds,
+                bounds: &INSTANTIATE_US,
+                scale: 1e-6,
+            },
             &entries,
             |s| s.instantiation(),
-            &INSTANTIATE_US,
-            1e-6,
         )?;
         histogram(
             &mut encoder,
-            "seal_guest_memory_peak",
-            "Largest linear memory an invocation used",
-            &Unit::Bytes,
+            HistogramSpec {
+                name: "seal_guest_memory_peak",
+                help: "Largest linear memory an invocation used",
+                unit: Unit::Bytes,
+                bounds: &MEMORY_KIB,
+                scale: 1024.0,
+            },
             &entries,
             |s| s.memory_kib(),
-            &MEMORY_KIB,
-            1024.0,
         )?;
 
         let mut cold = encoder.encode_descriptor(

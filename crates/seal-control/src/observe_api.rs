@@ -148,11 +148,11 @@ async fn logs(
             Body::from_stream(futures::StreamExt::chain(lines, follow))
         }
     };
-    Ok(Response::builder()
+    Response::builder()
         .header(header::CONTENT_TYPE, "application/x-ndjson")
         .header(header::CACHE_CONTROL, "no-cache")
         .body(body)
-        .map_err(ApiError::internal)?)
+        .map_err(ApiError::internal)
 }
 
 #[derive(Deserialize)]

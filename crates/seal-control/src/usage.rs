@@ -10,11 +10,13 @@ use seal_state::{HOUR_MS, NewAudit, UsageDelta, now_ms, period_start};
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-/// What was persisted so far per (environment, function, version):
-/// invocations and GB-seconds.
+/// (environment, function, version).
+type VersionKey = (String, String, u64);
+
+/// What was persisted so far per version: invocations and GB-seconds.
 #[derive(Default)]
 pub struct UsageFlusher {
-    flushed: Mutex<HashMap<(String, String, u64), (u64, f64)>>,
+    flushed: Mutex<HashMap<VersionKey, (u64, f64)>>,
     /// One flush at a time, so two never persist the same growth.
     running: tokio::sync::Mutex<()>,
 }
