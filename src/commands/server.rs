@@ -36,6 +36,12 @@ pub struct ServerArgs {
     #[arg(long, env = "SEAL_OTLP_ENDPOINT", value_name = "URL")]
     otlp_endpoint: Option<String>,
 
+    /// Share of invocations without a caller's traceparent whose spans are
+    /// exported (0 to 1). A caller's sampled flag is always followed, and
+    /// every invocation is logged whatever its sampling.
+    #[arg(long, env = "SEAL_TRACE_SAMPLE_RATIO", default_value_t = 1.0, value_parser = parse_ratio, value_name = "RATIO")]
+    trace_sample_ratio: f64,
+
     /// Write one JSON log line per invocation (function, version, digest,
     /// request id, status, duration, cold start). Guest stdout/stderr are
     /// captured either way.
@@ -55,6 +61,16 @@ pub struct ServerArgs {
 enum LogFormat {
     Text,
     Json,
+}
+
+/// A number from 0 to 1.
+fn parse_ratio(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!(
+            "invalid ratio {s:?}: give a number from 0 to 1, e.g. 0.1"
+        )),
+    }
 }
 
 /// `64MiB`, `512KiB`, `1GiB`, `10MB`, `1000` (bytes).
@@ -114,6 +130,7 @@ pub async fn run(args: ServerArgs, format: crate::output::OutputFormat) -> anyho
         otlp_endpoint: args.otlp_endpoint,
         invocation_logs: args.invocation_logs,
         log_buffer: args.log_buffer as usize,
+        trace_sample_ratio: args.trace_sample_ratio,
     })
     .await?;
     {

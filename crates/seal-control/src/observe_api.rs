@@ -122,7 +122,7 @@ async fn logs(
     let lines = futures::stream::iter(
         backlog
             .into_iter()
-            .map(|r| Ok::<_, std::convert::Infallible>(Bytes::from(format!("{}\n", r.json)))),
+            .map(|r| Ok::<_, std::convert::Infallible>(Bytes::from(format!("{}\n", r.json())))),
     );
     let body = match live {
         None => Body::from_stream(lines),
@@ -133,7 +133,7 @@ async fn logs(
                     loop {
                         match rx.recv().await {
                             Ok(r) if r.seq > last_seq && filter.matches(&r) => {
-                                return Some((Ok(Bytes::from(format!("{}\n", r.json))), rx));
+                                return Some((Ok(Bytes::from(format!("{}\n", r.json()))), rx));
                             }
                             Ok(_) => continue,
                             Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {

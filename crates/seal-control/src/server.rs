@@ -31,6 +31,8 @@ pub struct ServerConfig {
     pub invocation_logs: bool,
     /// Log records kept in memory for `seal logs`.
     pub log_buffer: usize,
+    /// Share of new traces (no caller `traceparent`) whose spans are exported.
+    pub trace_sample_ratio: f64,
 }
 
 impl ServerConfig {
@@ -46,6 +48,7 @@ impl ServerConfig {
             otlp_endpoint: None,
             invocation_logs: true,
             log_buffer: 10_000,
+            trace_sample_ratio: 1.0,
         }
     }
 }
@@ -135,6 +138,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
             logs: seal_gateway::logs::LogHub::new(config.log_buffer),
             tracer: tracer.clone(),
             invocation_logs: config.invocation_logs,
+            trace_sample_ratio: config.trace_sample_ratio,
         },
     );
     let control = Arc::new(

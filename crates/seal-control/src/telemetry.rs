@@ -5,9 +5,8 @@
 
 use opentelemetry::KeyValue;
 use opentelemetry::trace::{Span as _, SpanKind, TraceId, Tracer as _, TracerProvider as _};
-use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, BatchSpanProcessor, SdkTracer, SdkTracerProvider,
-};
+use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
+use opentelemetry_sdk::trace::{BatchConfigBuilder, SdkTracer, SdkTracerProvider};
 use seal_state::DeploymentRecord;
 use sha2::{Digest as _, Sha256};
 use std::time::Duration;
@@ -30,7 +29,10 @@ pub fn traces_url(endpoint: &str) -> Result<String, String> {
 }
 
 /// A tracer exporting in batches (every second) to `endpoint` over
-/// OTLP/HTTP with JSON bodies.
+/// OTLP/HTTP with JSON bodies. The batches are built and sent by a task on
+/// the server's tokio runtime with the async HTTP client: no extra threads
+/// (the SDK's default processor adds two, which measurably cost
+/// throughput on a small machine, see bench/RESULTS.md).
 pub fn otlp_tracer(endpoint: &str) -> anyhow::Result<(SdkTracerProvider, SdkTracer)> {
     use opentelemetry_otlp::{Protocol, WithExportConfig};
     let url = traces_url(endpoint).map_err(anyhow::Error::msg)?;
@@ -40,7 +42,7 @@ pub fn otlp_tracer(endpoint: &str) -> anyhow::Result<(SdkTracerProvider, SdkTrac
         .with_endpoint(url)
         .with_timeout(Duration::from_secs(10))
         .build()?;
-    let processor = BatchSpanProcessor::builder(exporter)
+    let processor = BatchSpanProcessor::builder(exporter, opentelemetry_sdk::runtime::Tokio)
         .with_batch_config(
             BatchConfigBuilder::default()
                 .with_scheduled_delay(Duration::from_secs(1))

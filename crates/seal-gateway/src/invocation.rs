@@ -8,7 +8,7 @@
 //! and `x-request-id`; the response carries `x-request-id`.
 
 use crate::Backend;
-use crate::logs::LogHub;
+use crate::logs::{LogHub, Payload};
 use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
 use opentelemetry::trace::{
@@ -31,6 +31,9 @@ pub struct Telemetry {
     /// One JSON log line (and ring record) per invocation. Off, only guest
     /// output and the counters remain.
     pub invocation_logs: bool,
+    /// Share of invocations without a caller's `traceparent` that are
+    /// traced (a caller's sampled flag is always followed).
+    pub trace_sample_ratio: f64,
 }
 
 impl Default for Telemetry {
@@ -39,6 +42,7 @@ impl Default for Telemetry {
             logs: LogHub::new(10_000),
             tracer: None,
             invocation_logs: true,
+            trace_sample_ratio: 1.0,
         }
     }
 }
@@ -113,8 +117,8 @@ pub fn parse_traceparent(v: &str) -> Option<([u8; 16], [u8; 8], bool)> {
 }
 
 /// The invocation's trace context and correlation id, from the caller's
-/// headers or new.
-pub fn correlate(headers: &HeaderMap) -> (TraceIds, String) {
+/// headers or new; a new trace is sampled with probability `ratio`.
+pub fn correlate(headers: &HeaderMap, ratio: f64) -> (TraceIds, String) {
     let span_id = loop {
         let id: [u8; 8] = rand::random();
         if id != [0; 8] {
@@ -144,7 +148,7 @@ pub fn correlate(headers: &HeaderMap) -> (TraceIds, String) {
         trace_id,
         span_id,
         parent: None,
-        sampled: true,
+        sampled: ratio >= 1.0 || (ratio > 0.0 && rand::random::<f64>() < ratio),
     };
     let request_id = headers
         .get(&X_REQUEST_ID)
@@ -172,7 +176,7 @@ pub fn propagate(headers: &mut HeaderMap, ids: &TraceIds, request_id: &str) {
 pub struct Invocation {
     pub(crate) backend: Arc<Backend>,
     pub(crate) telemetry: Arc<Telemetry>,
-    pub(crate) request_id: String,
+    pub(crate) request_id: Arc<str>,
     pub(crate) ids: TraceIds,
     pub(crate) method: http::Method,
     pub(crate) path: String,
@@ -180,48 +184,47 @@ pub struct Invocation {
     pub(crate) arrived_wall: SystemTime,
 }
 
-#[derive(Serialize)]
-struct Tags<'a> {
-    function: &'a str,
-    environment: &'a str,
-    version: u64,
-    digest: &'a str,
-    request_id: &'a str,
-    trace_id: String,
+fn hex_ser<S: serde::Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&hex(bytes))
 }
 
-#[derive(Serialize)]
-struct InvocationLine<'a> {
-    #[serde(flatten)]
-    tags: Tags<'a>,
-    span_id: String,
-    method: &'a str,
-    path: &'a str,
-    status: u16,
-    duration_ms: f64,
-    head_ms: Option<f64>,
-    instantiate_us: u64,
-    cold: bool,
+/// An invocation's log record, beyond its version's tags.
+#[derive(Debug, Serialize)]
+pub struct InvocationFields {
+    pub request_id: Arc<str>,
+    #[serde(serialize_with = "hex_ser")]
+    pub trace_id: [u8; 16],
+    #[serde(serialize_with = "hex_ser")]
+    pub span_id: [u8; 8],
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    pub duration_ms: f64,
+    pub head_ms: Option<f64>,
+    pub instantiate_us: u64,
+    pub cold: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
-    cold_start: Option<crate::telemetry::ColdStart>,
-    memory_peak_bytes: u64,
-    gb_seconds: f64,
+    pub cold_start: Option<crate::telemetry::ColdStart>,
+    pub memory_peak_bytes: u64,
+    pub gb_seconds: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<ErrorField>,
+    pub error: Option<ErrorField>,
 }
 
-#[derive(Serialize)]
-struct ErrorField {
-    kind: &'static str,
-    message: String,
+#[derive(Debug, Serialize)]
+pub struct ErrorField {
+    pub kind: &'static str,
+    pub message: String,
 }
 
-#[derive(Serialize)]
-struct GuestLine<'a> {
-    #[serde(flatten)]
-    tags: Tags<'a>,
-    stream: &'static str,
-    message: &'a str,
+/// A line the guest wrote.
+#[derive(Debug, Serialize)]
+pub struct GuestFields {
+    pub request_id: Arc<str>,
+    #[serde(serialize_with = "hex_ser")]
+    pub trace_id: [u8; 16],
+    pub stream: &'static str,
+    pub message: String,
 }
 
 fn ms(d: std::time::Duration) -> f64 {
@@ -229,25 +232,6 @@ fn ms(d: std::time::Duration) -> f64 {
 }
 
 impl Invocation {
-    fn tags(&self) -> Tags<'_> {
-        Tags {
-            function: &self.backend.function_name,
-            environment: &self.backend.environment,
-            version: self.backend.version,
-            digest: &self.backend.digest,
-            request_id: &self.request_id,
-            trace_id: self.ids.trace_hex(),
-        }
-    }
-
-    fn key(&self) -> (&str, &str, u64) {
-        (
-            &self.backend.environment,
-            &self.backend.function_name,
-            self.backend.version,
-        )
-    }
-
     fn span(&self, r: &InvocationReport, status: u16, error: Option<&InvokeError>) {
         let Some(tracer) = &self.telemetry.tracer else {
             return;
@@ -305,24 +289,23 @@ impl Invocation {
 
 impl InvocationObserver for Invocation {
     fn guest_output(&self, stream: GuestStream, line: &str) {
-        let tags = self.tags();
+        let b = &self.backend;
         tracing::info!(
             target: "seal::guest",
-            function = tags.function, environment = tags.environment,
-            version = tags.version, digest = tags.digest,
-            request_id = tags.request_id, stream = stream.as_str(),
+            function = %b.function_name, environment = %b.environment,
+            version = b.version, digest = %b.digest,
+            request_id = %self.request_id, stream = stream.as_str(),
             "{line}"
         );
-        let key = self.key();
         self.telemetry.logs.push(
-            key,
+            &b.tags,
             None,
-            "guest",
-            &GuestLine {
-                tags,
+            Payload::Guest(Box::new(GuestFields {
+                request_id: self.request_id.clone(),
+                trace_id: self.ids.trace_id,
                 stream: stream.as_str(),
-                message: line,
-            },
+                message: line.to_owned(),
+            })),
         );
     }
 
@@ -343,22 +326,21 @@ impl InvocationObserver for Invocation {
         if !self.telemetry.invocation_logs {
             return;
         }
-        let tags = self.tags();
         let duration_ms = ms(r.total);
         tracing::info!(
             target: "seal::invocation",
-            function = tags.function, environment = tags.environment,
-            version = tags.version, digest = tags.digest,
-            request_id = tags.request_id, trace_id = %tags.trace_id,
-            status, duration_ms, cold = r.cold,
+            function = %b.function_name, environment = %b.environment,
+            version = b.version, digest = %b.digest,
+            request_id = %self.request_id, status, duration_ms, cold = r.cold,
             error = error.map(InvokeError::kind),
             "invocation"
         );
-        let line = InvocationLine {
-            tags,
-            span_id: hex(&self.ids.span_id),
-            method: self.method.as_str(),
-            path: &self.path,
+        let fields = InvocationFields {
+            request_id: self.request_id.clone(),
+            trace_id: self.ids.trace_id,
+            span_id: self.ids.span_id,
+            method: self.method.as_str().to_owned(),
+            path: self.path.clone(),
             status,
             duration_ms,
             head_ms: r.call_to_head.map(|c| ms(c + r.instantiate)),
@@ -378,7 +360,7 @@ impl InvocationObserver for Invocation {
         };
         self.telemetry
             .logs
-            .push(self.key(), Some(status), "invocation", &line);
+            .push(&b.tags, Some(status), Payload::Invocation(Box::new(fields)));
     }
 }
 
@@ -410,14 +392,14 @@ mod tests {
     fn correlation_prefers_traceparent_then_request_id() {
         let mut h = HeaderMap::new();
         h.insert(X_REQUEST_ID, HeaderValue::from_static("abc-123"));
-        let (ids, id) = correlate(&h);
+        let (ids, id) = correlate(&h, 1.0);
         assert_eq!(id, "abc-123");
         assert_eq!(ids.parent, None);
         h.insert(
             TRACEPARENT,
             HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"),
         );
-        let (ids, id) = correlate(&h);
+        let (ids, id) = correlate(&h, 1.0);
         assert_eq!(id, "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(ids.parent.map(|p| hex(&p)).unwrap(), "00f067aa0ba902b7");
         assert!(!ids.sampled);
@@ -425,7 +407,7 @@ mod tests {
         let tp = ids.traceparent();
         let (t, p, _) = parse_traceparent(&tp).unwrap();
         assert_eq!((t, p), (ids.trace_id, ids.span_id));
-        let (ids, id) = correlate(&HeaderMap::new());
+        let (ids, id) = correlate(&HeaderMap::new(), 1.0);
         assert_eq!(id, ids.trace_hex());
     }
 }

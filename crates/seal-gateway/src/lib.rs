@@ -41,6 +41,8 @@ pub const HEADER_DIGEST: HeaderName = HeaderName::from_static("seal-digest");
 pub struct Backend {
     pub environment: String,
     pub function_name: String,
+    /// The same names, shared by this version's log records.
+    pub tags: Arc<logs::VersionTags>,
     pub version: u64,
     pub digest: String,
     pub weight: u32,
@@ -74,6 +76,12 @@ impl Backend {
         .map(|(k, v)| (k.to_owned(), v));
         Self {
             env: Arc::from(env),
+            tags: Arc::new(logs::VersionTags {
+                function: function_name.to_owned(),
+                environment: environment.to_owned(),
+                version,
+                digest: digest.to_owned(),
+            }),
             environment: environment.to_owned(),
             function_name: function_name.to_owned(),
             version,
@@ -450,13 +458,14 @@ impl Gateway {
                 None,
             );
         };
-        let (ids, request_id) = invocation::correlate(req.headers());
+        let (ids, request_id) =
+            invocation::correlate(req.headers(), self.telemetry.trace_sample_ratio);
         invocation::propagate(req.headers_mut(), &ids, &request_id);
         let request_id_header = HeaderValue::from_str(&request_id).ok();
         let invocation = Arc::new(invocation::Invocation {
             backend: backend.clone(),
             telemetry: self.telemetry.clone(),
-            request_id,
+            request_id: Arc::from(request_id),
             ids,
             method: req.method().clone(),
             path: req.uri().path().to_owned(),

@@ -13,21 +13,73 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::broadcast;
 
-/// One log record with the fields filters need, and its JSON line.
+/// Which version a record is about (shared by every record of it).
+#[derive(Debug, Serialize)]
+pub struct VersionTags {
+    pub function: String,
+    pub environment: String,
+    pub version: u64,
+    pub digest: String,
+}
+
+/// One log record. Kept as data: it is turned into its JSON line only
+/// when read, so the request path pays no serialization.
 #[derive(Debug)]
 pub struct LogRecord {
     pub seq: u64,
     pub ts_ms: i64,
-    pub environment: String,
-    pub function: String,
-    pub version: u64,
-    /// The invocation's status (guest lines carry their invocation's
-    /// status only when it is known; `None` otherwise).
+    pub tags: std::sync::Arc<VersionTags>,
+    /// The invocation's status (`None` on guest lines: they are written
+    /// before it is known).
     pub status: Option<u16>,
-    /// `invocation` or `guest`.
-    pub kind: &'static str,
-    /// The whole record as one JSON object.
-    pub json: String,
+    pub payload: Payload,
+}
+
+#[derive(Debug)]
+pub enum Payload {
+    Invocation(Box<crate::invocation::InvocationFields>),
+    Guest(Box<crate::invocation::GuestFields>),
+}
+
+impl LogRecord {
+    pub fn kind(&self) -> &'static str {
+        match self.payload {
+            Payload::Invocation(_) => "invocation",
+            Payload::Guest(_) => "guest",
+        }
+    }
+
+    /// The record as one JSON object (one line).
+    pub fn json(&self) -> String {
+        #[derive(Serialize)]
+        struct Line<'a, T> {
+            ts: String,
+            seq: u64,
+            kind: &'static str,
+            #[serde(flatten)]
+            tags: &'a VersionTags,
+            #[serde(flatten)]
+            fields: &'a T,
+        }
+        let (ts, seq, kind, tags) = (rfc3339_ms(self.ts_ms), self.seq, self.kind(), &*self.tags);
+        let out = match &self.payload {
+            Payload::Invocation(f) => serde_json::to_string(&Line {
+                ts,
+                seq,
+                kind,
+                tags,
+                fields: &**f,
+            }),
+            Payload::Guest(f) => serde_json::to_string(&Line {
+                ts,
+                seq,
+                kind,
+                tags,
+                fields: &**f,
+            }),
+        };
+        out.unwrap_or_default()
+    }
 }
 
 /// Which records a reader wants.
@@ -75,12 +127,12 @@ impl StatusFilter {
 
 impl LogFilter {
     pub fn matches(&self, r: &LogRecord) -> bool {
-        r.function == self.function
+        r.tags.function == self.function
             && self
                 .environment
                 .as_ref()
-                .is_none_or(|e| *e == r.environment)
-            && self.version.is_none_or(|v| v == r.version)
+                .is_none_or(|e| *e == r.tags.environment)
+            && self.version.is_none_or(|v| v == r.tags.version)
             && self.since_ms.is_none_or(|t| r.ts_ms >= t)
             && self
                 .status
@@ -109,40 +161,14 @@ impl LogHub {
         self.capacity
     }
 
-    /// Adds a record. `fields` is serialized with `seq` and `ts` first.
-    pub fn push<T: Serialize>(
-        &self,
-        tags: (&str, &str, u64),
-        status: Option<u16>,
-        kind: &'static str,
-        fields: &T,
-    ) {
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
-        let ts_ms = now_ms();
-        #[derive(Serialize)]
-        struct Line<'a, T> {
-            ts: String,
-            seq: u64,
-            kind: &'static str,
-            #[serde(flatten)]
-            fields: &'a T,
-        }
-        let json = serde_json::to_string(&Line {
-            ts: rfc3339_ms(ts_ms),
-            seq,
-            kind,
-            fields,
-        })
-        .unwrap_or_default();
+    /// Adds a record (numbered and timestamped here).
+    pub fn push(&self, tags: &std::sync::Arc<VersionTags>, status: Option<u16>, payload: Payload) {
         let record = std::sync::Arc::new(LogRecord {
-            seq,
-            ts_ms,
-            environment: tags.0.to_owned(),
-            function: tags.1.to_owned(),
-            version: tags.2,
+            seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
+            ts_ms: now_ms(),
+            tags: tags.clone(),
             status,
-            kind,
-            json,
+            payload,
         });
         if let Ok(mut ring) = self.ring.lock() {
             if ring.len() >= self.capacity {
@@ -197,16 +223,28 @@ pub fn rfc3339_ms(ms: i64) -> String {
 mod tests {
     use super::*;
 
+    fn guest(message: &str) -> Payload {
+        Payload::Guest(Box::new(crate::invocation::GuestFields {
+            request_id: "r".into(),
+            trace_id: [1; 16],
+            stream: "stdout",
+            message: message.into(),
+        }))
+    }
+
     #[test]
     fn ring_is_bounded_and_filters() {
         let hub = LogHub::new(3);
+        let tags = |version| {
+            std::sync::Arc::new(VersionTags {
+                function: "hello".into(),
+                environment: "production".into(),
+                version,
+                digest: "sha256:x".into(),
+            })
+        };
         for (v, status) in [(1, 200), (2, 500), (2, 200), (2, 503)] {
-            hub.push(
-                ("production", "hello", v),
-                Some(status),
-                "invocation",
-                &serde_json::json!({"v": v}),
-            );
+            hub.push(&tags(v), Some(status), guest("hi"));
         }
         let f = LogFilter {
             function: "hello".into(),
@@ -230,9 +268,13 @@ mod tests {
             ..f
         };
         assert!(hub.query(&other, 100).is_empty());
-        let line: serde_json::Value = serde_json::from_str(&all[0].json).unwrap();
+        let line: serde_json::Value = serde_json::from_str(&all[0].json()).unwrap();
         assert_eq!(line["seq"], 2);
-        assert_eq!(line["kind"], "invocation");
+        assert_eq!(line["kind"], "guest");
+        assert_eq!(line["function"], "hello");
+        assert_eq!(line["version"], 2);
+        assert_eq!(line["trace_id"], "01010101010101010101010101010101");
+        assert_eq!(line["message"], "hi");
         assert!(line["ts"].as_str().unwrap().ends_with('Z'));
         assert!(StatusFilter::parse("7xx").is_err());
         assert!(StatusFilter::parse("abc").is_err());
