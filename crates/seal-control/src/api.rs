@@ -109,7 +109,7 @@ async fn json_errors(resp: axum::response::Response) -> axum::response::Response
 
 /// Who is acting. Recorded in deployments and the audit log; token
 /// authentication replaces this self-declared name when it lands.
-fn actor(headers: &HeaderMap) -> String {
+pub(crate) fn actor(headers: &HeaderMap) -> String {
     headers
         .get("seal-actor")
         .and_then(|v| v.to_str().ok())

@@ -9,6 +9,7 @@
 //! | PUT/DELETE | `/v1/functions/{fn}/budget` | `{"gb_seconds", "period": "day"\|"month", "webhook"?}` |
 //! | GET | `/v1/functions/{fn}/monitoring/{grafana\|prometheus-rules}` | generated dashboard / alert rules |
 
+use crate::api::actor;
 use crate::engine::Control;
 use crate::error::{ApiError, ApiResult};
 use axum::body::Body;
@@ -280,15 +281,6 @@ struct BudgetBody {
     gb_seconds: f64,
     period: Option<String>,
     webhook: Option<String>,
-}
-
-fn actor(headers: &HeaderMap) -> String {
-    headers
-        .get("seal-actor")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128)
-        .unwrap_or("anonymous")
-        .to_owned()
 }
 
 async fn set_budget(
