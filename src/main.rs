@@ -92,7 +92,10 @@ enum Command {
     Deployment(commands::query::DeploymentArg),
     /// Show a version in full (FUNCTION@N): manifest, digests, routes; verifies its blobs.
     Inspect(commands::query::InspectArgs),
-    /// Show the audit log, newest first.
+    /// Show the audit log, newest first; `seal audit verify` checks its hash chain.
+    ///
+    /// Every entry carries the SHA-256 of the entry before it and its own
+    /// hash, so an edited, removed or reordered entry breaks the chain.
     Audit(commands::query::AuditArgs),
     /// List or create environments.
     #[command(subcommand)]

@@ -817,3 +817,45 @@ async fn server_start_report_in_json() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_verify_finds_an_edited_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    publish_file(&s, &guest("echo"), "audited", &[]);
+    s.seal_json(&["deploy", "audited", "1"]);
+    s.seal_json(&["env", "create", "qa"]);
+    let v = s.seal_json(&["audit", "verify"]);
+    assert_eq!(v["ok"], true, "{v}");
+    let entries = v["entries"].as_u64().unwrap();
+    assert!(entries >= 3, "{v}");
+    let log = s.seal_json(&["audit"]);
+    assert_eq!(log["entries"][0]["hash"], v["head"]);
+    let text = s.seal(&["audit", "verify"]);
+    assert!(
+        text.ok && text.stdout.contains("audit log intact"),
+        "{}",
+        text.stdout
+    );
+
+    // Someone with the database file rewrites who did entry 2.
+    s.stop();
+    let db = dir.path().join("state.db");
+    let edit = std::process::Command::new("python3")
+        .arg("-c")
+        .arg("import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute(\"UPDATE audit SET actor = 'someone-else' WHERE id = 2\"); c.commit()")
+        .arg(&db)
+        .status()
+        .unwrap();
+    assert!(edit.success());
+    let s = Server::start(dir.path());
+    let out = s.seal(&["audit", "verify"]);
+    out.assert_fails_with("audit log broken at entry 2");
+    let v = s.api_get("/v1/audit/verify").await;
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["first_broken"]["id"], 2);
+    assert_eq!(v["entries"], 1);
+    // New entries still append (after the broken link, which stays reported).
+    s.seal_json(&["env", "create", "qa2"]);
+    assert_eq!(s.api_get("/v1/audit/verify").await["first_broken"]["id"], 2);
+}

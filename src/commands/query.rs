@@ -50,6 +50,18 @@ pub struct AuditArgs {
     /// How many entries to show.
     #[arg(long, default_value_t = 50)]
     limit: u32,
+
+    #[command(subcommand)]
+    command: Option<AuditCommand>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum AuditCommand {
+    /// Recompute the hash chain from the first entry and report the first
+    /// broken link (an edited, removed or reordered entry). Exits non-zero
+    /// when the chain is broken. Keep the printed head hash somewhere else
+    /// to detect later that the end of the log was cut off.
+    Verify,
 }
 
 pub async fn functions(client: &Client, out: OutputFormat) -> anyhow::Result<()> {
@@ -508,6 +520,27 @@ pub async fn env(cmd: EnvCommand, client: &Client, out: OutputFormat) -> anyhow:
 }
 
 pub async fn audit(args: AuditArgs, client: &Client, out: OutputFormat) -> anyhow::Result<()> {
+    if let Some(AuditCommand::Verify) = args.command {
+        let v = client.get("/v1/audit/verify").await?;
+        emit(out, &v, |v| {
+            if v["ok"] == true {
+                println!(
+                    "audit log intact: {} entries, head {}",
+                    v["entries"],
+                    v["head"].as_str().unwrap_or("-")
+                );
+            }
+        });
+        if v["ok"] != true {
+            anyhow::bail!(
+                "audit log broken at entry {}: {} ({} entries before it verified)",
+                v["first_broken"]["id"],
+                v["first_broken"]["reason"].as_str().unwrap_or("unknown"),
+                v["entries"]
+            );
+        }
+        return Ok(());
+    }
     let v = client
         .get(&format!("/v1/audit?limit={}", args.limit))
         .await?;

@@ -14,6 +14,7 @@
 //! | POST | `/v1/deployments/{id}/approve\|promote\|abort` | steer a progressive deployment |
 //! | GET | `/v1/functions/{fn}/rollout?environment=` | live view: weights, per-version windows, gates |
 //! | GET | `/v1/audit` | audit entries, newest first |
+//! | GET | `/v1/audit/verify` | recompute the hash chain: `{ok, entries, head, first_broken}` |
 //! | GET/POST | `/v1/environments` | list / create (`{"name"}`) environments |
 //! | GET | `/v1/server` | runtime counters (compiles, cache loads) |
 //! | GET | `/healthz` | liveness |
@@ -64,6 +65,7 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/v1/deployments/{id}/{command}", post(deployment_command))
         .route("/v1/functions/{function}/rollout", get(rollout_status))
         .route("/v1/audit", get(audit))
+        .route("/v1/audit/verify", get(verify_audit))
         .route(
             "/v1/environments",
             get(list_environments).post(create_environment),
@@ -569,4 +571,9 @@ async fn audit(
         .audit_log(q.limit.unwrap_or(100).min(10_000))
         .await?;
     Ok(Json(json!({"entries": entries})))
+}
+
+async fn verify_audit(State(c): State<Arc<Control>>) -> ApiResult<Json<Value>> {
+    let v = c.state.verify_audit().await?;
+    Ok(Json(json!(v)))
 }

@@ -240,6 +240,55 @@ pub struct AuditRecord {
     pub digest: Option<String>,
     pub outcome: String,
     pub detail: serde_json::Value,
+    /// The hash of the entry before (64 zeros for the first).
+    pub prev_hash: Option<String>,
+    /// SHA-256 over this entry and `prev_hash` (see [`audit_hash`]).
+    pub hash: Option<String>,
+}
+
+/// The first entry's `prev_hash`.
+pub const AUDIT_GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// An audit entry's hash: SHA-256 (hex) of the JSON array
+/// `[prev_hash, id, at, actor, action, object, digest, outcome, detail]`,
+/// `detail` being the stored text. JSON makes the encoding unambiguous
+/// whatever the fields contain.
+#[allow(clippy::too_many_arguments)]
+pub fn audit_hash(
+    prev_hash: &str,
+    id: i64,
+    at: i64,
+    actor: &str,
+    action: &str,
+    object: &str,
+    digest: Option<&str>,
+    outcome: &str,
+    detail: &str,
+) -> String {
+    use sha2::Digest as _;
+    let canonical = serde_json::json!([
+        prev_hash, id, at, actor, action, object, digest, outcome, detail
+    ])
+    .to_string();
+    hex::encode(sha2::Sha256::digest(canonical.as_bytes()))
+}
+
+/// What `verify_audit` found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditVerification {
+    pub ok: bool,
+    /// Entries checked.
+    pub entries: u64,
+    /// The last entry's hash: record it elsewhere to detect a truncated tail
+    /// later (a chain cannot tell on its own that its end was cut off).
+    pub head: Option<String>,
+    pub first_broken: Option<BrokenLink>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokenLink {
+    pub id: u64,
+    pub reason: String,
 }
 
 /// An audit entry to append.
@@ -343,8 +392,22 @@ impl StateStore {
             .max_connections(1)
             .connect_with(options)
             .await?;
+        // Whether this open adds the audit chain (migration 4): only then are
+        // older entries chained. Later, an entry without a hash is a broken
+        // link for `verify_audit`, never silently re-chained.
+        let had_chain: bool = sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM _sqlx_migrations WHERE version = 4 AND success",
+        )
+        .fetch_one(&pool)
+        .await
+        .map(|n| n > 0)
+        .unwrap_or(false);
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Self { pool })
+        let store = Self { pool };
+        if !had_chain {
+            store.chain_unhashed_audit().await?;
+        }
+        Ok(store)
     }
 
     pub async fn version_by_digest(&self, digest: &str) -> Result<Option<VersionRecord>> {
@@ -875,30 +938,137 @@ impl StateStore {
 
     /// The most recent audit entries, newest first.
     pub async fn audit_log(&self, limit: u32) -> Result<Vec<AuditRecord>> {
-        #[allow(clippy::type_complexity)]
-        let rows: Vec<(i64, i64, String, String, String, Option<String>, String, String)> =
-            sqlx::query_as(
-                "SELECT id, at, actor, action, object, digest, outcome, detail FROM audit ORDER BY id DESC LIMIT $1",
-            )
-            .bind(limit as i64)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows: Vec<AuditRow> = sqlx::query_as(&format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit ORDER BY id DESC LIMIT $1"
+        ))
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows
             .into_iter()
             .map(
-                |(id, at, actor, action, object, digest, outcome, detail)| AuditRecord {
-                    id: id as u64,
-                    at,
-                    actor,
-                    action,
-                    object,
-                    digest,
-                    outcome,
-                    detail: serde_json::from_str(&detail)
-                        .unwrap_or(serde_json::Value::String(detail)),
+                |(id, at, actor, action, object, digest, outcome, detail, prev_hash, hash)| {
+                    AuditRecord {
+                        id: id as u64,
+                        at,
+                        actor,
+                        action,
+                        object,
+                        digest,
+                        outcome,
+                        detail: serde_json::from_str(&detail)
+                            .unwrap_or(serde_json::Value::String(detail)),
+                        prev_hash,
+                        hash,
+                    }
                 },
             )
             .collect())
+    }
+
+    /// Recomputes the audit chain from the first entry and reports the
+    /// first broken link: an edited entry (its hash no longer matches), a
+    /// removed or reordered one (ids jump, or `prev_hash` is not the hash
+    /// before it), or an entry without a hash.
+    pub async fn verify_audit(&self) -> Result<AuditVerification> {
+        let rows: Vec<AuditRow> =
+            sqlx::query_as(&format!("SELECT {AUDIT_COLUMNS} FROM audit ORDER BY id"))
+                .fetch_all(&self.pool)
+                .await?;
+        let mut prev = AUDIT_GENESIS.to_owned();
+        let mut entries = 0u64;
+        for (expected_id, row) in (1i64..).zip(rows) {
+            let (id, at, actor, action, object, digest, outcome, detail, prev_hash, hash) = row;
+            let broken = |reason: String| AuditVerification {
+                ok: false,
+                entries,
+                head: None,
+                first_broken: Some(BrokenLink {
+                    id: id as u64,
+                    reason,
+                }),
+            };
+            if id != expected_id {
+                return Ok(broken(format!(
+                    "entries {expected_id}..{} are missing",
+                    id - 1
+                )));
+            }
+            if prev_hash.as_deref() != Some(prev.as_str()) {
+                return Ok(broken(
+                    "its prev_hash is not the hash of the entry before it".into(),
+                ));
+            }
+            let computed = audit_hash(
+                &prev,
+                id,
+                at,
+                &actor,
+                &action,
+                &object,
+                digest.as_deref(),
+                &outcome,
+                &detail,
+            );
+            if hash.as_deref() != Some(computed.as_str()) {
+                return Ok(broken(
+                    "its contents do not match its hash (the entry was changed)".into(),
+                ));
+            }
+            prev = computed;
+            entries += 1;
+        }
+        Ok(AuditVerification {
+            ok: true,
+            entries,
+            head: (entries > 0).then_some(prev),
+            first_broken: None,
+        })
+    }
+
+    /// Chains the entries written before the chain existed, in id order,
+    /// when the chain's migration is applied: from then on they are covered.
+    async fn chain_unhashed_audit(&self) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let rows: Vec<AuditRow> =
+            sqlx::query_as(&format!("SELECT {AUDIT_COLUMNS} FROM audit ORDER BY id"))
+                .fetch_all(&mut *tx)
+                .await?;
+        if rows.iter().any(|r| r.9.is_some()) {
+            return Ok(());
+        }
+        let mut prev = AUDIT_GENESIS.to_owned();
+        for (id, at, actor, action, object, digest, outcome, detail, prev_hash, hash) in rows {
+            if let (Some(p), Some(h)) = (prev_hash, hash) {
+                if p != prev {
+                    return Err(StateError::Corrupt(format!(
+                        "audit entry {id} does not follow the entry before it"
+                    )));
+                }
+                prev = h;
+                continue;
+            }
+            let h = audit_hash(
+                &prev,
+                id,
+                at,
+                &actor,
+                &action,
+                &object,
+                digest.as_deref(),
+                &outcome,
+                &detail,
+            );
+            sqlx::query("UPDATE audit SET prev_hash = $1, hash = $2 WHERE id = $3")
+                .bind(&prev)
+                .bind(&h)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            prev = h;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 }
 
@@ -978,24 +1148,64 @@ async fn upsert_route(
 }
 
 async fn insert_audit(tx: &mut Transaction<'_, Sqlite>, entry: NewAudit<'_>) -> Result<()> {
-    let id: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) + 1 FROM audit")
-        .fetch_one(&mut **tx)
-        .await?;
+    let last: Option<(i64, Option<String>)> =
+        sqlx::query_as("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1")
+            .fetch_optional(&mut **tx)
+            .await?;
+    let (id, prev) = match last {
+        Some((id, hash)) => (
+            id + 1,
+            hash.ok_or_else(|| StateError::Corrupt(format!("audit entry {id} has no hash")))?,
+        ),
+        None => (1, AUDIT_GENESIS.to_owned()),
+    };
+    let at = now_ms();
+    let detail = entry.detail.to_string();
+    let hash = audit_hash(
+        &prev,
+        id,
+        at,
+        entry.actor,
+        entry.action,
+        entry.object,
+        entry.digest,
+        entry.outcome,
+        &detail,
+    );
     sqlx::query(
-        "INSERT INTO audit (id, at, actor, action, object, digest, outcome, detail) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "INSERT INTO audit (id, at, actor, action, object, digest, outcome, detail, prev_hash, hash) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
     .bind(id)
-    .bind(now_ms())
+    .bind(at)
     .bind(entry.actor)
     .bind(entry.action)
     .bind(entry.object)
     .bind(entry.digest)
     .bind(entry.outcome)
-    .bind(entry.detail.to_string())
+    .bind(detail)
+    .bind(prev)
+    .bind(hash)
     .execute(&mut **tx)
     .await?;
     Ok(())
 }
+
+type AuditRow = (
+    i64,
+    i64,
+    String,
+    String,
+    String,
+    Option<String>,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+);
+
+const AUDIT_COLUMNS: &str =
+    "id, at, actor, action, object, digest, outcome, detail, prev_hash, hash";
 
 /// Usage counted since the last flush, for one version in one hour.
 #[derive(Debug, Clone, PartialEq)]
@@ -1258,5 +1468,85 @@ mod tests {
         // 2024-03-01T00:00Z is its own month start (leap year February before it).
         assert_eq!(period_start(1_709_251_200_000, "month"), 1_709_251_200_000);
         assert_eq!(period_start(1_709_251_199_999, "month"), 1_706_745_600_000); // 2024-02-01
+    }
+
+    #[tokio::test]
+    async fn the_audit_chain_finds_the_first_edited_or_missing_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let s = StateStore::open_sqlite(&path).await.unwrap();
+        assert_eq!(s.verify_audit().await.unwrap().entries, 0);
+        for i in 0..5 {
+            s.audit(NewAudit {
+                actor: "t",
+                action: "test",
+                object: &format!("o{i}"),
+                digest: None,
+                outcome: "ok",
+                detail: serde_json::json!({"i": i}),
+            })
+            .await
+            .unwrap();
+        }
+        let v = s.verify_audit().await.unwrap();
+        assert!(v.ok && v.entries == 5 && v.first_broken.is_none(), "{v:?}");
+        let log = s.audit_log(10).await.unwrap();
+        assert_eq!(log[0].hash, v.head);
+        assert_eq!(log[4].prev_hash.as_deref(), Some(AUDIT_GENESIS));
+
+        // An edited field breaks that entry's own hash.
+        sqlx::query("UPDATE audit SET actor = 'mallory' WHERE id = 2")
+            .execute(&s.pool)
+            .await
+            .unwrap();
+        let v = s.verify_audit().await.unwrap();
+        assert!(!v.ok);
+        let b = v.first_broken.unwrap();
+        assert_eq!(b.id, 2);
+        assert!(b.reason.contains("changed"), "{}", b.reason);
+        assert_eq!(v.entries, 1);
+
+        // Rehashing the edited entry does not help: the next one no longer
+        // follows it.
+        let row: (i64, String, String, String, String, String, String) = sqlx::query_as(
+            "SELECT at, actor, action, object, outcome, detail, prev_hash FROM audit WHERE id = 2",
+        )
+        .fetch_one(&s.pool)
+        .await
+        .unwrap();
+        let forged = audit_hash(
+            &row.6, 2, row.0, &row.1, &row.2, &row.3, None, &row.4, &row.5,
+        );
+        sqlx::query("UPDATE audit SET hash = $1 WHERE id = 2")
+            .bind(&forged)
+            .execute(&s.pool)
+            .await
+            .unwrap();
+        let b = s.verify_audit().await.unwrap().first_broken.unwrap();
+        assert_eq!(b.id, 3);
+        assert!(b.reason.contains("prev_hash"), "{}", b.reason);
+
+        // A removed entry is a gap.
+        sqlx::query("DELETE FROM audit WHERE id = 4")
+            .execute(&s.pool)
+            .await
+            .unwrap();
+        sqlx::query("UPDATE audit SET actor = 't', hash = (SELECT prev_hash FROM audit WHERE id = 3) WHERE id = 2")
+            .execute(&s.pool)
+            .await
+            .unwrap();
+        let b = s.verify_audit().await.unwrap().first_broken.unwrap();
+        assert_eq!(b.id, 5);
+        assert!(b.reason.contains("missing"), "{}", b.reason);
+
+        // Clearing hashes is not "legacy data": a reopen does not re-chain.
+        sqlx::query("UPDATE audit SET hash = NULL, prev_hash = NULL")
+            .execute(&s.pool)
+            .await
+            .unwrap();
+        drop(s);
+        let s = StateStore::open_sqlite(&path).await.unwrap();
+        let v = s.verify_audit().await.unwrap();
+        assert_eq!(v.first_broken.unwrap().id, 1);
     }
 }
