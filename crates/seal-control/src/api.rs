@@ -248,11 +248,7 @@ async fn function_status(
     State(c): State<Arc<Control>>,
     Path(function): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    if !c.state.function_exists(&function).await? {
-        return Err(ApiError::not_found(format!(
-            "unknown function {function:?}"
-        )));
-    }
+    c.function_or_404(&function).await?;
     let table = c.gateway().table();
     let mut routes = Vec::new();
     for r in c
@@ -299,11 +295,7 @@ async fn list_versions(
     State(c): State<Arc<Control>>,
     Path(function): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    if !c.state.function_exists(&function).await? {
-        return Err(ApiError::not_found(format!(
-            "unknown function {function:?}"
-        )));
-    }
+    c.function_or_404(&function).await?;
     let versions = c.state.versions(&function).await?;
     Ok(Json(json!({"function": function, "versions": versions})))
 }
@@ -315,11 +307,7 @@ async fn inspect_version(
     let number: u64 = version
         .parse()
         .map_err(|_| ApiError::bad_request(format!("version must be a number, got {version:?}")))?;
-    if !c.state.function_exists(&function).await? {
-        return Err(ApiError::not_found(format!(
-            "unknown function {function:?}"
-        )));
-    }
+    c.function_or_404(&function).await?;
     let v = c
         .state
         .version(&function, number)
@@ -500,11 +488,7 @@ async fn list_deployments(
     Path(function): Path<String>,
     Query(q): Query<DeploymentsQuery>,
 ) -> ApiResult<Json<Value>> {
-    if !c.state.function_exists(&function).await? {
-        return Err(ApiError::not_found(format!(
-            "unknown function {function:?}"
-        )));
-    }
+    c.function_or_404(&function).await?;
     let deployments = c
         .state
         .deployments(&function, q.environment.as_deref())

@@ -413,16 +413,23 @@ impl Control {
         Ok(())
     }
 
+    /// 404 `unknown function` unless the function exists.
+    pub(crate) async fn function_or_404(&self, function: &str) -> ApiResult<()> {
+        if self.state.function_exists(function).await? {
+            Ok(())
+        } else {
+            Err(ApiError::not_found(format!(
+                "unknown function {function:?}"
+            )))
+        }
+    }
+
     pub(crate) async fn version_or_404(
         &self,
         function: &str,
         version: u64,
     ) -> ApiResult<VersionRecord> {
-        if !self.state.function_exists(function).await? {
-            return Err(ApiError::not_found(format!(
-                "unknown function {function:?}"
-            )));
-        }
+        self.function_or_404(function).await?;
         self.state
             .version(function, version)
             .await?
@@ -481,11 +488,7 @@ impl Control {
         actor: &str,
     ) -> ApiResult<DeployOutcome> {
         let env = self.environment_or_default(environment).await?;
-        if !self.state.function_exists(function).await? {
-            return Err(ApiError::not_found(format!(
-                "unknown function {function:?}"
-            )));
-        }
+        self.function_or_404(function).await?;
         // The target is worked out under the lock, from the route as it is
         // now, so a deploy landing meanwhile cannot make it stale.
         let _guard = self.deploy_lock.lock().await;

@@ -269,15 +269,7 @@ impl Metrics {
         if let (Some(new), Some(old)) = (new, old)
             && new != old
         {
-            let stats = |v: u64| {
-                gateway
-                    .versions()
-                    .into_iter()
-                    .find(|e| {
-                        e.environment == d.environment && e.function == d.function && e.version == v
-                    })
-                    .map(|e| e.stats)
-            };
+            let stats = |v: u64| gateway.registered_stats(&d.environment, &d.function, v);
             if let (Some(n), Some(o)) = (stats(new), stats(old)) {
                 let o = o.snapshot();
                 if let Ok(mut p) = self.post_deploy.lock() {

@@ -60,16 +60,6 @@ async fn metrics(State(c): State<Arc<Control>>, headers: HeaderMap) -> Response 
     }
 }
 
-async fn known_function(c: &Control, function: &str) -> ApiResult<()> {
-    if c.state.function_exists(function).await? {
-        Ok(())
-    } else {
-        Err(ApiError::not_found(format!(
-            "unknown function {function:?}"
-        )))
-    }
-}
-
 /// `24h`, `90m`, `7d` → milliseconds ago.
 fn since_ms(since: Option<&str>, default: &str) -> ApiResult<i64> {
     let s = since.unwrap_or(default);
@@ -97,7 +87,7 @@ async fn logs(
     Path(function): Path<String>,
     Query(q): Query<LogsQuery>,
 ) -> ApiResult<Response> {
-    known_function(&c, &function).await?;
+    c.function_or_404(&function).await?;
     let status = q
         .status
         .as_deref()
@@ -219,7 +209,7 @@ async fn cost(
     Path(function): Path<String>,
     Query(q): Query<CostQuery>,
 ) -> ApiResult<Json<Value>> {
-    known_function(&c, &function).await?;
+    c.function_or_404(&function).await?;
     let since = since_ms(q.since.as_deref(), "24h")?;
     // Count what is still only in memory.
     c.flush_usage().await?;
@@ -289,7 +279,7 @@ async fn set_budget(
     headers: HeaderMap,
     body: Result<Json<BudgetBody>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<Json<Value>> {
-    known_function(&c, &function).await?;
+    c.function_or_404(&function).await?;
     let Json(body) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
     if !body.gb_seconds.is_finite() || body.gb_seconds <= 0.0 {
         return Err(ApiError::bad_request(format!(
@@ -343,7 +333,7 @@ async fn delete_budget(
     Path(function): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult<StatusCode> {
-    known_function(&c, &function).await?;
+    c.function_or_404(&function).await?;
     if !c.state.delete_budget(&function).await? {
         return Err(ApiError::not_found(format!("{function} has no budget")));
     }
@@ -366,7 +356,7 @@ async fn monitoring(
     State(c): State<Arc<Control>>,
     Path((function, kind)): Path<(String, String)>,
 ) -> ApiResult<Response> {
-    known_function(&c, &function).await?;
+    c.function_or_404(&function).await?;
     match kind.as_str() {
         "grafana" => Ok(Json(crate::monitoring::grafana_dashboard(&function)).into_response()),
         "prometheus-rules" => {

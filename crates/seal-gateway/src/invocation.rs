@@ -75,22 +75,12 @@ impl TraceIds {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
+    hex::encode(bytes)
 }
 
 fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
-    if s.len() != N * 2 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
     let mut out = [0u8; N];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(&s[i * 2..i * 2 + 2], 16).ok()?;
-    }
+    hex::decode_to_slice(s, &mut out).ok()?;
     Some(out)
 }
 
@@ -107,9 +97,9 @@ pub fn parse_traceparent(v: &str) -> Option<([u8; 16], [u8; 8], bool)> {
     if version == "00" && parts.next().is_some() {
         return None;
     }
-    let trace = unhex::<16>(&trace.to_ascii_lowercase())?;
-    let parent = unhex::<8>(&parent.to_ascii_lowercase())?;
-    let flags = unhex::<1>(&flags.to_ascii_lowercase())?[0];
+    let trace = unhex::<16>(trace)?;
+    let parent = unhex::<8>(parent)?;
+    let flags = unhex::<1>(flags)?[0];
     if trace == [0; 16] || parent == [0; 8] {
         return None;
     }

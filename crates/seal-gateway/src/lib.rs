@@ -304,6 +304,21 @@ impl Gateway {
             .clone()
     }
 
+    /// The counters of a version that has served here, if it has.
+    pub fn registered_stats(
+        &self,
+        environment: &str,
+        function: &str,
+        version: u64,
+    ) -> Option<Arc<VersionStats>> {
+        let reg = self
+            .registry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        reg.get(&(environment.to_owned(), function.to_owned(), version))
+            .map(|e| e.stats.clone())
+    }
+
     /// A backend for a version, counting into its registered stats.
     pub fn backend(
         &self,

@@ -1472,6 +1472,9 @@ mod tests {
 
     #[tokio::test]
     async fn the_audit_chain_finds_the_first_edited_or_missing_entry() {
+        async fn exec(s: &StateStore, sql: &str) {
+            sqlx::query(sql).execute(&s.pool).await.unwrap();
+        }
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");
         let s = StateStore::open_sqlite(&path).await.unwrap();
@@ -1495,10 +1498,7 @@ mod tests {
         assert_eq!(log[4].prev_hash.as_deref(), Some(AUDIT_GENESIS));
 
         // An edited field breaks that entry's own hash.
-        sqlx::query("UPDATE audit SET actor = 'mallory' WHERE id = 2")
-            .execute(&s.pool)
-            .await
-            .unwrap();
+        exec(&s, "UPDATE audit SET actor = 'mallory' WHERE id = 2").await;
         let v = s.verify_audit().await.unwrap();
         assert!(!v.ok);
         let b = v.first_broken.unwrap();
@@ -1527,23 +1527,14 @@ mod tests {
         assert!(b.reason.contains("prev_hash"), "{}", b.reason);
 
         // A removed entry is a gap.
-        sqlx::query("DELETE FROM audit WHERE id = 4")
-            .execute(&s.pool)
-            .await
-            .unwrap();
-        sqlx::query("UPDATE audit SET actor = 't', hash = (SELECT prev_hash FROM audit WHERE id = 3) WHERE id = 2")
-            .execute(&s.pool)
-            .await
-            .unwrap();
+        exec(&s, "DELETE FROM audit WHERE id = 4").await;
+        exec(&s, "UPDATE audit SET actor = 't', hash = (SELECT prev_hash FROM audit WHERE id = 3) WHERE id = 2").await;
         let b = s.verify_audit().await.unwrap().first_broken.unwrap();
         assert_eq!(b.id, 5);
         assert!(b.reason.contains("missing"), "{}", b.reason);
 
         // Clearing hashes is not "legacy data": a reopen does not re-chain.
-        sqlx::query("UPDATE audit SET hash = NULL, prev_hash = NULL")
-            .execute(&s.pool)
-            .await
-            .unwrap();
+        exec(&s, "UPDATE audit SET hash = NULL, prev_hash = NULL").await;
         drop(s);
         let s = StateStore::open_sqlite(&path).await.unwrap();
         let v = s.verify_audit().await.unwrap();

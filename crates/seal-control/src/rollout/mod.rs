@@ -268,11 +268,7 @@ impl Control {
         environment: Option<&str>,
     ) -> ApiResult<Value> {
         let env = self.environment_or_default(environment).await?;
-        if !self.state.function_exists(function).await? {
-            return Err(ApiError::not_found(format!(
-                "unknown function {function:?}"
-            )));
-        }
+        self.function_or_404(function).await?;
         let deployment = self
             .state
             .deployments(function, Some(&env))
