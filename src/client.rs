@@ -2,28 +2,57 @@
 
 use anyhow::{Context, bail};
 use serde_json::Value;
+use std::path::Path;
+
+/// Whether the server's address is this machine's.
+fn is_loopback(url: &reqwest::Url) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
 
 pub struct Client {
     base: String,
     http: reqwest::Client,
-    actor: String,
+    /// The bearer token, and where it came from (for error messages).
+    token: Option<(String, String)>,
 }
 
 impl Client {
-    pub fn new(server: &str) -> anyhow::Result<Self> {
+    /// `token` (from --token or SEAL_TOKEN) wins; without it, a server on
+    /// a loopback address is assumed to be this machine's, and its admin
+    /// token is read from `<data_dir>/admin.token` if that file exists.
+    pub fn new(server: &str, token: Option<&str>, data_dir: &Path) -> anyhow::Result<Self> {
         let base = server.trim_end_matches('/').to_owned();
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
-            bail!("--server must be an http:// or https:// URL, got {server:?}");
-        }
-        let actor = std::env::var("SEAL_ACTOR")
-            .or_else(|_| std::env::var("USER"))
-            .unwrap_or_else(|_| "cli".into());
+        let url = reqwest::Url::parse(&base)
+            .ok()
+            .filter(|u| u.scheme() == "http" || u.scheme() == "https")
+            .ok_or_else(|| {
+                anyhow::anyhow!("--server must be an http:// or https:// URL, got {server:?}")
+            })?;
+        let token = match token.map(str::trim).filter(|t| !t.is_empty()) {
+            Some(t) => Some((t.to_owned(), "--token/SEAL_TOKEN".to_owned())),
+            None if is_loopback(&url) => {
+                let path = data_dir.join("admin.token");
+                std::fs::read_to_string(&path)
+                    .ok()
+                    .map(|t| t.trim().to_owned())
+                    .filter(|t| !t.is_empty())
+                    .map(|t| (t, path.display().to_string()))
+            }
+            None => None,
+        };
         Ok(Self {
             base,
             http: reqwest::Client::builder()
                 .build()
                 .context("cannot build HTTP client")?,
-            actor,
+            token,
         })
     }
 
@@ -32,9 +61,11 @@ impl Client {
     }
 
     pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        self.http
-            .request(method, self.url(path))
-            .header("seal-actor", &self.actor)
+        let req = self.http.request(method, self.url(path));
+        match &self.token {
+            Some((token, _)) => req.bearer_auth(token),
+            None => req,
+        }
     }
 
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
@@ -64,10 +95,18 @@ impl Client {
         }
         let text = resp.text().await.unwrap_or_default();
         let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        let msg = value["error"]["message"]
+        let mut msg = value["error"]["message"]
             .as_str()
             .map(str::to_owned)
             .unwrap_or_else(|| value.to_string());
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            msg = match &self.token {
+                None => format!(
+                    "{msg}: set SEAL_TOKEN or --token (on the server's machine the CLI reads <data-dir>/admin.token; see --data-dir)"
+                ),
+                Some((_, from)) => format!("{msg} (token from {from})"),
+            };
+        }
         bail!("{msg} (HTTP {})", status.as_u16());
     }
 

@@ -41,6 +41,16 @@ struct Cli {
     )]
     server: String,
 
+    /// API token (viewer, deployer or admin). Without one, a CLI talking to
+    /// a server on this machine reads <data-dir>/admin.token.
+    #[arg(long, global = true, env = "SEAL_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+
+    /// Where the server keeps state, artifacts, compiled components and the
+    /// admin token.
+    #[arg(long, global = true, env = "SEAL_DATA_DIR", default_value = "./.seal")]
+    data_dir: std::path::PathBuf,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -133,7 +143,25 @@ enum Command {
     /// deploy and budget change, ready for file-based provisioning.
     #[command(after_long_help = MONITORING_EXAMPLES)]
     Monitoring(commands::observe::MonitoringArgs),
+    /// Create, list and revoke API tokens (admin).
+    ///
+    /// Every API call but the health check needs a token. On its first start
+    /// the server writes an admin token to <data-dir>/admin.token (mode
+    /// 0600); the CLI uses --token or SEAL_TOKEN, and otherwise that file
+    /// when the server is on this machine.
+    #[command(subcommand, after_long_help = TOKEN_EXAMPLES)]
+    Token(commands::access::TokenCommand),
+    /// Show which token the CLI is using: name, role, environments.
+    Whoami,
 }
+
+const TOKEN_EXAMPLES: &str = "\
+Examples:
+  seal token create --role deployer --env staging --name ci-staging
+  SEAL_TOKEN=seal_… seal deploy hello 3 -e staging
+  seal token list
+  seal token revoke tk_1a2b3c4d
+  seal whoami";
 
 const LOGS_EXAMPLES: &str = "\
 Examples:
@@ -196,9 +224,9 @@ fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let out = cli.output;
-    let client = || client::Client::new(&cli.server);
+    let client = || client::Client::new(&cli.server, cli.token.as_deref(), &cli.data_dir);
     match cli.command {
-        Command::Server(args) => commands::server::run(args, out).await,
+        Command::Server(args) => commands::server::run(args, cli.data_dir.clone(), out).await,
         Command::Publish(args) => commands::publish::run(args, &client()?, out).await,
         Command::Deploy(args) => commands::deploy::deploy(args, &client()?, out).await,
         Command::Rollback(args) => commands::deploy::rollback(args, &client()?, out).await,
@@ -227,6 +255,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cost(args) => commands::observe::cost(args, &client()?, out).await,
         Command::Budget(cmd) => commands::observe::budget(cmd, &client()?, out).await,
         Command::Monitoring(args) => commands::observe::monitoring(args, &client()?, out).await,
+        Command::Token(cmd) => commands::access::token(cmd, &client()?, out).await,
+        Command::Whoami => commands::access::whoami(&client()?, out).await,
     }
 }
 

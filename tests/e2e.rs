@@ -87,7 +87,7 @@ async fn publish_deploy_rollback_and_history() {
     assert_eq!(list.len(), 3);
     assert_eq!(list[0]["kind"], "rollback");
     assert_eq!(list[1]["reason"], "ship v2");
-    assert_eq!(list[1]["actor"], "e2e-test");
+    assert_eq!(list[1]["actor"], "admin");
     let shown = s.seal_json(&["deployment", &list[0]["id"].to_string()]);
     let kinds: Vec<_> = shown["events"]
         .as_array()

@@ -378,6 +378,7 @@ async fn every_signal_names_function_environment_version_and_digest() {
             "logs", "svc", "--follow", "--limit", "0", "--output", "json",
         ])
         .env("SEAL_SERVER", &s.api)
+        .env("SEAL_TOKEN", &s.token)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -727,7 +728,8 @@ async fn a_real_prometheus_scrapes_the_versions_and_their_digests() {
     std::fs::write(
         &config,
         format!(
-            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: seal\n    static_configs:\n      - targets: [\"{target}\"]\n"
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: seal\n    authorization:\n      credentials_file: {}\n    static_configs:\n      - targets: [\"{target}\"]\n",
+            s.data_dir.join("admin.token").display()
         ),
     )
     .unwrap();

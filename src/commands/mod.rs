@@ -1,5 +1,6 @@
 //! One module per verb group.
 
+pub mod access;
 pub mod deploy;
 pub mod observe;
 pub mod publish;

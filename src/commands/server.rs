@@ -15,10 +15,6 @@ pub struct ServerArgs {
     #[arg(long, env = "SEAL_API_LISTEN", default_value = "127.0.0.1:8081")]
     api_listen: SocketAddr,
 
-    /// Where state, artifacts and compiled components live.
-    #[arg(long, env = "SEAL_DATA_DIR", default_value = "./.seal")]
-    data_dir: PathBuf,
-
     /// Largest blob an upload may send, e.g. 64MiB, 512KiB, 1000000.
     #[arg(long, env = "SEAL_MAX_UPLOAD_SIZE", default_value = "64MiB", value_parser = parse_size)]
     max_upload_size: u64,
@@ -101,8 +97,12 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 /// With `--output json` the start-up report is one JSON line
-/// (`{"gateway", "api", "data_dir"}`) instead of the three text lines.
-pub async fn run(args: ServerArgs, format: crate::output::OutputFormat) -> anyhow::Result<()> {
+/// (`{"gateway", "api", "data_dir", "admin_token_file"}`) instead of the three text lines.
+pub async fn run(
+    args: ServerArgs,
+    data_dir: PathBuf,
+    format: crate::output::OutputFormat,
+) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SEAL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Log lines are written by a background thread (per-invocation lines
@@ -123,7 +123,7 @@ pub async fn run(args: ServerArgs, format: crate::output::OutputFormat) -> anyho
     let server = seal_control::start(seal_control::ServerConfig {
         gateway_listen: args.listen,
         api_listen: args.api_listen,
-        data_dir: args.data_dir.clone(),
+        data_dir: data_dir.clone(),
         max_upload_bytes: args.max_upload_size,
         default_environment: args.default_environment,
         max_instances: args.max_instances,
@@ -139,7 +139,14 @@ pub async fn run(args: ServerArgs, format: crate::output::OutputFormat) -> anyho
             crate::output::OutputFormat::Text => {
                 writeln!(out, "gateway listening on http://{}", server.gateway_addr)?;
                 writeln!(out, "api listening on http://{}", server.api_addr)?;
-                writeln!(out, "data dir {}", args.data_dir.display())?;
+                writeln!(out, "data dir {}", data_dir.display())?;
+                if let Some(path) = &server.admin_token_file {
+                    writeln!(
+                        out,
+                        "admin token written to {} (mode 0600; the CLI on this machine reads it)",
+                        path.display()
+                    )?;
+                }
             }
             crate::output::OutputFormat::Json => writeln!(
                 out,
@@ -147,7 +154,8 @@ pub async fn run(args: ServerArgs, format: crate::output::OutputFormat) -> anyho
                 serde_json::json!({
                     "gateway": format!("http://{}", server.gateway_addr),
                     "api": format!("http://{}", server.api_addr),
-                    "data_dir": args.data_dir,
+                    "data_dir": data_dir,
+                    "admin_token_file": server.admin_token_file,
                 })
             )?,
         }

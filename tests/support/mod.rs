@@ -58,6 +58,9 @@ pub struct Server {
     pub api: String,
     pub data_dir: PathBuf,
     log: Arc<Mutex<String>>,
+    /// The admin token the server wrote on its first start.
+    pub token: String,
+    /// A client that sends the admin token (harmless on gateway requests).
     pub http: reqwest::Client,
 }
 
@@ -116,13 +119,26 @@ impl Server {
                 api = Some(a.to_owned());
             }
         }
+        let token = std::fs::read_to_string(data_dir.join("admin.token"))
+            .expect("the server writes <data-dir>/admin.token")
+            .trim()
+            .to_owned();
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {token}").parse().unwrap(),
+        );
         Self {
             child: Some(child),
             gateway: gateway.unwrap(),
             api: api.unwrap(),
             data_dir: data_dir.to_owned(),
             log,
-            http: reqwest::Client::new(),
+            token,
+            http: reqwest::Client::builder()
+                .default_headers(headers)
+                .build()
+                .unwrap(),
         }
     }
 
@@ -149,12 +165,21 @@ impl Server {
         c.wait().expect("wait for seal server")
     }
 
-    /// Runs a CLI command against this server.
+    /// Runs a CLI command against this server, as its admin: the CLI finds
+    /// the token in the data dir, as it does for a local server.
     pub fn seal(&self, args: &[&str]) -> CliOutput {
+        self.seal_env(args, &[])
+    }
+
+    /// Runs a CLI command with extra environment variables (e.g. another
+    /// `SEAL_TOKEN`).
+    pub fn seal_env(&self, args: &[&str], env: &[(&str, &str)]) -> CliOutput {
         let out = Command::new(seal_bin())
             .args(args)
             .env("SEAL_SERVER", &self.api)
-            .env("SEAL_ACTOR", "e2e-test")
+            .env("SEAL_DATA_DIR", &self.data_dir)
+            .env_remove("SEAL_TOKEN")
+            .envs(env.iter().copied())
             .output()
             .expect("run seal");
         CliOutput {

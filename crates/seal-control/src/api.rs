@@ -22,6 +22,7 @@
 //! Metrics, logs, cost, budgets, `top` and generated monitoring are in
 //! [`crate::observe_api`].
 
+use crate::auth::Principal;
 use crate::engine::Control;
 use crate::error::{ApiError, ApiResult};
 use crate::rollout::Command;
@@ -71,8 +72,13 @@ pub fn router(control: Arc<Control>) -> Router {
             get(list_environments).post(create_environment),
         )
         .merge(crate::observe_api::routes())
+        .merge(crate::security_api::routes())
         .fallback(|| async { ApiError::not_found("no such API endpoint") })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_MANIFEST_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            control.clone(),
+            crate::auth::authenticate,
+        ))
         .layer(axum::middleware::map_response(json_errors))
         .with_state(control)
 }
@@ -107,17 +113,6 @@ async fn json_errors(resp: axum::response::Response) -> axum::response::Response
         _ => "bad_request",
     };
     axum::response::IntoResponse::into_response(ApiError::new(status, code, message))
-}
-
-/// Who is acting. Recorded in deployments and the audit log; token
-/// authentication replaces this self-declared name when it lands.
-pub(crate) fn actor(headers: &HeaderMap) -> String {
-    headers
-        .get("seal-actor")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128)
-        .unwrap_or("anonymous")
-        .to_owned()
 }
 
 fn parse_digest(s: &str) -> ApiResult<Digest> {
@@ -216,10 +211,10 @@ async fn drain(stream: &mut axum::body::BodyDataStream) {
 
 async fn post_artifact(
     State(c): State<Arc<Control>>,
-    headers: HeaderMap,
+    who: Principal,
     body: axum::body::Bytes,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let published = c.publish(body.to_vec(), &actor(&headers)).await?;
+    let published = c.publish(body.to_vec(), &who.actor()).await?;
     let status = if published.created {
         StatusCode::CREATED
     } else {
@@ -358,10 +353,11 @@ struct DeployRequest {
 async fn deploy(
     State(c): State<Arc<Control>>,
     Path(function): Path<String>,
-    headers: HeaderMap,
+    who: Principal,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<Value>> {
     let req: DeployRequest = parse_json(&body)?;
+    who.require_env(req.environment.as_deref().unwrap_or(&c.default_environment))?;
     if let Some(spec) = &req.rollout
         && spec.strategy == Strategy::AllAtOnce
         && spec.has_progressive_settings()
@@ -385,7 +381,7 @@ async fn deploy(
                 req.version,
                 req.environment.as_deref(),
                 req.reason.as_deref(),
-                &actor(&headers),
+                &who.actor(),
                 spec,
                 req.dry_run,
             )
@@ -403,7 +399,7 @@ async fn deploy(
             req.version,
             req.environment.as_deref(),
             req.reason.as_deref(),
-            &actor(&headers),
+            &who.actor(),
         )
         .await?;
     Ok(Json(json!(outcome)))
@@ -419,7 +415,7 @@ struct RollbackRequest {
 async fn rollback(
     State(c): State<Arc<Control>>,
     Path(function): Path<String>,
-    headers: HeaderMap,
+    who: Principal,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<Value>> {
     let req: RollbackRequest = if body.is_empty() {
@@ -427,13 +423,9 @@ async fn rollback(
     } else {
         parse_json(&body)?
     };
+    who.require_env(req.environment.as_deref().unwrap_or(&c.default_environment))?;
     let outcome = c
-        .rollback(
-            &function,
-            req.environment.as_deref(),
-            req.to,
-            &actor(&headers),
-        )
+        .rollback(&function, req.environment.as_deref(), req.to, &who.actor())
         .await?;
     Ok(Json(json!(outcome)))
 }
@@ -441,7 +433,7 @@ async fn rollback(
 async fn deployment_command(
     State(c): State<Arc<Control>>,
     Path((id, command)): Path<(String, String)>,
-    headers: HeaderMap,
+    who: Principal,
 ) -> ApiResult<Json<Value>> {
     let id: u64 = id.parse().map_err(|_| {
         ApiError::bad_request(format!("deployment id must be a number, got {id:?}"))
@@ -456,7 +448,10 @@ async fn deployment_command(
             )));
         }
     };
-    let d = c.command(id, cmd, &actor(&headers)).await?;
+    if let Some((d, _)) = c.state.deployment(id).await? {
+        who.require_env(&d.environment)?;
+    }
+    let d = c.command(id, cmd, &who.actor()).await?;
     Ok(Json(json!({"deployment": d})))
 }
 
@@ -528,11 +523,11 @@ struct CreateEnvironment {
 
 async fn create_environment(
     State(c): State<Arc<Control>>,
-    headers: HeaderMap,
+    who: Principal,
     body: axum::body::Bytes,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let req: CreateEnvironment = parse_json(&body)?;
-    let created = c.create_environment(&req.name, &actor(&headers)).await?;
+    let created = c.create_environment(&req.name, &who.actor()).await?;
     let status = if created {
         StatusCode::CREATED
     } else {

@@ -40,6 +40,14 @@ impl ApiError {
         Self::new(StatusCode::CONFLICT, "conflict", message)
     }
 
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
     /// Logs the full error and answers a 500 without internals.
     pub fn internal(err: impl std::fmt::Display) -> Self {
         tracing::error!(error = %err, "internal error");
@@ -117,6 +125,7 @@ impl From<StateError> for ApiError {
                 "not_active",
                 format!("deployment {id} has already finished"),
             ),
+            StateError::Conflict(message) => Self::conflict(message),
             other => Self::internal(other),
         }
     }

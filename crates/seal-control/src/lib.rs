@@ -12,12 +12,14 @@
 //!   claims about content is trusted.
 
 pub mod api;
+pub mod auth;
 pub mod engine;
 pub mod error;
 pub mod metrics;
 pub mod monitoring;
 mod observe_api;
 pub mod rollout;
+mod security_api;
 pub mod server;
 pub mod telemetry;
 mod usage;

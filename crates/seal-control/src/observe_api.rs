@@ -9,7 +9,7 @@
 //! | PUT/DELETE | `/v1/functions/{fn}/budget` | `{"gb_seconds", "period": "day"\|"month", "webhook"?}` |
 //! | GET | `/v1/functions/{fn}/monitoring/{grafana\|prometheus-rules}` | generated dashboard / alert rules |
 
-use crate::api::actor;
+use crate::auth::Principal;
 use crate::engine::Control;
 use crate::error::{ApiError, ApiResult};
 use axum::body::Body;
@@ -276,7 +276,7 @@ struct BudgetBody {
 async fn set_budget(
     State(c): State<Arc<Control>>,
     Path(function): Path<String>,
-    headers: HeaderMap,
+    who: Principal,
     body: Result<Json<BudgetBody>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<Json<Value>> {
     c.function_or_404(&function).await?;
@@ -301,7 +301,7 @@ async fn set_budget(
             )));
         }
     }
-    let who = actor(&headers);
+    let who = who.actor();
     let budget = Budget {
         function: function.clone(),
         gb_seconds: body.gb_seconds,
@@ -331,7 +331,7 @@ async fn set_budget(
 async fn delete_budget(
     State(c): State<Arc<Control>>,
     Path(function): Path<String>,
-    headers: HeaderMap,
+    who: Principal,
 ) -> ApiResult<StatusCode> {
     c.function_or_404(&function).await?;
     if !c.state.delete_budget(&function).await? {
@@ -340,7 +340,7 @@ async fn delete_budget(
     c.metrics.forget_budget(&function);
     c.state
         .audit(NewAudit {
-            actor: &actor(&headers),
+            actor: &who.actor(),
             action: "budget_deleted",
             object: &function,
             digest: None,

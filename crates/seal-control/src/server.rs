@@ -57,6 +57,8 @@ impl ServerConfig {
 pub struct RunningServer {
     pub gateway_addr: SocketAddr,
     pub api_addr: SocketAddr,
+    /// Where the first start wrote the admin token (`None` on later starts).
+    pub admin_token_file: Option<PathBuf>,
     pub control: Arc<Control>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -158,6 +160,9 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot check the artifact index: {}", e.message))?;
     control.set_gateway_addr(gateway_addr);
+    let admin_token_file = control
+        .bootstrap_admin_token(&config.data_dir.join("admin.token"))
+        .await?;
     control
         .reload_routes()
         .await
@@ -223,6 +228,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     Ok(RunningServer {
         gateway_addr,
         api_addr,
+        admin_token_file,
         control,
         shutdown,
         tasks,

@@ -20,6 +20,9 @@ use sqlx::{FromRow, Sqlite, SqlitePool, Transaction};
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+mod security;
+pub use security::{NewToken, SettingChange, SettingRecord, SettingRevision, TokenRecord};
+
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("state store error: {0}")]
@@ -37,6 +40,9 @@ pub enum StateError {
     },
     #[error("deployment {0} is not active")]
     NotActive(u64),
+    /// A change that contradicts what is stored (safe to show a user).
+    #[error("{0}")]
+    Conflict(String),
 }
 
 /// States in which a deployment still owns its route.
@@ -1147,7 +1153,10 @@ async fn upsert_route(
     Ok(())
 }
 
-async fn insert_audit(tx: &mut Transaction<'_, Sqlite>, entry: NewAudit<'_>) -> Result<()> {
+pub(crate) async fn insert_audit(
+    tx: &mut Transaction<'_, Sqlite>,
+    entry: NewAudit<'_>,
+) -> Result<()> {
     let last: Option<(i64, Option<String>)> =
         sqlx::query_as("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1")
             .fetch_optional(&mut **tx)
