@@ -60,6 +60,13 @@ enum Command {
     /// Run the Seal server: gateway, control API and runtime.
     Server(commands::server::ServerArgs),
     /// Build (if a project directory), seal and upload a component as a new version.
+    ///
+    /// With --sign KEYFILE the version also gets a signed SLSA provenance
+    /// attestation about its digest: where the source came from (--source,
+    /// or the git remote), which commit (--commit, or git HEAD), the build
+    /// command, the Cargo.lock dependencies and the builder. Environments
+    /// whose policy requires a signature accept only such versions.
+    #[command(after_long_help = PUBLISH_EXAMPLES)]
     Publish(commands::publish::PublishArgs),
     /// Move the traffic of an environment to a version: at once, or progressively.
     ///
@@ -153,7 +160,77 @@ enum Command {
     Token(commands::access::TokenCommand),
     /// Show which token the CLI is using: name, role, environments.
     Whoami,
+    /// Config values of a function per environment (plain; guests read them
+    /// as environment variables).
+    ///
+    /// A guest sees only the keys its manifest declares in [capabilities]
+    /// config_keys. Every change is a revision (who, when, which keys);
+    /// each invocation's log record carries the revision it ran with.
+    #[command(subcommand, after_long_help = SETTINGS_EXAMPLES)]
+    Config(commands::settings::ConfigCommand),
+    /// Secrets of a function per environment: encrypted at rest, never shown.
+    ///
+    /// Values are read from standard input, encrypted with the server's
+    /// master key (SEAL_MASTER_KEY or <data-dir>/master.key), and reach the
+    /// guest as environment variables if its manifest declares the key. The
+    /// API, logs, metrics and errors name secrets, never their values.
+    #[command(subcommand, after_long_help = SETTINGS_EXAMPLES)]
+    Secrets(commands::settings::SecretsCommand),
+    /// Create an Ed25519 key pair for signing releases (no server needed).
+    ///
+    /// The private key (PKCS#8 PEM, mode 0600) signs with `seal publish
+    /// --sign`; keep it secret, e.g. in your CI's secret store. The public
+    /// key (.pub, SPKI PEM) is what an environment trusts (`seal policy set
+    /// --trusted-key`) and what `seal verify --key` checks against. Both
+    /// are named by the same key id: sha256 of the public key.
+    #[command(after_long_help = TRUST_EXAMPLES)]
+    Keygen(commands::trust::KeygenArgs),
+    /// Check a version (FUNCTION@N): its blobs, its signed attestations, and
+    /// whether an environment's policy would let it serve.
+    ///
+    /// Prints one line per check and exits non-zero, with the reason, when
+    /// any fails: a damaged blob, the environment's policy refusing the
+    /// version, or (with --key) no attestation signed by a given key about
+    /// this artifact with valid SLSA provenance.
+    #[command(after_long_help = TRUST_EXAMPLES)]
+    Verify(commands::trust::VerifyArgs),
+    /// What an environment demands before a version may serve there:
+    /// signatures by trusted keys and provenance (set and clear: admin).
+    ///
+    /// The policy is checked on every deploy, rollback and progressive
+    /// step into the environment; a refusal names the exact reason. An
+    /// environment without a policy accepts any version.
+    #[command(subcommand, after_long_help = TRUST_EXAMPLES)]
+    Policy(commands::trust::PolicyCommand),
 }
+
+const PUBLISH_EXAMPLES: &str = "\
+Examples:
+  seal publish examples/hello                   # build, seal, upload → hello@1
+  seal publish hello.wasm --name hello --allow-host api.example.org
+  seal publish examples/hello --sign release.key
+  seal publish dist/hello.wasm --sign release.key \\
+      --source git+https://example.org/team/hello --commit \"$GIT_SHA\"";
+
+const TRUST_EXAMPLES: &str = "\
+Examples:
+  seal keygen --out release.key                 # release.key (secret) + release.pub
+  seal publish examples/hello --sign release.key
+  seal policy set production --require-signature --trusted-key release.pub \\
+      --require-provenance source=git+https://example.org/team/hello --require-provenance commit
+  seal policy show production
+  seal verify hello@3 --key release.pub -e production
+  seal deploy hello 3 -e production             # refused unless the policy is met
+  seal policy clear production";
+
+const SETTINGS_EXAMPLES: &str = "\
+Examples:
+  seal config set hello GREETING=hi --env staging
+  seal config get hello --env staging
+  seal config unset hello GREETING --env staging
+  printf %s \"$API_KEY\" | seal secrets set hello API_KEY --env production
+  seal secrets list hello --env production
+  seal config history hello";
 
 const TOKEN_EXAMPLES: &str = "\
 Examples:
@@ -197,6 +274,7 @@ Examples:
       --max-error-rate-increase 0.5% --min-requests 50 --progress-deadline 10m
   seal deploy hello 2 --strategy canary --steps 10,50 --plan   # show the plan, change nothing
   seal deploy hello 2 --strategy linear --increment 20 --interval 1m --wait
+  seal deploy hello 3 -e production --allow-new-permissions   # admin: v3 may do more than v2
   seal rollout status hello -e production --watch
   seal approve 7    seal promote 7    seal abort 7";
 
@@ -257,6 +335,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Monitoring(args) => commands::observe::monitoring(args, &client()?, out).await,
         Command::Token(cmd) => commands::access::token(cmd, &client()?, out).await,
         Command::Whoami => commands::access::whoami(&client()?, out).await,
+        Command::Config(cmd) => commands::settings::config(cmd, &client()?, out).await,
+        Command::Secrets(cmd) => commands::settings::secrets(cmd, &client()?, out).await,
+        Command::Keygen(args) => commands::trust::keygen(args, out),
+        Command::Verify(args) => commands::trust::verify(args, &client()?, out).await,
+        Command::Policy(cmd) => commands::trust::policy(cmd, &client()?, out).await,
     }
 }
 

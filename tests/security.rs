@@ -217,3 +217,262 @@ async fn tokens_roles_environments_and_revocation() {
         .count();
     assert_eq!(admins, 1);
 }
+
+/// Runs the CLI with `input` on its standard input.
+fn seal_stdin(s: &Server, args: &[&str], input: &str) -> support::CliOutput {
+    use std::io::Write;
+    let mut child = std::process::Command::new(support::seal_bin())
+        .args(args)
+        .env("SEAL_SERVER", &s.api)
+        .env("SEAL_DATA_DIR", &s.data_dir)
+        .env_remove("SEAL_TOKEN")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    support::CliOutput {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+async fn guest_env(s: &Server) -> Value {
+    let r = s.get("/svc/").await;
+    assert_eq!(r.status(), 200);
+    r.json::<Value>().await.unwrap()["env"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_and_secrets_reach_the_guest_and_never_leak() {
+    const SECRET: &str = "s3cr3t-Value-7f1e9c";
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    publish_file(
+        &s,
+        &guest("echo"),
+        "svc",
+        &["--config-key", "GREETING", "--config-key", "API_KEY"],
+    );
+    s.seal_json(&["deploy", "svc", "1"]);
+    assert_eq!(guest_env(&s).await["SEAL_VERSION"], "1");
+
+    // Config: plain, per environment, only declared keys reach the guest.
+    let out = s.seal(&["config", "set", "svc", "GREETING=hi", "UNDECLARED=x"]);
+    assert!(out.ok, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("does not declare UNDECLARED"),
+        "{}",
+        out.stderr
+    );
+    // The secret comes from stdin and is not echoed.
+    let out = seal_stdin(
+        &s,
+        &["secrets", "set", "svc", "API_KEY"],
+        &format!("{SECRET}\n"),
+    );
+    assert!(out.ok, "{}", out.stderr);
+    assert!(!out.stdout.contains(SECRET) && !out.stderr.contains(SECRET));
+    assert!(out.stdout.contains("revision 2"), "{}", out.stdout);
+    let env = guest_env(&s).await;
+    assert_eq!(env["GREETING"], "hi");
+    assert_eq!(env["API_KEY"], SECRET);
+    assert!(env.get("UNDECLARED").is_none(), "{env}");
+
+    // The revision is on the invocation's log record.
+    let logs = s
+        .http
+        .get(format!("{}/v1/functions/svc/logs?limit=100", s.api))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let last = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .rfind(|r| r["kind"] == "invocation")
+        .unwrap();
+    assert_eq!(last["config_revision"], 2, "{last}");
+
+    // Mix-ups and bad input are refused, naming keys, never values.
+    let out = s.seal(&["config", "set", "svc", &format!("API_KEY={SECRET}")]);
+    out.assert_fails_with("API_KEY is a secret");
+    assert!(!out.stderr.contains(SECRET));
+    let big = "v".repeat(40_000) + SECRET;
+    let r = s
+        .http
+        .post(format!("{}/v1/functions/svc/secrets", s.api))
+        .json(&json!({"set": {"BIG": big}}))
+        .send()
+        .await
+        .unwrap();
+    let body = assert_error(r, 400, "bad_request").await;
+    assert!(!body.to_string().contains(SECRET));
+    let r = s
+        .http
+        .post(format!("{}/v1/functions/svc/secrets", s.api))
+        .body(format!("{{\"set\": {{\"K\": \"{SECRET}\"}}, oops"))
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    let body = assert_error(r, 400, "bad_request").await;
+    assert!(!body.to_string().contains(SECRET), "{body}");
+    let out = seal_stdin(&s, &["secrets", "set", "svc", "bad-key"], SECRET);
+    out.assert_fails_with("invalid key");
+    assert!(!out.stderr.contains(SECRET));
+
+    // A deployer limited to staging cannot touch production's secrets.
+    let (staging, _) = create_token(&s, &["--role", "deployer", "--env", "staging"]);
+    let r = call(
+        &s,
+        reqwest::Method::POST,
+        "/v1/functions/svc/secrets",
+        Some(&staging),
+        Some(json!({"environment": "production", "unset": ["API_KEY"]})),
+    )
+    .await;
+    assert_error(r, 403, "forbidden").await;
+    assert_eq!(guest_env(&s).await["API_KEY"], SECRET);
+
+    // Nowhere in clear: API answers, audit, history, metrics, logs, CLI, the
+    // server's own log, the database file.
+    let listed = s.seal(&["secrets", "list", "svc", "--output", "json"]);
+    assert!(listed.ok && listed.stdout.contains("API_KEY"));
+    let shown = s.seal(&["config", "get", "svc"]);
+    assert!(shown.ok && shown.stdout.contains("(secret)") && shown.stdout.contains("hi"));
+    let history = s.seal(&["config", "history", "svc"]);
+    assert!(history.ok && history.stdout.contains("API_KEY"));
+    let mut seen = vec![listed.stdout, shown.stdout, history.stdout, logs];
+    for path in [
+        "/v1/functions/svc/config",
+        "/v1/functions/svc/config/revisions",
+        "/v1/audit?limit=1000",
+        "/v1/functions/svc/logs?limit=1000",
+        "/metrics",
+        "/v1/functions/svc",
+        "/v1/functions/svc/versions/1",
+    ] {
+        let r = s.http.get(format!("{}{path}", s.api)).send().await.unwrap();
+        assert!(r.status().is_success(), "{path}");
+        seen.push(r.text().await.unwrap());
+    }
+    seen.push(s.log());
+    for text in &seen {
+        assert!(!text.contains(SECRET), "the secret leaked: {text}");
+    }
+    let db = std::fs::read(dir.path().join("state.db")).unwrap();
+    let wal = std::fs::read(dir.path().join("state.db-wal")).unwrap_or_default();
+    for bytes in [&db, &wal] {
+        assert!(!bytes.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()));
+    }
+
+    // After a restart the secret still decrypts (master key in the data dir).
+    s.stop();
+    let s = Server::start(dir.path());
+    let env = guest_env(&s).await;
+    assert_eq!(
+        (env["GREETING"].as_str(), env["API_KEY"].as_str()),
+        (Some("hi"), Some(SECRET))
+    );
+    // Unset: gone from the guest at the next invocation.
+    assert!(s.seal(&["secrets", "unset", "svc", "API_KEY"]).ok);
+    assert!(guest_env(&s).await.get("API_KEY").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_hosts_are_enforced_and_widening_needs_an_admin() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    let (hook, _) = support::webhook_receiver().await;
+    let allowed = hook
+        .trim_start_matches("http://")
+        .trim_end_matches("/hook")
+        .to_owned();
+    let port: u16 = allowed.rsplit_once(':').unwrap().1.parse().unwrap();
+    let wasm = guest("outbound");
+    publish_file(&s, &wasm, "out", &["--allow-host", &allowed]);
+    s.seal_json(&["deploy", "out", "1"]);
+
+    let fetch = |host: String| {
+        let s = &s;
+        async move {
+            let r = s.get(&format!("/out/?host={host}&path=/hook")).await;
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let (status, body) = fetch(allowed.clone()).await;
+    assert_eq!((status, body.as_str()), (200, "upstream 204: "));
+    // Another host, or the same host on another port: denied inside the
+    // guest, before any connection.
+    for denied in [
+        format!("localhost:{port}"),
+        format!("127.0.0.1:{}", port + 1),
+    ] {
+        let (status, body) = fetch(denied.clone()).await;
+        assert_eq!(status, 502, "{denied}: {body}");
+        assert!(body.contains("HttpRequestDenied"), "{denied}: {body}");
+    }
+
+    // v2 asks for one more host: production refuses without an admin's
+    // --allow-new-permissions, and says what widens.
+    publish_file(
+        &s,
+        &wasm,
+        "out",
+        &["--allow-host", &allowed, "--allow-host", "api.example.org"],
+    );
+    let out = s.seal(&["deploy", "out", "2"]);
+    out.assert_fails_with("+ outbound host api.example.org");
+    assert!(
+        out.stderr.contains("--allow-new-permissions"),
+        "{}",
+        out.stderr
+    );
+    let (deployer, _) = create_token(&s, &["--role", "deployer"]);
+    let out = s.seal_env(
+        &["deploy", "out", "2", "--allow-new-permissions"],
+        &[("SEAL_TOKEN", &deployer)],
+    );
+    out.assert_fails_with("needs an admin token");
+    let status = s.seal_json(&["status", "out"]);
+    assert_eq!(status["routes"][0]["versions"][0]["version"], 1);
+    let audit = s.api_get("/v1/audit?limit=5").await;
+    assert!(
+        audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["outcome"] == "refused" && e["detail"]["permissions"]["widens"] == true),
+        "{audit}"
+    );
+
+    // Staging is not protected: the diff is shown, the deploy goes on.
+    s.seal_json(&["env", "create", "staging"]);
+    s.seal_json(&["deploy", "out", "1", "-e", "staging"]);
+    let d = s.seal_json(&["deploy", "out", "2", "-e", "staging"]);
+    assert_eq!(d["permissions"]["added_hosts"], json!(["api.example.org"]));
+    assert_eq!(d["permissions"]["from_version"], 1);
+
+    let d = s.seal_json(&["deploy", "out", "2", "--allow-new-permissions"]);
+    assert_eq!(d["permissions"]["widens"], true);
+    let (status, _) = fetch(allowed.clone()).await;
+    assert_eq!(status, 200);
+    // Narrowing back needs no approval.
+    let d = s.seal_json(&["deploy", "out", "1"]);
+    assert_eq!(
+        d["permissions"]["removed_hosts"],
+        json!(["api.example.org"])
+    );
+    assert_eq!(d["permissions"]["widens"], false);
+}

@@ -21,6 +21,12 @@ pub struct DeployArgs {
     /// Why: recorded with the deployment and in the audit log.
     #[arg(long)]
     reason: Option<String>,
+    /// Let this version do more than the one serving now: new outbound
+    /// hosts or config keys, more memory, a longer timeout. Production
+    /// refuses such a deploy without it, and only an admin token may give
+    /// it; the difference is printed either way.
+    #[arg(long)]
+    allow_new_permissions: bool,
 
     /// How traffic moves to the new version.
     #[arg(long, value_enum, default_value_t = Strategy::AllAtOnce, help_heading = "Rollout")]
@@ -161,6 +167,7 @@ pub async fn deploy(args: DeployArgs, client: &Client, out: OutputFormat) -> any
     if args.plan || v["dry_run"].as_bool() == Some(true) {
         emit(out, &v, |v| {
             print_plan(&v["plan"]);
+            super::trust::print_deploy_trust(v, &args.function);
             println!("nothing changed (--plan)");
         });
         return Ok(());
@@ -180,6 +187,7 @@ pub async fn deploy(args: DeployArgs, client: &Client, out: OutputFormat) -> any
             } else {
                 report(v, &args.function, "deployed");
             }
+            super::trust::print_deploy_trust(v, &args.function);
         });
     }
     match id {
@@ -198,6 +206,9 @@ fn request_body(args: &DeployArgs) -> anyhow::Result<Value> {
     });
     if args.plan {
         body["dry_run"] = json!(true);
+    }
+    if args.allow_new_permissions {
+        body["allow_new_permissions"] = json!(true);
     }
     if let Some(rollout) = rollout_body(args)? {
         body["rollout"] = rollout;
@@ -549,7 +560,10 @@ pub async fn rollback(
             &json!({"environment": args.env, "to": args.to}),
         )
         .await?;
-    emit(out, &v, |v| report(v, &args.function, "rolled back"));
+    emit(out, &v, |v| {
+        report(v, &args.function, "rolled back");
+        super::trust::print_deploy_trust(v, &args.function);
+    });
     Ok(())
 }
 
@@ -804,6 +818,9 @@ mod tests {
         );
         let b = body(&["--plan"]);
         assert_eq!(b["dry_run"], true);
+        assert!(b.get("rollout").is_none());
+        let b = body(&["--allow-new-permissions"]);
+        assert_eq!(b["allow_new_permissions"], true);
         assert!(b.get("rollout").is_none());
     }
 

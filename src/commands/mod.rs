@@ -7,3 +7,5 @@ pub mod publish;
 pub mod query;
 pub mod rollout;
 pub mod server;
+pub mod settings;
+pub mod trust;

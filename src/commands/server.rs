@@ -131,6 +131,10 @@ pub async fn run(
         invocation_logs: args.invocation_logs,
         log_buffer: args.log_buffer as usize,
         trace_sample_ratio: args.trace_sample_ratio,
+        // Only from the environment: a flag would show it in `ps`.
+        master_key: std::env::var("SEAL_MASTER_KEY")
+            .ok()
+            .filter(|k| !k.is_empty()),
     })
     .await?;
     {

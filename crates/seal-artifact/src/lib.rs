@@ -11,6 +11,7 @@
 //! function — the same component and manifest always give the same digest —
 //! so nothing time- or machine-dependent may enter the manifest.
 
+pub mod capabilities;
 mod digest;
 mod manifest;
 mod validate;

@@ -62,8 +62,9 @@ impl Default for Limits {
     }
 }
 
-/// What the function asks to be allowed to do. Recorded now; enforced by
-/// the runtime as the capability work lands.
+/// What the function asks to be allowed to do; the runtime enforces it
+/// (see [`crate::capabilities`]): outbound requests only to these hosts,
+/// only these config keys (and secrets) in its environment.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Capabilities {
@@ -123,6 +124,16 @@ impl SealManifest {
                 "limits.timeout_ms must be between 1 and {MAX_TIMEOUT_MS}, got {}",
                 l.timeout_ms
             )));
+        }
+        for host in &self.capabilities.outbound_hosts {
+            crate::capabilities::HostPattern::parse(host).map_err(|e| {
+                ArtifactError::InvalidManifest(format!("capabilities.outbound_hosts: {e}"))
+            })?;
+        }
+        for key in self.capabilities.config_keys.iter().filter(|k| *k != "*") {
+            crate::capabilities::validate_config_key(key).map_err(|e| {
+                ArtifactError::InvalidManifest(format!("capabilities.config_keys: {e}"))
+            })?;
         }
         if let Some(tag) = self.tags.iter().find(|t| t.is_empty() || t.len() > 64) {
             return Err(ArtifactError::InvalidManifest(format!(

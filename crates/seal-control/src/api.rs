@@ -22,7 +22,7 @@
 //! Metrics, logs, cost, budgets, `top` and generated monitoring are in
 //! [`crate::observe_api`].
 
-use crate::auth::Principal;
+use crate::auth::{Principal, Role};
 use crate::engine::Control;
 use crate::error::{ApiError, ApiResult};
 use crate::rollout::Command;
@@ -348,6 +348,9 @@ struct DeployRequest {
     /// Plan only: print what would happen, change nothing.
     #[serde(default)]
     dry_run: bool,
+    /// The admin's approval of wider permissions in production.
+    #[serde(default)]
+    allow_new_permissions: bool,
 }
 
 async fn deploy(
@@ -358,6 +361,15 @@ async fn deploy(
 ) -> ApiResult<Json<Value>> {
     let req: DeployRequest = parse_json(&body)?;
     who.require_env(req.environment.as_deref().unwrap_or(&c.default_environment))?;
+    if req.allow_new_permissions {
+        who.require_role(Role::Admin).map_err(|_| {
+            ApiError::forbidden(format!(
+                "--allow-new-permissions needs an admin token; {} is a {}",
+                who.name,
+                who.role.as_str()
+            ))
+        })?;
+    }
     if let Some(spec) = &req.rollout
         && spec.strategy == Strategy::AllAtOnce
         && spec.has_progressive_settings()
@@ -384,6 +396,7 @@ async fn deploy(
                 &who.actor(),
                 spec,
                 req.dry_run,
+                req.allow_new_permissions,
             )
             .await?;
         return Ok(Json(v));
@@ -400,6 +413,7 @@ async fn deploy(
             req.environment.as_deref(),
             req.reason.as_deref(),
             &who.actor(),
+            req.allow_new_permissions,
         )
         .await?;
     Ok(Json(json!(outcome)))

@@ -112,7 +112,7 @@ fn required_role(method: &Method, path: &str) -> Option<Role> {
         return None;
     }
     let admin_only = path.starts_with("/v1/tokens")
-        || path.starts_with("/v1/policies")
+        || (path.starts_with("/v1/policies") && method != Method::GET)
         || (path == "/v1/environments" && method == Method::POST)
         || (path.ends_with("/budget") && method != Method::GET);
     Some(if admin_only {
@@ -344,6 +344,14 @@ mod tests {
         assert_eq!(r(Method::GET, "/v1/tokens"), Some(Role::Admin));
         assert_eq!(r(Method::POST, "/v1/tokens/tk_1/revoke"), Some(Role::Admin));
         assert_eq!(r(Method::PUT, "/v1/policies/production"), Some(Role::Admin));
+        assert_eq!(
+            r(Method::GET, "/v1/policies/production"),
+            Some(Role::Viewer)
+        );
+        assert_eq!(
+            r(Method::POST, "/v1/functions/f/versions/1/attestations"),
+            Some(Role::Deployer)
+        );
         assert_eq!(r(Method::POST, "/v1/environments"), Some(Role::Admin));
         assert_eq!(r(Method::GET, "/v1/environments"), Some(Role::Viewer));
         assert_eq!(r(Method::PUT, "/v1/functions/f/budget"), Some(Role::Admin));

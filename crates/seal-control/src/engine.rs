@@ -64,6 +64,8 @@ pub struct Control {
     pub(crate) tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
     /// Where generated dashboards and alert rules are written on deploy.
     pub(crate) monitoring_dir: Option<std::path::PathBuf>,
+    /// Encrypts and decrypts secrets at rest.
+    pub(crate) secrets: crate::settings::SecretBox,
 }
 
 impl Control {
@@ -74,8 +76,10 @@ impl Control {
         gateway: Arc<Gateway>,
         max_upload_bytes: u64,
         default_environment: String,
+        secrets: crate::settings::SecretBox,
     ) -> Self {
         Self {
+            secrets,
             metrics: crate::metrics::Metrics::new(gateway.clone(), runtime.clone()),
             usage: crate::usage::UsageFlusher::default(),
             tracer: None,
@@ -277,7 +281,7 @@ impl Control {
     /// Reads every blob of a stored artifact (OCI manifest, config, layer),
     /// each re-hashed on read, and returns the component bytes. A corrupt
     /// or missing blob is refused here, before anything runs or routes.
-    async fn verified_component(&self, digest: &Digest) -> ApiResult<Vec<u8>> {
+    pub(crate) async fn verified_component(&self, digest: &Digest) -> ApiResult<Vec<u8>> {
         let oci = self.oci.clone();
         let digest = digest.clone();
         blocking(move || -> ApiResult<Vec<u8>> {
@@ -337,7 +341,8 @@ impl Control {
         Ok(function)
     }
 
-    /// Loads a version a deployment is about to name; a refusal (damaged or
+    /// Checks a version a deployment is about to name against the
+    /// environment's policy and loads it; a refusal (policy, damaged or
     /// unloadable artifact) is written to the audit log before it returns.
     pub(crate) async fn load_for_route(
         &self,
@@ -345,11 +350,17 @@ impl Control {
         env: &str,
         action: &str,
         actor: &str,
-    ) -> ApiResult<Arc<Function>> {
-        match self.load(v).await {
-            Ok(f) => Ok(f),
+    ) -> ApiResult<(Arc<Function>, Vec<String>)> {
+        let checked = match self.check_policy(v, env).await {
+            Ok(checks) => self.load(v).await.map(|f| (f, checks)),
+            Err(e) => Err(e),
+        };
+        match checked {
+            Ok(ok) => Ok(ok),
             Err(e) => {
-                self.metrics.artifact_fetch_failed(&v.function);
+                if e.code != "policy" {
+                    self.metrics.artifact_fetch_failed(&v.function);
+                }
                 let _ = self
                     .state
                     .audit(NewAudit {
@@ -378,7 +389,11 @@ impl Control {
                     tracing::error!(function = %r.function, version = w.version, "route names an unknown version");
                     continue;
                 };
-                match self.load(&v).await {
+                let loaded = match self.check_policy(&v, &r.environment).await {
+                    Ok(_) => self.load(&v).await,
+                    Err(e) => Err(e),
+                };
+                match loaded {
                     Ok(f) => backends.push(self.gateway.backend(
                         &r.environment,
                         &r.function,
@@ -466,16 +481,23 @@ impl Control {
         environment: Option<&str>,
         reason: Option<&str>,
         actor: &str,
+        approve_widening: bool,
     ) -> ApiResult<DeployOutcome> {
         let env = self.environment_or_default(environment).await?;
         let v = self.version_or_404(function, version).await?;
         let _guard = self.deploy_lock.lock().await;
+        let permissions = self
+            .check_permissions(&env, &v, approve_widening, actor)
+            .await?;
         let to = vec![WeightedVersion {
             version,
             weight: 100,
         }];
-        self.switch_locked(&env, &v, to, "deploy", reason, actor)
-            .await
+        let mut outcome = self
+            .switch_locked(&env, &v, to, "deploy", reason, actor)
+            .await?;
+        outcome.permissions = permissions;
+        Ok(outcome)
     }
 
     /// Returns the route to the version that served before the current one
@@ -557,11 +579,13 @@ impl Control {
                 deployment: None,
                 unchanged: true,
                 weights: to,
+                permissions: serde_json::Value::Null,
+                trust: Vec::new(),
             });
         }
         // Load (and so verify) the target before anything is recorded: a
         // version that cannot serve never gets a route.
-        let function = self.load_for_route(v, env, kind, actor).await?;
+        let (function, trust) = self.load_for_route(v, env, kind, actor).await?;
         let started = std::time::Instant::now();
         let deployment = self
             .state
@@ -605,6 +629,8 @@ impl Control {
             deployment: Some(deployment),
             unchanged: false,
             weights: to,
+            permissions: serde_json::Value::Null,
+            trust,
         })
     }
 
@@ -628,6 +654,13 @@ pub struct DeployOutcome {
     pub deployment: Option<DeploymentRecord>,
     pub unchanged: bool,
     pub weights: Vec<WeightedVersion>,
+    /// What the new version may do that the one it replaces may not (and
+    /// the reverse); null when nothing served before.
+    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
+    pub permissions: serde_json::Value,
+    /// What the environment's policy checked.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub trust: Vec<String>,
 }
 
 fn index_entry(v: &VersionRecord, digest: &Digest, size: u64) -> IndexEntry {
@@ -656,10 +689,20 @@ fn validate_environment_name(env: &str) -> ApiResult<()> {
     })
 }
 
+/// The limits and permissions the runtime enforces, from a manifest that
+/// was validated when it was published (a pattern that no longer parses is
+/// dropped, which only narrows what the guest may do).
 fn limits_of(m: &SealManifest) -> FunctionLimits {
     FunctionLimits {
         memory_bytes: m.limits.memory_mb << 20,
         timeout: Duration::from_millis(m.limits.timeout_ms),
+        outbound_hosts: m
+            .capabilities
+            .outbound_hosts
+            .iter()
+            .filter_map(|h| seal_runtime::HostPattern::parse(h).ok())
+            .collect(),
+        config_keys: m.capabilities.config_keys.iter().cloned().collect(),
     }
 }
 

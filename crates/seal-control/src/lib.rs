@@ -21,7 +21,9 @@ mod observe_api;
 pub mod rollout;
 mod security_api;
 pub mod server;
+pub mod settings;
 pub mod telemetry;
+pub mod trust;
 mod usage;
 
 pub use engine::{Control, Published};

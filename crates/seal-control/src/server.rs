@@ -33,6 +33,9 @@ pub struct ServerConfig {
     pub log_buffer: usize,
     /// Share of new traces (no caller `traceparent`) whose spans are exported.
     pub trace_sample_ratio: f64,
+    /// The master key for secrets (64 hex characters); `None` = the one in
+    /// `<data-dir>/master.key`, created on first start.
+    pub master_key: Option<String>,
 }
 
 impl ServerConfig {
@@ -49,6 +52,7 @@ impl ServerConfig {
             invocation_logs: true,
             log_buffer: 10_000,
             trace_sample_ratio: 1.0,
+            master_key: None,
         }
     }
 }
@@ -151,6 +155,10 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
             gateway.clone(),
             config.max_upload_bytes,
             config.default_environment.clone(),
+            crate::settings::SecretBox::load_or_create(
+                &config.data_dir,
+                config.master_key.as_deref(),
+            )?,
         )
         .with_tracer(tracer)
         .with_monitoring_dir(config.data_dir.join("monitoring")),
@@ -160,6 +168,10 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot check the artifact index: {}", e.message))?;
     control.set_gateway_addr(gateway_addr);
+    control
+        .apply_all_settings()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot restore config and secrets: {}", e.message))?;
     let admin_token_file = control
         .bootstrap_admin_token(&config.data_dir.join("admin.token"))
         .await?;

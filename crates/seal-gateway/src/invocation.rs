@@ -165,6 +165,8 @@ pub fn propagate(headers: &mut HeaderMap, ids: &TraceIds, request_id: &str) {
 /// to the runtime.
 pub struct Invocation {
     pub(crate) backend: Arc<Backend>,
+    /// The settings revision the guest's environment came from.
+    pub(crate) config_revision: i64,
     pub(crate) telemetry: Arc<Telemetry>,
     pub(crate) request_id: Arc<str>,
     pub(crate) ids: TraceIds,
@@ -197,6 +199,8 @@ pub struct InvocationFields {
     pub cold_start: Option<crate::telemetry::ColdStart>,
     pub memory_peak_bytes: u64,
     pub gb_seconds: f64,
+    /// Revision of the config and secrets the guest ran with (0 = none set).
+    pub config_revision: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorField>,
 }
@@ -322,6 +326,7 @@ impl InvocationObserver for Invocation {
             function = %b.function_name, environment = %b.environment,
             version = b.version, digest = %b.digest,
             request_id = %self.request_id, status, duration_ms, cold = r.cold,
+            config_revision = self.config_revision,
             error = error.map(InvokeError::kind),
             "invocation"
         );
@@ -343,6 +348,7 @@ impl InvocationObserver for Invocation {
             },
             memory_peak_bytes: r.peak_memory_bytes,
             gb_seconds,
+            config_revision: self.config_revision,
             error: error.map(|e| ErrorField {
                 kind: e.kind(),
                 message: e.to_string(),

@@ -50,53 +50,78 @@ pub struct Backend {
     pub stats: Arc<VersionStats>,
     version_header: HeaderValue,
     digest_header: HeaderValue,
-    /// What the guest sees in its environment: which function, environment,
-    /// version and artifact it is.
+    /// What the guest sees in its environment whatever the settings: which
+    /// function, environment, version and artifact it is.
     env: Arc<[(String, String)]>,
+    /// The config and secrets of this function in this environment (shared
+    /// by every version on the route, replaced when they change).
+    settings: Arc<SettingsSlot>,
+    /// `env` plus the settings this version's manifest lets it see, built
+    /// once per settings revision.
+    guest_env: Arc<ArcSwap<GuestEnv>>,
 }
 
-impl Backend {
-    /// `stats` are the version's counters from [`Gateway::stats_for`], so
-    /// every route naming the version counts into the same ones.
-    pub fn new(
-        environment: &str,
-        function_name: &str,
-        version: u64,
-        digest: &str,
-        weight: u32,
-        function: Arc<Function>,
-        stats: Arc<VersionStats>,
-    ) -> Self {
-        let env = [
-            ("SEAL_FUNCTION", function_name.to_owned()),
-            ("SEAL_ENVIRONMENT", environment.to_owned()),
-            ("SEAL_VERSION", version.to_string()),
-            ("SEAL_DIGEST", digest.to_owned()),
-        ]
-        .map(|(k, v)| (k.to_owned(), v));
-        Self {
-            env: Arc::from(env),
-            tags: Arc::new(logs::VersionTags {
-                function: function_name.to_owned(),
-                environment: environment.to_owned(),
-                version,
-                digest: digest.to_owned(),
-            }),
-            environment: environment.to_owned(),
-            function_name: function_name.to_owned(),
-            version,
-            digest: digest.to_owned(),
-            weight,
-            function,
-            stats,
-            version_header: HeaderValue::from(version),
-            digest_header: HeaderValue::from_str(digest)
-                .unwrap_or_else(|_| HeaderValue::from_static("invalid")),
-        }
+/// The config values and (decrypted) secrets of a function in an
+/// environment, as guests receive them. `Debug` shows keys, never values.
+#[derive(Default)]
+pub struct Settings {
+    /// The revision of the last change (0 = never set).
+    pub revision: i64,
+    pub vars: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("revision", &self.revision)
+            .field(
+                "keys",
+                &self.vars.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
+            .finish()
     }
 }
 
+/// Where the current [`Settings`] of one function in one environment live.
+#[derive(Debug, Default)]
+pub struct SettingsSlot(ArcSwap<Settings>);
+
+/// A guest's environment for one settings revision.
+struct GuestEnv {
+    revision: i64,
+    vars: Arc<[(String, String)]>,
+}
+
 impl Backend {
+    /// The guest's environment variables and the settings revision they
+    /// come from: Seal's own `SEAL_*` variables, then each config value or
+    /// secret whose key the manifest declares.
+    pub fn guest_env(&self) -> (i64, Arc<[(String, String)]>) {
+        let settings = self.settings.0.load();
+        let cached = self.guest_env.load();
+        if cached.revision == settings.revision {
+            return (cached.revision, cached.vars.clone());
+        }
+        let declared = &self.function.limits().config_keys;
+        let vars: Arc<[(String, String)]> = self
+            .env
+            .iter()
+            .cloned()
+            .chain(
+                settings
+                    .vars
+                    .iter()
+                    .filter(|(k, _)| seal_runtime::config_key_allowed(declared, k))
+                    .cloned(),
+            )
+            .collect();
+        self.guest_env.store(Arc::new(GuestEnv {
+            revision: settings.revision,
+            vars: vars.clone(),
+        }));
+        (settings.revision, vars)
+    }
+
     pub fn load_timings(&self) -> seal_runtime::LoadTimings {
         self.function.load_timings()
     }
@@ -263,6 +288,9 @@ pub struct Gateway {
     /// by (environment, function, version): kept after a version leaves its
     /// route so its counters never go backwards.
     registry: std::sync::Mutex<HashMap<(String, String, u64), VersionEntry>>,
+    /// Settings of each function in each environment, by (environment,
+    /// function).
+    settings: std::sync::Mutex<HashMap<(String, String), Arc<SettingsSlot>>>,
 }
 
 impl Gateway {
@@ -272,6 +300,7 @@ impl Gateway {
             default_environment: default_environment.to_owned(),
             telemetry: Arc::new(telemetry),
             registry: std::sync::Mutex::default(),
+            settings: std::sync::Mutex::default(),
         })
     }
 
@@ -319,7 +348,28 @@ impl Gateway {
             .map(|e| e.stats.clone())
     }
 
-    /// A backend for a version, counting into its registered stats.
+    /// The settings slot of a function in an environment (created empty on
+    /// first use, then the same for the life of the process).
+    pub fn settings_slot(&self, environment: &str, function: &str) -> Arc<SettingsSlot> {
+        self.settings
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry((environment.to_owned(), function.to_owned()))
+            .or_default()
+            .clone()
+    }
+
+    /// Replaces the settings of a function in an environment: the next
+    /// invocation of any of its versions sees them.
+    pub fn set_settings(&self, environment: &str, function: &str, settings: Settings) {
+        self.settings_slot(environment, function)
+            .0
+            .store(Arc::new(settings));
+    }
+
+    /// A backend for a version, counting into its registered stats (so
+    /// every route naming the version counts into the same ones) and
+    /// reading its function's settings in that environment.
     pub fn backend(
         &self,
         environment: &str,
@@ -330,15 +380,38 @@ impl Gateway {
         loaded: Arc<Function>,
     ) -> Backend {
         let stats = self.stats_for(environment, function, version, digest);
-        Backend::new(
-            environment,
-            function,
+        let settings = self.settings_slot(environment, function);
+        let env = [
+            ("SEAL_FUNCTION", function.to_owned()),
+            ("SEAL_ENVIRONMENT", environment.to_owned()),
+            ("SEAL_VERSION", version.to_string()),
+            ("SEAL_DIGEST", digest.to_owned()),
+        ]
+        .map(|(k, v)| (k.to_owned(), v));
+        Backend {
+            env: Arc::from(env),
+            settings,
+            guest_env: Arc::new(ArcSwap::from_pointee(GuestEnv {
+                revision: -1,
+                vars: Arc::from([]),
+            })),
+            tags: Arc::new(logs::VersionTags {
+                function: function.to_owned(),
+                environment: environment.to_owned(),
+                version,
+                digest: digest.to_owned(),
+            }),
+            environment: environment.to_owned(),
+            function_name: function.to_owned(),
             version,
-            digest,
+            digest: digest.to_owned(),
             weight,
-            loaded,
+            function: loaded,
             stats,
-        )
+            version_header: HeaderValue::from(version),
+            digest_header: HeaderValue::from_str(digest)
+                .unwrap_or_else(|_| HeaderValue::from_static("invalid")),
+        }
     }
 
     /// Every version that has served in this process, sorted.
@@ -477,7 +550,9 @@ impl Gateway {
             invocation::correlate(req.headers(), self.telemetry.trace_sample_ratio);
         invocation::propagate(req.headers_mut(), &ids, &request_id);
         let request_id_header = HeaderValue::from_str(&request_id).ok();
+        let (config_revision, env) = backend.guest_env();
         let invocation = Arc::new(invocation::Invocation {
+            config_revision,
             backend: backend.clone(),
             telemetry: self.telemetry.clone(),
             request_id: Arc::from(request_id),
@@ -487,7 +562,7 @@ impl Gateway {
             arrived: started,
             arrived_wall: std::time::SystemTime::now(),
         });
-        let mut resp = match backend.function.handle(req, &backend.env, invocation).await {
+        let mut resp = match backend.function.handle(req, &env, invocation).await {
             Ok(resp) => {
                 backend
                     .stats

@@ -12,7 +12,10 @@
 //!   the one recorded when it was compiled (wasmtime trusts what it
 //!   deserializes); otherwise the caller recompiles from the verified blob;
 //! - a trap, a timeout or an out-of-memory ends that one request with an
-//!   [`InvokeError`]; the engine and every other request carry on.
+//!   [`InvokeError`]; the engine and every other request carry on;
+//! - a guest's outbound HTTP request leaves only for a host its manifest
+//!   allows ([`FunctionLimits::outbound_hosts`]); any other is answered
+//!   inside the guest with `HTTP-request-denied` before a socket is opened.
 //!
 //! This crate knows nothing of routes, versions or databases.
 
@@ -33,6 +36,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+pub use seal_artifact::capabilities::{HostPattern, config_key_allowed};
 pub use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 /// How often the epoch advances; timeouts are measured in these ticks.
@@ -201,11 +205,15 @@ pub struct LoadTimings {
     pub load: Duration,
 }
 
-/// Per-function limits and environment, fixed when a version is loaded.
+/// Per-function limits and permissions, fixed when a version is loaded.
 #[derive(Debug, Clone)]
 pub struct FunctionLimits {
     pub memory_bytes: u64,
     pub timeout: Duration,
+    /// Hosts outbound requests may go to; empty = none.
+    pub outbound_hosts: Arc<[HostPattern]>,
+    /// Config keys (and secrets) the guest may see; `*` = all.
+    pub config_keys: Arc<[String]>,
 }
 
 /// The wasmtime engine and linker shared by every function.
@@ -411,12 +419,53 @@ fn spawn_epoch_ticker(engine: wasmtime::EngineWeak) {
         .ok();
 }
 
-/// Per-store state: WASI contexts, the resource table, the memory limiter.
+/// Per-store state: WASI contexts, the resource table, the memory limiter,
+/// the outbound-request gate.
 struct Host {
     wasi: WasiCtx,
     http: WasiHttpCtx,
     table: ResourceTable,
     limiter: MemoryLimiter,
+    outbound: OutboundGate,
+}
+
+/// Lets a guest's outbound request through only to an allowed host.
+struct OutboundGate {
+    allowed: Arc<[HostPattern]>,
+}
+
+impl wasmtime_wasi_http::WasiHttpHooks for OutboundGate {
+    fn send_request(
+        &mut self,
+        request: http::Request<wasmtime_wasi_http::WasiBody>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
+        fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> Box<
+        dyn Future<
+                Output = Result<
+                    (
+                        http::Response<wasmtime_wasi_http::WasiBody>,
+                        Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+                    ),
+                    wasmtime_wasi_http::Error,
+                >,
+            > + Send,
+    > {
+        let uri = request.uri();
+        let host = uri.host().unwrap_or("");
+        let port = uri
+            .port_u16()
+            .unwrap_or(if uri.scheme() == Some(&http::uri::Scheme::HTTPS) {
+                443
+            } else {
+                80
+            });
+        if !seal_artifact::capabilities::host_allowed(&self.allowed, host, port) {
+            tracing::debug!(host, port, "outbound request denied by the manifest");
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        }
+        wasmtime_wasi_http::default_hooks().send_request(request, options, fut)
+    }
 }
 
 impl WasiView for Host {
@@ -433,7 +482,7 @@ impl WasiHttpView for Host {
         WasiHttpCtxView {
             ctx: &mut self.http,
             table: &mut self.table,
-            hooks: Default::default(),
+            hooks: &mut self.outbound,
         }
     }
 }
@@ -523,6 +572,9 @@ impl Function {
                     max_bytes: usize::try_from(self.limits.memory_bytes).unwrap_or(usize::MAX),
                     hit: false,
                     peak: 0,
+                },
+                outbound: OutboundGate {
+                    allowed: self.limits.outbound_hosts.clone(),
                 },
             },
         );

@@ -21,7 +21,9 @@ use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 mod security;
-pub use security::{NewToken, SettingChange, SettingRecord, SettingRevision, TokenRecord};
+pub use security::{
+    AttestationRecord, NewToken, SettingChange, SettingRecord, SettingRevision, TokenRecord,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {

@@ -109,7 +109,64 @@ pub struct SettingRevision {
 const TOKEN_COLUMNS: &str =
     "id, name, role, environments, hash, created_at, created_by, revoked_at, revoked_by";
 
+/// An attestation attached to an artifact.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, FromRow)]
+pub struct AttestationRecord {
+    pub subject: String,
+    pub referrer: String,
+    pub envelope: String,
+    pub keyid: Option<String>,
+    pub created_at: i64,
+    pub actor: String,
+}
+
 impl StateStore {
+    /// Records an attestation (once per referrer) with its audit entry.
+    /// Returns false when it was already recorded.
+    pub async fn add_attestation(&self, a: &AttestationRecord, object: &str) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "INSERT INTO attestations (subject, referrer, envelope, keyid, created_at, actor) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (subject, referrer) DO NOTHING",
+        )
+        .bind(&a.subject)
+        .bind(&a.referrer)
+        .bind(&a.envelope)
+        .bind(&a.keyid)
+        .bind(a.created_at)
+        .bind(&a.actor)
+        .execute(&mut *tx)
+        .await?;
+        let added = done.rows_affected() == 1;
+        if added {
+            insert_audit(
+                &mut tx,
+                NewAudit {
+                    actor: &a.actor,
+                    action: "attestation.attach",
+                    object,
+                    digest: Some(&a.subject),
+                    outcome: "ok",
+                    detail: serde_json::json!({"referrer": a.referrer, "keyid": a.keyid}),
+                },
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(added)
+    }
+
+    /// The attestations of an artifact, oldest first.
+    pub async fn attestations(&self, subject: &str) -> Result<Vec<AttestationRecord>> {
+        Ok(sqlx::query_as(
+            "SELECT subject, referrer, envelope, keyid, created_at, actor FROM attestations \
+             WHERE subject = $1 ORDER BY created_at, referrer",
+        )
+        .bind(subject)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// How many tokens were ever created (revoked ones included).
     pub async fn token_count(&self) -> Result<u64> {
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tokens")
@@ -358,6 +415,15 @@ impl StateStore {
         Ok((revision, rows))
     }
 
+    /// Every (function, environment) whose settings were ever changed.
+    pub async fn setting_scopes(&self) -> Result<Vec<(String, String)>> {
+        Ok(sqlx::query_as(
+            "SELECT DISTINCT function, environment FROM setting_revisions ORDER BY function, environment",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// Recorded changes of a function's settings, newest first.
     pub async fn setting_revisions(
         &self,
@@ -426,15 +492,21 @@ impl StateStore {
         Ok(())
     }
 
-    /// The trust policy of an environment, if one was set.
-    pub async fn policy(&self, environment: &str) -> Result<Option<serde_json::Value>> {
-        let text: Option<String> =
-            sqlx::query_scalar("SELECT policy FROM policies WHERE environment = $1")
-                .bind(environment)
-                .fetch_optional(&self.pool)
-                .await?;
-        text.map(|t| {
+    /// The trust policy of an environment, if one was set, with when and
+    /// by whom.
+    pub async fn policy(
+        &self,
+        environment: &str,
+    ) -> Result<Option<(serde_json::Value, i64, String)>> {
+        let row: Option<(String, i64, String)> = sqlx::query_as(
+            "SELECT policy, updated_at, updated_by FROM policies WHERE environment = $1",
+        )
+        .bind(environment)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|(t, at, by)| {
             serde_json::from_str(&t)
+                .map(|p| (p, at, by))
                 .map_err(|e| StateError::Corrupt(format!("policy of {environment}: {e}")))
         })
         .transpose()

@@ -104,6 +104,7 @@ impl Control {
         actor: &str,
         spec: RolloutSpec,
         dry_run: bool,
+        approve_widening: bool,
     ) -> ApiResult<Value> {
         let env = self.environment_or_default(environment).await?;
         let candidate = self.version_or_404(function, version).await?;
@@ -111,6 +112,9 @@ impl Control {
         if let Some(busy) = self.active_deployment(&env, function).await? {
             return Err(busy_error(&busy));
         }
+        let permissions = self
+            .check_permissions(&env, &candidate, approve_widening, actor)
+            .await?;
         let current = self.state.route(&env, function).await?;
         let Some(baseline) = current
             .as_ref()
@@ -147,10 +151,10 @@ impl Control {
         )?;
         let plan_json = serde_json::to_value(&plan).map_err(ApiError::internal)?;
         if dry_run {
-            return Ok(json!({"dry_run": true, "plan": plan_json}));
+            return Ok(json!({"dry_run": true, "plan": plan_json, "permissions": permissions}));
         }
         // Verify and load both versions before anything is recorded.
-        let candidate_fn = self
+        let (candidate_fn, trust) = self
             .load_for_route(&candidate, &env, "deploy", actor)
             .await?;
         let baseline_fn = self.load(&baseline_v).await?;
@@ -196,7 +200,10 @@ impl Control {
         self.notify(&plan, record.id, "started", json!({"weights": weights}));
         self.observe_transition(&record, "started");
         self.spawn_driver(record.clone(), plan.clone());
-        Ok(json!({"deployment": record, "unchanged": false, "weights": weights, "plan": plan_json}))
+        Ok(
+            json!({"deployment": record, "unchanged": false, "weights": weights, "plan": plan_json,
+            "permissions": permissions, "trust": trust}),
+        )
     }
 
     pub(crate) async fn active_deployment(

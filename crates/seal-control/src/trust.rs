@@ -1,0 +1,431 @@
+//! Supply-chain trust in the deploy engine: attestations attached to
+//! versions, per-environment policy checked whenever a version is about to
+//! serve (deploy, rollback, progressive candidate, and every load at
+//! start), `verify`, and the permission gate.
+//!
+//! Attestations are DSSE envelopes (in-toto Statement v1, SLSA provenance
+//! v1) stored in the OCI layout as referrer manifests whose `subject` is the
+//! artifact manifest; the state store indexes them by subject digest. The
+//! cryptography and the policy rules are `seal-trust`'s; this module reads
+//! the stored pieces and decides.
+
+use crate::engine::Control;
+use crate::error::{ApiError, ApiResult};
+use axum::http::StatusCode;
+use seal_artifact::capabilities::PermissionDiff;
+use seal_artifact::{Digest, SealManifest};
+use seal_oci::IndexEntry;
+use seal_state::{AttestationRecord, NewAudit, VersionRecord, now_ms};
+use seal_trust::{Envelope, Policy, PublicKey, TrustedKey};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+
+/// Annotation on a referrer's `index.json` entry: the artifact it is about.
+pub const ANNOTATION_SUBJECT: &str = "dev.seal.subject";
+
+/// The environment whose permission widenings need an admin's approval.
+pub const PROTECTED_ENVIRONMENT: &str = "production";
+
+/// Largest envelope accepted (a provenance with a big Cargo.lock is ~100 KB).
+pub const MAX_ENVELOPE_BYTES: usize = 1 << 20;
+
+impl Control {
+    /// The policy of an environment (empty when none was set).
+    pub async fn policy(&self, environment: &str) -> ApiResult<Policy> {
+        Ok(match self.state.policy(environment).await? {
+            Some((p, _, _)) => serde_json::from_value(p).map_err(ApiError::internal)?,
+            None => Policy::default(),
+        })
+    }
+
+    /// Replaces an environment's policy. Trusted keys arrive as PEM and are
+    /// stored with their key ids; required fields are checked for syntax.
+    pub async fn set_policy(
+        &self,
+        environment: &str,
+        require_signature: bool,
+        trusted_keys: &[String],
+        required_provenance: BTreeMap<String, Option<String>>,
+        actor: &str,
+    ) -> ApiResult<Value> {
+        if !self.state.environment_exists(environment).await? {
+            return Err(ApiError::not_found(format!(
+                "no environment {environment} (create it with `seal env create {environment}`)"
+            )));
+        }
+        let mut keys = Vec::new();
+        for pem in trusted_keys {
+            let key = PublicKey::from_pem(pem)
+                .map_err(|e| ApiError::bad_request(format!("trusted key: {e}")))?;
+            keys.push(TrustedKey::from(&key));
+        }
+        for (field, value) in &required_provenance {
+            let spec = match value {
+                Some(v) => format!("{field}={v}"),
+                None => field.clone(),
+            };
+            seal_trust::parse_requirement(&spec)
+                .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        }
+        if require_signature && keys.is_empty() {
+            return Err(ApiError::bad_request(
+                "--require-signature needs at least one --trusted-key",
+            ));
+        }
+        let policy = Policy {
+            require_signature,
+            trusted_keys: keys,
+            required_provenance,
+        };
+        let value = serde_json::to_value(&policy).map_err(ApiError::internal)?;
+        self.state.set_policy(environment, &value, actor).await?;
+        self.policy_view(environment).await
+    }
+
+    pub async fn policy_view(&self, environment: &str) -> ApiResult<Value> {
+        let (policy, at, by) = match self.state.policy(environment).await? {
+            Some((p, at, by)) => (p, Some(at), Some(by)),
+            None => (
+                serde_json::to_value(Policy::default()).map_err(ApiError::internal)?,
+                None,
+                None,
+            ),
+        };
+        Ok(
+            json!({"environment": environment, "policy": policy, "updated_at": at, "updated_by": by}),
+        )
+    }
+
+    /// The envelopes attached to an artifact, each read back from the
+    /// artifact store through its digest (a damaged blob is refused).
+    async fn envelopes(&self, subject: &str) -> ApiResult<Vec<(AttestationRecord, Envelope)>> {
+        let mut out = Vec::new();
+        for rec in self.state.attestations(subject).await? {
+            let digest = Digest::parse(&rec.envelope).map_err(ApiError::internal)?;
+            let oci = self.oci.clone();
+            let bytes = tokio::task::spawn_blocking(move || oci.read_blob(&digest))
+                .await
+                .map_err(ApiError::internal)??;
+            let envelope = Envelope::from_json(&bytes).map_err(ApiError::internal)?;
+            out.push((rec, envelope));
+        }
+        Ok(out)
+    }
+
+    /// Checks a version against an environment's policy. `Ok` carries the
+    /// lines saying what was checked; a refusal is a 403 with the exact
+    /// reason.
+    pub(crate) async fn check_policy(
+        &self,
+        v: &VersionRecord,
+        env: &str,
+    ) -> ApiResult<Vec<String>> {
+        let policy = self.policy(env).await?;
+        if policy.is_empty() {
+            return Ok(vec![format!("policy: {env} has none")]);
+        }
+        let subject = Digest::parse(&v.digest).map_err(ApiError::internal)?;
+        let envelopes: Vec<Envelope> = self
+            .envelopes(&v.digest)
+            .await?
+            .into_iter()
+            .map(|(_, e)| e)
+            .collect();
+        match seal_trust::evaluate(&policy, env, &subject, &envelopes) {
+            Ok(verdict) => Ok(verdict.checks),
+            Err(e) => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "policy",
+                format!(
+                    "{}@{} refused by {env}'s policy: {}",
+                    v.function,
+                    v.version,
+                    refusal(&e)
+                ),
+            )),
+        }
+    }
+
+    /// Attaches a signed attestation to a version: the envelope must parse
+    /// and its statement must be about this artifact. Signatures are judged
+    /// later, against the policy of wherever the version is deployed.
+    pub async fn attach_attestation(
+        &self,
+        function: &str,
+        version: u64,
+        body: &[u8],
+        actor: &str,
+    ) -> ApiResult<Value> {
+        let v = self.version_or_404(function, version).await?;
+        if body.len() > MAX_ENVELOPE_BYTES {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!(
+                    "the envelope is {} bytes; the limit is {MAX_ENVELOPE_BYTES}",
+                    body.len()
+                ),
+            ));
+        }
+        let envelope = Envelope::from_json(body)
+            .map_err(|e| ApiError::bad_request(format!("invalid DSSE envelope: {e}")))?;
+        let statement = envelope
+            .statement()
+            .map_err(|e| ApiError::bad_request(format!("invalid attestation: {e}")))?;
+        let subject = Digest::parse(&v.digest).map_err(ApiError::internal)?;
+        let about: Vec<String> = statement["subject"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s["digest"]["sha256"].as_str())
+            .map(|h| format!("sha256:{h}"))
+            .collect();
+        if !about.contains(&v.digest) {
+            let claimed = about.first().cloned().unwrap_or_else(|| "nothing".into());
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "subject_mismatch",
+                format!(
+                    "the signed statement is about {claimed}, not {function}@{version} ({})",
+                    v.digest
+                ),
+            ));
+        }
+        let Some(first) = envelope.signatures.first() else {
+            return Err(ApiError::bad_request("the envelope has no signature"));
+        };
+        let keyid = first.keyid.clone();
+        // Store the envelope and its referrer manifest as OCI blobs, and
+        // list the referrer in index.json next to the artifact.
+        let oci = self.oci.clone();
+        let bytes = envelope.to_json();
+        let (referrer, referrer_size, envelope_digest) = {
+            let oci = oci.clone();
+            let subject = subject.clone();
+            let keyid = keyid.clone();
+            tokio::task::spawn_blocking(move || -> ApiResult<(Digest, u64, Digest)> {
+                let manifest_size = oci.read_blob(&subject)?.len() as u64;
+                let env_digest = oci.put_blob(&bytes)?;
+                oci.put_blob(seal_trust::EMPTY_CONFIG)?;
+                let manifest = seal_trust::referrer_manifest(
+                    &subject,
+                    manifest_size,
+                    &env_digest,
+                    bytes.len() as u64,
+                    &keyid,
+                )
+                .map_err(ApiError::internal)?;
+                let referrer = oci.put_blob(&manifest)?;
+                Ok((referrer, manifest.len() as u64, env_digest))
+            })
+            .await
+            .map_err(ApiError::internal)??
+        };
+        oci.add_manifest(IndexEntry {
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            digest: referrer.clone(),
+            size: referrer_size,
+            annotations: BTreeMap::from([
+                (ANNOTATION_SUBJECT.to_owned(), v.digest.clone()),
+                (
+                    seal_oci::ANNOTATION_FUNCTION.to_owned(),
+                    function.to_owned(),
+                ),
+            ]),
+        })?;
+        self.state
+            .add_attestation(
+                &AttestationRecord {
+                    subject: v.digest.clone(),
+                    referrer: referrer.to_string(),
+                    envelope: envelope_digest.to_string(),
+                    keyid: Some(keyid.clone()),
+                    created_at: now_ms(),
+                    actor: actor.to_owned(),
+                },
+                &format!("{function}@{version}"),
+            )
+            .await?;
+        Ok(json!({
+            "function": function,
+            "version": version,
+            "digest": v.digest,
+            "referrer": referrer,
+            "keyid": keyid,
+        }))
+    }
+
+    pub async fn list_attestations(&self, function: &str, version: u64) -> ApiResult<Value> {
+        let v = self.version_or_404(function, version).await?;
+        let list: Vec<Value> = self
+            .envelopes(&v.digest)
+            .await?
+            .into_iter()
+            .map(|(r, e)| {
+                let envelope: Value = serde_json::from_slice(&e.to_json()).unwrap_or(Value::Null);
+                json!({
+                    "referrer": r.referrer,
+                    "envelope_digest": r.envelope,
+                    "keyid": r.keyid,
+                    "created_at": r.created_at,
+                    "actor": r.actor,
+                    "envelope": envelope,
+                })
+            })
+            .collect();
+        Ok(json!({"attestations": list}))
+    }
+
+    /// `seal verify`: the artifact's blobs re-hashed, every attestation
+    /// checked against the given keys and the environment's trusted keys,
+    /// and the environment's policy verdict.
+    pub async fn verify_version(
+        &self,
+        function: &str,
+        version: u64,
+        environment: Option<&str>,
+        keys: &[String],
+    ) -> ApiResult<Value> {
+        let v = self.version_or_404(function, version).await?;
+        let env = environment.unwrap_or(&self.default_environment).to_owned();
+        let mut given = Vec::new();
+        for pem in keys {
+            given.push(
+                PublicKey::from_pem(pem).map_err(|e| ApiError::bad_request(format!("key: {e}")))?,
+            );
+        }
+        let subject = Digest::parse(&v.digest).map_err(ApiError::internal)?;
+        let artifact = match self.verified_artifact(&subject).await {
+            Ok(()) => json!({"ok": true}),
+            Err(e) => json!({"ok": false, "error": e.message}),
+        };
+        let policy = self.policy(&env).await?;
+        let mut all_keys = given.clone();
+        all_keys.extend(
+            policy
+                .trusted_keys
+                .iter()
+                .filter_map(|k| k.public_key().ok()),
+        );
+        let envelopes: Vec<Envelope> = self
+            .envelopes(&v.digest)
+            .await?
+            .into_iter()
+            .map(|(_, e)| e)
+            .collect();
+        let reports = seal_trust::inspect(&subject, &envelopes, &all_keys);
+        let verdict = match seal_trust::evaluate(&policy, &env, &subject, &envelopes) {
+            Ok(v) => json!({"environment": env, "ok": true, "checks": v.checks}),
+            Err(e) => json!({"environment": env, "ok": false, "reason": refusal(&e), "checks": []}),
+        };
+        let keys_ok = given.is_empty()
+            || reports.iter().any(|r| {
+                r.signature == "ok"
+                    && r.subject_matches
+                    && r.provenance_errors.is_empty()
+                    && given.iter().any(|k| k.keyid() == r.keyid)
+            });
+        let ok = artifact["ok"] == true && verdict["ok"] == true && keys_ok;
+        Ok(json!({
+            "function": function,
+            "version": version,
+            "digest": v.digest,
+            "ok": ok,
+            "artifact": artifact,
+            "attestations": reports,
+            "keys": if given.is_empty() { Value::Null } else {
+                json!({"ok": keys_ok, "keyids": given.iter().map(|k| k.keyid().to_owned()).collect::<Vec<_>>()})
+            },
+            "policy": verdict,
+        }))
+    }
+
+    /// What a candidate may do that the version serving the route now may
+    /// not. `None` when nothing serves there yet.
+    pub(crate) async fn permission_diff(
+        &self,
+        env: &str,
+        candidate: &VersionRecord,
+    ) -> ApiResult<Option<(u64, PermissionDiff)>> {
+        let Some(route) = self.state.route(env, &candidate.function).await? else {
+            return Ok(None);
+        };
+        let Some(serving) = route.weights.iter().max_by_key(|w| w.weight) else {
+            return Ok(None);
+        };
+        let Some(current) = self
+            .state
+            .version(&candidate.function, serving.version)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let parse = |v: &VersionRecord| -> ApiResult<SealManifest> {
+            serde_json::from_value(v.manifest.clone()).map_err(ApiError::internal)
+        };
+        Ok(Some((
+            current.version,
+            PermissionDiff::between(&parse(&current)?, &parse(candidate)?),
+        )))
+    }
+
+    /// The permission gate of a deploy: a widening in the protected
+    /// environment needs the admin's explicit approval. Refusals are
+    /// audited. Returns the diff for the answer.
+    pub(crate) async fn check_permissions(
+        &self,
+        env: &str,
+        candidate: &VersionRecord,
+        approved: bool,
+        actor: &str,
+    ) -> ApiResult<Value> {
+        let Some((from, diff)) = self.permission_diff(env, candidate).await? else {
+            return Ok(Value::Null);
+        };
+        if diff.widens && env == PROTECTED_ENVIRONMENT && !approved {
+            let message = format!(
+                "{}@{} asks for more than {}@{from} in {env}: {}; an admin must deploy it with --allow-new-permissions",
+                candidate.function,
+                candidate.version,
+                candidate.function,
+                diff.lines()
+                    .into_iter()
+                    .filter(|l| l.starts_with('+'))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            let _ = self
+                .state
+                .audit(NewAudit {
+                    actor,
+                    action: "deploy",
+                    object: &format!("{env}/{}", candidate.function),
+                    digest: Some(&candidate.digest),
+                    outcome: "refused",
+                    detail: json!({"version": candidate.version, "error": message, "permissions": diff}),
+                })
+                .await;
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "permissions_widened",
+                message,
+            ));
+        }
+        let mut v = serde_json::to_value(&diff).map_err(ApiError::internal)?;
+        v["from_version"] = json!(from);
+        Ok(v)
+    }
+
+    /// Re-reads an artifact's blobs, each checked against its digest.
+    async fn verified_artifact(&self, digest: &Digest) -> ApiResult<()> {
+        self.verified_component(digest).await.map(|_| ())
+    }
+}
+
+/// The reason of a refusal, without the error type's prefix.
+fn refusal(e: &seal_trust::TrustError) -> String {
+    match e {
+        seal_trust::TrustError::Refused(reason) => reason.clone(),
+        other => other.to_string(),
+    }
+}
