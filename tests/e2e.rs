@@ -118,9 +118,17 @@ async fn publish_deploy_rollback_and_history() {
         .iter()
         .map(|e| e["action"].as_str().unwrap().to_owned())
         .collect();
+    // The first start created the admin token: the first entry.
     assert_eq!(
         actions,
-        ["rollback", "deploy", "publish", "deploy", "publish"]
+        [
+            "rollback",
+            "deploy",
+            "publish",
+            "deploy",
+            "publish",
+            "token.create"
+        ]
     );
 
     // Human output works too.

@@ -476,3 +476,229 @@ async fn outbound_hosts_are_enforced_and_widening_needs_an_admin() {
     );
     assert_eq!(d["permissions"]["widens"], false);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signatures_provenance_and_policy_guard_every_deploy() {
+    const SOURCE: &str = "git+https://example.org/team/svc";
+    let dir = tempfile::tempdir().unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    let key = |name: &str| keys.path().join(name).to_str().unwrap().to_owned();
+    for name in ["trusted.key", "other.key"] {
+        let k = s.seal_json(&["keygen", "--out", &key(name)]);
+        assert!(k["keyid"].as_str().unwrap().starts_with("sha256:"), "{k}");
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(key("trusted.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let echo = guest("echo");
+    // Four versions of one function, each a different artifact (memory).
+    let publish = |memory: &str, extra: &[&str]| {
+        let mut args = vec!["--memory", memory];
+        args.extend(extra);
+        publish_file(&s, &echo, "svc", &args).0
+    };
+    let trusted = key("trusted.key");
+    let other = key("other.key");
+    let (trusted_pub, other_pub) = (key("trusted.pub"), key("other.pub"));
+    let v1 = publish("64MiB", &["--sign", &trusted, "--source", SOURCE]);
+    let v2 = publish("65MiB", &["--sign", &other, "--source", SOURCE]);
+    let v3 = publish("66MiB", &[]);
+    let v4 = publish("67MiB", &["--sign", &trusted]);
+    assert_eq!((v1, v2, v3, v4), (1, 2, 3, 4));
+
+    // The attestation is an OCI referrer of the artifact manifest.
+    let atts = s.api_get("/v1/functions/svc/versions/1/attestations").await;
+    let att = &atts["attestations"][0];
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("artifacts/index.json")).unwrap())
+            .unwrap();
+    let version1 = s.api_get("/v1/functions/svc/versions/1").await;
+    let digest1 = version1["version"]["digest"].as_str().unwrap().to_owned();
+    assert!(
+        index["manifests"].as_array().unwrap().iter().any(|m| {
+            m["digest"] == att["referrer"]
+                && m["annotations"]["dev.seal.subject"] == digest1.as_str()
+        }),
+        "{index}"
+    );
+    let referrer_hex = att["referrer"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:");
+    let referrer: Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("artifacts/blobs/sha256").join(referrer_hex)).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(referrer["subject"]["digest"], digest1.as_str());
+    let statement: Value =
+        serde_json::from_slice(&base64_decode(att["envelope"]["payload"].as_str().unwrap()))
+            .unwrap();
+    assert_eq!(statement["_type"], "https://in-toto.io/Statement/v1");
+    assert_eq!(statement["predicateType"], "https://slsa.dev/provenance/v1");
+    assert_eq!(
+        statement["subject"][0]["digest"]["sha256"],
+        digest1.trim_start_matches("sha256:")
+    );
+    let predicate = &statement["predicate"];
+    assert_eq!(
+        predicate["buildDefinition"]["externalParameters"]["source"],
+        SOURCE
+    );
+    assert!(predicate["runDetails"]["builder"]["id"].is_string());
+    assert!(predicate["runDetails"]["metadata"]["startedOn"].is_string());
+
+    // Production requires a signature by the trusted key and the source.
+    s.seal_json(&[
+        "policy",
+        "set",
+        "production",
+        "--require-signature",
+        "--trusted-key",
+        &trusted_pub,
+        "--require-provenance",
+        &format!("source={SOURCE}"),
+    ]);
+    let d = s.seal_json(&["deploy", "svc", "1"]);
+    assert!(d["trust"].to_string().contains("signature: ok"), "{d}");
+    assert_eq!(s.get("/svc/").await.status(), 200);
+    for (v, why) in [
+        ("2", "signed by untrusted key"),
+        ("3", "not signed: production requires a signature"),
+        (
+            "4",
+            "provenance lacks buildDefinition.externalParameters.source",
+        ),
+    ] {
+        let out = s.seal(&["deploy", "svc", v]);
+        out.assert_fails_with(why);
+        assert!(
+            out.stderr.contains("refused by production's policy"),
+            "{}",
+            out.stderr
+        );
+    }
+    // A progressive deployment and a rollback are held to the same policy.
+    let out = s.seal(&[
+        "deploy",
+        "svc",
+        "3",
+        "--strategy",
+        "canary",
+        "--steps",
+        "50",
+    ]);
+    out.assert_fails_with("not signed");
+    let out = s.seal(&["rollback", "svc", "--to", "2"]);
+    out.assert_fails_with("signed by untrusted key");
+
+    // A valid signature over another digest cannot be attached to v3.
+    let r = s
+        .http
+        .post(format!(
+            "{}/v1/functions/svc/versions/3/attestations",
+            s.api
+        ))
+        .json(&att["envelope"])
+        .send()
+        .await
+        .unwrap();
+    let body = assert_error(r, 422, "subject_mismatch").await;
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&digest1)
+    );
+    s.seal(&["deploy", "svc", "3"])
+        .assert_fails_with("not signed");
+    // Every refusal is in the audit log with its reason; nothing moved.
+    let audit = s.api_get("/v1/audit?limit=20").await;
+    let refused = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["outcome"] == "refused")
+        .count();
+    assert!(refused >= 6, "{audit}");
+    let status = s.seal_json(&["status", "svc"]);
+    assert_eq!(status["routes"][0]["versions"][0]["version"], 1);
+
+    // `seal verify`: ok with the trusted key, not with the other one.
+    let ok = s.seal(&["verify", "svc@1", "--key", &trusted_pub]);
+    assert!(ok.ok, "{}{}", ok.stdout, ok.stderr);
+    let v = s.seal(&["verify", "svc@2", "--key", &trusted_pub, "--output", "json"]);
+    assert!(!v.ok);
+    let report: Value = serde_json::from_str(&v.stdout).unwrap();
+    assert_eq!(report["ok"], false);
+    assert_eq!(report["attestations"][0]["signature"], "untrusted");
+
+    // The policy is checked again when a server loads a version: a policy
+    // that no longer trusts v1's key keeps it from serving after a restart.
+    s.seal_json(&[
+        "policy",
+        "set",
+        "production",
+        "--require-signature",
+        "--trusted-key",
+        &other_pub,
+    ]);
+    s.stop();
+    let s = Server::start(dir.path());
+    assert_ne!(s.get("/svc/").await.status(), 200);
+    assert!(
+        s.log().contains("refused by production's policy"),
+        "{}",
+        s.log()
+    );
+    s.seal_json(&["policy", "clear", "production"]);
+
+    // Tampered artifact bytes: the layer blob is edited on disk.
+    let layer = version1["oci_manifest"]["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_owned();
+    let path = dir.path().join("artifacts/blobs/sha256").join(&layer);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    let v = s.seal(&["verify", "svc@1", "--output", "json"]);
+    assert!(!v.ok);
+    let report: Value = serde_json::from_str(&v.stdout).unwrap();
+    assert_eq!(report["artifact"]["ok"], false, "{report}");
+    let out = s.seal(&["deploy", "svc", "1"]);
+    assert!(!out.ok, "a tampered artifact was deployed");
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    // Standard alphabet with padding, as DSSE writes it.
+    let table = |c: u8| -> u32 {
+        match c {
+            b'A'..=b'Z' => u32::from(c - b'A'),
+            b'a'..=b'z' => u32::from(c - b'a') + 26,
+            b'0'..=b'9' => u32::from(c - b'0') + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => panic!("not base64: {c}"),
+        }
+    };
+    let clean: Vec<u8> = s.bytes().filter(|c| *c != b'=').collect();
+    let mut out = Vec::new();
+    for chunk in clean.chunks(4) {
+        let mut n = 0u32;
+        for (i, c) in chunk.iter().enumerate() {
+            n |= table(*c) << (18 - 6 * i);
+        }
+        let bytes = n.to_be_bytes();
+        out.extend_from_slice(&bytes[1..chunk.len()]);
+    }
+    out
+}

@@ -486,6 +486,9 @@ impl Control {
         let env = self.environment_or_default(environment).await?;
         let v = self.version_or_404(function, version).await?;
         let _guard = self.deploy_lock.lock().await;
+        // Trust first (an untrusted artifact is refused whatever it asks
+        // for), then the permissions it asks for; both again at load.
+        self.load_for_route(&v, &env, "deploy", actor).await?;
         let permissions = self
             .check_permissions(&env, &v, approve_widening, actor)
             .await?;

@@ -112,6 +112,15 @@ impl Control {
         Ok(out)
     }
 
+    async fn envelope_list(&self, subject: &str) -> ApiResult<Vec<Envelope>> {
+        Ok(self
+            .envelopes(subject)
+            .await?
+            .into_iter()
+            .map(|(_, e)| e)
+            .collect())
+    }
+
     /// Checks a version against an environment's policy. `Ok` carries the
     /// lines saying what was checked; a refusal is a 403 with the exact
     /// reason.
@@ -125,12 +134,7 @@ impl Control {
             return Ok(vec![format!("policy: {env} has none")]);
         }
         let subject = Digest::parse(&v.digest).map_err(ApiError::internal)?;
-        let envelopes: Vec<Envelope> = self
-            .envelopes(&v.digest)
-            .await?
-            .into_iter()
-            .map(|(_, e)| e)
-            .collect();
+        let envelopes = self.envelope_list(&v.digest).await?;
         match seal_trust::evaluate(&policy, env, &subject, &envelopes) {
             Ok(verdict) => Ok(verdict.checks),
             Err(e) => Err(ApiError::new(
@@ -307,12 +311,7 @@ impl Control {
                 .iter()
                 .filter_map(|k| k.public_key().ok()),
         );
-        let envelopes: Vec<Envelope> = self
-            .envelopes(&v.digest)
-            .await?
-            .into_iter()
-            .map(|(_, e)| e)
-            .collect();
+        let envelopes = self.envelope_list(&v.digest).await?;
         let reports = seal_trust::inspect(&subject, &envelopes, &all_keys);
         let verdict = match seal_trust::evaluate(&policy, &env, &subject, &envelopes) {
             Ok(v) => json!({"environment": env, "ok": true, "checks": v.checks}),

@@ -8,7 +8,8 @@ struct Hello;
 impl Guest for Hello {
     fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
         let path = request.path_with_query().unwrap_or_else(|| "/".to_string());
-        let body_text = format!("Hello from Seal! (v2) path={path}\n");
+        let greeting = std::env::var("GREETING").unwrap_or_else(|_| "Hello from Seal!".into());
+        let body_text = format!("{greeting} (v2) path={path}\n");
 
         let headers = Fields::new();
         let _ = headers.set("content-type", &[b"text/plain".to_vec()]);

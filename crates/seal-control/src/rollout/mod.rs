@@ -112,6 +112,10 @@ impl Control {
         if let Some(busy) = self.active_deployment(&env, function).await? {
             return Err(busy_error(&busy));
         }
+        // Trust first (an untrusted artifact is refused whatever it asks
+        // for), then the permissions it asks for.
+        self.load_for_route(&candidate, &env, "deploy", actor)
+            .await?;
         let permissions = self
             .check_permissions(&env, &candidate, approve_widening, actor)
             .await?;
