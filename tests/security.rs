@@ -167,6 +167,33 @@ async fn tokens_roles_environments_and_revocation() {
     let audit = s.api_get("/v1/audit?limit=1").await;
     assert_eq!(audit["entries"][0]["actor"], "ci");
 
+    // An admin limited to staging cannot reach beyond it: no tokens, no
+    // policies, no environments.
+    let (staging_admin, _) = create_token(&s, &["--role", "admin", "--env", "staging"]);
+    for (method, path, body) in [
+        (
+            reqwest::Method::POST,
+            "/v1/tokens",
+            json!({"role": "admin"}),
+        ),
+        (reqwest::Method::PUT, "/v1/policies/production", json!({})),
+        (
+            reqwest::Method::POST,
+            "/v1/environments",
+            json!({"name": "qa"}),
+        ),
+    ] {
+        let r = call(&s, method, path, Some(&staging_admin), Some(body)).await;
+        let body = assert_error(r, 403, "forbidden").await;
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("admin token for all"),
+            "{path}: {body}"
+        );
+    }
+
     // Tokens are listed without secrets; a revoked token gets 401.
     let list = s.seal(&["token", "list", "--output", "json"]);
     assert!(list.ok);
@@ -213,9 +240,9 @@ async fn tokens_roles_environments_and_revocation() {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|t| t["role"] == "admin")
+        .filter(|t| t["role"] == "admin" && t["environments"].is_null())
         .count();
-    assert_eq!(admins, 1);
+    assert_eq!(admins, 1, "{tokens}");
 }
 
 /// Runs the CLI with `input` on its standard input.
@@ -402,7 +429,10 @@ async fn outbound_hosts_are_enforced_and_widening_needs_an_admin() {
     let port: u16 = allowed.rsplit_once(':').unwrap().1.parse().unwrap();
     let wasm = guest("outbound");
     publish_file(&s, &wasm, "out", &["--allow-host", &allowed]);
-    s.seal_json(&["deploy", "out", "1"]);
+    // A first deploy that reaches the network is a widening too.
+    let out = s.seal(&["deploy", "out", "1"]);
+    out.assert_fails_with("asks for more than nothing");
+    s.seal_json(&["deploy", "out", "1", "--allow-new-permissions"]);
 
     let fetch = |host: String| {
         let s = &s;
@@ -445,6 +475,12 @@ async fn outbound_hosts_are_enforced_and_widening_needs_an_admin() {
         &[("SEAL_TOKEN", &deployer)],
     );
     out.assert_fails_with("needs an admin token");
+    // Nor can a rollback to a version that never served here.
+    let out = s.seal_env(
+        &["rollback", "out", "--to", "2"],
+        &[("SEAL_TOKEN", &deployer)],
+    );
+    out.assert_fails_with("+ outbound host api.example.org");
     let status = s.seal_json(&["status", "out"]);
     assert_eq!(status["routes"][0]["versions"][0]["version"], 1);
     let audit = s.api_get("/v1/audit?limit=5").await;

@@ -155,6 +155,11 @@ pub struct RollbackArgs {
     /// Version to return to (default: the one that served before the current deployment).
     #[arg(long)]
     to: Option<u64>,
+    /// Approve a --to version that never served in this environment and
+    /// asks for more permissions than the current one (admin only; needed
+    /// in production).
+    #[arg(long)]
+    allow_new_permissions: bool,
 }
 
 pub async fn deploy(args: DeployArgs, client: &Client, out: OutputFormat) -> anyhow::Result<()> {
@@ -557,7 +562,7 @@ pub async fn rollback(
     let v = client
         .post(
             &format!("/v1/functions/{}/rollback", args.function),
-            &json!({"environment": args.env, "to": args.to}),
+            &json!({"environment": args.env, "to": args.to, "allow_new_permissions": args.allow_new_permissions}),
         )
         .await?;
     emit(out, &v, |v| {

@@ -134,7 +134,8 @@ pub async fn run(
         // Only from the environment: a flag would show it in `ps`.
         master_key: std::env::var("SEAL_MASTER_KEY")
             .ok()
-            .filter(|k| !k.is_empty()),
+            .filter(|k| !k.is_empty())
+            .map(seal_control::server::Redacted),
     })
     .await?;
     {

@@ -73,12 +73,14 @@ pub fn router(control: Arc<Control>) -> Router {
         )
         .merge(crate::observe_api::routes())
         .merge(crate::security_api::routes())
-        .fallback(|| async { ApiError::not_found("no such API endpoint") })
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_MANIFEST_BYTES))
-        .layer(axum::middleware::from_fn_with_state(
+        // Authentication runs per route (it decides by the route's
+        // template); unknown paths get a plain 404.
+        .route_layer(axum::middleware::from_fn_with_state(
             control.clone(),
             crate::auth::authenticate,
         ))
+        .fallback(|| async { ApiError::not_found("no such API endpoint") })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_MANIFEST_BYTES))
         .layer(axum::middleware::map_response(json_errors))
         .with_state(control)
 }
@@ -113,6 +115,17 @@ async fn json_errors(resp: axum::response::Response) -> axum::response::Response
         _ => "bad_request",
     };
     axum::response::IntoResponse::into_response(ApiError::new(status, code, message))
+}
+
+/// Only an admin may approve wider permissions.
+fn require_approver(who: &Principal) -> ApiResult<()> {
+    who.require_role(Role::Admin).map_err(|_| {
+        ApiError::forbidden(format!(
+            "--allow-new-permissions needs an admin token; {} is a {}",
+            who.name,
+            who.role.as_str()
+        ))
+    })
 }
 
 fn parse_digest(s: &str) -> ApiResult<Digest> {
@@ -362,13 +375,7 @@ async fn deploy(
     let req: DeployRequest = parse_json(&body)?;
     who.require_env(req.environment.as_deref().unwrap_or(&c.default_environment))?;
     if req.allow_new_permissions {
-        who.require_role(Role::Admin).map_err(|_| {
-            ApiError::forbidden(format!(
-                "--allow-new-permissions needs an admin token; {} is a {}",
-                who.name,
-                who.role.as_str()
-            ))
-        })?;
+        require_approver(&who)?;
     }
     if let Some(spec) = &req.rollout
         && spec.strategy == Strategy::AllAtOnce
@@ -424,6 +431,10 @@ async fn deploy(
 struct RollbackRequest {
     environment: Option<String>,
     to: Option<u64>,
+    /// The admin's approval, needed only for a target that never served
+    /// in this environment and asks for more.
+    #[serde(default)]
+    allow_new_permissions: bool,
 }
 
 async fn rollback(
@@ -438,8 +449,17 @@ async fn rollback(
         parse_json(&body)?
     };
     who.require_env(req.environment.as_deref().unwrap_or(&c.default_environment))?;
+    if req.allow_new_permissions {
+        require_approver(&who)?;
+    }
     let outcome = c
-        .rollback(&function, req.environment.as_deref(), req.to, &who.actor())
+        .rollback(
+            &function,
+            req.environment.as_deref(),
+            req.to,
+            &who.actor(),
+            req.allow_new_permissions,
+        )
         .await?;
     Ok(Json(json!(outcome)))
 }

@@ -106,22 +106,21 @@ impl<S: Send + Sync> FromRequestParts<S> for Principal {
     }
 }
 
-/// The role a route needs; `None` for the open health check.
-fn required_role(method: &Method, path: &str) -> Option<Role> {
-    if path == "/healthz" {
-        return None;
+/// The role a route needs, by its template (`MatchedPath`), so a value
+/// in the path can never change the answer; `None` for the health check.
+fn required_role(method: &Method, route: &str) -> Option<Role> {
+    let read = method == Method::GET || method == Method::HEAD;
+    match route {
+        "/healthz" => None,
+        "/v1/tokens" | "/v1/tokens/{id}/revoke" => Some(Role::Admin),
+        "/v1/policies/{environment}" | "/v1/functions/{function}/budget" if !read => {
+            Some(Role::Admin)
+        }
+        "/v1/environments" if !read => Some(Role::Admin),
+        "/v1/functions/{function}/versions/{version}/verify" => Some(Role::Viewer),
+        _ if read => Some(Role::Viewer),
+        _ => Some(Role::Deployer),
     }
-    let admin_only = path.starts_with("/v1/tokens")
-        || (path.starts_with("/v1/policies") && method != Method::GET)
-        || (path == "/v1/environments" && method == Method::POST)
-        || (path.ends_with("/budget") && method != Method::GET);
-    Some(if admin_only {
-        Role::Admin
-    } else if method == Method::GET || method == Method::HEAD || path.ends_with("/verify") {
-        Role::Viewer
-    } else {
-        Role::Deployer
-    })
 }
 
 /// The middleware: authenticates, checks the route's role, and hands the
@@ -131,7 +130,12 @@ pub async fn authenticate(
     mut req: Request,
     next: Next,
 ) -> Response {
-    let Some(needed) = required_role(req.method(), req.uri().path()) else {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    let Some(needed) = required_role(req.method(), &route) else {
         return next.run(req).await;
     };
     let header = req
@@ -144,6 +148,16 @@ pub async fn authenticate(
     };
     if let Err(e) = principal.require_role(needed) {
         return e.into_response();
+    }
+    // What only an admin may do (tokens, policies, environments, budgets)
+    // reaches beyond one environment: an environment-limited admin token
+    // may not, or it could mint itself an unlimited one.
+    if needed == Role::Admin && principal.environments.is_some() {
+        return ApiError::forbidden(format!(
+            "token {} is limited to some environments; this needs an admin token for all of them",
+            principal.name
+        ))
+        .into_response();
     }
     req.extensions_mut().insert(principal);
     next.run(req).await
@@ -331,31 +345,55 @@ mod tests {
         assert_eq!(r(Method::GET, "/healthz"), None);
         assert_eq!(r(Method::GET, "/v1/functions"), Some(Role::Viewer));
         assert_eq!(r(Method::GET, "/metrics"), Some(Role::Viewer));
-        assert_eq!(r(Method::HEAD, "/v1/blobs/sha256:00"), Some(Role::Viewer));
-        assert_eq!(r(Method::PUT, "/v1/blobs/sha256:00"), Some(Role::Deployer));
+        assert_eq!(r(Method::HEAD, "/v1/blobs/{digest}"), Some(Role::Viewer));
+        assert_eq!(r(Method::PUT, "/v1/blobs/{digest}"), Some(Role::Deployer));
         assert_eq!(
-            r(Method::POST, "/v1/functions/f/deploy"),
+            r(Method::POST, "/v1/functions/{function}/deploy"),
             Some(Role::Deployer)
         );
         assert_eq!(
-            r(Method::POST, "/v1/functions/f/versions/1/verify"),
+            r(
+                Method::POST,
+                "/v1/functions/{function}/versions/{version}/verify"
+            ),
             Some(Role::Viewer)
+        );
+        // A path value that looks like another route changes nothing.
+        assert_eq!(
+            r(Method::POST, "/v1/deployments/{id}/{command}"),
+            Some(Role::Deployer)
         );
         assert_eq!(r(Method::GET, "/v1/tokens"), Some(Role::Admin));
-        assert_eq!(r(Method::POST, "/v1/tokens/tk_1/revoke"), Some(Role::Admin));
-        assert_eq!(r(Method::PUT, "/v1/policies/production"), Some(Role::Admin));
+        assert_eq!(r(Method::POST, "/v1/tokens/{id}/revoke"), Some(Role::Admin));
         assert_eq!(
-            r(Method::GET, "/v1/policies/production"),
+            r(Method::PUT, "/v1/policies/{environment}"),
+            Some(Role::Admin)
+        );
+        assert_eq!(
+            r(Method::GET, "/v1/policies/{environment}"),
             Some(Role::Viewer)
         );
         assert_eq!(
-            r(Method::POST, "/v1/functions/f/versions/1/attestations"),
+            r(
+                Method::POST,
+                "/v1/functions/{function}/versions/{version}/attestations"
+            ),
             Some(Role::Deployer)
         );
         assert_eq!(r(Method::POST, "/v1/environments"), Some(Role::Admin));
         assert_eq!(r(Method::GET, "/v1/environments"), Some(Role::Viewer));
-        assert_eq!(r(Method::PUT, "/v1/functions/f/budget"), Some(Role::Admin));
-        assert_eq!(r(Method::GET, "/v1/functions/f/budget"), Some(Role::Viewer));
+        assert_eq!(
+            r(Method::PUT, "/v1/functions/{function}/budget"),
+            Some(Role::Admin)
+        );
+        assert_eq!(
+            r(Method::DELETE, "/v1/functions/{function}/budget"),
+            Some(Role::Admin)
+        );
+        assert_eq!(
+            r(Method::GET, "/v1/functions/{function}/budget"),
+            Some(Role::Viewer)
+        );
     }
 
     #[test]

@@ -66,6 +66,9 @@ pub struct Control {
     pub(crate) monitoring_dir: Option<std::path::PathBuf>,
     /// Encrypts and decrypts secrets at rest.
     pub(crate) secrets: crate::settings::SecretBox,
+    /// Serialises settings changes so the gateway never gets an older
+    /// revision after a newer one.
+    pub(crate) settings_lock: tokio::sync::Mutex<()>,
 }
 
 impl Control {
@@ -80,6 +83,7 @@ impl Control {
     ) -> Self {
         Self {
             secrets,
+            settings_lock: tokio::sync::Mutex::new(()),
             metrics: crate::metrics::Metrics::new(gateway.clone(), runtime.clone()),
             usage: crate::usage::UsageFlusher::default(),
             tracer: None,
@@ -511,6 +515,7 @@ impl Control {
         environment: Option<&str>,
         to: Option<u64>,
         actor: &str,
+        approve_widening: bool,
     ) -> ApiResult<DeployOutcome> {
         let env = self.environment_or_default(environment).await?;
         self.function_or_404(function).await?;
@@ -541,12 +546,35 @@ impl Control {
             }
         };
         let v = self.version_or_404(function, target).await?;
+        // A rollback returns to an approved state; a target that never
+        // served here is a deploy in disguise and passes the permission gate.
+        let served_here = self
+            .state
+            .deployments(function, Some(&env))
+            .await?
+            .iter()
+            .any(|d| {
+                d.to_weights
+                    .iter()
+                    .any(|w| w.version == target && w.weight > 0)
+            });
+        let permissions = if served_here {
+            serde_json::Value::Null
+        } else {
+            // Trust first, as for a deploy.
+            self.load_for_route(&v, &env, "rollback", actor).await?;
+            self.check_permissions(&env, &v, approve_widening, actor)
+                .await?
+        };
         let to = vec![WeightedVersion {
             version: target,
             weight: 100,
         }];
-        self.switch_locked(&env, &v, to, "rollback", None, actor)
-            .await
+        let mut outcome = self
+            .switch_locked(&env, &v, to, "rollback", None, actor)
+            .await?;
+        outcome.permissions = permissions;
+        Ok(outcome)
     }
 
     /// Moves a route; the caller holds `deploy_lock`.

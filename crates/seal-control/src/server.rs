@@ -35,7 +35,7 @@ pub struct ServerConfig {
     pub trace_sample_ratio: f64,
     /// The master key for secrets (64 hex characters); `None` = the one in
     /// `<data-dir>/master.key`, created on first start.
-    pub master_key: Option<String>,
+    pub master_key: Option<Redacted>,
 }
 
 impl ServerConfig {
@@ -54,6 +54,16 @@ impl ServerConfig {
             trace_sample_ratio: 1.0,
             master_key: None,
         }
+    }
+}
+
+/// A secret string whose `Debug` never shows it.
+#[derive(Clone)]
+pub struct Redacted(pub String);
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
     }
 }
 
@@ -157,7 +167,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
             config.default_environment.clone(),
             crate::settings::SecretBox::load_or_create(
                 &config.data_dir,
-                config.master_key.as_deref(),
+                config.master_key.as_ref().map(|k| k.0.as_str()),
             )?,
         )
         .with_tracer(tracer)

@@ -198,6 +198,9 @@ impl Control {
                 (k.clone(), bytes)
             })
             .collect();
+        // Commit and hand-over under one lock, so a slower change cannot
+        // put an older revision into the gateway after a newer one.
+        let _guard = self.settings_lock.lock().await;
         let revision = self
             .state
             .change_settings(SettingChange {
@@ -210,6 +213,7 @@ impl Control {
             })
             .await?;
         self.apply_settings(function, environment).await?;
+        drop(_guard);
         let set: Vec<String> = set.into_keys().collect();
         let undeclared = self
             .gateway

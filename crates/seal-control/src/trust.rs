@@ -28,6 +28,10 @@ pub const PROTECTED_ENVIRONMENT: &str = "production";
 
 /// Largest envelope accepted (a provenance with a big Cargo.lock is ~100 KB).
 pub const MAX_ENVELOPE_BYTES: usize = 1 << 20;
+/// Signatures per envelope and attestations per artifact: each is tried on
+/// every policy check, under the deploy lock.
+pub const MAX_SIGNATURES: usize = 8;
+pub const MAX_ATTESTATIONS: usize = 32;
 
 impl Control {
     /// The policy of an environment (empty when none was set).
@@ -198,6 +202,17 @@ impl Control {
         let Some(first) = envelope.signatures.first() else {
             return Err(ApiError::bad_request("the envelope has no signature"));
         };
+        if envelope.signatures.len() > MAX_SIGNATURES {
+            return Err(ApiError::bad_request(format!(
+                "the envelope has {} signatures; the limit is {MAX_SIGNATURES}",
+                envelope.signatures.len()
+            )));
+        }
+        if self.state.attestations(&v.digest).await?.len() >= MAX_ATTESTATIONS {
+            return Err(ApiError::conflict(format!(
+                "{function}@{version} already has {MAX_ATTESTATIONS} attestations, the limit"
+            )));
+        }
         let keyid = first.keyid.clone();
         // Store the envelope and its referrer manifest as OCI blobs, and
         // list the referrer in index.json next to the artifact.
@@ -340,32 +355,38 @@ impl Control {
     }
 
     /// What a candidate may do that the version serving the route now may
-    /// not. `None` when nothing serves there yet.
+    /// not, and that version. When nothing serves there yet, the candidate
+    /// is compared with itself without outbound hosts: a first deploy
+    /// that reaches the network is a widening too (config keys only read
+    /// the environment's own settings; memory and timeout are bounded by
+    /// the server).
     pub(crate) async fn permission_diff(
         &self,
         env: &str,
         candidate: &VersionRecord,
-    ) -> ApiResult<Option<(u64, PermissionDiff)>> {
-        let Some(route) = self.state.route(env, &candidate.function).await? else {
-            return Ok(None);
-        };
-        let Some(serving) = route.weights.iter().max_by_key(|w| w.weight) else {
-            return Ok(None);
-        };
-        let Some(current) = self
-            .state
-            .version(&candidate.function, serving.version)
-            .await?
-        else {
-            return Ok(None);
-        };
+    ) -> ApiResult<(Option<u64>, PermissionDiff)> {
         let parse = |v: &VersionRecord| -> ApiResult<SealManifest> {
             serde_json::from_value(v.manifest.clone()).map_err(ApiError::internal)
         };
-        Ok(Some((
-            current.version,
-            PermissionDiff::between(&parse(&current)?, &parse(candidate)?),
-        )))
+        let new = parse(candidate)?;
+        let serving = match self.state.route(env, &candidate.function).await? {
+            Some(route) => match route.weights.iter().max_by_key(|w| w.weight) {
+                Some(w) => self.state.version(&candidate.function, w.version).await?,
+                None => None,
+            },
+            None => None,
+        };
+        Ok(match serving {
+            Some(current) => (
+                Some(current.version),
+                PermissionDiff::between(&parse(&current)?, &new),
+            ),
+            None => {
+                let mut none = new.clone();
+                none.capabilities.outbound_hosts.clear();
+                (None, PermissionDiff::between(&none, &new))
+            }
+        })
     }
 
     /// The permission gate of a deploy: a widening in the protected
@@ -378,15 +399,19 @@ impl Control {
         approved: bool,
         actor: &str,
     ) -> ApiResult<Value> {
-        let Some((from, diff)) = self.permission_diff(env, candidate).await? else {
+        let (from, diff) = self.permission_diff(env, candidate).await?;
+        if from.is_none() && diff.is_empty() {
             return Ok(Value::Null);
-        };
+        }
         if diff.widens && env == PROTECTED_ENVIRONMENT && !approved {
+            let than = match from {
+                Some(n) => format!("{}@{n}", candidate.function),
+                None => "nothing (its first deploy here)".to_owned(),
+            };
             let message = format!(
-                "{}@{} asks for more than {}@{from} in {env}: {}; an admin must deploy it with --allow-new-permissions",
+                "{}@{} asks for more than {than} in {env}: {}; an admin must deploy it with --allow-new-permissions",
                 candidate.function,
                 candidate.version,
-                candidate.function,
                 diff.lines()
                     .into_iter()
                     .filter(|l| l.starts_with('+'))

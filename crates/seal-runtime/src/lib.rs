@@ -452,6 +452,12 @@ impl wasmtime_wasi_http::WasiHttpHooks for OutboundGate {
             > + Send,
     > {
         let uri = request.uri();
+        // The name checked must be the name connected to: no userinfo
+        // (`allowed.org@other.org`), no port that is not a number.
+        let authority = uri.authority().map_or("", |a| a.as_str());
+        if authority.contains('@') || (authority.ends_with(':') && uri.port_u16().is_none()) {
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        }
         let host = uri.host().unwrap_or("");
         let port = uri
             .port_u16()
