@@ -490,21 +490,20 @@ impl Control {
         let env = self.environment_or_default(environment).await?;
         let v = self.version_or_404(function, version).await?;
         let _guard = self.deploy_lock.lock().await;
-        // Trust first (an untrusted artifact is refused whatever it asks
-        // for), then the permissions it asks for; both again at load.
-        self.load_for_route(&v, &env, "deploy", actor).await?;
-        let permissions = self
-            .check_permissions(&env, &v, approve_widening, actor)
-            .await?;
         let to = vec![WeightedVersion {
             version,
             weight: 100,
         }];
-        let mut outcome = self
-            .switch_locked(&env, &v, to, "deploy", reason, actor)
-            .await?;
-        outcome.permissions = permissions;
-        Ok(outcome)
+        self.switch_locked(
+            &env,
+            &v,
+            to,
+            "deploy",
+            reason,
+            actor,
+            Some(approve_widening),
+        )
+        .await
     }
 
     /// Returns the route to the version that served before the current one
@@ -558,26 +557,20 @@ impl Control {
                     .iter()
                     .any(|w| w.version == target && w.weight > 0)
             });
-        let permissions = if served_here {
-            serde_json::Value::Null
-        } else {
-            // Trust first, as for a deploy.
-            self.load_for_route(&v, &env, "rollback", actor).await?;
-            self.check_permissions(&env, &v, approve_widening, actor)
-                .await?
-        };
+        let gate = (!served_here).then_some(approve_widening);
         let to = vec![WeightedVersion {
             version: target,
             weight: 100,
         }];
-        let mut outcome = self
-            .switch_locked(&env, &v, to, "rollback", None, actor)
-            .await?;
-        outcome.permissions = permissions;
-        Ok(outcome)
+        self.switch_locked(&env, &v, to, "rollback", None, actor, gate)
+            .await
     }
 
-    /// Moves a route; the caller holds `deploy_lock`.
+    /// Moves a route; the caller holds `deploy_lock`. With `gate` =
+    /// `Some(approved)` the target also passes the permission gate, after
+    /// the policy check (an untrusted artifact is refused whatever it asks
+    /// for).
+    #[allow(clippy::too_many_arguments)]
     async fn switch_locked(
         &self,
         env: &str,
@@ -586,6 +579,7 @@ impl Control {
         kind: &str,
         reason: Option<&str>,
         actor: &str,
+        gate: Option<bool>,
     ) -> ApiResult<DeployOutcome> {
         if let Some(busy) = self.active_deployment(env, &v.function).await? {
             return Err(seal_state::StateError::Busy {
@@ -617,6 +611,10 @@ impl Control {
         // Load (and so verify) the target before anything is recorded: a
         // version that cannot serve never gets a route.
         let (function, trust) = self.load_for_route(v, env, kind, actor).await?;
+        let permissions = match gate {
+            Some(approved) => self.check_permissions(env, v, approved, actor).await?,
+            None => serde_json::Value::Null,
+        };
         let started = std::time::Instant::now();
         let deployment = self
             .state
@@ -660,7 +658,7 @@ impl Control {
             deployment: Some(deployment),
             unchanged: false,
             weights: to,
-            permissions: serde_json::Value::Null,
+            permissions,
             trust,
         })
     }

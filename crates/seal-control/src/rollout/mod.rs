@@ -112,9 +112,10 @@ impl Control {
         if let Some(busy) = self.active_deployment(&env, function).await? {
             return Err(busy_error(&busy));
         }
-        // Trust first (an untrusted artifact is refused whatever it asks
-        // for), then the permissions it asks for.
-        self.load_for_route(&candidate, &env, "deploy", actor)
+        // Trust (policy, verified blobs) first: an untrusted artifact is
+        // refused whatever it asks for; then the permissions it asks for.
+        let (candidate_fn, trust) = self
+            .load_for_route(&candidate, &env, "deploy", actor)
             .await?;
         let permissions = self
             .check_permissions(&env, &candidate, approve_widening, actor)
@@ -157,10 +158,7 @@ impl Control {
         if dry_run {
             return Ok(json!({"dry_run": true, "plan": plan_json, "permissions": permissions}));
         }
-        // Verify and load both versions before anything is recorded.
-        let (candidate_fn, trust) = self
-            .load_for_route(&candidate, &env, "deploy", actor)
-            .await?;
+        // The baseline is loaded (verified) too before anything is recorded.
         let baseline_fn = self.load(&baseline_v).await?;
         let weights = plan.weights_at(0);
         let record = self
