@@ -1,0 +1,322 @@
+//! The engine: one wasmtime [`Engine`] and [`Linker`] for every function,
+//! and [`Runtime::prepare`], which turns an artifact into a ready
+//! [`Function`].
+//!
+//! The engine is configured once, here: the component model, epoch
+//! interruption (a thread advances the epoch every [`EPOCH_TICK`], which is
+//! what timeouts and fair scheduling are measured in) and the pooling
+//! allocator, sized for the server's instance count. The linker provides
+//! what `wasmtime serve -Scli` does. Compiling happens here too, but only
+//! at publish or after a cache miss: `prepare` loads from the compile cache
+//! whenever the recorded hash allows, and counts which it did in
+//! [`RuntimeStats`].
+
+use crate::cache::{CompileCache, deserialize};
+use crate::error::{Result, RuntimeError};
+use crate::function::{Function, LoadTimings};
+use crate::host::Host;
+use crate::limits::FunctionLimits;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+/// How often the epoch advances; timeouts are measured in these ticks.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Server-wide runtime settings.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Where compiled components are cached (`<hex digest>.cwasm`).
+    pub cache_dir: PathBuf,
+    /// Instances the pooling allocator keeps slots for.
+    pub max_instances: u32,
+}
+
+/// Counters that say what the runtime did since start.
+#[derive(Debug, Default)]
+pub struct RuntimeStats {
+    /// Components compiled from wasm (at publish, or after a cache miss).
+    pub compiles: AtomicU64,
+    /// Components loaded from the compile cache.
+    pub cache_loads: AtomicU64,
+}
+
+/// The wasmtime engine and linker shared by every function.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<Host>,
+    cache: CompileCache,
+    stats: Arc<RuntimeStats>,
+}
+
+impl Runtime {
+    pub fn new(config: RuntimeConfig) -> Result<Self> {
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(config.max_instances)
+            .total_core_instances(config.max_instances)
+            .total_memories(config.max_instances)
+            .total_tables(config.max_instances)
+            .total_stacks(config.max_instances)
+            // Interpreters compiled to wasm (Python, JS) have large tables.
+            .table_elements(100_000)
+            .max_core_instance_size(4 << 20)
+            .max_component_instance_size(4 << 20);
+        // A fresh instance per request means a slot is reset per request.
+        // Resetting the hot first pages with memset instead of madvise
+        // avoids a page fault per touched page and a TLB-shootdown IPI per
+        // reset; measured on the hello example (bench/RESULTS.md) this is
+        // ~1.4x throughput. 1.25 MiB covers the 1 MiB shadow stack Rust's
+        // wasm32-wasip2 target puts at the bottom of memory, plus data.
+        pool.linear_memory_keep_resident(1280 << 10)
+            .table_keep_resident(64 << 10)
+            .async_stack_keep_resident(64 << 10);
+        let mut cfg = Config::new();
+        cfg.wasm_component_model(true).epoch_interruption(true);
+        let mut pooled = cfg.clone();
+        pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        // The pool reserves address space for every slot up front; where the
+        // OS refuses that (a low `ulimit -v`, say), run without it rather
+        // than not at all, and say so.
+        let engine = match Engine::new(&pooled) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "pooling allocator unavailable; using on-demand instance allocation");
+                Engine::new(&cfg).map_err(|e| RuntimeError::Config(format!("{e:#}")))?
+            }
+        };
+
+        let mut linker = Linker::<Host>::new(&engine);
+        // What `wasmtime serve -Scli` provides: wasi:cli, clocks, random, io
+        // (and filesystem/sockets, which are linked but grant nothing: no
+        // preopens, no network access), plus wasi:http.
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| RuntimeError::Config(format!("{e:#}")))?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(|e| RuntimeError::Config(format!("{e:#}")))?;
+
+        let cache = CompileCache::open(config.cache_dir)?;
+        spawn_epoch_ticker(engine.weak());
+        Ok(Self {
+            engine,
+            linker,
+            cache,
+            stats: Arc::default(),
+        })
+    }
+
+    pub fn stats(&self) -> &RuntimeStats {
+        &self.stats
+    }
+
+    /// Compiles a component ahead of time, writes the compiled form to the
+    /// cache and returns the sha256 (hex) of the compiled bytes, to be
+    /// recorded by the caller and checked on every later load.
+    pub fn compile(&self, digest_hex: &str, wasm: &[u8]) -> Result<String> {
+        let compiled = self
+            .engine
+            .precompile_component(wasm)
+            .map_err(|e| RuntimeError::Compile(format!("{e:#}")))?;
+        self.stats.compiles.fetch_add(1, Ordering::Relaxed);
+        self.cache.store(digest_hex, &compiled)
+    }
+
+    /// Loads a compiled component from the cache if it is there, its hash
+    /// is `expected_sha256`, and this engine accepts it. `None` means:
+    /// recompile from the verified wasm.
+    pub fn load_cached(&self, digest_hex: &str, expected_sha256: &str) -> Option<Component> {
+        let bytes = self.cache.read_verified(digest_hex, expected_sha256)?;
+        match deserialize(&self.engine, &bytes) {
+            Ok(c) => {
+                self.stats.cache_loads.fetch_add(1, Ordering::Relaxed);
+                Some(c)
+            }
+            Err(e) => {
+                tracing::warn!(path = %self.cache.path(digest_hex).display(), error = %e, "compiled cache file not usable by this engine; recompiling");
+                None
+            }
+        }
+    }
+
+    /// Compiles (or loads) and pre-instantiates: the one entry point the
+    /// control plane uses. `wasm` is called only when the cache cannot be
+    /// used. Returns the function and, if it was (re)compiled, the new hash.
+    pub fn prepare(
+        &self,
+        digest_hex: &str,
+        expected_sha256: Option<&str>,
+        wasm: impl FnOnce() -> Result<Vec<u8>, String>,
+        limits: FunctionLimits,
+    ) -> Result<(Arc<Function>, Option<String>)> {
+        let started = std::time::Instant::now();
+        let cached = expected_sha256.and_then(|sha| self.load_cached(digest_hex, sha));
+        let (component, new_sha) = match cached {
+            Some(c) => (c, None),
+            None => {
+                let wasm = wasm().map_err(RuntimeError::Compile)?;
+                let sha = self.compile(digest_hex, &wasm)?;
+                let bytes = self.cache.read_back(digest_hex, &sha)?;
+                let c = deserialize(&self.engine, &bytes).map_err(RuntimeError::Compile)?;
+                (c, Some(sha))
+            }
+        };
+        let from_cache = new_sha.is_none();
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| RuntimeError::Link(format!("{e:#}")))?;
+        let pre = ProxyPre::new(pre).map_err(|e| RuntimeError::Link(format!("{e:#}")))?;
+        let load = LoadTimings {
+            from_cache,
+            load: started.elapsed(),
+        };
+        Ok((Arc::new(Function::new(pre, limits, load)), new_sha))
+    }
+}
+
+/// Advances `engine`'s epoch every [`EPOCH_TICK`] until the engine is
+/// dropped.
+fn spawn_epoch_ticker(engine: wasmtime::EngineWeak) {
+    std::thread::Builder::new()
+        .name("seal-epoch".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(EPOCH_TICK);
+                match engine.upgrade() {
+                    Some(e) => e.increment_epoch(),
+                    None => return,
+                }
+            }
+        })
+        .ok();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::sha256_hex;
+    use crate::testing::{RETURNS, counts, limits, proxy, runtime};
+    use std::cell::Cell;
+
+    fn lim() -> FunctionLimits {
+        limits(16 << 20, Duration::from_secs(5))
+    }
+
+    /// Publishing compiles; a later load with the recorded hash comes from
+    /// the cache without compiling and without asking for the wasm.
+    #[test]
+    fn a_cached_file_matching_its_hash_is_loaded_not_compiled() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime(&dir);
+        let wasm = proxy(RETURNS);
+        let (f, sha) = rt.prepare("d1", None, || Ok(wasm.clone()), lim()).unwrap();
+        let sha = sha.unwrap();
+        assert!(!f.load_timings().from_cache);
+        assert_eq!(counts(&rt), (1, 0));
+        assert_eq!(
+            sha,
+            sha256_hex(&std::fs::read(rt.cache.path("d1")).unwrap())
+        );
+
+        let asked = Cell::new(false);
+        let wasm_source = || {
+            asked.set(true);
+            Err("the wasm must not be needed".to_owned())
+        };
+        let (f, new_sha) = rt.prepare("d1", Some(&sha), wasm_source, lim()).unwrap();
+        assert_eq!(new_sha, None);
+        assert!(f.load_timings().from_cache);
+        assert!(!asked.get());
+        assert_eq!(counts(&rt), (1, 1));
+    }
+
+    /// A cached file replaced by another component's compiled form (valid
+    /// for this engine, so only the hash check stands in its way) is not
+    /// deserialized: the function is recompiled from its wasm.
+    #[test]
+    fn a_cached_file_not_matching_its_hash_is_recompiled_not_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime(&dir);
+        let wasm = proxy(RETURNS);
+        let (_, sha) = rt.prepare("d1", None, || Ok(wasm.clone()), lim()).unwrap();
+        let sha = sha.unwrap();
+        let other = proxy(r#"(func (export "handle") (param i32 i32)) (func (export "other"))"#);
+        let other_sha = rt.compile("d2", &other).unwrap();
+        assert_ne!(other_sha, sha);
+        std::fs::copy(rt.cache.path("d2"), rt.cache.path("d1")).unwrap();
+        assert_eq!(counts(&rt), (2, 0));
+        // The swapped-in file is one this engine would load.
+        assert!(rt.load_cached("d1", &other_sha).is_some());
+        assert_eq!(counts(&rt), (2, 1));
+
+        let asked = Cell::new(false);
+        let wasm_source = || {
+            asked.set(true);
+            Ok(wasm.clone())
+        };
+        let (f, new_sha) = rt.prepare("d1", Some(&sha), wasm_source, lim()).unwrap();
+        assert!(asked.get());
+        assert!(!f.load_timings().from_cache);
+        assert_eq!(counts(&rt), (3, 1), "a compile, not a cache load");
+        // The recompiled file replaced the swapped-in one, and the new hash
+        // returned for recording is its hash.
+        let new_sha = new_sha.unwrap();
+        assert_ne!(new_sha, other_sha);
+        assert_eq!(
+            new_sha,
+            sha256_hex(&std::fs::read(rt.cache.path("d1")).unwrap())
+        );
+    }
+
+    /// A file that matches its recorded hash but that this engine does not
+    /// accept (here: not a compiled component at all) is recompiled too.
+    #[test]
+    fn a_cached_file_the_engine_rejects_is_recompiled() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime(&dir);
+        let wasm = proxy(RETURNS);
+        rt.compile("d1", &wasm).unwrap();
+        std::fs::write(rt.cache.path("d1"), b"not a compiled component").unwrap();
+        let garbage_sha = sha256_hex(b"not a compiled component");
+        assert!(rt.load_cached("d1", &garbage_sha).is_none());
+        let (f, new_sha) = rt
+            .prepare("d1", Some(&garbage_sha), || Ok(wasm.clone()), lim())
+            .unwrap();
+        assert!(new_sha.is_some());
+        assert!(!f.load_timings().from_cache);
+        assert_eq!(counts(&rt), (2, 0));
+    }
+
+    #[test]
+    fn a_missing_cached_file_is_recompiled() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime(&dir);
+        let wasm = proxy(RETURNS);
+        let sha = rt.compile("d1", &wasm).unwrap();
+        std::fs::remove_file(rt.cache.path("d1")).unwrap();
+        let (_, new_sha) = rt
+            .prepare("d1", Some(&sha), || Ok(wasm.clone()), lim())
+            .unwrap();
+        assert!(new_sha.is_some());
+        assert_eq!(counts(&rt), (2, 0));
+    }
+
+    #[test]
+    fn a_component_that_is_not_a_proxy_fails_to_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime(&dir);
+        let err = rt
+            .prepare("d1", None, || Ok(b"(component)".to_vec()), lim())
+            .err()
+            .unwrap();
+        assert!(matches!(err, RuntimeError::Link(_)), "{err}");
+        let err = rt
+            .prepare("d2", None, || Ok(b"not wasm".to_vec()), lim())
+            .err()
+            .unwrap();
+        assert!(matches!(err, RuntimeError::Compile(_)), "{err}");
+    }
+}

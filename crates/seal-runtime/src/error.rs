@@ -1,0 +1,95 @@
+//! How the runtime fails: [`RuntimeError`] when a component cannot be made
+//! ready (compile, link, cache I/O, engine configuration), and
+//! [`InvokeError`] when one invocation fails.
+//!
+//! They are kept apart because they are different kinds of failure: a
+//! `RuntimeError` stops a version from loading at all, while an
+//! `InvokeError` is that one request's failure alone and carries what the
+//! gateway needs to answer it (its kind, its HTTP status, and whether it
+//! counts against the function or the server).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("failed to compile component: {0}")]
+    Compile(String),
+    #[error("component cannot be linked: {0}")]
+    Link(String),
+    #[error("compile cache I/O error at {path}: {source}")]
+    Cache {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("runtime configuration error: {0}")]
+    Config(String),
+}
+
+pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
+
+/// Why one invocation failed. Each is that request's failure alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InvokeError {
+    /// The guest trapped (unreachable, panic, bad memory access, …).
+    Trap(String),
+    /// The guest ran past its time limit.
+    Timeout(Duration),
+    /// The guest tried to grow memory past its limit.
+    OutOfMemory { limit_bytes: u64 },
+    /// The guest returned without setting a response, or set an error code.
+    NoResponse(String),
+    /// Every instance slot is busy: the server is at capacity, the
+    /// function did nothing wrong.
+    Overloaded(String),
+    /// The host could not set up the invocation.
+    Internal(String),
+}
+
+impl InvokeError {
+    /// A short machine-readable kind: `trap`, `timeout`, `memory`, `no_response`, `internal`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            InvokeError::Trap(_) => "trap",
+            InvokeError::Timeout(_) => "timeout",
+            InvokeError::OutOfMemory { .. } => "memory",
+            InvokeError::NoResponse(_) => "no_response",
+            InvokeError::Overloaded(_) => "overloaded",
+            InvokeError::Internal(_) => "internal",
+        }
+    }
+
+    /// Whether this failure is the function's fault (and so counts as an
+    /// error of its version) rather than the server's.
+    pub fn is_function_error(&self) -> bool {
+        !matches!(self, InvokeError::Overloaded(_) | InvokeError::Internal(_))
+    }
+
+    /// The HTTP status this failure answers with.
+    pub fn status(&self) -> u16 {
+        match self {
+            InvokeError::Timeout(_) => 504,
+            InvokeError::Overloaded(_) => 503,
+            _ => 500,
+        }
+    }
+}
+
+impl std::fmt::Display for InvokeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InvokeError::Trap(m) => write!(f, "function trapped: {m}"),
+            InvokeError::Timeout(d) => {
+                write!(f, "function exceeded its timeout of {} ms", d.as_millis())
+            }
+            InvokeError::OutOfMemory { limit_bytes } => write!(
+                f,
+                "function exceeded its memory limit of {} MiB",
+                limit_bytes >> 20
+            ),
+            InvokeError::NoResponse(m) => write!(f, "function did not produce a response: {m}"),
+            InvokeError::Overloaded(m) => write!(f, "server at capacity: {m}"),
+            InvokeError::Internal(m) => write!(f, "runtime error: {m}"),
+        }
+    }
+}

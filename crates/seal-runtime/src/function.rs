@@ -1,0 +1,382 @@
+//! One loaded function and how it serves a request: [`Function::handle`]
+//! runs the request in a fresh store, instantiated from the
+//! pre-instantiated component, and hands back the response head while the
+//! guest keeps streaming the body.
+//!
+//! The guest runs in its own task, bounded as a whole by the function's
+//! timeout, so a slow body or a stalled client cannot hold an instance slot
+//! past the deadline. Two small pieces keep the accounting honest whatever
+//! happens to that task: [`HeadSent`] records, from the guest's own
+//! `response-outparam.set`, whether and when the head went out (so a later
+//! failure is known to be "late"), and [`ReportOnDrop`] hands the
+//! invocation's report to its observer exactly once, even when the task is
+//! aborted.
+
+use crate::error::InvokeError;
+use crate::host::Host;
+use crate::limits::{FunctionLimits, MemoryLimiter, classify, instantiate_error};
+use crate::observer::{InvocationObserver, InvocationReport};
+use crate::outbound::OutboundGate;
+use crate::stdio::{GuestOutput, GuestStream};
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use wasmtime::component::ResourceTable;
+use wasmtime::{Store, UpdateDeadline};
+use wasmtime_wasi::WasiCtx;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpView};
+
+/// How a function was made ready, for its cold-start breakdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadTimings {
+    /// True when the compiled form came from the cache; false when it was
+    /// compiled from wasm (publish, or a cache miss).
+    pub from_cache: bool,
+    /// Reading and verifying the compiled file (or compiling), deserializing
+    /// it and pre-instantiating (linking) the component.
+    pub load: Duration,
+}
+
+/// One artifact, pre-instantiated, with its limits: ready to serve.
+pub struct Function {
+    pre: ProxyPre<Host>,
+    limits: FunctionLimits,
+    load: LoadTimings,
+    /// Set by the first invocation: every later one is warm.
+    warm: std::sync::atomic::AtomicBool,
+}
+
+impl Function {
+    pub(crate) fn new(pre: ProxyPre<Host>, limits: FunctionLimits, load: LoadTimings) -> Self {
+        Self {
+            pre,
+            limits,
+            load,
+            warm: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    pub fn limits(&self) -> &FunctionLimits {
+        &self.limits
+    }
+
+    pub fn load_timings(&self) -> LoadTimings {
+        self.load
+    }
+
+    /// Whether this invocation is the function's first (its cold start).
+    fn take_cold(&self) -> bool {
+        !self.warm.load(Ordering::Relaxed) && !self.warm.swap(true, Ordering::Relaxed)
+    }
+
+    /// Runs one request in a fresh store with `env` as its environment
+    /// variables. The response body keeps streaming from the guest after
+    /// this returns.
+    pub async fn handle<B>(
+        &self,
+        req: http::Request<B>,
+        env: &[(String, String)],
+        observer: Arc<dyn InvocationObserver>,
+    ) -> Result<http::Response<HyperOutgoingBody>, InvokeError>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
+        let cold = self.take_cold();
+        let mut wasi = WasiCtx::builder();
+        wasi.stdout(GuestOutput::new(GuestStream::Stdout, observer.clone()))
+            .stderr(GuestOutput::new(GuestStream::Stderr, observer.clone()))
+            .envs(env);
+        let mut store = Store::new(
+            self.pre.engine(),
+            Host {
+                wasi: wasi.build(),
+                http: WasiHttpCtx::new(),
+                table: ResourceTable::new(),
+                limiter: MemoryLimiter::new(self.limits.memory_bytes),
+                outbound: OutboundGate::new(self.limits.outbound_hosts.clone()),
+            },
+        );
+        store.limiter(|h| &mut h.limiter);
+        // Every epoch tick the guest yields to the executor, so a busy guest
+        // cannot starve other requests on its worker thread; past the
+        // deadline the tick interrupts it instead (a `Trap::Interrupt`).
+        let deadline = std::time::Instant::now() + self.limits.timeout;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            Ok(if std::time::Instant::now() >= deadline {
+                UpdateDeadline::Interrupt
+            } else {
+                UpdateDeadline::Yield(1)
+            })
+        });
+
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let req = store
+            .data_mut()
+            .http()
+            .new_incoming_request(Scheme::Http, req)
+            .map_err(|e| InvokeError::Internal(format!("{e:#}")))?;
+        // Whether the guest handed over a response head, recorded by the
+        // guest's own `response-outparam.set` call, so a failure after it
+        // is known to be "late" without racing the caller.
+        // It also carries the status and when the head was sent, for the
+        // invocation's report.
+        let head = Arc::new(HeadSent::default());
+        let head_flag = head.clone();
+        let out = store
+            .data_mut()
+            .http()
+            .new_response_outparam_from_callback(move |response| {
+                if let Ok(r) = &response {
+                    head_flag.set(r.status().as_u16());
+                }
+                let _ = sender.send(response);
+            })
+            .map_err(|e| InvokeError::Internal(format!("{e:#}")))?;
+        let pre = self.pre.clone();
+        let memory_limit = self.limits.memory_bytes;
+        let timeout = self.limits.timeout;
+
+        // The guest runs in its own task so it can keep streaming the body
+        // after the response head has been handed back. The whole task,
+        // body streaming included, is bounded by the timeout: a guest
+        // parked in a host wait (a sleep, a client that stopped reading)
+        // does not hold its instance slot past the deadline.
+        let task = tokio::task::spawn(async move {
+            // Reports the invocation even if this task is aborted.
+            let mut report = ReportOnDrop {
+                observer: observer.clone(),
+                report: Some(InvocationReport {
+                    cold,
+                    instantiate: Duration::ZERO,
+                    call_to_head: None,
+                    total: Duration::ZERO,
+                    status: None,
+                    peak_memory_bytes: 0,
+                    outcome: Err(InvokeError::Timeout(timeout)),
+                }),
+                started: std::time::Instant::now(),
+                call_started: None,
+                head: head.clone(),
+            };
+            let run = async {
+                let proxy = match pre.instantiate_async(&mut store).await {
+                    Ok(p) => p,
+                    Err(e) => return Err(instantiate_error(e)),
+                };
+                let now = std::time::Instant::now();
+                report.call_started = Some(now);
+                if let Some(r) = report.report.as_mut() {
+                    r.instantiate = now - report.started;
+                }
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, req, out)
+                    .await
+                    .map_err(|e| classify(e, store.data().limiter.hit, memory_limit, timeout))
+            };
+            let result = match tokio::time::timeout(timeout, run).await {
+                Ok(result) => result,
+                Err(_elapsed) => Err(InvokeError::Timeout(timeout)),
+            };
+            if let Err(e) = &result
+                && head.sent()
+            {
+                // The status is already on the wire; the body is cut short.
+                tracing::warn!(kind = e.kind(), error = %e, "function failed after sending its response head");
+                observer.late_failure(e);
+            }
+            if let Some(r) = report.report.as_mut() {
+                r.peak_memory_bytes = store.data().limiter.peak as u64;
+                r.outcome = result.clone();
+            }
+            // The store first: its output streams flush their last
+            // partial lines before the invocation is reported.
+            drop(store);
+            drop(report);
+            result
+        });
+
+        match tokio::time::timeout(timeout, receiver).await {
+            Ok(Ok(Ok(resp))) => Ok(resp),
+            Ok(Ok(Err(code))) => Err(InvokeError::NoResponse(format!(
+                "guest answered with error {code:?}"
+            ))),
+            Ok(Err(_)) => match task.await {
+                Ok(Ok(())) => Err(InvokeError::NoResponse(
+                    "guest returned without calling response-outparam.set".into(),
+                )),
+                Ok(Err(e)) => Err(e),
+                Err(join) => Err(InvokeError::Internal(join.to_string())),
+            },
+            Err(_elapsed) => {
+                task.abort();
+                Err(InvokeError::Timeout(timeout))
+            }
+        }
+    }
+}
+
+/// Whether (and when, with what status) the guest handed over its response
+/// head; written by the outparam callback, read by the guest's task.
+#[derive(Default)]
+struct HeadSent {
+    status: std::sync::atomic::AtomicU16,
+    at: std::sync::OnceLock<std::time::Instant>,
+}
+
+impl HeadSent {
+    fn set(&self, status: u16) {
+        let _ = self.at.set(std::time::Instant::now());
+        self.status.store(status, Ordering::Release);
+    }
+
+    fn sent(&self) -> bool {
+        self.status.load(Ordering::Acquire) != 0
+    }
+}
+
+/// Hands the invocation's report to its observer when the guest's task
+/// ends, however it ends (an aborted task reports a timeout).
+struct ReportOnDrop {
+    observer: Arc<dyn InvocationObserver>,
+    report: Option<InvocationReport>,
+    started: std::time::Instant,
+    call_started: Option<std::time::Instant>,
+    head: Arc<HeadSent>,
+}
+
+impl Drop for ReportOnDrop {
+    fn drop(&mut self) {
+        let Some(mut r) = self.report.take() else {
+            return;
+        };
+        r.total = self.started.elapsed();
+        let status = self.head.status.load(Ordering::Acquire);
+        r.status = (status != 0).then_some(status);
+        r.call_to_head = match (self.call_started, self.head.at.get()) {
+            (Some(call), Some(at)) => Some(at.saturating_duration_since(call)),
+            _ => None,
+        };
+        self.observer.finished(r);
+    }
+}
+
+/// A complete body from bytes, in the body type the runtime streams.
+pub fn full_body(bytes: impl Into<Bytes>) -> HyperOutgoingBody {
+    http_body_util::Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{RETURNS, Recorder, limits, proxy, runtime};
+
+    const MIB: u64 = 1 << 20;
+
+    /// Prepares `core_module` as a proxy and invokes it once per `rounds`,
+    /// returning each result and the recorder.
+    async fn invoke(
+        core_module: &str,
+        limits: FunctionLimits,
+        rounds: usize,
+    ) -> (Vec<Result<u16, InvokeError>>, Arc<Recorder>) {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime(&dir);
+        let wasm = proxy(core_module);
+        let (f, _) = rt.prepare("d", None, || Ok(wasm), limits).unwrap();
+        let rec = Arc::new(Recorder::default());
+        let mut results = Vec::new();
+        for _ in 0..rounds {
+            let req = http::Request::get("http://localhost/")
+                .body(full_body("request body"))
+                .unwrap();
+            let r = f.handle(req, &[], rec.clone()).await;
+            results.push(r.map(|resp| resp.status().as_u16()));
+        }
+        (results, rec)
+    }
+
+    #[tokio::test]
+    async fn a_guest_that_does_not_answer_is_no_response_and_reported_once() {
+        let (results, rec) = invoke(RETURNS, limits(16 * MIB, Duration::from_secs(5)), 2).await;
+        for r in &results {
+            assert!(
+                matches!(r, Err(InvokeError::NoResponse(m)) if m.contains("response-outparam.set")),
+                "{r:?}"
+            );
+        }
+        let reports = rec.reports();
+        assert_eq!(reports.len(), 2, "one report per invocation");
+        // Only the first invocation is cold.
+        assert!(reports[0].cold);
+        assert!(!reports[1].cold);
+        for r in &reports {
+            // The guest's own call returned normally.
+            assert_eq!(r.outcome, Ok(()));
+            assert_eq!(r.status, None);
+            assert_eq!(r.call_to_head, None);
+            assert!(r.total >= r.instantiate);
+        }
+        assert!(rec.late().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_trap_ends_the_invocation_with_a_trap() {
+        let guest = r#"(func (export "handle") (param i32 i32) unreachable)"#;
+        let (results, rec) = invoke(guest, limits(16 * MIB, Duration::from_secs(5)), 1).await;
+        let err = results[0].clone().unwrap_err();
+        assert_eq!(err.kind(), "trap", "{err:?}");
+        let reports = rec.reports();
+        assert_eq!(reports.len(), 1);
+        assert_eq!(reports[0].outcome, Err(err));
+    }
+
+    /// A guest whose `memory.grow` is refused and that then traps (as a
+    /// Rust guest aborts when allocation fails) is out of memory.
+    #[tokio::test]
+    async fn refused_memory_growth_then_a_trap_is_out_of_memory() {
+        let guest = r#"(memory 1)
+            (func (export "handle") (param i32 i32)
+                (drop (memory.grow (i32.const 100)))
+                unreachable)"#;
+        let (results, rec) = invoke(guest, limits(MIB, Duration::from_secs(5)), 1).await;
+        let err = results[0].clone().unwrap_err();
+        assert_eq!(err, InvokeError::OutOfMemory { limit_bytes: MIB });
+        assert_eq!(err.status(), 500);
+        let reports = rec.reports();
+        assert_eq!(reports[0].outcome, Err(err));
+        // Its one initial page was all it was granted.
+        assert_eq!(reports[0].peak_memory_bytes, 64 << 10);
+    }
+
+    #[tokio::test]
+    async fn a_guest_past_its_timeout_is_interrupted_as_a_timeout() {
+        let guest = r#"(func (export "handle") (param i32 i32) (loop $l (br $l)))"#;
+        let timeout = Duration::from_millis(100);
+        let started = std::time::Instant::now();
+        let (results, rec) = invoke(guest, limits(16 * MIB, timeout), 1).await;
+        assert_eq!(results[0], Err(InvokeError::Timeout(timeout)));
+        assert!(started.elapsed() >= timeout);
+        // The guest's task may have been aborted rather than interrupted;
+        // it then reports when it is dropped, soon after `handle` returns.
+        let mut reports = rec.reports();
+        for _ in 0..500 {
+            if !reports.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            reports = rec.reports();
+        }
+        assert_eq!(reports.len(), 1);
+        assert_eq!(reports[0].outcome, Err(InvokeError::Timeout(timeout)));
+    }
+}

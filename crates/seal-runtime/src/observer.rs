@@ -1,0 +1,45 @@
+//! What the runtime tells its embedder about each invocation: the
+//! [`InvocationObserver`] the gateway implements, and the
+//! [`InvocationReport`] it receives once the guest's task ends.
+//!
+//! The runtime measures and the embedder decides what to do with it (log
+//! lines, metrics, spans): this crate stays free of telemetry and routing.
+
+use crate::error::InvokeError;
+use crate::stdio::GuestStream;
+use std::time::Duration;
+
+/// What the runtime measured about one invocation, reported once when the
+/// guest's task ends (body streamed, trapped, timed out or aborted).
+#[derive(Debug, Clone)]
+pub struct InvocationReport {
+    /// First invocation served by this loaded function in this process.
+    pub cold: bool,
+    /// Fresh store and instance from the pre-instantiated component.
+    pub instantiate: Duration,
+    /// From the call into the guest's handler to its response head (None:
+    /// it never sent one).
+    pub call_to_head: Option<Duration>,
+    /// From the start of instantiation to the end of the guest's task: what
+    /// the invocation held an instance for (the billed duration).
+    pub total: Duration,
+    /// The status the guest answered with, if it answered.
+    pub status: Option<u16>,
+    /// Largest linear memory the guest asked for (bytes).
+    pub peak_memory_bytes: u64,
+    /// How the invocation ended.
+    pub outcome: Result<(), InvokeError>,
+}
+
+/// Told what happens during one invocation. The gateway implements it to
+/// tag guest output, count failures the response head can no longer carry,
+/// and write the invocation's log line, metrics and span.
+pub trait InvocationObserver: Send + Sync {
+    /// One line the guest wrote (without its newline).
+    fn guest_output(&self, stream: GuestStream, line: &str);
+    /// A failure after the response head went out (a trap or timeout while
+    /// the body streams): the status cannot say so, but it still counts.
+    fn late_failure(&self, error: &InvokeError);
+    /// Called exactly once per invocation that reached the guest's task.
+    fn finished(&self, report: InvocationReport);
+}

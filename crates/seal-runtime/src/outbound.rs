@@ -1,0 +1,220 @@
+//! The outbound-request gate: a guest's HTTP request leaves only for a host
+//! its manifest allows.
+//!
+//! [`OutboundGate`] is the store's [`WasiHttpHooks`]: every request the
+//! guest sends passes through [`WasiHttpHooks::send_request`], which checks
+//! the authority against the allowed [`HostPattern`]s before any socket is
+//! opened. A denied request fails inside the guest with
+//! `HTTP-request-denied`; an allowed one is sent by wasmtime's default
+//! client. The name checked must be the name connected to, so authorities
+//! that could be read two ways (userinfo, an empty port) are denied outright.
+
+use seal_artifact::capabilities::HostPattern;
+use std::sync::Arc;
+use wasmtime_wasi_http::WasiHttpHooks;
+
+/// Lets a guest's outbound request through only to an allowed host.
+pub(crate) struct OutboundGate {
+    allowed: Arc<[HostPattern]>,
+}
+
+impl OutboundGate {
+    pub(crate) fn new(allowed: Arc<[HostPattern]>) -> Self {
+        Self { allowed }
+    }
+
+    /// Whether a request to `uri` may leave.
+    fn permits(&self, uri: &http::Uri) -> bool {
+        // The name checked must be the name connected to: no userinfo
+        // (`allowed.org@other.org`), no port that is not a number.
+        let authority = uri.authority().map_or("", |a| a.as_str());
+        if authority.contains('@') || (authority.ends_with(':') && uri.port_u16().is_none()) {
+            return false;
+        }
+        let host = uri.host().unwrap_or("");
+        let port = uri
+            .port_u16()
+            .unwrap_or(if uri.scheme() == Some(&http::uri::Scheme::HTTPS) {
+                443
+            } else {
+                80
+            });
+        if !seal_artifact::capabilities::host_allowed(&self.allowed, host, port) {
+            tracing::debug!(host, port, "outbound request denied by the manifest");
+            return false;
+        }
+        true
+    }
+}
+
+impl WasiHttpHooks for OutboundGate {
+    fn send_request(
+        &mut self,
+        request: http::Request<wasmtime_wasi_http::WasiBody>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
+        fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> Box<
+        dyn Future<
+                Output = Result<
+                    (
+                        http::Response<wasmtime_wasi_http::WasiBody>,
+                        Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+                    ),
+                    wasmtime_wasi_http::Error,
+                >,
+            > + Send,
+    > {
+        if !self.permits(request.uri()) {
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        }
+        wasmtime_wasi_http::default_hooks().send_request(request, options, fut)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn gate(patterns: &[&str]) -> OutboundGate {
+        let allowed: Vec<HostPattern> = patterns
+            .iter()
+            .map(|p| HostPattern::parse(p).unwrap())
+            .collect();
+        OutboundGate::new(allowed.into())
+    }
+
+    fn permits(gate: &OutboundGate, uri: &str) -> bool {
+        gate.permits(&uri.parse().unwrap())
+    }
+
+    fn get(uri: &str) -> http::Request<wasmtime_wasi_http::WasiBody> {
+        let body = http_body_util::Empty::<Bytes>::new()
+            .map_err(|never| match never {})
+            .boxed_unsync();
+        http::Request::get(uri).body(body).unwrap()
+    }
+
+    #[test]
+    fn an_allowed_host_passes_and_an_unlisted_one_does_not() {
+        let g = gate(&["api.example.org"]);
+        assert!(permits(&g, "https://api.example.org/v1"));
+        assert!(permits(&g, "http://API.Example.ORG/"));
+        assert!(!permits(&g, "https://other.example.org/"));
+        assert!(!permits(&g, "https://example.org/"));
+        assert!(!permits(&g, "https://api.example.org.evil.net/"));
+    }
+
+    #[test]
+    fn no_patterns_allow_nothing_and_star_allows_everything() {
+        let none = gate(&[]);
+        assert!(!permits(&none, "https://api.example.org/"));
+        let all = gate(&["*"]);
+        assert!(permits(&all, "https://api.example.org/"));
+        assert!(permits(&all, "http://127.0.0.1:9000/"));
+    }
+
+    #[test]
+    fn a_wildcard_matches_subdomains_only() {
+        let g = gate(&["*.example.org"]);
+        assert!(permits(&g, "https://a.example.org/"));
+        assert!(permits(&g, "https://a.b.example.org/"));
+        assert!(!permits(&g, "https://example.org/"));
+        assert!(!permits(&g, "https://badexample.org/"));
+    }
+
+    #[test]
+    fn ports_are_checked_with_the_schemes_default() {
+        let any_port = gate(&["api.example.org"]);
+        assert!(permits(&any_port, "https://api.example.org:8443/"));
+        assert!(permits(&any_port, "http://api.example.org:8080/"));
+
+        let g = gate(&["api.example.org:8443"]);
+        assert!(permits(&g, "https://api.example.org:8443/"));
+        assert!(!permits(&g, "https://api.example.org/"));
+        assert!(!permits(&g, "https://api.example.org:8444/"));
+
+        // Without a port, https means 443 and http means 80.
+        let tls = gate(&["api.example.org:443"]);
+        assert!(permits(&tls, "https://api.example.org/"));
+        assert!(!permits(&tls, "http://api.example.org/"));
+        let plain = gate(&["api.example.org:80"]);
+        assert!(permits(&plain, "http://api.example.org/"));
+        assert!(!permits(&plain, "https://api.example.org/"));
+    }
+
+    #[test]
+    fn ipv6_hosts_match_with_or_without_brackets() {
+        let g = gate(&["[::1]:8080"]);
+        assert!(permits(&g, "http://[::1]:8080/"));
+        assert!(!permits(&g, "http://[::1]:8081/"));
+        assert!(!permits(&g, "http://[::2]:8080/"));
+    }
+
+    #[test]
+    fn ambiguous_authorities_are_denied_even_when_everything_is_allowed() {
+        let g = gate(&["*"]);
+        // Userinfo: which name is connected to must not be in doubt.
+        assert!(!permits(&g, "http://api.example.org@evil.net/"));
+        assert!(!permits(&g, "http://user:pw@api.example.org/"));
+        // An empty port.
+        assert!(!permits(&g, "http://api.example.org:/"));
+    }
+
+    #[tokio::test]
+    async fn an_unlisted_host_is_answered_with_http_request_denied() {
+        let mut g = gate(&["api.example.org"]);
+        let fut = g.send_request(
+            get("http://other.example.org/"),
+            None,
+            Box::new(async { Ok(()) }),
+        );
+        match Box::into_pin(fut).await {
+            Err(wasmtime_wasi_http::Error::HttpRequestDenied) => {}
+            Err(e) => panic!("expected HttpRequestDenied, got {e}"),
+            Ok(_) => panic!("an unlisted host was let through"),
+        }
+    }
+
+    /// An allowed request is really sent: to a listener on loopback that
+    /// answers it, and only when its port is the allowed one.
+    #[tokio::test]
+    async fn an_allowed_host_is_sent_the_request() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0; 4096];
+            let mut got = Vec::new();
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = conn.read(&mut buf).await.unwrap();
+                assert!(n > 0, "connection closed before the request head");
+                got.extend_from_slice(&buf[..n]);
+            }
+            conn.write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
+                .await
+                .unwrap();
+            String::from_utf8_lossy(&got).into_owned()
+        });
+
+        let mut wrong_port = gate(&[&format!("127.0.0.1:{}", port.wrapping_add(1).max(1))]);
+        let uri = format!("http://127.0.0.1:{port}/hello");
+        let fut = wrong_port.send_request(get(&uri), None, Box::new(async { Ok(()) }));
+        assert!(matches!(
+            Box::into_pin(fut).await,
+            Err(wasmtime_wasi_http::Error::HttpRequestDenied)
+        ));
+
+        let mut g = gate(&[&format!("127.0.0.1:{port}")]);
+        let fut = g.send_request(get(&uri), None, Box::new(async { Ok(()) }));
+        let (resp, _io) = match Box::into_pin(fut).await {
+            Ok(r) => r,
+            Err(e) => panic!("allowed request failed: {e}"),
+        };
+        assert_eq!(resp.status(), 204);
+        let head = server.await.unwrap();
+        assert!(head.starts_with("GET /hello HTTP/1.1\r\n"), "{head}");
+    }
+}
