@@ -1,6 +1,7 @@
 //! The control API client used by every client command.
 
 use anyhow::{Context, bail};
+use seal_api_types::{ErrorBody, ErrorDetail, codes};
 use serde_json::Value;
 use std::path::Path;
 
@@ -94,11 +95,10 @@ impl Client {
             return Ok(resp);
         }
         let text = resp.text().await.unwrap_or_default();
-        let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        let mut msg = value["error"]["message"]
-            .as_str()
-            .map(str::to_owned)
-            .unwrap_or_else(|| value.to_string());
+        let mut msg = match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(body) => with_hint(&body.error),
+            Err(_) => text,
+        };
         if status == reqwest::StatusCode::UNAUTHORIZED {
             msg = match &self.token {
                 None => format!(
@@ -119,5 +119,45 @@ impl Client {
         } else {
             anyhow::anyhow!("request to {} failed: {e}", self.base)
         }
+    }
+}
+
+/// The server's message plus what to do about it with this CLI: the
+/// server names no commands or flags, the CLI knows its own.
+fn with_hint(e: &ErrorDetail) -> String {
+    let hint = match e.code.as_str() {
+        codes::DEPLOYMENT_IN_PROGRESS => e
+            .deployment
+            .map(|id| format!("wait for it, or stop it with `seal abort {id}`")),
+        codes::UNKNOWN_ENVIRONMENT => e
+            .environment
+            .as_ref()
+            .map(|env| format!("create it with `seal env create {env}`")),
+        codes::PERMISSIONS_WIDENED => {
+            Some("deploy it as an admin with --allow-new-permissions".to_owned())
+        }
+        codes::NO_PREVIOUS_VERSION => Some("use --to N".to_owned()),
+        _ => None,
+    };
+    match hint {
+        Some(h) => format!("{}; {h}", e.message),
+        None => e.message.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_get_the_cli_hint_their_code_calls_for() {
+        let mut busy = ErrorBody::new(codes::DEPLOYMENT_IN_PROGRESS, "deployment 4 is in progress");
+        busy.error.deployment = Some(4);
+        assert_eq!(
+            with_hint(&busy.error),
+            "deployment 4 is in progress; wait for it, or stop it with `seal abort 4`"
+        );
+        let plain = ErrorBody::new("not_found", "no deployment 9");
+        assert_eq!(with_hint(&plain.error), "no deployment 9");
     }
 }

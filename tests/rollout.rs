@@ -45,6 +45,23 @@ async fn start_rollout(s: &Server, rollout: Value) -> u64 {
     v["deployment"]["id"].as_u64().unwrap()
 }
 
+/// Polls a deployment until its driver has applied step `step` (so what
+/// is sent from now on counts in that step's window).
+async fn wait_step(s: &Server, id: u64, step: u64, limit: Duration) {
+    let start = Instant::now();
+    loop {
+        let v = s.api_get(&format!("/v1/deployments/{id}")).await;
+        if v["deployment"]["step"].as_u64().unwrap_or(0) >= step {
+            return;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "deployment {id} did not reach step {step} in {limit:?}: {v:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Polls a deployment until it leaves the active states (or `limit`).
 async fn wait_finished(s: &Server, id: u64, limit: Duration) -> (Value, Vec<Value>) {
     let start = Instant::now();
@@ -411,6 +428,7 @@ async fn blue_green_previews_by_header_and_host_then_switches() {
                "gates": {"min_requests": 3}}),
     )
     .await;
+    wait_step(&s, id, 1, Duration::from_secs(10)).await;
     // Before the switch: live traffic stays on v1; v2 is reachable by
     // header and on the preview host.
     for _ in 0..10 {
@@ -692,7 +710,7 @@ async fn plans_and_bad_rollout_settings_change_nothing() {
         (json!({"strategy": "sideways"}), "sideways"),
         (
             json!({"strategy": "all-at-once", "gates": {"max_error_rate": 0.01}}),
-            "--strategy canary",
+            "canary, linear or blue-green strategy",
         ),
     ] {
         let (st, v) = api_post(

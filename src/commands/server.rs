@@ -120,24 +120,22 @@ pub async fn run(
     seal_artifact::validate_function_name(&args.default_environment)
         .map_err(|e| anyhow::anyhow!("--default-environment: {e}"))?;
 
-    let server = seal_control::start(seal_control::ServerConfig {
-        gateway_listen: args.listen,
-        api_listen: args.api_listen,
-        data_dir: data_dir.clone(),
-        max_upload_bytes: args.max_upload_size,
-        default_environment: args.default_environment,
-        max_instances: args.max_instances,
+    let mut config = seal_server::ServerConfig::new(args.listen, args.api_listen, data_dir.clone());
+    config.default_environment = args.default_environment;
+    config.artifacts.max_upload_bytes = args.max_upload_size;
+    config.runtime.max_instances = args.max_instances;
+    config.telemetry = seal_server::TelemetryConfig {
         otlp_endpoint: args.otlp_endpoint,
         invocation_logs: args.invocation_logs,
         log_buffer: args.log_buffer as usize,
         trace_sample_ratio: args.trace_sample_ratio,
-        // Only from the environment: a flag would show it in `ps`.
-        master_key: std::env::var("SEAL_MASTER_KEY")
-            .ok()
-            .filter(|k| !k.is_empty())
-            .map(seal_control::server::Redacted),
-    })
-    .await?;
+    };
+    // Only from the environment: a flag would show it in `ps`.
+    config.master_key = std::env::var("SEAL_MASTER_KEY")
+        .ok()
+        .filter(|k| !k.is_empty())
+        .map(seal_server::Redacted);
+    let server = seal_server::start(config).await?;
     {
         let mut out = std::io::stdout().lock();
         match format {

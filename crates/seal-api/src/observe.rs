@@ -9,52 +9,58 @@
 //! | PUT/DELETE | `/v1/functions/{fn}/budget` | `{"gb_seconds", "period": "day"\|"month", "webhook"?}` |
 //! | GET | `/v1/functions/{fn}/monitoring/{grafana\|prometheus-rules}` | generated dashboard / alert rules |
 
-use crate::auth::Principal;
-use crate::engine::Control;
+use crate::auth::{Caller, Routes, admin, viewer};
 use crate::error::{ApiError, ApiResult};
+use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
 use bytes::Bytes;
-use seal_gateway::logs::{LogFilter, StatusFilter};
-use seal_state::{Budget, NewAudit, now_ms, period_start};
+use seal_control::Control;
+use seal_control::queries::BudgetRequest;
+use seal_serving::logs::{LogFilter, StatusFilter, now_ms};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
 
-pub fn routes() -> Router<Arc<Control>> {
-    Router::new()
-        .route("/metrics", get(metrics))
-        .route("/v1/top", get(top))
-        .route("/v1/functions/{function}/logs", get(logs))
-        .route("/v1/functions/{function}/cost", get(cost))
+pub fn routes() -> Routes {
+    Routes::default()
+        .route("/metrics", viewer(Method::GET, metrics))
+        .route("/v1/top", viewer(Method::GET, top))
+        .route("/v1/functions/{function}/logs", viewer(Method::GET, logs))
+        .route("/v1/functions/{function}/cost", viewer(Method::GET, cost))
         .route(
             "/v1/functions/{function}/budget",
-            axum::routing::put(set_budget).delete(delete_budget),
+            admin(Method::PUT, set_budget).and(admin(Method::DELETE, delete_budget)),
         )
         .route(
             "/v1/functions/{function}/monitoring/{kind}",
-            get(monitoring),
+            viewer(Method::GET, monitoring),
         )
 }
 
 /// OpenMetrics when the scraper asks for it (Prometheus does), the classic
 /// text format otherwise.
 async fn metrics(State(c): State<Arc<Control>>, headers: HeaderMap) -> Response {
-    let text = c.metrics.encode();
+    let text = c.metrics_text();
     let openmetrics = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|a| a.contains("application/openmetrics-text"));
     if openmetrics {
-        ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response()
+        (
+            [(header::CONTENT_TYPE, seal_control::metrics::CONTENT_TYPE)],
+            text,
+        )
+            .into_response()
     } else {
         (
-            [(header::CONTENT_TYPE, crate::metrics::CLASSIC_CONTENT_TYPE)],
-            crate::metrics::to_classic(&text),
+            [(
+                header::CONTENT_TYPE,
+                seal_control::metrics::CLASSIC_CONTENT_TYPE,
+            )],
+            seal_control::metrics::to_classic(&text),
         )
             .into_response()
     }
@@ -105,7 +111,7 @@ async fn logs(
         status,
         since_ms: since,
     };
-    let hub = &c.gateway().telemetry().logs;
+    let hub = &c.serving().telemetry().logs;
     // Subscribe before reading the backlog so nothing falls between them.
     let live = q.follow.then(|| hub.subscribe());
     let backlog = hub.query(&filter, q.limit.unwrap_or(100).min(hub.capacity()));
@@ -143,7 +149,7 @@ async fn logs(
         .header(header::CONTENT_TYPE, "application/x-ndjson")
         .header(header::CACHE_CONTROL, "no-cache")
         .body(body)
-        .map_err(ApiError::internal)
+        .map_err(|e| seal_control::ControlError::internal(e).into())
 }
 
 #[derive(Deserialize)]
@@ -152,50 +158,7 @@ struct TopQuery {
 }
 
 async fn top(State(c): State<Arc<Control>>, Query(q): Query<TopQuery>) -> Json<Value> {
-    let table = c.gateway().table();
-    let mut rows = Vec::new();
-    let mut window_seconds: f64 = 0.0;
-    for route in table.routes() {
-        if q.environment
-            .as_ref()
-            .is_some_and(|e| *e != route.environment)
-        {
-            continue;
-        }
-        for b in &route.backends {
-            let (w, secs) = c.rollouts().window(&route.environment, &route.function, b);
-            window_seconds = window_seconds.max(secs);
-            let rate = |n: u64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
-            rows.push(json!({
-                "function": route.function,
-                "environment": route.environment,
-                "version": b.version,
-                "digest": b.digest,
-                "weight": b.weight,
-                "rps": rate(w.requests),
-                "requests": w.requests,
-                "errors": w.errors,
-                "error_rate": w.error_rate(),
-                "p50_ms": w.quantile_us(0.5).map(|u| u as f64 / 1e3),
-                "p99_ms": w.quantile_us(0.99).map(|u| u as f64 / 1e3),
-                "cold_starts": w.cold_starts,
-                "total_requests": b.stats.requests(),
-                "total_cold_starts": b.stats.cold_starts(),
-                "gb_seconds": b.stats.gb_seconds(),
-            }));
-        }
-    }
-    rows.sort_by(|a, b| {
-        let key = |v: &Value| {
-            (
-                v["function"].as_str().unwrap_or("").to_owned(),
-                v["environment"].as_str().unwrap_or("").to_owned(),
-                std::cmp::Reverse(v["version"].as_u64().unwrap_or(0)),
-            )
-        };
-        key(a).cmp(&key(b))
-    });
-    Json(json!({"at": now_ms(), "window_seconds": window_seconds, "rows": rows}))
+    Json(c.top(q.environment.as_deref()))
 }
 
 #[derive(Deserialize)]
@@ -209,60 +172,10 @@ async fn cost(
     Path(function): Path<String>,
     Query(q): Query<CostQuery>,
 ) -> ApiResult<Json<Value>> {
-    c.function_or_404(&function).await?;
     let since = since_ms(q.since.as_deref(), "24h")?;
-    // Count what is still only in memory.
-    c.flush_usage().await?;
-    let rows = c.state.usage(&function, since).await?;
-    let mut versions = Vec::new();
-    let (mut invocations, mut gb_seconds) = (0i64, 0.0f64);
-    for r in rows {
-        if q.environment.as_ref().is_some_and(|e| *e != r.environment) {
-            continue;
-        }
-        let digest = c
-            .state
-            .version(&function, r.version as u64)
-            .await?
-            .map(|v| v.digest);
-        invocations += r.invocations;
-        gb_seconds += r.gb_seconds;
-        versions.push(json!({
-            "environment": r.environment,
-            "version": r.version,
-            "digest": digest,
-            "invocations": r.invocations,
-            "gb_seconds": r.gb_seconds,
-            "gb_seconds_per_invocation": if r.invocations > 0 { r.gb_seconds / r.invocations as f64 } else { 0.0 },
-        }));
-    }
-    let budget = match c.state.budget(&function).await? {
-        None => Value::Null,
-        Some(b) => {
-            let start = period_start(now_ms(), &b.period);
-            let used: f64 = c
-                .state
-                .usage(&function, start)
-                .await?
-                .iter()
-                .map(|u| u.gb_seconds)
-                .sum();
-            json!({
-                "gb_seconds": b.gb_seconds, "period": b.period, "period_start": start,
-                "used_gb_seconds": used, "ratio": used / b.gb_seconds,
-                "exceeded": used >= b.gb_seconds, "webhook": b.webhook,
-            })
-        }
-    };
-    Ok(Json(json!({
-        "function": function,
-        "since": since,
-        "until": now_ms(),
-        "granularity": "hour",
-        "versions": versions,
-        "total": {"invocations": invocations, "gb_seconds": gb_seconds},
-        "budget": budget,
-    })))
+    Ok(Json(
+        c.cost(&function, since, q.environment.as_deref()).await?,
+    ))
 }
 
 #[derive(Deserialize)]
@@ -276,79 +189,30 @@ struct BudgetBody {
 async fn set_budget(
     State(c): State<Arc<Control>>,
     Path(function): Path<String>,
-    who: Principal,
+    who: Caller,
     body: Result<Json<BudgetBody>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<Json<Value>> {
-    c.function_or_404(&function).await?;
     let Json(body) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    if !body.gb_seconds.is_finite() || body.gb_seconds <= 0.0 {
-        return Err(ApiError::bad_request(format!(
-            "invalid budget {}: GB-seconds must be a positive number",
-            body.gb_seconds
-        )));
-    }
-    let period = body.period.unwrap_or_else(|| "month".into());
-    if period != "day" && period != "month" {
-        return Err(ApiError::bad_request(format!(
-            "invalid budget period {period:?}: use day or month (UTC calendar periods)"
-        )));
-    }
-    if let Some(url) = &body.webhook {
-        let ok = reqwest::Url::parse(url).is_ok_and(|u| u.scheme() == "http");
-        if !ok {
-            return Err(ApiError::bad_request(format!(
-                "invalid webhook {url:?}: give an http:// URL (https is not supported by this server's client)"
-            )));
-        }
-    }
-    let who = who.actor();
-    let budget = Budget {
-        function: function.clone(),
-        gb_seconds: body.gb_seconds,
-        period,
-        webhook: body.webhook,
-        alerted_period: None,
-        updated_by: who.clone(),
-        updated_at: now_ms(),
-    };
-    c.state.set_budget(&budget).await?;
-    c.state
-        .audit(NewAudit {
-            actor: &who,
-            action: "budget_set",
-            object: &function,
-            digest: None,
-            outcome: "ok",
-            detail: json!({"gb_seconds": budget.gb_seconds, "period": budget.period, "webhook": budget.webhook}),
-        })
+    let budget = c
+        .set_budget(
+            &function,
+            BudgetRequest {
+                gb_seconds: body.gb_seconds,
+                period: body.period,
+                webhook: body.webhook,
+            },
+            &who.actor(),
+        )
         .await?;
-    c.write_monitoring(&function).await;
-    // Judge the new budget against what is already used.
-    c.flush_usage().await?;
     Ok(Json(json!({"budget": budget})))
 }
 
 async fn delete_budget(
     State(c): State<Arc<Control>>,
     Path(function): Path<String>,
-    who: Principal,
+    who: Caller,
 ) -> ApiResult<StatusCode> {
-    c.function_or_404(&function).await?;
-    if !c.state.delete_budget(&function).await? {
-        return Err(ApiError::not_found(format!("{function} has no budget")));
-    }
-    c.metrics.forget_budget(&function);
-    c.state
-        .audit(NewAudit {
-            actor: &who.actor(),
-            action: "budget_deleted",
-            object: &function,
-            digest: None,
-            outcome: "ok",
-            detail: json!({}),
-        })
-        .await?;
-    c.write_monitoring(&function).await;
+    c.delete_budget(&function, &who.actor()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -356,17 +220,16 @@ async fn monitoring(
     State(c): State<Arc<Control>>,
     Path((function, kind)): Path<(String, String)>,
 ) -> ApiResult<Response> {
-    c.function_or_404(&function).await?;
     match kind.as_str() {
-        "grafana" => Ok(Json(crate::monitoring::grafana_dashboard(&function)).into_response()),
-        "prometheus-rules" => {
-            let budget = c.state.budget(&function).await?;
-            Ok((
-                [(header::CONTENT_TYPE, "application/yaml")],
-                crate::monitoring::prometheus_rules(&function, budget.as_ref()),
-            )
-                .into_response())
+        "grafana" => {
+            c.function_or_404(&function).await?;
+            Ok(Json(seal_control::monitoring::grafana_dashboard(&function)).into_response())
         }
+        "prometheus-rules" => Ok((
+            [(header::CONTENT_TYPE, "application/yaml")],
+            c.prometheus_rules(&function).await?,
+        )
+            .into_response()),
         other => Err(ApiError::not_found(format!(
             "no monitoring output {other:?}: use grafana or prometheus-rules"
         ))),

@@ -13,45 +13,52 @@
 //! | POST | `/v1/functions/{fn}/versions/{n}/verify` | viewer | `{"environment"?, "keys"?: [PEM]}` → artifact, attestations, policy verdict |
 //! | GET/PUT | `/v1/policies/{env}` | viewer/admin | an environment's trust policy |
 
-use crate::auth::{Principal, Role};
-use crate::engine::Control;
+use crate::auth::{Caller, Routes, admin, deployer, viewer};
 use crate::error::{ApiError, ApiResult};
+use crate::parse_json;
+use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::http::{Method, StatusCode};
+use seal_control::{Control, Role};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-pub fn routes() -> Router<Arc<Control>> {
-    Router::new()
-        .route("/v1/whoami", get(whoami))
-        .route("/v1/tokens", get(list_tokens).post(create_token))
-        .route("/v1/tokens/{id}/revoke", post(revoke_token))
+pub fn routes() -> Routes {
+    Routes::default()
+        .route("/v1/whoami", viewer(Method::GET, whoami))
+        .route(
+            "/v1/tokens",
+            admin(Method::GET, list_tokens).and(admin(Method::POST, create_token)),
+        )
+        .route("/v1/tokens/{id}/revoke", admin(Method::POST, revoke_token))
         .route(
             "/v1/functions/{function}/config",
-            get(get_settings).post(set_config),
+            viewer(Method::GET, get_settings).and(deployer(Method::POST, set_config)),
         )
-        .route("/v1/functions/{function}/secrets", post(set_secrets))
+        .route(
+            "/v1/functions/{function}/secrets",
+            deployer(Method::POST, set_secrets),
+        )
         .route(
             "/v1/functions/{function}/config/revisions",
-            get(setting_revisions),
+            viewer(Method::GET, setting_revisions),
         )
         .route(
             "/v1/functions/{function}/versions/{version}/attestations",
-            get(list_attestations).post(attach_attestation).layer(
-                axum::extract::DefaultBodyLimit::max(crate::trust::MAX_ENVELOPE_BYTES),
-            ),
+            viewer(Method::GET, list_attestations)
+                .and(deployer(Method::POST, attach_attestation))
+                .body_limit(seal_control::trust::MAX_ENVELOPE_BYTES),
         )
+        // Verifying changes nothing: any reader may ask.
         .route(
             "/v1/functions/{function}/versions/{version}/verify",
-            post(verify_version),
+            viewer(Method::POST, verify_version),
         )
         .route(
             "/v1/policies/{environment}",
-            get(get_policy).put(put_policy),
+            viewer(Method::GET, get_policy).and(admin(Method::PUT, put_policy)),
         )
 }
 
@@ -73,7 +80,7 @@ async fn list_attestations(
 async fn attach_attestation(
     State(c): State<Arc<Control>>,
     Path((function, version)): Path<(String, String)>,
-    who: Principal,
+    who: Caller,
     body: axum::body::Bytes,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let v = c
@@ -126,16 +133,14 @@ async fn get_policy(
     State(c): State<Arc<Control>>,
     Path(environment): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    if !c.state.environment_exists(&environment).await? {
-        return Err(ApiError::not_found(format!("no environment {environment}")));
-    }
+    c.environment_must_exist(&environment).await?;
     Ok(Json(c.policy_view(&environment).await?))
 }
 
 async fn put_policy(
     State(c): State<Arc<Control>>,
     Path(environment): Path<String>,
-    who: Principal,
+    who: Caller,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<Value>> {
     let req: PolicyRequest = parse_json(&body)?;
@@ -174,14 +179,14 @@ async fn get_settings(
 ) -> ApiResult<Json<Value>> {
     let env = q
         .environment
-        .unwrap_or_else(|| c.default_environment.clone());
+        .unwrap_or_else(|| c.default_environment().to_owned());
     Ok(Json(c.settings_view(&function, &env).await?))
 }
 
 async fn set_config(
     State(c): State<Arc<Control>>,
     Path(function): Path<String>,
-    who: Principal,
+    who: Caller,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<Value>> {
     change_settings(&c, &function, who, &body, false).await
@@ -190,7 +195,7 @@ async fn set_config(
 async fn set_secrets(
     State(c): State<Arc<Control>>,
     Path(function): Path<String>,
-    who: Principal,
+    who: Caller,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<Value>> {
     change_settings(&c, &function, who, &body, true).await
@@ -199,7 +204,7 @@ async fn set_secrets(
 async fn change_settings(
     c: &Control,
     function: &str,
-    who: Principal,
+    who: Caller,
     body: &[u8],
     secret: bool,
 ) -> ApiResult<Json<Value>> {
@@ -214,7 +219,7 @@ async fn change_settings(
     })?;
     let env = req
         .environment
-        .unwrap_or_else(|| c.default_environment.clone());
+        .unwrap_or_else(|| c.default_environment().to_owned());
     who.require_env(&env)?;
     let changed = c
         .change_settings(function, &env, secret, req.set, req.unset, &who.actor())
@@ -227,19 +232,13 @@ async fn setting_revisions(
     Path(function): Path<String>,
     Query(q): Query<EnvQuery>,
 ) -> ApiResult<Json<Value>> {
-    c.function_or_404(&function).await?;
-    let revisions = c
-        .state
-        .setting_revisions(&function, q.environment.as_deref(), 1000)
-        .await?;
-    Ok(Json(json!({"revisions": revisions})))
+    Ok(Json(
+        c.setting_revisions(&function, q.environment.as_deref())
+            .await?,
+    ))
 }
 
-pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid request: {e}")))
-}
-
-async fn whoami(who: Principal) -> Json<Value> {
+async fn whoami(who: Caller) -> Json<Value> {
     Json(json!({
         "id": who.token_id,
         "name": who.name,
@@ -249,7 +248,7 @@ async fn whoami(who: Principal) -> Json<Value> {
 }
 
 async fn list_tokens(State(c): State<Arc<Control>>) -> ApiResult<Json<Value>> {
-    Ok(Json(json!({"tokens": c.state.tokens().await?})))
+    Ok(Json(json!({"tokens": c.tokens().await?})))
 }
 
 #[derive(Deserialize)]
@@ -264,7 +263,7 @@ struct CreateToken {
 
 async fn create_token(
     State(c): State<Arc<Control>>,
-    who: Principal,
+    who: Caller,
     body: axum::body::Bytes,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let req: CreateToken = parse_json(&body)?;
@@ -286,12 +285,8 @@ async fn create_token(
 async fn revoke_token(
     State(c): State<Arc<Control>>,
     Path(id): Path<String>,
-    who: Principal,
+    who: Caller,
 ) -> ApiResult<Json<Value>> {
-    let record = c
-        .state
-        .revoke_token(&id, &who.actor())
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no token {id} (see `seal token list`)")))?;
+    let record = c.revoke_token(&id, &who.actor()).await?;
     Ok(Json(json!({"record": record})))
 }

@@ -1,15 +1,14 @@
 //! The control engine: publish and deploy. The only code that writes the
 //! state store, the artifact store and the gateway's route table.
 
-use crate::error::{ApiError, ApiResult};
-use axum::http::StatusCode;
+use crate::error::{ControlError, ControlResult};
 use seal_artifact::{
     Digest, SealManifest, parse_oci_manifest, sha256_digest, validate_component,
     validate_function_name,
 };
-use seal_gateway::{Gateway, Route, RouteTable};
 use seal_oci::{ANNOTATION_FUNCTION, ANNOTATION_REF_NAME, IndexEntry, OciLayout};
 use seal_runtime::{Function, FunctionLimits, Runtime};
+use seal_serving::{Route, RouteTable, Serving};
 use seal_state::{
     DeploymentRecord, NewAudit, NewDeployment, NewVersion, StateStore, VersionRecord,
     WeightedVersion,
@@ -42,7 +41,7 @@ pub struct Control {
     pub(crate) state: StateStore,
     pub(crate) oci: Arc<OciLayout>,
     pub(crate) runtime: Arc<Runtime>,
-    pub(crate) gateway: Arc<Gateway>,
+    pub(crate) serving: Arc<Serving>,
     pub(crate) max_upload_bytes: u64,
     pub(crate) default_environment: String,
     /// Pre-instantiated functions by artifact digest (control-plane cache;
@@ -76,7 +75,7 @@ impl Control {
         state: StateStore,
         oci: Arc<OciLayout>,
         runtime: Arc<Runtime>,
-        gateway: Arc<Gateway>,
+        serving: Arc<Serving>,
         max_upload_bytes: u64,
         default_environment: String,
         secrets: crate::settings::SecretBox,
@@ -84,14 +83,14 @@ impl Control {
         Self {
             secrets,
             settings_lock: tokio::sync::Mutex::new(()),
-            metrics: crate::metrics::Metrics::new(gateway.clone(), runtime.clone()),
+            metrics: crate::metrics::Metrics::new(serving.clone(), runtime.clone()),
             usage: crate::usage::UsageFlusher::default(),
             tracer: None,
             monitoring_dir: None,
             state,
             oci,
             runtime,
-            gateway,
+            serving,
             max_upload_bytes,
             default_environment,
             loaded: Mutex::default(),
@@ -127,7 +126,7 @@ impl Control {
         if d.is_active() {
             return;
         }
-        self.metrics.deployment_ended(d, &self.gateway);
+        self.metrics.deployment_ended(d, &self.serving);
         if let Some(dir) = self.monitoring_dir.clone() {
             let function = d.function.clone();
             let state = self.state.clone();
@@ -158,28 +157,24 @@ impl Control {
         &self.runtime
     }
 
-    pub fn gateway(&self) -> &Gateway {
-        &self.gateway
+    pub fn serving(&self) -> &Serving {
+        &self.serving
     }
 
     /// Turns an uploaded OCI manifest (whose blobs are already in the store)
     /// into `function@N`: every digest recomputed, the component validated,
     /// compiled once, and the version recorded.
-    pub async fn publish(&self, manifest_bytes: Vec<u8>, actor: &str) -> ApiResult<Published> {
+    pub async fn publish(&self, manifest_bytes: Vec<u8>, actor: &str) -> ControlResult<Published> {
         let digest = sha256_digest(&manifest_bytes);
         let refs = parse_oci_manifest(&manifest_bytes)?;
         let oci = self.oci.clone();
         let (config_digest, config_size) = (refs.config_digest.clone(), refs.config_size);
         let config = blocking(move || oci.read_blob(&config_digest)).await??;
         if config.len() as u64 != config_size {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_artifact",
-                format!(
-                    "config blob is {} bytes, the manifest says {config_size}",
-                    config.len()
-                ),
-            ));
+            return Err(ControlError::invalid_artifact(format!(
+                "config blob is {} bytes, the manifest says {config_size}",
+                config.len()
+            )));
         }
         let manifest = SealManifest::from_json(&config)?;
 
@@ -199,17 +194,13 @@ impl Control {
         let manifest_for_load = manifest.clone();
         let digest_for_load = digest.clone();
         let bytes_for_store = manifest_bytes.clone();
-        let (function, compiled_sha) = blocking(move || -> ApiResult<_> {
+        let (function, compiled_sha) = blocking(move || -> ControlResult<_> {
             let wasm = oci.read_blob(&layer_digest)?;
             if wasm.len() as u64 != layer_size {
-                return Err(ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "invalid_artifact",
-                    format!(
-                        "component blob is {} bytes, the manifest says {layer_size}",
-                        wasm.len()
-                    ),
-                ));
+                return Err(ControlError::invalid_artifact(format!(
+                    "component blob is {} bytes, the manifest says {layer_size}",
+                    wasm.len()
+                )));
             }
             validate_component(&wasm)?;
             let (function, sha) = runtime.prepare(
@@ -223,7 +214,7 @@ impl Control {
         })
         .await??;
 
-        let manifest_json = serde_json::to_value(&manifest).map_err(ApiError::internal)?;
+        let manifest_json = serde_json::to_value(&manifest).map_err(ControlError::internal)?;
         let (version, created) = self
             .state
             .create_version(NewVersion {
@@ -251,10 +242,10 @@ impl Control {
     /// Makes `index.json` name every version's manifest. Publish writes it
     /// after the state store commits, so a crash in between is mended here
     /// at start-up.
-    pub async fn reconcile_index(&self) -> ApiResult<()> {
+    pub async fn reconcile_index(&self) -> ControlResult<()> {
         let versions = self.state.all_versions().await?;
         let oci = self.oci.clone();
-        blocking(move || -> ApiResult<()> {
+        blocking(move || -> ControlResult<()> {
             let known: std::collections::HashSet<Digest> =
                 oci.manifests()?.into_iter().map(|m| m.digest).collect();
             for v in versions {
@@ -285,17 +276,15 @@ impl Control {
     /// Reads every blob of a stored artifact (OCI manifest, config, layer),
     /// each re-hashed on read, and returns the component bytes. A corrupt
     /// or missing blob is refused here, before anything runs or routes.
-    pub(crate) async fn verified_component(&self, digest: &Digest) -> ApiResult<Vec<u8>> {
+    pub(crate) async fn verified_component(&self, digest: &Digest) -> ControlResult<Vec<u8>> {
         let oci = self.oci.clone();
         let digest = digest.clone();
-        blocking(move || -> ApiResult<Vec<u8>> {
+        blocking(move || -> ControlResult<Vec<u8>> {
             let stored = |d: &Digest| {
                 oci.read_blob(d).map_err(|e| match e {
-                    seal_oci::StoreError::NotFound(_) => ApiError::new(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "artifact_missing",
-                        format!("{e}: the data dir has lost part of artifact {digest}"),
-                    ),
+                    seal_oci::StoreError::NotFound(_) => ControlError::ArtifactMissing(format!(
+                        "{e}: the data dir has lost part of artifact {digest}"
+                    )),
                     other => other.into(),
                 })
             };
@@ -310,8 +299,8 @@ impl Control {
     /// every time; the compiled form comes from memory, else from the
     /// compile cache (hash-checked), else is recompiled from the verified
     /// component. A corrupt blob is refused and never executed.
-    pub async fn load(&self, v: &VersionRecord) -> ApiResult<Arc<Function>> {
-        let digest = Digest::parse(&v.digest).map_err(ApiError::internal)?;
+    pub async fn load(&self, v: &VersionRecord) -> ControlResult<Arc<Function>> {
+        let digest = Digest::parse(&v.digest).map_err(ControlError::internal)?;
         let wasm = self.verified_component(&digest).await?;
         if let Some(f) = self
             .loaded
@@ -322,7 +311,7 @@ impl Control {
             return Ok(f);
         }
         let manifest: SealManifest = serde_json::from_value(v.manifest.clone()).map_err(|e| {
-            ApiError::internal(format!(
+            ControlError::internal(format!(
                 "stored manifest of {}@{}: {e}",
                 v.function, v.version
             ))
@@ -354,7 +343,7 @@ impl Control {
         env: &str,
         action: &str,
         actor: &str,
-    ) -> ApiResult<(Arc<Function>, Vec<String>)> {
+    ) -> ControlResult<(Arc<Function>, Vec<String>)> {
         let checked = match self.check_policy(v, env).await {
             Ok(checks) => self.load(v).await.map(|f| (f, checks)),
             Err(e) => Err(e),
@@ -362,7 +351,7 @@ impl Control {
         match checked {
             Ok(ok) => Ok(ok),
             Err(e) => {
-                if e.code != "policy" {
+                if !matches!(e, ControlError::PolicyRefused(_)) {
                     self.metrics.artifact_fetch_failed(&v.function);
                 }
                 let _ = self
@@ -373,7 +362,7 @@ impl Control {
                         object: &format!("{env}/{}", v.function),
                         digest: Some(&v.digest),
                         outcome: "refused",
-                        detail: serde_json::json!({"version": v.version, "error": e.message}),
+                        detail: serde_json::json!({"version": v.version, "error": e.public_message()}),
                     })
                     .await;
                 Err(e)
@@ -384,7 +373,7 @@ impl Control {
     /// Rebuilds the route table from the state store and swaps it into the
     /// gateway. A version that cannot be loaded is left out (and logged):
     /// a route never names a version that cannot serve.
-    pub async fn reload_routes(&self) -> ApiResult<()> {
+    pub async fn reload_routes(&self) -> ControlResult<()> {
         let mut routes = Vec::new();
         for r in self.state.routes().await? {
             let mut backends = Vec::new();
@@ -398,7 +387,7 @@ impl Control {
                     Err(e) => Err(e),
                 };
                 match loaded {
-                    Ok(f) => backends.push(self.gateway.backend(
+                    Ok(f) => backends.push(self.serving.backend(
                         &r.environment,
                         &r.function,
                         w.version,
@@ -410,7 +399,7 @@ impl Control {
                         self.metrics.artifact_fetch_failed(&r.function);
                         tracing::error!(
                             function = %r.function, environment = %r.environment, version = w.version,
-                            error = %e.message, "version cannot serve; left out of the route"
+                            error = %e, "version cannot serve; left out of the route"
                         )
                     }
                 }
@@ -419,7 +408,7 @@ impl Control {
                 let sticky = r
                     .sticky_header
                     .as_deref()
-                    .and_then(|h| axum::http::HeaderName::from_bytes(h.as_bytes()).ok());
+                    .and_then(|h| http::HeaderName::from_bytes(h.as_bytes()).ok());
                 routes.push(
                     Route::new(&r.environment, &r.function, backends)
                         .with_sticky_header(sticky)
@@ -428,31 +417,31 @@ impl Control {
             }
         }
         let table = RouteTable::new(routes);
-        self.gateway.publish(table);
+        self.serving.publish(table);
         Ok(())
     }
 
     /// 404 `unknown function` unless the function exists.
-    pub(crate) async fn function_or_404(&self, function: &str) -> ApiResult<()> {
+    pub async fn function_or_404(&self, function: &str) -> ControlResult<()> {
         if self.state.function_exists(function).await? {
             Ok(())
         } else {
-            Err(ApiError::not_found(format!(
+            Err(ControlError::not_found(format!(
                 "unknown function {function:?}"
             )))
         }
     }
 
-    pub(crate) async fn version_or_404(
+    pub async fn version_or_404(
         &self,
         function: &str,
         version: u64,
-    ) -> ApiResult<VersionRecord> {
+    ) -> ControlResult<VersionRecord> {
         self.function_or_404(function).await?;
         self.state
             .version(function, version)
             .await?
-            .ok_or_else(|| ApiError::not_found(format!("{function} has no version {version}")))
+            .ok_or_else(|| ControlError::not_found(format!("{function} has no version {version}")))
     }
 
     /// The named environment (default: the server's), which must exist:
@@ -460,19 +449,25 @@ impl Control {
     pub(crate) async fn environment_or_default(
         &self,
         environment: Option<&str>,
-    ) -> ApiResult<String> {
+    ) -> ControlResult<String> {
         let env = environment.unwrap_or(&self.default_environment);
         validate_environment_name(env)?;
-        if !self.state.environment_exists(env).await? {
-            let known = self.state.environments().await?.join(", ");
-            return Err(ApiError::not_found(format!(
-                "unknown environment {env:?} (environments: {known}); create it with `seal env create {env}`"
-            )));
-        }
+        self.environment_must_exist(env).await?;
         Ok(env.to_owned())
     }
 
-    pub async fn create_environment(&self, name: &str, actor: &str) -> ApiResult<bool> {
+    /// `UnknownEnvironment` unless `env` exists.
+    pub async fn environment_must_exist(&self, env: &str) -> ControlResult<()> {
+        if self.state.environment_exists(env).await? {
+            return Ok(());
+        }
+        Err(ControlError::UnknownEnvironment {
+            name: env.to_owned(),
+            known: self.state.environments().await?,
+        })
+    }
+
+    pub async fn create_environment(&self, name: &str, actor: &str) -> ControlResult<bool> {
         validate_environment_name(name)?;
         Ok(self.state.create_environment(name, actor).await?)
     }
@@ -486,7 +481,7 @@ impl Control {
         reason: Option<&str>,
         actor: &str,
         approve_widening: bool,
-    ) -> ApiResult<DeployOutcome> {
+    ) -> ControlResult<DeployOutcome> {
         let env = self.environment_or_default(environment).await?;
         let v = self.version_or_404(function, version).await?;
         let _guard = self.deploy_lock.lock().await;
@@ -515,14 +510,14 @@ impl Control {
         to: Option<u64>,
         actor: &str,
         approve_widening: bool,
-    ) -> ApiResult<DeployOutcome> {
+    ) -> ControlResult<DeployOutcome> {
         let env = self.environment_or_default(environment).await?;
         self.function_or_404(function).await?;
         // The target is worked out under the lock, from the route as it is
         // now, so a deploy landing meanwhile cannot make it stale.
         let _guard = self.deploy_lock.lock().await;
         let Some(current) = self.state.route(&env, function).await? else {
-            return Err(ApiError::conflict(format!(
+            return Err(ControlError::conflict(format!(
                 "{function} has no route in {env}: nothing to roll back"
             )));
         };
@@ -538,8 +533,8 @@ impl Control {
                     .and_then(|d| d.from_weights)
                     .and_then(|w| w.iter().max_by_key(|w| w.weight).map(|w| w.version));
                 previous.ok_or_else(|| {
-                    ApiError::conflict(format!(
-                        "{function} has no previous version in {env} to roll back to; use --to N"
+                    ControlError::NoPreviousVersion(format!(
+                        "{function} has no previous version in {env} to roll back to; name the version to return to"
                     ))
                 })?
             }
@@ -580,7 +575,7 @@ impl Control {
         reason: Option<&str>,
         actor: &str,
         gate: Option<bool>,
-    ) -> ApiResult<DeployOutcome> {
+    ) -> ControlResult<DeployOutcome> {
         if let Some(busy) = self.active_deployment(env, &v.function).await? {
             return Err(seal_state::StateError::Busy {
                 id: busy.id,
@@ -590,7 +585,7 @@ impl Control {
             .into());
         }
         let current = self.state.route(env, &v.function).await?;
-        let previous = self.gateway.table();
+        let previous = self.serving.table();
         let live = previous.get(env, &v.function);
         let live_matches = live.is_some_and(|r| {
             r.backends.len() == to.len()
@@ -641,13 +636,13 @@ impl Control {
             env,
             &v.function,
             vec![
-                self.gateway
+                self.serving
                     .backend(env, &v.function, v.version, &v.digest, 100, function),
             ],
         ));
         let table = RouteTable::new(routes);
         self.retain_loaded(&table, &previous);
-        self.gateway.publish(table);
+        self.serving.publish(table);
         tracing::info!(
             function = %v.function, environment = env, version = v.version, digest = %v.digest,
             deployment = deployment.id, kind, swap_us = started.elapsed().as_micros() as u64,
@@ -709,12 +704,12 @@ fn index_entry(v: &VersionRecord, digest: &Digest, size: u64) -> IndexEntry {
 
 /// Environment names follow the function-name rule (they appear in host
 /// names: `<fn>.<env>.localhost`).
-fn validate_environment_name(env: &str) -> ApiResult<()> {
+fn validate_environment_name(env: &str) -> ControlResult<()> {
     validate_function_name(env).map_err(|e| match e {
         seal_artifact::ArtifactError::InvalidName { reason, .. } => {
-            ApiError::bad_request(format!("invalid environment name {env:?}: {reason}"))
+            ControlError::bad_request(format!("invalid environment name {env:?}: {reason}"))
         }
-        other => ApiError::bad_request(other.to_string()),
+        other => ControlError::bad_request(other.to_string()),
     })
 }
 
@@ -736,8 +731,8 @@ fn limits_of(m: &SealManifest) -> FunctionLimits {
 }
 
 /// Runs blocking file and compile work off the async workers.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> ApiResult<T> {
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> ControlResult<T> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(ApiError::internal)
+        .map_err(ControlError::internal)
 }

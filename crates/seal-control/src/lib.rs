@@ -1,6 +1,7 @@
-//! The control plane: the publish and deploy engine ([`engine`]), the JSON
-//! API under `/v1` ([`api`]), and the server's composition root
-//! ([`server::start`]).
+//! The control plane, the domain only: publish and deploy ([`engine`]),
+//! progressive delivery ([`rollout`]), settings, trust, tokens, usage and
+//! telemetry. It knows no HTTP server, no SQL driver and no CLI: callers
+//! (the API, a trigger, a reconciler) get typed [`ControlError`]s.
 //!
 //! Invariants:
 //! - a route changes only through a deployment, and the deployment, its
@@ -11,21 +12,19 @@
 //! - every digest a client sends is recomputed here; nothing a client
 //!   claims about content is trusted.
 
-pub mod api;
-pub mod auth;
 pub mod engine;
 pub mod error;
+mod files;
 pub mod metrics;
 pub mod monitoring;
-mod observe_api;
+pub mod queries;
 pub mod rollout;
-mod security_api;
-pub mod server;
 pub mod settings;
 pub mod telemetry;
+pub mod tokens;
 pub mod trust;
 mod usage;
 
 pub use engine::{Control, Published};
-pub use error::ApiError;
-pub use server::{RunningServer, ServerConfig, start};
+pub use error::{ControlError, ControlResult};
+pub use tokens::{Principal, Role};

@@ -19,8 +19,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
-use seal_gateway::{ErrorKind, Gateway, VersionEntry};
 use seal_runtime::RuntimeStats;
+use seal_serving::{ErrorKind, Serving, VersionEntry};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -101,7 +101,7 @@ pub struct FunctionLabels {
 /// in this process.
 struct PostDeploy {
     new_version: u64,
-    new_since: seal_gateway::Snapshot,
+    new_since: seal_serving::Snapshot,
     old_rate: f64,
 }
 
@@ -126,7 +126,7 @@ fn duration_buckets() -> impl Iterator<Item = f64> {
 }
 
 impl Metrics {
-    pub fn new(gateway: Arc<Gateway>, runtime: Arc<seal_runtime::Runtime>) -> Self {
+    pub fn new(serving: Arc<Serving>, runtime: Arc<seal_runtime::Runtime>) -> Self {
         let mut registry = Registry::default();
         let deployments = Family::<DeploymentLabels, Counter>::default();
         registry.register(
@@ -185,7 +185,7 @@ impl Metrics {
         );
         let post_deploy = Arc::new(Mutex::new(HashMap::new()));
         registry.register_collector(Box::new(VersionCollector {
-            gateway,
+            serving,
             runtime,
             post_deploy: post_deploy.clone(),
         }));
@@ -213,7 +213,7 @@ impl Metrics {
     }
 
     /// A deployment reached its end state.
-    pub fn deployment_ended(&self, d: &seal_state::DeploymentRecord, gateway: &Gateway) {
+    pub fn deployment_ended(&self, d: &seal_state::DeploymentRecord, serving: &Serving) {
         let labels = DeploymentLabels {
             function: d.function.clone(),
             environment: d.environment.clone(),
@@ -269,7 +269,7 @@ impl Metrics {
         if let (Some(new), Some(old)) = (new, old)
             && new != old
         {
-            let stats = |v: u64| gateway.registered_stats(&d.environment, &d.function, v);
+            let stats = |v: u64| serving.registered_stats(&d.environment, &d.function, v);
             if let (Some(n), Some(o)) = (stats(new), stats(old)) {
                 let o = o.snapshot();
                 if let Ok(mut p) = self.post_deploy.lock() {
@@ -316,7 +316,7 @@ impl Metrics {
 
 /// Reads the gateway's version registry at scrape time.
 struct VersionCollector {
-    gateway: Arc<Gateway>,
+    serving: Arc<Serving>,
     runtime: Arc<seal_runtime::Runtime>,
     post_deploy: Arc<Mutex<HashMap<(String, String), PostDeploy>>>,
 }
@@ -373,7 +373,7 @@ fn histogram(
     encoder: &mut DescriptorEncoder,
     spec: HistogramSpec<'_>,
     entries: &[VersionEntry],
-    pick: impl Fn(&seal_gateway::VersionStats) -> &seal_gateway::telemetry::AtomicHistogram,
+    pick: impl Fn(&seal_serving::VersionStats) -> &seal_serving::telemetry::AtomicHistogram,
 ) -> Result<(), std::fmt::Error> {
     let HistogramSpec {
         name,
@@ -419,8 +419,8 @@ fn counter(
 
 impl prometheus_client::collector::Collector for VersionCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let entries = self.gateway.versions();
-        let table = self.gateway.table();
+        let entries = self.serving.versions();
+        let table = self.serving.table();
 
         // An info-style gauge (always 1) rather than OpenMetrics' `info`
         // type, which Prometheus' classic text parser (and promtool)

@@ -13,10 +13,10 @@
 //! a guest ran with is on its invocation's log record.
 
 use crate::engine::Control;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ControlError, ControlResult};
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
-use seal_gateway::Settings;
+use seal_serving::Settings;
 use seal_state::SettingChange;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -63,7 +63,7 @@ impl SecretBox {
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let key: [u8; 32] = rand::random();
-                crate::auth::write_private(&path, format!("{}\n", hex::encode(key)).as_bytes())
+                crate::files::write_private(&path, format!("{}\n", hex::encode(key)).as_bytes())
                     .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
                 Self::from_hex(&hex::encode(key)).map_err(|e| anyhow::anyhow!(e))
             }
@@ -147,28 +147,27 @@ impl Control {
         set: BTreeMap<String, String>,
         unset: Vec<String>,
         actor: &str,
-    ) -> ApiResult<SettingsChanged> {
+    ) -> ControlResult<SettingsChanged> {
         self.function_or_404(function).await?;
-        if !self.state.environment_exists(environment).await? {
-            return Err(ApiError::not_found(format!(
-                "no environment {environment} (create it with `seal env create {environment}`)"
-            )));
-        }
+        self.environment_must_exist(environment).await?;
         if set.is_empty() && unset.is_empty() {
-            return Err(ApiError::bad_request(
+            return Err(ControlError::bad_request(
                 "nothing to change: give keys to set or unset",
             ));
         }
         for key in set.keys().chain(&unset) {
-            seal_artifact::capabilities::validate_config_key(key).map_err(ApiError::bad_request)?;
+            seal_artifact::capabilities::validate_config_key(key)
+                .map_err(ControlError::bad_request)?;
         }
         if let Some(k) = unset.iter().find(|k| set.contains_key(*k)) {
-            return Err(ApiError::bad_request(format!("{k} is both set and unset")));
+            return Err(ControlError::bad_request(format!(
+                "{k} is both set and unset"
+            )));
         }
         for (key, value) in &set {
             if value.len() > MAX_VALUE_BYTES {
                 // The message names the key and sizes, never the value.
-                return Err(ApiError::bad_request(format!(
+                return Err(ControlError::bad_request(format!(
                     "the value of {key} is {} bytes; the limit is {MAX_VALUE_BYTES}",
                     value.len()
                 )));
@@ -183,7 +182,7 @@ impl Control {
             .collect::<std::collections::BTreeSet<_>>()
             .len();
         if after > MAX_KEYS {
-            return Err(ApiError::bad_request(format!(
+            return Err(ControlError::bad_request(format!(
                 "{function} would have {after} keys in {environment}; the limit is {MAX_KEYS}"
             )));
         }
@@ -216,7 +215,7 @@ impl Control {
         drop(_guard);
         let set: Vec<String> = set.into_keys().collect();
         let undeclared = self
-            .gateway
+            .serving
             .table()
             .get(environment, function)
             .map(|route| {
@@ -254,7 +253,11 @@ impl Control {
     /// decrypts the secrets, and gives them to the gateway. A secret that
     /// does not decrypt (another master key, a tampered row) is left out
     /// and logged by key name.
-    pub(crate) async fn apply_settings(&self, function: &str, environment: &str) -> ApiResult<()> {
+    pub(crate) async fn apply_settings(
+        &self,
+        function: &str,
+        environment: &str,
+    ) -> ControlResult<()> {
         let (revision, rows) = self.state.settings(function, environment).await?;
         let mut vars = Vec::with_capacity(rows.len());
         for r in rows {
@@ -277,13 +280,13 @@ impl Control {
                 }
             }
         }
-        self.gateway
+        self.serving
             .set_settings(environment, function, Settings { revision, vars });
         Ok(())
     }
 
     /// At start: every function's settings in every environment.
-    pub(crate) async fn apply_all_settings(&self) -> ApiResult<()> {
+    pub async fn apply_all_settings(&self) -> ControlResult<()> {
         for (function, environment) in self.state.setting_scopes().await? {
             self.apply_settings(&function, &environment).await?;
         }
@@ -295,7 +298,7 @@ impl Control {
         &self,
         function: &str,
         environment: &str,
-    ) -> ApiResult<serde_json::Value> {
+    ) -> ControlResult<serde_json::Value> {
         self.function_or_404(function).await?;
         let (revision, rows) = self.state.settings(function, environment).await?;
         let mut config = BTreeMap::new();

@@ -10,8 +10,7 @@
 //! the stored pieces and decides.
 
 use crate::engine::Control;
-use crate::error::{ApiError, ApiResult};
-use axum::http::StatusCode;
+use crate::error::{ControlError, ControlResult};
 use seal_artifact::capabilities::PermissionDiff;
 use seal_artifact::{Digest, SealManifest};
 use seal_oci::IndexEntry;
@@ -35,9 +34,9 @@ pub const MAX_ATTESTATIONS: usize = 32;
 
 impl Control {
     /// The policy of an environment (empty when none was set).
-    pub async fn policy(&self, environment: &str) -> ApiResult<Policy> {
+    pub async fn policy(&self, environment: &str) -> ControlResult<Policy> {
         Ok(match self.state.policy(environment).await? {
-            Some((p, _, _)) => serde_json::from_value(p).map_err(ApiError::internal)?,
+            Some((p, _, _)) => serde_json::from_value(p).map_err(ControlError::internal)?,
             None => Policy::default(),
         })
     }
@@ -51,16 +50,12 @@ impl Control {
         trusted_keys: &[String],
         required_provenance: BTreeMap<String, Option<String>>,
         actor: &str,
-    ) -> ApiResult<Value> {
-        if !self.state.environment_exists(environment).await? {
-            return Err(ApiError::not_found(format!(
-                "no environment {environment} (create it with `seal env create {environment}`)"
-            )));
-        }
+    ) -> ControlResult<Value> {
+        self.environment_must_exist(environment).await?;
         let mut keys = Vec::new();
         for pem in trusted_keys {
             let key = PublicKey::from_pem(pem)
-                .map_err(|e| ApiError::bad_request(format!("trusted key: {e}")))?;
+                .map_err(|e| ControlError::bad_request(format!("trusted key: {e}")))?;
             keys.push(TrustedKey::from(&key));
         }
         for (field, value) in &required_provenance {
@@ -69,11 +64,11 @@ impl Control {
                 None => field.clone(),
             };
             seal_trust::parse_requirement(&spec)
-                .map_err(|e| ApiError::bad_request(e.to_string()))?;
+                .map_err(|e| ControlError::bad_request(e.to_string()))?;
         }
         if require_signature && keys.is_empty() {
-            return Err(ApiError::bad_request(
-                "--require-signature needs at least one --trusted-key",
+            return Err(ControlError::bad_request(
+                "require_signature needs at least one trusted key",
             ));
         }
         let policy = Policy {
@@ -81,16 +76,16 @@ impl Control {
             trusted_keys: keys,
             required_provenance,
         };
-        let value = serde_json::to_value(&policy).map_err(ApiError::internal)?;
+        let value = serde_json::to_value(&policy).map_err(ControlError::internal)?;
         self.state.set_policy(environment, &value, actor).await?;
         self.policy_view(environment).await
     }
 
-    pub async fn policy_view(&self, environment: &str) -> ApiResult<Value> {
+    pub async fn policy_view(&self, environment: &str) -> ControlResult<Value> {
         let (policy, at, by) = match self.state.policy(environment).await? {
             Some((p, at, by)) => (p, Some(at), Some(by)),
             None => (
-                serde_json::to_value(Policy::default()).map_err(ApiError::internal)?,
+                serde_json::to_value(Policy::default()).map_err(ControlError::internal)?,
                 None,
                 None,
             ),
@@ -102,21 +97,21 @@ impl Control {
 
     /// The envelopes attached to an artifact, each read back from the
     /// artifact store through its digest (a damaged blob is refused).
-    async fn envelopes(&self, subject: &str) -> ApiResult<Vec<(AttestationRecord, Envelope)>> {
+    async fn envelopes(&self, subject: &str) -> ControlResult<Vec<(AttestationRecord, Envelope)>> {
         let mut out = Vec::new();
         for rec in self.state.attestations(subject).await? {
-            let digest = Digest::parse(&rec.envelope).map_err(ApiError::internal)?;
+            let digest = Digest::parse(&rec.envelope).map_err(ControlError::internal)?;
             let oci = self.oci.clone();
             let bytes = tokio::task::spawn_blocking(move || oci.read_blob(&digest))
                 .await
-                .map_err(ApiError::internal)??;
-            let envelope = Envelope::from_json(&bytes).map_err(ApiError::internal)?;
+                .map_err(ControlError::internal)??;
+            let envelope = Envelope::from_json(&bytes).map_err(ControlError::internal)?;
             out.push((rec, envelope));
         }
         Ok(out)
     }
 
-    async fn envelope_list(&self, subject: &str) -> ApiResult<Vec<Envelope>> {
+    async fn envelope_list(&self, subject: &str) -> ControlResult<Vec<Envelope>> {
         Ok(self
             .envelopes(subject)
             .await?
@@ -132,25 +127,21 @@ impl Control {
         &self,
         v: &VersionRecord,
         env: &str,
-    ) -> ApiResult<Vec<String>> {
+    ) -> ControlResult<Vec<String>> {
         let policy = self.policy(env).await?;
         if policy.is_empty() {
             return Ok(vec![format!("policy: {env} has none")]);
         }
-        let subject = Digest::parse(&v.digest).map_err(ApiError::internal)?;
+        let subject = Digest::parse(&v.digest).map_err(ControlError::internal)?;
         let envelopes = self.envelope_list(&v.digest).await?;
         match seal_trust::evaluate(&policy, env, &subject, &envelopes) {
             Ok(verdict) => Ok(verdict.checks),
-            Err(e) => Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "policy",
-                format!(
-                    "{}@{} refused by {env}'s policy: {}",
-                    v.function,
-                    v.version,
-                    refusal(&e)
-                ),
-            )),
+            Err(e) => Err(ControlError::PolicyRefused(format!(
+                "{}@{} refused by {env}'s policy: {}",
+                v.function,
+                v.version,
+                refusal(&e)
+            ))),
         }
     }
 
@@ -163,24 +154,20 @@ impl Control {
         version: u64,
         body: &[u8],
         actor: &str,
-    ) -> ApiResult<Value> {
+    ) -> ControlResult<Value> {
         let v = self.version_or_404(function, version).await?;
         if body.len() > MAX_ENVELOPE_BYTES {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                format!(
-                    "the envelope is {} bytes; the limit is {MAX_ENVELOPE_BYTES}",
-                    body.len()
-                ),
-            ));
+            return Err(ControlError::TooLarge(format!(
+                "the envelope is {} bytes; the limit is {MAX_ENVELOPE_BYTES}",
+                body.len()
+            )));
         }
         let envelope = Envelope::from_json(body)
-            .map_err(|e| ApiError::bad_request(format!("invalid DSSE envelope: {e}")))?;
+            .map_err(|e| ControlError::bad_request(format!("invalid DSSE envelope: {e}")))?;
         let statement = envelope
             .statement()
-            .map_err(|e| ApiError::bad_request(format!("invalid attestation: {e}")))?;
-        let subject = Digest::parse(&v.digest).map_err(ApiError::internal)?;
+            .map_err(|e| ControlError::bad_request(format!("invalid attestation: {e}")))?;
+        let subject = Digest::parse(&v.digest).map_err(ControlError::internal)?;
         let about: Vec<String> = statement["subject"]
             .as_array()
             .into_iter()
@@ -190,26 +177,25 @@ impl Control {
             .collect();
         if !about.contains(&v.digest) {
             let claimed = about.first().cloned().unwrap_or_else(|| "nothing".into());
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "subject_mismatch",
-                format!(
+            return Err(ControlError::Artifact {
+                code: "subject_mismatch",
+                message: format!(
                     "the signed statement is about {claimed}, not {function}@{version} ({})",
                     v.digest
                 ),
-            ));
+            });
         }
         let Some(first) = envelope.signatures.first() else {
-            return Err(ApiError::bad_request("the envelope has no signature"));
+            return Err(ControlError::bad_request("the envelope has no signature"));
         };
         if envelope.signatures.len() > MAX_SIGNATURES {
-            return Err(ApiError::bad_request(format!(
+            return Err(ControlError::bad_request(format!(
                 "the envelope has {} signatures; the limit is {MAX_SIGNATURES}",
                 envelope.signatures.len()
             )));
         }
         if self.state.attestations(&v.digest).await?.len() >= MAX_ATTESTATIONS {
-            return Err(ApiError::conflict(format!(
+            return Err(ControlError::conflict(format!(
                 "{function}@{version} already has {MAX_ATTESTATIONS} attestations, the limit"
             )));
         }
@@ -222,7 +208,7 @@ impl Control {
             let oci = oci.clone();
             let subject = subject.clone();
             let keyid = keyid.clone();
-            tokio::task::spawn_blocking(move || -> ApiResult<(Digest, u64, Digest)> {
+            tokio::task::spawn_blocking(move || -> ControlResult<(Digest, u64, Digest)> {
                 let manifest_size = oci.read_blob(&subject)?.len() as u64;
                 let env_digest = oci.put_blob(&bytes)?;
                 oci.put_blob(seal_trust::EMPTY_CONFIG)?;
@@ -233,12 +219,12 @@ impl Control {
                     bytes.len() as u64,
                     &keyid,
                 )
-                .map_err(ApiError::internal)?;
+                .map_err(ControlError::internal)?;
                 let referrer = oci.put_blob(&manifest)?;
                 Ok((referrer, manifest.len() as u64, env_digest))
             })
             .await
-            .map_err(ApiError::internal)??
+            .map_err(ControlError::internal)??
         };
         oci.add_manifest(IndexEntry {
             media_type: "application/vnd.oci.image.manifest.v1+json".into(),
@@ -274,7 +260,7 @@ impl Control {
         }))
     }
 
-    pub async fn list_attestations(&self, function: &str, version: u64) -> ApiResult<Value> {
+    pub async fn list_attestations(&self, function: &str, version: u64) -> ControlResult<Value> {
         let v = self.version_or_404(function, version).await?;
         let list: Vec<Value> = self
             .envelopes(&v.digest)
@@ -304,19 +290,20 @@ impl Control {
         version: u64,
         environment: Option<&str>,
         keys: &[String],
-    ) -> ApiResult<Value> {
+    ) -> ControlResult<Value> {
         let v = self.version_or_404(function, version).await?;
         let env = environment.unwrap_or(&self.default_environment).to_owned();
         let mut given = Vec::new();
         for pem in keys {
             given.push(
-                PublicKey::from_pem(pem).map_err(|e| ApiError::bad_request(format!("key: {e}")))?,
+                PublicKey::from_pem(pem)
+                    .map_err(|e| ControlError::bad_request(format!("key: {e}")))?,
             );
         }
-        let subject = Digest::parse(&v.digest).map_err(ApiError::internal)?;
+        let subject = Digest::parse(&v.digest).map_err(ControlError::internal)?;
         let artifact = match self.verified_artifact(&subject).await {
             Ok(()) => json!({"ok": true}),
-            Err(e) => json!({"ok": false, "error": e.message}),
+            Err(e) => json!({"ok": false, "error": e.public_message()}),
         };
         let policy = self.policy(&env).await?;
         let mut all_keys = given.clone();
@@ -364,9 +351,9 @@ impl Control {
         &self,
         env: &str,
         candidate: &VersionRecord,
-    ) -> ApiResult<(Option<u64>, PermissionDiff)> {
-        let parse = |v: &VersionRecord| -> ApiResult<SealManifest> {
-            serde_json::from_value(v.manifest.clone()).map_err(ApiError::internal)
+    ) -> ControlResult<(Option<u64>, PermissionDiff)> {
+        let parse = |v: &VersionRecord| -> ControlResult<SealManifest> {
+            serde_json::from_value(v.manifest.clone()).map_err(ControlError::internal)
         };
         let new = parse(candidate)?;
         let serving = match self.state.route(env, &candidate.function).await? {
@@ -398,7 +385,7 @@ impl Control {
         candidate: &VersionRecord,
         approved: bool,
         actor: &str,
-    ) -> ApiResult<Value> {
+    ) -> ControlResult<Value> {
         let (from, diff) = self.permission_diff(env, candidate).await?;
         if from.is_none() && diff.is_empty() {
             return Ok(Value::Null);
@@ -409,7 +396,7 @@ impl Control {
                 None => "nothing (its first deploy here)".to_owned(),
             };
             let message = format!(
-                "{}@{} asks for more than {than} in {env}: {}; an admin must deploy it with --allow-new-permissions",
+                "{}@{} asks for more than {than} in {env}: {}; an admin must approve it",
                 candidate.function,
                 candidate.version,
                 diff.lines()
@@ -429,19 +416,15 @@ impl Control {
                     detail: json!({"version": candidate.version, "error": message, "permissions": diff}),
                 })
                 .await;
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "permissions_widened",
-                message,
-            ));
+            return Err(ControlError::PermissionsWidened(message));
         }
-        let mut v = serde_json::to_value(&diff).map_err(ApiError::internal)?;
+        let mut v = serde_json::to_value(&diff).map_err(ControlError::internal)?;
         v["from_version"] = json!(from);
         Ok(v)
     }
 
     /// Re-reads an artifact's blobs, each checked against its digest.
-    async fn verified_artifact(&self, digest: &Digest) -> ApiResult<()> {
+    async fn verified_artifact(&self, digest: &Digest) -> ControlResult<()> {
         self.verified_component(digest).await.map(|_| ())
     }
 }

@@ -5,7 +5,7 @@
 //! to the audit log, a log line and, if set, a webhook.
 
 use crate::engine::Control;
-use crate::error::ApiResult;
+use crate::error::ControlResult;
 use seal_state::{HOUR_MS, NewAudit, UsageDelta, now_ms, period_start};
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -23,7 +23,7 @@ pub struct UsageFlusher {
 
 impl Control {
     /// Persists usage counted since the last flush, then checks budgets.
-    pub async fn flush_usage(&self) -> ApiResult<()> {
+    pub async fn flush_usage(&self) -> ControlResult<()> {
         let _one = self.usage.running.lock().await;
         let hour = now_ms() - now_ms().rem_euclid(HOUR_MS);
         let mut deltas = Vec::new();
@@ -34,7 +34,7 @@ impl Control {
                 .flushed
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            for e in self.gateway.versions() {
+            for e in self.serving.versions() {
                 let key = (e.environment.clone(), e.function.clone(), e.version);
                 let (n, gbs) = (e.stats.invocations(), e.stats.gb_seconds());
                 let (n0, gbs0) = flushed.get(&key).copied().unwrap_or((0, 0.0));
@@ -63,7 +63,7 @@ impl Control {
         self.check_budgets().await
     }
 
-    async fn check_budgets(&self) -> ApiResult<()> {
+    async fn check_budgets(&self) -> ControlResult<()> {
         for b in self.state.budgets().await? {
             let start = period_start(now_ms(), &b.period);
             let used: f64 = self

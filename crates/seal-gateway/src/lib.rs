@@ -1,441 +1,44 @@
-//! The gateway: Seal's data plane.
+//! The gateway: Seal's HTTP trigger.
 //!
 //! A hyper server, separate from the control API, that resolves
-//! environment + function from the request, picks a version from the route,
-//! and hands the request to that version's pre-instantiated component.
+//! environment + function from the request (path or `Host`), picks a
+//! version from the route, and runs it through [`seal_serving::Serving`].
 //!
 //! Invariants:
-//! - the request path takes no lock and touches no database: the
-//!   [`RouteTable`] is an immutable snapshot behind an `ArcSwap`, replaced
-//!   whole by the control plane after a deployment is committed;
-//! - a request holds the `Arc` of the backend it started on, so a swap never
-//!   moves or fails a request in flight;
+//! - the request path takes no lock and touches no database (the route
+//!   table is a snapshot in [`Serving`]);
 //! - every response names the version and artifact digest that produced it
 //!   (`seal-version`, `seal-digest`), errors included.
 //!
-//! This crate does not know where routes come from; it is handed tables.
+//! This crate does not know where routes come from; it reads the serving
+//! layer's tables.
 
-use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue};
+use http::header::HeaderValue;
 use http::{Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use seal_runtime::{Function, HyperOutgoingBody, full_body};
-use std::collections::HashMap;
+use seal_runtime::{HyperOutgoingBody, full_body};
+use seal_serving::invocation::X_REQUEST_ID;
+use seal_serving::{Backend, Serving};
 use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
-pub mod invocation;
-pub mod logs;
-pub mod telemetry;
-pub use invocation::Telemetry;
-pub use telemetry::{ColdStart, ErrorKind, Snapshot, VersionStats};
+pub use seal_serving::{HEADER_DIGEST, HEADER_VERSION};
 
-pub const HEADER_VERSION: HeaderName = HeaderName::from_static("seal-version");
-pub const HEADER_DIGEST: HeaderName = HeaderName::from_static("seal-digest");
-
-/// One version of a route, ready to serve.
-#[derive(Clone)]
-pub struct Backend {
-    pub environment: String,
-    pub function_name: String,
-    /// The same names, shared by this version's log records.
-    pub tags: Arc<logs::VersionTags>,
-    pub version: u64,
-    pub digest: String,
-    pub weight: u32,
-    pub function: Arc<Function>,
-    pub stats: Arc<VersionStats>,
-    version_header: HeaderValue,
-    digest_header: HeaderValue,
-    /// What the guest sees in its environment whatever the settings: which
-    /// function, environment, version and artifact it is.
-    env: Arc<[(String, String)]>,
-    /// The config and secrets of this function in this environment (shared
-    /// by every version on the route, replaced when they change).
-    settings: Arc<SettingsSlot>,
-    /// `env` plus the settings this version's manifest lets it see, built
-    /// once per settings revision.
-    guest_env: Arc<ArcSwap<GuestEnv>>,
-}
-
-/// The config values and (decrypted) secrets of a function in an
-/// environment, as guests receive them. `Debug` shows keys, never values.
-#[derive(Default)]
-pub struct Settings {
-    /// The revision of the last change (0 = never set).
-    pub revision: i64,
-    pub vars: Vec<(String, String)>,
-}
-
-impl std::fmt::Debug for Settings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Settings")
-            .field("revision", &self.revision)
-            .field(
-                "keys",
-                &self.vars.iter().map(|(k, _)| k).collect::<Vec<_>>(),
-            )
-            .finish()
-    }
-}
-
-/// Where the current [`Settings`] of one function in one environment live.
-#[derive(Debug, Default)]
-pub struct SettingsSlot(ArcSwap<Settings>);
-
-/// A guest's environment for one settings revision.
-struct GuestEnv {
-    revision: i64,
-    vars: Arc<[(String, String)]>,
-}
-
-impl Backend {
-    /// The guest's environment variables and the settings revision they
-    /// come from: Seal's own `SEAL_*` variables, then each config value or
-    /// secret whose key the manifest declares.
-    pub fn guest_env(&self) -> (i64, Arc<[(String, String)]>) {
-        let settings = self.settings.0.load();
-        let cached = self.guest_env.load();
-        if cached.revision == settings.revision {
-            return (cached.revision, cached.vars.clone());
-        }
-        let declared = &self.function.limits().config_keys;
-        let vars: Arc<[(String, String)]> = self
-            .env
-            .iter()
-            .cloned()
-            .chain(
-                settings
-                    .vars
-                    .iter()
-                    .filter(|(k, _)| seal_runtime::config_key_allowed(declared, k))
-                    .cloned(),
-            )
-            .collect();
-        self.guest_env.store(Arc::new(GuestEnv {
-            revision: settings.revision,
-            vars: vars.clone(),
-        }));
-        (settings.revision, vars)
-    }
-
-    pub fn load_timings(&self) -> seal_runtime::LoadTimings {
-        self.function.load_timings()
-    }
-
-    /// The same version (same loaded function, same live stats) at
-    /// another weight.
-    pub fn with_weight(&self, weight: u32) -> Backend {
-        Backend {
-            weight,
-            ..self.clone()
-        }
-    }
-}
-
-/// The versions serving one function in one environment.
-#[derive(Clone)]
-pub struct Route {
-    pub environment: String,
-    pub function: String,
-    pub backends: Vec<Arc<Backend>>,
-    /// Callers with the same value of this header get the same version.
-    pub sticky_header: Option<HeaderName>,
-    /// The version under deployment, served on the preview host
-    /// `<fn>--preview.<env>.localhost` whatever its weight.
-    pub preview: Option<u64>,
-    total_weight: u32,
-}
-
-impl Route {
-    pub fn new(environment: &str, function: &str, backends: Vec<Backend>) -> Self {
-        Self::from_arcs(
-            environment,
-            function,
-            backends.into_iter().map(Arc::new).collect(),
-        )
-    }
-
-    /// A route over backends that may already serve elsewhere (a step of a
-    /// deployment reuses the loaded functions and their live stats).
-    pub fn from_arcs(environment: &str, function: &str, backends: Vec<Arc<Backend>>) -> Self {
-        let total_weight = backends.iter().map(|b| b.weight).sum();
-        Self {
-            environment: environment.to_owned(),
-            function: function.to_owned(),
-            backends,
-            sticky_header: None,
-            preview: None,
-            total_weight,
-        }
-    }
-
-    pub fn with_sticky_header(mut self, header: Option<HeaderName>) -> Self {
-        self.sticky_header = header;
-        self
-    }
-
-    pub fn with_preview(mut self, version: Option<u64>) -> Self {
-        self.preview = version;
-        self
-    }
-
-    /// `seal-version` override if it names a version of this route, else
-    /// the sticky key's hash, else a weighted random choice.
-    ///
-    /// A sticky caller's ticket is a hash of its key, fixed for the life of
-    /// the deployment; the candidate is listed first, so a ticket that fell
-    /// on the candidate at 10% still falls on it at 50%.
-    fn pick(&self, requested: Option<u64>, sticky: Option<&[u8]>) -> Option<&Arc<Backend>> {
-        let ticket = if self.total_weight == 0 {
-            0
-        } else if let Some(key) = sticky {
-            sticky_ticket(key, self.total_weight)
-        } else {
-            rand::random_range(0..self.total_weight)
-        };
-        let i = choose(
-            self.backends.iter().map(|b| (b.version, b.weight)),
-            requested,
-            ticket,
-        )?;
-        self.backends.get(i)
-    }
-}
-
-/// Index of the version to serve: the requested one if present (even at
-/// weight 0, e.g. a blue/green preview), else the one whose cumulative
-/// weight range holds `ticket` (drawn uniformly from `0..total`).
-fn choose(
-    versions: impl Iterator<Item = (u64, u32)> + Clone,
-    requested: Option<u64>,
-    mut ticket: u32,
-) -> Option<usize> {
-    if let Some(r) = requested
-        && let Some(i) = versions.clone().position(|(v, _)| v == r)
-    {
-        return Some(i);
-    }
-    for (i, (_, weight)) in versions.enumerate() {
-        if ticket < weight {
-            return Some(i);
-        }
-        ticket -= weight;
-    }
-    None
-}
-
-/// A stable ticket in `0..total` for a sticky key: the first 8 bytes of
-/// its SHA-256 (stable across restarts and builds, unlike `DefaultHasher`).
-fn sticky_ticket(key: &[u8], total: u32) -> u32 {
-    use sha2::Digest;
-    let h = sha2::Sha256::digest(key);
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&h[..8]);
-    // Map onto 0..100 first so the same key holds the same place in the
-    // weight space whatever the weights add up to.
-    let percent = u64::from_be_bytes(first) % 100;
-    ((percent * u64::from(total)) / 100) as u32
-}
-
-/// An immutable snapshot of every route, keyed by (environment, function).
-#[derive(Clone, Default)]
-pub struct RouteTable {
-    /// environment → function → route; nested so lookups borrow `&str`.
-    routes: HashMap<String, HashMap<String, Arc<Route>>>,
-}
-
-impl RouteTable {
-    pub fn new(routes: Vec<Route>) -> Self {
-        let mut table: HashMap<String, HashMap<String, Arc<Route>>> = HashMap::new();
-        for r in routes {
-            table
-                .entry(r.environment.clone())
-                .or_default()
-                .insert(r.function.clone(), Arc::new(r));
-        }
-        Self { routes: table }
-    }
-
-    pub fn get(&self, environment: &str, function: &str) -> Option<&Arc<Route>> {
-        self.routes.get(environment)?.get(function)
-    }
-
-    pub fn routes(&self) -> impl Iterator<Item = &Arc<Route>> {
-        self.routes.values().flat_map(|m| m.values())
-    }
-}
-
-/// A version in an environment, as the registry of live counters knows it.
-#[derive(Clone)]
-pub struct VersionEntry {
-    pub environment: String,
-    pub function: String,
-    pub version: u64,
-    pub digest: String,
-    pub stats: Arc<VersionStats>,
-}
-
-/// The data plane: holds the current route table and serves HTTP.
+/// The HTTP trigger: serves the routes of a [`Serving`] over HTTP.
 pub struct Gateway {
-    table: ArcSwap<RouteTable>,
+    serving: Arc<Serving>,
     default_environment: String,
-    telemetry: Arc<Telemetry>,
-    /// Live counters of every version that has served in this process,
-    /// by (environment, function, version): kept after a version leaves its
-    /// route so its counters never go backwards.
-    registry: std::sync::Mutex<HashMap<(String, String, u64), VersionEntry>>,
-    /// Settings of each function in each environment, by (environment,
-    /// function).
-    settings: std::sync::Mutex<HashMap<(String, String), Arc<SettingsSlot>>>,
 }
 
 impl Gateway {
-    pub fn new(default_environment: &str, telemetry: Telemetry) -> Arc<Self> {
+    pub fn new(serving: Arc<Serving>, default_environment: &str) -> Arc<Self> {
         Arc::new(Self {
-            table: ArcSwap::from_pointee(RouteTable::default()),
+            serving,
             default_environment: default_environment.to_owned(),
-            telemetry: Arc::new(telemetry),
-            registry: std::sync::Mutex::default(),
-            settings: std::sync::Mutex::default(),
         })
-    }
-
-    pub fn telemetry(&self) -> &Telemetry {
-        &self.telemetry
-    }
-
-    /// The live counters of a version in an environment (created on first
-    /// use, then the same for the life of the process).
-    pub fn stats_for(
-        &self,
-        environment: &str,
-        function: &str,
-        version: u64,
-        digest: &str,
-    ) -> Arc<VersionStats> {
-        let mut reg = self
-            .registry
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        reg.entry((environment.to_owned(), function.to_owned(), version))
-            .or_insert_with(|| VersionEntry {
-                environment: environment.to_owned(),
-                function: function.to_owned(),
-                version,
-                digest: digest.to_owned(),
-                stats: Arc::default(),
-            })
-            .stats
-            .clone()
-    }
-
-    /// The counters of a version that has served here, if it has.
-    pub fn registered_stats(
-        &self,
-        environment: &str,
-        function: &str,
-        version: u64,
-    ) -> Option<Arc<VersionStats>> {
-        let reg = self
-            .registry
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        reg.get(&(environment.to_owned(), function.to_owned(), version))
-            .map(|e| e.stats.clone())
-    }
-
-    /// The settings slot of a function in an environment (created empty on
-    /// first use, then the same for the life of the process).
-    pub fn settings_slot(&self, environment: &str, function: &str) -> Arc<SettingsSlot> {
-        self.settings
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entry((environment.to_owned(), function.to_owned()))
-            .or_default()
-            .clone()
-    }
-
-    /// Replaces the settings of a function in an environment: the next
-    /// invocation of any of its versions sees them.
-    pub fn set_settings(&self, environment: &str, function: &str, settings: Settings) {
-        self.settings_slot(environment, function)
-            .0
-            .store(Arc::new(settings));
-    }
-
-    /// A backend for a version, counting into its registered stats (so
-    /// every route naming the version counts into the same ones) and
-    /// reading its function's settings in that environment.
-    pub fn backend(
-        &self,
-        environment: &str,
-        function: &str,
-        version: u64,
-        digest: &str,
-        weight: u32,
-        loaded: Arc<Function>,
-    ) -> Backend {
-        let stats = self.stats_for(environment, function, version, digest);
-        let settings = self.settings_slot(environment, function);
-        let env = [
-            ("SEAL_FUNCTION", function.to_owned()),
-            ("SEAL_ENVIRONMENT", environment.to_owned()),
-            ("SEAL_VERSION", version.to_string()),
-            ("SEAL_DIGEST", digest.to_owned()),
-        ]
-        .map(|(k, v)| (k.to_owned(), v));
-        Backend {
-            env: Arc::from(env),
-            settings,
-            guest_env: Arc::new(ArcSwap::from_pointee(GuestEnv {
-                revision: -1,
-                vars: Arc::from([]),
-            })),
-            tags: Arc::new(logs::VersionTags {
-                function: function.to_owned(),
-                environment: environment.to_owned(),
-                version,
-                digest: digest.to_owned(),
-            }),
-            environment: environment.to_owned(),
-            function_name: function.to_owned(),
-            version,
-            digest: digest.to_owned(),
-            weight,
-            function: loaded,
-            stats,
-            version_header: HeaderValue::from(version),
-            digest_header: HeaderValue::from_str(digest)
-                .unwrap_or_else(|_| HeaderValue::from_static("invalid")),
-        }
-    }
-
-    /// Every version that has served in this process, sorted.
-    pub fn versions(&self) -> Vec<VersionEntry> {
-        let reg = self
-            .registry
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut out: Vec<VersionEntry> = reg.values().cloned().collect();
-        out.sort_by(|a, b| {
-            (&a.function, &a.environment, a.version).cmp(&(&b.function, &b.environment, b.version))
-        });
-        out
-    }
-
-    /// The current snapshot.
-    pub fn table(&self) -> Arc<RouteTable> {
-        self.table.load_full()
-    }
-
-    /// Atomically replaces the route table. Requests already running keep
-    /// the backends they picked.
-    pub fn publish(&self, table: RouteTable) {
-        self.table.store(Arc::new(table));
     }
 
     /// Accepts connections until `shutdown` resolves, then lets in-flight
@@ -489,11 +92,7 @@ impl Gateway {
             };
             // Take the route's Arc and let the snapshot guard go at once: the
             // request keeps what it picked even if the table is swapped.
-            let route = self
-                .table
-                .load()
-                .get(target.environment, target.function)
-                .cloned();
+            let route = self.serving.route(target.environment, target.function);
             let Some(route) = route else {
                 return error_response(
                     StatusCode::NOT_FOUND,
@@ -546,35 +145,11 @@ impl Gateway {
                 None,
             );
         };
-        let (ids, request_id) =
-            invocation::correlate(req.headers(), self.telemetry.trace_sample_ratio);
-        invocation::propagate(req.headers_mut(), &ids, &request_id);
-        let request_id_header = HeaderValue::from_str(&request_id).ok();
-        let (config_revision, env) = backend.guest_env();
-        let invocation = Arc::new(invocation::Invocation {
-            config_revision,
-            backend: backend.clone(),
-            telemetry: self.telemetry.clone(),
-            request_id: Arc::from(request_id),
-            ids,
-            method: req.method().clone(),
-            path: req.uri().path().to_owned(),
-            arrived: started,
-            arrived_wall: std::time::SystemTime::now(),
-        });
-        let mut resp = match backend.function.handle(req, &env, invocation).await {
-            Ok(resp) => {
-                backend
-                    .stats
-                    .record(started.elapsed(), resp.status().is_server_error());
-                resp
-            }
+        let invoked = self.serving.invoke(&backend, req, started).await;
+        let request_id_header = invoked.request_id;
+        let mut resp = match invoked.result {
+            Ok(resp) => resp,
             Err(e) => {
-                // An overloaded pool is the platform's answer, not the
-                // version's: it counts as a request but not an error.
-                backend
-                    .stats
-                    .record(started.elapsed(), e.is_function_error());
                 tracing::warn!(
                     function = %route.function, environment = %route.environment,
                     version = backend.version, digest = %backend.digest,
@@ -584,16 +159,16 @@ impl Gateway {
                     StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
                 let mut resp = error_response(status, e.kind(), &e.to_string(), Some(&backend));
                 if let Some(id) = request_id_header {
-                    resp.headers_mut().insert(invocation::X_REQUEST_ID, id);
+                    resp.headers_mut().insert(X_REQUEST_ID, id);
                 }
                 return resp;
             }
         };
-        stamp(&mut resp, &backend);
+        backend.stamp(resp.headers_mut());
         if let Some(id) = request_id_header
-            && !resp.headers().contains_key(invocation::X_REQUEST_ID)
+            && !resp.headers().contains_key(X_REQUEST_ID)
         {
-            resp.headers_mut().insert(invocation::X_REQUEST_ID, id);
+            resp.headers_mut().insert(X_REQUEST_ID, id);
         }
         resp
     }
@@ -697,12 +272,6 @@ fn function_uri<B>(req: &Request<B>, path: &str) -> Result<Uri, String> {
         .map_err(|e| format!("invalid request URI: {e}"))
 }
 
-fn stamp(resp: &mut Response<HyperOutgoingBody>, backend: &Backend) {
-    let h = resp.headers_mut();
-    h.insert(HEADER_VERSION, backend.version_header.clone());
-    h.insert(HEADER_DIGEST, backend.digest_header.clone());
-}
-
 /// A JSON error answer: `{"error": {"code", "message"}}`.
 fn error_response(
     status: StatusCode,
@@ -718,7 +287,7 @@ fn error_response(
         HeaderValue::from_static("application/json"),
     );
     if let Some(b) = backend {
-        stamp(&mut resp, b);
+        b.stamp(resp.headers_mut());
     }
     resp
 }
@@ -733,24 +302,6 @@ mod tests {
             .header("host", host)
             .body(())
             .unwrap()
-    }
-
-    #[test]
-    fn version_choice_honours_override_then_weights() {
-        let route = [(1u64, 90u32), (2, 10), (3, 0)];
-        let it = || route.iter().copied();
-        // Weighted: tickets 0..90 → v1, 90..100 → v2, never the 0% version.
-        assert_eq!(choose(it(), None, 0), Some(0));
-        assert_eq!(choose(it(), None, 89), Some(0));
-        assert_eq!(choose(it(), None, 90), Some(1));
-        assert_eq!(choose(it(), None, 99), Some(1));
-        // An override naming a version in the route wins, even at 0%.
-        assert_eq!(choose(it(), Some(3), 0), Some(2));
-        assert_eq!(choose(it(), Some(2), 0), Some(1));
-        // An override naming another version falls back to the weights.
-        assert_eq!(choose(it(), Some(7), 95), Some(1));
-        // No weight at all: nothing to serve.
-        assert_eq!(choose([(1u64, 0u32)].into_iter(), None, 0), None);
     }
 
     #[test]
@@ -792,28 +343,5 @@ mod tests {
         );
         let r = req("hello.staging.localhost", "/x");
         assert!(!resolve(&r, "production").unwrap().preview);
-    }
-
-    #[test]
-    fn a_sticky_caller_stays_on_the_candidate_as_it_grows() {
-        // Candidate (v2) first, as the rollout controller lists it.
-        let at = |w: u32| [(2u64, w), (1u64, 100 - w)];
-        let mut on_candidate_at_10 = 0;
-        for user in 0..1000 {
-            let key = format!("user-{user}");
-            let ticket = sticky_ticket(key.as_bytes(), 100);
-            assert_eq!(ticket, sticky_ticket(key.as_bytes(), 100), "stable");
-            let pick = |w| choose(at(w).into_iter(), None, ticket);
-            if pick(10) == Some(0) {
-                on_candidate_at_10 += 1;
-                assert_eq!(pick(50), Some(0), "{key} moved back to the baseline");
-                assert_eq!(pick(90), Some(0));
-            }
-        }
-        // About 10% of callers: the hash spreads keys evenly.
-        assert!(
-            (50..=150).contains(&on_candidate_at_10),
-            "{on_candidate_at_10}"
-        );
     }
 }

@@ -1,30 +1,85 @@
-//! The composition root: binds the listeners, opens the stores, builds the
-//! runtime, restores the routes, and hands back the addresses it bound and
-//! a shutdown handle. Nothing deeper binds ports or reads the environment.
+//! The composition root: the only place that picks concrete
+//! implementations (the SQLite state store, the OCI layout, the wasmtime
+//! runtime, the HTTP gateway), binds the listeners, and owns the
+//! background tasks. It hands back the addresses it bound and a shutdown
+//! handle; nothing deeper binds ports or reads the environment.
+//!
+//! Every task started here is in one `JoinSet` under one cancellation
+//! token: [`RunningServer::shutdown`] cancels the token and joins them
+//! all, so nothing of a stopped server keeps running.
 
-use crate::api;
-use crate::engine::Control;
 use anyhow::Context;
+use seal_control::Control;
 use seal_gateway::Gateway;
 use seal_oci::OciLayout;
 use seal_runtime::{Runtime, RuntimeConfig};
+use seal_serving::Serving;
 use seal_state::StateStore;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
-/// Everything `seal server` can be told.
+/// Everything `seal server` can be told, by the part it configures.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    pub gateway_listen: SocketAddr,
-    pub api_listen: SocketAddr,
+    /// Where the embedded defaults keep their files (state, artifacts,
+    /// compiled code, keys, generated monitoring).
     pub data_dir: PathBuf,
-    pub max_upload_bytes: u64,
+    /// The environment of requests that do not name one.
     pub default_environment: String,
+    pub state: StateConfig,
+    pub artifacts: ArtifactsConfig,
+    pub runtime: RuntimeSection,
+    pub gateway: GatewayConfig,
+    pub api: ApiConfig,
+    pub telemetry: TelemetryConfig,
+    /// The master key for secrets (64 hex characters); `None` = the one in
+    /// `<data-dir>/master.key`, created on first start.
+    pub master_key: Option<Redacted>,
+}
+
+/// Where the state (functions, versions, routes, deployments, audit) lives.
+#[derive(Debug, Clone)]
+pub enum StateConfig {
+    /// The embedded default: one SQLite file.
+    Sqlite { path: PathBuf },
+}
+
+/// Where artifacts live and how big an upload may be.
+#[derive(Debug, Clone)]
+pub struct ArtifactsConfig {
+    /// An OCI image layout directory (the embedded default).
+    pub layout_dir: PathBuf,
+    pub max_upload_bytes: u64,
+}
+
+/// The wasm runtime.
+#[derive(Debug, Clone)]
+pub struct RuntimeSection {
+    /// Where compiled components are cached.
+    pub cache_dir: PathBuf,
+    /// Instance pool size.
     pub max_instances: u32,
+}
+
+/// The HTTP trigger.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub listen: SocketAddr,
+}
+
+/// The control API.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub listen: SocketAddr,
+}
+
+/// Logs, traces and the in-memory log ring.
+#[derive(Debug, Clone)]
+pub struct TelemetryConfig {
     /// Send spans over OTLP/HTTP to this collector (`http://host:4318`).
     pub otlp_endpoint: Option<String>,
     /// One JSON log line per invocation (guest output is always captured).
@@ -33,26 +88,37 @@ pub struct ServerConfig {
     pub log_buffer: usize,
     /// Share of new traces (no caller `traceparent`) whose spans are exported.
     pub trace_sample_ratio: f64,
-    /// The master key for secrets (64 hex characters); `None` = the one in
-    /// `<data-dir>/master.key`, created on first start.
-    pub master_key: Option<Redacted>,
 }
 
 impl ServerConfig {
-    /// Defaults for everything but the addresses and the data dir.
+    /// Defaults for everything but the addresses and the data dir; the
+    /// stores live in the data dir.
     pub fn new(gateway_listen: SocketAddr, api_listen: SocketAddr, data_dir: PathBuf) -> Self {
         Self {
-            gateway_listen,
-            api_listen,
-            data_dir,
-            max_upload_bytes: 64 << 20,
             default_environment: "production".into(),
-            max_instances: 1000,
-            otlp_endpoint: None,
-            invocation_logs: true,
-            log_buffer: 10_000,
-            trace_sample_ratio: 1.0,
+            state: StateConfig::Sqlite {
+                path: data_dir.join("state.db"),
+            },
+            artifacts: ArtifactsConfig {
+                layout_dir: data_dir.join("artifacts"),
+                max_upload_bytes: 64 << 20,
+            },
+            runtime: RuntimeSection {
+                cache_dir: data_dir.join("compiled"),
+                max_instances: 1000,
+            },
+            gateway: GatewayConfig {
+                listen: gateway_listen,
+            },
+            api: ApiConfig { listen: api_listen },
+            telemetry: TelemetryConfig {
+                otlp_endpoint: None,
+                invocation_logs: true,
+                log_buffer: 10_000,
+                trace_sample_ratio: 1.0,
+            },
             master_key: None,
+            data_dir,
         }
     }
 }
@@ -74,30 +140,34 @@ pub struct RunningServer {
     /// Where the first start wrote the admin token (`None` on later starts).
     pub admin_token_file: Option<PathBuf>,
     pub control: Arc<Control>,
-    shutdown: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
+    stop: CancellationToken,
+    tasks: JoinSet<()>,
     tracer_provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
 }
 
 impl RunningServer {
-    /// Stops accepting, lets in-flight requests finish, and returns.
+    /// Stops accepting, lets in-flight requests finish, joins every
+    /// background task, and returns.
     pub async fn shutdown(self) {
-        let _ = self.shutdown.send(true);
-        for t in self.tasks {
-            let _ = t.await;
-        }
-        finish(&self.control, self.tracer_provider).await;
+        self.stop.cancel();
+        self.wait().await;
     }
 
-    /// A handle that stops the server when `true` is sent on it.
-    pub fn shutdown_handle(&self) -> watch::Sender<bool> {
-        self.shutdown.clone()
+    /// A handle that stops the server when cancelled.
+    pub fn shutdown_handle(&self) -> CancellationToken {
+        self.stop.clone()
     }
 
-    /// Waits until both listeners have stopped.
-    pub async fn wait(self) {
-        for t in self.tasks {
-            let _ = t.await;
+    /// Waits until the server is stopped (through [`Self::shutdown_handle`])
+    /// and every task has ended.
+    pub async fn wait(mut self) {
+        self.stop.cancelled().await;
+        while let Some(joined) = self.tasks.join_next().await {
+            if let Err(e) = joined
+                && e.is_panic()
+            {
+                tracing::error!(error = %e, "a server task panicked");
+            }
         }
         finish(&self.control, self.tracer_provider).await;
     }
@@ -106,66 +176,92 @@ impl RunningServer {
 /// After the listeners stop: persist the last usage, flush the last spans.
 async fn finish(control: &Control, provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>) {
     if let Err(e) = control.flush_usage().await {
-        tracing::warn!(error = %e.message, "cannot persist the last usage counts");
+        tracing::warn!(error = %e, "cannot persist the last usage counts");
     }
     if let Some(p) = provider {
         let _ = tokio::task::spawn_blocking(move || p.shutdown()).await;
     }
 }
 
+/// Runs `tick` every `period` until `stop` is cancelled.
+fn every<F, Fut>(
+    tasks: &mut JoinSet<()>,
+    stop: &CancellationToken,
+    period: std::time::Duration,
+    skip_first: bool,
+    mut tick: F,
+) where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let stop = stop.clone();
+    tasks.spawn(async move {
+        let mut interval = tokio::time::interval(period);
+        if skip_first {
+            interval.tick().await;
+        }
+        loop {
+            tokio::select! {
+                _ = interval.tick() => tick().await,
+                () = stop.cancelled() => break,
+            }
+        }
+    });
+}
+
 pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     // Bind first, so a busy port fails before any state is touched.
-    let gateway_listener = TcpListener::bind(config.gateway_listen)
+    let gateway_listener = TcpListener::bind(config.gateway.listen)
         .await
-        .with_context(|| format!("cannot listen on {} (gateway)", config.gateway_listen))?;
-    let api_listener = TcpListener::bind(config.api_listen)
+        .with_context(|| format!("cannot listen on {} (gateway)", config.gateway.listen))?;
+    let api_listener = TcpListener::bind(config.api.listen)
         .await
-        .with_context(|| format!("cannot listen on {} (api)", config.api_listen))?;
+        .with_context(|| format!("cannot listen on {} (api)", config.api.listen))?;
     let gateway_addr = gateway_listener.local_addr()?;
     let api_addr = api_listener.local_addr()?;
 
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
-    let state = StateStore::open_sqlite(&config.data_dir.join("state.db"))
-        .await
-        .context("cannot open the state store")?;
+    let state = match &config.state {
+        StateConfig::Sqlite { path } => StateStore::open_sqlite(path)
+            .await
+            .context("cannot open the state store")?,
+    };
     let oci = Arc::new(
-        OciLayout::open(config.data_dir.join("artifacts"))
+        OciLayout::open(config.artifacts.layout_dir.clone())
             .context("cannot open the artifact store")?,
     );
     let runtime = Arc::new(
         Runtime::new(RuntimeConfig {
-            cache_dir: config.data_dir.join("compiled"),
-            max_instances: config.max_instances,
+            cache_dir: config.runtime.cache_dir.clone(),
+            max_instances: config.runtime.max_instances,
         })
         .context("cannot start the wasm runtime")?,
     );
-    let (tracer_provider, tracer) = match &config.otlp_endpoint {
+    let (tracer_provider, tracer) = match &config.telemetry.otlp_endpoint {
         Some(endpoint) => {
-            let (p, t) = crate::telemetry::otlp_tracer(endpoint)
+            let (p, t) = seal_control::telemetry::otlp_tracer(endpoint)
                 .with_context(|| format!("cannot export traces to {endpoint}"))?;
             (Some(p), Some(t))
         }
         None => (None, None),
     };
-    let gateway = Gateway::new(
-        &config.default_environment,
-        seal_gateway::Telemetry {
-            logs: seal_gateway::logs::LogHub::new(config.log_buffer),
-            tracer: tracer.clone(),
-            invocation_logs: config.invocation_logs,
-            trace_sample_ratio: config.trace_sample_ratio,
-        },
-    );
+    let serving = Serving::new(seal_serving::Telemetry {
+        logs: seal_serving::logs::LogHub::new(config.telemetry.log_buffer),
+        tracer: tracer.clone(),
+        invocation_logs: config.telemetry.invocation_logs,
+        trace_sample_ratio: config.telemetry.trace_sample_ratio,
+    });
+    let gateway = Gateway::new(serving.clone(), &config.default_environment);
     let control = Arc::new(
         Control::new(
             state,
             oci,
             runtime,
-            gateway.clone(),
-            config.max_upload_bytes,
+            serving,
+            config.artifacts.max_upload_bytes,
             config.default_environment.clone(),
-            crate::settings::SecretBox::load_or_create(
+            seal_control::settings::SecretBox::load_or_create(
                 &config.data_dir,
                 config.master_key.as_ref().map(|k| k.0.as_str()),
             )?,
@@ -176,83 +272,75 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     control
         .reconcile_index()
         .await
-        .map_err(|e| anyhow::anyhow!("cannot check the artifact index: {}", e.message))?;
+        .context("cannot check the artifact index")?;
     control.set_gateway_addr(gateway_addr);
     control
         .apply_all_settings()
         .await
-        .map_err(|e| anyhow::anyhow!("cannot restore config and secrets: {}", e.message))?;
+        .context("cannot restore config and secrets")?;
     let admin_token_file = control
         .bootstrap_admin_token(&config.data_dir.join("admin.token"))
         .await?;
     control
         .reload_routes()
         .await
-        .map_err(|e| anyhow::anyhow!("cannot restore routes: {}", e.message))?;
+        .context("cannot restore routes")?;
 
-    let (shutdown, rx) = watch::channel(false);
-    let mut tasks = Vec::new();
-    let mut gw_rx = rx.clone();
-    tasks.push(tokio::spawn(gateway.serve(gateway_listener, async move {
-        let _ = gw_rx.wait_for(|stop| *stop).await;
-    })));
+    let stop = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    tasks.spawn(gateway.serve(gateway_listener, stop.clone().cancelled_owned()));
     // Deployments that were in progress resume (or roll back) once the
     // gateway serves again: their hooks and gates need it.
     let resumer = control.clone();
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         if let Err(e) = resumer.resume_rollouts().await {
-            tracing::error!(error = %e.message, "cannot resume deployments");
+            tracing::error!(error = %e, "cannot resume deployments");
         }
     });
     // Per-version snapshots every second, for `seal rollout status` rates.
     let sampler = control.clone();
-    let mut sampler_rx = rx.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-        loop {
-            tokio::select! {
-                _ = tick.tick() => sampler.rollouts().sample(&sampler.gateway().table()),
-                _ = sampler_rx.wait_for(|stop| *stop) => break,
-            }
-        }
-    });
+    every(
+        &mut tasks,
+        &stop,
+        std::time::Duration::from_secs(1),
+        false,
+        move || {
+            sampler.rollouts().sample(&sampler.serving().table());
+            std::future::ready(())
+        },
+    );
     // Usage (cost) persisted every 10 s; budgets checked after each flush.
     let flusher = control.clone();
-    let mut flusher_rx = rx.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
-        tick.tick().await;
-        loop {
-            let stop = tokio::select! {
-                _ = tick.tick() => false,
-                _ = flusher_rx.wait_for(|stop| *stop) => true,
-            };
-            if stop {
-                break;
+    every(
+        &mut tasks,
+        &stop,
+        std::time::Duration::from_secs(10),
+        true,
+        move || {
+            let flusher = flusher.clone();
+            async move {
+                if let Err(e) = flusher.flush_usage().await {
+                    tracing::warn!(error = %e, "cannot persist usage");
+                }
             }
-            if let Err(e) = flusher.flush_usage().await {
-                tracing::warn!(error = %e.message, "cannot persist usage");
-            }
-        }
-    });
-    let app = api::router(control.clone());
-    let mut api_rx = rx;
-    tasks.push(tokio::spawn(async move {
-        let result = axum::serve(api_listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = api_rx.wait_for(|stop| *stop).await;
-            })
-            .await;
-        if let Err(e) = result {
+        },
+    );
+    let api = seal_api::serve(
+        api_listener,
+        control.clone(),
+        stop.clone().cancelled_owned(),
+    );
+    tasks.spawn(async move {
+        if let Err(e) = api.await {
             tracing::error!(error = %e, "api server failed");
         }
-    }));
+    });
     Ok(RunningServer {
         gateway_addr,
         api_addr,
         admin_token_file,
         control,
-        shutdown,
+        stop,
         tasks,
         tracer_provider,
     })

@@ -1297,7 +1297,9 @@ impl StateStore {
         Ok(rows)
     }
 
-    pub async fn set_budget(&self, b: &Budget) -> Result<()> {
+    /// Sets a budget; the change and its audit entry are one transaction.
+    pub async fn set_budget(&self, b: &Budget, audit: NewAudit<'_>) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO budgets (function, gb_seconds, period, webhook, alerted_period, updated_by, updated_at) \
              VALUES ($1, $2, $3, $4, NULL, $5, $6) \
@@ -1311,8 +1313,10 @@ impl StateStore {
         .bind(&b.webhook)
         .bind(&b.updated_by)
         .bind(b.updated_at)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        insert_audit(&mut tx, audit).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -1334,12 +1338,20 @@ impl StateStore {
     }
 
     /// Removes a budget; false when there was none.
-    pub async fn delete_budget(&self, function: &str) -> Result<bool> {
+    /// Deletes a budget and records it, in one transaction; false (and
+    /// nothing recorded) when there was none.
+    pub async fn delete_budget(&self, function: &str, audit: NewAudit<'_>) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
         let r = sqlx::query("DELETE FROM budgets WHERE function = $1")
             .bind(function)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
-        Ok(r.rows_affected() > 0)
+        if r.rows_affected() == 0 {
+            return Ok(false);
+        }
+        insert_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// Claims the warning for the period starting at `period_start`: true

@@ -18,8 +18,8 @@
 //! two-proportion z-test for an error-rate increase; Mann–Whitney U (with
 //! tie correction, on the histogram buckets) for a latency increase.
 
-use seal_gateway::Snapshot;
-use seal_gateway::telemetry::{BUCKETS, bucket_high, bucket_low};
+use seal_serving::Snapshot;
+use seal_serving::telemetry::{BUCKETS, bucket_high, bucket_low};
 use serde::{Deserialize, Serialize};
 use statrs::distribution::{Binomial, ContinuousCDF, DiscreteCDF, Normal};
 
@@ -447,7 +447,7 @@ fn standard_normal() -> Normal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use seal_gateway::VersionStats;
+    use seal_serving::VersionStats;
     use std::time::Duration;
 
     fn window(n: u64, errors: u64, ms: impl Fn(u64) -> f64) -> Snapshot {

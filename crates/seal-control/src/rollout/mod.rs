@@ -19,11 +19,10 @@ pub mod gates;
 pub mod plan;
 
 use crate::engine::Control;
-use crate::error::{ApiError, ApiResult};
-use axum::http::StatusCode;
+use crate::error::{ControlError, ControlResult};
 use gates::{Evaluation, Verdict};
 use plan::{Hook, HookPhase, OnInconclusive, Plan, RolloutSpec, VersionRef};
-use seal_gateway::{Backend, Route, RouteTable, Snapshot};
+use seal_serving::{Backend, Route, RouteTable, Snapshot};
 use seal_state::{DeploymentRecord, NewRollout, Transition, WeightedVersion};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -55,7 +54,7 @@ impl Command {
     }
 }
 
-type Reply = oneshot::Sender<ApiResult<DeploymentRecord>>;
+type Reply = oneshot::Sender<ControlResult<DeploymentRecord>>;
 /// A command, who sent it, and where the resulting record goes.
 type Envelope = (Command, String, Reply);
 /// (environment, function, version) → recent (time, snapshot) pairs.
@@ -105,7 +104,7 @@ impl Control {
         spec: RolloutSpec,
         dry_run: bool,
         approve_widening: bool,
-    ) -> ApiResult<Value> {
+    ) -> ControlResult<Value> {
         let env = self.environment_or_default(environment).await?;
         let candidate = self.version_or_404(function, version).await?;
         let _guard = self.deploy_lock.lock().await;
@@ -125,17 +124,13 @@ impl Control {
             .as_ref()
             .and_then(|r| r.weights.iter().max_by_key(|w| w.weight).copied())
         else {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "no_baseline",
-                format!(
-                    "{function} serves nothing in {env} yet: a {} needs a baseline to compare with; deploy the first version all-at-once",
-                    spec.strategy.as_str()
-                ),
-            ));
+            return Err(ControlError::NoBaseline(format!(
+                "{function} serves nothing in {env} yet: a {} needs a baseline to compare with; deploy the first version all-at-once",
+                spec.strategy.as_str()
+            )));
         };
         if baseline.version == version {
-            return Err(ApiError::conflict(format!(
+            return Err(ControlError::conflict(format!(
                 "{function}@{version} already serves {env}: nothing to roll out"
             )));
         }
@@ -154,7 +149,7 @@ impl Control {
             },
             current_weights.clone(),
         )?;
-        let plan_json = serde_json::to_value(&plan).map_err(ApiError::internal)?;
+        let plan_json = serde_json::to_value(&plan).map_err(ControlError::internal)?;
         if dry_run {
             return Ok(json!({"dry_run": true, "plan": plan_json, "permissions": permissions}));
         }
@@ -179,7 +174,7 @@ impl Control {
             })
             .await?;
         let backends = vec![
-            Arc::new(self.gateway.backend(
+            Arc::new(self.serving.backend(
                 &env,
                 function,
                 version,
@@ -187,7 +182,7 @@ impl Control {
                 0,
                 candidate_fn,
             )),
-            Arc::new(self.gateway.backend(
+            Arc::new(self.serving.backend(
                 &env,
                 function,
                 baseline.version,
@@ -212,7 +207,7 @@ impl Control {
         &self,
         env: &str,
         function: &str,
-    ) -> ApiResult<Option<DeploymentRecord>> {
+    ) -> ControlResult<Option<DeploymentRecord>> {
         Ok(self
             .state
             .active_deployments()
@@ -223,30 +218,30 @@ impl Control {
 
     /// Sends approve / promote / abort to a running deployment and waits
     /// for the transition it causes.
-    pub async fn command(&self, id: u64, cmd: Command, actor: &str) -> ApiResult<DeploymentRecord> {
+    pub async fn command(
+        &self,
+        id: u64,
+        cmd: Command,
+        actor: &str,
+    ) -> ControlResult<DeploymentRecord> {
         let Some((d, _)) = self.state.deployment(id).await? else {
-            return Err(ApiError::not_found(format!("no deployment {id}")));
+            return Err(ControlError::not_found(format!("no deployment {id}")));
         };
         if !d.is_active() {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "not_active",
-                format!(
+            return Err(ControlError::NotActive {
+                id,
+                message: format!(
                     "deployment {id} has already finished ({}): nothing to {}",
                     d.state,
                     cmd.as_str()
                 ),
-            ));
+            });
         }
         if cmd == Command::Approve && d.state != "paused" {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "not_paused",
-                format!(
-                    "deployment {id} is not waiting for approval (state {}, step {})",
-                    d.state, d.step
-                ),
-            ));
+            return Err(ControlError::NotPaused(format!(
+                "deployment {id} is not waiting for approval (state {}, step {})",
+                d.state, d.step
+            )));
         }
         let tx = self
             .rollouts
@@ -255,18 +250,16 @@ impl Control {
             .ok()
             .and_then(|m| m.get(&id).cloned());
         let Some(tx) = tx else {
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not_running",
-                format!("deployment {id} is not running on this server; retry in a moment"),
-            ));
+            return Err(ControlError::NotRunning(format!(
+                "deployment {id} is not running on this server; retry in a moment"
+            )));
         };
         let (reply, rx) = oneshot::channel();
         tx.send((cmd, actor.to_owned(), reply))
             .await
-            .map_err(|_| ApiError::conflict(format!("deployment {id} has just finished")))?;
+            .map_err(|_| ControlError::conflict(format!("deployment {id} has just finished")))?;
         rx.await
-            .map_err(|_| ApiError::conflict(format!("deployment {id} has just finished")))?
+            .map_err(|_| ControlError::conflict(format!("deployment {id} has just finished")))?
     }
 
     /// The live view of a route: the deployment on it, per-version rates
@@ -275,7 +268,7 @@ impl Control {
         &self,
         function: &str,
         environment: Option<&str>,
-    ) -> ApiResult<Value> {
+    ) -> ControlResult<Value> {
         let env = self.environment_or_default(environment).await?;
         self.function_or_404(function).await?;
         let deployment = self
@@ -292,7 +285,7 @@ impl Control {
                 .ok()
                 .and_then(|m| m.get(&d.id).cloned())
         });
-        let table = self.gateway.table();
+        let table = self.serving.table();
         let mut versions = Vec::new();
         let mut weights = Vec::new();
         if let Some(route) = table.get(&env, function) {
@@ -335,10 +328,10 @@ impl Control {
     /// After a restart: every deployment that was in progress is resumed
     /// from the step it had reached (its clock restarts, its telemetry is
     /// new), or rolled back when its candidate cannot serve.
-    pub async fn resume_rollouts(self: &Arc<Self>) -> ApiResult<()> {
+    pub async fn resume_rollouts(self: &Arc<Self>) -> ControlResult<()> {
         for d in self.state.active_deployments().await? {
             let plan: Option<Plan> = d.plan.clone().and_then(|p| serde_json::from_value(p).ok());
-            let table = self.gateway.table();
+            let table = self.serving.table();
             let route = table.get(&d.environment, &d.function);
             let serves = |v: Option<u64>| {
                 route.is_some_and(|r| r.backends.iter().any(|b| Some(b.version) == v))
@@ -360,7 +353,7 @@ impl Control {
                     actor: "seal".into(),
                 };
                 if let Err(e) = self.finish_locked(&d, &plan, ending).await {
-                    tracing::error!(deployment = d.id, error = %e.message, "cannot roll back after restart");
+                    tracing::error!(deployment = d.id, error = %e, "cannot roll back after restart");
                 }
                 continue;
             }
@@ -392,7 +385,7 @@ impl Control {
                 deployment: d,
             };
             if let Err(e) = driver.run().await {
-                tracing::error!(deployment = id, error = %e.message, "deployment driver failed; it resumes on the next start");
+                tracing::error!(deployment = id, error = %e, "deployment driver failed; it resumes on the next start");
             }
             if let Ok(mut m) = control.rollouts.drivers.lock() {
                 m.remove(&id);
@@ -406,7 +399,7 @@ impl Control {
     /// Swaps one route into the gateway's table, carrying the others over.
     /// The caller holds `deploy_lock`.
     fn swap_route(&self, route: Route) {
-        let previous = self.gateway.table();
+        let previous = self.serving.table();
         let mut routes: Vec<Route> = previous
             .routes()
             .filter(|r| !(r.environment == route.environment && r.function == route.function))
@@ -414,7 +407,7 @@ impl Control {
             .collect();
         routes.push(route);
         let table = RouteTable::new(routes);
-        self.gateway.publish(table);
+        self.serving.publish(table);
     }
 
     /// Re-weights the live route of a deployment (both versions are loaded
@@ -424,11 +417,11 @@ impl Control {
         plan: &Plan,
         weights: &[WeightedVersion],
         finished: bool,
-    ) -> ApiResult<()> {
-        let table = self.gateway.table();
+    ) -> ControlResult<()> {
+        let table = self.serving.table();
         let route = table
             .get(&plan.environment, &plan.function)
-            .ok_or_else(|| ApiError::internal("the deployment's route is not in the table"))?;
+            .ok_or_else(|| ControlError::internal("the deployment's route is not in the table"))?;
         let mut backends = Vec::new();
         for w in weights {
             let b = route
@@ -436,7 +429,10 @@ impl Control {
                 .iter()
                 .find(|b| b.version == w.version)
                 .ok_or_else(|| {
-                    ApiError::internal(format!("version {} is not loaded in the route", w.version))
+                    ControlError::internal(format!(
+                        "version {} is not loaded in the route",
+                        w.version
+                    ))
                 })?;
             backends.push(Arc::new(b.with_weight(w.weight)));
         }
@@ -450,7 +446,7 @@ impl Control {
         d: &DeploymentRecord,
         plan: &Plan,
         t: Transition<'_>,
-    ) -> ApiResult<DeploymentRecord> {
+    ) -> ControlResult<DeploymentRecord> {
         let weights = t.weights.map(<[WeightedVersion]>::to_vec);
         let finished = t.finished;
         let event = t.event;
@@ -469,7 +465,7 @@ impl Control {
         d: &DeploymentRecord,
         plan: &Plan,
         ending: Ending,
-    ) -> ApiResult<DeploymentRecord> {
+    ) -> ControlResult<DeploymentRecord> {
         let started = Instant::now();
         let record = self
             .transition_locked(
@@ -633,14 +629,14 @@ fn route_for(plan: &Plan, backends: Vec<Arc<Backend>>, finished: bool) -> Route 
     } else {
         plan.sticky_header
             .as_deref()
-            .and_then(|h| axum::http::HeaderName::from_bytes(h.as_bytes()).ok())
+            .and_then(|h| http::HeaderName::from_bytes(h.as_bytes()).ok())
     };
     Route::from_arcs(&plan.environment, &plan.function, backends)
         .with_sticky_header(sticky)
         .with_preview((!finished).then_some(plan.candidate.version))
 }
 
-fn busy_error(d: &DeploymentRecord) -> ApiError {
+fn busy_error(d: &DeploymentRecord) -> ControlError {
     seal_state::StateError::Busy {
         id: d.id,
         function: d.function.clone(),
@@ -667,7 +663,7 @@ enum Stop {
 }
 
 impl Driver {
-    async fn run(&mut self) -> ApiResult<()> {
+    async fn run(&mut self) -> ControlResult<()> {
         // Steps applied so far; the last plan step always has weight 100.
         let mut step = self.deployment.step as usize;
         if step == 0 && self.run_hooks(HookPhase::PreTraffic).await?.is_some() {
@@ -731,7 +727,7 @@ impl Driver {
         }
     }
 
-    async fn apply_step(&mut self, step: usize) -> ApiResult<()> {
+    async fn apply_step(&mut self, step: usize) -> ControlResult<()> {
         let weight = self.plan.steps[step - 1].weight;
         let weights = self.plan.weights_at(weight);
         let _guard = self.control.deploy_lock.lock().await;
@@ -769,7 +765,7 @@ impl Driver {
 
     /// Watches one step until its gates pass (→ `None`), or the deployment
     /// ends (rolled back by a gate, the deadline, or a person).
-    async fn judge_step(&mut self, step: usize) -> ApiResult<Option<Stop>> {
+    async fn judge_step(&mut self, step: usize) -> ControlResult<Option<Stop>> {
         let spec = self.plan.steps[step - 1].clone();
         let interval = Duration::from_millis(spec.duration_ms);
         let deadline = Duration::from_millis(self.plan.progress_deadline_ms);
@@ -823,7 +819,7 @@ impl Driver {
                     next_record += interval;
                     if self.plan.on_inconclusive == OnInconclusive::Fail {
                         self.end_rolled_back(
-                            "gates inconclusive at the end of the step (--on-inconclusive fail)"
+                            "gates inconclusive at the end of the step (on_inconclusive: fail)"
                                 .into(),
                             None,
                         )
@@ -849,7 +845,7 @@ impl Driver {
     }
 
     fn snapshots(&self) -> (Snapshot, Snapshot) {
-        let table = self.control.gateway.table();
+        let table = self.control.serving.table();
         let route = table.get(&self.plan.environment, &self.plan.function);
         let snap = |v: u64| {
             route
@@ -863,7 +859,7 @@ impl Driver {
         )
     }
 
-    async fn record_gate(&self, step: usize, eval: &Evaluation) -> ApiResult<()> {
+    async fn record_gate(&self, step: usize, eval: &Evaluation) -> ControlResult<()> {
         self.control
             .state
             .record_event(
@@ -877,7 +873,12 @@ impl Driver {
 
     /// A failed evaluation: its event first, then the rollback naming the
     /// failed gate, its threshold and what was measured.
-    async fn roll_back_on(&mut self, step: usize, eval: &Evaluation, when: &str) -> ApiResult<()> {
+    async fn roll_back_on(
+        &mut self,
+        step: usize,
+        eval: &Evaluation,
+        when: &str,
+    ) -> ControlResult<()> {
         self.record_gate(step, eval).await?;
         let failed = eval.failed().cloned();
         if let Some(g) = &failed {
@@ -897,7 +898,7 @@ impl Driver {
         self.end_rolled_back(reason, failed.map(|g| json!(g))).await
     }
 
-    async fn end_rolled_back(&mut self, reason: String, gate: Option<Value>) -> ApiResult<()> {
+    async fn end_rolled_back(&mut self, reason: String, gate: Option<Value>) -> ControlResult<()> {
         self.end(Ending {
             state: "rolled_back",
             event: "rolled_back",
@@ -909,7 +910,7 @@ impl Driver {
     }
 
     /// A person stops the deployment: back to the baseline alone.
-    async fn abort(&mut self, actor: String) -> ApiResult<()> {
+    async fn abort(&mut self, actor: String) -> ControlResult<()> {
         self.end(Ending {
             state: "aborted",
             event: "aborted",
@@ -920,7 +921,7 @@ impl Driver {
         .await
     }
 
-    async fn end(&mut self, ending: Ending) -> ApiResult<()> {
+    async fn end(&mut self, ending: Ending) -> ControlResult<()> {
         let _guard = self.control.deploy_lock.lock().await;
         self.deployment = self
             .control
@@ -930,7 +931,7 @@ impl Driver {
     }
 
     /// Handles a command; `Some` when it ended the deployment.
-    async fn on_command(&mut self, cmd: Option<Envelope>) -> ApiResult<Option<Stop>> {
+    async fn on_command(&mut self, cmd: Option<Envelope>) -> ControlResult<Option<Stop>> {
         let Some((cmd, actor, reply)) = cmd else {
             return Ok(None);
         };
@@ -947,20 +948,16 @@ impl Driver {
                 Ok(Some(if failed { Stop::Ended } else { Stop::Promoted }))
             }
             Command::Approve => {
-                let _ = reply.send(Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    "not_paused",
-                    format!(
-                        "deployment {} is not waiting for approval",
-                        self.deployment.id
-                    ),
-                )));
+                let _ = reply.send(Err(ControlError::NotPaused(format!(
+                    "deployment {} is not waiting for approval",
+                    self.deployment.id
+                ))));
                 Ok(None)
             }
         }
     }
 
-    async fn pause(&mut self) -> ApiResult<Option<Stop>> {
+    async fn pause(&mut self) -> ControlResult<Option<Stop>> {
         let _guard = self.control.deploy_lock.lock().await;
         self.deployment = self
             .control
@@ -988,7 +985,7 @@ impl Driver {
         Ok(None)
     }
 
-    async fn wait_for_approval(&mut self) -> ApiResult<Option<Stop>> {
+    async fn wait_for_approval(&mut self) -> ControlResult<Option<Stop>> {
         let step = self.deployment.step as usize;
         self.set_live(
             step,
@@ -1041,12 +1038,12 @@ impl Driver {
     /// The candidate takes all traffic (the baseline stays loaded at 0%),
     /// post-traffic hooks run, blue/green watches the scale-down delay, and
     /// the deployment succeeds with the candidate alone in the route.
-    async fn promote(&mut self, actor: String) -> ApiResult<()> {
+    async fn promote(&mut self, actor: String) -> ControlResult<()> {
         self.switch_to_candidate(&actor).await?;
         self.finish_promotion().await
     }
 
-    async fn switch_to_candidate(&mut self, actor: &str) -> ApiResult<()> {
+    async fn switch_to_candidate(&mut self, actor: &str) -> ControlResult<()> {
         let last = self.plan.steps.len();
         let weights = self.plan.weights_at(100);
         let _guard = self.control.deploy_lock.lock().await;
@@ -1076,7 +1073,7 @@ impl Driver {
         Ok(())
     }
 
-    async fn finish_promotion(&mut self) -> ApiResult<()> {
+    async fn finish_promotion(&mut self) -> ControlResult<()> {
         if self.run_hooks(HookPhase::PostTraffic).await?.is_some() {
             return Ok(());
         }
@@ -1101,7 +1098,7 @@ impl Driver {
     /// Blue/green after the switch: the old version stays warm at 0% for
     /// the scale-down delay, and a certain breach on the absolute gates
     /// switches back at once.
-    async fn watch_after_switch(&mut self, delay: Duration) -> ApiResult<Option<Stop>> {
+    async fn watch_after_switch(&mut self, delay: Duration) -> ControlResult<Option<Stop>> {
         let gates = gates::Gates {
             max_error_rate_increase: None,
             max_latency_increase: None,
@@ -1148,7 +1145,7 @@ impl Driver {
 
     /// Runs the hooks of one phase; a failure ends the deployment
     /// (aborted before traffic, rolled back after).
-    async fn run_hooks(&mut self, phase: HookPhase) -> ApiResult<Option<Stop>> {
+    async fn run_hooks(&mut self, phase: HookPhase) -> ControlResult<Option<Stop>> {
         let hooks: Vec<Hook> = self
             .plan
             .hook_specs

@@ -4,7 +4,7 @@
 //! what was started.
 
 use super::gates::Gates;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ControlError, ControlResult};
 use seal_state::WeightedVersion;
 use serde::{Deserialize, Serialize};
 
@@ -213,8 +213,8 @@ impl Plan {
     }
 }
 
-fn bad(msg: impl Into<String>) -> ApiError {
-    ApiError::bad_request(msg)
+fn bad(msg: impl Into<String>) -> ControlError {
+    ControlError::bad_request(msg)
 }
 
 impl RolloutSpec {
@@ -241,15 +241,15 @@ impl RolloutSpec {
         baseline: VersionRef,
         candidate: VersionRef,
         current_route: Vec<WeightedVersion>,
-    ) -> ApiResult<Plan> {
+    ) -> ControlResult<Plan> {
         let interval_ms = self.interval_ms.unwrap_or(DEFAULT_INTERVAL_MS);
         if interval_ms == 0 {
-            return Err(bad("--interval must be longer than 0"));
+            return Err(bad("interval must be longer than 0"));
         }
         let g = &self.gates;
         for (name, v) in [
-            ("--max-error-rate", g.max_error_rate),
-            ("--max-error-rate-increase", g.max_error_rate_increase),
+            ("max_error_rate", g.max_error_rate),
+            ("max_error_rate_increase", g.max_error_rate_increase),
         ] {
             if let Some(v) = v
                 && !(0.0..=1.0).contains(&v)
@@ -260,35 +260,35 @@ impl RolloutSpec {
         if let Some(v) = g.max_latency_increase
             && !(v.is_finite() && v >= 0.0)
         {
-            return Err(bad("--max-latency-increase must be 0% or more"));
+            return Err(bad("max_latency_increase must be 0% or more"));
         }
         if let Some(l) = g.max_latency {
             if !(l.quantile > 0.0 && l.quantile < 1.0) {
                 return Err(bad(
-                    "--max-latency quantile must be between p0 and p100, e.g. p99=200ms",
+                    "max_latency quantile must be between p0 and p100, e.g. p99 at 200 ms",
                 ));
             }
             if !(l.ms.is_finite() && l.ms > 0.0) {
                 return Err(bad(
-                    "--max-latency must be a duration above 0, e.g. p99=200ms",
+                    "max_latency must be a duration above 0, e.g. p99 at 200 ms",
                 ));
             }
         }
         let weights: Vec<u32> = match self.strategy {
             Strategy::AllAtOnce => {
                 return Err(bad(
-                    "all-at-once has no steps: choose --strategy canary, linear or blue-green",
+                    "all-at-once has no steps: choose the canary, linear or blue-green strategy",
                 ));
             }
             Strategy::Canary => {
                 if self.increment.is_some() {
                     return Err(bad(
-                        "--increment is for --strategy linear; canary takes --steps",
+                        "increment is for the linear strategy; canary takes steps",
                     ));
                 }
                 let mut steps = self.steps.clone().unwrap_or_else(|| vec![10, 50, 100]);
                 if steps.is_empty() {
-                    return Err(bad("--steps needs at least one weight, e.g. 10,50,100"));
+                    return Err(bad("steps needs at least one weight, e.g. 10, 50, 100"));
                 }
                 if steps.last() != Some(&100) {
                     steps.push(100);
@@ -298,12 +298,12 @@ impl RolloutSpec {
             Strategy::Linear => {
                 if self.steps.is_some() {
                     return Err(bad(
-                        "--steps is for --strategy canary; linear takes --increment",
+                        "steps is for the canary strategy; linear takes an increment",
                     ));
                 }
                 let inc = self.increment.unwrap_or(20);
                 if inc == 0 || inc > 100 {
-                    return Err(bad("--increment must be between 1 and 100"));
+                    return Err(bad("increment must be between 1 and 100"));
                 }
                 let mut steps: Vec<u32> = (1..).map(|i| i * inc).take_while(|w| *w < 100).collect();
                 steps.push(100);
@@ -335,13 +335,13 @@ impl RolloutSpec {
             last = Some(w);
         }
         if self.strategy != Strategy::BlueGreen && self.scale_down_delay_ms.is_some() {
-            return Err(bad("--scale-down-delay is for --strategy blue-green"));
+            return Err(bad("scale_down_delay is for the blue-green strategy"));
         }
         if let Some(h) = &self.sticky_header
-            && axum::http::HeaderName::from_bytes(h.as_bytes()).is_err()
+            && http::HeaderName::from_bytes(h.as_bytes()).is_err()
         {
             return Err(bad(format!(
-                "--sticky-header {h:?} is not a valid header name"
+                "sticky_header {h:?} is not a valid header name"
             )));
         }
         if let Some(url) = &self.notify
@@ -349,7 +349,7 @@ impl RolloutSpec {
         {
             // The server's HTTP client is built without TLS.
             return Err(bad(format!(
-                "--notify must be an http:// URL (https is not supported yet; use a local relay), got {url:?}"
+                "notify must be an http:// URL (https is not supported yet; use a local relay), got {url:?}"
             )));
         }
         let mut names = std::collections::HashSet::new();
@@ -363,7 +363,7 @@ impl RolloutSpec {
                     h.name, h.request.path
                 )));
             }
-            if axum::http::Method::from_bytes(h.request.method.as_bytes()).is_err() {
+            if http::Method::from_bytes(h.request.method.as_bytes()).is_err() {
                 return Err(bad(format!(
                     "hook {:?}: invalid method {:?}",
                     h.name, h.request.method
@@ -374,7 +374,7 @@ impl RolloutSpec {
             .progress_deadline_ms
             .unwrap_or(DEFAULT_PROGRESS_DEADLINE_MS.max(interval_ms));
         if progress_deadline_ms < interval_ms {
-            return Err(bad("--progress-deadline must be at least --interval"));
+            return Err(bad("progress_deadline must be at least the interval"));
         }
         let steps: Vec<PlanStep> = weights
             .iter()
@@ -444,7 +444,7 @@ mod tests {
         serde_json::from_value(json).unwrap()
     }
 
-    fn plan(json: serde_json::Value) -> ApiResult<Plan> {
+    fn plan(json: serde_json::Value) -> ControlResult<Plan> {
         let v = |n| VersionRef {
             version: n,
             digest: format!("sha256:{n}"),
@@ -473,7 +473,7 @@ mod tests {
 
     #[test]
     fn bad_settings_are_refused_with_the_reason() {
-        let err = |j| plan(j).unwrap_err().message;
+        let err = |j| plan(j).unwrap_err().to_string();
         assert!(
             err(serde_json::json!({"strategy": "canary", "steps": [50, 10]})).contains("increase")
         );

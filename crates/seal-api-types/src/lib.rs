@@ -1,0 +1,77 @@
+//! Seal's wire contract: the JSON bodies the control API answers with and
+//! the CLI reads, as plain serde types. This crate depends on no other
+//! Seal crate, so a client can use it without the server's code.
+//!
+//! Every error answer is an [`ErrorBody`]; clients tell errors apart by
+//! [`ErrorDetail::code`] (stable) and show [`ErrorDetail::message`]. Where
+//! an error is about one thing a client may act on (the deployment in the
+//! way, the environment that does not exist), it is named in its own
+//! field, so a client never has to parse a message.
+
+use serde::{Deserialize, Serialize};
+
+/// `{"error": {"code", "message", ...}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// Stable: `not_found`, `bad_request`, `deployment_in_progress`, …
+    pub code: String,
+    /// Safe to show a user; names no client flag or command.
+    pub message: String,
+    /// The deployment the error is about (`deployment_in_progress`,
+    /// `not_active`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<u64>,
+    /// The environment the error is about (`unknown_environment`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
+}
+
+impl ErrorBody {
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            error: ErrorDetail {
+                code: code.into(),
+                message: message.into(),
+                deployment: None,
+                environment: None,
+            },
+        }
+    }
+}
+
+/// Stable error codes a client acts on.
+pub mod codes {
+    pub const DEPLOYMENT_IN_PROGRESS: &str = "deployment_in_progress";
+    pub const UNKNOWN_ENVIRONMENT: &str = "unknown_environment";
+    pub const PERMISSIONS_WIDENED: &str = "permissions_widened";
+    pub const NO_PREVIOUS_VERSION: &str = "no_previous_version";
+    pub const UNAUTHORIZED: &str = "unauthorized";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_bodies_round_trip_and_omit_empty_context() {
+        let body = ErrorBody::new("not_found", "no deployment 9");
+        let text = serde_json::to_string(&body).unwrap();
+        assert_eq!(
+            text,
+            r#"{"error":{"code":"not_found","message":"no deployment 9"}}"#
+        );
+        let mut busy = ErrorBody::new(codes::DEPLOYMENT_IN_PROGRESS, "busy");
+        busy.error.deployment = Some(4);
+        let back: ErrorBody = serde_json::from_str(&serde_json::to_string(&busy).unwrap()).unwrap();
+        assert_eq!(back, busy);
+        // Older servers send code and message only.
+        let old: ErrorBody =
+            serde_json::from_str(r#"{"error":{"code":"conflict","message":"m"}}"#).unwrap();
+        assert_eq!(old.error.deployment, None);
+    }
+}

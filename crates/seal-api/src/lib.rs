@@ -1,0 +1,200 @@
+//! The control API: JSON over HTTP under `/v1/…`, on its own listener.
+//! Routes are grouped by context ([`functions`]: catalog, deployments,
+//! audit, environments; [`observe`]: metrics, logs, top, cost, budgets,
+//! monitoring; [`security`]: tokens, config, secrets, attestations,
+//! verification, policies). Each route declares the access it needs where
+//! it is declared ([`auth`]); [`error`] is the one place a domain error
+//! becomes a status and a JSON body.
+//!
+//! | method | path | what |
+//! |---|---|---|
+//! | HEAD/PUT | `/v1/blobs/{digest}` | does a blob exist / stream one in (size-limited, digest-checked) |
+//! | POST | `/v1/artifacts` | body = OCI manifest; creates `function@N` |
+//! | GET | `/v1/functions` | functions with their routes |
+//! | GET | `/v1/functions/{fn}` | status: routes, weights, live counters |
+//! | GET | `/v1/functions/{fn}/versions[/{n}]` | versions / one version in full |
+//! | POST | `/v1/functions/{fn}/deploy` | `{"version", "environment"?, "reason"?, "rollout"?, "dry_run"?}` |
+//! | POST | `/v1/functions/{fn}/rollback` | `{"environment"?, "to"?}` |
+//! | GET | `/v1/functions/{fn}/deployments` | history, newest first |
+//! | GET | `/v1/deployments/{id}` | one deployment with its events |
+//! | POST | `/v1/deployments/{id}/approve\|promote\|abort` | steer a progressive deployment |
+//! | GET | `/v1/functions/{fn}/rollout?environment=` | live view: weights, per-version windows, gates |
+//! | GET | `/v1/audit` | audit entries, newest first |
+//! | GET | `/v1/audit/verify` | recompute the hash chain: `{ok, entries, head, first_broken}` |
+//! | GET/POST | `/v1/environments` | list / create (`{"name"}`) environments |
+//! | GET | `/v1/server` | runtime counters (compiles, cache loads) |
+//! | GET | `/healthz` | liveness |
+//!
+//! Observability and security routes are listed in their modules.
+
+pub mod auth;
+pub mod error;
+pub mod functions;
+pub mod observe;
+pub mod security;
+
+use crate::error::ApiError;
+use axum::Router;
+use axum::http::StatusCode;
+use seal_control::Control;
+use std::sync::Arc;
+
+pub use auth::{Access, Declared, Routes};
+
+/// The manifest endpoint takes small JSON documents only.
+const MAX_MANIFEST_BYTES: usize = 64 * 1024;
+
+/// Every route of the API, with the access each declared.
+pub fn routes() -> Routes {
+    functions::routes()
+        .merge(observe::routes())
+        .merge(security::routes())
+}
+
+/// The API as an axum service over a control plane.
+pub fn router(control: Arc<Control>) -> Router {
+    routes()
+        .router
+        // Unknown paths get a plain 404.
+        .fallback(|| async { ApiError::not_found("no such API endpoint") })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_MANIFEST_BYTES))
+        .layer(axum::middleware::map_response(json_errors))
+        .layer(axum::Extension(control.clone()))
+        .with_state(control)
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then lets the
+/// calls in flight finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    control: Arc<Control>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(control))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// JSON bodies with errors that name the problem (axum's `Json` rejection
+/// is plain text).
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
+}
+
+/// Every error answer is JSON, including axum's own rejections (bad query
+/// strings, bodies over the limit, wrong methods), which are plain text.
+async fn json_errors(resp: axum::response::Response) -> axum::response::Response {
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let body = axum::body::to_bytes(resp.into_body(), 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let mut message = String::from_utf8_lossy(&body).trim().to_owned();
+    if message.is_empty() {
+        message = status
+            .canonical_reason()
+            .unwrap_or("request failed")
+            .to_owned();
+    }
+    let code = match status {
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        s if s.is_server_error() => "internal",
+        _ => "bad_request",
+    };
+    axum::response::IntoResponse::into_response(ApiError::new(status, code, message))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::Method;
+    use seal_control::Role;
+
+    fn access(method: Method, path: &str) -> Option<Access> {
+        let routes = routes();
+        let found: Vec<_> = routes
+            .declared()
+            .iter()
+            .filter(|d| d.method == method && d.path == path)
+            .map(|d| d.access)
+            .collect();
+        assert!(found.len() <= 1, "{method} {path} declared twice");
+        found.first().copied()
+    }
+
+    #[test]
+    fn routes_need_the_right_role() {
+        let viewer = Some(Access::Role(Role::Viewer));
+        let deployer = Some(Access::Role(Role::Deployer));
+        let admin = Some(Access::UnlimitedAdmin);
+        assert_eq!(access(Method::GET, "/healthz"), Some(Access::Public));
+        assert_eq!(access(Method::GET, "/v1/functions"), viewer);
+        assert_eq!(access(Method::GET, "/metrics"), viewer);
+        assert_eq!(access(Method::HEAD, "/v1/blobs/{digest}"), viewer);
+        assert_eq!(access(Method::PUT, "/v1/blobs/{digest}"), deployer);
+        assert_eq!(
+            access(Method::POST, "/v1/functions/{function}/deploy"),
+            deployer
+        );
+        assert_eq!(
+            access(
+                Method::POST,
+                "/v1/functions/{function}/versions/{version}/verify"
+            ),
+            viewer
+        );
+        assert_eq!(
+            access(Method::POST, "/v1/deployments/{id}/{command}"),
+            deployer
+        );
+        assert_eq!(access(Method::GET, "/v1/tokens"), admin);
+        assert_eq!(access(Method::POST, "/v1/tokens/{id}/revoke"), admin);
+        assert_eq!(access(Method::PUT, "/v1/policies/{environment}"), admin);
+        assert_eq!(access(Method::GET, "/v1/policies/{environment}"), viewer);
+        assert_eq!(
+            access(
+                Method::POST,
+                "/v1/functions/{function}/versions/{version}/attestations"
+            ),
+            deployer
+        );
+        assert_eq!(access(Method::POST, "/v1/environments"), admin);
+        assert_eq!(access(Method::GET, "/v1/environments"), viewer);
+        assert_eq!(
+            access(Method::PUT, "/v1/functions/{function}/budget"),
+            admin
+        );
+        assert_eq!(
+            access(Method::DELETE, "/v1/functions/{function}/budget"),
+            admin
+        );
+        // Reading a budget is part of cost; there is no GET on the budget.
+        assert_eq!(access(Method::GET, "/v1/functions/{function}/budget"), None);
+    }
+
+    #[test]
+    fn every_write_route_needs_at_least_a_deployer_or_says_why() {
+        // The only writes a viewer may make change nothing: verification.
+        for d in routes().declared() {
+            let read = d.method == Method::GET || d.method == Method::HEAD;
+            if read || d.access != Access::Role(Role::Viewer) {
+                continue;
+            }
+            assert_eq!(
+                d.path, "/v1/functions/{function}/versions/{version}/verify",
+                "{} {} is a write open to viewers",
+                d.method, d.path
+            );
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! The crate dependency rules of `ARCHITECTURE.md`, checked against
+//! `cargo metadata`, so a change that breaks one fails CI (the way
+//! rust-analyzer's tidy tests keep its invariants).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Each workspace package and the packages it depends on directly (normal
+/// dependencies; dev and build dependencies are not part of its API).
+fn workspace() -> BTreeMap<String, BTreeSet<String>> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run cargo metadata");
+    assert!(
+        out.status.success(),
+        "cargo metadata failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("metadata JSON");
+    let mut packages = BTreeMap::new();
+    for p in meta["packages"].as_array().expect("packages") {
+        let deps = p["dependencies"]
+            .as_array()
+            .expect("dependencies")
+            .iter()
+            .filter(|d| d["kind"].is_null())
+            .map(|d| d["name"].as_str().expect("name").to_owned())
+            .collect();
+        packages.insert(p["name"].as_str().expect("name").to_owned(), deps);
+    }
+    packages
+}
+
+fn deps<'a>(ws: &'a BTreeMap<String, BTreeSet<String>>, name: &str) -> &'a BTreeSet<String> {
+    ws.get(name)
+        .unwrap_or_else(|| panic!("{name} is not a workspace package"))
+}
+
+/// Packages of the workspace that depend directly on `dep`.
+fn dependents(ws: &BTreeMap<String, BTreeSet<String>>, dep: &str) -> BTreeSet<String> {
+    ws.iter()
+        .filter(|(_, d)| d.contains(dep))
+        .map(|(n, _)| n.clone())
+        .collect()
+}
+
+fn set(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|n| (*n).to_owned()).collect()
+}
+
+#[test]
+fn api_types_depend_on_no_seal_crate() {
+    let ws = workspace();
+    let seal: Vec<_> = deps(&ws, "seal-api-types")
+        .iter()
+        .filter(|d| d.starts_with("seal"))
+        .collect();
+    assert!(seal.is_empty(), "seal-api-types depends on {seal:?}");
+}
+
+#[test]
+fn the_domain_knows_no_http_server_sql_driver_or_wasm_engine() {
+    let ws = workspace();
+    let control = deps(&ws, "seal-control");
+    for forbidden in [
+        "axum",
+        "hyper",
+        "hyper-util",
+        "sqlx",
+        "wasmtime",
+        "wasmtime-wasi",
+        "wasmtime-wasi-http",
+        "seal-gateway",
+        "seal-api",
+        "seal-server",
+    ] {
+        assert!(
+            !control.contains(forbidden),
+            "seal-control depends on {forbidden}"
+        );
+    }
+}
+
+#[test]
+fn only_the_api_crate_depends_on_axum() {
+    let ws = workspace();
+    assert_eq!(dependents(&ws, "axum"), set(&["seal-api"]));
+}
+
+#[test]
+fn only_the_composition_root_names_the_gateway_and_the_api() {
+    let ws = workspace();
+    assert_eq!(dependents(&ws, "seal-gateway"), set(&["seal-server"]));
+    assert_eq!(dependents(&ws, "seal-api"), set(&["seal-server"]));
+    // The CLI reaches the server only through the composition root and
+    // the wire types.
+    let cli = deps(&ws, "seal");
+    for inner in [
+        "seal-control",
+        "seal-state",
+        "seal-oci",
+        "seal-runtime",
+        "seal-serving",
+    ] {
+        assert!(!cli.contains(inner), "the CLI depends on {inner}");
+    }
+}
+
+#[test]
+fn serving_has_no_listener_and_no_control_plane() {
+    let ws = workspace();
+    let serving = deps(&ws, "seal-serving");
+    for forbidden in [
+        "hyper",
+        "hyper-util",
+        "axum",
+        "seal-control",
+        "seal-state",
+        "seal-gateway",
+    ] {
+        assert!(
+            !serving.contains(forbidden),
+            "seal-serving depends on {forbidden}"
+        );
+    }
+    let gateway = deps(&ws, "seal-gateway");
+    for forbidden in ["seal-control", "seal-state", "seal-oci"] {
+        assert!(
+            !gateway.contains(forbidden),
+            "seal-gateway depends on {forbidden}: it must not know where routes come from"
+        );
+    }
+}
+
+#[test]
+fn pure_crates_stay_pure() {
+    let ws = workspace();
+    for pure in ["seal-artifact", "seal-trust"] {
+        let d = deps(&ws, pure);
+        for io in ["tokio", "sqlx", "axum", "hyper", "reqwest", "wasmtime"] {
+            assert!(!d.contains(io), "{pure} depends on {io}");
+        }
+        let seal: BTreeSet<_> = d.iter().filter(|n| n.starts_with("seal")).collect();
+        assert!(
+            seal.iter().all(|n| *n == "seal-artifact"),
+            "{pure} depends on {seal:?}"
+        );
+    }
+}
