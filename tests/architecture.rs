@@ -155,3 +155,69 @@ fn pure_crates_stay_pure() {
         );
     }
 }
+
+#[test]
+fn the_state_model_knows_no_sql_driver_and_backends_are_picked_at_the_root() {
+    let ws = workspace();
+    let state = deps(&ws, "seal-state");
+    assert!(!state.contains("sqlx"), "seal-state depends on sqlx");
+    assert!(
+        state.iter().all(|d| !d.starts_with("seal")),
+        "seal-state depends on {state:?}"
+    );
+    assert_eq!(dependents(&ws, "seal-state-sqlite"), set(&["seal-server"]));
+    assert_eq!(dependents(&ws, "sqlx"), set(&["seal-state-sqlite"]));
+}
+
+/// Source files of a crate (`crates/<name>/src/**.rs`).
+fn sources(krate: &str) -> Vec<(std::path::PathBuf, String)> {
+    fn walk(dir: &std::path::Path, out: &mut Vec<(std::path::PathBuf, String)>) {
+        for entry in std::fs::read_dir(dir).expect("read dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).expect("read source");
+                out.push((path, text));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("crates")
+            .join(krate)
+            .join("src"),
+        &mut out,
+    );
+    out
+}
+
+#[test]
+fn only_the_composition_root_names_the_concrete_stores() {
+    let ws = workspace();
+    // (type, the crate that defines it)
+    let concrete = [
+        ("SqliteStore", "seal-state-sqlite"),
+        ("OciLayout", "seal-oci"),
+        ("Gateway", "seal-gateway"),
+    ];
+    for krate in ws.keys().filter(|k| k.starts_with("seal-")) {
+        if krate == "seal-server" {
+            continue;
+        }
+        for (ty, owner) in concrete {
+            if krate == owner {
+                continue;
+            }
+            for (path, text) in sources(krate) {
+                let named = text.lines().any(|l| {
+                    let code = l.split("//").next().unwrap_or("");
+                    code.split(|c: char| !c.is_alphanumeric() && c != '_')
+                        .any(|word| word == ty)
+                });
+                assert!(!named, "{} names {ty}", path.display());
+            }
+        }
+    }
+}

@@ -6,19 +6,19 @@ use seal_artifact::{
     Digest, SealManifest, parse_oci_manifest, sha256_digest, validate_component,
     validate_function_name,
 };
-use seal_oci::{ANNOTATION_FUNCTION, ANNOTATION_REF_NAME, IndexEntry, OciLayout};
+use seal_oci::{ANNOTATION_FUNCTION, ANNOTATION_REF_NAME, ArtifactStore, IndexEntry};
 use seal_runtime::{Function, FunctionLimits, Runtime};
 use seal_serving::{Route, RouteTable, Serving};
+use seal_state::StateStore;
 use seal_state::{
-    DeploymentRecord, NewAudit, NewDeployment, NewVersion, StateStore, VersionRecord,
-    WeightedVersion,
+    DeploymentRecord, NewAudit, NewDeployment, NewVersion, VersionRecord, WeightedVersion,
 };
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-async fn write_monitoring(state: &StateStore, dir: &std::path::Path, function: &str) {
+async fn write_monitoring(state: &dyn StateStore, dir: &std::path::Path, function: &str) {
     let budget = state.budget(function).await.ok().flatten();
     if let Err(e) = crate::monitoring::write_files(dir, function, budget.as_ref()) {
         tracing::warn!(function, error = %e, "cannot write the generated dashboard and rules");
@@ -38,8 +38,8 @@ pub struct Published {
 }
 
 pub struct Control {
-    pub(crate) state: StateStore,
-    pub(crate) oci: Arc<OciLayout>,
+    pub(crate) state: Arc<dyn StateStore>,
+    pub(crate) oci: Arc<dyn ArtifactStore>,
     pub(crate) runtime: Arc<Runtime>,
     pub(crate) serving: Arc<Serving>,
     pub(crate) max_upload_bytes: u64,
@@ -72,8 +72,8 @@ pub struct Control {
 
 impl Control {
     pub fn new(
-        state: StateStore,
-        oci: Arc<OciLayout>,
+        state: Arc<dyn StateStore>,
+        oci: Arc<dyn ArtifactStore>,
         runtime: Arc<Runtime>,
         serving: Arc<Serving>,
         max_upload_bytes: u64,
@@ -130,14 +130,14 @@ impl Control {
         if let Some(dir) = self.monitoring_dir.clone() {
             let function = d.function.clone();
             let state = self.state.clone();
-            tokio::spawn(async move { write_monitoring(&state, &dir, &function).await });
+            tokio::spawn(async move { write_monitoring(&*state, &dir, &function).await });
         }
     }
 
     /// Regenerates a function's dashboard and rules files (budget changes).
     pub(crate) async fn write_monitoring(&self, function: &str) {
         if let Some(dir) = &self.monitoring_dir {
-            write_monitoring(&self.state, dir, function).await;
+            write_monitoring(&*self.state, dir, function).await;
         }
     }
 
@@ -239,7 +239,7 @@ impl Control {
         })
     }
 
-    /// Makes `index.json` name every version's manifest. Publish writes it
+    /// Makes the artifact store list every version's manifest. Publish writes it
     /// after the state store commits, so a crash in between is mended here
     /// at start-up.
     pub async fn reconcile_index(&self) -> ControlResult<()> {
@@ -255,11 +255,11 @@ impl Control {
                 if known.contains(&digest) {
                     continue;
                 }
-                let Ok(meta) = std::fs::metadata(oci.blob_path(&digest)) else {
+                let Some(size) = oci.blob_size(&digest)? else {
                     tracing::error!(function = %v.function, version = v.version, digest = %digest, "artifact manifest missing from the store");
                     continue;
                 };
-                oci.add_manifest(index_entry(&v, &digest, meta.len()))?;
+                oci.add_manifest(index_entry(&v, &digest, size))?;
                 tracing::info!(function = %v.function, version = v.version, "index.json entry restored");
             }
             Ok(())

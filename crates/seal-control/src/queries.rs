@@ -88,7 +88,7 @@ impl Control {
                 existed: true,
             });
         }
-        let mut writer = self.oci.blob_writer(limit)?;
+        let mut writer = self.oci.upload(limit)?;
         while let Some(chunk) = body.next().await {
             let chunk =
                 chunk.map_err(|e| ControlError::bad_request(format!("upload interrupted: {e}")))?;

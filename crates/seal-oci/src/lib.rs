@@ -1,4 +1,8 @@
-//! The embedded artifact store: an OCI image layout directory.
+//! The artifact store: the [`ArtifactStore`] port the control plane uses
+//! (content-addressed blobs, verified on every read, and the list of
+//! artifact manifests), and its embedded implementation, an OCI image
+//! layout directory ([`OciLayout`]). An OCI distribution registry is the
+//! sibling implementation the scale-out step adds.
 //!
 //! ```text
 //! <root>/oci-layout          {"imageLayoutVersion":"1.0.0"}
@@ -206,6 +210,87 @@ impl OciLayout {
         let bytes =
             serde_json::to_vec_pretty(index).map_err(|e| StoreError::Index(e.to_string()))?;
         write_atomic(&self.root.join("index.json"), &bytes)
+    }
+}
+
+/// What the control plane needs of an artifact store. Every read verifies
+/// the bytes against their digest; a blob that fails is
+/// [`StoreError::Corrupt`] and counts as absent. The calls block (files,
+/// sockets): callers run them off the async workers.
+pub trait ArtifactStore: Send + Sync {
+    /// Whether an intact blob with this digest is stored.
+    fn has_blob(&self, digest: &Digest) -> bool;
+    /// Stores `bytes` as a blob and returns its digest; idempotent.
+    fn put_blob(&self, bytes: &[u8]) -> Result<Digest>;
+    /// Starts a streamed upload that refuses more than `limit` bytes.
+    fn upload(&self, limit: u64) -> Result<Box<dyn BlobUpload>>;
+    /// The bytes of a blob, verified against its digest.
+    fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>>;
+    /// The stored size of a blob (not verified), `None` when absent.
+    fn blob_size(&self, digest: &Digest) -> Result<Option<u64>>;
+    /// Lists an artifact (or referrer) manifest, once per digest.
+    fn add_manifest(&self, entry: IndexEntry) -> Result<()>;
+    /// Every listed manifest.
+    fn manifests(&self) -> Result<Vec<IndexEntry>>;
+}
+
+/// A blob being streamed into an [`ArtifactStore`]; dropped without
+/// [`BlobUpload::commit`], it leaves nothing behind.
+pub trait BlobUpload: Send {
+    /// Appends a chunk; fails once the total passes the limit.
+    fn write(&mut self, chunk: &[u8]) -> Result<()>;
+    /// Bytes written so far.
+    fn written(&self) -> u64;
+    /// Checks the digest (if one was announced) and stores the blob.
+    fn commit(self: Box<Self>, expected: Option<&Digest>) -> Result<Digest>;
+}
+
+impl ArtifactStore for OciLayout {
+    fn has_blob(&self, digest: &Digest) -> bool {
+        OciLayout::has_blob(self, digest)
+    }
+
+    fn put_blob(&self, bytes: &[u8]) -> Result<Digest> {
+        OciLayout::put_blob(self, bytes)
+    }
+
+    fn upload(&self, limit: u64) -> Result<Box<dyn BlobUpload>> {
+        Ok(Box::new(self.blob_writer(limit)?))
+    }
+
+    fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>> {
+        OciLayout::read_blob(self, digest)
+    }
+
+    fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        let path = self.blob_path(digest);
+        match fs::metadata(&path) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
+    fn add_manifest(&self, entry: IndexEntry) -> Result<()> {
+        OciLayout::add_manifest(self, entry)
+    }
+
+    fn manifests(&self) -> Result<Vec<IndexEntry>> {
+        OciLayout::manifests(self)
+    }
+}
+
+impl BlobUpload for BlobWriter {
+    fn write(&mut self, chunk: &[u8]) -> Result<()> {
+        BlobWriter::write(self, chunk)
+    }
+
+    fn written(&self) -> u64 {
+        BlobWriter::written(self)
+    }
+
+    fn commit(self: Box<Self>, expected: Option<&Digest>) -> Result<Digest> {
+        BlobWriter::commit(*self, expected)
     }
 }
 

@@ -11,10 +11,11 @@
 use anyhow::Context;
 use seal_control::Control;
 use seal_gateway::Gateway;
-use seal_oci::OciLayout;
+use seal_oci::{ArtifactStore, OciLayout};
 use seal_runtime::{Runtime, RuntimeConfig};
 use seal_serving::Serving;
 use seal_state::StateStore;
+use seal_state_sqlite::SqliteStore;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -222,12 +223,14 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
 
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
-    let state = match &config.state {
-        StateConfig::Sqlite { path } => StateStore::open_sqlite(path)
-            .await
-            .context("cannot open the state store")?,
+    let state: Arc<dyn StateStore> = match &config.state {
+        StateConfig::Sqlite { path } => Arc::new(
+            SqliteStore::open(path)
+                .await
+                .context("cannot open the state store")?,
+        ),
     };
-    let oci = Arc::new(
+    let oci: Arc<dyn ArtifactStore> = Arc::new(
         OciLayout::open(config.artifacts.layout_dir.clone())
             .context("cannot open the artifact store")?,
     );

@@ -4,25 +4,12 @@
 //! (only its SHA-256) nor a secret in clear (only its ciphertext), and it
 //! never writes a setting's value into an audit entry or a revision row.
 
-use crate::{NewAudit, Result, StateError, StateStore, insert_audit, now_ms};
-use serde::{Deserialize, Serialize};
+use crate::{Error, Result, SqliteStore, insert_audit};
+use seal_state::{
+    AttestationRecord, NewAudit, NewToken, SettingChange, SettingRecord, SettingRevision,
+    StateError, TokenRecord, now_ms,
+};
 use sqlx::FromRow;
-
-/// An API token, as stored (the hash, never the token).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TokenRecord {
-    pub id: String,
-    pub name: String,
-    pub role: String,
-    /// Environments the token may change; `None` = all.
-    pub environments: Option<Vec<String>>,
-    #[serde(skip)]
-    pub hash: String,
-    pub created_at: i64,
-    pub created_by: String,
-    pub revoked_at: Option<i64>,
-    pub revoked_by: Option<String>,
-}
 
 #[derive(FromRow)]
 struct TokenRow {
@@ -38,7 +25,7 @@ struct TokenRow {
 }
 
 impl TryFrom<TokenRow> for TokenRecord {
-    type Error = StateError;
+    type Error = Error;
     fn try_from(r: TokenRow) -> Result<Self> {
         let environments =
             match r.environments {
@@ -61,66 +48,10 @@ impl TryFrom<TokenRow> for TokenRecord {
     }
 }
 
-/// A token to create; `hash` is the SHA-256 (hex) of the token.
-#[derive(Debug, Clone)]
-pub struct NewToken<'a> {
-    pub id: &'a str,
-    pub name: &'a str,
-    pub role: &'a str,
-    pub environments: Option<&'a [String]>,
-    pub hash: &'a str,
-    pub actor: &'a str,
-}
-
-/// One stored config value or secret.
-#[derive(Debug, Clone, PartialEq, FromRow)]
-pub struct SettingRecord {
-    pub key: String,
-    pub secret: bool,
-    /// Plain UTF-8 for config; nonce + ciphertext for a secret.
-    pub value: Vec<u8>,
-    pub revision: i64,
-}
-
-/// A change to the config or the secrets of a function in an environment.
-#[derive(Debug, Clone)]
-pub struct SettingChange<'a> {
-    pub function: &'a str,
-    pub environment: &'a str,
-    pub secret: bool,
-    /// Keys with their stored form (ciphertext for secrets).
-    pub set: Vec<(String, Vec<u8>)>,
-    pub unset: Vec<String>,
-    pub actor: &'a str,
-}
-
-/// A recorded change: who, when, which keys.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SettingRevision {
-    pub function: String,
-    pub environment: String,
-    pub revision: i64,
-    pub at: i64,
-    pub actor: String,
-    /// `{"kind": "config"|"secrets", "set": [keys], "unset": [keys]}`
-    pub changes: serde_json::Value,
-}
-
 const TOKEN_COLUMNS: &str =
     "id, name, role, environments, hash, created_at, created_by, revoked_at, revoked_by";
 
-/// An attestation attached to an artifact.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, FromRow)]
-pub struct AttestationRecord {
-    pub subject: String,
-    pub referrer: String,
-    pub envelope: String,
-    pub keyid: Option<String>,
-    pub created_at: i64,
-    pub actor: String,
-}
-
-impl StateStore {
+impl SqliteStore {
     /// Records an attestation (once per referrer) with its audit entry.
     /// Returns false when it was already recorded.
     pub async fn add_attestation(&self, a: &AttestationRecord, object: &str) -> Result<bool> {
@@ -158,13 +89,26 @@ impl StateStore {
 
     /// The attestations of an artifact, oldest first.
     pub async fn attestations(&self, subject: &str) -> Result<Vec<AttestationRecord>> {
-        Ok(sqlx::query_as(
+        let rows: Vec<(String, String, String, Option<String>, i64, String)> = sqlx::query_as(
             "SELECT subject, referrer, envelope, keyid, created_at, actor FROM attestations \
              WHERE subject = $1 ORDER BY created_at, referrer",
         )
         .bind(subject)
         .fetch_all(&self.pool)
-        .await?)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(subject, referrer, envelope, keyid, created_at, actor)| AttestationRecord {
+                    subject,
+                    referrer,
+                    envelope,
+                    keyid,
+                    created_at,
+                    actor,
+                },
+            )
+            .collect())
     }
 
     /// How many tokens were ever created (revoked ones included).
@@ -300,15 +244,16 @@ impl StateStore {
             if let Some((_, secret)) = existing.iter().find(|(k, _)| k == key)
                 && *secret != change.secret
             {
-                let (is, use_) = if *secret {
-                    ("a secret", "seal secrets")
+                let (is, as_) = if *secret {
+                    ("a secret", "a secret")
                 } else {
-                    ("a config value", "seal config")
+                    ("a config value", "config")
                 };
                 return Err(StateError::Conflict(format!(
-                    "{key} is {is} of {}/{}: change it with `{use_}`, or unset it there first",
+                    "{key} is {is} of {}/{}: change it as {as_}, or unset it there first",
                     change.environment, change.function
-                )));
+                ))
+                .into());
             }
         }
         for key in &change.unset {
@@ -321,7 +266,8 @@ impl StateStore {
                     change.function,
                     if change.secret { "secret" } else { "config" },
                     change.environment
-                )));
+                ))
+                .into());
             }
         }
         let revision: i64 = sqlx::query_scalar(
@@ -404,7 +350,7 @@ impl StateStore {
         .bind(environment)
         .fetch_one(&self.pool)
         .await?;
-        let rows = sqlx::query_as(
+        let rows: Vec<(String, bool, Vec<u8>, i64)> = sqlx::query_as(
             "SELECT key, secret, value, revision FROM settings \
              WHERE function = $1 AND environment = $2 ORDER BY key",
         )
@@ -412,6 +358,15 @@ impl StateStore {
         .bind(environment)
         .fetch_all(&self.pool)
         .await?;
+        let rows = rows
+            .into_iter()
+            .map(|(key, secret, value, revision)| SettingRecord {
+                key,
+                secret,
+                value,
+                revision,
+            })
+            .collect();
         Ok((revision, rows))
     }
 
@@ -507,7 +462,7 @@ impl StateStore {
         row.map(|(t, at, by)| {
             serde_json::from_str(&t)
                 .map(|p| (p, at, by))
-                .map_err(|e| StateError::Corrupt(format!("policy of {environment}: {e}")))
+                .map_err(|e| StateError::Corrupt(format!("policy of {environment}: {e}")).into())
         })
         .transpose()
     }
@@ -518,11 +473,9 @@ impl StateStore {
 mod tests {
     use super::*;
 
-    async fn store() -> (tempfile::TempDir, StateStore) {
+    async fn store() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
-        let s = StateStore::open_sqlite(&dir.path().join("s.db"))
-            .await
-            .unwrap();
+        let s = SqliteStore::open(&dir.path().join("s.db")).await.unwrap();
         (dir, s)
     }
 

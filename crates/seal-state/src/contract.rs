@@ -1,0 +1,485 @@
+//! The contract every state backend keeps, written once. A backend runs
+//! it against itself with [`contract_tests!`](crate::contract_tests):
+//!
+//! ```text
+//! async fn fresh() -> (tempfile::TempDir, std::sync::Arc<dyn seal_state::StateStore>) { … }
+//! seal_state::contract_tests!(fresh);
+//! ```
+//!
+//! Each check gets an empty store in which the environments `production`
+//! and `staging` exist (every backend creates them on first open).
+
+#![allow(clippy::unwrap_used)] // test code: a failed step is a failed contract
+
+use crate::*;
+use serde_json::json;
+
+fn version<'a>(
+    function: &'a str,
+    digest: &'a str,
+    manifest: &'a serde_json::Value,
+) -> NewVersion<'a> {
+    NewVersion {
+        function,
+        digest,
+        manifest,
+        component_size: 10,
+        compiled_sha256: "x",
+        actor: "contract",
+    }
+}
+
+fn all(version: u64) -> Vec<WeightedVersion> {
+    vec![WeightedVersion {
+        version,
+        weight: 100,
+    }]
+}
+
+fn deploy<'a>(
+    function: &'a str,
+    to: &'a [WeightedVersion],
+    from: Option<&'a [WeightedVersion]>,
+) -> NewDeployment<'a> {
+    NewDeployment {
+        function,
+        environment: "production",
+        kind: "deploy",
+        strategy: "all-at-once",
+        from_weights: from,
+        to_weights: to,
+        actor: "contract",
+        reason: None,
+        digest: None,
+    }
+}
+
+fn note<'a>(object: &'a str) -> NewAudit<'a> {
+    NewAudit {
+        actor: "contract",
+        action: "test",
+        object,
+        digest: None,
+        outcome: "ok",
+        detail: json!({}),
+    }
+}
+
+/// Version numbers count up per function; a digest keeps its version; a
+/// publish is audited once.
+pub async fn versions_count_up_and_a_digest_keeps_its_version(s: &dyn StateStore) {
+    let m = json!({"name": "hello"});
+    let (v1, created) = s
+        .create_version(version("hello", "sha256:a", &m))
+        .await
+        .unwrap();
+    assert!(created);
+    assert_eq!(v1.version, 1);
+    let (v2, _) = s
+        .create_version(version("hello", "sha256:b", &m))
+        .await
+        .unwrap();
+    assert_eq!(v2.version, 2);
+    let (other, _) = s
+        .create_version(version("other", "sha256:c", &m))
+        .await
+        .unwrap();
+    assert_eq!(other.version, 1, "numbers are per function");
+    let (again, created) = s
+        .create_version(version("hello", "sha256:a", &m))
+        .await
+        .unwrap();
+    assert!(!created);
+    assert_eq!(again.version, 1);
+    assert_eq!(s.versions("hello").await.unwrap().len(), 2);
+    assert_eq!(
+        s.version_by_digest("sha256:b")
+            .await
+            .unwrap()
+            .map(|v| v.version),
+        Some(2)
+    );
+    assert_eq!(s.version("hello", 9).await.unwrap(), None);
+    assert!(s.function_exists("hello").await.unwrap());
+    assert!(!s.function_exists("nope").await.unwrap());
+    assert_eq!(s.functions().await.unwrap(), ["hello", "other"]);
+    assert_eq!(
+        s.audit_log(10).await.unwrap().len(),
+        3,
+        "one entry per new version"
+    );
+    s.set_compiled_sha256("sha256:a", "abc").await.unwrap();
+    assert_eq!(
+        s.version("hello", 1)
+            .await
+            .unwrap()
+            .unwrap()
+            .compiled_sha256
+            .as_deref(),
+        Some("abc")
+    );
+}
+
+/// Environments exist only when created; creating one twice is a no-op.
+pub async fn environments_are_explicit(s: &dyn StateStore) {
+    assert!(s.environment_exists("production").await.unwrap());
+    assert!(s.environment_exists("staging").await.unwrap());
+    assert!(!s.environment_exists("qa").await.unwrap());
+    assert!(s.create_environment("qa", "contract").await.unwrap());
+    assert!(!s.create_environment("qa", "contract").await.unwrap());
+    assert!(s.environment_exists("qa").await.unwrap());
+    let mut all = s.environments().await.unwrap();
+    all.sort();
+    assert_eq!(all, ["production", "qa", "staging"]);
+    assert_eq!(
+        s.audit_log(10).await.unwrap().len(),
+        1,
+        "one creation, one entry"
+    );
+}
+
+/// A deployment moves the route, with its events and its audit entry.
+pub async fn a_deployment_moves_the_route_with_its_events_and_audit(s: &dyn StateStore) {
+    let m = json!({});
+    s.create_version(version("hello", "sha256:a", &m))
+        .await
+        .unwrap();
+    s.create_version(version("hello", "sha256:b", &m))
+        .await
+        .unwrap();
+    let audited = s.audit_log(100).await.unwrap().len();
+    let d1 = s
+        .record_deployment(deploy("hello", &all(1), None))
+        .await
+        .unwrap();
+    assert_eq!(d1.state, "succeeded");
+    let route = s.route("production", "hello").await.unwrap().unwrap();
+    assert_eq!(route.weights, all(1));
+    assert_eq!(route.deployment_id, d1.id);
+    let d2 = s
+        .record_deployment(deploy("hello", &all(2), Some(&all(1))))
+        .await
+        .unwrap();
+    assert!(d2.id > d1.id, "ids grow");
+    assert_eq!(
+        s.route("production", "hello")
+            .await
+            .unwrap()
+            .unwrap()
+            .weights,
+        all(2)
+    );
+    let (d, events) = s.deployment(d2.id).await.unwrap().unwrap();
+    assert_eq!(d.from_weights, Some(all(1)));
+    assert!(!events.is_empty());
+    assert_eq!(s.audit_log(100).await.unwrap().len(), audited + 2);
+    let history = s.deployments("hello", Some("production")).await.unwrap();
+    assert_eq!(
+        history.iter().map(|d| d.id).collect::<Vec<_>>(),
+        [d2.id, d1.id],
+        "newest first"
+    );
+    assert_eq!(s.routes().await.unwrap().len(), 1);
+    assert!(s.deployment(d2.id + 100).await.unwrap().is_none());
+}
+
+/// An active progressive deployment owns its route: another deployment is
+/// `Busy`; once it ended, a transition is `NotActive`.
+pub async fn an_active_rollout_owns_its_route(s: &dyn StateStore) {
+    let m = json!({});
+    s.create_version(version("hello", "sha256:a", &m))
+        .await
+        .unwrap();
+    s.create_version(version("hello", "sha256:b", &m))
+        .await
+        .unwrap();
+    s.record_deployment(deploy("hello", &all(1), None))
+        .await
+        .unwrap();
+    let start = [
+        WeightedVersion {
+            version: 2,
+            weight: 0,
+        },
+        WeightedVersion {
+            version: 1,
+            weight: 100,
+        },
+    ];
+    let plan = json!({"steps": [10, 100]});
+    let d = s
+        .start_rollout(NewRollout {
+            function: "hello",
+            environment: "production",
+            strategy: "canary",
+            plan: &plan,
+            baseline: 1,
+            candidate: 2,
+            from_weights: Some(&all(1)),
+            weights: &start,
+            sticky_header: None,
+            actor: "contract",
+            reason: None,
+            digest: Some("sha256:b"),
+        })
+        .await
+        .unwrap();
+    assert!(d.is_active(), "{}", d.state);
+    assert_eq!(s.active_deployments().await.unwrap().len(), 1);
+    let busy = s
+        .record_deployment(deploy("hello", &all(2), Some(&all(1))))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(busy, StateError::Busy { id, .. } if id == d.id),
+        "{busy:?}"
+    );
+    // The refused deployment changed nothing.
+    assert_eq!(
+        s.route("production", "hello")
+            .await
+            .unwrap()
+            .unwrap()
+            .weights,
+        start
+    );
+    s.record_event(d.id, "gate", &json!({"verdict": "pass"}))
+        .await
+        .unwrap();
+    let ended = s
+        .transition(
+            d.id,
+            Transition {
+                state: "succeeded",
+                step: Some(2),
+                weights: Some(&all(2)),
+                finished: true,
+                event: "succeeded",
+                detail: json!({}),
+                audit: Some(("deploy", "succeeded", "contract")),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(ended.state, "succeeded");
+    assert!(s.active_deployments().await.unwrap().is_empty());
+    assert_eq!(
+        s.route("production", "hello")
+            .await
+            .unwrap()
+            .unwrap()
+            .weights,
+        all(2)
+    );
+    let again = s
+        .transition(
+            d.id,
+            Transition {
+                state: "rolled_back",
+                step: None,
+                weights: Some(&all(1)),
+                finished: true,
+                event: "rolled_back",
+                detail: json!({}),
+                audit: None,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(again, StateError::NotActive(id) if id == d.id),
+        "{again:?}"
+    );
+    let (_, events) = s.deployment(d.id).await.unwrap().unwrap();
+    assert!(events.iter().any(|e| e.kind == "gate"));
+}
+
+/// Every entry is chained to the one before it, from the genesis hash.
+pub async fn the_audit_log_is_one_chain(s: &dyn StateStore) {
+    assert_eq!(s.verify_audit().await.unwrap().entries, 0);
+    for o in ["a", "b", "c"] {
+        s.audit(note(o)).await.unwrap();
+    }
+    let v = s.verify_audit().await.unwrap();
+    assert!(v.ok && v.entries == 3 && v.first_broken.is_none(), "{v:?}");
+    let log = s.audit_log(10).await.unwrap();
+    assert_eq!(log[0].object, "c", "newest first");
+    assert_eq!(log[0].hash, v.head);
+    assert_eq!(log[2].prev_hash.as_deref(), Some(AUDIT_GENESIS));
+    assert_eq!(log[0].prev_hash, log[1].hash);
+    assert_eq!(s.audit_log(1).await.unwrap().len(), 1);
+}
+
+/// A budget and its audit entry are one change; deleting nothing records
+/// nothing; an alert is claimed once per period.
+pub async fn budgets_are_audited_with_their_change(s: &dyn StateStore) {
+    let b = Budget {
+        function: "hello".into(),
+        gb_seconds: 5.0,
+        period: "day".into(),
+        webhook: None,
+        alerted_period: None,
+        updated_by: "contract".into(),
+        updated_at: 1,
+    };
+    s.set_budget(&b, note("hello")).await.unwrap();
+    assert_eq!(s.budget("hello").await.unwrap(), Some(b.clone()));
+    assert_eq!(s.budgets().await.unwrap().len(), 1);
+    assert_eq!(s.audit_log(10).await.unwrap().len(), 1);
+    assert!(s.claim_budget_alert("hello", 100).await.unwrap());
+    assert!(!s.claim_budget_alert("hello", 100).await.unwrap());
+    assert!(s.claim_budget_alert("hello", 200).await.unwrap());
+    assert!(s.delete_budget("hello", note("hello")).await.unwrap());
+    assert!(!s.delete_budget("hello", note("hello")).await.unwrap());
+    assert_eq!(
+        s.audit_log(10).await.unwrap().len(),
+        2,
+        "no entry for nothing deleted"
+    );
+    assert_eq!(s.budget("hello").await.unwrap(), None);
+}
+
+/// Usage deltas add up per hour and version.
+pub async fn usage_adds_up_per_version(s: &dyn StateStore) {
+    let delta = |version, invocations| UsageDelta {
+        function: "hello".into(),
+        environment: "production".into(),
+        version,
+        hour: HOUR_MS * 10,
+        invocations,
+        gb_seconds: invocations as f64 * 0.5,
+    };
+    s.add_usage(&[delta(1, 2), delta(2, 1)]).await.unwrap();
+    s.add_usage(&[delta(1, 3)]).await.unwrap();
+    let rows = s.usage("hello", 0).await.unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!((rows[0].version, rows[0].invocations), (1, 5));
+    assert_eq!(rows[0].gb_seconds, 2.5);
+    assert!(s.usage("hello", HOUR_MS * 11).await.unwrap().is_empty());
+}
+
+/// Tokens are found by hash only, and a revoked one says so.
+pub async fn tokens_are_found_by_hash_and_revoked(s: &dyn StateStore) {
+    assert_eq!(s.token_count().await.unwrap(), 0);
+    let envs = ["staging".to_owned()];
+    let t = s
+        .create_token(NewToken {
+            id: "tk_1",
+            name: "ci",
+            role: "deployer",
+            environments: Some(&envs),
+            hash: "h1",
+            actor: "contract",
+        })
+        .await
+        .unwrap();
+    assert_eq!(t.environments.as_deref(), Some(&envs[..]));
+    assert_eq!(
+        s.token_by_hash("h1").await.unwrap().map(|t| t.id),
+        Some("tk_1".into())
+    );
+    assert_eq!(s.token_by_hash("h2").await.unwrap(), None);
+    let revoked = s.revoke_token("tk_1", "contract").await.unwrap().unwrap();
+    assert!(revoked.revoked_at.is_some());
+    assert!(s.revoke_token("tk_9", "contract").await.unwrap().is_none());
+    assert_eq!(s.tokens().await.unwrap().len(), 1);
+    assert_eq!(s.token_count().await.unwrap(), 1);
+}
+
+/// Settings change by revision; a revision names keys, never values.
+pub async fn settings_change_by_revision(s: &dyn StateStore) {
+    let change = |set: Vec<(String, Vec<u8>)>, unset: Vec<String>| SettingChange {
+        function: "hello",
+        environment: "production",
+        secret: false,
+        set,
+        unset,
+        actor: "contract",
+    };
+    assert_eq!(s.settings("hello", "production").await.unwrap().0, 0);
+    let r1 = s
+        .change_settings(change(vec![("GREETING".into(), b"hi".to_vec())], vec![]))
+        .await
+        .unwrap();
+    let r2 = s
+        .change_settings(change(
+            vec![("OTHER".into(), b"x".to_vec())],
+            vec!["GREETING".into()],
+        ))
+        .await
+        .unwrap();
+    assert!(r2 > r1);
+    let (revision, rows) = s.settings("hello", "production").await.unwrap();
+    assert_eq!(revision, r2);
+    assert_eq!(
+        rows.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(),
+        ["OTHER"]
+    );
+    assert_eq!(rows[0].value, b"x");
+    let revisions = s.setting_revisions("hello", None, 10).await.unwrap();
+    assert_eq!(revisions.len(), 2);
+    assert!(
+        !revisions
+            .iter()
+            .any(|r| r.changes.to_string().contains("hi"))
+    );
+    assert_eq!(
+        s.setting_scopes().await.unwrap(),
+        [("hello".to_owned(), "production".to_owned())]
+    );
+}
+
+/// A policy is stored per environment with who set it.
+pub async fn policies_are_per_environment(s: &dyn StateStore) {
+    assert_eq!(s.policy("production").await.unwrap(), None);
+    let p = json!({"require_signature": true});
+    s.set_policy("production", &p, "contract").await.unwrap();
+    let (stored, _, by) = s.policy("production").await.unwrap().unwrap();
+    assert_eq!((stored, by.as_str()), (p, "contract"));
+}
+
+/// An attestation is recorded once per referrer.
+pub async fn attestations_are_recorded_once(s: &dyn StateStore) {
+    let a = AttestationRecord {
+        subject: "sha256:a".into(),
+        referrer: "sha256:r".into(),
+        envelope: "sha256:e".into(),
+        keyid: Some("k".into()),
+        created_at: 1,
+        actor: "contract".into(),
+    };
+    assert!(s.add_attestation(&a, "production/hello").await.unwrap());
+    assert!(!s.add_attestation(&a, "production/hello").await.unwrap());
+    assert_eq!(s.attestations("sha256:a").await.unwrap(), [a]);
+    assert!(s.attestations("sha256:b").await.unwrap().is_empty());
+}
+
+/// One `#[tokio::test]` per contract check, each on a fresh store from
+/// `$fresh` (an async fn returning a guard and an `Arc<dyn StateStore>`).
+#[macro_export]
+macro_rules! contract_tests {
+    ($fresh:path) => {
+        $crate::contract_tests!(@each $fresh;
+            versions_count_up_and_a_digest_keeps_its_version,
+            environments_are_explicit,
+            a_deployment_moves_the_route_with_its_events_and_audit,
+            an_active_rollout_owns_its_route,
+            the_audit_log_is_one_chain,
+            budgets_are_audited_with_their_change,
+            usage_adds_up_per_version,
+            tokens_are_found_by_hash_and_revoked,
+            settings_change_by_revision,
+            policies_are_per_environment,
+            attestations_are_recorded_once
+        );
+    };
+    (@each $fresh:path; $($check:ident),*) => {
+        $(
+            #[tokio::test]
+            async fn $check() {
+                let (_guard, store) = $fresh().await;
+                $crate::contract::$check(&*store).await;
+            }
+        )*
+    };
+}
