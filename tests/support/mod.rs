@@ -5,7 +5,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub fn repo() -> PathBuf {
@@ -16,39 +16,9 @@ pub fn seal_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_seal"))
 }
 
-/// Builds a guest workspace once per test binary and returns its release dir.
-fn build_wasm_workspace(dir: &str, cell: &'static OnceLock<PathBuf>) -> PathBuf {
-    cell.get_or_init(|| {
-        let manifest = repo().join(dir).join("Cargo.toml");
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
-            .arg(&manifest)
-            .env_remove("CARGO_TARGET_DIR")
-            .env_remove("RUSTFLAGS")
-            .status()
-            .expect("run cargo for guests");
-        assert!(status.success(), "building {dir} for wasm32-wasip2 failed (is the target installed? `rustup target add wasm32-wasip2`)");
-        repo().join(dir).join("target/wasm32-wasip2/release")
-    })
-    .clone()
-}
-
-/// Path of a test guest component (`echo`, `fail`, `slow`, `trap`, `spin`, `memhog`, `cli`).
-pub fn guest(name: &str) -> PathBuf {
-    static CELL: OnceLock<PathBuf> = OnceLock::new();
-    let dir = build_wasm_workspace("tests/guests", &CELL);
-    if name == "cli" {
-        dir.join("guest-cli.wasm")
-    } else {
-        dir.join(format!("guest_{name}.wasm"))
-    }
-}
-
-/// Makes sure `examples/` is built (the CLI builds it too, through seal.toml).
-pub fn example_component(name: &str) -> PathBuf {
-    static CELL: OnceLock<PathBuf> = OnceLock::new();
-    build_wasm_workspace("examples", &CELL).join(format!("{name}.wasm"))
-}
+mod guests;
+#[allow(unused_imports)] // not every test binary uses both
+pub use guests::{example_component, guest};
 
 /// A running `seal server` child process; killed on drop, its log printed
 /// if the test failed.

@@ -23,6 +23,8 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+pub mod testing;
+
 /// Everything `seal server` can be told, by the part it configures.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -174,8 +176,11 @@ impl RunningServer {
     }
 }
 
-/// After the listeners stop: persist the last usage, flush the last spans.
+/// After the listeners stop: stop the deployment drivers (they resume at
+/// the next start from what they committed), persist the last usage,
+/// flush the last spans.
 async fn finish(control: &Control, provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>) {
+    control.stop_rollouts().await;
     if let Err(e) = control.flush_usage().await {
         tracing::warn!(error = %e, "cannot persist the last usage counts");
     }

@@ -28,8 +28,10 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// The tokio clock, so a paused test runtime drives steps and ticks.
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 /// How often a driver looks at the telemetry.
 pub const TICK: Duration = Duration::from_millis(100);
@@ -68,6 +70,8 @@ pub struct Rollouts {
     drivers: Mutex<HashMap<u64, mpsc::Sender<Envelope>>>,
     live: Mutex<HashMap<u64, LiveView>>,
     history: Mutex<History>,
+    /// The driver tasks, so the server's shutdown stops and joins them.
+    tasks: Mutex<tokio::task::JoinSet<()>>,
 }
 
 /// What a driver is doing right now (for `rollout status`).
@@ -376,7 +380,14 @@ impl Control {
             m.insert(d.id, tx);
         }
         let control = self.clone();
-        tokio::spawn(async move {
+        let mut tasks = self
+            .rollouts
+            .tasks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Forget drivers that ended, so the set holds only running ones.
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(async move {
             let id = d.id;
             let mut driver = Driver {
                 control: control.clone(),
@@ -584,7 +595,45 @@ impl Control {
     }
 }
 
+impl Control {
+    /// Stops every deployment driver of this process and waits for them to
+    /// end. Each stops at an await point; what it had committed stays, and
+    /// the next start resumes from there (as after a crash).
+    pub async fn stop_rollouts(&self) {
+        let mut tasks = std::mem::take(
+            &mut *self
+                .rollouts
+                .tasks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        tasks.shutdown().await;
+        if let Ok(mut m) = self.rollouts.drivers.lock() {
+            m.clear();
+        }
+        if let Ok(mut m) = self.rollouts.live.lock() {
+            m.clear();
+        }
+    }
+}
+
 impl Rollouts {
+    /// The deployments whose driver runs in this process now.
+    pub fn running(&self) -> Vec<u64> {
+        let mut ids: Vec<u64> = self
+            .drivers
+            .lock()
+            .map(|m| m.keys().copied().collect())
+            .unwrap_or_default();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// What the driver of deployment `id` is doing now, if it runs here.
+    pub fn live(&self, id: u64) -> Option<LiveView> {
+        self.live.lock().ok()?.get(&id).cloned()
+    }
+
     /// Records a snapshot of every version in the table (called every
     /// second by the sampler task) and forgets versions no longer routed.
     pub fn sample(&self, table: &RouteTable) {
@@ -970,7 +1019,7 @@ impl Driver {
                     weights: None,
                     finished: false,
                     event: "paused",
-                    detail: json!({"reason": "waiting for `seal approve` before promotion"}),
+                    detail: json!({"reason": "waiting for an approval before promotion"}),
                     audit: None,
                 },
             )
