@@ -5,7 +5,9 @@ use crate::client::Client;
 use crate::output::{OutputFormat, duration_ms, emit, s, weights};
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
-use serde_json::{Map, Value, json};
+use seal_api_types::rollout::{self as wire, Gates, Hook, LatencyLimit, RolloutSpec};
+use seal_api_types::{DeployRequest, RollbackRequest};
+use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -119,13 +121,13 @@ pub enum Strategy {
     BlueGreen,
 }
 
-impl Strategy {
-    fn as_str(self) -> &'static str {
-        match self {
-            Strategy::AllAtOnce => "all-at-once",
-            Strategy::Canary => "canary",
-            Strategy::Linear => "linear",
-            Strategy::BlueGreen => "blue-green",
+impl From<Strategy> for wire::Strategy {
+    fn from(s: Strategy) -> Self {
+        match s {
+            Strategy::AllAtOnce => wire::Strategy::AllAtOnce,
+            Strategy::Canary => wire::Strategy::Canary,
+            Strategy::Linear => wire::Strategy::Linear,
+            Strategy::BlueGreen => wire::Strategy::BlueGreen,
         }
     }
 }
@@ -136,6 +138,15 @@ pub enum OnInconclusive {
     Wait,
     /// Treat a step without enough traffic as a failure and roll back.
     Fail,
+}
+
+impl From<OnInconclusive> for wire::OnInconclusive {
+    fn from(o: OnInconclusive) -> Self {
+        match o {
+            OnInconclusive::Wait => wire::OnInconclusive::Wait,
+            OnInconclusive::Fail => wire::OnInconclusive::Fail,
+        }
+    }
 }
 
 /// `p99=200ms` → quantile 0.99, 200 ms.
@@ -181,7 +192,7 @@ pub async fn deploy(args: DeployArgs, client: &Client, out: OutputFormat) -> any
     let d = &v["deployment"];
     let progressive = d["strategy"]
         .as_str()
-        .is_some_and(|st| st != Strategy::AllAtOnce.as_str());
+        .is_some_and(|st| st != wire::Strategy::AllAtOnce.as_str());
     let id = d["id"].as_u64();
     if args.wait && out == OutputFormat::Json {
         println!("{v}");
@@ -204,92 +215,53 @@ pub async fn deploy(args: DeployArgs, client: &Client, out: OutputFormat) -> any
 /// The deploy request: `rollout` only when a strategy other than
 /// all-at-once or any rollout flag is given (the server judges the rest).
 fn request_body(args: &DeployArgs) -> anyhow::Result<Value> {
-    let mut body = json!({
-        "version": args.version,
-        "environment": args.env,
-        "reason": args.reason,
-    });
-    if args.plan {
-        body["dry_run"] = json!(true);
-    }
-    if args.allow_new_permissions {
-        body["allow_new_permissions"] = json!(true);
-    }
-    if let Some(rollout) = rollout_body(args)? {
-        body["rollout"] = rollout;
-    }
-    Ok(body)
+    let body = DeployRequest {
+        version: args.version,
+        environment: args.env.clone(),
+        reason: args.reason.clone(),
+        rollout: rollout_spec(args)?,
+        dry_run: args.plan,
+        allow_new_permissions: args.allow_new_permissions,
+    };
+    Ok(serde_json::to_value(body)?)
 }
 
-fn rollout_body(args: &DeployArgs) -> anyhow::Result<Option<Value>> {
-    let mut gates = Map::new();
-    if let Some(r) = args.max_error_rate {
-        gates.insert("max_error_rate".into(), json!(r));
-    }
-    if let Some(l) = args.max_latency {
-        gates.insert(
-            "max_latency".into(),
-            json!({"quantile": l.quantile, "ms": l.ms}),
-        );
-    }
-    if let Some(r) = args.max_error_rate_increase {
-        gates.insert("max_error_rate_increase".into(), json!(r));
-    }
-    if let Some(r) = args.max_latency_increase {
-        gates.insert("max_latency_increase".into(), json!(r));
-    }
-    if let Some(n) = args.min_requests {
-        gates.insert("min_requests".into(), json!(n));
-    }
-
-    let mut r = Map::new();
-    if !args.steps.is_empty() {
-        r.insert("steps".into(), json!(args.steps));
-    }
-    if let Some(i) = args.increment {
-        r.insert("increment".into(), json!(i));
-    }
-    if let Some(ms) = args.interval {
-        r.insert("interval_ms".into(), json!(ms));
-    }
-    if !gates.is_empty() {
-        r.insert("gates".into(), Value::Object(gates));
-    }
-    if let Some(o) = args.on_inconclusive {
-        let o = match o {
-            OnInconclusive::Wait => "wait",
-            OnInconclusive::Fail => "fail",
-        };
-        r.insert("on_inconclusive".into(), json!(o));
-    }
-    if let Some(ms) = args.progress_deadline {
-        r.insert("progress_deadline_ms".into(), json!(ms));
-    }
-    if args.approve_before_promote {
-        r.insert("approve_before_promote".into(), json!(true));
-    }
-    if let Some(ms) = args.scale_down_delay {
-        r.insert("scale_down_delay_ms".into(), json!(ms));
-    }
-    if let Some(h) = &args.sticky_header {
-        r.insert("sticky_header".into(), json!(h));
-    }
-    if let Some(u) = &args.notify {
-        r.insert("notify".into(), json!(u));
-    }
-    if let Some(dir) = &args.hooks {
-        r.insert("hooks".into(), Value::Array(load_hooks(dir)?));
-    }
-    if r.is_empty() && args.strategy == Strategy::AllAtOnce {
+fn rollout_spec(args: &DeployArgs) -> anyhow::Result<Option<RolloutSpec>> {
+    let spec = RolloutSpec {
+        steps: (!args.steps.is_empty()).then(|| args.steps.clone()),
+        increment: args.increment,
+        interval_ms: args.interval,
+        gates: Gates {
+            max_error_rate: args.max_error_rate,
+            max_latency: args.max_latency.map(|l| LatencyLimit {
+                quantile: l.quantile,
+                ms: l.ms as f64,
+            }),
+            max_error_rate_increase: args.max_error_rate_increase,
+            max_latency_increase: args.max_latency_increase,
+            min_requests: args.min_requests,
+        },
+        on_inconclusive: args.on_inconclusive.map(Into::into).unwrap_or_default(),
+        progress_deadline_ms: args.progress_deadline,
+        approve_before_promote: args.approve_before_promote,
+        scale_down_delay_ms: args.scale_down_delay,
+        sticky_header: args.sticky_header.clone(),
+        notify: args.notify.clone(),
+        hooks: match &args.hooks {
+            Some(dir) => load_hooks(dir)?,
+            None => Vec::new(),
+        },
+        ..RolloutSpec::new(args.strategy.into())
+    };
+    if spec == RolloutSpec::new(wire::Strategy::AllAtOnce) {
         return Ok(None);
     }
-    r.insert("strategy".into(), json!(args.strategy.as_str()));
-    Ok(Some(Value::Object(r)))
+    Ok(Some(spec))
 }
 
 /// Every `*.json` file of `dir`, sorted by file name, as one hook object;
 /// a hook without a "name" is named after its file.
-pub fn load_hooks(dir: &Path) -> anyhow::Result<Vec<Value>> {
+pub fn load_hooks(dir: &Path) -> anyhow::Result<Vec<Hook>> {
     let entries = std::fs::read_dir(dir)
         .with_context(|| format!("--hooks: cannot read directory {}", dir.display()))?;
     let mut files = Vec::new();
@@ -333,6 +305,8 @@ pub fn load_hooks(dir: &Path) -> anyhow::Result<Vec<Value>> {
                 .unwrap_or_default();
             obj.insert("name".into(), json!(stem));
         }
+        let hook: Hook = serde_json::from_value(hook)
+            .with_context(|| format!("hook file {} is not a hook", path.display()))?;
         hooks.push(hook);
     }
     Ok(hooks)
@@ -562,7 +536,11 @@ pub async fn rollback(
     let v = client
         .post(
             &format!("/v1/functions/{}/rollback", args.function),
-            &json!({"environment": args.env, "to": args.to, "allow_new_permissions": args.allow_new_permissions}),
+            &serde_json::to_value(RollbackRequest {
+                environment: args.env.clone(),
+                to: args.to,
+                allow_new_permissions: args.allow_new_permissions,
+            })?,
         )
         .await?;
     emit(out, &v, |v| {
@@ -576,12 +554,7 @@ pub async fn rollback(
 pub fn check_names(function: &str, env: Option<&str>) -> anyhow::Result<()> {
     seal_artifact::validate_function_name(function)?;
     if let Some(env) = env {
-        seal_artifact::validate_function_name(env).map_err(|e| match e {
-            seal_artifact::ArtifactError::InvalidName { reason, .. } => {
-                anyhow::anyhow!("invalid environment name {env:?}: {reason}")
-            }
-            other => other.into(),
-        })?;
+        seal_artifact::validate_environment_name(env)?;
     }
     Ok(())
 }
@@ -866,7 +839,7 @@ mod tests {
                 "interval_ms": 30000,
                 "gates": {
                     "max_error_rate": 0.01,
-                    "max_latency": {"quantile": 0.99, "ms": 200},
+                    "max_latency": {"quantile": 0.99, "ms": 200.0},
                     "max_error_rate_increase": 0.005,
                     "max_latency_increase": 0.2,
                     "min_requests": 50
@@ -937,15 +910,20 @@ mod tests {
         write("notes.txt", "not a hook");
         let hooks = load_hooks(dir.path()).expect("hooks");
         assert_eq!(hooks.len(), 2);
-        assert_eq!(hooks[0]["name"], "get-root");
-        assert_eq!(hooks[0]["expect"]["body_contains"], "hello");
-        assert_eq!(hooks[0]["request"]["headers"]["k"], "v");
-        assert_eq!(hooks[1]["name"], "b-post");
-        assert_eq!(hooks[1]["phase"], "post-traffic");
+        assert_eq!(hooks[0].name, "get-root");
+        assert_eq!(hooks[0].expect.body_contains.as_deref(), Some("hello"));
+        assert_eq!(hooks[0].request.headers["k"], "v");
+        assert_eq!(hooks[1].name, "b-post");
+        assert_eq!(hooks[1].phase, wire::HookPhase::PostTraffic);
 
         let dir_str = dir.path().to_str().expect("utf-8");
         let b = body(&["--strategy", "canary", "--hooks", dir_str]);
-        assert_eq!(b["rollout"]["hooks"], Value::Array(hooks));
+        assert_eq!(
+            b["rollout"]["hooks"],
+            serde_json::to_value(&hooks).expect("json")
+        );
+        assert_eq!(b["rollout"]["hooks"][0]["name"], "get-root");
+        assert_eq!(b["rollout"]["hooks"][1]["phase"], "post-traffic");
 
         write("c-broken.json", "{not json");
         let err = format!("{:#}", load_hooks(dir.path()).unwrap_err());

@@ -117,7 +117,7 @@ pub async fn run(
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
-    seal_artifact::validate_function_name(&args.default_environment)
+    seal_artifact::validate_environment_name(&args.default_environment)
         .map_err(|e| anyhow::anyhow!("--default-environment: {e}"))?;
 
     let mut config = seal_server::ServerConfig::new(args.listen, args.api_listen, data_dir.clone());

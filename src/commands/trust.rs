@@ -604,12 +604,7 @@ pub fn permission_lines(p: &Value) -> Vec<String> {
 /// Environment names follow the function-name rule (checked before they go
 /// into a URL).
 fn check_env(env: &str) -> anyhow::Result<()> {
-    seal_artifact::validate_function_name(env).map_err(|e| match e {
-        seal_artifact::ArtifactError::InvalidName { reason, .. } => {
-            anyhow::anyhow!("invalid environment name {env:?}: {reason}")
-        }
-        other => other.into(),
-    })
+    Ok(seal_artifact::validate_environment_name(env)?)
 }
 
 /// `sha256:` + 12 hex digits + `…` for a key id; anything else as it is

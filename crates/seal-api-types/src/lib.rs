@@ -10,6 +10,50 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod rollout;
+
+use rollout::RolloutSpec;
+
+/// `POST /v1/functions/{fn}/deploy`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployRequest {
+    pub version: u64,
+    /// The server's default environment when absent.
+    #[serde(default)]
+    pub environment: Option<String>,
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Progressive settings; absent (or all-at-once) moves all traffic now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutSpec>,
+    /// Plan only: what would happen, nothing changed.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub dry_run: bool,
+    /// An admin's approval of wider permissions (production).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_new_permissions: bool,
+}
+
+/// `POST /v1/functions/{fn}/rollback`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    #[serde(default)]
+    pub environment: Option<String>,
+    /// The version to return to; the one that served before when absent.
+    #[serde(default)]
+    pub to: Option<u64>,
+    /// An admin's approval, needed only for a target that never served in
+    /// this environment and asks for more.
+    #[serde(default)]
+    pub allow_new_permissions: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
 /// `{"error": {"code", "message", ...}}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorBody {

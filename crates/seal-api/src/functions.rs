@@ -30,9 +30,10 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use futures::StreamExt;
+use seal_api_types::rollout::Strategy;
+use seal_api_types::{DeployRequest, RollbackRequest};
 use seal_artifact::Digest;
 use seal_control::rollout::Command;
-use seal_control::rollout::plan::{RolloutSpec, Strategy};
 use seal_control::{Control, ControlError, Role};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -211,22 +212,6 @@ async fn inspect_version(
     Ok(Json(c.inspect_version(&function, number).await?))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DeployRequest {
-    version: u64,
-    environment: Option<String>,
-    reason: Option<String>,
-    /// Progressive settings; absent (or all-at-once) moves all traffic now.
-    rollout: Option<RolloutSpec>,
-    /// Plan only: print what would happen, change nothing.
-    #[serde(default)]
-    dry_run: bool,
-    /// The admin's approval of wider permissions in production.
-    #[serde(default)]
-    allow_new_permissions: bool,
-}
-
 async fn deploy(
     State(c): State<Arc<Control>>,
     Path(function): Path<String>,
@@ -289,17 +274,6 @@ async fn deploy(
         )
         .await?;
     Ok(Json(json!(outcome)))
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RollbackRequest {
-    environment: Option<String>,
-    to: Option<u64>,
-    /// The admin's approval, needed only for a target that never served
-    /// in this environment and asks for more.
-    #[serde(default)]
-    allow_new_permissions: bool,
 }
 
 async fn rollback(

@@ -19,7 +19,8 @@ mod validate;
 pub use digest::{Digest, DigestError, sha256_digest};
 pub use manifest::{
     Capabilities, DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_MS, Limits, MAX_MEMORY_MB, MAX_TIMEOUT_MS,
-    ProjectBuild, ProjectFile, Provenance, SealManifest, validate_function_name,
+    ProjectBuild, ProjectFile, Provenance, SealManifest, validate_environment_name,
+    validate_function_name,
 };
 pub use validate::{ComponentInfo, validate_component};
 
@@ -53,6 +54,8 @@ pub enum ArtifactError {
     NoHttpHandler { exports: String },
     #[error("invalid function name {name:?}: {reason}")]
     InvalidName { name: String, reason: &'static str },
+    #[error("invalid environment name {name:?}: {reason}")]
+    InvalidEnvironment { name: String, reason: &'static str },
     #[error("invalid manifest: {0}")]
     InvalidManifest(String),
     #[error("invalid artifact: {0}")]

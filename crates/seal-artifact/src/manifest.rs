@@ -159,6 +159,17 @@ impl SealManifest {
 
 /// Function names: `[a-z][a-z0-9-]{0,62}`, so they are safe in URLs, host
 /// names (`<fn>.<env>.localhost`) and file names.
+/// Environment names follow the function-name rule: they appear in host
+/// names (`<fn>.<env>.localhost`) and URLs.
+pub fn validate_environment_name(name: &str) -> Result<()> {
+    validate_function_name(name).map_err(|e| match e {
+        ArtifactError::InvalidName { name, reason } => {
+            ArtifactError::InvalidEnvironment { name, reason }
+        }
+        other => other,
+    })
+}
+
 pub fn validate_function_name(name: &str) -> Result<()> {
     let fail = |reason| {
         Err(ArtifactError::InvalidName {

@@ -2,10 +2,7 @@
 //! state store, the artifact store and the gateway's route table.
 
 use crate::error::{ControlError, ControlResult};
-use seal_artifact::{
-    Digest, SealManifest, parse_oci_manifest, sha256_digest, validate_component,
-    validate_function_name,
-};
+use seal_artifact::{Digest, SealManifest, parse_oci_manifest, sha256_digest, validate_component};
 use seal_oci::{ANNOTATION_FUNCTION, ANNOTATION_REF_NAME, ArtifactStore, IndexEntry};
 use seal_runtime::{Function, FunctionLimits, Runtime};
 use seal_serving::{Route, RouteTable, Serving};
@@ -702,15 +699,10 @@ fn index_entry(v: &VersionRecord, digest: &Digest, size: u64) -> IndexEntry {
     }
 }
 
-/// Environment names follow the function-name rule (they appear in host
-/// names: `<fn>.<env>.localhost`).
+/// An environment name a request may use (400 otherwise).
 fn validate_environment_name(env: &str) -> ControlResult<()> {
-    validate_function_name(env).map_err(|e| match e {
-        seal_artifact::ArtifactError::InvalidName { reason, .. } => {
-            ControlError::bad_request(format!("invalid environment name {env:?}: {reason}"))
-        }
-        other => ControlError::bad_request(other.to_string()),
-    })
+    seal_artifact::validate_environment_name(env)
+        .map_err(|e| ControlError::bad_request(e.to_string()))
 }
 
 /// The limits and permissions the runtime enforces, from a manifest that

@@ -170,7 +170,9 @@ impl From<ArtifactError> for ControlError {
             ArtifactError::CoreModule => "core_module",
             ArtifactError::InvalidComponent(_) => "invalid_component",
             ArtifactError::NoHttpHandler { .. } => "no_http_handler",
-            ArtifactError::InvalidName { .. } => "invalid_name",
+            ArtifactError::InvalidName { .. } | ArtifactError::InvalidEnvironment { .. } => {
+                "invalid_name"
+            }
             ArtifactError::InvalidManifest(_) => "invalid_manifest",
             ArtifactError::InvalidArtifact(_) | ArtifactError::Digest(_) => "invalid_artifact",
         };

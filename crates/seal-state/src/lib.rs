@@ -29,7 +29,7 @@ pub mod contract;
 pub enum StateError {
     /// The store itself failed (I/O, the driver, a migration); the
     /// message is for the server log.
-    #[error("state store error: {0}")]
+    #[error("{0}")]
     Backend(String),
     #[error("corrupt state row: {0}")]
     Corrupt(String),

@@ -29,27 +29,7 @@ pub const ALPHA: f64 = 0.05;
 /// back before the step ends.
 pub const ALPHA_EARLY: f64 = 0.001;
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct LatencyLimit {
-    /// e.g. 0.99 for p99.
-    pub quantile: f64,
-    pub ms: f64,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Gates {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_error_rate: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_latency: Option<LatencyLimit>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_error_rate_increase: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_latency_increase: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub min_requests: Option<u64>,
-}
+pub use seal_api_types::rollout::{Gates, LatencyLimit};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -124,20 +104,22 @@ pub fn quantile_name(q: f64) -> String {
     }
 }
 
-impl Gates {
-    pub fn is_empty(&self) -> bool {
-        self.max_error_rate.is_none()
-            && self.max_latency.is_none()
-            && self.max_error_rate_increase.is_none()
-            && self.max_latency_increase.is_none()
-    }
-
-    pub fn has_relative(&self) -> bool {
-        self.max_error_rate_increase.is_some() || self.max_latency_increase.is_some()
-    }
-
+/// Describing and judging gates.
+pub trait Judge {
     /// The gates as the plan lists them.
-    pub fn describe(&self) -> Vec<(String, String)> {
+    fn describe(&self) -> Vec<(String, String)>;
+    /// Judges a candidate's window, alone and against the baseline's.
+    fn evaluate(
+        &self,
+        candidate: &Snapshot,
+        baseline: Option<&Snapshot>,
+        step_over: bool,
+    ) -> Evaluation;
+}
+
+impl Judge for Gates {
+    /// The gates as the plan lists them.
+    fn describe(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
         if let Some(r) = self.max_error_rate {
             out.push(("error_rate".into(), format!("≤ {}", percent(r))));
@@ -166,7 +148,7 @@ impl Gates {
     /// Judges the candidate's window (and the baseline's, same interval).
     /// `step_over`: the step's interval has elapsed, so a pass is possible
     /// and the end-of-step α applies.
-    pub fn evaluate(
+    fn evaluate(
         &self,
         candidate: &Snapshot,
         baseline: Option<&Snapshot>,

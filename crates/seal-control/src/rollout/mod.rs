@@ -20,8 +20,8 @@ pub mod plan;
 
 use crate::engine::Control;
 use crate::error::{ControlError, ControlResult};
-use gates::{Evaluation, Verdict};
-use plan::{Hook, HookPhase, OnInconclusive, Plan, RolloutSpec, VersionRef};
+use gates::{Evaluation, Judge, Verdict};
+use plan::{Hook, HookPhase, OnInconclusive, Plan, Planning, RolloutSpec, VersionRef};
 use seal_serving::{Backend, Route, RouteTable, Snapshot};
 use seal_state::{DeploymentRecord, NewRollout, Transition, WeightedVersion};
 use serde::Serialize;

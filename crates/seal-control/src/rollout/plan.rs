@@ -3,128 +3,14 @@
 //! is stored with the deployment, so a restarted server resumes exactly
 //! what was started.
 
-use super::gates::Gates;
+use super::gates::{Gates, Judge};
 use crate::error::{ControlError, ControlResult};
 use seal_state::WeightedVersion;
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Strategy {
-    AllAtOnce,
-    Canary,
-    Linear,
-    BlueGreen,
-}
-
-impl Strategy {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Strategy::AllAtOnce => "all-at-once",
-            Strategy::Canary => "canary",
-            Strategy::Linear => "linear",
-            Strategy::BlueGreen => "blue-green",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OnInconclusive {
-    #[default]
-    Wait,
-    Fail,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum HookPhase {
-    PreTraffic,
-    PostTraffic,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HookRequest {
-    #[serde(default = "default_method")]
-    pub method: String,
-    #[serde(default = "default_path")]
-    pub path: String,
-    #[serde(default)]
-    pub headers: std::collections::BTreeMap<String, String>,
-    #[serde(default)]
-    pub body: Option<String>,
-}
-
-fn default_method() -> String {
-    "GET".into()
-}
-
-fn default_path() -> String {
-    "/".into()
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HookExpect {
-    #[serde(default)]
-    pub status: Option<u16>,
-    #[serde(default)]
-    pub body_contains: Option<String>,
-}
-
-/// A synthetic request sent to the candidate through the version header
-/// before it gets traffic (pre-traffic) or after promotion (post-traffic).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Hook {
-    pub name: String,
-    #[serde(default = "default_phase")]
-    pub phase: HookPhase,
-    pub request: HookRequest,
-    #[serde(default = "default_expect")]
-    pub expect: HookExpect,
-}
-
-fn default_phase() -> HookPhase {
-    HookPhase::PreTraffic
-}
-
-fn default_expect() -> HookExpect {
-    HookExpect {
-        status: Some(200),
-        body_contains: None,
-    }
-}
-
-/// The rollout settings of a deploy request.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RolloutSpec {
-    pub strategy: Strategy,
-    #[serde(default)]
-    pub steps: Option<Vec<u32>>,
-    #[serde(default)]
-    pub increment: Option<u32>,
-    #[serde(default)]
-    pub interval_ms: Option<u64>,
-    #[serde(default)]
-    pub gates: Gates,
-    #[serde(default)]
-    pub on_inconclusive: OnInconclusive,
-    #[serde(default)]
-    pub progress_deadline_ms: Option<u64>,
-    #[serde(default)]
-    pub approve_before_promote: bool,
-    #[serde(default)]
-    pub scale_down_delay_ms: Option<u64>,
-    #[serde(default)]
-    pub sticky_header: Option<String>,
-    #[serde(default)]
-    pub notify: Option<String>,
-    #[serde(default)]
-    pub hooks: Vec<Hook>,
-}
+pub use seal_api_types::rollout::{
+    Hook, HookExpect, HookPhase, HookRequest, OnInconclusive, RolloutSpec, Strategy,
+};
 
 pub const DEFAULT_INTERVAL_MS: u64 = 60_000;
 pub const DEFAULT_PROGRESS_DEADLINE_MS: u64 = 600_000;
@@ -217,24 +103,21 @@ fn bad(msg: impl Into<String>) -> ControlError {
     ControlError::bad_request(msg)
 }
 
-impl RolloutSpec {
-    /// Whether anything beyond the strategy was asked for.
-    pub fn has_progressive_settings(&self) -> bool {
-        self.steps.is_some()
-            || self.increment.is_some()
-            || self.interval_ms.is_some()
-            || self.gates != Gates::default()
-            || self.on_inconclusive != OnInconclusive::Wait
-            || self.progress_deadline_ms.is_some()
-            || self.approve_before_promote
-            || self.scale_down_delay_ms.is_some()
-            || self.sticky_header.is_some()
-            || self.notify.is_some()
-            || !self.hooks.is_empty()
-    }
+/// Expanding rollout settings into a plan.
+pub trait Planning {
+    fn plan(
+        &self,
+        function: &str,
+        environment: &str,
+        baseline: VersionRef,
+        candidate: VersionRef,
+        current_route: Vec<WeightedVersion>,
+    ) -> ControlResult<Plan>;
+}
 
+impl Planning for RolloutSpec {
     /// Checks the settings and expands them into a plan.
-    pub fn plan(
+    fn plan(
         &self,
         function: &str,
         environment: &str,
