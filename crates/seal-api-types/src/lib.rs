@@ -10,7 +10,10 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod deployment;
 pub mod rollout;
+
+pub use deployment::{DeploymentKind, DeploymentState};
 
 use rollout::RolloutSpec;
 

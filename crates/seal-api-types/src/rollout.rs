@@ -13,7 +13,19 @@ pub enum Strategy {
     BlueGreen,
 }
 
+impl std::fmt::Display for Strategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl Strategy {
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::AllAtOnce, Self::Canary, Self::Linear, Self::BlueGreen]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Strategy::AllAtOnce => "all-at-once",

@@ -6,7 +6,7 @@ use seal_artifact::{Digest, SealManifest, parse_oci_manifest, sha256_digest, val
 use seal_oci::{ANNOTATION_FUNCTION, ANNOTATION_REF_NAME, ArtifactStore, IndexEntry};
 use seal_runtime::{Function, FunctionLimits, Runtime};
 use seal_serving::{Route, RouteTable, Serving};
-use seal_state::StateStore;
+use seal_state::{DeploymentKind, StateStore, Strategy};
 use seal_state::{
     DeploymentRecord, NewAudit, NewDeployment, NewVersion, VersionRecord, WeightedVersion,
 };
@@ -490,7 +490,7 @@ impl Control {
             &env,
             &v,
             to,
-            "deploy",
+            DeploymentKind::Deploy,
             reason,
             actor,
             Some(approve_widening),
@@ -554,7 +554,7 @@ impl Control {
             version: target,
             weight: 100,
         }];
-        self.switch_locked(&env, &v, to, "rollback", None, actor, gate)
+        self.switch_locked(&env, &v, to, DeploymentKind::Rollback, None, actor, gate)
             .await
     }
 
@@ -568,7 +568,7 @@ impl Control {
         env: &str,
         v: &VersionRecord,
         to: Vec<WeightedVersion>,
-        kind: &str,
+        kind: DeploymentKind,
         reason: Option<&str>,
         actor: &str,
         gate: Option<bool>,
@@ -602,7 +602,7 @@ impl Control {
         }
         // Load (and so verify) the target before anything is recorded: a
         // version that cannot serve never gets a route.
-        let (function, trust) = self.load_for_route(v, env, kind, actor).await?;
+        let (function, trust) = self.load_for_route(v, env, kind.as_str(), actor).await?;
         let permissions = match gate {
             Some(approved) => self.check_permissions(env, v, approved, actor).await?,
             None => serde_json::Value::Null,
@@ -614,7 +614,7 @@ impl Control {
                 function: &v.function,
                 environment: env,
                 kind,
-                strategy: "all-at-once",
+                strategy: Strategy::AllAtOnce,
                 from_weights: current.as_ref().map(|c| c.weights.as_slice()),
                 to_weights: &to,
                 actor,
@@ -642,10 +642,10 @@ impl Control {
         self.serving.publish(table);
         tracing::info!(
             function = %v.function, environment = env, version = v.version, digest = %v.digest,
-            deployment = deployment.id, kind, swap_us = started.elapsed().as_micros() as u64,
+            deployment = deployment.id, kind = kind.as_str(), swap_us = started.elapsed().as_micros() as u64,
             "route switched"
         );
-        self.observe_transition(&deployment, &deployment.state);
+        self.observe_transition(&deployment, deployment.state.as_str());
         Ok(DeployOutcome {
             deployment: Some(deployment),
             unchanged: false,

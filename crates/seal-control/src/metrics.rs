@@ -217,8 +217,8 @@ impl Metrics {
         let labels = DeploymentLabels {
             function: d.function.clone(),
             environment: d.environment.clone(),
-            strategy: d.strategy.clone(),
-            outcome: d.state.clone(),
+            strategy: d.strategy.as_str().to_owned(),
+            outcome: d.state.as_str().to_owned(),
         };
         self.deployments.get_or_create(&labels).inc();
         let seconds = d
@@ -231,9 +231,9 @@ impl Metrics {
             function: d.function.clone(),
             environment: d.environment.clone(),
         };
-        let trigger = if d.kind == "rollback" {
+        let trigger = if d.kind == seal_state::DeploymentKind::Rollback {
             Some("manual")
-        } else if d.state == "rolled_back" {
+        } else if d.state == seal_state::DeploymentState::RolledBack {
             let reason = d.reason.as_deref().unwrap_or("");
             Some(if reason.contains("hook") {
                 "hook"
@@ -253,7 +253,7 @@ impl Metrics {
                     trigger: trigger.into(),
                 })
                 .inc();
-            if d.state == "rolled_back" {
+            if d.state == seal_state::DeploymentState::RolledBack {
                 self.time_to_rollback
                     .get_or_create(&route)
                     .observe(seconds.max(0.0));

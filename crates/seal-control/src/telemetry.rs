@@ -15,10 +15,10 @@ use std::time::Duration;
 /// a URL that already has a path is used as it is.
 pub fn traces_url(endpoint: &str) -> Result<String, String> {
     let url = reqwest::Url::parse(endpoint)
-        .map_err(|e| format!("invalid --otlp-endpoint {endpoint:?}: {e}"))?;
+        .map_err(|e| format!("invalid OTLP endpoint {endpoint:?}: {e}"))?;
     if url.scheme() != "http" {
         return Err(format!(
-            "invalid --otlp-endpoint {endpoint:?}: only http:// is supported (put a collector with TLS in front for https)"
+            "invalid OTLP endpoint {endpoint:?}: only http:// is supported (put a collector with TLS in front for https)"
         ));
     }
     if url.path() == "/" || url.path().is_empty() {
@@ -81,8 +81,8 @@ pub fn transition_span(tracer: Option<&SdkTracer>, d: &DeploymentRecord, event: 
     let mut attributes = vec![
         KeyValue::new("seal.deployment.id", d.id as i64),
         KeyValue::new("seal.deployment.event", event.to_owned()),
-        KeyValue::new("seal.deployment.state", d.state.clone()),
-        KeyValue::new("seal.deployment.strategy", d.strategy.clone()),
+        KeyValue::new("seal.deployment.state", d.state.as_str()),
+        KeyValue::new("seal.deployment.strategy", d.strategy.as_str()),
         KeyValue::new("seal.deployment.step", i64::from(d.step)),
         KeyValue::new("seal.deployment.weights", weights),
         KeyValue::new("seal.function", d.function.clone()),

@@ -90,10 +90,8 @@ impl Control {
     /// missing, malformed, unknown or revoked token.
     pub async fn authenticate(&self, header: Option<&str>) -> ControlResult<Principal> {
         let header = header.ok_or_else(|| {
-        ControlError::unauthorized(
-            "no token: send `Authorization: Bearer <token>` (the CLI reads SEAL_TOKEN or --token)",
-        )
-    })?;
+            ControlError::unauthorized("no token: send `Authorization: Bearer <token>`")
+        })?;
         let token = header
             .strip_prefix("Bearer ")
             .map(str::trim)

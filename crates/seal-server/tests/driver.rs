@@ -12,6 +12,7 @@
 #[path = "../../../tests/support/guests.rs"]
 mod guests;
 
+use seal_api_types::DeploymentState;
 use seal_control::ControlError;
 use seal_control::rollout::Command;
 use seal_control::rollout::plan::RolloutSpec;
@@ -142,7 +143,7 @@ async fn a_step_advances_exactly_at_its_interval() {
     settle("the end", || s.control().rollouts().running().is_empty()).await;
     tokio::time::resume();
     let (d, events) = s.control().deployment(id).await.unwrap();
-    assert_eq!(d.state, "succeeded");
+    assert_eq!(d.state, DeploymentState::Succeeded);
     assert_eq!(s.weights(ENV, "api"), [(2, 100)]);
     let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
     assert_eq!(
@@ -190,7 +191,7 @@ async fn a_breach_rolls_back_on_the_next_tick() {
     .await;
     tokio::time::resume();
     let (d, events) = s.control().deployment(id).await.unwrap();
-    assert_eq!(d.state, "rolled_back");
+    assert_eq!(d.state, DeploymentState::RolledBack);
     let gate = events
         .iter()
         .rfind(|e| e.kind == "gate")
@@ -226,7 +227,7 @@ async fn a_paused_deployment_waits_for_approval() {
     .await;
     tokio::time::resume();
     let (d, _) = s.control().deployment(id).await.unwrap();
-    assert_eq!(d.state, "paused");
+    assert_eq!(d.state, DeploymentState::Paused);
     s.control()
         .command(id, Command::Approve, "approver")
         .await
@@ -237,7 +238,7 @@ async fn a_paused_deployment_waits_for_approval() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let (d, events) = s.control().deployment(id).await.unwrap();
-    assert_eq!(d.state, "succeeded");
+    assert_eq!(d.state, DeploymentState::Succeeded);
     assert!(events.iter().any(|e| e.kind == "approved"), "{events:?}");
     assert_eq!(s.weights(ENV, "api"), [(2, 100)]);
     s.shutdown().await;
@@ -265,7 +266,7 @@ async fn a_restart_resumes_at_the_committed_step() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let (d, events) = s.control().deployment(id).await.unwrap();
-    assert_eq!((d.state.as_str(), d.step), ("progressing", 2));
+    assert_eq!((d.state, d.step), (DeploymentState::Progressing, 2));
     let resumed = events.iter().rfind(|e| e.kind == "resumed").unwrap();
     assert_eq!(resumed.detail["step"], 2);
     // Its clock restarted with the new process: a full interval from now.
@@ -278,7 +279,7 @@ async fn a_restart_resumes_at_the_committed_step() {
     settle("the end", || s.control().rollouts().running().is_empty()).await;
     tokio::time::resume();
     let (d, _) = s.control().deployment(id).await.unwrap();
-    assert_eq!(d.state, "succeeded");
+    assert_eq!(d.state, DeploymentState::Succeeded);
     s.shutdown().await;
 }
 

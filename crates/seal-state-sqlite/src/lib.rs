@@ -9,9 +9,9 @@
 
 use seal_state::{
     AUDIT_GENESIS, AuditRecord, AuditVerification, BrokenLink, Budget, DeploymentEvent,
-    DeploymentRecord, HOUR_MS, NewAudit, NewDeployment, NewRollout, NewVersion, RouteRecord,
-    StateError, Transition, UsageDelta, UsageRow, VersionRecord, WeightedVersion, audit_hash,
-    now_ms,
+    DeploymentKind, DeploymentRecord, DeploymentState, HOUR_MS, NewAudit, NewDeployment,
+    NewRollout, NewVersion, RouteRecord, StateError, Strategy, Transition, UsageDelta, UsageRow,
+    VersionRecord, WeightedVersion, audit_hash, now_ms,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{FromRow, Sqlite, SqlitePool, Transaction};
@@ -137,9 +137,15 @@ impl TryFrom<DeploymentRow> for DeploymentRecord {
             to_weights: parse_weights(&r.to_weights)?,
             function: r.function,
             environment: r.environment,
-            kind: r.kind,
-            strategy: r.strategy,
-            state: r.state,
+            kind: DeploymentKind::parse(&r.kind).ok_or_else(|| {
+                StateError::Corrupt(format!("deployment {} has kind {:?}", r.id, r.kind))
+            })?,
+            strategy: Strategy::parse(&r.strategy).ok_or_else(|| {
+                StateError::Corrupt(format!("deployment {} has strategy {:?}", r.id, r.strategy))
+            })?,
+            state: DeploymentState::parse(&r.state).ok_or_else(|| {
+                StateError::Corrupt(format!("deployment {} has state {:?}", r.id, r.state))
+            })?,
             actor: r.actor,
             reason: r.reason,
             created_at: r.created_at,
@@ -412,8 +418,8 @@ impl SqliteStore {
         .bind(id)
         .bind(new.function)
         .bind(new.environment)
-        .bind(new.kind)
-        .bind(new.strategy)
+        .bind(new.kind.as_str())
+        .bind(new.strategy.as_str())
         .bind(&from)
         .bind(&to)
         .bind(new.actor)
@@ -460,7 +466,7 @@ impl SqliteStore {
             &mut tx,
             NewAudit {
                 actor: new.actor,
-                action: new.kind,
+                action: new.kind.as_str(),
                 object: &format!("{}/{}", new.environment, new.function),
                 digest: new.digest,
                 outcome: "ok",
@@ -496,7 +502,7 @@ impl SqliteStore {
         .bind(id)
         .bind(new.function)
         .bind(new.environment)
-        .bind(new.strategy)
+        .bind(new.strategy.as_str())
         .bind(&from)
         .bind(&weights)
         .bind(new.actor)
@@ -571,7 +577,7 @@ impl SqliteStore {
              WHERE id = $1",
         )
         .bind(id as i64)
-        .bind(t.state)
+        .bind(t.state.as_str())
         .bind(t.step.map(i64::from))
         .bind(now)
         .bind(&weights)
@@ -1213,8 +1219,8 @@ mod tests {
                 .record_deployment(NewDeployment {
                     function: "hello",
                     environment: "production",
-                    kind: "deploy",
-                    strategy: "all-at-once",
+                    kind: DeploymentKind::Deploy,
+                    strategy: Strategy::AllAtOnce,
                     from_weights: None,
                     to_weights: &to,
                     actor: "test",
@@ -1224,7 +1230,7 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(d.id, 1);
-            assert_eq!(d.state, "succeeded");
+            assert_eq!(d.state, DeploymentState::Succeeded);
             let (_, events) = s.deployment(1).await.unwrap().unwrap();
             assert_eq!(events.len(), 3);
         }

@@ -44,8 +44,8 @@ fn deploy<'a>(
     NewDeployment {
         function,
         environment: "production",
-        kind: "deploy",
-        strategy: "all-at-once",
+        kind: DeploymentKind::Deploy,
+        strategy: Strategy::AllAtOnce,
         from_weights: from,
         to_weights: to,
         actor: "contract",
@@ -152,7 +152,7 @@ pub async fn a_deployment_moves_the_route_with_its_events_and_audit(s: &dyn Stat
         .record_deployment(deploy("hello", &all(1), None))
         .await
         .unwrap();
-    assert_eq!(d1.state, "succeeded");
+    assert_eq!(d1.state, DeploymentState::Succeeded);
     let route = s.route("production", "hello").await.unwrap().unwrap();
     assert_eq!(route.weights, all(1));
     assert_eq!(route.deployment_id, d1.id);
@@ -211,7 +211,7 @@ pub async fn an_active_rollout_owns_its_route(s: &dyn StateStore) {
         .start_rollout(NewRollout {
             function: "hello",
             environment: "production",
-            strategy: "canary",
+            strategy: Strategy::Canary,
             plan: &plan,
             baseline: 1,
             candidate: 2,
@@ -250,7 +250,7 @@ pub async fn an_active_rollout_owns_its_route(s: &dyn StateStore) {
         .transition(
             d.id,
             Transition {
-                state: "succeeded",
+                state: DeploymentState::Succeeded,
                 step: Some(2),
                 weights: Some(&all(2)),
                 finished: true,
@@ -261,7 +261,7 @@ pub async fn an_active_rollout_owns_its_route(s: &dyn StateStore) {
         )
         .await
         .unwrap();
-    assert_eq!(ended.state, "succeeded");
+    assert_eq!(ended.state, DeploymentState::Succeeded);
     assert!(s.active_deployments().await.unwrap().is_empty());
     assert_eq!(
         s.route("production", "hello")
@@ -275,7 +275,7 @@ pub async fn an_active_rollout_owns_its_route(s: &dyn StateStore) {
         .transition(
             d.id,
             Transition {
-                state: "rolled_back",
+                state: DeploymentState::RolledBack,
                 step: None,
                 weights: Some(&all(1)),
                 finished: true,

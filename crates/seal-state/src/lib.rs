@@ -19,6 +19,8 @@
 //! This crate knows no SQL driver, no wasm and no HTTP.
 
 use async_trait::async_trait;
+pub use seal_api_types::rollout::Strategy;
+pub use seal_api_types::{DeploymentKind, DeploymentState};
 use serde::{Deserialize, Serialize};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -46,9 +48,6 @@ pub enum StateError {
     #[error("{0}")]
     Conflict(String),
 }
-
-/// States in which a deployment still owns its route.
-pub const ACTIVE_STATES: [&str; 3] = ["pending", "progressing", "paused"];
 
 pub type Result<T, E = StateError> = std::result::Result<T, E>;
 
@@ -90,10 +89,9 @@ pub struct DeploymentRecord {
     pub id: u64,
     pub function: String,
     pub environment: String,
-    /// `deploy` or `rollback`.
-    pub kind: String,
-    pub strategy: String,
-    pub state: String,
+    pub kind: DeploymentKind,
+    pub strategy: Strategy,
+    pub state: DeploymentState,
     pub from_weights: Option<Vec<WeightedVersion>>,
     pub to_weights: Vec<WeightedVersion>,
     pub actor: String,
@@ -111,7 +109,7 @@ pub struct DeploymentRecord {
 
 impl DeploymentRecord {
     pub fn is_active(&self) -> bool {
-        ACTIVE_STATES.contains(&self.state.as_str())
+        self.state.is_active()
     }
 }
 
@@ -211,8 +209,8 @@ pub struct NewVersion<'a> {
 pub struct NewDeployment<'a> {
     pub function: &'a str,
     pub environment: &'a str,
-    pub kind: &'a str,
-    pub strategy: &'a str,
+    pub kind: DeploymentKind,
+    pub strategy: Strategy,
     pub from_weights: Option<&'a [WeightedVersion]>,
     pub to_weights: &'a [WeightedVersion],
     pub actor: &'a str,
@@ -226,7 +224,7 @@ pub struct NewDeployment<'a> {
 pub struct NewRollout<'a> {
     pub function: &'a str,
     pub environment: &'a str,
-    pub strategy: &'a str,
+    pub strategy: Strategy,
     pub plan: &'a serde_json::Value,
     pub baseline: u64,
     pub candidate: u64,
@@ -242,7 +240,7 @@ pub struct NewRollout<'a> {
 /// One state change of a progressive deployment, recorded whole.
 #[derive(Debug, Clone)]
 pub struct Transition<'a> {
-    pub state: &'a str,
+    pub state: DeploymentState,
     /// New step index, if the step changes (restarts its clock).
     pub step: Option<u32>,
     /// New route weights, if the route changes.

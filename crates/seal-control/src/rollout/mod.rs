@@ -23,7 +23,7 @@ use crate::error::{ControlError, ControlResult};
 use gates::{Evaluation, Judge, Verdict};
 use plan::{Hook, HookPhase, OnInconclusive, Plan, Planning, RolloutSpec, VersionRef};
 use seal_serving::{Backend, Route, RouteTable, Snapshot};
-use seal_state::{DeploymentRecord, NewRollout, Transition, WeightedVersion};
+use seal_state::{DeploymentRecord, DeploymentState, NewRollout, Transition, WeightedVersion};
 use serde::Serialize;
 use serde_json::{Value, json};
 use std::collections::{HashMap, VecDeque};
@@ -88,7 +88,7 @@ pub struct LiveView {
 
 /// How a deployment ends.
 struct Ending {
-    state: &'static str,
+    state: DeploymentState,
     event: &'static str,
     weights: Vec<WeightedVersion>,
     detail: Value,
@@ -165,7 +165,7 @@ impl Control {
             .start_rollout(NewRollout {
                 function,
                 environment: &env,
-                strategy: plan.strategy.as_str(),
+                strategy: plan.strategy,
                 plan: &plan_json,
                 baseline: baseline.version,
                 candidate: version,
@@ -241,7 +241,7 @@ impl Control {
                 ),
             });
         }
-        if cmd == Command::Approve && d.state != "paused" {
+        if cmd == Command::Approve && d.state != DeploymentState::Paused {
             return Err(ControlError::NotPaused(format!(
                 "deployment {id} is not waiting for approval (state {}, step {})",
                 d.state, d.step
@@ -350,7 +350,7 @@ impl Control {
             if !serves(d.candidate) || !serves(d.baseline) {
                 let _guard = self.deploy_lock.lock().await;
                 let ending = Ending {
-                    state: "rolled_back",
+                    state: DeploymentState::RolledBack,
                     event: "rolled_back",
                     weights: plan.rollback_target.clone(),
                     detail: json!({"reason": "after a restart a version of the deployment could not be loaded", "gate": null}),
@@ -489,12 +489,12 @@ impl Control {
                     finished: true,
                     event: ending.event,
                     detail: ending.detail.clone(),
-                    audit: Some(("deploy", ending.state, &ending.actor)),
+                    audit: Some(("deploy", ending.state.as_str(), &ending.actor)),
                 },
             )
             .await?;
         tracing::info!(deployment = d.id, function = %plan.function, environment = %plan.environment,
-            state = ending.state, swap_us = started.elapsed().as_micros() as u64, "deployment ended");
+            state = ending.state.as_str(), swap_us = started.elapsed().as_micros() as u64, "deployment ended");
         self.notify(plan, d.id, ending.event, ending.detail);
         Ok(record)
     }
@@ -723,7 +723,7 @@ impl Driver {
                 // Restarted after the switch: finish the promotion.
                 return self.promote("seal".into()).await;
             }
-            if step >= 1 && self.deployment.state != "paused" {
+            if step >= 1 && self.deployment.state != DeploymentState::Paused {
                 match self.judge_step(step).await? {
                     Some(Stop::Ended) => return Ok(()),
                     Some(Stop::Promoted) => return self.finish_promotion().await,
@@ -732,7 +732,7 @@ impl Driver {
             }
             if self.plan.steps[step].weight == 100 {
                 if self.plan.approve_before_promote {
-                    if self.deployment.state != "paused" {
+                    if self.deployment.state != DeploymentState::Paused {
                         self.pause().await?;
                     }
                     match self.wait_for_approval().await? {
@@ -786,7 +786,7 @@ impl Driver {
                 &self.deployment,
                 &self.plan,
                 Transition {
-                    state: "progressing",
+                    state: DeploymentState::Progressing,
                     step: Some(step as u32),
                     weights: Some(&weights),
                     finished: false,
@@ -949,7 +949,7 @@ impl Driver {
 
     async fn end_rolled_back(&mut self, reason: String, gate: Option<Value>) -> ControlResult<()> {
         self.end(Ending {
-            state: "rolled_back",
+            state: DeploymentState::RolledBack,
             event: "rolled_back",
             weights: self.plan.rollback_target.clone(),
             detail: json!({"reason": reason, "gate": gate, "weights": self.plan.rollback_target}),
@@ -961,7 +961,7 @@ impl Driver {
     /// A person stops the deployment: back to the baseline alone.
     async fn abort(&mut self, actor: String) -> ControlResult<()> {
         self.end(Ending {
-            state: "aborted",
+            state: DeploymentState::Aborted,
             event: "aborted",
             weights: self.plan.rollback_target.clone(),
             detail: json!({"reason": format!("aborted by {actor}"), "weights": self.plan.rollback_target}),
@@ -1014,7 +1014,7 @@ impl Driver {
                 &self.deployment,
                 &self.plan,
                 Transition {
-                    state: "paused",
+                    state: DeploymentState::Paused,
                     step: None,
                     weights: None,
                     finished: false,
@@ -1055,7 +1055,7 @@ impl Driver {
                         &self.deployment,
                         &self.plan,
                         Transition {
-                            state: "progressing",
+                            state: DeploymentState::Progressing,
                             step: None,
                             weights: None,
                             finished: false,
@@ -1102,7 +1102,7 @@ impl Driver {
                 &self.deployment,
                 &self.plan,
                 Transition {
-                    state: "progressing",
+                    state: DeploymentState::Progressing,
                     step: Some(last as u32),
                     weights: Some(&weights),
                     finished: false,
@@ -1135,7 +1135,7 @@ impl Driver {
             return Ok(());
         }
         self.end(Ending {
-            state: "succeeded",
+            state: DeploymentState::Succeeded,
             event: "succeeded",
             weights: self.plan.final_weights(),
             detail: json!({"weights": self.plan.final_weights()}),
@@ -1229,8 +1229,8 @@ impl Driver {
                     hook.name, detail["problems"]
                 );
                 let (state, event) = match phase {
-                    HookPhase::PreTraffic => ("aborted", "aborted"),
-                    HookPhase::PostTraffic => ("rolled_back", "rolled_back"),
+                    HookPhase::PreTraffic => (DeploymentState::Aborted, "aborted"),
+                    HookPhase::PostTraffic => (DeploymentState::RolledBack, "rolled_back"),
                 };
                 self.end(Ending {
                     state,
