@@ -112,7 +112,7 @@ async fn server_info(State(c): State<Arc<Control>>) -> Json<Value> {
 
 async fn head_blob(State(c): State<Arc<Control>>, Path(digest): Path<String>) -> StatusCode {
     match Digest::parse(&digest) {
-        Ok(d) if c.has_blob(&d).await => StatusCode::OK,
+        Ok(d) if c.catalog().has_blob(&d).await => StatusCode::OK,
         Ok(_) => StatusCode::NOT_FOUND,
         Err(_) => StatusCode::BAD_REQUEST,
     }
@@ -134,7 +134,7 @@ async fn put_blob(
     let mut stream = body
         .into_data_stream()
         .map(|r| r.map_err(|e| e.to_string()));
-    match c.put_blob(expected, announced, &mut stream).await {
+    match c.catalog().put_blob(expected, announced, &mut stream).await {
         Ok(put) => {
             let status = if put.existed {
                 StatusCode::OK
@@ -175,7 +175,7 @@ async fn post_artifact(
     who: Caller,
     body: axum::body::Bytes,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let published = c.publish(body.to_vec(), &who.actor()).await?;
+    let published = c.catalog().publish(body.to_vec(), &who.actor()).await?;
     let status = if published.created {
         StatusCode::CREATED
     } else {

@@ -1,37 +1,21 @@
 //! The control engine: publish and deploy. The only code that writes the
 //! state store, the artifact store and the gateway's route table.
 
+use crate::catalog::Catalog;
 use crate::error::{ControlError, ControlResult};
-use seal_artifact::{Digest, SealManifest, parse_oci_manifest, sha256_digest, validate_component};
-use seal_oci::{ANNOTATION_FUNCTION, ANNOTATION_REF_NAME, ArtifactStore, IndexEntry};
-use seal_runtime::{Function, FunctionLimits, Runtime};
+use seal_oci::ArtifactStore;
+use seal_runtime::{Function, Runtime};
 use seal_serving::{Route, RouteTable, Serving};
 use seal_state::{DeploymentKind, StateStore, Strategy};
-use seal_state::{
-    DeploymentRecord, NewAudit, NewDeployment, NewVersion, VersionRecord, WeightedVersion,
-};
+use seal_state::{DeploymentRecord, NewAudit, NewDeployment, VersionRecord, WeightedVersion};
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 async fn write_monitoring(state: &dyn StateStore, dir: &std::path::Path, function: &str) {
     let budget = state.budget(function).await.ok().flatten();
     if let Err(e) = crate::monitoring::write_files(dir, function, budget.as_ref()) {
         tracing::warn!(function, error = %e, "cannot write the generated dashboard and rules");
     }
-}
-
-pub const OCI_MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
-
-/// What a publish produced.
-#[derive(Debug, Serialize)]
-pub struct Published {
-    pub function: String,
-    pub version: u64,
-    pub digest: String,
-    /// False when this digest already had a version.
-    pub created: bool,
 }
 
 pub struct Control {
@@ -41,9 +25,8 @@ pub struct Control {
     pub(crate) serving: Arc<Serving>,
     pub(crate) max_upload_bytes: u64,
     pub(crate) default_environment: String,
-    /// Pre-instantiated functions by artifact digest (control-plane cache;
-    /// the data plane only sees the `Arc`s placed in the route table).
-    loaded: Mutex<HashMap<String, Arc<Function>>>,
+    /// Publishing and loading versions (and the cache of loaded ones).
+    pub(crate) catalog: Catalog,
     /// Serialises route changes so each deployment sees the route it replaces.
     pub(crate) deploy_lock: tokio::sync::Mutex<()>,
     /// Running progressive deployments and their live views.
@@ -78,6 +61,12 @@ impl Control {
         secrets: crate::settings::SecretBox,
     ) -> Self {
         Self {
+            catalog: Catalog::new(
+                state.clone(),
+                oci.clone(),
+                runtime.clone(),
+                max_upload_bytes,
+            ),
             secrets,
             settings_lock: tokio::sync::Mutex::new(()),
             metrics: crate::metrics::Metrics::new(serving.clone(), runtime.clone()),
@@ -90,7 +79,6 @@ impl Control {
             serving,
             max_upload_bytes,
             default_environment,
-            loaded: Mutex::default(),
             deploy_lock: tokio::sync::Mutex::new(()),
             rollouts: crate::rollout::Rollouts::default(),
             http: reqwest::Client::new(),
@@ -158,177 +146,9 @@ impl Control {
         &self.serving
     }
 
-    /// Turns an uploaded OCI manifest (whose blobs are already in the store)
-    /// into `function@N`: every digest recomputed, the component validated,
-    /// compiled once, and the version recorded.
-    pub async fn publish(&self, manifest_bytes: Vec<u8>, actor: &str) -> ControlResult<Published> {
-        let digest = sha256_digest(&manifest_bytes);
-        let refs = parse_oci_manifest(&manifest_bytes)?;
-        let oci = self.oci.clone();
-        let (config_digest, config_size) = (refs.config_digest.clone(), refs.config_size);
-        let config = blocking(move || oci.read_blob(&config_digest)).await??;
-        if config.len() as u64 != config_size {
-            return Err(ControlError::invalid_artifact(format!(
-                "config blob is {} bytes, the manifest says {config_size}",
-                config.len()
-            )));
-        }
-        let manifest = SealManifest::from_json(&config)?;
-
-        if let Some(existing) = self.state.version_by_digest(digest.as_str()).await? {
-            return Ok(Published {
-                function: existing.function,
-                version: existing.version,
-                digest: existing.digest,
-                created: false,
-            });
-        }
-
-        let oci = self.oci.clone();
-        let runtime = self.runtime.clone();
-        let layer_digest = refs.layer_digest.clone();
-        let layer_size = refs.layer_size;
-        let manifest_for_load = manifest.clone();
-        let digest_for_load = digest.clone();
-        let bytes_for_store = manifest_bytes.clone();
-        let (function, compiled_sha) = blocking(move || -> ControlResult<_> {
-            let wasm = oci.read_blob(&layer_digest)?;
-            if wasm.len() as u64 != layer_size {
-                return Err(ControlError::invalid_artifact(format!(
-                    "component blob is {} bytes, the manifest says {layer_size}",
-                    wasm.len()
-                )));
-            }
-            validate_component(&wasm)?;
-            let (function, sha) = runtime.prepare(
-                digest_for_load.hex(),
-                None,
-                || Ok(wasm),
-                limits_of(&manifest_for_load),
-            )?;
-            oci.put_blob(&bytes_for_store)?;
-            Ok((function, sha.unwrap_or_default()))
-        })
-        .await??;
-
-        let manifest_json = serde_json::to_value(&manifest).map_err(ControlError::internal)?;
-        let (version, created) = self
-            .state
-            .create_version(NewVersion {
-                function: &manifest.name,
-                digest: digest.as_str(),
-                manifest: &manifest_json,
-                component_size: refs.layer_size,
-                compiled_sha256: &compiled_sha,
-                actor,
-            })
-            .await?;
-        let oci = self.oci.clone();
-        let entry = index_entry(&version, &digest, manifest_bytes.len() as u64);
-        blocking(move || oci.add_manifest(entry)).await??;
-        self.cache_function(digest.as_str(), function);
-        tracing::info!(function = %version.function, version = version.version, digest = %digest, created, "published");
-        Ok(Published {
-            function: version.function,
-            version: version.version,
-            digest: version.digest,
-            created,
-        })
-    }
-
-    /// Makes the artifact store list every version's manifest. Publish writes it
-    /// after the state store commits, so a crash in between is mended here
-    /// at start-up.
-    pub async fn reconcile_index(&self) -> ControlResult<()> {
-        let versions = self.state.all_versions().await?;
-        let oci = self.oci.clone();
-        blocking(move || -> ControlResult<()> {
-            let known: std::collections::HashSet<Digest> =
-                oci.manifests()?.into_iter().map(|m| m.digest).collect();
-            for v in versions {
-                let Ok(digest) = Digest::parse(&v.digest) else {
-                    continue;
-                };
-                if known.contains(&digest) {
-                    continue;
-                }
-                let Some(size) = oci.blob_size(&digest)? else {
-                    tracing::error!(function = %v.function, version = v.version, digest = %digest, "artifact manifest missing from the store");
-                    continue;
-                };
-                oci.add_manifest(index_entry(&v, &digest, size))?;
-                tracing::info!(function = %v.function, version = v.version, "index.json entry restored");
-            }
-            Ok(())
-        })
-        .await?
-    }
-
-    fn cache_function(&self, digest: &str, function: Arc<Function>) {
-        if let Ok(mut map) = self.loaded.lock() {
-            map.insert(digest.to_owned(), function);
-        }
-    }
-
-    /// Reads every blob of a stored artifact (OCI manifest, config, layer),
-    /// each re-hashed on read, and returns the component bytes. A corrupt
-    /// or missing blob is refused here, before anything runs or routes.
-    pub(crate) async fn verified_component(&self, digest: &Digest) -> ControlResult<Vec<u8>> {
-        let oci = self.oci.clone();
-        let digest = digest.clone();
-        blocking(move || -> ControlResult<Vec<u8>> {
-            let stored = |d: &Digest| {
-                oci.read_blob(d).map_err(|e| match e {
-                    seal_oci::StoreError::NotFound(_) => ControlError::ArtifactMissing(format!(
-                        "{e}: the data dir has lost part of artifact {digest}"
-                    )),
-                    other => other.into(),
-                })
-            };
-            let refs = parse_oci_manifest(&stored(&digest)?)?;
-            stored(&refs.config_digest)?;
-            stored(&refs.layer_digest)
-        })
-        .await?
-    }
-
-    /// The pre-instantiated function of a version. Its blobs are verified
-    /// every time; the compiled form comes from memory, else from the
-    /// compile cache (hash-checked), else is recompiled from the verified
-    /// component. A corrupt blob is refused and never executed.
-    pub async fn load(&self, v: &VersionRecord) -> ControlResult<Arc<Function>> {
-        let digest = Digest::parse(&v.digest).map_err(ControlError::internal)?;
-        let wasm = self.verified_component(&digest).await?;
-        if let Some(f) = self
-            .loaded
-            .lock()
-            .ok()
-            .and_then(|m| m.get(&v.digest).cloned())
-        {
-            return Ok(f);
-        }
-        let manifest: SealManifest = serde_json::from_value(v.manifest.clone()).map_err(|e| {
-            ControlError::internal(format!(
-                "stored manifest of {}@{}: {e}",
-                v.function, v.version
-            ))
-        })?;
-        let runtime = self.runtime.clone();
-        let expected = v.compiled_sha256.clone();
-        let (function, new_sha) = blocking(move || {
-            runtime.prepare(
-                digest.hex(),
-                expected.as_deref(),
-                || Ok(wasm),
-                limits_of(&manifest),
-            )
-        })
-        .await??;
-        if let Some(sha) = new_sha {
-            self.state.set_compiled_sha256(&v.digest, &sha).await?;
-        }
-        self.cache_function(&v.digest, function.clone());
-        Ok(function)
+    /// Publishing and loading versions.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
     }
 
     /// Checks a version a deployment is about to name against the
@@ -342,7 +162,7 @@ impl Control {
         actor: &str,
     ) -> ControlResult<(Arc<Function>, Vec<String>)> {
         let checked = match self.check_policy(v, env).await {
-            Ok(checks) => self.load(v).await.map(|f| (f, checks)),
+            Ok(checks) => self.catalog.load(v).await.map(|f| (f, checks)),
             Err(e) => Err(e),
         };
         match checked {
@@ -380,7 +200,7 @@ impl Control {
                     continue;
                 };
                 let loaded = match self.check_policy(&v, &r.environment).await {
-                    Ok(_) => self.load(&v).await,
+                    Ok(_) => self.catalog.load(&v).await,
                     Err(e) => Err(e),
                 };
                 match loaded {
@@ -638,7 +458,7 @@ impl Control {
             ],
         ));
         let table = RouteTable::new(routes);
-        self.retain_loaded(&table, &previous);
+        self.catalog.retain_loaded(&table, &previous);
         self.serving.publish(table);
         tracing::info!(
             function = %v.function, environment = env, version = v.version, digest = %v.digest,
@@ -653,20 +473,6 @@ impl Control {
             permissions,
             trust,
         })
-    }
-
-    /// Keeps in memory only what serves now and what served just before
-    /// (the rollback targets); everything else reloads from the compile
-    /// cache when a deployment names it again.
-    fn retain_loaded(&self, table: &RouteTable, previous: &RouteTable) {
-        let keep: std::collections::HashSet<&str> = table
-            .routes()
-            .chain(previous.routes())
-            .flat_map(|r| r.backends.iter().map(|b| b.digest.as_str()))
-            .collect();
-        if let Ok(mut map) = self.loaded.lock() {
-            map.retain(|digest, _| keep.contains(digest.as_str()));
-        }
     }
 }
 
@@ -684,47 +490,8 @@ pub struct DeployOutcome {
     pub trust: Vec<String>,
 }
 
-fn index_entry(v: &VersionRecord, digest: &Digest, size: u64) -> IndexEntry {
-    IndexEntry {
-        media_type: OCI_MANIFEST_MEDIA_TYPE.into(),
-        digest: digest.clone(),
-        size,
-        annotations: BTreeMap::from([
-            (ANNOTATION_FUNCTION.to_owned(), v.function.clone()),
-            (
-                ANNOTATION_REF_NAME.to_owned(),
-                format!("{}-{}", v.function, v.version),
-            ),
-        ]),
-    }
-}
-
 /// An environment name a request may use (400 otherwise).
 fn validate_environment_name(env: &str) -> ControlResult<()> {
     seal_artifact::validate_environment_name(env)
         .map_err(|e| ControlError::bad_request(e.to_string()))
-}
-
-/// The limits and permissions the runtime enforces, from a manifest that
-/// was validated when it was published (a pattern that no longer parses is
-/// dropped, which only narrows what the guest may do).
-fn limits_of(m: &SealManifest) -> FunctionLimits {
-    FunctionLimits {
-        memory_bytes: m.limits.memory_mb << 20,
-        timeout: Duration::from_millis(m.limits.timeout_ms),
-        outbound_hosts: m
-            .capabilities
-            .outbound_hosts
-            .iter()
-            .filter_map(|h| seal_runtime::HostPattern::parse(h).ok())
-            .collect(),
-        config_keys: m.capabilities.config_keys.iter().cloned().collect(),
-    }
-}
-
-/// Runs blocking file and compile work off the async workers.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> ControlResult<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(ControlError::internal)
 }

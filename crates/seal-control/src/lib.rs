@@ -12,6 +12,7 @@
 //! - every digest a client sends is recomputed here; nothing a client
 //!   claims about content is trusted.
 
+pub mod catalog;
 pub mod engine;
 pub mod error;
 mod files;
@@ -25,6 +26,7 @@ pub mod tokens;
 pub mod trust;
 mod usage;
 
-pub use engine::{Control, Published};
+pub use catalog::{Catalog, Published};
+pub use engine::Control;
 pub use error::{ControlError, ControlResult};
 pub use tokens::{Principal, Role};

@@ -1,30 +1,18 @@
 //! What callers read and the small writes that are not deployments: the
 //! catalog (functions, versions, artifacts), deployment history, the
-//! audit log, live views (status, top), cost and budgets, blob uploads.
+//! audit log, live views (status, top), cost and budgets.
 //! Every read of the stores goes through here, so the API crate never
 //! touches a store.
 
 use crate::engine::Control;
 use crate::error::{ControlError, ControlResult};
-use bytes::Bytes;
-use futures::{Stream, StreamExt};
 use seal_artifact::{Digest, parse_oci_manifest};
 use seal_state::{
     AuditRecord, AuditVerification, Budget, DeploymentEvent, DeploymentRecord, NewAudit,
     TokenRecord, now_ms, period_start,
 };
-use serde::Serialize;
 use serde_json::{Value, json};
 use std::sync::atomic::Ordering;
-
-/// A stored blob, after an upload.
-#[derive(Debug, Serialize)]
-pub struct BlobPut {
-    pub digest: Digest,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub size: Option<u64>,
-    pub existed: bool,
-}
 
 /// A budget change's answer.
 #[derive(Debug)]
@@ -52,57 +40,6 @@ impl Control {
             "cache_loads": stats.cache_loads.load(Ordering::Relaxed),
             "max_upload_bytes": self.max_upload_bytes,
             "default_environment": self.default_environment,
-        })
-    }
-
-    /// Whether an intact blob is stored (re-hashed off the async workers).
-    pub async fn has_blob(&self, digest: &Digest) -> bool {
-        let oci = self.oci.clone();
-        let digest = digest.clone();
-        tokio::task::spawn_blocking(move || oci.has_blob(&digest))
-            .await
-            .unwrap_or(false)
-    }
-
-    /// Streams a blob into the artifact store, hashing and counting as it
-    /// goes: refused past the upload limit (without buffering) or when the
-    /// bytes do not hash to `expected`. A refused upload leaves nothing
-    /// behind; the caller may drain what `body` still holds.
-    pub async fn put_blob<S>(
-        &self,
-        expected: Digest,
-        announced_len: Option<u64>,
-        body: &mut S,
-    ) -> ControlResult<BlobPut>
-    where
-        S: Stream<Item = Result<Bytes, String>> + Unpin,
-    {
-        let limit = self.max_upload_bytes;
-        if announced_len.is_some_and(|len| len > limit) {
-            return Err(seal_oci::StoreError::TooLarge { limit }.into());
-        }
-        if self.has_blob(&expected).await {
-            return Ok(BlobPut {
-                digest: expected,
-                size: None,
-                existed: true,
-            });
-        }
-        let mut writer = self.oci.upload(limit)?;
-        while let Some(chunk) = body.next().await {
-            let chunk =
-                chunk.map_err(|e| ControlError::bad_request(format!("upload interrupted: {e}")))?;
-            // Dropping the writer removes the partial upload.
-            writer.write(&chunk)?;
-        }
-        let size = writer.written();
-        let digest = tokio::task::spawn_blocking(move || writer.commit(Some(&expected)))
-            .await
-            .map_err(ControlError::internal)??;
-        Ok(BlobPut {
-            digest,
-            size: Some(size),
-            existed: false,
         })
     }
 

@@ -425,7 +425,7 @@ impl Control {
 
     /// Re-reads an artifact's blobs, each checked against its digest.
     async fn verified_artifact(&self, digest: &Digest) -> ControlResult<()> {
-        self.verified_component(digest).await.map(|_| ())
+        self.catalog.verified_component(digest).await.map(|_| ())
     }
 }
 

@@ -278,6 +278,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         .with_monitoring_dir(config.data_dir.join("monitoring")),
     );
     control
+        .catalog()
         .reconcile_index()
         .await
         .context("cannot check the artifact index")?;

@@ -87,10 +87,14 @@ impl TestServer {
             let len = bytes.len() as u64;
             let mut body = futures::stream::iter([Ok::<_, String>(Bytes::from(bytes))]);
             control
+                .catalog()
                 .put_blob(digest.clone(), Some(len), &mut body)
                 .await?;
         }
-        Ok(control.publish(packed.manifest_bytes, "test").await?)
+        Ok(control
+            .catalog()
+            .publish(packed.manifest_bytes, "test")
+            .await?)
     }
 
     /// One invocation through the serving layer (no socket): the route of

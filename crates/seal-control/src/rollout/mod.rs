@@ -158,7 +158,7 @@ impl Control {
             return Ok(json!({"dry_run": true, "plan": plan_json, "permissions": permissions}));
         }
         // The baseline is loaded (verified) too before anything is recorded.
-        let baseline_fn = self.load(&baseline_v).await?;
+        let baseline_fn = self.catalog.load(&baseline_v).await?;
         let weights = plan.weights_at(0);
         let record = self
             .state
