@@ -256,7 +256,7 @@ async fn deploy(
                 req.allow_new_permissions,
             )
             .await?;
-        return Ok(Json(v));
+        return Ok(Json(json!(v)));
     }
     if req.dry_run {
         return Err(ApiError::bad_request(

@@ -416,7 +416,7 @@ impl Control {
                 deployment: None,
                 unchanged: true,
                 weights: to,
-                permissions: serde_json::Value::Null,
+                permissions: None,
                 trust: Vec::new(),
             });
         }
@@ -425,7 +425,7 @@ impl Control {
         let (function, trust) = self.load_for_route(v, env, kind.as_str(), actor).await?;
         let permissions = match gate {
             Some(approved) => self.check_permissions(env, v, approved, actor).await?,
-            None => serde_json::Value::Null,
+            None => None,
         };
         let started = std::time::Instant::now();
         let deployment = self
@@ -483,8 +483,8 @@ pub struct DeployOutcome {
     pub weights: Vec<WeightedVersion>,
     /// What the new version may do that the one it replaces may not (and
     /// the reverse); null when nothing served before.
-    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
-    pub permissions: serde_json::Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub permissions: Option<crate::trust::PermissionChange>,
     /// What the environment's policy checked.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub trust: Vec<String>,

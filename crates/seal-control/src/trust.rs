@@ -22,6 +22,15 @@ use std::collections::BTreeMap;
 /// Annotation on a referrer's `index.json` entry: the artifact it is about.
 pub const ANNOTATION_SUBJECT: &str = "dev.seal.subject";
 
+/// What a deploy changes in what the function may do: the diff against
+/// the version it replaces (`from_version`, none on a first deploy).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PermissionChange {
+    #[serde(flatten)]
+    pub diff: PermissionDiff,
+    pub from_version: Option<u64>,
+}
+
 /// The environment whose permission widenings need an admin's approval.
 pub const PROTECTED_ENVIRONMENT: &str = "production";
 
@@ -385,10 +394,10 @@ impl Control {
         candidate: &VersionRecord,
         approved: bool,
         actor: &str,
-    ) -> ControlResult<Value> {
+    ) -> ControlResult<Option<PermissionChange>> {
         let (from, diff) = self.permission_diff(env, candidate).await?;
         if from.is_none() && diff.is_empty() {
-            return Ok(Value::Null);
+            return Ok(None);
         }
         if diff.widens && env == PROTECTED_ENVIRONMENT && !approved {
             let than = match from {
@@ -418,9 +427,10 @@ impl Control {
                 .await;
             return Err(ControlError::PermissionsWidened(message));
         }
-        let mut v = serde_json::to_value(&diff).map_err(ControlError::internal)?;
-        v["from_version"] = json!(from);
-        Ok(v)
+        Ok(Some(PermissionChange {
+            diff,
+            from_version: from,
+        }))
     }
 
     /// Re-reads an artifact's blobs, each checked against its digest.

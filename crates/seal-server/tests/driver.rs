@@ -14,8 +14,8 @@ mod guests;
 
 use seal_api_types::DeploymentState;
 use seal_control::ControlError;
-use seal_control::rollout::Command;
 use seal_control::rollout::plan::RolloutSpec;
+use seal_control::rollout::{Command, Progressive};
 use seal_server::testing::TestServer;
 use serde_json::json;
 use std::time::Duration;
@@ -54,7 +54,10 @@ async fn roll_out(s: &TestServer, spec: serde_json::Value) -> u64 {
         .deploy_progressive("api", 2, None, None, "test", spec, false, false)
         .await
         .unwrap();
-    let id = started["deployment"]["id"].as_u64().unwrap();
+    let Progressive::Started { deployment, .. } = started else {
+        panic!("only planned: {started:?}");
+    };
+    let id = deployment.id;
     let wall = std::time::Instant::now();
     while candidate_weight(s) == 0 {
         assert!(wall.elapsed() < Duration::from_secs(20), "no first step");

@@ -86,6 +86,27 @@ pub struct LiveView {
     pub phase: String,
 }
 
+/// What a progressive deploy request did: only planned (`dry_run`), or
+/// started (the deployment, its first route, the plan, what the
+/// candidate may do that the baseline may not, what the policy checked).
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum Progressive {
+    Planned {
+        dry_run: bool,
+        plan: Plan,
+        permissions: Option<crate::trust::PermissionChange>,
+    },
+    Started {
+        deployment: Box<DeploymentRecord>,
+        unchanged: bool,
+        weights: Vec<WeightedVersion>,
+        plan: Plan,
+        permissions: Option<crate::trust::PermissionChange>,
+        trust: Vec<String>,
+    },
+}
+
 /// How a deployment ends.
 struct Ending {
     state: DeploymentState,
@@ -108,7 +129,7 @@ impl Control {
         spec: RolloutSpec,
         dry_run: bool,
         approve_widening: bool,
-    ) -> ControlResult<Value> {
+    ) -> ControlResult<Progressive> {
         let env = self.environment_or_default(environment).await?;
         let candidate = self.version_or_404(function, version).await?;
         let _guard = self.deploy_lock.lock().await;
@@ -153,10 +174,14 @@ impl Control {
             },
             current_weights.clone(),
         )?;
-        let plan_json = serde_json::to_value(&plan).map_err(ControlError::internal)?;
         if dry_run {
-            return Ok(json!({"dry_run": true, "plan": plan_json, "permissions": permissions}));
+            return Ok(Progressive::Planned {
+                dry_run: true,
+                plan,
+                permissions,
+            });
         }
+        let plan_json = serde_json::to_value(&plan).map_err(ControlError::internal)?;
         // The baseline is loaded (verified) too before anything is recorded.
         let baseline_fn = self.catalog.load(&baseline_v).await?;
         let weights = plan.weights_at(0);
@@ -201,10 +226,14 @@ impl Control {
         self.notify(&plan, record.id, "started", json!({"weights": weights}));
         self.observe_transition(&record, "started");
         self.spawn_driver(record.clone(), plan.clone());
-        Ok(
-            json!({"deployment": record, "unchanged": false, "weights": weights, "plan": plan_json,
-            "permissions": permissions, "trust": trust}),
-        )
+        Ok(Progressive::Started {
+            deployment: Box::new(record),
+            unchanged: false,
+            weights,
+            plan,
+            permissions,
+            trust,
+        })
     }
 
     pub(crate) async fn active_deployment(
