@@ -180,7 +180,7 @@ async fn get_settings(
     let env = q
         .environment
         .unwrap_or_else(|| c.default_environment().to_owned());
-    Ok(Json(c.settings_view(&function, &env).await?))
+    Ok(Json(c.settings().settings_view(&function, &env).await?))
 }
 
 async fn set_config(
@@ -222,6 +222,7 @@ async fn change_settings(
         .unwrap_or_else(|| c.default_environment().to_owned());
     who.require_env(&env)?;
     let changed = c
+        .settings()
         .change_settings(function, &env, secret, req.set, req.unset, &who.actor())
         .await?;
     Ok(Json(json!(changed)))

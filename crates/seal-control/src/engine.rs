@@ -43,11 +43,8 @@ pub struct Control {
     pub(crate) tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
     /// Where generated dashboards and alert rules are written on deploy.
     pub(crate) monitoring_dir: Option<std::path::PathBuf>,
-    /// Encrypts and decrypts secrets at rest.
-    pub(crate) secrets: crate::settings::SecretBox,
-    /// Serialises settings changes so the gateway never gets an older
-    /// revision after a newer one.
-    pub(crate) settings_lock: tokio::sync::Mutex<()>,
+    /// Config and secrets.
+    pub(crate) settings: crate::settings::SettingsService,
 }
 
 impl Control {
@@ -67,8 +64,11 @@ impl Control {
                 runtime.clone(),
                 max_upload_bytes,
             ),
-            secrets,
-            settings_lock: tokio::sync::Mutex::new(()),
+            settings: crate::settings::SettingsService::new(
+                state.clone(),
+                serving.clone(),
+                secrets,
+            ),
             metrics: crate::metrics::Metrics::new(serving.clone(), runtime.clone()),
             usage: crate::usage::UsageFlusher::default(),
             tracer: None,
@@ -149,6 +149,11 @@ impl Control {
     /// Publishing and loading versions.
     pub fn catalog(&self) -> &Catalog {
         &self.catalog
+    }
+
+    /// Config and secrets.
+    pub fn settings(&self) -> &crate::settings::SettingsService {
+        &self.settings
     }
 
     /// Checks a version a deployment is about to name against the
@@ -240,13 +245,7 @@ impl Control {
 
     /// 404 `unknown function` unless the function exists.
     pub async fn function_or_404(&self, function: &str) -> ControlResult<()> {
-        if self.state.function_exists(function).await? {
-            Ok(())
-        } else {
-            Err(ControlError::not_found(format!(
-                "unknown function {function:?}"
-            )))
-        }
+        crate::lookup::function_must_exist(&*self.state, function).await
     }
 
     pub async fn version_or_404(
@@ -275,13 +274,7 @@ impl Control {
 
     /// `UnknownEnvironment` unless `env` exists.
     pub async fn environment_must_exist(&self, env: &str) -> ControlResult<()> {
-        if self.state.environment_exists(env).await? {
-            return Ok(());
-        }
-        Err(ControlError::UnknownEnvironment {
-            name: env.to_owned(),
-            known: self.state.environments().await?,
-        })
+        crate::lookup::environment_must_exist(&*self.state, env).await
     }
 
     pub async fn create_environment(&self, name: &str, actor: &str) -> ControlResult<bool> {

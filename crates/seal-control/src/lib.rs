@@ -16,6 +16,7 @@ pub mod catalog;
 pub mod engine;
 pub mod error;
 mod files;
+mod lookup;
 pub mod metrics;
 pub mod monitoring;
 pub mod queries;

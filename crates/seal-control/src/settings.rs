@@ -12,15 +12,16 @@
 //! Every change is one revision (who, when, which keys), and the revision
 //! a guest ran with is on its invocation's log record.
 
-use crate::engine::Control;
 use crate::error::{ControlError, ControlResult};
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use seal_serving::Serving;
 use seal_serving::Settings;
-use seal_state::SettingChange;
+use seal_state::{SettingChange, StateStore};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 /// Largest config value or secret (bytes).
 pub const MAX_VALUE_BYTES: usize = 32 * 1024;
@@ -135,7 +136,28 @@ pub struct Undeclared {
     pub keys: Vec<String>,
 }
 
-impl Control {
+/// The settings service: config and secrets per function and environment,
+/// from the state store (secrets sealed) into the serving layer's slots.
+pub struct SettingsService {
+    state: Arc<dyn StateStore>,
+    serving: Arc<Serving>,
+    /// Encrypts and decrypts secrets at rest.
+    secrets: SecretBox,
+    /// Serialises changes from commit to hand-over, so the serving layer
+    /// never gets an older revision after a newer one.
+    lock: tokio::sync::Mutex<()>,
+}
+
+impl SettingsService {
+    pub fn new(state: Arc<dyn StateStore>, serving: Arc<Serving>, secrets: SecretBox) -> Self {
+        Self {
+            state,
+            serving,
+            secrets,
+            lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
     /// Sets and unsets config values (`secret = false`) or secrets of a
     /// function in an environment, as one revision, then hands the new
     /// settings to the gateway.
@@ -148,8 +170,8 @@ impl Control {
         unset: Vec<String>,
         actor: &str,
     ) -> ControlResult<SettingsChanged> {
-        self.function_or_404(function).await?;
-        self.environment_must_exist(environment).await?;
+        crate::lookup::function_must_exist(&*self.state, function).await?;
+        crate::lookup::environment_must_exist(&*self.state, environment).await?;
         if set.is_empty() && unset.is_empty() {
             return Err(ControlError::bad_request(
                 "nothing to change: give keys to set or unset",
@@ -199,7 +221,7 @@ impl Control {
             .collect();
         // Commit and hand-over under one lock, so a slower change cannot
         // put an older revision into the gateway after a newer one.
-        let _guard = self.settings_lock.lock().await;
+        let _guard = self.lock.lock().await;
         let revision = self
             .state
             .change_settings(SettingChange {
@@ -299,7 +321,7 @@ impl Control {
         function: &str,
         environment: &str,
     ) -> ControlResult<serde_json::Value> {
-        self.function_or_404(function).await?;
+        crate::lookup::function_must_exist(&*self.state, function).await?;
         let (revision, rows) = self.state.settings(function, environment).await?;
         let mut config = BTreeMap::new();
         let mut secrets = Vec::new();

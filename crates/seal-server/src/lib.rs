@@ -284,6 +284,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         .context("cannot check the artifact index")?;
     control.set_gateway_addr(gateway_addr);
     control
+        .settings()
         .apply_all_settings()
         .await
         .context("cannot restore config and secrets")?;
