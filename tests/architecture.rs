@@ -122,6 +122,8 @@ fn serving_has_no_listener_and_no_control_plane() {
         "hyper",
         "hyper-util",
         "axum",
+        "wasmtime",
+        "wasmtime-wasi-http",
         "seal-control",
         "seal-state",
         "seal-gateway",

@@ -53,7 +53,7 @@ pub struct RollbackRequest {
     pub allow_new_permissions: bool,
 }
 
-fn is_false(b: &bool) -> bool {
+pub(crate) fn is_false(b: &bool) -> bool {
     !*b
 }
 

@@ -122,7 +122,7 @@ pub struct RolloutSpec {
     pub on_inconclusive: OnInconclusive,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress_deadline_ms: Option<u64>,
-    #[serde(default, skip_serializing_if = "is_false")]
+    #[serde(default, skip_serializing_if = "crate::is_false")]
     pub approve_before_promote: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale_down_delay_ms: Option<u64>,
@@ -132,10 +132,6 @@ pub struct RolloutSpec {
     pub notify: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hooks: Vec<Hook>,
-}
-
-fn is_false(b: &bool) -> bool {
-    !*b
 }
 
 impl OnInconclusive {

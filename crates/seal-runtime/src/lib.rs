@@ -49,4 +49,6 @@ pub use observer::{InvocationObserver, InvocationReport};
 pub use stdio::GuestStream;
 
 pub use seal_artifact::capabilities::{HostPattern, config_key_allowed};
+/// What a request body's errors must convert into for a guest to read it.
+pub use wasmtime_wasi_http::Error as BodyError;
 pub use wasmtime_wasi_http::p2::body::HyperOutgoingBody;

@@ -106,6 +106,18 @@ async fn advance(total: Duration, by: Duration, mut each: impl FnMut()) {
     }
 }
 
+/// On a paused clock: the 30 s step at 50% holds to its interval, then
+/// the deployment ends; the clock runs again after.
+async fn last_step_to_the_end(s: &TestServer) {
+    advance(Duration::from_millis(29_800), TICK, || {
+        assert_eq!(candidate_weight(s), 50);
+    })
+    .await;
+    advance(Duration::from_millis(500), TICK, || {}).await;
+    settle("the end", || s.control().rollouts().running().is_empty()).await;
+    tokio::time::resume();
+}
+
 #[tokio::test]
 async fn a_step_advances_exactly_at_its_interval() {
     let s = two_versions("echo").await;
@@ -138,13 +150,7 @@ async fn a_step_advances_exactly_at_its_interval() {
         "step 2 at {at:?}"
     );
     // And the same for the last step, then success.
-    advance(Duration::from_millis(29_800), TICK, || {
-        assert_eq!(candidate_weight(&s), 50);
-    })
-    .await;
-    advance(Duration::from_millis(500), TICK, || {}).await;
-    settle("the end", || s.control().rollouts().running().is_empty()).await;
-    tokio::time::resume();
+    last_step_to_the_end(&s).await;
     let (d, events) = s.control().deployment(id).await.unwrap();
     assert_eq!(d.state, DeploymentState::Succeeded);
     assert_eq!(s.weights(ENV, "api"), [(2, 100)]);
@@ -274,13 +280,7 @@ async fn a_restart_resumes_at_the_committed_step() {
     assert_eq!(resumed.detail["step"], 2);
     // Its clock restarted with the new process: a full interval from now.
     tokio::time::pause();
-    advance(Duration::from_millis(29_800), TICK, || {
-        assert_eq!(candidate_weight(&s), 50);
-    })
-    .await;
-    advance(Duration::from_millis(500), TICK, || {}).await;
-    settle("the end", || s.control().rollouts().running().is_empty()).await;
-    tokio::time::resume();
+    last_step_to_the_end(&s).await;
     let (d, _) = s.control().deployment(id).await.unwrap();
     assert_eq!(d.state, DeploymentState::Succeeded);
     s.shutdown().await;

@@ -471,7 +471,7 @@ impl Serving {
     ) -> Invoked
     where
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-        B::Error: Into<wasmtime_wasi_http::Error>,
+        B::Error: Into<seal_runtime::BodyError>,
     {
         let (ids, request_id) =
             invocation::correlate(req.headers(), self.telemetry.trace_sample_ratio);
