@@ -207,6 +207,8 @@ fn only_the_composition_root_names_the_concrete_stores() {
         ("SqliteStore", "seal-state-sqlite"),
         ("OciLayout", "seal-oci"),
         ("Gateway", "seal-gateway"),
+        // The control plane loads functions through `seal_runtime::Loader`.
+        ("Runtime", "seal-runtime"),
     ];
     for krate in ws.keys().filter(|k| k.starts_with("seal-")) {
         if krate == "seal-server" {
@@ -225,5 +227,49 @@ fn only_the_composition_root_names_the_concrete_stores() {
                 assert!(!named, "{} names {ty}", path.display());
             }
         }
+    }
+}
+
+/// The signatures of a crate's `pub fn`s (from `pub` to the opening brace).
+fn public_signatures(krate: &str) -> Vec<(std::path::PathBuf, String)> {
+    let mut out = Vec::new();
+    for (path, text) in sources(krate) {
+        let code: String = text
+            .lines()
+            .map(|l| l.split("//").next().unwrap_or(""))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let mut rest = code.as_str();
+        while let Some(at) = rest.find("pub ") {
+            let tail = &rest[at..];
+            let head = tail.trim_start_matches("pub ").trim_start_matches("async ");
+            if head.starts_with("fn ") {
+                let end = tail.find(['{', ';']).unwrap_or(tail.len());
+                out.push((path.clone(), tail[..end].to_owned()));
+            }
+            rest = &rest[at + 4..];
+        }
+    }
+    out
+}
+
+#[test]
+fn the_domain_answers_with_types_not_json_values() {
+    let signatures = public_signatures("seal-control");
+    assert!(
+        signatures.len() > 50,
+        "found only {} public functions in seal-control",
+        signatures.len()
+    );
+    for (path, sig) in signatures {
+        let words: Vec<&str> = sig
+            .split(|c: char| !c.is_alphanumeric() && c != '_')
+            .collect();
+        assert!(
+            !words.contains(&"Value"),
+            "{}: `{}` takes or returns a serde_json::Value; give it a type (seal-api-types for wire answers)",
+            path.display(),
+            sig.split_whitespace().collect::<Vec<_>>().join(" ")
+        );
     }
 }

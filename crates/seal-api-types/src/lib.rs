@@ -10,7 +10,11 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod access;
+pub mod catalog;
 pub mod deployment;
+pub mod observe;
+pub mod records;
 pub mod rollout;
 
 pub use deployment::{DeploymentKind, DeploymentState};

@@ -1,7 +1,10 @@
 //! The rollout settings of a deploy request, as they go over the wire:
 //! the strategy, its steps, the gates and the hooks. The server checks
 //! them and expands them into a plan; the CLI builds them from its flags.
+//! Then what a rollout reports while it runs: gate evaluations and the
+//! live status of a route.
 
+use crate::records::{DeploymentRecord, WeightedVersion};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -215,4 +218,103 @@ impl Gates {
     pub fn has_relative(&self) -> bool {
         self.max_error_rate_increase.is_some() || self.max_latency_increase.is_some()
     }
+}
+
+/// What a gate (or all of them) says of a window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Pass,
+    Fail,
+    Inconclusive,
+}
+
+/// A window's numbers as they appear in events and status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WindowSummary {
+    pub requests: u64,
+    pub errors: u64,
+    pub error_rate: f64,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+}
+
+/// One gate's verdict with the numbers it was reached on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GateResult {
+    pub gate: String,
+    pub threshold: String,
+    pub verdict: Verdict,
+    pub measured: String,
+    pub detail: String,
+    pub candidate: WindowSummary,
+    pub baseline: Option<WindowSummary>,
+}
+
+/// Every gate of a step, judged together.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evaluation {
+    pub verdict: Verdict,
+    pub results: Vec<GateResult>,
+}
+
+impl Evaluation {
+    /// The first failed gate, for the rollback record.
+    pub fn failed(&self) -> Option<&GateResult> {
+        self.results.iter().find(|r| r.verdict == Verdict::Fail)
+    }
+}
+
+/// `GET /v1/functions/{fn}/rollout`: the deployment on a route, each
+/// version's numbers over the last few seconds, the latest verdicts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutStatus {
+    pub function: String,
+    pub environment: String,
+    /// The latest deployment still owns the route.
+    pub active: bool,
+    /// The latest deployment of the route, active or not.
+    pub deployment: Option<DeploymentRecord>,
+    /// Where the running deployment stands (none when nothing runs).
+    pub step: Option<StepView>,
+    pub weights: Vec<WeightedVersion>,
+    pub versions: Vec<VersionWindow>,
+    /// The latest evaluation of the running deployment.
+    pub gates: Option<Evaluation>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepView {
+    /// 1-based index of the step (0 before the first).
+    pub index: usize,
+    pub of: usize,
+    /// The candidate's weight in this step.
+    pub weight: u32,
+    pub started_at: i64,
+    pub next_at: Option<i64>,
+    pub phase: String,
+}
+
+/// The role a version plays in a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VersionRole {
+    Candidate,
+    Baseline,
+    Stable,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VersionWindow {
+    pub version: u64,
+    pub digest: String,
+    pub weight: u32,
+    pub role: VersionRole,
+    pub window_s: f64,
+    pub requests: u64,
+    pub rps: f64,
+    pub errors: u64,
+    pub error_rate: f64,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
 }

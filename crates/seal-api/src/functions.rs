@@ -29,14 +29,23 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
+use seal_api_types::catalog::{
+    AuditEntries, CreateEnvironment, DeploymentAnswer, DeploymentDetail, DeploymentList,
+    EnvironmentCreated, Environments, FunctionList, FunctionStatus, Inspection, ServerInfo,
+    VersionList,
+};
+use seal_api_types::records::AuditVerification;
+use seal_api_types::rollout::RolloutStatus;
 use seal_api_types::rollout::Strategy;
 use seal_api_types::{DeployRequest, RollbackRequest};
 use seal_artifact::Digest;
+use seal_control::catalog::{BlobPut, Published};
+use seal_control::engine::DeployOutcome;
 use seal_control::rollout::Command;
 use seal_control::{Control, ControlError, Role};
 use serde::Deserialize;
-use serde_json::{Value, json};
 use std::sync::Arc;
 
 pub fn routes() -> Routes {
@@ -106,7 +115,7 @@ fn parse_digest(s: &str) -> ApiResult<Digest> {
     Digest::parse(s).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
-async fn server_info(State(c): State<Arc<Control>>) -> Json<Value> {
+async fn server_info(State(c): State<Arc<Control>>) -> Json<ServerInfo> {
     Json(c.server_info())
 }
 
@@ -125,7 +134,7 @@ async fn put_blob(
     Path(digest): Path<String>,
     headers: HeaderMap,
     body: Body,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<BlobPut>)> {
     let expected = parse_digest(&digest)?;
     let announced = headers
         .get(axum::http::header::CONTENT_LENGTH)
@@ -141,7 +150,7 @@ async fn put_blob(
             } else {
                 StatusCode::CREATED
             };
-            Ok((status, Json(json!(put))))
+            Ok((status, Json(put)))
         }
         Err(e) => {
             drain(&mut stream).await;
@@ -174,38 +183,38 @@ async fn post_artifact(
     State(c): State<Arc<Control>>,
     who: Caller,
     body: axum::body::Bytes,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<Published>)> {
     let published = c.catalog().publish(body.to_vec(), &who.actor()).await?;
     let status = if published.created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(json!(published))))
+    Ok((status, Json(published)))
 }
 
-async fn list_functions(State(c): State<Arc<Control>>) -> ApiResult<Json<Value>> {
+async fn list_functions(State(c): State<Arc<Control>>) -> ApiResult<Json<FunctionList>> {
     Ok(Json(c.list_functions().await?))
 }
 
 async fn function_status(
     State(c): State<Arc<Control>>,
     Path(function): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<FunctionStatus>> {
     Ok(Json(c.function_status(&function).await?))
 }
 
 async fn list_versions(
     State(c): State<Arc<Control>>,
     Path(function): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<VersionList>> {
     Ok(Json(c.list_versions(&function).await?))
 }
 
 async fn inspect_version(
     State(c): State<Arc<Control>>,
     Path((function, version)): Path<(String, String)>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Inspection>> {
     let number: u64 = version
         .parse()
         .map_err(|_| ApiError::bad_request(format!("version must be a number, got {version:?}")))?;
@@ -217,7 +226,7 @@ async fn deploy(
     Path(function): Path<String>,
     who: Caller,
     body: axum::body::Bytes,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     let req: DeployRequest = parse_json(&body)?;
     who.require_env(
         req.environment
@@ -256,7 +265,7 @@ async fn deploy(
                 req.allow_new_permissions,
             )
             .await?;
-        return Ok(Json(json!(v)));
+        return Ok(Json(v).into_response());
     }
     if req.dry_run {
         return Err(ApiError::bad_request(
@@ -273,7 +282,7 @@ async fn deploy(
             req.allow_new_permissions,
         )
         .await?;
-    Ok(Json(json!(outcome)))
+    Ok(Json(outcome).into_response())
 }
 
 async fn rollback(
@@ -281,7 +290,7 @@ async fn rollback(
     Path(function): Path<String>,
     who: Caller,
     body: axum::body::Bytes,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<DeployOutcome>> {
     let req: RollbackRequest = if body.is_empty() {
         RollbackRequest::default()
     } else {
@@ -304,14 +313,14 @@ async fn rollback(
             req.allow_new_permissions,
         )
         .await?;
-    Ok(Json(json!(outcome)))
+    Ok(Json(outcome))
 }
 
 async fn deployment_command(
     State(c): State<Arc<Control>>,
     Path((id, command)): Path<(String, String)>,
     who: Caller,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<DeploymentAnswer>> {
     let id: u64 = id.parse().map_err(|_| {
         ApiError::bad_request(format!("deployment id must be a number, got {id:?}"))
     })?;
@@ -329,14 +338,14 @@ async fn deployment_command(
         who.require_env(&d.environment)?;
     }
     let d = c.command(id, cmd, &who.actor()).await?;
-    Ok(Json(json!({"deployment": d})))
+    Ok(Json(DeploymentAnswer { deployment: d }))
 }
 
 async fn rollout_status(
     State(c): State<Arc<Control>>,
     Path(function): Path<String>,
     Query(q): Query<DeploymentsQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<RolloutStatus>> {
     Ok(Json(
         c.rollout_status(&function, q.environment.as_deref())
             .await?,
@@ -352,42 +361,37 @@ async fn list_deployments(
     State(c): State<Arc<Control>>,
     Path(function): Path<String>,
     Query(q): Query<DeploymentsQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<DeploymentList>> {
     let deployments = c.deployments(&function, q.environment.as_deref()).await?;
-    Ok(Json(
-        json!({"function": function, "deployments": deployments}),
-    ))
+    Ok(Json(DeploymentList {
+        function,
+        deployments,
+    }))
 }
 
 async fn show_deployment(
     State(c): State<Arc<Control>>,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<DeploymentDetail>> {
     let id: u64 = id.parse().map_err(|_| {
         ApiError::bad_request(format!("deployment id must be a number, got {id:?}"))
     })?;
     let (deployment, events) = c.deployment(id).await?;
-    Ok(Json(json!({"deployment": deployment, "events": events})))
+    Ok(Json(DeploymentDetail { deployment, events }))
 }
 
-async fn list_environments(State(c): State<Arc<Control>>) -> ApiResult<Json<Value>> {
-    Ok(Json(json!({
-        "environments": c.environments().await?,
-        "default": c.default_environment(),
-    })))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateEnvironment {
-    name: String,
+async fn list_environments(State(c): State<Arc<Control>>) -> ApiResult<Json<Environments>> {
+    Ok(Json(Environments {
+        environments: c.environments().await?,
+        default: c.default_environment().to_owned(),
+    }))
 }
 
 async fn create_environment(
     State(c): State<Arc<Control>>,
     who: Caller,
     body: axum::body::Bytes,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<EnvironmentCreated>)> {
     let req: CreateEnvironment = parse_json(&body)?;
     let created = c.create_environment(&req.name, &who.actor()).await?;
     let status = if created {
@@ -395,7 +399,13 @@ async fn create_environment(
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(json!({"name": req.name, "created": created}))))
+    Ok((
+        status,
+        Json(EnvironmentCreated {
+            name: req.name,
+            created,
+        }),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -406,12 +416,11 @@ struct AuditQuery {
 async fn audit(
     State(c): State<Arc<Control>>,
     Query(q): Query<AuditQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<AuditEntries>> {
     let entries = c.audit_log(q.limit.unwrap_or(100).min(10_000)).await?;
-    Ok(Json(json!({"entries": entries})))
+    Ok(Json(AuditEntries { entries }))
 }
 
-async fn verify_audit(State(c): State<Arc<Control>>) -> ApiResult<Json<Value>> {
-    let v = c.verify_audit().await?;
-    Ok(Json(json!(v)))
+async fn verify_audit(State(c): State<Arc<Control>>) -> ApiResult<Json<AuditVerification>> {
+    Ok(Json(c.verify_audit().await?))
 }

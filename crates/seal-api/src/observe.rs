@@ -17,11 +17,12 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use seal_api_types::observe::{BudgetAnswer, BudgetBody, Cost, Top};
 use seal_control::Control;
-use seal_control::queries::BudgetRequest;
+use seal_control::usage::BudgetRequest;
 use seal_serving::logs::{LogFilter, StatusFilter, now_ms};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::sync::Arc;
 
 pub fn routes() -> Routes {
@@ -157,7 +158,7 @@ struct TopQuery {
     environment: Option<String>,
 }
 
-async fn top(State(c): State<Arc<Control>>, Query(q): Query<TopQuery>) -> Json<Value> {
+async fn top(State(c): State<Arc<Control>>, Query(q): Query<TopQuery>) -> Json<Top> {
     Json(c.top(q.environment.as_deref()))
 }
 
@@ -171,19 +172,13 @@ async fn cost(
     State(c): State<Arc<Control>>,
     Path(function): Path<String>,
     Query(q): Query<CostQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Cost>> {
     let since = since_ms(q.since.as_deref(), "24h")?;
     Ok(Json(
-        c.cost(&function, since, q.environment.as_deref()).await?,
+        c.usage()
+            .cost(&function, since, q.environment.as_deref())
+            .await?,
     ))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BudgetBody {
-    gb_seconds: f64,
-    period: Option<String>,
-    webhook: Option<String>,
 }
 
 async fn set_budget(
@@ -191,9 +186,10 @@ async fn set_budget(
     Path(function): Path<String>,
     who: Caller,
     body: Result<Json<BudgetBody>, axum::extract::rejection::JsonRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<BudgetAnswer>> {
     let Json(body) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let budget = c
+        .usage()
         .set_budget(
             &function,
             BudgetRequest {
@@ -204,7 +200,7 @@ async fn set_budget(
             &who.actor(),
         )
         .await?;
-    Ok(Json(json!({"budget": budget})))
+    Ok(Json(BudgetAnswer { budget }))
 }
 
 async fn delete_budget(
@@ -212,7 +208,7 @@ async fn delete_budget(
     Path(function): Path<String>,
     who: Caller,
 ) -> ApiResult<StatusCode> {
-    c.delete_budget(&function, &who.actor()).await?;
+    c.usage().delete_budget(&function, &who.actor()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -223,7 +219,11 @@ async fn monitoring(
     match kind.as_str() {
         "grafana" => {
             c.function_or_404(&function).await?;
-            Ok(Json(seal_control::monitoring::grafana_dashboard(&function)).into_response())
+            Ok((
+                [(header::CONTENT_TYPE, "application/json")],
+                seal_control::monitoring::grafana_dashboard(&function),
+            )
+                .into_response())
         }
         "prometheus-rules" => Ok((
             [(header::CONTENT_TYPE, "application/yaml")],

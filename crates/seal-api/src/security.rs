@@ -19,9 +19,13 @@ use crate::parse_json;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{Method, StatusCode};
+use seal_api_types::access::{
+    CreateToken, SettingRevisions, SettingsView, TokenAnswer, TokenCreated, TokenList, WhoAmI,
+};
+use seal_control::settings::SettingsChanged;
+use seal_control::trust::{Attached, AttestationList, PolicyView, VerifyReport};
 use seal_control::{Control, Role};
 use serde::Deserialize;
-use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -70,9 +74,10 @@ fn version_number(s: &str) -> ApiResult<u64> {
 async fn list_attestations(
     State(c): State<Arc<Control>>,
     Path((function, version)): Path<(String, String)>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<AttestationList>> {
     Ok(Json(
-        c.list_attestations(&function, version_number(&version)?)
+        c.trust()
+            .list_attestations(&function, version_number(&version)?)
             .await?,
     ))
 }
@@ -82,8 +87,9 @@ async fn attach_attestation(
     Path((function, version)): Path<(String, String)>,
     who: Caller,
     body: axum::body::Bytes,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<Attached>)> {
     let v = c
+        .trust()
         .attach_attestation(&function, version_number(&version)?, &body, &who.actor())
         .await?;
     Ok((StatusCode::CREATED, Json(v)))
@@ -101,20 +107,21 @@ async fn verify_version(
     State(c): State<Arc<Control>>,
     Path((function, version)): Path<(String, String)>,
     body: axum::body::Bytes,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<VerifyReport>> {
     let req: VerifyRequest = if body.is_empty() {
         VerifyRequest::default()
     } else {
         parse_json(&body)?
     };
     Ok(Json(
-        c.verify_version(
-            &function,
-            version_number(&version)?,
-            req.environment.as_deref(),
-            &req.keys,
-        )
-        .await?,
+        c.trust()
+            .verify_version(
+                &function,
+                version_number(&version)?,
+                req.environment.as_deref(),
+                &req.keys,
+            )
+            .await?,
     ))
 }
 
@@ -132,9 +139,9 @@ struct PolicyRequest {
 async fn get_policy(
     State(c): State<Arc<Control>>,
     Path(environment): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<PolicyView>> {
     c.environment_must_exist(&environment).await?;
-    Ok(Json(c.policy_view(&environment).await?))
+    Ok(Json(c.trust().policy_view(&environment).await?))
 }
 
 async fn put_policy(
@@ -142,17 +149,18 @@ async fn put_policy(
     Path(environment): Path<String>,
     who: Caller,
     body: axum::body::Bytes,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<PolicyView>> {
     let req: PolicyRequest = parse_json(&body)?;
     Ok(Json(
-        c.set_policy(
-            &environment,
-            req.require_signature,
-            &req.trusted_keys,
-            req.required_provenance,
-            &who.actor(),
-        )
-        .await?,
+        c.trust()
+            .set_policy(
+                &environment,
+                req.require_signature,
+                &req.trusted_keys,
+                req.required_provenance,
+                &who.actor(),
+            )
+            .await?,
     ))
 }
 
@@ -176,7 +184,7 @@ async fn get_settings(
     State(c): State<Arc<Control>>,
     Path(function): Path<String>,
     Query(q): Query<EnvQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<SettingsView>> {
     let env = q
         .environment
         .unwrap_or_else(|| c.default_environment().to_owned());
@@ -188,7 +196,7 @@ async fn set_config(
     Path(function): Path<String>,
     who: Caller,
     body: axum::body::Bytes,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<SettingsChanged>> {
     change_settings(&c, &function, who, &body, false).await
 }
 
@@ -197,7 +205,7 @@ async fn set_secrets(
     Path(function): Path<String>,
     who: Caller,
     body: axum::body::Bytes,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<SettingsChanged>> {
     change_settings(&c, &function, who, &body, true).await
 }
 
@@ -207,7 +215,7 @@ async fn change_settings(
     who: Caller,
     body: &[u8],
     secret: bool,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<SettingsChanged>> {
     // A body that does not parse is refused without echoing it: it may
     // hold a secret.
     let req: ChangeSettings = serde_json::from_slice(body).map_err(|e| {
@@ -225,48 +233,40 @@ async fn change_settings(
         .settings()
         .change_settings(function, &env, secret, req.set, req.unset, &who.actor())
         .await?;
-    Ok(Json(json!(changed)))
+    Ok(Json(changed))
 }
 
 async fn setting_revisions(
     State(c): State<Arc<Control>>,
     Path(function): Path<String>,
     Query(q): Query<EnvQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<SettingRevisions>> {
     Ok(Json(
         c.setting_revisions(&function, q.environment.as_deref())
             .await?,
     ))
 }
 
-async fn whoami(who: Caller) -> Json<Value> {
-    Json(json!({
-        "id": who.token_id,
-        "name": who.name,
-        "role": who.role.as_str(),
-        "environments": who.environments,
+async fn whoami(Caller(who): Caller) -> Json<WhoAmI> {
+    Json(WhoAmI {
+        id: who.token_id,
+        name: who.name,
+        role: who.role.as_str().to_owned(),
+        environments: who.environments,
+    })
+}
+
+async fn list_tokens(State(c): State<Arc<Control>>) -> ApiResult<Json<TokenList>> {
+    Ok(Json(TokenList {
+        tokens: c.tokens().await?,
     }))
-}
-
-async fn list_tokens(State(c): State<Arc<Control>>) -> ApiResult<Json<Value>> {
-    Ok(Json(json!({"tokens": c.tokens().await?})))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateToken {
-    role: String,
-    #[serde(default)]
-    environments: Option<Vec<String>>,
-    #[serde(default)]
-    name: Option<String>,
 }
 
 async fn create_token(
     State(c): State<Arc<Control>>,
     who: Caller,
     body: axum::body::Bytes,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<TokenCreated>)> {
     let req: CreateToken = parse_json(&body)?;
     let role = Role::parse(&req.role).ok_or_else(|| {
         ApiError::bad_request(format!(
@@ -279,7 +279,10 @@ async fn create_token(
         .await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({"token": created.token, "record": created.record})),
+        Json(TokenCreated {
+            token: created.token,
+            record: created.record,
+        }),
     ))
 }
 
@@ -287,7 +290,7 @@ async fn revoke_token(
     State(c): State<Arc<Control>>,
     Path(id): Path<String>,
     who: Caller,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<TokenAnswer>> {
     let record = c.revoke_token(&id, &who.actor()).await?;
-    Ok(Json(json!({"record": record})))
+    Ok(Json(TokenAnswer { record }))
 }

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use seal_artifact::{Digest, SealManifest, parse_oci_manifest, sha256_digest, validate_component};
 use seal_oci::{ANNOTATION_FUNCTION, ANNOTATION_REF_NAME, ArtifactStore, IndexEntry};
-use seal_runtime::{Function, FunctionLimits, Runtime};
+use seal_runtime::{Function, FunctionLimits, Loader};
 use seal_serving::RouteTable;
 use seal_state::{NewVersion, StateStore, VersionRecord};
 use serde::Serialize;
@@ -46,7 +46,7 @@ pub struct BlobPut {
 pub struct Catalog {
     state: Arc<dyn StateStore>,
     oci: Arc<dyn ArtifactStore>,
-    runtime: Arc<Runtime>,
+    runtime: Arc<dyn Loader>,
     /// Pre-instantiated functions by artifact digest (the data plane only
     /// sees the `Arc`s placed in the route table).
     loaded: Mutex<HashMap<String, Arc<Function>>>,
@@ -58,7 +58,7 @@ impl Catalog {
     pub fn new(
         state: Arc<dyn StateStore>,
         oci: Arc<dyn ArtifactStore>,
-        runtime: Arc<Runtime>,
+        runtime: Arc<dyn Loader>,
         max_upload_bytes: u64,
     ) -> Self {
         Self {
@@ -166,7 +166,7 @@ impl Catalog {
             let (function, sha) = runtime.prepare(
                 digest_for_load.hex(),
                 None,
-                || Ok(wasm),
+                Box::new(|| Ok(wasm)),
                 limits_of(&manifest_for_load),
             )?;
             oci.put_blob(&bytes_for_store)?;
@@ -282,7 +282,7 @@ impl Catalog {
             runtime.prepare(
                 digest.hex(),
                 expected.as_deref(),
-                || Ok(wasm),
+                Box::new(|| Ok(wasm)),
                 limits_of(&manifest),
             )
         })

@@ -4,29 +4,27 @@
 use crate::catalog::Catalog;
 use crate::error::{ControlError, ControlResult};
 use seal_oci::ArtifactStore;
-use seal_runtime::{Function, Runtime};
+use seal_runtime::{Function, Loader};
 use seal_serving::{Route, RouteTable, Serving};
 use seal_state::{DeploymentKind, StateStore, Strategy};
 use seal_state::{DeploymentRecord, NewAudit, NewDeployment, VersionRecord, WeightedVersion};
 use serde::Serialize;
 use std::sync::Arc;
 
-async fn write_monitoring(state: &dyn StateStore, dir: &std::path::Path, function: &str) {
-    let budget = state.budget(function).await.ok().flatten();
-    if let Err(e) = crate::monitoring::write_files(dir, function, budget.as_ref()) {
-        tracing::warn!(function, error = %e, "cannot write the generated dashboard and rules");
-    }
-}
-
+/// Deploy and progressive delivery over the services they ask: the
+/// catalog (verified loads), trust (policy and the permission gate),
+/// settings and usage. The one place a route changes.
 pub struct Control {
     pub(crate) state: Arc<dyn StateStore>,
     pub(crate) oci: Arc<dyn ArtifactStore>,
-    pub(crate) runtime: Arc<Runtime>,
+    pub(crate) runtime: Arc<dyn Loader>,
     pub(crate) serving: Arc<Serving>,
     pub(crate) max_upload_bytes: u64,
     pub(crate) default_environment: String,
     /// Publishing and loading versions (and the cache of loaded ones).
-    pub(crate) catalog: Catalog,
+    pub(crate) catalog: Arc<Catalog>,
+    /// Attestations, policies and the permission gate.
+    pub(crate) trust: crate::trust::TrustService,
     /// Serialises route changes so each deployment sees the route it replaces.
     pub(crate) deploy_lock: tokio::sync::Mutex<()>,
     /// Running progressive deployments and their live views.
@@ -35,14 +33,12 @@ pub struct Control {
     pub(crate) http: reqwest::Client,
     /// Where hooks reach the gateway (set once the listener is bound).
     gateway_addr: std::sync::OnceLock<std::net::SocketAddr>,
-    /// Usage persisted so far (cost).
-    pub(crate) usage: crate::usage::UsageFlusher,
+    /// Cost and budgets.
+    pub(crate) usage: crate::usage::UsageService,
     /// `/metrics` and the deployment SLIs.
-    pub(crate) metrics: crate::metrics::Metrics,
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
     /// Deployment transitions as spans, when traces are exported.
     pub(crate) tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
-    /// Where generated dashboards and alert rules are written on deploy.
-    pub(crate) monitoring_dir: Option<std::path::PathBuf>,
     /// Config and secrets.
     pub(crate) settings: crate::settings::SettingsService,
 }
@@ -51,28 +47,44 @@ impl Control {
     pub fn new(
         state: Arc<dyn StateStore>,
         oci: Arc<dyn ArtifactStore>,
-        runtime: Arc<Runtime>,
+        runtime: Arc<dyn Loader>,
         serving: Arc<Serving>,
         max_upload_bytes: u64,
         default_environment: String,
         secrets: crate::settings::SecretBox,
     ) -> Self {
+        let catalog = Arc::new(Catalog::new(
+            state.clone(),
+            oci.clone(),
+            runtime.clone(),
+            max_upload_bytes,
+        ));
+        let metrics = Arc::new(crate::metrics::Metrics::new(
+            serving.clone(),
+            runtime.clone(),
+        ));
+        let http = reqwest::Client::new();
         Self {
-            catalog: Catalog::new(
+            trust: crate::trust::TrustService::new(
                 state.clone(),
                 oci.clone(),
-                runtime.clone(),
-                max_upload_bytes,
+                catalog.clone(),
+                default_environment.clone(),
             ),
             settings: crate::settings::SettingsService::new(
                 state.clone(),
                 serving.clone(),
                 secrets,
             ),
-            metrics: crate::metrics::Metrics::new(serving.clone(), runtime.clone()),
-            usage: crate::usage::UsageFlusher::default(),
+            usage: crate::usage::UsageService::new(
+                state.clone(),
+                serving.clone(),
+                metrics.clone(),
+                http.clone(),
+            ),
+            catalog,
+            metrics,
             tracer: None,
-            monitoring_dir: None,
             state,
             oci,
             runtime,
@@ -81,7 +93,7 @@ impl Control {
             default_environment,
             deploy_lock: tokio::sync::Mutex::new(()),
             rollouts: crate::rollout::Rollouts::default(),
-            http: reqwest::Client::new(),
+            http,
             gateway_addr: std::sync::OnceLock::new(),
         }
     }
@@ -95,7 +107,7 @@ impl Control {
     /// Writes each function's generated dashboard and alert rules under
     /// `dir` whenever one of its deployments ends.
     pub fn with_monitoring_dir(mut self, dir: std::path::PathBuf) -> Self {
-        self.monitoring_dir = Some(dir);
+        self.usage.monitoring = crate::usage::MonitoringFiles(Some(dir));
         self
     }
 
@@ -112,17 +124,11 @@ impl Control {
             return;
         }
         self.metrics.deployment_ended(d, &self.serving);
-        if let Some(dir) = self.monitoring_dir.clone() {
+        if self.usage.monitoring.0.is_some() {
+            let files = self.usage.monitoring.clone();
             let function = d.function.clone();
             let state = self.state.clone();
-            tokio::spawn(async move { write_monitoring(&*state, &dir, &function).await });
-        }
-    }
-
-    /// Regenerates a function's dashboard and rules files (budget changes).
-    pub(crate) async fn write_monitoring(&self, function: &str) {
-        if let Some(dir) = &self.monitoring_dir {
-            write_monitoring(&*self.state, dir, function).await;
+            tokio::spawn(async move { files.write(&*state, &function).await });
         }
     }
 
@@ -136,10 +142,6 @@ impl Control {
 
     pub fn rollouts(&self) -> &crate::rollout::Rollouts {
         &self.rollouts
-    }
-
-    pub fn runtime(&self) -> &Runtime {
-        &self.runtime
     }
 
     pub fn serving(&self) -> &Serving {
@@ -156,6 +158,16 @@ impl Control {
         &self.settings
     }
 
+    /// Attestations, policies, `verify`.
+    pub fn trust(&self) -> &crate::trust::TrustService {
+        &self.trust
+    }
+
+    /// Cost and budgets.
+    pub fn usage(&self) -> &crate::usage::UsageService {
+        &self.usage
+    }
+
     /// Checks a version a deployment is about to name against the
     /// environment's policy and loads it; a refusal (policy, damaged or
     /// unloadable artifact) is written to the audit log before it returns.
@@ -166,7 +178,7 @@ impl Control {
         action: &str,
         actor: &str,
     ) -> ControlResult<(Arc<Function>, Vec<String>)> {
-        let checked = match self.check_policy(v, env).await {
+        let checked = match self.trust.check_policy(v, env).await {
             Ok(checks) => self.catalog.load(v).await.map(|f| (f, checks)),
             Err(e) => Err(e),
         };
@@ -204,7 +216,7 @@ impl Control {
                     tracing::error!(function = %r.function, version = w.version, "route names an unknown version");
                     continue;
                 };
-                let loaded = match self.check_policy(&v, &r.environment).await {
+                let loaded = match self.trust.check_policy(&v, &r.environment).await {
                     Ok(_) => self.catalog.load(&v).await,
                     Err(e) => Err(e),
                 };
@@ -253,11 +265,7 @@ impl Control {
         function: &str,
         version: u64,
     ) -> ControlResult<VersionRecord> {
-        self.function_or_404(function).await?;
-        self.state
-            .version(function, version)
-            .await?
-            .ok_or_else(|| ControlError::not_found(format!("{function} has no version {version}")))
+        crate::lookup::version_must_exist(&*self.state, function, version).await
     }
 
     /// The named environment (default: the server's), which must exist:
@@ -417,7 +425,11 @@ impl Control {
         // version that cannot serve never gets a route.
         let (function, trust) = self.load_for_route(v, env, kind.as_str(), actor).await?;
         let permissions = match gate {
-            Some(approved) => self.check_permissions(env, v, approved, actor).await?,
+            Some(approved) => {
+                self.trust
+                    .check_permissions(env, v, approved, actor)
+                    .await?
+            }
             None => None,
         };
         let started = std::time::Instant::now();

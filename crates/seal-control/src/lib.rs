@@ -25,7 +25,7 @@ pub mod settings;
 pub mod telemetry;
 pub mod tokens;
 pub mod trust;
-mod usage;
+pub mod usage;
 
 pub use catalog::{Catalog, Published};
 pub use engine::Control;

@@ -3,7 +3,7 @@
 //! that is not there.
 
 use crate::error::{ControlError, ControlResult};
-use seal_state::StateStore;
+use seal_state::{StateStore, VersionRecord};
 
 /// `NotFound` unless the function exists.
 pub(crate) async fn function_must_exist(
@@ -28,4 +28,17 @@ pub(crate) async fn environment_must_exist(state: &dyn StateStore, env: &str) ->
         name: env.to_owned(),
         known: state.environments().await?,
     })
+}
+
+/// The version record, `NotFound` unless the function and the version exist.
+pub(crate) async fn version_must_exist(
+    state: &dyn StateStore,
+    function: &str,
+    version: u64,
+) -> ControlResult<VersionRecord> {
+    function_must_exist(state, function).await?;
+    state
+        .version(function, version)
+        .await?
+        .ok_or_else(|| ControlError::not_found(format!("{function} has no version {version}")))
 }

@@ -126,7 +126,7 @@ fn duration_buckets() -> impl Iterator<Item = f64> {
 }
 
 impl Metrics {
-    pub fn new(serving: Arc<Serving>, runtime: Arc<seal_runtime::Runtime>) -> Self {
+    pub fn new(serving: Arc<Serving>, runtime: Arc<dyn seal_runtime::Loader>) -> Self {
         let mut registry = Registry::default();
         let deployments = Family::<DeploymentLabels, Counter>::default();
         registry.register(
@@ -317,7 +317,7 @@ impl Metrics {
 /// Reads the gateway's version registry at scrape time.
 struct VersionCollector {
     serving: Arc<Serving>,
-    runtime: Arc<seal_runtime::Runtime>,
+    runtime: Arc<dyn seal_runtime::Loader>,
     post_deploy: Arc<Mutex<HashMap<(String, String), PostDeploy>>>,
 }
 

@@ -51,7 +51,11 @@ fn target(expr: String, legend: &str) -> Value {
 }
 
 /// The Grafana dashboard (schema 39) for one function.
-pub fn grafana_dashboard(function: &str) -> Value {
+pub fn grafana_dashboard(function: &str) -> String {
+    serde_json::to_string_pretty(&dashboard(function)).unwrap_or_default()
+}
+
+fn dashboard(function: &str) -> Value {
     let s = sel(function);
     let by_version = |expr: String| json!([target(expr, "v{{version}}")]);
     let r = "[$__rate_interval]";
@@ -358,7 +362,7 @@ pub fn prometheus_rules(function: &str, budget: Option<&Budget>) -> String {
 pub fn write_files(dir: &Path, function: &str, budget: Option<&Budget>) -> std::io::Result<()> {
     let dir = dir.join(function);
     std::fs::create_dir_all(&dir)?;
-    let dashboard = serde_json::to_vec_pretty(&grafana_dashboard(function))?;
+    let dashboard = grafana_dashboard(function).into_bytes();
     write_atomic(&dir.join("dashboard.json"), &dashboard)?;
     write_atomic(
         &dir.join("rules.yml"),
@@ -381,7 +385,7 @@ mod tests {
 
     #[test]
     fn dashboard_names_the_function_in_every_query() {
-        let d = grafana_dashboard("hello");
+        let d = dashboard("hello");
         let panels = d["panels"].as_array().unwrap();
         assert!(panels.len() >= 10);
         for p in panels.iter().filter(|p| p["type"] != "row") {

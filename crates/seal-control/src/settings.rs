@@ -15,6 +15,7 @@
 use crate::error::{ControlError, ControlResult};
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use seal_api_types::access::{SecretName, SettingsView};
 use seal_serving::Serving;
 use seal_serving::Settings;
 use seal_state::{SettingChange, StateStore};
@@ -320,25 +321,28 @@ impl SettingsService {
         &self,
         function: &str,
         environment: &str,
-    ) -> ControlResult<serde_json::Value> {
+    ) -> ControlResult<SettingsView> {
         crate::lookup::function_must_exist(&*self.state, function).await?;
         let (revision, rows) = self.state.settings(function, environment).await?;
         let mut config = BTreeMap::new();
         let mut secrets = Vec::new();
         for r in rows {
             if r.secret {
-                secrets.push(serde_json::json!({"key": r.key, "revision": r.revision}));
+                secrets.push(SecretName {
+                    key: r.key,
+                    revision: r.revision,
+                });
             } else {
                 config.insert(r.key, String::from_utf8_lossy(&r.value).into_owned());
             }
         }
-        Ok(serde_json::json!({
-            "function": function,
-            "environment": environment,
-            "revision": revision,
-            "config": config,
-            "secrets": secrets,
-        }))
+        Ok(SettingsView {
+            function: function.to_owned(),
+            environment: environment.to_owned(),
+            revision,
+            config,
+            secrets,
+        })
     }
 }
 

@@ -9,18 +9,18 @@
 //! cryptography and the policy rules are `seal-trust`'s; this module reads
 //! the stored pieces and decides.
 
-use crate::engine::Control;
+use crate::catalog::Catalog;
 use crate::error::{ControlError, ControlResult};
+use crate::lookup;
 use seal_artifact::capabilities::PermissionDiff;
 use seal_artifact::{Digest, SealManifest};
-use seal_oci::IndexEntry;
-use seal_state::{AttestationRecord, NewAudit, VersionRecord, now_ms};
-use seal_trust::{Envelope, Policy, PublicKey, TrustedKey};
-use serde_json::{Value, json};
+use seal_oci::{ArtifactStore, IndexEntry};
+use seal_state::{AttestationRecord, NewAudit, StateStore, VersionRecord, now_ms};
+use seal_trust::{Envelope, EnvelopeReport, Policy, PublicKey, TrustedKey};
+use serde::Serialize;
+use serde_json::json;
 use std::collections::BTreeMap;
-
-/// Annotation on a referrer's `index.json` entry: the artifact it is about.
-pub const ANNOTATION_SUBJECT: &str = "dev.seal.subject";
+use std::sync::Arc;
 
 /// What a deploy changes in what the function may do: the diff against
 /// the version it replaces (`from_version`, none on a first deploy).
@@ -29,6 +29,81 @@ pub struct PermissionChange {
     #[serde(flatten)]
     pub diff: PermissionDiff,
     pub from_version: Option<u64>,
+}
+
+/// An environment's policy, who set it and when (none: never set).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PolicyView {
+    pub environment: String,
+    pub policy: Policy,
+    pub updated_at: Option<i64>,
+    pub updated_by: Option<String>,
+}
+
+/// An attestation attached to a version.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Attached {
+    pub function: String,
+    pub version: u64,
+    pub digest: String,
+    /// The OCI referrer manifest that points at the artifact.
+    pub referrer: String,
+    pub keyid: String,
+}
+
+/// The attestations of a version, each with its envelope.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AttestationList {
+    pub attestations: Vec<AttestationView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AttestationView {
+    pub referrer: String,
+    pub envelope_digest: String,
+    pub keyid: Option<String>,
+    pub created_at: i64,
+    pub actor: String,
+    pub envelope: Envelope,
+}
+
+/// What `verify` found: the artifact's blobs, each attestation, the keys
+/// asked about, and the environment's policy verdict.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VerifyReport {
+    pub function: String,
+    pub version: u64,
+    pub digest: String,
+    /// Every part below is ok.
+    pub ok: bool,
+    pub artifact: Check,
+    pub attestations: Vec<EnvelopeReport>,
+    /// Present when keys were given: whether one of them signed a good
+    /// provenance about this artifact.
+    pub keys: Option<KeysCheck>,
+    pub policy: PolicyVerdict,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Check {
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct KeysCheck {
+    pub ok: bool,
+    pub keyids: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PolicyVerdict {
+    pub environment: String,
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub checks: Vec<String>,
 }
 
 /// The environment whose permission widenings need an admin's approval.
@@ -41,7 +116,31 @@ pub const MAX_ENVELOPE_BYTES: usize = 1 << 20;
 pub const MAX_SIGNATURES: usize = 8;
 pub const MAX_ATTESTATIONS: usize = 32;
 
-impl Control {
+/// Attestations, policies, `verify` and the permission gate, built from
+/// the state and artifact ports and the catalog's verified reads. The
+/// deploy engine asks it before any route names a version.
+pub struct TrustService {
+    state: Arc<dyn StateStore>,
+    oci: Arc<dyn ArtifactStore>,
+    catalog: Arc<Catalog>,
+    default_environment: String,
+}
+
+impl TrustService {
+    pub fn new(
+        state: Arc<dyn StateStore>,
+        oci: Arc<dyn ArtifactStore>,
+        catalog: Arc<Catalog>,
+        default_environment: String,
+    ) -> Self {
+        Self {
+            state,
+            oci,
+            catalog,
+            default_environment,
+        }
+    }
+
     /// The policy of an environment (empty when none was set).
     pub async fn policy(&self, environment: &str) -> ControlResult<Policy> {
         Ok(match self.state.policy(environment).await? {
@@ -59,8 +158,8 @@ impl Control {
         trusted_keys: &[String],
         required_provenance: BTreeMap<String, Option<String>>,
         actor: &str,
-    ) -> ControlResult<Value> {
-        self.environment_must_exist(environment).await?;
+    ) -> ControlResult<PolicyView> {
+        lookup::environment_must_exist(&*self.state, environment).await?;
         let mut keys = Vec::new();
         for pem in trusted_keys {
             let key = PublicKey::from_pem(pem)
@@ -90,18 +189,21 @@ impl Control {
         self.policy_view(environment).await
     }
 
-    pub async fn policy_view(&self, environment: &str) -> ControlResult<Value> {
-        let (policy, at, by) = match self.state.policy(environment).await? {
-            Some((p, at, by)) => (p, Some(at), Some(by)),
-            None => (
-                serde_json::to_value(Policy::default()).map_err(ControlError::internal)?,
-                None,
-                None,
+    pub async fn policy_view(&self, environment: &str) -> ControlResult<PolicyView> {
+        let (policy, updated_at, updated_by) = match self.state.policy(environment).await? {
+            Some((p, at, by)) => (
+                serde_json::from_value(p).map_err(ControlError::internal)?,
+                Some(at),
+                Some(by),
             ),
+            None => (Policy::default(), None, None),
         };
-        Ok(
-            json!({"environment": environment, "policy": policy, "updated_at": at, "updated_by": by}),
-        )
+        Ok(PolicyView {
+            environment: environment.to_owned(),
+            policy,
+            updated_at,
+            updated_by,
+        })
     }
 
     /// The envelopes attached to an artifact, each read back from the
@@ -163,8 +265,8 @@ impl Control {
         version: u64,
         body: &[u8],
         actor: &str,
-    ) -> ControlResult<Value> {
-        let v = self.version_or_404(function, version).await?;
+    ) -> ControlResult<Attached> {
+        let v = lookup::version_must_exist(&*self.state, function, version).await?;
         if body.len() > MAX_ENVELOPE_BYTES {
             return Err(ControlError::TooLarge(format!(
                 "the envelope is {} bytes; the limit is {MAX_ENVELOPE_BYTES}",
@@ -240,7 +342,7 @@ impl Control {
             digest: referrer.clone(),
             size: referrer_size,
             annotations: BTreeMap::from([
-                (ANNOTATION_SUBJECT.to_owned(), v.digest.clone()),
+                (seal_oci::ANNOTATION_SUBJECT.to_owned(), v.digest.clone()),
                 (
                     seal_oci::ANNOTATION_FUNCTION.to_owned(),
                     function.to_owned(),
@@ -260,34 +362,35 @@ impl Control {
                 &format!("{function}@{version}"),
             )
             .await?;
-        Ok(json!({
-            "function": function,
-            "version": version,
-            "digest": v.digest,
-            "referrer": referrer,
-            "keyid": keyid,
-        }))
+        Ok(Attached {
+            function: function.to_owned(),
+            version,
+            digest: v.digest,
+            referrer: referrer.to_string(),
+            keyid,
+        })
     }
 
-    pub async fn list_attestations(&self, function: &str, version: u64) -> ControlResult<Value> {
-        let v = self.version_or_404(function, version).await?;
-        let list: Vec<Value> = self
+    pub async fn list_attestations(
+        &self,
+        function: &str,
+        version: u64,
+    ) -> ControlResult<AttestationList> {
+        let v = lookup::version_must_exist(&*self.state, function, version).await?;
+        let attestations = self
             .envelopes(&v.digest)
             .await?
             .into_iter()
-            .map(|(r, e)| {
-                let envelope: Value = serde_json::from_slice(&e.to_json()).unwrap_or(Value::Null);
-                json!({
-                    "referrer": r.referrer,
-                    "envelope_digest": r.envelope,
-                    "keyid": r.keyid,
-                    "created_at": r.created_at,
-                    "actor": r.actor,
-                    "envelope": envelope,
-                })
+            .map(|(r, envelope)| AttestationView {
+                referrer: r.referrer,
+                envelope_digest: r.envelope,
+                keyid: r.keyid,
+                created_at: r.created_at,
+                actor: r.actor,
+                envelope,
             })
             .collect();
-        Ok(json!({"attestations": list}))
+        Ok(AttestationList { attestations })
     }
 
     /// `seal verify`: the artifact's blobs re-hashed, every attestation
@@ -299,8 +402,8 @@ impl Control {
         version: u64,
         environment: Option<&str>,
         keys: &[String],
-    ) -> ControlResult<Value> {
-        let v = self.version_or_404(function, version).await?;
+    ) -> ControlResult<VerifyReport> {
+        let v = lookup::version_must_exist(&*self.state, function, version).await?;
         let env = environment.unwrap_or(&self.default_environment).to_owned();
         let mut given = Vec::new();
         for pem in keys {
@@ -311,8 +414,14 @@ impl Control {
         }
         let subject = Digest::parse(&v.digest).map_err(ControlError::internal)?;
         let artifact = match self.verified_artifact(&subject).await {
-            Ok(()) => json!({"ok": true}),
-            Err(e) => json!({"ok": false, "error": e.public_message()}),
+            Ok(()) => Check {
+                ok: true,
+                error: None,
+            },
+            Err(e) => Check {
+                ok: false,
+                error: Some(e.public_message()),
+            },
         };
         let policy = self.policy(&env).await?;
         let mut all_keys = given.clone();
@@ -325,8 +434,18 @@ impl Control {
         let envelopes = self.envelope_list(&v.digest).await?;
         let reports = seal_trust::inspect(&subject, &envelopes, &all_keys);
         let verdict = match seal_trust::evaluate(&policy, &env, &subject, &envelopes) {
-            Ok(v) => json!({"environment": env, "ok": true, "checks": v.checks}),
-            Err(e) => json!({"environment": env, "ok": false, "reason": refusal(&e), "checks": []}),
+            Ok(v) => PolicyVerdict {
+                environment: env,
+                ok: true,
+                reason: None,
+                checks: v.checks,
+            },
+            Err(e) => PolicyVerdict {
+                environment: env,
+                ok: false,
+                reason: Some(refusal(&e)),
+                checks: Vec::new(),
+            },
         };
         let keys_ok = given.is_empty()
             || reports.iter().any(|r| {
@@ -335,19 +454,19 @@ impl Control {
                     && r.provenance_errors.is_empty()
                     && given.iter().any(|k| k.keyid() == r.keyid)
             });
-        let ok = artifact["ok"] == true && verdict["ok"] == true && keys_ok;
-        Ok(json!({
-            "function": function,
-            "version": version,
-            "digest": v.digest,
-            "ok": ok,
-            "artifact": artifact,
-            "attestations": reports,
-            "keys": if given.is_empty() { Value::Null } else {
-                json!({"ok": keys_ok, "keyids": given.iter().map(|k| k.keyid().to_owned()).collect::<Vec<_>>()})
-            },
-            "policy": verdict,
-        }))
+        Ok(VerifyReport {
+            function: function.to_owned(),
+            version,
+            ok: artifact.ok && verdict.ok && keys_ok,
+            digest: v.digest,
+            artifact,
+            attestations: reports,
+            keys: (!given.is_empty()).then(|| KeysCheck {
+                ok: keys_ok,
+                keyids: given.iter().map(|k| k.keyid().to_owned()).collect(),
+            }),
+            policy: verdict,
+        })
     }
 
     /// What a candidate may do that the version serving the route now may

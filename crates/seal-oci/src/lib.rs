@@ -59,6 +59,10 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
 /// Annotation keys written on `index.json` entries.
 pub const ANNOTATION_FUNCTION: &str = "dev.seal.function";
 pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
+/// Annotation on a referrer's `index.json` entry: the artifact manifest it
+/// is about (its `subject`), so referrers are found without reading every
+/// manifest.
+pub const ANNOTATION_SUBJECT: &str = "dev.seal.subject";
 
 /// An OCI image layout directory.
 #[derive(Debug)]
@@ -232,6 +236,21 @@ pub trait ArtifactStore: Send + Sync {
     fn add_manifest(&self, entry: IndexEntry) -> Result<()>;
     /// Every listed manifest.
     fn manifests(&self) -> Result<Vec<IndexEntry>>;
+    /// The listed manifests whose subject is `subject` (attestations about
+    /// an artifact), as the OCI referrers API answers. The layout lists
+    /// each with [`ANNOTATION_SUBJECT`]; a registry asks its referrers
+    /// endpoint.
+    fn referrers(&self, subject: &Digest) -> Result<Vec<IndexEntry>> {
+        Ok(self
+            .manifests()?
+            .into_iter()
+            .filter(|e| {
+                e.annotations
+                    .get(ANNOTATION_SUBJECT)
+                    .is_some_and(|s| s == subject.as_str())
+            })
+            .collect())
+    }
 }
 
 /// A blob being streamed into an [`ArtifactStore`]; dropped without
@@ -432,5 +451,31 @@ mod tests {
         store.add_manifest(entry.clone()).unwrap();
         let reopened = OciLayout::open(dir.path()).unwrap();
         assert_eq!(reopened.manifests().unwrap(), vec![entry]);
+    }
+
+    #[test]
+    fn referrers_are_the_manifests_about_a_subject() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Box<dyn ArtifactStore> = Box::new(OciLayout::open(dir.path()).unwrap());
+        let artifact = store.put_blob(b"{\"artifact\":1}").unwrap();
+        let other = store.put_blob(b"{\"artifact\":2}").unwrap();
+        let entry = |bytes: &[u8], subject: Option<&Digest>| IndexEntry {
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            digest: store.put_blob(bytes).unwrap(),
+            size: bytes.len() as u64,
+            annotations: subject
+                .map(|s| BTreeMap::from([(ANNOTATION_SUBJECT.to_owned(), s.to_string())]))
+                .unwrap_or_default(),
+        };
+        let plain = entry(b"{\"artifact\":1}", None);
+        let about = entry(b"{\"referrer\":1}", Some(&artifact));
+        let about_other = entry(b"{\"referrer\":2}", Some(&other));
+        for e in [&plain, &about, &about_other] {
+            store.add_manifest(e.clone()).unwrap();
+        }
+        assert_eq!(store.referrers(&artifact).unwrap(), vec![about]);
+        assert_eq!(store.referrers(&other).unwrap(), vec![about_other]);
+        let nothing = store.put_blob(b"unrelated").unwrap();
+        assert!(store.referrers(&nothing).unwrap().is_empty());
     }
 }

@@ -177,6 +177,43 @@ impl Runtime {
     }
 }
 
+/// The component source [`Loader::prepare`] calls when the compile cache
+/// cannot be used: the verified component bytes, or why there are none.
+pub type ComponentSource<'a> = Box<dyn FnOnce() -> Result<Vec<u8>, String> + Send + 'a>;
+
+/// What the control plane needs of a runtime, and all it may know of one:
+/// a verified component in, a pre-instantiated [`Function`] out, and the
+/// counters it reports. The composition root hands it a [`Runtime`]; no
+/// other crate names the engine.
+pub trait Loader: Send + Sync {
+    /// See [`Runtime::prepare`].
+    fn prepare(
+        &self,
+        digest_hex: &str,
+        expected_sha256: Option<&str>,
+        wasm: ComponentSource<'_>,
+        limits: FunctionLimits,
+    ) -> Result<(Arc<Function>, Option<String>)>;
+
+    fn stats(&self) -> &RuntimeStats;
+}
+
+impl Loader for Runtime {
+    fn prepare(
+        &self,
+        digest_hex: &str,
+        expected_sha256: Option<&str>,
+        wasm: ComponentSource<'_>,
+        limits: FunctionLimits,
+    ) -> Result<(Arc<Function>, Option<String>)> {
+        Runtime::prepare(self, digest_hex, expected_sha256, wasm, limits)
+    }
+
+    fn stats(&self) -> &RuntimeStats {
+        Runtime::stats(self)
+    }
+}
+
 /// Advances `engine`'s epoch every [`EPOCH_TICK`] until the engine is
 /// dropped.
 fn spawn_epoch_ticker(engine: wasmtime::EngineWeak) {

@@ -41,7 +41,7 @@ mod stdio;
 #[cfg(test)]
 mod testing;
 
-pub use engine::{EPOCH_TICK, Runtime, RuntimeConfig, RuntimeStats};
+pub use engine::{ComponentSource, EPOCH_TICK, Loader, Runtime, RuntimeConfig, RuntimeStats};
 pub use error::{InvokeError, Result, RuntimeError};
 pub use function::{Function, LoadTimings, full_body};
 pub use limits::FunctionLimits;

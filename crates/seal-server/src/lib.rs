@@ -181,7 +181,7 @@ impl RunningServer {
 /// flush the last spans.
 async fn finish(control: &Control, provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>) {
     control.stop_rollouts().await;
-    if let Err(e) = control.flush_usage().await {
+    if let Err(e) = control.usage().flush_usage().await {
         tracing::warn!(error = %e, "cannot persist the last usage counts");
     }
     if let Some(p) = provider {
@@ -329,7 +329,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         move || {
             let flusher = flusher.clone();
             async move {
-                if let Err(e) = flusher.flush_usage().await {
+                if let Err(e) = flusher.usage().flush_usage().await {
                     tracing::warn!(error = %e, "cannot persist usage");
                 }
             }

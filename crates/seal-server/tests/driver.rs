@@ -349,15 +349,16 @@ async fn the_deploy_service_refuses_with_typed_errors() {
 
     // A policy that requires a signature refuses an unsigned artifact.
     let key = seal_trust::SigningKey::generate();
-    c.set_policy(
-        "production",
-        true,
-        &[key.public_key().to_pem()],
-        Default::default(),
-        "admin",
-    )
-    .await
-    .unwrap();
+    c.trust()
+        .set_policy(
+            "production",
+            true,
+            &[key.public_key().to_pem()],
+            Default::default(),
+            "admin",
+        )
+        .await
+        .unwrap();
     let e = c
         .deploy("api", 2, None, None, "test", false)
         .await

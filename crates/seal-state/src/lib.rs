@@ -19,6 +19,10 @@
 //! This crate knows no SQL driver, no wasm and no HTTP.
 
 use async_trait::async_trait;
+pub use seal_api_types::records::{
+    AuditRecord, AuditVerification, BrokenLink, Budget, DeploymentEvent, DeploymentRecord,
+    RouteRecord, SettingRevision, TokenRecord, VersionRecord, WeightedVersion,
+};
 pub use seal_api_types::rollout::Strategy;
 pub use seal_api_types::{DeploymentKind, DeploymentState};
 use serde::{Deserialize, Serialize};
@@ -51,92 +55,6 @@ pub enum StateError {
 
 pub type Result<T, E = StateError> = std::result::Result<T, E>;
 
-/// One version's share of a route.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WeightedVersion {
-    pub version: u64,
-    pub weight: u32,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VersionRecord {
-    pub function: String,
-    pub version: u64,
-    pub digest: String,
-    /// The Seal manifest (config blob) as JSON.
-    pub manifest: serde_json::Value,
-    pub component_size: u64,
-    #[serde(skip)]
-    pub compiled_sha256: Option<String>,
-    pub created_at: i64,
-    pub created_by: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RouteRecord {
-    pub environment: String,
-    pub function: String,
-    pub weights: Vec<WeightedVersion>,
-    pub deployment_id: u64,
-    pub updated_at: i64,
-    pub sticky_header: Option<String>,
-    /// The version a deployment in progress previews.
-    pub preview: Option<u64>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeploymentRecord {
-    pub id: u64,
-    pub function: String,
-    pub environment: String,
-    pub kind: DeploymentKind,
-    pub strategy: Strategy,
-    pub state: DeploymentState,
-    pub from_weights: Option<Vec<WeightedVersion>>,
-    pub to_weights: Vec<WeightedVersion>,
-    pub actor: String,
-    pub reason: Option<String>,
-    pub created_at: i64,
-    pub finished_at: Option<i64>,
-    /// The progressive plan (steps, gates, hooks), absent for all-at-once.
-    pub plan: Option<serde_json::Value>,
-    pub baseline: Option<u64>,
-    pub candidate: Option<u64>,
-    /// Index of the current step (0-based) of the plan.
-    pub step: u32,
-    pub step_started_at: Option<i64>,
-}
-
-impl DeploymentRecord {
-    pub fn is_active(&self) -> bool {
-        self.state.is_active()
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeploymentEvent {
-    pub seq: u64,
-    pub at: i64,
-    pub kind: String,
-    pub detail: serde_json::Value,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AuditRecord {
-    pub id: u64,
-    pub at: i64,
-    pub actor: String,
-    pub action: String,
-    pub object: String,
-    pub digest: Option<String>,
-    pub outcome: String,
-    pub detail: serde_json::Value,
-    /// The hash of the entry before (64 zeros for the first).
-    pub prev_hash: Option<String>,
-    /// SHA-256 over this entry and `prev_hash` (see [`audit_hash`]).
-    pub hash: Option<String>,
-}
-
 /// The first entry's `prev_hash`.
 pub const AUDIT_GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -162,24 +80,6 @@ pub fn audit_hash(
     ])
     .to_string();
     hex::encode(sha2::Sha256::digest(canonical.as_bytes()))
-}
-
-/// What `verify_audit` found.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AuditVerification {
-    pub ok: bool,
-    /// Entries checked.
-    pub entries: u64,
-    /// The last entry's hash: record it elsewhere to detect a truncated tail
-    /// later (a chain cannot tell on its own that its end was cut off).
-    pub head: Option<String>,
-    pub first_broken: Option<BrokenLink>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BrokenLink {
-    pub id: u64,
-    pub reason: String,
 }
 
 /// An audit entry to append.
@@ -281,36 +181,7 @@ pub struct UsageRow {
     pub gb_seconds: f64,
 }
 
-/// A function's cost budget per calendar period (UTC).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Budget {
-    pub function: String,
-    pub gb_seconds: f64,
-    /// `day` or `month`.
-    pub period: String,
-    pub webhook: Option<String>,
-    pub alerted_period: Option<i64>,
-    pub updated_by: String,
-    pub updated_at: i64,
-}
-
 pub const HOUR_MS: i64 = 3_600_000;
-
-/// An API token, as stored (the hash, never the token).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TokenRecord {
-    pub id: String,
-    pub name: String,
-    pub role: String,
-    /// Environments the token may change; `None` = all.
-    pub environments: Option<Vec<String>>,
-    #[serde(skip)]
-    pub hash: String,
-    pub created_at: i64,
-    pub created_by: String,
-    pub revoked_at: Option<i64>,
-    pub revoked_by: Option<String>,
-}
 
 /// A token to create; `hash` is the SHA-256 (hex) of the token.
 #[derive(Debug, Clone)]
@@ -343,18 +214,6 @@ pub struct SettingChange<'a> {
     pub set: Vec<(String, Vec<u8>)>,
     pub unset: Vec<String>,
     pub actor: &'a str,
-}
-
-/// A recorded change: who, when, which keys.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SettingRevision {
-    pub function: String,
-    pub environment: String,
-    pub revision: i64,
-    pub at: i64,
-    pub actor: String,
-    /// `{"kind": "config"|"secrets", "set": [keys], "unset": [keys]}`
-    pub changes: serde_json::Value,
 }
 
 /// An attestation attached to an artifact.

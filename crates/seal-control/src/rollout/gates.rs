@@ -20,7 +20,6 @@
 
 use seal_serving::Snapshot;
 use seal_serving::telemetry::{BUCKETS, bucket_high, bucket_low};
-use serde::{Deserialize, Serialize};
 use statrs::distribution::{Binomial, ContinuousCDF, DiscreteCDF, Normal};
 
 /// Level of the end-of-step judgement.
@@ -29,60 +28,19 @@ pub const ALPHA: f64 = 0.05;
 /// back before the step ends.
 pub const ALPHA_EARLY: f64 = 0.001;
 
-pub use seal_api_types::rollout::{Gates, LatencyLimit};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Verdict {
-    Pass,
-    Fail,
-    Inconclusive,
-}
+pub use seal_api_types::rollout::{
+    Evaluation, GateResult, Gates, LatencyLimit, Verdict, WindowSummary,
+};
 
 /// A window's numbers as they appear in events and status.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct WindowSummary {
-    pub requests: u64,
-    pub errors: u64,
-    pub error_rate: f64,
-    pub p50_ms: Option<f64>,
-    pub p99_ms: Option<f64>,
-}
-
-impl WindowSummary {
-    pub fn of(w: &Snapshot) -> Self {
-        let ms = |q| w.quantile_us(q).map(|us| us as f64 / 1000.0);
-        Self {
-            requests: w.requests,
-            errors: w.errors,
-            error_rate: w.error_rate(),
-            p50_ms: ms(0.5),
-            p99_ms: ms(0.99),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct GateResult {
-    pub gate: String,
-    pub threshold: String,
-    pub verdict: Verdict,
-    pub measured: String,
-    pub detail: String,
-    pub candidate: WindowSummary,
-    pub baseline: Option<WindowSummary>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Evaluation {
-    pub verdict: Verdict,
-    pub results: Vec<GateResult>,
-}
-
-impl Evaluation {
-    /// The first failed gate, for the rollback record.
-    pub fn failed(&self) -> Option<&GateResult> {
-        self.results.iter().find(|r| r.verdict == Verdict::Fail)
+pub fn summary_of(w: &Snapshot) -> WindowSummary {
+    let ms = |q| w.quantile_us(q).map(|us| us as f64 / 1000.0);
+    WindowSummary {
+        requests: w.requests,
+        errors: w.errors,
+        error_rate: w.error_rate(),
+        p50_ms: ms(0.5),
+        p99_ms: ms(0.99),
     }
 }
 
@@ -156,8 +114,8 @@ impl Judge for Gates {
     ) -> Evaluation {
         let alpha = if step_over { ALPHA } else { ALPHA_EARLY };
         let min = self.min_requests.unwrap_or(0);
-        let c_sum = WindowSummary::of(candidate);
-        let b_sum = baseline.map(WindowSummary::of);
+        let c_sum = summary_of(candidate);
+        let b_sum = baseline.map(summary_of);
         let enough_c = candidate.requests >= min && candidate.requests > 0;
         let mut results = Vec::new();
         let mut push = |gate: String, threshold: String, verdict, measured, detail| {

@@ -22,6 +22,7 @@ use crate::engine::Control;
 use crate::error::{ControlError, ControlResult};
 use gates::{Evaluation, Judge, Verdict};
 use plan::{Hook, HookPhase, OnInconclusive, Plan, Planning, RolloutSpec, VersionRef};
+use seal_api_types::rollout::{RolloutStatus, StepView, VersionRole, VersionWindow};
 use seal_serving::{Backend, Route, RouteTable, Snapshot};
 use seal_state::{DeploymentRecord, DeploymentState, NewRollout, Transition, WeightedVersion};
 use serde::Serialize;
@@ -142,6 +143,7 @@ impl Control {
             .load_for_route(&candidate, &env, "deploy", actor)
             .await?;
         let permissions = self
+            .trust
             .check_permissions(&env, &candidate, approve_widening, actor)
             .await?;
         let current = self.state.route(&env, function).await?;
@@ -301,7 +303,7 @@ impl Control {
         &self,
         function: &str,
         environment: Option<&str>,
-    ) -> ControlResult<Value> {
+    ) -> ControlResult<RolloutStatus> {
         let env = self.environment_or_default(environment).await?;
         self.function_or_404(function).await?;
         let deployment = self
@@ -329,33 +331,47 @@ impl Control {
                 });
                 let (window, secs) = self.rollouts.window(&env, function, b);
                 let role = match deployment.as_ref().filter(|d| d.is_active()) {
-                    Some(d) if d.candidate == Some(b.version) => "candidate",
-                    Some(d) if d.baseline == Some(b.version) => "baseline",
-                    _ => "stable",
+                    Some(d) if d.candidate == Some(b.version) => VersionRole::Candidate,
+                    Some(d) if d.baseline == Some(b.version) => VersionRole::Baseline,
+                    _ => VersionRole::Stable,
                 };
-                let summary = gates::WindowSummary::of(&window);
-                versions.push(json!({
-                    "version": b.version, "digest": b.digest, "weight": b.weight, "role": role,
-                    "window_s": secs, "requests": window.requests,
-                    "rps": if secs > 0.0 { window.requests as f64 / secs } else { 0.0 },
-                    "errors": window.errors, "error_rate": summary.error_rate,
-                    "p50_ms": summary.p50_ms, "p99_ms": summary.p99_ms,
-                }));
+                let summary = gates::summary_of(&window);
+                versions.push(VersionWindow {
+                    version: b.version,
+                    digest: b.digest.clone(),
+                    weight: b.weight,
+                    role,
+                    window_s: secs,
+                    requests: window.requests,
+                    rps: if secs > 0.0 {
+                        window.requests as f64 / secs
+                    } else {
+                        0.0
+                    },
+                    errors: window.errors,
+                    error_rate: summary.error_rate,
+                    p50_ms: summary.p50_ms,
+                    p99_ms: summary.p99_ms,
+                });
             }
         }
-        Ok(json!({
-            "function": function,
-            "environment": env,
-            "active": active,
-            "deployment": deployment,
-            "step": live.as_ref().map(|l| json!({
-                "index": l.step, "of": l.of, "weight": l.weight, "started_at": l.started_at,
-                "next_at": l.next_at, "phase": l.phase,
-            })),
-            "weights": weights,
-            "versions": versions,
-            "gates": live.and_then(|l| l.evaluation),
-        }))
+        Ok(RolloutStatus {
+            function: function.to_owned(),
+            environment: env,
+            active,
+            deployment,
+            step: live.as_ref().map(|l| StepView {
+                index: l.step,
+                of: l.of,
+                weight: l.weight,
+                started_at: l.started_at,
+                next_at: l.next_at,
+                phase: l.phase.clone(),
+            }),
+            weights,
+            versions,
+            gates: live.and_then(|l| l.evaluation),
+        })
     }
 
     /// After a restart: every deployment that was in progress is resumed
