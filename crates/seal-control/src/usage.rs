@@ -59,7 +59,7 @@ pub struct UsageService {
 }
 
 impl UsageService {
-    pub(crate) fn new(
+    pub fn new(
         state: Arc<dyn StateStore>,
         serving: Arc<Serving>,
         metrics: Arc<Metrics>,

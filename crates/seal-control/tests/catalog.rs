@@ -2,68 +2,11 @@
 //! layout and the real wasmtime runtime, no server around them.
 #![allow(clippy::unwrap_used)]
 
-#[path = "../../../tests/support/guests.rs"]
-mod guests;
+mod support;
 
 use bytes::Bytes;
-use seal_artifact::SealManifest;
-use seal_control::{Catalog, ControlError};
-use seal_oci::{ArtifactStore, OciLayout};
-use seal_runtime::{Runtime, RuntimeConfig};
-use seal_state::StateStore;
-use std::sync::Arc;
-
-struct Fixture {
-    catalog: Catalog,
-    state: Arc<dyn StateStore>,
-    layout: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-async fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let state: Arc<dyn StateStore> = Arc::new(
-        seal_state_sqlite::SqliteStore::open(&dir.path().join("state.db"))
-            .await
-            .unwrap(),
-    );
-    let layout = dir.path().join("artifacts");
-    let oci: Arc<dyn ArtifactStore> = Arc::new(OciLayout::open(layout.clone()).unwrap());
-    let runtime = Arc::new(
-        Runtime::new(RuntimeConfig {
-            cache_dir: dir.path().join("compiled"),
-            max_instances: 16,
-        })
-        .unwrap(),
-    );
-    Fixture {
-        catalog: Catalog::new(state.clone(), oci, runtime, 64 << 20),
-        state,
-        layout,
-        _dir: dir,
-    }
-}
-
-/// Uploads the blobs of `component` packed as `name` and publishes it.
-async fn publish(f: &Fixture, name: &str, component: &[u8]) -> seal_control::Published {
-    let packed = seal_artifact::pack(component, &SealManifest::new(name)).unwrap();
-    for (digest, bytes) in [
-        (&packed.config_digest, packed.config_bytes.clone()),
-        (&packed.layer_digest, component.to_vec()),
-    ] {
-        let mut body = futures::stream::iter([Ok::<_, String>(Bytes::from(bytes))]);
-        let put = f
-            .catalog
-            .put_blob(digest.clone(), None, &mut body)
-            .await
-            .unwrap();
-        assert!(!put.existed);
-    }
-    f.catalog
-        .publish(packed.manifest_bytes, "test")
-        .await
-        .unwrap()
-}
+use seal_control::ControlError;
+use support::{fixture, guests, publish, publish_again};
 
 #[tokio::test]
 async fn a_published_version_loads_and_a_damaged_blob_never_does() {
@@ -117,13 +60,4 @@ async fn uploads_are_checked_against_their_digest_and_the_limit() {
         .await
         .unwrap_err();
     assert!(matches!(e, ControlError::TooLarge(_)), "{e:?}");
-}
-
-/// Publishing an artifact whose blobs are already stored.
-async fn publish_again(f: &Fixture, name: &str, component: &[u8]) -> seal_control::Published {
-    let packed = seal_artifact::pack(component, &SealManifest::new(name)).unwrap();
-    f.catalog
-        .publish(packed.manifest_bytes, "test")
-        .await
-        .unwrap()
 }
