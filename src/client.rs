@@ -2,6 +2,8 @@
 
 use anyhow::{Context, bail};
 use seal_api_types::{ErrorBody, ErrorDetail, codes};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::path::Path;
 
@@ -85,6 +87,51 @@ impl Client {
         Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 
+    /// `GET path`, its answer read as `T`.
+    pub async fn get_as<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let req = self.request(reqwest::Method::GET, path);
+        self.send_as(req, "GET", path).await
+    }
+
+    /// `POST path` with `body` as JSON, its answer read as `T`.
+    pub async fn post_as<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        let req = self.request(reqwest::Method::POST, path).json(body);
+        self.send_as(req, "POST", path).await
+    }
+
+    /// `PUT path` with `body` as JSON, its answer read as `T`.
+    pub async fn put_as<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        let req = self.request(reqwest::Method::PUT, path).json(body);
+        self.send_as(req, "PUT", path).await
+    }
+
+    /// Sends a request built by the caller (`method` and `path` only name
+    /// it in errors); a non-2xx answer becomes an error as in
+    /// [`Client::send`], and a 2xx body that is not a `T` an error naming
+    /// the request.
+    pub async fn send_as<T: DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+        method: &str,
+        path: &str,
+    ) -> anyhow::Result<T> {
+        let text = self
+            .checked(req)
+            .await?
+            .text()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        parse_answer(&text, method, path)
+    }
+
     /// Sends a request and hands back a 2xx response unread (for streamed
     /// or non-JSON bodies); a non-2xx answer becomes an error carrying the
     /// server's message, as in [`Client::send`].
@@ -120,6 +167,12 @@ impl Client {
             anyhow::anyhow!("request to {} failed: {e}", self.base)
         }
     }
+}
+
+/// A 2xx body read as `T`, or an error naming the request it answered.
+fn parse_answer<T: DeserializeOwned>(text: &str, method: &str, path: &str) -> anyhow::Result<T> {
+    serde_json::from_str(text)
+        .map_err(|e| anyhow::anyhow!("unexpected answer from {method} {path}: {e}"))
 }
 
 /// The server's message plus what to do about it with this CLI: the
@@ -159,5 +212,24 @@ mod tests {
         );
         let plain = ErrorBody::new("not_found", "no deployment 9");
         assert_eq!(with_hint(&plain.error), "no deployment 9");
+    }
+
+    #[test]
+    fn an_answer_of_the_wrong_shape_names_the_request() {
+        let ok: seal_api_types::access::WhoAmI = parse_answer(
+            r#"{"id":"tk_1","name":"admin","role":"admin","environments":null}"#,
+            "GET",
+            "/v1/whoami",
+        )
+        .unwrap();
+        assert_eq!(ok.role, "admin");
+        let err =
+            parse_answer::<seal_api_types::access::WhoAmI>(r#"{"id":"tk_1"}"#, "GET", "/v1/whoami")
+                .unwrap_err()
+                .to_string();
+        assert!(
+            err.starts_with("unexpected answer from GET /v1/whoami: missing field `name`"),
+            "{err}"
+        );
     }
 }

@@ -1,7 +1,8 @@
 //! `seal token …` and `seal whoami`: API tokens and roles.
 
 use crate::client::Client;
-use crate::output::{OutputFormat, emit, s, table, time};
+use crate::output::{OutputFormat, emit, table, time_ms, time_opt};
+use seal_api_types::access::{CreateToken, TokenAnswer, TokenCreated, TokenList, WhoAmI};
 use serde_json::json;
 
 #[derive(clap::Subcommand, Debug)]
@@ -38,63 +39,44 @@ pub async fn token(cmd: TokenCommand, client: &Client, out: OutputFormat) -> any
             environments,
             name,
         } => {
-            let body = json!({
-                "role": role,
-                "environments": (!environments.is_empty()).then_some(environments),
-                "name": name,
-            });
-            let v = client.post("/v1/tokens", &body).await?;
+            let body = CreateToken {
+                role,
+                environments: (!environments.is_empty()).then_some(environments),
+                name,
+            };
+            let v: TokenCreated = client.post_as("/v1/tokens", &body).await?;
             emit(out, &v, |v| {
-                let r = &v["record"];
+                let r = &v.record;
                 eprintln!(
                     "created token {} ({}, role {}, {}); it is shown only now:",
-                    s(&r["id"]),
-                    s(&r["name"]),
-                    s(&r["role"]),
-                    scope(&r["environments"])
+                    r.id,
+                    r.name,
+                    r.role,
+                    scope(r.environments.as_deref())
                 );
-                println!("{}", s(&v["token"]));
+                println!("{}", v.token);
             });
         }
         TokenCommand::List => {
-            let v = client.get("/v1/tokens").await?;
+            let v: TokenList = client.get_as("/v1/tokens").await?;
             emit(out, &v, |v| {
-                let rows = v["tokens"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|t| {
-                        vec![
-                            s(&t["id"]),
-                            s(&t["name"]),
-                            s(&t["role"]),
-                            scope(&t["environments"]),
-                            time(&t["created_at"]),
-                            if t["revoked_at"].is_null() {
-                                "active".into()
-                            } else {
-                                format!("revoked {}", time(&t["revoked_at"]))
-                            },
-                        ]
-                    })
-                    .collect();
                 table(
                     &["ID", "NAME", "ROLE", "MAY CHANGE", "CREATED", "STATE"],
-                    rows,
+                    token_rows(v),
                 );
             });
         }
         TokenCommand::Revoke { id } => {
-            let v = client
-                .post(&format!("/v1/tokens/{id}/revoke"), &json!({}))
+            let v: TokenAnswer = client
+                .post_as(&format!("/v1/tokens/{id}/revoke"), &json!({}))
                 .await?;
             emit(out, &v, |v| {
-                let r = &v["record"];
+                let r = &v.record;
                 println!(
                     "revoked token {} ({}) at {}",
-                    s(&r["id"]),
-                    s(&r["name"]),
-                    time(&r["revoked_at"])
+                    r.id,
+                    r.name,
+                    time_opt(r.revoked_at)
                 );
             });
         }
@@ -102,23 +84,86 @@ pub async fn token(cmd: TokenCommand, client: &Client, out: OutputFormat) -> any
     Ok(())
 }
 
+/// The rows of `seal token list`.
+fn token_rows(v: &TokenList) -> Vec<Vec<String>> {
+    v.tokens
+        .iter()
+        .map(|t| {
+            vec![
+                t.id.clone(),
+                t.name.clone(),
+                t.role.clone(),
+                scope(t.environments.as_deref()),
+                time_ms(t.created_at),
+                match t.revoked_at {
+                    None => "active".into(),
+                    Some(at) => format!("revoked {}", time_ms(at)),
+                },
+            ]
+        })
+        .collect()
+}
+
 pub async fn whoami(client: &Client, out: OutputFormat) -> anyhow::Result<()> {
-    let v = client.get("/v1/whoami").await?;
+    let v: WhoAmI = client.get_as("/v1/whoami").await?;
     emit(out, &v, |v| {
         println!(
             "{} ({}), role {}, {}",
-            s(&v["name"]),
-            s(&v["id"]),
-            s(&v["role"]),
-            scope(&v["environments"])
+            v.name,
+            v.id,
+            v.role,
+            scope(v.environments.as_deref())
         );
     });
     Ok(())
 }
 
-fn scope(envs: &serde_json::Value) -> String {
-    match envs.as_array() {
-        Some(e) => e.iter().map(s).collect::<Vec<_>>().join(","),
+/// `staging,qa`, or `all environments` for a token without a limit.
+fn scope(envs: Option<&[String]>) -> String {
+    match envs {
+        Some(e) => e.join(","),
         None => "all environments".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_rows_read_the_typed_answer() {
+        let v: TokenList = serde_json::from_value(json!({"tokens": [
+            {"id": "tk_a", "name": "ci", "role": "deployer", "environments": ["staging", "qa"],
+             "created_at": 1732270000000i64, "created_by": "admin",
+             "revoked_at": 1732270060000i64, "revoked_by": "admin"},
+            {"id": "tk_b", "name": "admin", "role": "admin", "environments": null,
+             "created_at": 1732270000000i64, "created_by": "seal",
+             "revoked_at": null, "revoked_by": null}
+        ]}))
+        .unwrap();
+        assert_eq!(
+            token_rows(&v),
+            [
+                vec![
+                    "tk_a",
+                    "ci",
+                    "deployer",
+                    "staging,qa",
+                    "2024-11-22T10:06:40.000Z",
+                    "revoked 2024-11-22T10:07:40.000Z"
+                ],
+                vec![
+                    "tk_b",
+                    "admin",
+                    "admin",
+                    "all environments",
+                    "2024-11-22T10:06:40.000Z",
+                    "active"
+                ],
+            ]
+        );
+        // The token's hash never crosses the wire, either way.
+        let back = serde_json::to_value(&v).unwrap();
+        assert!(back["tokens"][0].get("hash").is_none(), "{back}");
     }
 }

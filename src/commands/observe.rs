@@ -2,10 +2,11 @@
 //! `seal monitoring`.
 
 use crate::client::Client;
-use crate::output::{OutputFormat, emit, ms, pct, s, table, time};
+use crate::output::{OutputFormat, emit, json_line, ms_opt, pct_f64, s, table, time_ms};
 use anyhow::Context;
 use clap::{ArgGroup, Args, Subcommand, ValueEnum};
 use futures::StreamExt;
+use seal_api_types::observe::{BudgetAnswer, BudgetBody, BudgetStatus, Cost, Top};
 use serde_json::{Value, json};
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
@@ -288,9 +289,9 @@ pub async fn top(args: TopArgs, client: &Client, out: OutputFormat) -> anyhow::R
     let frames = async {
         let mut frame = 0u64;
         loop {
-            let v = client.get(&path).await?;
+            let v: Top = client.get_as(&path).await?;
             match out {
-                OutputFormat::Json => println!("{v}"),
+                OutputFormat::Json => println!("{}", json_line(&v)?),
                 OutputFormat::Text => {
                     if clear {
                         print!("\x1b[2J\x1b[H");
@@ -315,34 +316,13 @@ pub async fn top(args: TopArgs, client: &Client, out: OutputFormat) -> anyhow::R
 }
 
 /// One `GET /v1/top` answer for humans.
-pub fn print_top(v: &Value) {
+pub fn print_top(v: &Top) {
     println!(
         "seal top — {} — window {:.0}s",
-        time(&v["at"]),
-        v["window_seconds"].as_f64().unwrap_or(0.0)
+        time_ms(v.at),
+        v.window_seconds
     );
-    let rows: Vec<Vec<String>> = v["rows"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|r| {
-            vec![
-                s(&r["function"]),
-                s(&r["environment"]),
-                s(&r["version"]),
-                format!("{}%", s(&r["weight"])),
-                r["rps"]
-                    .as_f64()
-                    .map(|x| format!("{x:.1}"))
-                    .unwrap_or_else(|| "-".into()),
-                s(&r["errors"]),
-                pct(&r["error_rate"]),
-                ms(&r["p50_ms"]),
-                ms(&r["p99_ms"]),
-                format!("{} ({})", s(&r["cold_starts"]), s(&r["total_cold_starts"])),
-            ]
-        })
-        .collect();
+    let rows = top_rows(v);
     if rows.is_empty() {
         println!("no routed versions");
         return;
@@ -355,6 +335,27 @@ pub fn print_top(v: &Value) {
     );
 }
 
+/// The rows of one `seal top` frame.
+fn top_rows(v: &Top) -> Vec<Vec<String>> {
+    v.rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.function.clone(),
+                r.environment.clone(),
+                r.version.to_string(),
+                format!("{}%", r.weight),
+                format!("{:.1}", r.rps),
+                r.errors.to_string(),
+                pct_f64(r.error_rate),
+                ms_opt(r.p50_ms),
+                ms_opt(r.p99_ms),
+                format!("{} ({})", r.cold_starts, r.total_cold_starts),
+            ]
+        })
+        .collect()
+}
+
 // ---------------------------------------------------------------- cost
 
 pub async fn cost(args: CostArgs, client: &Client, out: OutputFormat) -> anyhow::Result<()> {
@@ -363,39 +364,18 @@ pub async fn cost(args: CostArgs, client: &Client, out: OutputFormat) -> anyhow:
     if let Some(env) = &args.env {
         query.push(("environment", env.clone()));
     }
-    let req = client
-        .request(
-            reqwest::Method::GET,
-            &format!("/v1/functions/{}/cost", args.function),
-        )
-        .query(&query);
-    let v = client.send(req).await?;
+    let path = format!("/v1/functions/{}/cost", args.function);
+    let req = client.request(reqwest::Method::GET, &path).query(&query);
+    let v: Cost = client.send_as(req, "GET", &path).await?;
     emit(out, &v, print_cost);
     Ok(())
 }
 
 /// A `GET /v1/functions/{fn}/cost` answer for humans.
-pub fn print_cost(v: &Value) {
-    let rows: Vec<Vec<String>> = v["versions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|x| {
-            vec![
-                s(&x["environment"]),
-                s(&x["version"]),
-                s(&x["invocations"]),
-                gb(&x["gb_seconds"]),
-                gb(&x["gb_seconds_per_invocation"]),
-                x["digest"]
-                    .as_str()
-                    .map(|d| d.chars().take(19).collect())
-                    .unwrap_or_else(|| "-".into()),
-            ]
-        })
-        .collect();
+pub fn print_cost(v: &Cost) {
+    let rows = cost_rows(v);
     if rows.is_empty() {
-        println!("no invocations of {} in this period", s(&v["function"]));
+        println!("no invocations of {} in this period", v.function);
     } else {
         table(
             &[
@@ -411,33 +391,48 @@ pub fn print_cost(v: &Value) {
     }
     println!(
         "total since {}: {} invocations, {} GB-s",
-        time(&v["since"]),
-        s(&v["total"]["invocations"]),
-        gb(&v["total"]["gb_seconds"])
+        time_ms(v.since),
+        v.total.invocations,
+        gb_f64(v.total.gb_seconds)
     );
-    println!("{}", budget_line(&v["budget"], &s(&v["function"])));
+    println!("{}", budget_line(v.budget.as_ref(), &v.function));
+}
+
+/// The rows of `seal cost`: one per environment and version.
+fn cost_rows(v: &Cost) -> Vec<Vec<String>> {
+    v.versions
+        .iter()
+        .map(|x| {
+            vec![
+                x.environment.clone(),
+                x.version.to_string(),
+                x.invocations.to_string(),
+                gb_f64(x.gb_seconds),
+                gb_f64(x.gb_seconds_per_invocation),
+                x.digest
+                    .as_deref()
+                    .map(|d| d.chars().take(19).collect())
+                    .unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect()
 }
 
 /// `budget: 12.5 of 100 GB-s this month (12.5%)`,
 /// `budget: EXCEEDED 120 of 100 GB-s this day (120.0%)`, or how to set one.
-pub fn budget_line(b: &Value, function: &str) -> String {
-    if !b.is_object() {
+pub fn budget_line(b: Option<&BudgetStatus>, function: &str) -> String {
+    let Some(b) = b else {
         return format!("no budget (set one with `seal budget set {function} --gb-seconds N`)");
-    }
-    let ratio = b["ratio"].as_f64().unwrap_or(0.0);
+    };
     let mut line = format!(
         "budget: {}{} of {} GB-s this {} ({:.1}%)",
-        if b["exceeded"].as_bool() == Some(true) {
-            "EXCEEDED "
-        } else {
-            ""
-        },
-        gb(&b["used_gb_seconds"]),
-        gb(&b["gb_seconds"]),
-        s(&b["period"]),
-        ratio * 100.0
+        if b.exceeded { "EXCEEDED " } else { "" },
+        gb_f64(b.used_gb_seconds),
+        gb_f64(b.gb_seconds),
+        b.period,
+        b.ratio * 100.0
     );
-    if let Some(url) = b["webhook"].as_str() {
+    if let Some(url) = &b.webhook {
         line.push_str(&format!(", webhook {url}"));
     }
     line
@@ -445,14 +440,7 @@ pub fn budget_line(b: &Value, function: &str) -> String {
 
 /// GB-seconds, small numbers: six significant digits, no trailing zeros.
 /// `0.000123456789` → `0.000123457`, `12.5` → `12.5`, `100` → `100`.
-pub fn gb(v: &Value) -> String {
-    match v.as_f64() {
-        Some(x) => gb_f64(x),
-        None => "-".into(),
-    }
-}
-
-fn gb_f64(x: f64) -> String {
+pub fn gb_f64(x: f64) -> String {
     if x == 0.0 || !x.is_finite() {
         return format!("{x}");
     }
@@ -472,27 +460,23 @@ pub async fn budget(cmd: BudgetCommand, client: &Client, out: OutputFormat) -> a
     match cmd {
         BudgetCommand::Set(args) => {
             super::deploy::check_names(&args.function, None)?;
-            let body = json!({
-                "gb_seconds": args.gb_seconds,
-                "period": args.period.as_str(),
-                "webhook": args.webhook,
-            });
-            let req = client
-                .request(
-                    reqwest::Method::PUT,
-                    &format!("/v1/functions/{}/budget", args.function),
-                )
-                .json(&body);
-            let v = client.send(req).await?;
+            let body = BudgetBody {
+                gb_seconds: args.gb_seconds,
+                period: Some(args.period.as_str().to_owned()),
+                webhook: args.webhook.clone(),
+            };
+            let v: BudgetAnswer = client
+                .put_as(&format!("/v1/functions/{}/budget", args.function), &body)
+                .await?;
             emit(out, &v, |v| {
-                let b = &v["budget"];
+                let b = &v.budget;
                 let mut line = format!(
                     "budget for {}: {} GB-s per {}",
                     args.function,
-                    gb(&b["gb_seconds"]),
-                    s(&b["period"])
+                    gb_f64(b.gb_seconds),
+                    b.period
                 );
-                if let Some(url) = b["webhook"].as_str() {
+                if let Some(url) = &b.webhook {
                     line.push_str(&format!(", webhook {url}"));
                 }
                 println!("{line}");
@@ -602,21 +586,93 @@ mod tests {
 
     #[test]
     fn budget_lines() {
-        let b = json!({"gb_seconds": 100.0, "period": "month", "used_gb_seconds": 12.5,
-            "ratio": 0.125, "exceeded": false, "webhook": null});
+        let b: BudgetStatus = serde_json::from_value(json!({"gb_seconds": 100.0,
+            "period": "month", "period_start": 1730419200000i64, "used_gb_seconds": 12.5,
+            "ratio": 0.125, "exceeded": false, "webhook": null}))
+        .unwrap();
         assert_eq!(
-            budget_line(&b, "hello"),
+            budget_line(Some(&b), "hello"),
             "budget: 12.5 of 100 GB-s this month (12.5%)"
         );
-        let b = json!({"gb_seconds": 100.0, "period": "day", "used_gb_seconds": 120.0,
-            "ratio": 1.2, "exceeded": true, "webhook": null});
+        let b: BudgetStatus = serde_json::from_value(json!({"gb_seconds": 100.0,
+            "period": "day", "period_start": 1732233600000i64, "used_gb_seconds": 120.0,
+            "ratio": 1.2, "exceeded": true, "webhook": "http://127.0.0.1:9/hook"}))
+        .unwrap();
         assert_eq!(
-            budget_line(&b, "hello"),
-            "budget: EXCEEDED 120 of 100 GB-s this day (120.0%)"
+            budget_line(Some(&b), "hello"),
+            "budget: EXCEEDED 120 of 100 GB-s this day (120.0%), webhook http://127.0.0.1:9/hook"
         );
         assert_eq!(
-            budget_line(&Value::Null, "hello"),
+            budget_line(None, "hello"),
             "no budget (set one with `seal budget set hello --gb-seconds N`)"
+        );
+    }
+
+    #[test]
+    fn top_and_cost_rows_read_the_typed_answers() {
+        let top: Top =
+            serde_json::from_value(json!({"at": 1732270000000i64, "window_seconds": 10.0,
+            "rows": [
+                {"function": "hello", "environment": "production", "version": 2,
+                 "digest": "sha256:aa", "weight": 90, "rps": 1.25, "requests": 12, "errors": 3,
+                 "error_rate": 0.25, "p50_ms": 1.25, "p99_ms": 12.3, "cold_starts": 1,
+                 "total_requests": 40, "total_cold_starts": 2, "gb_seconds": 0.5},
+                {"function": "hello", "environment": "production", "version": 1,
+                 "digest": "sha256:bb", "weight": 10, "rps": 0.0, "requests": 0, "errors": 0,
+                 "error_rate": 0.0, "p50_ms": null, "p99_ms": null, "cold_starts": 0,
+                 "total_requests": 0, "total_cold_starts": 0, "gb_seconds": 0.0}
+            ]}))
+            .unwrap();
+        assert_eq!(
+            top_rows(&top),
+            [
+                vec![
+                    "hello",
+                    "production",
+                    "2",
+                    "90%",
+                    "1.2",
+                    "3",
+                    "25%",
+                    "1.2 ms",
+                    "12 ms",
+                    "1 (2)"
+                ],
+                vec![
+                    "hello",
+                    "production",
+                    "1",
+                    "10%",
+                    "0.0",
+                    "0",
+                    "0%",
+                    "-",
+                    "-",
+                    "0 (0)"
+                ],
+            ]
+        );
+
+        let cost: Cost = serde_json::from_value(json!({"function": "hello",
+            "since": 1732183600000i64, "until": 1732270000000i64, "granularity": "hour",
+            "versions": [
+                {"environment": "production", "version": 2,
+                 "digest": "sha256:0123456789abcdef0123", "invocations": 4,
+                 "gb_seconds": 0.000493827156, "gb_seconds_per_invocation": 0.000123456789}
+            ],
+            "total": {"invocations": 4, "gb_seconds": 0.000493827156},
+            "budget": null}))
+        .unwrap();
+        assert_eq!(
+            cost_rows(&cost),
+            [vec![
+                "production",
+                "2",
+                "4",
+                "0.000493827",
+                "0.000123457",
+                "sha256:0123456789ab"
+            ]]
         );
     }
 }

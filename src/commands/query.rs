@@ -1,9 +1,17 @@
 //! Read-only commands: functions, versions, status, deployments, inspect, audit.
 
 use crate::client::Client;
-use crate::output::{OutputFormat, emit, s, table, time, weights};
+use crate::output::{
+    OutputFormat, emit, opt, s, table, time, time_ms, weights, weights_of, weights_opt,
+};
 use anyhow::bail;
 use clap::{Args, Subcommand};
+use seal_api_types::catalog::{
+    AuditEntries, CreateEnvironment, DeploymentDetail, DeploymentList, EnvironmentCreated,
+    Environments, FunctionList, FunctionStatus, Inspection, VersionList,
+};
+use seal_api_types::records::{AuditVerification, DeploymentEvent};
+use seal_api_types::rollout::Strategy;
 use serde_json::Value;
 
 #[derive(Args, Debug)]
@@ -65,53 +73,53 @@ pub enum AuditCommand {
 }
 
 pub async fn functions(client: &Client, out: OutputFormat) -> anyhow::Result<()> {
-    let v = client.get("/v1/functions").await?;
+    let v: FunctionList = client.get_as("/v1/functions").await?;
     emit(out, &v, |v| {
-        let rows = v["functions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|f| {
-                let routes = f["routes"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|r| format!("{}: {}", s(&r["environment"]), weights(&r["weights"])))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                vec![
-                    s(&f["function"]),
-                    s(&f["latest"]),
-                    if routes.is_empty() {
-                        "-".into()
-                    } else {
-                        routes
-                    },
-                ]
-            })
-            .collect();
-        table(&["FUNCTION", "LATEST", "ROUTES"], rows);
+        table(&["FUNCTION", "LATEST", "ROUTES"], function_rows(v));
     });
     Ok(())
 }
 
+/// The rows of `seal functions`.
+fn function_rows(v: &FunctionList) -> Vec<Vec<String>> {
+    v.functions
+        .iter()
+        .map(|f| {
+            let routes = f
+                .routes
+                .iter()
+                .map(|r| format!("{}: {}", r.environment, weights_of(&r.weights)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            vec![
+                f.function.clone(),
+                opt(f.latest),
+                if routes.is_empty() {
+                    "-".into()
+                } else {
+                    routes
+                },
+            ]
+        })
+        .collect()
+}
+
 pub async fn versions(args: FunctionArg, client: &Client, out: OutputFormat) -> anyhow::Result<()> {
     super::deploy::check_names(&args.function, None)?;
-    let v = client
-        .get(&format!("/v1/functions/{}/versions", args.function))
+    let v: VersionList = client
+        .get_as(&format!("/v1/functions/{}/versions", args.function))
         .await?;
     emit(out, &v, |v| {
-        let rows = v["versions"]
-            .as_array()
-            .into_iter()
-            .flatten()
+        let rows = v
+            .versions
+            .iter()
             .map(|x| {
                 vec![
-                    s(&x["version"]),
-                    s(&x["digest"]),
-                    format!("{}", x["component_size"]),
-                    time(&x["created_at"]),
-                    s(&x["created_by"]),
+                    x.version.to_string(),
+                    x.digest.clone(),
+                    x.component_size.to_string(),
+                    time_ms(x.created_at),
+                    x.created_by.clone(),
                 ]
             })
             .collect();
@@ -122,38 +130,20 @@ pub async fn versions(args: FunctionArg, client: &Client, out: OutputFormat) -> 
 
 pub async fn status(args: FunctionArg, client: &Client, out: OutputFormat) -> anyhow::Result<()> {
     super::deploy::check_names(&args.function, None)?;
-    let v = client
-        .get(&format!("/v1/functions/{}", args.function))
+    let v: FunctionStatus = client
+        .get_as(&format!("/v1/functions/{}", args.function))
         .await?;
     emit(out, &v, |v| {
         println!(
             "function {}  (latest version {})",
-            s(&v["function"]),
-            s(&v["latest_version"])
+            v.function,
+            opt(v.latest_version)
         );
-        let mut rows = Vec::new();
-        for r in v["routes"].as_array().into_iter().flatten() {
-            for x in r["versions"].as_array().into_iter().flatten() {
-                rows.push(vec![
-                    s(&r["environment"]),
-                    s(&x["version"]),
-                    format!("{}%", x["weight"]),
-                    s(&x["digest"]),
-                    if x["serving"].as_bool() == Some(true) {
-                        "yes".into()
-                    } else {
-                        "NO".into()
-                    },
-                    s(&x["requests"]),
-                    s(&x["errors"]),
-                    s(&r["deployment_id"]),
-                ]);
-            }
-        }
+        let rows = status_rows(v);
         if rows.is_empty() {
             println!(
                 "not deployed anywhere; deploy with `seal deploy {} N`",
-                s(&v["function"])
+                v.function
             );
         } else {
             table(
@@ -174,6 +164,26 @@ pub async fn status(args: FunctionArg, client: &Client, out: OutputFormat) -> an
     Ok(())
 }
 
+/// The rows of `seal status`: one per version of each route.
+fn status_rows(v: &FunctionStatus) -> Vec<Vec<String>> {
+    let mut rows = Vec::new();
+    for r in &v.routes {
+        for x in &r.versions {
+            rows.push(vec![
+                r.environment.clone(),
+                x.version.to_string(),
+                format!("{}%", x.weight),
+                opt(x.digest.as_deref()),
+                if x.serving { "yes".into() } else { "NO".into() },
+                opt(x.requests),
+                opt(x.errors),
+                r.deployment_id.to_string(),
+            ]);
+        }
+    }
+    rows
+}
+
 pub async fn deployments(
     args: DeploymentsArgs,
     client: &Client,
@@ -191,34 +201,36 @@ pub async fn deployments(
     if let Some(env) = &args.env {
         path.push_str(&format!("?environment={env}"));
     }
-    let v = client.get(&path).await?;
+    let v: DeploymentList = client.get_as(&path).await?;
     emit(out, &v, |v| {
-        let rows = v["deployments"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|d| {
-                vec![
-                    s(&d["id"]),
-                    s(&d["environment"]),
-                    s(&d["kind"]),
-                    s(&d["strategy"]),
-                    s(&d["state"]),
-                    weights(&d["from_weights"]),
-                    weights(&d["to_weights"]),
-                    s(&d["actor"]),
-                    time(&d["created_at"]),
-                ]
-            })
-            .collect();
         table(
             &[
                 "ID", "ENV", "KIND", "STRATEGY", "STATE", "FROM", "TO", "BY", "AT",
             ],
-            rows,
+            deployment_rows(v),
         );
     });
     Ok(())
+}
+
+/// The rows of `seal deployments FUNCTION`.
+fn deployment_rows(v: &DeploymentList) -> Vec<Vec<String>> {
+    v.deployments
+        .iter()
+        .map(|d| {
+            vec![
+                d.id.to_string(),
+                d.environment.clone(),
+                d.kind.as_str().to_owned(),
+                d.strategy.as_str().to_owned(),
+                d.state.as_str().to_owned(),
+                weights_opt(d.from_weights.as_deref()),
+                weights_of(&d.to_weights),
+                d.actor.clone(),
+                time_ms(d.created_at),
+            ]
+        })
+        .collect()
 }
 
 pub async fn deployment(
@@ -226,49 +238,63 @@ pub async fn deployment(
     client: &Client,
     out: OutputFormat,
 ) -> anyhow::Result<()> {
-    let v = client.get(&format!("/v1/deployments/{}", args.id)).await?;
+    let v: DeploymentDetail = client
+        .get_as(&format!("/v1/deployments/{}", args.id))
+        .await?;
     emit(out, &v, print_deployment);
     Ok(())
 }
 
 /// Prints a `GET /v1/deployments/{id}` answer: the deployment, then every
 /// event with its numbers.
-pub fn print_deployment(v: &Value) {
-    let d = &v["deployment"];
-    println!(
+pub fn print_deployment(v: &DeploymentDetail) {
+    for line in deployment_lines(v) {
+        println!("{line}");
+    }
+}
+
+/// The lines [`print_deployment`] prints.
+pub fn deployment_lines(v: &DeploymentDetail) -> Vec<String> {
+    let d = &v.deployment;
+    let mut lines = vec![format!(
         "deployment {} of {} in {}: {} {} → {} ({}, by {}, {})",
-        d["id"],
-        s(&d["function"]),
-        s(&d["environment"]),
-        s(&d["kind"]),
-        weights(&d["from_weights"]),
-        weights(&d["to_weights"]),
-        s(&d["state"]),
-        s(&d["actor"]),
-        time(&d["created_at"]),
-    );
-    if let Some(strategy) = d["strategy"].as_str().filter(|s| *s != "all-at-once") {
-        let steps = d["plan"]["steps"].as_array().map(Vec::len);
-        let step = match (d["step"].as_u64(), steps) {
-            (Some(i), Some(n)) => format!(", step {i}/{n}"),
-            (Some(i), None) => format!(", step {i}"),
-            _ => String::new(),
+        d.id,
+        d.function,
+        d.environment,
+        d.kind.as_str(),
+        weights_opt(d.from_weights.as_deref()),
+        weights_of(&d.to_weights),
+        d.state.as_str(),
+        d.actor,
+        time_ms(d.created_at),
+    )];
+    if d.strategy != Strategy::AllAtOnce {
+        let steps = d
+            .plan
+            .as_ref()
+            .and_then(|p| p["steps"].as_array())
+            .map(Vec::len);
+        let step = match steps {
+            Some(n) => format!(", step {}/{n}", d.step),
+            None => format!(", step {}", d.step),
         };
-        println!(
-            "strategy: {strategy}, baseline {}, candidate {}{step}",
-            s(&d["baseline"]),
-            s(&d["candidate"]),
-        );
+        lines.push(format!(
+            "strategy: {}, baseline {}, candidate {}{step}",
+            d.strategy.as_str(),
+            opt(d.baseline),
+            opt(d.candidate),
+        ));
     }
-    if let Some(reason) = d["reason"].as_str() {
-        println!("reason: {reason}");
+    if let Some(reason) = &d.reason {
+        lines.push(format!("reason: {reason}"));
     }
-    if d["finished_at"].as_i64().is_some() {
-        println!("finished: {}", time(&d["finished_at"]));
+    if let Some(finished) = d.finished_at {
+        lines.push(format!("finished: {}", time_ms(finished)));
     }
-    for e in v["events"].as_array().into_iter().flatten() {
-        print_event(e);
+    for e in &v.events {
+        lines.extend(deployment_event_lines(e));
     }
+    lines
 }
 
 /// One deployment event as a line, plus one line per gate result for
@@ -279,9 +305,22 @@ pub fn print_event(e: &Value) {
     }
 }
 
+/// [`print_event`]'s lines of an event as JSON.
 pub fn event_lines(e: &Value) -> Vec<String> {
-    let kind = e["kind"].as_str().unwrap_or("?");
-    let d = &e["detail"];
+    lines_of_event(
+        &time(&e["at"]),
+        e["kind"].as_str().unwrap_or("?"),
+        &e["detail"],
+    )
+}
+
+/// [`print_event`]'s lines of a typed event.
+pub fn deployment_event_lines(e: &DeploymentEvent) -> Vec<String> {
+    lines_of_event(&time_ms(e.at), &e.kind, &e.detail)
+}
+
+/// An event's lines from its time (already formatted), kind and detail.
+fn lines_of_event(at: &str, kind: &str, d: &Value) -> Vec<String> {
     let mut extra = Vec::new();
     let summary = match kind {
         "started" => {
@@ -374,7 +413,7 @@ pub fn event_lines(e: &Value) -> Vec<String> {
         _ => other_detail(d),
     };
     let mut lines = vec![
-        format!("  {}  {:<14} {summary}", time(&e["at"]), kind)
+        format!("  {at}  {kind:<14} {summary}")
             .trim_end()
             .to_string(),
     ];
@@ -431,51 +470,57 @@ pub async fn inspect(args: InspectArgs, client: &Client, out: OutputFormat) -> a
             args.target
         );
     };
-    let v = client
-        .get(&format!("/v1/functions/{function}/versions/{version}"))
+    let v: Inspection = client
+        .get_as(&format!("/v1/functions/{function}/versions/{version}"))
         .await?;
     emit(out, &v, |v| {
-        let x = &v["version"];
-        let m = &x["manifest"];
-        println!("{}@{}", s(&x["function"]), x["version"]);
-        println!("  digest       {}", s(&x["digest"]));
-        println!("  verified     {}", v["verified"]);
-        println!(
+        for line in inspect_lines(v) {
+            println!("{line}");
+        }
+    });
+    Ok(())
+}
+
+/// The lines of `seal inspect FUNCTION@VERSION`.
+fn inspect_lines(v: &Inspection) -> Vec<String> {
+    let x = &v.version;
+    // The Seal manifest stays JSON: its fields are the artifact's, not the API's.
+    let m = &x.manifest;
+    let routes: Vec<String> = v
+        .routes
+        .iter()
+        .map(|r| format!("{} ({})", r.environment, weights_of(&r.weights)))
+        .collect();
+    vec![
+        format!("{}@{}", x.function, x.version),
+        format!("  digest       {}", x.digest),
+        format!("  verified     {}", v.verified),
+        format!(
             "  component    {} ({} bytes)",
-            s(&v["oci_manifest"]["layers"][0]["digest"]),
-            x["component_size"]
-        );
-        println!(
-            "  config       {}",
-            s(&v["oci_manifest"]["config"]["digest"])
-        );
-        println!("  description  {}", s(&m["description"]));
-        println!(
+            opt(v.oci_manifest.layers.first().map(|l| &l.digest)),
+            x.component_size
+        ),
+        format!("  config       {}", v.oci_manifest.config.digest),
+        format!("  description  {}", s(&m["description"])),
+        format!(
             "  limits       memory {} MiB, timeout {} ms",
             m["limits"]["memory_mb"], m["limits"]["timeout_ms"]
-        );
-        println!("  provenance   {}", m["provenance"]);
-        println!(
+        ),
+        format!("  provenance   {}", m["provenance"]),
+        format!(
             "  created      {} by {}",
-            time(&x["created_at"]),
-            s(&x["created_by"])
-        );
-        let routes: Vec<String> = v["routes"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|r| format!("{} ({})", s(&r["environment"]), weights(&r["weights"])))
-            .collect();
-        println!(
+            time_ms(x.created_at),
+            x.created_by
+        ),
+        format!(
             "  serving in   {}",
             if routes.is_empty() {
                 "-".into()
             } else {
                 routes.join(", ")
             }
-        );
-    });
-    Ok(())
+        ),
+    ]
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -492,26 +537,28 @@ pub enum EnvCommand {
 pub async fn env(cmd: EnvCommand, client: &Client, out: OutputFormat) -> anyhow::Result<()> {
     match cmd {
         EnvCommand::List => {
-            let v = client.get("/v1/environments").await?;
+            let v: Environments = client.get_as("/v1/environments").await?;
             emit(out, &v, |v| {
-                let default = s(&v["default"]);
-                for e in v["environments"].as_array().into_iter().flatten() {
-                    let name = s(e);
-                    let mark = if name == default { "  (default)" } else { "" };
+                for name in &v.environments {
+                    let mark = if *name == v.default {
+                        "  (default)"
+                    } else {
+                        ""
+                    };
                     println!("{name}{mark}");
                 }
             });
         }
         EnvCommand::Create { name } => {
             super::deploy::check_names("x", Some(&name))?;
-            let v = client
-                .post("/v1/environments", &serde_json::json!({"name": name}))
+            let v: EnvironmentCreated = client
+                .post_as("/v1/environments", &CreateEnvironment { name })
                 .await?;
             emit(out, &v, |v| {
-                if v["created"].as_bool() == Some(true) {
-                    println!("created environment {}", s(&v["name"]));
+                if v.created {
+                    println!("created environment {}", v.name);
                 } else {
-                    println!("environment {} already exists", s(&v["name"]));
+                    println!("environment {} already exists", v.name);
                 }
             });
         }
@@ -521,55 +568,62 @@ pub async fn env(cmd: EnvCommand, client: &Client, out: OutputFormat) -> anyhow:
 
 pub async fn audit(args: AuditArgs, client: &Client, out: OutputFormat) -> anyhow::Result<()> {
     if let Some(AuditCommand::Verify) = args.command {
-        let v = client.get("/v1/audit/verify").await?;
+        let v: AuditVerification = client.get_as("/v1/audit/verify").await?;
         emit(out, &v, |v| {
-            if v["ok"] == true {
+            if v.ok {
                 println!(
                     "audit log intact: {} entries, head {}",
-                    v["entries"],
-                    v["head"].as_str().unwrap_or("-")
+                    v.entries,
+                    v.head.as_deref().unwrap_or("-")
                 );
             }
         });
-        if v["ok"] != true {
+        if !v.ok {
             anyhow::bail!(
                 "audit log broken at entry {}: {} ({} entries before it verified)",
-                v["first_broken"]["id"],
-                v["first_broken"]["reason"].as_str().unwrap_or("unknown"),
-                v["entries"]
+                // As the answer read as JSON printed a missing link.
+                v.first_broken
+                    .as_ref()
+                    .map_or_else(|| "null".to_owned(), |b| b.id.to_string()),
+                v.first_broken
+                    .as_ref()
+                    .map_or("unknown", |b| b.reason.as_str()),
+                v.entries
             );
         }
         return Ok(());
     }
-    let v = client
-        .get(&format!("/v1/audit?limit={}", args.limit))
+    let v: AuditEntries = client
+        .get_as(&format!("/v1/audit?limit={}", args.limit))
         .await?;
     emit(out, &v, |v| {
-        let rows = v["entries"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|e| {
-                vec![
-                    s(&e["id"]),
-                    time(&e["at"]),
-                    s(&e["actor"]),
-                    s(&e["action"]),
-                    s(&e["object"]),
-                    s(&e["outcome"]),
-                    e["digest"]
-                        .as_str()
-                        .map(|d| d.chars().take(19).collect())
-                        .unwrap_or_else(|| "-".into()),
-                ]
-            })
-            .collect();
         table(
             &["ID", "AT", "ACTOR", "ACTION", "OBJECT", "OUTCOME", "DIGEST"],
-            rows,
+            audit_rows(v),
         );
     });
     Ok(())
+}
+
+/// The rows of `seal audit`.
+fn audit_rows(v: &AuditEntries) -> Vec<Vec<String>> {
+    v.entries
+        .iter()
+        .map(|e| {
+            vec![
+                e.id.to_string(),
+                time_ms(e.at),
+                e.actor.clone(),
+                e.action.clone(),
+                e.object.clone(),
+                e.outcome.clone(),
+                e.digest
+                    .as_deref()
+                    .map(|d| d.chars().take(19).collect())
+                    .unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -636,5 +690,182 @@ mod tests {
             json!({"weights": [{"version": 2, "weight": 100}]}),
         );
         assert!(switched.ends_with("2=100%"), "{switched}");
+    }
+
+    /// A deployment as the server writes it.
+    fn deployment_json() -> Value {
+        json!({
+            "id": 7, "function": "hello", "environment": "production",
+            "kind": "deploy", "strategy": "canary", "state": "rolled_back",
+            "from_weights": [{"version": 1, "weight": 100}],
+            "to_weights": [{"version": 1, "weight": 100}],
+            "actor": "admin", "reason": "ship v2",
+            "created_at": 1732270000000i64, "finished_at": 1732270060000i64,
+            "plan": {"steps": [{"weight": 10}, {"weight": 50}, {"weight": 100}]},
+            "baseline": 1, "candidate": 2, "step": 1, "step_started_at": 1732270000000i64
+        })
+    }
+
+    #[test]
+    fn function_and_status_rows_read_the_typed_answers() {
+        let list: FunctionList = serde_json::from_value(json!({"functions": [
+            {"function": "hello", "versions": 2, "latest": 2, "routes": [
+                {"environment": "production", "function": "hello",
+                 "weights": [{"version": 2, "weight": 90}, {"version": 1, "weight": 10}],
+                 "deployment_id": 3, "updated_at": 1732270000000i64,
+                 "sticky_header": null, "preview": null},
+                {"environment": "staging", "function": "hello", "weights": [],
+                 "deployment_id": 4, "updated_at": 1732270000000i64,
+                 "sticky_header": null, "preview": null}
+            ]},
+            {"function": "empty", "versions": 0, "latest": null, "routes": []}
+        ]}))
+        .unwrap();
+        assert_eq!(
+            function_rows(&list),
+            [
+                vec!["hello", "2", "production: 2=90% 1=10%, staging: -"],
+                vec!["empty", "-", "-"],
+            ]
+        );
+
+        let status: FunctionStatus = serde_json::from_value(json!({
+        "function": "hello", "latest_version": 2, "routes": [
+            {"environment": "production", "deployment_id": 3, "updated_at": 1732270000000i64,
+             "versions": [
+                {"version": 2, "weight": 90, "digest": "sha256:ab", "serving": true,
+                 "requests": 12, "errors": 0},
+                {"version": 1, "weight": 10, "digest": null, "serving": false,
+                 "requests": null, "errors": null}
+             ]}
+        ]}))
+        .unwrap();
+        assert_eq!(
+            status_rows(&status),
+            [
+                vec!["production", "2", "90%", "sha256:ab", "yes", "12", "0", "3"],
+                vec!["production", "1", "10%", "-", "NO", "-", "-", "3"],
+            ]
+        );
+    }
+
+    #[test]
+    fn deployments_list_and_show_read_the_typed_answers() {
+        let mut first = deployment_json();
+        first["from_weights"] = Value::Null;
+        first["strategy"] = json!("all-at-once");
+        first["state"] = json!("succeeded");
+        let list: DeploymentList = serde_json::from_value(json!({
+            "function": "hello", "deployments": [first, deployment_json()]
+        }))
+        .unwrap();
+        let rows = deployment_rows(&list);
+        assert_eq!(
+            rows[0],
+            [
+                "7",
+                "production",
+                "deploy",
+                "all-at-once",
+                "succeeded",
+                "-",
+                "1=100%",
+                "admin",
+                "2024-11-22T10:06:40.000Z"
+            ]
+        );
+        assert_eq!(rows[1][3..6], ["canary", "rolled_back", "1=100%"]);
+
+        let detail: DeploymentDetail = serde_json::from_value(json!({
+            "deployment": deployment_json(),
+            "events": [
+                {"seq": 1, "at": 1732270000000i64, "kind": "started",
+                 "detail": {"strategy": "canary", "from": [{"version": 1, "weight": 100}],
+                            "to": [{"version": 2, "weight": 100}], "baseline": 1, "candidate": 2}},
+                {"seq": 2, "at": 1732270060000i64, "kind": "rolled_back",
+                 "detail": {"reason": "gate error_rate failed",
+                            "weights": [{"version": 1, "weight": 100}]}}
+            ]
+        }))
+        .unwrap();
+        let lines = deployment_lines(&detail);
+        assert_eq!(
+            lines,
+            [
+                "deployment 7 of hello in production: deploy 1=100% → 1=100% (rolled_back, by admin, 2024-11-22T10:06:40.000Z)",
+                "strategy: canary, baseline 1, candidate 2, step 1/3",
+                "reason: ship v2",
+                "finished: 2024-11-22T10:07:40.000Z",
+                "  2024-11-22T10:06:40.000Z  started        canary 1=100% → 2=100% (baseline 1, candidate 2)",
+                "  2024-11-22T10:07:40.000Z  rolled_back    reason: gate error_rate failed; now 1=100%",
+            ]
+        );
+        // The typed event prints as the event read as JSON does (`seal deploy --follow`).
+        let raw = serde_json::to_value(&detail.events[1]).unwrap();
+        assert_eq!(event_lines(&raw), deployment_event_lines(&detail.events[1]));
+    }
+
+    #[test]
+    fn inspect_and_audit_read_the_typed_answers() {
+        let v: Inspection = serde_json::from_value(json!({
+            "version": {"function": "hello", "version": 2, "digest": "sha256:aa",
+                "manifest": {"description": "says hello", "limits": {"memory_mb": 64, "timeout_ms": 5000},
+                             "provenance": null},
+                "component_size": 1234, "created_at": 1732270000000i64, "created_by": "admin"},
+            "oci_manifest": {"schemaVersion": 2, "config": {"mediaType": "application/vnd.seal.manifest.v1+json",
+                "digest": "sha256:cc", "size": 10},
+                "layers": [{"mediaType": "application/wasm", "digest": "sha256:bb", "size": 1234}]},
+            "verified": true,
+            "routes": [{"environment": "production", "weights": [{"version": 2, "weight": 100}]}]
+        }))
+        .unwrap();
+        assert_eq!(
+            inspect_lines(&v),
+            [
+                "hello@2",
+                "  digest       sha256:aa",
+                "  verified     true",
+                "  component    sha256:bb (1234 bytes)",
+                "  config       sha256:cc",
+                "  description  says hello",
+                "  limits       memory 64 MiB, timeout 5000 ms",
+                "  provenance   null",
+                "  created      2024-11-22T10:06:40.000Z by admin",
+                "  serving in   production (2=100%)",
+            ]
+        );
+
+        let entries: AuditEntries = serde_json::from_value(json!({"entries": [
+            {"id": 2, "at": 1732270000000i64, "actor": "admin", "action": "deploy",
+             "object": "hello@2", "digest": "sha256:0123456789abcdef0123", "outcome": "ok",
+             "detail": {}, "prev_hash": null, "hash": null},
+            {"id": 1, "at": 1732270000000i64, "actor": "admin", "action": "env.create",
+             "object": "qa", "digest": null, "outcome": "ok", "detail": null,
+             "prev_hash": null, "hash": null}
+        ]}))
+        .unwrap();
+        assert_eq!(
+            audit_rows(&entries),
+            [
+                vec![
+                    "2",
+                    "2024-11-22T10:06:40.000Z",
+                    "admin",
+                    "deploy",
+                    "hello@2",
+                    "ok",
+                    "sha256:0123456789ab"
+                ],
+                vec![
+                    "1",
+                    "2024-11-22T10:06:40.000Z",
+                    "admin",
+                    "env.create",
+                    "qa",
+                    "ok",
+                    "-"
+                ],
+            ]
+        );
     }
 }

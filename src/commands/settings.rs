@@ -2,8 +2,9 @@
 //! reach the guest as environment variables.
 
 use crate::client::Client;
-use crate::output::{OutputFormat, emit, s, table, time};
+use crate::output::{OutputFormat, emit, s, table, time_ms};
 use anyhow::{Context, bail};
+use seal_api_types::access::{SettingRevisions, SettingsView};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -101,24 +102,9 @@ pub async fn config(cmd: ConfigCommand, client: &Client, out: OutputFormat) -> a
             emit(out, &v, |v| {
                 println!(
                     "{} in {} (revision {})",
-                    s(&v["function"]),
-                    s(&v["environment"]),
-                    v["revision"]
+                    v.function, v.environment, v.revision
                 );
-                let mut rows: Vec<Vec<String>> = v["config"]
-                    .as_object()
-                    .into_iter()
-                    .flatten()
-                    .map(|(k, val)| vec![k.clone(), s(val)])
-                    .collect();
-                rows.extend(
-                    v["secrets"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .map(|sec| vec![s(&sec["key"]), "(secret)".into()]),
-                );
-                table(&["KEY", "VALUE"], rows);
+                table(&["KEY", "VALUE"], settings_rows(v));
             });
             Ok(())
         }
@@ -127,38 +113,57 @@ pub async fn config(cmd: ConfigCommand, client: &Client, out: OutputFormat) -> a
             if let Some(e) = &env {
                 path.push_str(&format!("?environment={e}"));
             }
-            let v = client.get(&path).await?;
+            let v: SettingRevisions = client.get_as(&path).await?;
             emit(out, &v, |v| {
-                let rows = v["revisions"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|r| {
-                        let c = &r["changes"];
-                        let keys = |k: &str| {
-                            c[k].as_array()
-                                .into_iter()
-                                .flatten()
-                                .map(s)
-                                .collect::<Vec<_>>()
-                                .join(",")
-                        };
-                        vec![
-                            time(&r["at"]),
-                            s(&r["environment"]),
-                            r["revision"].to_string(),
-                            s(&c["kind"]),
-                            keys("set"),
-                            keys("unset"),
-                            s(&r["actor"]),
-                        ]
-                    })
-                    .collect();
-                table(&["AT", "ENV", "REV", "KIND", "SET", "UNSET", "BY"], rows);
+                table(
+                    &["AT", "ENV", "REV", "KIND", "SET", "UNSET", "BY"],
+                    revision_rows(v),
+                );
             });
             Ok(())
         }
     }
+}
+
+/// The rows of `seal config get`: config values, then secret names.
+fn settings_rows(v: &SettingsView) -> Vec<Vec<String>> {
+    v.config
+        .iter()
+        .map(|(k, val)| vec![k.clone(), val.clone()])
+        .chain(
+            v.secrets
+                .iter()
+                .map(|sec| vec![sec.key.clone(), "(secret)".into()]),
+        )
+        .collect()
+}
+
+/// The rows of `seal config history`.
+fn revision_rows(v: &SettingRevisions) -> Vec<Vec<String>> {
+    v.revisions
+        .iter()
+        .map(|r| {
+            // What changed stays JSON: `{"kind", "set": [keys], "unset": [keys]}`.
+            let c = &r.changes;
+            let keys = |k: &str| {
+                c[k].as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(s)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            vec![
+                time_ms(r.at),
+                r.environment.clone(),
+                r.revision.to_string(),
+                s(&c["kind"]),
+                keys("set"),
+                keys("unset"),
+                r.actor.clone(),
+            ]
+        })
+        .collect()
 }
 
 pub async fn secrets(
@@ -186,10 +191,10 @@ pub async fn secrets(
         SecretsCommand::List { function, env } => {
             let v = get(client, &function, env.as_deref()).await?;
             let listed = json!({
-                "function": v["function"],
-                "environment": v["environment"],
-                "revision": v["revision"],
-                "secrets": v["secrets"],
+                "function": v.function,
+                "environment": v.environment,
+                "revision": v.revision,
+                "secrets": v.secrets,
             });
             emit(out, &listed, |v| {
                 for sec in v["secrets"].as_array().into_iter().flatten() {
@@ -232,12 +237,12 @@ fn read_secret() -> anyhow::Result<String> {
     Ok(value)
 }
 
-async fn get(client: &Client, function: &str, env: Option<&str>) -> anyhow::Result<Value> {
+async fn get(client: &Client, function: &str, env: Option<&str>) -> anyhow::Result<SettingsView> {
     let mut path = format!("/v1/functions/{function}/config");
     if let Some(e) = env {
         path.push_str(&format!("?environment={e}"));
     }
-    client.get(&path).await
+    client.get_as(&path).await
 }
 
 async fn change(
@@ -286,4 +291,59 @@ async fn change(
         }
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_and_revision_rows_read_the_typed_answers() {
+        let v: SettingsView = serde_json::from_value(json!({"function": "hello",
+            "environment": "staging", "revision": 3,
+            "config": {"GREETING": "hi", "COLOR": "blue"},
+            "secrets": [{"key": "API_KEY", "revision": 2}]}))
+        .unwrap();
+        assert_eq!(
+            settings_rows(&v),
+            [
+                vec!["COLOR", "blue"],
+                vec!["GREETING", "hi"],
+                vec!["API_KEY", "(secret)"],
+            ]
+        );
+
+        let r: SettingRevisions = serde_json::from_value(json!({"revisions": [
+            {"function": "hello", "environment": "staging", "revision": 3,
+             "at": 1732270000000i64, "actor": "admin",
+             "changes": {"kind": "config", "set": ["COLOR", "GREETING"], "unset": []}},
+            {"function": "hello", "environment": "staging", "revision": 2,
+             "at": 1732270000000i64, "actor": "ci",
+             "changes": {"kind": "secrets", "set": [], "unset": ["OLD"]}}
+        ]}))
+        .unwrap();
+        assert_eq!(
+            revision_rows(&r),
+            [
+                vec![
+                    "2024-11-22T10:06:40.000Z",
+                    "staging",
+                    "3",
+                    "config",
+                    "COLOR,GREETING",
+                    "",
+                    "admin"
+                ],
+                vec![
+                    "2024-11-22T10:06:40.000Z",
+                    "staging",
+                    "2",
+                    "secrets",
+                    "",
+                    "OLD",
+                    "ci"
+                ],
+            ]
+        );
+    }
 }
