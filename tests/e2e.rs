@@ -867,3 +867,41 @@ async fn audit_verify_finds_an_edited_entry() {
     s.seal_json(&["env", "create", "qa2"]);
     assert_eq!(s.api_get("/v1/audit/verify").await["first_broken"]["id"], 2);
 }
+
+/// Hardening: two servers on one data dir both started, and a deploy
+/// through the second was stored but never served by the first. The
+/// second now refuses to start, names the holder, and the first serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_on_the_same_data_dir_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    let holder = std::fs::read_to_string(dir.path().join("seal.lock")).unwrap();
+    let api = s.api.trim_start_matches("http://").to_owned();
+    assert!(holder.contains(&format!("api {api}")), "{holder:?} {api}");
+    let out = std::process::Command::new(support::seal_bin())
+        .args([
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--api-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the second server started");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("is in use by another seal server") && stderr.contains(holder.trim()),
+        "{stderr}"
+    );
+    let health = s
+        .http
+        .get(format!("{}/healthz", s.api))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    s.stop();
+}

@@ -17,7 +17,7 @@ use seal_serving::Serving;
 use seal_state::StateStore;
 use seal_state_sqlite::SqliteStore;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -146,6 +146,8 @@ pub struct RunningServer {
     stop: CancellationToken,
     tasks: JoinSet<()>,
     tracer_provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+    /// Released when the server is dropped (after shutdown).
+    _lock: DataDirLock,
 }
 
 impl RunningServer {
@@ -215,8 +217,69 @@ fn every<F, Fut>(
     });
 }
 
+/// `<data-dir>/seal.lock`: held (an advisory `flock`) for the life of a
+/// server, so a second server on the same data dir refuses to start
+/// instead of serving routes the first never hears of. It holds the
+/// holder's pid and API address; the kernel releases it when the process
+/// ends, however it ends.
+pub const DATA_DIR_LOCK: &str = "seal.lock";
+
+struct DataDirLock {
+    file: std::fs::File,
+}
+
+impl DataDirLock {
+    fn acquire(dir: &Path) -> anyhow::Result<Self> {
+        use std::io::Read;
+        let path = dir.join(DATA_DIR_LOCK);
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = match holder.trim() {
+                    "" => "a process that has not written its pid yet".to_owned(),
+                    h => h.to_owned(),
+                };
+                anyhow::bail!(
+                    "data dir {} is in use by another seal server ({holder}); stop it, or give this server another data dir",
+                    dir.display()
+                );
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("cannot lock {}", path.display()));
+            }
+        }
+        let lock = Self { file };
+        lock.describe(&format!("pid {}", std::process::id()))?;
+        Ok(lock)
+    }
+
+    /// Replaces what the lock file says of its holder.
+    fn describe(&self, holder: &str) -> anyhow::Result<()> {
+        use std::io::{Seek, Write};
+        let mut f = &self.file;
+        f.set_len(0)?;
+        f.seek(std::io::SeekFrom::Start(0))?;
+        f.write_all(format!("{holder}\n").as_bytes())?;
+        Ok(())
+    }
+}
+
 pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
-    // Bind first, so a busy port fails before any state is touched.
+    // The data dir first: a second server on it is refused by name before
+    // it binds a port or opens a store.
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    let lock = DataDirLock::acquire(&config.data_dir)?;
+    // Then bind, so a busy port fails before any state is touched.
     let gateway_listener = TcpListener::bind(config.gateway.listen)
         .await
         .with_context(|| format!("cannot listen on {} (gateway)", config.gateway.listen))?;
@@ -225,9 +288,8 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         .with_context(|| format!("cannot listen on {} (api)", config.api.listen))?;
     let gateway_addr = gateway_listener.local_addr()?;
     let api_addr = api_listener.local_addr()?;
+    lock.describe(&format!("pid {}, api {api_addr}", std::process::id()))?;
 
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
     let state: Arc<dyn StateStore> = match &config.state {
         StateConfig::Sqlite { path } => Arc::new(
             SqliteStore::open(path)
@@ -353,5 +415,6 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         stop,
         tasks,
         tracer_provider,
+        _lock: lock,
     })
 }
