@@ -552,7 +552,8 @@ async fn spans_go_out_over_otlp_and_continue_the_callers_trace() {
 async fn cost_is_persisted_per_version_and_a_crossed_budget_warns_once() {
     let (hook, notes) = webhook_receiver().await;
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(dir.path());
+    // The webhook receiver is on loopback: the operator allows it.
+    let s = Server::start_with(dir.path(), &["--allow-outbound", "127.0.0.1"]);
     publish_file(&s, &guest("echo"), "metered", &[]);
     s.seal_json(&["deploy", "metered", "1"]);
     for _ in 0..5 {

@@ -247,7 +247,8 @@ async fn a_slow_version_fails_the_latency_gate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_healthy_canary_promotes_through_every_step_with_zero_baseline_failures() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(dir.path());
+    // The notification receiver is on loopback: the operator allows it.
+    let s = Server::start_with(dir.path(), &["--allow-outbound", "127.0.0.1"]);
     two_versions(
         &s,
         &example_component("hello"),
@@ -735,4 +736,119 @@ async fn plans_and_bad_rollout_settings_change_nothing() {
     assert_eq!(v["error"]["code"], "no_baseline");
     let list = s.api_get("/v1/functions/api/deployments").await;
     assert_eq!(list["deployments"].as_array().unwrap().len(), 1);
+}
+
+/// A loopback server only the Seal server's network position reaches:
+/// answers `TOPSECRET` and counts the requests that reach it.
+async fn secret_server() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf).await;
+            let _ = stream
+                .write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\nconnection: close\r\n\r\nTOPSECRET",
+                )
+                .await;
+        }
+    });
+    (format!("http://{addr}/secret"), hits)
+}
+
+/// Hardening: a candidate answered its pre-traffic hook with `307` to a
+/// loopback URL; the hook client followed the redirect from the server's
+/// network position and stored what it fetched where viewers read it.
+/// Now the redirect is the hook's answer: it fails, nothing is fetched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hook_answered_with_a_redirect_fails_and_fetches_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    let (secret, hits) = secret_server().await;
+    let echo = guest("echo");
+    assert_eq!(publish_file(&s, &echo, "api", &[]).0, 1);
+    assert_eq!(publish_file(&s, &echo, "api", &["--timeout", "5s"]).0, 2);
+    s.seal_json(&["deploy", "api", "1"]);
+    let id = start_rollout(
+        &s,
+        json!({"strategy": "canary", "steps": [50], "interval_ms": 1000,
+               "hooks": [{"name": "smoke", "request": {"path": format!("/redirect?to={secret}")},
+                          "expect": {"status": 200}}]}),
+    )
+    .await;
+    let (d, events) = wait_finished(&s, id, Duration::from_secs(10)).await;
+    assert_eq!(d["state"], "aborted", "{events:#?}");
+    assert_eq!(events[1]["detail"]["passed"], false, "{events:#?}");
+    assert_eq!(events[1]["detail"]["detail"]["status"], 307);
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let everything = format!(
+        "{}{}",
+        s.api_get(&format!("/v1/deployments/{id}")).await,
+        s.api_get("/v1/audit?limit=1000").await
+    );
+    assert!(!everything.contains("TOPSECRET"), "{everything}");
+    // Not even the candidate's own redirect body: the hook's expectation
+    // did not look at the body.
+    assert!(!everything.contains("redirecting"), "{everything}");
+}
+
+/// Hardening: any deployer's notify URL on loopback got the server's POSTs.
+/// Now what only the server can reach is refused when the deploy is asked
+/// for, and changes nothing; an operator's allowed range is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_urls_the_server_alone_could_reach_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    let (secret, hits) = secret_server().await;
+    let echo = guest("echo");
+    assert_eq!(publish_file(&s, &echo, "api", &[]).0, 1);
+    assert_eq!(publish_file(&s, &echo, "api", &["--timeout", "5s"]).0, 2);
+    s.seal_json(&["deploy", "api", "1"]);
+    let before = s.api_get("/v1/functions/api/deployments").await;
+    for (url, why) in [
+        (secret.as_str(), "loopback"),
+        ("http://169.254.169.254/latest/meta-data/", "link-local"),
+        ("http://10.0.0.1/hook", "private"),
+        ("http://localhost:9/hook", "loopback"),
+    ] {
+        let (status, v) = api_post(
+            &s,
+            "/v1/functions/api/deploy",
+            json!({"version": 2, "rollout": {"strategy": "canary", "notify": url}}),
+        )
+        .await;
+        assert_eq!(status, 400, "{url}: {v}");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(why) && message.contains("notify URL"),
+            "{message}"
+        );
+    }
+    assert_eq!(s.api_get("/v1/functions/api/deployments").await, before);
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    s.stop();
+
+    // The operator allows the loopback range: accepted, and delivered.
+    let s = Server::start_with(dir.path(), &["--allow-outbound", "127.0.0.0/8"]);
+    let (status, v) = api_post(
+        &s,
+        "/v1/functions/api/deploy",
+        json!({"version": 2, "rollout": {"strategy": "canary", "steps": [50], "interval_ms": 60000,
+                                         "notify": secret}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while hits.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the allowed notification never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

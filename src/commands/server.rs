@@ -51,6 +51,18 @@ pub struct ServerArgs {
     /// Log format on stderr.
     #[arg(long, env = "SEAL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+
+    /// An address or CIDR range that deployment notifications and budget
+    /// webhooks may reach although it is not public (loopback, private,
+    /// link-local, …, are refused otherwise). Repeat, or separate with
+    /// commas in SEAL_ALLOW_OUTBOUND.
+    #[arg(
+        long,
+        env = "SEAL_ALLOW_OUTBOUND",
+        value_delimiter = ',',
+        value_name = "RANGE"
+    )]
+    allow_outbound: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -124,6 +136,7 @@ pub async fn run(
     config.default_environment = args.default_environment;
     config.artifacts.max_upload_bytes = args.max_upload_size;
     config.runtime.max_instances = args.max_instances;
+    config.allow_outbound = args.allow_outbound;
     config.telemetry = seal_server::TelemetryConfig {
         otlp_endpoint: args.otlp_endpoint,
         invocation_logs: args.invocation_logs,

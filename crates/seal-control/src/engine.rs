@@ -29,8 +29,8 @@ pub struct Control {
     pub(crate) deploy_lock: tokio::sync::Mutex<()>,
     /// Running progressive deployments and their live views.
     pub(crate) rollouts: crate::rollout::Rollouts,
-    /// Hooks and notifications.
-    pub(crate) http: reqwest::Client,
+    /// Notifications, budget webhooks and rollout hooks.
+    pub(crate) outbound: crate::outbound::Outbound,
     /// Where hooks reach the gateway (set once the listener is bound).
     gateway_addr: std::sync::OnceLock<std::net::SocketAddr>,
     /// Cost and budgets.
@@ -53,6 +53,7 @@ impl Control {
         default_environment: String,
         secrets: crate::settings::SecretBox,
     ) -> Self {
+        let outbound = crate::outbound::Outbound::new(Default::default());
         let catalog = Arc::new(Catalog::new(
             state.clone(),
             oci.clone(),
@@ -63,7 +64,6 @@ impl Control {
             serving.clone(),
             runtime.clone(),
         ));
-        let http = reqwest::Client::new();
         Self {
             trust: crate::trust::TrustService::new(
                 state.clone(),
@@ -80,7 +80,7 @@ impl Control {
                 state.clone(),
                 serving.clone(),
                 metrics.clone(),
-                http.clone(),
+                outbound.clone(),
             ),
             catalog,
             metrics,
@@ -93,9 +93,17 @@ impl Control {
             default_environment,
             deploy_lock: tokio::sync::Mutex::new(()),
             rollouts: crate::rollout::Rollouts::default(),
-            http,
+            outbound,
             gateway_addr: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Webhooks and notifications go out under this client's address
+    /// policy (the default allows public addresses only).
+    pub fn with_outbound(mut self, outbound: crate::outbound::Outbound) -> Self {
+        self.usage.outbound = outbound.clone();
+        self.outbound = outbound;
+        self
     }
 
     /// Exports deployment transitions as spans through `tracer`.

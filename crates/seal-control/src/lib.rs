@@ -19,6 +19,7 @@ mod files;
 mod lookup;
 pub mod metrics;
 pub mod monitoring;
+pub mod outbound;
 pub mod queries;
 pub mod rollout;
 pub mod settings;

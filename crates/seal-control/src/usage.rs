@@ -50,7 +50,7 @@ pub struct UsageService {
     serving: Arc<Serving>,
     metrics: Arc<Metrics>,
     /// Budget webhooks.
-    http: reqwest::Client,
+    pub(crate) outbound: crate::outbound::Outbound,
     pub(crate) monitoring: MonitoringFiles,
     /// What was persisted so far per version: invocations and GB-seconds.
     flushed: Mutex<HashMap<VersionKey, (u64, f64)>>,
@@ -63,13 +63,13 @@ impl UsageService {
         state: Arc<dyn StateStore>,
         serving: Arc<Serving>,
         metrics: Arc<Metrics>,
-        http: reqwest::Client,
+        outbound: crate::outbound::Outbound,
     ) -> Self {
         Self {
             state,
             serving,
             metrics,
-            http,
+            outbound,
             monitoring: MonitoringFiles::default(),
             flushed: Mutex::default(),
             running: tokio::sync::Mutex::new(()),
@@ -211,12 +211,7 @@ impl UsageService {
             )));
         }
         if let Some(url) = &req.webhook {
-            let ok = reqwest::Url::parse(url).is_ok_and(|u| u.scheme() == "http");
-            if !ok {
-                return Err(ControlError::bad_request(format!(
-                    "invalid webhook {url:?}: give an http:// URL (https is not supported by this server's client)"
-                )));
-            }
+            self.outbound.check_url("webhook", url)?;
         }
         let budget = Budget {
             function: function.to_owned(),
@@ -318,23 +313,7 @@ impl UsageService {
                     "event": "budget_exceeded", "function": b.function, "detail": detail,
                     "at": now_ms(),
                 });
-                let http = self.http.clone();
-                tokio::spawn(async move {
-                    let mut delay = std::time::Duration::from_millis(200);
-                    for attempt in 1..=5 {
-                        match http.post(&url).json(&body).send().await {
-                            Ok(r) if r.status().is_success() => return,
-                            Ok(r) => {
-                                tracing::warn!(url, attempt, status = %r.status(), "budget webhook refused")
-                            }
-                            Err(e) => {
-                                tracing::warn!(url, attempt, error = %e, "budget webhook failed")
-                            }
-                        }
-                        tokio::time::sleep(delay).await;
-                        delay *= 2;
-                    }
-                });
+                self.outbound.deliver("budget webhook", url, body);
             }
         }
         Ok(())

@@ -174,7 +174,8 @@ async fn usage_keeps_budgets_with_their_audit_entries_and_answers_cost() {
         serving.clone(),
         f.runtime.clone(),
     ));
-    let usage = UsageService::new(f.state.clone(), serving, metrics, reqwest::Client::new());
+    let outbound = seal_control::outbound::Outbound::new(Default::default());
+    let usage = UsageService::new(f.state.clone(), serving, metrics, outbound);
     let echo = std::fs::read(guests::guest("echo")).unwrap();
     publish(&f, "api", &echo).await;
     let audit_len = || async { f.state.audit_log(1000).await.unwrap().len() };
@@ -186,6 +187,9 @@ async fn usage_keeps_budgets_with_their_audit_entries_and_answers_cost() {
         (f64::NAN, None, None),
         (10.0, Some("week"), None),
         (10.0, None, Some("ftp://example.org/hook")),
+        // What only the server can reach is not a webhook.
+        (10.0, None, Some("http://127.0.0.1:8081/v1/tokens")),
+        (10.0, None, Some("http://169.254.169.254/latest/meta-data")),
     ] {
         let e = usage
             .set_budget(

@@ -42,6 +42,9 @@ pub struct ServerConfig {
     /// The master key for secrets (64 hex characters); `None` = the one in
     /// `<data-dir>/master.key`, created on first start.
     pub master_key: Option<Redacted>,
+    /// Address ranges (`10.0.0.0/8`, `127.0.0.1`) that webhooks and
+    /// notifications may reach although they are not public.
+    pub allow_outbound: Vec<String>,
 }
 
 /// Where the state (functions, versions, routes, deployments, audit) lives.
@@ -121,6 +124,7 @@ impl ServerConfig {
                 trace_sample_ratio: 1.0,
             },
             master_key: None,
+            allow_outbound: Vec::new(),
             data_dir,
         }
     }
@@ -274,6 +278,15 @@ impl DataDirLock {
 }
 
 pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
+    let outbound =
+        seal_control::outbound::Outbound::new(seal_control::outbound::OutboundPolicy::new(
+            config
+                .allow_outbound
+                .iter()
+                .map(|r| seal_control::outbound::OutboundPolicy::parse_range(r))
+                .collect::<Result<_, _>>()
+                .map_err(|e| anyhow::anyhow!("allowed outbound ranges: {e}"))?,
+        ));
     // The data dir first: a second server on it is refused by name before
     // it binds a port or opens a store.
     std::fs::create_dir_all(&config.data_dir)
@@ -336,6 +349,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
                 config.master_key.as_ref().map(|k| k.0.as_str()),
             )?,
         )
+        .with_outbound(outbound)
         .with_tracer(tracer)
         .with_monitoring_dir(config.data_dir.join("monitoring")),
     );

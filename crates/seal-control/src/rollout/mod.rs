@@ -133,6 +133,9 @@ impl Control {
     ) -> ControlResult<Progressive> {
         let env = self.environment_or_default(environment).await?;
         let candidate = self.version_or_404(function, version).await?;
+        if let Some(url) = &spec.notify {
+            self.outbound.check_url("notify URL", url)?;
+        }
         let _guard = self.deploy_lock.lock().await;
         if let Some(busy) = self.active_deployment(&env, function).await? {
             return Err(busy_error(&busy));
@@ -556,33 +559,13 @@ impl Control {
             "baseline": plan.baseline.version, "event": event, "detail": detail,
             "at": seal_state::now_ms(),
         });
-        let http = self.http.clone();
-        tokio::spawn(async move {
-            let mut delay = Duration::from_millis(200);
-            for attempt in 1..=5 {
-                match http.post(&url).json(&body).send().await {
-                    Ok(r) if r.status().is_success() => return,
-                    Ok(r) => tracing::warn!(
-                        url,
-                        attempt,
-                        status = r.status().as_u16(),
-                        "notification refused"
-                    ),
-                    Err(e) => tracing::warn!(url, attempt, error = %e, "notification failed"),
-                }
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-            }
-            tracing::error!(
-                url,
-                deployment = id,
-                "notification dropped after 5 attempts"
-            );
-        });
+        self.outbound.deliver("deployment notification", url, body);
     }
 
     /// Sends one hook request to the candidate through the gateway (real
     /// HTTP on the gateway's socket, `seal-version` naming the candidate).
+    /// Redirects are answers, never followed; what is stored of the body
+    /// is only what the expectation looked for.
     async fn run_hook(&self, plan: &Plan, hook: &Hook) -> (bool, Value) {
         let Some(addr) = self.gateway_addr() else {
             return (false, json!({"error": "gateway address unknown"}));
@@ -591,7 +574,8 @@ impl Control {
         let method = reqwest::Method::from_bytes(hook.request.method.as_bytes())
             .unwrap_or(reqwest::Method::GET);
         let mut req = self
-            .http
+            .outbound
+            .gateway()
             .request(method, &url)
             .header(
                 "host",
@@ -632,11 +616,12 @@ impl Control {
         {
             problems.push(format!("body does not contain {want:?}"));
         }
-        let excerpt: String = body.chars().take(200).collect();
-        (
-            problems.is_empty(),
-            json!({"status": status, "body": excerpt, "problems": problems}),
-        )
+        let mut detail = json!({"status": status, "problems": problems});
+        if hook.expect.body_contains.is_some() {
+            let excerpt: String = body.chars().take(200).collect();
+            detail["body"] = json!(excerpt);
+        }
+        (problems.is_empty(), detail)
     }
 }
 

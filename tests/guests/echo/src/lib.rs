@@ -10,6 +10,9 @@
 //!
 //! It also prints `echo: <method> <path>` to stdout and
 //! `echo: request id <x-request-id>` to stderr.
+//!
+//! `/redirect?to=URL` answers `307` with `location: URL` instead (what a
+//! hostile candidate answers a rollout hook with).
 
 use std::collections::BTreeMap;
 
@@ -39,6 +42,12 @@ impl Guest for Echo {
                 .or_insert(value);
         }
 
+        if let Some(to) = path.strip_prefix("/redirect?to=") {
+            let headers = Fields::new();
+            let _ = headers.set("location", &[to.as_bytes().to_vec()]);
+            respond_with(response_out, 307, headers, b"redirecting\n");
+            return;
+        }
         let body = read_body(&request);
         // One line on each stream, for the log-capture tests.
         println!("echo: {method} {path}");
@@ -142,6 +151,10 @@ fn push_json_map(out: &mut String, map: &BTreeMap<String, String>) {
 fn respond(out: ResponseOutparam, status: u16, content_type: &str, body_bytes: &[u8]) {
     let headers = Fields::new();
     let _ = headers.set("content-type", &[content_type.as_bytes().to_vec()]);
+    respond_with(out, status, headers, body_bytes);
+}
+
+fn respond_with(out: ResponseOutparam, status: u16, headers: Fields, body_bytes: &[u8]) {
     let _ = headers.set("content-length", &[body_bytes.len().to_string().into_bytes()]);
 
     let response = OutgoingResponse::new(headers);
