@@ -34,10 +34,20 @@ pub fn traces_url(endpoint: &str) -> Result<String, String> {
 /// (the SDK's default processor adds two, which measurably cost
 /// throughput on a small machine, see bench/RESULTS.md).
 pub fn otlp_tracer(endpoint: &str) -> anyhow::Result<(SdkTracerProvider, SdkTracer)> {
-    use opentelemetry_otlp::{Protocol, WithExportConfig};
+    use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
     let url = traces_url(endpoint).map_err(anyhow::Error::msg)?;
+    // The operator named the collector, so no address policy applies; but
+    // like every outbound call of the control plane it follows no redirect
+    // and is bounded in time.
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(crate::outbound::CONNECT_TIMEOUT)
+        .timeout(crate::outbound::REQUEST_TIMEOUT)
+        .no_proxy()
+        .build()?;
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
+        .with_http_client(client)
         .with_protocol(Protocol::HttpJson)
         .with_endpoint(url)
         .with_timeout(Duration::from_secs(10))
