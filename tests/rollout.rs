@@ -713,6 +713,21 @@ async fn plans_and_bad_rollout_settings_change_nothing() {
             json!({"strategy": "all-at-once", "gates": {"max_error_rate": 0.01}}),
             "canary, linear or blue-green strategy",
         ),
+        // Hardening: u64::MAX durations and CRLF in a hook header were
+        // accepted and failed (or overflowed) only when the driver ran.
+        (
+            json!({"strategy": "canary", "interval_ms": u64::MAX}),
+            "interval must be at most",
+        ),
+        (
+            json!({"strategy": "canary", "progress_deadline_ms": u64::MAX}),
+            "progress_deadline must be at most",
+        ),
+        (
+            json!({"strategy": "canary", "hooks": [{"name": "h", "request":
+                {"path": "/", "headers": {"x-a": "1\r\nx-injected: 2"}}}]}),
+            "not a valid header name and value",
+        ),
     ] {
         let (st, v) = api_post(
             &s,

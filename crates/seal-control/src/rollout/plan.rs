@@ -17,6 +17,17 @@ pub const DEFAULT_PROGRESS_DEADLINE_MS: u64 = 600_000;
 pub const DEFAULT_SCALE_DOWN_DELAY_MS: u64 = 30_000;
 pub const DEFAULT_MIN_REQUESTS: u64 = 20;
 
+/// Bounds on what a deploy request may ask for: every duration and count
+/// a driver waits on or repeats is finite and sane.
+pub const MAX_INTERVAL_MS: u64 = 7 * 24 * 3_600_000;
+pub const MAX_PROGRESS_DEADLINE_MS: u64 = 30 * 24 * 3_600_000;
+pub const MAX_SCALE_DOWN_DELAY_MS: u64 = 24 * 3_600_000;
+pub const MAX_MIN_REQUESTS: u64 = 1_000_000_000;
+pub const MAX_HOOKS: usize = 16;
+pub const MAX_HOOK_HEADERS: usize = 32;
+pub const MAX_HOOK_BODY_BYTES: usize = 64 << 10;
+pub const MAX_TEXT_BYTES: usize = 2048;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VersionRef {
     pub version: u64,
@@ -128,6 +139,51 @@ impl Planning for RolloutSpec {
         let interval_ms = self.interval_ms.unwrap_or(DEFAULT_INTERVAL_MS);
         if interval_ms == 0 {
             return Err(bad("interval must be longer than 0"));
+        }
+        let hours = |ms: u64| ms / 3_600_000;
+        if interval_ms > MAX_INTERVAL_MS {
+            return Err(bad(format!(
+                "interval must be at most {} hours",
+                hours(MAX_INTERVAL_MS)
+            )));
+        }
+        if self
+            .progress_deadline_ms
+            .is_some_and(|d| d > MAX_PROGRESS_DEADLINE_MS)
+        {
+            return Err(bad(format!(
+                "progress_deadline must be at most {} hours",
+                hours(MAX_PROGRESS_DEADLINE_MS)
+            )));
+        }
+        if self
+            .scale_down_delay_ms
+            .is_some_and(|d| d > MAX_SCALE_DOWN_DELAY_MS)
+        {
+            return Err(bad(format!(
+                "scale_down_delay must be at most {} hours",
+                hours(MAX_SCALE_DOWN_DELAY_MS)
+            )));
+        }
+        if self
+            .gates
+            .min_requests
+            .is_some_and(|n| n > MAX_MIN_REQUESTS)
+        {
+            return Err(bad(format!(
+                "min_requests must be at most {MAX_MIN_REQUESTS}"
+            )));
+        }
+        for (name, text) in [
+            ("notify", &self.notify),
+            ("sticky_header", &self.sticky_header),
+        ] {
+            if text.as_ref().is_some_and(|t| t.len() > MAX_TEXT_BYTES) {
+                return Err(bad(format!("{name} is longer than {MAX_TEXT_BYTES} bytes")));
+            }
+        }
+        if self.hooks.len() > MAX_HOOKS {
+            return Err(bad(format!("at most {MAX_HOOKS} hooks")));
         }
         let g = &self.gates;
         for (name, v) in [
@@ -251,6 +307,52 @@ impl Planning for RolloutSpec {
                     "hook {:?}: invalid method {:?}",
                     h.name, h.request.method
                 )));
+            }
+            if h.name.len() > MAX_TEXT_BYTES
+                || h.request.path.len() > MAX_TEXT_BYTES
+                || h.expect
+                    .body_contains
+                    .as_ref()
+                    .is_some_and(|b| b.len() > MAX_TEXT_BYTES)
+            {
+                return Err(bad(format!(
+                    "hook {:?}: name, path and body_contains are at most {MAX_TEXT_BYTES} bytes each",
+                    h.name.chars().take(64).collect::<String>()
+                )));
+            }
+            if http::uri::PathAndQuery::try_from(h.request.path.as_str()).is_err() {
+                return Err(bad(format!(
+                    "hook {:?}: path {:?} is not a valid request path",
+                    h.name, h.request.path
+                )));
+            }
+            if h.request
+                .body
+                .as_ref()
+                .is_some_and(|b| b.len() > MAX_HOOK_BODY_BYTES)
+            {
+                return Err(bad(format!(
+                    "hook {:?}: body is larger than {MAX_HOOK_BODY_BYTES} bytes",
+                    h.name
+                )));
+            }
+            if h.request.headers.len() > MAX_HOOK_HEADERS {
+                return Err(bad(format!(
+                    "hook {:?}: at most {MAX_HOOK_HEADERS} headers",
+                    h.name
+                )));
+            }
+            for (k, v) in &h.request.headers {
+                // CR, LF and the other bytes a header cannot carry are
+                // refused here, not when the hook first runs.
+                if http::HeaderName::from_bytes(k.as_bytes()).is_err()
+                    || http::HeaderValue::from_str(v).is_err()
+                {
+                    return Err(bad(format!(
+                        "hook {:?}: header {k:?} is not a valid header name and value",
+                        h.name
+                    )));
+                }
             }
         }
         let progress_deadline_ms = self
@@ -378,5 +480,51 @@ mod tests {
         assert!(
             err(serde_json::json!({"strategy": "canary", "notify": "ftp://x"})).contains("notify")
         );
+    }
+
+    #[test]
+    fn every_duration_and_count_is_bounded_and_hook_headers_are_checked() {
+        let err = |j| plan(j).unwrap_err().to_string();
+        let max = u64::MAX;
+        assert!(
+            err(serde_json::json!({"strategy": "canary", "interval_ms": max}))
+                .contains("interval must be at most")
+        );
+        assert!(
+            err(serde_json::json!({"strategy": "canary", "interval_ms": 1000, "progress_deadline_ms": max}))
+                .contains("progress_deadline must be at most")
+        );
+        assert!(
+            err(serde_json::json!({"strategy": "blue-green", "scale_down_delay_ms": max}))
+                .contains("scale_down_delay must be at most")
+        );
+        assert!(
+            err(serde_json::json!({"strategy": "canary", "gates": {"max_error_rate": 0.1, "min_requests": max}}))
+                .contains("min_requests")
+        );
+        let hook = |headers: serde_json::Value| {
+            serde_json::json!({"strategy": "canary", "hooks": [
+                {"name": "h", "request": {"path": "/", "headers": headers}}]})
+        };
+        assert!(err(hook(serde_json::json!({"x-a": "1\r\nx-injected: 2"}))).contains("header"));
+        assert!(err(hook(serde_json::json!({"bad name": "1"}))).contains("header"));
+        assert!(plan(hook(serde_json::json!({"authorization": "Bearer t"}))).is_ok());
+        let many: Vec<_> = (0..17)
+            .map(|i| serde_json::json!({"name": format!("h{i}"), "request": {"path": "/"}}))
+            .collect();
+        assert!(
+            err(serde_json::json!({"strategy": "canary", "hooks": many}))
+                .contains("at most 16 hooks")
+        );
+        assert!(
+            err(serde_json::json!({"strategy": "canary", "hooks": [
+                {"name": "h", "request": {"path": "/a b"}}]}))
+            .contains("not a valid request path")
+        );
+        // The largest accepted settings still give a finite worst case.
+        let p = plan(serde_json::json!({"strategy": "linear", "increment": 1,
+            "interval_ms": MAX_INTERVAL_MS, "progress_deadline_ms": MAX_PROGRESS_DEADLINE_MS}))
+        .unwrap();
+        assert_eq!(p.worst_case_ms, 99 * MAX_PROGRESS_DEADLINE_MS);
     }
 }
