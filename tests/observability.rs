@@ -609,6 +609,10 @@ async fn cost_is_persisted_per_version_and_a_crossed_budget_warns_once() {
     let cost = s.api_get("/v1/functions/metered/cost").await;
     assert_eq!(cost["budget"]["exceeded"], true);
     assert_eq!(cost["total"]["invocations"], 6);
+    // Readers see where the webhook goes, not its path (tokens live there).
+    let shown = format!("{cost}{audit}");
+    assert!(!shown.contains(&hook), "{shown}");
+    assert!(shown.contains("/(redacted)"), "{shown}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(notes.lock().unwrap().len(), 1);
 

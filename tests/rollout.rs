@@ -854,10 +854,13 @@ async fn notify_urls_the_server_alone_could_reach_are_refused() {
         &s,
         "/v1/functions/api/deploy",
         json!({"version": 2, "rollout": {"strategy": "canary", "steps": [50], "interval_ms": 60000,
-                                         "notify": secret}}),
+                                         "notify": secret,
+                                         "hooks": [{"name": "auth", "request": {"path": "/",
+                                                    "headers": {"authorization": "Bearer s3cret"}}}]}}),
     )
     .await;
     assert_eq!(status, 200, "{v}");
+    let id = v["deployment"]["id"].as_u64().unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     while hits.load(std::sync::atomic::Ordering::SeqCst) == 0 {
         assert!(
@@ -866,4 +869,17 @@ async fn notify_urls_the_server_alone_could_reach_are_refused() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Readers of deployments see where notifications go, not the URL's
+    // path (tokens live there), and no hook header value.
+    let shown = format!(
+        "{}{}{}",
+        s.api_get(&format!("/v1/deployments/{id}")).await,
+        s.api_get("/v1/functions/api/deployments").await,
+        s.api_get("/v1/functions/api/rollout").await,
+    );
+    assert!(
+        !shown.contains("/secret") && !shown.contains("s3cret"),
+        "{shown}"
+    );
+    assert!(shown.contains("/(redacted)"), "{shown}");
 }

@@ -156,7 +156,13 @@ impl Control {
         environment: Option<&str>,
     ) -> ControlResult<Vec<DeploymentRecord>> {
         self.function_or_404(function).await?;
-        Ok(self.state.deployments(function, environment).await?)
+        Ok(self
+            .state
+            .deployments(function, environment)
+            .await?
+            .into_iter()
+            .map(crate::redact::deployment)
+            .collect())
     }
 
     /// One deployment with its events.
@@ -167,6 +173,7 @@ impl Control {
         self.state
             .deployment(id)
             .await?
+            .map(|(d, events)| (crate::redact::deployment(d), events))
             .ok_or_else(|| ControlError::not_found(format!("no deployment {id}")))
     }
 

@@ -170,7 +170,7 @@ impl UsageService {
                     used_gb_seconds: used,
                     ratio: used / b.gb_seconds,
                     exceeded: used >= b.gb_seconds,
-                    webhook: b.webhook,
+                    webhook: b.webhook.as_deref().map(crate::redact::url),
                 })
             }
         };
@@ -231,7 +231,8 @@ impl UsageService {
                     object: function,
                     digest: None,
                     outcome: "ok",
-                    detail: json!({"gb_seconds": budget.gb_seconds, "period": budget.period, "webhook": budget.webhook}),
+                    detail: json!({"gb_seconds": budget.gb_seconds, "period": budget.period,
+                        "webhook": budget.webhook.as_deref().map(crate::redact::url)}),
                 },
             )
             .await?;

@@ -298,6 +298,7 @@ impl Control {
             .map_err(|_| ControlError::conflict(format!("deployment {id} has just finished")))?;
         rx.await
             .map_err(|_| ControlError::conflict(format!("deployment {id} has just finished")))?
+            .map(crate::redact::deployment)
     }
 
     /// The live view of a route: the deployment on it, per-version rates
@@ -362,7 +363,7 @@ impl Control {
             function: function.to_owned(),
             environment: env,
             active,
-            deployment,
+            deployment: deployment.map(crate::redact::deployment),
             step: live.as_ref().map(|l| StepView {
                 index: l.step,
                 of: l.of,
