@@ -280,6 +280,13 @@ Examples:
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Server(_)) {
+        // A client command whose reader went away (`seal audit | head`)
+        // ends quietly, as other command-line tools do, instead of
+        // panicking on its next write. Never for the server: a client
+        // hanging up on it must not end it.
+        sigpipe::reset();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

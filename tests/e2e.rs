@@ -905,3 +905,45 @@ async fn a_second_server_on_the_same_data_dir_refuses_to_start() {
     assert_eq!(health.status(), 200);
     s.stop();
 }
+
+/// Hardening: `seal … | head` panicked when the reader went away. A
+/// client command whose stdout is a pipe with no reader now ends quietly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_command_whose_reader_went_away_ends_without_a_panic() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    s.seal_json(&["env", "create", "qa"]);
+    for args in [&["audit"][..], &["functions"][..], &["env", "list"][..]] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = std::process::Command::new(support::seal_bin())
+            .args(args)
+            .env("SEAL_SERVER", &s.api)
+            .env("SEAL_DATA_DIR", &s.data_dir)
+            .env_remove("SEAL_TOKEN")
+            .stdout(writer)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_ne!(out.status.code(), Some(101), "{args:?}: {stderr}");
+        // Ended by SIGPIPE, as `cat` or `ls` would be.
+        assert_eq!(
+            out.status.signal(),
+            Some(13),
+            "{args:?}: {:?} {stderr}",
+            out.status
+        );
+    }
+    // The server is not affected by a client that stopped reading.
+    assert_eq!(
+        s.http
+            .get(format!("{}/healthz", s.api))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
