@@ -268,8 +268,27 @@ async fn traps_timeouts_and_memory_fail_alone() {
     assert_eq!(r.status(), 500);
     assert_eq!(header(&r, "seal-version"), "1", "errors carry the version");
     assert!(header(&r, "seal-digest").starts_with("sha256:"));
+    let request_id = header(&r, "x-request-id");
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "trap");
+    // Hardening: the caller is told the kind and the request id, never
+    // the guest's backtrace or the host's error chain (those are logged).
+    assert_eq!(body["error"]["message"], "function trapped", "{body}");
+    assert_eq!(body["error"]["request_id"], request_id.as_str(), "{body}");
+    // The details are in the server log (read by a thread: give it time).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !s
+        .log()
+        .lines()
+        .any(|l| l.contains("invocation failed") && l.contains("function trapped: "))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the trap's details are not in the server log:\n{}",
+            s.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     let r = s.get("/fail/").await;
     assert_eq!(r.status(), 500);

@@ -88,6 +88,7 @@ impl Gateway {
                     "not_found",
                     "no function named in the request: use http://GATEWAY/<function>/… or Host: <function>.<environment>.localhost",
                     None,
+                    None,
                 );
             };
             // Take the route's Arc and let the snapshot guard go at once: the
@@ -102,12 +103,19 @@ impl Gateway {
                         target.function, target.environment
                     ),
                     None,
+                    None,
                 );
             };
             match function_uri(&req, &target.path) {
                 Ok(uri) => (route, uri, target.preview),
                 Err(msg) => {
-                    return error_response(StatusCode::BAD_REQUEST, "bad_request", &msg, None);
+                    return error_response(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        &msg,
+                        None,
+                        None,
+                    );
                 }
             }
         };
@@ -130,6 +138,7 @@ impl Gateway {
                     route.function, route.environment
                 ),
                 None,
+                None,
             );
         }
         let sticky = route
@@ -142,6 +151,7 @@ impl Gateway {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no_version",
                 "the route has no version with traffic",
+                None,
                 None,
             );
         };
@@ -157,7 +167,20 @@ impl Gateway {
                 );
                 let status =
                     StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                let mut resp = error_response(status, e.kind(), &e.to_string(), Some(&backend));
+                // The caller gets the kind and the request id; the details
+                // (a guest backtrace, a host error chain) are in the log
+                // line above and the invocation record.
+                let request_id = request_id_header
+                    .as_ref()
+                    .and_then(|id| id.to_str().ok())
+                    .map(str::to_owned);
+                let mut resp = error_response(
+                    status,
+                    e.kind(),
+                    &e.public_message(),
+                    Some(&backend),
+                    request_id.as_deref(),
+                );
                 if let Some(id) = request_id_header {
                     resp.headers_mut().insert(X_REQUEST_ID, id);
                 }
@@ -272,14 +295,18 @@ fn function_uri<B>(req: &Request<B>, path: &str) -> Result<Uri, String> {
         .map_err(|e| format!("invalid request URI: {e}"))
 }
 
-/// A JSON error answer: `{"error": {"code", "message"}}`.
+/// A JSON error answer: `{"error": {"code", "message", "request_id"?}}`.
 fn error_response(
     status: StatusCode,
     code: &str,
     message: &str,
     backend: Option<&Backend>,
+    request_id: Option<&str>,
 ) -> Response<HyperOutgoingBody> {
-    let body = serde_json::json!({"error": {"code": code, "message": message}});
+    let mut body = serde_json::json!({"error": {"code": code, "message": message}});
+    if let Some(id) = request_id {
+        body["error"]["request_id"] = serde_json::Value::String(id.to_owned());
+    }
     let mut resp = Response::new(full_body(Bytes::from(body.to_string())));
     *resp.status_mut() = status;
     resp.headers_mut().insert(

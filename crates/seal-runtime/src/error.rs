@@ -65,6 +65,19 @@ impl InvokeError {
         !matches!(self, InvokeError::Overloaded(_) | InvokeError::Internal(_))
     }
 
+    /// What a caller of the function is told: the kind of failure and the
+    /// limit it hit, never a guest backtrace or a host error chain (those
+    /// go to the server log and the function's invocation log).
+    pub fn public_message(&self) -> String {
+        match self {
+            InvokeError::Trap(_) => "function trapped".into(),
+            InvokeError::Timeout(_) | InvokeError::OutOfMemory { .. } => self.to_string(),
+            InvokeError::NoResponse(_) => "function did not produce a response".into(),
+            InvokeError::Overloaded(_) => "server at capacity; retry later".into(),
+            InvokeError::Internal(_) => "internal error".into(),
+        }
+    }
+
     /// The HTTP status this failure answers with.
     pub fn status(&self) -> u16 {
         match self {
