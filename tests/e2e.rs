@@ -966,3 +966,108 @@ async fn a_client_command_whose_reader_went_away_ends_without_a_panic() {
         200
     );
 }
+
+/// Reads from `stream` until the peer closes it (or `limit` passes);
+/// returns what was read and whether it was closed in time.
+async fn read_until_closed(stream: &mut tokio::net::TcpStream, limit: Duration) -> (String, bool) {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = tokio::time::timeout(limit, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .is_ok();
+    (String::from_utf8_lossy(&got).into_owned(), closed)
+}
+
+/// Hardening: connections sending headers at 1 byte/s were never closed;
+/// ~20,000 of them exhausted the file descriptors. Now a connection that
+/// does not finish its headers in time is closed, one over the
+/// connection limit is answered 503 and closed, and the API still answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_surplus_connections_are_closed_and_the_api_still_answers() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start_with(
+        dir.path(),
+        &["--header-read-timeout", "1s", "--max-connections", "4"],
+    );
+    publish_file(&s, &guest("echo"), "echo", &[]);
+    s.seal_json(&["deploy", "echo", "1"]);
+    let gateway = s.gateway.trim_start_matches("http://").to_owned();
+
+    // Half a request head, then nothing: closed after about a second.
+    let mut slow = tokio::net::TcpStream::connect(&gateway).await.unwrap();
+    slow.write_all(b"GET /echo/ HTTP/1.1\r\nHost: x\r\nX-Slow: a")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let (_, closed) = read_until_closed(&mut slow, Duration::from_secs(5)).await;
+    assert!(closed, "a connection with unfinished headers stayed open");
+    assert!(
+        started.elapsed() >= Duration::from_millis(800),
+        "{:?}",
+        started.elapsed()
+    );
+    // So is one that never sends a byte.
+    let mut silent = tokio::net::TcpStream::connect(&gateway).await.unwrap();
+    let (_, closed) = read_until_closed(&mut silent, Duration::from_secs(5)).await;
+    assert!(closed, "an idle connection stayed open");
+
+    // A kept-alive connection that sends no next request: closed too.
+    let mut kept = tokio::net::TcpStream::connect(&gateway).await.unwrap();
+    kept.write_all(b"GET /echo/ HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (answer, closed) = read_until_closed(&mut kept, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(closed, "an idle kept-alive connection stayed open");
+
+    // Four connections hold every slot (each sends half a head, so each
+    // stays open up to its second); the fifth is refused with a 503.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut c = tokio::net::TcpStream::connect(&gateway).await.unwrap();
+        c.write_all(b"GET /echo/ HTTP/1.1\r\n").await.unwrap();
+        held.push(c);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut surplus = tokio::net::TcpStream::connect(&gateway).await.unwrap();
+    let _ = surplus
+        .write_all(b"GET /echo/ HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let (answer, closed) = read_until_closed(&mut surplus, Duration::from_secs(5)).await;
+    assert!(closed, "{answer}");
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("retry-after: 1"), "{answer}");
+    assert!(answer.contains("\"too_many_connections\""), "{answer}");
+    // The control API has its own listener: it answers meanwhile.
+    assert_eq!(
+        s.http
+            .get(format!("{}/healthz", s.api))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // Once the held connections time out, the gateway serves again.
+    drop(held);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        // Until the server has seen them go, a request may still meet the
+        // refusal (written before the request is read).
+        let r = s.http.get(format!("{}/echo/", s.gateway)).send().await;
+        if r.as_ref().is_ok_and(|r| r.status() == 200) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still {r:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

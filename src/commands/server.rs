@@ -63,6 +63,25 @@ pub struct ServerArgs {
         value_name = "RANGE"
     )]
     allow_outbound: Vec<String>,
+
+    /// Gateway connections open at once; one more is answered 503 with
+    /// retry-after and closed. The open-file limit is raised to fit.
+    #[arg(long, env = "SEAL_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_connections: u64,
+
+    /// How long a gateway connection may take to send a request's headers
+    /// (the first, or the next on a kept-alive connection) before it is
+    /// closed, e.g. 10s.
+    #[arg(long, env = "SEAL_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_header_timeout, value_name = "DURATION")]
+    header_read_timeout: std::time::Duration,
+}
+
+fn parse_header_timeout(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < std::time::Duration::from_millis(100) || d > std::time::Duration::from_secs(600) {
+        return Err("give a duration from 100ms to 10m".into());
+    }
+    Ok(d)
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -137,6 +156,10 @@ pub async fn run(
     config.artifacts.max_upload_bytes = args.max_upload_size;
     config.runtime.max_instances = args.max_instances;
     config.allow_outbound = args.allow_outbound;
+    config.gateway.limits = seal_server::ConnectionLimits {
+        max_connections: args.max_connections as usize,
+        header_read_timeout: args.header_read_timeout,
+    };
     config.telemetry = seal_server::TelemetryConfig {
         otlp_endpoint: args.otlp_endpoint,
         invocation_logs: args.invocation_logs,

@@ -27,17 +27,48 @@ use tokio::net::TcpListener;
 
 pub use seal_serving::{HEADER_DIGEST, HEADER_VERSION};
 
+/// What one client may hold of the gateway: its connections are bounded
+/// in number and in how long they may take to send a request head.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Open connections at most; one more is answered `503` with
+    /// `retry-after` and closed.
+    pub max_connections: usize,
+    /// How long a connection may take to send a request's headers, the
+    /// first or the next one on a kept-alive connection; then it is closed.
+    pub header_read_timeout: std::time::Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            header_read_timeout: std::time::Duration::from_secs(10),
+        }
+    }
+}
+
 /// The HTTP trigger: serves the routes of a [`Serving`] over HTTP.
 pub struct Gateway {
     serving: Arc<Serving>,
     default_environment: String,
+    limits: ConnectionLimits,
 }
 
 impl Gateway {
     pub fn new(serving: Arc<Serving>, default_environment: &str) -> Arc<Self> {
+        Self::with_limits(serving, default_environment, ConnectionLimits::default())
+    }
+
+    pub fn with_limits(
+        serving: Arc<Serving>,
+        default_environment: &str,
+        limits: ConnectionLimits,
+    ) -> Arc<Self> {
         Arc::new(Self {
             serving,
             default_environment: default_environment.to_owned(),
+            limits,
         })
     }
 
@@ -45,7 +76,12 @@ impl Gateway {
     /// requests finish.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(self.limits.header_read_timeout);
+        let slots = Arc::new(tokio::sync::Semaphore::new(self.limits.max_connections));
         tokio::pin!(shutdown);
         loop {
             let (stream, _peer) = tokio::select! {
@@ -60,11 +96,16 @@ impl Gateway {
                 () = &mut shutdown => break,
             };
             let _ = stream.set_nodelay(true);
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                tokio::spawn(refuse(stream));
+                continue;
+            };
             let gateway = self.clone();
             let service = hyper::service::service_fn(move |req| {
                 let gateway = gateway.clone();
                 async move { Ok::<_, std::convert::Infallible>(gateway.handle(req).await) }
             });
+            let stream = FirstByteDeadline::new(stream, self.limits.header_read_timeout);
             let conn = builder
                 .serve_connection(TokioIo::new(stream), service)
                 .into_owned();
@@ -73,6 +114,7 @@ impl Gateway {
                 if let Err(e) = conn.await {
                     tracing::debug!(error = %e, "gateway connection ended with an error");
                 }
+                drop(slot);
             });
         }
         graceful.shutdown().await;
@@ -293,6 +335,103 @@ fn function_uri<B>(req: &Request<B>, path: &str) -> Result<Uri, String> {
         .path_and_query(path)
         .build()
         .map_err(|e| format!("invalid request URI: {e}"))
+}
+
+/// A connection that must send its first byte within a deadline. hyper's
+/// header-read timeout starts only once the HTTP version is known, that
+/// is after the first bytes: a client that connects and stays silent would
+/// otherwise hold its slot forever.
+struct FirstByteDeadline {
+    stream: tokio::net::TcpStream,
+    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl FirstByteDeadline {
+    fn new(stream: tokio::net::TcpStream, within: std::time::Duration) -> Self {
+        Self {
+            stream,
+            deadline: Some(Box::pin(tokio::time::sleep(within))),
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for FirstByteDeadline {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        let before = buf.filled().len();
+        let read = std::pin::Pin::new(&mut self.stream).poll_read(cx, buf);
+        if let Some(deadline) = self.deadline.as_mut() {
+            match &read {
+                Poll::Ready(Ok(())) if buf.filled().len() > before => self.deadline = None,
+                Poll::Pending if deadline.as_mut().poll(cx).is_ready() => {
+                    return Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "no request within the header-read timeout",
+                    )));
+                }
+                _ => {}
+            }
+        }
+        read
+    }
+}
+
+impl tokio::io::AsyncWrite for FirstByteDeadline {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// Answers a connection over the limit with `503`, `retry-after` and a
+/// JSON body, then closes it; bounded in time so a client that does not
+/// read cannot hold the task.
+async fn refuse(mut stream: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    const BODY: &str = r#"{"error":{"code":"too_many_connections","message":"the gateway is at its connection limit; retry later"}}"#;
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+        let _ = stream.write_all(response.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+    tracing::debug!("gateway connection refused: at the connection limit");
 }
 
 /// A JSON error answer: `{"error": {"code", "message", "request_id"?}}`.

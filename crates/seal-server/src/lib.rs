@@ -10,6 +10,7 @@
 
 use anyhow::Context;
 use seal_control::Control;
+pub use seal_gateway::ConnectionLimits;
 use seal_gateway::Gateway;
 use seal_oci::{ArtifactStore, OciLayout};
 use seal_runtime::{Runtime, RuntimeConfig};
@@ -75,6 +76,8 @@ pub struct RuntimeSection {
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
     pub listen: SocketAddr,
+    /// Connection count and header-read bounds.
+    pub limits: seal_gateway::ConnectionLimits,
 }
 
 /// The control API.
@@ -115,6 +118,7 @@ impl ServerConfig {
             },
             gateway: GatewayConfig {
                 listen: gateway_listen,
+                limits: seal_gateway::ConnectionLimits::default(),
             },
             api: ApiConfig { listen: api_listen },
             telemetry: TelemetryConfig {
@@ -277,6 +281,22 @@ impl DataDirLock {
     }
 }
 
+/// Raises the soft limit on open files to the hard limit: every gateway
+/// connection is a descriptor, and the control API, the stores and the
+/// compile cache need theirs when the gateway is full.
+fn raise_open_file_limit(max_connections: usize) {
+    const RESERVE: u64 = 1024;
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < max_connections as u64 + RESERVE => tracing::warn!(
+            open_files = limit,
+            max_connections,
+            "the open-file limit is below the gateway's connection limit plus a reserve; a full gateway may starve the API"
+        ),
+        Ok(limit) => tracing::debug!(open_files = limit, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
+}
+
 pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     let outbound =
         seal_control::outbound::Outbound::new(seal_control::outbound::OutboundPolicy::new(
@@ -287,6 +307,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
                 .collect::<Result<_, _>>()
                 .map_err(|e| anyhow::anyhow!("allowed outbound ranges: {e}"))?,
         ));
+    raise_open_file_limit(config.gateway.limits.max_connections);
     // The data dir first: a second server on it is refused by name before
     // it binds a port or opens a store.
     std::fs::create_dir_all(&config.data_dir)
@@ -335,7 +356,11 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         invocation_logs: config.telemetry.invocation_logs,
         trace_sample_ratio: config.telemetry.trace_sample_ratio,
     });
-    let gateway = Gateway::new(serving.clone(), &config.default_environment);
+    let gateway = Gateway::with_limits(
+        serving.clone(),
+        &config.default_environment,
+        config.gateway.limits,
+    );
     let control = Arc::new(
         Control::new(
             state,
