@@ -1020,6 +1020,17 @@ async fn slow_and_surplus_connections_are_closed_and_the_api_still_answers() {
     let (_, closed) = read_until_closed(&mut silent, Duration::from_secs(5)).await;
     assert!(closed, "an idle connection stayed open");
 
+    // One byte, or the start of an HTTP/2 preface, then silence: closed.
+    for start in [&b"G"[..], &b"PRI * HTTP/2.0\r\n"[..]] {
+        let mut c = tokio::net::TcpStream::connect(&gateway).await.unwrap();
+        c.write_all(start).await.unwrap();
+        let (_, closed) = read_until_closed(&mut c, Duration::from_secs(5)).await;
+        assert!(
+            closed,
+            "{:?} then silence stayed open",
+            String::from_utf8_lossy(start)
+        );
+    }
     // A kept-alive connection that sends no next request: closed too.
     let mut kept = tokio::net::TcpStream::connect(&gateway).await.unwrap();
     kept.write_all(b"GET /echo/ HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -70,9 +70,9 @@ pub struct ServerArgs {
     max_connections: u64,
 
     /// How long a gateway connection may take to send a request's headers
-    /// (the first, or the next on a kept-alive connection) before it is
-    /// closed, e.g. 10s.
-    #[arg(long, env = "SEAL_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_header_timeout, value_name = "DURATION")]
+    /// (the first, or the next on a kept-alive connection: this is also the
+    /// idle keep-alive timeout) before it is closed, e.g. 30s.
+    #[arg(long, env = "SEAL_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = parse_header_timeout, value_name = "DURATION")]
     header_read_timeout: std::time::Duration,
 }
 

@@ -47,18 +47,22 @@ impl OutboundPolicy {
             })
     }
 
-    /// Why `ip` may not be called, or `None` when it may.
+    /// Why `ip` may not be called, or `None` when it may. An IPv6 address
+    /// that carries an IPv4 one (mapped, compatible, NAT64, 6to4) is
+    /// judged as that IPv4 address too.
     pub fn refusal(&self, ip: IpAddr) -> Option<&'static str> {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
+        if let IpAddr::V6(v6) = ip
+            && let Some(v4) = embedded_v4(v6)
+            && let Some(why) = self.refusal(IpAddr::V4(v4))
+        {
+            return Some(why);
+        }
         if self.allowed.iter().any(|n| n.contains(&ip)) {
             return None;
         }
         match ip {
             IpAddr::V4(a) => {
-                let [first, second, ..] = a.octets();
+                let [first, second, third, _] = a.octets();
                 if a.is_loopback() {
                     Some("loopback")
                 } else if a.is_private() {
@@ -71,6 +75,11 @@ impl OutboundPolicy {
                     Some("multicast or broadcast")
                 } else if a.is_unspecified() || first == 0 {
                     Some("unspecified")
+                } else if first >= 240
+                    || (first == 192 && second == 0 && third == 0)
+                    || (first == 198 && (18..20).contains(&second))
+                {
+                    Some("reserved")
                 } else {
                     None
                 }
@@ -85,13 +94,36 @@ impl OutboundPolicy {
                     Some("multicast or broadcast")
                 } else if first & 0xfe00 == 0xfc00 {
                     Some("private")
-                } else if first & 0xffc0 == 0xfe80 {
+                } else if first & 0xffc0 == 0xfe80 || first & 0xffc0 == 0xfec0 {
                     Some("link-local")
                 } else {
                     None
                 }
             }
         }
+    }
+}
+
+/// The IPv4 address an IPv6 one carries: mapped (`::ffff:a.b.c.d`),
+/// compatible (`::a.b.c.d`), NAT64 (`64:ff9b::/96`, `64:ff9b:1::/48`) or
+/// 6to4 (`2002:aabb:ccdd::/48`).
+fn embedded_v4(v6: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
+    let s = v6.segments();
+    let v4 = |hi: u16, lo: u16| {
+        let [a, b] = hi.to_be_bytes();
+        let [c, d] = lo.to_be_bytes();
+        std::net::Ipv4Addr::new(a, b, c, d)
+    };
+    if let Some(mapped) = v6.to_ipv4_mapped() {
+        Some(mapped)
+    } else if (s[..6] == [0; 6] && (s[6] != 0 || s[7] > 1))
+        || (s[0] == 0x64 && s[1] == 0xff9b && (s[2..6] == [0; 4] || s[2] == 1))
+    {
+        Some(v4(s[6], s[7]))
+    } else if s[0] == 0x2002 {
+        Some(v4(s[1], s[2]))
+    } else {
+        None
     }
 }
 
@@ -150,7 +182,9 @@ impl reqwest::dns::Resolve for PolicyResolver {
 #[derive(Clone)]
 pub struct Outbound {
     policy: Arc<OutboundPolicy>,
-    webhooks: reqwest::Client,
+    /// `None` when the client could not be built: nothing is sent (never
+    /// a default client, which would follow redirects and skip the policy).
+    webhooks: Option<reqwest::Client>,
     gateway: reqwest::Client,
 }
 
@@ -158,7 +192,7 @@ impl Outbound {
     pub fn new(policy: OutboundPolicy) -> Self {
         let policy = Arc::new(policy);
         // Building a client fails only when its TLS backend cannot start;
-        // this one has none, so the defaults below are never reached.
+        // this one has none. Should it fail, webhooks are not sent at all.
         let webhooks = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(CONNECT_TIMEOUT)
@@ -168,7 +202,8 @@ impl Outbound {
                 policy: policy.clone(),
             }))
             .build()
-            .unwrap_or_default();
+            .inspect_err(|e| tracing::error!(error = %e, "cannot build the webhook client; webhooks will not be sent"))
+            .ok();
         let gateway = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(CONNECT_TIMEOUT)
@@ -222,10 +257,16 @@ impl Outbound {
     /// POSTs a JSON body to a webhook. `Err` says why it was not
     /// delivered: refused by the policy, unreachable, timed out, or an
     /// answer that is not 2xx (a redirect included).
-    pub async fn post_json(&self, url: &str, body: &serde_json::Value) -> Result<(), String> {
+    pub(crate) async fn post_json(
+        &self,
+        url: &str,
+        body: &serde_json::Value,
+    ) -> Result<(), String> {
         let parsed = self.check_url("webhook", url).map_err(|e| e.to_string())?;
-        let resp = self
-            .webhooks
+        let Some(client) = &self.webhooks else {
+            return Err("the webhook client could not start".into());
+        };
+        let resp = client
             .post(parsed)
             .json(body)
             .send()
@@ -246,19 +287,34 @@ impl Outbound {
 
     /// POSTs with retries and exponential backoff (5 attempts from 200 ms),
     /// off the caller's path; `what` names it in the log.
-    pub fn deliver(&self, what: &'static str, url: String, body: serde_json::Value) {
+    /// `about` names what it is about in the log (e.g. a deployment).
+    pub(crate) fn deliver(
+        &self,
+        what: &'static str,
+        about: String,
+        url: String,
+        body: serde_json::Value,
+    ) {
         let out = self.clone();
         tokio::spawn(async move {
+            // The log names where it goes, not the path (tokens live there).
+            let shown = crate::redact::url(&url);
             let mut delay = Duration::from_millis(200);
             for attempt in 1..=5 {
                 match out.post_json(&url, &body).await {
                     Ok(()) => return,
-                    Err(error) => tracing::warn!(url, attempt, error, "{what} not delivered"),
+                    Err(error) => tracing::warn!(
+                        url = shown,
+                        about,
+                        attempt,
+                        error = error.replace(&url, &shown),
+                        "{what} not delivered"
+                    ),
                 }
                 tokio::time::sleep(delay).await;
                 delay *= 2;
             }
-            tracing::error!(url, "{what} dropped after 5 attempts");
+            tracing::error!(url = shown, about, "{what} dropped after 5 attempts");
         });
     }
 }
@@ -308,10 +364,27 @@ mod tests {
             ("ff02::1", "multicast or broadcast"),
             ("::ffff:127.0.0.1", "loopback"),
             ("::ffff:169.254.169.254", "link-local"),
+            ("::127.0.0.1", "loopback"),
+            ("64:ff9b::a00:1", "private"),
+            ("64:ff9b:1::a9fe:a9fe", "link-local"),
+            ("2002:7f00:1::", "loopback"),
+            ("2002:c0a8:101::1", "private"),
+            ("fec0::1", "link-local"),
+            ("192.0.0.8", "reserved"),
+            ("198.18.0.1", "reserved"),
+            ("240.0.0.1", "reserved"),
         ] {
             assert_eq!(p.refusal(ip(addr)), Some(why), "{addr}");
         }
-        for public in ["93.184.216.34", "1.1.1.1", "2606:4700::1111", "100.128.0.1"] {
+        for public in [
+            "93.184.216.34",
+            "1.1.1.1",
+            "2606:4700::1111",
+            "100.128.0.1",
+            "64:ff9b::5db8:d822",
+            "2002:5db8:d822::1",
+            "198.20.0.1",
+        ] {
             assert_eq!(p.refusal(ip(public)), None, "{public}");
         }
         let allowed = OutboundPolicy::new(vec![
@@ -380,6 +453,8 @@ mod tests {
         let strict = Outbound::new(OutboundPolicy::default());
         let e = strict
             .webhooks
+            .as_ref()
+            .unwrap()
             .post(format!("http://localhost:{port}/hook"))
             .json(&body)
             .send()

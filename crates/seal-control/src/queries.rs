@@ -182,7 +182,11 @@ impl Control {
     }
 
     pub async fn audit_log(&self, limit: u32) -> ControlResult<Vec<AuditRecord>> {
-        Ok(self.state.audit_log(limit).await?)
+        let mut entries = self.state.audit_log(limit).await?;
+        for e in &mut entries {
+            crate::redact::audit_detail(&mut e.detail);
+        }
+        Ok(entries)
     }
 
     pub async fn verify_audit(&self) -> ControlResult<AuditVerification> {

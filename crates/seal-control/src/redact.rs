@@ -4,6 +4,7 @@
 //! viewer) sees where they go, not the secret. The stored plan keeps them
 //! whole: the driver needs them.
 
+use crate::rollout::plan::Plan;
 use seal_state::DeploymentRecord;
 use serde_json::Value;
 
@@ -23,13 +24,48 @@ pub fn url(text: &str) -> String {
     }
 }
 
-/// A deployment as answers show it: its plan's notification URL and hook
-/// header values redacted.
+/// A request path with its query (if any) redacted.
+fn path(text: &str) -> String {
+    match text.split_once('?') {
+        Some((p, _)) => format!("{p}?{REDACTED}"),
+        None => text.to_owned(),
+    }
+}
+
+/// A deployment as answers show it: its plan's secrets redacted.
 pub fn deployment(mut d: DeploymentRecord) -> DeploymentRecord {
     if let Some(plan) = d.plan.as_mut() {
         plan_secrets(plan);
     }
     d
+}
+
+/// A plan as answers show it: the notification URL's path and query, hook
+/// header values, hook bodies and the queries of hook paths redacted.
+pub fn plan(mut p: Plan) -> Plan {
+    p.notify = p.notify.as_deref().map(url);
+    for hook in &mut p.hook_specs {
+        for value in hook.request.headers.values_mut() {
+            *value = REDACTED.to_owned();
+        }
+        if hook.request.body.is_some() {
+            hook.request.body = Some(REDACTED.to_owned());
+        }
+        hook.request.path = path(&hook.request.path);
+    }
+    p
+}
+
+/// An audit entry's detail as answers show it: a webhook URL (budget
+/// changes) keeps its destination only. Entries written before webhooks
+/// were redacted at write time are covered too; the hash chain is checked
+/// on the stored detail, not on this.
+pub(crate) fn audit_detail(detail: &mut Value) {
+    if let Some(hook) = detail.get_mut("webhook")
+        && let Some(text) = hook.as_str()
+    {
+        *hook = Value::String(url(text));
+    }
 }
 
 fn plan_secrets(plan: &mut Value) {
@@ -40,13 +76,23 @@ fn plan_secrets(plan: &mut Value) {
     }
     if let Some(hooks) = plan.get_mut("hook_specs").and_then(Value::as_array_mut) {
         for hook in hooks {
-            if let Some(headers) = hook
-                .pointer_mut("/request/headers")
-                .and_then(Value::as_object_mut)
-            {
+            let Some(request) = hook.get_mut("request") else {
+                continue;
+            };
+            if let Some(headers) = request.get_mut("headers").and_then(Value::as_object_mut) {
                 for value in headers.values_mut() {
                     *value = Value::String(REDACTED.to_owned());
                 }
+            }
+            if let Some(body) = request.get_mut("body")
+                && body.is_string()
+            {
+                *body = Value::String(REDACTED.to_owned());
+            }
+            if let Some(p) = request.get_mut("path")
+                && let Some(text) = p.as_str()
+            {
+                *p = Value::String(path(text));
             }
         }
     }
@@ -74,15 +120,16 @@ mod tests {
     fn plans_lose_notify_paths_and_hook_header_values() {
         let mut plan = serde_json::json!({
             "notify": "http://hooks.example.org/T0KEN",
-            "hook_specs": [{"name": "h", "request": {"path": "/", "headers": {"authorization": "Bearer s3cret"}}}],
+            "hook_specs": [{"name": "h", "request": {"path": "/x?key=k3y", "body": "b0dy",
+                "headers": {"authorization": "Bearer s3cret"}}}],
             "hooks": [{"name": "h", "phase": "pre-traffic"}],
         });
         plan_secrets(&mut plan);
         let text = plan.to_string();
-        assert!(
-            !text.contains("T0KEN") && !text.contains("s3cret"),
-            "{text}"
-        );
+        for secret in ["T0KEN", "s3cret", "k3y", "b0dy"] {
+            assert!(!text.contains(secret), "{secret}: {text}");
+        }
+        assert_eq!(plan["hook_specs"][0]["request"]["path"], "/x?(redacted)");
         assert_eq!(plan["notify"], "http://hooks.example.org/(redacted)");
         assert_eq!(
             plan["hook_specs"][0]["request"]["headers"]["authorization"],

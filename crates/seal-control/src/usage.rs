@@ -314,7 +314,12 @@ impl UsageService {
                     "event": "budget_exceeded", "function": b.function, "detail": detail,
                     "at": now_ms(),
                 });
-                self.outbound.deliver("budget webhook", url, body);
+                self.outbound.deliver(
+                    "budget webhook",
+                    format!("budget of {}", b.function),
+                    url,
+                    body,
+                );
             }
         }
         Ok(())

@@ -35,7 +35,8 @@ pub struct ConnectionLimits {
     /// `retry-after` and closed.
     pub max_connections: usize,
     /// How long a connection may take to send a request's headers, the
-    /// first or the next one on a kept-alive connection; then it is closed.
+    /// first or the next one on a kept-alive connection (so it is also the
+    /// idle keep-alive timeout); then it is closed.
     pub header_read_timeout: std::time::Duration,
 }
 
@@ -43,7 +44,7 @@ impl Default for ConnectionLimits {
     fn default() -> Self {
         Self {
             max_connections: 10_000,
-            header_read_timeout: std::time::Duration::from_secs(10),
+            header_read_timeout: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -76,7 +77,12 @@ impl Gateway {
     /// requests finish.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        // HTTP/1 only: hyper starts its header-read timer as soon as it
+        // waits for a request head, before any byte, and again between
+        // kept-alive requests; version detection (for prior-knowledge
+        // HTTP/2) would wait for its first bytes with no timer at all.
+        let mut builder =
+            hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
         builder
             .http1()
             .timer(hyper_util::rt::TokioTimer::new())
@@ -105,7 +111,6 @@ impl Gateway {
                 let gateway = gateway.clone();
                 async move { Ok::<_, std::convert::Infallible>(gateway.handle(req).await) }
             });
-            let stream = FirstByteDeadline::new(stream, self.limits.header_read_timeout);
             let conn = builder
                 .serve_connection(TokioIo::new(stream), service)
                 .into_owned();
@@ -337,90 +342,11 @@ fn function_uri<B>(req: &Request<B>, path: &str) -> Result<Uri, String> {
         .map_err(|e| format!("invalid request URI: {e}"))
 }
 
-/// A connection that must send its first byte within a deadline. hyper's
-/// header-read timeout starts only once the HTTP version is known, that
-/// is after the first bytes: a client that connects and stays silent would
-/// otherwise hold its slot forever.
-struct FirstByteDeadline {
-    stream: tokio::net::TcpStream,
-    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl FirstByteDeadline {
-    fn new(stream: tokio::net::TcpStream, within: std::time::Duration) -> Self {
-        Self {
-            stream,
-            deadline: Some(Box::pin(tokio::time::sleep(within))),
-        }
-    }
-}
-
-impl tokio::io::AsyncRead for FirstByteDeadline {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        use std::task::Poll;
-        let before = buf.filled().len();
-        let read = std::pin::Pin::new(&mut self.stream).poll_read(cx, buf);
-        if let Some(deadline) = self.deadline.as_mut() {
-            match &read {
-                Poll::Ready(Ok(())) if buf.filled().len() > before => self.deadline = None,
-                Poll::Pending if deadline.as_mut().poll(cx).is_ready() => {
-                    return Poll::Ready(Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "no request within the header-read timeout",
-                    )));
-                }
-                _ => {}
-            }
-        }
-        read
-    }
-}
-
-impl tokio::io::AsyncWrite for FirstByteDeadline {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-}
-
 /// Answers a connection over the limit with `503`, `retry-after` and a
 /// JSON body, then closes it; bounded in time so a client that does not
 /// read cannot hold the task.
 async fn refuse(mut stream: tokio::net::TcpStream) {
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const BODY: &str = r#"{"error":{"code":"too_many_connections","message":"the gateway is at its connection limit; retry later"}}"#;
     let response = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{BODY}",
@@ -429,6 +355,17 @@ async fn refuse(mut stream: tokio::net::TcpStream) {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
         let _ = stream.write_all(response.as_bytes()).await;
         let _ = stream.shutdown().await;
+        // Read what the client sent (bounded) before closing: closing with
+        // unread bytes resets the connection, and the reset may reach the
+        // client before the 503 does.
+        let mut sink = [0u8; 4096];
+        let mut drained = 0;
+        while drained < 64 << 10 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
     })
     .await;
     tracing::debug!("gateway connection refused: at the connection limit");

@@ -182,7 +182,7 @@ impl Control {
         if dry_run {
             return Ok(Progressive::Planned {
                 dry_run: true,
-                plan,
+                plan: crate::redact::plan(plan),
                 permissions,
             });
         }
@@ -232,10 +232,10 @@ impl Control {
         self.observe_transition(&record, "started");
         self.spawn_driver(record.clone(), plan.clone());
         Ok(Progressive::Started {
-            deployment: Box::new(record),
+            deployment: Box::new(crate::redact::deployment(record)),
             unchanged: false,
             weights,
-            plan,
+            plan: crate::redact::plan(plan),
             permissions,
             trust,
         })
@@ -560,7 +560,12 @@ impl Control {
             "baseline": plan.baseline.version, "event": event, "detail": detail,
             "at": seal_state::now_ms(),
         });
-        self.outbound.deliver("deployment notification", url, body);
+        self.outbound.deliver(
+            "deployment notification",
+            format!("deployment {id}"),
+            url,
+            body,
+        );
     }
 
     /// Sends one hook request to the candidate through the gateway (real
@@ -592,7 +597,8 @@ impl Control {
         }
         let resp = match req.send().await {
             Ok(r) => r,
-            Err(e) => return (false, json!({"error": e.to_string()})),
+            // Without the URL: its query may carry what the hook sends.
+            Err(e) => return (false, json!({"error": e.without_url().to_string()})),
         };
         let status = resp.status().as_u16();
         let served_by = resp
