@@ -897,31 +897,14 @@ async fn a_second_server_on_the_same_data_dir_refuses_to_start() {
     let holder = std::fs::read_to_string(dir.path().join("seal.lock")).unwrap();
     let api = s.api.trim_start_matches("http://").to_owned();
     assert!(holder.contains(&format!("api {api}")), "{holder:?} {api}");
-    let out = std::process::Command::new(support::seal_bin())
-        .args([
-            "server",
-            "--listen",
-            "127.0.0.1:0",
-            "--api-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let out = Server::command(dir.path()).output().unwrap();
     assert!(!out.status.success(), "the second server started");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("is in use by another seal server") && stderr.contains(holder.trim()),
         "{stderr}"
     );
-    let health = s
-        .http
-        .get(format!("{}/healthz", s.api))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(health.status(), 200);
+    assert_eq!(s.api_health().await, 200);
     s.stop();
 }
 
@@ -956,15 +939,7 @@ async fn a_client_command_whose_reader_went_away_ends_without_a_panic() {
         );
     }
     // The server is not affected by a client that stopped reading.
-    assert_eq!(
-        s.http
-            .get(format!("{}/healthz", s.api))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(s.api_health().await, 200);
 }
 
 /// Reads from `stream` until the peer closes it (or `limit` passes);
@@ -1059,15 +1034,7 @@ async fn slow_and_surplus_connections_are_closed_and_the_api_still_answers() {
     assert!(answer.contains("retry-after: 1"), "{answer}");
     assert!(answer.contains("\"too_many_connections\""), "{answer}");
     // The control API has its own listener: it answers meanwhile.
-    assert_eq!(
-        s.http
-            .get(format!("{}/healthz", s.api))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(s.api_health().await, 200);
     // Once the held connections time out, the gateway serves again.
     drop(held);
     let deadline = std::time::Instant::now() + Duration::from_secs(5);

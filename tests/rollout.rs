@@ -753,6 +753,15 @@ async fn plans_and_bad_rollout_settings_change_nothing() {
     assert_eq!(list["deployments"].as_array().unwrap().len(), 1);
 }
 
+/// `api@1` serving and `api@2` published, both echo (another timeout makes
+/// another artifact).
+fn two_echo_versions(s: &Server) {
+    let echo = guest("echo");
+    assert_eq!(publish_file(s, &echo, "api", &[]).0, 1);
+    assert_eq!(publish_file(s, &echo, "api", &["--timeout", "5s"]).0, 2);
+    s.seal_json(&["deploy", "api", "1"]);
+}
+
 /// A loopback server only the Seal server's network position reaches:
 /// answers `TOPSECRET` and counts the requests that reach it.
 async fn secret_server() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
@@ -785,10 +794,7 @@ async fn a_hook_answered_with_a_redirect_fails_and_fetches_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(dir.path());
     let (secret, hits) = secret_server().await;
-    let echo = guest("echo");
-    assert_eq!(publish_file(&s, &echo, "api", &[]).0, 1);
-    assert_eq!(publish_file(&s, &echo, "api", &["--timeout", "5s"]).0, 2);
-    s.seal_json(&["deploy", "api", "1"]);
+    two_echo_versions(&s);
     let id = start_rollout(
         &s,
         json!({"strategy": "canary", "steps": [50], "interval_ms": 1000,
@@ -820,10 +826,7 @@ async fn notify_urls_the_server_alone_could_reach_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(dir.path());
     let (secret, hits) = secret_server().await;
-    let echo = guest("echo");
-    assert_eq!(publish_file(&s, &echo, "api", &[]).0, 1);
-    assert_eq!(publish_file(&s, &echo, "api", &["--timeout", "5s"]).0, 2);
-    s.seal_json(&["deploy", "api", "1"]);
+    two_echo_versions(&s);
     let before = s.api_get("/v1/functions/api/deployments").await;
     for (url, why) in [
         (secret.as_str(), "loopback"),

@@ -39,8 +39,10 @@ impl Server {
         Self::start_with(data_dir, &[])
     }
 
-    pub fn start_with(data_dir: &Path, extra: &[&str]) -> Self {
-        let mut child = Command::new(seal_bin())
+    /// `seal server` on loopback port 0 with `data_dir`, not started.
+    pub fn command(data_dir: &Path) -> Command {
+        let mut command = Command::new(seal_bin());
+        command
             .args([
                 "server",
                 "--listen",
@@ -49,7 +51,12 @@ impl Server {
                 "127.0.0.1:0",
                 "--data-dir",
             ])
-            .arg(data_dir)
+            .arg(data_dir);
+        command
+    }
+
+    pub fn start_with(data_dir: &Path, extra: &[&str]) -> Self {
+        let mut child = Self::command(data_dir)
             .args(extra)
             .env("SEAL_LOG", "info")
             .stdout(Stdio::piped())
@@ -110,6 +117,17 @@ impl Server {
                 .build()
                 .unwrap(),
         }
+    }
+
+    /// The status of the control API's `/healthz`.
+    pub async fn api_health(&self) -> u16 {
+        self.http
+            .get(format!("{}/healthz", self.api))
+            .send()
+            .await
+            .expect("api request")
+            .status()
+            .as_u16()
     }
 
     pub fn log(&self) -> String {
