@@ -1049,3 +1049,101 @@ async fn slow_and_surplus_connections_are_closed_and_the_api_still_answers() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Hardening: 400 requests held open to a sleeping function filled the
+/// shared instance pool and every other function answered 503. Now a
+/// function is held to its concurrency limit (429 + retry-after), and
+/// past half the pool to a fair share of it (503 + retry-after), so a
+/// neighbour is still served; the limit is the manifest's when it
+/// declares one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_holding_requests_open_does_not_starve_its_neighbours() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start_with(
+        dir.path(),
+        &["--max-instances", "12", "--function-concurrency", "4"],
+    );
+    publish_file(&s, &guest("slow"), "sleepy", &[]);
+    publish_file(&s, &guest("slow"), "declared", &["--max-concurrency", "8"]);
+    publish_file(&s, &guest("echo"), "echo", &[]);
+    for f in ["sleepy", "declared", "echo"] {
+        s.seal_json(&["deploy", f, "1"]);
+    }
+    let inspect = s.seal(&["inspect", "declared@1"]);
+    assert!(
+        inspect.stdout.contains("at most 8 requests at once"),
+        "{}",
+        inspect.stdout
+    );
+    // Ten sleepers at once: four are served, six are refused at once.
+    let hold = |f: &'static str, n: usize| {
+        (0..n)
+            .map(|_| {
+                let (http, url) = (s.http.clone(), format!("{}/{f}/?ms=1500", s.gateway));
+                tokio::spawn(async move { http.get(url).send().await.unwrap() })
+            })
+            .collect::<Vec<_>>()
+    };
+    let sleepers = hold("sleepy", 10);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The neighbour answers while the sleepers sleep.
+    for _ in 0..5 {
+        assert_eq!(s.get("/echo/").await.status(), 200);
+    }
+    let mut statuses = Vec::new();
+    for t in sleepers {
+        let r = t.await.unwrap();
+        let status = r.status().as_u16();
+        if status == 429 {
+            assert_eq!(header(&r, "retry-after"), "1");
+            let v = assert_error(r, 429, "throttled").await;
+            let msg = v["error"]["message"].as_str().unwrap();
+            assert!(msg.contains("concurrency limit of 4"), "{msg}");
+        }
+        statuses.push(status);
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 200, 200, 200, 429, 429, 429, 429, 429, 429]);
+
+    // A function that declares 8 may hold 6 of the 12 slots (half the
+    // pool, as the only busy function), and the neighbour still gets in.
+    // (The sleepers' slots are freed as their tasks end, just after their
+    // answers.)
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let declared = hold("declared", 8);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..3 {
+        assert_eq!(s.get("/echo/").await.status(), 200);
+    }
+    let mut statuses = Vec::new();
+    for t in declared {
+        let r = t.await.unwrap();
+        let status = r.status().as_u16();
+        if status == 503 {
+            assert_eq!(header(&r, "retry-after"), "1");
+            let v = assert_error(r, 503, "overloaded").await;
+            assert!(
+                v["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("retry later"),
+                "{v}"
+            );
+        }
+        statuses.push(status);
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 200, 503, 503]);
+    // Refusals are the server's answers, not the function's errors.
+    let text = s.api_text("/metrics").await;
+    let sleepy = [("function", "sleepy"), ("version", "1")];
+    assert_eq!(
+        support::metric(&text, "seal_invocations_overloaded_total", &sleepy),
+        Some(6.0),
+        "{text}"
+    );
+    assert_eq!(
+        support::metric(&text, "seal_invocations_total", &sleepy),
+        Some(4.0)
+    );
+}

@@ -13,26 +13,7 @@ mod support;
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use support::{Server, example_component, guest, header, publish_file, webhook_receiver};
-
-/// The value of the sample `name{…}` whose labels include all of `labels`.
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines().find_map(|line| {
-        let rest = line.strip_prefix(name)?;
-        let (label_part, value) = if let Some(r) = rest.strip_prefix('{') {
-            let (l, v) = r.split_once('}')?;
-            (l, v)
-        } else if rest.starts_with(' ') {
-            ("", rest)
-        } else {
-            return None;
-        };
-        labels
-            .iter()
-            .all(|(k, v)| label_part.contains(&format!("{k}=\"{v}\"")))
-            .then(|| value.split_whitespace().next()?.parse().ok())?
-    })
-}
+use support::{Server, example_component, guest, header, metric, publish_file, webhook_receiver};
 
 /// A Prometheus tool on PATH; without it the check is skipped (with a
 /// note), unless `SEAL_REQUIRE_PROMTOOL=1` makes that a failure.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use support::{
-    Server, assert_error, example_component, guest, header, publish_file, webhook_receiver,
+    Server, assert_error, example_component, guest, header, metric, publish_file, webhook_receiver,
 };
 
 /// POSTs JSON to the control API; returns status and body.
@@ -320,6 +320,113 @@ async fn a_healthy_canary_promotes_through_every_step_with_zero_baseline_failure
     }
 }
 
+/// The attack: callers pin the candidate with `seal-version` and hang up
+/// before its answer (its late write then traps). They used to count as
+/// the candidate's errors and rolled a healthy canary back in 1–2 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_who_hang_up_or_pin_without_the_token_do_not_decide_a_canary() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    s.seal_json(&["env", "create", "staging"]);
+    assert_eq!(publish_file(&s, &guest("echo"), "api", &[]).0, 1);
+    assert_eq!(publish_file(&s, &guest("slow"), "api", &[]).0, 2);
+    s.seal_json(&["deploy", "api", "1", "--env", "staging"]);
+    let (status, v) = api_post(
+        &s,
+        "/v1/functions/api/deploy",
+        json!({"version": 2, "environment": "staging",
+               "rollout": {"strategy": "canary", "steps": [50], "interval_ms": 3000,
+                           "gates": {"max_error_rate": 0.01, "min_requests": 10}}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let id = v["deployment"]["id"].as_u64().unwrap();
+    wait_step(&s, id, 1, Duration::from_secs(10)).await;
+    let url = format!("{}/?ms=300", s.gateway);
+    let host = "api.staging.localhost";
+    // Pinned without the token (staging is not protected, so they are
+    // served) and gone after 100 ms, before the candidate answers.
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let hang_ups = (0..10).map(|_| {
+        impatient
+            .get(&url)
+            .header("host", host)
+            .header("seal-version", "2")
+            .send()
+    });
+    for r in futures::future::join_all(hang_ups).await {
+        assert!(r.unwrap_err().is_timeout());
+    }
+    // Unpinned callers who hang up too: judged traffic, still not the
+    // candidate's errors.
+    let hang_ups = (0..10).map(|_| impatient.get(&url).header("host", host).send());
+    futures::future::join_all(hang_ups).await;
+    // Pinned without the token and patient: served by the candidate and
+    // counted, never judged.
+    for _ in 0..5 {
+        let r = s
+            .http
+            .get(format!("{}/?ms=1", s.gateway))
+            .header("host", host)
+            .header("seal-version", "2")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(header(&r, "seal-version"), "2");
+        r.bytes().await.unwrap();
+    }
+    // Real traffic, read to the end.
+    let mut served = [0u32; 3];
+    for _ in 0..60 {
+        let r = s
+            .http
+            .get(format!("{}/?ms=1", s.gateway))
+            .header("host", host)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        served[header(&r, "seal-version").parse::<usize>().unwrap().min(2)] += 1;
+        r.bytes().await.unwrap();
+    }
+    assert!(served[2] >= 10, "{served:?}");
+    let (d, events) = wait_finished(&s, id, Duration::from_secs(20)).await;
+    assert_eq!(d["state"], "succeeded", "{events:#?}\n{}", s.log());
+    let gate = events.iter().rfind(|e| e["kind"] == "gate").unwrap();
+    assert_eq!(gate["detail"]["verdict"], "pass", "{gate:#}");
+    let error_rate = &gate["detail"]["results"][0];
+    assert_eq!(error_rate["gate"], "error_rate");
+    // Judged: the real requests the weights sent to the candidate, not the
+    // 5 pinned ones (nor the hang-ups, which never got an answer).
+    assert_eq!(
+        error_rate["measured"],
+        format!("0% (0/{})", served[2]),
+        "{gate:#}"
+    );
+    let text = s.api_text("/metrics").await;
+    let v2 = [("environment", "staging"), ("version", "2")];
+    assert_eq!(
+        metric(&text, "seal_invocations_unjudged_total", &v2),
+        Some(5.0),
+        "{text}"
+    );
+    for kind in ["trap", "status_5xx", "timeout", "memory", "no_response"] {
+        let labels = [v2[0], v2[1], ("kind", kind)];
+        assert_eq!(
+            metric(&text, "seal_invocation_errors_total", &labels),
+            Some(0.0),
+            "{kind}: {text}"
+        );
+    }
+    assert!(
+        metric(&text, "seal_invocations_client_closed_total", &v2).unwrap() >= 10.0,
+        "{text}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_low_traffic_canary_is_inconclusive_waits_then_meets_its_deadline() {
     let dir = tempfile::tempdir().unwrap();
@@ -431,21 +538,64 @@ async fn blue_green_previews_by_header_and_host_then_switches() {
     .await;
     wait_step(&s, id, 1, Duration::from_secs(10)).await;
     // Before the switch: live traffic stays on v1; v2 is reachable by
-    // header and on the preview host.
+    // header and on the preview host, in production only with the
+    // deployment's preview token (`seal deployments show` prints it).
     for _ in 0..10 {
         assert_eq!(header(&s.get("/api/").await, "seal-version"), "1");
     }
-    let r = s
-        .http
-        .get(format!("{}/api/", s.gateway))
-        .header("seal-version", "2")
-        .send()
-        .await
-        .unwrap();
+    let pinned = |token: Option<&str>| {
+        let mut r = s
+            .http
+            .get(format!("{}/api/", s.gateway))
+            .header("seal-version", "2");
+        if let Some(t) = token {
+            r = r.header("seal-preview-token", t);
+        }
+        r.send()
+    };
+    let preview = |token: Option<&str>| {
+        let mut r = s
+            .http
+            .get(format!("{}/", s.gateway))
+            .header("host", "api--preview.production.localhost");
+        if let Some(t) = token {
+            r = r.header("seal-preview-token", t);
+        }
+        r.send()
+    };
+    for r in [
+        pinned(None).await.unwrap(),
+        pinned(Some("0123456789abcdef0123456789abcdef"))
+            .await
+            .unwrap(),
+        preview(None).await.unwrap(),
+    ] {
+        let v = assert_error(r, 403, "preview_token_required").await;
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("seal deployments show"),
+            "{v}"
+        );
+    }
+    let shown = s.seal(&["deployments", "show", &id.to_string()]);
+    assert!(shown.ok, "{}", shown.stderr);
+    let token = s.api_get(&format!("/v1/deployments/{id}")).await["preview_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        shown.stdout.contains(&format!("preview token: {token}")),
+        "{}",
+        shown.stdout
+    );
+    let r = pinned(Some(&token)).await.unwrap();
     assert_eq!(header(&r, "seal-version"), "2");
-    assert!(r.text().await.unwrap().contains("(v2)"));
+    let body = r.text().await.unwrap();
+    assert!(body.contains("(v2)"), "{body}");
     for _ in 0..3 {
-        let r = s.get_host("api--preview.production.localhost", "/").await;
+        let r = preview(Some(&token)).await.unwrap();
         assert_eq!(r.status(), 200);
         assert_eq!(header(&r, "seal-version"), "2");
     }
@@ -456,9 +606,13 @@ async fn blue_green_previews_by_header_and_host_then_switches() {
         ["started", "step", "gate", "promoted", "succeeded"]
     );
     assert_eq!(header(&s.get("/api/").await, "seal-version"), "2");
-    // Nothing in progress: nothing to preview.
+    // Nothing in progress: nothing to preview, and the token is gone.
     let r = s.get_host("api--preview.production.localhost", "/").await;
     assert_error(r, 404, "no_preview").await;
+    let done = s.api_get(&format!("/v1/deployments/{id}")).await;
+    assert!(done.get("preview_token").is_none(), "{done:#}");
+    let r = pinned(Some(&token)).await.unwrap();
+    assert_error(r, 403, "preview_token_required").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

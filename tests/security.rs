@@ -315,15 +315,7 @@ async fn config_and_secrets_reach_the_guest_and_never_leak() {
     assert!(env.get("UNDECLARED").is_none(), "{env}");
 
     // The revision is on the invocation's log record.
-    let logs = s
-        .http
-        .get(format!("{}/v1/functions/svc/logs?limit=100", s.api))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let logs = s.api_text("/v1/functions/svc/logs?limit=100").await;
     let last = logs
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())

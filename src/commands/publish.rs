@@ -27,6 +27,11 @@ pub struct PublishArgs {
     /// Time limit of each invocation, e.g. 30s, 500ms (overrides seal.toml).
     #[arg(long, value_parser = humantime::parse_duration)]
     timeout: Option<std::time::Duration>,
+    /// Requests served at once in an environment, all versions together;
+    /// past it the gateway answers 429 (overrides seal.toml; default: the
+    /// server's --function-concurrency).
+    #[arg(long, value_name = "N")]
+    max_concurrency: Option<u32>,
     /// Allow outbound HTTP requests to this host (repeat for more; adds to
     /// seal.toml's [capabilities] outbound_hosts): api.example.org,
     /// api.example.org:8443, *.example.org, 127.0.0.1:9000, or * for any.
@@ -84,6 +89,9 @@ pub async fn run(args: PublishArgs, client: &Client, out: OutputFormat) -> anyho
     }
     if let Some(t) = args.timeout {
         manifest.limits.timeout_ms = t.as_millis().try_into().unwrap_or(u64::MAX);
+    }
+    if let Some(n) = args.max_concurrency {
+        manifest.limits.max_concurrency = Some(n);
     }
     for h in args.allow_hosts {
         if !manifest.capabilities.outbound_hosts.contains(&h) {

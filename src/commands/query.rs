@@ -291,6 +291,12 @@ pub fn deployment_lines(v: &DeploymentDetail) -> Vec<String> {
     if let Some(finished) = d.finished_at {
         lines.push(format!("finished: {}", time_ms(finished)));
     }
+    if let Some(token) = &v.preview_token {
+        lines.push(format!(
+            "preview token: {token} (send as seal-preview-token with seal-version: {} or on the preview host; such requests count in the gates)",
+            opt(d.candidate)
+        ));
+    }
     for e in &v.events {
         lines.extend(deployment_event_lines(e));
     }
@@ -503,8 +509,13 @@ fn inspect_lines(v: &Inspection) -> Vec<String> {
         format!("  config       {}", v.oci_manifest.config.digest),
         format!("  description  {}", s(&m["description"])),
         format!(
-            "  limits       memory {} MiB, timeout {} ms",
-            m["limits"]["memory_mb"], m["limits"]["timeout_ms"]
+            "  limits       memory {} MiB, timeout {} ms{}",
+            m["limits"]["memory_mb"],
+            m["limits"]["timeout_ms"],
+            m["limits"]["max_concurrency"]
+                .as_u64()
+                .map(|n| format!(", at most {n} requests at once"))
+                .unwrap_or_default()
         ),
         format!("  provenance   {}", m["provenance"]),
         format!(

@@ -27,6 +27,13 @@ pub struct ServerArgs {
     #[arg(long, env = "SEAL_MAX_INSTANCES", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     max_instances: u32,
 
+    /// Requests of one function served at once in one environment when its
+    /// manifest declares no `[limits] max_concurrency` (default: a quarter
+    /// of --max-instances); past it the gateway answers 429 with
+    /// retry-after.
+    #[arg(long, env = "SEAL_FUNCTION_CONCURRENCY", value_parser = clap::value_parser!(u32).range(1..=100_000), value_name = "N")]
+    function_concurrency: Option<u32>,
+
     /// Export a span per invocation and per deployment transition over
     /// OTLP/HTTP (JSON) to this collector, e.g. http://127.0.0.1:4318.
     #[arg(long, env = "SEAL_OTLP_ENDPOINT", value_name = "URL")]
@@ -155,6 +162,7 @@ pub async fn run(
     config.default_environment = args.default_environment;
     config.artifacts.max_upload_bytes = args.max_upload_size;
     config.runtime.max_instances = args.max_instances;
+    config.runtime.function_concurrency = args.function_concurrency;
     config.allow_outbound = args.allow_outbound;
     config.gateway.limits = seal_server::ConnectionLimits {
         max_connections: args.max_connections as usize,

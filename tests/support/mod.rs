@@ -210,7 +210,13 @@ impl Server {
             .expect("gateway request")
     }
 
-    pub async fn api_get(&self, path: &str) -> serde_json::Value {
+    /// A control API answer as text (`/metrics`, NDJSON logs).
+    pub async fn api_text(&self, path: &str) -> String {
+        self.api_ok(path).await.text().await.expect("api text")
+    }
+
+    /// A successful control API answer.
+    async fn api_ok(&self, path: &str) -> reqwest::Response {
         let resp = self
             .http
             .get(format!("{}{path}", self.api))
@@ -218,7 +224,11 @@ impl Server {
             .await
             .expect("api request");
         assert!(resp.status().is_success(), "GET {path}: {}", resp.status());
-        resp.json().await.expect("api json")
+        resp
+    }
+
+    pub async fn api_get(&self, path: &str) -> serde_json::Value {
+        self.api_ok(path).await.json().await.expect("api json")
     }
 }
 
@@ -334,4 +344,23 @@ pub async fn webhook_receiver() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) 
         }
     });
     (format!("http://{addr}/hook"), got)
+}
+
+/// The value of the sample `name{…}` whose labels include all of `labels`.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?;
+        let (label_part, value) = if let Some(r) = rest.strip_prefix('{') {
+            let (l, v) = r.split_once('}')?;
+            (l, v)
+        } else if rest.starts_with(' ') {
+            ("", rest)
+        } else {
+            return None;
+        };
+        labels
+            .iter()
+            .all(|(k, v)| label_part.contains(&format!("{k}=\"{v}\"")))
+            .then(|| value.split_whitespace().next()?.parse().ok())?
+    })
 }

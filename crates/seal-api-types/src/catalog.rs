@@ -151,6 +151,12 @@ pub struct DeploymentList {
 pub struct DeploymentDetail {
     pub deployment: DeploymentRecord,
     pub events: Vec<DeploymentEvent>,
+    /// While the deployment runs, and only for a caller who may deploy to
+    /// its environment: the token that lets a request pinned to the
+    /// candidate (`seal-version`, the preview host) count in its gates,
+    /// sent as `seal-preview-token` (required in a protected environment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview_token: Option<String>,
 }
 
 /// `POST /v1/deployments/{id}/{approve|promote|abort}`.

@@ -371,13 +371,19 @@ async fn list_deployments(
 
 async fn show_deployment(
     State(c): State<Arc<Control>>,
+    who: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<DeploymentDetail>> {
     let id: u64 = id.parse().map_err(|_| {
         ApiError::bad_request(format!("deployment id must be a number, got {id:?}"))
     })?;
     let (deployment, events) = c.deployment(id).await?;
-    Ok(Json(DeploymentDetail { deployment, events }))
+    let preview_token = c.preview_token(&deployment, &who);
+    Ok(Json(DeploymentDetail {
+        deployment,
+        events,
+        preview_token,
+    }))
 }
 
 async fn list_environments(State(c): State<Arc<Control>>) -> ApiResult<Json<Environments>> {

@@ -11,6 +11,8 @@ pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
 /// sized for these.
 pub const MAX_MEMORY_MB: u64 = 4096;
 pub const MAX_TIMEOUT_MS: u64 = 15 * 60 * 1000;
+/// Largest `max_concurrency` a manifest may declare.
+pub const MAX_CONCURRENCY: u32 = 100_000;
 
 /// The Seal manifest: part of the artifact, hence part of its digest.
 ///
@@ -44,6 +46,12 @@ pub struct Limits {
     pub memory_mb: u64,
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// Requests of this function served at once in an environment, all
+    /// versions together; past it the gateway answers 429. Absent: the
+    /// server's default (`seal server --function-concurrency`). Absent
+    /// from the canonical bytes when unset, so older digests hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<u32>,
 }
 
 fn default_memory_mb() -> u64 {
@@ -58,6 +66,7 @@ impl Default for Limits {
         Self {
             memory_mb: DEFAULT_MEMORY_MB,
             timeout_ms: DEFAULT_TIMEOUT_MS,
+            max_concurrency: None,
         }
     }
 }
@@ -123,6 +132,13 @@ impl SealManifest {
             return Err(ArtifactError::InvalidManifest(format!(
                 "limits.timeout_ms must be between 1 and {MAX_TIMEOUT_MS}, got {}",
                 l.timeout_ms
+            )));
+        }
+        if let Some(n) = l.max_concurrency
+            && (n == 0 || n > MAX_CONCURRENCY)
+        {
+            return Err(ArtifactError::InvalidManifest(format!(
+                "limits.max_concurrency must be between 1 and {MAX_CONCURRENCY}, got {n}"
             )));
         }
         for host in &self.capabilities.outbound_hosts {
@@ -311,5 +327,29 @@ mod tests {
         m.limits.memory_mb = 128;
         m.limits.timeout_ms = MAX_TIMEOUT_MS + 1;
         assert!(m.validate().is_err());
+    }
+
+    #[test]
+    fn max_concurrency_is_optional_bounded_and_out_of_old_digests() {
+        let m = SealManifest::new("hello");
+        // Unset: the canonical bytes do not name it (older digests hold).
+        assert!(
+            !String::from_utf8(m.to_canonical_json())
+                .unwrap()
+                .contains("max_concurrency")
+        );
+        let p = ProjectFile::parse(
+            "name = \"hello\"\n[build]\ncomponent = \"x.wasm\"\n[limits]\nmax_concurrency = 8\n",
+        )
+        .unwrap();
+        let m = p.to_manifest();
+        assert_eq!(m.limits.max_concurrency, Some(8));
+        assert_eq!(SealManifest::from_json(&m.to_canonical_json()).unwrap(), m);
+        for bad in [0, MAX_CONCURRENCY + 1] {
+            let mut m = m.clone();
+            m.limits.max_concurrency = Some(bad);
+            let e = m.validate().unwrap_err().to_string();
+            assert!(e.contains("limits.max_concurrency"), "{e}");
+        }
     }
 }

@@ -338,6 +338,7 @@ fn limits_of(m: &SealManifest) -> FunctionLimits {
             .filter_map(|h| seal_runtime::HostPattern::parse(h).ok())
             .collect(),
         config_keys: m.capabilities.config_keys.iter().cloned().collect(),
+        max_concurrency: m.limits.max_concurrency,
     }
 }
 

@@ -41,6 +41,8 @@ pub struct Control {
     pub(crate) tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
     /// Config and secrets.
     pub(crate) settings: crate::settings::SettingsService,
+    /// The preview tokens of deployments in progress.
+    pub(crate) previews: crate::preview::PreviewTokens,
 }
 
 impl Control {
@@ -64,7 +66,9 @@ impl Control {
             serving.clone(),
             runtime.clone(),
         ));
+        let previews = secrets.preview_tokens();
         Self {
+            previews,
             trust: crate::trust::TrustService::new(
                 state.clone(),
                 oci.clone(),
@@ -251,10 +255,15 @@ impl Control {
                     .sticky_header
                     .as_deref()
                     .and_then(|h| http::HeaderName::from_bytes(h.as_bytes()).ok());
+                let token = r.preview.map(|v| {
+                    self.previews
+                        .token(&r.environment, &r.function, r.deployment_id, v)
+                });
                 routes.push(
                     Route::new(&r.environment, &r.function, backends)
                         .with_sticky_header(sticky)
-                        .with_preview(r.preview),
+                        .with_preview(r.preview, token)
+                        .with_protected(crate::trust::is_protected(&r.environment)),
                 );
             }
         }

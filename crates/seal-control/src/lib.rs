@@ -20,6 +20,7 @@ mod lookup;
 pub mod metrics;
 pub mod monitoring;
 pub mod outbound;
+pub mod preview;
 pub mod queries;
 pub mod redact;
 pub mod rollout;

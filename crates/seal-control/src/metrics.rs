@@ -480,10 +480,26 @@ impl prometheus_client::collector::Collector for VersionCollector {
         counter(
             &mut encoder,
             "seal_invocations_overloaded",
-            "Requests refused for lack of an instance slot (the server's failure, not the version's)",
+            "Requests refused for lack of an instance slot (the server's answer: neither the version's requests nor its errors)",
             entries
                 .iter()
                 .map(|e| (version_labels(e), e.stats.overloaded())),
+        )?;
+        counter(
+            &mut encoder,
+            "seal_invocations_unjudged",
+            "Requests pinned to a version without the deployment's preview token (served, not judged by the gates)",
+            entries
+                .iter()
+                .map(|e| (version_labels(e), e.stats.unjudged_requests())),
+        )?;
+        counter(
+            &mut encoder,
+            "seal_invocations_client_closed",
+            "Invocations whose caller hung up before the answer was complete (not the version's errors)",
+            entries
+                .iter()
+                .map(|e| (version_labels(e), e.stats.client_closed())),
         )?;
         counter(
             &mut encoder,
@@ -497,7 +513,7 @@ impl prometheus_client::collector::Collector for VersionCollector {
             &mut encoder,
             HistogramSpec {
                 name: "seal_invocation_duration",
-                help: "Time from request arrival to the response head",
+                help: "Time from request arrival to the response head (requests the gates judge)",
                 unit: Unit::Seconds,
                 bounds: &LATENCY_US,
                 scale: 1e-6,

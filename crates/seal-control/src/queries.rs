@@ -177,6 +177,22 @@ impl Control {
             .ok_or_else(|| ControlError::not_found(format!("no deployment {id}")))
     }
 
+    /// The preview token of a deployment in progress, for a caller who may
+    /// deploy to its environment (`None` for anyone else, or once it ended).
+    pub fn preview_token(
+        &self,
+        d: &DeploymentRecord,
+        who: &crate::tokens::Principal,
+    ) -> Option<String> {
+        let may_deploy = who.require_role(crate::tokens::Role::Deployer).is_ok()
+            && who.require_env(&d.environment).is_ok();
+        let candidate = d.candidate?;
+        (d.is_active() && may_deploy).then(|| {
+            self.previews
+                .token(&d.environment, &d.function, d.id, candidate)
+        })
+    }
+
     pub async fn environments(&self) -> ControlResult<Vec<String>> {
         Ok(self.state.environments().await?)
     }

@@ -34,6 +34,9 @@ const NONCE_LEN: usize = 24;
 /// The master key's cipher. `Debug` never shows the key.
 pub struct SecretBox {
     cipher: XChaCha20Poly1305,
+    /// The key preview tokens are derived with (never the master key
+    /// itself: one key, one use).
+    preview_key: [u8; 32],
 }
 
 impl std::fmt::Debug for SecretBox {
@@ -49,7 +52,16 @@ impl SecretBox {
             "the master key must be 32 bytes written as 64 hex characters (e.g. `openssl rand -hex 32`)",
         )?;
         let cipher = XChaCha20Poly1305::new_from_slice(&bytes).map_err(|e| e.to_string())?;
-        Ok(Self { cipher })
+        let preview_key = crate::preview::derive_key(&bytes, "seal preview tokens v1");
+        Ok(Self {
+            cipher,
+            preview_key,
+        })
+    }
+
+    /// What the deployments' preview tokens are made with.
+    pub fn preview_tokens(&self) -> crate::preview::PreviewTokens {
+        crate::preview::PreviewTokens::new(self.preview_key)
     }
 
     /// `SEAL_MASTER_KEY` when given; else `<data-dir>/master.key`, created

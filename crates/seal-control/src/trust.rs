@@ -106,8 +106,14 @@ pub struct PolicyVerdict {
     pub checks: Vec<String>,
 }
 
-/// The environment whose permission widenings need an admin's approval.
+/// The environment whose permission widenings need an admin's approval,
+/// and where a request pinned to a version needs the preview token.
 pub const PROTECTED_ENVIRONMENT: &str = "production";
+
+/// Whether `environment` is protected.
+pub fn is_protected(environment: &str) -> bool {
+    environment == PROTECTED_ENVIRONMENT
+}
 
 /// Largest envelope accepted (a provenance with a big Cargo.lock is ~100 KB).
 pub const MAX_ENVELOPE_BYTES: usize = 1 << 20;
@@ -518,7 +524,7 @@ impl TrustService {
         if from.is_none() && diff.is_empty() {
             return Ok(None);
         }
-        if diff.widens && env == PROTECTED_ENVIRONMENT && !approved {
+        if diff.widens && is_protected(env) && !approved {
             let than = match from {
                 Some(n) => format!("{}@{n}", candidate.function),
                 None => "nothing (its first deploy here)".to_owned(),

@@ -20,7 +20,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use seal_runtime::{HyperOutgoingBody, full_body};
 use seal_serving::invocation::X_REQUEST_ID;
-use seal_serving::{Backend, Serving};
+use seal_serving::{Backend, HEADER_PIN, HEADER_PREVIEW_TOKEN, Serving};
 use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -172,7 +172,7 @@ impl Gateway {
             route.preview
         } else {
             req.headers()
-                .get(&HEADER_VERSION)
+                .get(&HEADER_PIN)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<u64>().ok())
         };
@@ -188,6 +188,23 @@ impl Gateway {
                 None,
             );
         }
+        // A pinned request counts in the gates only with the deployment's
+        // preview token, and needs it in a protected environment.
+        let pinned = target_preview || req.headers().contains_key(&HEADER_PIN);
+        let Some(traffic) = route.admit_pin(pinned, req.headers().get(&HEADER_PREVIEW_TOKEN))
+        else {
+            return error_response(
+                StatusCode::FORBIDDEN,
+                "preview_token_required",
+                &format!(
+                    "{} is a protected environment: a request pinned to a version (seal-version or the preview host) needs the deployment's preview token in {HEADER_PREVIEW_TOKEN} (`seal deployments show ID` prints it)",
+                    route.environment
+                ),
+                None,
+                None,
+            );
+        };
+        req.headers_mut().remove(&HEADER_PREVIEW_TOKEN);
         let sticky = route
             .sticky_header
             .as_ref()
@@ -202,16 +219,24 @@ impl Gateway {
                 None,
             );
         };
-        let invoked = self.serving.invoke(&backend, req, started).await;
+        let invoked = self.serving.invoke(&backend, req, started, traffic).await;
         let request_id_header = invoked.request_id;
         let mut resp = match invoked.result {
             Ok(resp) => resp,
             Err(e) => {
-                tracing::warn!(
-                    function = %route.function, environment = %route.environment,
-                    version = backend.version, digest = %backend.digest,
-                    kind = e.kind(), error = %e, "invocation failed"
-                );
+                if !e.is_overloaded() {
+                    tracing::warn!(
+                        function = %route.function, environment = %route.environment,
+                        version = backend.version, digest = %backend.digest,
+                        kind = e.kind(), error = %e, "invocation failed"
+                    );
+                } else {
+                    // Refusals come in floods: counted, not logged one by one.
+                    tracing::debug!(
+                        function = %route.function, environment = %route.environment,
+                        version = backend.version, kind = e.kind(), error = %e, "invocation refused"
+                    );
+                }
                 let status =
                     StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
                 // The caller gets the kind and the request id; the details
@@ -230,6 +255,10 @@ impl Gateway {
                 );
                 if let Some(id) = request_id_header {
                     resp.headers_mut().insert(X_REQUEST_ID, id);
+                }
+                if e.is_overloaded() {
+                    resp.headers_mut()
+                        .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
                 }
                 return resp;
             }

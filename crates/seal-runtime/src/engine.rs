@@ -27,6 +27,16 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 /// How often the epoch advances; timeouts are measured in these ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
+/// Pool slots per component instance slot, as components take them.
+const CORE_INSTANCES_PER_SLOT: u32 = 8;
+const MEMORIES_PER_SLOT: u32 = 2;
+const TABLES_PER_SLOT: u32 = 4;
+/// What one component instance may hold at most; a component that needs
+/// more cannot instantiate.
+pub const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 32;
+pub const MAX_MEMORIES_PER_COMPONENT: u32 = 4;
+pub const MAX_TABLES_PER_COMPONENT: u32 = 16;
+
 /// Server-wide runtime settings.
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
@@ -56,11 +66,22 @@ pub struct Runtime {
 impl Runtime {
     pub fn new(config: RuntimeConfig) -> Result<Self> {
         let mut pool = PoolingAllocationConfig::default();
-        pool.total_component_instances(config.max_instances)
-            .total_core_instances(config.max_instances)
-            .total_memories(config.max_instances)
-            .total_tables(config.max_instances)
-            .total_stacks(config.max_instances)
+        // One slot is one request's component instance. A component is
+        // several core instances (a Rust component ~4: its module, the
+        // WASI adapter and their shims), memories and tables, so those
+        // totals are sized per slot as components really take them:
+        // `max_instances` requests fit whatever the language, and the
+        // component-instance count is what bounds them.
+        let slots = config.max_instances;
+        pool.total_component_instances(slots)
+            .total_core_instances(slots.saturating_mul(CORE_INSTANCES_PER_SLOT))
+            .total_memories(slots.saturating_mul(MEMORIES_PER_SLOT))
+            .total_tables(slots.saturating_mul(TABLES_PER_SLOT))
+            .total_stacks(slots)
+            // What one component may hold at most.
+            .max_core_instances_per_component(MAX_CORE_INSTANCES_PER_COMPONENT)
+            .max_memories_per_component(MAX_MEMORIES_PER_COMPONENT)
+            .max_tables_per_component(MAX_TABLES_PER_COMPONENT)
             // Interpreters compiled to wasm (Python, JS) have large tables.
             .table_elements(100_000)
             .max_core_instance_size(4 << 20)

@@ -42,12 +42,20 @@ pub enum InvokeError {
     /// Every instance slot is busy: the server is at capacity, the
     /// function did nothing wrong.
     Overloaded(String),
+    /// The function has as many requests in flight in this environment as
+    /// its concurrency limit allows: retry later.
+    Throttled { limit: u32 },
+    /// The caller hung up (closed its connection or stopped waiting)
+    /// before the answer was complete; whatever the guest did after that
+    /// is not held against it. Carries what ended the guest's run.
+    ClientClosed(String),
     /// The host could not set up the invocation.
     Internal(String),
 }
 
 impl InvokeError {
-    /// A short machine-readable kind: `trap`, `timeout`, `memory`, `no_response`, `internal`.
+    /// A short machine-readable kind: `trap`, `timeout`, `memory`,
+    /// `no_response`, `overloaded`, `client_closed`, `internal`.
     pub fn kind(&self) -> &'static str {
         match self {
             InvokeError::Trap(_) => "trap",
@@ -55,6 +63,8 @@ impl InvokeError {
             InvokeError::OutOfMemory { .. } => "memory",
             InvokeError::NoResponse(_) => "no_response",
             InvokeError::Overloaded(_) => "overloaded",
+            InvokeError::Throttled { .. } => "throttled",
+            InvokeError::ClientClosed(_) => "client_closed",
             InvokeError::Internal(_) => "internal",
         }
     }
@@ -62,7 +72,23 @@ impl InvokeError {
     /// Whether this failure is the function's fault (and so counts as an
     /// error of its version) rather than the server's.
     pub fn is_function_error(&self) -> bool {
-        !matches!(self, InvokeError::Overloaded(_) | InvokeError::Internal(_))
+        !matches!(
+            self,
+            InvokeError::Overloaded(_)
+                | InvokeError::Throttled { .. }
+                | InvokeError::ClientClosed(_)
+                | InvokeError::Internal(_)
+        )
+    }
+
+    /// The platform refused the request for lack of capacity (the pool, a
+    /// fair share of it, or the function's own concurrency limit): neither
+    /// a success nor the version's failure.
+    pub fn is_overloaded(&self) -> bool {
+        matches!(
+            self,
+            InvokeError::Overloaded(_) | InvokeError::Throttled { .. }
+        )
     }
 
     /// What a caller of the function is told: the kind of failure and the
@@ -74,6 +100,8 @@ impl InvokeError {
             InvokeError::Timeout(_) | InvokeError::OutOfMemory { .. } => self.to_string(),
             InvokeError::NoResponse(_) => "function did not produce a response".into(),
             InvokeError::Overloaded(_) => "server at capacity; retry later".into(),
+            InvokeError::Throttled { .. } => format!("{self}; retry later"),
+            InvokeError::ClientClosed(_) => "the client closed the request".into(),
             InvokeError::Internal(_) => "internal error".into(),
         }
     }
@@ -83,6 +111,9 @@ impl InvokeError {
         match self {
             InvokeError::Timeout(_) => 504,
             InvokeError::Overloaded(_) => 503,
+            InvokeError::Throttled { .. } => 429,
+            // nginx's "client closed request": never sent, only recorded.
+            InvokeError::ClientClosed(_) => 499,
             _ => 500,
         }
     }
@@ -102,6 +133,11 @@ impl std::fmt::Display for InvokeError {
             ),
             InvokeError::NoResponse(m) => write!(f, "function did not produce a response: {m}"),
             InvokeError::Overloaded(m) => write!(f, "server at capacity: {m}"),
+            InvokeError::Throttled { limit } => write!(
+                f,
+                "function at its concurrency limit of {limit} requests in flight"
+            ),
+            InvokeError::ClientClosed(m) => write!(f, "the client closed the request: {m}"),
             InvokeError::Internal(m) => write!(f, "runtime error: {m}"),
         }
     }

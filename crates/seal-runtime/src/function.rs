@@ -129,6 +129,7 @@ impl Function {
         // invocation's report.
         let head = Arc::new(HeadSent::default());
         let head_flag = head.clone();
+        let head_for_caller = head.clone();
         let out = store
             .data_mut()
             .http()
@@ -136,7 +137,14 @@ impl Function {
                 if let Ok(r) = &response {
                     head_flag.set(r.status().as_u16());
                 }
-                let _ = sender.send(response);
+                let response = response.map(|r| {
+                    let watched = head_flag.clone();
+                    r.map(|body| WatchedBody::new(body, watched).boxed_unsync())
+                });
+                if sender.send(response).is_err() {
+                    // Nobody waits for the answer any more.
+                    head_flag.client_gone();
+                }
             })
             .map_err(|e| InvokeError::Internal(format!("{e:#}")))?;
         let pre = self.pre.clone();
@@ -185,11 +193,24 @@ impl Function {
                 Ok(result) => result,
                 Err(_elapsed) => Err(InvokeError::Timeout(timeout)),
             };
+            // A guest whose caller hung up fails when it writes to a
+            // closed body (a Rust guest traps on it): the caller's doing,
+            // not the version's.
+            let result = match result {
+                Err(e) if e.is_function_error() && head.is_client_gone() => {
+                    Err(InvokeError::ClientClosed(e.to_string()))
+                }
+                r => r,
+            };
             if let Err(e) = &result
                 && head.sent()
             {
                 // The status is already on the wire; the body is cut short.
-                tracing::warn!(kind = e.kind(), error = %e, "function failed after sending its response head");
+                if e.is_function_error() {
+                    tracing::warn!(kind = e.kind(), error = %e, "function failed after sending its response head");
+                } else {
+                    tracing::debug!(kind = e.kind(), error = %e, "invocation ended early");
+                }
                 observer.late_failure(e);
             }
             if let Some(r) = report.report.as_mut() {
@@ -203,7 +224,13 @@ impl Function {
             result
         });
 
-        match tokio::time::timeout(timeout, receiver).await {
+        // If this future is dropped before the answer arrives, the caller
+        // has gone (its connection closed): the guest's failures from then
+        // on are not its own.
+        let waiting = CallerWaiting(Some(head_for_caller));
+        let answer = tokio::time::timeout(timeout, receiver).await;
+        waiting.disarm();
+        match answer {
             Ok(Ok(Ok(resp))) => Ok(resp),
             Ok(Ok(Err(code))) => Err(InvokeError::NoResponse(format!(
                 "guest answered with error {code:?}"
@@ -224,11 +251,13 @@ impl Function {
 }
 
 /// Whether (and when, with what status) the guest handed over its response
-/// head; written by the outparam callback, read by the guest's task.
+/// head, and whether its caller has gone; written by the outparam callback,
+/// the caller's future and the response body, read by the guest's task.
 #[derive(Default)]
 struct HeadSent {
     status: std::sync::atomic::AtomicU16,
     at: std::sync::OnceLock<std::time::Instant>,
+    client_gone: std::sync::atomic::AtomicBool,
 }
 
 impl HeadSent {
@@ -239,6 +268,82 @@ impl HeadSent {
 
     fn sent(&self) -> bool {
         self.status.load(Ordering::Acquire) != 0
+    }
+
+    fn client_gone(&self) {
+        self.client_gone.store(true, Ordering::Release);
+    }
+
+    fn is_client_gone(&self) -> bool {
+        self.client_gone.load(Ordering::Acquire)
+    }
+}
+
+/// Marks the caller gone if [`Function::handle`]'s future is dropped
+/// while it waits for the response head (the connection closed).
+struct CallerWaiting(Option<Arc<HeadSent>>);
+
+impl CallerWaiting {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CallerWaiting {
+    fn drop(&mut self) {
+        if let Some(head) = self.0.take() {
+            head.client_gone();
+        }
+    }
+}
+
+/// The response body as the caller reads it: dropped before its end (the
+/// client closed the connection mid-body), it marks the caller gone.
+struct WatchedBody {
+    inner: HyperOutgoingBody,
+    head: Arc<HeadSent>,
+    ended: bool,
+}
+
+impl WatchedBody {
+    fn new(inner: HyperOutgoingBody, head: Arc<HeadSent>) -> Self {
+        Self {
+            inner,
+            head,
+            ended: false,
+        }
+    }
+}
+
+impl http_body::Body for WatchedBody {
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, std::task::Poll::Ready(None | Some(Err(_)))) {
+            self.ended = true;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for WatchedBody {
+    fn drop(&mut self) {
+        if !self.ended && !http_body::Body::is_end_stream(&self.inner) {
+            self.head.client_gone();
+        }
     }
 }
 

@@ -24,19 +24,25 @@ pub struct FunctionLimits {
     pub outbound_hosts: Arc<[HostPattern]>,
     /// Config keys (and secrets) the guest may see; `*` = all.
     pub config_keys: Arc<[String]>,
+    /// Requests of the function at once in an environment (the manifest's
+    /// `max_concurrency`); `None`: the server's default.
+    pub max_concurrency: Option<u32>,
 }
 
 /// Table elements a guest may grow a table to.
 const MAX_TABLE_ELEMENTS: usize = 1_000_000;
 
-/// Caps linear memory growth and remembers whether the cap was hit, so a
-/// resulting trap is reported as out-of-memory rather than a plain trap,
-/// and the largest size asked for (the invocation's peak memory).
+/// Caps the linear memory of a whole instance — every memory of every
+/// core instance in the component, summed — and remembers whether the cap
+/// was hit, so a resulting trap is reported as out-of-memory rather than a
+/// plain trap, and the largest total granted (the invocation's peak).
 pub(crate) struct MemoryLimiter {
     max_bytes: usize,
+    /// Bytes of linear memory granted so far, all memories together.
+    total: usize,
     /// Growth past `max_bytes` was refused.
     pub(crate) hit: bool,
-    /// Largest linear memory size granted, in bytes.
+    /// Largest total linear memory granted, in bytes.
     pub(crate) peak: usize,
 }
 
@@ -44,6 +50,7 @@ impl MemoryLimiter {
     pub(crate) fn new(memory_bytes: u64) -> Self {
         Self {
             max_bytes: usize::try_from(memory_bytes).unwrap_or(usize::MAX),
+            total: 0,
             hit: false,
             peak: 0,
         }
@@ -51,17 +58,21 @@ impl MemoryLimiter {
 }
 
 impl wasmtime::ResourceLimiter for MemoryLimiter {
+    /// `current` and `desired` are one memory's sizes; a new memory starts
+    /// at `current` 0, so the sum over calls is the instance's total.
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.max_bytes {
+        let total = self.total.saturating_sub(current).saturating_add(desired);
+        if total > self.max_bytes {
             self.hit = true;
             return Ok(false);
         }
-        self.peak = self.peak.max(desired);
+        self.total = total;
+        self.peak = self.peak.max(total);
         Ok(true)
     }
 
@@ -140,6 +151,48 @@ mod tests {
         // The flag stays set even if later growth fits.
         assert!(l.memory_growing(MIB, MIB + PAGE, None).unwrap());
         assert!(l.hit);
+    }
+
+    #[test]
+    fn the_limit_is_on_the_sum_of_every_memory_of_the_instance() {
+        let mut l = MemoryLimiter::new(2 * MIB as u64);
+        // Two memories of 1 MiB each: exactly the limit.
+        assert!(l.memory_growing(0, MIB, None).unwrap());
+        assert!(l.memory_growing(0, MIB, None).unwrap());
+        assert_eq!(l.peak, 2 * MIB);
+        // A third memory, or either one growing, would pass it.
+        assert!(!l.memory_growing(0, PAGE, None).unwrap());
+        assert!(!l.memory_growing(MIB, MIB + PAGE, None).unwrap());
+        assert!(l.hit);
+        assert_eq!(l.peak, 2 * MIB);
+    }
+
+    /// As wasmtime drives it: a module with two memories cannot hold more
+    /// than the limit between them.
+    #[test]
+    fn a_guest_with_two_memories_is_held_to_one_limit() {
+        let engine = wasmtime::Engine::default();
+        let module = wasmtime::Module::new(
+            &engine,
+            r#"(module
+                (memory $a 2)
+                (memory $b 1)
+                (func (export "grow_b") (param i32) (result i32)
+                    (memory.grow $b (local.get 0))))"#,
+        )
+        .unwrap();
+        let mut store = wasmtime::Store::new(&engine, MemoryLimiter::new(4 * PAGE as u64));
+        store.limiter(|l| l);
+        let instance = wasmtime::Instance::new(&mut store, &module, &[]).unwrap();
+        let grow = instance
+            .get_typed_func::<i32, i32>(&mut store, "grow_b")
+            .unwrap();
+        assert_eq!(store.data().peak, 3 * PAGE);
+        // Alone, $b could grow to 4 pages; with $a's 2 it gets 1 more.
+        assert_eq!(grow.call(&mut store, 2).unwrap(), -1);
+        assert!(store.data().hit);
+        assert_eq!(grow.call(&mut store, 1).unwrap(), 1);
+        assert_eq!(store.data().peak, 4 * PAGE);
     }
 
     #[test]

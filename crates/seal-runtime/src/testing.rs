@@ -50,6 +50,7 @@ pub(crate) fn limits(memory_bytes: u64, timeout: Duration) -> FunctionLimits {
         timeout,
         outbound_hosts: Arc::new([]),
         config_keys: Arc::new([]),
+        max_concurrency: None,
     }
 }
 

@@ -70,6 +70,19 @@ pub struct RuntimeSection {
     pub cache_dir: PathBuf,
     /// Instance pool size.
     pub max_instances: u32,
+    /// Requests of one function in flight in one environment when its
+    /// manifest declares no `max_concurrency`; `None`: a quarter of the
+    /// pool.
+    pub function_concurrency: Option<u32>,
+}
+
+impl RuntimeSection {
+    /// The per-function default in effect.
+    pub fn function_concurrency(&self) -> u32 {
+        self.function_concurrency
+            .unwrap_or(self.max_instances / 4)
+            .max(1)
+    }
 }
 
 /// The HTTP trigger.
@@ -115,6 +128,7 @@ impl ServerConfig {
             runtime: RuntimeSection {
                 cache_dir: data_dir.join("compiled"),
                 max_instances: 1000,
+                function_concurrency: None,
             },
             gateway: GatewayConfig {
                 listen: gateway_listen,
@@ -350,12 +364,18 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         }
         None => (None, None),
     };
-    let serving = Serving::new(seal_serving::Telemetry {
-        logs: seal_serving::logs::LogHub::new(config.telemetry.log_buffer),
-        tracer: tracer.clone(),
-        invocation_logs: config.telemetry.invocation_logs,
-        trace_sample_ratio: config.telemetry.trace_sample_ratio,
-    });
+    let serving = Serving::with_admission(
+        seal_serving::Telemetry {
+            logs: seal_serving::logs::LogHub::new(config.telemetry.log_buffer),
+            tracer: tracer.clone(),
+            invocation_logs: config.telemetry.invocation_logs,
+            trace_sample_ratio: config.telemetry.trace_sample_ratio,
+        },
+        seal_serving::Admission::new(
+            config.runtime.max_instances,
+            config.runtime.function_concurrency(),
+        ),
+    );
     let gateway = Gateway::with_limits(
         serving.clone(),
         &config.default_environment,

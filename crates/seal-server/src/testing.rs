@@ -99,7 +99,8 @@ impl TestServer {
 
     /// One invocation through the serving layer (no socket): the route of
     /// `function` in `environment`, the version `pinned` if given (as the
-    /// `seal-version` header does), else the weighted choice. `None` when
+    /// `seal-version` header with the preview token does: judged by the
+    /// gates), else the weighted choice. `None` when
     /// there is no route or no version to serve; else the status.
     pub async fn invoke(
         &self,
@@ -115,7 +116,12 @@ impl TestServer {
             .body(http_body_util::Full::new(Bytes::new()))
             .ok()?;
         let invoked = serving
-            .invoke(&backend, req, tokio::time::Instant::now().into_std())
+            .invoke(
+                &backend,
+                req,
+                tokio::time::Instant::now().into_std(),
+                seal_serving::Traffic::Judged,
+            )
             .await;
         Some(match invoked.result {
             Ok(resp) => resp.status().as_u16(),

@@ -174,6 +174,11 @@ pub struct Invocation {
     pub(crate) path: String,
     pub(crate) arrived: Instant,
     pub(crate) arrived_wall: SystemTime,
+    /// Whether the gates judge it.
+    pub(crate) traffic: crate::Traffic,
+    /// Its place among the function's requests in flight, freed when the
+    /// last holder (the guest's task) lets the invocation go.
+    pub(crate) _permit: crate::admission::Permit,
 }
 
 fn hex_ser<S: serde::Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
@@ -305,7 +310,7 @@ impl InvocationObserver for Invocation {
 
     fn late_failure(&self, error: &InvokeError) {
         if error.is_function_error() {
-            self.backend.stats.record_late_error();
+            self.backend.stats.record_late_error(self.traffic);
         }
     }
 

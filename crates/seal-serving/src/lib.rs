@@ -28,15 +28,23 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+pub mod admission;
 pub mod invocation;
 pub mod logs;
 pub mod telemetry;
+pub use admission::{Admission, InFlight};
 pub use invocation::Telemetry;
-pub use telemetry::{ColdStart, ErrorKind, Snapshot, VersionStats};
+pub use telemetry::{ColdStart, ErrorKind, Snapshot, Traffic, VersionStats};
 
 /// Every answer names the version and the artifact that produced it.
 pub const HEADER_VERSION: HeaderName = HeaderName::from_static("seal-version");
 pub const HEADER_DIGEST: HeaderName = HeaderName::from_static("seal-digest");
+/// Pins a request to a version of its route.
+pub const HEADER_PIN: HeaderName = HeaderName::from_static("seal-version");
+/// The deployment's preview token: a request pinned with it counts in the
+/// gates (and, in a protected environment, is served at all). Never passed
+/// to the guest.
+pub const HEADER_PREVIEW_TOKEN: HeaderName = HeaderName::from_static("seal-preview-token");
 
 /// One version of a route, ready to serve.
 #[derive(Clone)]
@@ -58,6 +66,9 @@ pub struct Backend {
     /// The config and secrets of this function in this environment (shared
     /// by every version on the route, replaced when they change).
     settings: Arc<SettingsSlot>,
+    /// Requests of this function in flight in this environment (shared by
+    /// every version, as its concurrency limit is).
+    in_flight: Arc<InFlight>,
     /// `env` plus the settings this version's manifest lets it see, built
     /// once per settings revision.
     guest_env: Arc<ArcSwap<GuestEnv>>,
@@ -156,6 +167,11 @@ pub struct Route {
     /// The version under deployment, served on the preview host
     /// `<fn>--preview.<env>.localhost` whatever its weight.
     pub preview: Option<u64>,
+    /// The deployment's preview token (see [`HEADER_PREVIEW_TOKEN`]).
+    preview_token: Option<Box<str>>,
+    /// Pinning a version here (`seal-version`, the preview host) needs the
+    /// preview token.
+    pub protected: bool,
     total_weight: u32,
 }
 
@@ -178,6 +194,8 @@ impl Route {
             backends,
             sticky_header: None,
             preview: None,
+            preview_token: None,
+            protected: false,
             total_weight,
         }
     }
@@ -187,9 +205,38 @@ impl Route {
         self
     }
 
-    pub fn with_preview(mut self, version: Option<u64>) -> Self {
+    /// The version a deployment in progress previews, and its token.
+    pub fn with_preview(mut self, version: Option<u64>, token: Option<String>) -> Self {
         self.preview = version;
+        self.preview_token = token.map(String::into_boxed_str);
         self
+    }
+
+    pub fn with_protected(mut self, protected: bool) -> Self {
+        self.protected = protected;
+        self
+    }
+
+    /// Whether `presented` is this route's preview token (compared in
+    /// constant time).
+    pub fn trusts(&self, presented: Option<&HeaderValue>) -> bool {
+        let (Some(want), Some(got)) = (self.preview_token.as_deref(), presented) else {
+            return false;
+        };
+        let (want, got) = (want.as_bytes(), got.as_bytes());
+        want.len() == got.len() && want.iter().zip(got).fold(0u8, |d, (a, b)| d | (a ^ b)) == 0
+    }
+
+    /// How a request that pins a version (`pinned`) with the headers
+    /// `presented` is treated: judged, served unjudged, or refused.
+    pub fn admit_pin(&self, pinned: bool, presented: Option<&HeaderValue>) -> Option<Traffic> {
+        if !pinned || self.trusts(presented) {
+            Some(Traffic::Judged)
+        } else if self.protected {
+            None
+        } else {
+            Some(Traffic::Unjudged)
+        }
     }
 
     /// `seal-version` override if it names a version of this route, else
@@ -307,16 +354,43 @@ pub struct Serving {
     /// Settings of each function in each environment, by (environment,
     /// function).
     settings: std::sync::Mutex<HashMap<(String, String), Arc<SettingsSlot>>>,
+    /// In-flight counts of each function in each environment.
+    in_flight: std::sync::Mutex<HashMap<(String, String), Arc<InFlight>>>,
+    /// Concurrency limits and the fair share of the instance pool.
+    admission: Arc<Admission>,
 }
 
 impl Serving {
+    /// A serving layer over a pool of 1,000 instances with a per-function
+    /// default of 250 in flight (the server's defaults).
     pub fn new(telemetry: Telemetry) -> Arc<Self> {
+        Self::with_admission(telemetry, Admission::new(1000, 250))
+    }
+
+    pub fn with_admission(telemetry: Telemetry, admission: Arc<Admission>) -> Arc<Self> {
         Arc::new(Self {
             table: ArcSwap::from_pointee(RouteTable::default()),
             telemetry: Arc::new(telemetry),
             registry: std::sync::Mutex::default(),
             settings: std::sync::Mutex::default(),
+            in_flight: std::sync::Mutex::default(),
+            admission,
         })
+    }
+
+    pub fn admission(&self) -> &Admission {
+        &self.admission
+    }
+
+    /// The in-flight count of a function in an environment (created on
+    /// first use, then the same for the life of the process).
+    fn in_flight_slot(&self, environment: &str, function: &str) -> Arc<InFlight> {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry((environment.to_owned(), function.to_owned()))
+            .or_default()
+            .clone()
     }
 
     pub fn telemetry(&self) -> &Telemetry {
@@ -395,6 +469,7 @@ impl Serving {
     ) -> Backend {
         let stats = self.stats_for(environment, function, version, digest);
         let settings = self.settings_slot(environment, function);
+        let in_flight = self.in_flight_slot(environment, function);
         let env = [
             ("SEAL_FUNCTION", function.to_owned()),
             ("SEAL_ENVIRONMENT", environment.to_owned()),
@@ -405,6 +480,7 @@ impl Serving {
         Backend {
             env: Arc::from(env),
             settings,
+            in_flight,
             guest_env: Arc::new(ArcSwap::from_pointee(GuestEnv {
                 revision: -1,
                 vars: Arc::from([]),
@@ -468,6 +544,7 @@ impl Serving {
         backend: &Arc<Backend>,
         mut req: http::Request<B>,
         started: Instant,
+        traffic: Traffic,
     ) -> Invoked
     where
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
@@ -475,8 +552,21 @@ impl Serving {
     {
         let (ids, request_id) =
             invocation::correlate(req.headers(), self.telemetry.trace_sample_ratio);
-        invocation::propagate(req.headers_mut(), &ids, &request_id);
         let request_id_header = HeaderValue::from_str(&request_id).ok();
+        let permit = match self.admission.admit(
+            &backend.in_flight,
+            backend.function.limits().max_concurrency,
+        ) {
+            Ok(p) => p,
+            Err(refused) => {
+                backend.stats.record_overloaded();
+                return Invoked {
+                    result: Err(refused),
+                    request_id: request_id_header,
+                };
+            }
+        };
+        invocation::propagate(req.headers_mut(), &ids, &request_id);
         let (config_revision, env) = backend.guest_env();
         let invocation = Arc::new(invocation::Invocation {
             config_revision,
@@ -488,17 +578,22 @@ impl Serving {
             path: req.uri().path().to_owned(),
             arrived: started,
             arrived_wall: std::time::SystemTime::now(),
+            traffic,
+            _permit: permit,
         });
         let result = backend.function.handle(req, &env, invocation).await;
         match &result {
-            Ok(resp) => backend
-                .stats
-                .record(started.elapsed(), resp.status().is_server_error()),
-            // An overloaded pool is the platform's answer, not the
-            // version's: it counts as a request but not an error.
+            Ok(resp) => {
+                backend
+                    .stats
+                    .record(started.elapsed(), resp.status().is_server_error(), traffic)
+            }
+            // An overloaded pool is the platform's answer, neither a
+            // request of the version nor its error; the gates see it apart.
+            Err(e) if e.is_overloaded() => backend.stats.record_overloaded(),
             Err(e) => backend
                 .stats
-                .record(started.elapsed(), e.is_function_error()),
+                .record(started.elapsed(), e.is_function_error(), traffic),
         }
         Invoked {
             result,
@@ -527,6 +622,32 @@ mod tests {
         assert_eq!(choose(it(), Some(7), 95), Some(1));
         // No weight at all: nothing to serve.
         assert_eq!(choose([(1u64, 0u32)].into_iter(), None, 0), None);
+    }
+
+    #[test]
+    fn a_pin_counts_in_the_gates_only_with_the_preview_token() {
+        let token = HeaderValue::from_static("0123456789abcdef0123456789abcdef");
+        let wrong = HeaderValue::from_static("0123456789abcdef0123456789abcdee");
+        let short = HeaderValue::from_static("0123");
+        let open = Route::new("staging", "api", vec![])
+            .with_preview(Some(2), Some(token.to_str().unwrap().to_owned()));
+        assert_eq!(open.admit_pin(false, None), Some(Traffic::Judged));
+        assert_eq!(open.admit_pin(true, Some(&token)), Some(Traffic::Judged));
+        for bad in [None, Some(&wrong), Some(&short)] {
+            assert_eq!(open.admit_pin(true, bad), Some(Traffic::Unjudged));
+        }
+        let protected = open.clone().with_protected(true);
+        assert_eq!(protected.admit_pin(false, None), Some(Traffic::Judged));
+        assert_eq!(
+            protected.admit_pin(true, Some(&token)),
+            Some(Traffic::Judged)
+        );
+        for bad in [None, Some(&wrong), Some(&short)] {
+            assert_eq!(protected.admit_pin(true, bad), None);
+        }
+        // No deployment in progress: no token to present.
+        let idle = Route::new("production", "api", vec![]).with_protected(true);
+        assert_eq!(idle.admit_pin(true, Some(&token)), None);
     }
 
     #[test]

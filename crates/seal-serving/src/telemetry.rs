@@ -137,7 +137,9 @@ impl ErrorKind {
             Err(E::Timeout(_)) => Some(ErrorKind::Timeout),
             Err(E::OutOfMemory { .. }) => Some(ErrorKind::Memory),
             Err(E::NoResponse(_)) => Some(ErrorKind::NoResponse),
-            Err(E::Overloaded(_) | E::Internal(_)) => None,
+            Err(E::Overloaded(_) | E::Throttled { .. } | E::ClientClosed(_) | E::Internal(_)) => {
+                None
+            }
             Ok(()) => report
                 .status
                 .filter(|s| *s >= 500)
@@ -164,11 +166,19 @@ pub struct ColdStart {
 /// registry for the life of the process, so they only grow (OpenMetrics
 /// counters) and a deployment step does not reset them.
 pub struct VersionStats {
+    /// Requests the gates judge: routed by weight (or sticky key), or
+    /// pinned with the deployment's preview token.
     requests: AtomicU64,
-    /// 5xx answers, traps, timeouts and out-of-memory.
+    /// Their 5xx answers, traps, timeouts and out-of-memory.
     errors: AtomicU64,
-    /// Time to the response head (µs).
+    /// Their time to the response head (µs).
     latency: AtomicHistogram,
+    /// Requests that pinned this version without the preview token: they
+    /// are served and counted, never judged.
+    unjudged_requests: AtomicU64,
+    unjudged_errors: AtomicU64,
+    /// Invocations whose caller hung up before the answer was complete.
+    client_closed: AtomicU64,
     /// Invocations the runtime reported (one per request that reached the
     /// guest's task).
     invocations: AtomicU64,
@@ -191,6 +201,9 @@ impl Default for VersionStats {
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             latency: AtomicHistogram::default(),
+            unjudged_requests: AtomicU64::new(0),
+            unjudged_errors: AtomicU64::new(0),
+            client_closed: AtomicU64::new(0),
             invocations: AtomicU64::new(0),
             errors_by_kind: Default::default(),
             overloaded: AtomicU64::new(0),
@@ -216,21 +229,37 @@ impl std::fmt::Debug for VersionStats {
 pub const MIB_US_PER_GB_SECOND: f64 = 1024.0 * 1_000_000.0;
 
 impl VersionStats {
-    /// One finished request: its latency (to the response head) and
-    /// whether it failed.
-    pub fn record(&self, latency: Duration, error: bool) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
+    /// One finished request: its latency (to the response head), whether
+    /// it failed, and whether the gates judge it ([`Traffic`]).
+    pub fn record(&self, latency: Duration, error: bool, traffic: Traffic) {
+        let (requests, errors) = match traffic {
+            Traffic::Judged => {
+                self.latency
+                    .record(latency.as_micros().min(u64::MAX as u128) as u64);
+                (&self.requests, &self.errors)
+            }
+            Traffic::Unjudged => (&self.unjudged_requests, &self.unjudged_errors),
+        };
+        requests.fetch_add(1, Ordering::Relaxed);
         if error {
-            self.errors.fetch_add(1, Ordering::Relaxed);
+            errors.fetch_add(1, Ordering::Relaxed);
         }
-        self.latency
-            .record(latency.as_micros().min(u64::MAX as u128) as u64);
     }
 
     /// A failure discovered after the request was counted (the body broke
     /// after the head went out).
-    pub fn record_late_error(&self) {
-        self.errors.fetch_add(1, Ordering::Relaxed);
+    pub fn record_late_error(&self, traffic: Traffic) {
+        match traffic {
+            Traffic::Judged => &self.errors,
+            Traffic::Unjudged => &self.unjudged_errors,
+        }
+        .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request refused for lack of capacity: the server's answer, so
+    /// neither a request of the version nor its error.
+    pub fn record_overloaded(&self) {
+        self.overloaded.fetch_add(1, Ordering::Relaxed);
     }
 
     /// What the runtime reported about one invocation; `memory_limit` is
@@ -251,9 +280,9 @@ impl VersionStats {
             None => {
                 if matches!(
                     report.outcome,
-                    Err(seal_runtime::InvokeError::Overloaded(_))
+                    Err(seal_runtime::InvokeError::ClientClosed(_))
                 ) {
-                    self.overloaded.fetch_add(1, Ordering::Relaxed);
+                    self.client_closed.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
@@ -276,12 +305,23 @@ impl VersionStats {
         mib_us as f64 / MIB_US_PER_GB_SECOND
     }
 
+    /// Every request served, judged or not.
     pub fn requests(&self) -> u64 {
-        self.requests.load(Ordering::Relaxed)
+        self.requests.load(Ordering::Relaxed) + self.unjudged_requests.load(Ordering::Relaxed)
     }
 
+    /// Every request's failure, judged or not.
     pub fn errors(&self) -> u64 {
-        self.errors.load(Ordering::Relaxed)
+        self.errors.load(Ordering::Relaxed) + self.unjudged_errors.load(Ordering::Relaxed)
+    }
+
+    /// Requests that pinned this version without the preview token.
+    pub fn unjudged_requests(&self) -> u64 {
+        self.unjudged_requests.load(Ordering::Relaxed)
+    }
+
+    pub fn client_closed(&self) -> u64 {
+        self.client_closed.load(Ordering::Relaxed)
     }
 
     pub fn invocations(&self) -> u64 {
@@ -322,15 +362,27 @@ impl VersionStats {
         self.cost_mib_us.load(Ordering::Relaxed) as f64 / MIB_US_PER_GB_SECOND
     }
 
-    /// The cumulative counters as they are now.
+    /// The cumulative counters the gates judge, as they are now.
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
-            requests: self.requests(),
-            errors: self.errors(),
+            requests: self.requests.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+            overloaded: self.overloaded(),
             cold_starts: self.cold_starts(),
             latency: self.latency.counts(),
         }
     }
+}
+
+/// Whether a request counts in the rollout gates of its version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Traffic {
+    /// Routed by the route's weights (or sticky key), or pinned to a
+    /// version with the deployment's preview token.
+    Judged,
+    /// Pinned to a version (`seal-version`, the preview host) without the
+    /// token: served, counted in the version's totals, never judged.
+    Unjudged,
 }
 
 /// Counters at one moment, or (after [`Snapshot::since`]) over a window.
@@ -338,6 +390,8 @@ impl VersionStats {
 pub struct Snapshot {
     pub requests: u64,
     pub errors: u64,
+    /// Requests refused for lack of capacity (not in `requests`).
+    pub overloaded: u64,
     pub cold_starts: u64,
     /// Count per latency bucket (see [`bucket_low`]).
     pub latency: Vec<u64>,
@@ -348,6 +402,7 @@ impl Default for Snapshot {
         Self {
             requests: 0,
             errors: 0,
+            overloaded: 0,
             cold_starts: 0,
             latency: vec![0; BUCKETS],
         }
@@ -363,6 +418,7 @@ impl Snapshot {
                 // A late error may land after its request was snapshotted.
                 self.requests.saturating_sub(earlier.requests),
             ),
+            overloaded: self.overloaded.saturating_sub(earlier.overloaded),
             cold_starts: self.cold_starts.saturating_sub(earlier.cold_starts),
             latency: self
                 .latency
@@ -439,7 +495,7 @@ mod tests {
     fn windows_and_quantiles() {
         let s = VersionStats::default();
         for ms in 1..=100u64 {
-            s.record(Duration::from_millis(ms), ms > 98);
+            s.record(Duration::from_millis(ms), ms > 98, Traffic::Judged);
         }
         let before = s.snapshot();
         assert_eq!(before.requests, 100);
@@ -452,13 +508,36 @@ mod tests {
         // certainly slower.
         assert_eq!(before.slower_than_us(95_000), 2);
         for _ in 0..10 {
-            s.record(Duration::from_micros(300), true);
+            s.record(Duration::from_micros(300), true, Traffic::Judged);
         }
         let w = s.snapshot().since(&before);
         assert_eq!((w.requests, w.errors, w.samples()), (10, 10, 10));
         assert_eq!(w.error_rate(), 1.0);
         assert!(w.quantile_us(0.99).unwrap() < 320);
         assert_eq!(Snapshot::default().quantile_us(0.5), None);
+    }
+
+    #[test]
+    fn unjudged_traffic_and_refusals_stay_out_of_the_judged_window() {
+        let s = VersionStats::default();
+        let before = s.snapshot();
+        s.record(Duration::from_millis(1), false, Traffic::Judged);
+        // Pinned without the token: slow and failing, counted, not judged.
+        for _ in 0..5 {
+            s.record(Duration::from_secs(3), true, Traffic::Unjudged);
+        }
+        s.record_late_error(Traffic::Unjudged);
+        s.record_overloaded();
+        s.record_overloaded();
+        let w = s.snapshot().since(&before);
+        assert_eq!((w.requests, w.errors, w.samples()), (1, 0, 1));
+        assert_eq!(w.overloaded, 2);
+        assert!(w.quantile_us(1.0).unwrap() < 1_100);
+        // The totals count everything served.
+        assert_eq!((s.requests(), s.errors(), s.unjudged_requests()), (6, 6, 5));
+        assert_eq!(s.overloaded(), 2);
+        s.record_late_error(Traffic::Judged);
+        assert_eq!(s.snapshot().since(&before).errors, 1);
     }
 
     #[test]

@@ -251,6 +251,21 @@ impl Judge for Gates {
             }
         }
 
+        // Requests the server refused for lack of capacity never reached
+        // the version: a window made mostly of them says nothing about it.
+        let refused = candidate.overloaded;
+        let attempts = candidate.requests + refused;
+        if refused > 0 && refused * 2 >= attempts {
+            push(
+                "capacity".into(),
+                "< 50% of requests refused (overloaded)".into(),
+                Verdict::Inconclusive,
+                format!("{refused} of {attempts} refused"),
+                "the server was at capacity: too little of the version's traffic was served to judge it"
+                    .into(),
+            );
+        }
+
         if self.is_empty() {
             // Time-based steps: nothing to judge but traffic.
             let verdict = if step_over && candidate.requests >= min {
@@ -393,7 +408,11 @@ mod tests {
     fn window(n: u64, errors: u64, ms: impl Fn(u64) -> f64) -> Snapshot {
         let s = VersionStats::default();
         for i in 0..n {
-            s.record(Duration::from_secs_f64(ms(i) / 1000.0), i < errors);
+            s.record(
+                Duration::from_secs_f64(ms(i) / 1000.0),
+                i < errors,
+                seal_serving::Traffic::Judged,
+            );
         }
         s.snapshot()
     }
@@ -405,6 +424,34 @@ mod tests {
         };
         f(&mut g);
         g
+    }
+
+    #[test]
+    fn a_window_the_server_mostly_refused_is_inconclusive_not_a_pass() {
+        let g = gates(|g| g.max_error_rate = Some(0.01));
+        let healthy = window(100, 0, |_| 1.0);
+        assert_eq!(g.evaluate(&healthy, None, true).verdict, Verdict::Pass);
+        // The same 100 served requests among 1,000 refused ones.
+        let crowded = Snapshot {
+            overloaded: 900,
+            ..healthy.clone()
+        };
+        let e = g.evaluate(&crowded, None, true);
+        assert_eq!(e.verdict, Verdict::Inconclusive, "{e:?}");
+        let capacity = e.results.iter().find(|r| r.gate == "capacity").unwrap();
+        assert_eq!(capacity.measured, "900 of 1000 refused");
+        // A few refusals do not hide a healthy window...
+        let few = Snapshot {
+            overloaded: 10,
+            ..healthy
+        };
+        assert_eq!(g.evaluate(&few, None, true).verdict, Verdict::Pass);
+        // ...and refusals never hide the errors that were served.
+        let failing = Snapshot {
+            overloaded: 900,
+            ..window(100, 50, |_| 1.0)
+        };
+        assert_eq!(g.evaluate(&failing, None, true).verdict, Verdict::Fail);
     }
 
     #[test]

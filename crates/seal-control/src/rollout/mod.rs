@@ -225,7 +225,7 @@ impl Control {
                 baseline_fn,
             )),
         ];
-        self.swap_route(route_for(&plan, backends, false));
+        self.swap_route(self.route_for(&plan, record.id, backends, false));
         tracing::info!(function, environment = %env, deployment = record.id, strategy = plan.strategy.as_str(),
             baseline = baseline.version, candidate = version, "progressive deployment started");
         self.notify(&plan, record.id, "started", json!({"weights": weights}));
@@ -475,6 +475,7 @@ impl Control {
     fn reweigh_locked(
         &self,
         plan: &Plan,
+        deployment: u64,
         weights: &[WeightedVersion],
         finished: bool,
     ) -> ControlResult<()> {
@@ -496,7 +497,7 @@ impl Control {
                 })?;
             backends.push(Arc::new(b.with_weight(w.weight)));
         }
-        self.swap_route(route_for(plan, backends, finished));
+        self.swap_route(self.route_for(plan, deployment, backends, finished));
         Ok(())
     }
 
@@ -513,9 +514,9 @@ impl Control {
         let record = self.state.transition(d.id, t).await?;
         self.observe_transition(&record, event);
         if let Some(w) = weights {
-            self.reweigh_locked(plan, &w, finished)?;
+            self.reweigh_locked(plan, d.id, &w, finished)?;
         } else if finished {
-            self.reweigh_locked(plan, &record.to_weights, true)?;
+            self.reweigh_locked(plan, d.id, &record.to_weights, true)?;
         }
         Ok(record)
     }
@@ -569,10 +570,11 @@ impl Control {
     }
 
     /// Sends one hook request to the candidate through the gateway (real
-    /// HTTP on the gateway's socket, `seal-version` naming the candidate).
+    /// HTTP on the gateway's socket, `seal-version` naming the candidate,
+    /// with the deployment's preview token).
     /// Redirects are answers, never followed; what is stored of the body
     /// is only what the expectation looked for.
-    async fn run_hook(&self, plan: &Plan, hook: &Hook) -> (bool, Value) {
+    async fn run_hook(&self, plan: &Plan, deployment: u64, hook: &Hook) -> (bool, Value) {
         let Some(addr) = self.gateway_addr() else {
             return (false, json!({"error": "gateway address unknown"}));
         };
@@ -587,11 +589,21 @@ impl Control {
                 "host",
                 format!("{}.{}.localhost", plan.function, plan.environment),
             )
-            .header("seal-version", plan.candidate.version.to_string())
             .timeout(Duration::from_secs(30));
         for (k, v) in &hook.request.headers {
             req = req.header(k, v);
         }
+        // After the hook's own headers, so they cannot change what it
+        // tests: the candidate, judged like any traffic with the token.
+        let token = self.previews.token(
+            &plan.environment,
+            &plan.function,
+            deployment,
+            plan.candidate.version,
+        );
+        req = req
+            .header(seal_serving::HEADER_PIN, plan.candidate.version.to_string())
+            .header(seal_serving::HEADER_PREVIEW_TOKEN, token);
         if let Some(body) = &hook.request.body {
             req = req.body(body.clone());
         }
@@ -709,17 +721,33 @@ impl Rollouts {
     }
 }
 
-fn route_for(plan: &Plan, backends: Vec<Arc<Backend>>, finished: bool) -> Route {
-    let sticky = if finished {
-        None
-    } else {
-        plan.sticky_header
-            .as_deref()
-            .and_then(|h| http::HeaderName::from_bytes(h.as_bytes()).ok())
-    };
-    Route::from_arcs(&plan.environment, &plan.function, backends)
-        .with_sticky_header(sticky)
-        .with_preview((!finished).then_some(plan.candidate.version))
+impl Control {
+    /// The route of a deployment's step: its sticky header and preview
+    /// (with the deployment's token) while it runs.
+    fn route_for(
+        &self,
+        plan: &Plan,
+        deployment: u64,
+        backends: Vec<Arc<Backend>>,
+        finished: bool,
+    ) -> Route {
+        let sticky = if finished {
+            None
+        } else {
+            plan.sticky_header
+                .as_deref()
+                .and_then(|h| http::HeaderName::from_bytes(h.as_bytes()).ok())
+        };
+        let preview = (!finished).then_some(plan.candidate.version);
+        let token = preview.map(|v| {
+            self.previews
+                .token(&plan.environment, &plan.function, deployment, v)
+        });
+        Route::from_arcs(&plan.environment, &plan.function, backends)
+            .with_sticky_header(sticky)
+            .with_preview(preview, token)
+            .with_protected(crate::trust::is_protected(&plan.environment))
+    }
 }
 
 fn busy_error(d: &DeploymentRecord) -> ControlError {
@@ -1247,7 +1275,10 @@ impl Driver {
                 None,
                 "hooks",
             );
-            let (passed, detail) = self.control.run_hook(&self.plan, &hook).await;
+            let (passed, detail) = self
+                .control
+                .run_hook(&self.plan, self.deployment.id, &hook)
+                .await;
             let phase_name = match phase {
                 HookPhase::PreTraffic => "pre-traffic",
                 HookPhase::PostTraffic => "post-traffic",

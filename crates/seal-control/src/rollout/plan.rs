@@ -353,6 +353,16 @@ impl Planning for RolloutSpec {
                         h.name
                     )));
                 }
+                // The hook's target is the candidate, set by the server.
+                if ["host", "seal-version", "seal-preview-token"]
+                    .iter()
+                    .any(|r| k.eq_ignore_ascii_case(r))
+                {
+                    return Err(bad(format!(
+                        "hook {:?}: header {k:?} is set by the server (a hook always calls the candidate)",
+                        h.name
+                    )));
+                }
             }
         }
         let progress_deadline_ms = self
@@ -508,6 +518,12 @@ mod tests {
         };
         assert!(err(hook(serde_json::json!({"x-a": "1\r\nx-injected: 2"}))).contains("header"));
         assert!(err(hook(serde_json::json!({"bad name": "1"}))).contains("header"));
+        for reserved in ["Host", "seal-version", "Seal-Preview-Token"] {
+            assert!(
+                err(hook(serde_json::json!({reserved: "1"}))).contains("set by the server"),
+                "{reserved}"
+            );
+        }
         assert!(plan(hook(serde_json::json!({"authorization": "Bearer t"}))).is_ok());
         let many: Vec<_> = (0..17)
             .map(|i| serde_json::json!({"name": format!("h{i}"), "request": {"path": "/"}}))
