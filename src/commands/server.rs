@@ -34,6 +34,13 @@ pub struct ServerArgs {
     #[arg(long, env = "SEAL_FUNCTION_CONCURRENCY", value_parser = clap::value_parser!(u32).range(1..=100_000), value_name = "N")]
     function_concurrency: Option<u32>,
 
+    /// Guests that have run more than 50 ms of wasm in one invocation that
+    /// may compute at once (default: one fewer than the cores, at least
+    /// one); the others wait their turn, so short requests always find a
+    /// worker thread.
+    #[arg(long, env = "SEAL_HEAVY_GUESTS", value_parser = clap::value_parser!(u32).range(1..=10_000), value_name = "N")]
+    heavy_guests: Option<u32>,
+
     /// Export a span per invocation and per deployment transition over
     /// OTLP/HTTP (JSON) to this collector, e.g. http://127.0.0.1:4318.
     #[arg(long, env = "SEAL_OTLP_ENDPOINT", value_name = "URL")]
@@ -163,6 +170,7 @@ pub async fn run(
     config.artifacts.max_upload_bytes = args.max_upload_size;
     config.runtime.max_instances = args.max_instances;
     config.runtime.function_concurrency = args.function_concurrency;
+    config.runtime.heavy_guests = args.heavy_guests.map(|n| n as usize);
     config.allow_outbound = args.allow_outbound;
     config.gateway.limits = seal_server::ConnectionLimits {
         max_connections: args.max_connections as usize,

@@ -61,6 +61,8 @@ pub struct Runtime {
     linker: Linker<Host>,
     cache: CompileCache,
     stats: Arc<RuntimeStats>,
+    /// Where guests that compute for long take turns.
+    lane: crate::lane::CpuLane,
 }
 
 impl Runtime {
@@ -126,7 +128,19 @@ impl Runtime {
             linker,
             cache,
             stats: Arc::default(),
+            lane: crate::lane::CpuLane::for_this_machine(),
         })
+    }
+
+    /// Heavy guests take turns in `lane` (by default, one fewer at once
+    /// than this machine's cores).
+    pub fn with_cpu_lane(mut self, lane: crate::lane::CpuLane) -> Self {
+        self.lane = lane;
+        self
+    }
+
+    pub fn cpu_lane(&self) -> &crate::lane::CpuLane {
+        &self.lane
     }
 
     pub fn stats(&self) -> &RuntimeStats {
@@ -194,7 +208,10 @@ impl Runtime {
             from_cache,
             load: started.elapsed(),
         };
-        Ok((Arc::new(Function::new(pre, limits, load)), new_sha))
+        Ok((
+            Arc::new(Function::new(pre, limits, load, self.lane.clone())),
+            new_sha,
+        ))
     }
 }
 

@@ -49,15 +49,23 @@ pub struct Function {
     load: LoadTimings,
     /// Set by the first invocation: every later one is warm.
     warm: std::sync::atomic::AtomicBool,
+    /// Where its invocations take turns once they compute for long.
+    lane: crate::lane::CpuLane,
 }
 
 impl Function {
-    pub(crate) fn new(pre: ProxyPre<Host>, limits: FunctionLimits, load: LoadTimings) -> Self {
+    pub(crate) fn new(
+        pre: ProxyPre<Host>,
+        limits: FunctionLimits,
+        load: LoadTimings,
+        lane: crate::lane::CpuLane,
+    ) -> Self {
         Self {
             pre,
             limits,
             load,
             warm: std::sync::atomic::AtomicBool::new(false),
+            lane,
         }
     }
 
@@ -104,15 +112,20 @@ impl Function {
         );
         store.limiter(|h| &mut h.limiter);
         // Every epoch tick the guest yields to the executor, so a busy guest
-        // cannot starve other requests on its worker thread; past the
+        // cannot starve other requests on its worker thread; once it has
+        // computed for long it takes turns in the CPU lane; past the
         // deadline the tick interrupts it instead (a `Trap::Interrupt`).
         let deadline = std::time::Instant::now() + self.limits.timeout;
+        let mut seat = self.lane.seat();
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
             Ok(if std::time::Instant::now() >= deadline {
                 UpdateDeadline::Interrupt
             } else {
-                UpdateDeadline::Yield(1)
+                match seat.tick() {
+                    Some(turn) => UpdateDeadline::YieldCustom(1, turn),
+                    None => UpdateDeadline::Yield(1),
+                }
             })
         });
 
@@ -461,6 +474,47 @@ mod tests {
         assert_eq!(reports[0].outcome, Err(err));
         // Its one initial page was all it was granted.
         assert_eq!(reports[0].peak_memory_bytes, 64 << 10);
+    }
+
+    /// Guests that compute for long take turns in the CPU lane: never more
+    /// than its size at once, whatever their number, and each still ends
+    /// at its timeout.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn spinning_guests_take_turns_in_the_cpu_lane() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime(&dir).with_cpu_lane(crate::CpuLane::with_size(1));
+        let spin = proxy(r#"(func (export "handle") (param i32 i32) (loop $l (br $l)))"#);
+        let timeout = Duration::from_millis(600);
+        let (f, _) = rt
+            .prepare("spin", None, || Ok(spin), limits(16 * MIB, timeout))
+            .unwrap();
+        let rec = Arc::new(Recorder::default());
+        let spinners: Vec<_> = (0..3)
+            .map(|_| {
+                let (f, rec) = (f.clone(), rec.clone());
+                tokio::spawn(async move {
+                    let req = http::Request::get("http://localhost/")
+                        .body(full_body(""))
+                        .unwrap();
+                    f.handle(req, &[], rec).await.map(|r| r.status())
+                })
+            })
+            .collect();
+        let lane = rt.cpu_lane().clone();
+        let mut seen_running = 0;
+        for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let running = lane.running();
+            assert!(running <= 1, "{running} heavy guests at once");
+            seen_running = seen_running.max(running);
+        }
+        assert_eq!(seen_running, 1, "the heavy guests never ran in the lane");
+        for s in spinners {
+            assert_eq!(s.await.unwrap(), Err(InvokeError::Timeout(timeout)));
+        }
+        // Their permits went with them.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(lane.running(), 0);
     }
 
     #[tokio::test]

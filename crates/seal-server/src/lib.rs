@@ -74,6 +74,9 @@ pub struct RuntimeSection {
     /// manifest declares no `max_concurrency`; `None`: a quarter of the
     /// pool.
     pub function_concurrency: Option<u32>,
+    /// Guests that have computed for long (past 50 ms of wasm) running at
+    /// once; the others wait their turn. `None`: one fewer than the cores.
+    pub heavy_guests: Option<usize>,
 }
 
 impl RuntimeSection {
@@ -129,6 +132,7 @@ impl ServerConfig {
                 cache_dir: data_dir.join("compiled"),
                 max_instances: 1000,
                 function_concurrency: None,
+                heavy_guests: None,
             },
             gateway: GatewayConfig {
                 listen: gateway_listen,
@@ -354,7 +358,11 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
             cache_dir: config.runtime.cache_dir.clone(),
             max_instances: config.runtime.max_instances,
         })
-        .context("cannot start the wasm runtime")?,
+        .context("cannot start the wasm runtime")?
+        .with_cpu_lane(match config.runtime.heavy_guests {
+            Some(n) => seal_runtime::CpuLane::with_size(n),
+            None => seal_runtime::CpuLane::for_this_machine(),
+        }),
     );
     let (tracer_provider, tracer) = match &config.telemetry.otlp_endpoint {
         Some(endpoint) => {

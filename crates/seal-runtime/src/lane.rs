@@ -1,0 +1,98 @@
+//! The CPU lane: how guests that compute for long share the worker threads
+//! with everyone else.
+//!
+//! Every guest yields to the executor at each epoch tick (10 ms), so none
+//! holds a worker thread for long; but ten guests spinning in a loop, all
+//! yielding and resuming, still take turns with every other request on the
+//! same two workers, and a healthy neighbour waited behind them. So a guest
+//! that has run longer than [`LIGHT_TICKS`] ticks is *heavy*: before each
+//! further slice it takes a permit of the lane, which admits at most
+//! `permits` heavy guests at once (one fewer than the worker threads, at
+//! least one). The others wait on the lane, using no CPU, in FIFO order; a
+//! light request (most of them: ~1 ms) never touches it, so it always has
+//! a worker the heavy ones cannot all take.
+
+use std::sync::Arc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// What a heavy guest yields on.
+pub(crate) type YieldOn = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Ticks a guest may run before it is heavy (50 ms of wasm).
+pub const LIGHT_TICKS: u32 = 5;
+
+/// The lane heavy guests take turns in.
+#[derive(Debug, Clone)]
+pub struct CpuLane {
+    permits: Arc<Semaphore>,
+    size: usize,
+}
+
+impl CpuLane {
+    /// A lane for `workers` executor threads: `workers - 1` heavy guests at
+    /// once, at least one.
+    pub fn for_workers(workers: usize) -> Self {
+        Self::with_size(workers.saturating_sub(1))
+    }
+
+    /// A lane admitting `size` heavy guests at once (at least one).
+    pub fn with_size(size: usize) -> Self {
+        let size = size.max(1);
+        Self {
+            permits: Arc::new(Semaphore::new(size)),
+            size,
+        }
+    }
+
+    /// The lane for this machine's cores (the server's executor runs one
+    /// worker per core).
+    pub fn for_this_machine() -> Self {
+        Self::for_workers(std::thread::available_parallelism().map_or(1, usize::from))
+    }
+
+    /// Heavy guests running a slice now.
+    pub fn running(&self) -> usize {
+        self.size - self.permits.available_permits()
+    }
+
+    /// What one invocation holds of the lane.
+    pub(crate) fn seat(&self) -> Seat {
+        Seat {
+            lane: self.clone(),
+            ticks: 0,
+            held: Arc::new(std::sync::Mutex::new(None)),
+        }
+    }
+}
+
+/// One invocation's place in the lane: how long it has run, and the permit
+/// of its current slice while it is heavy.
+pub(crate) struct Seat {
+    lane: CpuLane,
+    ticks: u32,
+    held: Arc<std::sync::Mutex<Option<OwnedSemaphorePermit>>>,
+}
+
+impl Seat {
+    /// At an epoch tick: `None` while the guest is light (a plain yield);
+    /// once heavy, the future to yield on, which gives up the slice's
+    /// permit and waits for the next one.
+    pub(crate) fn tick(&mut self) -> Option<YieldOn> {
+        self.ticks = self.ticks.saturating_add(1);
+        if self.ticks <= LIGHT_TICKS {
+            return None;
+        }
+        let held = self.held.clone();
+        let permits = self.lane.permits.clone();
+        Some(Box::pin(async move {
+            // Give the slice up first, so a waiting guest can have it.
+            drop(held.lock().map(|mut h| h.take()));
+            tokio::task::yield_now().await;
+            if let Ok(p) = permits.acquire_owned().await
+                && let Ok(mut h) = held.lock()
+            {
+                *h = Some(p);
+            }
+        }))
+    }
+}
