@@ -409,6 +409,50 @@ async fn config_and_secrets_reach_the_guest_and_never_leak() {
     assert!(guest_env(&s).await.get("API_KEY").is_none());
 }
 
+/// Hardening: the outbound gate checked names, never the addresses they
+/// resolve to, so `*` or a name pointing at 127.0.0.1 reached the server's
+/// own network (the cloud metadata address alike). Only a manifest that
+/// names the address itself reaches it now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_or_star_never_reaches_a_non_public_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    let (hook, got) = support::webhook_receiver().await;
+    let port: u16 = hook
+        .trim_start_matches("http://127.0.0.1:")
+        .trim_end_matches("/hook")
+        .parse()
+        .unwrap();
+    let localhost = format!("localhost:{port}");
+    publish_file(
+        &s,
+        &guest("outbound"),
+        "out",
+        &["--allow-host", "*", "--allow-host", &localhost],
+    );
+    s.seal_json(&["deploy", "out", "1", "-e", "staging"]);
+    for target in [
+        format!("127.0.0.1:{port}"),
+        localhost.clone(),
+        "169.254.169.254".to_owned(),
+    ] {
+        let r = s
+            .http
+            .get(format!("{}/?host={target}&path=/hook", s.gateway))
+            .header("host", "out.staging.localhost")
+            .send()
+            .await
+            .unwrap();
+        let (status, body) = (r.status().as_u16(), r.text().await.unwrap());
+        assert_eq!(status, 502, "{target}: {body}");
+        assert!(body.contains("DestinationIpProhibited"), "{target}: {body}");
+    }
+    assert!(
+        got.lock().unwrap().is_empty(),
+        "the loopback listener was called"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbound_hosts_are_enforced_and_widening_needs_an_admin() {
     let dir = tempfile::tempdir().unwrap();

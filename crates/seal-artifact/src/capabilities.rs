@@ -127,6 +127,16 @@ pub fn host_allowed(patterns: &[HostPattern], host: &str, port: u16) -> bool {
     patterns.iter().any(|p| p.matches(host, port))
 }
 
+/// Whether a pattern names the address `ip` itself (an IP literal, not a
+/// name nor `*`) and allows `port`: the only way a function may reach an
+/// address that is not public.
+pub fn address_named(patterns: &[HostPattern], ip: std::net::IpAddr, port: u16) -> bool {
+    patterns.iter().any(|p| {
+        p.port.is_none_or(|q| q == port)
+            && matches!(&p.host, HostMatch::Exact(h) if h.parse::<std::net::IpAddr>() == Ok(ip))
+    })
+}
+
 /// Config keys are environment variable names: `[A-Za-z_][A-Za-z0-9_]*`,
 /// at most 128 characters, not starting with `SEAL_` (reserved for what
 /// Seal itself tells the guest). `*` in a manifest means every key.
@@ -244,6 +254,92 @@ impl PermissionDiff {
     }
 }
 
+/// Why a request to `ip` is not a request to the public internet
+/// (`loopback`, `private`, `link-local`, `shared (carrier-grade NAT)`,
+/// `multicast or broadcast`, `unspecified`, `reserved`), or `None` for a
+/// public address. An IPv6 address that carries an IPv4 one (mapped,
+/// compatible, NAT64, 6to4) is judged as that IPv4 address too.
+pub fn address_refusal(ip: std::net::IpAddr) -> Option<&'static str> {
+    use std::net::IpAddr;
+    if let IpAddr::V6(v6) = ip
+        && let Some(v4) = embedded_v4(v6)
+        && let Some(why) = address_refusal(IpAddr::V4(v4))
+    {
+        return Some(why);
+    }
+    range_refusal(ip)
+}
+
+/// [`address_refusal`] of the address's own range, without looking at an
+/// IPv4 address it may carry.
+pub fn range_refusal(ip: std::net::IpAddr) -> Option<&'static str> {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(a) => {
+            let [first, second, third, _] = a.octets();
+            if a.is_loopback() {
+                Some("loopback")
+            } else if a.is_private() {
+                Some("private")
+            } else if a.is_link_local() {
+                Some("link-local")
+            } else if first == 100 && (64..128).contains(&second) {
+                Some("shared (carrier-grade NAT)")
+            } else if a.is_multicast() || a.is_broadcast() {
+                Some("multicast or broadcast")
+            } else if a.is_unspecified() || first == 0 {
+                Some("unspecified")
+            } else if first >= 240
+                || (first == 192 && second == 0 && third == 0)
+                || (first == 198 && (18..20).contains(&second))
+            {
+                Some("reserved")
+            } else {
+                None
+            }
+        }
+        IpAddr::V6(a) => {
+            let first = a.segments()[0];
+            if a.is_loopback() {
+                Some("loopback")
+            } else if a.is_unspecified() {
+                Some("unspecified")
+            } else if a.is_multicast() {
+                Some("multicast or broadcast")
+            } else if first & 0xfe00 == 0xfc00 {
+                Some("private")
+            } else if first & 0xffc0 == 0xfe80 || first & 0xffc0 == 0xfec0 {
+                Some("link-local")
+            } else {
+                None
+            }
+        }
+    }
+}
+
+/// The IPv4 address an IPv6 one carries: mapped (`::ffff:a.b.c.d`),
+/// compatible (`::a.b.c.d`), NAT64 (`64:ff9b::/96`, `64:ff9b:1::/48`) or
+/// 6to4 (`2002:aabb:ccdd::/48`).
+pub fn embedded_v4(v6: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
+    let s = v6.segments();
+    let v4 = |hi: u16, lo: u16| {
+        let [a, b] = hi.to_be_bytes();
+        let [c, d] = lo.to_be_bytes();
+        std::net::Ipv4Addr::new(a, b, c, d)
+    };
+    if let Some(mapped) = v6.to_ipv4_mapped() {
+        Some(mapped)
+    } else if (s[..6] == [0; 6] && (s[6] != 0 || s[7] > 1))
+        || (s[0] == 0x64 && s[1] == 0xff9b && (s[2..6] == [0; 4] || s[2] == 1))
+    {
+        Some(v4(s[6], s[7]))
+    } else if s[0] == 0x2002 {
+        Some(v4(s[1], s[2]))
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -318,5 +414,39 @@ mod tests {
         c.limits.timeout_ms = 1000;
         let d = PermissionDiff::between(&a, &c);
         assert!(!d.widens && !d.is_empty());
+    }
+
+    #[test]
+    fn only_an_ip_literal_names_a_non_public_address() {
+        let p = |v: &[&str]| -> Vec<HostPattern> {
+            v.iter().map(|s| HostPattern::parse(s).unwrap()).collect()
+        };
+        let lo: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+        assert!(address_named(&p(&["127.0.0.1:9000"]), lo, 9000));
+        assert!(!address_named(&p(&["127.0.0.1:9000"]), lo, 9001));
+        assert!(address_named(&p(&["127.0.0.1"]), lo, 80));
+        assert!(address_named(
+            &p(&["[::1]:8080"]),
+            "::1".parse().unwrap(),
+            8080
+        ));
+        for not_named in [
+            &["*"][..],
+            &["localhost"],
+            &["*.example.org"],
+            &["127.0.0.2"],
+        ] {
+            assert!(!address_named(&p(not_named), lo, 80), "{not_named:?}");
+        }
+        assert_eq!(address_refusal(lo), Some("loopback"));
+        assert_eq!(
+            address_refusal("169.254.169.254".parse().unwrap()),
+            Some("link-local")
+        );
+        assert_eq!(
+            address_refusal("::ffff:10.0.0.1".parse().unwrap()),
+            Some("private")
+        );
+        assert_eq!(address_refusal("93.184.216.34".parse().unwrap()), None);
     }
 }

@@ -52,7 +52,7 @@ impl OutboundPolicy {
     /// judged as that IPv4 address too.
     pub fn refusal(&self, ip: IpAddr) -> Option<&'static str> {
         if let IpAddr::V6(v6) = ip
-            && let Some(v4) = embedded_v4(v6)
+            && let Some(v4) = seal_artifact::capabilities::embedded_v4(v6)
             && let Some(why) = self.refusal(IpAddr::V4(v4))
         {
             return Some(why);
@@ -60,70 +60,7 @@ impl OutboundPolicy {
         if self.allowed.iter().any(|n| n.contains(&ip)) {
             return None;
         }
-        match ip {
-            IpAddr::V4(a) => {
-                let [first, second, third, _] = a.octets();
-                if a.is_loopback() {
-                    Some("loopback")
-                } else if a.is_private() {
-                    Some("private")
-                } else if a.is_link_local() {
-                    Some("link-local")
-                } else if first == 100 && (64..128).contains(&second) {
-                    Some("shared (carrier-grade NAT)")
-                } else if a.is_multicast() || a.is_broadcast() {
-                    Some("multicast or broadcast")
-                } else if a.is_unspecified() || first == 0 {
-                    Some("unspecified")
-                } else if first >= 240
-                    || (first == 192 && second == 0 && third == 0)
-                    || (first == 198 && (18..20).contains(&second))
-                {
-                    Some("reserved")
-                } else {
-                    None
-                }
-            }
-            IpAddr::V6(a) => {
-                let first = a.segments()[0];
-                if a.is_loopback() {
-                    Some("loopback")
-                } else if a.is_unspecified() {
-                    Some("unspecified")
-                } else if a.is_multicast() {
-                    Some("multicast or broadcast")
-                } else if first & 0xfe00 == 0xfc00 {
-                    Some("private")
-                } else if first & 0xffc0 == 0xfe80 || first & 0xffc0 == 0xfec0 {
-                    Some("link-local")
-                } else {
-                    None
-                }
-            }
-        }
-    }
-}
-
-/// The IPv4 address an IPv6 one carries: mapped (`::ffff:a.b.c.d`),
-/// compatible (`::a.b.c.d`), NAT64 (`64:ff9b::/96`, `64:ff9b:1::/48`) or
-/// 6to4 (`2002:aabb:ccdd::/48`).
-fn embedded_v4(v6: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
-    let s = v6.segments();
-    let v4 = |hi: u16, lo: u16| {
-        let [a, b] = hi.to_be_bytes();
-        let [c, d] = lo.to_be_bytes();
-        std::net::Ipv4Addr::new(a, b, c, d)
-    };
-    if let Some(mapped) = v6.to_ipv4_mapped() {
-        Some(mapped)
-    } else if (s[..6] == [0; 6] && (s[6] != 0 || s[7] > 1))
-        || (s[0] == 0x64 && s[1] == 0xff9b && (s[2..6] == [0; 4] || s[2] == 1))
-    {
-        Some(v4(s[6], s[7]))
-    } else if s[0] == 0x2002 {
-        Some(v4(s[1], s[2]))
-    } else {
-        None
+        seal_artifact::capabilities::range_refusal(ip)
     }
 }
 

@@ -118,11 +118,11 @@ impl Function {
         let deadline = std::time::Instant::now() + self.limits.timeout;
         let mut seat = self.lane.seat();
         store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |_| {
+        store.epoch_deadline_callback(move |cx| {
             Ok(if std::time::Instant::now() >= deadline {
                 UpdateDeadline::Interrupt
             } else {
-                match seat.tick() {
+                match seat.tick(cx.data().limiter.grown) {
                     Some(turn) => UpdateDeadline::YieldCustom(1, turn),
                     None => UpdateDeadline::Yield(1),
                 }

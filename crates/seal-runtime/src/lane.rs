@@ -5,7 +5,9 @@
 //! holds a worker thread for long; but ten guests spinning in a loop, all
 //! yielding and resuming, still take turns with every other request on the
 //! same two workers, and a healthy neighbour waited behind them. So a guest
-//! that has run longer than [`LIGHT_TICKS`] ticks is *heavy*: before each
+//! that has run longer than [`LIGHT_TICKS`] ticks, or grown its memory by
+//! more than [`LIGHT_GROWTH`] bytes (allocating and touching pages costs
+//! CPU in the kernel, page faults and zeroing), is *heavy*: before each
 //! further slice it takes a permit of the lane, which admits at most
 //! `permits` heavy guests at once (one fewer than the worker threads, at
 //! least one). The others wait on the lane, using no CPU, in FIFO order; a
@@ -20,6 +22,8 @@ pub(crate) type YieldOn = std::pin::Pin<Box<dyn std::future::Future<Output = ()>
 
 /// Ticks a guest may run before it is heavy (50 ms of wasm).
 pub const LIGHT_TICKS: u32 = 5;
+/// Memory a guest may grow by while it runs before it is heavy.
+pub const LIGHT_GROWTH: usize = 4 << 20;
 
 /// The lane heavy guests take turns in.
 #[derive(Debug, Clone)]
@@ -77,9 +81,11 @@ impl Seat {
     /// At an epoch tick: `None` while the guest is light (a plain yield);
     /// once heavy, the future to yield on, which gives up the slice's
     /// permit and waits for the next one.
-    pub(crate) fn tick(&mut self) -> Option<YieldOn> {
+    /// `grown`: bytes the guest's memories have grown by since they were
+    /// created.
+    pub(crate) fn tick(&mut self, grown: usize) -> Option<YieldOn> {
         self.ticks = self.ticks.saturating_add(1);
-        if self.ticks <= LIGHT_TICKS {
+        if self.ticks <= LIGHT_TICKS && grown <= LIGHT_GROWTH {
             return None;
         }
         let held = self.held.clone();

@@ -44,6 +44,9 @@ pub(crate) struct MemoryLimiter {
     pub(crate) hit: bool,
     /// Largest total linear memory granted, in bytes.
     pub(crate) peak: usize,
+    /// Bytes granted by growing memories after they were created (what the
+    /// guest allocated while it ran, not its initial image).
+    pub(crate) grown: usize,
 }
 
 impl MemoryLimiter {
@@ -53,6 +56,7 @@ impl MemoryLimiter {
             total: 0,
             hit: false,
             peak: 0,
+            grown: 0,
         }
     }
 }
@@ -73,6 +77,9 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
         }
         self.total = total;
         self.peak = self.peak.max(total);
+        if current > 0 {
+            self.grown = self.grown.saturating_add(desired.saturating_sub(current));
+        }
         Ok(true)
     }
 

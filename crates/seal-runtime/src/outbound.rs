@@ -8,6 +8,14 @@
 //! `HTTP-request-denied`; an allowed one is sent by wasmtime's default
 //! client. The name checked must be the name connected to, so authorities
 //! that could be read two ways (userinfo, an empty port) are denied outright.
+//!
+//! Names are resolved here, before the request leaves: an address that is
+//! not public (loopback, private, link-local such as the cloud metadata
+//! address, …) fails with `destination-IP-prohibited` unless the manifest
+//! names that very address (`127.0.0.1:9000`); a name or `*` never
+//! reaches one. Plain HTTP then connects to the vetted address (the `Host`
+//! header keeps the name), so a second lookup cannot rebind it; HTTPS
+//! connects by name, and a rebound name fails its certificate check.
 
 use seal_artifact::capabilities::HostPattern;
 use std::sync::Arc;
@@ -67,8 +75,63 @@ impl WasiHttpHooks for OutboundGate {
         if !self.permits(request.uri()) {
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
-        wasmtime_wasi_http::default_hooks().send_request(request, options, fut)
+        let allowed = self.allowed.clone();
+        Box::new(async move {
+            let request = vet_addresses(&allowed, request).await?;
+            Box::into_pin(wasmtime_wasi_http::default_hooks().send_request(request, options, fut))
+                .await
+        })
     }
+}
+
+/// Resolves the request's host and refuses it if any address is not public
+/// and not named by the manifest; plain HTTP is pointed at the vetted
+/// address.
+async fn vet_addresses(
+    allowed: &[HostPattern],
+    mut request: http::Request<wasmtime_wasi_http::WasiBody>,
+) -> Result<http::Request<wasmtime_wasi_http::WasiBody>, wasmtime_wasi_http::Error> {
+    use wasmtime_wasi_http::Error;
+    let uri = request.uri();
+    let tls = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
+    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    let host = uri
+        .host()
+        .unwrap_or("")
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let addresses: Vec<std::net::IpAddr> = match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => vec![ip],
+        Err(_) => match tokio::net::lookup_host((host.as_str(), port)).await {
+            Ok(found) => found.map(|a| a.ip()).collect(),
+            Err(_) => return Err(Error::DestinationNotFound),
+        },
+    };
+    if addresses.is_empty() {
+        return Err(Error::DestinationNotFound);
+    }
+    for ip in &addresses {
+        if let Some(why) = seal_artifact::capabilities::address_refusal(*ip)
+            && !seal_artifact::capabilities::address_named(allowed, *ip, port)
+        {
+            tracing::debug!(host, %ip, why, "outbound request to a non-public address denied");
+            return Err(Error::DestinationIpProhibited);
+        }
+    }
+    if !tls && host.parse::<std::net::IpAddr>().is_err() {
+        let vetted = std::net::SocketAddr::new(addresses[0], port);
+        let mut parts = request.uri().clone().into_parts();
+        parts.authority = Some(
+            vetted
+                .to_string()
+                .parse()
+                .map_err(|_| Error::HttpRequestUriInvalid)?,
+        );
+        *request.uri_mut() =
+            http::Uri::from_parts(parts).map_err(|_| Error::HttpRequestUriInvalid)?;
+    }
+    Ok(request)
 }
 
 #[cfg(test)]
@@ -176,6 +239,41 @@ mod tests {
             Err(e) => panic!("expected HttpRequestDenied, got {e}"),
             Ok(_) => panic!("an unlisted host was let through"),
         }
+    }
+
+    async fn outcome(g: &mut OutboundGate, uri: &str) -> Result<u16, String> {
+        match Box::into_pin(g.send_request(get(uri), None, Box::new(async { Ok(()) }))).await {
+            Ok((resp, _)) => Ok(resp.status().as_u16()),
+            Err(e) => Err(format!("{e:?}")),
+        }
+    }
+
+    /// `*` and names reach public addresses only: loopback, the metadata
+    /// address and a name resolving to loopback are prohibited before any
+    /// connection is made.
+    #[tokio::test]
+    async fn names_and_star_never_reach_a_non_public_address() {
+        let mut any = gate(&["*"]);
+        for uri in [
+            "http://127.0.0.1:9/",
+            "http://169.254.169.254/latest/meta-data/",
+            "http://[::1]:9/",
+            "http://[::ffff:127.0.0.1]:9/",
+            "http://localhost:9/",
+        ] {
+            let got = outcome(&mut any, uri).await;
+            assert_eq!(got, Err("DestinationIpProhibited".into()), "{uri}");
+        }
+        let mut named = gate(&["localhost:9"]);
+        assert_eq!(
+            outcome(&mut named, "http://localhost:9/").await,
+            Err("DestinationIpProhibited".into())
+        );
+        let mut nowhere = gate(&["*"]);
+        assert_eq!(
+            outcome(&mut nowhere, "http://no-such-host.invalid/").await,
+            Err("DestinationNotFound".into())
+        );
     }
 
     /// An allowed request is really sent: to a listener on loopback that
