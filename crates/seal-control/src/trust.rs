@@ -120,7 +120,10 @@ pub const MAX_ENVELOPE_BYTES: usize = 1 << 20;
 /// Signatures per envelope and attestations per artifact: each is tried on
 /// every policy check, under the deploy lock.
 pub const MAX_SIGNATURES: usize = 8;
-pub const MAX_ATTESTATIONS: usize = 32;
+pub const MAX_ATTESTATIONS: usize = 64;
+/// Attestations one actor (token) may attach to one version: one
+/// deployer's junk cannot take the slots of the real provenance.
+pub const MAX_ATTESTATIONS_PER_ACTOR: usize = 8;
 
 /// Attestations, policies, `verify` and the permission gate, built from
 /// the state and artifact ports and the catalog's verified reads. The
@@ -311,7 +314,13 @@ impl TrustService {
                 envelope.signatures.len()
             )));
         }
-        if self.state.attestations(&v.digest).await?.len() >= MAX_ATTESTATIONS {
+        let existing = self.state.attestations(&v.digest).await?;
+        if existing.iter().filter(|a| a.actor == actor).count() >= MAX_ATTESTATIONS_PER_ACTOR {
+            return Err(ControlError::conflict(format!(
+                "{actor} has already attached {MAX_ATTESTATIONS_PER_ACTOR} attestations to {function}@{version}, the limit per actor"
+            )));
+        }
+        if existing.len() >= MAX_ATTESTATIONS {
             return Err(ControlError::conflict(format!(
                 "{function}@{version} already has {MAX_ATTESTATIONS} attestations, the limit"
             )));

@@ -110,6 +110,29 @@ async fn trust_judges_signatures_against_the_policy_and_refuses_bad_envelopes() 
             .is_empty()
     );
 
+    // One actor's junk takes its own slots only: its ninth attestation is
+    // refused, and another actor still attaches the real provenance.
+    for _ in 0..seal_control::trust::MAX_ATTESTATIONS_PER_ACTOR {
+        let junk = signed_statement(&SigningKey::generate(), "api", &v1.digest);
+        trust
+            .attach_attestation("api", v1.version, &junk, "junk")
+            .await
+            .unwrap();
+    }
+    let junk = signed_statement(&SigningKey::generate(), "api", &v1.digest);
+    let e = trust
+        .attach_attestation("api", v1.version, &junk, "junk")
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("limit per actor"), "{e}");
+    let junk_count = trust
+        .list_attestations("api", v1.version)
+        .await
+        .unwrap()
+        .attestations
+        .len();
+    assert_eq!(junk_count, seal_control::trust::MAX_ATTESTATIONS_PER_ACTOR);
+
     // Signed by a key the policy does not trust: attached, still refused.
     let attached = trust
         .attach_attestation(
@@ -122,13 +145,22 @@ async fn trust_judges_signatures_against_the_policy_and_refuses_bad_envelopes() 
         .unwrap();
     assert_eq!(attached.keyid, release.keyid());
     let listed = trust.list_attestations("api", v1.version).await.unwrap();
-    assert_eq!(listed.attestations.len(), 1);
-    assert_eq!(listed.attestations[0].referrer, attached.referrer);
+    assert_eq!(listed.attestations.len(), junk_count + 1);
+    assert!(
+        listed
+            .attestations
+            .iter()
+            .any(|a| a.referrer == attached.referrer && a.actor == "ci")
+    );
     // The artifact store lists the same referrer under the artifact.
     let subject = seal_artifact::Digest::parse(&v1.digest).unwrap();
     let referrers = f.oci.referrers(&subject).unwrap();
-    assert_eq!(referrers.len(), 1);
-    assert_eq!(referrers[0].digest.to_string(), attached.referrer);
+    assert_eq!(referrers.len(), junk_count + 1);
+    assert!(
+        referrers
+            .iter()
+            .any(|r| r.digest.to_string() == attached.referrer)
+    );
     let report = trust
         .verify_version("api", v1.version, None, &[])
         .await
