@@ -1033,8 +1033,13 @@ async fn slow_and_surplus_connections_are_closed_and_the_api_still_answers() {
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(answer.contains("retry-after: 1"), "{answer}");
     assert!(answer.contains("\"too_many_connections\""), "{answer}");
-    // The control API has its own listener: it answers meanwhile.
+    // The control API has its own listener: it answers meanwhile, and
+    // bounds its own connections the same way (a silent one is closed).
     assert_eq!(s.api_health().await, 200);
+    let api = s.api.trim_start_matches("http://").to_owned();
+    let mut silent_api = tokio::net::TcpStream::connect(&api).await.unwrap();
+    let (_, closed) = read_until_closed(&mut silent_api, Duration::from_secs(5)).await;
+    assert!(closed, "an idle API connection stayed open");
     // Once the held connections time out, the gateway serves again.
     drop(held);
     let deadline = std::time::Instant::now() + Duration::from_secs(5);

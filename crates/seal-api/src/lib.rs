@@ -68,12 +68,60 @@ pub fn router(control: Arc<Control>) -> Router {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     control: Arc<Control>,
+    header_read_timeout: std::time::Duration,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(control))
-        .with_graceful_shutdown(shutdown)
-        .await
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let app = router(control);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // The API's own budget, apart from the gateway's: a flood of
+    // connections to either leaves the other reachable. HTTP/1 only, so the
+    // header-read timer runs from a connection's first wait (see the
+    // gateway).
+    let mut builder =
+        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    let slots = Arc::new(tokio::sync::Semaphore::new(API_MAX_CONNECTIONS));
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "api accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        // Over the budget: closed at once (an operator's client retries).
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!("api connection refused: at the connection limit");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "api connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    graceful.shutdown().await;
+    Ok(())
 }
+
+/// Open connections the control API serves at once (its own budget).
+pub const API_MAX_CONNECTIONS: usize = 1024;
 
 /// JSON bodies with errors that name the problem (axum's `Json` rejection
 /// is plain text).

@@ -467,6 +467,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     let api = seal_api::serve(
         api_listener,
         control.clone(),
+        config.gateway.limits.header_read_timeout,
         stop.clone().cancelled_owned(),
     );
     tasks.spawn(async move {
