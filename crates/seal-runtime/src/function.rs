@@ -31,6 +31,13 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpView};
 
+/// Host resources (headers, bodies, streams, pollables…) one invocation
+/// may hold at once; wasmtime's default is a million.
+pub const MAX_RESOURCES: usize = 4096;
+/// In-memory size of one set of header fields a guest builds (wasmtime's
+/// default is 128 KiB).
+pub const MAX_FIELDS_BYTES: usize = 64 << 10;
+
 /// How a function was made ready, for its cold-start breakdown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LoadTimings {
@@ -100,12 +107,19 @@ impl Function {
         wasi.stdout(GuestOutput::new(GuestStream::Stdout, observer.clone()))
             .stderr(GuestOutput::new(GuestStream::Stderr, observer.clone()))
             .envs(env);
+        // Host-side resources are bounded per invocation too: entries in
+        // the resource table (fields, streams, pollables, …) and the size
+        // of each header set the guest builds.
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_RESOURCES);
+        let mut http = WasiHttpCtx::new();
+        http.set_field_size_limit(MAX_FIELDS_BYTES);
         let mut store = Store::new(
             self.pre.engine(),
             Host {
                 wasi: wasi.build(),
-                http: WasiHttpCtx::new(),
-                table: ResourceTable::new(),
+                http,
+                table,
                 limiter: MemoryLimiter::new(self.limits.memory_bytes),
                 outbound: OutboundGate::new(self.limits.outbound_hosts.clone()),
             },
@@ -474,6 +488,61 @@ mod tests {
         assert_eq!(reports[0].outcome, Err(err));
         // Its one initial page was all it was granted.
         assert_eq!(reports[0].peak_memory_bytes, 64 << 10);
+    }
+
+    /// A guest that makes more host resources than the cap (here 5,000
+    /// header sets, kept) is stopped at the cap, as a trap of its own;
+    /// under wasmtime's default it would return (no answer).
+    #[tokio::test]
+    async fn host_resources_are_capped_per_invocation() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime(&dir);
+        let wasm = r#"(component
+            (import "wasi:http/types@0.2.0" (instance $types
+                (export "incoming-request" (type (sub resource)))
+                (export "response-outparam" (type (sub resource)))
+                (export "fields" (type (sub resource)))
+                (export "[constructor]fields" (func (result (own 2))))))
+            (alias export $types "incoming-request" (type $req))
+            (alias export $types "response-outparam" (type $out))
+            (alias export $types "[constructor]fields" (func $new-fields))
+            (core func $new (canon lower (func $new-fields)))
+            (core module $m
+                (import "" "new" (func $new (result i32)))
+                (func (export "handle") (param i32 i32) (local $n i32)
+                    ;; 5,000 header sets, then return (without an answer).
+                    (loop $l
+                        (drop (call $new))
+                        (local.set $n (i32.add (local.get $n) (i32.const 1)))
+                        (br_if $l (i32.lt_u (local.get $n) (i32.const 5000))))))
+            (core instance $i (instantiate $m
+                (with "" (instance (export "new" (func $new))))))
+            (func $handle (param "request" (own $req)) (param "response-out" (own $out))
+                (canon lift (core func $i "handle")))
+            (instance $h (export "handle" (func $handle)))
+            (export "wasi:http/incoming-handler@0.2.0" (instance $h)))"#;
+        let (f, _) = rt
+            .prepare(
+                "fields",
+                None,
+                || Ok(wasm.as_bytes().to_vec()),
+                limits(16 * MIB, Duration::from_secs(5)),
+            )
+            .unwrap();
+        let rec = Arc::new(Recorder::default());
+        let req = http::Request::get("http://localhost/")
+            .body(full_body(""))
+            .unwrap();
+        let started = std::time::Instant::now();
+        let err = f.handle(req, &[], rec).await.unwrap_err();
+        assert!(
+            matches!(&err, InvokeError::Trap(m) if m.contains("resource table has no free keys")),
+            "{err:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "stopped by the cap, not the timeout"
+        );
     }
 
     /// Guests that compute for long take turns in the CPU lane: never more
