@@ -430,7 +430,17 @@ async fn a_name_or_star_never_reaches_a_non_public_address() {
         "out",
         &["--allow-host", "*", "--allow-host", &localhost],
     );
-    s.seal_json(&["deploy", "out", "1", "-e", "staging"]);
+    // Any host at all needs an admin's approval in every environment.
+    let out = s.seal(&["deploy", "out", "1", "-e", "staging"]);
+    out.assert_fails_with("+ outbound host *");
+    s.seal_json(&[
+        "deploy",
+        "out",
+        "1",
+        "-e",
+        "staging",
+        "--allow-new-permissions",
+    ]);
     for target in [
         format!("127.0.0.1:{port}"),
         localhost.clone(),

@@ -520,7 +520,8 @@ impl TrustService {
     }
 
     /// The permission gate of a deploy: a widening in the protected
-    /// environment needs the admin's explicit approval. Refusals are
+    /// environment, or outbound access to any host (`*`) in any
+    /// environment, needs the admin's explicit approval. Refusals are
     /// audited. Returns the diff for the answer.
     pub(crate) async fn check_permissions(
         &self,
@@ -533,7 +534,10 @@ impl TrustService {
         if from.is_none() && diff.is_empty() {
             return Ok(None);
         }
-        if diff.widens && is_protected(env) && !approved {
+        // Any host at all is an open proxy wherever it serves: it needs an
+        // admin in every environment, not only the protected one.
+        let any_host = diff.added_hosts.iter().any(|h| h == "*");
+        if diff.widens && (is_protected(env) || any_host) && !approved {
             let than = match from {
                 Some(n) => format!("{}@{n}", candidate.function),
                 None => "nothing (its first deploy here)".to_owned(),
