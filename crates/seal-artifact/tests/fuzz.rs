@@ -1,0 +1,116 @@
+//! Property tests ("fuzz targets" on stable Rust) for everything the
+//! artifact crate reads from users: `seal.toml`, the sealed manifest, OCI
+//! manifests and components. Each input is either arbitrary bytes or a
+//! valid sample with random bytes changed, inserted or cut, so the parsers
+//! are driven past their first check. The property: no panic, and what is
+//! accepted is consistent (a manifest round-trips through its canonical
+//! bytes).
+//!
+//! `cargo test` runs 256 cases per target (the CI smoke run); a long run:
+//! `PROPTEST_CASES=200000 cargo test --release -p seal-artifact --test fuzz`.
+
+#![allow(clippy::unwrap_used)]
+
+use proptest::prelude::*;
+use seal_artifact::{ProjectFile, SealManifest};
+
+/// A valid sample with up to 8 random edits (overwrite, insert, cut).
+fn mutated(sample: Vec<u8>) -> impl Strategy<Value = Vec<u8>> {
+    prop::collection::vec((any::<u16>(), any::<u8>(), 0u8..3), 0..8).prop_map(move |edits| {
+        let mut b = sample.clone();
+        for (at, byte, op) in edits {
+            let i = if b.is_empty() {
+                0
+            } else {
+                at as usize % b.len()
+            };
+            match op {
+                0 if !b.is_empty() => b[i] = byte,
+                1 => b.insert(i, byte),
+                _ if !b.is_empty() => {
+                    b.truncate(i);
+                }
+                _ => {}
+            }
+        }
+        b
+    })
+}
+
+fn input(sample: Vec<u8>) -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![prop::collection::vec(any::<u8>(), 0..2048), mutated(sample)]
+}
+
+const SEAL_TOML: &str = r#"name = "hello"
+description = "Says hello"
+tags = ["example"]
+[build]
+command = "cargo build"
+component = "x.wasm"
+[limits]
+memory_mb = 64
+timeout_ms = 5000
+max_concurrency = 8
+[capabilities]
+outbound_hosts = ["api.example.org", "*.example.com:8443", "127.0.0.1:9000"]
+config_keys = ["GREETING"]
+"#;
+
+fn manifest_sample() -> Vec<u8> {
+    let p = ProjectFile::parse(SEAL_TOML).unwrap();
+    p.to_manifest().to_canonical_json()
+}
+
+fn oci_sample() -> Vec<u8> {
+    let d = |c: &str| format!("sha256:{}", c.repeat(64));
+    serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "artifactType": seal_artifact::ARTIFACT_TYPE,
+        "config": {"mediaType": seal_artifact::CONFIG_MEDIA_TYPE, "digest": d("a"), "size": 120},
+        "layers": [{"mediaType": seal_artifact::LAYER_MEDIA_TYPE, "digest": d("b"), "size": 4096}],
+    })
+    .to_string()
+    .into_bytes()
+}
+
+proptest! {
+    #[test]
+    fn seal_toml_never_panics(bytes in input(SEAL_TOML.as_bytes().to_vec())) {
+        if let Ok(text) = std::str::from_utf8(&bytes)
+            && let Ok(p) = ProjectFile::parse(text)
+        {
+            // What parses yields a manifest that validates or says why.
+            let m = p.to_manifest();
+            if m.validate().is_ok() {
+                prop_assert_eq!(SealManifest::from_json(&m.to_canonical_json()).unwrap(), m);
+            }
+        }
+    }
+
+    #[test]
+    fn sealed_manifests_never_panic_and_round_trip(bytes in input(manifest_sample())) {
+        if let Ok(m) = SealManifest::from_json(&bytes) {
+            let canonical = m.to_canonical_json();
+            prop_assert_eq!(SealManifest::from_json(&canonical).unwrap(), m);
+        }
+    }
+
+    #[test]
+    fn oci_manifests_never_panic(bytes in input(oci_sample())) {
+        let _ = seal_artifact::parse_oci_manifest(&bytes);
+    }
+
+    #[test]
+    fn components_never_panic(bytes in input(b"\0asm\x0d\0\x01\0\x01\x04\x01\x60\0\0".to_vec())) {
+        let _ = seal_artifact::validate_component(&bytes);
+    }
+}
+
+/// The seeds are valid, so the mutations start from inputs that pass.
+#[test]
+fn the_seeds_are_accepted() {
+    assert!(ProjectFile::parse(SEAL_TOML).is_ok());
+    assert!(SealManifest::from_json(&manifest_sample()).is_ok());
+    assert!(seal_artifact::parse_oci_manifest(&oci_sample()).is_ok());
+}
