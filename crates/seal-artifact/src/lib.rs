@@ -13,6 +13,8 @@
 
 pub mod capabilities;
 mod digest;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod manifest;
 mod validate;
 

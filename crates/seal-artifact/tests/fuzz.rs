@@ -12,35 +12,10 @@
 #![allow(clippy::unwrap_used)]
 
 use proptest::prelude::*;
+use seal_artifact::fuzzing::input;
 use seal_artifact::{ProjectFile, SealManifest};
 
 /// A valid sample with up to 8 random edits (overwrite, insert, cut).
-fn mutated(sample: Vec<u8>) -> impl Strategy<Value = Vec<u8>> {
-    prop::collection::vec((any::<u16>(), any::<u8>(), 0u8..3), 0..8).prop_map(move |edits| {
-        let mut b = sample.clone();
-        for (at, byte, op) in edits {
-            let i = if b.is_empty() {
-                0
-            } else {
-                at as usize % b.len()
-            };
-            match op {
-                0 if !b.is_empty() => b[i] = byte,
-                1 => b.insert(i, byte),
-                _ if !b.is_empty() => {
-                    b.truncate(i);
-                }
-                _ => {}
-            }
-        }
-        b
-    })
-}
-
-fn input(sample: Vec<u8>) -> impl Strategy<Value = Vec<u8>> {
-    prop_oneof![prop::collection::vec(any::<u8>(), 0..2048), mutated(sample)]
-}
-
 const SEAL_TOML: &str = r#"name = "hello"
 description = "Says hello"
 tags = ["example"]
@@ -76,7 +51,7 @@ fn oci_sample() -> Vec<u8> {
 
 proptest! {
     #[test]
-    fn seal_toml_never_panics(bytes in input(SEAL_TOML.as_bytes().to_vec())) {
+    fn seal_toml_never_panics(bytes in input(SEAL_TOML.as_bytes().to_vec(), 2048)) {
         if let Ok(text) = std::str::from_utf8(&bytes)
             && let Ok(p) = ProjectFile::parse(text)
         {
@@ -89,7 +64,7 @@ proptest! {
     }
 
     #[test]
-    fn sealed_manifests_never_panic_and_round_trip(bytes in input(manifest_sample())) {
+    fn sealed_manifests_never_panic_and_round_trip(bytes in input(manifest_sample(), 2048)) {
         if let Ok(m) = SealManifest::from_json(&bytes) {
             let canonical = m.to_canonical_json();
             prop_assert_eq!(SealManifest::from_json(&canonical).unwrap(), m);
@@ -97,12 +72,12 @@ proptest! {
     }
 
     #[test]
-    fn oci_manifests_never_panic(bytes in input(oci_sample())) {
+    fn oci_manifests_never_panic(bytes in input(oci_sample(), 2048)) {
         let _ = seal_artifact::parse_oci_manifest(&bytes);
     }
 
     #[test]
-    fn components_never_panic(bytes in input(b"\0asm\x0d\0\x01\0\x01\x04\x01\x60\0\0".to_vec())) {
+    fn components_never_panic(bytes in input(b"\0asm\x0d\0\x01\0\x01\x04\x01\x60\0\0".to_vec(), 2048)) {
         let _ = seal_artifact::validate_component(&bytes);
     }
 }

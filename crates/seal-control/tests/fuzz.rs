@@ -12,28 +12,9 @@
 
 use proptest::prelude::*;
 use seal_api_types::DeployRequest;
+use seal_artifact::fuzzing::input;
 use seal_control::rollout::plan::{Planning, VersionRef};
 use seal_state::WeightedVersion;
-
-fn mutated(sample: Vec<u8>) -> impl Strategy<Value = Vec<u8>> {
-    prop::collection::vec((any::<u16>(), any::<u8>(), 0u8..3), 0..8).prop_map(move |edits| {
-        let mut b = sample.clone();
-        for (at, byte, op) in edits {
-            let i = if b.is_empty() {
-                0
-            } else {
-                at as usize % b.len()
-            };
-            match op {
-                0 if !b.is_empty() => b[i] = byte,
-                1 => b.insert(i, byte),
-                _ if !b.is_empty() => b.truncate(i),
-                _ => {}
-            }
-        }
-        b
-    })
-}
 
 fn sample() -> Vec<u8> {
     serde_json::json!({
@@ -58,7 +39,7 @@ fn sample() -> Vec<u8> {
 proptest! {
     #[test]
     fn deploy_requests_never_panic_and_accepted_plans_are_bounded(
-        bytes in prop_oneof![prop::collection::vec(any::<u8>(), 0..1024), mutated(sample())]
+        bytes in input(sample(), 1024)
     ) {
         let Ok(req) = serde_json::from_slice::<DeployRequest>(&bytes) else {
             return Ok(());
