@@ -530,6 +530,16 @@ async fn blue_green_previews_by_header_and_host_then_switches() {
         &example_component("hello"),
         &example_component("hello_v2"),
     );
+    // Production is protected from the first deploy on: no deployment in
+    // progress, no token, no pin.
+    let r = s
+        .http
+        .get(format!("{}/api/", s.gateway))
+        .header("seal-version", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 403, "preview_token_required").await;
     let id = start_rollout(
         &s,
         json!({"strategy": "blue-green", "interval_ms": 1500, "scale_down_delay_ms": 1000,

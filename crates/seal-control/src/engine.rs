@@ -471,14 +471,17 @@ impl Control {
             .filter(|r| !(r.environment == env && r.function == v.function))
             .map(|r| (**r).clone())
             .collect();
-        routes.push(Route::new(
-            env,
-            &v.function,
-            vec![
-                self.serving
-                    .backend(env, &v.function, v.version, &v.digest, 100, function),
-            ],
-        ));
+        routes.push(
+            Route::new(
+                env,
+                &v.function,
+                vec![
+                    self.serving
+                        .backend(env, &v.function, v.version, &v.digest, 100, function),
+                ],
+            )
+            .with_protected(crate::trust::is_protected(env)),
+        );
         let table = RouteTable::new(routes);
         self.catalog.retain_loaded(&table, &previous);
         self.serving.publish(table);
