@@ -202,6 +202,9 @@ enum Command {
     /// environment without a policy accepts any version.
     #[command(subcommand, after_long_help = TRUST_EXAMPLES)]
     Policy(commands::trust::PolicyCommand),
+    /// List a version's signed attestations, or remove one (admin).
+    #[command(subcommand)]
+    Attestations(commands::trust::AttestationsCommand),
 }
 
 const PUBLISH_EXAMPLES: &str = "\
@@ -347,6 +350,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keygen(args) => commands::trust::keygen(args, out),
         Command::Verify(args) => commands::trust::verify(args, &client()?, out).await,
         Command::Policy(cmd) => commands::trust::policy(cmd, &client()?, out).await,
+        Command::Attestations(cmd) => commands::trust::attestations(cmd, &client()?, out).await,
     }
 }
 

@@ -731,6 +731,143 @@ async fn server_refuses_bad_artifacts_from_any_client() {
     assert_eq!(body["version"], 1);
 }
 
+/// Reads one HTTP/1.1 answer (head and a `content-length` body) from a
+/// kept-alive connection; returns its head in lower case and its body.
+async fn read_answer(stream: &mut tokio::net::TcpStream) -> (String, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&got[..end]).to_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                if got.len() >= end + 4 + len {
+                    return (head, got[end + 4..end + 4 + len].to_vec());
+                }
+            }
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "closed before a whole answer: {:?}",
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("an answer within 10 s")
+}
+
+/// An upload answered before its body is read (a blob already stored, a
+/// caller without a token) once left a connection hyper closed without
+/// saying so: a pooled client sent its next request into it and failed
+/// (`IncompleteMessage`). Now the stored blob's body is read and the
+/// connection serves the next request; an unread one is answered with
+/// `connection: close`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_answered_early_leave_the_connection_usable_or_say_it_closes() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    let api = s.api.trim_start_matches("http://").to_owned();
+    let blob = vec![7u8; 200 * 1024];
+    let digest = seal_artifact::sha256_digest(&blob);
+    assert_eq!(put_blob(&s, &blob).await, 201);
+
+    // The same blob again, then a second request on the same connection.
+    let mut c = tokio::net::TcpStream::connect(&api).await.unwrap();
+    let head = format!(
+        "PUT /v1/blobs/{digest} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: {}\r\n\r\n",
+        s.token.trim(),
+        blob.len()
+    );
+    c.write_all(head.as_bytes()).await.unwrap();
+    c.write_all(&blob).await.unwrap();
+    let (head, body) = read_answer(&mut c).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(!head.contains("connection: close"), "{head}");
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["existed"], true, "{body}");
+    c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, _) = read_answer(&mut c).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+
+    // Refused before its body is read (no token): the answer says the
+    // connection ends, and it does.
+    let mut c = tokio::net::TcpStream::connect(&api).await.unwrap();
+    c.write_all(
+        format!(
+            "PUT /v1/blobs/{digest} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            blob.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let (answer, closed) = read_until_closed(&mut c, Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert!(
+        answer.to_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    assert!(closed, "the connection stayed open");
+
+    // And a pooled client alternating stored blobs and other calls never
+    // sees a connection closed under it.
+    for _ in 0..50 {
+        assert_eq!(put_blob(&s, &blob).await, 200);
+        s.api_get("/v1/functions").await;
+    }
+}
+
+/// An oversized request head gets a JSON error naming the limit, from the
+/// gateway and from the API alike (hyper's own 414 had no body).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_heads_are_refused_with_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    publish_file(&s, &guest("echo"), "echo", &[]);
+    s.seal_json(&["deploy", "echo", "1"]);
+    let long = "a".repeat(10 * 1024);
+    let big = "v".repeat(20 * 1024);
+    for base in [
+        format!("{}/echo/", s.gateway),
+        format!("{}/v1/functions", s.api),
+    ] {
+        let r = s.http.get(format!("{base}?q={long}")).send().await.unwrap();
+        let v = assert_error(r, 414, "uri_too_long").await;
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains("8192"),
+            "{v}"
+        );
+        let r = s
+            .http
+            .get(&base)
+            .header("x-one", &big)
+            .header("x-two", &big)
+            .send()
+            .await
+            .unwrap();
+        assert_error(r, 431, "headers_too_large").await;
+        // Within the limits, the same client is served.
+        assert!(
+            s.http
+                .get(&base)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .is_success()
+        );
+    }
+}
+
 /// A request that started on v1 finishes on v1 while v2 takes the route.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_in_flight_finishes_on_its_version() {

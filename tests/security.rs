@@ -784,3 +784,165 @@ fn base64_decode(s: &str) -> Vec<u8> {
     }
     out
 }
+
+/// Protection is a flag of each environment: production (and the
+/// server's default) by rule, any other when an admin says so. It moves
+/// the permission gate and the pinned-request rule together, at once on
+/// the live routes and after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protection_is_per_environment_and_only_an_admin_changes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    s.seal_json(&["env", "create", "staging"]);
+    let listed = s.seal_json(&["env", "list"]);
+    assert_eq!(listed["protected"], json!(["production"]), "{listed}");
+    let shown = s.seal_json(&["env", "show", "staging"]);
+    assert_eq!(
+        (&shown["protected"], &shown["protection"]),
+        (&json!(false), &json!("rule"))
+    );
+    let wasm = guest("outbound");
+    publish_file(&s, &wasm, "out", &["--allow-host", "a.example.org"]);
+    publish_file(
+        &s,
+        &wasm,
+        "out",
+        &[
+            "--allow-host",
+            "a.example.org",
+            "--allow-host",
+            "b.example.org",
+        ],
+    );
+    publish_file(&s, &guest("echo"), "echo", &[]);
+    for env in ["staging", "production"] {
+        s.seal_json(&["deploy", "out", "1", "-e", env, "--allow-new-permissions"]);
+        s.seal_json(&["deploy", "echo", "1", "-e", env]);
+    }
+    let pinned = |env: &'static str| {
+        let s = &s;
+        async move {
+            s.http
+                .get(format!("{}/", s.gateway))
+                .header("host", format!("echo.{env}.localhost"))
+                .header("seal-version", "1")
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(pinned("staging").await.status(), 200);
+    assert_error(pinned("production").await, 403, "preview_token_required").await;
+
+    // A deployer may not change it, and the refusal changes nothing.
+    let (deployer, _) = create_token(&s, &["--role", "deployer"]);
+    s.seal_env(&["env", "protect", "staging"], &[("SEAL_TOKEN", &deployer)])
+        .assert_fails_with("admin");
+    assert_eq!(pinned("staging").await.status(), 200);
+    // Nor may anyone protect an environment that does not exist.
+    s.seal(&["env", "protect", "stagin"])
+        .assert_fails_with("stagin");
+
+    // Protected by an admin: the live route refuses the pin at once, and a
+    // widening there needs an admin's approval.
+    let shown = s.seal_json(&["env", "protect", "staging"]);
+    assert_eq!(
+        (&shown["protected"], &shown["protection"]),
+        (&json!(true), &json!("set"))
+    );
+    assert_error(pinned("staging").await, 403, "preview_token_required").await;
+    s.seal_env(
+        &["deploy", "out", "2", "-e", "staging"],
+        &[("SEAL_TOKEN", &deployer)],
+    )
+    .assert_fails_with("+ outbound host b.example.org");
+    // Production unprotected: its pins are served, its widenings free.
+    s.seal_json(&["env", "unprotect", "production"]);
+    assert_eq!(pinned("production").await.status(), 200);
+    let out = s.seal_env(
+        &["deploy", "out", "2", "-e", "production", "--output", "json"],
+        &[("SEAL_TOKEN", &deployer)],
+    );
+    assert!(out.ok, "{}", out.stderr);
+    let d: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(d["permissions"]["widens"], true, "{d}");
+
+    // Both settings survive a restart.
+    s.stop();
+    let s = Server::start(dir.path());
+    let listed = s.seal_json(&["env", "list"]);
+    assert_eq!(listed["protected"], json!(["staging"]), "{listed}");
+    let r = s.get_host("echo.staging.localhost", "/").await;
+    assert_eq!(r.status(), 200, "unpinned traffic is served as before");
+    let r = s
+        .http
+        .get(format!("{}/", s.gateway))
+        .header("host", "echo.staging.localhost")
+        .header("seal-version", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 403, "preview_token_required").await;
+    // Back to the rule: staging open again, production protected again.
+    s.seal_json(&["env", "protect", "staging", "--rule"]);
+    let shown = s.seal_json(&["env", "protect", "production", "--rule"]);
+    assert_eq!(
+        (&shown["protected"], &shown["protection"]),
+        (&json!(true), &json!("rule"))
+    );
+    let audit = s.api_get("/v1/audit?limit=10").await;
+    let changes = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "environment.protect")
+        .count();
+    assert_eq!(changes, 4, "{audit}");
+}
+
+/// Junk attestations can fill a version's slots; an admin removes one
+/// (audited, unlisted from the artifact layout), a deployer cannot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_removes_an_attestation_and_a_deployer_cannot() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    let key = keys.path().join("k.key").to_str().unwrap().to_owned();
+    s.seal_json(&["keygen", "--out", &key]);
+    publish_file(&s, &guest("echo"), "svc", &["--sign", &key]);
+    let listed = s.seal_json(&["attestations", "list", "svc@1"]);
+    let referrer = listed["attestations"][0]["referrer"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let text = s.seal(&["attestations", "list", "svc@1"]);
+    assert!(text.stdout.contains(&referrer), "{}", text.stdout);
+
+    let (deployer, _) = create_token(&s, &["--role", "deployer"]);
+    s.seal_env(
+        &["attestations", "remove", "svc@1", &referrer],
+        &[("SEAL_TOKEN", &deployer)],
+    )
+    .assert_fails_with("admin");
+    s.seal(&["attestations", "remove", "svc@1", "sha256:nothex"])
+        .assert_fails_with("REFERRER");
+
+    let out = s.seal(&["attestations", "remove", "svc@1", &referrer]);
+    assert!(out.ok, "{}", out.stderr);
+    let listed = s.seal_json(&["attestations", "list", "svc@1"]);
+    assert_eq!(listed["attestations"], json!([]));
+    let index = std::fs::read_to_string(dir.path().join("artifacts/index.json")).unwrap();
+    assert!(!index.contains(&referrer), "{index}");
+    s.seal(&["attestations", "remove", "svc@1", &referrer])
+        .assert_fails_with("has no attestation");
+    let audit = s.api_get("/v1/audit?limit=5").await;
+    assert!(
+        audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "attestation.remove"
+                && e["detail"]["referrer"] == referrer.as_str()),
+        "{audit}"
+    );
+}

@@ -8,7 +8,8 @@ use anyhow::bail;
 use clap::{Args, Subcommand};
 use seal_api_types::catalog::{
     AuditEntries, CreateEnvironment, DeploymentDetail, DeploymentList, EnvironmentCreated,
-    Environments, FunctionList, FunctionStatus, Inspection, VersionList,
+    EnvironmentView, Environments, FunctionList, FunctionStatus, Inspection, SetProtection,
+    VersionList,
 };
 use seal_api_types::records::{AuditVerification, DeploymentEvent};
 use seal_api_types::rollout::Strategy;
@@ -543,6 +544,44 @@ pub enum EnvCommand {
         /// Name: lowercase letters, digits and '-'.
         name: String,
     },
+    /// Show an environment: whether it is the default, and protected.
+    Show {
+        /// Environment, e.g. staging.
+        name: String,
+    },
+    /// Protect an environment (admin): a deploy that widens a function's
+    /// permissions there needs an admin's approval, and a request pinned
+    /// to a version (`seal-version`, the preview host) needs the
+    /// deployment's preview token. The server's default environment and
+    /// `production` are protected unless an admin says otherwise.
+    Protect {
+        /// Environment, e.g. staging.
+        name: String,
+        /// Follow the server's rule again instead of a setting of its own.
+        #[arg(long)]
+        rule: bool,
+    },
+    /// Unprotect an environment (admin): widenings and pinned requests
+    /// there need nothing more than a deployer.
+    Unprotect {
+        /// Environment, e.g. preview-42.
+        name: String,
+    },
+}
+
+fn print_environment(v: &EnvironmentView) {
+    let default = if v.default { " (default)" } else { "" };
+    let why = if v.protection == "set" {
+        "set by an admin"
+    } else {
+        "the server's rule: its default environment and production"
+    };
+    let state = if v.protected {
+        "protected"
+    } else {
+        "not protected"
+    };
+    println!("{}{default}: {state} ({why})", v.name);
 }
 
 pub async fn env(cmd: EnvCommand, client: &Client, out: OutputFormat) -> anyhow::Result<()> {
@@ -551,14 +590,45 @@ pub async fn env(cmd: EnvCommand, client: &Client, out: OutputFormat) -> anyhow:
             let v: Environments = client.get_as("/v1/environments").await?;
             emit(out, &v, |v| {
                 for name in &v.environments {
-                    let mark = if *name == v.default {
-                        "  (default)"
+                    let mut marks = Vec::new();
+                    if *name == v.default {
+                        marks.push("default");
+                    }
+                    if v.protected.contains(name) {
+                        marks.push("protected");
+                    }
+                    if marks.is_empty() {
+                        println!("{name}");
                     } else {
-                        ""
-                    };
-                    println!("{name}{mark}");
+                        println!("{name}  ({})", marks.join(", "));
+                    }
                 }
             });
+        }
+        EnvCommand::Show { name } => {
+            super::deploy::check_names("x", Some(&name))?;
+            let v: EnvironmentView = client.get_as(&format!("/v1/environments/{name}")).await?;
+            emit(out, &v, print_environment);
+        }
+        EnvCommand::Protect { name, rule } => {
+            super::deploy::check_names("x", Some(&name))?;
+            let body = SetProtection {
+                protected: (!rule).then_some(true),
+            };
+            let v: EnvironmentView = client
+                .put_as(&format!("/v1/environments/{name}/protection"), &body)
+                .await?;
+            emit(out, &v, print_environment);
+        }
+        EnvCommand::Unprotect { name } => {
+            super::deploy::check_names("x", Some(&name))?;
+            let body = SetProtection {
+                protected: Some(false),
+            };
+            let v: EnvironmentView = client
+                .put_as(&format!("/v1/environments/{name}/protection"), &body)
+                .await?;
+            emit(out, &v, print_environment);
         }
         EnvCommand::Create { name } => {
             super::deploy::check_names("x", Some(&name))?;

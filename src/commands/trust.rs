@@ -603,6 +603,78 @@ pub fn permission_lines(p: &Value) -> Vec<String> {
 
 /// Environment names follow the function-name rule (checked before they go
 /// into a URL).
+#[derive(clap::Subcommand, Debug)]
+pub enum AttestationsCommand {
+    /// List the attestations attached to a version: referrer, key id, who
+    /// attached it and when.
+    List {
+        /// FUNCTION@VERSION, e.g. hello@3.
+        #[arg(value_parser = parse_version_ref, value_name = "FUNCTION@VERSION")]
+        target: VersionRef,
+    },
+    /// Remove one attestation from a version (admin; audited): junk that
+    /// fills its slots, or a statement withdrawn.
+    Remove {
+        /// FUNCTION@VERSION, e.g. hello@3.
+        #[arg(value_parser = parse_version_ref, value_name = "FUNCTION@VERSION")]
+        target: VersionRef,
+        /// The attestation's referrer digest, as `list` prints it.
+        #[arg(value_name = "REFERRER")]
+        referrer: String,
+    },
+}
+
+pub async fn attestations(
+    cmd: AttestationsCommand,
+    client: &Client,
+    out: OutputFormat,
+) -> anyhow::Result<()> {
+    match cmd {
+        AttestationsCommand::List { target } => {
+            let v = client
+                .get(&format!(
+                    "/v1/functions/{}/versions/{}/attestations",
+                    target.function, target.version
+                ))
+                .await?;
+            emit(out, &v, |v| {
+                let list: Vec<&Value> =
+                    v["attestations"].as_array().into_iter().flatten().collect();
+                if list.is_empty() {
+                    println!("{target} has no attestations");
+                }
+                for a in list {
+                    println!(
+                        "{}  key {}  by {}  at {}",
+                        clean(&s(&a["referrer"])),
+                        short_id(&s(&a["keyid"])),
+                        clean(&s(&a["actor"])),
+                        time(&a["created_at"])
+                    );
+                }
+            });
+        }
+        AttestationsCommand::Remove { target, referrer } => {
+            seal_artifact::Digest::parse(&referrer)
+                .map_err(|e| anyhow::anyhow!("REFERRER {referrer:?}: {e}"))?;
+            client
+                .checked(client.request(
+                    reqwest::Method::DELETE,
+                    &format!(
+                        "/v1/functions/{}/versions/{}/attestations/{referrer}",
+                        target.function, target.version
+                    ),
+                ))
+                .await?;
+            let v = json!({"function": target.function, "version": target.version, "removed": referrer});
+            emit(out, &v, |_| {
+                println!("removed attestation {referrer} from {target}")
+            });
+        }
+    }
+    Ok(())
+}
+
 fn check_env(env: &str) -> anyhow::Result<()> {
     Ok(seal_artifact::validate_environment_name(env)?)
 }

@@ -123,6 +123,31 @@ pub struct Environments {
     pub environments: Vec<String>,
     /// Where a request without an environment goes.
     pub default: String,
+    /// The protected ones among `environments`.
+    #[serde(default)]
+    pub protected: Vec<String>,
+}
+
+/// `GET /v1/environments/{env}`, and the answer to [`SetProtection`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnvironmentView {
+    pub name: String,
+    /// Whether it is the server's default environment.
+    pub default: bool,
+    /// Permission widenings need an admin; a request pinned to a version
+    /// needs the deployment's preview token.
+    pub protected: bool,
+    /// `rule` (the default environment and `production` are protected) or
+    /// `set` (by an admin).
+    pub protection: String,
+}
+
+/// `PUT /v1/environments/{env}/protection`: `true` or `false`, or `null`
+/// to follow the server's rule again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetProtection {
+    pub protected: Option<bool>,
 }
 
 /// `POST /v1/environments` (`{"name": …}`).

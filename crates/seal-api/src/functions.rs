@@ -16,6 +16,8 @@
 //! | GET | `/v1/audit` | audit entries, newest first |
 //! | GET | `/v1/audit/verify` | recompute the hash chain: `{ok, entries, head, first_broken}` |
 //! | GET/POST | `/v1/environments` | list / create (`{"name"}`) environments |
+//! | GET | `/v1/environments/{env}` | one environment: default, protected and why |
+//! | PUT | `/v1/environments/{env}/protection` | admin: `{"protected": true\|false\|null}` (null: the server's rule) |
 //! | GET | `/v1/server` | runtime counters (compiles, cache loads) |
 //! | GET | `/healthz` | liveness |
 //!
@@ -33,15 +35,15 @@ use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use seal_api_types::catalog::{
     AuditEntries, CreateEnvironment, DeploymentAnswer, DeploymentDetail, DeploymentList,
-    EnvironmentCreated, Environments, FunctionList, FunctionStatus, Inspection, ServerInfo,
-    VersionList,
+    EnvironmentCreated, EnvironmentView, Environments, FunctionList, FunctionStatus, Inspection,
+    ServerInfo, SetProtection, VersionList,
 };
 use seal_api_types::records::AuditVerification;
 use seal_api_types::rollout::RolloutStatus;
 use seal_api_types::rollout::Strategy;
 use seal_api_types::{DeployRequest, RollbackRequest};
 use seal_artifact::Digest;
-use seal_control::catalog::{BlobPut, Published};
+use seal_control::catalog::Published;
 use seal_control::engine::DeployOutcome;
 use seal_control::rollout::Command;
 use seal_control::{Control, ControlError, Role};
@@ -97,6 +99,14 @@ pub fn routes() -> Routes {
             "/v1/environments",
             viewer(Method::GET, list_environments).and(admin(Method::POST, create_environment)),
         )
+        .route(
+            "/v1/environments/{environment}",
+            viewer(Method::GET, get_environment),
+        )
+        .route(
+            "/v1/environments/{environment}/protection",
+            admin(Method::PUT, set_protection),
+        )
 }
 
 /// Only an admin may approve wider permissions.
@@ -134,8 +144,11 @@ async fn put_blob(
     Path(digest): Path<String>,
     headers: HeaderMap,
     body: Body,
-) -> ApiResult<(StatusCode, Json<BlobPut>)> {
-    let expected = parse_digest(&digest)?;
+) -> Response {
+    let expected = match parse_digest(&digest) {
+        Ok(d) => d,
+        Err(e) => return e.into_response(),
+    };
     let announced = headers
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -143,25 +156,27 @@ async fn put_blob(
     let mut stream = body
         .into_data_stream()
         .map(|r| r.map_err(|e| e.to_string()));
-    match c.catalog().put_blob(expected, announced, &mut stream).await {
+    let answer = match c.catalog().put_blob(expected, announced, &mut stream).await {
         Ok(put) => {
             let status = if put.existed {
                 StatusCode::OK
             } else {
                 StatusCode::CREATED
             };
-            Ok((status, Json(put)))
+            (status, Json(put)).into_response()
         }
-        Err(e) => {
-            drain(&mut stream).await;
-            Err(e.into())
-        }
-    }
+        Err(e) => ApiError::from(e).into_response(),
+    };
+    // A blob already stored (or a refused upload) is answered before its
+    // body is read: read the rest so the connection stays reusable (when
+    // that cannot finish, `close_unread` says the connection closes).
+    drain(&mut stream).await;
+    answer
 }
 
-/// Reads and discards what a refused upload is still sending, for a bounded
-/// time and size, so the client is still reading when the 413 arrives
-/// instead of seeing its connection reset mid-send.
+/// Reads and discards what an upload is still sending once its answer is
+/// known, for a bounded time and size, so the client is still reading when
+/// the answer arrives instead of seeing its connection reset mid-send.
 async fn drain<S>(stream: &mut S)
 where
     S: futures::Stream<Item = Result<bytes::Bytes, String>> + Unpin,
@@ -387,10 +402,47 @@ async fn show_deployment(
 }
 
 async fn list_environments(State(c): State<Arc<Control>>) -> ApiResult<Json<Environments>> {
+    let environments = c.environments().await?;
+    let protected = environments
+        .iter()
+        .filter(|e| c.protection_of(e).0)
+        .cloned()
+        .collect();
     Ok(Json(Environments {
-        environments: c.environments().await?,
+        environments,
         default: c.default_environment().to_owned(),
+        protected,
     }))
+}
+
+fn environment_view(c: &Control, name: String) -> EnvironmentView {
+    let (protected, source) = c.protection_of(&name);
+    EnvironmentView {
+        default: name == c.default_environment(),
+        protected,
+        protection: source.as_str().to_owned(),
+        name,
+    }
+}
+
+async fn get_environment(
+    State(c): State<Arc<Control>>,
+    Path(environment): Path<String>,
+) -> ApiResult<Json<EnvironmentView>> {
+    c.environment_must_exist(&environment).await?;
+    Ok(Json(environment_view(&c, environment)))
+}
+
+async fn set_protection(
+    State(c): State<Arc<Control>>,
+    Path(environment): Path<String>,
+    who: Caller,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<EnvironmentView>> {
+    let req: SetProtection = parse_json(&body)?;
+    c.set_protection(&environment, req.protected, &who.actor())
+        .await?;
+    Ok(Json(environment_view(&c, environment)))
 }
 
 async fn create_environment(

@@ -59,6 +59,8 @@ pub fn router(control: Arc<Control>) -> Router {
         .fallback(|| async { ApiError::not_found("no such API endpoint") })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_MANIFEST_BYTES))
         .layer(axum::middleware::map_response(json_errors))
+        .layer(axum::middleware::from_fn(close_unread))
+        .layer(axum::middleware::from_fn(head_limits))
         .layer(axum::Extension(control.clone()))
         .with_state(control)
 }
@@ -122,6 +124,98 @@ pub async fn serve(
 
 /// Open connections the control API serves at once (its own budget).
 pub const API_MAX_CONNECTIONS: usize = 1024;
+
+/// A request target or header fields over the limits every listener
+/// keeps (see [`seal_serving::head`]): a JSON error naming the limit.
+async fn head_limits(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    match seal_serving::head::refusal(req.uri(), req.headers()) {
+        Some(r) => {
+            let resp = axum::response::IntoResponse::into_response(ApiError::new(
+                r.status, r.code, r.message,
+            ));
+            // Its body, if any, is left unread.
+            close_if_body(&req, resp)
+        }
+        None => next.run(req).await,
+    }
+}
+
+fn close_if_body(
+    req: &axum::extract::Request,
+    mut resp: axum::response::Response,
+) -> axum::response::Response {
+    use http_body::Body as _;
+    if !req.body().is_end_stream() {
+        resp.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    resp
+}
+
+/// An answer given before its request body was read to the end (a refused
+/// upload, a blob already stored, a 401 before the body) ends its
+/// connection: hyper closes it after the answer, so the answer says
+/// `connection: close`, or a client that pools the connection would send
+/// its next request into a closed socket and see it fail.
+async fn close_unread(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use http_body::Body as _;
+    if req.body().is_end_stream() {
+        return next.run(req).await;
+    }
+    let read = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let req = req.map(|inner| {
+        axum::body::Body::new(WatchedBody {
+            inner,
+            read: read.clone(),
+        })
+    });
+    let mut resp = next.run(req).await;
+    if !read.load(std::sync::atomic::Ordering::Acquire) {
+        resp.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    resp
+}
+
+/// A request body that notes when it has been read to its end.
+struct WatchedBody {
+    inner: axum::body::Body,
+    read: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl http_body::Body for WatchedBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, std::task::Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.read.store(true, std::sync::atomic::Ordering::Release);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 /// JSON bodies with errors that name the problem (axum's `Json` rejection
 /// is plain text).
@@ -190,6 +284,21 @@ mod tests {
         assert_eq!(access(Method::GET, "/metrics"), viewer);
         assert_eq!(access(Method::HEAD, "/v1/blobs/{digest}"), viewer);
         assert_eq!(access(Method::PUT, "/v1/blobs/{digest}"), deployer);
+        assert_eq!(
+            access(Method::GET, "/v1/environments/{environment}"),
+            viewer
+        );
+        assert_eq!(
+            access(Method::PUT, "/v1/environments/{environment}/protection"),
+            admin
+        );
+        assert_eq!(
+            access(
+                Method::DELETE,
+                "/v1/functions/{function}/versions/{version}/attestations/{referrer}"
+            ),
+            admin
+        );
         assert_eq!(
             access(Method::POST, "/v1/functions/{function}/deploy"),
             deployer

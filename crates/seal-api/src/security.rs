@@ -10,6 +10,7 @@
 //! | POST | `/v1/functions/{fn}/secrets` | deployer | the same for secrets; the answer names keys only |
 //! | GET | `/v1/functions/{fn}/config/revisions?environment=` | viewer | who changed which keys when |
 //! | GET/POST | `/v1/functions/{fn}/versions/{n}/attestations` | viewer/deployer | list / attach a DSSE envelope (stored as an OCI referrer) |
+//! | DELETE | `/v1/functions/{fn}/versions/{n}/attestations/{referrer}` | admin | remove one (audited) |
 //! | POST | `/v1/functions/{fn}/versions/{n}/verify` | viewer | `{"environment"?, "keys"?: [PEM]}` → artifact, attestations, policy verdict |
 //! | GET/PUT | `/v1/policies/{env}` | viewer/admin | an environment's trust policy |
 
@@ -55,6 +56,10 @@ pub fn routes() -> Routes {
                 .and(deployer(Method::POST, attach_attestation))
                 .body_limit(seal_control::trust::MAX_ENVELOPE_BYTES),
         )
+        .route(
+            "/v1/functions/{function}/versions/{version}/attestations/{referrer}",
+            admin(Method::DELETE, remove_attestation),
+        )
         // Verifying changes nothing: any reader may ask.
         .route(
             "/v1/functions/{function}/versions/{version}/verify",
@@ -93,6 +98,22 @@ async fn attach_attestation(
         .attach_attestation(&function, version_number(&version)?, &body, &who.actor())
         .await?;
     Ok((StatusCode::CREATED, Json(v)))
+}
+
+async fn remove_attestation(
+    State(c): State<Arc<Control>>,
+    Path((function, version, referrer)): Path<(String, String, String)>,
+    who: Caller,
+) -> ApiResult<StatusCode> {
+    c.trust()
+        .remove_attestation(
+            &function,
+            version_number(&version)?,
+            &referrer,
+            &who.actor(),
+        )
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Deserialize, Default)]

@@ -43,6 +43,8 @@ pub struct Control {
     pub(crate) settings: crate::settings::SettingsService,
     /// The preview tokens of deployments in progress.
     pub(crate) previews: crate::preview::PreviewTokens,
+    /// Which environments are protected.
+    pub(crate) protection: Arc<crate::protection::Protection>,
 }
 
 impl Control {
@@ -67,14 +69,16 @@ impl Control {
             runtime.clone(),
         ));
         let previews = secrets.preview_tokens();
+        let protection = Arc::new(crate::protection::Protection::new(&default_environment));
         Self {
             previews,
             trust: crate::trust::TrustService::new(
                 state.clone(),
                 oci.clone(),
                 catalog.clone(),
-                default_environment.clone(),
+                protection.clone(),
             ),
+            protection,
             settings: crate::settings::SettingsService::new(
                 state.clone(),
                 serving.clone(),
@@ -220,6 +224,8 @@ impl Control {
     /// gateway. A version that cannot be loaded is left out (and logged):
     /// a route never names a version that cannot serve.
     pub async fn reload_routes(&self) -> ControlResult<()> {
+        self.protection
+            .replace(self.state.environment_protection().await?);
         let mut routes = Vec::new();
         for r in self.state.routes().await? {
             let mut backends = Vec::new();
@@ -260,15 +266,65 @@ impl Control {
                         .token(&r.environment, &r.function, r.deployment_id, v)
                 });
                 routes.push(
-                    Route::new(&r.environment, &r.function, backends)
-                        .with_sticky_header(sticky)
-                        .with_preview(r.preview, token)
-                        .with_protected(crate::trust::is_protected(&r.environment)),
+                    self.protected(
+                        Route::new(&r.environment, &r.function, backends)
+                            .with_sticky_header(sticky)
+                            .with_preview(r.preview, token),
+                    ),
                 );
             }
         }
         let table = RouteTable::new(routes);
         self.serving.publish(table);
+        Ok(())
+    }
+
+    /// Every route is built through here: it carries its environment's
+    /// protection (a pinned request there needs the preview token).
+    pub(crate) fn protected(&self, route: Route) -> Route {
+        let protected = self.protection.is_protected(&route.environment);
+        route.with_protected(protected)
+    }
+
+    /// Whether an environment is protected, and why.
+    pub fn protection_of(&self, environment: &str) -> (bool, crate::protection::Source) {
+        self.protection.of(environment)
+    }
+
+    /// An admin sets an environment's protection (`None`: back to the
+    /// server's rule). Committed with its audit entry, then every route of
+    /// the environment is republished with it, under the deploy lock so no
+    /// route change in between is lost.
+    pub async fn set_protection(
+        &self,
+        environment: &str,
+        protected: Option<bool>,
+        actor: &str,
+    ) -> ControlResult<()> {
+        validate_environment_name(environment)?;
+        let _guard = self.deploy_lock.lock().await;
+        if !self
+            .state
+            .set_environment_protected(environment, protected, actor)
+            .await?
+        {
+            self.environment_must_exist(environment).await?;
+        }
+        self.protection.set(environment, protected);
+        let current = self.serving.table();
+        let routes: Vec<Route> = current
+            .routes()
+            .map(|r| {
+                let r = (**r).clone();
+                if r.environment == environment {
+                    self.protected(r)
+                } else {
+                    r
+                }
+            })
+            .collect();
+        self.serving.publish(RouteTable::new(routes));
+        tracing::info!(environment, ?protected, "environment protection changed");
         Ok(())
     }
 
@@ -471,17 +527,14 @@ impl Control {
             .filter(|r| !(r.environment == env && r.function == v.function))
             .map(|r| (**r).clone())
             .collect();
-        routes.push(
-            Route::new(
-                env,
-                &v.function,
-                vec![
-                    self.serving
-                        .backend(env, &v.function, v.version, &v.digest, 100, function),
-                ],
-            )
-            .with_protected(crate::trust::is_protected(env)),
-        );
+        routes.push(self.protected(Route::new(
+            env,
+            &v.function,
+            vec![
+                self.serving
+                    .backend(env, &v.function, v.version, &v.digest, 100, function),
+            ],
+        )));
         let table = RouteTable::new(routes);
         self.catalog.retain_loaded(&table, &previous);
         self.serving.publish(table);

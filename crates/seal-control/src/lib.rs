@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod monitoring;
 pub mod outbound;
 pub mod preview;
+pub mod protection;
 pub mod queries;
 pub mod redact;
 pub mod rollout;

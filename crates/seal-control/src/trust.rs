@@ -12,6 +12,7 @@
 use crate::catalog::Catalog;
 use crate::error::{ControlError, ControlResult};
 use crate::lookup;
+use crate::protection::Protection;
 use seal_artifact::capabilities::PermissionDiff;
 use seal_artifact::{Digest, SealManifest};
 use seal_oci::{ArtifactStore, IndexEntry};
@@ -106,15 +107,6 @@ pub struct PolicyVerdict {
     pub checks: Vec<String>,
 }
 
-/// The environment whose permission widenings need an admin's approval,
-/// and where a request pinned to a version needs the preview token.
-pub const PROTECTED_ENVIRONMENT: &str = "production";
-
-/// Whether `environment` is protected.
-pub fn is_protected(environment: &str) -> bool {
-    environment == PROTECTED_ENVIRONMENT
-}
-
 /// Largest envelope accepted (a provenance with a big Cargo.lock is ~100 KB).
 pub const MAX_ENVELOPE_BYTES: usize = 1 << 20;
 /// Signatures per envelope and attestations per artifact: each is tried on
@@ -132,7 +124,8 @@ pub struct TrustService {
     state: Arc<dyn StateStore>,
     oci: Arc<dyn ArtifactStore>,
     catalog: Arc<Catalog>,
-    default_environment: String,
+    /// Which environments' widenings need an admin.
+    protection: Arc<Protection>,
 }
 
 impl TrustService {
@@ -140,13 +133,13 @@ impl TrustService {
         state: Arc<dyn StateStore>,
         oci: Arc<dyn ArtifactStore>,
         catalog: Arc<Catalog>,
-        default_environment: String,
+        protection: Arc<Protection>,
     ) -> Self {
         Self {
             state,
             oci,
             catalog,
-            default_environment,
+            protection,
         }
     }
 
@@ -386,6 +379,41 @@ impl TrustService {
         })
     }
 
+    /// An admin's removal of one attestation (junk that fills a version's
+    /// slots, or a statement withdrawn): out of the index and unlisted from
+    /// the artifact store, audited. The next policy check no longer sees it.
+    pub async fn remove_attestation(
+        &self,
+        function: &str,
+        version: u64,
+        referrer: &str,
+        actor: &str,
+    ) -> ControlResult<()> {
+        let v = lookup::version_must_exist(&*self.state, function, version).await?;
+        let digest = Digest::parse(referrer).map_err(|e| {
+            ControlError::bad_request(format!("invalid referrer digest {referrer:?}: {e}"))
+        })?;
+        let removed = self
+            .state
+            .remove_attestation(
+                &v.digest,
+                digest.as_str(),
+                &format!("{function}@{version}"),
+                actor,
+            )
+            .await?;
+        if !removed {
+            return Err(ControlError::NotFound(format!(
+                "{function}@{version} has no attestation {referrer}"
+            )));
+        }
+        let oci = self.oci.clone();
+        tokio::task::spawn_blocking(move || oci.remove_manifest(&digest))
+            .await
+            .map_err(ControlError::internal)??;
+        Ok(())
+    }
+
     pub async fn list_attestations(
         &self,
         function: &str,
@@ -419,7 +447,9 @@ impl TrustService {
         keys: &[String],
     ) -> ControlResult<VerifyReport> {
         let v = lookup::version_must_exist(&*self.state, function, version).await?;
-        let env = environment.unwrap_or(&self.default_environment).to_owned();
+        let env = environment
+            .unwrap_or(self.protection.default_environment())
+            .to_owned();
         let mut given = Vec::new();
         for pem in keys {
             given.push(
@@ -537,7 +567,7 @@ impl TrustService {
         // Any host at all is an open proxy wherever it serves: it needs an
         // admin in every environment, not only the protected one.
         let any_host = diff.added_hosts.iter().any(|h| h == "*");
-        if diff.widens && (is_protected(env) || any_host) && !approved {
+        if diff.widens && (self.protection.is_protected(env) || any_host) && !approved {
             let than = match from {
                 Some(n) => format!("{}@{n}", candidate.function),
                 None => "nothing (its first deploy here)".to_owned(),

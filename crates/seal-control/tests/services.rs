@@ -18,7 +18,7 @@ fn trust(f: &Fixture) -> TrustService {
         f.state.clone(),
         f.oci.clone(),
         f.catalog.clone(),
-        "production".into(),
+        Arc::new(seal_control::protection::Protection::new("production")),
     )
 }
 

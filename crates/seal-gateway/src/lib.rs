@@ -128,6 +128,9 @@ impl Gateway {
     /// Serves one request.
     pub async fn handle(&self, mut req: Request<Incoming>) -> Response<HyperOutgoingBody> {
         let started = std::time::Instant::now();
+        if let Some(r) = seal_serving::head::refusal(req.uri(), req.headers()) {
+            return error_response(r.status, r.code, &r.message, None, None);
+        }
         let (route, uri, target_preview) = {
             let Some(target) = resolve(&req, &self.default_environment) else {
                 return error_response(

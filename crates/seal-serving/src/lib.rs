@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 pub mod admission;
+pub mod head;
 pub mod invocation;
 pub mod logs;
 pub mod telemetry;

@@ -378,6 +378,48 @@ impl SqliteStore {
         )
     }
 
+    /// Sets or clears an environment's protection, with an audit entry,
+    /// in one transaction; false if the environment does not exist.
+    pub async fn set_environment_protected(
+        &self,
+        name: &str,
+        protected: Option<bool>,
+        actor: &str,
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query("UPDATE environments SET protected = $1 WHERE name = $2")
+            .bind(protected.map(i64::from))
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        insert_audit(
+            &mut tx,
+            NewAudit {
+                actor,
+                action: "environment.protect",
+                object: name,
+                digest: None,
+                outcome: "ok",
+                detail: serde_json::json!({"protected": protected}),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    pub async fn environment_protection(&self) -> Result<Vec<(String, bool)>> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT name, protected FROM environments WHERE protected IS NOT NULL ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(n, p)| (n, p != 0)).collect())
+    }
+
     pub async fn routes(&self) -> Result<Vec<RouteRecord>> {
         sqlx::query_as::<_, RouteRow>("SELECT * FROM routes ORDER BY environment, function")
             .fetch_all(&self.pool)

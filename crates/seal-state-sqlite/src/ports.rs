@@ -35,6 +35,8 @@ ports! {
         fn environment_exists(name: &str) -> bool;
         fn create_environment(name: &str, actor: &str) -> bool;
         fn environments() -> Vec<String>;
+        fn set_environment_protected(name: &str, protected: Option<bool>, actor: &str) -> bool;
+        fn environment_protection() -> Vec<(String, bool)>;
     }
     Deployments {
         fn routes() -> Vec<RouteRecord>;
@@ -81,5 +83,6 @@ ports! {
     Attestations {
         fn add_attestation(a: &AttestationRecord, object: &str) -> bool;
         fn attestations(subject: &str) -> Vec<AttestationRecord>;
+        fn remove_attestation(subject: &str, referrer: &str, object: &str, actor: &str) -> bool;
     }
 }

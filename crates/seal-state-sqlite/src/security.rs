@@ -111,6 +111,40 @@ impl SqliteStore {
             .collect())
     }
 
+    /// Removes one attestation from the index, with an audit entry, in
+    /// one transaction; false if there was none.
+    pub async fn remove_attestation(
+        &self,
+        subject: &str,
+        referrer: &str,
+        object: &str,
+        actor: &str,
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query("DELETE FROM attestations WHERE subject = $1 AND referrer = $2")
+            .bind(subject)
+            .bind(referrer)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        insert_audit(
+            &mut tx,
+            NewAudit {
+                actor,
+                action: "attestation.remove",
+                object,
+                digest: Some(subject),
+                outcome: "ok",
+                detail: serde_json::json!({"referrer": referrer}),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
     /// How many tokens were ever created (revoked ones included).
     pub async fn token_count(&self) -> Result<u64> {
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tokens")

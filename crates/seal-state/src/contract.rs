@@ -138,6 +138,47 @@ pub async fn environments_are_explicit(s: &dyn StateStore) {
     );
 }
 
+/// An environment's protection is set, cleared back to the server's rule,
+/// and audited; an unknown environment is not created by it.
+pub async fn protection_is_set_per_environment(s: &dyn StateStore) {
+    assert!(s.environment_protection().await.unwrap().is_empty());
+    assert!(
+        s.set_environment_protected("staging", Some(true), "contract")
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.set_environment_protected("production", Some(false), "contract")
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        s.environment_protection().await.unwrap(),
+        [
+            ("production".to_owned(), false),
+            ("staging".to_owned(), true)
+        ]
+    );
+    assert!(
+        s.set_environment_protected("production", None, "contract")
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        s.environment_protection().await.unwrap(),
+        [("staging".to_owned(), true)]
+    );
+    assert!(
+        !s.set_environment_protected("qa", Some(true), "contract")
+            .await
+            .unwrap()
+    );
+    assert!(!s.environment_exists("qa").await.unwrap());
+    let log = s.audit_log(10).await.unwrap();
+    assert_eq!(log.len(), 3, "one entry per change, none for the refusal");
+    assert!(log.iter().all(|e| e.action == "environment.protect"));
+}
+
 /// A deployment moves the route, with its events and its audit entry.
 pub async fn a_deployment_moves_the_route_with_its_events_and_audit(s: &dyn StateStore) {
     let m = json!({});
@@ -452,6 +493,23 @@ pub async fn attestations_are_recorded_once(s: &dyn StateStore) {
     assert!(!s.add_attestation(&a, "production/hello").await.unwrap());
     assert_eq!(s.attestations("sha256:a").await.unwrap(), [a]);
     assert!(s.attestations("sha256:b").await.unwrap().is_empty());
+    // Removed once, with its own audit entry.
+    assert!(
+        s.remove_attestation("sha256:a", "sha256:r", "production/hello", "admin")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.remove_attestation("sha256:a", "sha256:r", "production/hello", "admin")
+            .await
+            .unwrap()
+    );
+    assert!(s.attestations("sha256:a").await.unwrap().is_empty());
+    let log = s.audit_log(10).await.unwrap();
+    assert_eq!(
+        log.iter().map(|e| e.action.as_str()).collect::<Vec<_>>(),
+        ["attestation.remove", "attestation.attach"]
+    );
 }
 
 /// One `#[tokio::test]` per contract check, each on a fresh store from
@@ -462,6 +520,7 @@ macro_rules! contract_tests {
         $crate::contract_tests!(@each $fresh;
             versions_count_up_and_a_digest_keeps_its_version,
             environments_are_explicit,
+            protection_is_set_per_environment,
             a_deployment_moves_the_route_with_its_events_and_audit,
             an_active_rollout_owns_its_route,
             the_audit_log_is_one_chain,

@@ -264,6 +264,17 @@ pub trait Catalog: Send + Sync {
     /// Creates an environment with its audit entry; false if it existed.
     async fn create_environment(&self, name: &str, actor: &str) -> Result<bool>;
     async fn environments(&self) -> Result<Vec<String>>;
+    /// Sets (`Some`) or clears (`None`: the server's rule applies) an
+    /// environment's protection, with its audit entry; false if the
+    /// environment does not exist.
+    async fn set_environment_protected(
+        &self,
+        name: &str,
+        protected: Option<bool>,
+        actor: &str,
+    ) -> Result<bool>;
+    /// Every environment whose protection an admin set.
+    async fn environment_protection(&self) -> Result<Vec<(String, bool)>>;
 }
 
 /// Routes, deployments and their events.
@@ -364,6 +375,15 @@ pub trait Attestations: Send + Sync {
     /// Records an attestation (once per referrer) with its audit entry.
     async fn add_attestation(&self, a: &AttestationRecord, object: &str) -> Result<bool>;
     async fn attestations(&self, subject: &str) -> Result<Vec<AttestationRecord>>;
+    /// Removes one attestation from the index, with its audit entry;
+    /// false if there was none.
+    async fn remove_attestation(
+        &self,
+        subject: &str,
+        referrer: &str,
+        object: &str,
+        actor: &str,
+    ) -> Result<bool>;
 }
 
 /// Every aggregate: what the control plane needs of a state backend.

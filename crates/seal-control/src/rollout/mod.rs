@@ -743,10 +743,11 @@ impl Control {
             self.previews
                 .token(&plan.environment, &plan.function, deployment, v)
         });
-        Route::from_arcs(&plan.environment, &plan.function, backends)
-            .with_sticky_header(sticky)
-            .with_preview(preview, token)
-            .with_protected(crate::trust::is_protected(&plan.environment))
+        self.protected(
+            Route::from_arcs(&plan.environment, &plan.function, backends)
+                .with_sticky_header(sticky)
+                .with_preview(preview, token),
+        )
     }
 }
 
