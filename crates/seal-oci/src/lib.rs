@@ -98,9 +98,12 @@ impl OciLayout {
         let root = root.into();
         let blobs = root.join("blobs").join("sha256");
         fs::create_dir_all(&blobs).map_err(io_err(&blobs))?;
-        // Temp files of uploads cut off by a crash; nothing else writes here
-        // before `open` returns.
-        if let Ok(entries) = fs::read_dir(&blobs) {
+        // Temp files of uploads and index writes cut off by a crash;
+        // nothing else writes here before `open` returns.
+        for dir in [&blobs, &root] {
+            let Ok(entries) = fs::read_dir(dir) else {
+                continue;
+            };
             for e in entries.flatten() {
                 let name = e.file_name();
                 let name = name.to_string_lossy();
@@ -199,6 +202,23 @@ impl OciLayout {
         self.write_index(&index)
     }
 
+    /// Unlists a manifest from `index.json` (its blobs stay: other
+    /// manifests may name them); false if it was not listed.
+    pub fn remove_manifest(&self, digest: &Digest) -> Result<bool> {
+        let _guard = self
+            .index_lock
+            .lock()
+            .map_err(|_| StoreError::Index("index lock poisoned".into()))?;
+        let mut index = self.read_index()?;
+        let before = index.manifests.len();
+        index.manifests.retain(|m| m.digest != *digest);
+        if index.manifests.len() == before {
+            return Ok(false);
+        }
+        self.write_index(&index)?;
+        Ok(true)
+    }
+
     /// Every manifest recorded in `index.json`.
     pub fn manifests(&self) -> Result<Vec<IndexEntry>> {
         Ok(self.read_index()?.manifests)
@@ -234,6 +254,9 @@ pub trait ArtifactStore: Send + Sync {
     fn blob_size(&self, digest: &Digest) -> Result<Option<u64>>;
     /// Lists an artifact (or referrer) manifest, once per digest.
     fn add_manifest(&self, entry: IndexEntry) -> Result<()>;
+    /// Unlists a manifest (a removed attestation's referrer); false if it
+    /// was not listed.
+    fn remove_manifest(&self, digest: &Digest) -> Result<bool>;
     /// Every listed manifest.
     fn manifests(&self) -> Result<Vec<IndexEntry>>;
     /// The listed manifests whose subject is `subject` (attestations about
@@ -292,6 +315,10 @@ impl ArtifactStore for OciLayout {
 
     fn add_manifest(&self, entry: IndexEntry) -> Result<()> {
         OciLayout::add_manifest(self, entry)
+    }
+
+    fn remove_manifest(&self, digest: &Digest) -> Result<bool> {
+        OciLayout::remove_manifest(self, digest)
     }
 
     fn manifests(&self) -> Result<Vec<IndexEntry>> {
@@ -390,6 +417,32 @@ fn sync_dir(dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn temp_files_left_by_a_crash_are_removed_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = OciLayout::open(dir.path()).unwrap();
+        let d = store.put_blob(b"kept").unwrap();
+        let blobs = dir.path().join("blobs/sha256");
+        for leftover in [
+            blobs.join(".upload-abc"),
+            blobs.join(".tmp-abc"),
+            dir.path().join(".tmp-index"),
+        ] {
+            std::fs::write(&leftover, b"partial").unwrap();
+        }
+        drop(store);
+        let store = OciLayout::open(dir.path()).unwrap();
+        let mut left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .chain(std::fs::read_dir(&blobs).unwrap())
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        left.sort();
+        assert!(left.is_empty(), "{left:?}");
+        assert_eq!(store.read_blob(&d).unwrap(), b"kept");
+    }
 
     #[test]
     fn blobs_round_trip_and_are_verified_on_read() {

@@ -30,6 +30,15 @@ impl CompileCache {
             path: dir.clone(),
             source,
         })?;
+        // Temp files of writes cut off by a crash (the data-dir lock keeps
+        // any other server out while this one opens it).
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with(".tmp-") {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
         Ok(Self { dir })
     }
 
