@@ -569,6 +569,23 @@ pub enum EnvCommand {
     },
 }
 
+async fn set_protection(
+    client: &Client,
+    out: OutputFormat,
+    name: &str,
+    protected: Option<bool>,
+) -> anyhow::Result<()> {
+    super::deploy::check_names("x", Some(name))?;
+    let v: EnvironmentView = client
+        .put_as(
+            &format!("/v1/environments/{name}/protection"),
+            &SetProtection { protected },
+        )
+        .await?;
+    emit(out, &v, print_environment);
+    Ok(())
+}
+
 fn print_environment(v: &EnvironmentView) {
     let default = if v.default { " (default)" } else { "" };
     let why = if v.protection == "set" {
@@ -611,24 +628,10 @@ pub async fn env(cmd: EnvCommand, client: &Client, out: OutputFormat) -> anyhow:
             emit(out, &v, print_environment);
         }
         EnvCommand::Protect { name, rule } => {
-            super::deploy::check_names("x", Some(&name))?;
-            let body = SetProtection {
-                protected: (!rule).then_some(true),
-            };
-            let v: EnvironmentView = client
-                .put_as(&format!("/v1/environments/{name}/protection"), &body)
-                .await?;
-            emit(out, &v, print_environment);
+            set_protection(client, out, &name, (!rule).then_some(true)).await?;
         }
         EnvCommand::Unprotect { name } => {
-            super::deploy::check_names("x", Some(&name))?;
-            let body = SetProtection {
-                protected: Some(false),
-            };
-            let v: EnvironmentView = client
-                .put_as(&format!("/v1/environments/{name}/protection"), &body)
-                .await?;
-            emit(out, &v, print_environment);
+            set_protection(client, out, &name, Some(false)).await?;
         }
         EnvCommand::Create { name } => {
             super::deploy::check_names("x", Some(&name))?;

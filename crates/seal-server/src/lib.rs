@@ -302,6 +302,27 @@ impl DataDirLock {
 /// Raises the soft limit on open files to the hard limit: every gateway
 /// connection is a descriptor, and the control API, the stores and the
 /// compile cache need theirs when the gateway is full.
+/// Connections the kernel completes and queues before the server accepts
+/// them (capped by `net.core.somaxconn`). tokio's `bind` asks for 1024; a
+/// burst of connections past the queue is left half-open on the server's
+/// side, retried by the clients' kernels for seconds, and a client that
+/// gives up meanwhile can leave one the server only closes at its
+/// header-read timeout.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As tokio's `bind` does: a restarted server may take its port back
+    // while old connections linger in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 fn raise_open_file_limit(max_connections: usize) {
     const RESERVE: u64 = 1024;
     match rlimit::increase_nofile_limit(u64::MAX) {
@@ -332,11 +353,9 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
     let lock = DataDirLock::acquire(&config.data_dir)?;
     // Then bind, so a busy port fails before any state is touched.
-    let gateway_listener = TcpListener::bind(config.gateway.listen)
-        .await
+    let gateway_listener = listen(config.gateway.listen)
         .with_context(|| format!("cannot listen on {} (gateway)", config.gateway.listen))?;
-    let api_listener = TcpListener::bind(config.api.listen)
-        .await
+    let api_listener = listen(config.api.listen)
         .with_context(|| format!("cannot listen on {} (api)", config.api.listen))?;
     let gateway_addr = gateway_listener.local_addr()?;
     let api_addr = api_listener.local_addr()?;

@@ -386,17 +386,11 @@ impl SqliteStore {
         protected: Option<bool>,
         actor: &str,
     ) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
-        let done = sqlx::query("UPDATE environments SET protected = $1 WHERE name = $2")
+        let statement = sqlx::query("UPDATE environments SET protected = $1 WHERE name = $2")
             .bind(protected.map(i64::from))
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
-        if done.rows_affected() == 0 {
-            return Ok(false);
-        }
-        insert_audit(
-            &mut tx,
+            .bind(name);
+        self.change_audited(
+            statement,
             NewAudit {
                 actor,
                 action: "environment.protect",
@@ -406,7 +400,21 @@ impl SqliteStore {
                 detail: serde_json::json!({"protected": protected}),
             },
         )
-        .await?;
+        .await
+    }
+
+    /// Runs one statement and, when it changed a row, its audit entry, in
+    /// one transaction; false (and nothing written) when no row changed.
+    pub(crate) async fn change_audited<'q>(
+        &self,
+        statement: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+        audit: NewAudit<'_>,
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        if statement.execute(&mut *tx).await?.rows_affected() == 0 {
+            return Ok(false);
+        }
+        insert_audit(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(true)
     }

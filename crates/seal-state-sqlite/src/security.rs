@@ -120,17 +120,12 @@ impl SqliteStore {
         object: &str,
         actor: &str,
     ) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
-        let done = sqlx::query("DELETE FROM attestations WHERE subject = $1 AND referrer = $2")
-            .bind(subject)
-            .bind(referrer)
-            .execute(&mut *tx)
-            .await?;
-        if done.rows_affected() == 0 {
-            return Ok(false);
-        }
-        insert_audit(
-            &mut tx,
+        let statement =
+            sqlx::query("DELETE FROM attestations WHERE subject = $1 AND referrer = $2")
+                .bind(subject)
+                .bind(referrer);
+        self.change_audited(
+            statement,
             NewAudit {
                 actor,
                 action: "attestation.remove",
@@ -140,9 +135,7 @@ impl SqliteStore {
                 detail: serde_json::json!({"referrer": referrer}),
             },
         )
-        .await?;
-        tx.commit().await?;
-        Ok(true)
+        .await
     }
 
     /// How many tokens were ever created (revoked ones included).
