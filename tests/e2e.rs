@@ -207,11 +207,10 @@ async fn restart_serves_same_routes_without_recompiling() {
     assert_eq!(s.get("/echo/").await.status(), 200);
     let info = s.api_get("/v1/server").await;
     assert_eq!(info["compiles"], 1, "tampered cache must be recompiled");
-    assert!(
-        s.log().contains("does not match its recorded hash"),
-        "{}",
-        s.log()
-    );
+    s.wait_log("the cache's hash mismatch", |l| {
+        l.contains("does not match its recorded hash")
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -275,20 +274,11 @@ async fn traps_timeouts_and_memory_fail_alone() {
     // the guest's backtrace or the host's error chain (those are logged).
     assert_eq!(body["error"]["message"], "function trapped", "{body}");
     assert_eq!(body["error"]["request_id"], request_id.as_str(), "{body}");
-    // The details are in the server log (read by a thread: give it time).
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !s
-        .log()
-        .lines()
-        .any(|l| l.contains("invocation failed") && l.contains("function trapped: "))
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the trap's details are not in the server log:\n{}",
-            s.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // The details are in the server log.
+    s.wait_log("the trap's details", |l| {
+        l.contains("invocation failed") && l.contains("function trapped: ")
+    })
+    .await;
 
     let r = s.get("/fail/").await;
     assert_eq!(r.status(), 500);

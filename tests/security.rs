@@ -734,11 +734,10 @@ async fn signatures_provenance_and_policy_guard_every_deploy() {
     s.stop();
     let s = Server::start(dir.path());
     assert_ne!(s.get("/svc/").await.status(), 200);
-    assert!(
-        s.log().contains("refused by production's policy"),
-        "{}",
-        s.log()
-    );
+    s.wait_log("the policy refusal at start", |l| {
+        l.contains("refused by production's policy")
+    })
+    .await;
     s.seal_json(&["policy", "clear", "production"]);
 
     // Tampered artifact bytes: the layer blob is edited on disk.

@@ -134,6 +134,21 @@ impl Server {
         self.log.lock().unwrap().clone()
     }
 
+    /// Waits (up to 5 s) for a server log line that `matches`: the log is
+    /// written by the server's logging thread and read by ours, so a line
+    /// may arrive after the answer that followed it.
+    pub async fn wait_log(&self, what: &str, matches: impl Fn(&str) -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !self.log().lines().any(&matches) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what} is not in the server log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// Stops the server with SIGTERM-like kill and waits for it.
     pub fn stop(mut self) {
         if let Some(mut c) = self.child.take() {
