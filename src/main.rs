@@ -30,7 +30,8 @@ fn collect_when_idle() {
         }
         last.set(Some(now));
         // SAFETY: takes no pointer and may be called from any thread at
-        // any time; it only frees memory this thread no longer uses.
+        // any time; it returns free memory (this thread's and abandoned
+        // segments') to the OS and touches no live allocation.
         unsafe { libmimalloc_sys::mi_collect(true) };
     });
 }

@@ -808,6 +808,20 @@ async fn uploads_answered_early_leave_the_connection_usable_or_say_it_closes() {
     );
     assert!(closed, "the connection stayed open");
 
+    // The gateway's own refusals too (no such function here).
+    let gateway = s.gateway.trim_start_matches("http://").to_owned();
+    let mut c = tokio::net::TcpStream::connect(&gateway).await.unwrap();
+    c.write_all(b"POST /nosuch/ HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+        .await
+        .unwrap();
+    let (answer, closed) = read_until_closed(&mut c, Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    assert!(
+        answer.to_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    assert!(closed, "the gateway connection stayed open");
+
     // And a pooled client alternating stored blobs and other calls never
     // sees a connection closed under it.
     for _ in 0..50 {

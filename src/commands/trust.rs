@@ -601,8 +601,6 @@ pub fn permission_lines(p: &Value) -> Vec<String> {
 
 // ---- helpers --------------------------------------------------------------
 
-/// Environment names follow the function-name rule (checked before they go
-/// into a URL).
 #[derive(clap::Subcommand, Debug)]
 pub enum AttestationsCommand {
     /// List the attestations attached to a version: referrer, key id, who
@@ -675,6 +673,8 @@ pub async fn attestations(
     Ok(())
 }
 
+/// Environment names follow the function-name rule (checked before they go
+/// into a URL).
 fn check_env(env: &str) -> anyhow::Result<()> {
     Ok(seal_artifact::validate_environment_name(env)?)
 }

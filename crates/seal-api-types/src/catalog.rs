@@ -147,7 +147,16 @@ pub struct EnvironmentView {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SetProtection {
+    /// Required: `{}` is refused rather than read as `null`, so a body
+    /// missing the field never clears an admin's setting.
+    #[serde(deserialize_with = "present")]
     pub protected: Option<bool>,
+}
+
+/// An `Option` that must be present (`null` allowed): serde treats a
+/// missing `Option` field as `None` unless it has its own deserializer.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    Option::<bool>::deserialize(d)
 }
 
 /// `POST /v1/environments` (`{"name": …}`).
@@ -198,6 +207,19 @@ pub struct AuditEntries {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn set_protection_needs_the_field_null_included() {
+        use super::SetProtection;
+        let parse = |s: &str| serde_json::from_str::<SetProtection>(s);
+        assert_eq!(
+            parse(r#"{"protected": true}"#).unwrap().protected,
+            Some(true)
+        );
+        assert_eq!(parse(r#"{"protected": null}"#).unwrap().protected, None);
+        let e = parse("{}").unwrap_err().to_string();
+        assert!(e.contains("missing field `protected`"), "{e}");
+    }
+
     use super::*;
 
     #[test]

@@ -170,7 +170,14 @@ async fn put_blob(
     // A blob already stored (or a refused upload) is answered before its
     // body is read: read the rest so the connection stays reusable (when
     // that cannot finish, `close_unread` says the connection closes).
-    drain(&mut stream).await;
+    // Not when the client waits for `100 Continue` before sending it:
+    // reading would ask for the bytes the answer makes useless.
+    let waits_to_send = headers
+        .get(axum::http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if !waits_to_send {
+        drain(&mut stream).await;
+    }
     answer
 }
 

@@ -22,6 +22,8 @@
 //! | GET | `/v1/audit` | audit entries, newest first |
 //! | GET | `/v1/audit/verify` | recompute the hash chain: `{ok, entries, head, first_broken}` |
 //! | GET/POST | `/v1/environments` | list / create (`{"name"}`) environments |
+//! | GET | `/v1/environments/{env}` | one environment: default, protected and why |
+//! | PUT | `/v1/environments/{env}/protection` | admin: `{"protected": true\|false\|null}` |
 //! | GET | `/v1/server` | runtime counters (compiles, cache loads) |
 //! | GET | `/healthz` | liveness |
 //!

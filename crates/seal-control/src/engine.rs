@@ -309,6 +309,11 @@ impl Control {
             .await?
         {
             self.environment_must_exist(environment).await?;
+            // Created since the write: nothing was stored, so nothing is
+            // applied either.
+            return Err(ControlError::conflict(format!(
+                "environment {environment} was created while its protection was being set; try again"
+            )));
         }
         self.protection.set(environment, protected);
         let current = self.serving.table();

@@ -380,8 +380,10 @@ impl TrustService {
     }
 
     /// An admin's removal of one attestation (junk that fills a version's
-    /// slots, or a statement withdrawn): out of the index and unlisted from
-    /// the artifact store, audited. The next policy check no longer sees it.
+    /// slots, or a statement withdrawn): unlisted from the artifact store,
+    /// then out of the index with its audit entry, so a failure between the
+    /// two leaves the index row and a retry finishes the job. The next
+    /// policy check no longer sees it.
     pub async fn remove_attestation(
         &self,
         function: &str,
@@ -393,24 +395,41 @@ impl TrustService {
         let digest = Digest::parse(referrer).map_err(|e| {
             ControlError::bad_request(format!("invalid referrer digest {referrer:?}: {e}"))
         })?;
-        let removed = self
+        let subject = Digest::parse(&v.digest).map_err(ControlError::internal)?;
+        let indexed = self
             .state
-            .remove_attestation(
-                &v.digest,
-                digest.as_str(),
-                &format!("{function}@{version}"),
-                actor,
-            )
-            .await?;
-        if !removed {
+            .attestations(&v.digest)
+            .await?
+            .iter()
+            .any(|a| a.referrer == digest.as_str());
+        let oci = self.oci.clone();
+        let unlisted = {
+            let digest = digest.clone();
+            tokio::task::spawn_blocking(move || -> ControlResult<bool> {
+                // Only a referrer of this very artifact is unlisted.
+                if !oci.referrers(&subject)?.iter().any(|e| e.digest == digest) {
+                    return Ok(false);
+                }
+                Ok(oci.remove_manifest(&digest)?)
+            })
+            .await
+            .map_err(ControlError::internal)??
+        };
+        let removed = indexed
+            && self
+                .state
+                .remove_attestation(
+                    &v.digest,
+                    digest.as_str(),
+                    &format!("{function}@{version}"),
+                    actor,
+                )
+                .await?;
+        if !removed && !unlisted {
             return Err(ControlError::NotFound(format!(
                 "{function}@{version} has no attestation {referrer}"
             )));
         }
-        let oci = self.oci.clone();
-        tokio::task::spawn_blocking(move || oci.remove_manifest(&digest))
-            .await
-            .map_err(ControlError::internal)??;
         Ok(())
     }
 

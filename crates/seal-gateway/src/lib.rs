@@ -107,9 +107,22 @@ impl Gateway {
                 continue;
             };
             let gateway = self.clone();
-            let service = hyper::service::service_fn(move |req| {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let gateway = gateway.clone();
-                async move { Ok::<_, std::convert::Infallible>(gateway.handle(req).await) }
+                async move {
+                    use hyper::body::Body as _;
+                    let had_body = !req.body().is_end_stream();
+                    let mut resp = gateway.handle(req).await;
+                    // The gateway's own error answers come before (or
+                    // instead of) reading the request body; hyper then
+                    // closes the connection, so the answer says so, or a
+                    // pooled client would send its next request into it.
+                    if had_body && resp.extensions().get::<GatewayError>().is_some() {
+                        resp.headers_mut()
+                            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                    }
+                    Ok::<_, std::convert::Infallible>(resp)
+                }
             });
             let conn = builder
                 .serve_connection(TokioIo::new(stream), service)
@@ -403,6 +416,10 @@ async fn refuse(mut stream: tokio::net::TcpStream) {
     tracing::debug!("gateway connection refused: at the connection limit");
 }
 
+/// Marks an answer the gateway wrote itself (not the guest's).
+#[derive(Clone, Copy)]
+struct GatewayError;
+
 /// A JSON error answer: `{"error": {"code", "message", "request_id"?}}`.
 fn error_response(
     status: StatusCode,
@@ -417,6 +434,7 @@ fn error_response(
     }
     let mut resp = Response::new(full_body(Bytes::from(body.to_string())));
     *resp.status_mut() = status;
+    resp.extensions_mut().insert(GatewayError);
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),

@@ -299,9 +299,6 @@ impl DataDirLock {
     }
 }
 
-/// Raises the soft limit on open files to the hard limit: every gateway
-/// connection is a descriptor, and the control API, the stores and the
-/// compile cache need theirs when the gateway is full.
 /// Connections the kernel completes and queues before the server accepts
 /// them (capped by `net.core.somaxconn`). tokio's `bind` asks for 1024; a
 /// burst of connections past the queue is left half-open on the server's
@@ -316,13 +313,17 @@ fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     } else {
         tokio::net::TcpSocket::new_v6()?
     };
-    // As tokio's `bind` does: a restarted server may take its port back
-    // while old connections linger in TIME_WAIT.
+    // As tokio's `bind` does on Unix: a restarted server may take its port
+    // back while old connections linger in TIME_WAIT.
+    #[cfg(unix)]
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
 }
 
+/// Raises the soft limit on open files to the hard limit: every gateway
+/// connection is a descriptor, and the control API, the stores and the
+/// compile cache need theirs when the gateway is full.
 fn raise_open_file_limit(max_connections: usize) {
     const RESERVE: u64 = 1024;
     match rlimit::increase_nofile_limit(u64::MAX) {
