@@ -234,7 +234,44 @@ enum Command {
     /// List a version's signed attestations, or remove one (admin).
     #[command(subcommand)]
     Attestations(commands::trust::AttestationsCommand),
+    /// Durable event queues of an environment: create, list, delete.
+    ///
+    /// An event is committed before its producer gets the 202, and each is
+    /// handled or dead-lettered, never lost. Producers post CloudEvents
+    /// (binary, structured or batch mode) to
+    /// /v1/queues/ENV/QUEUE/events, or use `seal events send`.
+    #[command(subcommand, after_long_help = EVENTS_EXAMPLES)]
+    Queue(commands::events::QueueCommand),
+    /// Bind a function to a queue or a cron schedule; list, delete, runs.
+    ///
+    /// Events reach the function as CloudEvents in HTTP binary mode. Its
+    /// answer decides: 2xx = done; 408, 409, 429, 5xx, a trap, a timeout or
+    /// a memory kill = retried with backoff, dead-lettered after the last
+    /// attempt; any other 4xx = dead-lettered at once. Each event picks its
+    /// version by a hash of its id against the route's weights, so a canary
+    /// is judged on events too and a retry stays on one version.
+    #[command(subcommand, after_long_help = EVENTS_EXAMPLES)]
+    Trigger(commands::events::TriggerCommand),
+    /// Send an event to a queue, or show one with every attempt.
+    #[command(subcommand, after_long_help = EVENTS_EXAMPLES)]
+    Events(commands::events::EventsCommand),
+    /// Dead letters: list, show, redrive (to the live route or --to N), purge.
+    #[command(subcommand, after_long_help = EVENTS_EXAMPLES)]
+    Dlq(commands::events::DlqCommand),
 }
+
+const EVENTS_EXAMPLES: &str = "\
+Examples:
+  seal queue create orders -e staging
+  seal trigger create queue --function billing --queue orders -e staging \\
+      --max-attempts 5 --backoff 1s..30s --max-age 1h --max-in-flight 16
+  seal trigger create cron --function report --schedule '*/5 * * * *' \\
+      --timezone Europe/Paris --overlap forbid -e staging
+  seal events send orders --type order.created --data @order.json -e staging
+  seal events show 42                      # every attempt: version, digest, status
+  seal trigger runs staging-report-cron
+  seal dlq list --queue orders
+  seal dlq redrive --all --queue orders --to 4";
 
 const PUBLISH_EXAMPLES: &str = "\
 Examples:
@@ -381,6 +418,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Verify(args) => commands::trust::verify(args, &client()?, out).await,
         Command::Policy(cmd) => commands::trust::policy(cmd, &client()?, out).await,
         Command::Attestations(cmd) => commands::trust::attestations(cmd, &client()?, out).await,
+        Command::Queue(cmd) => commands::events::queue(cmd, &client()?, out).await,
+        Command::Trigger(cmd) => commands::events::trigger(cmd, &client()?, out).await,
+        Command::Events(cmd) => commands::events::events(cmd, &client()?, out).await,
+        Command::Dlq(cmd) => commands::events::dlq(cmd, &client()?, out).await,
     }
 }
 

@@ -143,6 +143,36 @@ fn serving_has_no_listener_and_no_control_plane() {
 }
 
 #[test]
+fn event_triggers_sit_beside_the_gateway_on_the_serving_layer() {
+    let ws = workspace();
+    let events = deps(&ws, "seal-events");
+    for forbidden in [
+        "hyper",
+        "hyper-util",
+        "axum",
+        "sqlx",
+        "wasmtime",
+        "wasmtime-wasi-http",
+        "seal-control",
+        "seal-state",
+        "seal-gateway",
+        "seal-api",
+    ] {
+        assert!(
+            !events.contains(forbidden),
+            "seal-events depends on {forbidden}: it runs one attempt through the serving layer, nothing more"
+        );
+    }
+    assert!(events.contains("seal-serving"));
+    for inner in ["seal-gateway", "seal-serving"] {
+        assert!(
+            !deps(&ws, inner).contains("seal-events"),
+            "{inner} depends on seal-events: triggers go beside the gateway, not inside it or under it"
+        );
+    }
+}
+
+#[test]
 fn pure_crates_stay_pure() {
     let ws = workspace();
     for pure in ["seal-artifact", "seal-trust"] {

@@ -2,6 +2,7 @@
 
 pub mod access;
 pub mod deploy;
+pub mod events;
 pub mod observe;
 pub mod publish;
 pub mod query;

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 pub mod access;
 pub mod catalog;
 pub mod deployment;
+pub mod events;
 pub mod observe;
 pub mod records;
 pub mod rollout;

@@ -27,10 +27,11 @@
 //! | GET | `/v1/server` | runtime counters (compiles, cache loads) |
 //! | GET | `/healthz` | liveness |
 //!
-//! Observability and security routes are listed in their modules.
+//! Observability, security and event routes are listed in their modules.
 
 pub mod auth;
 pub mod error;
+pub mod events;
 pub mod functions;
 pub mod observe;
 pub mod security;
@@ -51,6 +52,7 @@ pub fn routes() -> Routes {
     functions::routes()
         .merge(observe::routes())
         .merge(security::routes())
+        .merge(events::routes())
 }
 
 /// The API as an axum service over a control plane.

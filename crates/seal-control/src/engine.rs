@@ -45,6 +45,8 @@ pub struct Control {
     pub(crate) previews: crate::preview::PreviewTokens,
     /// Which environments are protected.
     pub(crate) protection: Arc<crate::protection::Protection>,
+    /// Queues, triggers, event delivery and cron ticks.
+    pub(crate) events: Arc<crate::events::EventsService>,
 }
 
 impl Control {
@@ -70,7 +72,13 @@ impl Control {
         ));
         let previews = secrets.preview_tokens();
         let protection = Arc::new(crate::protection::Protection::new(&default_environment));
+        let events = Arc::new(crate::events::EventsService::new(
+            state.clone(),
+            serving.clone(),
+            default_environment.clone(),
+        ));
         Self {
+            events,
             previews,
             trust: crate::trust::TrustService::new(
                 state.clone(),
@@ -162,6 +170,11 @@ impl Control {
 
     pub fn serving(&self) -> &Serving {
         &self.serving
+    }
+
+    /// Queues, triggers, event delivery and cron ticks.
+    pub fn events(&self) -> &Arc<crate::events::EventsService> {
+        &self.events
     }
 
     /// Publishing and loading versions.

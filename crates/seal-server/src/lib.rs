@@ -456,6 +456,9 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
             tracing::error!(error = %e, "cannot resume deployments");
         }
     });
+    // Event delivery and cron ticks, each one loop under the stop token.
+    tasks.spawn(control.events().clone().run_queues(stop.clone()));
+    tasks.spawn(control.events().clone().run_cron(stop.clone()));
     // Per-version snapshots every second, for `seal rollout status` rates.
     let sampler = control.clone();
     every(

@@ -17,6 +17,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{FromRow, Sqlite, SqlitePool, Transaction};
 use std::path::Path;
 
+mod events;
 mod ports;
 mod security;
 

@@ -4,6 +4,10 @@
 
 use crate::SqliteStore;
 use seal_state::{
+    AttemptRecord, Claimed, CronRun, DeadLetter, Enqueued, EventRecord, NewEvent, NextStep,
+    QueueRecord, TriggerRecord,
+};
+use seal_state::{
     AttestationRecord, AuditRecord, AuditVerification, Budget, DeploymentEvent, DeploymentRecord,
     NewAudit, NewDeployment, NewRollout, NewToken, NewVersion, Result, RouteRecord, SettingChange,
     SettingRecord, SettingRevision, TokenRecord, Transition, UsageDelta, UsageRow, VersionRecord,
@@ -23,6 +27,31 @@ macro_rules! ports {
 }
 
 ports! {
+    Events {
+        fn create_queue(q: &QueueRecord) -> bool;
+        fn queues(environment: Option<&str>) -> Vec<QueueRecord>;
+        fn queue(environment: &str, name: &str) -> Option<QueueRecord>;
+        fn delete_queue(environment: &str, name: &str, actor: &str) -> bool;
+        fn create_trigger(t: &TriggerRecord) -> bool;
+        fn triggers() -> Vec<TriggerRecord>;
+        fn trigger(name: &str) -> Option<TriggerRecord>;
+        fn delete_trigger(name: &str, actor: &str) -> bool;
+        fn enqueue(environment: &str, queue: &str, events: &[NewEvent<'_>], now: i64, dedup_since: i64) -> Vec<Enqueued>;
+        fn claim_due(trigger: &str, now: i64, lease_until: i64, limit: u32) -> Vec<Claimed>;
+        fn next_due(trigger: &str) -> Option<i64>;
+        fn finish_delivery(delivery_id: u64, attempt: Option<&AttemptRecord>, next: &NextStep, now: i64) -> ();
+        fn release_running(now: i64) -> u64;
+        fn event(id: u64) -> Option<EventRecord>;
+        fn dead_letters(environment: Option<&str>, queue: Option<&str>) -> Vec<DeadLetter>;
+        fn dead_letter(id: u64) -> Option<DeadLetter>;
+        fn redrive(ids: &[u64], to: Option<u64>, now: i64, actor: &str) -> Vec<u64>;
+        fn purge(ids: &[u64], actor: &str) -> Vec<u64>;
+        fn commit_tick(run: &CronRun) -> bool;
+        fn finish_run(run: &CronRun) -> ();
+        fn interrupt_runs() -> u64;
+        fn cron_runs(trigger: &str, limit: u32) -> Vec<CronRun>;
+        fn last_tick(trigger: &str) -> Option<i64>;
+    }
     Catalog {
         fn version_by_digest(digest: &str) -> Option<VersionRecord>;
         fn version(function: &str, number: u64) -> Option<VersionRecord>;

@@ -514,6 +514,332 @@ pub async fn attestations_are_recorded_once(s: &dyn StateStore) {
 
 /// One `#[tokio::test]` per contract check, each on a fresh store from
 /// `$fresh` (an async fn returning a guard and an `Arc<dyn StateStore>`).
+fn queue_record(name: &str) -> QueueRecord {
+    QueueRecord {
+        environment: "production".into(),
+        name: name.into(),
+        dedup_window_ms: 60_000,
+        created_at: 1,
+        created_by: "contract".into(),
+    }
+}
+
+fn subscription(name: &str, function: &str, queue: &str) -> TriggerRecord {
+    TriggerRecord {
+        name: name.into(),
+        environment: "production".into(),
+        function: function.into(),
+        spec: TriggerSpec::Queue(seal_api_types::events::QueueSubscription::new(queue)),
+        created_at: 1,
+        created_by: "contract".into(),
+    }
+}
+
+fn event<'a>(id: &'a str, body: &'a str) -> NewEvent<'a> {
+    NewEvent {
+        ce_id: id,
+        source: "/shop",
+        ty: "order.created",
+        event: body,
+    }
+}
+
+fn attempt(n: u32, outcome: Outcome) -> AttemptRecord {
+    AttemptRecord {
+        attempt: n,
+        version: Some(1),
+        digest: Some("sha256:aa".into()),
+        status: Some(if outcome == Outcome::Ok { 200 } else { 500 }),
+        outcome,
+        error_kind: None,
+        started_at: 10,
+        duration_ms: 3,
+    }
+}
+
+/// An event is stored with one delivery per subscription of its queue;
+/// a duplicate in the window adds nothing; a claimed delivery is leased,
+/// released at start, and finished once.
+pub async fn events_are_delivered_once_per_subscription(s: &dyn StateStore) {
+    assert!(s.create_queue(&queue_record("orders")).await.unwrap());
+    assert!(!s.create_queue(&queue_record("orders")).await.unwrap());
+    assert!(
+        s.create_trigger(&subscription("billing-orders", "billing", "orders"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.create_trigger(&subscription("mail-orders", "mail", "orders"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.create_trigger(&subscription("mail-orders", "mail", "orders"))
+            .await
+            .unwrap()
+    );
+    let body = r#"{"specversion":"1.0","id":"a1","source":"/shop","type":"order.created"}"#;
+    let first = s
+        .enqueue(
+            "production",
+            "orders",
+            &[event("a1", body), event("a2", body)],
+            100,
+            0,
+        )
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 2);
+    assert!(first.iter().all(|e| !e.duplicate));
+    let again = s
+        .enqueue("production", "orders", &[event("a1", body)], 200, 50)
+        .await
+        .unwrap();
+    assert!(again[0].duplicate, "within the window");
+    assert_eq!(again[0].id, first[0].id);
+    let outside = s
+        .enqueue("production", "orders", &[event("a1", body)], 300, 150)
+        .await
+        .unwrap();
+    assert!(!outside[0].duplicate, "past the window it is a new event");
+
+    // Not due before its time; claimed once; a lease keeps others off.
+    assert!(
+        s.claim_due("billing-orders", 99, 1_000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let claimed = s.claim_due("billing-orders", 100, 1_000, 1).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!((claimed[0].attempts, claimed[0].next_attempt), (0, 1));
+    assert_eq!(claimed[0].event, body);
+    let rest = s.claim_due("billing-orders", 400, 1_000, 10).await.unwrap();
+    assert_eq!(rest.len(), 2, "the other two, not the leased one");
+    // Past the lease it is due again (a crashed node's claim).
+    let expired = s
+        .claim_due("billing-orders", 1_000, 2_000, 10)
+        .await
+        .unwrap();
+    assert_eq!(expired.len(), 3);
+    assert_eq!(s.release_running(2_500).await.unwrap(), 3);
+    let d = s
+        .claim_due("billing-orders", 2_500, 9_000, 10)
+        .await
+        .unwrap();
+    assert_eq!(d.len(), 3);
+    s.finish_delivery(
+        d[0].delivery_id,
+        Some(&attempt(1, Outcome::Retryable)),
+        &NextStep::Retry {
+            at: 5_000,
+            error: "500".into(),
+        },
+        2_600,
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.next_due("billing-orders").await.unwrap(), Some(5_000));
+    let retry = s
+        .claim_due("billing-orders", 5_000, 9_000, 10)
+        .await
+        .unwrap();
+    assert_eq!(retry.len(), 1);
+    assert_eq!((retry[0].attempts, retry[0].next_attempt), (1, 2));
+    s.finish_delivery(
+        retry[0].delivery_id,
+        Some(&attempt(2, Outcome::Ok)),
+        &NextStep::Done,
+        5_100,
+    )
+    .await
+    .unwrap();
+    let shown = s.event(d[0].event_id).await.unwrap().unwrap();
+    assert_eq!(shown.ce_id, "a1");
+    assert_eq!(shown.deliveries.len(), 2, "one per subscription");
+    let billing = shown
+        .deliveries
+        .iter()
+        .find(|x| x.trigger == "billing-orders")
+        .unwrap();
+    assert_eq!(billing.state, DeliveryState::Done);
+    assert_eq!(billing.history.len(), 2);
+    assert_eq!(billing.history[1].outcome, Outcome::Ok);
+    // The mail subscription is untouched by billing's claims.
+    assert_eq!(
+        s.claim_due("mail-orders", 400, 1_000, 10)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+
+    // A queue read by a trigger is not deleted; without readers it is,
+    // with its events.
+    assert!(matches!(
+        s.delete_queue("production", "orders", "contract").await,
+        Err(StateError::Conflict(_))
+    ));
+    assert!(
+        s.delete_trigger("billing-orders", "contract")
+            .await
+            .unwrap()
+    );
+    assert!(s.delete_trigger("mail-orders", "contract").await.unwrap());
+    assert!(
+        s.delete_queue("production", "orders", "contract")
+            .await
+            .unwrap()
+    );
+    assert!(s.event(d[0].event_id).await.unwrap().is_none());
+    assert!(
+        !s.delete_queue("production", "orders", "contract")
+            .await
+            .unwrap()
+    );
+    let actions: Vec<String> = s
+        .audit_log(20)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.action)
+        .collect();
+    for a in [
+        "queue.create",
+        "trigger.create",
+        "trigger.delete",
+        "queue.delete",
+    ] {
+        assert!(actions.iter().any(|x| x == a), "{a} audited: {actions:?}");
+    }
+    assert!(s.verify_audit().await.unwrap().ok);
+}
+
+/// A dead letter keeps its reason and version; redrive starts a new run
+/// (attempt numbers go on), pinned when asked; purge deletes it.
+pub async fn dead_letters_are_redriven_and_purged(s: &dyn StateStore) {
+    s.create_queue(&queue_record("orders")).await.unwrap();
+    s.create_trigger(&subscription("billing-orders", "billing", "orders"))
+        .await
+        .unwrap();
+    let body = r#"{"id":"x"}"#;
+    s.enqueue(
+        "production",
+        "orders",
+        &[event("x", body), event("y", body)],
+        10,
+        0,
+    )
+    .await
+    .unwrap();
+    let d = s.claim_due("billing-orders", 10, 100, 10).await.unwrap();
+    for c in &d {
+        s.finish_delivery(
+            c.delivery_id,
+            Some(&attempt(1, Outcome::Permanent)),
+            &NextStep::Dead {
+                reason: DeadReason::Permanent,
+                error: "status 400".into(),
+            },
+            20,
+        )
+        .await
+        .unwrap();
+    }
+    let dead = s
+        .dead_letters(Some("production"), Some("orders"))
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 2);
+    assert_eq!(dead[0].reason, DeadReason::Permanent);
+    assert_eq!(dead[0].version, Some(1));
+    assert_eq!(dead[0].last_error.as_deref(), Some("status 400"));
+    assert!(
+        s.dead_letters(None, Some("other"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(s.dead_letter(dead[0].id).await.unwrap().unwrap(), dead[0]);
+
+    let redriven = s
+        .redrive(&[dead[0].id, 999], Some(2), 30, "contract")
+        .await
+        .unwrap();
+    assert_eq!(redriven, vec![dead[0].id]);
+    let again = s.claim_due("billing-orders", 30, 100, 10).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].pinned_version, Some(2));
+    assert_eq!((again[0].attempts, again[0].next_attempt), (0, 2));
+    assert!(s.dead_letter(dead[0].id).await.unwrap().is_none());
+
+    assert_eq!(
+        s.purge(&[dead[1].id], "contract").await.unwrap(),
+        vec![dead[1].id]
+    );
+    assert!(s.purge(&[dead[1].id], "contract").await.unwrap().is_empty());
+    assert!(s.dead_letters(None, None).await.unwrap().is_empty());
+    let actions: Vec<String> = s
+        .audit_log(20)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.action)
+        .collect();
+    assert!(
+        actions.contains(&"dlq.redrive".to_owned()) && actions.contains(&"dlq.purge".to_owned())
+    );
+}
+
+/// A tick is committed once; a run left running is interrupted at start.
+pub async fn cron_ticks_commit_once(s: &dyn StateStore) {
+    let t = TriggerRecord {
+        name: "report-cron".into(),
+        environment: "production".into(),
+        function: "report".into(),
+        spec: TriggerSpec::Cron(seal_api_types::events::CronSchedule {
+            schedule: "* * * * *".into(),
+            timezone: "UTC".into(),
+            on_missed: Default::default(),
+            overlap: Default::default(),
+            canary: Default::default(),
+        }),
+        created_at: 1,
+        created_by: "contract".into(),
+    };
+    assert!(s.create_trigger(&t).await.unwrap());
+    assert_eq!(s.last_tick("report-cron").await.unwrap(), None);
+    let run = |at: i64, status: &str| CronRun {
+        trigger: "report-cron".into(),
+        scheduled_at: at,
+        fired_at: at + 1,
+        status: status.into(),
+        version: None,
+        digest: None,
+        http_status: None,
+        duration_ms: None,
+        error: None,
+    };
+    assert!(s.commit_tick(&run(60_000, "running")).await.unwrap());
+    assert!(
+        !s.commit_tick(&run(60_000, "running")).await.unwrap(),
+        "twice"
+    );
+    assert!(!s.commit_tick(&run(0, "running")).await.unwrap(), "older");
+    assert_eq!(s.last_tick("report-cron").await.unwrap(), Some(60_000));
+    let mut done = run(60_000, "ok");
+    done.http_status = Some(200);
+    done.version = Some(3);
+    s.finish_run(&done).await.unwrap();
+    assert!(s.commit_tick(&run(120_000, "running")).await.unwrap());
+    assert_eq!(s.interrupt_runs().await.unwrap(), 1);
+    let runs = s.cron_runs("report-cron", 10).await.unwrap();
+    assert_eq!(runs.len(), 2);
+    assert_eq!(runs[0].scheduled_at, 120_000, "newest first");
+    assert_eq!(runs[0].status, "interrupted");
+    assert_eq!((runs[1].status.as_str(), runs[1].version), ("ok", Some(3)));
+}
+
 #[macro_export]
 macro_rules! contract_tests {
     ($fresh:path) => {
@@ -529,7 +855,10 @@ macro_rules! contract_tests {
             tokens_are_found_by_hash_and_revoked,
             settings_change_by_revision,
             policies_are_per_environment,
-            attestations_are_recorded_once
+            attestations_are_recorded_once,
+            events_are_delivered_once_per_subscription,
+            dead_letters_are_redriven_and_purged,
+            cron_ticks_commit_once
         );
     };
     (@each $fresh:path; $($check:ident),*) => {

@@ -19,6 +19,10 @@
 //! This crate knows no SQL driver, no wasm and no HTTP.
 
 use async_trait::async_trait;
+pub use seal_api_types::events::{
+    AttemptRecord, CronRun, DeadLetter, DeadReason, DeliveryRecord, DeliveryState, Enqueued,
+    EventRecord, Outcome, QueueRecord, TriggerRecord, TriggerSpec,
+};
 pub use seal_api_types::records::{
     AuditRecord, AuditVerification, BrokenLink, Budget, DeploymentEvent, DeploymentRecord,
     RouteRecord, SettingRevision, TokenRecord, VersionRecord, WeightedVersion,
@@ -386,14 +390,153 @@ pub trait Attestations: Send + Sync {
     ) -> Result<bool>;
 }
 
+/// An event to enqueue: the CloudEvent's identity and its structured JSON
+/// form.
+#[derive(Debug, Clone)]
+pub struct NewEvent<'a> {
+    pub ce_id: &'a str,
+    pub source: &'a str,
+    pub ty: &'a str,
+    pub event: &'a str,
+}
+
+/// A delivery claimed for an attempt: its lease runs until the deadline
+/// given to [`Events::claim_due`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claimed {
+    pub delivery_id: u64,
+    pub event_id: u64,
+    pub trigger: String,
+    pub environment: String,
+    pub queue: String,
+    pub function: String,
+    /// Attempts made so far in this run (0 for the first one; a redrive
+    /// starts a new run).
+    pub attempts: u32,
+    /// The number the next attempt's record gets (attempt numbers go on
+    /// across redrives).
+    pub next_attempt: u32,
+    pub pinned_version: Option<u64>,
+    pub ce_id: String,
+    pub enqueued_at: i64,
+    /// The CloudEvent in its structured JSON form.
+    pub event: String,
+}
+
+/// What follows an attempt (or a check before one).
+#[derive(Debug, Clone, PartialEq)]
+pub enum NextStep {
+    Done,
+    Retry { at: i64, error: String },
+    Dead { reason: DeadReason, error: String },
+}
+
+/// Durable queues and triggers: the queues of each environment, the
+/// triggers binding functions to them or to a schedule, the events and
+/// one delivery per event and subscription, and cron ticks. The embedded
+/// backend keeps them in the state store; a message broker is the sibling
+/// to come.
+#[async_trait]
+pub trait Events: Send + Sync {
+    /// False when it exists already. Audited.
+    async fn create_queue(&self, q: &QueueRecord) -> Result<bool>;
+    async fn queues(&self, environment: Option<&str>) -> Result<Vec<QueueRecord>>;
+    async fn queue(&self, environment: &str, name: &str) -> Result<Option<QueueRecord>>;
+    /// Deletes the queue and its events; `Conflict` while a trigger reads
+    /// it. False when there is no such queue. Audited.
+    async fn delete_queue(&self, environment: &str, name: &str, actor: &str) -> Result<bool>;
+    /// False when the name is taken. Audited.
+    async fn create_trigger(&self, t: &TriggerRecord) -> Result<bool>;
+    async fn triggers(&self) -> Result<Vec<TriggerRecord>>;
+    async fn trigger(&self, name: &str) -> Result<Option<TriggerRecord>>;
+    /// Deletes the trigger and its deliveries not yet handled. Audited.
+    async fn delete_trigger(&self, name: &str, actor: &str) -> Result<bool>;
+    /// Stores the events (one transaction) with one pending delivery per
+    /// queue trigger of the queue, due at `now`. An event whose (`source`,
+    /// `id`) was enqueued in the queue at or after `dedup_since` is a
+    /// duplicate: answered with the stored one, nothing added.
+    async fn enqueue(
+        &self,
+        environment: &str,
+        queue: &str,
+        events: &[NewEvent<'_>],
+        now: i64,
+        dedup_since: i64,
+    ) -> Result<Vec<Enqueued>>;
+    /// Claims up to `limit` deliveries of `trigger` that are due at `now`
+    /// (pending and `next_at <= now`, or running past their lease) and
+    /// marks them running until `lease_until`.
+    async fn claim_due(
+        &self,
+        trigger: &str,
+        now: i64,
+        lease_until: i64,
+        limit: u32,
+    ) -> Result<Vec<Claimed>>;
+    /// The earliest instant a pending delivery of `trigger` is due.
+    async fn next_due(&self, trigger: &str) -> Result<Option<i64>>;
+    /// Records an attempt (if one was made) and what follows, in one
+    /// transaction.
+    async fn finish_delivery(
+        &self,
+        delivery_id: u64,
+        attempt: Option<&AttemptRecord>,
+        next: &NextStep,
+        now: i64,
+    ) -> Result<()>;
+    /// Running deliveries become pending (due now): at start, when no
+    /// other server can be running them. Returns how many.
+    async fn release_running(&self, now: i64) -> Result<u64>;
+    /// One event with its deliveries and every attempt.
+    async fn event(&self, id: u64) -> Result<Option<EventRecord>>;
+    async fn dead_letters(
+        &self,
+        environment: Option<&str>,
+        queue: Option<&str>,
+    ) -> Result<Vec<DeadLetter>>;
+    async fn dead_letter(&self, id: u64) -> Result<Option<DeadLetter>>;
+    /// Dead letters back to pending (due now, a new run of attempts),
+    /// pinned to `to` when given. Returns the ids changed. Audited.
+    async fn redrive(
+        &self,
+        ids: &[u64],
+        to: Option<u64>,
+        now: i64,
+        actor: &str,
+    ) -> Result<Vec<u64>>;
+    /// Deletes dead letters (and events left with no delivery). Returns
+    /// the ids deleted. Audited.
+    async fn purge(&self, ids: &[u64], actor: &str) -> Result<Vec<u64>>;
+    /// Commits a cron tick as fired before it runs: moves the trigger's
+    /// last tick to `run.scheduled_at` and records the run, one
+    /// transaction. False (nothing written) when that tick or a later one
+    /// was committed already.
+    async fn commit_tick(&self, run: &CronRun) -> Result<bool>;
+    /// Records how a committed tick's run ended.
+    async fn finish_run(&self, run: &CronRun) -> Result<()>;
+    /// Runs still `running` become `interrupted`: at start.
+    async fn interrupt_runs(&self) -> Result<u64>;
+    async fn cron_runs(&self, trigger: &str, limit: u32) -> Result<Vec<CronRun>>;
+    /// The last tick a cron trigger committed.
+    async fn last_tick(&self, trigger: &str) -> Result<Option<i64>>;
+}
+
 /// Every aggregate: what the control plane needs of a state backend.
 pub trait StateStore:
-    Catalog + Deployments + AuditLog + Usage + Tokens + Settings + Policies + Attestations
+    Catalog + Deployments + AuditLog + Usage + Tokens + Settings + Policies + Attestations + Events
 {
 }
 
 impl<T> StateStore for T where
-    T: Catalog + Deployments + AuditLog + Usage + Tokens + Settings + Policies + Attestations
+    T: Catalog
+        + Deployments
+        + AuditLog
+        + Usage
+        + Tokens
+        + Settings
+        + Policies
+        + Attestations
+        + Events
 {
 }
 

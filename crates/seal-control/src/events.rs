@@ -1,0 +1,863 @@
+//! The `EventsService`: queues, triggers, ingest, delivery with retries
+//! and dead letters, cron ticks. Built from the state port and the
+//! serving layer alone; attempts run through `seal_events::deliver`, so
+//! an event is served by the function's live route (its version chosen by
+//! a hash of the event id against the weights) and counts in the same
+//! per-version telemetry the rollout gates judge.
+//!
+//! Two loops, started by the server: [`EventsService::run_queues`] claims
+//! due deliveries per subscription (at most `max_in_flight` each) and
+//! [`EventsService::run_cron`] fires cron ticks, each committed before it
+//! runs.
+
+use crate::error::{ControlError, ControlResult};
+use crate::lookup;
+use seal_api_types::events::{
+    CreateQueue, CreateTrigger, CronCanary, CronRun, CronSchedule, DeadLetter, DeadReason,
+    DlqChange, EnqueueAnswer, EventRecord, OnMissed, Outcome, Overlap, PurgeRequest, QueueRecord,
+    QueueSubscription, RedriveRequest, TriggerRecord, TriggerSpec,
+};
+use seal_events::codec::{self, Limits};
+use seal_events::schedule::Schedule;
+use seal_events::{AttributesReader, Event};
+use seal_serving::{Serving, Traffic};
+use seal_state::{AttemptRecord, Claimed, NewEvent, NextStep, StateStore, now_ms};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use tokio_util::sync::CancellationToken;
+
+/// The largest ingest request (a batch) the codec accepts.
+pub const MAX_INGEST_BYTES: usize = 1024 * 1024;
+
+/// Default deduplication window of a queue.
+pub const DEFAULT_DEDUP_WINDOW_MS: u64 = 10 * 60_000;
+/// How long a claimed delivery stays leased to its attempt.
+const LEASE_MS: i64 = 5 * 60_000;
+/// A tick found due later than this after its instant was missed (the
+/// server was not running): its trigger's `on_missed` decides.
+const MISSED_AFTER_MS: i64 = 5_000;
+
+pub struct EventsService {
+    state: Arc<dyn StateStore>,
+    serving: Arc<Serving>,
+    default_environment: String,
+    limits: Limits,
+    /// Wakes the queue loop: an ingest, a redrive, a finished delivery.
+    wake_queues: tokio::sync::Notify,
+    /// Wakes the cron loop: a trigger created or deleted.
+    wake_cron: tokio::sync::Notify,
+    /// Deliveries running per subscription.
+    in_flight: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
+    /// Cron triggers whose run is going (for `overlap = forbid`).
+    cron_running: Mutex<HashSet<String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// `[a-z][a-z0-9-]{0,62}`, like function names.
+fn check_name(what: &str, name: &str) -> ControlResult<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ControlError::Invalid(format!(
+            "invalid {what} name {name:?}: lowercase letters, digits and '-', starting with a letter, at most 63"
+        )))
+    }
+}
+
+impl EventsService {
+    pub fn new(
+        state: Arc<dyn StateStore>,
+        serving: Arc<Serving>,
+        default_environment: String,
+    ) -> Self {
+        Self {
+            state,
+            serving,
+            default_environment,
+            limits: Limits {
+                max_batch_bytes: MAX_INGEST_BYTES,
+                ..Limits::default()
+            },
+            wake_queues: tokio::sync::Notify::new(),
+            wake_cron: tokio::sync::Notify::new(),
+            in_flight: Mutex::default(),
+            cron_running: Mutex::default(),
+        }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    fn env<'a>(&'a self, environment: Option<&'a str>) -> &'a str {
+        environment.unwrap_or(&self.default_environment)
+    }
+
+    pub async fn create_queue(&self, req: &CreateQueue, actor: &str) -> ControlResult<QueueRecord> {
+        check_name("queue", &req.name)?;
+        let environment = self.env(req.environment.as_deref()).to_owned();
+        lookup::environment_must_exist(&*self.state, &environment).await?;
+        let q = QueueRecord {
+            environment,
+            name: req.name.clone(),
+            dedup_window_ms: req.dedup_window_ms.unwrap_or(DEFAULT_DEDUP_WINDOW_MS),
+            created_at: now_ms(),
+            created_by: actor.to_owned(),
+        };
+        if !self.state.create_queue(&q).await? {
+            return Err(ControlError::Conflict(format!(
+                "queue {} already exists in {}",
+                q.name, q.environment
+            )));
+        }
+        Ok(q)
+    }
+
+    pub async fn queues(&self, environment: Option<&str>) -> ControlResult<Vec<QueueRecord>> {
+        Ok(self.state.queues(environment).await?)
+    }
+
+    pub async fn delete_queue(
+        &self,
+        environment: &str,
+        name: &str,
+        actor: &str,
+    ) -> ControlResult<()> {
+        if self.state.delete_queue(environment, name, actor).await? {
+            Ok(())
+        } else {
+            Err(ControlError::not_found(format!(
+                "no queue {name} in {environment}"
+            )))
+        }
+    }
+
+    async fn queue_must_exist(&self, environment: &str, queue: &str) -> ControlResult<QueueRecord> {
+        lookup::environment_must_exist(&*self.state, environment).await?;
+        self.state
+            .queue(environment, queue)
+            .await?
+            .ok_or_else(|| ControlError::not_found(format!("no queue {queue} in {environment}")))
+    }
+
+    pub async fn create_trigger(
+        &self,
+        req: &CreateTrigger,
+        actor: &str,
+    ) -> ControlResult<TriggerRecord> {
+        let environment = self.env(req.environment.as_deref()).to_owned();
+        lookup::environment_must_exist(&*self.state, &environment).await?;
+        lookup::function_must_exist(&*self.state, &req.function).await?;
+        match &req.spec {
+            TriggerSpec::Queue(q) => {
+                self.queue_must_exist(&environment, &q.queue).await?;
+                check_subscription(q)?;
+            }
+            TriggerSpec::Cron(c) => {
+                Schedule::parse(&c.schedule, &c.timezone).map_err(ControlError::Invalid)?;
+            }
+        }
+        if self
+            .state
+            .route(&environment, &req.function)
+            .await?
+            .is_none()
+        {
+            return Err(ControlError::Invalid(format!(
+                "{} has no version serving in {environment}: deploy one before binding a trigger",
+                req.function
+            )));
+        }
+        let name = match &req.name {
+            Some(n) => n.clone(),
+            None => {
+                let base = match &req.spec {
+                    TriggerSpec::Queue(q) => format!("{}-{}", req.function, q.queue),
+                    TriggerSpec::Cron(_) => format!("{}-cron", req.function),
+                };
+                if environment == self.default_environment {
+                    base
+                } else {
+                    format!("{environment}-{base}")
+                }
+            }
+        };
+        check_name("trigger", &name)?;
+        let t = TriggerRecord {
+            name,
+            environment,
+            function: req.function.clone(),
+            spec: req.spec.clone(),
+            created_at: now_ms(),
+            created_by: actor.to_owned(),
+        };
+        if !self.state.create_trigger(&t).await? {
+            return Err(ControlError::Conflict(format!(
+                "a trigger named {} exists already: choose another name",
+                t.name
+            )));
+        }
+        self.wake_cron.notify_one();
+        self.wake_queues.notify_one();
+        Ok(t)
+    }
+
+    pub async fn triggers(&self, function: Option<&str>) -> ControlResult<Vec<TriggerRecord>> {
+        let mut all = self.state.triggers().await?;
+        if let Some(f) = function {
+            all.retain(|t| t.function == f);
+        }
+        Ok(all)
+    }
+
+    pub async fn trigger(&self, name: &str) -> ControlResult<TriggerRecord> {
+        self.state
+            .trigger(name)
+            .await?
+            .ok_or_else(|| ControlError::not_found(format!("no trigger {name}")))
+    }
+
+    pub async fn delete_trigger(&self, name: &str, actor: &str) -> ControlResult<()> {
+        if !self.state.delete_trigger(name, actor).await? {
+            return Err(ControlError::not_found(format!("no trigger {name}")));
+        }
+        lock(&self.in_flight).remove(name);
+        self.wake_cron.notify_one();
+        Ok(())
+    }
+
+    pub async fn cron_runs(&self, name: &str, limit: u32) -> ControlResult<Vec<CronRun>> {
+        let t = self.trigger(name).await?;
+        if !matches!(t.spec, TriggerSpec::Cron(_)) {
+            return Err(ControlError::Invalid(format!(
+                "{name} is a queue trigger: its deliveries are shown per event"
+            )));
+        }
+        Ok(self.state.cron_runs(name, limit.clamp(1, 1000)).await?)
+    }
+
+    /// Reads the events of one ingest request and commits them (with one
+    /// delivery per subscription) before answering.
+    pub async fn ingest(
+        &self,
+        environment: &str,
+        queue: &str,
+        headers: &http::HeaderMap,
+        body: &[u8],
+    ) -> ControlResult<EnqueueAnswer> {
+        let q = self.queue_must_exist(environment, queue).await?;
+        let events = codec::read_request(headers, body, &self.limits).map_err(|e| match e {
+            codec::CodecError::Malformed(m) => {
+                ControlError::Invalid(format!("malformed CloudEvent: {m}"))
+            }
+            other => ControlError::TooLarge(other.to_string()),
+        })?;
+        self.enqueue(&q, &events).await
+    }
+
+    /// Commits already-built events to a queue.
+    pub async fn enqueue(&self, q: &QueueRecord, events: &[Event]) -> ControlResult<EnqueueAnswer> {
+        let stored: Vec<(String, String, String, String)> = events
+            .iter()
+            .map(|e| {
+                (
+                    e.id().to_owned(),
+                    e.source().to_string(),
+                    e.ty().to_owned(),
+                    codec::to_json(e),
+                )
+            })
+            .collect();
+        let new: Vec<NewEvent<'_>> = stored
+            .iter()
+            .map(|(id, source, ty, json)| NewEvent {
+                ce_id: id,
+                source,
+                ty,
+                event: json,
+            })
+            .collect();
+        let now = now_ms();
+        let accepted = self
+            .state
+            .enqueue(
+                &q.environment,
+                &q.name,
+                &new,
+                now,
+                now - q.dedup_window_ms as i64,
+            )
+            .await?;
+        self.wake_queues.notify_one();
+        Ok(EnqueueAnswer {
+            environment: q.environment.clone(),
+            queue: q.name.clone(),
+            events: accepted,
+        })
+    }
+
+    pub async fn event(&self, id: u64) -> ControlResult<EventRecord> {
+        self.state
+            .event(id)
+            .await?
+            .ok_or_else(|| ControlError::not_found(format!("no event {id}")))
+    }
+
+    pub async fn dead_letters(
+        &self,
+        environment: Option<&str>,
+        queue: Option<&str>,
+    ) -> ControlResult<Vec<DeadLetter>> {
+        Ok(self.state.dead_letters(environment, queue).await?)
+    }
+
+    pub async fn dead_letter(&self, id: u64) -> ControlResult<(DeadLetter, EventRecord)> {
+        let d = self
+            .state
+            .dead_letter(id)
+            .await?
+            .ok_or_else(|| ControlError::not_found(format!("no dead letter {id}")))?;
+        let e = self.event(d.event_id).await?;
+        Ok((d, e))
+    }
+
+    /// The dead letters a redrive or purge names: its ids (each must be a
+    /// dead letter), or with `all` every one of the queue (or everywhere).
+    async fn select(
+        &self,
+        ids: &[u64],
+        all: bool,
+        environment: Option<&str>,
+        queue: Option<&str>,
+    ) -> ControlResult<Vec<DeadLetter>> {
+        if all != ids.is_empty() {
+            return Err(ControlError::Invalid(
+                "name dead letters by id, or ask for all of them (of a queue), not both".into(),
+            ));
+        }
+        let every = self.state.dead_letters(environment, queue).await?;
+        if all {
+            return Ok(every);
+        }
+        ids.iter()
+            .map(|id| {
+                every
+                    .iter()
+                    .find(|d| d.id == *id)
+                    .cloned()
+                    .ok_or_else(|| ControlError::not_found(format!("no dead letter {id}")))
+            })
+            .collect()
+    }
+
+    /// Dead letters back to their subscription, to the live route or to
+    /// one version of it.
+    pub async fn redrive(&self, req: &RedriveRequest, actor: &str) -> ControlResult<DlqChange> {
+        let chosen = self
+            .select(
+                &req.ids,
+                req.all,
+                req.environment.as_deref(),
+                req.queue.as_deref(),
+            )
+            .await?;
+        if let Some(to) = req.to {
+            for d in &chosen {
+                let serves = self
+                    .serving
+                    .route(&d.environment, &d.function)
+                    .is_some_and(|r| r.backends.iter().any(|b| b.version == to));
+                if !serves {
+                    return Err(ControlError::Invalid(format!(
+                        "{}@{to} is not in the route of {} in {}: deploy it (a canary at any weight will do) before redriving to it",
+                        d.function, d.function, d.environment
+                    )));
+                }
+            }
+        }
+        for d in &chosen {
+            if self.state.trigger(&d.trigger).await?.is_none() {
+                return Err(ControlError::Conflict(format!(
+                    "dead letter {} belongs to trigger {}, which was deleted",
+                    d.id, d.trigger
+                )));
+            }
+        }
+        let ids: Vec<u64> = chosen.iter().map(|d| d.id).collect();
+        let changed = self.state.redrive(&ids, req.to, now_ms(), actor).await?;
+        self.wake_queues.notify_one();
+        Ok(DlqChange {
+            count: changed.len() as u64,
+            ids: changed,
+        })
+    }
+
+    pub async fn purge(&self, req: &PurgeRequest, actor: &str) -> ControlResult<DlqChange> {
+        let all = req.ids.is_empty();
+        let chosen = self
+            .select(
+                &req.ids,
+                all,
+                req.environment.as_deref(),
+                req.queue.as_deref(),
+            )
+            .await?;
+        let ids: Vec<u64> = chosen.iter().map(|d| d.id).collect();
+        let deleted = self.state.purge(&ids, actor).await?;
+        Ok(DlqChange {
+            count: deleted.len() as u64,
+            ids: deleted,
+        })
+    }
+
+    fn slots(&self, trigger: &str, max_in_flight: u32) -> Arc<tokio::sync::Semaphore> {
+        lock(&self.in_flight)
+            .entry(trigger.to_owned())
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(max_in_flight.max(1) as usize)))
+            .clone()
+    }
+
+    /// Delivers due events until `stop`: at start, deliveries a previous
+    /// process left running are due again (at-least-once).
+    pub async fn run_queues(self: Arc<Self>, stop: CancellationToken) {
+        match self.state.release_running(now_ms()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deliveries = n, "deliveries cut off by a stop are due again"),
+            Err(e) => tracing::error!(error = %e, "cannot release running deliveries"),
+        }
+        let mut running = tokio::task::JoinSet::new();
+        loop {
+            let next_wake = match self.dispatch(&mut running).await {
+                Ok(at) => at,
+                Err(e) => {
+                    tracing::warn!(error = %e, "event delivery loop");
+                    now_ms() + 1_000
+                }
+            };
+            while running.try_join_next().is_some() {}
+            let wait = (next_wake - now_ms()).clamp(0, 1_000) as u64;
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = self.wake_queues.notified() => {}
+                () = tokio::time::sleep(std::time::Duration::from_millis(wait)) => {}
+            }
+        }
+        // Attempts cut off here stay claimed; the next start redelivers them.
+        running.shutdown().await;
+    }
+
+    /// One pass: claims what each subscription may take and starts it.
+    /// Returns when the next pass is needed.
+    async fn dispatch(
+        self: &Arc<Self>,
+        running: &mut tokio::task::JoinSet<()>,
+    ) -> ControlResult<i64> {
+        let now = now_ms();
+        let mut next = now + 1_000;
+        for t in self.state.triggers().await? {
+            let TriggerSpec::Queue(sub) = &t.spec else {
+                continue;
+            };
+            let slots = self.slots(&t.name, sub.max_in_flight);
+            let free = slots.available_permits() as u32;
+            if free == 0 {
+                continue;
+            }
+            let claimed = self
+                .state
+                .claim_due(&t.name, now, now + LEASE_MS, free)
+                .await?;
+            if claimed.len() as u32 == free {
+                next = now;
+            } else if let Some(due) = self.state.next_due(&t.name).await? {
+                next = next.min(due);
+            }
+            for c in claimed {
+                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                    break;
+                };
+                let this = self.clone();
+                let sub = sub.clone();
+                running.spawn(async move {
+                    this.attempt(c, &sub).await;
+                    drop(permit);
+                    this.wake_queues.notify_one();
+                });
+            }
+        }
+        Ok(next)
+    }
+
+    /// One attempt of a claimed delivery, and what follows it, committed.
+    async fn attempt(&self, c: Claimed, sub: &QueueSubscription) {
+        let now = now_ms();
+        let (attempt, next) = self.run_attempt(&c, sub, now).await;
+        if let Err(e) = self
+            .state
+            .finish_delivery(c.delivery_id, attempt.as_ref(), &next, now_ms())
+            .await
+        {
+            // Left claimed: due again when its lease ends.
+            tracing::error!(delivery = c.delivery_id, error = %e, "cannot record a delivery attempt");
+        }
+    }
+
+    async fn run_attempt(
+        &self,
+        c: &Claimed,
+        sub: &QueueSubscription,
+        now: i64,
+    ) -> (Option<AttemptRecord>, NextStep) {
+        let event = match codec::from_json(&c.event) {
+            Ok(e) => e,
+            Err(e) => {
+                return (
+                    None,
+                    NextStep::Dead {
+                        reason: DeadReason::Permanent,
+                        error: format!("the stored event cannot be read: {e}"),
+                    },
+                );
+            }
+        };
+        if now - c.enqueued_at > sub.max_age_ms as i64 {
+            return (
+                None,
+                NextStep::Dead {
+                    reason: DeadReason::MaxAge,
+                    error: format!(
+                        "older than the subscription's maximum age ({} ms)",
+                        sub.max_age_ms
+                    ),
+                },
+            );
+        }
+        let route = self.serving.route(&c.environment, &c.function);
+        let backend = route.as_ref().and_then(|r| match c.pinned_version {
+            Some(v) => r.backends.iter().find(|b| b.version == v),
+            None => seal_events::deliver::pick(r, &c.ce_id),
+        });
+        let started_at = now_ms();
+        let (record, outcome, error) = match backend {
+            Some(b) => {
+                let traffic = if c.pinned_version.is_some() {
+                    Traffic::Unjudged
+                } else {
+                    Traffic::Judged
+                };
+                let a = seal_events::deliver::deliver(&self.serving, b, &event, traffic).await;
+                let error = a.error.clone();
+                (
+                    AttemptRecord {
+                        attempt: c.next_attempt,
+                        version: Some(a.version),
+                        digest: Some(a.digest),
+                        status: a.status,
+                        outcome: a.outcome,
+                        error_kind: a.error_kind,
+                        started_at,
+                        duration_ms: a.duration.as_millis() as u64,
+                    },
+                    a.outcome,
+                    error,
+                )
+            }
+            None => {
+                let why = match c.pinned_version {
+                    Some(v) => format!("{}@{v} no longer serves in {}", c.function, c.environment),
+                    None => format!("{} has no version serving in {}", c.function, c.environment),
+                };
+                (
+                    AttemptRecord {
+                        attempt: c.next_attempt,
+                        version: None,
+                        digest: None,
+                        status: None,
+                        outcome: Outcome::Retryable,
+                        error_kind: Some("no_route".into()),
+                        started_at,
+                        duration_ms: 0,
+                    },
+                    Outcome::Retryable,
+                    Some(why),
+                )
+            }
+        };
+        let error = error.unwrap_or_default();
+        let made = c.attempts + 1;
+        let next = match outcome {
+            Outcome::Ok => NextStep::Done,
+            Outcome::Permanent => NextStep::Dead {
+                reason: DeadReason::Permanent,
+                error,
+            },
+            Outcome::Retryable if made >= sub.max_attempts => NextStep::Dead {
+                reason: DeadReason::AttemptsExhausted,
+                error,
+            },
+            Outcome::Retryable => NextStep::Retry {
+                at: now_ms() + backoff_ms(sub, made) as i64,
+                error,
+            },
+        };
+        (Some(record), next)
+    }
+
+    /// Fires cron ticks until `stop`. A tick is committed (the trigger's
+    /// last tick moved to it) before it runs, so a restart neither fires it
+    /// again nor skips it silently.
+    pub async fn run_cron(self: Arc<Self>, stop: CancellationToken) {
+        match self.state.interrupt_runs().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(runs = n, "cron runs cut off by a stop marked interrupted"),
+            Err(e) => tracing::error!(error = %e, "cannot mark interrupted cron runs"),
+        }
+        let mut running = tokio::task::JoinSet::new();
+        let mut schedules: HashMap<String, (CronSchedule, Schedule)> = HashMap::new();
+        loop {
+            let next = match self.cron_pass(&mut schedules, &mut running).await {
+                Ok(at) => at,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cron loop");
+                    now_ms() + 1_000
+                }
+            };
+            while running.try_join_next().is_some() {}
+            let wait = (next - now_ms()).clamp(0, 60_000) as u64;
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = self.wake_cron.notified() => {}
+                () = tokio::time::sleep(std::time::Duration::from_millis(wait)) => {}
+            }
+        }
+        running.shutdown().await;
+    }
+
+    async fn cron_pass(
+        self: &Arc<Self>,
+        schedules: &mut HashMap<String, (CronSchedule, Schedule)>,
+        running: &mut tokio::task::JoinSet<()>,
+    ) -> ControlResult<i64> {
+        let now = now_ms();
+        let mut next_wake = now + 60_000;
+        let triggers = self.state.triggers().await?;
+        schedules.retain(|name, _| triggers.iter().any(|t| &t.name == name));
+        for t in triggers {
+            let TriggerSpec::Cron(spec) = &t.spec else {
+                continue;
+            };
+            let schedule = match schedules.get(&t.name) {
+                Some((s, parsed)) if s == spec => parsed.clone(),
+                _ => match Schedule::parse(&spec.schedule, &spec.timezone) {
+                    Ok(p) => {
+                        schedules.insert(t.name.clone(), (spec.clone(), p.clone()));
+                        p
+                    }
+                    Err(e) => {
+                        tracing::warn!(trigger = %t.name, error = %e, "cron trigger cannot be scheduled");
+                        continue;
+                    }
+                },
+            };
+            let last = self.state.last_tick(&t.name).await?.unwrap_or(t.created_at);
+            let Some(due) = schedule.next_after(last) else {
+                continue;
+            };
+            if due > now {
+                next_wake = next_wake.min(due);
+                continue;
+            }
+            // The latest tick at or before now is the one to act on.
+            let latest = schedule.last_between(last, now).unwrap_or(due);
+            let missed = now - latest > MISSED_AFTER_MS || latest != due;
+            let run = |status: &str, error: Option<String>| CronRun {
+                trigger: t.name.clone(),
+                scheduled_at: latest,
+                fired_at: now,
+                status: status.into(),
+                version: None,
+                digest: None,
+                http_status: None,
+                duration_ms: None,
+                error,
+            };
+            if missed && spec.on_missed == OnMissed::Skip {
+                let skipped = run(
+                    "missed",
+                    Some(format!(
+                        "tick(s) since {} were due while no server ran; on_missed = skip",
+                        last
+                    )),
+                );
+                self.state.commit_tick(&skipped).await?;
+                tracing::warn!(trigger = %t.name, scheduled_at = latest, "cron tick missed while no server ran: skipped");
+            } else if spec.overlap == Overlap::Forbid && lock(&self.cron_running).contains(&t.name)
+            {
+                self.state
+                    .commit_tick(&run(
+                        "skipped",
+                        Some("the previous run is still going; overlap = forbid".into()),
+                    ))
+                    .await?;
+            } else if self.state.commit_tick(&run("running", None)).await? {
+                lock(&self.cron_running).insert(t.name.clone());
+                let this = self.clone();
+                let spec = spec.clone();
+                let t = t.clone();
+                running.spawn(async move {
+                    let done = this.fire(&t, &spec, latest, now).await;
+                    lock(&this.cron_running).remove(&t.name);
+                    if let Err(e) = this.state.finish_run(&done).await {
+                        tracing::error!(trigger = %t.name, error = %e, "cannot record a cron run");
+                    }
+                });
+            }
+            if let Some(n) = schedule.next_after(latest) {
+                next_wake = next_wake.min(n);
+            }
+        }
+        Ok(next_wake)
+    }
+
+    /// Runs one committed tick: a `dev.seal.cron.tick` event whose time is
+    /// the scheduled instant, on the baseline (or by the weights).
+    async fn fire(
+        &self,
+        t: &TriggerRecord,
+        spec: &CronSchedule,
+        scheduled: i64,
+        fired: i64,
+    ) -> CronRun {
+        let mut run = CronRun {
+            trigger: t.name.clone(),
+            scheduled_at: scheduled,
+            fired_at: fired,
+            status: "failed".into(),
+            version: None,
+            digest: None,
+            http_status: None,
+            duration_ms: None,
+            error: None,
+        };
+        let id = format!("{}-{scheduled}", t.name);
+        let event = match seal_events::codec::new_event(
+            &id,
+            &format!("/seal/{}/triggers/{}", t.environment, t.name),
+            "dev.seal.cron.tick",
+            seal_events::schedule::instant(scheduled),
+            Some(
+                serde_json::json!({"trigger": t.name, "schedule": spec.schedule, "timezone": spec.timezone}),
+            ),
+        ) {
+            Ok(e) => e,
+            Err(e) => {
+                run.error = Some(e);
+                return run;
+            }
+        };
+        let Some(route) = self.serving.route(&t.environment, &t.function) else {
+            run.error = Some(format!(
+                "{} has no version serving in {}",
+                t.function, t.environment
+            ));
+            return run;
+        };
+        let backend = match spec.canary {
+            CronCanary::Baseline => seal_events::deliver::baseline(&route),
+            CronCanary::FollowWeights => seal_events::deliver::pick(&route, &id),
+        };
+        let Some(backend) = backend else {
+            run.error = Some(format!(
+                "{} has no version serving in {}",
+                t.function, t.environment
+            ));
+            return run;
+        };
+        let a =
+            seal_events::deliver::deliver(&self.serving, backend, &event, Traffic::Judged).await;
+        run.version = Some(a.version);
+        run.digest = Some(a.digest);
+        run.http_status = a.status;
+        run.duration_ms = Some(a.duration.as_millis() as u64);
+        run.status = if a.outcome == Outcome::Ok {
+            "ok"
+        } else {
+            "failed"
+        }
+        .into();
+        run.error = a.error;
+        run
+    }
+}
+
+fn check_subscription(q: &QueueSubscription) -> ControlResult<()> {
+    let bad = |m: &str| Err(ControlError::Invalid(m.into()));
+    if q.max_attempts == 0 || q.max_attempts > 100 {
+        return bad("max attempts must be 1 to 100");
+    }
+    if q.max_in_flight == 0 || q.max_in_flight > 1000 {
+        return bad("max in flight must be 1 to 1000");
+    }
+    if q.backoff_initial_ms == 0 || q.backoff_initial_ms > q.backoff_max_ms {
+        return bad("backoff must be initial..max with 0 < initial <= max");
+    }
+    if q.max_age_ms == 0 {
+        return bad("max age must be more than 0");
+    }
+    Ok(())
+}
+
+/// The wait before retry `n` (after `n` attempts): exponential from the
+/// initial backoff, capped, with equal jitter (half fixed, half random),
+/// so retries of many events spread out.
+fn backoff_ms(sub: &QueueSubscription, n: u32) -> u64 {
+    let exp = sub
+        .backoff_initial_ms
+        .saturating_mul(1u64 << (n.saturating_sub(1)).min(32));
+    let cap = exp.min(sub.backoff_max_ms);
+    cap / 2 + rand::random_range(0..=cap / 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_cap_with_jitter() {
+        let mut sub = QueueSubscription::new("q");
+        sub.backoff_initial_ms = 100;
+        sub.backoff_max_ms = 1_000;
+        for _ in 0..50 {
+            let first = backoff_ms(&sub, 1);
+            assert!((50..=100).contains(&first), "{first}");
+            let third = backoff_ms(&sub, 3);
+            assert!((200..=400).contains(&third), "{third}");
+            let late = backoff_ms(&sub, 40);
+            assert!((500..=1_000).contains(&late), "{late}");
+        }
+    }
+
+    #[test]
+    fn names_and_subscriptions_are_checked() {
+        assert!(check_name("queue", "orders").is_ok());
+        for bad in ["", "Orders", "1x", "a_b", &"a".repeat(64)] {
+            assert!(check_name("queue", bad).is_err(), "{bad}");
+        }
+        let mut q = QueueSubscription::new("q");
+        assert!(check_subscription(&q).is_ok());
+        q.max_attempts = 0;
+        assert!(check_subscription(&q).is_err());
+        q.max_attempts = 3;
+        q.backoff_initial_ms = 60_000;
+        assert!(check_subscription(&q).is_err(), "initial over max");
+    }
+}

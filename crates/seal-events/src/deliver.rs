@@ -1,0 +1,126 @@
+//! One attempt of one event on one version.
+//!
+//! The event goes to the version's `wasi:http` handler as a binary-mode
+//! CloudEvents request through [`Serving::invoke`], so it is admitted,
+//! limited, logged, traced and counted in the version's telemetry (the
+//! rollout gates read it) exactly as an HTTP request is. Its outcome
+//! follows the documented table ([`Outcome::of_status`]; a trap, a
+//! timeout, a memory kill, an overloaded pool or a throttled function are
+//! retryable).
+
+use crate::codec;
+use cloudevents::Event;
+use http_body_util::BodyExt;
+pub use seal_api_types::events::Outcome;
+use seal_serving::{Backend, Route, Serving, Traffic};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How one attempt went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    pub version: u64,
+    pub digest: String,
+    /// The function's answer, when it gave one.
+    pub status: Option<u16>,
+    pub outcome: Outcome,
+    /// `status` for an answer that was not a 2xx, else the runtime's kind
+    /// (`trap`, `timeout`, `memory`, `overloaded`, `throttled`, …).
+    pub error_kind: Option<String>,
+    /// Safe to store and show: a status line or the runtime's public
+    /// message.
+    pub error: Option<String>,
+    pub duration: Duration,
+}
+
+/// The version an event goes to on a route: a ticket from a hash of the
+/// event's id against the live weights, so every retry of one event lands
+/// on the same version while the weights stand.
+pub fn pick<'r>(route: &'r Route, ce_id: &str) -> Option<&'r Arc<Backend>> {
+    route.pick(None, Some(ce_id.as_bytes()))
+}
+
+/// The route's baseline: the heaviest version, the one listed last among
+/// equals (a progressive deployment lists its candidate first). Cron ticks
+/// run here unless their trigger follows the weights.
+pub fn baseline(route: &Route) -> Option<&Arc<Backend>> {
+    route
+        .backends
+        .iter()
+        .filter(|b| b.weight > 0)
+        .fold(None, |best: Option<&Arc<Backend>>, b| match best {
+            Some(x) if x.weight > b.weight => Some(x),
+            _ => Some(b),
+        })
+}
+
+/// Answers are read to their end (so the guest's run completes) but only
+/// this much is kept: an event handler's body is not stored.
+const MAX_ANSWER_BYTES: usize = 1024 * 1024;
+
+/// Runs one attempt of `event` on `backend`.
+pub async fn deliver(
+    serving: &Serving,
+    backend: &Arc<Backend>,
+    event: &Event,
+    traffic: Traffic,
+) -> Attempt {
+    let started = Instant::now();
+    // An absolute URI, as the gateway gives a guest: the function's host
+    // name in the environment, path `/`.
+    let uri = format!(
+        "http://{}.{}.localhost/",
+        backend.function_name, backend.environment
+    );
+    let mut req = codec::to_request(event, &uri);
+    // The event's trace context and correlation id are the invocation's.
+    if let Some(tp) = event.extension("traceparent")
+        && let Ok(v) = http::HeaderValue::from_str(&tp.to_string())
+    {
+        req.headers_mut().insert("traceparent", v);
+    }
+    if let Some(id) = event.extension("sealcorrelation")
+        && let Ok(v) = http::HeaderValue::from_str(&id.to_string())
+    {
+        req.headers_mut().insert("x-request-id", v);
+    }
+    let invoked = serving.invoke(backend, req, started, traffic).await;
+    let mut attempt = Attempt {
+        version: backend.version,
+        digest: backend.digest.clone(),
+        status: None,
+        outcome: Outcome::Retryable,
+        error_kind: None,
+        error: None,
+        duration: Duration::ZERO,
+    };
+    match invoked.result {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            attempt.status = Some(status);
+            attempt.outcome = Outcome::of_status(status);
+            let body = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER_BYTES);
+            match body.collect().await {
+                Ok(_) if attempt.outcome == Outcome::Ok => {}
+                Ok(_) => {
+                    attempt.error_kind = Some("status".into());
+                    attempt.error = Some(format!("the function answered {status}"));
+                }
+                Err(e) => {
+                    // The answer's head was a success but its body broke
+                    // off (a trap while streaming): not handled.
+                    attempt.outcome = Outcome::Retryable;
+                    attempt.error_kind = Some("body".into());
+                    attempt.error = Some(format!("the answer broke off: {e}"));
+                }
+            }
+        }
+        Err(e) => {
+            attempt.outcome = Outcome::Retryable;
+            attempt.error_kind = Some(e.kind().to_owned());
+            attempt.error = Some(e.public_message());
+        }
+    }
+    attempt.duration = started.elapsed();
+    attempt
+}

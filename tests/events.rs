@@ -1,0 +1,609 @@
+//! End-to-end event triggers: queues, subscriptions, retries, dead
+//! letters, cron, and a canary judged on its event traffic, against the
+//! real server and real guests.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+use support::{Server, assert_error, guest, publish_file};
+
+/// POSTs a binary-mode CloudEvent; returns status and body.
+async fn send_binary(s: &Server, queue: &str, id: &str, subject: Option<&str>) -> (u16, Value) {
+    let mut req = s
+        .http
+        .post(format!("{}/v1/queues/production/{queue}/events", s.api))
+        .header("ce-specversion", "1.0")
+        .header("ce-id", id)
+        .header("ce-source", "/shop")
+        .header("ce-type", "order.created")
+        .header("content-type", "application/json")
+        .body(r#"{"total": 12}"#);
+    if let Some(sub) = subject {
+        req = req.header("ce-subject", sub);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn api_post(s: &Server, path: &str, body: Value) -> (u16, Value) {
+    let r = s
+        .http
+        .post(format!("{}{path}", s.api))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Polls an event until every delivery is done or dead.
+async fn settled(s: &Server, id: u64, limit: Duration) -> Value {
+    let start = Instant::now();
+    loop {
+        let e = s.api_get(&format!("/v1/events/{id}")).await;
+        let deliveries = e["deliveries"].as_array().unwrap();
+        if !deliveries.is_empty()
+            && deliveries
+                .iter()
+                .all(|d| d["state"] == "done" || d["state"] == "dead")
+        {
+            return e;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "event {id} not settled in {limit:?}: {e:#}\n{}",
+            s.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn billing(s: &Server) {
+    assert_eq!(publish_file(s, &guest("events"), "billing", &[]).0, 1);
+    s.seal_json(&["deploy", "billing", "1"]);
+    s.seal_json(&["queue", "create", "orders"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_are_delivered_retried_dead_lettered_and_redriven() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    billing(&s);
+    let t = s.seal_json(&[
+        "trigger",
+        "create",
+        "queue",
+        "--function",
+        "billing",
+        "--queue",
+        "orders",
+        "--max-attempts",
+        "3",
+        "--backoff",
+        "20ms..50ms",
+    ]);
+    assert_eq!(t["name"], "billing-orders");
+    assert_eq!(t["kind"], "queue");
+    assert_eq!(t["max_attempts"], 3);
+
+    // Handled at the first attempt: 2xx.
+    let (status, ok) = send_binary(&s, "orders", "ok-1", None).await;
+    assert_eq!(status, 202, "{ok}");
+    let ok_id = ok["events"][0]["id"].as_u64().unwrap();
+    // Retryable (500): every attempt made, then dead-lettered.
+    let (_, retry) = send_binary(&s, "orders", "retry-1", Some("status-500")).await;
+    let retry_id = retry["events"][0]["id"].as_u64().unwrap();
+    // Permanent (400): dead-lettered at once, no retry.
+    let (_, perm) = send_binary(&s, "orders", "perm-1", Some("status-400")).await;
+    let perm_id = perm["events"][0]["id"].as_u64().unwrap();
+    // Rate-limited (429) is retryable too.
+    let (_, limited) = send_binary(&s, "orders", "limited-1", Some("status-429")).await;
+    let limited_id = limited["events"][0]["id"].as_u64().unwrap();
+
+    let e = settled(&s, ok_id, Duration::from_secs(20)).await;
+    let d = &e["deliveries"][0];
+    assert_eq!(d["state"], "done", "{e:#}");
+    assert_eq!(d["attempts"], 1);
+    assert_eq!(d["history"][0]["version"], 1);
+    assert_eq!(d["history"][0]["status"], 200);
+    assert!(
+        d["history"][0]["digest"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
+    assert_eq!(e["type"], "order.created");
+    assert_eq!(e["event"]["data"], json!({"total": 12}));
+
+    let e = settled(&s, retry_id, Duration::from_secs(20)).await;
+    let d = &e["deliveries"][0];
+    assert_eq!(d["state"], "dead", "{e:#}");
+    assert_eq!(d["dead_reason"], "attempts_exhausted");
+    let history = d["history"].as_array().unwrap();
+    assert_eq!(history.len(), 3, "every attempt recorded: {e:#}");
+    for (i, a) in history.iter().enumerate() {
+        assert_eq!(a["attempt"], i as u64 + 1);
+        assert_eq!(a["status"], 500);
+        assert_eq!(a["outcome"], "retryable");
+        assert_eq!(a["version"], 1, "retries stay on one version");
+    }
+    let e = settled(&s, perm_id, Duration::from_secs(20)).await;
+    let d = &e["deliveries"][0];
+    assert_eq!(
+        (d["state"].as_str(), d["dead_reason"].as_str()),
+        (Some("dead"), Some("permanent"))
+    );
+    assert_eq!(d["history"].as_array().unwrap().len(), 1, "no retry: {e:#}");
+    let e = settled(&s, limited_id, Duration::from_secs(20)).await;
+    assert_eq!(e["deliveries"][0]["history"].as_array().unwrap().len(), 3);
+
+    // The guest got the event in binary mode, and said so in its log.
+    let logs = s.seal(&["logs", "billing", "-o", "json"]);
+    assert!(
+        logs.stdout
+            .contains("event: ok-1 type=order.created subject=-"),
+        "{}",
+        logs.stdout
+    );
+
+    // A duplicate (same source and id) within the window adds nothing.
+    let (status, dup) = send_binary(&s, "orders", "ok-1", None).await;
+    assert_eq!(status, 202);
+    assert_eq!(dup["events"][0]["duplicate"], true);
+    assert_eq!(dup["events"][0]["id"], ok_id);
+
+    // Dead letters: the 500, the 400 and the 429, with reason and version.
+    let dead = s.seal_json(&["dlq", "list", "--queue", "orders"]);
+    let dead = dead.as_array().unwrap();
+    assert_eq!(dead.len(), 3, "{dead:#?}");
+    let of = |id: u64| dead.iter().find(|d| d["event_id"] == id).unwrap().clone();
+    assert_eq!(of(perm_id)["reason"], "permanent");
+    assert_eq!(of(perm_id)["version"], 1);
+    assert!(of(retry_id)["last_error"].as_str().unwrap().contains("500"));
+    let shown = s.seal_json(&["dlq", "show", &of(retry_id)["id"].to_string()]);
+    assert_eq!(shown["event"]["ce_id"], "retry-1");
+
+    // Redrive to a fixed version: billing@2 answers 2xx to everything.
+    assert_eq!(publish_file(&s, &guest("echo"), "billing", &[]).0, 2);
+    s.seal(&["dlq", "redrive", "--all", "--to", "2"])
+        .assert_fails_with("not in the route");
+    s.seal_json(&["deploy", "billing", "2"]);
+    let redriven = s.seal_json(&[
+        "dlq",
+        "redrive",
+        &of(retry_id)["id"].to_string(),
+        "--to",
+        "2",
+    ]);
+    assert_eq!(redriven["count"], 1);
+    let e = settled(&s, retry_id, Duration::from_secs(20)).await;
+    let d = &e["deliveries"][0];
+    assert_eq!(d["state"], "done", "{e:#}");
+    let history = d["history"].as_array().unwrap();
+    assert_eq!(history.len(), 4, "attempt numbers go on: {e:#}");
+    assert_eq!(history[3]["attempt"], 4);
+    assert_eq!(history[3]["version"], 2);
+
+    // Purge the rest; each change is audited.
+    let purged = s.seal_json(&["dlq", "purge", "--queue", "orders"]);
+    assert_eq!(purged["count"], 2);
+    assert!(s.seal_json(&["dlq", "list"]).as_array().unwrap().is_empty());
+    let audit = s.seal_json(&["audit"]);
+    let actions: Vec<&str> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["action"].as_str().unwrap())
+        .collect();
+    for a in ["queue.create", "trigger.create", "dlq.redrive", "dlq.purge"] {
+        assert!(actions.contains(&a), "{a} not audited: {actions:?}");
+    }
+    // The CLI sends structured events and shows their attempts.
+    let data = dir.path().join("order.json");
+    std::fs::write(&data, r#"{"total": 3}"#).unwrap();
+    let sent = s.seal_json(&[
+        "events",
+        "send",
+        "orders",
+        "--type",
+        "order.created",
+        "--id",
+        "cli-1",
+        "--data",
+        &format!("@{}", data.display()),
+    ]);
+    let id = sent["events"][0]["id"].as_u64().unwrap();
+    settled(&s, id, Duration::from_secs(20)).await;
+    let shown = s.seal_json(&["events", "show", &id.to_string()]);
+    assert_eq!(shown["deliveries"][0]["state"], "done");
+    assert_eq!(shown["deliveries"][0]["history"][0]["version"], 2);
+    assert_eq!(shown["event"]["data"], json!({"total": 3}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_events_and_bindings_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    billing(&s);
+    let url = format!("{}/v1/queues/production/orders/events", s.api);
+    // Each request from scratch: a header given twice would be two values.
+    let with = |pairs: &[(&str, &str)]| {
+        let mut headers = vec![
+            ("ce-specversion", "1.0"),
+            ("ce-id", "x1"),
+            ("ce-source", "/shop"),
+            ("ce-type", "t"),
+        ];
+        for (k, v) in pairs {
+            headers.retain(|(h, _)| h != k);
+            headers.push((k, v));
+        }
+        let mut req = s.http.post(&url);
+        for (k, v) in headers.into_iter().filter(|(_, v)| !v.is_empty()) {
+            req = req.header(k, v);
+        }
+        req
+    };
+    for (req, needle) in [
+        (with(&[("ce-id", "")]), "ce-id"),
+        (with(&[("ce-source", "")]), "ce-source"),
+        (with(&[("ce-type", "")]), "ce-type"),
+        (with(&[("ce-specversion", "")]), "ce-specversion"),
+        (with(&[("ce-specversion", "0.3")]), "0.3"),
+        (with(&[("ce-subject", "50%off")]), "percent"),
+        (
+            with(&[("ce-datacontenttype", "text/plain")]),
+            "ce-datacontenttype",
+        ),
+        (
+            s.http
+                .post(&url)
+                .header("content-type", "application/cloudevents+json")
+                .body(r#"{"specversion":"1.0","id":"1","source":"/s"}"#),
+            "type",
+        ),
+    ] {
+        let r = req.send().await.unwrap();
+        let body = assert_error(r, 400, "bad_request").await;
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains(needle),
+            "{needle}: {body}"
+        );
+    }
+    // A payload over 256 KiB, a batch over its count.
+    let big = format!(r#"{{"blob": "{}"}}"#, "x".repeat(300 * 1024));
+    let r = with(&[("content-type", "application/json")])
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 413, "too_large").await;
+    let one = r#"{"specversion":"1.0","id":"b","source":"/s","type":"t"}"#;
+    let batch = format!("[{}]", vec![one; 101].join(","));
+    let r = s
+        .http
+        .post(&url)
+        .header("content-type", "application/cloudevents-batch+json")
+        .body(batch)
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 413, "too_large").await;
+    // A batch within limits is accepted in one commit.
+    let batch = format!("[{one},{}]", one.replace("\"b\"", "\"c\""));
+    let r = s
+        .http
+        .post(&url)
+        .header("content-type", "application/cloudevents-batch+json")
+        .body(batch)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["events"].as_array().unwrap().len(), 2);
+    // An unknown queue.
+    let r = s
+        .http
+        .post(format!("{}/v1/queues/production/nosuch/events", s.api))
+        .header("content-type", "application/cloudevents+json")
+        .body(one)
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 404, "not_found").await;
+    // A token for staging cannot publish to production.
+    let tok = s.seal_json(&["token", "create", "--role", "deployer", "--env", "staging"]);
+    let r = reqwest::Client::new()
+        .post(&url)
+        .bearer_auth(tok["token"].as_str().unwrap())
+        .header("content-type", "application/cloudevents+json")
+        .body(one)
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 403, "forbidden").await;
+
+    // Bindings: an invalid schedule or zone, a function with no route, an
+    // unknown queue.
+    s.seal(&[
+        "trigger",
+        "create",
+        "cron",
+        "--function",
+        "billing",
+        "--schedule",
+        "61 * * * *",
+    ])
+    .assert_fails_with("invalid cron expression");
+    s.seal(&[
+        "trigger",
+        "create",
+        "cron",
+        "--function",
+        "billing",
+        "--schedule",
+        "* * *",
+    ])
+    .assert_fails_with("5 fields");
+    s.seal(&[
+        "trigger",
+        "create",
+        "cron",
+        "--function",
+        "billing",
+        "--schedule",
+        "* * * * *",
+        "--timezone",
+        "Mars/Olympus",
+    ])
+    .assert_fails_with("unknown time zone");
+    assert_eq!(publish_file(&s, &guest("echo"), "idle", &[]).0, 1);
+    s.seal(&[
+        "trigger",
+        "create",
+        "queue",
+        "--function",
+        "idle",
+        "--queue",
+        "orders",
+    ])
+    .assert_fails_with("no version serving");
+    s.seal(&[
+        "trigger",
+        "create",
+        "queue",
+        "--function",
+        "billing",
+        "--queue",
+        "nosuch",
+    ])
+    .assert_fails_with("no queue nosuch");
+    let (status, _) = api_post(&s, "/v1/queues", json!({"name": "Bad_Name"})).await;
+    assert_eq!(status, 400);
+    // A queue read by a trigger is not deleted.
+    s.seal_json(&[
+        "trigger",
+        "create",
+        "queue",
+        "--function",
+        "billing",
+        "--queue",
+        "orders",
+    ]);
+    s.seal(&["queue", "delete", "orders"])
+        .assert_fails_with("delete them first");
+    // Nothing above stopped the server.
+    assert_eq!(s.api_health().await, 200);
+}
+
+/// A guest that traps on every event dead-letters after its attempts while
+/// another subscription on the same queue keeps flowing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trapping_consumer_dead_letters_and_others_keep_flowing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    billing(&s);
+    assert_eq!(publish_file(&s, &guest("trap"), "broken", &[]).0, 1);
+    s.seal_json(&["deploy", "broken", "1"]);
+    s.seal_json(&[
+        "trigger",
+        "create",
+        "queue",
+        "--function",
+        "broken",
+        "--queue",
+        "orders",
+        "--max-attempts",
+        "2",
+        "--backoff",
+        "10ms..20ms",
+    ]);
+    s.seal_json(&[
+        "trigger",
+        "create",
+        "queue",
+        "--function",
+        "billing",
+        "--queue",
+        "orders",
+    ]);
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let (status, v) = send_binary(&s, "orders", &format!("e{i}"), None).await;
+        assert_eq!(status, 202);
+        ids.push(v["events"][0]["id"].as_u64().unwrap());
+    }
+    for id in ids {
+        let e = settled(&s, id, Duration::from_secs(30)).await;
+        for d in e["deliveries"].as_array().unwrap() {
+            match d["trigger"].as_str().unwrap() {
+                "broken-orders" => {
+                    assert_eq!(d["state"], "dead", "{e:#}");
+                    assert_eq!(d["history"][0]["error_kind"], "trap");
+                    assert_eq!(d["history"].as_array().unwrap().len(), 2);
+                }
+                _ => assert_eq!(d["state"], "done", "{e:#}"),
+            }
+        }
+    }
+    assert_eq!(s.seal_json(&["dlq", "list"]).as_array().unwrap().len(), 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cron_fires_on_time_and_once_per_tick_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    billing(&s);
+    let t = s.seal_json(&[
+        "trigger",
+        "create",
+        "cron",
+        "--function",
+        "billing",
+        "--schedule",
+        "* * * * * *",
+        "--timezone",
+        "Europe/Paris",
+    ]);
+    assert_eq!(t["name"], "billing-cron");
+    assert_eq!(t["timezone"], "Europe/Paris");
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    let runs = s.seal_json(&["trigger", "runs", "billing-cron"]);
+    let runs = runs.as_array().unwrap().clone();
+    let ok: Vec<&Value> = runs.iter().filter(|r| r["status"] == "ok").collect();
+    assert!(ok.len() >= 2, "{runs:#?}");
+    for r in &ok {
+        let at = r["scheduled_at"].as_i64().unwrap();
+        assert_eq!(at % 1000, 0, "ticks fall on the second: {r}");
+        let delay = r["fired_at"].as_i64().unwrap() - at;
+        assert!(
+            (0..1000).contains(&delay),
+            "fired {delay} ms after its tick: {r}"
+        );
+        assert_eq!(r["version"], 1);
+        assert_eq!(r["http_status"], 200);
+    }
+    // The tick is a CloudEvent whose time is the scheduled instant.
+    let logs = s.seal(&["logs", "billing", "-o", "json"]).stdout;
+    assert!(logs.contains("type=dev.seal.cron.tick"), "{logs}");
+    let dir_path = s.data_dir.clone();
+    s.stop();
+    // Down for a few ticks: with on_missed = skip they are recorded as
+    // missed (one record), not run; no tick runs twice.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let s = Server::start(&dir_path);
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let runs = s.seal_json(&["trigger", "runs", "billing-cron", "--limit", "100"]);
+    let runs = runs.as_array().unwrap();
+    let mut ticks: Vec<i64> = runs
+        .iter()
+        .map(|r| r["scheduled_at"].as_i64().unwrap())
+        .collect();
+    let n = ticks.len();
+    ticks.dedup();
+    assert_eq!(ticks.len(), n, "a tick recorded twice: {runs:#?}");
+    assert!(
+        runs.iter().any(|r| r["status"] == "missed"),
+        "the downtime's ticks are recorded as missed: {runs:#?}"
+    );
+    let after_restart = runs
+        .iter()
+        .filter(|r| {
+            r["status"] == "ok"
+                && r["scheduled_at"].as_i64().unwrap()
+                    > ok[0]["scheduled_at"].as_i64().unwrap() + 2_500
+        })
+        .count();
+    assert!(
+        after_restart >= 1,
+        "ticks resume after the restart: {runs:#?}"
+    );
+}
+
+/// A canary whose version fails events is rolled back by its gates on
+/// event traffic alone; pending retries then go to the baseline and every
+/// event is handled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_failing_events_is_rolled_back_by_its_event_traffic() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    billing(&s);
+    assert_eq!(publish_file(&s, &guest("fail"), "billing", &[]).0, 2);
+    s.seal_json(&[
+        "trigger",
+        "create",
+        "queue",
+        "--function",
+        "billing",
+        "--queue",
+        "orders",
+        "--max-attempts",
+        "10",
+        "--backoff",
+        "50ms..200ms",
+    ]);
+    let (status, v) = api_post(
+        &s,
+        "/v1/functions/billing/deploy",
+        json!({"version": 2, "rollout": {"strategy": "canary", "steps": [50], "interval_ms": 60000,
+               "gates": {"max_error_rate": 0.05, "min_requests": 20}}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let deployment = v["deployment"]["id"].as_u64().unwrap();
+    // No HTTP traffic at all: only events.
+    let mut ids = Vec::new();
+    let started = Instant::now();
+    let mut state = String::new();
+    for i in 0..400 {
+        let (status, v) = send_binary(&s, "orders", &format!("o{i}"), None).await;
+        assert_eq!(status, 202);
+        ids.push(v["events"][0]["id"].as_u64().unwrap());
+        if i % 20 == 19 {
+            let d = s.api_get(&format!("/v1/deployments/{deployment}")).await;
+            state = d["deployment"]["state"].as_str().unwrap().to_owned();
+            if state != "progressing" {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let d = s.api_get(&format!("/v1/deployments/{deployment}")).await;
+    assert_eq!(
+        d["deployment"]["state"],
+        "rolled_back",
+        "after {:?}: {d:#}",
+        started.elapsed()
+    );
+    assert!(state == "rolled_back" || state == "progressing");
+    let gate = d["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "gate")
+        .unwrap()
+        .clone();
+    assert_eq!(gate["detail"]["verdict"], "fail", "{gate:#}");
+    // Every event is handled in the end, the last attempt on the baseline;
+    // an event's attempts before the rollback all went to one version.
+    let mut on_candidate = 0;
+    for id in ids {
+        let e = settled(&s, id, Duration::from_secs(30)).await;
+        let d = &e["deliveries"][0];
+        assert_eq!(d["state"], "done", "{e:#}");
+        let history = d["history"].as_array().unwrap();
+        assert_eq!(history.last().unwrap()["version"], 1, "{e:#}");
+        let failed: Vec<&Value> = history.iter().filter(|a| a["status"] == 500).collect();
+        if !failed.is_empty() {
+            on_candidate += 1;
+            assert!(failed.iter().all(|a| a["version"] == 2), "{e:#}");
+        }
+    }
+    assert!(on_candidate > 0, "the canary got no events");
+}
