@@ -457,6 +457,7 @@ pub async fn events(cmd: EventsCommand, client: &Client, out: OutputFormat) -> a
                 "id": id.unwrap_or_else(new_id),
                 "source": source,
                 "type": ty,
+                "time": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
             });
             if let Some(d) = data {
                 let text = match d.strip_prefix('@') {

@@ -1,7 +1,8 @@
 //! Test guest: an event consumer. Prints one line per event it receives,
 //! `event: <ce-id> type=<ce-type> subject=<ce-subject> request=<x-request-id>
-//! time=<ce-time>`, and answers the status the event asks for: a subject
-//! `status-NNN` answers NNN, anything else 200. `trap` as the subject traps.
+//! time=<ce-time> at=<unix ns when the handler started>`, and answers the status the event asks for: a subject
+//! `status-NNN` answers NNN, `sleep-MS` sleeps that long then answers 200,
+//! anything else 200. `trap` as the subject traps.
 
 use wasi::exports::http::incoming_handler::Guest;
 use wasi::http::types::{Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam};
@@ -19,14 +20,19 @@ fn header(request: &IncomingRequest, name: &str) -> String {
 
 impl Guest for Events {
     fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
+        let now = wasi::clocks::wall_clock::now();
+        let at = u128::from(now.seconds) * 1_000_000_000 + u128::from(now.nanoseconds);
         let id = header(&request, "ce-id");
         let subject = header(&request, "ce-subject");
         println!(
-            "event: {id} type={} subject={subject} request={} time={}",
+            "event: {id} type={} subject={subject} request={} time={} at={at}",
             header(&request, "ce-type"),
             header(&request, "x-request-id"),
             header(&request, "ce-time"),
         );
+        if let Some(ms) = subject.strip_prefix("sleep-").and_then(|s| s.parse::<u64>().ok()) {
+            wasi::clocks::monotonic_clock::subscribe_duration(ms * 1_000_000).block();
+        }
         if subject == "trap" {
             panic!("asked to trap");
         }
