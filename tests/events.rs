@@ -8,7 +8,7 @@ mod support;
 
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
-use support::{Server, assert_error, guest, publish_file};
+use support::{Server, assert_error, guest, metric, publish_file};
 
 /// POSTs a binary-mode CloudEvent; returns status and body.
 async fn send_binary(s: &Server, queue: &str, id: &str, subject: Option<&str>) -> (u16, Value) {
@@ -167,6 +167,23 @@ async fn events_are_delivered_retried_dead_lettered_and_redriven() {
     assert!(of(retry_id)["last_error"].as_str().unwrap().contains("500"));
     let shown = s.seal_json(&["dlq", "show", &of(retry_id)["id"].to_string()]);
     assert_eq!(shown["event"]["ce_id"], "retry-1");
+
+    // The same story in the metrics, per subscription.
+    let text = s.api_text("/metrics").await;
+    let sub = [("queue", "orders"), ("trigger", "billing-orders")];
+    let count = |outcome: &str| {
+        let mut l = sub.to_vec();
+        l.push(("outcome", outcome));
+        metric(&text, "seal_event_deliveries_total", &l).unwrap_or(0.0)
+    };
+    assert_eq!(count("delivered"), 1.0, "{text}");
+    assert_eq!(count("dead_lettered"), 3.0, "{text}");
+    assert_eq!(count("retried"), 4.0, "two retries each of the 500 and the 429");
+    assert_eq!(metric(&text, "seal_event_latency_seconds_count", &sub), Some(1.0));
+    // Nothing is left to handle: the backlog gauges say so (set each second).
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let text = s.api_text("/metrics").await;
+    assert_eq!(metric(&text, "seal_queue_depth", &sub).unwrap_or(0.0), 0.0, "{text}");
 
     // Redrive to a fixed version: billing@2 answers 2xx to everything.
     assert_eq!(publish_file(&s, &guest("echo"), "billing", &[]).0, 2);

@@ -76,6 +76,7 @@ impl Control {
             state.clone(),
             serving.clone(),
             default_environment.clone(),
+            metrics.events.clone(),
         ));
         Self {
             events,

@@ -12,6 +12,7 @@
 
 use crate::error::{ControlError, ControlResult};
 use crate::lookup;
+use crate::metrics::{CronLabels, DeliveryLabels, EventMetrics, SubscriptionLabels};
 use seal_api_types::events::{
     CreateQueue, CreateTrigger, CronCanary, CronRun, CronSchedule, DeadLetter, DeadReason,
     DlqChange, EnqueueAnswer, EventRecord, OnMissed, Outcome, Overlap, PurgeRequest, QueueRecord,
@@ -50,6 +51,10 @@ pub struct EventsService {
     in_flight: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
     /// Cron triggers whose run is going (for `overlap = forbid`).
     cron_running: Mutex<HashSet<String>>,
+    metrics: EventMetrics,
+    /// Subscriptions whose backlog gauges were set last time (so one that
+    /// emptied goes back to 0).
+    gauged: Mutex<HashSet<SubscriptionLabels>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -78,8 +83,11 @@ impl EventsService {
         state: Arc<dyn StateStore>,
         serving: Arc<Serving>,
         default_environment: String,
+        metrics: EventMetrics,
     ) -> Self {
         Self {
+            metrics,
+            gauged: Mutex::default(),
             state,
             serving,
             default_environment,
@@ -435,7 +443,14 @@ impl EventsService {
             Err(e) => tracing::error!(error = %e, "cannot release running deliveries"),
         }
         let mut running = tokio::task::JoinSet::new();
+        let mut gauged_at = 0;
         loop {
+            if now_ms() - gauged_at >= 1_000 {
+                gauged_at = now_ms();
+                if let Err(e) = self.gauge_backlog().await {
+                    tracing::warn!(error = %e, "cannot read the event backlog");
+                }
+            }
             let next_wake = match self.dispatch(&mut running).await {
                 Ok(at) => at,
                 Err(e) => {
@@ -501,14 +516,85 @@ impl EventsService {
     async fn attempt(&self, c: Claimed, sub: &QueueSubscription) {
         let now = now_ms();
         let (attempt, next) = self.run_attempt(&c, sub, now).await;
+        let finished = now_ms();
         if let Err(e) = self
             .state
-            .finish_delivery(c.delivery_id, attempt.as_ref(), &next, now_ms())
+            .finish_delivery(c.delivery_id, attempt.as_ref(), &next, finished)
             .await
         {
             // Left claimed: due again when its lease ends.
             tracing::error!(delivery = c.delivery_id, error = %e, "cannot record a delivery attempt");
+            return;
         }
+        let labels = SubscriptionLabels {
+            environment: c.environment.clone(),
+            queue: c.queue.clone(),
+            trigger: c.trigger.clone(),
+            function: c.function.clone(),
+        };
+        let outcome = match &next {
+            NextStep::Done => {
+                self.metrics
+                    .latency
+                    .get_or_create(&labels)
+                    .observe((finished - c.enqueued_at).max(0) as f64 / 1000.0);
+                "delivered"
+            }
+            NextStep::Retry { .. } => "retried",
+            NextStep::Dead { reason, error } => {
+                tracing::warn!(
+                    event = c.event_id, trigger = %c.trigger, reason = reason.as_str(), error = %error,
+                    "event dead-lettered"
+                );
+                "dead_lettered"
+            }
+        };
+        self.metrics
+            .deliveries
+            .get_or_create(&DeliveryLabels {
+                environment: labels.environment,
+                queue: labels.queue,
+                trigger: labels.trigger,
+                function: labels.function,
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+
+    /// Sets the backlog gauges (depth, oldest age, in flight) from the
+    /// store; subscriptions with nothing left go back to 0.
+    async fn gauge_backlog(&self) -> ControlResult<()> {
+        let now = now_ms();
+        let mut seen = HashSet::new();
+        for b in self.state.backlog().await? {
+            let labels = SubscriptionLabels {
+                environment: b.environment,
+                queue: b.queue,
+                trigger: b.trigger,
+                function: b.function,
+            };
+            self.metrics
+                .depth
+                .get_or_create(&labels)
+                .set((b.pending + b.running) as i64);
+            self.metrics.oldest_age.get_or_create(&labels).set(
+                b.oldest_enqueued_at
+                    .map_or(0.0, |t| (now - t).max(0) as f64 / 1000.0),
+            );
+            self.metrics
+                .in_flight
+                .get_or_create(&labels)
+                .set(b.running as i64);
+            seen.insert(labels);
+        }
+        let mut gauged = lock(&self.gauged);
+        for gone in gauged.difference(&seen) {
+            self.metrics.depth.get_or_create(gone).set(0);
+            self.metrics.oldest_age.get_or_create(gone).set(0.0);
+            self.metrics.in_flight.get_or_create(gone).set(0);
+        }
+        *gauged = seen;
+        Ok(())
     }
 
     async fn run_attempt(
@@ -699,6 +785,7 @@ impl EventsService {
                     )),
                 );
                 self.state.commit_tick(&skipped).await?;
+                self.count_run(&t, "missed");
                 tracing::warn!(trigger = %t.name, scheduled_at = latest, "cron tick missed while no server ran: skipped");
             } else if spec.overlap == Overlap::Forbid && lock(&self.cron_running).contains(&t.name)
             {
@@ -713,9 +800,19 @@ impl EventsService {
                 let this = self.clone();
                 let spec = spec.clone();
                 let t = t.clone();
+                self.metrics
+                    .cron_delay
+                    .get_or_create(&SubscriptionLabels {
+                        environment: t.environment.clone(),
+                        queue: String::new(),
+                        trigger: t.name.clone(),
+                        function: t.function.clone(),
+                    })
+                    .observe((now - latest).max(0) as f64 / 1000.0);
                 running.spawn(async move {
                     let done = this.fire(&t, &spec, latest, now).await;
                     lock(&this.cron_running).remove(&t.name);
+                    this.count_run(&t, &done.status);
                     if let Err(e) = this.state.finish_run(&done).await {
                         tracing::error!(trigger = %t.name, error = %e, "cannot record a cron run");
                     }
@@ -726,6 +823,18 @@ impl EventsService {
             }
         }
         Ok(next_wake)
+    }
+
+    fn count_run(&self, t: &TriggerRecord, status: &str) {
+        self.metrics
+            .cron_runs
+            .get_or_create(&CronLabels {
+                environment: t.environment.clone(),
+                trigger: t.name.clone(),
+                function: t.function.clone(),
+                status: status.into(),
+            })
+            .inc();
     }
 
     /// Runs one committed tick: a `dev.seal.cron.tick` event whose time is

@@ -96,6 +96,108 @@ pub struct FunctionLabels {
     pub function: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SubscriptionLabels {
+    pub environment: String,
+    pub queue: String,
+    pub trigger: String,
+    pub function: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeliveryLabels {
+    pub environment: String,
+    pub queue: String,
+    pub trigger: String,
+    pub function: String,
+    /// delivered, retried, dead_lettered.
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CronLabels {
+    pub environment: String,
+    pub trigger: String,
+    pub function: String,
+    /// ok, failed, skipped, missed.
+    pub status: String,
+}
+
+/// Queues, subscriptions and cron triggers. Counters and the latency
+/// histogram are updated as deliveries end; the backlog gauges by the
+/// delivery loop once a second.
+#[derive(Clone)]
+pub struct EventMetrics {
+    pub deliveries: Family<DeliveryLabels, Counter>,
+    pub latency: Family<SubscriptionLabels, Histogram>,
+    pub depth: Family<SubscriptionLabels, Gauge>,
+    pub oldest_age: Family<SubscriptionLabels, Gauge<f64, AtomicU64>>,
+    pub in_flight: Family<SubscriptionLabels, Gauge>,
+    pub cron_runs: Family<CronLabels, Counter>,
+    pub cron_delay: Family<SubscriptionLabels, Histogram>,
+}
+
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    [
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+        300.0, 3600.0,
+    ]
+    .into_iter()
+}
+
+impl EventMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            deliveries: Family::default(),
+            latency: Family::new_with_constructor(|| Histogram::new(latency_buckets())),
+            depth: Family::default(),
+            oldest_age: Family::default(),
+            in_flight: Family::default(),
+            cron_runs: Family::default(),
+            cron_delay: Family::new_with_constructor(|| Histogram::new(latency_buckets())),
+        };
+        registry.register(
+            "seal_event_deliveries",
+            "Event deliveries that ended an attempt, by outcome (delivered, retried, dead_lettered)",
+            m.deliveries.clone(),
+        );
+        registry.register_with_unit(
+            "seal_event_latency",
+            "From enqueue to the end of the attempt that handled the event",
+            Unit::Seconds,
+            m.latency.clone(),
+        );
+        registry.register(
+            "seal_queue_depth",
+            "Events a subscription has not handled or dead-lettered yet",
+            m.depth.clone(),
+        );
+        registry.register_with_unit(
+            "seal_queue_oldest_age",
+            "Age of the oldest event a subscription has not handled yet",
+            Unit::Seconds,
+            m.oldest_age.clone(),
+        );
+        registry.register(
+            "seal_event_in_flight",
+            "Deliveries of a subscription running now",
+            m.in_flight.clone(),
+        );
+        registry.register(
+            "seal_cron_runs",
+            "Cron ticks, by status (ok, failed, skipped, missed)",
+            m.cron_runs.clone(),
+        );
+        registry.register_with_unit(
+            "seal_cron_delay",
+            "From a tick's scheduled instant to its firing",
+            Unit::Seconds,
+            m.cron_delay.clone(),
+        );
+        m
+    }
+}
+
 /// How the version that took all traffic compares with the one it
 /// replaced: its error rate since then minus the old one's over its life
 /// in this process.
@@ -115,6 +217,7 @@ pub struct Metrics {
     pub artifact_fetch_failures: Family<FunctionLabels, Counter>,
     pub budget_usage: Family<FunctionLabels, Gauge<f64, AtomicU64>>,
     pub budget_limit: Family<FunctionLabels, Gauge<f64, AtomicU64>>,
+    pub events: EventMetrics,
     post_deploy: Arc<Mutex<HashMap<(String, String), PostDeploy>>>,
 }
 
@@ -183,6 +286,7 @@ impl Metrics {
             "A function's cost budget per period (GB-seconds)",
             budget_limit.clone(),
         );
+        let events = EventMetrics::register(&mut registry);
         let post_deploy = Arc::new(Mutex::new(HashMap::new()));
         registry.register_collector(Box::new(VersionCollector {
             serving,
@@ -199,6 +303,7 @@ impl Metrics {
             artifact_fetch_failures,
             budget_usage,
             budget_limit,
+            events,
             post_deploy,
         }
     }

@@ -7,7 +7,7 @@
 
 use crate::{Error, Result, SqliteStore, insert_audit};
 use seal_state::{
-    AttemptRecord, Claimed, CronRun, DeadLetter, DeadReason, DeliveryRecord, DeliveryState,
+    AttemptRecord, Backlog, Claimed, CronRun, DeadLetter, DeadReason, DeliveryRecord, DeliveryState,
     Enqueued, EventRecord, NewAudit, NewEvent, NextStep, Outcome, QueueRecord, StateError,
     TriggerRecord, TriggerSpec,
 };
@@ -74,6 +74,17 @@ struct ClaimRow {
     enqueued_at: i64,
     event: String,
     last_attempt: i64,
+}
+
+#[derive(FromRow)]
+struct BacklogRow {
+    environment: String,
+    queue: String,
+    trigger: String,
+    function: String,
+    pending: i64,
+    running: i64,
+    oldest: Option<i64>,
 }
 
 #[derive(FromRow)]
@@ -635,6 +646,32 @@ impl SqliteStore {
         .execute(&self.pool)
         .await?
         .rows_affected())
+    }
+
+    pub async fn backlog(&self) -> Result<Vec<Backlog>> {
+        let rows: Vec<BacklogRow> = sqlx::query_as(
+            "SELECT e.environment, e.queue, d.trigger, d.function, \
+                    SUM(CASE WHEN d.state = 'pending' THEN 1 ELSE 0 END) AS pending, \
+                    SUM(CASE WHEN d.state = 'running' THEN 1 ELSE 0 END) AS running, \
+                    MIN(e.enqueued_at) AS oldest \
+             FROM deliveries d JOIN events e ON e.id = d.event_id \
+             WHERE d.state IN ('pending', 'running') \
+             GROUP BY e.environment, e.queue, d.trigger, d.function",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| Backlog {
+                environment: r.environment,
+                queue: r.queue,
+                trigger: r.trigger,
+                function: r.function,
+                pending: r.pending as u64,
+                running: r.running as u64,
+                oldest_enqueued_at: r.oldest,
+            })
+            .collect())
     }
 
     pub async fn event(&self, id: u64) -> Result<Option<EventRecord>> {

@@ -4,7 +4,7 @@
 
 use crate::SqliteStore;
 use seal_state::{
-    AttemptRecord, Claimed, CronRun, DeadLetter, Enqueued, EventRecord, NewEvent, NextStep,
+    AttemptRecord, Backlog, Claimed, CronRun, DeadLetter, Enqueued, EventRecord, NewEvent, NextStep,
     QueueRecord, TriggerRecord,
 };
 use seal_state::{
@@ -41,6 +41,7 @@ ports! {
         fn next_due(trigger: &str) -> Option<i64>;
         fn finish_delivery(delivery_id: u64, attempt: Option<&AttemptRecord>, next: &NextStep, now: i64) -> ();
         fn release_running(now: i64) -> u64;
+        fn backlog() -> Vec<Backlog>;
         fn event(id: u64) -> Option<EventRecord>;
         fn dead_letters(environment: Option<&str>, queue: Option<&str>) -> Vec<DeadLetter>;
         fn dead_letter(id: u64) -> Option<DeadLetter>;

@@ -603,6 +603,12 @@ pub async fn events_are_delivered_once_per_subscription(s: &dyn StateStore) {
         .unwrap();
     assert!(!outside[0].duplicate, "past the window it is a new event");
 
+    let backlog = s.backlog().await.unwrap();
+    let billing = backlog.iter().find(|b| b.trigger == "billing-orders").unwrap();
+    assert_eq!((billing.pending, billing.running), (3, 0));
+    assert_eq!(billing.oldest_enqueued_at, Some(100));
+    assert_eq!(billing.queue, "orders");
+
     // Not due before its time; claimed once; a lease keeps others off.
     assert!(
         s.claim_due("billing-orders", 99, 1_000, 10)

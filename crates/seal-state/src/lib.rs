@@ -423,6 +423,18 @@ pub struct Claimed {
     pub event: String,
 }
 
+/// What a subscription has not handled yet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Backlog {
+    pub environment: String,
+    pub queue: String,
+    pub trigger: String,
+    pub function: String,
+    pub pending: u64,
+    pub running: u64,
+    pub oldest_enqueued_at: Option<i64>,
+}
+
 /// What follows an attempt (or a check before one).
 #[derive(Debug, Clone, PartialEq)]
 pub enum NextStep {
@@ -487,6 +499,9 @@ pub trait Events: Send + Sync {
     /// Running deliveries become pending (due now): at start, when no
     /// other server can be running them. Returns how many.
     async fn release_running(&self, now: i64) -> Result<u64>;
+    /// Per subscription with anything not yet handled: pending and running
+    /// deliveries and the oldest event's enqueue time.
+    async fn backlog(&self) -> Result<Vec<Backlog>>;
     /// One event with its deliveries and every attempt.
     async fn event(&self, id: u64) -> Result<Option<EventRecord>>;
     async fn dead_letters(
