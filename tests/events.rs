@@ -178,12 +178,23 @@ async fn events_are_delivered_retried_dead_lettered_and_redriven() {
     };
     assert_eq!(count("delivered"), 1.0, "{text}");
     assert_eq!(count("dead_lettered"), 3.0, "{text}");
-    assert_eq!(count("retried"), 4.0, "two retries each of the 500 and the 429");
-    assert_eq!(metric(&text, "seal_event_latency_seconds_count", &sub), Some(1.0));
+    assert_eq!(
+        count("retried"),
+        4.0,
+        "two retries each of the 500 and the 429"
+    );
+    assert_eq!(
+        metric(&text, "seal_event_latency_seconds_count", &sub),
+        Some(1.0)
+    );
     // Nothing is left to handle: the backlog gauges say so (set each second).
     tokio::time::sleep(Duration::from_millis(1_200)).await;
     let text = s.api_text("/metrics").await;
-    assert_eq!(metric(&text, "seal_queue_depth", &sub).unwrap_or(0.0), 0.0, "{text}");
+    assert_eq!(
+        metric(&text, "seal_queue_depth", &sub).unwrap_or(0.0),
+        0.0,
+        "{text}"
+    );
 
     // Redrive to a fixed version: billing@2 answers 2xx to everything.
     assert_eq!(publish_file(&s, &guest("echo"), "billing", &[]).0, 2);
@@ -339,6 +350,55 @@ async fn bad_events_and_bindings_are_refused_with_the_reason() {
     let r = reqwest::Client::new()
         .post(&url)
         .bearer_auth(tok["token"].as_str().unwrap())
+        .header("content-type", "application/cloudevents+json")
+        .body(one)
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 403, "forbidden").await;
+    // A publisher token enqueues on its queue only, and reads nothing.
+    s.seal_json(&["queue", "create", "refunds"]);
+    let publisher = s.seal_json(&[
+        "token",
+        "create",
+        "--role",
+        "publisher",
+        "--queue",
+        "orders",
+    ]);
+    let publisher = publisher["token"].as_str().unwrap().to_owned();
+    let post = |queue: &str| {
+        reqwest::Client::new()
+            .post(format!("{}/v1/queues/production/{queue}/events", s.api))
+            .bearer_auth(&publisher)
+            .header("content-type", "application/cloudevents+json")
+            .body(one.replace("\"b\"", "\"p1\""))
+    };
+    assert_eq!(post("orders").send().await.unwrap().status(), 202);
+    let body = assert_error(post("refunds").send().await.unwrap(), 403, "forbidden").await;
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("only to orders"),
+        "{body}"
+    );
+    let r = reqwest::Client::new()
+        .get(format!("{}/v1/queues", s.api))
+        .bearer_auth(&publisher)
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 403, "forbidden").await;
+    s.seal(&["token", "create", "--role", "publisher"])
+        .assert_fails_with("names the queues");
+    s.seal(&["token", "create", "--role", "viewer", "--queue", "orders"])
+        .assert_fails_with("only a publisher");
+    // A viewer cannot enqueue.
+    let viewer = s.seal_json(&["token", "create", "--role", "viewer"]);
+    let r = reqwest::Client::new()
+        .post(&url)
+        .bearer_auth(viewer["token"].as_str().unwrap())
         .header("content-type", "application/cloudevents+json")
         .body(one)
         .send()

@@ -9,11 +9,15 @@ use serde_json::json;
 pub enum TokenCommand {
     /// Create a token; it is printed once and stored only as a hash.
     Create {
+        /// publisher: enqueue events on the --queue(s) named, nothing else;
         /// viewer: read everything; deployer: also publish, deploy, roll
         /// back, set config and secrets; admin: also tokens, policies,
         /// environments, budgets.
-        #[arg(long, value_parser = ["viewer", "deployer", "admin"])]
+        #[arg(long, value_parser = ["publisher", "viewer", "deployer", "admin"])]
         role: String,
+        /// A queue a publisher may enqueue on (repeat for more; publisher only).
+        #[arg(long = "queue", value_name = "QUEUE")]
+        queues: Vec<String>,
         /// Limit what the token may change to this environment (repeat for
         /// more); reads are not limited.
         #[arg(long = "env", short = 'e', value_name = "ENV")]
@@ -37,11 +41,13 @@ pub async fn token(cmd: TokenCommand, client: &Client, out: OutputFormat) -> any
         TokenCommand::Create {
             role,
             environments,
+            queues,
             name,
         } => {
             let body = CreateToken {
                 role,
                 environments: (!environments.is_empty()).then_some(environments),
+                queues: (!queues.is_empty()).then_some(queues),
                 name,
             };
             let v: TokenCreated = client.post_as("/v1/tokens", &body).await?;

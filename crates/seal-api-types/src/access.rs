@@ -25,10 +25,14 @@ pub struct TokenList {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateToken {
-    /// `viewer`, `deployer` or `admin`.
+    /// `publisher`, `viewer`, `deployer` or `admin`.
     pub role: String,
     #[serde(default)]
     pub environments: Option<Vec<String>>,
+    /// The queues a `publisher` may enqueue on (required for it, refused
+    /// for the other roles).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queues: Option<Vec<String>>,
     #[serde(default)]
     pub name: Option<String>,
 }

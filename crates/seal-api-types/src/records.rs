@@ -134,6 +134,9 @@ pub struct TokenRecord {
     pub role: String,
     /// Environments the token may change; `None` = all.
     pub environments: Option<Vec<String>>,
+    /// The queues a publisher token may enqueue on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queues: Option<Vec<String>>,
     #[serde(skip)]
     pub hash: String,
     pub created_at: i64,

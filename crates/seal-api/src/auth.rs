@@ -31,6 +31,9 @@ pub enum Access {
     Public,
     /// A token with at least this role.
     Role(Role),
+    /// A publisher (whose token names the queue: the handler checks it)
+    /// or a deployer or admin: enqueuing events.
+    Publish,
     /// An admin token not limited to environments: what reaches beyond one
     /// environment (tokens, policies, environments, budgets), so a limited
     /// admin cannot mint itself an unlimited token.
@@ -84,6 +87,11 @@ pub fn viewer<H: Handler<T, State>, T: 'static>(method: Method, handler: H) -> M
 /// A method that changes what serves (deployer or admin).
 pub fn deployer<H: Handler<T, State>, T: 'static>(method: Method, handler: H) -> Methods {
     guarded(method, Access::Role(Role::Deployer), handler)
+}
+
+/// Enqueuing events: a publisher for that queue, or a deployer or admin.
+pub fn publisher<H: Handler<T, State>, T: 'static>(method: Method, handler: H) -> Methods {
+    guarded(method, Access::Publish, handler)
 }
 
 /// A method only an admin for all environments may call.
@@ -153,6 +161,7 @@ async fn guard(control: State, access: Access, mut req: Request, next: Next) -> 
     let needed = match access {
         Access::Public => return next.run(req).await,
         Access::Role(role) => role,
+        Access::Publish => Role::Publisher,
         Access::UnlimitedAdmin => Role::Admin,
     };
     let principal = match control.authenticate(header.as_deref()).await {
@@ -160,6 +169,13 @@ async fn guard(control: State, access: Access, mut req: Request, next: Next) -> 
         Err(e) => return unauthorized(e.into()),
     };
     if let Err(e) = principal.require_role(needed) {
+        return ApiError::from(e).into_response();
+    }
+    // A viewer reads; enqueuing changes state.
+    if access == Access::Publish
+        && principal.role == Role::Viewer
+        && let Err(e) = principal.require_role(Role::Deployer)
+    {
         return ApiError::from(e).into_response();
     }
     if access == Access::UnlimitedAdmin && principal.environments.is_some() {

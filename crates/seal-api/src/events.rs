@@ -4,7 +4,7 @@
 //! |---|---|---|---|
 //! | GET/POST | `/v1/queues?environment=` | viewer/deployer | list / create (`{"name", "environment"?, "dedup_window_ms"?}`) |
 //! | DELETE | `/v1/queues/{env}/{queue}` | deployer | delete a queue no trigger reads, with its events |
-//! | POST | `/v1/queues/{env}/{queue}/events` | deployer | enqueue CloudEvents: binary, structured or batch mode; 202 once committed |
+//! | POST | `/v1/queues/{env}/{queue}/events` | publisher of that queue, deployer | enqueue CloudEvents: binary, structured or batch mode; 202 once committed |
 //! | GET/POST | `/v1/triggers?function=` | viewer/deployer | list / create (`{"function", "kind": "queue"\|"cron", …}`) |
 //! | GET/DELETE | `/v1/triggers/{name}` | viewer/deployer | one trigger / delete it |
 //! | GET | `/v1/triggers/{name}/runs?limit=` | viewer | a cron trigger's recent ticks |
@@ -14,7 +14,7 @@
 //! | POST | `/v1/dlq/redrive` | deployer | `{"ids"\|"all", "queue"?, "to"?}` → back to delivery |
 //! | POST | `/v1/dlq/purge` | deployer | `{"ids"?, "queue"?}` → deleted |
 
-use crate::auth::{Caller, Routes, deployer, viewer};
+use crate::auth::{Caller, Routes, deployer, publisher, viewer};
 use crate::error::{ApiError, ApiResult};
 use crate::parse_json;
 use axum::Json;
@@ -40,7 +40,7 @@ pub fn routes() -> Routes {
         )
         .route(
             "/v1/queues/{environment}/{queue}/events",
-            deployer(Method::POST, ingest).body_limit(seal_control::events::MAX_INGEST_BYTES + 1),
+            publisher(Method::POST, ingest).body_limit(seal_control::events::MAX_INGEST_BYTES + 1),
         )
         .route(
             "/v1/triggers",
@@ -116,7 +116,7 @@ async fn ingest(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> ApiResult<(StatusCode, Json<EnqueueAnswer>)> {
-    who.require_env(&environment)?;
+    who.require_publish(&environment, &queue)?;
     let answer = c
         .events()
         .ingest(&environment, &queue, &headers, &body)

@@ -339,6 +339,15 @@ mod tests {
             access(Method::DELETE, "/v1/functions/{function}/budget"),
             admin
         );
+        // Events: a publisher enqueues (on its queues); bindings and dead
+        // letters are a deployer's.
+        assert_eq!(
+            access(Method::POST, "/v1/queues/{environment}/{queue}/events"),
+            Some(Access::Publish)
+        );
+        assert_eq!(access(Method::POST, "/v1/triggers"), deployer);
+        assert_eq!(access(Method::POST, "/v1/dlq/redrive"), deployer);
+        assert_eq!(access(Method::GET, "/v1/dlq"), viewer);
         // Reading a budget is part of cost; there is no GET on the budget.
         assert_eq!(access(Method::GET, "/v1/functions/{function}/budget"), None);
     }

@@ -291,12 +291,12 @@ async fn create_token(
     let req: CreateToken = parse_json(&body)?;
     let role = Role::parse(&req.role).ok_or_else(|| {
         ApiError::bad_request(format!(
-            "invalid role {:?}: use viewer, deployer or admin",
+            "invalid role {:?}: use publisher, viewer, deployer or admin",
             req.role
         ))
     })?;
     let created = c
-        .create_token(role, req.environments, req.name, &who.actor())
+        .create_token(role, req.environments, req.queues, req.name, &who.actor())
         .await?;
     Ok((
         StatusCode::CREATED,

@@ -62,7 +62,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// `[a-z][a-z0-9-]{0,62}`, like function names.
-fn check_name(what: &str, name: &str) -> ControlResult<()> {
+pub(crate) fn check_name(what: &str, name: &str) -> ControlResult<()> {
     let ok = !name.is_empty()
         && name.len() <= 63
         && name.starts_with(|c: char| c.is_ascii_lowercase())

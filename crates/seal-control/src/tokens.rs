@@ -17,6 +17,9 @@ use std::path::{Path, PathBuf};
 /// What a token may do. Ordered: each role can do what the ones below can.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {
+    /// Enqueues events on the queues its token names; nothing else, not
+    /// even reads.
+    Publisher,
     Viewer,
     Deployer,
     Admin,
@@ -25,6 +28,7 @@ pub enum Role {
 impl Role {
     pub fn parse(s: &str) -> Option<Self> {
         match s {
+            "publisher" => Some(Self::Publisher),
             "viewer" => Some(Self::Viewer),
             "deployer" => Some(Self::Deployer),
             "admin" => Some(Self::Admin),
@@ -34,6 +38,7 @@ impl Role {
 
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Publisher => "publisher",
             Self::Viewer => "viewer",
             Self::Deployer => "deployer",
             Self::Admin => "admin",
@@ -49,6 +54,8 @@ pub struct Principal {
     pub role: Role,
     /// Environments the token may change; `None` = all.
     pub environments: Option<Vec<String>>,
+    /// The queues a publisher may enqueue on.
+    pub queues: Option<Vec<String>>,
 }
 
 impl Principal {
@@ -67,6 +74,22 @@ impl Principal {
                 self.role.as_str(),
                 role.as_str()
             )))
+        }
+    }
+
+    /// Refuses (403) unless this caller may enqueue on `queue` in
+    /// `environment`: a publisher naming that queue, or a deployer or
+    /// admin, within the token's environments.
+    pub fn require_publish(&self, environment: &str, queue: &str) -> ControlResult<()> {
+        self.require_env(environment)?;
+        match (self.role, &self.queues) {
+            (Role::Publisher, Some(qs)) if qs.iter().any(|q| q == queue) => Ok(()),
+            (Role::Publisher, _) => Err(ControlError::forbidden(format!(
+                "token {} may publish only to {}, not {queue}",
+                self.name,
+                self.queues.as_deref().unwrap_or_default().join(", ")
+            ))),
+            _ => self.require_role(Role::Deployer),
         }
     }
 
@@ -118,6 +141,7 @@ impl Control {
             name: record.name,
             role,
             environments: record.environments,
+            queues: record.queues,
         })
     }
 }
@@ -151,9 +175,28 @@ impl Control {
         &self,
         role: Role,
         environments: Option<Vec<String>>,
+        queues: Option<Vec<String>>,
         name: Option<String>,
         actor: &str,
     ) -> ControlResult<CreatedToken> {
+        match (role, &queues) {
+            (Role::Publisher, Some(qs)) if !qs.is_empty() => {
+                for q in qs {
+                    crate::events::check_name("queue", q)?;
+                }
+            }
+            (Role::Publisher, _) => {
+                return Err(ControlError::bad_request(
+                    "a publisher token names the queues it may enqueue on",
+                ));
+            }
+            (_, Some(_)) => {
+                return Err(ControlError::bad_request(
+                    "only a publisher token names queues",
+                ));
+            }
+            (_, None) => {}
+        }
         if let Some(envs) = &environments {
             if envs.is_empty() {
                 return Err(ControlError::bad_request(
@@ -194,6 +237,7 @@ impl Control {
                 name: &name,
                 role: role.as_str(),
                 environments: environments.as_deref(),
+                queues: queues.as_deref(),
                 hash: &hash_token(&token),
                 actor,
             })
@@ -216,7 +260,7 @@ impl Control {
             return Ok(None);
         }
         let created = self
-            .create_token(Role::Admin, None, Some("admin".into()), "seal-server")
+            .create_token(Role::Admin, None, None, Some("admin".into()), "seal-server")
             .await
             .map_err(|e| anyhow::anyhow!("cannot create the admin token: {e}"))?;
         crate::files::write_private(path, format!("{}\n", created.token).as_bytes())
@@ -235,6 +279,7 @@ mod tests {
             token_id: "tk_1".into(),
             name: "ci".into(),
             role: Role::Deployer,
+            queues: None,
             environments: Some(vec!["staging".into()]),
         };
         assert!(p.require_env("staging").is_ok());
@@ -246,6 +291,34 @@ mod tests {
             p.require_role(Role::Admin).unwrap_err(),
             ControlError::Forbidden(_)
         ));
+    }
+
+    #[test]
+    fn a_publisher_publishes_to_its_queues_only_and_reads_nothing() {
+        let p = Principal {
+            token_id: "tk_2".into(),
+            name: "shop".into(),
+            role: Role::Publisher,
+            queues: Some(vec!["orders".into()]),
+            environments: Some(vec!["production".into()]),
+        };
+        assert!(p.require_publish("production", "orders").is_ok());
+        let other = p.require_publish("production", "refunds").unwrap_err();
+        assert!(other.to_string().contains("only to orders"), "{other}");
+        assert!(p.require_publish("staging", "orders").is_err());
+        assert!(p.require_role(Role::Viewer).is_err(), "no reads");
+        let viewer = Principal {
+            role: Role::Viewer,
+            queues: None,
+            environments: None,
+            ..p.clone()
+        };
+        assert!(viewer.require_publish("production", "orders").is_err());
+        let deployer = Principal {
+            role: Role::Deployer,
+            ..viewer
+        };
+        assert!(deployer.require_publish("production", "orders").is_ok());
     }
 
     #[test]

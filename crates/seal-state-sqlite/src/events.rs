@@ -7,9 +7,9 @@
 
 use crate::{Error, Result, SqliteStore, insert_audit};
 use seal_state::{
-    AttemptRecord, Backlog, Claimed, CronRun, DeadLetter, DeadReason, DeliveryRecord, DeliveryState,
-    Enqueued, EventRecord, NewAudit, NewEvent, NextStep, Outcome, QueueRecord, StateError,
-    TriggerRecord, TriggerSpec,
+    AttemptRecord, Backlog, Claimed, CronRun, DeadLetter, DeadReason, DeliveryRecord,
+    DeliveryState, Enqueued, EventRecord, NewAudit, NewEvent, NextStep, Outcome, QueueRecord,
+    StateError, TriggerRecord, TriggerSpec,
 };
 use sqlx::FromRow;
 

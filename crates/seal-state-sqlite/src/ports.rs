@@ -4,8 +4,8 @@
 
 use crate::SqliteStore;
 use seal_state::{
-    AttemptRecord, Backlog, Claimed, CronRun, DeadLetter, Enqueued, EventRecord, NewEvent, NextStep,
-    QueueRecord, TriggerRecord,
+    AttemptRecord, Backlog, Claimed, CronRun, DeadLetter, Enqueued, EventRecord, NewEvent,
+    NextStep, QueueRecord, TriggerRecord,
 };
 use seal_state::{
     AttestationRecord, AuditRecord, AuditVerification, Budget, DeploymentEvent, DeploymentRecord,

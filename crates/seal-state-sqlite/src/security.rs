@@ -17,6 +17,7 @@ struct TokenRow {
     name: String,
     role: String,
     environments: Option<String>,
+    queues: Option<String>,
     hash: String,
     created_at: i64,
     created_by: String,
@@ -34,11 +35,19 @@ impl TryFrom<TokenRow> for TokenRecord {
                 })?),
                 None => None,
             };
+        let queues = match r.queues {
+            Some(json) => Some(
+                serde_json::from_str(&json)
+                    .map_err(|e| StateError::Corrupt(format!("token {} queues: {e}", r.id)))?,
+            ),
+            None => None,
+        };
         Ok(Self {
             id: r.id,
             name: r.name,
             role: r.role,
             environments,
+            queues,
             hash: r.hash,
             created_at: r.created_at,
             created_by: r.created_by,
@@ -49,7 +58,7 @@ impl TryFrom<TokenRow> for TokenRecord {
 }
 
 const TOKEN_COLUMNS: &str =
-    "id, name, role, environments, hash, created_at, created_by, revoked_at, revoked_by";
+    "id, name, role, environments, queues, hash, created_at, created_by, revoked_at, revoked_by";
 
 impl SqliteStore {
     /// Records an attestation (once per referrer) with its audit entry.
@@ -154,13 +163,17 @@ impl SqliteStore {
             .map(|e| serde_json::to_string(e).unwrap_or_else(|_| "[]".into()));
         let at = now_ms();
         sqlx::query(
-            "INSERT INTO tokens (id, name, role, environments, hash, created_at, created_by) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO tokens (id, name, role, environments, queues, hash, created_at, created_by) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(new.id)
         .bind(new.name)
         .bind(new.role)
         .bind(&environments)
+        .bind(
+            new.queues
+                .map(|q| serde_json::to_string(q).unwrap_or_else(|_| "[]".into())),
+        )
         .bind(new.hash)
         .bind(at)
         .bind(new.actor)
@@ -178,6 +191,7 @@ impl SqliteStore {
                     "name": new.name,
                     "role": new.role,
                     "environments": new.environments,
+                    "queues": new.queues,
                 }),
             },
         )
@@ -188,6 +202,7 @@ impl SqliteStore {
             name: new.name.to_owned(),
             role: new.role.to_owned(),
             environments: new.environments.map(<[String]>::to_vec),
+            queues: new.queues.map(<[String]>::to_vec),
             hash: new.hash.to_owned(),
             created_at: at,
             created_by: new.actor.to_owned(),
@@ -516,6 +531,7 @@ mod tests {
             name: "ci",
             role: "deployer",
             environments: Some(&envs),
+            queues: None,
             hash: "h1",
             actor: "admin",
         })

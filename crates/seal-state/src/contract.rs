@@ -409,6 +409,7 @@ pub async fn tokens_are_found_by_hash_and_revoked(s: &dyn StateStore) {
             name: "ci",
             role: "deployer",
             environments: Some(&envs),
+            queues: None,
             hash: "h1",
             actor: "contract",
         })
@@ -425,6 +426,22 @@ pub async fn tokens_are_found_by_hash_and_revoked(s: &dyn StateStore) {
     assert!(s.revoke_token("tk_9", "contract").await.unwrap().is_none());
     assert_eq!(s.tokens().await.unwrap().len(), 1);
     assert_eq!(s.token_count().await.unwrap(), 1);
+    let queues = ["orders".to_owned()];
+    let p = s
+        .create_token(NewToken {
+            id: "tk_2",
+            name: "shop",
+            role: "publisher",
+            environments: None,
+            queues: Some(&queues),
+            hash: "h2",
+            actor: "contract",
+        })
+        .await
+        .unwrap();
+    assert_eq!(p.queues.as_deref(), Some(&queues[..]));
+    let back = s.token_by_hash("h2").await.unwrap().unwrap();
+    assert_eq!(back.queues.as_deref(), Some(&queues[..]));
 }
 
 /// Settings change by revision; a revision names keys, never values.
@@ -604,7 +621,10 @@ pub async fn events_are_delivered_once_per_subscription(s: &dyn StateStore) {
     assert!(!outside[0].duplicate, "past the window it is a new event");
 
     let backlog = s.backlog().await.unwrap();
-    let billing = backlog.iter().find(|b| b.trigger == "billing-orders").unwrap();
+    let billing = backlog
+        .iter()
+        .find(|b| b.trigger == "billing-orders")
+        .unwrap();
     assert_eq!((billing.pending, billing.running), (3, 0));
     assert_eq!(billing.oldest_enqueued_at, Some(100));
     assert_eq!(billing.queue, "orders");

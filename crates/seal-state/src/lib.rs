@@ -194,6 +194,8 @@ pub struct NewToken<'a> {
     pub name: &'a str,
     pub role: &'a str,
     pub environments: Option<&'a [String]>,
+    /// The queues a publisher token may enqueue on.
+    pub queues: Option<&'a [String]>,
     pub hash: &'a str,
     pub actor: &'a str,
 }
