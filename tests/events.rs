@@ -768,3 +768,77 @@ async fn no_event_is_lost_when_the_server_is_killed_during_delivery() {
     // At least once, and the redeliveries are the kills' in-flight ones.
     assert!(duplicates <= 3 * 16, "{duplicates} duplicates");
 }
+
+/// Pre-traffic hooks may send recorded CloudEvents to the candidate (in
+/// binary mode, through the gateway with the preview token): a candidate
+/// that fails one is rolled back before any traffic; one that handles
+/// them all goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_hooks_test_the_candidate_before_traffic() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    billing(&s);
+    // The same component under another manifest: a new artifact.
+    assert_eq!(
+        publish_file(&s, &guest("events"), "billing", &["--timeout", "10s"]).0,
+        2
+    );
+    let hooks = dir.path().join("hooks");
+    std::fs::create_dir(&hooks).unwrap();
+    let batch = |last_subject: &str| {
+        json!({"events": [
+            {"specversion": "1.0", "id": "hook-ok", "source": "/recorded", "type": "order.created",
+             "subject": "caf\u{e9} 100%", "data": {"total": 1}},
+            {"specversion": "1.0", "id": "hook-last", "source": "/recorded", "type": "order.created",
+             "subject": last_subject}
+        ]})
+    };
+    std::fs::write(hooks.join("orders.json"), batch("status-500").to_string()).unwrap();
+    let canary = [
+        "deploy",
+        "billing",
+        "2",
+        "--strategy",
+        "canary",
+        "--steps",
+        "50",
+        "--interval",
+        "1s",
+        "--hooks",
+    ];
+    let mut args = canary.to_vec();
+    let hooks_arg = hooks.display().to_string();
+    args.push(&hooks_arg);
+    args.push("--wait");
+    let out = s.seal(&args);
+    let text = format!("{}{}", out.stdout, out.stderr);
+    // The first event passed, the second failed the candidate before it
+    // got any traffic.
+    assert!(text.contains("orders-0 (pre-traffic): passed"), "{text}");
+    assert!(
+        text.contains("orders-1 (pre-traffic): FAILED")
+            && text.contains("expected a success (2xx)"),
+        "{text}"
+    );
+    assert!(text.contains("now 1=100%"), "{text}");
+    // The candidate got the events in binary mode, attributes
+    // percent-encoded as the binding says.
+    let logs = s
+        .seal(&["logs", "billing", "--version", "2", "-o", "json"])
+        .stdout;
+    assert!(logs.contains("event: hook-ok type=order.created"), "{logs}");
+    assert!(
+        logs.contains("subject=caf%C3%A9%20100%25"),
+        "the guest sees the header as sent: {logs}"
+    );
+
+    // The same events all handled: the canary goes on to success.
+    std::fs::write(hooks.join("orders.json"), batch("fine").to_string()).unwrap();
+    let out = s.seal(&args);
+    assert!(
+        out.stdout.contains("succeeded") || out.stderr.contains("succeeded"),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
+}

@@ -259,6 +259,88 @@ fn rollout_spec(args: &DeployArgs) -> anyhow::Result<Option<RolloutSpec>> {
     Ok(Some(spec))
 }
 
+/// What the binding percent-encodes in a `ce-*` header value: space, `"`,
+/// `%` and anything outside printable ASCII.
+const CE_HEADER: &percent_encoding::AsciiSet =
+    &percent_encoding::CONTROLS.add(b' ').add(b'"').add(b'%');
+
+/// A hook file holding `"event": {…}` or `"events": [{…}, …]` (CloudEvents
+/// in the structured JSON form): one pre-traffic hook per event, sent to
+/// the candidate in binary mode (`POST /`, attributes as percent-encoded
+/// `ce-*` headers, `data` as the body), expecting a success (any 2xx)
+/// unless the file says what to expect.
+fn event_hooks(obj: &serde_json::Map<String, Value>, stem: &str) -> anyhow::Result<Vec<Hook>> {
+    let events: Vec<&Value> = match (obj.get("event"), obj.get("events")) {
+        (Some(e), None) => vec![e],
+        (None, Some(Value::Array(es))) if !es.is_empty() => es.iter().collect(),
+        _ => bail!("give \"event\": {{…}} or a non-empty \"events\": [{{…}}, …], not both"),
+    };
+    let expect = match obj.get("expect") {
+        Some(e) => serde_json::from_value(e.clone()).context("\"expect\"")?,
+        None => wire::HookExpect {
+            status: None,
+            body_contains: None,
+            success: true,
+        },
+    };
+    let phase = match obj.get("phase") {
+        Some(p) => serde_json::from_value(p.clone()).context("\"phase\"")?,
+        None => wire::HookPhase::PreTraffic,
+    };
+    let mut hooks = Vec::with_capacity(events.len());
+    for (i, e) in events.into_iter().enumerate() {
+        let e = e.as_object().context("an event is a JSON object")?;
+        let mut headers = std::collections::BTreeMap::new();
+        for required in ["id", "source", "type"] {
+            if !e.get(required).is_some_and(Value::is_string) {
+                bail!("event {i} has no \"{required}\" string");
+            }
+        }
+        headers.insert("ce-specversion".to_owned(), "1.0".to_owned());
+        let mut body = None;
+        for (k, v) in e {
+            match k.as_str() {
+                "specversion" | "data_base64" => {}
+                "data" => {
+                    body = Some(match v {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    })
+                }
+                "datacontenttype" => {
+                    headers.insert("content-type".into(), s(v));
+                }
+                _ => {
+                    let text = s(v);
+                    let encoded =
+                        percent_encoding::utf8_percent_encode(&text, CE_HEADER).to_string();
+                    headers.insert(format!("ce-{k}"), encoded);
+                }
+            }
+        }
+        if body.is_some() && !headers.contains_key("content-type") {
+            headers.insert("content-type".into(), "application/json".into());
+        }
+        let name = match obj.get("name").and_then(Value::as_str) {
+            Some(n) => format!("{n}-{i}"),
+            None if obj.contains_key("events") => format!("{stem}-{i}"),
+            None => stem.to_owned(),
+        };
+        hooks.push(Hook {
+            name,
+            phase,
+            request: wire::HookRequest {
+                method: "POST".into(),
+                path: "/".into(),
+                headers,
+                body,
+            },
+            expect: expect.clone(),
+        });
+    }
+    Ok(hooks)
+}
+
 /// Every `*.json` file of `dir`, sorted by file name, as one hook object;
 /// a hook without a "name" is named after its file.
 pub fn load_hooks(dir: &Path) -> anyhow::Result<Vec<Hook>> {
@@ -286,6 +368,19 @@ pub fn load_hooks(dir: &Path) -> anyhow::Result<Vec<Hook>> {
             .with_context(|| format!("cannot read hook file {}", path.display()))?;
         let mut hook: Value = serde_json::from_str(&text)
             .with_context(|| format!("hook file {} is not valid JSON", path.display()))?;
+        // Recorded events: each one a hook sending it in binary mode.
+        if let Some(obj) = hook.as_object()
+            && (obj.contains_key("event") || obj.contains_key("events"))
+        {
+            let stem = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            hooks.extend(
+                event_hooks(obj, &stem).with_context(|| format!("hook file {}", path.display()))?,
+            );
+            continue;
+        }
         let Some(obj) = hook.as_object_mut() else {
             bail!(
                 "hook file {} must hold one JSON object, e.g. {{\"request\": {{\"method\": \"GET\", \"path\": \"/\"}}}}",

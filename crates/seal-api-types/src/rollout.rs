@@ -82,6 +82,9 @@ pub struct HookExpect {
     pub status: Option<u16>,
     #[serde(default)]
     pub body_contains: Option<String>,
+    /// Any 2xx answer (what an event handler's success is).
+    #[serde(default, skip_serializing_if = "crate::is_false")]
+    pub success: bool,
 }
 
 /// A synthetic request sent to the candidate through the version header
@@ -105,6 +108,7 @@ fn default_expect() -> HookExpect {
     HookExpect {
         status: Some(200),
         body_contains: None,
+        success: false,
     }
 }
 

@@ -630,6 +630,9 @@ impl Control {
         {
             problems.push(format!("status {status}, expected {want}"));
         }
+        if hook.expect.success && !(200..300).contains(&status) {
+            problems.push(format!("status {status}, expected a success (2xx)"));
+        }
         if let Some(want) = &hook.expect.body_contains
             && !body.contains(want.as_str())
         {
