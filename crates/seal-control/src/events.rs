@@ -22,7 +22,15 @@ use seal_events::codec::{self, Limits};
 use seal_events::schedule::Schedule;
 use seal_events::{AttributesReader, Event};
 use seal_serving::{Serving, Traffic};
-use seal_state::{AttemptRecord, Claimed, NewEvent, NextStep, StateStore, now_ms};
+use seal_state::{AttemptRecord, Claimed, Finished, NewEvent, NextStep, StateStore, now_ms};
+
+/// An attempt that ended, waiting to be committed; its subscription slot
+/// is freed once it is.
+struct Ended {
+    claimed: Claimed,
+    finished: Finished,
+    permit: tokio::sync::OwnedSemaphorePermit,
+}
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
@@ -443,6 +451,10 @@ impl EventsService {
             Err(e) => tracing::error!(error = %e, "cannot release running deliveries"),
         }
         let mut running = tokio::task::JoinSet::new();
+        // Attempts end in any order; their outcomes are committed together
+        // by one task (one transaction for all that ended meanwhile).
+        let (ended_tx, ended_rx) = tokio::sync::mpsc::unbounded_channel();
+        let committer = tokio::spawn(self.clone().commit_outcomes(ended_rx));
         let mut gauged_at = 0;
         loop {
             if now_ms() - gauged_at >= 1_000 {
@@ -451,7 +463,7 @@ impl EventsService {
                     tracing::warn!(error = %e, "cannot read the event backlog");
                 }
             }
-            let next_wake = match self.dispatch(&mut running).await {
+            let next_wake = match self.dispatch(&mut running, &ended_tx).await {
                 Ok(at) => at,
                 Err(e) => {
                     tracing::warn!(error = %e, "event delivery loop");
@@ -466,8 +478,32 @@ impl EventsService {
                 () = tokio::time::sleep(std::time::Duration::from_millis(wait)) => {}
             }
         }
-        // Attempts cut off here stay claimed; the next start redelivers them.
+        // Attempts cut off here stay claimed; the next start redelivers
+        // them. Those that ended are committed before the loop returns.
         running.shutdown().await;
+        drop(ended_tx);
+        let _ = committer.await;
+    }
+
+    /// Commits attempt outcomes as they come, all that are waiting in one
+    /// transaction; then counts them and frees their subscription's slot.
+    async fn commit_outcomes(self: Arc<Self>, mut ended: tokio::sync::mpsc::UnboundedReceiver<Ended>) {
+        let mut batch = Vec::new();
+        while ended.recv_many(&mut batch, 512).await > 0 {
+            let done: Vec<Finished> = batch.iter().map(|e| e.finished.clone()).collect();
+            if let Err(e) = self.state.finish_deliveries(&done).await {
+                // Left claimed: due again when their lease ends (or at the
+                // next start).
+                tracing::error!(error = %e, deliveries = done.len(), "cannot record delivery attempts");
+                batch.clear();
+                continue;
+            }
+            for e in batch.drain(..) {
+                self.count(&e.claimed, &e.finished);
+                drop(e.permit);
+            }
+            self.wake_queues.notify_one();
+        }
     }
 
     /// One pass: claims what each subscription may take and starts it.
@@ -475,6 +511,7 @@ impl EventsService {
     async fn dispatch(
         self: &Arc<Self>,
         running: &mut tokio::task::JoinSet<()>,
+        ended: &tokio::sync::mpsc::UnboundedSender<Ended>,
     ) -> ControlResult<i64> {
         let now = now_ms();
         let mut next = now + 1_000;
@@ -502,42 +539,41 @@ impl EventsService {
                 };
                 let this = self.clone();
                 let sub = sub.clone();
+                let ended = ended.clone();
                 running.spawn(async move {
-                    this.attempt(c, &sub).await;
-                    drop(permit);
-                    this.wake_queues.notify_one();
+                    let now = now_ms();
+                    let (attempt, next) = this.run_attempt(&c, &sub, now).await;
+                    let finished = Finished {
+                        delivery_id: c.delivery_id,
+                        attempt,
+                        next,
+                        at: now_ms(),
+                    };
+                    let _ = ended.send(Ended {
+                        claimed: c,
+                        finished,
+                        permit,
+                    });
                 });
             }
         }
         Ok(next)
     }
 
-    /// One attempt of a claimed delivery, and what follows it, committed.
-    async fn attempt(&self, c: Claimed, sub: &QueueSubscription) {
-        let now = now_ms();
-        let (attempt, next) = self.run_attempt(&c, sub, now).await;
-        let finished = now_ms();
-        if let Err(e) = self
-            .state
-            .finish_delivery(c.delivery_id, attempt.as_ref(), &next, finished)
-            .await
-        {
-            // Left claimed: due again when its lease ends.
-            tracing::error!(delivery = c.delivery_id, error = %e, "cannot record a delivery attempt");
-            return;
-        }
+    /// Counts a committed outcome in the subscription's metrics.
+    fn count(&self, c: &Claimed, f: &Finished) {
         let labels = SubscriptionLabels {
             environment: c.environment.clone(),
             queue: c.queue.clone(),
             trigger: c.trigger.clone(),
             function: c.function.clone(),
         };
-        let outcome = match &next {
+        let outcome = match &f.next {
             NextStep::Done => {
                 self.metrics
                     .latency
                     .get_or_create(&labels)
-                    .observe((finished - c.enqueued_at).max(0) as f64 / 1000.0);
+                    .observe((f.at - c.enqueued_at).max(0) as f64 / 1000.0);
                 "delivered"
             }
             NextStep::Retry { .. } => "retried",

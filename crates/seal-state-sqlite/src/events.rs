@@ -7,11 +7,49 @@
 
 use crate::{Error, Result, SqliteStore, insert_audit};
 use seal_state::{
-    AttemptRecord, Backlog, Claimed, CronRun, DeadLetter, DeadReason, DeliveryRecord,
+    AttemptRecord, Backlog, Claimed, Finished, CronRun, DeadLetter, DeadReason, DeliveryRecord,
     DeliveryState, Enqueued, EventRecord, NewAudit, NewEvent, NextStep, Outcome, QueueRecord,
     StateError, TriggerRecord, TriggerSpec,
 };
 use sqlx::FromRow;
+
+/// Runs `$body` in one transaction committed without waiting for the
+/// disk (`synchronous = NORMAL`; WAL mode keeps it atomic, and a process
+/// crash loses nothing; a power cut may lose the last ones). Only for
+/// writes whose loss repeats work — a claim (the event stays due), an
+/// attempt's outcome (the event is delivered again: at least once) —
+/// never for what a caller was told is durable: an enqueue stays `FULL`.
+/// It runs as its own task, so a caller that stops waiting cannot leave
+/// the connection relaxed: `FULL` is restored before the connection goes
+/// back to the pool, or the connection is closed.
+macro_rules! relaxed {
+    ($pool:expr, $tx:ident => $body:block) => {{
+        let pool = $pool.clone();
+        tokio::spawn(async move {
+            let mut conn = pool.acquire().await?;
+            sqlx::query("PRAGMA synchronous = NORMAL")
+                .execute(&mut *conn)
+                .await?;
+            let result: Result<_> = async {
+                let mut $tx = sqlx::Connection::begin(&mut *conn).await?;
+                let out = $body;
+                $tx.commit().await?;
+                Ok(out)
+            }
+            .await;
+            if sqlx::query("PRAGMA synchronous = FULL")
+                .execute(&mut *conn)
+                .await
+                .is_err()
+            {
+                conn.close_on_drop();
+            }
+            result
+        })
+        .await
+        .map_err(|e| Error::from(StateError::Backend(format!("relaxed transaction: {e}"))))??
+    }};
+}
 
 #[derive(FromRow)]
 struct QueueRow {
@@ -512,29 +550,33 @@ impl SqliteStore {
         lease_until: i64,
         limit: u32,
     ) -> Result<Vec<Claimed>> {
-        let mut tx = self.pool.begin().await?;
-        let rows: Vec<ClaimRow> = sqlx::query_as(
-            "SELECT d.id, d.event_id, d.trigger, d.function, d.attempts, d.pinned_version, \
-                    e.environment, e.queue, e.ce_id, e.enqueued_at, e.event, \
-                    (SELECT COALESCE(MAX(a.attempt), 0) FROM attempts a WHERE a.delivery_id = d.id) AS last_attempt \
-             FROM deliveries d JOIN events e ON e.id = d.event_id \
-             WHERE d.trigger = $1 AND ((d.state = 'pending' AND d.next_at <= $2) \
-                OR (d.state = 'running' AND d.lease_until <= $2)) \
-             ORDER BY d.next_at, d.id LIMIT $3",
-        )
-        .bind(trigger)
-        .bind(now)
-        .bind(i64::from(limit))
-        .fetch_all(&mut *tx)
-        .await?;
-        for r in &rows {
-            sqlx::query("UPDATE deliveries SET state = 'running', lease_until = $2 WHERE id = $1")
-                .bind(r.id)
-                .bind(lease_until)
-                .execute(&mut *tx)
+        let trigger = trigger.to_owned();
+        let rows: Vec<ClaimRow> = relaxed!(self.pool, tx => {
+                let rows: Vec<ClaimRow> = sqlx::query_as(
+                    "SELECT d.id, d.event_id, d.trigger, d.function, d.attempts, d.pinned_version, \
+                            e.environment, e.queue, e.ce_id, e.enqueued_at, e.event, \
+                            (SELECT COALESCE(MAX(a.attempt), 0) FROM attempts a WHERE a.delivery_id = d.id) AS last_attempt \
+                     FROM deliveries d JOIN events e ON e.id = d.event_id \
+                     WHERE d.trigger = $1 AND ((d.state = 'pending' AND d.next_at <= $2) \
+                        OR (d.state = 'running' AND d.lease_until <= $2)) \
+                     ORDER BY d.next_at, d.id LIMIT $3",
+                )
+                .bind(&trigger)
+                .bind(now)
+                .bind(i64::from(limit))
+                .fetch_all(&mut *tx)
                 .await?;
-        }
-        tx.commit().await?;
+                for r in &rows {
+                    sqlx::query(
+                        "UPDATE deliveries SET state = 'running', lease_until = $2 WHERE id = $1",
+                    )
+                    .bind(r.id)
+                    .bind(lease_until)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                rows
+            });
         Ok(rows
             .into_iter()
             .map(|r| Claimed {
@@ -564,76 +606,13 @@ impl SqliteStore {
         .await?)
     }
 
-    pub async fn finish_delivery(
-        &self,
-        delivery_id: u64,
-        attempt: Option<&AttemptRecord>,
-        next: &NextStep,
-        now: i64,
-    ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        if let Some(a) = attempt {
-            sqlx::query(
-                "INSERT INTO attempts (delivery_id, attempt, version, digest, status, outcome, error_kind, started_at, duration_ms) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
-            )
-            .bind(delivery_id as i64)
-            .bind(i64::from(a.attempt))
-            .bind(a.version.map(|v| v as i64))
-            .bind(a.digest.as_deref())
-            .bind(a.status.map(i64::from))
-            .bind(a.outcome.as_str())
-            .bind(a.error_kind.as_deref())
-            .bind(a.started_at)
-            .bind(a.duration_ms as i64)
-            .execute(&mut *tx)
-            .await?;
-        }
-        let made = i64::from(attempt.is_some());
-        let version = attempt.and_then(|a| a.version).map(|v| v as i64);
-        match next {
-            NextStep::Done => {
-                sqlx::query(
-                    "UPDATE deliveries SET state = 'done', attempts = attempts + $2, lease_until = NULL, \
-                     last_error = NULL, last_version = COALESCE($3, last_version), finished_at = $4 WHERE id = $1",
-                )
-                .bind(delivery_id as i64)
-                .bind(made)
-                .bind(version)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+    pub async fn finish_deliveries(&self, done: &[Finished]) -> Result<()> {
+        let done = done.to_vec();
+        relaxed!(self.pool, tx => {
+            for f in &done {
+                finish_one(&mut tx, f.delivery_id, f.attempt.as_ref(), &f.next, f.at).await?;
             }
-            NextStep::Retry { at, error } => {
-                sqlx::query(
-                    "UPDATE deliveries SET state = 'pending', attempts = attempts + $2, lease_until = NULL, \
-                     next_at = $3, last_error = $4, last_version = COALESCE($5, last_version) WHERE id = $1",
-                )
-                .bind(delivery_id as i64)
-                .bind(made)
-                .bind(at)
-                .bind(error)
-                .bind(version)
-                .execute(&mut *tx)
-                .await?;
-            }
-            NextStep::Dead { reason, error } => {
-                sqlx::query(
-                    "UPDATE deliveries SET state = 'dead', attempts = attempts + $2, lease_until = NULL, \
-                     dead_reason = $3, last_error = $4, last_version = COALESCE($5, last_version), \
-                     finished_at = $6 WHERE id = $1",
-                )
-                .bind(delivery_id as i64)
-                .bind(made)
-                .bind(reason.as_str())
-                .bind(error)
-                .bind(version)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-            }
-        }
-        tx.commit().await?;
+        });
         Ok(())
     }
 
@@ -909,5 +888,77 @@ async fn insert_run(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, run: &CronRun)
     .bind(run.error.as_deref())
     .execute(&mut **tx)
     .await?;
+    Ok(())
+}
+
+/// Records one attempt and what follows it, inside a transaction.
+async fn finish_one(
+tx: &mut sqlx::SqliteConnection,
+delivery_id: u64,
+attempt: Option<&AttemptRecord>,
+next: &NextStep,
+now: i64,
+) -> Result<()> {
+    if let Some(a) = attempt {
+        sqlx::query(
+            "INSERT INTO attempts (delivery_id, attempt, version, digest, status, outcome, error_kind, started_at, duration_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
+        )
+        .bind(delivery_id as i64)
+        .bind(i64::from(a.attempt))
+        .bind(a.version.map(|v| v as i64))
+        .bind(a.digest.as_deref())
+        .bind(a.status.map(i64::from))
+        .bind(a.outcome.as_str())
+        .bind(a.error_kind.as_deref())
+        .bind(a.started_at)
+        .bind(a.duration_ms as i64)
+        .execute(&mut *tx)
+        .await?;
+    }
+    let made = i64::from(attempt.is_some());
+    let version = attempt.and_then(|a| a.version).map(|v| v as i64);
+    match next {
+        NextStep::Done => {
+            sqlx::query(
+                "UPDATE deliveries SET state = 'done', attempts = attempts + $2, lease_until = NULL, \
+                 last_error = NULL, last_version = COALESCE($3, last_version), finished_at = $4 WHERE id = $1",
+            )
+            .bind(delivery_id as i64)
+            .bind(made)
+            .bind(version)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        NextStep::Retry { at, error } => {
+            sqlx::query(
+                "UPDATE deliveries SET state = 'pending', attempts = attempts + $2, lease_until = NULL, \
+                 next_at = $3, last_error = $4, last_version = COALESCE($5, last_version) WHERE id = $1",
+            )
+            .bind(delivery_id as i64)
+            .bind(made)
+            .bind(at)
+            .bind(error)
+            .bind(version)
+            .execute(&mut *tx)
+            .await?;
+        }
+        NextStep::Dead { reason, error } => {
+            sqlx::query(
+                "UPDATE deliveries SET state = 'dead', attempts = attempts + $2, lease_until = NULL, \
+                 dead_reason = $3, last_error = $4, last_version = COALESCE($5, last_version), \
+                 finished_at = $6 WHERE id = $1",
+            )
+            .bind(delivery_id as i64)
+            .bind(made)
+            .bind(reason.as_str())
+            .bind(error)
+            .bind(version)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
     Ok(())
 }

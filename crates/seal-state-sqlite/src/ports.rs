@@ -4,8 +4,9 @@
 
 use crate::SqliteStore;
 use seal_state::{
-    AttemptRecord, Backlog, Claimed, CronRun, DeadLetter, Enqueued, EventRecord, NewEvent,
-    NextStep, QueueRecord, TriggerRecord,
+    Finished,
+    Backlog, Claimed, CronRun, DeadLetter, Enqueued, EventRecord, NewEvent,
+    QueueRecord, TriggerRecord,
 };
 use seal_state::{
     AttestationRecord, AuditRecord, AuditVerification, Budget, DeploymentEvent, DeploymentRecord,
@@ -39,7 +40,7 @@ ports! {
         fn enqueue(environment: &str, queue: &str, events: &[NewEvent<'_>], now: i64, dedup_since: i64) -> Vec<Enqueued>;
         fn claim_due(trigger: &str, now: i64, lease_until: i64, limit: u32) -> Vec<Claimed>;
         fn next_due(trigger: &str) -> Option<i64>;
-        fn finish_delivery(delivery_id: u64, attempt: Option<&AttemptRecord>, next: &NextStep, now: i64) -> ();
+        fn finish_deliveries(done: &[Finished]) -> ();
         fn release_running(now: i64) -> u64;
         fn backlog() -> Vec<Backlog>;
         fn event(id: u64) -> Option<EventRecord>;

@@ -425,6 +425,16 @@ pub struct Claimed {
     pub event: String,
 }
 
+/// An attempt that ended (or a delivery ended without one) and what
+/// follows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finished {
+    pub delivery_id: u64,
+    pub attempt: Option<AttemptRecord>,
+    pub next: NextStep,
+    pub at: i64,
+}
+
 /// What a subscription has not handled yet.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Backlog {
@@ -489,15 +499,26 @@ pub trait Events: Send + Sync {
     ) -> Result<Vec<Claimed>>;
     /// The earliest instant a pending delivery of `trigger` is due.
     async fn next_due(&self, trigger: &str) -> Result<Option<i64>>;
-    /// Records an attempt (if one was made) and what follows, in one
-    /// transaction.
+    /// Records attempts (where one was made) and what follows each, in one
+    /// transaction. A backend may commit these without waiting for the
+    /// disk: losing one only delivers its event again.
+    async fn finish_deliveries(&self, done: &[Finished]) -> Result<()>;
+    /// [`Events::finish_deliveries`] for one delivery.
     async fn finish_delivery(
         &self,
         delivery_id: u64,
         attempt: Option<&AttemptRecord>,
         next: &NextStep,
         now: i64,
-    ) -> Result<()>;
+    ) -> Result<()> {
+        self.finish_deliveries(&[Finished {
+            delivery_id,
+            attempt: attempt.cloned(),
+            next: next.clone(),
+            at: now,
+        }])
+        .await
+    }
     /// Running deliveries become pending (due now): at start, when no
     /// other server can be running them. Returns how many.
     async fn release_running(&self, now: i64) -> Result<u64>;
