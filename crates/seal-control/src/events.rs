@@ -24,6 +24,69 @@ use seal_events::{AttributesReader, Event};
 use seal_serving::{Serving, Traffic};
 use seal_state::{AttemptRecord, Claimed, Finished, NewEvent, NextStep, StateStore, now_ms};
 
+/// An event as the store keeps it.
+struct StoredEvent {
+    ce_id: String,
+    source: String,
+    ty: String,
+    json: String,
+}
+
+/// One producer's enqueue waiting for the next group commit.
+struct PendingEnqueue {
+    environment: String,
+    queue: String,
+    events: Vec<StoredEvent>,
+    now: i64,
+    dedup_since: i64,
+    reply: tokio::sync::oneshot::Sender<ControlResult<Vec<seal_api_types::events::Enqueued>>>,
+}
+
+/// Commits waiting enqueues in one transaction and answers each.
+async fn commit_enqueues(state: Arc<dyn StateStore>, batch: Vec<PendingEnqueue>) {
+    let news: Vec<Vec<NewEvent<'_>>> = batch
+        .iter()
+        .map(|p| {
+            p.events
+                .iter()
+                .map(|e| NewEvent {
+                    ce_id: &e.ce_id,
+                    source: &e.source,
+                    ty: &e.ty,
+                    event: &e.json,
+                })
+                .collect()
+        })
+        .collect();
+    let requests: Vec<seal_state::Enqueue<'_>> = batch
+        .iter()
+        .zip(&news)
+        .map(|(p, events)| seal_state::Enqueue {
+            environment: &p.environment,
+            queue: &p.queue,
+            events,
+            now: p.now,
+            dedup_since: p.dedup_since,
+        })
+        .collect();
+    let result = state.enqueue_batch(&requests).await;
+    drop(requests);
+    drop(news);
+    match result {
+        Ok(answers) => {
+            for (p, a) in batch.into_iter().zip(answers) {
+                let _ = p.reply.send(Ok(a));
+            }
+        }
+        Err(e) => {
+            let e = ControlError::from(e);
+            for p in batch {
+                let _ = p.reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
 /// An attempt that ended, waiting to be committed; its subscription slot
 /// is freed once it is.
 struct Ended {
@@ -60,6 +123,10 @@ pub struct EventsService {
     /// Cron triggers whose run is going (for `overlap = forbid`).
     cron_running: Mutex<HashSet<String>>,
     metrics: EventMetrics,
+    /// Enqueues waiting for the next group commit, and whose turn it is
+    /// to commit.
+    pending: Mutex<Vec<PendingEnqueue>>,
+    commit_turn: tokio::sync::Mutex<()>,
     /// Subscriptions whose backlog gauges were set last time (so one that
     /// emptied goes back to 0).
     gauged: Mutex<HashSet<SubscriptionLabels>>,
@@ -95,6 +162,8 @@ impl EventsService {
     ) -> Self {
         Self {
             metrics,
+            pending: Mutex::default(),
+            commit_turn: tokio::sync::Mutex::new(()),
             gauged: Mutex::default(),
             state,
             serving,
@@ -280,44 +349,57 @@ impl EventsService {
         self.enqueue(&q, &events).await
     }
 
-    /// Commits already-built events to a queue.
+    /// Commits already-built events to a queue, durably, before it
+    /// answers. Producers that arrive while a commit runs share the next
+    /// one (group commit): the first to get the turn commits every
+    /// enqueue waiting, in one transaction, and hands each its answer.
     pub async fn enqueue(&self, q: &QueueRecord, events: &[Event]) -> ControlResult<EnqueueAnswer> {
-        let stored: Vec<(String, String, String, String)> = events
+        let stored: Vec<StoredEvent> = events
             .iter()
-            .map(|e| {
-                (
-                    e.id().to_owned(),
-                    e.source().to_string(),
-                    e.ty().to_owned(),
-                    codec::to_json(e),
-                )
-            })
-            .collect();
-        let new: Vec<NewEvent<'_>> = stored
-            .iter()
-            .map(|(id, source, ty, json)| NewEvent {
-                ce_id: id,
-                source,
-                ty,
-                event: json,
+            .map(|e| StoredEvent {
+                ce_id: e.id().to_owned(),
+                source: e.source().to_string(),
+                ty: e.ty().to_owned(),
+                json: codec::to_json(e),
             })
             .collect();
         let now = now_ms();
-        let accepted = self
-            .state
-            .enqueue(
-                &q.environment,
-                &q.name,
-                &new,
-                now,
-                now - q.dedup_window_ms as i64,
-            )
-            .await?;
+        let (reply, mut answer) = tokio::sync::oneshot::channel();
+        lock(&self.pending).push(PendingEnqueue {
+            environment: q.environment.clone(),
+            queue: q.name.clone(),
+            events: stored,
+            now,
+            dedup_since: now - q.dedup_window_ms as i64,
+            reply,
+        });
+        let turn = self.commit_turn.lock().await;
+        if let Ok(done) = answer.try_recv() {
+            drop(turn);
+            return self.answered(q, done);
+        }
+        let batch = std::mem::take(&mut *lock(&self.pending));
+        // Its own task: a producer that hangs up must not cut the commit
+        // the others wait for.
+        let state = self.state.clone();
+        let _ = tokio::spawn(commit_enqueues(state, batch)).await;
+        drop(turn);
         self.wake_queues.notify_one();
+        let done = answer
+            .await
+            .map_err(|_| ControlError::internal("the enqueue was lost before its commit"))?;
+        self.answered(q, done)
+    }
+
+    fn answered(
+        &self,
+        q: &QueueRecord,
+        done: ControlResult<Vec<seal_api_types::events::Enqueued>>,
+    ) -> ControlResult<EnqueueAnswer> {
         Ok(EnqueueAnswer {
             environment: q.environment.clone(),
             queue: q.name.clone(),
-            events: accepted,
+            events: done?,
         })
     }
 
@@ -487,7 +569,10 @@ impl EventsService {
 
     /// Commits attempt outcomes as they come, all that are waiting in one
     /// transaction; then counts them and frees their subscription's slot.
-    async fn commit_outcomes(self: Arc<Self>, mut ended: tokio::sync::mpsc::UnboundedReceiver<Ended>) {
+    async fn commit_outcomes(
+        self: Arc<Self>,
+        mut ended: tokio::sync::mpsc::UnboundedReceiver<Ended>,
+    ) {
         let mut batch = Vec::new();
         while ended.recv_many(&mut batch, 512).await > 0 {
             let done: Vec<Finished> = batch.iter().map(|e| e.finished.clone()).collect();

@@ -7,9 +7,9 @@
 
 use crate::{Error, Result, SqliteStore, insert_audit};
 use seal_state::{
-    AttemptRecord, Backlog, Claimed, Finished, CronRun, DeadLetter, DeadReason, DeliveryRecord,
-    DeliveryState, Enqueued, EventRecord, NewAudit, NewEvent, NextStep, Outcome, QueueRecord,
-    StateError, TriggerRecord, TriggerSpec,
+    AttemptRecord, Backlog, Claimed, CronRun, DeadLetter, DeadReason, DeliveryRecord,
+    DeliveryState, Enqueue, Enqueued, EventRecord, Finished, NewAudit, NewEvent, NextStep, Outcome,
+    QueueRecord, StateError, TriggerRecord, TriggerSpec,
 };
 use sqlx::FromRow;
 
@@ -457,87 +457,21 @@ impl SqliteStore {
         Ok(true)
     }
 
-    pub async fn enqueue(
-        &self,
-        environment: &str,
-        queue: &str,
-        events: &[NewEvent<'_>],
-        now: i64,
-        dedup_since: i64,
-    ) -> Result<Vec<Enqueued>> {
+    pub async fn enqueue_batch(&self, batch: &[Enqueue<'_>]) -> Result<Vec<Vec<Enqueued>>> {
         let mut tx = self.pool.begin().await?;
-        let subscribers: Vec<(String, String)> = sqlx::query_as(
-            "SELECT name, function FROM triggers WHERE environment = $1 AND queue = $2 ORDER BY name",
-        )
-        .bind(environment)
-        .bind(queue)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut next_event: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) + 1 FROM events")
-            .fetch_one(&mut *tx)
-            .await?;
-        let mut next_delivery: i64 =
-            sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) + 1 FROM deliveries")
-                .fetch_one(&mut *tx)
-                .await?;
-        let mut out = Vec::with_capacity(events.len());
-        for e in events {
-            let existing: Option<i64> = sqlx::query_scalar(
-                "SELECT id FROM events WHERE environment = $1 AND queue = $2 AND ce_source = $3 \
-                 AND ce_id = $4 AND enqueued_at >= $5 ORDER BY id DESC LIMIT 1",
-            )
-            .bind(environment)
-            .bind(queue)
-            .bind(e.source)
-            .bind(e.ce_id)
-            .bind(dedup_since)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(id) = existing {
-                out.push(Enqueued {
-                    id: id as u64,
-                    ce_id: e.ce_id.to_owned(),
-                    source: e.source.to_owned(),
-                    duplicate: true,
-                });
-                continue;
-            }
-            let id = next_event;
-            next_event += 1;
-            sqlx::query(
-                "INSERT INTO events (id, environment, queue, ce_id, ce_source, ce_type, event, enqueued_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            )
-            .bind(id)
-            .bind(environment)
-            .bind(queue)
-            .bind(e.ce_id)
-            .bind(e.source)
-            .bind(e.ty)
-            .bind(e.event)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            for (trigger, function) in &subscribers {
-                sqlx::query(
-                    "INSERT INTO deliveries (id, event_id, trigger, function, state, next_at) \
-                     VALUES ($1, $2, $3, $4, 'pending', $5)",
+        let mut out = Vec::with_capacity(batch.len());
+        for e in batch {
+            out.push(
+                enqueue_in(
+                    &mut tx,
+                    e.environment,
+                    e.queue,
+                    e.events,
+                    e.now,
+                    e.dedup_since,
                 )
-                .bind(next_delivery)
-                .bind(id)
-                .bind(trigger)
-                .bind(function)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                next_delivery += 1;
-            }
-            out.push(Enqueued {
-                id: id as u64,
-                ce_id: e.ce_id.to_owned(),
-                source: e.source.to_owned(),
-                duplicate: false,
-            });
+                .await?,
+            );
         }
         tx.commit().await?;
         Ok(out)
@@ -552,31 +486,31 @@ impl SqliteStore {
     ) -> Result<Vec<Claimed>> {
         let trigger = trigger.to_owned();
         let rows: Vec<ClaimRow> = relaxed!(self.pool, tx => {
-                let rows: Vec<ClaimRow> = sqlx::query_as(
-                    "SELECT d.id, d.event_id, d.trigger, d.function, d.attempts, d.pinned_version, \
-                            e.environment, e.queue, e.ce_id, e.enqueued_at, e.event, \
-                            (SELECT COALESCE(MAX(a.attempt), 0) FROM attempts a WHERE a.delivery_id = d.id) AS last_attempt \
-                     FROM deliveries d JOIN events e ON e.id = d.event_id \
-                     WHERE d.trigger = $1 AND ((d.state = 'pending' AND d.next_at <= $2) \
-                        OR (d.state = 'running' AND d.lease_until <= $2)) \
-                     ORDER BY d.next_at, d.id LIMIT $3",
+            let rows: Vec<ClaimRow> = sqlx::query_as(
+                "SELECT d.id, d.event_id, d.trigger, d.function, d.attempts, d.pinned_version, \
+                        e.environment, e.queue, e.ce_id, e.enqueued_at, e.event, \
+                        (SELECT COALESCE(MAX(a.attempt), 0) FROM attempts a WHERE a.delivery_id = d.id) AS last_attempt \
+                 FROM deliveries d JOIN events e ON e.id = d.event_id \
+                 WHERE d.trigger = $1 AND ((d.state = 'pending' AND d.next_at <= $2) \
+                    OR (d.state = 'running' AND d.lease_until <= $2)) \
+                 ORDER BY d.next_at, d.id LIMIT $3",
+            )
+            .bind(&trigger)
+            .bind(now)
+            .bind(i64::from(limit))
+            .fetch_all(&mut *tx)
+            .await?;
+            for r in &rows {
+                sqlx::query(
+                    "UPDATE deliveries SET state = 'running', lease_until = $2 WHERE id = $1",
                 )
-                .bind(&trigger)
-                .bind(now)
-                .bind(i64::from(limit))
-                .fetch_all(&mut *tx)
+                .bind(r.id)
+                .bind(lease_until)
+                .execute(&mut *tx)
                 .await?;
-                for r in &rows {
-                    sqlx::query(
-                        "UPDATE deliveries SET state = 'running', lease_until = $2 WHERE id = $1",
-                    )
-                    .bind(r.id)
-                    .bind(lease_until)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                rows
-            });
+            }
+            rows
+        });
         Ok(rows
             .into_iter()
             .map(|r| Claimed {
@@ -893,11 +827,11 @@ async fn insert_run(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, run: &CronRun)
 
 /// Records one attempt and what follows it, inside a transaction.
 async fn finish_one(
-tx: &mut sqlx::SqliteConnection,
-delivery_id: u64,
-attempt: Option<&AttemptRecord>,
-next: &NextStep,
-now: i64,
+    tx: &mut sqlx::SqliteConnection,
+    delivery_id: u64,
+    attempt: Option<&AttemptRecord>,
+    next: &NextStep,
+    now: i64,
 ) -> Result<()> {
     if let Some(a) = attempt {
         sqlx::query(
@@ -961,4 +895,89 @@ now: i64,
         }
     }
     Ok(())
+}
+
+/// Stores one producer's events and their deliveries, inside a transaction.
+async fn enqueue_in(
+    tx: &mut sqlx::SqliteConnection,
+    environment: &str,
+    queue: &str,
+    events: &[NewEvent<'_>],
+    now: i64,
+    dedup_since: i64,
+) -> Result<Vec<Enqueued>> {
+    let subscribers: Vec<(String, String)> = sqlx::query_as(
+        "SELECT name, function FROM triggers WHERE environment = $1 AND queue = $2 ORDER BY name",
+    )
+    .bind(environment)
+    .bind(queue)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut next_event: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) + 1 FROM events")
+        .fetch_one(&mut *tx)
+        .await?;
+    let mut next_delivery: i64 =
+        sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) + 1 FROM deliveries")
+            .fetch_one(&mut *tx)
+            .await?;
+    let mut out = Vec::with_capacity(events.len());
+    for e in events {
+        let existing: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM events WHERE environment = $1 AND queue = $2 AND ce_source = $3 \
+             AND ce_id = $4 AND enqueued_at >= $5 ORDER BY id DESC LIMIT 1",
+        )
+        .bind(environment)
+        .bind(queue)
+        .bind(e.source)
+        .bind(e.ce_id)
+        .bind(dedup_since)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(id) = existing {
+            out.push(Enqueued {
+                id: id as u64,
+                ce_id: e.ce_id.to_owned(),
+                source: e.source.to_owned(),
+                duplicate: true,
+            });
+            continue;
+        }
+        let id = next_event;
+        next_event += 1;
+        sqlx::query(
+            "INSERT INTO events (id, environment, queue, ce_id, ce_source, ce_type, event, enqueued_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(id)
+        .bind(environment)
+        .bind(queue)
+        .bind(e.ce_id)
+        .bind(e.source)
+        .bind(e.ty)
+        .bind(e.event)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        for (trigger, function) in &subscribers {
+            sqlx::query(
+                "INSERT INTO deliveries (id, event_id, trigger, function, state, next_at) \
+                 VALUES ($1, $2, $3, $4, 'pending', $5)",
+            )
+            .bind(next_delivery)
+            .bind(id)
+            .bind(trigger)
+            .bind(function)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            next_delivery += 1;
+        }
+        out.push(Enqueued {
+            id: id as u64,
+            ce_id: e.ce_id.to_owned(),
+            source: e.source.to_owned(),
+            duplicate: false,
+        });
+    }
+    Ok(out)
 }

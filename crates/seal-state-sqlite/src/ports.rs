@@ -4,14 +4,13 @@
 
 use crate::SqliteStore;
 use seal_state::{
-    Finished,
-    Backlog, Claimed, CronRun, DeadLetter, Enqueued, EventRecord, NewEvent,
-    QueueRecord, TriggerRecord,
-};
-use seal_state::{
     AttestationRecord, AuditRecord, AuditVerification, Budget, DeploymentEvent, DeploymentRecord,
     NewAudit, NewDeployment, NewRollout, NewToken, NewVersion, Result, RouteRecord, SettingChange,
     SettingRecord, SettingRevision, TokenRecord, Transition, UsageDelta, UsageRow, VersionRecord,
+};
+use seal_state::{
+    Backlog, Claimed, CronRun, DeadLetter, Enqueue, Enqueued, EventRecord, Finished, QueueRecord,
+    TriggerRecord,
 };
 
 /// `impl Trait for SqliteStore`, one method per line, each delegating to
@@ -37,7 +36,7 @@ ports! {
         fn triggers() -> Vec<TriggerRecord>;
         fn trigger(name: &str) -> Option<TriggerRecord>;
         fn delete_trigger(name: &str, actor: &str) -> bool;
-        fn enqueue(environment: &str, queue: &str, events: &[NewEvent<'_>], now: i64, dedup_since: i64) -> Vec<Enqueued>;
+        fn enqueue_batch(batch: &[Enqueue<'_>]) -> Vec<Vec<Enqueued>>;
         fn claim_due(trigger: &str, now: i64, lease_until: i64, limit: u32) -> Vec<Claimed>;
         fn next_due(trigger: &str) -> Option<i64>;
         fn finish_deliveries(done: &[Finished]) -> ();

@@ -817,6 +817,60 @@ pub async fn dead_letters_are_redriven_and_purged(s: &dyn StateStore) {
     );
 }
 
+/// Several producers' enqueues in one transaction keep their order: a
+/// duplicate of an event earlier in the same batch is found.
+pub async fn enqueues_commit_together_in_order(s: &dyn StateStore) {
+    s.create_queue(&queue_record("orders")).await.unwrap();
+    s.create_queue(&queue_record("refunds")).await.unwrap();
+    s.create_trigger(&subscription("billing-orders", "billing", "orders"))
+        .await
+        .unwrap();
+    let body = r#"{"id":"b1"}"#;
+    let one = [event("b1", body)];
+    let two = [event("b1", body), event("b2", body)];
+    let answers = s
+        .enqueue_batch(&[
+            Enqueue {
+                environment: "production",
+                queue: "orders",
+                events: &one,
+                now: 10,
+                dedup_since: 0,
+            },
+            Enqueue {
+                environment: "production",
+                queue: "refunds",
+                events: &one,
+                now: 10,
+                dedup_since: 0,
+            },
+            Enqueue {
+                environment: "production",
+                queue: "orders",
+                events: &two,
+                now: 10,
+                dedup_since: 0,
+            },
+        ])
+        .await
+        .unwrap();
+    assert_eq!(answers.len(), 3);
+    assert!(!answers[0][0].duplicate);
+    assert!(!answers[1][0].duplicate, "another queue: not a duplicate");
+    assert!(answers[2][0].duplicate);
+    assert_eq!(answers[2][0].id, answers[0][0].id);
+    assert!(!answers[2][1].duplicate);
+    // Deliveries only for the queue with a subscription.
+    assert_eq!(
+        s.claim_due("billing-orders", 10, 100, 10)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert!(s.enqueue_batch(&[]).await.unwrap().is_empty());
+}
+
 /// A tick is committed once; a run left running is interrupted at start.
 pub async fn cron_ticks_commit_once(s: &dyn StateStore) {
     let t = TriggerRecord {
@@ -884,7 +938,8 @@ macro_rules! contract_tests {
             attestations_are_recorded_once,
             events_are_delivered_once_per_subscription,
             dead_letters_are_redriven_and_purged,
-            cron_ticks_commit_once
+            cron_ticks_commit_once,
+            enqueues_commit_together_in_order
         );
     };
     (@each $fresh:path; $($check:ident),*) => {

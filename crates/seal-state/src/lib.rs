@@ -402,6 +402,16 @@ pub struct NewEvent<'a> {
     pub event: &'a str,
 }
 
+/// One producer's enqueue, within [`Events::enqueue_batch`].
+#[derive(Debug, Clone)]
+pub struct Enqueue<'a> {
+    pub environment: &'a str,
+    pub queue: &'a str,
+    pub events: &'a [NewEvent<'a>],
+    pub now: i64,
+    pub dedup_since: i64,
+}
+
 /// A delivery claimed for an attempt: its lease runs until the deadline
 /// given to [`Events::claim_due`].
 #[derive(Debug, Clone, PartialEq)]
@@ -486,7 +496,22 @@ pub trait Events: Send + Sync {
         events: &[NewEvent<'_>],
         now: i64,
         dedup_since: i64,
-    ) -> Result<Vec<Enqueued>>;
+    ) -> Result<Vec<Enqueued>> {
+        let mut out = self
+            .enqueue_batch(&[Enqueue {
+                environment,
+                queue,
+                events,
+                now,
+                dedup_since,
+            }])
+            .await?;
+        Ok(out.pop().unwrap_or_default())
+    }
+    /// Several enqueues (of any queues) in one durable transaction, in
+    /// order: what concurrent producers share (group commit). One answer
+    /// per enqueue.
+    async fn enqueue_batch(&self, batch: &[Enqueue<'_>]) -> Result<Vec<Vec<Enqueued>>>;
     /// Claims up to `limit` deliveries of `trigger` that are due at `now`
     /// (pending and `next_at <= now`, or running past their lease) and
     /// marks them running until `lease_until`.
