@@ -127,6 +127,8 @@ pub struct EventsService {
     /// to commit.
     pending: Mutex<Vec<PendingEnqueue>>,
     commit_turn: tokio::sync::Mutex<()>,
+    /// The queue triggers and when they were read.
+    trigger_cache: Mutex<Option<(i64, Arc<Vec<TriggerRecord>>)>>,
     /// Subscriptions whose backlog gauges were set last time (so one that
     /// emptied goes back to 0).
     gauged: Mutex<HashSet<SubscriptionLabels>>,
@@ -164,6 +166,7 @@ impl EventsService {
             metrics,
             pending: Mutex::default(),
             commit_turn: tokio::sync::Mutex::new(()),
+            trigger_cache: Mutex::default(),
             gauged: Mutex::default(),
             state,
             serving,
@@ -291,6 +294,7 @@ impl EventsService {
                 t.name
             )));
         }
+        *lock(&self.trigger_cache) = None;
         self.wake_cron.notify_one();
         self.wake_queues.notify_one();
         Ok(t)
@@ -316,6 +320,7 @@ impl EventsService {
             return Err(ControlError::not_found(format!("no trigger {name}")));
         }
         lock(&self.in_flight).remove(name);
+        *lock(&self.trigger_cache) = None;
         self.wake_cron.notify_one();
         Ok(())
     }
@@ -517,6 +522,21 @@ impl EventsService {
         })
     }
 
+    /// The queue triggers, read from the store at most once a second (and
+    /// after a trigger is created or deleted here).
+    async fn queue_triggers(&self) -> ControlResult<Arc<Vec<TriggerRecord>>> {
+        if let Some((at, list)) = &*lock(&self.trigger_cache)
+            && now_ms() - at < 1_000
+        {
+            return Ok(list.clone());
+        }
+        let mut list = self.state.triggers().await?;
+        list.retain(|t| matches!(t.spec, TriggerSpec::Queue(_)));
+        let list = Arc::new(list);
+        *lock(&self.trigger_cache) = Some((now_ms(), list.clone()));
+        Ok(list)
+    }
+
     fn slots(&self, trigger: &str, max_in_flight: u32) -> Arc<tokio::sync::Semaphore> {
         lock(&self.in_flight)
             .entry(trigger.to_owned())
@@ -600,7 +620,7 @@ impl EventsService {
     ) -> ControlResult<i64> {
         let now = now_ms();
         let mut next = now + 1_000;
-        for t in self.state.triggers().await? {
+        for t in self.queue_triggers().await?.iter() {
             let TriggerSpec::Queue(sub) = &t.spec else {
                 continue;
             };
