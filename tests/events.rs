@@ -29,18 +29,6 @@ async fn send_binary(s: &Server, queue: &str, id: &str, subject: Option<&str>) -
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
-async fn api_post(s: &Server, path: &str, body: Value) -> (u16, Value) {
-    let r = s
-        .http
-        .post(format!("{}{path}", s.api))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
 /// Polls an event until every delivery is done or dead.
 async fn settled(s: &Server, id: u64, limit: Duration) -> Value {
     let start = Instant::now();
@@ -461,7 +449,7 @@ async fn bad_events_and_bindings_are_refused_with_the_reason() {
         "nosuch",
     ])
     .assert_fails_with("no queue nosuch");
-    let (status, _) = api_post(&s, "/v1/queues", json!({"name": "Bad_Name"})).await;
+    let (status, _) = s.api_post("/v1/queues", json!({"name": "Bad_Name"})).await;
     assert_eq!(status, 400);
     // A queue read by a trigger is not deleted.
     s.seal_json(&[
@@ -625,9 +613,7 @@ async fn a_canary_failing_events_is_rolled_back_by_its_event_traffic() {
         "--backoff",
         "50ms..200ms",
     ]);
-    let (status, v) = api_post(
-        &s,
-        "/v1/functions/billing/deploy",
+    let (status, v) = s.api_post("/v1/functions/billing/deploy",
         json!({"version": 2, "rollout": {"strategy": "canary", "steps": [50], "interval_ms": 60000,
                "gates": {"max_error_rate": 0.05, "min_requests": 20}}}),
     )

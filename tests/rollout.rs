@@ -13,19 +13,6 @@ use support::{
     Server, assert_error, example_component, guest, header, metric, publish_file, webhook_receiver,
 };
 
-/// POSTs JSON to the control API; returns status and body.
-async fn api_post(s: &Server, path: &str, body: Value) -> (u16, Value) {
-    let r = s
-        .http
-        .post(format!("{}{path}", s.api))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
 /// `api@1` serving (all-at-once) from `v1`, `api@2` published from `v2`.
 fn two_versions(s: &Server, v1: &std::path::Path, v2: &std::path::Path) {
     assert_eq!(publish_file(s, v1, "api", &[]).0, 1);
@@ -34,12 +21,12 @@ fn two_versions(s: &Server, v1: &std::path::Path, v2: &std::path::Path) {
 }
 
 async fn start_rollout(s: &Server, rollout: Value) -> u64 {
-    let (status, v) = api_post(
-        s,
-        "/v1/functions/api/deploy",
-        json!({"version": 2, "rollout": rollout}),
-    )
-    .await;
+    let (status, v) = s
+        .api_post(
+            "/v1/functions/api/deploy",
+            json!({"version": 2, "rollout": rollout}),
+        )
+        .await;
     assert_eq!(status, 200, "{v}\n{}", s.log());
     assert_eq!(v["deployment"]["state"], "progressing", "{v}");
     v["deployment"]["id"].as_u64().unwrap()
@@ -331,14 +318,14 @@ async fn callers_who_hang_up_or_pin_without_the_token_do_not_decide_a_canary() {
     assert_eq!(publish_file(&s, &guest("echo"), "api", &[]).0, 1);
     assert_eq!(publish_file(&s, &guest("slow"), "api", &[]).0, 2);
     s.seal_json(&["deploy", "api", "1", "--env", "staging"]);
-    let (status, v) = api_post(
-        &s,
-        "/v1/functions/api/deploy",
-        json!({"version": 2, "environment": "staging",
+    let (status, v) = s
+        .api_post(
+            "/v1/functions/api/deploy",
+            json!({"version": 2, "environment": "staging",
                "rollout": {"strategy": "canary", "steps": [50], "interval_ms": 3000,
                            "gates": {"max_error_rate": 0.01, "min_requests": 10}}}),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(status, 200, "{v}");
     let id = v["deployment"]["id"].as_u64().unwrap();
     wait_step(&s, id, 1, Duration::from_secs(10)).await;
@@ -484,22 +471,26 @@ async fn a_second_deployment_on_a_busy_route_is_refused_and_abort_restores_the_b
     .await;
 
     // Every other way to move the route is refused while it runs.
-    let (st, v) = api_post(&s, "/v1/functions/api/deploy", json!({"version": 3})).await;
+    let (st, v) = s
+        .api_post("/v1/functions/api/deploy", json!({"version": 3}))
+        .await;
     assert_eq!(st, 409, "{v}");
     assert_eq!(v["error"]["code"], "deployment_in_progress");
-    let (st, _) = api_post(
-        &s,
-        "/v1/functions/api/deploy",
-        json!({"version": 3, "rollout": {"strategy": "linear"}}),
-    )
-    .await;
+    let (st, _) = s
+        .api_post(
+            "/v1/functions/api/deploy",
+            json!({"version": 3, "rollout": {"strategy": "linear"}}),
+        )
+        .await;
     assert_eq!(st, 409);
-    let (st, _) = api_post(&s, "/v1/functions/api/rollback", json!({})).await;
+    let (st, _) = s.api_post("/v1/functions/api/rollback", json!({})).await;
     assert_eq!(st, 409);
     s.seal(&["deploy", "api", "3"])
         .assert_fails_with(&format!("seal abort {id}"));
     // Approve is only for a paused deployment.
-    let (st, v) = api_post(&s, &format!("/v1/deployments/{id}/approve"), json!({})).await;
+    let (st, v) = s
+        .api_post(&format!("/v1/deployments/{id}/approve"), json!({}))
+        .await;
     assert_eq!(st, 409);
     assert_eq!(v["error"]["code"], "not_paused");
 
@@ -515,7 +506,9 @@ async fn a_second_deployment_on_a_busy_route_is_refused_and_abort_restores_the_b
         assert_eq!(header(&s.get("/api/").await, "seal-version"), "1");
     }
     // Finished: commands are refused, the route is free again.
-    let (st, v) = api_post(&s, &format!("/v1/deployments/{id}/abort"), json!({})).await;
+    let (st, v) = s
+        .api_post(&format!("/v1/deployments/{id}/abort"), json!({}))
+        .await;
     assert_eq!(st, 409);
     assert_eq!(v["error"]["code"], "not_active");
     s.seal_json(&["deploy", "api", "3"]);
@@ -893,24 +886,24 @@ async fn plans_and_bad_rollout_settings_change_nothing() {
             "not a valid header name and value",
         ),
     ] {
-        let (st, v) = api_post(
-            &s,
-            "/v1/functions/api/deploy",
-            json!({"version": 2, "rollout": rollout}),
-        )
-        .await;
+        let (st, v) = s
+            .api_post(
+                "/v1/functions/api/deploy",
+                json!({"version": 2, "rollout": rollout}),
+            )
+            .await;
         assert_eq!(st, 400, "{rollout}: {v}");
         let msg = v["error"]["message"].as_str().unwrap();
         assert!(msg.contains(needle), "{rollout}: {msg}");
     }
     // A canary needs a baseline.
     publish_file(&s, &guest("echo"), "fresh", &[]);
-    let (st, v) = api_post(
-        &s,
-        "/v1/functions/fresh/deploy",
-        json!({"version": 1, "rollout": {"strategy": "canary"}}),
-    )
-    .await;
+    let (st, v) = s
+        .api_post(
+            "/v1/functions/fresh/deploy",
+            json!({"version": 1, "rollout": {"strategy": "canary"}}),
+        )
+        .await;
     assert_eq!(st, 409);
     assert_eq!(v["error"]["code"], "no_baseline");
     let list = s.api_get("/v1/functions/api/deployments").await;
@@ -998,12 +991,12 @@ async fn notify_urls_the_server_alone_could_reach_are_refused() {
         ("http://10.0.0.1/hook", "private"),
         ("http://localhost:9/hook", "loopback"),
     ] {
-        let (status, v) = api_post(
-            &s,
-            "/v1/functions/api/deploy",
-            json!({"version": 2, "rollout": {"strategy": "canary", "notify": url}}),
-        )
-        .await;
+        let (status, v) = s
+            .api_post(
+                "/v1/functions/api/deploy",
+                json!({"version": 2, "rollout": {"strategy": "canary", "notify": url}}),
+            )
+            .await;
         assert_eq!(status, 400, "{url}: {v}");
         let message = v["error"]["message"].as_str().unwrap();
         assert!(
@@ -1017,9 +1010,7 @@ async fn notify_urls_the_server_alone_could_reach_are_refused() {
 
     // The operator allows the loopback range: accepted, and delivered.
     let s = Server::start_with(dir.path(), &["--allow-outbound", "127.0.0.0/8"]);
-    let (status, v) = api_post(
-        &s,
-        "/v1/functions/api/deploy",
+    let (status, v) = s.api_post("/v1/functions/api/deploy",
         json!({"version": 2, "rollout": {"strategy": "canary", "steps": [50], "interval_ms": 60000,
                                          "notify": secret,
                                          "hooks": [{"name": "auth", "request": {"path": "/",

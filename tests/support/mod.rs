@@ -119,6 +119,19 @@ impl Server {
         }
     }
 
+    /// POSTs JSON to the control API; returns status and body.
+    pub async fn api_post(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.api))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
     /// The status of the control API's `/healthz`.
     pub async fn api_health(&self) -> u16 {
         self.http
