@@ -101,6 +101,10 @@ use tokio_util::sync::CancellationToken;
 /// The largest ingest request (a batch) the codec accepts.
 pub const MAX_INGEST_BYTES: usize = 1024 * 1024;
 
+/// How long a handled event is kept (for `seal events show`) before the
+/// delivery loop deletes it; dead letters stay until purged.
+pub const EVENT_RETENTION_MS: i64 = 7 * 24 * 3_600_000;
+
 /// Default deduplication window of a queue.
 pub const DEFAULT_DEDUP_WINDOW_MS: u64 = 10 * 60_000;
 /// How long a claimed delivery stays leased to its attempt.
@@ -558,11 +562,22 @@ impl EventsService {
         let (ended_tx, ended_rx) = tokio::sync::mpsc::unbounded_channel();
         let committer = tokio::spawn(self.clone().commit_outcomes(ended_rx));
         let mut gauged_at = 0;
+        let mut swept_at = 0;
         loop {
             if now_ms() - gauged_at >= 1_000 {
                 gauged_at = now_ms();
                 if let Err(e) = self.gauge_backlog().await {
                     tracing::warn!(error = %e, "cannot read the event backlog");
+                }
+            }
+            if now_ms() - swept_at >= 60_000 {
+                swept_at = now_ms();
+                match self.state.sweep_events(swept_at - EVENT_RETENTION_MS).await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(events = n, "handled events past their retention deleted")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot sweep handled events"),
                 }
             }
             let next_wake = match self.dispatch(&mut running, &ended_tx).await {

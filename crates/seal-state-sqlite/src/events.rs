@@ -587,6 +587,36 @@ impl SqliteStore {
             .collect())
     }
 
+    pub async fn sweep_events(&self, before: i64) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        let gone: Vec<i64> = sqlx::query_scalar(
+            "SELECT id FROM events e WHERE e.enqueued_at < $1 AND NOT EXISTS \
+             (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.state <> 'done') \
+             ORDER BY id LIMIT 10000",
+        )
+        .bind(before)
+        .fetch_all(&mut *tx)
+        .await?;
+        for id in &gone {
+            sqlx::query(
+                "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE event_id = $1)",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("DELETE FROM deliveries WHERE event_id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM events WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(gone.len() as u64)
+    }
+
     pub async fn event(&self, id: u64) -> Result<Option<EventRecord>> {
         let row: Option<EventRow> = sqlx::query_as(
             "SELECT id, environment, queue, ce_id, ce_source, ce_type, event, enqueued_at \

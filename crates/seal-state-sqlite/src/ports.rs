@@ -42,6 +42,7 @@ ports! {
         fn finish_deliveries(done: &[Finished]) -> ();
         fn release_running(now: i64) -> u64;
         fn backlog() -> Vec<Backlog>;
+        fn sweep_events(before: i64) -> u64;
         fn event(id: u64) -> Option<EventRecord>;
         fn dead_letters(environment: Option<&str>, queue: Option<&str>) -> Vec<DeadLetter>;
         fn dead_letter(id: u64) -> Option<DeadLetter>;

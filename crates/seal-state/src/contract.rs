@@ -799,6 +799,34 @@ pub async fn dead_letters_are_redriven_and_purged(s: &dyn StateStore) {
     assert_eq!((again[0].attempts, again[0].next_attempt), (0, 2));
     assert!(s.dead_letter(dead[0].id).await.unwrap().is_none());
 
+    // Retention: the handled event goes once old enough; the dead letter
+    // and the pending redrive stay.
+    let handled = s
+        .enqueue("production", "orders", &[event("z", body)], 40, 0)
+        .await
+        .unwrap()[0]
+        .id;
+    let z = s.claim_due("billing-orders", 40, 100, 10).await.unwrap();
+    let z = z.iter().find(|c| c.event_id == handled).unwrap();
+    s.finish_delivery(
+        z.delivery_id,
+        Some(&attempt(1, Outcome::Ok)),
+        &NextStep::Done,
+        41,
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.sweep_events(40).await.unwrap(), 0, "not old enough");
+    assert_eq!(s.sweep_events(1_000).await.unwrap(), 1);
+    assert!(s.event(handled).await.unwrap().is_none());
+    assert!(
+        s.event(dead[1].event_id).await.unwrap().is_some(),
+        "a dead letter stays"
+    );
+    assert!(
+        s.event(dead[0].event_id).await.unwrap().is_some(),
+        "a redriven one stays"
+    );
     assert_eq!(
         s.purge(&[dead[1].id], "contract").await.unwrap(),
         vec![dead[1].id]

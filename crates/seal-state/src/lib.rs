@@ -550,6 +550,10 @@ pub trait Events: Send + Sync {
     /// Per subscription with anything not yet handled: pending and running
     /// deliveries and the oldest event's enqueue time.
     async fn backlog(&self) -> Result<Vec<Backlog>>;
+    /// Deletes events enqueued before `before` that nothing waits for any
+    /// more (every delivery done, or none), with their deliveries and
+    /// attempts; dead letters stay until purged. Returns how many events.
+    async fn sweep_events(&self, before: i64) -> Result<u64>;
     /// One event with its deliveries and every attempt.
     async fn event(&self, id: u64) -> Result<Option<EventRecord>>;
     async fn dead_letters(
