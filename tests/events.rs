@@ -828,3 +828,86 @@ async fn event_hooks_test_the_candidate_before_traffic() {
         out.stderr
     );
 }
+
+/// Producers that reach the gateway but not the API post events there
+/// with a publisher token: the same checks, the same durable commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producers_post_events_to_the_gateway_with_a_publisher_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    billing(&s);
+    s.seal_json(&[
+        "trigger",
+        "create",
+        "queue",
+        "--function",
+        "billing",
+        "--queue",
+        "orders",
+    ]);
+    let token = s.seal_json(&[
+        "token",
+        "create",
+        "--role",
+        "publisher",
+        "--queue",
+        "orders",
+    ]);
+    let token = token["token"].as_str().unwrap().to_owned();
+    let plain = reqwest::Client::new();
+    let post = |queue: &str, auth: Option<&str>| {
+        let mut r = plain
+            .post(format!(
+                "{}/_seal/queues/production/{queue}/events",
+                s.gateway
+            ))
+            .header("ce-specversion", "1.0")
+            .header("ce-id", "gw-1")
+            .header("ce-source", "/partner")
+            .header("ce-type", "order.created")
+            .header("content-type", "application/json")
+            .body(r#"{"total": 9}"#);
+        if let Some(t) = auth {
+            r = r.bearer_auth(t);
+        }
+        r
+    };
+    let r = post("orders", Some(&token)).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    let v: Value = r.json().await.unwrap();
+    let id = v["events"][0]["id"].as_u64().unwrap();
+    let e = settled(&s, id, Duration::from_secs(20)).await;
+    assert_eq!(e["deliveries"][0]["state"], "done", "{e:#}");
+    assert_eq!(e["source"], "/partner");
+    assert_error(
+        post("orders", None).send().await.unwrap(),
+        401,
+        "unauthorized",
+    )
+    .await;
+    assert_error(
+        post("refunds", Some(&token)).send().await.unwrap(),
+        403,
+        "forbidden",
+    )
+    .await;
+    let r = plain
+        .post(format!(
+            "{}/_seal/queues/production/orders/events",
+            s.gateway
+        ))
+        .bearer_auth(&token)
+        .header("ce-specversion", "1.0")
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 400, "bad_request").await;
+    let r = plain
+        .get(format!("{}/_seal/queues/production/orders", s.gateway))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 404, "not_found").await;
+    // Functions are still served beside it.
+    assert_eq!(s.get("/billing/").await.status(), 200);
+}

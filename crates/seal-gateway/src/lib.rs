@@ -54,7 +54,31 @@ pub struct Gateway {
     serving: Arc<Serving>,
     default_environment: String,
     limits: ConnectionLimits,
+    /// Where producers' events posted to the gateway go, when the server
+    /// set it (the gateway knows no queue).
+    ingest: std::sync::OnceLock<Arc<dyn EventIngest>>,
 }
+
+/// Takes the events a producer posts to
+/// `POST /_seal/queues/{env}/{queue}/events` on the gateway (for producers
+/// that reach the gateway but not the control API): authentication, the
+/// queue and the commit are the implementation's. Answers a status and a
+/// JSON body.
+pub trait EventIngest: Send + Sync {
+    fn ingest(
+        &self,
+        environment: String,
+        queue: String,
+        headers: http::HeaderMap,
+        body: Bytes,
+    ) -> std::pin::Pin<Box<dyn Future<Output = (StatusCode, String)> + Send>>;
+}
+
+/// The gateway's path prefix for event producers (no function name starts
+/// with `_`).
+pub const INGEST_PREFIX: &str = "/_seal/queues/";
+/// The largest body the gateway reads for an ingest (a batch).
+pub const MAX_INGEST_BYTES: usize = 1024 * 1024;
 
 impl Gateway {
     pub fn new(serving: Arc<Serving>, default_environment: &str) -> Arc<Self> {
@@ -70,7 +94,77 @@ impl Gateway {
             serving,
             default_environment: default_environment.to_owned(),
             limits,
+            ingest: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Lets producers post events to the gateway, handed to `ingest`.
+    pub fn set_ingest(&self, ingest: Arc<dyn EventIngest>) {
+        let _ = self.ingest.set(ingest);
+    }
+
+    /// `POST /_seal/queues/{env}/{queue}/events`: the body read (up to
+    /// the limit) and handed to the ingest.
+    async fn ingest(&self, req: Request<Incoming>) -> Response<HyperOutgoingBody> {
+        let path = req.uri().path().to_owned();
+        let parts: Vec<&str> = path[INGEST_PREFIX.len()..].split('/').collect();
+        let (Some(ingest), [environment, queue, "events"]) = (self.ingest.get(), parts.as_slice())
+        else {
+            return error_response(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "events are posted to /_seal/queues/<environment>/<queue>/events",
+                None,
+                None,
+            );
+        };
+        if req.method() != http::Method::POST {
+            return error_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "events are posted (POST)",
+                None,
+                None,
+            );
+        }
+        let (environment, queue) = (environment.to_string(), queue.to_string());
+        let (head, body) = req.into_parts();
+        use http_body_util::BodyExt;
+        let body = match http_body_util::Limited::new(body, MAX_INGEST_BYTES)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(e)
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some() =>
+            {
+                return error_response(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_large",
+                    &format!("the request is over the ingest limit of {MAX_INGEST_BYTES} bytes"),
+                    None,
+                    None,
+                );
+            }
+            Err(_) => {
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "the request body could not be read",
+                    None,
+                    None,
+                );
+            }
+        };
+        let (status, json) = ingest.ingest(environment, queue, head.headers, body).await;
+        let mut resp = Response::new(full_body(Bytes::from(json)));
+        *resp.status_mut() = status;
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        resp
     }
 
     /// Accepts connections until `shutdown` resolves, then lets in-flight
@@ -143,6 +237,9 @@ impl Gateway {
         let started = std::time::Instant::now();
         if let Some(r) = seal_serving::head::refusal(req.uri(), req.headers()) {
             return error_response(r.status, r.code, &r.message, None, None);
+        }
+        if req.uri().path().starts_with(INGEST_PREFIX) {
+            return self.ingest(req).await;
         }
         let (route, uri, target_preview) = {
             let Some(target) = resolve(&req, &self.default_environment) else {

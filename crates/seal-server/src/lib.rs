@@ -337,6 +337,47 @@ fn raise_open_file_limit(max_connections: usize) {
     }
 }
 
+/// Producers' events posted to the gateway: the same token check, queue
+/// and durable commit as the API's ingest route, and the same JSON errors.
+struct GatewayIngest(Arc<Control>);
+
+impl seal_gateway::EventIngest for GatewayIngest {
+    fn ingest(
+        &self,
+        environment: String,
+        queue: String,
+        headers: http::HeaderMap,
+        body: bytes::Bytes,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = (http::StatusCode, String)> + Send>>
+    {
+        let control = self.0.clone();
+        Box::pin(async move {
+            let result = async {
+                let auth = headers
+                    .get(http::header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok());
+                let who = control.authenticate(auth).await?;
+                who.require_publish(&environment, &queue)?;
+                control
+                    .events()
+                    .ingest(&environment, &queue, &headers, &body)
+                    .await
+            }
+            .await;
+            match result {
+                Ok(answer) => (
+                    http::StatusCode::ACCEPTED,
+                    serde_json::to_string(&answer).unwrap_or_default(),
+                ),
+                Err(e) => {
+                    let e = seal_api::error::ApiError::from(e);
+                    (e.status, serde_json::to_string(&e.body).unwrap_or_default())
+                }
+            }
+        })
+    }
+}
+
 pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     let outbound =
         seal_control::outbound::Outbound::new(seal_control::outbound::OutboundPolicy::new(
@@ -426,6 +467,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         .with_tracer(tracer)
         .with_monitoring_dir(config.data_dir.join("monitoring")),
     );
+    gateway.set_ingest(Arc::new(GatewayIngest(control.clone())));
     control
         .catalog()
         .reconcile_index()
