@@ -116,10 +116,9 @@ async fn ingest(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> ApiResult<(StatusCode, Json<EnqueueAnswer>)> {
-    who.require_publish(&environment, &queue)?;
     let answer = c
         .events()
-        .ingest(&environment, &queue, &headers, &body)
+        .ingest(&who, &environment, &queue, &headers, &body)
         .await?;
     Ok((StatusCode::ACCEPTED, Json(answer)))
 }
@@ -210,19 +209,27 @@ async fn get_dead_letter(
     Ok(Json(DeadLetterView { dead_letter, event }))
 }
 
+/// A token limited to environments acts on the dead letters of one: the
+/// one named, or the default.
+fn scope_dead_letters(
+    c: &Control,
+    who: &Caller,
+    environment: &mut Option<String>,
+) -> ApiResult<()> {
+    if environment.is_some() || who.environments.is_some() {
+        let env = environment.get_or_insert_with(|| c.default_environment().to_owned());
+        who.require_env(env)?;
+    }
+    Ok(())
+}
+
 async fn redrive(
     State(c): State<Arc<Control>>,
     who: Caller,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<DlqChange>> {
     let mut req: RedriveRequest = parse_json(&body)?;
-    // A token limited to environments acts on the dead letters of one.
-    if req.environment.is_some() || who.environments.is_some() {
-        let env = req
-            .environment
-            .get_or_insert_with(|| c.default_environment().to_owned());
-        who.require_env(env)?;
-    }
+    scope_dead_letters(&c, &who, &mut req.environment)?;
     Ok(Json(c.events().redrive(&req, &who.actor()).await?))
 }
 
@@ -232,12 +239,6 @@ async fn purge(
     body: axum::body::Bytes,
 ) -> ApiResult<Json<DlqChange>> {
     let mut req: PurgeRequest = parse_json(&body)?;
-    // A token limited to environments acts on the dead letters of one.
-    if req.environment.is_some() || who.environments.is_some() {
-        let env = req
-            .environment
-            .get_or_insert_with(|| c.default_environment().to_owned());
-        who.require_env(env)?;
-    }
+    scope_dead_letters(&c, &who, &mut req.environment)?;
     Ok(Json(c.events().purge(&req, &who.actor()).await?))
 }

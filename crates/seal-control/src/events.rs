@@ -341,13 +341,17 @@ impl EventsService {
 
     /// Reads the events of one ingest request and commits them (with one
     /// delivery per subscription) before answering.
+    /// The one entry of every producer (the API and the gateway): the
+    /// caller must be a publisher of that queue or a deployer.
     pub async fn ingest(
         &self,
+        who: &crate::tokens::Principal,
         environment: &str,
         queue: &str,
         headers: &http::HeaderMap,
         body: &[u8],
     ) -> ControlResult<EnqueueAnswer> {
+        who.require_publish(environment, queue)?;
         let q = self.queue_must_exist(environment, queue).await?;
         let events = codec::read_request(headers, body, &self.limits).map_err(|e| match e {
             codec::CodecError::Malformed(m) => {

@@ -357,10 +357,9 @@ impl seal_gateway::EventIngest for GatewayIngest {
                     .get(http::header::AUTHORIZATION)
                     .and_then(|v| v.to_str().ok());
                 let who = control.authenticate(auth).await?;
-                who.require_publish(&environment, &queue)?;
                 control
                     .events()
-                    .ingest(&environment, &queue, &headers, &body)
+                    .ingest(&who, &environment, &queue, &headers, &body)
                     .await
             }
             .await;
