@@ -171,13 +171,18 @@ pub struct PermissionDiff {
     pub removed_hosts: Vec<String>,
     pub added_config_keys: Vec<String>,
     pub removed_config_keys: Vec<String>,
+    /// Queues the function may publish to.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub added_queues: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub removed_queues: Vec<String>,
     /// `[from, to]` when it changes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_mb: Option<[u64; 2]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<[u64; 2]>,
     /// True when the candidate may do anything the current one may not:
-    /// a new host or key, more memory, a longer timeout.
+    /// a new host, key or queue, more memory, a longer timeout.
     pub widens: bool,
 }
 
@@ -196,12 +201,15 @@ impl PermissionDiff {
             removed_hosts: minus(&fc.outbound_hosts, &tc.outbound_hosts),
             added_config_keys: minus(&tc.config_keys, &fc.config_keys),
             removed_config_keys: minus(&fc.config_keys, &tc.config_keys),
+            added_queues: minus(&tc.queues, &fc.queues),
+            removed_queues: minus(&fc.queues, &tc.queues),
             memory_mb: changed(from.limits.memory_mb, to.limits.memory_mb),
             timeout_ms: changed(from.limits.timeout_ms, to.limits.timeout_ms),
             widens: false,
         };
         d.widens = !d.added_hosts.is_empty()
             || !d.added_config_keys.is_empty()
+            || !d.added_queues.is_empty()
             || d.memory_mb.is_some_and(|[a, b]| b > a)
             || d.timeout_ms.is_some_and(|[a, b]| b > a);
         d
@@ -237,6 +245,16 @@ impl PermissionDiff {
             self.removed_config_keys
                 .iter()
                 .map(|k| format!("- config key {k}")),
+        );
+        out.extend(
+            self.added_queues
+                .iter()
+                .map(|q| format!("+ publish to queue {q}")),
+        );
+        out.extend(
+            self.removed_queues
+                .iter()
+                .map(|q| format!("- publish to queue {q}")),
         );
         if let Some([a, b]) = self.memory_mb {
             out.push(format!(
@@ -414,6 +432,15 @@ mod tests {
         c.limits.timeout_ms = 1000;
         let d = PermissionDiff::between(&a, &c);
         assert!(!d.widens && !d.is_empty());
+        // A queue to publish to is a widening, in the lines as such.
+        let mut q = a.clone();
+        q.capabilities.queues = vec!["invoices".into()];
+        let d = PermissionDiff::between(&a, &q);
+        assert!(d.widens);
+        assert_eq!(d.lines(), ["+ publish to queue invoices"]);
+        let d = PermissionDiff::between(&q, &a);
+        assert!(!d.widens);
+        assert_eq!(d.lines(), ["- publish to queue invoices"]);
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! so nothing time- or machine-dependent may enter the manifest.
 
 pub mod capabilities;
+pub mod contracts;
 mod digest;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
@@ -21,8 +22,8 @@ mod validate;
 pub use digest::{Digest, DigestError, sha256_digest};
 pub use manifest::{
     Capabilities, DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_MS, Limits, MAX_MEMORY_MB, MAX_TIMEOUT_MS,
-    ProjectBuild, ProjectFile, Provenance, SealManifest, validate_environment_name,
-    validate_function_name,
+    ProjectBuild, ProjectContract, ProjectEvents, ProjectFile, Provenance, SealManifest,
+    validate_environment_name, validate_function_name,
 };
 pub use validate::{ComponentInfo, validate_component};
 

@@ -1,6 +1,7 @@
 //! The Seal manifest (the artifact's config blob) and the `seal.toml`
 //! project file it is made from.
 
+use crate::contracts::EventContracts;
 use crate::{ArtifactError, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -32,9 +33,10 @@ pub struct SealManifest {
     pub limits: Limits,
     #[serde(default)]
     pub capabilities: Capabilities,
-    /// Event contracts: a JSON Schema per event type the function accepts.
+    /// Event contracts: a JSON Schema per event type the function
+    /// consumes and produces (see [`crate::contracts`]).
     #[serde(default)]
-    pub events: BTreeMap<String, serde_json::Value>,
+    pub events: EventContracts,
     #[serde(default)]
     pub provenance: Provenance,
 }
@@ -81,6 +83,11 @@ pub struct Capabilities {
     pub outbound_hosts: Vec<String>,
     #[serde(default)]
     pub config_keys: Vec<String>,
+    /// Queues the function may publish events to (an outbound request to
+    /// `http://events.seal.internal/<queue>`). Left out of the canonical
+    /// bytes when empty, so older digests hold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub queues: Vec<String>,
 }
 
 /// Where the artifact came from. Filled in by `seal publish`; never a
@@ -107,7 +114,7 @@ impl SealManifest {
             tags: Vec::new(),
             limits: Limits::default(),
             capabilities: Capabilities::default(),
-            events: BTreeMap::new(),
+            events: EventContracts::default(),
             provenance: Provenance::default(),
         }
     }
@@ -151,6 +158,20 @@ impl SealManifest {
                 ArtifactError::InvalidManifest(format!("capabilities.config_keys: {e}"))
             })?;
         }
+        for queue in &self.capabilities.queues {
+            validate_function_name(queue).map_err(|e| {
+                ArtifactError::InvalidManifest(format!(
+                    "capabilities.queues: queue {queue:?}: {}",
+                    match e {
+                        ArtifactError::InvalidName { reason, .. } => reason.to_owned(),
+                        other => other.to_string(),
+                    }
+                ))
+            })?;
+        }
+        self.events
+            .validate()
+            .map_err(ArtifactError::InvalidManifest)?;
         if let Some(tag) = self.tags.iter().find(|t| t.is_empty() || t.len() > 64) {
             return Err(ArtifactError::InvalidManifest(format!(
                 "tag {tag:?} must be 1 to 64 characters"
@@ -229,7 +250,25 @@ pub struct ProjectFile {
     #[serde(default)]
     pub capabilities: Capabilities,
     #[serde(default)]
-    pub events: BTreeMap<String, serde_json::Value>,
+    pub events: ProjectEvents,
+}
+
+/// `[events.consumes."order.created"] schema = "schemas/order.json"`: the
+/// schema files are read at publish and packed into the manifest.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectEvents {
+    #[serde(default)]
+    pub consumes: BTreeMap<String, ProjectContract>,
+    #[serde(default)]
+    pub produces: BTreeMap<String, ProjectContract>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectContract {
+    /// Path of a JSON Schema file, relative to the project directory.
+    pub schema: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -251,26 +290,99 @@ impl ProjectFile {
     }
 
     /// The manifest this project produces (before provenance is added).
-    pub fn to_manifest(&self) -> SealManifest {
-        SealManifest {
+    /// `read` gives the bytes of a schema file named in `[events]`.
+    pub fn to_manifest(
+        &self,
+        mut read: impl FnMut(&str) -> std::io::Result<Vec<u8>>,
+    ) -> Result<SealManifest> {
+        let mut events = EventContracts::default();
+        for (side, from, to) in [
+            ("consumes", &self.events.consumes, &mut events.consumes),
+            ("produces", &self.events.produces, &mut events.produces),
+        ] {
+            for (ty, contract) in from {
+                let fail = |why: String| {
+                    ArtifactError::InvalidManifest(format!(
+                        "events.{side}.{ty:?}: schema {}: {why}",
+                        contract.schema
+                    ))
+                };
+                let bytes = read(&contract.schema).map_err(|e| fail(e.to_string()))?;
+                let schema =
+                    serde_json::from_slice(&bytes).map_err(|e| fail(format!("not JSON: {e}")))?;
+                to.insert(ty.clone(), schema);
+            }
+        }
+        Ok(SealManifest {
             schema: 1,
             name: self.name.clone(),
             description: self.description.clone(),
             tags: self.tags.clone(),
             limits: self.limits.clone(),
             capabilities: self.capabilities.clone(),
-            events: self.events.clone(),
+            events,
             provenance: Provenance {
                 build_command: self.build.command.clone(),
                 ..Provenance::default()
             },
-        }
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn no_files(path: &str) -> std::io::Result<Vec<u8>> {
+        Err(std::io::Error::new(std::io::ErrorKind::NotFound, path))
+    }
+
+    #[test]
+    fn schema_files_are_packed_into_the_manifest() {
+        let p = ProjectFile::parse(
+            "name = \"billing\"\n[build]\ncomponent = \"x.wasm\"\n\
+             [capabilities]\nqueues = [\"invoices\"]\n\
+             [events.consumes.\"order.created\"]\nschema = \"order.json\"\n",
+        )
+        .unwrap();
+        let m = p
+            .to_manifest(|path| {
+                assert_eq!(path, "order.json");
+                Ok(br#"{"type": "object", "required": ["id"]}"#.to_vec())
+            })
+            .unwrap();
+        assert_eq!(m.events.consumes["order.created"]["required"][0], "id");
+        assert_eq!(m.capabilities.queues, ["invoices"]);
+        m.validate().unwrap();
+        assert_eq!(SealManifest::from_json(&m.to_canonical_json()).unwrap(), m);
+        // A missing file, a file that is not JSON, a schema that is not
+        // JSON Schema: each named.
+        let e = p.to_manifest(no_files).unwrap_err().to_string();
+        assert!(
+            e.contains("order.json") && e.contains("order.created"),
+            "{e}"
+        );
+        let e = p
+            .to_manifest(|_| Ok(b"{nope".to_vec()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not JSON"), "{e}");
+        let m = p.to_manifest(|_| Ok(br#"{"type": 12}"#.to_vec())).unwrap();
+        let e = m.validate().unwrap_err().to_string();
+        assert!(e.contains("not a valid JSON Schema"), "{e}");
+        let mut bad = SealManifest::new("billing");
+        bad.capabilities.queues = vec!["Orders!".into()];
+        let e = bad.validate().unwrap_err().to_string();
+        assert!(e.contains("capabilities.queues"), "{e}");
+    }
+
+    #[test]
+    fn a_manifest_without_contracts_keeps_its_bytes() {
+        let m = SealManifest::new("hello");
+        let text = String::from_utf8(m.to_canonical_json()).unwrap();
+        assert!(text.contains(r#""events":{}"#), "{text}");
+        assert!(!text.contains("queues"), "{text}");
+    }
 
     #[test]
     fn names_follow_the_rule() {
@@ -298,7 +410,7 @@ mod tests {
     fn canonical_json_is_stable_and_round_trips() {
         let mut m = SealManifest::new("hello");
         m.tags = vec!["x".into()];
-        m.events.insert(
+        m.events.consumes.insert(
             "order.created".into(),
             serde_json::json!({"type": "object"}),
         );
@@ -313,8 +425,11 @@ mod tests {
             "name = \"hello\"\n[build]\ncomponent = \"x.wasm\"\n[limits]\nmemory_mb = 64\n",
         )
         .unwrap();
-        assert_eq!(p.to_manifest().limits.memory_mb, 64);
-        assert_eq!(p.to_manifest().limits.timeout_ms, DEFAULT_TIMEOUT_MS);
+        assert_eq!(p.to_manifest(no_files).unwrap().limits.memory_mb, 64);
+        assert_eq!(
+            p.to_manifest(no_files).unwrap().limits.timeout_ms,
+            DEFAULT_TIMEOUT_MS
+        );
         let err = ProjectFile::parse("name = \"hello\"\nbulid = 1\n").unwrap_err();
         assert!(err.to_string().contains("bulid"), "{err}");
     }
@@ -342,7 +457,7 @@ mod tests {
             "name = \"hello\"\n[build]\ncomponent = \"x.wasm\"\n[limits]\nmax_concurrency = 8\n",
         )
         .unwrap();
-        let m = p.to_manifest();
+        let m = p.to_manifest(no_files).unwrap();
         assert_eq!(m.limits.max_concurrency, Some(8));
         assert_eq!(SealManifest::from_json(&m.to_canonical_json()).unwrap(), m);
         for bad in [0, MAX_CONCURRENCY + 1] {
