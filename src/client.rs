@@ -189,6 +189,9 @@ fn with_hint(e: &ErrorDetail) -> String {
         codes::PERMISSIONS_WIDENED => {
             Some("deploy it as an admin with --allow-new-permissions".to_owned())
         }
+        codes::BREAKING_CONTRACT => {
+            Some("deploy it as an admin with --allow-breaking-contract".to_owned())
+        }
         codes::NO_PREVIOUS_VERSION => Some("use --to N".to_owned()),
         _ => None,
     };

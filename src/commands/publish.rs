@@ -369,7 +369,10 @@ fn load_project(
             toml_path.display()
         )
     })?;
-    Ok((component, project.to_manifest(), built_with))
+    let manifest = project
+        .to_manifest(|path| std::fs::read(dir.join(path)))
+        .with_context(|| format!("in {}", toml_path.display()))?;
+    Ok((component, manifest, built_with))
 }
 
 fn git(dir: &Path, args: &[&str]) -> Option<String> {

@@ -537,6 +537,20 @@ fn deploy_trust_lines(v: &Value, function: &str) -> Vec<String> {
         ));
         lines.extend(changes.into_iter().map(|c| format!("  {c}")));
     }
+    let c = &v["contracts"];
+    let changes = contract_lines(c);
+    if !changes.is_empty() {
+        lines.push(format!(
+            "event contracts vs {function}@{}{}:",
+            s(&c["from_version"]),
+            if c["breaking"] == true {
+                " (breaking)"
+            } else {
+                ""
+            }
+        ));
+        lines.extend(changes.into_iter().map(|c| format!("  {c}")));
+    }
     let checks: Vec<&Value> = v["trust"]["checks"]
         .as_array()
         .into_iter()
@@ -547,6 +561,37 @@ fn deploy_trust_lines(v: &Value, function: &str) -> Vec<String> {
         lines.extend(checks.into_iter().map(|c| format!("  {}", clean(&s(c)))));
     }
     lines
+}
+
+/// One line per contract change: `+` a type added, `-` removed, `!` a
+/// consumed schema made stricter (with why), `~` changed otherwise.
+pub fn contract_lines(c: &Value) -> Vec<String> {
+    c["changes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|ch| {
+            let (mark, tail) = match ch["change"].as_str().unwrap_or("") {
+                "added" => ("+", String::new()),
+                "removed" => ("-", String::new()),
+                "stricter" => {
+                    let reasons: Vec<String> = ch["reasons"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|r| clean(&s(r)))
+                        .collect();
+                    ("!", format!(": schema stricter ({})", reasons.join("; ")))
+                }
+                _ => ("~", ": schema changed".to_owned()),
+            };
+            format!(
+                "{mark} {} {}{tail}",
+                clean(&s(&ch["side"])),
+                clean(&s(&ch["type"]))
+            )
+        })
+        .collect()
 }
 
 /// One line per permission change: `+` what the new version may do that
@@ -579,6 +624,16 @@ pub fn permission_lines(p: &Value) -> Vec<String> {
         list("removed_config_keys")
             .into_iter()
             .map(|k| format!("- config key {k}")),
+    );
+    out.extend(
+        list("added_queues")
+            .into_iter()
+            .map(|q| format!("+ publish to queue {q}")),
+    );
+    out.extend(
+        list("removed_queues")
+            .into_iter()
+            .map(|q| format!("- publish to queue {q}")),
     );
     let pair = |k: &str| -> Option<(u64, u64)> {
         let a = p[k].as_array()?;
@@ -834,6 +889,28 @@ mod tests {
         let same = json!({"permissions": {"added_hosts": [], "removed_hosts": [],
             "added_config_keys": [], "removed_config_keys": [], "widens": false, "from_version": 1}});
         assert!(deploy_trust_lines(&same, "hello").is_empty());
+    }
+
+    #[test]
+    fn contract_diff_lines() {
+        let v = json!({"contracts": {"from_version": 3, "breaking": true, "changes": [
+            {"side": "consumes", "type": "order.created", "change": "stricter",
+             "reasons": ["/ now requires id", "/n minimum raised to 1"], "breaking": true},
+            {"side": "produces", "type": "invoice.issued", "change": "removed", "breaking": true},
+            {"side": "consumes", "type": "order.paid", "change": "added", "breaking": false},
+            {"side": "produces", "type": "x\u{1b}[2J", "change": "changed", "breaking": false},
+        ]}});
+        assert_eq!(
+            deploy_trust_lines(&v, "billing"),
+            [
+                "event contracts vs billing@3 (breaking):",
+                "  ! consumes order.created: schema stricter (/ now requires id; /n minimum raised to 1)",
+                "  - produces invoice.issued",
+                "  + consumes order.paid",
+                "  ~ produces x\\u{1b}[2J: schema changed",
+            ]
+        );
+        assert!(deploy_trust_lines(&json!({"contracts": null}), "billing").is_empty());
     }
 
     #[test]

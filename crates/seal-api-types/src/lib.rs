@@ -41,6 +41,10 @@ pub struct DeployRequest {
     /// An admin's approval of wider permissions (production).
     #[serde(default, skip_serializing_if = "is_false")]
     pub allow_new_permissions: bool,
+    /// An admin's approval of a contract change that may break producers
+    /// or consumers (production).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_breaking_contract: bool,
 }
 
 /// `POST /v1/functions/{fn}/rollback`.
@@ -56,6 +60,10 @@ pub struct RollbackRequest {
     /// this environment and asks for more.
     #[serde(default)]
     pub allow_new_permissions: bool,
+    /// The same for a target that never served here and breaks the event
+    /// contracts of the version serving.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_breaking_contract: bool,
 }
 
 pub(crate) fn is_false(b: &bool) -> bool {
@@ -101,6 +109,7 @@ pub mod codes {
     pub const DEPLOYMENT_IN_PROGRESS: &str = "deployment_in_progress";
     pub const UNKNOWN_ENVIRONMENT: &str = "unknown_environment";
     pub const PERMISSIONS_WIDENED: &str = "permissions_widened";
+    pub const BREAKING_CONTRACT: &str = "breaking_contract";
     pub const NO_PREVIOUS_VERSION: &str = "no_previous_version";
     pub const UNAUTHORIZED: &str = "unauthorized";
 }

@@ -52,7 +52,9 @@ fn status_of(e: &ControlError) -> StatusCode {
         | E::NoPreviousVersion(_)
         | E::Conflict(_) => StatusCode::CONFLICT,
         E::NotRunning(_) => StatusCode::SERVICE_UNAVAILABLE,
-        E::PolicyRefused(_) | E::PermissionsWidened(_) | E::Forbidden(_) => StatusCode::FORBIDDEN,
+        E::PolicyRefused(_) | E::PermissionsWidened(_) | E::ContractBroken(_) | E::Forbidden(_) => {
+            StatusCode::FORBIDDEN
+        }
         E::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
         E::ArtifactMissing(_) | E::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }

@@ -46,6 +46,7 @@ use seal_artifact::Digest;
 use seal_control::catalog::Published;
 use seal_control::engine::DeployOutcome;
 use seal_control::rollout::Command;
+use seal_control::trust::Approvals;
 use seal_control::{Control, ControlError, Role};
 use serde::Deserialize;
 use std::sync::Arc;
@@ -109,15 +110,27 @@ pub fn routes() -> Routes {
         )
 }
 
-/// Only an admin may approve wider permissions.
-fn require_approver(who: &Caller) -> ApiResult<()> {
-    who.require_role(Role::Admin).map_err(|_| {
-        ControlError::forbidden(format!(
-            "approving new permissions (allow_new_permissions) needs an admin token; {} is a {}",
-            who.name,
-            who.role.as_str()
-        ))
-        .into()
+/// Only an admin may approve wider permissions or a breaking contract.
+fn approvals(who: &Caller, new_permissions: bool, breaking_contract: bool) -> ApiResult<Approvals> {
+    for (asked, what) in [
+        (new_permissions, "new permissions (allow_new_permissions)"),
+        (
+            breaking_contract,
+            "a breaking contract (allow_breaking_contract)",
+        ),
+    ] {
+        if asked && who.require_role(Role::Admin).is_err() {
+            return Err(ControlError::forbidden(format!(
+                "approving {what} needs an admin token; {} is a {}",
+                who.name,
+                who.role.as_str()
+            ))
+            .into());
+        }
+    }
+    Ok(Approvals {
+        new_permissions,
+        breaking_contract,
     })
 }
 
@@ -255,9 +268,7 @@ async fn deploy(
             .as_deref()
             .unwrap_or(c.default_environment()),
     )?;
-    if req.allow_new_permissions {
-        require_approver(&who)?;
-    }
+    let approvals = approvals(&who, req.allow_new_permissions, req.allow_breaking_contract)?;
     if let Some(spec) = &req.rollout
         && spec.strategy == Strategy::AllAtOnce
         && spec.has_progressive_settings()
@@ -284,7 +295,7 @@ async fn deploy(
                 &who.actor(),
                 spec,
                 req.dry_run,
-                req.allow_new_permissions,
+                approvals,
             )
             .await?;
         return Ok(Json(v).into_response());
@@ -301,7 +312,7 @@ async fn deploy(
             req.environment.as_deref(),
             req.reason.as_deref(),
             &who.actor(),
-            req.allow_new_permissions,
+            approvals,
         )
         .await?;
     Ok(Json(outcome).into_response())
@@ -323,16 +334,14 @@ async fn rollback(
             .as_deref()
             .unwrap_or(c.default_environment()),
     )?;
-    if req.allow_new_permissions {
-        require_approver(&who)?;
-    }
+    let approvals = approvals(&who, req.allow_new_permissions, req.allow_breaking_contract)?;
     let outcome = c
         .rollback(
             &function,
             req.environment.as_deref(),
             req.to,
             &who.actor(),
-            req.allow_new_permissions,
+            approvals,
         )
         .await?;
     Ok(Json(outcome))

@@ -79,6 +79,10 @@ pub enum ControlError {
     /// environment that needs an admin's approval for that.
     #[error("{0}")]
     PermissionsWidened(String),
+    /// The version breaks the event contracts of the one it replaces, in
+    /// an environment that needs an admin's approval for that.
+    #[error("{0}")]
+    ContractBroken(String),
     /// The caller may not do this.
     #[error("{0}")]
     Forbidden(String),
@@ -115,6 +119,7 @@ impl ControlError {
             Self::Conflict(_) => "conflict",
             Self::PolicyRefused(_) => "policy",
             Self::PermissionsWidened(_) => "permissions_widened",
+            Self::ContractBroken(_) => "breaking_contract",
             Self::Forbidden(_) => "forbidden",
             Self::Unauthenticated(_) => "unauthorized",
             Self::Internal(_) => "internal",

@@ -14,6 +14,7 @@ use crate::error::{ControlError, ControlResult};
 use crate::lookup;
 use crate::protection::Protection;
 use seal_artifact::capabilities::PermissionDiff;
+use seal_artifact::contracts::ContractDiff;
 use seal_artifact::{Digest, SealManifest};
 use seal_oci::{ArtifactStore, IndexEntry};
 use seal_state::{AttestationRecord, NewAudit, StateStore, VersionRecord, now_ms};
@@ -30,6 +31,31 @@ pub struct PermissionChange {
     #[serde(flatten)]
     pub diff: PermissionDiff,
     pub from_version: Option<u64>,
+}
+
+/// What the event contracts change from the version a deploy replaces
+/// (`from_version`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ContractChanges {
+    #[serde(flatten)]
+    pub diff: ContractDiff,
+    pub from_version: u64,
+}
+
+/// An admin's explicit approvals a deploy may carry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Approvals {
+    /// The candidate may do more than the version it replaces.
+    pub new_permissions: bool,
+    /// The candidate breaks the event contracts of the version it replaces.
+    pub breaking_contract: bool,
+}
+
+/// What the release gates found: the permission and contract diffs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReleaseChecks {
+    pub permissions: Option<PermissionChange>,
+    pub contracts: Option<ContractChanges>,
 }
 
 /// An environment's policy, who set it and when (none: never set).
@@ -533,10 +559,30 @@ impl TrustService {
         })
     }
 
+    /// The manifest of the version serving the route now (the heaviest
+    /// weight), and its number; none when nothing serves there yet.
+    async fn serving_manifest(
+        &self,
+        env: &str,
+        function: &str,
+    ) -> ControlResult<Option<(u64, SealManifest)>> {
+        let Some(route) = self.state.route(env, function).await? else {
+            return Ok(None);
+        };
+        let Some(w) = route.weights.iter().max_by_key(|w| w.weight) else {
+            return Ok(None);
+        };
+        match self.state.version(function, w.version).await? {
+            Some(v) => Ok(Some((v.version, manifest_of(&v)?))),
+            None => Ok(None),
+        }
+    }
+
     /// What a candidate may do that the version serving the route now may
     /// not, and that version. When nothing serves there yet, the candidate
-    /// is compared with itself without outbound hosts: a first deploy
-    /// that reaches the network is a widening too (config keys only read
+    /// is compared with itself without outbound hosts and queues: a first
+    /// deploy that reaches the network or publishes events is a widening
+    /// too (config keys only read
     /// the environment's own settings; memory and timeout are bounded by
     /// the server).
     pub(crate) async fn permission_diff(
@@ -544,27 +590,39 @@ impl TrustService {
         env: &str,
         candidate: &VersionRecord,
     ) -> ControlResult<(Option<u64>, PermissionDiff)> {
-        let parse = |v: &VersionRecord| -> ControlResult<SealManifest> {
-            serde_json::from_value(v.manifest.clone()).map_err(ControlError::internal)
-        };
-        let new = parse(candidate)?;
-        let serving = match self.state.route(env, &candidate.function).await? {
-            Some(route) => match route.weights.iter().max_by_key(|w| w.weight) {
-                Some(w) => self.state.version(&candidate.function, w.version).await?,
-                None => None,
+        let new = manifest_of(candidate)?;
+        Ok(
+            match self.serving_manifest(env, &candidate.function).await? {
+                Some((from, current)) => (Some(from), PermissionDiff::between(&current, &new)),
+                None => {
+                    let mut none = new.clone();
+                    none.capabilities.outbound_hosts.clear();
+                    none.capabilities.queues.clear();
+                    (None, PermissionDiff::between(&none, &new))
+                }
             },
-            None => None,
-        };
-        Ok(match serving {
-            Some(current) => (
-                Some(current.version),
-                PermissionDiff::between(&parse(&current)?, &new),
-            ),
-            None => {
-                let mut none = new.clone();
-                none.capabilities.outbound_hosts.clear();
-                (None, PermissionDiff::between(&none, &new))
-            }
+        )
+    }
+
+    /// The gates of a deploy on what the candidate asks and promises:
+    /// its permissions ([`Self::check_permissions`]) and its event
+    /// contracts ([`Self::check_contracts`]).
+    pub(crate) async fn check_release(
+        &self,
+        env: &str,
+        candidate: &VersionRecord,
+        approvals: Approvals,
+        actor: &str,
+    ) -> ControlResult<ReleaseChecks> {
+        let permissions = self
+            .check_permissions(env, candidate, approvals.new_permissions, actor)
+            .await?;
+        let contracts = self
+            .check_contracts(env, candidate, approvals.breaking_contract, actor)
+            .await?;
+        Ok(ReleaseChecks {
+            permissions,
+            contracts,
         })
     }
 
@@ -620,10 +678,71 @@ impl TrustService {
         }))
     }
 
+    /// The contract gate: a candidate that removes an event type it
+    /// consumed or produced, or makes a consumed schema stricter, breaks
+    /// the producers or consumers of the version it replaces. In the
+    /// protected environment that needs an admin's explicit approval;
+    /// refusals and approvals are audited. Returns the diff for the answer
+    /// (none when nothing serves yet or nothing changes).
+    pub(crate) async fn check_contracts(
+        &self,
+        env: &str,
+        candidate: &VersionRecord,
+        approved: bool,
+        actor: &str,
+    ) -> ControlResult<Option<ContractChanges>> {
+        let Some((from, current)) = self.serving_manifest(env, &candidate.function).await? else {
+            return Ok(None);
+        };
+        let diff = ContractDiff::between(&current.events, &manifest_of(candidate)?.events);
+        if diff.is_empty() {
+            return Ok(None);
+        }
+        let object = format!("{env}/{}", candidate.function);
+        if diff.breaking && self.protection.is_protected(env) {
+            let breaking: Vec<String> = diff
+                .lines()
+                .into_iter()
+                .zip(&diff.changes)
+                .filter(|(_, c)| c.breaking)
+                .map(|(l, _)| l)
+                .collect();
+            let message = format!(
+                "{}@{} breaks the event contracts of {}@{from} in {env}: {}; an admin must approve it",
+                candidate.function,
+                candidate.version,
+                candidate.function,
+                breaking.join(", ")
+            );
+            let outcome = if approved { "approved" } else { "refused" };
+            self.state
+                .audit(NewAudit {
+                    actor,
+                    action: "breaking-contract",
+                    object: &object,
+                    digest: Some(&candidate.digest),
+                    outcome,
+                    detail: json!({"version": candidate.version, "from_version": from, "contracts": diff}),
+                })
+                .await?;
+            if !approved {
+                return Err(ControlError::ContractBroken(message));
+            }
+        }
+        Ok(Some(ContractChanges {
+            diff,
+            from_version: from,
+        }))
+    }
+
     /// Re-reads an artifact's blobs, each checked against its digest.
     async fn verified_artifact(&self, digest: &Digest) -> ControlResult<()> {
         self.catalog.verified_component(digest).await.map(|_| ())
     }
+}
+
+fn manifest_of(v: &VersionRecord) -> ControlResult<SealManifest> {
+    serde_json::from_value(v.manifest.clone()).map_err(ControlError::internal)
 }
 
 /// The reason of a refusal, without the error type's prefix.

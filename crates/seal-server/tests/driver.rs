@@ -16,6 +16,7 @@ use seal_api_types::DeploymentState;
 use seal_control::ControlError;
 use seal_control::rollout::plan::RolloutSpec;
 use seal_control::rollout::{Command, Progressive};
+use seal_control::trust::Approvals;
 use seal_server::testing::TestServer;
 use serde_json::json;
 use std::time::Duration;
@@ -39,7 +40,7 @@ async fn two_versions(candidate: &str) -> TestServer {
         .unwrap();
     assert_eq!(v2.version, 2);
     s.control()
-        .deploy("api", 1, None, None, "test", false)
+        .deploy("api", 1, None, None, "test", Approvals::default())
         .await
         .unwrap();
     s
@@ -51,7 +52,16 @@ async fn roll_out(s: &TestServer, spec: serde_json::Value) -> u64 {
     let spec: RolloutSpec = serde_json::from_value(spec).unwrap();
     let started = s
         .control()
-        .deploy_progressive("api", 2, None, None, "test", spec, false, false)
+        .deploy_progressive(
+            "api",
+            2,
+            None,
+            None,
+            "test",
+            spec,
+            false,
+            Approvals::default(),
+        )
         .await
         .unwrap();
     let Progressive::Started { deployment, .. } = started else {
@@ -292,17 +302,24 @@ async fn the_deploy_service_refuses_with_typed_errors() {
     let c = s.control();
     // An unknown version, function or environment.
     let e = c
-        .deploy("api", 9, None, None, "test", false)
+        .deploy("api", 9, None, None, "test", Approvals::default())
         .await
         .unwrap_err();
     assert!(matches!(e, ControlError::NotFound(_)), "{e:?}");
     let e = c
-        .deploy("nope", 1, None, None, "test", false)
+        .deploy("nope", 1, None, None, "test", Approvals::default())
         .await
         .unwrap_err();
     assert!(matches!(e, ControlError::NotFound(_)), "{e:?}");
     let e = c
-        .deploy("api", 2, Some("prodution"), None, "test", false)
+        .deploy(
+            "api",
+            2,
+            Some("prodution"),
+            None,
+            "test",
+            Approvals::default(),
+        )
         .await
         .unwrap_err();
     assert!(
@@ -311,7 +328,7 @@ async fn the_deploy_service_refuses_with_typed_errors() {
     );
     // Nothing to roll back to yet.
     let e = c
-        .rollback("api", None, None, "test", false)
+        .rollback("api", None, None, "test", Approvals::default())
         .await
         .unwrap_err();
     assert!(matches!(e, ControlError::NoPreviousVersion(_)), "{e:?}");
@@ -324,7 +341,7 @@ async fn the_deploy_service_refuses_with_typed_errors() {
     )
     .await;
     let e = c
-        .deploy("api", 1, None, None, "test", false)
+        .deploy("api", 1, None, None, "test", Approvals::default())
         .await
         .unwrap_err();
     assert!(
@@ -332,7 +349,7 @@ async fn the_deploy_service_refuses_with_typed_errors() {
         "{e:?}"
     );
     let e = c
-        .rollback("api", None, Some(1), "test", false)
+        .rollback("api", None, Some(1), "test", Approvals::default())
         .await
         .unwrap_err();
     assert!(
@@ -360,7 +377,7 @@ async fn the_deploy_service_refuses_with_typed_errors() {
         .await
         .unwrap();
     let e = c
-        .deploy("api", 2, None, None, "test", false)
+        .deploy("api", 2, None, None, "test", Approvals::default())
         .await
         .unwrap_err();
     assert!(matches!(e, ControlError::PolicyRefused(_)), "{e:?}");
