@@ -339,6 +339,7 @@ fn limits_of(m: &SealManifest) -> FunctionLimits {
             .collect(),
         config_keys: m.capabilities.config_keys.iter().cloned().collect(),
         max_concurrency: m.limits.max_concurrency,
+        queues: m.capabilities.queues.iter().cloned().collect(),
     }
 }
 

@@ -15,6 +15,7 @@
 pub mod catalog;
 pub mod engine;
 pub mod error;
+mod event_contracts;
 pub mod events;
 mod files;
 mod lookup;

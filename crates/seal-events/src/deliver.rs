@@ -58,6 +58,36 @@ pub fn baseline(route: &Route) -> Option<&Arc<Backend>> {
 /// this much is kept: an event handler's body is not stored.
 const MAX_ANSWER_BYTES: usize = 1024 * 1024;
 
+/// The trace id of a well-formed `traceparent`, as lowercase hex.
+fn trace_id_of(traceparent: &str) -> Option<&str> {
+    seal_serving::invocation::parse_traceparent(traceparent)?;
+    traceparent.trim().split('-').nth(1)
+}
+
+/// Sets the headers that carry the event's trace context and correlation
+/// id into the consumer's invocation.
+fn correlate(event: &Event, headers: &mut http::HeaderMap) {
+    // The event's trace context and correlation id are the invocation's.
+    // The serving layer takes a valid `traceparent`'s trace id as the
+    // correlation id, so when the producer's correlation id is another
+    // (its caller's `x-request-id`), the trace context is left out and
+    // the correlation id kept: one id follows the event across functions.
+    let correlation = event.extension("sealcorrelation").map(|v| v.to_string());
+    if let Some(tp) = event.extension("traceparent").map(|v| v.to_string())
+        && correlation
+            .as_deref()
+            .is_none_or(|c| trace_id_of(&tp).is_some_and(|t| t.eq_ignore_ascii_case(c)))
+        && let Ok(v) = http::HeaderValue::from_str(&tp)
+    {
+        headers.insert("traceparent", v);
+    }
+    if let Some(id) = correlation
+        && let Ok(v) = http::HeaderValue::from_str(&id)
+    {
+        headers.insert("x-request-id", v);
+    }
+}
+
 /// Runs one attempt of `event` on `backend`.
 pub async fn deliver(
     serving: &Serving,
@@ -73,17 +103,7 @@ pub async fn deliver(
         backend.function_name, backend.environment
     );
     let mut req = codec::to_request(event, &uri);
-    // The event's trace context and correlation id are the invocation's.
-    if let Some(tp) = event.extension("traceparent")
-        && let Ok(v) = http::HeaderValue::from_str(&tp.to_string())
-    {
-        req.headers_mut().insert("traceparent", v);
-    }
-    if let Some(id) = event.extension("sealcorrelation")
-        && let Ok(v) = http::HeaderValue::from_str(&id.to_string())
-    {
-        req.headers_mut().insert("x-request-id", v);
-    }
+    correlate(event, req.headers_mut());
     let invoked = serving.invoke(backend, req, started, traffic).await;
     let mut attempt = Attempt {
         version: backend.version,
@@ -123,4 +143,59 @@ pub async fn deliver(
     }
     attempt.duration = started.elapsed();
     attempt
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cloudevents::EventBuilder;
+
+    fn event(ext: &[(&str, &str)]) -> Event {
+        let mut b = cloudevents::EventBuilderV10::new()
+            .id("1")
+            .source("/t")
+            .ty("t");
+        for (k, v) in ext {
+            b = b.extension(k, *v);
+        }
+        b.build().unwrap()
+    }
+
+    const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn the_consumer_gets_the_producers_correlation_id() {
+        // Correlation is the trace id: both headers go.
+        let mut h = http::HeaderMap::new();
+        correlate(
+            &event(&[
+                ("traceparent", TP),
+                ("sealcorrelation", "4bf92f3577b34da6a3ce929d0e0e4736"),
+            ]),
+            &mut h,
+        );
+        assert_eq!(h["traceparent"], TP);
+        assert_eq!(h["x-request-id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        // Correlation is a caller's request id: the trace context would
+        // replace it, so it stays out.
+        let mut h = http::HeaderMap::new();
+        correlate(
+            &event(&[("traceparent", TP), ("sealcorrelation", "order-42")]),
+            &mut h,
+        );
+        assert!(h.get("traceparent").is_none());
+        assert_eq!(h["x-request-id"], "order-42");
+        // A producer outside Seal: its trace context is followed.
+        let mut h = http::HeaderMap::new();
+        correlate(&event(&[("traceparent", TP)]), &mut h);
+        assert_eq!(h["traceparent"], TP);
+        assert!(h.get("x-request-id").is_none());
+        // A malformed one is dropped.
+        let mut h = http::HeaderMap::new();
+        correlate(
+            &event(&[("traceparent", "00-zz-01"), ("sealcorrelation", "x")]),
+            &mut h,
+        );
+        assert!(h.get("traceparent").is_none());
+    }
 }

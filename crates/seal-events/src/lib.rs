@@ -21,5 +21,5 @@ pub mod codec;
 pub mod deliver;
 pub mod schedule;
 
-pub use cloudevents::{AttributesReader, Event};
+pub use cloudevents::{AttributesReader, Data, Event};
 pub use codec::{CodecError, Limits};

@@ -121,7 +121,14 @@ impl Function {
                 http,
                 table,
                 limiter: MemoryLimiter::new(self.limits.memory_bytes),
-                outbound: OutboundGate::new(self.limits.outbound_hosts.clone()),
+                outbound: OutboundGate::new(self.limits.outbound_hosts.clone()).with_events(
+                    self.limits.queues.clone(),
+                    if self.limits.queues.is_empty() {
+                        None
+                    } else {
+                        observer.emitter()
+                    },
+                ),
             },
         );
         store.limiter(|h| &mut h.limiter);

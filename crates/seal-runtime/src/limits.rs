@@ -24,6 +24,8 @@ pub struct FunctionLimits {
     pub outbound_hosts: Arc<[HostPattern]>,
     /// Config keys (and secrets) the guest may see; `*` = all.
     pub config_keys: Arc<[String]>,
+    /// Queues the guest may publish events to; empty = none.
+    pub queues: Arc<[String]>,
     /// Requests of the function at once in an environment (the manifest's
     /// `max_concurrency`); `None`: the server's default.
     pub max_concurrency: Option<u32>,

@@ -42,4 +42,28 @@ pub trait InvocationObserver: Send + Sync {
     fn late_failure(&self, error: &InvokeError);
     /// Called exactly once per invocation that reached the guest's task.
     fn finished(&self, report: InvocationReport);
+    /// Where the events this invocation publishes go; `None` (the
+    /// default): it may publish none.
+    fn emitter(&self) -> Option<std::sync::Arc<dyn Emitter>> {
+        None
+    }
 }
+
+/// Takes the events a guest publishes with an outbound request to
+/// `http://events.seal.internal/<queue>` ([`EVENTS_AUTHORITY`]): the
+/// runtime answers that request in process (no socket), after checking the
+/// queue is one the manifest lists, with what this returns.
+pub trait Emitter: Send + Sync {
+    /// The request's headers and body (a CloudEvent in binary, structured
+    /// or batch mode) for `queue`; answers with a status and a JSON body,
+    /// as the ingest endpoint does.
+    fn emit(
+        &self,
+        queue: String,
+        headers: http::HeaderMap,
+        body: bytes::Bytes,
+    ) -> std::pin::Pin<Box<dyn Future<Output = (http::StatusCode, bytes::Bytes)> + Send>>;
+}
+
+/// The reserved authority of event publishing.
+pub const EVENTS_AUTHORITY: &str = "events.seal.internal";

@@ -17,18 +17,106 @@
 //! header keeps the name), so a second lookup cannot rebind it; HTTPS
 //! connects by name, and a rebound name fails its certificate check.
 
+use crate::observer::{EVENTS_AUTHORITY, Emitter};
+use bytes::Bytes;
+use http_body_util::BodyExt;
 use seal_artifact::capabilities::HostPattern;
 use std::sync::Arc;
-use wasmtime_wasi_http::WasiHttpHooks;
+use wasmtime_wasi_http::{WasiBody, WasiHttpHooks};
+
+/// The largest event request a guest may publish (a batch).
+pub const MAX_EMIT_BYTES: usize = 1024 * 1024;
 
 /// Lets a guest's outbound request through only to an allowed host.
 pub(crate) struct OutboundGate {
     allowed: Arc<[HostPattern]>,
+    /// Queues the guest may publish to, and where its events go.
+    queues: Arc<[String]>,
+    emitter: Option<Arc<dyn Emitter>>,
 }
+
+type Sent = Result<
+    (
+        http::Response<WasiBody>,
+        Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ),
+    wasmtime_wasi_http::Error,
+>;
 
 impl OutboundGate {
     pub(crate) fn new(allowed: Arc<[HostPattern]>) -> Self {
-        Self { allowed }
+        Self {
+            allowed,
+            queues: Arc::new([]),
+            emitter: None,
+        }
+    }
+
+    /// Requests to [`EVENTS_AUTHORITY`] for one of `queues` go to `emitter`.
+    pub(crate) fn with_events(
+        mut self,
+        queues: Arc<[String]>,
+        emitter: Option<Arc<dyn Emitter>>,
+    ) -> Self {
+        self.queues = queues;
+        self.emitter = emitter;
+        self
+    }
+
+    /// A request to the events authority, answered here: the queue must be
+    /// one the manifest lists (else the guest sees `HTTP-request-denied`,
+    /// as for an unlisted host); the answer is the emitter's.
+    fn publish(&self, request: http::Request<WasiBody>) -> Box<dyn Future<Output = Sent> + Send> {
+        let queue = request.uri().path().trim_start_matches('/').to_owned();
+        if !self.queues.contains(&queue) {
+            tracing::debug!(
+                queue,
+                "event publishing to a queue the manifest does not list"
+            );
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        }
+        let emitter = self.emitter.clone();
+        Box::new(async move {
+            let answer = |status: http::StatusCode, message: &str| {
+                let body = serde_json::json!({"error": {"code": "events", "message": message}});
+                (status, Bytes::from(body.to_string()))
+            };
+            let (status, body) = if request.method() != http::Method::POST {
+                answer(
+                    http::StatusCode::METHOD_NOT_ALLOWED,
+                    "publish an event with POST",
+                )
+            } else if let Some(emitter) = emitter {
+                let (parts, body) = request.into_parts();
+                match http_body_util::Limited::new(body, MAX_EMIT_BYTES)
+                    .collect()
+                    .await
+                {
+                    Ok(b) => emitter.emit(queue, parts.headers, b.to_bytes()).await,
+                    Err(_) => answer(
+                        http::StatusCode::PAYLOAD_TOO_LARGE,
+                        &format!("an event request is at most {MAX_EMIT_BYTES} bytes"),
+                    ),
+                }
+            } else {
+                answer(
+                    http::StatusCode::SERVICE_UNAVAILABLE,
+                    "events are not taken here",
+                )
+            };
+            let response = http::Response::builder()
+                .status(status)
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(
+                    http_body_util::Full::new(body)
+                        .map_err(|never| match never {})
+                        .boxed_unsync(),
+                )
+                .map_err(|_| wasmtime_wasi_http::Error::InternalError(None))?;
+            let done: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send> =
+                Box::new(async { Ok(()) });
+            Ok((response, done))
+        })
     }
 
     /// Whether a request to `uri` may leave.
@@ -72,6 +160,13 @@ impl WasiHttpHooks for OutboundGate {
                 >,
             > + Send,
     > {
+        if request
+            .uri()
+            .host()
+            .is_some_and(|h| h.eq_ignore_ascii_case(EVENTS_AUTHORITY))
+        {
+            return self.publish(request);
+        }
         if !self.permits(request.uri()) {
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
@@ -224,6 +319,100 @@ mod tests {
         assert!(!permits(&g, "http://user:pw@api.example.org/"));
         // An empty port.
         assert!(!permits(&g, "http://api.example.org:/"));
+    }
+
+    /// Records what it is handed and answers 202.
+    #[derive(Default)]
+    struct Taken(std::sync::Mutex<Vec<(String, String, Bytes)>>);
+
+    impl Emitter for Taken {
+        fn emit(
+            &self,
+            queue: String,
+            headers: http::HeaderMap,
+            body: Bytes,
+        ) -> std::pin::Pin<Box<dyn Future<Output = (http::StatusCode, Bytes)> + Send>> {
+            let ty = headers
+                .get("ce-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            self.0.lock().unwrap().push((queue, ty, body));
+            Box::pin(async { (http::StatusCode::ACCEPTED, Bytes::from_static(b"{}")) })
+        }
+    }
+
+    #[tokio::test]
+    async fn events_go_to_the_emitter_only_for_listed_queues_and_never_to_a_socket() {
+        let taken = Arc::new(Taken::default());
+        let mut g = gate(&["*"]).with_events(
+            Arc::from(vec!["invoices".to_owned()]),
+            Some(taken.clone() as Arc<dyn Emitter>),
+        );
+        let post = |uri: &str, body: &'static [u8]| {
+            http::Request::post(uri)
+                .header("ce-type", "invoice.issued")
+                .body(
+                    http_body_util::Full::new(Bytes::from_static(body))
+                        .map_err(|never| match never {})
+                        .boxed_unsync(),
+                )
+                .unwrap()
+        };
+        let send = |g: &mut OutboundGate, r| {
+            Box::into_pin(g.send_request(r, None, Box::new(async { Ok(()) })))
+        };
+        let (resp, _) = match send(
+            &mut g,
+            post("http://events.seal.internal/invoices", b"{\"n\":1}"),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(e) => panic!("publishing failed: {e}"),
+        };
+        assert_eq!(resp.status(), 202);
+        {
+            let got = taken.0.lock().unwrap();
+            assert_eq!(got.len(), 1);
+            assert_eq!(got[0].0, "invoices");
+            assert_eq!(got[0].1, "invoice.issued");
+            assert_eq!(&got[0].2[..], b"{\"n\":1}");
+        }
+        // A queue the manifest does not list: denied like an unlisted host,
+        // even though every host is allowed.
+        for uri in [
+            "http://events.seal.internal/orders",
+            "http://EVENTS.seal.internal/invoices/x",
+            "http://events.seal.internal/",
+        ] {
+            assert!(
+                matches!(
+                    send(&mut g, post(uri, b"{}")).await,
+                    Err(wasmtime_wasi_http::Error::HttpRequestDenied)
+                ),
+                "{uri}"
+            );
+        }
+        // Only POST publishes.
+        let (resp, _) = match send(&mut g, get("http://events.seal.internal/invoices")).await {
+            Ok(r) => r,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(resp.status(), 405);
+        assert_eq!(taken.0.lock().unwrap().len(), 1);
+        // No emitter (events are not taken here): a clear 503.
+        let mut bare = gate(&[]).with_events(Arc::from(vec!["invoices".to_owned()]), None);
+        let (resp, _) = match send(
+            &mut bare,
+            post("http://events.seal.internal/invoices", b"{}"),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(resp.status(), 503);
     }
 
     #[tokio::test]

@@ -49,6 +49,7 @@ pub(crate) fn limits(memory_bytes: u64, timeout: Duration) -> FunctionLimits {
         memory_bytes,
         timeout,
         outbound_hosts: Arc::new([]),
+        queues: Arc::new([]),
         config_keys: Arc::new([]),
         max_concurrency: None,
     }

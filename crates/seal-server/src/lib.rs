@@ -377,6 +377,43 @@ impl seal_gateway::EventIngest for GatewayIngest {
     }
 }
 
+/// Events functions publish from inside an invocation: the queue, the
+/// contract check and the durable commit of the control plane, answered
+/// to the guest as the ingest route answers a producer.
+struct FunctionEvents(Arc<Control>);
+
+impl seal_serving::EventSink for FunctionEvents {
+    fn publish(
+        &self,
+        by: seal_serving::EmittedBy,
+        queue: String,
+        headers: http::HeaderMap,
+        body: bytes::Bytes,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = (http::StatusCode, bytes::Bytes)> + Send>>
+    {
+        let control = self.0.clone();
+        Box::pin(async move {
+            match control
+                .events()
+                .publish_from(&by, &queue, &headers, &body)
+                .await
+            {
+                Ok(answer) => (
+                    http::StatusCode::ACCEPTED,
+                    serde_json::to_vec(&answer).unwrap_or_default().into(),
+                ),
+                Err(e) => {
+                    let e = seal_api::error::ApiError::from(e);
+                    (
+                        e.status,
+                        serde_json::to_vec(&e.body).unwrap_or_default().into(),
+                    )
+                }
+            }
+        })
+    }
+}
+
 pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     let outbound =
         seal_control::outbound::Outbound::new(seal_control::outbound::OutboundPolicy::new(
@@ -454,7 +491,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
             state,
             oci,
             runtime,
-            serving,
+            serving.clone(),
             config.artifacts.max_upload_bytes,
             config.default_environment.clone(),
             seal_control::settings::SecretBox::load_or_create(
@@ -467,6 +504,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         .with_monitoring_dir(config.data_dir.join("monitoring")),
     );
     gateway.set_ingest(Arc::new(GatewayIngest(control.clone())));
+    serving.set_event_sink(Arc::new(FunctionEvents(control.clone())));
     control
         .catalog()
         .reconcile_index()

@@ -179,6 +179,55 @@ pub struct Invocation {
     /// Its place among the function's requests in flight, freed when the
     /// last holder (the guest's task) lets the invocation go.
     pub(crate) _permit: crate::admission::Permit,
+    /// Where the events it publishes go (set only when its manifest lists
+    /// queues and the server gave the serving layer a sink).
+    pub(crate) events: Option<Arc<dyn EventSink>>,
+}
+
+/// Who published an event from inside a function: stamped on the event so
+/// the consumer's logs and the dead letters name the producer, and so the
+/// consumer's invocation carries the producer's correlation id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmittedBy {
+    pub environment: String,
+    pub function: String,
+    pub version: u64,
+    pub digest: String,
+    /// The producing invocation's correlation id.
+    pub correlation: Arc<str>,
+    /// `traceparent` naming the producing invocation's span.
+    pub traceparent: String,
+}
+
+/// Takes the events functions publish (the control plane implements it:
+/// the queue, its checks and the durable commit are its own; this crate
+/// knows no queue). Answers a status and a JSON body, as the ingest
+/// endpoint does.
+pub trait EventSink: Send + Sync {
+    fn publish(
+        &self,
+        by: EmittedBy,
+        queue: String,
+        headers: HeaderMap,
+        body: bytes::Bytes,
+    ) -> std::pin::Pin<Box<dyn Future<Output = (http::StatusCode, bytes::Bytes)> + Send>>;
+}
+
+/// One invocation's emitter: the sink, told who publishes.
+struct InvocationEmitter {
+    sink: Arc<dyn EventSink>,
+    by: EmittedBy,
+}
+
+impl seal_runtime::Emitter for InvocationEmitter {
+    fn emit(
+        &self,
+        queue: String,
+        headers: HeaderMap,
+        body: bytes::Bytes,
+    ) -> std::pin::Pin<Box<dyn Future<Output = (http::StatusCode, bytes::Bytes)> + Send>> {
+        self.sink.publish(self.by.clone(), queue, headers, body)
+    }
 }
 
 fn hex_ser<S: serde::Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
@@ -306,6 +355,22 @@ impl InvocationObserver for Invocation {
                 message: line.to_owned(),
             })),
         );
+    }
+
+    fn emitter(&self) -> Option<Arc<dyn seal_runtime::Emitter>> {
+        let sink = self.events.clone()?;
+        let b = &self.backend;
+        Some(Arc::new(InvocationEmitter {
+            sink,
+            by: EmittedBy {
+                environment: b.environment.clone(),
+                function: b.function_name.clone(),
+                version: b.version,
+                digest: b.digest.clone(),
+                correlation: self.request_id.clone(),
+                traceparent: self.ids.traceparent(),
+            },
+        }))
     }
 
     fn late_failure(&self, error: &InvokeError) {

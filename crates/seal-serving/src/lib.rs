@@ -34,7 +34,7 @@ pub mod invocation;
 pub mod logs;
 pub mod telemetry;
 pub use admission::{Admission, InFlight};
-pub use invocation::Telemetry;
+pub use invocation::{EmittedBy, EventSink, Telemetry};
 pub use telemetry::{ColdStart, ErrorKind, Snapshot, Traffic, VersionStats};
 
 /// Every answer names the version and the artifact that produced it.
@@ -359,6 +359,8 @@ pub struct Serving {
     in_flight: std::sync::Mutex<HashMap<(String, String), Arc<InFlight>>>,
     /// Concurrency limits and the fair share of the instance pool.
     admission: Arc<Admission>,
+    /// Where functions' events go, once the server sets it.
+    event_sink: std::sync::OnceLock<Arc<dyn EventSink>>,
 }
 
 impl Serving {
@@ -376,7 +378,14 @@ impl Serving {
             settings: std::sync::Mutex::default(),
             in_flight: std::sync::Mutex::default(),
             admission,
+            event_sink: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Lets functions whose manifest lists queues publish events to them,
+    /// handed to `sink`. Unset, their publishing is answered 503.
+    pub fn set_event_sink(&self, sink: Arc<dyn EventSink>) {
+        let _ = self.event_sink.set(sink);
     }
 
     pub fn admission(&self) -> &Admission {
@@ -581,6 +590,11 @@ impl Serving {
             arrived_wall: std::time::SystemTime::now(),
             traffic,
             _permit: permit,
+            events: if backend.function.limits().queues.is_empty() {
+                None
+            } else {
+                self.event_sink.get().cloned()
+            },
         });
         let result = backend.function.handle(req, &env, invocation).await;
         match &result {
