@@ -12,9 +12,17 @@ use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
 #[derive(Args, Debug)]
+#[command(group(ArgGroup::new("whose").required(true).multiple(true).args(["function", "correlation"])))]
 pub struct LogsArgs {
-    /// Function name.
-    function: String,
+    /// Function name (optional with --correlation: then every function's
+    /// records of that journey).
+    function: Option<String>,
+    /// Only records of invocations with this correlation id (the
+    /// `x-request-id` an answer carries, or a `traceparent`'s trace id):
+    /// with no function, a request followed through every function its
+    /// events reached.
+    #[arg(long, value_name = "ID")]
+    correlation: Option<String>,
     /// Only this environment.
     #[arg(long, short = 'e')]
     env: Option<String>,
@@ -139,8 +147,13 @@ fn parse_interval(s: &str) -> Result<u64, String> {
 // ---------------------------------------------------------------- logs
 
 pub async fn logs(args: LogsArgs, client: &Client, out: OutputFormat) -> anyhow::Result<()> {
-    super::deploy::check_names(&args.function, args.env.as_deref())?;
+    if let Some(f) = &args.function {
+        super::deploy::check_names(f, args.env.as_deref())?;
+    }
     let mut query: Vec<(&str, String)> = Vec::new();
+    if let Some(c) = &args.correlation {
+        query.push(("correlation", c.clone()));
+    }
     if let Some(env) = &args.env {
         query.push(("environment", env.clone()));
     }
@@ -157,12 +170,11 @@ pub async fn logs(args: LogsArgs, client: &Client, out: OutputFormat) -> anyhow:
     if args.follow {
         query.push(("follow", "true".into()));
     }
-    let req = client
-        .request(
-            reqwest::Method::GET,
-            &format!("/v1/functions/{}/logs", args.function),
-        )
-        .query(&query);
+    let path = match &args.function {
+        Some(f) => format!("/v1/functions/{f}/logs"),
+        None => "/v1/logs".to_owned(),
+    };
+    let req = client.request(reqwest::Method::GET, &path).query(&query);
     let resp = client.checked(req).await?;
 
     let stream = async {
@@ -191,7 +203,11 @@ pub async fn logs(args: LogsArgs, client: &Client, out: OutputFormat) -> anyhow:
         _ = tokio::signal::ctrl_c() => return Ok(()),
     };
     if printed == 0 && out == OutputFormat::Text {
-        eprintln!("no log records of {} match", args.function);
+        match (&args.function, &args.correlation) {
+            (Some(f), _) => eprintln!("no log records of {f} match"),
+            (None, Some(c)) => eprintln!("no log records with correlation id {c} match"),
+            (None, None) => {}
+        }
     }
     Ok(())
 }

@@ -3,7 +3,8 @@
 //! | method | path | what |
 //! |---|---|---|
 //! | GET | `/metrics` | OpenMetrics exposition |
-//! | GET | `/v1/functions/{fn}/logs` | NDJSON log records (`environment`, `version`, `status`, `since`, `limit`, `follow`) |
+//! | GET | `/v1/functions/{fn}/logs` | NDJSON log records (`environment`, `version`, `status`, `since`, `limit`, `follow`, `correlation`) |
+//! | GET | `/v1/logs?correlation=ID` | NDJSON log records of every function with that correlation id (same filters) |
 //! | GET | `/v1/top` | every routed version over the last ~10 s |
 //! | GET | `/v1/functions/{fn}/cost?since=24h` | invocations and GB-seconds per version, budget status |
 //! | PUT/DELETE | `/v1/functions/{fn}/budget` | `{"gb_seconds", "period": "day"\|"month", "webhook"?}` |
@@ -30,6 +31,7 @@ pub fn routes() -> Routes {
         .route("/metrics", viewer(Method::GET, metrics))
         .route("/v1/top", viewer(Method::GET, top))
         .route("/v1/functions/{function}/logs", viewer(Method::GET, logs))
+        .route("/v1/logs", viewer(Method::GET, all_logs))
         .route("/v1/functions/{function}/cost", viewer(Method::GET, cost))
         .route(
             "/v1/functions/{function}/budget",
@@ -87,6 +89,7 @@ struct LogsQuery {
     limit: Option<usize>,
     #[serde(default)]
     follow: bool,
+    correlation: Option<String>,
 }
 
 async fn logs(
@@ -95,6 +98,24 @@ async fn logs(
     Query(q): Query<LogsQuery>,
 ) -> ApiResult<Response> {
     c.function_or_404(&function).await?;
+    log_stream(&c, Some(function), q)
+}
+
+/// Every function's records: a journey followed by its correlation id
+/// across the functions it passed through (`?correlation=` is required).
+async fn all_logs(
+    State(c): State<Arc<Control>>,
+    Query(q): Query<LogsQuery>,
+) -> ApiResult<Response> {
+    if q.correlation.as_deref().is_none_or(str::is_empty) {
+        return Err(ApiError::bad_request(
+            "name a function (/v1/functions/{fn}/logs) or a correlation id (?correlation=ID)",
+        ));
+    }
+    log_stream(&c, None, q)
+}
+
+fn log_stream(c: &Control, function: Option<String>, q: LogsQuery) -> ApiResult<Response> {
     let status = q
         .status
         .as_deref()
@@ -107,6 +128,7 @@ async fn logs(
     };
     let filter = LogFilter {
         function,
+        correlation: q.correlation,
         environment: q.environment,
         version: q.version,
         status,

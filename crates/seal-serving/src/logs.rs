@@ -49,6 +49,14 @@ impl LogRecord {
         }
     }
 
+    /// The correlation id of the invocation it is about.
+    pub fn request_id(&self) -> &str {
+        match &self.payload {
+            Payload::Invocation(f) => &f.request_id,
+            Payload::Guest(f) => &f.request_id,
+        }
+    }
+
     /// The record as one JSON object (one line).
     pub fn json(&self) -> String {
         #[derive(Serialize)]
@@ -85,7 +93,11 @@ impl LogRecord {
 /// Which records a reader wants.
 #[derive(Debug, Default, Clone)]
 pub struct LogFilter {
-    pub function: String,
+    /// Only this function (`None`: every function, for a correlation id
+    /// followed across functions).
+    pub function: Option<String>,
+    /// Only records of invocations with this correlation id.
+    pub correlation: Option<String>,
     pub environment: Option<String>,
     pub version: Option<u64>,
     /// An exact status, or a class: 2 → 2xx, 5 → 5xx.
@@ -127,7 +139,11 @@ impl StatusFilter {
 
 impl LogFilter {
     pub fn matches(&self, r: &LogRecord) -> bool {
-        r.tags.function == self.function
+        self.function.as_ref().is_none_or(|f| *f == r.tags.function)
+            && self
+                .correlation
+                .as_ref()
+                .is_none_or(|c| **c == *r.request_id())
             && self
                 .environment
                 .as_ref()
@@ -224,8 +240,12 @@ mod tests {
     use super::*;
 
     fn guest(message: &str) -> Payload {
+        guest_of(message, "r")
+    }
+
+    fn guest_of(message: &str, request_id: &str) -> Payload {
         Payload::Guest(Box::new(crate::invocation::GuestFields {
-            request_id: "r".into(),
+            request_id: request_id.into(),
             trace_id: [1; 16],
             stream: "stdout",
             message: message.into(),
@@ -247,7 +267,7 @@ mod tests {
             hub.push(&tags(v), Some(status), guest("hi"));
         }
         let f = LogFilter {
-            function: "hello".into(),
+            function: Some("hello".into()),
             ..Default::default()
         };
         // Capacity 3: the first record is gone.
@@ -264,10 +284,49 @@ mod tests {
         };
         assert!(hub.query(&v1, 100).is_empty());
         let other = LogFilter {
-            function: "other".into(),
-            ..f
+            function: Some("other".into()),
+            ..f.clone()
         };
         assert!(hub.query(&other, 100).is_empty());
+        // A correlation id matches across functions, and only its own.
+        hub.push(&tags(3), Some(200), guest_of("elsewhere", "journey-1"));
+        let journey = LogFilter {
+            correlation: Some("journey-1".into()),
+            ..Default::default()
+        };
+        assert_eq!(hub.query(&journey, 100).len(), 1);
+        assert_eq!(
+            hub.query(
+                &LogFilter {
+                    correlation: Some("r".into()),
+                    ..Default::default()
+                },
+                100
+            )
+            .len(),
+            2
+        );
+        assert!(
+            hub.query(
+                &LogFilter {
+                    correlation: Some("journey-1".into()),
+                    ..other
+                },
+                100
+            )
+            .is_empty()
+        );
+        assert_eq!(
+            hub.query(
+                &LogFilter {
+                    correlation: Some("journey-1".into()),
+                    ..f
+                },
+                100
+            )
+            .len(),
+            1
+        );
         let line: serde_json::Value = serde_json::from_str(&all[0].json()).unwrap();
         assert_eq!(line["seq"], 2);
         assert_eq!(line["kind"], "guest");
