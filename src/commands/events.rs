@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use seal_api_types::events::{
     CreateQueue, CreateTrigger, CronCanary, CronRun, CronSchedule, DeadLetter, DlqChange,
     EnqueueAnswer, EventRecord, OnMissed, Overlap, PurgeRequest, QueueRecord, QueueSubscription,
-    RedriveRequest, TriggerRecord, TriggerSpec,
+    RedriveRequest, ReplayAnswer, ReplayDeadLetters, ReplayRequest, TriggerRecord, TriggerSpec,
 };
 use serde_json::{Value, json};
 
@@ -131,6 +131,38 @@ pub enum EventsCommand {
     },
     /// An event with every attempt: version, digest, status, duration.
     Show { id: u64 },
+    /// Send events once to one version of a function in an environment
+    /// that is not protected — a function's dead letters (say,
+    /// production's, against a fix deployed in staging) or a saved batch —
+    /// and show each outcome. Nothing is enqueued or retried and the dead
+    /// letters stay; exits non-zero if any event failed.
+    #[command(group(clap::ArgGroup::new("source").required(true).args(["dlq", "file"])))]
+    Replay {
+        function: String,
+        /// The version, in the function's route in --env.
+        #[arg(long, value_name = "N")]
+        to: u64,
+        /// Where the version runs (not a protected environment).
+        #[arg(long, short = 'e')]
+        env: Option<String>,
+        /// Re-send the function's dead letters.
+        #[arg(long)]
+        dlq: bool,
+        /// Of dead letters from this environment (default: the server's
+        /// default, production).
+        #[arg(long, requires = "dlq", value_name = "ENV")]
+        from_env: Option<String>,
+        /// Of dead letters of this queue.
+        #[arg(long, requires = "dlq")]
+        queue: Option<String>,
+        /// Only these dead letters.
+        #[arg(long = "id", requires = "dlq", value_name = "ID")]
+        ids: Vec<u64>,
+        /// A saved batch: a JSON array of structured CloudEvents, an
+        /// object with an `events` array, or one event.
+        #[arg(long, value_name = "FILE")]
+        file: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -500,8 +532,107 @@ pub async fn events(cmd: EventsCommand, client: &Client, out: OutputFormat) -> a
             let e: EventRecord = client.get_as(&format!("/v1/events/{id}")).await?;
             emit(out, &e, print_event);
         }
+        EventsCommand::Replay {
+            function,
+            to,
+            env,
+            dlq,
+            from_env,
+            queue,
+            ids,
+            file,
+        } => {
+            let events = match &file {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("cannot read {}", path.display()))?;
+                    saved_batch(&text)
+                        .with_context(|| format!("{} holds no CloudEvents", path.display()))?
+                }
+                None => Vec::new(),
+            };
+            let req = ReplayRequest {
+                environment: env,
+                version: to,
+                dead_letters: dlq.then_some(ReplayDeadLetters {
+                    environment: from_env,
+                    queue,
+                    ids,
+                }),
+                events,
+            };
+            let answer: ReplayAnswer = client
+                .post_as(&format!("/v1/functions/{function}/replay"), &req)
+                .await?;
+            emit(out, &answer, print_replay);
+            if answer.failed > 0 {
+                bail!(
+                    "{} of {} events failed on {}@{} in {}",
+                    answer.failed,
+                    answer.results.len(),
+                    answer.function,
+                    answer.version,
+                    answer.environment
+                );
+            }
+        }
     }
     Ok(())
+}
+
+/// The events of a saved batch: an array, `{"events": [...]}`, or one.
+fn saved_batch(text: &str) -> anyhow::Result<Vec<Value>> {
+    let v: Value = serde_json::from_str(text).context("not JSON")?;
+    let events = match v {
+        Value::Array(a) => a,
+        Value::Object(mut o) if o.contains_key("events") => match o.remove("events") {
+            Some(Value::Array(a)) => a,
+            _ => bail!("\"events\" is not an array"),
+        },
+        Value::Object(o) => vec![Value::Object(o)],
+        _ => bail!("expected an event, an array of events or {{\"events\": [...]}}"),
+    };
+    if events.is_empty() {
+        bail!("the batch is empty");
+    }
+    Ok(events)
+}
+
+fn print_replay(a: &ReplayAnswer) {
+    println!(
+        "replayed {} event(s) on {}@{} in {}: {} succeeded, {} failed",
+        a.results.len(),
+        a.function,
+        a.version,
+        a.environment,
+        a.succeeded,
+        a.failed
+    );
+    table(
+        &[
+            "CE-ID",
+            "TYPE",
+            "DEAD-LETTER",
+            "STATUS",
+            "OUTCOME",
+            "ERROR",
+            "DURATION",
+        ],
+        a.results
+            .iter()
+            .map(|r| {
+                vec![
+                    r.ce_id.clone(),
+                    r.ty.clone(),
+                    opt(r.dead_letter),
+                    opt(r.status),
+                    r.outcome.as_str().to_owned(),
+                    r.error_kind.clone().unwrap_or_default(),
+                    format!("{}ms", r.duration_ms),
+                ]
+            })
+            .collect(),
+    );
 }
 
 fn print_event(e: &EventRecord) {
@@ -656,4 +787,23 @@ pub async fn dlq(cmd: DlqCommand, client: &Client, out: OutputFormat) -> anyhow:
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_saved_batch_is_an_array_an_events_object_or_one_event() {
+        let one = r#"{"id": "a", "type": "t"}"#;
+        assert_eq!(saved_batch(one).unwrap().len(), 1);
+        assert_eq!(saved_batch(&format!("[{one}, {one}]")).unwrap().len(), 2);
+        assert_eq!(
+            saved_batch(&format!(r#"{{"events": [{one}]}}"#)).unwrap()[0]["id"],
+            "a"
+        );
+        for bad in ["[]", "3", "not json", r#"{"events": 3}"#] {
+            assert!(saved_batch(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -477,3 +477,68 @@ mod tests {
         assert_eq!(back["kind"], "cron");
     }
 }
+
+/// `POST /v1/functions/{fn}/replay`: events sent once, synchronously, to
+/// one version of a function in an environment that is not protected —
+/// production's dead letters against a fix in staging, or a saved batch.
+/// Nothing is enqueued, retried or dead-lettered, and dead letters stay
+/// where they are.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayRequest {
+    /// Where the version runs (default: the server's default environment,
+    /// which must then not be protected).
+    #[serde(default)]
+    pub environment: Option<String>,
+    /// The version, which must be in the function's route there.
+    pub version: u64,
+    /// Re-send this function's dead letters.
+    #[serde(default)]
+    pub dead_letters: Option<ReplayDeadLetters>,
+    /// Or these events (structured-mode CloudEvents, at most 100).
+    #[serde(default)]
+    pub events: Vec<serde_json::Value>,
+}
+
+/// Which dead letters a replay re-sends: the function's, in an
+/// environment, optionally of one queue or by id.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayDeadLetters {
+    /// Where they were dead-lettered (default: the default environment).
+    #[serde(default)]
+    pub environment: Option<String>,
+    #[serde(default)]
+    pub queue: Option<String>,
+    #[serde(default)]
+    pub ids: Vec<u64>,
+}
+
+/// What a replay did with each event, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplayAnswer {
+    pub function: String,
+    pub environment: String,
+    pub version: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub results: Vec<ReplayResult>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplayResult {
+    pub ce_id: String,
+    #[serde(rename = "type")]
+    pub ty: String,
+    /// The dead letter it came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter: Option<u64>,
+    /// The function's answer, when it gave one.
+    pub status: Option<u16>,
+    pub outcome: Outcome,
+    /// As in an attempt's record; `schema` when the event breaks the
+    /// version's contract (then it was not sent).
+    pub error_kind: Option<String>,
+    pub error: Option<String>,
+    pub duration_ms: u64,
+}

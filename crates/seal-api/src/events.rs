@@ -13,6 +13,7 @@
 //! | GET | `/v1/dlq/{id}` | viewer | one dead letter with its event |
 //! | POST | `/v1/dlq/redrive` | deployer | `{"ids"\|"all", "queue"?, "to"?}` → back to delivery |
 //! | POST | `/v1/dlq/purge` | deployer | `{"ids"?, "queue"?}` → deleted |
+//! | POST | `/v1/functions/{fn}/replay` | deployer | `{"version", "environment"?, "dead_letters"?: {"environment"?, "queue"?, "ids"?} \| "events": […]}` → each event's outcome on that version (not in a protected environment) |
 
 use crate::auth::{Caller, Routes, deployer, publisher, viewer};
 use crate::error::{ApiError, ApiResult};
@@ -22,7 +23,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use seal_api_types::events::{
     CreateQueue, CreateTrigger, CronRun, DeadLetter, DlqChange, EnqueueAnswer, EventRecord,
-    PurgeRequest, QueueRecord, RedriveRequest, TriggerRecord,
+    PurgeRequest, QueueRecord, RedriveRequest, ReplayAnswer, ReplayRequest, TriggerRecord,
 };
 use seal_control::Control;
 use serde::{Deserialize, Serialize};
@@ -59,6 +60,11 @@ pub fn routes() -> Routes {
         .route("/v1/dlq/redrive", deployer(Method::POST, redrive))
         .route("/v1/dlq/purge", deployer(Method::POST, purge))
         .route("/v1/dlq/{id}", viewer(Method::GET, get_dead_letter))
+        .route(
+            "/v1/functions/{function}/replay",
+            deployer(Method::POST, replay)
+                .body_limit(seal_control::events::MAX_INGEST_BYTES + 4096),
+        )
 }
 
 #[derive(Deserialize, Default)]
@@ -241,4 +247,23 @@ async fn purge(
     let mut req: PurgeRequest = parse_json(&body)?;
     scope_dead_letters(&c, &who, &mut req.environment)?;
     Ok(Json(c.events().purge(&req, &who.actor()).await?))
+}
+
+/// A limited token replays only where it may act, and reads the dead
+/// letters only of an environment it may act on.
+async fn replay(
+    State(c): State<Arc<Control>>,
+    Path(function): Path<String>,
+    who: Caller,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<ReplayAnswer>> {
+    let mut req: ReplayRequest = parse_json(&body)?;
+    let env = req
+        .environment
+        .get_or_insert_with(|| c.default_environment().to_owned());
+    who.require_env(env)?;
+    if let Some(d) = &mut req.dead_letters {
+        scope_dead_letters(&c, &who, &mut d.environment)?;
+    }
+    Ok(Json(c.replay_events(&function, &req, &who.actor()).await?))
 }

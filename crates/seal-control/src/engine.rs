@@ -3,6 +3,7 @@
 
 use crate::catalog::Catalog;
 use crate::error::{ControlError, ControlResult};
+use crate::trust::{Approvals, ReleaseChecks};
 use seal_oci::ArtifactStore;
 use seal_runtime::{Function, Loader};
 use seal_serving::{Route, RouteTable, Serving};
@@ -300,6 +301,28 @@ impl Control {
         route.with_protected(protected)
     }
 
+    /// `seal events replay`: events sent once to one version, only in an
+    /// environment that is not protected (a replay there would run
+    /// production's code on events outside its queues' rules; redrive the
+    /// dead letters instead).
+    pub async fn replay_events(
+        &self,
+        function: &str,
+        req: &seal_api_types::events::ReplayRequest,
+        actor: &str,
+    ) -> ControlResult<seal_api_types::events::ReplayAnswer> {
+        let environment = req
+            .environment
+            .clone()
+            .unwrap_or_else(|| self.default_environment().to_owned());
+        if self.protection.is_protected(&environment) {
+            return Err(ControlError::forbidden(format!(
+                "{environment} is protected: replay events to a version in another environment, or redrive the dead letters to its route"
+            )));
+        }
+        self.events.replay(function, &environment, req, actor).await
+    }
+
     /// Whether an environment is protected, and why.
     pub fn protection_of(&self, environment: &str) -> (bool, crate::protection::Source) {
         self.protection.of(environment)
@@ -390,7 +413,7 @@ impl Control {
         environment: Option<&str>,
         reason: Option<&str>,
         actor: &str,
-        approve_widening: bool,
+        approvals: Approvals,
     ) -> ControlResult<DeployOutcome> {
         let env = self.environment_or_default(environment).await?;
         let v = self.version_or_404(function, version).await?;
@@ -406,7 +429,7 @@ impl Control {
             DeploymentKind::Deploy,
             reason,
             actor,
-            Some(approve_widening),
+            Some(approvals),
         )
         .await
     }
@@ -419,7 +442,7 @@ impl Control {
         environment: Option<&str>,
         to: Option<u64>,
         actor: &str,
-        approve_widening: bool,
+        approvals: Approvals,
     ) -> ControlResult<DeployOutcome> {
         let env = self.environment_or_default(environment).await?;
         self.function_or_404(function).await?;
@@ -462,7 +485,7 @@ impl Control {
                     .iter()
                     .any(|w| w.version == target && w.weight > 0)
             });
-        let gate = (!served_here).then_some(approve_widening);
+        let gate = (!served_here).then_some(approvals);
         let to = vec![WeightedVersion {
             version: target,
             weight: 100,
@@ -472,9 +495,9 @@ impl Control {
     }
 
     /// Moves a route; the caller holds `deploy_lock`. With `gate` =
-    /// `Some(approved)` the target also passes the permission gate, after
-    /// the policy check (an untrusted artifact is refused whatever it asks
-    /// for).
+    /// `Some(approvals)` the target also passes the permission and
+    /// contract gates, after the policy check (an untrusted artifact is
+    /// refused whatever it asks for).
     #[allow(clippy::too_many_arguments)]
     async fn switch_locked(
         &self,
@@ -484,7 +507,7 @@ impl Control {
         kind: DeploymentKind,
         reason: Option<&str>,
         actor: &str,
-        gate: Option<bool>,
+        gate: Option<Approvals>,
     ) -> ControlResult<DeployOutcome> {
         if let Some(busy) = self.active_deployment(env, &v.function).await? {
             return Err(seal_state::StateError::Busy {
@@ -510,19 +533,16 @@ impl Control {
                 unchanged: true,
                 weights: to,
                 permissions: None,
+                contracts: None,
                 trust: Vec::new(),
             });
         }
         // Load (and so verify) the target before anything is recorded: a
         // version that cannot serve never gets a route.
         let (function, trust) = self.load_for_route(v, env, kind.as_str(), actor).await?;
-        let permissions = match gate {
-            Some(approved) => {
-                self.trust
-                    .check_permissions(env, v, approved, actor)
-                    .await?
-            }
-            None => None,
+        let checks = match gate {
+            Some(approvals) => self.trust.check_release(env, v, approvals, actor).await?,
+            None => ReleaseChecks::default(),
         };
         let started = std::time::Instant::now();
         let deployment = self
@@ -567,7 +587,8 @@ impl Control {
             deployment: Some(deployment),
             unchanged: false,
             weights: to,
-            permissions,
+            permissions: checks.permissions,
+            contracts: checks.contracts,
             trust,
         })
     }
@@ -582,6 +603,10 @@ pub struct DeployOutcome {
     /// the reverse); null when nothing served before.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub permissions: Option<crate::trust::PermissionChange>,
+    /// What the new version changes in the event contracts of the one it
+    /// replaces; absent when nothing changes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub contracts: Option<crate::trust::ContractChanges>,
     /// What the environment's policy checked.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub trust: Vec<String>,

@@ -16,13 +16,19 @@ use crate::metrics::{CronLabels, DeliveryLabels, EventMetrics, SubscriptionLabel
 use seal_api_types::events::{
     CreateQueue, CreateTrigger, CronCanary, CronRun, CronSchedule, DeadLetter, DeadReason,
     DlqChange, EnqueueAnswer, EventRecord, OnMissed, Outcome, Overlap, PurgeRequest, QueueRecord,
-    QueueSubscription, RedriveRequest, TriggerRecord, TriggerSpec,
+    QueueSubscription, RedriveRequest, ReplayAnswer, ReplayRequest, ReplayResult, TriggerRecord,
+    TriggerSpec,
 };
 use seal_events::codec::{self, Limits};
 use seal_events::schedule::Schedule;
 use seal_events::{AttributesReader, Event};
 use seal_serving::{Serving, Traffic};
 use seal_state::{AttemptRecord, Claimed, Finished, NewEvent, NextStep, StateStore, now_ms};
+
+/// The extensions the platform stamps on the events functions publish:
+/// removed from those producers outside post, so none can pass for a
+/// function's.
+pub const STAMPED: [&str; 3] = ["sealversion", "sealdigest", "sealcorrelation"];
 
 /// An event as the store keeps it.
 struct StoredEvent {
@@ -136,9 +142,14 @@ pub struct EventsService {
     /// Subscriptions whose backlog gauges were set last time (so one that
     /// emptied goes back to 0).
     gauged: Mutex<HashSet<SubscriptionLabels>>,
+    /// The backlog as last read (every second, by the queue loop), for
+    /// the queue gate of rollouts.
+    backlog: Mutex<Arc<Vec<seal_state::Backlog>>>,
+    /// The event schemas of the versions events come from and go to.
+    contracts: crate::event_contracts::ContractCache,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
@@ -172,6 +183,8 @@ impl EventsService {
             commit_turn: tokio::sync::Mutex::new(()),
             trigger_cache: Mutex::default(),
             gauged: Mutex::default(),
+            contracts: crate::event_contracts::ContractCache::new(state.clone()),
+            backlog: Mutex::default(),
             state,
             serving,
             default_environment,
@@ -353,12 +366,60 @@ impl EventsService {
     ) -> ControlResult<EnqueueAnswer> {
         who.require_publish(environment, queue)?;
         let q = self.queue_must_exist(environment, queue).await?;
-        let events = codec::read_request(headers, body, &self.limits).map_err(|e| match e {
+        let mut events = self.read_events(headers, body)?;
+        // Only the platform says which function published an event.
+        for e in &mut events {
+            for name in STAMPED {
+                e.remove_extension(name);
+            }
+        }
+        self.enqueue(&q, &events).await
+    }
+
+    fn read_events(&self, headers: &http::HeaderMap, body: &[u8]) -> ControlResult<Vec<Event>> {
+        codec::read_request(headers, body, &self.limits).map_err(|e| match e {
             codec::CodecError::Malformed(m) => {
                 ControlError::Invalid(format!("malformed CloudEvent: {m}"))
             }
             other => ControlError::TooLarge(other.to_string()),
-        })?;
+        })
+    }
+
+    /// Events a function publishes from inside an invocation (to
+    /// `http://events.seal.internal/<queue>`; the runtime has checked its
+    /// manifest lists the queue). Each is stamped with the version and
+    /// artifact that published it, the invocation's correlation id and
+    /// trace context; one whose type the manifest says it produces is
+    /// checked against that schema first, and a batch with one that fails
+    /// is refused whole.
+    pub async fn publish_from(
+        &self,
+        by: &seal_serving::EmittedBy,
+        queue: &str,
+        headers: &http::HeaderMap,
+        body: &[u8],
+    ) -> ControlResult<EnqueueAnswer> {
+        let q = self.queue_must_exist(&by.environment, queue).await?;
+        let mut events = self.read_events(headers, body)?;
+        for e in &mut events {
+            if let Err(why) = self
+                .contracts
+                .check(
+                    crate::event_contracts::Side::Produces,
+                    &by.function,
+                    by.version,
+                    &by.digest,
+                    e,
+                )
+                .await?
+            {
+                return Err(ControlError::Invalid(why));
+            }
+            e.set_extension("sealversion", format!("{}@{}", by.function, by.version));
+            e.set_extension("sealdigest", by.digest.clone());
+            e.set_extension("sealcorrelation", by.correlation.to_string());
+            e.set_extension("traceparent", by.traceparent.clone());
+        }
         self.enqueue(&q, &events).await
     }
 
@@ -439,6 +500,158 @@ impl EventsService {
             .ok_or_else(|| ControlError::not_found(format!("no dead letter {id}")))?;
         let e = self.event(d.event_id).await?;
         Ok((d, e))
+    }
+
+    /// Sends events once to one version of `function` in `environment`
+    /// (the caller has checked it is not protected): the function's dead
+    /// letters, or a saved batch. Each is checked against the version's
+    /// consumed contract, then delivered as a queue would deliver it, one
+    /// after another; nothing is enqueued, retried or dead-lettered, and
+    /// the dead letters stay. Counted in the version's totals, never
+    /// judged by a gate. Audited with its counts.
+    pub async fn replay(
+        &self,
+        function: &str,
+        environment: &str,
+        req: &ReplayRequest,
+        actor: &str,
+    ) -> ControlResult<ReplayAnswer> {
+        lookup::environment_must_exist(&*self.state, environment).await?;
+        lookup::function_must_exist(&*self.state, function).await?;
+        let backend = self
+            .serving
+            .route(environment, function)
+            .and_then(|r| r.backends.iter().find(|b| b.version == req.version).cloned())
+            .ok_or_else(|| {
+                ControlError::Invalid(format!(
+                    "{function}@{} is not in the route of {function} in {environment}: deploy it there (a canary at any weight will do) before replaying to it",
+                    req.version
+                ))
+            })?;
+        // (event, the dead letter it came from)
+        let mut events: Vec<(Event, Option<u64>)> = Vec::new();
+        match (&req.dead_letters, req.events.is_empty()) {
+            (Some(_), false) | (None, true) => {
+                return Err(ControlError::Invalid(
+                    "replay either dead letters or a batch of events (one of the two)".into(),
+                ));
+            }
+            (Some(d), true) => {
+                let from = self.env(d.environment.as_deref()).to_owned();
+                let every = self
+                    .state
+                    .dead_letters(Some(&from), d.queue.as_deref())
+                    .await?;
+                for id in &d.ids {
+                    if !every.iter().any(|x| x.id == *id && x.function == function) {
+                        return Err(ControlError::not_found(format!(
+                            "no dead letter {id} of {function} in {from}"
+                        )));
+                    }
+                }
+                let chosen: Vec<&DeadLetter> = every
+                    .iter()
+                    .filter(|x| {
+                        x.function == function && (d.ids.is_empty() || d.ids.contains(&x.id))
+                    })
+                    .collect();
+                if chosen.len() > self.limits.max_batch_events {
+                    return Err(ControlError::TooLarge(format!(
+                        "{} dead letters match; a replay sends at most {}: name them by id or by queue",
+                        chosen.len(),
+                        self.limits.max_batch_events
+                    )));
+                }
+                for x in chosen {
+                    let stored = self.event(x.event_id).await?;
+                    let e = codec::from_json(&stored.event.to_string()).map_err(|e| {
+                        ControlError::internal(format!("event {}: {e}", x.event_id))
+                    })?;
+                    events.push((e, Some(x.id)));
+                }
+            }
+            (None, false) => {
+                // Read as an ingest reads a batch: the same checks and limits.
+                let body = serde_json::to_vec(&req.events).map_err(ControlError::internal)?;
+                let mut headers = http::HeaderMap::new();
+                headers.insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static(codec::BATCH),
+                );
+                for e in self.read_events(&headers, &body)? {
+                    events.push((e, None));
+                }
+            }
+        }
+        let mut results = Vec::with_capacity(events.len());
+        for (event, dead_letter) in &events {
+            let mut result = ReplayResult {
+                ce_id: event.id().to_owned(),
+                ty: event.ty().to_owned(),
+                dead_letter: *dead_letter,
+                status: None,
+                outcome: Outcome::Permanent,
+                error_kind: None,
+                error: None,
+                duration_ms: 0,
+            };
+            match self
+                .contracts
+                .check(
+                    crate::event_contracts::Side::Consumes,
+                    function,
+                    backend.version,
+                    &backend.digest,
+                    event,
+                )
+                .await?
+            {
+                Err(why) => {
+                    result.error_kind = Some("schema".into());
+                    result.error = Some(why);
+                }
+                Ok(()) => {
+                    let a = seal_events::deliver::deliver(
+                        &self.serving,
+                        &backend,
+                        event,
+                        Traffic::Unjudged,
+                    )
+                    .await;
+                    result.status = a.status;
+                    result.outcome = a.outcome;
+                    result.error_kind = a.error_kind;
+                    result.error = a.error;
+                    result.duration_ms = a.duration.as_millis() as u64;
+                }
+            }
+            results.push(result);
+        }
+        let succeeded = results.iter().filter(|r| r.outcome == Outcome::Ok).count() as u64;
+        let answer = ReplayAnswer {
+            function: function.to_owned(),
+            environment: environment.to_owned(),
+            version: backend.version,
+            succeeded,
+            failed: results.len() as u64 - succeeded,
+            results,
+        };
+        self.state
+            .audit(seal_state::NewAudit {
+                actor,
+                action: "events-replay",
+                object: &format!("{environment}/{function}"),
+                digest: Some(&backend.digest),
+                outcome: "done",
+                detail: serde_json::json!({
+                    "version": backend.version,
+                    "source": if req.dead_letters.is_some() { "dead-letters" } else { "batch" },
+                    "succeeded": answer.succeeded,
+                    "failed": answer.failed,
+                }),
+            })
+            .await?;
+        Ok(answer)
     }
 
     /// The dead letters a redrive or purge names: its ids (each must be a
@@ -721,12 +934,31 @@ impl EventsService {
             .inc();
     }
 
+    /// The oldest pending event of `function`'s subscriptions in
+    /// `environment` as of the last backlog read: its trigger and how
+    /// long it has waited (ms).
+    pub fn oldest_pending(&self, environment: &str, function: &str) -> Option<(String, u64)> {
+        let now = now_ms();
+        lock(&self.backlog)
+            .iter()
+            .filter(|b| b.environment == environment && b.function == function)
+            .filter_map(|b| {
+                Some((
+                    b.trigger.clone(),
+                    (now - b.oldest_enqueued_at?).max(0) as u64,
+                ))
+            })
+            .max_by_key(|(_, age)| *age)
+    }
+
     /// Sets the backlog gauges (depth, oldest age, in flight) from the
     /// store; subscriptions with nothing left go back to 0.
     async fn gauge_backlog(&self) -> ControlResult<()> {
         let now = now_ms();
         let mut seen = HashSet::new();
-        for b in self.state.backlog().await? {
+        let backlog = self.state.backlog().await?;
+        *lock(&self.backlog) = Arc::new(backlog.clone());
+        for b in backlog {
             let labels = SubscriptionLabels {
                 environment: b.environment,
                 queue: b.queue,
@@ -793,6 +1025,53 @@ impl EventsService {
             None => seal_events::deliver::pick(r, &c.ce_id),
         });
         let started_at = now_ms();
+        // The picked version's contract first: an event that breaks it is
+        // never handed to the function. A contract that cannot be read is
+        // not the event's fault: that attempt is retried.
+        if let Some(b) = backend {
+            let refused = match self
+                .contracts
+                .check(
+                    crate::event_contracts::Side::Consumes,
+                    &c.function,
+                    b.version,
+                    &b.digest,
+                    &event,
+                )
+                .await
+            {
+                Ok(Ok(())) => None,
+                Ok(Err(why)) => Some(("schema", Outcome::Permanent, DeadReason::Schema, why)),
+                Err(e) => Some((
+                    "contract_unreadable",
+                    Outcome::Retryable,
+                    DeadReason::AttemptsExhausted,
+                    e.to_string(),
+                )),
+            };
+            if let Some((kind, outcome, reason, error)) = refused {
+                let record = AttemptRecord {
+                    attempt: c.next_attempt,
+                    version: Some(b.version),
+                    digest: Some(b.digest.clone()),
+                    status: None,
+                    outcome,
+                    error_kind: Some(kind.into()),
+                    started_at,
+                    duration_ms: 0,
+                };
+                let made = c.attempts + 1;
+                let next = if outcome == Outcome::Permanent || made >= sub.max_attempts {
+                    NextStep::Dead { reason, error }
+                } else {
+                    NextStep::Retry {
+                        at: now_ms() + backoff_ms(sub, made) as i64,
+                        error,
+                    }
+                };
+                return (Some(record), next);
+            }
+        }
         let (record, outcome, error) = match backend {
             Some(b) => {
                 let traffic = if c.pinned_version.is_some() {
