@@ -30,6 +30,14 @@ pub struct DeployArgs {
     #[arg(long)]
     allow_new_permissions: bool,
 
+    /// Approve a version that breaks the event contracts of the one it
+    /// replaces: a consumed or produced event type removed, a consumed
+    /// schema made stricter. A protected environment (production) refuses
+    /// such a deploy without it, and only an admin token may give it; the
+    /// contract difference is printed either way.
+    #[arg(long)]
+    allow_breaking_contract: bool,
+
     /// How traffic moves to the new version.
     #[arg(long, value_enum, default_value_t = Strategy::AllAtOnce, help_heading = "Rollout")]
     strategy: Strategy,
@@ -92,6 +100,11 @@ pub struct DeployArgs {
     /// same window, e.g. 20% (candidate ≤ baseline × 1.2).
     #[arg(long, value_parser = parse_increase, value_name = "PCT", help_heading = "Gates")]
     max_latency_increase: Option<f64>,
+    /// Roll back when the oldest pending event of any of the function's
+    /// queue subscriptions here is older than this, e.g. 1m (a candidate
+    /// that stalls its queues).
+    #[arg(long, value_parser = parse_duration_ms, value_name = "DUR", help_heading = "Gates")]
+    max_queue_age: Option<u64>,
     /// Requests the candidate must serve in a step before its gates may
     /// pass (default 20 with gates; 0 without, so steps are time-based).
     #[arg(long, value_name = "N", help_heading = "Gates")]
@@ -171,6 +184,11 @@ pub struct RollbackArgs {
     /// in production).
     #[arg(long)]
     allow_new_permissions: bool,
+    /// Approve a --to version that never served in this environment and
+    /// breaks the event contracts of the current one (admin only; needed
+    /// in production).
+    #[arg(long)]
+    allow_breaking_contract: bool,
 }
 
 pub async fn deploy(args: DeployArgs, client: &Client, out: OutputFormat) -> anyhow::Result<()> {
@@ -222,6 +240,7 @@ fn request_body(args: &DeployArgs) -> anyhow::Result<Value> {
         rollout: rollout_spec(args)?,
         dry_run: args.plan,
         allow_new_permissions: args.allow_new_permissions,
+        allow_breaking_contract: args.allow_breaking_contract,
     };
     Ok(serde_json::to_value(body)?)
 }
@@ -240,6 +259,7 @@ fn rollout_spec(args: &DeployArgs) -> anyhow::Result<Option<RolloutSpec>> {
             max_error_rate_increase: args.max_error_rate_increase,
             max_latency_increase: args.max_latency_increase,
             min_requests: args.min_requests,
+            max_queue_age_ms: args.max_queue_age,
         },
         on_inconclusive: args.on_inconclusive.map(Into::into).unwrap_or_default(),
         progress_deadline_ms: args.progress_deadline,
@@ -635,6 +655,7 @@ pub async fn rollback(
                 environment: args.env.clone(),
                 to: args.to,
                 allow_new_permissions: args.allow_new_permissions,
+                allow_breaking_contract: args.allow_breaking_contract,
             })?,
         )
         .await?;
@@ -895,6 +916,9 @@ mod tests {
         let b = body(&["--allow-new-permissions"]);
         assert_eq!(b["allow_new_permissions"], true);
         assert!(b.get("rollout").is_none());
+        let b = body(&["--allow-breaking-contract"]);
+        assert_eq!(b["allow_breaking_contract"], true);
+        assert!(b.get("allow_new_permissions").is_none());
     }
 
     #[test]

@@ -204,9 +204,16 @@ pub struct Gates {
     pub max_latency_increase: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_requests: Option<u64>,
+    /// Fails the step when the oldest pending event of any of the
+    /// function's queue subscriptions in the environment is older than
+    /// this (a candidate that stalls consumption). Not a request gate:
+    /// steps with only this gate stay time-based.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_queue_age_ms: Option<u64>,
 }
 
 impl Gates {
+    /// No request gate is set (`max_queue_age_ms` is not one).
     pub fn is_empty(&self) -> bool {
         self.max_error_rate.is_none()
             && self.max_latency.is_none()

@@ -17,6 +17,8 @@ use std::path::Path;
 pub const ERROR_RATE: f64 = 0.05;
 pub const P99_SECONDS: f64 = 1.0;
 pub const COLD_START_RATE: f64 = 0.10;
+/// How long the oldest pending event of a subscription may wait.
+pub const QUEUE_AGE_SECONDS: u64 = 300;
 
 fn sel(function: &str) -> String {
     format!("function=\"{function}\",environment=~\"$environment\"")
@@ -157,6 +159,50 @@ fn dashboard(function: &str) -> Value {
             }],
         }),
     ];
+    // Events: the function's queue subscriptions and cron triggers.
+    let by_trigger = |expr: String| json!([target(expr, "{{trigger}}")]);
+    panels.push(timeseries(
+        13,
+        "Queue depth by subscription",
+        "none",
+        (0, 38, 12, 8),
+        by_trigger(format!("sum by (trigger) (seal_queue_depth{{{s}}})")),
+    ));
+    panels.push(timeseries(
+        14,
+        "Oldest pending event by subscription",
+        "s",
+        (12, 38, 12, 8),
+        by_trigger(format!(
+            "max by (trigger) (seal_queue_oldest_age_seconds{{{s}}})"
+        )),
+    ));
+    panels.push(timeseries(
+        15,
+        "Event deliveries by outcome",
+        "ops",
+        (0, 46, 12, 8),
+        json!([target(
+            format!("sum by (trigger, outcome) (rate(seal_event_deliveries_total{{{s}}}{r}))"),
+            "{{trigger}} {{outcome}}"
+        )]),
+    ));
+    panels.push(timeseries(
+        16,
+        "Enqueue to handled p99, and cron firing delay p99",
+        "s",
+        (12, 46, 12, 8),
+        json!([
+            target(
+                format!("histogram_quantile(0.99, sum by (trigger, le) (rate(seal_event_latency_seconds_bucket{{{s}}}{r})))"),
+                "{{trigger}} enqueue → handled"
+            ),
+            target(
+                format!("histogram_quantile(0.99, sum by (trigger, le) (rate(seal_cron_delay_seconds_bucket{{{s}}}{r})))"),
+                "{{trigger}} cron delay"
+            ),
+        ]),
+    ));
     // One row per version ($version repeats), with that version's own panels.
     let v = format!("{s},version=~\"$version\"");
     panels.push(json!({
@@ -165,14 +211,14 @@ fn dashboard(function: &str) -> Value {
         "title": "Version $version",
         "repeat": "version",
         "collapsed": false,
-        "gridPos": {"x": 0, "y": 38, "w": 24, "h": 1},
+        "gridPos": {"x": 0, "y": 54, "w": 24, "h": 1},
         "panels": [],
     }));
     panels.push(timeseries(
         11,
         "v$version requests and errors per second",
         "reqps",
-        (0, 39, 12, 8),
+        (0, 55, 12, 8),
         json!([
             target(
                 format!("sum(rate(seal_invocations_total{{{v}}}{r}))"),
@@ -188,7 +234,7 @@ fn dashboard(function: &str) -> Value {
         12,
         "v$version latency",
         "s",
-        (12, 39, 12, 8),
+        (12, 55, 12, 8),
         json!([
             target(format!("histogram_quantile(0.5, sum by (le) (rate(seal_invocation_duration_seconds_bucket{{{v}}}{r})))"), "p50"),
             target(format!("histogram_quantile(0.99, sum by (le) (rate(seal_invocation_duration_seconds_bucket{{{v}}}{r})))"), "p99"),
@@ -310,6 +356,44 @@ pub fn prometheus_rules(function: &str, budget: Option<&Budget>) -> String {
             ),
         },
     ];
+    rules.extend([
+        Rule {
+            alert: "SealQueueBacklogAging",
+            expr: format!(
+                "max by (environment, trigger) (seal_queue_oldest_age_seconds{{{f}}}) > {QUEUE_AGE_SECONDS}"
+            ),
+            for_: "5m",
+            severity: "page",
+            summary: format!("{function}: events wait more than {QUEUE_AGE_SECONDS} s"),
+            description: format!(
+                "The oldest pending event of {{{{ $labels.trigger }}}} ({function} in {{{{ $labels.environment }}}}) has waited {{{{ $value | humanizeDuration }}}}: the function is failing, slow or throttled. `seal dlq list` and `seal logs {function} --status 5xx` show why."
+            ),
+        },
+        Rule {
+            alert: "SealEventsDeadLettered",
+            expr: format!(
+                "sum by (environment, trigger) (increase(seal_event_deliveries_total{{{f},outcome=\"dead_lettered\"}}[15m])) > 0"
+            ),
+            for_: "0m",
+            severity: "ticket",
+            summary: format!("{function}: events dead-lettered"),
+            description: format!(
+                "{{{{ $value }}}} events of {{{{ $labels.trigger }}}} ({function} in {{{{ $labels.environment }}}}) were dead-lettered in 15 minutes. `seal dlq list` shows each reason; `seal dlq redrive` sends them again once fixed."
+            ),
+        },
+        Rule {
+            alert: "SealCronTicksFailing",
+            expr: format!(
+                "sum by (environment, trigger) (increase(seal_cron_runs_total{{{f},status=~\"failed|missed\"}}[1h])) > 0"
+            ),
+            for_: "0m",
+            severity: "ticket",
+            summary: format!("{function}: cron ticks failed or missed"),
+            description: format!(
+                "{{{{ $value }}}} ticks of {{{{ $labels.trigger }}}} ({function} in {{{{ $labels.environment }}}}) failed or were missed in the last hour. `seal trigger runs {{{{ $labels.trigger }}}}` shows them."
+            ),
+        },
+    ]);
     if let Some(b) = budget {
         rules.push(Rule {
             alert: "SealBudgetExceeded",
@@ -396,12 +480,36 @@ mod tests {
         }
         assert_eq!(d["annotations"]["list"].as_array().unwrap().len(), 3);
         assert!(panels.iter().any(|p| p["repeat"] == "version"));
+        let titles: Vec<&str> = panels.iter().filter_map(|p| p["title"].as_str()).collect();
+        assert!(
+            titles.contains(&"Queue depth by subscription"),
+            "{titles:?}"
+        );
+        assert!(
+            titles.contains(&"Oldest pending event by subscription"),
+            "{titles:?}"
+        );
+        let mut ids: Vec<u64> = panels.iter().map(|p| p["id"].as_u64().unwrap()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), panels.len(), "panel ids are unique");
     }
 
     #[test]
     fn rules_add_budget_alerts_only_with_a_budget() {
         let plain = prometheus_rules("hello", None);
-        assert_eq!(plain.matches("- alert:").count(), 3);
+        assert_eq!(plain.matches("- alert:").count(), 6);
+        for alert in [
+            "SealQueueBacklogAging",
+            "SealEventsDeadLettered",
+            "SealCronTicksFailing",
+        ] {
+            assert!(plain.contains(alert), "{plain}");
+        }
+        assert!(
+            plain.contains("seal_queue_oldest_age_seconds{function=\\\"hello\\\"}"),
+            "{plain}"
+        );
         let budget = Budget {
             function: "hello".into(),
             gb_seconds: 10.0,
@@ -412,7 +520,7 @@ mod tests {
             updated_at: 0,
         };
         let with = prometheus_rules("hello", Some(&budget));
-        assert_eq!(with.matches("- alert:").count(), 5);
+        assert_eq!(with.matches("- alert:").count(), 8);
         assert!(with.contains("seal_budget_usage_ratio{function=\\\"hello\\\"}"));
     }
 }

@@ -33,6 +33,45 @@ pub use seal_api_types::rollout::{
 };
 
 /// A window's numbers as they appear in events and status.
+fn secs(ms: u64) -> String {
+    format!("{:.1} s", ms as f64 / 1000.0)
+}
+
+/// The queue gate: fails when the oldest pending event of the function's
+/// subscriptions (`oldest`: trigger and age) is older than `limit_ms`,
+/// passes otherwise (it never holds a step back: a queue that keeps up
+/// says nothing about the candidate's requests).
+pub fn queue_age(limit_ms: u64, oldest: Option<(String, u64)>, candidate: &Snapshot) -> GateResult {
+    let (verdict, measured, detail) = match oldest {
+        Some((trigger, age)) if age > limit_ms => (
+            Verdict::Fail,
+            secs(age),
+            format!(
+                "the oldest pending event of {trigger} has waited {}",
+                secs(age)
+            ),
+        ),
+        Some((trigger, age)) => (
+            Verdict::Pass,
+            secs(age),
+            format!(
+                "the oldest pending event of {trigger} has waited {}",
+                secs(age)
+            ),
+        ),
+        None => (Verdict::Pass, "0.0 s".into(), "no pending event".into()),
+    };
+    GateResult {
+        gate: "queue_age".into(),
+        threshold: format!("≤ {}", secs(limit_ms)),
+        verdict,
+        measured,
+        detail,
+        candidate: summary_of(candidate),
+        baseline: None,
+    }
+}
+
 pub fn summary_of(w: &Snapshot) -> WindowSummary {
     let ms = |q| w.quantile_us(q).map(|us| us as f64 / 1000.0);
     WindowSummary {
@@ -98,6 +137,12 @@ impl Judge for Gates {
             out.push((
                 "latency_increase".into(),
                 format!("median ≤ baseline × {:.2}", 1.0 + d),
+            ));
+        }
+        if let Some(ms) = self.max_queue_age_ms {
+            out.push((
+                "queue_age".into(),
+                format!("oldest pending event ≤ {}", secs(ms)),
             ));
         }
         out
@@ -424,6 +469,22 @@ mod tests {
         };
         f(&mut g);
         g
+    }
+
+    #[test]
+    fn the_queue_gate_fails_only_past_its_limit() {
+        let w = window(10, 0, |_| 1.0);
+        let over = queue_age(60_000, Some(("billing-orders".into(), 75_000)), &w);
+        assert_eq!(over.verdict, Verdict::Fail);
+        assert_eq!(over.measured, "75.0 s");
+        assert!(over.detail.contains("billing-orders"), "{}", over.detail);
+        let within = queue_age(60_000, Some(("billing-orders".into(), 60_000)), &w);
+        assert_eq!(within.verdict, Verdict::Pass);
+        assert_eq!(queue_age(60_000, None, &w).verdict, Verdict::Pass);
+        // Not a request gate: alone, steps stay time-based.
+        let g = gates(|g| g.max_queue_age_ms = Some(60_000));
+        assert!(g.is_empty());
+        assert_eq!(g.describe()[0].0, "queue_age");
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod plan;
 
 use crate::engine::Control;
 use crate::error::{ControlError, ControlResult};
+use crate::trust::Approvals;
 use gates::{Evaluation, Judge, Verdict};
 use plan::{Hook, HookPhase, OnInconclusive, Plan, Planning, RolloutSpec, VersionRef};
 use seal_api_types::rollout::{RolloutStatus, StepView, VersionRole, VersionWindow};
@@ -97,6 +98,8 @@ pub enum Progressive {
         dry_run: bool,
         plan: Plan,
         permissions: Option<crate::trust::PermissionChange>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        contracts: Option<crate::trust::ContractChanges>,
     },
     Started {
         deployment: Box<DeploymentRecord>,
@@ -104,6 +107,8 @@ pub enum Progressive {
         weights: Vec<WeightedVersion>,
         plan: Plan,
         permissions: Option<crate::trust::PermissionChange>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        contracts: Option<crate::trust::ContractChanges>,
         trust: Vec<String>,
     },
 }
@@ -129,7 +134,7 @@ impl Control {
         actor: &str,
         spec: RolloutSpec,
         dry_run: bool,
-        approve_widening: bool,
+        approvals: Approvals,
     ) -> ControlResult<Progressive> {
         let env = self.environment_or_default(environment).await?;
         let candidate = self.version_or_404(function, version).await?;
@@ -145,9 +150,9 @@ impl Control {
         let (candidate_fn, trust) = self
             .load_for_route(&candidate, &env, "deploy", actor)
             .await?;
-        let permissions = self
+        let checks = self
             .trust
-            .check_permissions(&env, &candidate, approve_widening, actor)
+            .check_release(&env, &candidate, approvals, actor)
             .await?;
         let current = self.state.route(&env, function).await?;
         let Some(baseline) = current
@@ -183,7 +188,8 @@ impl Control {
             return Ok(Progressive::Planned {
                 dry_run: true,
                 plan: crate::redact::plan(plan),
-                permissions,
+                permissions: checks.permissions,
+                contracts: checks.contracts,
             });
         }
         let plan_json = serde_json::to_value(&plan).map_err(ControlError::internal)?;
@@ -236,7 +242,8 @@ impl Control {
             unchanged: false,
             weights,
             plan: crate::redact::plan(plan),
-            permissions,
+            permissions: checks.permissions,
+            contracts: checks.contracts,
             trust,
         })
     }
@@ -913,7 +920,18 @@ impl Driver {
             let baseline_weight = 100 - spec.weight;
             let baseline_window = (baseline_weight > 0 && bw.requests > 0).then_some(&bw);
             let step_over = elapsed >= interval;
-            let eval = gates.evaluate(&cw, baseline_window, step_over);
+            let mut eval = gates.evaluate(&cw, baseline_window, step_over);
+            if let Some(limit) = gates.max_queue_age_ms {
+                let oldest = self
+                    .control
+                    .events
+                    .oldest_pending(&self.plan.environment, &self.plan.function);
+                let r = gates::queue_age(limit, oldest, &cw);
+                if r.verdict == Verdict::Fail {
+                    eval.verdict = Verdict::Fail;
+                }
+                eval.results.push(r);
+            }
             self.set_live(
                 step,
                 started_ms,

@@ -196,6 +196,9 @@ impl Planning for RolloutSpec {
                 return Err(bad(format!("{name} must be between 0% and 100%")));
             }
         }
+        if g.max_queue_age_ms == Some(0) {
+            return Err(bad("max_queue_age must be a duration above 0, e.g. 1m"));
+        }
         if let Some(v) = g.max_latency_increase
             && !(v.is_finite() && v >= 0.0)
         {
