@@ -911,3 +911,511 @@ async fn producers_post_events_to_the_gateway_with_a_publisher_token() {
     // Functions are still served beside it.
     assert_eq!(s.get("/billing/").await.status(), 200);
 }
+
+/// A project directory for the events guest: `seal.toml` with the given
+/// extra TOML and schema files, the component packed as built.
+fn project(root: &std::path::Path, name: &str, toml: &str, schemas: &[(&str, &str)]) -> String {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    for (file, text) in schemas {
+        std::fs::write(dir.join(file), text).unwrap();
+    }
+    std::fs::write(
+        dir.join("seal.toml"),
+        format!(
+            "name = \"{name}\"\n[build]\ncomponent = {:?}\n{toml}",
+            guest("events").to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    dir.to_str().unwrap().to_owned()
+}
+
+const ORDER_V1: &str =
+    r#"{"type": "object", "properties": {"total": {"type": "integer"}}, "required": ["total"]}"#;
+const ORDER_V2: &str = r#"{"type": "object", "properties": {"total": {"type": "integer"}, "currency": {"type": "string"}}, "required": ["total", "currency"]}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_contracts_refuse_bad_schemas_bad_events_and_breaking_deploys() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    let consumes = "[events.consumes.\"order.created\"]\nschema = \"order.json\"\n";
+
+    // A schema that is not valid JSON Schema, or not JSON, or missing, is
+    // refused at publish with what is wrong; nothing is published.
+    let bad = project(
+        dir.path(),
+        "bad",
+        consumes,
+        &[("order.json", r#"{"type": 12}"#)],
+    );
+    s.seal(&["publish", &bad, "--no-build"])
+        .assert_fails_with("order.created");
+    std::fs::write(format!("{bad}/order.json"), "{not json").unwrap();
+    s.seal(&["publish", &bad, "--no-build"])
+        .assert_fails_with("order.json");
+    std::fs::remove_file(format!("{bad}/order.json")).unwrap();
+    s.seal(&["publish", &bad, "--no-build"])
+        .assert_fails_with("order.json");
+    assert!(
+        !s.seal(&["versions", "bad"]).ok
+            || s.seal_json(&["versions", "bad"])
+                .as_array()
+                .is_none_or(Vec::is_empty)
+    );
+
+    // v1 consumes order.created with a schema, packed in the artifact.
+    let billing = project(dir.path(), "billing", consumes, &[("order.json", ORDER_V1)]);
+    let v1 = s.seal_json(&["publish", &billing, "--no-build"]);
+    assert_eq!(v1["version"], 1, "{v1}");
+    s.seal_json(&["deploy", "billing", "1"]);
+    s.seal_json(&["queue", "create", "orders"]);
+    s.seal_json(&[
+        "trigger",
+        "create",
+        "queue",
+        "--function",
+        "billing",
+        "--queue",
+        "orders",
+    ]);
+
+    // An event that keeps the contract is delivered; one that breaks it is
+    // dead-lettered with reason `schema` and never reaches the function.
+    let (status, ok) = send_binary(&s, "orders", "fits-1", None).await;
+    assert_eq!(status, 202, "{ok}");
+    let ok = settled(
+        &s,
+        ok["events"][0]["id"].as_u64().unwrap(),
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(ok["deliveries"][0]["state"], "done", "{ok:#}");
+    let r = s
+        .http
+        .post(format!("{}/v1/queues/production/orders/events", s.api))
+        .header("ce-specversion", "1.0")
+        .header("ce-id", "breaks-1")
+        .header("ce-source", "/shop")
+        .header("ce-type", "order.created")
+        .header("content-type", "application/json")
+        .body(r#"{"total": "twelve"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let v: Value = r.json().await.unwrap();
+    let bad = settled(
+        &s,
+        v["events"][0]["id"].as_u64().unwrap(),
+        Duration::from_secs(20),
+    )
+    .await;
+    let d = &bad["deliveries"][0];
+    assert_eq!(d["state"], "dead", "{bad:#}");
+    assert_eq!(d["dead_reason"], "schema", "{bad:#}");
+    assert!(
+        d["last_error"].as_str().unwrap().contains("billing@1"),
+        "{bad:#}"
+    );
+    assert_eq!(d["history"][0]["error_kind"], "schema", "{bad:#}");
+    assert!(d["history"][0]["status"].is_null(), "{bad:#}");
+    assert!(s.log().contains("event: fits-1"), "{}", s.log());
+    assert!(!s.log().contains("event: breaks-1"), "{}", s.log());
+    let dead = s.seal_json(&["dlq", "list", "--queue", "orders"]);
+    assert_eq!(dead[0]["reason"], "schema", "{dead}");
+
+    // v2 makes the consumed schema stricter: production refuses it and
+    // says why, the refusal is audited, v1 keeps serving.
+    std::fs::write(format!("{billing}/order.json"), ORDER_V2).unwrap();
+    assert_eq!(
+        s.seal_json(&["publish", &billing, "--no-build"])["version"],
+        2
+    );
+    let out = s.seal(&["deploy", "billing", "2"]);
+    out.assert_fails_with("--allow-breaking-contract");
+    assert!(
+        out.stderr
+            .contains("! consumes order.created: schema stricter"),
+        "{}",
+        out.stderr
+    );
+    let status = s.seal_json(&["status", "billing"]);
+    assert_eq!(status["routes"][0]["versions"][0]["version"], 1);
+    let audit = s.api_get("/v1/audit?limit=5").await;
+    assert!(
+        audit["entries"].as_array().unwrap().iter().any(|e| {
+            e["action"] == "breaking-contract"
+                && e["outcome"] == "refused"
+                && e["detail"]["contracts"]["breaking"] == true
+        }),
+        "{audit}"
+    );
+    // A deployer cannot approve it; an admin can, and that is audited.
+    let token = s.seal_json(&["token", "create", "--role", "deployer"]);
+    let out = s.seal_env(
+        &["deploy", "billing", "2", "--allow-breaking-contract"],
+        &[("SEAL_TOKEN", token["token"].as_str().unwrap())],
+    );
+    out.assert_fails_with("admin");
+    let d = s.seal_json(&["deploy", "billing", "2", "--allow-breaking-contract"]);
+    assert_eq!(d["contracts"]["breaking"], true, "{d}");
+    assert_eq!(d["contracts"]["from_version"], 1, "{d}");
+    let audit = s.api_get("/v1/audit?limit=5").await;
+    assert!(
+        audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "breaking-contract" && e["outcome"] == "approved"),
+        "{audit}"
+    );
+    // Outside production the diff is shown and the deploy goes on.
+    s.seal_json(&["env", "create", "staging"]);
+    s.seal_json(&["deploy", "billing", "2", "-e", "staging"]);
+    let d = s.seal_json(&["deploy", "billing", "1", "-e", "staging"]);
+    assert_eq!(d["contracts"]["breaking"], false, "{d}");
+
+    // Replay: production's dead letter and a saved batch, once each, to
+    // billing@1 in staging; the outcome of each, a non-zero exit when one
+    // failed, and the dead letter stays where it was.
+    let batch = dir.path().join("batch.json");
+    std::fs::write(
+        &batch,
+        r#"[{"specversion": "1.0", "id": "replay-1", "source": "/saved", "type": "order.created",
+             "datacontenttype": "application/json", "data": {"total": 3}},
+            {"specversion": "1.0", "id": "replay-2", "source": "/saved", "type": "order.created",
+             "subject": "status-500", "datacontenttype": "application/json", "data": {"total": 4}}]"#,
+    )
+    .unwrap();
+    let out = s.seal(&[
+        "events",
+        "replay",
+        "billing",
+        "--to",
+        "1",
+        "-e",
+        "staging",
+        "--file",
+        batch.to_str().unwrap(),
+        "--output",
+        "json",
+    ]);
+    out.assert_fails_with("1 of 2 events failed on billing@1 in staging");
+    let answer: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(answer["succeeded"], 1, "{answer}");
+    assert_eq!(answer["results"][0]["status"], 200, "{answer}");
+    assert_eq!(answer["results"][1]["status"], 500, "{answer}");
+    assert_eq!(answer["results"][1]["outcome"], "retryable", "{answer}");
+    assert!(s.log().contains("event: replay-1"), "{}", s.log());
+    let out = s.seal(&[
+        "events", "replay", "billing", "--to", "1", "-e", "staging", "--dlq", "--output", "json",
+    ]);
+    out.assert_fails_with("failed");
+    let answer: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(answer["results"].as_array().unwrap().len(), 1, "{answer}");
+    assert_eq!(answer["results"][0]["ce_id"], "breaks-1", "{answer}");
+    assert_eq!(answer["results"][0]["error_kind"], "schema", "{answer}");
+    assert_eq!(
+        s.seal_json(&["dlq", "list", "--queue", "orders"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    // Never in production, never to a version off the route, never both
+    // sources at once.
+    s.seal(&["events", "replay", "billing", "--to", "2", "--dlq"])
+        .assert_fails_with("production is protected");
+    s.seal(&[
+        "events", "replay", "billing", "--to", "2", "-e", "staging", "--dlq",
+    ])
+    .assert_fails_with("not in the route");
+    let (status, body) = s
+        .api_post(
+            "/v1/functions/billing/replay",
+            json!({"environment": "staging", "version": 1, "dead_letters": {}, "events": [{}]}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = s
+        .api_post(
+            "/v1/functions/billing/replay",
+            json!({"environment": "staging", "version": 1, "events": [{"id": "x"}]}),
+        )
+        .await;
+    assert_eq!(status, 400, "malformed event: {body}");
+    let audit = s.api_get("/v1/audit?limit=5").await;
+    assert!(
+        audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "events-replay" && e["object"] == "staging/billing"),
+        "{audit}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_chain_keeps_one_correlation_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    // shop publishes to orders (a capability, approved like a host);
+    // billing consumes orders and forwards to receipts; mail consumes
+    // receipts.
+    let shop = project(
+        dir.path(),
+        "shop",
+        "[capabilities]\nqueues = [\"orders\", \"audit\"]\n[events.produces.\"order.created\"]\nschema = \"order.json\"\n",
+        &[("order.json", ORDER_V1)],
+    );
+    s.seal_json(&["publish", &shop, "--no-build"]);
+    let out = s.seal(&["deploy", "shop", "1"]);
+    out.assert_fails_with("queue orders");
+    s.seal_json(&["deploy", "shop", "1", "--allow-new-permissions"]);
+    let billing = project(
+        dir.path(),
+        "billing",
+        "[capabilities]\nqueues = [\"receipts\"]\n",
+        &[],
+    );
+    s.seal_json(&["publish", &billing, "--no-build"]);
+    s.seal_json(&["deploy", "billing", "1", "--allow-new-permissions"]);
+    assert_eq!(publish_file(&s, &guest("events"), "mail", &[]).0, 1);
+    s.seal_json(&["deploy", "mail", "1"]);
+    for (queue, function) in [("orders", "billing"), ("receipts", "mail")] {
+        s.seal_json(&["queue", "create", queue]);
+        s.seal_json(&[
+            "trigger",
+            "create",
+            "queue",
+            "--function",
+            function,
+            "--queue",
+            queue,
+        ]);
+    }
+
+    // One HTTP request to shop: its event reaches billing, whose event
+    // reaches mail, all under the caller's request id.
+    let emit = |path: &str, body: &'static str, request_id: &str| {
+        s.http
+            .post(format!("{}/shop{path}", s.gateway))
+            .header("x-request-id", request_id.to_owned())
+            .body(body)
+            .send()
+    };
+    let r = emit(
+        "/emit/orders?type=order.created&id=o-1&subject=emit-receipts",
+        r#"{"total": 5}"#,
+        "journey-7",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 202);
+    let answer: Value = r.json().await.unwrap();
+    let id = answer["events"][0]["id"].as_u64().unwrap();
+    let start = Instant::now();
+    while !s.log().lines().any(|l| {
+        l.contains("event: fwd-o-1 type=order.forwarded") && l.contains("request=journey-7")
+    }) {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "mail never got it: {}",
+            s.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let e = settled(&s, id, Duration::from_secs(20)).await;
+    assert_eq!(e["deliveries"][0]["state"], "done", "{e:#}");
+    // Stamped by the platform: who published it, under which id.
+    assert_eq!(e["event"]["sealversion"], "shop@1", "{e:#}");
+    assert_eq!(e["event"]["sealcorrelation"], "journey-7", "{e:#}");
+    assert!(
+        e["event"]["sealdigest"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:"),
+        "{e:#}"
+    );
+    assert!(s.log().contains("event: o-1 type=order.created"));
+    assert!(s.log().contains("request=journey-7"));
+
+    // `seal logs --correlation` follows the journey through all three.
+    let lines = s.seal(&["logs", "--correlation", "journey-7", "--output", "json"]);
+    assert!(lines.ok, "{}", lines.stderr);
+    let functions: std::collections::BTreeSet<String> = lines
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .inspect(|v| assert_eq!(v["request_id"], "journey-7", "{v}"))
+        .map(|v| v["function"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        functions,
+        ["billing", "mail", "shop"].map(str::to_owned).into(),
+        "{}",
+        lines.stdout
+    );
+    let r = s
+        .http
+        .get(format!("{}/v1/logs", s.api))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 400, "bad_request").await;
+
+    // A queue the manifest does not list: denied inside the guest, as an
+    // unlisted host is; nothing is enqueued.
+    s.seal_json(&["queue", "create", "refunds"]);
+    let r = emit("/emit/refunds?id=r-1", r#"{"total": 5}"#, "j-2")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    assert!(r.text().await.unwrap().contains("HttpRequestDenied"));
+    // An event that breaks the produced contract is refused to the
+    // function with the reason; a listed queue that does not exist is a
+    // 404; nothing is enqueued by either.
+    let r = emit(
+        "/emit/orders?type=order.created&id=o-2",
+        r#"{"total": "x"}"#,
+        "j-3",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("shop@1"),
+        "{body}"
+    );
+    let r = emit("/emit/orders?id=o-3", "not json at all", "j-4")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "malformed data for a declared type");
+    let r = emit(
+        "/emit/audit?type=order.created&id=o-4",
+        r#"{"total": 1}"#,
+        "j-5",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 404);
+    // Only o-1 and billing's forward of it were ever enqueued.
+    let r = s
+        .http
+        .get(format!("{}/v1/events/{}", s.api, id + 2))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 404, "not_found").await;
+    // A producer outside Seal cannot pass for a function.
+    let r = s
+        .http
+        .post(format!("{}/v1/queues/production/orders/events", s.api))
+        .header("ce-specversion", "1.0")
+        .header("ce-id", "forged-1")
+        .header("ce-source", "/outside")
+        .header("ce-type", "order.created")
+        .header("ce-sealversion", "shop@1")
+        .header("ce-sealcorrelation", "journey-7")
+        .header("content-type", "application/json")
+        .body(r#"{"total": 1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let v: Value = r.json().await.unwrap();
+    let e = s
+        .api_get(&format!("/v1/events/{}", v["events"][0]["id"]))
+        .await;
+    assert!(e["event"].get("sealversion").is_none(), "{e:#}");
+    assert!(e["event"].get("sealcorrelation").is_none(), "{e:#}");
+    // The gateway kept serving throughout.
+    assert_eq!(s.get("/mail/").await.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_that_lets_its_queue_back_up_is_rolled_back_by_the_queue_gate() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    billing(&s);
+    assert_eq!(
+        publish_file(&s, &guest("events"), "billing", &["--memory", "96MiB"]).0,
+        2
+    );
+    s.seal_json(&[
+        "trigger",
+        "create",
+        "queue",
+        "--function",
+        "billing",
+        "--queue",
+        "orders",
+        "--max-in-flight",
+        "1",
+    ]);
+    // One event at a time, each taking 700 ms: the queue backs up.
+    let out = s.seal(&[
+        "deploy",
+        "billing",
+        "2",
+        "--strategy",
+        "canary",
+        "--steps",
+        "50",
+        "--interval",
+        "60s",
+        "--max-queue-age",
+        "1s",
+        "--output",
+        "json",
+    ]);
+    assert!(out.ok, "{}", out.stderr);
+    let d: Value = serde_json::from_str(&out.stdout).unwrap();
+    let deployment = d["deployment"]["id"].as_u64().unwrap();
+    for i in 0..6 {
+        let (status, _) = send_binary(&s, "orders", &format!("slow-{i}"), Some("sleep-700")).await;
+        assert_eq!(status, 202);
+    }
+    let started = Instant::now();
+    let d = loop {
+        let d = s.api_get(&format!("/v1/deployments/{deployment}")).await;
+        if d["deployment"]["state"] != "progressing" {
+            break d;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "still progressing: {d:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(d["deployment"]["state"], "rolled_back", "{d:#}");
+    let gate = d["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "gate")
+        .unwrap()
+        .clone();
+    let failed = gate["detail"]["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["verdict"] == "fail")
+        .unwrap()
+        .clone();
+    assert_eq!(failed["gate"], "queue_age", "{gate:#}");
+    assert!(
+        failed["detail"]
+            .as_str()
+            .unwrap()
+            .contains("billing-orders"),
+        "{failed:#}"
+    );
+    let status = s.seal_json(&["status", "billing"]);
+    assert_eq!(status["routes"][0]["versions"][0]["version"], 1, "{status}");
+}
