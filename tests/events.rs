@@ -12,19 +12,8 @@ use support::{Server, assert_error, guest, metric, publish_file};
 
 /// POSTs a binary-mode CloudEvent; returns status and body.
 async fn send_binary(s: &Server, queue: &str, id: &str, subject: Option<&str>) -> (u16, Value) {
-    let mut req = s
-        .http
-        .post(format!("{}/v1/queues/production/{queue}/events", s.api))
-        .header("ce-specversion", "1.0")
-        .header("ce-id", id)
-        .header("ce-source", "/shop")
-        .header("ce-type", "order.created")
-        .header("content-type", "application/json")
-        .body(r#"{"total": 12}"#);
-    if let Some(sub) = subject {
-        req = req.header("ce-subject", sub);
-    }
-    let r = req.send().await.unwrap();
+    let subject: Vec<(&str, &str)> = subject.map(|v| ("ce-subject", v)).into_iter().collect();
+    let r = post_event(s, queue, id, r#"{"total": 12}"#, &subject).await;
     let status = r.status().as_u16();
     (status, r.json().await.unwrap_or(Value::Null))
 }
@@ -51,6 +40,66 @@ async fn settled(s: &Server, id: u64, limit: Duration) -> Value {
     }
 }
 
+/// A queue subscription: `seal trigger create queue` with `extra` flags.
+fn subscribe(s: &Server, function: &str, queue: &str, extra: &[&str]) -> Value {
+    let mut args = vec![
+        "trigger",
+        "create",
+        "queue",
+        "--function",
+        function,
+        "--queue",
+        queue,
+    ];
+    args.extend(extra);
+    s.seal_json(&args)
+}
+
+/// POSTs a binary-mode `order.created` event with `data`, and any other
+/// headers, to a queue of production through the API.
+async fn post_event(
+    s: &Server,
+    queue: &str,
+    id: &str,
+    data: &str,
+    headers: &[(&str, &str)],
+) -> reqwest::Response {
+    let mut req = s
+        .http
+        .post(format!("{}/v1/queues/production/{queue}/events", s.api))
+        .header("ce-specversion", "1.0")
+        .header("ce-id", id)
+        .header("ce-source", "/shop")
+        .header("ce-type", "order.created")
+        .header("content-type", "application/json")
+        .body(data.to_owned());
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.send().await.unwrap()
+}
+
+/// A request to the `shop` function (the events guest as a producer),
+/// under a caller's request id.
+async fn emit(s: &Server, path: &str, body: &'static str, request_id: &str) -> reqwest::Response {
+    s.http
+        .post(format!("{}/shop{path}", s.gateway))
+        .header("x-request-id", request_id.to_owned())
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Asserts one of the latest audit entries matches.
+async fn assert_audited(s: &Server, matches: impl Fn(&Value) -> bool) {
+    let audit = s.api_get("/v1/audit?limit=5").await;
+    assert!(
+        audit["entries"].as_array().unwrap().iter().any(matches),
+        "{audit}"
+    );
+}
+
 fn billing(s: &Server) {
     assert_eq!(publish_file(s, &guest("events"), "billing", &[]).0, 1);
     s.seal_json(&["deploy", "billing", "1"]);
@@ -62,19 +111,12 @@ async fn events_are_delivered_retried_dead_lettered_and_redriven() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(dir.path());
     billing(&s);
-    let t = s.seal_json(&[
-        "trigger",
-        "create",
-        "queue",
-        "--function",
+    let t = subscribe(
+        &s,
         "billing",
-        "--queue",
         "orders",
-        "--max-attempts",
-        "3",
-        "--backoff",
-        "20ms..50ms",
-    ]);
+        &["--max-attempts", "3", "--backoff", "20ms..50ms"],
+    );
     assert_eq!(t["name"], "billing-orders");
     assert_eq!(t["kind"], "queue");
     assert_eq!(t["max_attempts"], 3);
@@ -452,15 +494,7 @@ async fn bad_events_and_bindings_are_refused_with_the_reason() {
     let (status, _) = s.api_post("/v1/queues", json!({"name": "Bad_Name"})).await;
     assert_eq!(status, 400);
     // A queue read by a trigger is not deleted.
-    s.seal_json(&[
-        "trigger",
-        "create",
-        "queue",
-        "--function",
-        "billing",
-        "--queue",
-        "orders",
-    ]);
+    subscribe(&s, "billing", "orders", &[]);
     s.seal(&["queue", "delete", "orders"])
         .assert_fails_with("delete them first");
     // Nothing above stopped the server.
@@ -476,28 +510,13 @@ async fn a_trapping_consumer_dead_letters_and_others_keep_flowing() {
     billing(&s);
     assert_eq!(publish_file(&s, &guest("trap"), "broken", &[]).0, 1);
     s.seal_json(&["deploy", "broken", "1"]);
-    s.seal_json(&[
-        "trigger",
-        "create",
-        "queue",
-        "--function",
+    subscribe(
+        &s,
         "broken",
-        "--queue",
         "orders",
-        "--max-attempts",
-        "2",
-        "--backoff",
-        "10ms..20ms",
-    ]);
-    s.seal_json(&[
-        "trigger",
-        "create",
-        "queue",
-        "--function",
-        "billing",
-        "--queue",
-        "orders",
-    ]);
+        &["--max-attempts", "2", "--backoff", "10ms..20ms"],
+    );
+    subscribe(&s, "billing", "orders", &[]);
     let mut ids = Vec::new();
     for i in 0..20 {
         let (status, v) = send_binary(&s, "orders", &format!("e{i}"), None).await;
@@ -600,19 +619,12 @@ async fn a_canary_failing_events_is_rolled_back_by_its_event_traffic() {
     let s = Server::start(dir.path());
     billing(&s);
     assert_eq!(publish_file(&s, &guest("fail"), "billing", &[]).0, 2);
-    s.seal_json(&[
-        "trigger",
-        "create",
-        "queue",
-        "--function",
+    subscribe(
+        &s,
         "billing",
-        "--queue",
         "orders",
-        "--max-attempts",
-        "10",
-        "--backoff",
-        "50ms..200ms",
-    ]);
+        &["--max-attempts", "10", "--backoff", "50ms..200ms"],
+    );
     let (status, v) = s.api_post("/v1/functions/billing/deploy",
         json!({"version": 2, "rollout": {"strategy": "canary", "steps": [50], "interval_ms": 60000,
                "gates": {"max_error_rate": 0.05, "min_requests": 20}}}),
@@ -680,17 +692,7 @@ async fn no_event_is_lost_when_the_server_is_killed_during_delivery() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = Server::start(dir.path());
     billing(&s);
-    s.seal_json(&[
-        "trigger",
-        "create",
-        "queue",
-        "--function",
-        "billing",
-        "--queue",
-        "orders",
-        "--max-in-flight",
-        "16",
-    ]);
+    subscribe(&s, "billing", "orders", &["--max-in-flight", "16"]);
     let url = format!("{}/v1/queues/production/orders/events", s.api);
     let mut ids = Vec::new();
     for batch in 0..10 {
@@ -836,15 +838,7 @@ async fn producers_post_events_to_the_gateway_with_a_publisher_token() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(dir.path());
     billing(&s);
-    s.seal_json(&[
-        "trigger",
-        "create",
-        "queue",
-        "--function",
-        "billing",
-        "--queue",
-        "orders",
-    ]);
+    subscribe(&s, "billing", "orders", &[]);
     let token = s.seal_json(&[
         "token",
         "create",
@@ -970,15 +964,7 @@ async fn event_contracts_refuse_bad_schemas_bad_events_and_breaking_deploys() {
     assert_eq!(v1["version"], 1, "{v1}");
     s.seal_json(&["deploy", "billing", "1"]);
     s.seal_json(&["queue", "create", "orders"]);
-    s.seal_json(&[
-        "trigger",
-        "create",
-        "queue",
-        "--function",
-        "billing",
-        "--queue",
-        "orders",
-    ]);
+    subscribe(&s, "billing", "orders", &[]);
 
     // An event that keeps the contract is delivered; one that breaks it is
     // dead-lettered with reason `schema` and never reaches the function.
@@ -991,18 +977,7 @@ async fn event_contracts_refuse_bad_schemas_bad_events_and_breaking_deploys() {
     )
     .await;
     assert_eq!(ok["deliveries"][0]["state"], "done", "{ok:#}");
-    let r = s
-        .http
-        .post(format!("{}/v1/queues/production/orders/events", s.api))
-        .header("ce-specversion", "1.0")
-        .header("ce-id", "breaks-1")
-        .header("ce-source", "/shop")
-        .header("ce-type", "order.created")
-        .header("content-type", "application/json")
-        .body(r#"{"total": "twelve"}"#)
-        .send()
-        .await
-        .unwrap();
+    let r = post_event(&s, "orders", "breaks-1", r#"{"total": "twelve"}"#, &[]).await;
     assert_eq!(r.status(), 202);
     let v: Value = r.json().await.unwrap();
     let bad = settled(
@@ -1042,15 +1017,12 @@ async fn event_contracts_refuse_bad_schemas_bad_events_and_breaking_deploys() {
     );
     let status = s.seal_json(&["status", "billing"]);
     assert_eq!(status["routes"][0]["versions"][0]["version"], 1);
-    let audit = s.api_get("/v1/audit?limit=5").await;
-    assert!(
-        audit["entries"].as_array().unwrap().iter().any(|e| {
-            e["action"] == "breaking-contract"
-                && e["outcome"] == "refused"
-                && e["detail"]["contracts"]["breaking"] == true
-        }),
-        "{audit}"
-    );
+    assert_audited(&s, |e| {
+        e["action"] == "breaking-contract"
+            && e["outcome"] == "refused"
+            && e["detail"]["contracts"]["breaking"] == true
+    })
+    .await;
     // A deployer cannot approve it; an admin can, and that is audited.
     let token = s.seal_json(&["token", "create", "--role", "deployer"]);
     let out = s.seal_env(
@@ -1061,15 +1033,10 @@ async fn event_contracts_refuse_bad_schemas_bad_events_and_breaking_deploys() {
     let d = s.seal_json(&["deploy", "billing", "2", "--allow-breaking-contract"]);
     assert_eq!(d["contracts"]["breaking"], true, "{d}");
     assert_eq!(d["contracts"]["from_version"], 1, "{d}");
-    let audit = s.api_get("/v1/audit?limit=5").await;
-    assert!(
-        audit["entries"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["action"] == "breaking-contract" && e["outcome"] == "approved"),
-        "{audit}"
-    );
+    assert_audited(&s, |e| {
+        e["action"] == "breaking-contract" && e["outcome"] == "approved"
+    })
+    .await;
     // Outside production the diff is shown and the deploy goes on.
     s.seal_json(&["env", "create", "staging"]);
     s.seal_json(&["deploy", "billing", "2", "-e", "staging"]);
@@ -1145,15 +1112,10 @@ async fn event_contracts_refuse_bad_schemas_bad_events_and_breaking_deploys() {
         )
         .await;
     assert_eq!(status, 400, "malformed event: {body}");
-    let audit = s.api_get("/v1/audit?limit=5").await;
-    assert!(
-        audit["entries"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["action"] == "events-replay" && e["object"] == "staging/billing"),
-        "{audit}"
-    );
+    assert_audited(&s, |e| {
+        e["action"] == "events-replay" && e["object"] == "staging/billing"
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1185,33 +1147,18 @@ async fn a_function_chain_keeps_one_correlation_id() {
     s.seal_json(&["deploy", "mail", "1"]);
     for (queue, function) in [("orders", "billing"), ("receipts", "mail")] {
         s.seal_json(&["queue", "create", queue]);
-        s.seal_json(&[
-            "trigger",
-            "create",
-            "queue",
-            "--function",
-            function,
-            "--queue",
-            queue,
-        ]);
+        subscribe(&s, function, queue, &[]);
     }
 
     // One HTTP request to shop: its event reaches billing, whose event
     // reaches mail, all under the caller's request id.
-    let emit = |path: &str, body: &'static str, request_id: &str| {
-        s.http
-            .post(format!("{}/shop{path}", s.gateway))
-            .header("x-request-id", request_id.to_owned())
-            .body(body)
-            .send()
-    };
     let r = emit(
+        &s,
         "/emit/orders?type=order.created&id=o-1&subject=emit-receipts",
         r#"{"total": 5}"#,
         "journey-7",
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(r.status(), 202);
     let answer: Value = r.json().await.unwrap();
     let id = answer["events"][0]["id"].as_u64().unwrap();
@@ -1268,21 +1215,19 @@ async fn a_function_chain_keeps_one_correlation_id() {
     // A queue the manifest does not list: denied inside the guest, as an
     // unlisted host is; nothing is enqueued.
     s.seal_json(&["queue", "create", "refunds"]);
-    let r = emit("/emit/refunds?id=r-1", r#"{"total": 5}"#, "j-2")
-        .await
-        .unwrap();
+    let r = emit(&s, "/emit/refunds?id=r-1", r#"{"total": 5}"#, "j-2").await;
     assert_eq!(r.status(), 502);
     assert!(r.text().await.unwrap().contains("HttpRequestDenied"));
     // An event that breaks the produced contract is refused to the
     // function with the reason; a listed queue that does not exist is a
     // 404; nothing is enqueued by either.
     let r = emit(
+        &s,
         "/emit/orders?type=order.created&id=o-2",
         r#"{"total": "x"}"#,
         "j-3",
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(r.status(), 400);
     let body: Value = r.json().await.unwrap();
     assert!(
@@ -1292,17 +1237,15 @@ async fn a_function_chain_keeps_one_correlation_id() {
             .contains("shop@1"),
         "{body}"
     );
-    let r = emit("/emit/orders?id=o-3", "not json at all", "j-4")
-        .await
-        .unwrap();
+    let r = emit(&s, "/emit/orders?id=o-3", "not json at all", "j-4").await;
     assert_eq!(r.status(), 400, "malformed data for a declared type");
     let r = emit(
+        &s,
         "/emit/audit?type=order.created&id=o-4",
         r#"{"total": 1}"#,
         "j-5",
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(r.status(), 404);
     // Only o-1 and billing's forward of it were ever enqueued.
     let r = s
@@ -1313,20 +1256,17 @@ async fn a_function_chain_keeps_one_correlation_id() {
         .unwrap();
     assert_error(r, 404, "not_found").await;
     // A producer outside Seal cannot pass for a function.
-    let r = s
-        .http
-        .post(format!("{}/v1/queues/production/orders/events", s.api))
-        .header("ce-specversion", "1.0")
-        .header("ce-id", "forged-1")
-        .header("ce-source", "/outside")
-        .header("ce-type", "order.created")
-        .header("ce-sealversion", "shop@1")
-        .header("ce-sealcorrelation", "journey-7")
-        .header("content-type", "application/json")
-        .body(r#"{"total": 1}"#)
-        .send()
-        .await
-        .unwrap();
+    let r = post_event(
+        &s,
+        "orders",
+        "forged-1",
+        r#"{"total": 1}"#,
+        &[
+            ("ce-sealversion", "shop@1"),
+            ("ce-sealcorrelation", "journey-7"),
+        ],
+    )
+    .await;
     assert_eq!(r.status(), 202);
     let v: Value = r.json().await.unwrap();
     let e = s
@@ -1347,33 +1287,13 @@ async fn a_canary_that_lets_its_queue_back_up_is_rolled_back_by_the_queue_gate()
         publish_file(&s, &guest("events"), "billing", &["--memory", "96MiB"]).0,
         2
     );
-    s.seal_json(&[
-        "trigger",
-        "create",
-        "queue",
-        "--function",
-        "billing",
-        "--queue",
-        "orders",
-        "--max-in-flight",
-        "1",
-    ]);
+    subscribe(&s, "billing", "orders", &["--max-in-flight", "1"]);
     // One event at a time, each taking 700 ms: the queue backs up.
-    let out = s.seal(&[
-        "deploy",
-        "billing",
-        "2",
-        "--strategy",
-        "canary",
-        "--steps",
-        "50",
-        "--interval",
-        "60s",
-        "--max-queue-age",
-        "1s",
-        "--output",
-        "json",
-    ]);
+    let out = s.seal(
+        &"deploy billing 2 --strategy canary --steps 50 --interval 60s --max-queue-age 1s --output json"
+            .split(' ')
+            .collect::<Vec<_>>(),
+    );
     assert!(out.ok, "{}", out.stderr);
     let d: Value = serde_json::from_str(&out.stdout).unwrap();
     let deployment = d["deployment"]["id"].as_u64().unwrap();
