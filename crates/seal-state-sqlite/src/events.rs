@@ -301,7 +301,7 @@ impl SqliteStore {
             "SELECT * FROM queues WHERE $1 IS NULL OR environment = $1 ORDER BY environment, name",
         )
         .bind(environment)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await?;
         Ok(rows.into_iter().map(Into::into).collect())
     }
@@ -311,7 +311,7 @@ impl SqliteStore {
             sqlx::query_as("SELECT * FROM queues WHERE environment = $1 AND name = $2")
                 .bind(environment)
                 .bind(name)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.read)
                 .await?;
         Ok(row.map(Into::into))
     }
@@ -409,7 +409,7 @@ impl SqliteStore {
         let rows: Vec<TriggerRow> = sqlx::query_as(
             "SELECT name, environment, function, spec, created_at, created_by FROM triggers ORDER BY name",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await?;
         rows.into_iter().map(TryInto::try_into).collect()
     }
@@ -419,7 +419,7 @@ impl SqliteStore {
             "SELECT name, environment, function, spec, created_at, created_by FROM triggers WHERE name = $1",
         )
         .bind(name)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.read)
         .await?;
         row.map(TryInto::try_into).transpose()
     }
@@ -500,14 +500,18 @@ impl SqliteStore {
             .bind(i64::from(limit))
             .fetch_all(&mut *tx)
             .await?;
-            for r in &rows {
-                sqlx::query(
-                    "UPDATE deliveries SET state = 'running', lease_until = $2 WHERE id = $1",
-                )
-                .bind(r.id)
-                .bind(lease_until)
-                .execute(&mut *tx)
-                .await?;
+            // One statement for the whole claim.
+            if !rows.is_empty() {
+                let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                    "UPDATE deliveries SET state = 'running', lease_until = ",
+                );
+                q.push_bind(lease_until).push(" WHERE id IN (");
+                let mut ids = q.separated(", ");
+                for r in &rows {
+                    ids.push_bind(r.id);
+                }
+                ids.push_unseparated(")");
+                q.build().execute(&mut *tx).await?;
             }
             rows
         });
@@ -536,7 +540,7 @@ impl SqliteStore {
              FROM deliveries WHERE trigger = $1 AND state IN ('pending', 'running')",
         )
         .bind(trigger)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.read)
         .await?)
     }
 
@@ -571,7 +575,7 @@ impl SqliteStore {
              WHERE d.state IN ('pending', 'running') \
              GROUP BY e.environment, e.queue, d.trigger, d.function",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await?;
         Ok(rows
             .into_iter()
@@ -623,7 +627,7 @@ impl SqliteStore {
                  FROM events WHERE id = $1",
         )
         .bind(id as i64)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.read)
         .await?;
         let Some(EventRow {
             id,
@@ -643,7 +647,7 @@ impl SqliteStore {
              FROM deliveries WHERE event_id = $1 ORDER BY id",
         )
         .bind(id)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await?;
         let mut out = Vec::with_capacity(deliveries.len());
         for d in deliveries {
@@ -654,7 +658,7 @@ impl SqliteStore {
                  FROM attempts WHERE delivery_id = $1 ORDER BY attempt",
             )
             .bind(did)
-            .fetch_all(&self.pool)
+            .fetch_all(&self.read)
             .await?;
             rec.history = attempts.into_iter().map(Into::into).collect();
             out.push(rec);
@@ -683,7 +687,7 @@ impl SqliteStore {
         ))
         .bind(environment)
         .bind(queue)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await?;
         Ok(rows.into_iter().map(Into::into).collect())
     }
@@ -691,7 +695,7 @@ impl SqliteStore {
     pub async fn dead_letter(&self, id: u64) -> Result<Option<DeadLetter>> {
         let row: Option<DeadRow> = sqlx::query_as(&format!("{DEAD_SELECT} AND d.id = $1"))
             .bind(id as i64)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.read)
             .await?;
         Ok(row.map(Into::into))
     }
@@ -817,7 +821,7 @@ impl SqliteStore {
         )
         .bind(trigger)
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await?;
         Ok(rows.into_iter().map(Into::into).collect())
     }
@@ -826,7 +830,7 @@ impl SqliteStore {
         let t: Option<Option<i64>> =
             sqlx::query_scalar("SELECT last_tick FROM triggers WHERE name = $1")
                 .bind(trigger)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.read)
                 .await?;
         Ok(t.flatten())
     }

@@ -4,8 +4,11 @@
 //!
 //! The SQL is kept to what PostgreSQL also runs (BIGINT unix-millisecond
 //! times, TEXT JSON, no `AUTOINCREMENT`). Ids are `MAX(id) + 1`, which is
-//! safe here only because the pool has one connection (one writer); the
-//! PostgreSQL backend uses identity columns instead.
+//! safe here only because every write goes through one connection (one
+//! writer); the PostgreSQL backend uses identity columns instead. Plain
+//! reads go through a small pool of read-only connections beside it (WAL
+//! lets them read while the writer commits), so a token lookup or a
+//! backlog read never waits behind a commit.
 
 use seal_state::{
     AUDIT_GENESIS, AuditRecord, AuditVerification, BrokenLink, Budget, DeploymentEvent,
@@ -167,8 +170,15 @@ impl TryFrom<DeploymentRow> for DeploymentRecord {
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
+    /// The one writer: every transaction and every write.
     pool: SqlitePool,
+    /// Read-only connections for reads outside a transaction. A write
+    /// has committed before it returns, so a read that follows it sees it.
+    read: SqlitePool,
 }
+
+/// Read-only connections beside the writer.
+const READERS: u32 = 2;
 
 impl SqliteStore {
     /// Opens (creating if needed) the SQLite database at `path` and runs migrations.
@@ -180,9 +190,9 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(std::time::Duration::from_secs(10));
-        // One connection: the control plane is low-volume, and a single writer
-        // makes `MAX(id) + 1` allocation and read-modify-write transactions
-        // trivially serial. The data plane never touches the database.
+        // One writer connection: a single writer makes `MAX(id) + 1`
+        // allocation and read-modify-write transactions trivially serial.
+        // The HTTP data plane never touches the database.
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(options)
@@ -198,7 +208,16 @@ impl SqliteStore {
         .map(|n| n > 0)
         .unwrap_or(false);
         sqlx::migrate!("./migrations").run(&pool).await?;
-        let store = Self { pool };
+        let read = SqlitePoolOptions::new()
+            .max_connections(READERS)
+            .connect_with(
+                SqliteConnectOptions::new()
+                    .filename(path)
+                    .read_only(true)
+                    .busy_timeout(std::time::Duration::from_secs(10)),
+            )
+            .await?;
+        let store = Self { pool, read };
         if !had_chain {
             store.chain_unhashed_audit().await?;
         }
@@ -208,7 +227,7 @@ impl SqliteStore {
     pub async fn version_by_digest(&self, digest: &str) -> Result<Option<VersionRecord>> {
         sqlx::query_as::<_, VersionRow>("SELECT * FROM versions WHERE digest = $1")
             .bind(digest)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.read)
             .await?
             .map(TryInto::try_into)
             .transpose()
@@ -220,7 +239,7 @@ impl SqliteStore {
         )
         .bind(function)
         .bind(number as i64)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.read)
         .await?
         .map(TryInto::try_into)
         .transpose()
@@ -231,7 +250,7 @@ impl SqliteStore {
             "SELECT * FROM versions WHERE function = $1 ORDER BY number",
         )
         .bind(function)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await?
         .into_iter()
         .map(TryInto::try_into)
@@ -240,7 +259,7 @@ impl SqliteStore {
 
     pub async fn all_versions(&self) -> Result<Vec<VersionRecord>> {
         sqlx::query_as::<_, VersionRow>("SELECT * FROM versions ORDER BY function, number")
-            .fetch_all(&self.pool)
+            .fetch_all(&self.read)
             .await?
             .into_iter()
             .map(TryInto::try_into)
@@ -250,7 +269,7 @@ impl SqliteStore {
     pub async fn function_exists(&self, name: &str) -> Result<bool> {
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM functions WHERE name = $1")
             .bind(name)
-            .fetch_one(&self.pool)
+            .fetch_one(&self.read)
             .await?;
         Ok(n > 0)
     }
@@ -258,7 +277,7 @@ impl SqliteStore {
     pub async fn functions(&self) -> Result<Vec<String>> {
         Ok(
             sqlx::query_scalar("SELECT name FROM functions ORDER BY name")
-                .fetch_all(&self.pool)
+                .fetch_all(&self.read)
                 .await?,
         )
     }
@@ -336,7 +355,7 @@ impl SqliteStore {
     pub async fn environment_exists(&self, name: &str) -> Result<bool> {
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM environments WHERE name = $1")
             .bind(name)
-            .fetch_one(&self.pool)
+            .fetch_one(&self.read)
             .await?;
         Ok(n > 0)
     }
@@ -374,7 +393,7 @@ impl SqliteStore {
     pub async fn environments(&self) -> Result<Vec<String>> {
         Ok(
             sqlx::query_scalar("SELECT name FROM environments ORDER BY name")
-                .fetch_all(&self.pool)
+                .fetch_all(&self.read)
                 .await?,
         )
     }
@@ -424,14 +443,14 @@ impl SqliteStore {
         let rows: Vec<(String, i64)> = sqlx::query_as(
             "SELECT name, protected FROM environments WHERE protected IS NOT NULL ORDER BY name",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await?;
         Ok(rows.into_iter().map(|(n, p)| (n, p != 0)).collect())
     }
 
     pub async fn routes(&self) -> Result<Vec<RouteRecord>> {
         sqlx::query_as::<_, RouteRow>("SELECT * FROM routes ORDER BY environment, function")
-            .fetch_all(&self.pool)
+            .fetch_all(&self.read)
             .await?
             .into_iter()
             .map(TryInto::try_into)
@@ -444,7 +463,7 @@ impl SqliteStore {
         )
         .bind(environment)
         .bind(function)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.read)
         .await?
         .map(TryInto::try_into)
         .transpose()
@@ -695,7 +714,7 @@ impl SqliteStore {
         sqlx::query_as::<_, DeploymentRow>(
             "SELECT * FROM deployments WHERE state IN ('pending', 'progressing', 'paused') ORDER BY id",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await?
         .into_iter()
         .map(TryInto::try_into)
@@ -735,7 +754,7 @@ impl SqliteStore {
         )
         .bind(function)
         .bind(environment)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await?
         .into_iter()
         .map(TryInto::try_into)
@@ -749,7 +768,7 @@ impl SqliteStore {
         let Some(row) =
             sqlx::query_as::<_, DeploymentRow>("SELECT * FROM deployments WHERE id = $1")
                 .bind(id as i64)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.read)
                 .await?
         else {
             return Ok(None);
@@ -758,7 +777,7 @@ impl SqliteStore {
             "SELECT seq, at, kind, detail FROM deployment_events WHERE deployment_id = $1 ORDER BY seq",
         )
         .bind(id as i64)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await?;
         let events = events
             .into_iter()
@@ -786,7 +805,7 @@ impl SqliteStore {
             "SELECT {AUDIT_COLUMNS} FROM audit ORDER BY id DESC LIMIT $1"
         ))
         .bind(limit as i64)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await?;
         Ok(rows
             .into_iter()
@@ -817,7 +836,7 @@ impl SqliteStore {
     pub async fn verify_audit(&self) -> Result<AuditVerification> {
         let rows: Vec<AuditRow> =
             sqlx::query_as(&format!("SELECT {AUDIT_COLUMNS} FROM audit ORDER BY id"))
-                .fetch_all(&self.pool)
+                .fetch_all(&self.read)
                 .await?;
         let mut prev = AUDIT_GENESIS.to_owned();
         let mut entries = 0u64;
@@ -1130,7 +1149,7 @@ impl SqliteStore {
         )
         .bind(function)
         .bind(since_ms - since_ms.rem_euclid(HOUR_MS))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await?;
         Ok(rows
             .into_iter()
@@ -1170,7 +1189,7 @@ impl SqliteStore {
         Ok(
             sqlx::query_as::<_, BudgetRow>("SELECT * FROM budgets WHERE function = $1")
                 .bind(function)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.read)
                 .await?
                 .map(Budget::from),
         )
@@ -1179,7 +1198,7 @@ impl SqliteStore {
     pub async fn budgets(&self) -> Result<Vec<Budget>> {
         Ok(
             sqlx::query_as::<_, BudgetRow>("SELECT * FROM budgets ORDER BY function")
-                .fetch_all(&self.pool)
+                .fetch_all(&self.read)
                 .await?
                 .into_iter()
                 .map(Budget::from)

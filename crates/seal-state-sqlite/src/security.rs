@@ -103,7 +103,7 @@ impl SqliteStore {
              WHERE subject = $1 ORDER BY created_at, referrer",
         )
         .bind(subject)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await?;
         Ok(rows
             .into_iter()
@@ -150,7 +150,7 @@ impl SqliteStore {
     /// How many tokens were ever created (revoked ones included).
     pub async fn token_count(&self) -> Result<u64> {
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tokens")
-            .fetch_one(&self.pool)
+            .fetch_one(&self.read)
             .await?;
         Ok(n as u64)
     }
@@ -217,7 +217,7 @@ impl SqliteStore {
             "SELECT {TOKEN_COLUMNS} FROM tokens WHERE hash = $1"
         ))
         .bind(hash)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.read)
         .await?;
         row.map(TryInto::try_into).transpose()
     }
@@ -227,7 +227,7 @@ impl SqliteStore {
         let rows: Vec<TokenRow> = sqlx::query_as(&format!(
             "SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY created_at, id"
         ))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await?;
         rows.into_iter().map(TryInto::try_into).collect()
     }
@@ -390,7 +390,7 @@ impl SqliteStore {
         )
         .bind(function)
         .bind(environment)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.read)
         .await?;
         let rows: Vec<(String, bool, Vec<u8>, i64)> = sqlx::query_as(
             "SELECT key, secret, value, revision FROM settings \
@@ -398,7 +398,7 @@ impl SqliteStore {
         )
         .bind(function)
         .bind(environment)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await?;
         let rows = rows
             .into_iter()
@@ -417,7 +417,7 @@ impl SqliteStore {
         Ok(sqlx::query_as(
             "SELECT DISTINCT function, environment FROM setting_revisions ORDER BY function, environment",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await?)
     }
 
@@ -436,7 +436,7 @@ impl SqliteStore {
         .bind(function)
         .bind(environment)
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await?;
         Ok(rows
             .into_iter()
@@ -499,7 +499,7 @@ impl SqliteStore {
             "SELECT policy, updated_at, updated_by FROM policies WHERE environment = $1",
         )
         .bind(environment)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.read)
         .await?;
         row.map(|(t, at, by)| {
             serde_json::from_str(&t)
