@@ -491,9 +491,16 @@ impl SqliteStore {
                         e.environment, e.queue, e.ce_id, e.enqueued_at, e.event, \
                         (SELECT COALESCE(MAX(a.attempt), 0) FROM attempts a WHERE a.delivery_id = d.id) AS last_attempt \
                  FROM deliveries d JOIN events e ON e.id = d.event_id \
-                 WHERE d.trigger = $1 AND ((d.state = 'pending' AND d.next_at <= $2) \
-                    OR (d.state = 'running' AND d.lease_until <= $2)) \
-                 ORDER BY d.next_at, d.id LIMIT $3",
+                 WHERE d.id IN ( \
+                    SELECT id FROM (SELECT id FROM deliveries \
+                        WHERE trigger = $1 AND state = 'running' AND lease_until <= $2 \
+                        ORDER BY lease_until LIMIT $3) \
+                    UNION ALL \
+                    SELECT id FROM (SELECT id FROM deliveries \
+                        WHERE trigger = $1 AND state = 'pending' AND next_at <= $2 \
+                        ORDER BY next_at, id LIMIT $3) \
+                    LIMIT $3) \
+                 ORDER BY d.next_at, d.id",
             )
             .bind(&trigger)
             .bind(now)
@@ -536,8 +543,11 @@ impl SqliteStore {
 
     pub async fn next_due(&self, trigger: &str) -> Result<Option<i64>> {
         Ok(sqlx::query_scalar(
-            "SELECT MIN(CASE WHEN state = 'pending' THEN next_at ELSE lease_until END) \
-             FROM deliveries WHERE trigger = $1 AND state IN ('pending', 'running')",
+            "SELECT MIN(at) FROM ( \
+                SELECT next_at AS at FROM (SELECT next_at FROM deliveries \
+                    WHERE trigger = $1 AND state = 'pending' ORDER BY next_at LIMIT 1) \
+                UNION ALL \
+                SELECT MIN(lease_until) FROM deliveries WHERE trigger = $1 AND state = 'running')",
         )
         .bind(trigger)
         .fetch_one(&self.read)
