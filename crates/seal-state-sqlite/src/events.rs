@@ -27,22 +27,31 @@ macro_rules! relaxed {
         let pool = $pool.clone();
         tokio::spawn(async move {
             let mut conn = pool.acquire().await?;
-            sqlx::query("PRAGMA synchronous = NORMAL")
-                .execute(&mut *conn)
-                .await?;
-            let result: Result<_> = async {
-                let mut $tx = sqlx::Connection::begin(&mut *conn).await?;
-                let out = $body;
-                $tx.commit().await?;
-                Ok(out)
-            }
-            .await;
-            if sqlx::query("PRAGMA synchronous = FULL")
+            // The switch and the BEGIN go in one round trip to the
+            // connection's thread, the end and the switch back in another.
+            if let Err(e) = sqlx::query("PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE")
                 .execute(&mut *conn)
                 .await
-                .is_err()
             {
                 conn.close_on_drop();
+                return Err(Error::from(e));
+            }
+            let result: Result<_> = async {
+                let $tx: &mut sqlx::SqliteConnection = &mut *conn;
+                Ok($body)
+            }
+            .await;
+            let end = if result.is_ok() {
+                "COMMIT; PRAGMA synchronous = FULL"
+            } else {
+                "ROLLBACK; PRAGMA synchronous = FULL"
+            };
+            if let Err(e) = sqlx::query(end).execute(&mut *conn).await {
+                // A failed COMMIT may leave the transaction open and the
+                // connection relaxed: it is not given back.
+                conn.close_on_drop();
+                result?;
+                return Err(Error::from(e));
             }
             result
         })
@@ -557,8 +566,43 @@ impl SqliteStore {
     pub async fn finish_deliveries(&self, done: &[Finished]) -> Result<()> {
         let done = done.to_vec();
         relaxed!(self.pool, tx => {
-            for f in &done {
-                finish_one(&mut tx, f.delivery_id, f.attempt.as_ref(), &f.next, f.at).await?;
+            // The common case, attempts that succeeded, in two statements
+            // for the whole batch; retries and dead letters one by one.
+            let (succeeded, others): (Vec<&Finished>, Vec<&Finished>) = done
+                .iter()
+                .partition(|f| matches!(f.next, NextStep::Done) && f.attempt.is_some());
+            for chunk in succeeded.chunks(256) {
+                let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                    "INSERT INTO attempts (delivery_id, attempt, version, digest, status, outcome, error_kind, started_at, duration_ms) ",
+                );
+                q.push_values(chunk, |mut row, f| {
+                    let a = f.attempt.as_ref().expect("partitioned on an attempt");
+                    row.push_bind(f.delivery_id as i64)
+                        .push_bind(i64::from(a.attempt))
+                        .push_bind(a.version.map(|v| v as i64))
+                        .push_bind(a.digest.clone())
+                        .push_bind(a.status.map(i64::from))
+                        .push_bind(a.outcome.as_str())
+                        .push_bind(a.error_kind.clone())
+                        .push_bind(a.started_at)
+                        .push_bind(a.duration_ms as i64);
+                });
+                q.push(" ON CONFLICT DO NOTHING");
+                q.build().execute(&mut *tx).await?;
+                let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                    "UPDATE deliveries SET state = 'done', attempts = attempts + 1, lease_until = NULL, \
+                     last_error = NULL, last_version = COALESCE(v.column2, last_version), finished_at = v.column3 \
+                     FROM (",
+                );
+                q.push_values(chunk, |mut row, f| {
+                    let version = f.attempt.as_ref().and_then(|a| a.version).map(|v| v as i64);
+                    row.push_bind(f.delivery_id as i64).push_bind(version).push_bind(f.at);
+                });
+                q.push(") AS v WHERE deliveries.id = v.column1");
+                q.build().execute(&mut *tx).await?;
+            }
+            for f in others {
+                finish_one(tx, f.delivery_id, f.attempt.as_ref(), &f.next, f.at).await?;
             }
         });
         Ok(())
