@@ -202,7 +202,17 @@ fn the_state_model_knows_no_sql_driver_and_backends_are_picked_at_the_root() {
         "seal-state depends on {state:?}"
     );
     assert_eq!(dependents(&ws, "seal-state-sqlite"), set(&["seal-server"]));
-    assert_eq!(dependents(&ws, "sqlx"), set(&["seal-state-sqlite"]));
+    assert_eq!(
+        dependents(&ws, "seal-state-postgres"),
+        set(&["seal-server"])
+    );
+    assert_eq!(
+        dependents(&ws, "sqlx"),
+        set(&["seal-state-sqlite", "seal-state-postgres"])
+    );
+    // Backends are siblings: neither knows the other.
+    assert!(!deps(&ws, "seal-state-sqlite").contains("seal-state-postgres"));
+    assert!(!deps(&ws, "seal-state-postgres").contains("seal-state-sqlite"));
 }
 
 /// Source files of a crate (`crates/<name>/src/**.rs`).
@@ -235,6 +245,7 @@ fn only_the_composition_root_names_the_concrete_stores() {
     // (type, the crate that defines it)
     let concrete = [
         ("SqliteStore", "seal-state-sqlite"),
+        ("PostgresStore", "seal-state-postgres"),
         ("OciLayout", "seal-oci"),
         ("Gateway", "seal-gateway"),
         // The control plane loads functions through `seal_runtime::Loader`.

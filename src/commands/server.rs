@@ -15,6 +15,12 @@ pub struct ServerArgs {
     #[arg(long, env = "SEAL_API_LISTEN", default_value = "127.0.0.1:8081")]
     api_listen: SocketAddr,
 
+    /// Where the state lives: a PostgreSQL URL (postgres://user@host/db)
+    /// shared by several nodes; default: the embedded SQLite file in the
+    /// data dir. Every node on one database needs the same SEAL_MASTER_KEY.
+    #[arg(long, env = "SEAL_STATE", value_parser = parse_state, value_name = "URL")]
+    state: Option<String>,
+
     /// Largest blob an upload may send, e.g. 64MiB, 512KiB, 1000000.
     #[arg(long, env = "SEAL_MAX_UPLOAD_SIZE", default_value = "64MiB", value_parser = parse_size)]
     max_upload_size: u64,
@@ -88,6 +94,18 @@ pub struct ServerArgs {
     /// idle keep-alive timeout) before it is closed, e.g. 30s.
     #[arg(long, env = "SEAL_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = parse_header_timeout, value_name = "DURATION")]
     header_read_timeout: std::time::Duration,
+}
+
+/// A `postgres://` or `postgresql://` URL.
+fn parse_state(s: &str) -> Result<String, String> {
+    if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "unsupported state store {:?}: give a PostgreSQL URL (postgres://user@host:5432/db), or leave --state out for the embedded SQLite file",
+            s.split("://").next().unwrap_or(s)
+        ))
+    }
 }
 
 fn parse_header_timeout(s: &str) -> Result<std::time::Duration, String> {
@@ -167,6 +185,11 @@ pub async fn run(
 
     let mut config = seal_server::ServerConfig::new(args.listen, args.api_listen, data_dir.clone());
     config.default_environment = args.default_environment;
+    if let Some(url) = args.state {
+        config.state = seal_server::StateConfig::Postgres {
+            url: seal_server::Redacted(url),
+        };
+    }
     config.artifacts.max_upload_bytes = args.max_upload_size;
     config.runtime.max_instances = args.max_instances;
     config.runtime.function_concurrency = args.function_concurrency;

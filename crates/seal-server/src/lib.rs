@@ -16,6 +16,7 @@ use seal_oci::{ArtifactStore, OciLayout};
 use seal_runtime::{Runtime, RuntimeConfig};
 use seal_serving::Serving;
 use seal_state::StateStore;
+use seal_state_postgres::PostgresStore;
 use seal_state_sqlite::SqliteStore;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -53,6 +54,8 @@ pub struct ServerConfig {
 pub enum StateConfig {
     /// The embedded default: one SQLite file.
     Sqlite { path: PathBuf },
+    /// A PostgreSQL database (`postgres://…`), shared by several nodes.
+    Postgres { url: Redacted },
 }
 
 /// Where artifacts live and how big an upload may be.
@@ -444,6 +447,11 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
             SqliteStore::open(path)
                 .await
                 .context("cannot open the state store")?,
+        ),
+        StateConfig::Postgres { url } => Arc::new(
+            PostgresStore::connect(&url.0)
+                .await
+                .context("cannot open the state store (PostgreSQL)")?,
         ),
     };
     let oci: Arc<dyn ArtifactStore> = Arc::new(

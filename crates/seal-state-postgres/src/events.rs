@@ -1,0 +1,1029 @@
+//! Queues, triggers, events and their deliveries, cron ticks.
+//!
+//! An event is stored once, with one delivery row per queue trigger of its
+//! queue, in the transaction that answers the producer. A delivery is
+//! claimed by moving it to `running` with a lease; an attempt's record and
+//! what follows it (done, retry at, dead letter) are one transaction.
+
+use crate::{Error, PostgresStore, Result, advisory, insert_audit, lock};
+use seal_state::{
+    AttemptRecord, Backlog, Claimed, CronRun, DeadLetter, DeadReason, DeliveryRecord,
+    DeliveryState, Enqueue, Enqueued, EventRecord, Finished, NewAudit, NewEvent, NextStep, Outcome,
+    QueueRecord, StateError, TriggerRecord, TriggerSpec,
+};
+use sqlx::FromRow;
+
+/// Runs `$body` in one transaction committed without waiting for the
+/// WAL flush (`synchronous_commit = off`, for this transaction only): a
+/// crash of the database may lose the last ones, never corrupt anything.
+/// Only for writes whose loss repeats work — a claim (the event stays
+/// due), an attempt's outcome (the event is delivered again: at least
+/// once) — never for what a caller was told is durable: an enqueue waits.
+/// A caller that stops waiting drops the transaction, which rolls back.
+macro_rules! relaxed {
+    ($pool:expr, $tx:ident => $body:block) => {{
+        let mut conn = $pool.begin().await?;
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *conn)
+            .await?;
+        let out = {
+            let $tx: &mut sqlx::PgConnection = &mut *conn;
+            $body
+        };
+        conn.commit().await?;
+        out
+    }};
+}
+
+#[derive(FromRow)]
+struct QueueRow {
+    environment: String,
+    name: String,
+    dedup_window_ms: i64,
+    created_at: i64,
+    created_by: String,
+}
+
+impl From<QueueRow> for QueueRecord {
+    fn from(r: QueueRow) -> Self {
+        Self {
+            environment: r.environment,
+            name: r.name,
+            dedup_window_ms: r.dedup_window_ms as u64,
+            created_at: r.created_at,
+            created_by: r.created_by,
+        }
+    }
+}
+
+#[derive(FromRow)]
+struct TriggerRow {
+    name: String,
+    environment: String,
+    function: String,
+    spec: String,
+    created_at: i64,
+    created_by: String,
+}
+
+impl TryFrom<TriggerRow> for TriggerRecord {
+    type Error = Error;
+    fn try_from(r: TriggerRow) -> Result<Self> {
+        let spec: TriggerSpec = serde_json::from_str(&r.spec)
+            .map_err(|e| StateError::Corrupt(format!("trigger {}: {e}", r.name)))?;
+        Ok(Self {
+            name: r.name,
+            environment: r.environment,
+            function: r.function,
+            spec,
+            created_at: r.created_at,
+            created_by: r.created_by,
+        })
+    }
+}
+
+#[derive(FromRow)]
+struct ClaimRow {
+    id: i64,
+    event_id: i64,
+    trigger: String,
+    function: String,
+    attempts: i64,
+    pinned_version: Option<i64>,
+    environment: String,
+    queue: String,
+    ce_id: String,
+    enqueued_at: i64,
+    event: String,
+    last_attempt: i64,
+}
+
+#[derive(FromRow)]
+struct BacklogRow {
+    environment: String,
+    queue: String,
+    trigger: String,
+    function: String,
+    pending: i64,
+    running: i64,
+    oldest: Option<i64>,
+}
+
+#[derive(FromRow)]
+struct EventRow {
+    id: i64,
+    environment: String,
+    queue: String,
+    ce_id: String,
+    ce_source: String,
+    ce_type: String,
+    event: String,
+    enqueued_at: i64,
+}
+
+#[derive(FromRow)]
+struct DeliveryRow {
+    id: i64,
+    trigger: String,
+    function: String,
+    state: String,
+    attempts: i64,
+    next_at: i64,
+    dead_reason: Option<String>,
+    last_error: Option<String>,
+    finished_at: Option<i64>,
+}
+
+impl TryFrom<DeliveryRow> for DeliveryRecord {
+    type Error = Error;
+    fn try_from(r: DeliveryRow) -> Result<Self> {
+        Ok(Self {
+            state: DeliveryState::parse(&r.state).ok_or_else(|| {
+                StateError::Corrupt(format!("delivery {} state {:?}", r.id, r.state))
+            })?,
+            dead_reason: r.dead_reason.as_deref().and_then(DeadReason::parse),
+            id: r.id as u64,
+            trigger: r.trigger,
+            function: r.function,
+            attempts: r.attempts as u32,
+            next_at: r.next_at,
+            last_error: r.last_error,
+            finished_at: r.finished_at,
+            history: Vec::new(),
+        })
+    }
+}
+
+#[derive(FromRow)]
+struct AttemptRow {
+    attempt: i64,
+    version: Option<i64>,
+    digest: Option<String>,
+    status: Option<i64>,
+    outcome: String,
+    error_kind: Option<String>,
+    started_at: i64,
+    duration_ms: i64,
+}
+
+impl From<AttemptRow> for AttemptRecord {
+    fn from(r: AttemptRow) -> Self {
+        Self {
+            attempt: r.attempt as u32,
+            version: r.version.map(|v| v as u64),
+            digest: r.digest,
+            status: r.status.map(|s| s as u16),
+            outcome: Outcome::parse(&r.outcome).unwrap_or(Outcome::Retryable),
+            error_kind: r.error_kind,
+            started_at: r.started_at,
+            duration_ms: r.duration_ms as u64,
+        }
+    }
+}
+
+#[derive(FromRow)]
+struct DeadRow {
+    id: i64,
+    event_id: i64,
+    environment: String,
+    queue: String,
+    trigger: String,
+    function: String,
+    ce_id: String,
+    ce_type: String,
+    dead_reason: Option<String>,
+    last_error: Option<String>,
+    last_version: Option<i64>,
+    attempts: i64,
+    finished_at: Option<i64>,
+}
+
+impl From<DeadRow> for DeadLetter {
+    fn from(r: DeadRow) -> Self {
+        Self {
+            id: r.id as u64,
+            event_id: r.event_id as u64,
+            environment: r.environment,
+            queue: r.queue,
+            trigger: r.trigger,
+            function: r.function,
+            ce_id: r.ce_id,
+            ty: r.ce_type,
+            reason: r
+                .dead_reason
+                .as_deref()
+                .and_then(DeadReason::parse)
+                .unwrap_or(DeadReason::AttemptsExhausted),
+            last_error: r.last_error,
+            version: r.last_version.map(|v| v as u64),
+            attempts: r.attempts as u32,
+            dead_at: r.finished_at.unwrap_or_default(),
+        }
+    }
+}
+
+const DEAD_SELECT: &str = "SELECT d.id, d.event_id, e.environment, e.queue, d.trigger, d.function, \
+     e.ce_id, e.ce_type, d.dead_reason, d.last_error, d.last_version, d.attempts, d.finished_at \
+     FROM deliveries d JOIN events e ON e.id = d.event_id WHERE d.state = 'dead'";
+
+#[derive(FromRow)]
+struct RunRow {
+    trigger: String,
+    scheduled_at: i64,
+    fired_at: i64,
+    status: String,
+    version: Option<i64>,
+    digest: Option<String>,
+    http_status: Option<i64>,
+    duration_ms: Option<i64>,
+    error: Option<String>,
+}
+
+impl From<RunRow> for CronRun {
+    fn from(r: RunRow) -> Self {
+        Self {
+            trigger: r.trigger,
+            scheduled_at: r.scheduled_at,
+            fired_at: r.fired_at,
+            status: r.status,
+            version: r.version.map(|v| v as u64),
+            digest: r.digest,
+            http_status: r.http_status.map(|s| s as u16),
+            duration_ms: r.duration_ms.map(|d| d as u64),
+            error: r.error,
+        }
+    }
+}
+
+impl PostgresStore {
+    pub async fn create_queue(&self, q: &QueueRecord) -> Result<bool> {
+        let object = format!("{}/{}", q.environment, q.name);
+        self.change_audited(
+            sqlx::query(
+                "INSERT INTO queues (environment, name, dedup_window_ms, created_at, created_by) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            )
+            .bind(&q.environment)
+            .bind(&q.name)
+            .bind(q.dedup_window_ms as i64)
+            .bind(q.created_at)
+            .bind(&q.created_by),
+            NewAudit {
+                actor: &q.created_by,
+                action: "queue.create",
+                object: &object,
+                digest: None,
+                outcome: "ok",
+                detail: serde_json::json!({"dedup_window_ms": q.dedup_window_ms}),
+            },
+        )
+        .await
+    }
+
+    pub async fn queues(&self, environment: Option<&str>) -> Result<Vec<QueueRecord>> {
+        let rows: Vec<QueueRow> = sqlx::query_as(
+            "SELECT * FROM queues WHERE $1 IS NULL OR environment = $1 ORDER BY environment, name",
+        )
+        .bind(environment)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    pub async fn queue(&self, environment: &str, name: &str) -> Result<Option<QueueRecord>> {
+        let row: Option<QueueRow> =
+            sqlx::query_as("SELECT * FROM queues WHERE environment = $1 AND name = $2")
+                .bind(environment)
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(Into::into))
+    }
+
+    pub async fn delete_queue(&self, environment: &str, name: &str, actor: &str) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let readers: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM triggers WHERE environment = $1 AND queue = $2 ORDER BY name",
+        )
+        .bind(environment)
+        .bind(name)
+        .fetch_all(&mut *tx)
+        .await?;
+        if !readers.is_empty() {
+            return Err(StateError::Conflict(format!(
+                "queue {name} in {environment} is read by trigger(s) {}: delete them first",
+                readers.join(", ")
+            ))
+            .into());
+        }
+        let gone = sqlx::query("DELETE FROM queues WHERE environment = $1 AND name = $2")
+            .bind(environment)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if gone == 0 {
+            return Ok(false);
+        }
+        let events = sqlx::query("DELETE FROM events WHERE environment = $1 AND queue = $2")
+            .bind(environment)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        sqlx::query("DELETE FROM deliveries WHERE event_id NOT IN (SELECT id FROM events)")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM attempts WHERE delivery_id NOT IN (SELECT id FROM deliveries)")
+            .execute(&mut *tx)
+            .await?;
+        insert_audit(
+            &mut tx,
+            NewAudit {
+                actor,
+                action: "queue.delete",
+                object: &format!("{environment}/{name}"),
+                digest: None,
+                outcome: "ok",
+                detail: serde_json::json!({"events_deleted": events}),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    pub async fn create_trigger(&self, t: &TriggerRecord) -> Result<bool> {
+        let queue = match &t.spec {
+            TriggerSpec::Queue(q) => Some(q.queue.as_str()),
+            TriggerSpec::Cron(_) => None,
+        };
+        let spec = serde_json::to_string(&t.spec)
+            .map_err(|e| StateError::Backend(format!("trigger spec: {e}")))?;
+        self.change_audited(
+            sqlx::query(
+                "INSERT INTO triggers (name, kind, environment, function, queue, spec, created_at, created_by) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+            )
+            .bind(&t.name)
+            .bind(t.spec.kind())
+            .bind(&t.environment)
+            .bind(&t.function)
+            .bind(queue)
+            .bind(spec)
+            .bind(t.created_at)
+            .bind(&t.created_by),
+            NewAudit {
+                actor: &t.created_by,
+                action: "trigger.create",
+                object: &t.name,
+                digest: None,
+                outcome: "ok",
+                detail: serde_json::json!({
+                    "environment": t.environment,
+                    "function": t.function,
+                    "spec": t.spec,
+                }),
+            },
+        )
+        .await
+    }
+
+    pub async fn triggers(&self) -> Result<Vec<TriggerRecord>> {
+        let rows: Vec<TriggerRow> = sqlx::query_as(
+            "SELECT name, environment, function, spec, created_at, created_by FROM triggers ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(TryInto::try_into).collect()
+    }
+
+    pub async fn trigger(&self, name: &str) -> Result<Option<TriggerRecord>> {
+        let row: Option<TriggerRow> = sqlx::query_as(
+            "SELECT name, environment, function, spec, created_at, created_by FROM triggers WHERE name = $1",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(TryInto::try_into).transpose()
+    }
+
+    pub async fn delete_trigger(&self, name: &str, actor: &str) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let gone = sqlx::query("DELETE FROM triggers WHERE name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if gone == 0 {
+            return Ok(false);
+        }
+        let dropped = sqlx::query(
+            "DELETE FROM deliveries WHERE trigger = $1 AND state IN ('pending', 'running')",
+        )
+        .bind(name)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        insert_audit(
+            &mut tx,
+            NewAudit {
+                actor,
+                action: "trigger.delete",
+                object: name,
+                digest: None,
+                outcome: "ok",
+                detail: serde_json::json!({"pending_deliveries_dropped": dropped}),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    pub async fn enqueue_batch(&self, batch: &[Enqueue<'_>]) -> Result<Vec<Vec<Enqueued>>> {
+        let mut tx = self.pool.begin().await?;
+        // Deduplication reads then inserts: enqueues to one queue take
+        // turns, from any node. Locks in one order, so two batches never
+        // wait on each other.
+        let mut queues: Vec<String> = batch
+            .iter()
+            .map(|e| format!("{}/{}", e.environment, e.queue))
+            .collect();
+        queues.sort_unstable();
+        queues.dedup();
+        for q in &queues {
+            advisory(&mut tx, lock::QUEUE, q).await?;
+        }
+        let mut out = Vec::with_capacity(batch.len());
+        for e in batch {
+            out.push(
+                enqueue_in(
+                    &mut tx,
+                    e.environment,
+                    e.queue,
+                    e.events,
+                    e.now,
+                    e.dedup_since,
+                )
+                .await?,
+            );
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    pub async fn claim_due(
+        &self,
+        trigger: &str,
+        now: i64,
+        lease_until: i64,
+        limit: u32,
+    ) -> Result<Vec<Claimed>> {
+        let rows: Vec<ClaimRow> = relaxed!(self.pool, tx => {
+            // Nodes claiming together skip each other's rows.
+            let ids: Vec<i64> = sqlx::query_scalar(
+                "UPDATE deliveries SET state = 'running', lease_until = $4 WHERE id IN ( \
+                    SELECT id FROM deliveries WHERE trigger = $1 AND \
+                        ((state = 'pending' AND next_at <= $2) OR (state = 'running' AND lease_until <= $2)) \
+                    ORDER BY next_at, id LIMIT $3 FOR UPDATE SKIP LOCKED) \
+                 RETURNING id",
+            )
+            .bind(trigger)
+            .bind(now)
+            .bind(i64::from(limit))
+            .bind(lease_until)
+            .fetch_all(&mut *tx)
+            .await?;
+            if ids.is_empty() {
+                Vec::new()
+            } else {
+                sqlx::query_as(
+                    "SELECT d.id, d.event_id, d.trigger, d.function, d.attempts, d.pinned_version, \
+                            e.environment, e.queue, e.ce_id, e.enqueued_at, e.event, \
+                            (SELECT COALESCE(MAX(a.attempt), 0) FROM attempts a WHERE a.delivery_id = d.id) AS last_attempt \
+                     FROM deliveries d JOIN events e ON e.id = d.event_id \
+                     WHERE d.id = ANY($1) ORDER BY d.next_at, d.id",
+                )
+                .bind(&ids)
+                .fetch_all(&mut *tx)
+                .await?
+            }
+        });
+        Ok(rows
+            .into_iter()
+            .map(|r| Claimed {
+                delivery_id: r.id as u64,
+                event_id: r.event_id as u64,
+                trigger: r.trigger,
+                environment: r.environment,
+                queue: r.queue,
+                function: r.function,
+                attempts: r.attempts as u32,
+                next_attempt: r.last_attempt as u32 + 1,
+                pinned_version: r.pinned_version.map(|v| v as u64),
+                ce_id: r.ce_id,
+                enqueued_at: r.enqueued_at,
+                event: r.event,
+            })
+            .collect())
+    }
+
+    pub async fn next_due(&self, trigger: &str) -> Result<Option<i64>> {
+        Ok(sqlx::query_scalar(
+            "SELECT LEAST( \
+                (SELECT MIN(next_at) FROM deliveries WHERE trigger = $1 AND state = 'pending'), \
+                (SELECT MIN(lease_until) FROM deliveries WHERE trigger = $1 AND state = 'running'))",
+        )
+        .bind(trigger)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    pub async fn finish_deliveries(&self, done: &[Finished]) -> Result<()> {
+        relaxed!(self.pool, tx => {
+            // The common case, attempts that succeeded, in two statements
+            // for the whole batch; retries and dead letters one by one.
+            let (succeeded, others): (Vec<&Finished>, Vec<&Finished>) = done
+                .iter()
+                .partition(|f| matches!(f.next, NextStep::Done) && f.attempt.is_some());
+            for chunk in succeeded.chunks(256) {
+                let mut q = sqlx::QueryBuilder::<sqlx::Postgres>::new(
+                    "INSERT INTO attempts (delivery_id, attempt, version, digest, status, outcome, error_kind, started_at, duration_ms) ",
+                );
+                q.push_values(chunk, |mut row, f| {
+                    let a = f.attempt.as_ref().expect("partitioned on an attempt");
+                    row.push_bind(f.delivery_id as i64)
+                        .push_bind(i64::from(a.attempt))
+                        .push_bind(a.version.map(|v| v as i64))
+                        .push_bind(a.digest.clone())
+                        .push_bind(a.status.map(i64::from))
+                        .push_bind(a.outcome.as_str())
+                        .push_bind(a.error_kind.clone())
+                        .push_bind(a.started_at)
+                        .push_bind(a.duration_ms as i64);
+                });
+                q.push(" ON CONFLICT DO NOTHING");
+                q.build().execute(&mut *tx).await?;
+                let mut q = sqlx::QueryBuilder::<sqlx::Postgres>::new(
+                    "UPDATE deliveries SET state = 'done', attempts = attempts + 1, lease_until = NULL, \
+                     last_error = NULL, last_version = COALESCE(v.version, deliveries.last_version), finished_at = v.at \
+                     FROM (",
+                );
+                q.push_values(chunk, |mut row, f| {
+                    let version = f.attempt.as_ref().and_then(|a| a.version).map(|v| v as i64);
+                    row.push_bind(f.delivery_id as i64).push_bind(version).push_bind(f.at);
+                });
+                q.push(") AS v (id, version, at) WHERE deliveries.id = v.id");
+                q.build().execute(&mut *tx).await?;
+            }
+            for f in others {
+                finish_one(tx, f.delivery_id, f.attempt.as_ref(), &f.next, f.at).await?;
+            }
+        });
+        Ok(())
+    }
+
+    pub async fn release_running(&self, now: i64) -> Result<u64> {
+        Ok(sqlx::query(
+            "UPDATE deliveries SET state = 'pending', lease_until = NULL, next_at = LEAST(next_at, $1) \
+             WHERE state = 'running'",
+        )
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    pub async fn backlog(&self) -> Result<Vec<Backlog>> {
+        let rows: Vec<BacklogRow> = sqlx::query_as(
+            "SELECT e.environment, e.queue, d.trigger, d.function, \
+                    SUM(CASE WHEN d.state = 'pending' THEN 1 ELSE 0 END) AS pending, \
+                    SUM(CASE WHEN d.state = 'running' THEN 1 ELSE 0 END) AS running, \
+                    MIN(e.enqueued_at) AS oldest \
+             FROM deliveries d JOIN events e ON e.id = d.event_id \
+             WHERE d.state IN ('pending', 'running') \
+             GROUP BY e.environment, e.queue, d.trigger, d.function",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| Backlog {
+                environment: r.environment,
+                queue: r.queue,
+                trigger: r.trigger,
+                function: r.function,
+                pending: r.pending as u64,
+                running: r.running as u64,
+                oldest_enqueued_at: r.oldest,
+            })
+            .collect())
+    }
+
+    pub async fn sweep_events(&self, before: i64) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        let gone: Vec<i64> = sqlx::query_scalar(
+            "SELECT id FROM events e WHERE e.enqueued_at < $1 AND NOT EXISTS \
+             (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.state <> 'done') \
+             ORDER BY id LIMIT 10000",
+        )
+        .bind(before)
+        .fetch_all(&mut *tx)
+        .await?;
+        for id in &gone {
+            sqlx::query(
+                "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE event_id = $1)",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("DELETE FROM deliveries WHERE event_id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM events WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(gone.len() as u64)
+    }
+
+    pub async fn event(&self, id: u64) -> Result<Option<EventRecord>> {
+        let row: Option<EventRow> = sqlx::query_as(
+            "SELECT id, environment, queue, ce_id, ce_source, ce_type, event, enqueued_at \
+                 FROM events WHERE id = $1",
+        )
+        .bind(id as i64)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(EventRow {
+            id,
+            environment,
+            queue,
+            ce_id,
+            ce_source: source,
+            ce_type: ty,
+            event,
+            enqueued_at,
+        }) = row
+        else {
+            return Ok(None);
+        };
+        let deliveries: Vec<DeliveryRow> = sqlx::query_as(
+            "SELECT id, trigger, function, state, attempts, next_at, dead_reason, last_error, finished_at \
+             FROM deliveries WHERE event_id = $1 ORDER BY id",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(deliveries.len());
+        for d in deliveries {
+            let did = d.id;
+            let mut rec: DeliveryRecord = d.try_into()?;
+            let attempts: Vec<AttemptRow> = sqlx::query_as(
+                "SELECT attempt, version, digest, status, outcome, error_kind, started_at, duration_ms \
+                 FROM attempts WHERE delivery_id = $1 ORDER BY attempt",
+            )
+            .bind(did)
+            .fetch_all(&self.pool)
+            .await?;
+            rec.history = attempts.into_iter().map(Into::into).collect();
+            out.push(rec);
+        }
+        Ok(Some(EventRecord {
+            id: id as u64,
+            environment,
+            queue,
+            ce_id,
+            source,
+            ty,
+            enqueued_at,
+            event: serde_json::from_str(&event)
+                .map_err(|e| StateError::Corrupt(format!("event {id}: {e}")))?,
+            deliveries: out,
+        }))
+    }
+
+    pub async fn dead_letters(
+        &self,
+        environment: Option<&str>,
+        queue: Option<&str>,
+    ) -> Result<Vec<DeadLetter>> {
+        let rows: Vec<DeadRow> = sqlx::query_as(&format!(
+            "{DEAD_SELECT} AND ($1 IS NULL OR e.environment = $1) AND ($2 IS NULL OR e.queue = $2) ORDER BY d.id"
+        ))
+        .bind(environment)
+        .bind(queue)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    pub async fn dead_letter(&self, id: u64) -> Result<Option<DeadLetter>> {
+        let row: Option<DeadRow> = sqlx::query_as(&format!("{DEAD_SELECT} AND d.id = $1"))
+            .bind(id as i64)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(Into::into))
+    }
+
+    pub async fn redrive(
+        &self,
+        ids: &[u64],
+        to: Option<u64>,
+        now: i64,
+        actor: &str,
+    ) -> Result<Vec<u64>> {
+        let mut tx = self.pool.begin().await?;
+        let mut changed = Vec::new();
+        for id in ids {
+            let n = sqlx::query(
+                "UPDATE deliveries SET state = 'pending', attempts = 0, next_at = $2, pinned_version = $3, \
+                 dead_reason = NULL, finished_at = NULL WHERE id = $1 AND state = 'dead'",
+            )
+            .bind(*id as i64)
+            .bind(now)
+            .bind(to.map(|v| v as i64))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if n > 0 {
+                changed.push(*id);
+            }
+        }
+        if !changed.is_empty() {
+            insert_audit(
+                &mut tx,
+                NewAudit {
+                    actor,
+                    action: "dlq.redrive",
+                    object: &format!("{} dead letter(s)", changed.len()),
+                    digest: None,
+                    outcome: "ok",
+                    detail: serde_json::json!({"ids": changed, "to": to}),
+                },
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(changed)
+    }
+
+    pub async fn purge(&self, ids: &[u64], actor: &str) -> Result<Vec<u64>> {
+        let mut tx = self.pool.begin().await?;
+        let mut deleted = Vec::new();
+        for id in ids {
+            let n = sqlx::query("DELETE FROM deliveries WHERE id = $1 AND state = 'dead'")
+                .bind(*id as i64)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if n > 0 {
+                sqlx::query("DELETE FROM attempts WHERE delivery_id = $1")
+                    .bind(*id as i64)
+                    .execute(&mut *tx)
+                    .await?;
+                deleted.push(*id);
+            }
+        }
+        if !deleted.is_empty() {
+            sqlx::query("DELETE FROM events WHERE id NOT IN (SELECT event_id FROM deliveries)")
+                .execute(&mut *tx)
+                .await?;
+            insert_audit(
+                &mut tx,
+                NewAudit {
+                    actor,
+                    action: "dlq.purge",
+                    object: &format!("{} dead letter(s)", deleted.len()),
+                    digest: None,
+                    outcome: "ok",
+                    detail: serde_json::json!({"ids": deleted}),
+                },
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(deleted)
+    }
+
+    pub async fn commit_tick(&self, run: &CronRun) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let moved = sqlx::query(
+            "UPDATE triggers SET last_tick = $2 WHERE name = $1 AND (last_tick IS NULL OR last_tick < $2)",
+        )
+        .bind(&run.trigger)
+        .bind(run.scheduled_at)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if moved == 0 {
+            return Ok(false);
+        }
+        insert_run(&mut tx, run).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    pub async fn finish_run(&self, run: &CronRun) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        insert_run(&mut tx, run).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn interrupt_runs(&self) -> Result<u64> {
+        Ok(sqlx::query(
+            "UPDATE cron_runs SET status = 'interrupted', error = 'the server stopped during the run' \
+             WHERE status = 'running'",
+        )
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    pub async fn cron_runs(&self, trigger: &str, limit: u32) -> Result<Vec<CronRun>> {
+        let rows: Vec<RunRow> = sqlx::query_as(
+            "SELECT * FROM cron_runs WHERE trigger = $1 ORDER BY scheduled_at DESC LIMIT $2",
+        )
+        .bind(trigger)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    pub async fn last_tick(&self, trigger: &str) -> Result<Option<i64>> {
+        let t: Option<Option<i64>> =
+            sqlx::query_scalar("SELECT last_tick FROM triggers WHERE name = $1")
+                .bind(trigger)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(t.flatten())
+    }
+}
+
+/// Inserts or replaces a cron run row (keyed by trigger and tick).
+async fn insert_run(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, run: &CronRun) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO cron_runs (trigger, scheduled_at, fired_at, status, version, digest, http_status, duration_ms, error) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+         ON CONFLICT (trigger, scheduled_at) DO UPDATE SET status = excluded.status, \
+         version = excluded.version, digest = excluded.digest, http_status = excluded.http_status, \
+         duration_ms = excluded.duration_ms, error = excluded.error",
+    )
+    .bind(&run.trigger)
+    .bind(run.scheduled_at)
+    .bind(run.fired_at)
+    .bind(&run.status)
+    .bind(run.version.map(|v| v as i64))
+    .bind(run.digest.as_deref())
+    .bind(run.http_status.map(i64::from))
+    .bind(run.duration_ms.map(|d| d as i64))
+    .bind(run.error.as_deref())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Records one attempt and what follows it, inside a transaction.
+async fn finish_one(
+    tx: &mut sqlx::PgConnection,
+    delivery_id: u64,
+    attempt: Option<&AttemptRecord>,
+    next: &NextStep,
+    now: i64,
+) -> Result<()> {
+    if let Some(a) = attempt {
+        sqlx::query(
+            "INSERT INTO attempts (delivery_id, attempt, version, digest, status, outcome, error_kind, started_at, duration_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
+        )
+        .bind(delivery_id as i64)
+        .bind(i64::from(a.attempt))
+        .bind(a.version.map(|v| v as i64))
+        .bind(a.digest.as_deref())
+        .bind(a.status.map(i64::from))
+        .bind(a.outcome.as_str())
+        .bind(a.error_kind.as_deref())
+        .bind(a.started_at)
+        .bind(a.duration_ms as i64)
+        .execute(&mut *tx)
+        .await?;
+    }
+    let made = i64::from(attempt.is_some());
+    let version = attempt.and_then(|a| a.version).map(|v| v as i64);
+    match next {
+        NextStep::Done => {
+            sqlx::query(
+                "UPDATE deliveries SET state = 'done', attempts = attempts + $2, lease_until = NULL, \
+                 last_error = NULL, last_version = COALESCE($3, last_version), finished_at = $4 WHERE id = $1",
+            )
+            .bind(delivery_id as i64)
+            .bind(made)
+            .bind(version)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        NextStep::Retry { at, error } => {
+            sqlx::query(
+                "UPDATE deliveries SET state = 'pending', attempts = attempts + $2, lease_until = NULL, \
+                 next_at = $3, last_error = $4, last_version = COALESCE($5, last_version) WHERE id = $1",
+            )
+            .bind(delivery_id as i64)
+            .bind(made)
+            .bind(at)
+            .bind(error)
+            .bind(version)
+            .execute(&mut *tx)
+            .await?;
+        }
+        NextStep::Dead { reason, error } => {
+            sqlx::query(
+                "UPDATE deliveries SET state = 'dead', attempts = attempts + $2, lease_until = NULL, \
+                 dead_reason = $3, last_error = $4, last_version = COALESCE($5, last_version), \
+                 finished_at = $6 WHERE id = $1",
+            )
+            .bind(delivery_id as i64)
+            .bind(made)
+            .bind(reason.as_str())
+            .bind(error)
+            .bind(version)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Stores one producer's events and their deliveries, inside a
+/// transaction that holds the queue's lock.
+async fn enqueue_in(
+    tx: &mut sqlx::PgConnection,
+    environment: &str,
+    queue: &str,
+    events: &[NewEvent<'_>],
+    now: i64,
+    dedup_since: i64,
+) -> Result<Vec<Enqueued>> {
+    let mut out = Vec::with_capacity(events.len());
+    for e in events {
+        let existing: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM events WHERE environment = $1 AND queue = $2 AND ce_source = $3 \
+             AND ce_id = $4 AND enqueued_at >= $5 ORDER BY id DESC LIMIT 1",
+        )
+        .bind(environment)
+        .bind(queue)
+        .bind(e.source)
+        .bind(e.ce_id)
+        .bind(dedup_since)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(id) = existing {
+            out.push(Enqueued {
+                id: id as u64,
+                ce_id: e.ce_id.to_owned(),
+                source: e.source.to_owned(),
+                duplicate: true,
+            });
+            continue;
+        }
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO events (environment, queue, ce_id, ce_source, ce_type, event, enqueued_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+        )
+        .bind(environment)
+        .bind(queue)
+        .bind(e.ce_id)
+        .bind(e.source)
+        .bind(e.ty)
+        .bind(e.event)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        // One delivery per subscription of the queue, in name order.
+        sqlx::query(
+            "INSERT INTO deliveries (event_id, trigger, function, state, next_at) \
+             SELECT $1, name, function, 'pending', $2 FROM triggers \
+             WHERE environment = $3 AND queue = $4 ORDER BY name",
+        )
+        .bind(id)
+        .bind(now)
+        .bind(environment)
+        .bind(queue)
+        .execute(&mut *tx)
+        .await?;
+        out.push(Enqueued {
+            id: id as u64,
+            ce_id: e.ce_id.to_owned(),
+            source: e.source.to_owned(),
+            duplicate: false,
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,164 @@
+//! Scale-out, end to end: the real `seal server` on PostgreSQL
+//! (`--state postgres://…`), each test on a schema of its own in the test
+//! database (`SEAL_TEST_POSTGRES`, default
+//! postgres://postgres@127.0.0.1:5432/test). Without a reachable server
+//! the tests are skipped with the reason printed; with
+//! `SEAL_REQUIRE_POSTGRES` set (CI) that is a failure.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use serde_json::Value;
+use std::process::Command;
+use support::*;
+
+fn postgres_url() -> String {
+    std::env::var("SEAL_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// Runs one SQL statement with `psql`.
+fn psql(sql: &str) -> Result<(), String> {
+    match Command::new("psql")
+        .arg(postgres_url())
+        .args(["-v", "ON_ERROR_STOP=1", "-qAtc", sql])
+        .output()
+    {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => Err(String::from_utf8_lossy(&o.stderr).trim().to_owned()),
+        Err(e) => Err(format!("cannot run psql: {e}")),
+    }
+}
+
+/// A schema of its own, dropped with the guard.
+struct Schema(String);
+
+impl Schema {
+    /// `None` when PostgreSQL is not reachable (skipped, reason printed).
+    fn create(test: &str) -> Option<Self> {
+        let name = format!("seal_e2e_{test}_{}", std::process::id());
+        match psql(&format!(
+            "DROP SCHEMA IF EXISTS {name} CASCADE; CREATE SCHEMA {name}"
+        )) {
+            Ok(()) => Some(Self(name)),
+            Err(e) if std::env::var_os("SEAL_REQUIRE_POSTGRES").is_some() => {
+                panic!("SEAL_REQUIRE_POSTGRES is set and PostgreSQL is unusable: {e}")
+            }
+            Err(e) => {
+                eprintln!("skipped: no PostgreSQL at {} ({e})", postgres_url());
+                None
+            }
+        }
+    }
+
+    /// The URL a server is given: the test database, this schema first.
+    fn url(&self) -> String {
+        let sep = if postgres_url().contains('?') {
+            '&'
+        } else {
+            '?'
+        };
+        format!(
+            "{}{sep}options=-c%20search_path%3D{}",
+            postgres_url(),
+            self.0
+        )
+    }
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        let _ = psql(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.0));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_on_postgres_deploys_serves_and_restarts_and_a_second_node_shares_its_state() {
+    let Some(schema) = Schema::create("share") else {
+        return;
+    };
+    let url = schema.url();
+    let echo = guest("echo");
+    let dir_a = tempfile::tempdir().unwrap();
+    let a = Server::start_with(dir_a.path(), &["--state", &url]);
+    let (v, digest) = publish_file(&a, &echo, "echo", &[]);
+    assert_eq!(v, 1);
+    a.seal_json(&["deploy", "echo", "1"]);
+    let r = a.get("/echo/one").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "seal-digest"), digest);
+    // Nothing of the state is in the data dir.
+    assert!(!dir_a.path().join("state.db").exists());
+    a.stop();
+
+    // Restarted on the same database, it serves the same route.
+    let a = Server::start_with(dir_a.path(), &["--state", &url]);
+    let r = a.get("/echo/after-restart").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "seal-digest"), digest);
+
+    // A second node with a data dir of its own, the same database, the
+    // same master key and the admin token the first one wrote: it sees
+    // the version, the route and one audit chain.
+    let dir_b = tempfile::tempdir().unwrap();
+    for f in ["admin.token", "master.key"] {
+        std::fs::copy(dir_a.path().join(f), dir_b.path().join(f)).unwrap();
+    }
+    let b = Server::start_with(dir_b.path(), &["--state", &url]);
+    let versions = b.seal_json(&["versions", "echo"]);
+    assert_eq!(
+        versions["versions"][0]["digest"],
+        digest.as_str(),
+        "{versions}"
+    );
+    let status: Value = b.seal_json(&["status", "echo"]);
+    assert!(status.to_string().contains(&digest), "{status}");
+    b.seal_json(&["env", "create", "qa"]);
+    let envs = a.seal_json(&["env", "list"]);
+    assert!(envs.to_string().contains("\"qa\""), "{envs}");
+    let verify_a = a.seal_json(&["audit", "verify"]);
+    let verify_b = b.seal_json(&["audit", "verify"]);
+    assert_eq!(verify_a["ok"], true, "{verify_a}");
+    assert_eq!(verify_a["head"], verify_b["head"]);
+    let log = b.seal_json(&["audit"]);
+    let actions: Vec<&str> = log["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    for want in ["publish", "deploy", "environment.create"] {
+        assert!(actions.contains(&want), "{want} missing from {actions:?}");
+    }
+}
+
+#[test]
+fn an_unsupported_state_url_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Server::command(dir.path())
+        .args(["--state", "mysql://root@localhost/seal"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unsupported state store \"mysql\"") && err.contains("postgres://"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_unreachable_database_stops_the_start_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Server::command(dir.path())
+        .args(["--state", "postgres://seal@127.0.0.1:1/seal"])
+        .env("SEAL_LOG", "error")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot open the state store (PostgreSQL)"),
+        "{err}"
+    );
+}
