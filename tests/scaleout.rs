@@ -162,3 +162,71 @@ fn an_unreachable_database_stops_the_start_with_a_clear_error() {
         "{err}"
     );
 }
+
+/// Waits (bounded) until `node` answers `/hello/` from `version`.
+async fn until_serves(node: &Server, version: u64) -> std::time::Duration {
+    let start = std::time::Instant::now();
+    loop {
+        let r = node.get("/hello/").await;
+        if r.status() == 200 && header(&r, "seal-version") == version.to_string() {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(15),
+            "node did not serve hello@{version} within 15 s (status {}, version {:?}); log:\n{}",
+            r.status(),
+            r.headers().get("seal-version"),
+            node.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_change_through_one_node_reaches_the_other_nodes_gateway() {
+    let Some(schema) = Schema::create("follow") else {
+        return;
+    };
+    let url = schema.url();
+    let dir_a = tempfile::tempdir().unwrap();
+    let a = Server::start_with(dir_a.path(), &["--state", &url]);
+    let dir_b = tempfile::tempdir().unwrap();
+    for f in ["admin.token", "master.key"] {
+        std::fs::copy(dir_a.path().join(f), dir_b.path().join(f)).unwrap();
+    }
+    let b = Server::start_with(dir_b.path(), &["--state", &url]);
+    // Each node's artifact layout is its own until the registry store:
+    // the same files published on both give the same versions.
+    for node in [&a, &b] {
+        let (v1, _) = publish_file(node, &example_component("hello"), "hello", &[]);
+        let (v2, _) = publish_file(node, &example_component("hello_v2"), "hello", &[]);
+        assert_eq!((v1, v2), (1, 2));
+    }
+    assert_eq!(b.get("/hello/").await.status(), 404, "nothing routed yet");
+
+    a.seal_json(&["deploy", "hello", "1"]);
+    let first = until_serves(&b, 1).await;
+    a.seal_json(&["deploy", "hello", "2"]);
+    let second = until_serves(&b, 2).await;
+    // And back the other way: a rollback through B reaches A.
+    b.seal_json(&["rollback", "hello"]);
+    let third = until_serves(&a, 1).await;
+    eprintln!("route change reached the other node in {first:?}, {second:?}, {third:?}");
+
+    // An environment created through A, and a deployment there, serve
+    // through B (the host names the environment).
+    a.seal_json(&["env", "create", "qa"]);
+    a.seal_json(&["deploy", "hello", "2", "--env", "qa"]);
+    let start = std::time::Instant::now();
+    loop {
+        let r = b.get_host("hello.qa.localhost", "/").await;
+        if header(&r, "seal-version") == "2" {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(15),
+            "qa never served on B"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -138,7 +138,13 @@ impl Catalog {
         }
         let manifest = SealManifest::from_json(&config)?;
 
-        if let Some(existing) = self.state.version_by_digest(digest.as_str()).await? {
+        // Published before (on this node, or on another node on a shared
+        // store): nothing to do when this node's store has the artifact;
+        // otherwise it is checked and stored here too, and the version
+        // stays the one recorded.
+        if let Some(existing) = self.state.version_by_digest(digest.as_str()).await?
+            && self.has_blob(&digest).await
+        {
             return Ok(Published {
                 function: existing.function,
                 version: existing.version,

@@ -294,6 +294,61 @@ impl Control {
         Ok(())
     }
 
+    /// Follows the changes other nodes commit to a shared store: each
+    /// time the store's change revision moves (announced, or seen by the
+    /// poll every `poll`), the routes, config and secrets and trigger
+    /// bindings are read again. Does nothing on a store no other node
+    /// writes. The first pass re-reads at once, so nothing committed
+    /// while this node started is missed.
+    pub async fn follow_changes(
+        self: Arc<Self>,
+        poll: std::time::Duration,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        if !self.state.shared() {
+            return;
+        }
+        let mut seen = i64::MIN;
+        loop {
+            let next = tokio::select! {
+                r = self.state.wait_for_change(seen, poll) => r,
+                _ = stop.cancelled() => return,
+            };
+            let failed = match next {
+                Ok(r) if r != seen => match self.apply_store_changes().await {
+                    Ok(()) => {
+                        tracing::debug!(revision = r, "applied changes from the shared store");
+                        seen = r;
+                        false
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot apply changes from the shared store; retrying");
+                        true
+                    }
+                },
+                Ok(_) => false,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the shared store's change revision; retrying");
+                    true
+                }
+            };
+            if failed {
+                tokio::select! {
+                    _ = tokio::time::sleep(poll.min(std::time::Duration::from_secs(1))) => {}
+                    _ = stop.cancelled() => return,
+                }
+            }
+        }
+    }
+
+    /// Re-reads what another node may have changed.
+    async fn apply_store_changes(&self) -> ControlResult<()> {
+        self.reload_routes().await?;
+        self.settings().apply_all_settings().await?;
+        self.events().triggers_changed();
+        Ok(())
+    }
+
     /// Every route is built through here: it carries its environment's
     /// protection (a pinned request there needs the preview token).
     pub(crate) fn protected(&self, route: Route) -> Route {

@@ -317,6 +317,14 @@ impl EventsService {
         Ok(t)
     }
 
+    /// Another node changed the trigger bindings: read them again, and
+    /// let the loops look at them.
+    pub fn triggers_changed(&self) {
+        *lock(&self.trigger_cache) = None;
+        self.wake_cron.notify_one();
+        self.wake_queues.notify_one();
+    }
+
     pub async fn triggers(&self, function: Option<&str>) -> ControlResult<Vec<TriggerRecord>> {
         let mut all = self.state.triggers().await?;
         if let Some(f) = function {

@@ -155,6 +155,10 @@ impl ServerConfig {
     }
 }
 
+/// How often a node on a shared store reads its change revision even
+/// when no change was announced (a lost announcement costs at most this).
+const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A secret string whose `Debug` never shows it.
 #[derive(Clone)]
 pub struct Redacted(pub String);
@@ -543,6 +547,9 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
             tracing::error!(error = %e, "cannot resume deployments");
         }
     });
+    // On a store other nodes write to, their changes reach this node's
+    // gateway: announced at commit, or found by a poll every 2 s.
+    tasks.spawn(control.clone().follow_changes(FOLLOW_POLL, stop.clone()));
     // Event delivery and cron ticks, each one loop under the stop token.
     tasks.spawn(control.events().clone().run_queues(stop.clone()));
     tasks.spawn(control.events().clone().run_cron(stop.clone()));

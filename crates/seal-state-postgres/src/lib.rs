@@ -28,6 +28,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{FromRow, PgPool, Postgres, Transaction};
 use std::str::FromStr;
 
+mod changes;
 mod events;
 mod ports;
 mod security;
@@ -179,6 +180,9 @@ impl TryFrom<DeploymentRow> for DeploymentRecord {
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    /// The highest change revision this node has heard of (started by the
+    /// first wait for a change).
+    heard: std::sync::Arc<tokio::sync::OnceCell<tokio::sync::watch::Receiver<i64>>>,
 }
 
 /// Connections per node.
@@ -225,7 +229,10 @@ impl PostgresStore {
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            heard: Default::default(),
+        })
     }
 
     /// The pool, for tests that inspect or damage rows.
@@ -1469,6 +1476,69 @@ mod tests {
         }
         got.sort_unstable();
         assert_eq!(got, (1..=20).collect::<Vec<u64>>());
+    }
+
+    #[tokio::test]
+    async fn a_change_on_one_node_wakes_a_waiter_on_another_and_a_tick_does_not() {
+        let Some((schema, a)) = store().await else {
+            return;
+        };
+        let b = schema.node().await;
+        let seen = b.change_revision().await.unwrap();
+        let poll = std::time::Duration::from_secs(30);
+        let waiter = {
+            let b = b.clone();
+            tokio::spawn(async move {
+                let t = std::time::Instant::now();
+                (b.wait_for_change(seen, poll).await.unwrap(), t.elapsed())
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(a.create_environment("qa", "t").await.unwrap());
+        let (now, took) = waiter.await.unwrap();
+        // Other tests' schemas share the channel; their announcements
+        // never wake this one.
+        assert!(now > seen, "{now} > {seen}");
+        assert!(
+            took < std::time::Duration::from_secs(10),
+            "woken by NOTIFY, not the poll: {took:?}"
+        );
+        // A cron tick moves a trigger's last tick, not the revision.
+        let t = seal_state::TriggerRecord {
+            name: "nightly".into(),
+            environment: "production".into(),
+            function: "f".into(),
+            spec: serde_json::from_value(
+                serde_json::json!({"kind": "cron", "schedule": "0 3 * * *"}),
+            )
+            .unwrap(),
+            created_at: 0,
+            created_by: "t".into(),
+        };
+        assert!(a.create_trigger(&t).await.unwrap());
+        let before = a.change_revision().await.unwrap();
+        assert!(before > now, "a binding is a change");
+        let run = seal_state::CronRun {
+            trigger: "nightly".into(),
+            scheduled_at: 1_000,
+            fired_at: 1_001,
+            status: "running".into(),
+            version: None,
+            digest: None,
+            http_status: None,
+            duration_ms: None,
+            error: None,
+        };
+        assert!(a.commit_tick(&run).await.unwrap());
+        assert_eq!(a.change_revision().await.unwrap(), before);
+        // With nothing announced, a wait ends at its poll.
+        let t = std::time::Instant::now();
+        let r = b
+            .wait_for_change(before, std::time::Duration::from_millis(200))
+            .await
+            .unwrap();
+        assert_eq!(r, before);
+        assert!(t.elapsed() >= std::time::Duration::from_millis(200));
     }
 
     #[tokio::test]

@@ -117,3 +117,19 @@ ports! {
         fn remove_attestation(subject: &str, referrer: &str, object: &str, actor: &str) -> bool;
     }
 }
+
+/// Other nodes write to the same database.
+#[async_trait::async_trait]
+impl seal_state::Changes for PostgresStore {
+    fn shared(&self) -> bool {
+        true
+    }
+
+    async fn change_revision(&self) -> Result<i64> {
+        Ok(PostgresStore::change_revision(self).await?)
+    }
+
+    async fn wait_for_change(&self, seen: i64, poll: std::time::Duration) -> Result<i64> {
+        Ok(PostgresStore::wait_for_change(self, seen, poll).await?)
+    }
+}

@@ -588,9 +588,35 @@ pub trait Events: Send + Sync {
     async fn last_tick(&self, trigger: &str) -> Result<Option<i64>>;
 }
 
+/// What several nodes on one store need to follow each other's changes.
+/// A backend that one process owns (SQLite: one server per data dir) is
+/// not shared and has nothing to follow.
+#[async_trait]
+pub trait Changes: Send + Sync {
+    /// Whether other nodes may write to this store.
+    fn shared(&self) -> bool;
+    /// The change revision: it grows with every committed change to
+    /// routes, environments, settings, policies, tokens or triggers, by
+    /// any node (0 on a store that is not shared).
+    async fn change_revision(&self) -> Result<i64>;
+    /// Waits until the revision may differ from `seen` (a change was
+    /// announced) or `poll` has passed, then reads it. A lost announcement
+    /// costs at most `poll`.
+    async fn wait_for_change(&self, seen: i64, poll: std::time::Duration) -> Result<i64>;
+}
+
 /// Every aggregate: what the control plane needs of a state backend.
 pub trait StateStore:
-    Catalog + Deployments + AuditLog + Usage + Tokens + Settings + Policies + Attestations + Events
+    Catalog
+    + Deployments
+    + AuditLog
+    + Usage
+    + Tokens
+    + Settings
+    + Policies
+    + Attestations
+    + Events
+    + Changes
 {
 }
 
@@ -604,6 +630,7 @@ impl<T> StateStore for T where
         + Policies
         + Attestations
         + Events
+        + Changes
 {
 }
 
