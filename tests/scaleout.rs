@@ -230,3 +230,118 @@ async fn a_route_change_through_one_node_reaches_the_other_nodes_gateway() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// A TCP proxy to PostgreSQL that the test can cut: while down, open
+/// connections are dropped and new ones closed at once, as when the
+/// database stops.
+struct Cuttable {
+    addr: std::net::SocketAddr,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    open: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Cuttable {
+    async fn to(target: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (up2, open2) = (up.clone(), open.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                if !up2.load(std::sync::atomic::Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let target = target.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                open2.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Self { addr, up, open }
+    }
+
+    fn down(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for t in self.open.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_postgres_is_away_the_gateway_serves_and_the_api_says_state_unavailable() {
+    let Some(schema) = Schema::create("outage") else {
+        return;
+    };
+    // The test database's host and port, reached through the proxy.
+    let url = schema.url();
+    let authority = url
+        .split("://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .map(|a| a.rsplit('@').next().unwrap().to_owned())
+        .unwrap();
+    let proxy = Cuttable::to(authority.clone()).await;
+    let via_proxy = url.replacen(&authority, &proxy.addr.to_string(), 1);
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start_with(dir.path(), &["--state", &via_proxy]);
+    publish_file(&s, &example_component("hello"), "hello", &[]);
+    publish_file(&s, &example_component("hello_v2"), "hello", &[]);
+    s.seal_json(&["deploy", "hello", "1"]);
+    assert_eq!(s.get("/hello/").await.status(), 200);
+
+    proxy.down();
+    for _ in 0..20 {
+        let r = s.get("/hello/").await;
+        assert_eq!(r.status(), 200, "the gateway serves its last route table");
+        assert_eq!(header(&r, "seal-version"), "1");
+    }
+    let r = s
+        .http
+        .get(format!("{}/v1/functions/hello/versions", s.api))
+        .send()
+        .await
+        .unwrap();
+    let body = assert_error(r, 503, "state_unavailable").await;
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("state store is unavailable")),
+        "{body}"
+    );
+    let out = s.seal(&["deploy", "hello", "2"]);
+    out.assert_fails_with("state store is unavailable");
+
+    // Back: everything resumes, with no restart.
+    proxy.restore();
+    let start = std::time::Instant::now();
+    loop {
+        let out = s.seal(&["deploy", "hello", "2"]);
+        if out.ok {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "the API did not come back: {}\n{}",
+            out.stderr,
+            s.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let r = s.get("/hello/").await;
+    assert_eq!(header(&r, "seal-version"), "2");
+    let v = s.seal_json(&["audit", "verify"]);
+    assert_eq!(v["ok"], true, "{v}");
+}

@@ -237,7 +237,8 @@ impl Control {
 
     /// Rebuilds the route table from the state store and swaps it into the
     /// gateway. A version that cannot be loaded is left out (and logged):
-    /// a route never names a version that cannot serve.
+    /// a route never names a version that cannot serve. When the store
+    /// cannot be reached, nothing is swapped.
     pub async fn reload_routes(&self) -> ControlResult<()> {
         self.protection
             .replace(self.state.environment_protection().await?);
@@ -254,6 +255,9 @@ impl Control {
                     Err(e) => Err(e),
                 };
                 match loaded {
+                    // The store went away mid-rebuild: keep the table the
+                    // gateway has rather than drop versions that can serve.
+                    Err(e @ ControlError::StateUnavailable(_)) => return Err(e),
                     Ok(f) => backends.push(self.serving.backend(
                         &r.environment,
                         &r.function,
@@ -309,6 +313,9 @@ impl Control {
             return;
         }
         let mut seen = i64::MIN;
+        // Said once when the store goes away and once when it is back,
+        // not at every retry.
+        let mut failing = false;
         loop {
             let next = tokio::select! {
                 r = self.state.wait_for_change(seen, poll) => r,
@@ -319,20 +326,21 @@ impl Control {
                     Ok(()) => {
                         tracing::debug!(revision = r, "applied changes from the shared store");
                         seen = r;
-                        false
+                        None
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot apply changes from the shared store; retrying");
-                        true
-                    }
+                    Err(e) => Some(e.to_string()),
                 },
-                Ok(_) => false,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the shared store's change revision; retrying");
-                    true
-                }
+                Ok(_) => None,
+                Err(e) => Some(e.to_string()),
             };
-            if failed {
+            match (&failed, failing) {
+                (Some(e), false) => tracing::warn!(error = %e,
+                    "cannot follow the shared store; the gateway keeps its routes, retrying"),
+                (None, true) => tracing::info!("following the shared store again"),
+                _ => {}
+            }
+            failing = failed.is_some();
+            if failing {
                 tokio::select! {
                     _ = tokio::time::sleep(poll.min(std::time::Duration::from_secs(1))) => {}
                     _ = stop.cancelled() => return,

@@ -89,6 +89,9 @@ pub enum ControlError {
     /// The caller is not who it claims (no, unknown or revoked token).
     #[error("{0}")]
     Unauthenticated(String),
+    /// The state store cannot be reached now; the call may be repeated.
+    #[error("{0}")]
+    StateUnavailable(String),
     /// Everything else; the message is for the server log only.
     #[error("internal error: {0}")]
     Internal(String),
@@ -122,6 +125,7 @@ impl ControlError {
             Self::ContractBroken(_) => "breaking_contract",
             Self::Forbidden(_) => "forbidden",
             Self::Unauthenticated(_) => "unauthorized",
+            Self::StateUnavailable(_) => "state_unavailable",
             Self::Internal(_) => "internal",
         }
     }
@@ -220,6 +224,12 @@ impl From<StateError> for ControlError {
                 message: format!("deployment {id} has already finished"),
             },
             StateError::Conflict(message) => Self::Conflict(message),
+            StateError::Unavailable(why) => {
+                tracing::warn!(error = %why, "the state store is unavailable");
+                Self::StateUnavailable(
+                    "the state store is unavailable; the gateway keeps serving its routes, try again shortly".into(),
+                )
+            }
             other => Self::internal(other),
         }
     }

@@ -49,8 +49,28 @@ impl From<Error> for StateError {
     fn from(e: Error) -> Self {
         match e {
             Error::State(s) => s,
+            Error::Db(e) if unreachable(&e) => StateError::Unavailable(e.to_string()),
             other => StateError::Backend(other.to_string()),
         }
+    }
+}
+
+/// Whether a driver error means the database cannot be reached now (it
+/// stopped, the network dropped, every connection is gone), rather than
+/// a fault of the statement.
+fn unreachable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        // Class 08 (connection exception), 57P01-57P03 (the server is
+        // shutting down or starting).
+        sqlx::Error::Database(d) => d
+            .code()
+            .is_some_and(|c| c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03")),
+        _ => false,
     }
 }
 
@@ -225,7 +245,9 @@ impl PostgresStore {
     pub async fn connect_with(options: PgConnectOptions) -> Result<Self> {
         let pool = PgPoolOptions::new()
             .max_connections(CONNECTIONS)
-            .acquire_timeout(std::time::Duration::from_secs(10))
+            // An API call while the database is away answers
+            // `state_unavailable` after this, rather than hanging.
+            .acquire_timeout(std::time::Duration::from_secs(3))
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;

@@ -43,6 +43,10 @@ pub enum StateError {
     Backend(String),
     #[error("corrupt state row: {0}")]
     Corrupt(String),
+    /// The store cannot be reached now (its server is down or
+    /// unreachable); the same call may succeed later.
+    #[error("the state store is unavailable: {0}")]
+    Unavailable(String),
     /// The route has a deployment in progress; it must finish first.
     #[error("deployment {id} is in progress on {environment}/{function}")]
     Busy {
