@@ -213,6 +213,47 @@ async fn a_route_change_through_one_node_reaches_the_other_nodes_gateway() {
     let third = until_serves(&a, 1).await;
     eprintln!("route change reached the other node in {first:?}, {second:?}, {third:?}");
 
+    // Config and secrets set through A reach B's guest (both nodes hold
+    // the same master key).
+    for node in [&a, &b] {
+        publish_file(
+            node,
+            &guest("echo"),
+            "svc",
+            &["--config-key", "GREETING", "--config-key", "API_KEY"],
+        );
+    }
+    a.seal_json(&["deploy", "svc", "1"]);
+    assert!(a.seal(&["config", "set", "svc", "GREETING=hi"]).ok);
+    let mut secret = Command::new(seal_bin())
+        .args(["secrets", "set", "svc", "API_KEY"])
+        .env("SEAL_SERVER", &a.api)
+        .env("SEAL_DATA_DIR", &a.data_dir)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = secret.stdin.take().unwrap();
+        stdin.write_all(b"s3cr3t\n").unwrap();
+    }
+    assert!(secret.wait().unwrap().success());
+    let start = std::time::Instant::now();
+    loop {
+        let r = b.get("/svc/").await;
+        if r.status() == 200 {
+            let env: Value = r.json().await.unwrap();
+            if env["env"]["GREETING"] == "hi" && env["env"]["API_KEY"] == "s3cr3t" {
+                break;
+            }
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(15),
+            "B's guest never saw the settings"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
     // An environment created through A, and a deployment there, serve
     // through B (the host names the environment).
     a.seal_json(&["env", "create", "qa"]);
