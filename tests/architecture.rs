@@ -208,6 +208,12 @@ fn the_state_model_knows_no_sql_driver_and_backends_are_picked_at_the_root() {
     );
     assert_eq!(
         dependents(&ws, "sqlx"),
+        set(&["seal-state-sqlite", "seal-state-postgres", "seal-state-sql"])
+    );
+    // What the SQL backends share (rows, their records, the audit check)
+    // is theirs alone.
+    assert_eq!(
+        dependents(&ws, "seal-state-sql"),
         set(&["seal-state-sqlite", "seal-state-postgres"])
     );
     // Backends are siblings: neither knows the other.

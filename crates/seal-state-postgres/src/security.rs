@@ -9,56 +9,7 @@ use seal_state::{
     AttestationRecord, NewAudit, NewToken, SettingChange, SettingRecord, SettingRevision,
     StateError, TokenRecord, now_ms,
 };
-use sqlx::FromRow;
-
-#[derive(FromRow)]
-struct TokenRow {
-    id: String,
-    name: String,
-    role: String,
-    environments: Option<String>,
-    queues: Option<String>,
-    hash: String,
-    created_at: i64,
-    created_by: String,
-    revoked_at: Option<i64>,
-    revoked_by: Option<String>,
-}
-
-impl TryFrom<TokenRow> for TokenRecord {
-    type Error = Error;
-    fn try_from(r: TokenRow) -> Result<Self> {
-        let environments =
-            match r.environments {
-                Some(json) => Some(serde_json::from_str(&json).map_err(|e| {
-                    StateError::Corrupt(format!("token {} environments: {e}", r.id))
-                })?),
-                None => None,
-            };
-        let queues = match r.queues {
-            Some(json) => Some(
-                serde_json::from_str(&json)
-                    .map_err(|e| StateError::Corrupt(format!("token {} queues: {e}", r.id)))?,
-            ),
-            None => None,
-        };
-        Ok(Self {
-            id: r.id,
-            name: r.name,
-            role: r.role,
-            environments,
-            queues,
-            hash: r.hash,
-            created_at: r.created_at,
-            created_by: r.created_by,
-            revoked_at: r.revoked_at,
-            revoked_by: r.revoked_by,
-        })
-    }
-}
-
-const TOKEN_COLUMNS: &str =
-    "id, name, role, environments, queues, hash, created_at, created_by, revoked_at, revoked_by";
+use seal_state_sql::{TOKEN_COLUMNS, TokenRow};
 
 impl PostgresStore {
     /// Records an attestation (once per referrer) with its audit entry.
@@ -219,7 +170,7 @@ impl PostgresStore {
         .bind(hash)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(TryInto::try_into).transpose()
+        row.map(|r| r.try_into().map_err(Error::from)).transpose()
     }
 
     /// Every token, oldest first.
@@ -229,7 +180,9 @@ impl PostgresStore {
         ))
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter().map(TryInto::try_into).collect()
+        rows.into_iter()
+            .map(|r| r.try_into().map_err(Error::from))
+            .collect()
     }
 
     /// Revokes a token (once; revoking again changes nothing). `None` when
@@ -264,7 +217,7 @@ impl PostgresStore {
                 .fetch_optional(&mut *tx)
                 .await?;
         tx.commit().await?;
-        row.map(TryInto::try_into).transpose()
+        row.map(|r| r.try_into().map_err(Error::from)).transpose()
     }
 
     /// Applies a change to the config or secrets of a function in an

@@ -7,11 +7,14 @@
 
 use crate::{Error, Result, SqliteStore, insert_audit};
 use seal_state::{
-    AttemptRecord, Backlog, Claimed, CronRun, DeadLetter, DeadReason, DeliveryRecord,
-    DeliveryState, Enqueue, Enqueued, EventRecord, Finished, NewAudit, NewEvent, NextStep, Outcome,
-    QueueRecord, StateError, TriggerRecord, TriggerSpec,
+    AttemptRecord, Backlog, Claimed, CronRun, DeadLetter, DeliveryRecord, Enqueue, Enqueued,
+    EventRecord, Finished, NewAudit, NewEvent, NextStep, QueueRecord, StateError, TriggerRecord,
+    TriggerSpec,
 };
-use sqlx::FromRow;
+use seal_state_sql::{
+    AttemptRow, BacklogRow, ClaimRow, DEAD_SELECT, DeadRow, DeliveryRow, EventRow, QueueRow,
+    RunRow, TriggerRow,
+};
 
 /// Runs `$body` in one transaction committed without waiting for the
 /// disk (`synchronous = NORMAL`; WAL mode keeps it atomic, and a process
@@ -58,226 +61,6 @@ macro_rules! relaxed {
         .await
         .map_err(|e| Error::from(StateError::Backend(format!("relaxed transaction: {e}"))))??
     }};
-}
-
-#[derive(FromRow)]
-struct QueueRow {
-    environment: String,
-    name: String,
-    dedup_window_ms: i64,
-    created_at: i64,
-    created_by: String,
-}
-
-impl From<QueueRow> for QueueRecord {
-    fn from(r: QueueRow) -> Self {
-        Self {
-            environment: r.environment,
-            name: r.name,
-            dedup_window_ms: r.dedup_window_ms as u64,
-            created_at: r.created_at,
-            created_by: r.created_by,
-        }
-    }
-}
-
-#[derive(FromRow)]
-struct TriggerRow {
-    name: String,
-    environment: String,
-    function: String,
-    spec: String,
-    created_at: i64,
-    created_by: String,
-}
-
-impl TryFrom<TriggerRow> for TriggerRecord {
-    type Error = Error;
-    fn try_from(r: TriggerRow) -> Result<Self> {
-        let spec: TriggerSpec = serde_json::from_str(&r.spec)
-            .map_err(|e| StateError::Corrupt(format!("trigger {}: {e}", r.name)))?;
-        Ok(Self {
-            name: r.name,
-            environment: r.environment,
-            function: r.function,
-            spec,
-            created_at: r.created_at,
-            created_by: r.created_by,
-        })
-    }
-}
-
-#[derive(FromRow)]
-struct ClaimRow {
-    id: i64,
-    event_id: i64,
-    trigger: String,
-    function: String,
-    attempts: i64,
-    pinned_version: Option<i64>,
-    environment: String,
-    queue: String,
-    ce_id: String,
-    enqueued_at: i64,
-    event: String,
-    last_attempt: i64,
-}
-
-#[derive(FromRow)]
-struct BacklogRow {
-    environment: String,
-    queue: String,
-    trigger: String,
-    function: String,
-    pending: i64,
-    running: i64,
-    oldest: Option<i64>,
-}
-
-#[derive(FromRow)]
-struct EventRow {
-    id: i64,
-    environment: String,
-    queue: String,
-    ce_id: String,
-    ce_source: String,
-    ce_type: String,
-    event: String,
-    enqueued_at: i64,
-}
-
-#[derive(FromRow)]
-struct DeliveryRow {
-    id: i64,
-    trigger: String,
-    function: String,
-    state: String,
-    attempts: i64,
-    next_at: i64,
-    dead_reason: Option<String>,
-    last_error: Option<String>,
-    finished_at: Option<i64>,
-}
-
-impl TryFrom<DeliveryRow> for DeliveryRecord {
-    type Error = Error;
-    fn try_from(r: DeliveryRow) -> Result<Self> {
-        Ok(Self {
-            state: DeliveryState::parse(&r.state).ok_or_else(|| {
-                StateError::Corrupt(format!("delivery {} state {:?}", r.id, r.state))
-            })?,
-            dead_reason: r.dead_reason.as_deref().and_then(DeadReason::parse),
-            id: r.id as u64,
-            trigger: r.trigger,
-            function: r.function,
-            attempts: r.attempts as u32,
-            next_at: r.next_at,
-            last_error: r.last_error,
-            finished_at: r.finished_at,
-            history: Vec::new(),
-        })
-    }
-}
-
-#[derive(FromRow)]
-struct AttemptRow {
-    attempt: i64,
-    version: Option<i64>,
-    digest: Option<String>,
-    status: Option<i64>,
-    outcome: String,
-    error_kind: Option<String>,
-    started_at: i64,
-    duration_ms: i64,
-}
-
-impl From<AttemptRow> for AttemptRecord {
-    fn from(r: AttemptRow) -> Self {
-        Self {
-            attempt: r.attempt as u32,
-            version: r.version.map(|v| v as u64),
-            digest: r.digest,
-            status: r.status.map(|s| s as u16),
-            outcome: Outcome::parse(&r.outcome).unwrap_or(Outcome::Retryable),
-            error_kind: r.error_kind,
-            started_at: r.started_at,
-            duration_ms: r.duration_ms as u64,
-        }
-    }
-}
-
-#[derive(FromRow)]
-struct DeadRow {
-    id: i64,
-    event_id: i64,
-    environment: String,
-    queue: String,
-    trigger: String,
-    function: String,
-    ce_id: String,
-    ce_type: String,
-    dead_reason: Option<String>,
-    last_error: Option<String>,
-    last_version: Option<i64>,
-    attempts: i64,
-    finished_at: Option<i64>,
-}
-
-impl From<DeadRow> for DeadLetter {
-    fn from(r: DeadRow) -> Self {
-        Self {
-            id: r.id as u64,
-            event_id: r.event_id as u64,
-            environment: r.environment,
-            queue: r.queue,
-            trigger: r.trigger,
-            function: r.function,
-            ce_id: r.ce_id,
-            ty: r.ce_type,
-            reason: r
-                .dead_reason
-                .as_deref()
-                .and_then(DeadReason::parse)
-                .unwrap_or(DeadReason::AttemptsExhausted),
-            last_error: r.last_error,
-            version: r.last_version.map(|v| v as u64),
-            attempts: r.attempts as u32,
-            dead_at: r.finished_at.unwrap_or_default(),
-        }
-    }
-}
-
-const DEAD_SELECT: &str = "SELECT d.id, d.event_id, e.environment, e.queue, d.trigger, d.function, \
-     e.ce_id, e.ce_type, d.dead_reason, d.last_error, d.last_version, d.attempts, d.finished_at \
-     FROM deliveries d JOIN events e ON e.id = d.event_id WHERE d.state = 'dead'";
-
-#[derive(FromRow)]
-struct RunRow {
-    trigger: String,
-    scheduled_at: i64,
-    fired_at: i64,
-    status: String,
-    version: Option<i64>,
-    digest: Option<String>,
-    http_status: Option<i64>,
-    duration_ms: Option<i64>,
-    error: Option<String>,
-}
-
-impl From<RunRow> for CronRun {
-    fn from(r: RunRow) -> Self {
-        Self {
-            trigger: r.trigger,
-            scheduled_at: r.scheduled_at,
-            fired_at: r.fired_at,
-            status: r.status,
-            version: r.version.map(|v| v as u64),
-            digest: r.digest,
-            http_status: r.http_status.map(|s| s as u16),
-            duration_ms: r.duration_ms.map(|d| d as u64),
-            error: r.error,
-        }
-    }
 }
 
 impl SqliteStore {
@@ -420,7 +203,9 @@ impl SqliteStore {
         )
         .fetch_all(&self.read)
         .await?;
-        rows.into_iter().map(TryInto::try_into).collect()
+        rows.into_iter()
+            .map(|r| r.try_into().map_err(Error::from))
+            .collect()
     }
 
     pub async fn trigger(&self, name: &str) -> Result<Option<TriggerRecord>> {
@@ -430,7 +215,7 @@ impl SqliteStore {
         .bind(name)
         .fetch_optional(&self.read)
         .await?;
-        row.map(TryInto::try_into).transpose()
+        row.map(|r| r.try_into().map_err(Error::from)).transpose()
     }
 
     pub async fn delete_trigger(&self, name: &str, actor: &str) -> Result<bool> {
@@ -531,23 +316,7 @@ impl SqliteStore {
             }
             rows
         });
-        Ok(rows
-            .into_iter()
-            .map(|r| Claimed {
-                delivery_id: r.id as u64,
-                event_id: r.event_id as u64,
-                trigger: r.trigger,
-                environment: r.environment,
-                queue: r.queue,
-                function: r.function,
-                attempts: r.attempts as u32,
-                next_attempt: r.last_attempt as u32 + 1,
-                pinned_version: r.pinned_version.map(|v| v as u64),
-                ce_id: r.ce_id,
-                enqueued_at: r.enqueued_at,
-                event: r.event,
-            })
-            .collect())
+        Ok(rows.into_iter().map(Into::into).collect())
     }
 
     pub async fn next_due(&self, trigger: &str) -> Result<Option<i64>> {
@@ -631,18 +400,7 @@ impl SqliteStore {
         )
         .fetch_all(&self.read)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| Backlog {
-                environment: r.environment,
-                queue: r.queue,
-                trigger: r.trigger,
-                function: r.function,
-                pending: r.pending as u64,
-                running: r.running as u64,
-                oldest_enqueued_at: r.oldest,
-            })
-            .collect())
+        Ok(rows.into_iter().map(Into::into).collect())
     }
 
     pub async fn sweep_events(&self, before: i64) -> Result<u64> {

@@ -11,14 +11,18 @@
 //! backlog read never waits behind a commit.
 
 use seal_state::{
-    AUDIT_GENESIS, AuditRecord, AuditVerification, BrokenLink, Budget, DeploymentEvent,
-    DeploymentKind, DeploymentRecord, DeploymentState, HOUR_MS, NewAudit, NewDeployment,
-    NewRollout, NewVersion, RouteRecord, StateError, Strategy, Transition, UsageDelta, UsageRow,
-    VersionRecord, WeightedVersion, audit_hash, now_ms,
+    AUDIT_GENESIS, AuditRecord, AuditVerification, Budget, DeploymentEvent, DeploymentRecord,
+    HOUR_MS, NewAudit, NewDeployment, NewRollout, NewVersion, RouteRecord, StateError, Transition,
+    UsageDelta, UsageRow, VersionRecord, audit_hash, now_ms,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{FromRow, Sqlite, SqlitePool, Transaction};
+use sqlx::{Sqlite, SqlitePool, Transaction};
 use std::path::Path;
+
+use seal_state_sql::{
+    AUDIT_COLUMNS, AuditRow, BudgetRow, DeploymentRow, RouteRow, UsageRowDb, VersionRow,
+    audit_record, verify_chain, weights_json,
+};
 
 mod events;
 mod ports;
@@ -46,127 +50,6 @@ impl From<Error> for StateError {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-#[derive(FromRow)]
-struct VersionRow {
-    function: String,
-    number: i64,
-    digest: String,
-    manifest: String,
-    component_size: i64,
-    compiled_sha256: Option<String>,
-    created_at: i64,
-    created_by: String,
-}
-
-impl TryFrom<VersionRow> for VersionRecord {
-    type Error = Error;
-    fn try_from(r: VersionRow) -> Result<Self> {
-        Ok(Self {
-            manifest: serde_json::from_str(&r.manifest).map_err(|e| {
-                StateError::Corrupt(format!("manifest of {}@{}: {e}", r.function, r.number))
-            })?,
-            function: r.function,
-            version: r.number as u64,
-            digest: r.digest,
-            component_size: r.component_size as u64,
-            compiled_sha256: r.compiled_sha256,
-            created_at: r.created_at,
-            created_by: r.created_by,
-        })
-    }
-}
-
-#[derive(FromRow)]
-struct RouteRow {
-    environment: String,
-    function: String,
-    weights: String,
-    deployment_id: i64,
-    updated_at: i64,
-    sticky_header: Option<String>,
-    preview: Option<i64>,
-}
-
-impl TryFrom<RouteRow> for RouteRecord {
-    type Error = Error;
-    fn try_from(r: RouteRow) -> Result<Self> {
-        Ok(Self {
-            weights: parse_weights(&r.weights)?,
-            environment: r.environment,
-            function: r.function,
-            deployment_id: r.deployment_id as u64,
-            updated_at: r.updated_at,
-            sticky_header: r.sticky_header,
-            preview: r.preview.map(|v| v as u64),
-        })
-    }
-}
-
-fn parse_weights(s: &str) -> Result<Vec<WeightedVersion>> {
-    serde_json::from_str(s).map_err(|e| StateError::Corrupt(format!("weights {s:?}: {e}")).into())
-}
-
-fn weights_json(w: &[WeightedVersion]) -> String {
-    serde_json::to_string(w).unwrap_or_else(|_| "[]".into())
-}
-
-#[derive(FromRow)]
-struct DeploymentRow {
-    id: i64,
-    function: String,
-    environment: String,
-    kind: String,
-    strategy: String,
-    state: String,
-    from_weights: Option<String>,
-    to_weights: String,
-    actor: String,
-    reason: Option<String>,
-    created_at: i64,
-    finished_at: Option<i64>,
-    plan: Option<String>,
-    baseline: Option<i64>,
-    candidate: Option<i64>,
-    step: i64,
-    step_started_at: Option<i64>,
-}
-
-impl TryFrom<DeploymentRow> for DeploymentRecord {
-    type Error = Error;
-    fn try_from(r: DeploymentRow) -> Result<Self> {
-        Ok(Self {
-            id: r.id as u64,
-            from_weights: r.from_weights.as_deref().map(parse_weights).transpose()?,
-            to_weights: parse_weights(&r.to_weights)?,
-            function: r.function,
-            environment: r.environment,
-            kind: DeploymentKind::parse(&r.kind).ok_or_else(|| {
-                StateError::Corrupt(format!("deployment {} has kind {:?}", r.id, r.kind))
-            })?,
-            strategy: Strategy::parse(&r.strategy).ok_or_else(|| {
-                StateError::Corrupt(format!("deployment {} has strategy {:?}", r.id, r.strategy))
-            })?,
-            state: DeploymentState::parse(&r.state).ok_or_else(|| {
-                StateError::Corrupt(format!("deployment {} has state {:?}", r.id, r.state))
-            })?,
-            actor: r.actor,
-            reason: r.reason,
-            created_at: r.created_at,
-            finished_at: r.finished_at,
-            plan: r
-                .plan
-                .as_deref()
-                .map(serde_json::from_str)
-                .transpose()
-                .map_err(|e| StateError::Corrupt(format!("plan of deployment {}: {e}", r.id)))?,
-            baseline: r.baseline.map(|v| v as u64),
-            candidate: r.candidate.map(|v| v as u64),
-            step: r.step as u32,
-            step_started_at: r.step_started_at,
-        })
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -229,7 +112,7 @@ impl SqliteStore {
             .bind(digest)
             .fetch_optional(&self.read)
             .await?
-            .map(TryInto::try_into)
+            .map(|r| r.try_into().map_err(Error::from))
             .transpose()
     }
 
@@ -241,7 +124,7 @@ impl SqliteStore {
         .bind(number as i64)
         .fetch_optional(&self.read)
         .await?
-        .map(TryInto::try_into)
+        .map(|r| r.try_into().map_err(Error::from))
         .transpose()
     }
 
@@ -253,7 +136,7 @@ impl SqliteStore {
         .fetch_all(&self.read)
         .await?
         .into_iter()
-        .map(TryInto::try_into)
+        .map(|r| r.try_into().map_err(Error::from))
         .collect()
     }
 
@@ -262,7 +145,7 @@ impl SqliteStore {
             .fetch_all(&self.read)
             .await?
             .into_iter()
-            .map(TryInto::try_into)
+            .map(|r| r.try_into().map_err(Error::from))
             .collect()
     }
 
@@ -453,7 +336,7 @@ impl SqliteStore {
             .fetch_all(&self.read)
             .await?
             .into_iter()
-            .map(TryInto::try_into)
+            .map(|r| r.try_into().map_err(Error::from))
             .collect()
     }
 
@@ -465,7 +348,7 @@ impl SqliteStore {
         .bind(function)
         .fetch_optional(&self.read)
         .await?
-        .map(TryInto::try_into)
+        .map(|r| r.try_into().map_err(Error::from))
         .transpose()
     }
 
@@ -717,7 +600,7 @@ impl SqliteStore {
         .fetch_all(&self.read)
         .await?
         .into_iter()
-        .map(TryInto::try_into)
+        .map(|r| r.try_into().map_err(Error::from))
         .collect()
     }
 
@@ -740,7 +623,7 @@ impl SqliteStore {
         .bind(function)
         .fetch_optional(&mut **tx)
         .await?
-        .map(TryInto::try_into)
+        .map(|r| r.try_into().map_err(Error::from))
         .transpose()
     }
 
@@ -757,7 +640,7 @@ impl SqliteStore {
         .fetch_all(&self.read)
         .await?
         .into_iter()
-        .map(TryInto::try_into)
+        .map(|r| r.try_into().map_err(Error::from))
         .collect()
     }
 
@@ -807,26 +690,7 @@ impl SqliteStore {
         .bind(limit as i64)
         .fetch_all(&self.read)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(
-                |(id, at, actor, action, object, digest, outcome, detail, prev_hash, hash)| {
-                    AuditRecord {
-                        id: id as u64,
-                        at,
-                        actor,
-                        action,
-                        object,
-                        digest,
-                        outcome,
-                        detail: serde_json::from_str(&detail)
-                            .unwrap_or(serde_json::Value::String(detail)),
-                        prev_hash,
-                        hash,
-                    }
-                },
-            )
-            .collect())
+        Ok(rows.into_iter().map(audit_record).collect())
     }
 
     /// Recomputes the audit chain from the first entry and reports the
@@ -838,55 +702,7 @@ impl SqliteStore {
             sqlx::query_as(&format!("SELECT {AUDIT_COLUMNS} FROM audit ORDER BY id"))
                 .fetch_all(&self.read)
                 .await?;
-        let mut prev = AUDIT_GENESIS.to_owned();
-        let mut entries = 0u64;
-        for (expected_id, row) in (1i64..).zip(rows) {
-            let (id, at, actor, action, object, digest, outcome, detail, prev_hash, hash) = row;
-            let broken = |reason: String| AuditVerification {
-                ok: false,
-                entries,
-                head: None,
-                first_broken: Some(BrokenLink {
-                    id: id as u64,
-                    reason,
-                }),
-            };
-            if id != expected_id {
-                return Ok(broken(format!(
-                    "entries {expected_id}..{} are missing",
-                    id - 1
-                )));
-            }
-            if prev_hash.as_deref() != Some(prev.as_str()) {
-                return Ok(broken(
-                    "its prev_hash is not the hash of the entry before it".into(),
-                ));
-            }
-            let computed = audit_hash(
-                &prev,
-                id,
-                at,
-                &actor,
-                &action,
-                &object,
-                digest.as_deref(),
-                &outcome,
-                &detail,
-            );
-            if hash.as_deref() != Some(computed.as_str()) {
-                return Ok(broken(
-                    "its contents do not match its hash (the entry was changed)".into(),
-                ));
-            }
-            prev = computed;
-            entries += 1;
-        }
-        Ok(AuditVerification {
-            ok: true,
-            entries,
-            head: (entries > 0).then_some(prev),
-            first_broken: None,
-        })
+        Ok(verify_chain(rows))
     }
 
     /// Chains the entries written before the chain existed, in id order,
@@ -1059,57 +875,6 @@ pub(crate) async fn insert_audit(
     Ok(())
 }
 
-type AuditRow = (
-    i64,
-    i64,
-    String,
-    String,
-    String,
-    Option<String>,
-    String,
-    String,
-    Option<String>,
-    Option<String>,
-);
-
-const AUDIT_COLUMNS: &str =
-    "id, at, actor, action, object, digest, outcome, detail, prev_hash, hash";
-
-/// A version's usage over a time range.
-#[derive(FromRow)]
-struct UsageRowDb {
-    environment: String,
-    version: i64,
-    invocations: i64,
-    gb_seconds: f64,
-}
-
-/// A function's cost budget per calendar period (UTC).
-#[derive(FromRow)]
-struct BudgetRow {
-    function: String,
-    gb_seconds: f64,
-    period: String,
-    webhook: Option<String>,
-    alerted_period: Option<i64>,
-    updated_by: String,
-    updated_at: i64,
-}
-
-impl From<BudgetRow> for Budget {
-    fn from(r: BudgetRow) -> Self {
-        Budget {
-            function: r.function,
-            gb_seconds: r.gb_seconds,
-            period: r.period,
-            webhook: r.webhook,
-            alerted_period: r.alerted_period,
-            updated_by: r.updated_by,
-            updated_at: r.updated_at,
-        }
-    }
-}
-
 impl SqliteStore {
     /// Adds usage deltas in one transaction (summed into their hour rows).
     pub async fn add_usage(&self, deltas: &[UsageDelta]) -> Result<()> {
@@ -1241,6 +1006,7 @@ impl SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use seal_state::{DeploymentKind, DeploymentState, Strategy, WeightedVersion};
 
     async fn fresh() -> (
         tempfile::TempDir,
