@@ -302,17 +302,19 @@ impl Control {
     /// time the store's change revision moves (announced, or seen by the
     /// poll every `poll`), the routes, config and secrets and trigger
     /// bindings are read again. Does nothing on a store no other node
-    /// writes. The first pass re-reads at once, so nothing committed
-    /// while this node started is missed.
+    /// writes. `loaded` is the revision read before start-up loaded its
+    /// routes and settings, so a change committed meanwhile is applied
+    /// and nothing is read twice.
     pub async fn follow_changes(
         self: Arc<Self>,
+        loaded: i64,
         poll: std::time::Duration,
         stop: tokio_util::sync::CancellationToken,
     ) {
         if !self.state.shared() {
             return;
         }
-        let mut seen = i64::MIN;
+        let mut seen = loaded;
         // Said once when the store goes away and once when it is back,
         // not at every retry.
         let mut failing = false;
@@ -347,6 +349,12 @@ impl Control {
                 }
             }
         }
+    }
+
+    /// The store's change revision, read before start-up loads what it
+    /// follows (see [`Self::follow_changes`]).
+    pub async fn change_revision(&self) -> ControlResult<i64> {
+        Ok(self.state.change_revision().await?)
     }
 
     /// Re-reads what another node may have changed.

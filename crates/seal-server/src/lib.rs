@@ -523,6 +523,12 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         .await
         .context("cannot check the artifact index")?;
     control.set_gateway_addr(gateway_addr);
+    // Before routes and settings are loaded: what other nodes change from
+    // here on is followed (below).
+    let loaded_revision = control
+        .change_revision()
+        .await
+        .context("cannot read the state store's change revision")?;
     control
         .settings()
         .apply_all_settings()
@@ -549,7 +555,11 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     });
     // On a store other nodes write to, their changes reach this node's
     // gateway: announced at commit, or found by a poll every 2 s.
-    tasks.spawn(control.clone().follow_changes(FOLLOW_POLL, stop.clone()));
+    tasks.spawn(
+        control
+            .clone()
+            .follow_changes(loaded_revision, FOLLOW_POLL, stop.clone()),
+    );
     // Event delivery and cron ticks, each one loop under the stop token.
     tasks.spawn(control.events().clone().run_queues(stop.clone()));
     tasks.spawn(control.events().clone().run_cron(stop.clone()));

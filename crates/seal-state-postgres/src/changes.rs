@@ -14,11 +14,7 @@ pub(crate) const CHANNEL: &str = "seal_changes";
 
 impl PostgresStore {
     pub async fn change_revision(&self) -> Result<i64> {
-        Ok(
-            sqlx::query_scalar("SELECT revision FROM changes WHERE id = 1")
-                .fetch_one(&self.pool)
-                .await?,
-        )
+        revision(&self.pool).await
     }
 
     pub async fn wait_for_change(&self, seen: i64, poll: Duration) -> Result<i64> {
@@ -47,12 +43,7 @@ fn listen(pool: sqlx::PgPool) -> watch::Receiver<i64> {
             newer
         });
     };
-    let reread = |pool: sqlx::PgPool| async move {
-        sqlx::query_scalar::<_, i64>("SELECT revision FROM changes WHERE id = 1")
-            .fetch_one(&pool)
-            .await
-            .ok()
-    };
+    let reread = |pool: sqlx::PgPool| async move { revision(&pool).await.ok() };
     tokio::spawn(async move {
         let mut listener: Option<PgListener> = None;
         // Announcements name the schema the change was made in.
@@ -114,6 +105,14 @@ fn listen(pool: sqlx::PgPool) -> watch::Receiver<i64> {
         }
     });
     rx
+}
+
+async fn revision(pool: &sqlx::PgPool) -> Result<i64> {
+    Ok(
+        sqlx::query_scalar("SELECT revision FROM changes WHERE id = 1")
+            .fetch_one(pool)
+            .await?,
+    )
 }
 
 async fn connect(pool: &sqlx::PgPool) -> Result<PgListener> {
