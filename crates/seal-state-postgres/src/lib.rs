@@ -33,6 +33,7 @@ use seal_state_sql::{
 };
 
 mod changes;
+mod cluster;
 mod events;
 mod ports;
 mod security;
@@ -551,6 +552,9 @@ impl PostgresStore {
         let d: DeploymentRecord = row.try_into()?;
         if !d.is_active() {
             return Err(StateError::NotActive(id).into());
+        }
+        if let Some(fence) = &t.fence {
+            cluster::check_fence(&mut tx, fence).await?;
         }
         let now = now_ms();
         let weights = t.weights.map(weights_json);
@@ -1111,7 +1115,7 @@ pub(crate) mod testing {
 mod tests {
     use super::testing::store;
     use super::*;
-    use seal_state::{DeploymentState, Strategy, WeightedVersion};
+    use seal_state::{DeploymentState, Fence, Strategy, WeightedVersion};
 
     async fn fresh() -> Option<(testing::Schema, std::sync::Arc<dyn seal_state::StateStore>)> {
         let (schema, s) = store().await?;
@@ -1241,6 +1245,7 @@ mod tests {
                     event: "succeeded",
                     detail: serde_json::json!({}),
                     audit: None,
+                    fence: None,
                 },
             )
             .await
@@ -1248,6 +1253,154 @@ mod tests {
         }
         let v = a.verify_audit().await.unwrap();
         assert!(v.ok, "{v:?}");
+    }
+
+    #[tokio::test]
+    async fn one_node_holds_the_lease_until_it_expires_and_an_old_holder_is_fenced() {
+        let Some((schema, a)) = store().await else {
+            return;
+        };
+        let b = schema.node().await;
+        let ttl = std::time::Duration::from_millis(400);
+        let ea = a
+            .acquire_lease("a", ttl)
+            .await
+            .unwrap()
+            .expect("a free lease");
+        assert_eq!(b.acquire_lease("b", ttl).await.unwrap(), None, "held by a");
+        // Renewal keeps the epoch.
+        assert_eq!(a.acquire_lease("a", ttl).await.unwrap(), Some(ea));
+        let l = b.lease().await.unwrap().unwrap();
+        assert_eq!((l.holder.as_deref(), l.epoch), (Some("a"), ea));
+        assert!(l.expires_in_ms > 0 && l.expires_in_ms <= 400, "{l:?}");
+
+        // A rollout a's driver moves under its fence.
+        let m = serde_json::json!({});
+        for d in ["sha256:a", "sha256:b"] {
+            a.create_version(new_version("hello", d, &m)).await.unwrap();
+        }
+        let weights = [
+            WeightedVersion {
+                version: 1,
+                weight: 100,
+            },
+            WeightedVersion {
+                version: 2,
+                weight: 0,
+            },
+        ];
+        let plan = serde_json::json!({});
+        let d = a
+            .start_rollout(NewRollout {
+                function: "hello",
+                environment: "production",
+                strategy: Strategy::Canary,
+                from_weights: None,
+                weights: &weights,
+                actor: "t",
+                reason: None,
+                digest: None,
+                plan: &plan,
+                baseline: 1,
+                candidate: 2,
+                sticky_header: None,
+            })
+            .await
+            .unwrap();
+        let step = |fence: Fence, step: u32| Transition {
+            state: DeploymentState::Progressing,
+            step: Some(step),
+            weights: None,
+            finished: false,
+            event: "step",
+            detail: serde_json::json!({}),
+            audit: None,
+            fence: Some(fence),
+        };
+        let fa = Fence {
+            node: "a".into(),
+            epoch: ea,
+        };
+        a.transition(d.id, step(fa.clone(), 1)).await.unwrap();
+
+        // a stalls past its lease: b takes over with a new epoch, and a's
+        // next transition is refused and changes nothing.
+        tokio::time::sleep(ttl + std::time::Duration::from_millis(100)).await;
+        let eb = b
+            .acquire_lease("b", ttl)
+            .await
+            .unwrap()
+            .expect("expired: taken");
+        assert!(eb > ea);
+        assert_eq!(
+            a.acquire_lease("a", ttl).await.unwrap(),
+            None,
+            "b holds it now"
+        );
+        let e = a.transition(d.id, step(fa, 2)).await.unwrap_err();
+        assert!(
+            matches!(e, Error::State(StateError::Fenced { epoch }) if epoch == ea),
+            "{e:?}"
+        );
+        assert_eq!(a.deployment(d.id).await.unwrap().unwrap().0.step, 1);
+        let fb = Fence {
+            node: "b".into(),
+            epoch: eb,
+        };
+        b.transition(d.id, step(fb, 2)).await.unwrap();
+        assert_eq!(a.deployment(d.id).await.unwrap().unwrap().0.step, 2);
+
+        // A clean stop hands the lease over at once.
+        b.release_lease("b", eb).await.unwrap();
+        let next = a.acquire_lease("a", ttl).await.unwrap().expect("released");
+        assert!(next > eb);
+    }
+
+    #[tokio::test]
+    async fn nodes_report_their_versions_and_silent_ones_drop_out() {
+        let Some((schema, a)) = store().await else {
+            return;
+        };
+        let b = schema.node().await;
+        let report = |node: &str, requests: u64| seal_state::NodeReport {
+            node: node.into(),
+            api: "127.0.0.1:1".into(),
+            gateway: "127.0.0.1:2".into(),
+            release: "0.1.0".into(),
+            started_at: 5,
+            versions: vec![seal_state::NodeVersion {
+                environment: "production".into(),
+                function: "hello".into(),
+                version: 1,
+                weight: 100,
+                counters: serde_json::json!({"requests": requests}),
+            }],
+        };
+        a.report_node(&report("a", 3)).await.unwrap();
+        b.report_node(&report("b", 7)).await.unwrap();
+        b.report_node(&report("b", 9)).await.unwrap();
+        let nodes = a.nodes(std::time::Duration::from_secs(60)).await.unwrap();
+        assert_eq!(nodes.len(), 2);
+        assert_eq!(nodes[0].report, report("a", 3));
+        assert_eq!(
+            nodes[1].report,
+            report("b", 9),
+            "the latest report replaces the last"
+        );
+        assert!(nodes.iter().all(|n| n.heartbeat_age_ms < 60_000));
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        b.report_node(&report("b", 10)).await.unwrap();
+        let recent = a
+            .nodes(std::time::Duration::from_millis(200))
+            .await
+            .unwrap();
+        assert_eq!(
+            recent
+                .iter()
+                .map(|n| n.report.node.as_str())
+                .collect::<Vec<_>>(),
+            ["b"]
+        );
     }
 
     #[tokio::test]

@@ -22,3 +22,27 @@ impl seal_state::Changes for PostgresStore {
         Ok(PostgresStore::wait_for_change(self, seen, poll).await?)
     }
 }
+
+/// One controller among the nodes: the lease and the nodes' reports.
+#[async_trait::async_trait]
+impl seal_state::Cluster for PostgresStore {
+    async fn acquire_lease(&self, node: &str, ttl: std::time::Duration) -> Result<Option<i64>> {
+        Ok(PostgresStore::acquire_lease(self, node, ttl).await?)
+    }
+
+    async fn release_lease(&self, node: &str, epoch: i64) -> Result<()> {
+        Ok(PostgresStore::release_lease(self, node, epoch).await?)
+    }
+
+    async fn lease(&self) -> Result<Option<seal_state::LeaseRecord>> {
+        Ok(PostgresStore::lease(self).await?)
+    }
+
+    async fn report_node(&self, report: &seal_state::NodeReport) -> Result<()> {
+        Ok(PostgresStore::report_node(self, report).await?)
+    }
+
+    async fn nodes(&self, within: std::time::Duration) -> Result<Vec<seal_state::NodeRecord>> {
+        Ok(PostgresStore::nodes(self, within).await?)
+    }
+}

@@ -23,3 +23,6 @@ impl seal_state::Changes for SqliteStore {
         Ok(0)
     }
 }
+
+/// One process owns the file: it is the only node and always leads.
+impl seal_state::Cluster for SqliteStore {}

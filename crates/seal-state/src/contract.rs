@@ -298,6 +298,7 @@ pub async fn an_active_rollout_owns_its_route(s: &dyn StateStore) {
                 event: "succeeded",
                 detail: json!({}),
                 audit: Some(("deploy", "succeeded", "contract")),
+                fence: None,
             },
         )
         .await
@@ -323,6 +324,7 @@ pub async fn an_active_rollout_owns_its_route(s: &dyn StateStore) {
                 event: "rolled_back",
                 detail: json!({}),
                 audit: None,
+                fence: None,
             },
         )
         .await

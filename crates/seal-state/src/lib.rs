@@ -56,6 +56,10 @@ pub enum StateError {
     },
     #[error("deployment {0} is not active")]
     NotActive(u64),
+    /// A controller's transition carried a lease this node no longer
+    /// holds: another node took over, and this one must not commit.
+    #[error("this node is no longer the controller (lease epoch {epoch} was taken over)")]
+    Fenced { epoch: i64 },
     /// A change that contradicts what is stored (safe to show a user).
     #[error("{0}")]
     Conflict(String),
@@ -159,6 +163,17 @@ pub struct Transition<'a> {
     pub detail: serde_json::Value,
     /// An audit entry (action, outcome, actor) for changes people care about.
     pub audit: Option<(&'a str, &'a str, &'a str)>,
+    /// The controller lease the driver acts under: on a shared store the
+    /// transition commits only while this node still holds that epoch.
+    pub fence: Option<Fence>,
+}
+
+/// A node's hold on the controller lease: its name and the lease's epoch,
+/// which grows with every change of holder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub node: String,
+    pub epoch: i64,
 }
 
 /// Unix time in milliseconds.
@@ -609,6 +624,77 @@ pub trait Changes: Send + Sync {
     async fn wait_for_change(&self, seen: i64, poll: std::time::Duration) -> Result<i64>;
 }
 
+/// What a node tells the others every second: who it is, and the
+/// cumulative counters of every version it serves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeReport {
+    pub node: String,
+    pub api: String,
+    pub gateway: String,
+    /// The `seal` release the node runs.
+    pub release: String,
+    pub started_at: i64,
+    pub versions: Vec<NodeVersion>,
+}
+
+/// One version a node serves, with its counters since the node loaded it
+/// (opaque here: the serving layer's snapshot as JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeVersion {
+    pub environment: String,
+    pub function: String,
+    pub version: u64,
+    pub weight: u32,
+    pub counters: serde_json::Value,
+}
+
+/// A node as the store last heard of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub report: NodeReport,
+    /// Milliseconds since its last report, by the store's clock.
+    pub heartbeat_age_ms: i64,
+}
+
+/// Who holds the controller lease.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeaseRecord {
+    pub holder: Option<String>,
+    pub epoch: i64,
+    /// Milliseconds until it expires (negative: expired), by the store's clock.
+    pub expires_in_ms: i64,
+}
+
+/// One controller among several nodes: a lease in the store, taken by
+/// one node at a time, and each node's heartbeat with its counters. A
+/// store one process owns (SQLite) has one node, which always leads: the
+/// defaults say so and store nothing.
+#[async_trait]
+pub trait Cluster: Send + Sync {
+    /// Takes the controller lease for `node` if it is free or expired
+    /// (a new epoch), or renews it if `node` holds it (the same epoch),
+    /// for `ttl` by the store's clock. `Some(epoch)` when `node` holds it.
+    async fn acquire_lease(&self, _node: &str, _ttl: std::time::Duration) -> Result<Option<i64>> {
+        Ok(Some(1))
+    }
+    /// Gives the lease up at once (a clean stop), if `node` holds `epoch`.
+    async fn release_lease(&self, _node: &str, _epoch: i64) -> Result<()> {
+        Ok(())
+    }
+    /// The lease as it stands (`None`: a store with one node).
+    async fn lease(&self) -> Result<Option<LeaseRecord>> {
+        Ok(None)
+    }
+    /// Records a node's heartbeat and the counters of what it serves.
+    async fn report_node(&self, _report: &NodeReport) -> Result<()> {
+        Ok(())
+    }
+    /// Every node heard of within `within`, with its last report.
+    async fn nodes(&self, _within: std::time::Duration) -> Result<Vec<NodeRecord>> {
+        Ok(Vec::new())
+    }
+}
+
 /// Every aggregate: what the control plane needs of a state backend.
 pub trait StateStore:
     Catalog
@@ -621,6 +707,7 @@ pub trait StateStore:
     + Attestations
     + Events
     + Changes
+    + Cluster
 {
 }
 
@@ -635,6 +722,7 @@ impl<T> StateStore for T where
         + Attestations
         + Events
         + Changes
+        + Cluster
 {
 }
 

@@ -547,6 +547,7 @@ impl Control {
                     event: ending.event,
                     detail: ending.detail.clone(),
                     audit: Some(("deploy", ending.state.as_str(), &ending.actor)),
+                    fence: None,
                 },
             )
             .await?;
@@ -869,6 +870,7 @@ impl Driver {
                     event: "step",
                     detail: json!({"step": step, "weight": weight, "weights": weights}),
                     audit: None,
+                    fence: None,
                 },
             )
             .await?;
@@ -1108,6 +1110,7 @@ impl Driver {
                     event: "paused",
                     detail: json!({"reason": "waiting for an approval before promotion"}),
                     audit: None,
+                    fence: None,
                 },
             )
             .await?;
@@ -1149,6 +1152,7 @@ impl Driver {
                             event: "approved",
                             detail: json!({"by": actor}),
                             audit: Some(("approve", "ok", &actor)),
+                            fence: None,
                         },
                     )
                     .await;
@@ -1196,6 +1200,7 @@ impl Driver {
                     event: "promoted",
                     detail: json!({"step": last, "weights": weights, "by": actor}),
                     audit: Some(("promote", "ok", actor)),
+                    fence: None,
                 },
             )
             .await?;
