@@ -258,6 +258,14 @@ enum Command {
     /// Dead letters: list, show, redrive (to the live route or --to N), purge.
     #[command(subcommand, after_long_help = EVENTS_EXAMPLES)]
     Dlq(commands::events::DlqCommand),
+    /// The nodes sharing one PostgreSQL store and which one is the controller.
+    ///
+    /// Every node serves HTTP and events; the controller (one node at a time,
+    /// by a lease renewed every second) also drives deployments and fires
+    /// cron ticks. When it dies another node takes over within 5 s and
+    /// resumes every deployment from its committed step.
+    #[command(subcommand)]
+    Cluster(commands::cluster::ClusterCommand),
 }
 
 const EVENTS_EXAMPLES: &str = "\
@@ -422,6 +430,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Trigger(cmd) => commands::events::trigger(cmd, &client()?, out).await,
         Command::Events(cmd) => commands::events::events(cmd, &client()?, out).await,
         Command::Dlq(cmd) => commands::events::dlq(cmd, &client()?, out).await,
+        Command::Cluster(cmd) => commands::cluster::cluster(cmd, &client()?, out).await,
     }
 }
 

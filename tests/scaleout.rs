@@ -165,15 +165,20 @@ fn an_unreachable_database_stops_the_start_with_a_clear_error() {
 
 /// Waits (bounded) until `node` answers `/hello/` from `version`.
 async fn until_serves(node: &Server, version: u64) -> std::time::Duration {
+    until_serves_at(node, "/hello/", version).await
+}
+
+/// Waits (bounded) until `node` answers `path` from `version`.
+async fn until_serves_at(node: &Server, path: &str, version: u64) -> std::time::Duration {
     let start = std::time::Instant::now();
     loop {
-        let r = node.get("/hello/").await;
+        let r = node.get(path).await;
         if r.status() == 200 && header(&r, "seal-version") == version.to_string() {
             return start.elapsed();
         }
         assert!(
             start.elapsed() < std::time::Duration::from_secs(15),
-            "node did not serve hello@{version} within 15 s (status {}, version {:?}); log:\n{}",
+            "node did not serve {path} from version {version} within 15 s (status {}, version {:?}); log:\n{}",
             r.status(),
             r.headers().get("seal-version"),
             node.log()
@@ -385,4 +390,292 @@ async fn while_postgres_is_away_the_gateway_serves_and_the_api_says_state_unavai
     assert_eq!(header(&r, "seal-version"), "2");
     let v = s.seal_json(&["audit", "verify"]);
     assert_eq!(v["ok"], true, "{v}");
+}
+
+/// Nodes sharing one schema: the first writes the admin token and master
+/// key, the others copy them (as an operator hands them to every node).
+struct Fleet {
+    dirs: Vec<tempfile::TempDir>,
+}
+
+impl Fleet {
+    fn new() -> Self {
+        Self { dirs: Vec::new() }
+    }
+
+    fn start(&mut self, url: &str) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        if let Some(first) = self.dirs.first() {
+            for f in ["admin.token", "master.key"] {
+                std::fs::copy(first.path().join(f), dir.path().join(f)).unwrap();
+            }
+        }
+        let s = Server::start_with(dir.path(), &["--state", url]);
+        self.dirs.push(dir);
+        s
+    }
+}
+
+/// Polls `seal cluster status` through `node` until `check` holds (or 15 s).
+async fn until_cluster(node: &Server, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let start = std::time::Instant::now();
+    loop {
+        let v = node.api_get("/v1/cluster").await;
+        if check(&v) {
+            return v;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(15),
+            "{what} never held: {v:#}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+fn controller(v: &Value) -> Option<String> {
+    v["controller"].as_str().map(str::to_owned)
+}
+
+fn node_named(v: &Value, api: &str) -> Option<String> {
+    v["nodes"]
+        .as_array()?
+        .iter()
+        .find(|n| api.ends_with(n["api"].as_str().unwrap_or("-")))
+        .and_then(|n| n["name"].as_str().map(str::to_owned))
+}
+
+async fn deployment(node: &Server, id: u64) -> Value {
+    node.api_get(&format!("/v1/deployments/{id}")).await
+}
+
+/// Polls a deployment through `node` until it has ended (or `limit`).
+async fn until_finished(node: &Server, id: u64, limit: std::time::Duration) -> Value {
+    let start = std::time::Instant::now();
+    loop {
+        let v = deployment(node, id).await;
+        let state = v["deployment"]["state"].as_str().unwrap_or("").to_owned();
+        if !["pending", "progressing", "paused"].contains(&state.as_str()) {
+            return v;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "deployment {id} still {state} after {limit:?}: {v:#}\n{}",
+            node.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_have_one_controller_and_a_clean_stop_hands_it_over() {
+    let Some(schema) = Schema::create("controller") else {
+        return;
+    };
+    let url = schema.url();
+    let mut fleet = Fleet::new();
+    let a = fleet.start(&url);
+    let b = fleet.start(&url);
+    let c = fleet.start(&url);
+    for node in [&a, &b, &c] {
+        publish_file(node, &example_component("hello"), "hello", &[]);
+    }
+    a.seal_json(&["deploy", "hello", "1"]);
+    until_serves(&c, 1).await;
+    // Every node lists the three, one controller, and what each serves.
+    let mut seen = None;
+    for node in [&a, &b, &c] {
+        let v = until_cluster(node, "three nodes, one serving hello@1 each", |v| {
+            v["nodes"].as_array().is_some_and(|n| {
+                n.len() == 3
+                    && n.iter().all(|n| {
+                        n["versions"].to_string().contains("\"function\":\"hello\"")
+                            && n["heartbeat_age_ms"].as_i64().unwrap() < 5_000
+                    })
+            }) && controller(v).is_some()
+        })
+        .await;
+        assert_eq!(v["shared"], true);
+        let leaders: Vec<&Value> = v["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["controller"] == true)
+            .collect();
+        assert_eq!(leaders.len(), 1, "{v:#}");
+        assert_eq!(leaders[0]["name"].as_str(), controller(&v).as_deref());
+        assert!(seen.is_none() || seen == controller(&v), "{v:#}");
+        seen = controller(&v);
+    }
+    // The first node started took the free lease.
+    let first = until_cluster(&b, "a names itself", |v| node_named(v, &a.api).is_some()).await;
+    assert_eq!(controller(&first), node_named(&first, &a.api), "{first:#}");
+    let text = b.seal(&["cluster", "status"]);
+    assert!(
+        text.ok && text.stdout.contains("controller: "),
+        "{}",
+        text.stdout
+    );
+    let epoch = first["epoch"].as_i64().unwrap();
+
+    // A clean stop gives the lease up: another node takes it at its next
+    // heartbeat, not after the lease time.
+    let stopped = std::time::Instant::now();
+    let a_name = controller(&first).unwrap();
+    let status = a.terminate();
+    assert!(status.success());
+    let after = until_cluster(&b, "another controller", |v| {
+        controller(v).is_some_and(|c| c != a_name)
+    })
+    .await;
+    let took = stopped.elapsed();
+    assert!(after["epoch"].as_i64().unwrap() > epoch, "{after:#}");
+    assert!(
+        took < std::time::Duration::from_millis(3_500),
+        "took {took:?}"
+    );
+    eprintln!("controller handed over in {took:?} after a clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_canary_is_rolled_back_on_traffic_that_only_another_node_saw() {
+    let Some(schema) = Schema::create("fleetgate") else {
+        return;
+    };
+    let url = schema.url();
+    let mut fleet = Fleet::new();
+    let a = fleet.start(&url);
+    let v = until_cluster(&a, "a is the controller", |v| {
+        controller(v).is_some() && controller(v) == node_named(v, &a.api)
+    })
+    .await;
+    let a_name = controller(&v).unwrap();
+    let b = fleet.start(&url);
+    for node in [&a, &b] {
+        publish_file(node, &guest("echo"), "api", &[]);
+        publish_file(node, &guest("fail"), "api", &[]);
+    }
+    b.seal_json(&["deploy", "api", "1"]);
+    until_serves_at(&b, "/api/", 1).await;
+    // Started through B; the controller (A) drives it. Its gates must see
+    // B's traffic, the only traffic there is.
+    let (status, started) = b
+        .api_post(
+            "/v1/functions/api/deploy",
+            serde_json::json!({"version": 2, "rollout": {"strategy": "canary", "steps": [50],
+                "interval_ms": 4000, "gates": {"max_error_rate": 0.01, "min_requests": 20}}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{started}");
+    let id = started["deployment"]["id"].as_u64().unwrap();
+    let mut sent = 0;
+    let start = std::time::Instant::now();
+    let finished = loop {
+        let d = deployment(&b, id).await;
+        if d["deployment"]["state"] != "progressing" {
+            break d;
+        }
+        for _ in 0..20 {
+            b.get("/api/").await;
+            sent += 1;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20) && sent < 4_000,
+            "never rolled back after {sent} requests: {d:#}\n{}",
+            a.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        finished["deployment"]["state"], "rolled_back",
+        "{finished:#}"
+    );
+    let events = finished["events"].as_array().unwrap();
+    let resumed = events.iter().find(|e| e["kind"] == "resumed").unwrap();
+    assert_eq!(
+        resumed["detail"]["controller"]["node"].as_str(),
+        Some(a_name.as_str()),
+        "A adopted the deployment B started: {events:#?}"
+    );
+    // The evaluation that failed says it summed both nodes' counters.
+    let gate = events
+        .iter()
+        .rfind(|e| e["kind"] == "gate")
+        .unwrap_or_else(|| panic!("{events:#?}"));
+    assert_eq!(gate["detail"]["verdict"], "fail", "{gate:#}");
+    assert_eq!(gate["detail"]["nodes"], 2, "{gate:#}");
+    let rolled = events.iter().find(|e| e["kind"] == "rolled_back").unwrap();
+    assert_eq!(rolled["detail"]["gate"]["gate"], "error_rate", "{rolled:#}");
+    // A's own gateway served none of it; B served it all.
+    let total = |top: &Value| -> u64 {
+        top["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["total_requests"].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(total(&a.api_get("/v1/top").await), 0);
+    assert!(total(&b.api_get("/v1/top").await) >= 20);
+    until_serves_at(&a, "/api/", 1).await;
+    until_serves_at(&b, "/api/", 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_killed_mid_canary_is_replaced_and_the_canary_finishes() {
+    let Some(schema) = Schema::create("failover") else {
+        return;
+    };
+    let url = schema.url();
+    let mut fleet = Fleet::new();
+    let a = fleet.start(&url);
+    until_cluster(&a, "a is the controller", |v| {
+        controller(v).is_some() && controller(v) == node_named(v, &a.api)
+    })
+    .await;
+    let b = fleet.start(&url);
+    for node in [&a, &b] {
+        publish_file(node, &guest("echo"), "api", &[]);
+        publish_file(node, &example_component("hello_v2"), "api", &[]);
+    }
+    a.seal_json(&["deploy", "api", "1"]);
+    let (status, started) = a
+        .api_post(
+            "/v1/functions/api/deploy",
+            serde_json::json!({"version": 2, "rollout": {"strategy": "canary", "steps": [20, 50],
+                "interval_ms": 1500, "gates": {"min_requests": 0}}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{started}");
+    let id = started["deployment"]["id"].as_u64().unwrap();
+    let start = std::time::Instant::now();
+    while deployment(&b, id).await["deployment"]["step"] != 1 {
+        assert!(start.elapsed() < std::time::Duration::from_secs(10));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let killed = std::time::Instant::now();
+    a.stop(); // SIGKILL: the lease is not given up, it expires.
+    let b_name = until_cluster(&b, "b names itself", |v| node_named(v, &b.api).is_some()).await;
+    let b_name = node_named(&b_name, &b.api).unwrap();
+    until_cluster(&b, "b takes over", |v| {
+        controller(v).as_deref() == Some(&b_name)
+    })
+    .await;
+    let took = killed.elapsed();
+    eprintln!("controller replaced {took:?} after kill -9");
+    assert!(took < std::time::Duration::from_secs(6), "took {took:?}");
+    // B resumes from the committed step and finishes it; every answer
+    // meanwhile came from a servable version.
+    for _ in 0..50 {
+        let r = b.get("/api/").await;
+        assert_eq!(r.status(), 200);
+    }
+    let done = until_finished(&b, id, std::time::Duration::from_secs(20)).await;
+    assert_eq!(done["deployment"]["state"], "succeeded", "{done:#}");
+    let events = done["events"].as_array().unwrap();
+    assert!(
+        events.iter().any(|e| e["kind"] == "resumed"
+            && e["detail"]["controller"]["node"].as_str() == Some(b_name.as_str())),
+        "{events:#?}"
+    );
+    assert_eq!(header(&b.get("/api/").await, "seal-version"), "2");
 }

@@ -21,6 +21,11 @@ pub struct ServerArgs {
     #[arg(long, env = "SEAL_STATE", value_parser = parse_state, value_name = "URL")]
     state: Option<String>,
 
+    /// This node's name among the nodes of one database (seal cluster
+    /// status); default: the host name and the API port.
+    #[arg(long, env = "SEAL_NODE", value_parser = parse_node, value_name = "NAME")]
+    node: Option<String>,
+
     /// Largest blob an upload may send, e.g. 64MiB, 512KiB, 1000000.
     #[arg(long, env = "SEAL_MAX_UPLOAD_SIZE", default_value = "64MiB", value_parser = parse_size)]
     max_upload_size: u64,
@@ -97,6 +102,18 @@ pub struct ServerArgs {
 }
 
 /// A `postgres://` or `postgresql://` URL.
+fn parse_node(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 128
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err("a node name is 1 to 128 letters, digits, '-', '_', '.' or ':'".into())
+    }
+}
+
 fn parse_state(s: &str) -> Result<String, String> {
     if s.starts_with("postgres://") || s.starts_with("postgresql://") {
         Ok(s.to_owned())
@@ -190,6 +207,7 @@ pub async fn run(
             url: seal_server::Redacted(url),
         };
     }
+    config.node_name = args.node;
     config.artifacts.max_upload_bytes = args.max_upload_size;
     config.runtime.max_instances = args.max_instances;
     config.runtime.function_concurrency = args.function_concurrency;

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod access;
 pub mod catalog;
+pub mod cluster;
 pub mod deployment;
 pub mod events;
 pub mod observe;

@@ -267,6 +267,9 @@ pub struct GateResult {
 pub struct Evaluation {
     pub verdict: Verdict,
     pub results: Vec<GateResult>,
+    /// How many nodes' traffic the windows sum (absent: one server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<u32>,
 }
 
 impl Evaluation {

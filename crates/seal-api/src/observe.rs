@@ -6,6 +6,7 @@
 //! | GET | `/v1/functions/{fn}/logs` | NDJSON log records (`environment`, `version`, `status`, `since`, `limit`, `follow`, `correlation`) |
 //! | GET | `/v1/logs?correlation=ID` | NDJSON log records of every function with that correlation id (same filters) |
 //! | GET | `/v1/top` | every routed version over the last ~10 s |
+//! | GET | `/v1/cluster` | the nodes on the store, their versions and heartbeats, the controller |
 //! | GET | `/v1/functions/{fn}/cost?since=24h` | invocations and GB-seconds per version, budget status |
 //! | PUT/DELETE | `/v1/functions/{fn}/budget` | `{"gb_seconds", "period": "day"\|"month", "webhook"?}` |
 //! | GET | `/v1/functions/{fn}/monitoring/{grafana\|prometheus-rules}` | generated dashboard / alert rules |
@@ -30,6 +31,7 @@ pub fn routes() -> Routes {
     Routes::default()
         .route("/metrics", viewer(Method::GET, metrics))
         .route("/v1/top", viewer(Method::GET, top))
+        .route("/v1/cluster", viewer(Method::GET, cluster))
         .route("/v1/functions/{function}/logs", viewer(Method::GET, logs))
         .route("/v1/logs", viewer(Method::GET, all_logs))
         .route("/v1/functions/{function}/cost", viewer(Method::GET, cost))
@@ -182,6 +184,12 @@ struct TopQuery {
 
 async fn top(State(c): State<Arc<Control>>, Query(q): Query<TopQuery>) -> Json<Top> {
     Json(c.top(q.environment.as_deref()))
+}
+
+async fn cluster(
+    State(c): State<Arc<Control>>,
+) -> ApiResult<Json<seal_api_types::cluster::ClusterStatus>> {
+    Ok(Json(c.cluster_status().await?))
 }
 
 #[derive(Deserialize)]

@@ -48,6 +48,9 @@ pub struct Control {
     pub(crate) protection: Arc<crate::protection::Protection>,
     /// Queues, triggers, event delivery and cron ticks.
     pub(crate) events: Arc<crate::events::EventsService>,
+    /// This node among the others on a shared store, and whether it is the
+    /// controller.
+    pub(crate) cluster: crate::cluster::Membership,
 }
 
 impl Control {
@@ -81,6 +84,7 @@ impl Control {
         ));
         Self {
             events,
+            cluster: Default::default(),
             previews,
             trust: crate::trust::TrustService::new(
                 state.clone(),
@@ -357,11 +361,15 @@ impl Control {
         Ok(self.state.change_revision().await?)
     }
 
-    /// Re-reads what another node may have changed.
-    async fn apply_store_changes(&self) -> ControlResult<()> {
+    /// Re-reads what another node may have changed; the controller adopts
+    /// the deployments other nodes started.
+    async fn apply_store_changes(self: &Arc<Self>) -> ControlResult<()> {
         self.reload_routes().await?;
         self.settings().apply_all_settings().await?;
         self.events().triggers_changed();
+        if self.is_controller() {
+            self.resume_rollouts().await?;
+        }
         Ok(())
     }
 

@@ -774,12 +774,19 @@ impl EventsService {
     }
 
     /// Delivers due events until `stop`: at start, deliveries a previous
-    /// process left running are due again (at-least-once).
+    /// process left running are due again (at-least-once). Every node of a
+    /// shared store delivers; claims skip each other's rows.
     pub async fn run_queues(self: Arc<Self>, stop: CancellationToken) {
-        match self.state.release_running(now_ms()).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(deliveries = n, "deliveries cut off by a stop are due again"),
-            Err(e) => tracing::error!(error = %e, "cannot release running deliveries"),
+        // On a shared store the deliveries running are other nodes' too:
+        // those of a node that died are due again when their lease ends.
+        if !self.state.shared() {
+            match self.state.release_running(now_ms()).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(deliveries = n, "deliveries cut off by a stop are due again")
+                }
+                Err(e) => tracing::error!(error = %e, "cannot release running deliveries"),
+            }
         }
         let mut running = tokio::task::JoinSet::new();
         // Attempts end in any order; their outcomes are committed together

@@ -13,6 +13,7 @@
 //!   claims about content is trusted.
 
 pub mod catalog;
+pub mod cluster;
 pub mod engine;
 pub mod error;
 mod event_contracts;

@@ -36,6 +36,9 @@ pub struct ServerConfig {
     /// The environment of requests that do not name one.
     pub default_environment: String,
     pub state: StateConfig,
+    /// This node's name among the nodes of one shared store; `None`: the
+    /// host name and the API port.
+    pub node_name: Option<String>,
     pub artifacts: ArtifactsConfig,
     pub runtime: RuntimeSection,
     pub gateway: GatewayConfig,
@@ -127,6 +130,7 @@ impl ServerConfig {
             state: StateConfig::Sqlite {
                 path: data_dir.join("state.db"),
             },
+            node_name: None,
             artifacts: ArtifactsConfig {
                 layout_dir: data_dir.join("artifacts"),
                 max_upload_bytes: 64 << 20,
@@ -158,6 +162,15 @@ impl ServerConfig {
 /// How often a node on a shared store reads its change revision even
 /// when no change was announced (a lost announcement costs at most this).
 const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The machine's host name, for a node's default name.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "seal".to_owned())
+}
 
 /// A secret string whose `Debug` never shows it.
 #[derive(Clone)]
@@ -515,6 +528,15 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         .with_tracer(tracer)
         .with_monitoring_dir(config.data_dir.join("monitoring")),
     );
+    control.set_node(seal_control::cluster::NodeIdentity {
+        name: config
+            .node_name
+            .clone()
+            .unwrap_or_else(|| format!("{}:{}", host_name(), api_addr.port())),
+        api: api_addr.to_string(),
+        gateway: gateway_addr.to_string(),
+        started_at: seal_state::now_ms(),
+    });
     gateway.set_ingest(Arc::new(GatewayIngest(control.clone())));
     serving.set_event_sink(Arc::new(FunctionEvents(control.clone())));
     control
@@ -545,14 +567,11 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     let stop = CancellationToken::new();
     let mut tasks = JoinSet::new();
     tasks.spawn(gateway.serve(gateway_listener, stop.clone().cancelled_owned()));
-    // Deployments that were in progress resume (or roll back) once the
-    // gateway serves again: their hooks and gates need it.
-    let resumer = control.clone();
-    tasks.spawn(async move {
-        if let Err(e) = resumer.resume_rollouts().await {
-            tracing::error!(error = %e, "cannot resume deployments");
-        }
-    });
+    // Membership: heartbeats and the controller lease. The controller
+    // (this node alone on SQLite, at once) resumes the deployments that
+    // were in progress — once the gateway serves, since their hooks and
+    // gates need it — and fires cron ticks.
+    tasks.spawn(control.clone().run_node(stop.clone()));
     // On a store other nodes write to, their changes reach this node's
     // gateway: announced at commit, or found by a poll every 2 s.
     tasks.spawn(
@@ -560,9 +579,8 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
             .clone()
             .follow_changes(loaded_revision, FOLLOW_POLL, stop.clone()),
     );
-    // Event delivery and cron ticks, each one loop under the stop token.
+    // Event delivery, on every node.
     tasks.spawn(control.events().clone().run_queues(stop.clone()));
-    tasks.spawn(control.events().clone().run_cron(stop.clone()));
     // Per-version snapshots every second, for `seal rollout status` rates.
     let sampler = control.clone();
     every(

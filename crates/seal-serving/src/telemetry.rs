@@ -386,7 +386,9 @@ pub enum Traffic {
 }
 
 /// Counters at one moment, or (after [`Snapshot::since`]) over a window.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Its JSON form (what a node reports to the others) lists only the
+/// latency buckets that have counts, as `[bucket, count]` pairs.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Snapshot {
     pub requests: u64,
     pub errors: u64,
@@ -394,7 +396,35 @@ pub struct Snapshot {
     pub overloaded: u64,
     pub cold_starts: u64,
     /// Count per latency bucket (see [`bucket_low`]).
+    #[serde(with = "sparse")]
     pub latency: Vec<u64>,
+}
+
+/// A dense bucket vector as `[[index, count], …]` of its non-zero buckets.
+mod sparse {
+    use super::BUCKETS;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u64], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(
+            v.iter()
+                .enumerate()
+                .filter(|(_, c)| **c > 0)
+                .map(|(i, c)| (i, *c)),
+        )
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u64>, D::Error> {
+        let pairs = Vec::<(usize, u64)>::deserialize(d)?;
+        let mut v = vec![0u64; BUCKETS];
+        for (i, c) in pairs {
+            let slot: &mut u64 = v
+                .get_mut(i)
+                .ok_or_else(|| serde::de::Error::custom(format!("no latency bucket {i}")))?;
+            *slot = slot.saturating_add(c);
+        }
+        Ok(v)
+    }
 }
 
 impl Default for Snapshot {
@@ -410,6 +440,20 @@ impl Default for Snapshot {
 }
 
 impl Snapshot {
+    /// Adds `other`'s counts to these (the same version on another node).
+    pub fn add(&mut self, other: &Snapshot) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        self.overloaded += other.overloaded;
+        self.cold_starts += other.cold_starts;
+        if self.latency.len() < other.latency.len() {
+            self.latency.resize(other.latency.len(), 0);
+        }
+        for (a, b) in self.latency.iter_mut().zip(&other.latency) {
+            *a += b;
+        }
+    }
+
     /// What happened between `earlier` and `self`.
     pub fn since(&self, earlier: &Snapshot) -> Snapshot {
         Snapshot {
@@ -489,6 +533,25 @@ mod tests {
         let i = bucket_of(200_000);
         assert!(bucket_high(i) - bucket_low(i) < 200_000 / 16 + 1);
         assert_eq!(bucket_of(u64::MAX), BUCKETS - 1);
+    }
+
+    #[test]
+    fn a_snapshot_travels_as_sparse_json_and_sums_across_nodes() {
+        let a = VersionStats::default();
+        a.record(Duration::from_millis(3), false, Traffic::Judged);
+        a.record(Duration::from_millis(40), true, Traffic::Judged);
+        let snap = a.snapshot();
+        let json = serde_json::to_value(&snap).unwrap();
+        assert_eq!(json["latency"].as_array().unwrap().len(), 2, "{json}");
+        let back: Snapshot = serde_json::from_value(json).unwrap();
+        assert_eq!(back, snap);
+        let mut sum = back.clone();
+        sum.add(&snap);
+        assert_eq!((sum.requests, sum.errors, sum.samples()), (4, 2, 4));
+        assert_eq!(sum.quantile_us(0.99), snap.quantile_us(0.99));
+        let bad = serde_json::json!({"requests": 1, "errors": 0, "overloaded": 0,
+            "cold_starts": 0, "latency": [[BUCKETS, 1]]});
+        assert!(serde_json::from_value::<Snapshot>(bad).is_err());
     }
 
     #[test]

@@ -340,7 +340,11 @@ impl Judge for Gates {
         } else {
             Verdict::Inconclusive
         };
-        Evaluation { verdict, results }
+        Evaluation {
+            verdict,
+            results,
+            nodes: None,
+        }
     }
 }
 

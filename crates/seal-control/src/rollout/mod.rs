@@ -18,6 +18,7 @@
 pub mod gates;
 pub mod plan;
 
+use crate::cluster::FleetSnapshot;
 use crate::engine::Control;
 use crate::error::{ControlError, ControlResult};
 use crate::trust::Approvals;
@@ -236,7 +237,11 @@ impl Control {
             baseline = baseline.version, candidate = version, "progressive deployment started");
         self.notify(&plan, record.id, "started", json!({"weights": weights}));
         self.observe_transition(&record, "started");
-        self.spawn_driver(record.clone(), plan.clone());
+        // The controller drives it: this node, or the one that adopts it
+        // when it hears of the new route.
+        if self.is_controller() {
+            self.spawn_driver(record.clone(), plan.clone());
+        }
         Ok(Progressive::Started {
             deployment: Box::new(crate::redact::deployment(record)),
             unchanged: false,
@@ -295,9 +300,7 @@ impl Control {
             .ok()
             .and_then(|m| m.get(&id).cloned());
         let Some(tx) = tx else {
-            return Err(ControlError::NotRunning(format!(
-                "deployment {id} is not running on this server; retry in a moment"
-            )));
+            return Err(ControlError::NotRunning(self.not_driven_here(id).await));
         };
         let (reply, rx) = oneshot::channel();
         tx.send((cmd, actor.to_owned(), reply))
@@ -306,6 +309,27 @@ impl Control {
         rx.await
             .map_err(|_| ControlError::conflict(format!("deployment {id} has just finished")))?
             .map(crate::redact::deployment)
+    }
+
+    /// Why a command for deployment `id` cannot reach its driver here.
+    async fn not_driven_here(&self, id: u64) -> String {
+        if !self.state.shared() || self.is_controller() {
+            return format!("deployment {id} is not running on this server; retry in a moment");
+        }
+        match self.cluster_status().await {
+            Ok(c) => match c.nodes.iter().find(|n| n.controller) {
+                Some(n) => format!(
+                    "deployment {id} is driven by the controller, node {} (API at {}); send the command through that node",
+                    n.name, n.api
+                ),
+                None => format!(
+                    "deployment {id} has no controller right now (the lease is being taken over); retry in a few seconds"
+                ),
+            },
+            Err(_) => {
+                format!("deployment {id} is driven by another node; retry through the controller")
+            }
+        }
     }
 
     /// The live view of a route: the deployment on it, per-version rates
@@ -390,6 +414,12 @@ impl Control {
     /// new), or rolled back when its candidate cannot serve.
     pub async fn resume_rollouts(self: &Arc<Self>) -> ControlResult<()> {
         for d in self.state.active_deployments().await? {
+            // Under the deploy lock: a deployment this node starts holds it
+            // until its driver runs, so it is never adopted twice.
+            let _guard = self.deploy_lock.lock().await;
+            if self.rollouts.is_driving(d.id) {
+                continue;
+            }
             let plan: Option<Plan> = d.plan.clone().and_then(|p| serde_json::from_value(p).ok());
             let table = self.serving.table();
             let route = table.get(&d.environment, &d.function);
@@ -404,7 +434,6 @@ impl Control {
                 continue;
             };
             if !serves(d.candidate) || !serves(d.baseline) {
-                let _guard = self.deploy_lock.lock().await;
                 let ending = Ending {
                     state: DeploymentState::RolledBack,
                     event: "rolled_back",
@@ -417,9 +446,11 @@ impl Control {
                 }
                 continue;
             }
-            self.state
-                .record_event(d.id, "resumed", &json!({"step": d.step, "state": d.state}))
-                .await?;
+            let mut detail = json!({"step": d.step, "state": d.state});
+            if let Some(fence) = self.fence() {
+                detail["controller"] = json!({"node": fence.node, "epoch": fence.epoch});
+            }
+            self.state.record_event(d.id, "resumed", &detail).await?;
             tracing::info!(
                 deployment = d.id,
                 step = d.step,
@@ -518,6 +549,10 @@ impl Control {
         let weights = t.weights.map(<[WeightedVersion]>::to_vec);
         let finished = t.finished;
         let event = t.event;
+        let t = Transition {
+            fence: self.fence(),
+            ..t
+        };
         let record = self.state.transition(d.id, t).await?;
         self.observe_transition(&record, event);
         if let Some(w) = weights {
@@ -687,6 +722,11 @@ impl Rollouts {
             .unwrap_or_default();
         ids.sort_unstable();
         ids
+    }
+
+    /// Whether a driver of deployment `id` runs on this node.
+    fn is_driving(&self, id: u64) -> bool {
+        self.drivers.lock().is_ok_and(|m| m.contains_key(&id))
     }
 
     /// What the driver of deployment `id` is doing now, if it runs here.
@@ -917,12 +957,15 @@ impl Driver {
                 () = tokio::time::sleep(TICK) => {}
             }
             let (c, b) = self.snapshots();
-            let cw = c.since(&c0);
-            let bw = b.since(&b0);
+            let (cw, nodes) = c.since(&c0);
+            let (bw, _) = b.since(&b0);
             let baseline_weight = 100 - spec.weight;
             let baseline_window = (baseline_weight > 0 && bw.requests > 0).then_some(&bw);
             let step_over = elapsed >= interval;
             let mut eval = gates.evaluate(&cw, baseline_window, step_over);
+            if self.control.state.shared() {
+                eval.nodes = Some(nodes);
+            }
             if let Some(limit) = gates.max_queue_age_ms {
                 let oldest = self
                     .control
@@ -982,14 +1025,17 @@ impl Driver {
         }
     }
 
-    fn snapshots(&self) -> (Snapshot, Snapshot) {
+    /// The candidate's and the baseline's counters across the fleet.
+    fn snapshots(&self) -> (FleetSnapshot, FleetSnapshot) {
         let table = self.control.serving.table();
         let route = table.get(&self.plan.environment, &self.plan.function);
         let snap = |v: u64| {
-            route
+            let local = route
                 .and_then(|r| r.backends.iter().find(|b| b.version == v))
                 .map(|b| b.stats.snapshot())
-                .unwrap_or_default()
+                .unwrap_or_default();
+            self.control
+                .fleet_snapshot(&self.plan.environment, &self.plan.function, v, local)
         };
         (
             snap(self.plan.candidate.version),
@@ -1003,7 +1049,11 @@ impl Driver {
             .record_event(
                 self.deployment.id,
                 "gate",
-                &json!({"step": step, "verdict": eval.verdict, "results": eval.results}),
+                &match eval.nodes {
+                    Some(nodes) => json!({"step": step, "verdict": eval.verdict,
+                        "results": eval.results, "nodes": nodes}),
+                    None => json!({"step": step, "verdict": eval.verdict, "results": eval.results}),
+                },
             )
             .await?;
         Ok(())
@@ -1268,7 +1318,7 @@ impl Driver {
                 continue;
             }
             let (c, _) = self.snapshots();
-            let eval = gates.evaluate(&c.since(&c0), None, false);
+            let eval = gates.evaluate(&c.since(&c0).0, None, false);
             self.set_live(
                 step,
                 started_ms,
