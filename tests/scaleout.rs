@@ -679,3 +679,82 @@ async fn a_controller_killed_mid_canary_is_replaced_and_the_canary_finishes() {
     );
     assert_eq!(header(&b.get("/api/").await, "seal-version"), "2");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approve_and_abort_through_a_node_that_is_not_the_controller_reach_its_driver() {
+    let Some(schema) = Schema::create("relay") else {
+        return;
+    };
+    let url = schema.url();
+    let mut fleet = Fleet::new();
+    let a = fleet.start(&url);
+    until_cluster(&a, "a is the controller", |v| {
+        controller(v).is_some() && controller(v) == node_named(v, &a.api)
+    })
+    .await;
+    let b = fleet.start(&url);
+    for node in [&a, &b] {
+        publish_file(node, &guest("echo"), "api", &[]);
+        publish_file(node, &example_component("hello_v2"), "api", &[]);
+    }
+    b.seal_json(&["deploy", "api", "1"]);
+    let start_rollout = |approve: bool| {
+        let b = &b;
+        async move {
+            let (status, v) = b
+                .api_post(
+                    "/v1/functions/api/deploy",
+                    serde_json::json!({"version": 2, "rollout": {"strategy": "canary",
+                        "steps": [50], "interval_ms": 300, "approve_before_promote": approve,
+                        "gates": {"min_requests": 0}}}),
+                )
+                .await;
+            assert_eq!(status, 200, "{v}");
+            v["deployment"]["id"].as_u64().unwrap()
+        }
+    };
+    let id = start_rollout(true).await;
+    let start = std::time::Instant::now();
+    while deployment(&b, id).await["deployment"]["state"] != "paused" {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(15),
+            "never paused"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Approved through B: A's driver carries it out, B answers with it.
+    let out = b.seal(&["approve", &id.to_string()]);
+    assert!(out.ok, "{}\n{}", out.stderr, a.log());
+    let done = until_finished(&b, id, std::time::Duration::from_secs(15)).await;
+    assert_eq!(done["deployment"]["state"], "succeeded", "{done:#}");
+    let approved = done["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["kind"] == "approved");
+    assert!(approved, "{done:#}");
+    // A finished deployment is refused by name on B itself.
+    let again = b.seal(&["approve", &id.to_string()]);
+    assert!(
+        !again.ok && again.stderr.contains("finished"),
+        "{}",
+        again.stderr
+    );
+
+    // Aborted through B.
+    b.seal_json(&["deploy", "api", "1"]);
+    let id = start_rollout(true).await;
+    let start = std::time::Instant::now();
+    while deployment(&b, id).await["deployment"]["state"] != "paused" {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(15),
+            "never paused"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let out = b.seal(&["abort", &id.to_string()]);
+    assert!(out.ok, "{}", out.stderr);
+    let done = until_finished(&b, id, std::time::Duration::from_secs(15)).await;
+    assert_eq!(done["deployment"]["state"], "aborted", "{done:#}");
+    until_serves_at(&a, "/api/", 1).await;
+}

@@ -57,6 +57,8 @@ pub struct Membership {
     epoch: Mutex<Option<i64>>,
     /// Other nodes' last reported counters, by version (read while leading).
     fleet: Mutex<HashMap<VersionKey, BTreeMap<String, Snapshot>>>,
+    /// Relayed commands being carried out here.
+    answering: Mutex<std::collections::HashSet<i64>>,
 }
 
 /// A version's counters on every node that reported it: the sum of each
@@ -91,6 +93,22 @@ impl Membership {
             .epoch
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether this node should carry out relayed command `id` (not already
+    /// doing so).
+    pub(crate) fn start_answering(&self, id: i64) -> bool {
+        self.answering
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id)
+    }
+
+    pub(crate) fn done_answering(&self, id: i64) {
+        self.answering
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&id);
     }
 
     fn set_leading(&self, epoch: Option<i64>) {
@@ -226,6 +244,10 @@ impl Control {
             failing = failing_now;
             if lead.is_some() && self.state.shared() {
                 self.refresh_fleet(&name).await;
+                // Commands relayed while a notification was lost.
+                if let Err(e) = self.answer_commands().await {
+                    tracing::debug!(error = %e, "cannot read relayed commands");
+                }
             }
             tokio::select! {
                 () = tokio::time::sleep(HEARTBEAT.saturating_sub(sent.elapsed())) => {}

@@ -367,8 +367,9 @@ impl Control {
         self.reload_routes().await?;
         self.settings().apply_all_settings().await?;
         self.events().triggers_changed();
-        if self.is_controller() {
+        if self.is_controller() && self.state.shared() {
             self.resume_rollouts().await?;
+            self.answer_commands().await?;
         }
         Ok(())
     }

@@ -39,3 +39,19 @@ CREATE TABLE node_versions (
     counters     TEXT NOT NULL,
     PRIMARY KEY (node, environment, function, version)
 );
+
+-- Approve, promote and abort sent through a node that is not the controller:
+-- written here (the insert moves the change revision, so the controller
+-- hears of it at once), carried out by the controller's driver, answered
+-- in the row, which the sending node reads.
+CREATE TABLE deployment_commands (
+    id           BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    deployment   BIGINT NOT NULL,
+    command      TEXT NOT NULL,
+    actor        TEXT NOT NULL,
+    created_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
+    answer       TEXT
+);
+CREATE INDEX deployment_commands_pending ON deployment_commands (id) WHERE answer IS NULL;
+CREATE TRIGGER deployment_commands_sent AFTER INSERT ON deployment_commands
+    FOR EACH STATEMENT EXECUTE FUNCTION seal_changed();

@@ -2,7 +2,9 @@
 //! lease, the fence a driver's transition checks, and the nodes' reports.
 
 use crate::{PostgresStore, Result};
-use seal_state::{Fence, LeaseRecord, NodeRecord, NodeReport, NodeVersion, StateError};
+use seal_state::{
+    Fence, LeaseRecord, NodeRecord, NodeReport, NodeVersion, PendingCommand, StateError,
+};
 use std::time::Duration;
 
 impl PostgresStore {
@@ -150,6 +152,60 @@ impl PostgresStore {
             }
         }
         Ok(out)
+    }
+}
+
+impl PostgresStore {
+    pub async fn send_command(&self, deployment: u64, command: &str, actor: &str) -> Result<i64> {
+        Ok(sqlx::query_scalar(
+            "INSERT INTO deployment_commands (deployment, command, actor) VALUES ($1, $2, $3) RETURNING id",
+        )
+        .bind(deployment as i64)
+        .bind(command)
+        .bind(actor)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    pub async fn pending_commands(&self) -> Result<Vec<PendingCommand>> {
+        let rows: Vec<(i64, i64, String, String)> = sqlx::query_as(
+            "SELECT id, deployment, command, actor FROM deployment_commands \
+             WHERE answer IS NULL AND created_at > now() - interval '1 minute' ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, deployment, command, actor)| PendingCommand {
+                id,
+                deployment: deployment as u64,
+                command,
+                actor,
+            })
+            .collect())
+    }
+
+    pub async fn answer_command(&self, id: i64, answer: &str) -> Result<()> {
+        sqlx::query("UPDATE deployment_commands SET answer = $2 WHERE id = $1 AND answer IS NULL")
+            .bind(id)
+            .bind(answer)
+            .execute(&self.pool)
+            .await?;
+        // Answered commands are kept a day, for the record.
+        sqlx::query("DELETE FROM deployment_commands WHERE created_at < now() - interval '1 day'")
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn command_answer(&self, id: i64) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar::<_, Option<String>>(
+            "SELECT answer FROM deployment_commands WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .flatten())
     }
 }
 

@@ -45,4 +45,20 @@ impl seal_state::Cluster for PostgresStore {
     async fn nodes(&self, within: std::time::Duration) -> Result<Vec<seal_state::NodeRecord>> {
         Ok(PostgresStore::nodes(self, within).await?)
     }
+
+    async fn send_command(&self, deployment: u64, command: &str, actor: &str) -> Result<i64> {
+        Ok(PostgresStore::send_command(self, deployment, command, actor).await?)
+    }
+
+    async fn pending_commands(&self) -> Result<Vec<seal_state::PendingCommand>> {
+        Ok(PostgresStore::pending_commands(self).await?)
+    }
+
+    async fn answer_command(&self, id: i64, answer: &str) -> Result<()> {
+        Ok(PostgresStore::answer_command(self, id, answer).await?)
+    }
+
+    async fn command_answer(&self, id: i64) -> Result<Option<String>> {
+        Ok(PostgresStore::command_answer(self, id).await?)
+    }
 }

@@ -693,6 +693,34 @@ pub trait Cluster: Send + Sync {
     async fn nodes(&self, _within: std::time::Duration) -> Result<Vec<NodeRecord>> {
         Ok(Vec::new())
     }
+    /// Leaves a command (approve, promote, abort) for the controller's
+    /// driver of `deployment`; returns its id.
+    async fn send_command(&self, _deployment: u64, _command: &str, _actor: &str) -> Result<i64> {
+        Err(StateError::Conflict(
+            "this store has one node: commands go to its driver directly".into(),
+        ))
+    }
+    /// Commands not answered yet, oldest first.
+    async fn pending_commands(&self) -> Result<Vec<PendingCommand>> {
+        Ok(Vec::new())
+    }
+    /// Records the controller's answer (JSON) to a command.
+    async fn answer_command(&self, _id: i64, _answer: &str) -> Result<()> {
+        Ok(())
+    }
+    /// The answer to a command, once given.
+    async fn command_answer(&self, _id: i64) -> Result<Option<String>> {
+        Ok(None)
+    }
+}
+
+/// A command for a deployment's driver, sent through another node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingCommand {
+    pub id: i64,
+    pub deployment: u64,
+    pub command: String,
+    pub actor: String,
 }
 
 /// Every aggregate: what the control plane needs of a state backend.

@@ -50,6 +50,12 @@ pub enum Command {
 }
 
 impl Command {
+    fn parse(s: &str) -> Option<Self> {
+        [Command::Approve, Command::Promote, Command::Abort]
+            .into_iter()
+            .find(|c| c.as_str() == s)
+    }
+
     fn as_str(self) -> &'static str {
         match self {
             Command::Approve => "approve",
@@ -300,6 +306,9 @@ impl Control {
             .ok()
             .and_then(|m| m.get(&id).cloned());
         let Some(tx) = tx else {
+            if self.state.shared() && !self.is_controller() {
+                return self.relay_command(id, cmd, actor).await;
+            }
             return Err(ControlError::NotRunning(self.not_driven_here(id).await));
         };
         let (reply, rx) = oneshot::channel();
@@ -309,6 +318,62 @@ impl Control {
         rx.await
             .map_err(|_| ControlError::conflict(format!("deployment {id} has just finished")))?
             .map(crate::redact::deployment)
+    }
+
+    /// A command sent through a node that is not the controller: left in
+    /// the store for the controller's driver, its answer awaited.
+    async fn relay_command(
+        &self,
+        id: u64,
+        cmd: Command,
+        actor: &str,
+    ) -> ControlResult<DeploymentRecord> {
+        let sent = self.state.send_command(id, cmd.as_str(), actor).await?;
+        let deadline = Instant::now() + RELAY_TIMEOUT;
+        while Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if let Some(answer) = self.state.command_answer(sent).await? {
+                return relayed_answer(&answer);
+            }
+        }
+        Err(ControlError::NotRunning(format!(
+            "the controller did not answer the {} of deployment {id} within {}s; see seal cluster status",
+            cmd.as_str(),
+            RELAY_TIMEOUT.as_secs()
+        )))
+    }
+
+    /// On the controller: carries out the commands other nodes relayed,
+    /// each once, and records each answer.
+    pub(crate) async fn answer_commands(self: &Arc<Self>) -> ControlResult<()> {
+        for c in self.state.pending_commands().await? {
+            if !self.cluster.start_answering(c.id) {
+                continue;
+            }
+            let control = self.clone();
+            tokio::spawn(async move {
+                let result = match Command::parse(&c.command) {
+                    Some(cmd) => control.command(c.deployment, cmd, &c.actor).await,
+                    None => Err(ControlError::conflict(format!(
+                        "unknown command {}",
+                        c.command
+                    ))),
+                };
+                let answer = match result {
+                    Ok(record) => json!({"ok": record}),
+                    Err(e) => json!({"error": {"code": e.code(), "message": e.to_string()}}),
+                };
+                if let Err(e) = control
+                    .state
+                    .answer_command(c.id, &answer.to_string())
+                    .await
+                {
+                    tracing::warn!(command = c.id, error = %e, "cannot record a relayed command's answer");
+                }
+                control.cluster.done_answering(c.id);
+            });
+        }
+        Ok(())
     }
 
     /// Why a command for deployment `id` cannot reach its driver here.
@@ -800,6 +865,25 @@ impl Control {
                 .with_preview(preview, token),
         )
     }
+}
+
+/// How long a node waits for the controller to answer a relayed command.
+const RELAY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The controller's answer to a relayed command, as the sender returns it.
+fn relayed_answer(answer: &str) -> ControlResult<DeploymentRecord> {
+    let v: Value = serde_json::from_str(answer).map_err(ControlError::internal)?;
+    if let Some(record) = v.get("ok") {
+        return serde_json::from_value(record.clone()).map_err(ControlError::internal);
+    }
+    let code = v["error"]["code"].as_str().unwrap_or("");
+    let message = v["error"]["message"].as_str().unwrap_or("").to_owned();
+    Err(match code {
+        "not_paused" => ControlError::NotPaused(message),
+        "not_running" => ControlError::NotRunning(message),
+        "not_found" => ControlError::not_found(message),
+        _ => ControlError::conflict(message),
+    })
 }
 
 fn busy_error(d: &DeploymentRecord) -> ControlError {
