@@ -466,6 +466,54 @@ async fn until_finished(node: &Server, id: u64, limit: std::time::Duration) -> V
     }
 }
 
+/// A (the controller: started first, its lease confirmed) and B, with
+/// `api@1` = echo and `api@2` = `candidate` published through both.
+async fn controller_and_follower(
+    fleet: &mut Fleet,
+    url: &str,
+    candidate: &std::path::Path,
+) -> (Server, Server) {
+    let a = fleet.start(url);
+    until_cluster(&a, "a is the controller", |v| {
+        controller(v).is_some() && controller(v) == node_named(v, &a.api)
+    })
+    .await;
+    let b = fleet.start(url);
+    for node in [&a, &b] {
+        publish_file(node, &guest("echo"), "api", &[]);
+        publish_file(node, candidate, "api", &[]);
+    }
+    (a, b)
+}
+
+/// Starts a progressive deployment of `api@2` through `node`.
+async fn start_rollout(node: &Server, rollout: Value) -> u64 {
+    let (status, v) = node
+        .api_post(
+            "/v1/functions/api/deploy",
+            serde_json::json!({"version": 2, "rollout": rollout}),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    v["deployment"]["id"].as_u64().unwrap()
+}
+
+/// Polls a deployment through `node` until `check` holds (or 15 s).
+async fn until_deployment(node: &Server, id: u64, what: &str, check: impl Fn(&Value) -> bool) {
+    let start = std::time::Instant::now();
+    loop {
+        let d = deployment(node, id).await;
+        if check(&d["deployment"]) {
+            return;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(15),
+            "deployment {id} never {what}: {d:#}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_have_one_controller_and_a_clean_stop_hands_it_over() {
     let Some(schema) = Schema::create("controller") else {
@@ -543,30 +591,18 @@ async fn a_bad_canary_is_rolled_back_on_traffic_that_only_another_node_saw() {
     };
     let url = schema.url();
     let mut fleet = Fleet::new();
-    let a = fleet.start(&url);
-    let v = until_cluster(&a, "a is the controller", |v| {
-        controller(v).is_some() && controller(v) == node_named(v, &a.api)
-    })
-    .await;
-    let a_name = controller(&v).unwrap();
-    let b = fleet.start(&url);
-    for node in [&a, &b] {
-        publish_file(node, &guest("echo"), "api", &[]);
-        publish_file(node, &guest("fail"), "api", &[]);
-    }
+    let (a, b) = controller_and_follower(&mut fleet, &url, &guest("fail")).await;
+    let a_name = controller(&a.api_get("/v1/cluster").await).unwrap();
     b.seal_json(&["deploy", "api", "1"]);
     until_serves_at(&b, "/api/", 1).await;
     // Started through B; the controller (A) drives it. Its gates must see
     // B's traffic, the only traffic there is.
-    let (status, started) = b
-        .api_post(
-            "/v1/functions/api/deploy",
-            serde_json::json!({"version": 2, "rollout": {"strategy": "canary", "steps": [50],
-                "interval_ms": 4000, "gates": {"max_error_rate": 0.01, "min_requests": 20}}}),
-        )
-        .await;
-    assert_eq!(status, 200, "{started}");
-    let id = started["deployment"]["id"].as_u64().unwrap();
+    let id = start_rollout(
+        &b,
+        serde_json::json!({"strategy": "canary", "steps": [50], "interval_ms": 4000,
+            "gates": {"max_error_rate": 0.01, "min_requests": 20}}),
+    )
+    .await;
     let mut sent = 0;
     let start = std::time::Instant::now();
     let finished = loop {
@@ -627,31 +663,15 @@ async fn a_controller_killed_mid_canary_is_replaced_and_the_canary_finishes() {
     };
     let url = schema.url();
     let mut fleet = Fleet::new();
-    let a = fleet.start(&url);
-    until_cluster(&a, "a is the controller", |v| {
-        controller(v).is_some() && controller(v) == node_named(v, &a.api)
-    })
-    .await;
-    let b = fleet.start(&url);
-    for node in [&a, &b] {
-        publish_file(node, &guest("echo"), "api", &[]);
-        publish_file(node, &example_component("hello_v2"), "api", &[]);
-    }
+    let (a, b) = controller_and_follower(&mut fleet, &url, &example_component("hello_v2")).await;
     a.seal_json(&["deploy", "api", "1"]);
-    let (status, started) = a
-        .api_post(
-            "/v1/functions/api/deploy",
-            serde_json::json!({"version": 2, "rollout": {"strategy": "canary", "steps": [20, 50],
-                "interval_ms": 1500, "gates": {"min_requests": 0}}}),
-        )
-        .await;
-    assert_eq!(status, 200, "{started}");
-    let id = started["deployment"]["id"].as_u64().unwrap();
-    let start = std::time::Instant::now();
-    while deployment(&b, id).await["deployment"]["step"] != 1 {
-        assert!(start.elapsed() < std::time::Duration::from_secs(10));
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let id = start_rollout(
+        &a,
+        serde_json::json!({"strategy": "canary", "steps": [20, 50], "interval_ms": 1500,
+            "gates": {"min_requests": 0}}),
+    )
+    .await;
+    until_deployment(&b, id, "reached step 1", |d| d["step"] == 1).await;
     let killed = std::time::Instant::now();
     a.stop(); // SIGKILL: the lease is not given up, it expires.
     let b_name = until_cluster(&b, "b names itself", |v| node_named(v, &b.api).is_some()).await;
@@ -687,41 +707,12 @@ async fn approve_and_abort_through_a_node_that_is_not_the_controller_reach_its_d
     };
     let url = schema.url();
     let mut fleet = Fleet::new();
-    let a = fleet.start(&url);
-    until_cluster(&a, "a is the controller", |v| {
-        controller(v).is_some() && controller(v) == node_named(v, &a.api)
-    })
-    .await;
-    let b = fleet.start(&url);
-    for node in [&a, &b] {
-        publish_file(node, &guest("echo"), "api", &[]);
-        publish_file(node, &example_component("hello_v2"), "api", &[]);
-    }
+    let (a, b) = controller_and_follower(&mut fleet, &url, &example_component("hello_v2")).await;
+    let paused_canary = serde_json::json!({"strategy": "canary", "steps": [50], "interval_ms": 300,
+        "approve_before_promote": true, "gates": {"min_requests": 0}});
     b.seal_json(&["deploy", "api", "1"]);
-    let start_rollout = |approve: bool| {
-        let b = &b;
-        async move {
-            let (status, v) = b
-                .api_post(
-                    "/v1/functions/api/deploy",
-                    serde_json::json!({"version": 2, "rollout": {"strategy": "canary",
-                        "steps": [50], "interval_ms": 300, "approve_before_promote": approve,
-                        "gates": {"min_requests": 0}}}),
-                )
-                .await;
-            assert_eq!(status, 200, "{v}");
-            v["deployment"]["id"].as_u64().unwrap()
-        }
-    };
-    let id = start_rollout(true).await;
-    let start = std::time::Instant::now();
-    while deployment(&b, id).await["deployment"]["state"] != "paused" {
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(15),
-            "never paused"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let id = start_rollout(&b, paused_canary.clone()).await;
+    until_deployment(&b, id, "paused", |d| d["state"] == "paused").await;
     // Approved through B: A's driver carries it out, B answers with it.
     let out = b.seal(&["approve", &id.to_string()]);
     assert!(out.ok, "{}\n{}", out.stderr, a.log());
@@ -743,15 +734,8 @@ async fn approve_and_abort_through_a_node_that_is_not_the_controller_reach_its_d
 
     // Aborted through B.
     b.seal_json(&["deploy", "api", "1"]);
-    let id = start_rollout(true).await;
-    let start = std::time::Instant::now();
-    while deployment(&b, id).await["deployment"]["state"] != "paused" {
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(15),
-            "never paused"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let id = start_rollout(&b, paused_canary).await;
+    until_deployment(&b, id, "paused", |d| d["state"] == "paused").await;
     let out = b.seal(&["abort", &id.to_string()]);
     assert!(out.ok, "{}", out.stderr);
     let done = until_finished(&b, id, std::time::Duration::from_secs(15)).await;
