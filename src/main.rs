@@ -266,6 +266,15 @@ enum Command {
     /// resumes every deployment from its committed step.
     #[command(subcommand)]
     Cluster(commands::cluster::ClusterCommand),
+    /// Copy the embedded state of the data dir into an empty PostgreSQL store.
+    ///
+    /// Every table is copied row for row in one transaction (ids, audit
+    /// hashes and sealed secrets as they are), read back and compared by
+    /// digest, and the audit chain's head must match; nothing is committed
+    /// otherwise. Stop the server first. Artifacts, compiled code and the
+    /// master key stay in the data dir: start the server with --state URL
+    /// and the same data dir.
+    Migrate(commands::server::MigrateArgs),
 }
 
 const EVENTS_EXAMPLES: &str = "\
@@ -431,6 +440,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Events(cmd) => commands::events::events(cmd, &client()?, out).await,
         Command::Dlq(cmd) => commands::events::dlq(cmd, &client()?, out).await,
         Command::Cluster(cmd) => commands::cluster::cluster(cmd, &client()?, out).await,
+        Command::Migrate(args) => commands::server::migrate(args, cli.data_dir.clone(), out).await,
     }
 }
 

@@ -742,3 +742,107 @@ async fn approve_and_abort_through_a_node_that_is_not_the_controller_reach_its_d
     assert_eq!(done["deployment"]["state"], "aborted", "{done:#}");
     until_serves_at(&a, "/api/", 1).await;
 }
+
+/// `seal migrate` with the data dir of `data_dir`, not through a server.
+fn migrate(data_dir: &std::path::Path, url: &str) -> std::process::Output {
+    Command::new(seal_bin())
+        .args(["migrate", "--to", url, "--output", "json", "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seal_migrate_moves_an_embedded_data_dir_into_postgres_intact() {
+    let Some(schema) = Schema::create("migrate") else {
+        return;
+    };
+    let url = schema.url();
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    publish_file(&s, &example_component("hello"), "hello", &[]);
+    let (_, digest) = publish_file(&s, &example_component("hello_v2"), "hello", &[]);
+    s.seal_json(&["deploy", "hello", "1"]);
+    s.seal_json(&["deploy", "hello", "2"]);
+    s.seal_json(&["env", "create", "qa"]);
+    publish_file(
+        &s,
+        &guest("echo"),
+        "svc",
+        &["--config-key", "GREETING", "--config-key", "API_KEY"],
+    );
+    s.seal_json(&["deploy", "svc", "1"]);
+    assert!(s.seal(&["config", "set", "svc", "GREETING=hi"]).ok);
+    let mut secret = Command::new(seal_bin())
+        .args(["secrets", "set", "svc", "API_KEY"])
+        .env("SEAL_SERVER", &s.api)
+        .env("SEAL_DATA_DIR", &s.data_dir)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        secret.stdin.take().unwrap().write_all(b"s3cr3t\n").unwrap();
+    }
+    assert!(secret.wait().unwrap().success());
+    let token = s.seal_json(&["token", "create", "--role", "deployer", "--name", "ci"]);
+    let ci = token["token"].as_str().unwrap().to_owned();
+    let head = s.seal_json(&["audit", "verify"]);
+
+    // Refused while the server holds the data dir.
+    let busy = migrate(dir.path(), &url);
+    assert!(!busy.status.success());
+    assert!(
+        String::from_utf8_lossy(&busy.stderr).contains("in use"),
+        "{busy:?}"
+    );
+    s.stop();
+
+    let out = migrate(dir.path(), &url);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = |t: &str| {
+        report["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["table"] == t)
+            .unwrap()["rows"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(rows("versions"), 3, "{report:#}");
+    assert_eq!(rows("deployments"), 3, "{report:#}");
+    assert_eq!(report["audit_head"], head["head"], "{report:#}");
+    // A second migration into the same store is refused, changing nothing.
+    let again = migrate(dir.path(), &url);
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already holds Seal state"),
+        "{again:?}"
+    );
+
+    // The same data dir on PostgreSQL serves as before: routes, settings
+    // and secrets, tokens, environments, one audit chain that goes on.
+    let s = Server::start_with(dir.path(), &["--state", &url]);
+    let r = s.get("/hello/").await;
+    assert_eq!(header(&r, "seal-digest"), digest);
+    let env: Value = s.get("/svc/").await.json().await.unwrap();
+    assert_eq!(env["env"]["GREETING"], "hi", "{env}");
+    assert_eq!(env["env"]["API_KEY"], "s3cr3t", "{env}");
+    let versions = s.seal_env(&["versions", "hello", "-o", "json"], &[("SEAL_TOKEN", &ci)]);
+    assert!(versions.ok, "the token still works: {}", versions.stderr);
+    assert!(s.seal_json(&["env", "list"]).to_string().contains("\"qa\""));
+    s.seal_json(&["rollback", "hello"]);
+    assert_eq!(header(&s.get("/hello/").await, "seal-version"), "1");
+    let v = s.seal_json(&["audit", "verify"]);
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(
+        v["entries"].as_u64().unwrap(),
+        head["entries"].as_u64().unwrap() + 1
+    );
+}

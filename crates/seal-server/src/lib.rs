@@ -434,6 +434,85 @@ impl seal_serving::EventSink for FunctionEvents {
     }
 }
 
+/// What `seal migrate` copied and checked.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Migrated {
+    /// Per table: its name, rows, and the digest both stores agree on.
+    pub tables: Vec<MigratedTable>,
+    /// Audit entries, and the chain's head in both stores (equal).
+    pub audit_entries: u64,
+    pub audit_head: Option<String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MigratedTable {
+    pub table: String,
+    pub rows: u64,
+    pub digest: String,
+}
+
+/// `seal migrate`: copies the embedded state of `data_dir` (its SQLite
+/// file) into the empty PostgreSQL store at `url`, verified table by table
+/// by digest and by the audit chain's head. The data dir must not be in
+/// use by a server. Artifacts, compiled code and the master key stay in
+/// the data dir, which a node started with `--state url` keeps using.
+pub async fn migrate(data_dir: &Path, url: &Redacted) -> anyhow::Result<Migrated> {
+    let _lock = DataDirLock::acquire(data_dir)?;
+    let file = data_dir.join("state.db");
+    anyhow::ensure!(
+        file.exists(),
+        "{} holds no embedded state (no state.db): nothing to migrate",
+        data_dir.display()
+    );
+    // Opened with its own backend first: its migrations bring it to the
+    // schema the copy reads.
+    let sqlite = SqliteStore::open(&file)
+        .await
+        .context("cannot open the embedded state")?;
+    let before = sqlite
+        .verify_audit()
+        .await
+        .context("cannot check the embedded audit chain")?;
+    anyhow::ensure!(
+        before.ok,
+        "the embedded audit chain is broken ({:?}); it is not copied",
+        before.first_broken
+    );
+    drop(sqlite);
+    let pg = PostgresStore::connect(&url.0)
+        .await
+        .context("cannot open the PostgreSQL store")?;
+    let imported = pg
+        .import_sqlite(&file)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", seal_state::StateError::from(e)))?;
+    let after = pg
+        .verify_audit()
+        .await
+        .context("cannot check the copied audit chain")?;
+    anyhow::ensure!(
+        after.ok && after.entries == before.entries && after.head == before.head,
+        "the copied audit chain differs from the embedded one ({} entries, head {:?}; copied {} entries, head {:?})",
+        before.entries,
+        before.head,
+        after.entries,
+        after.head
+    );
+    Ok(Migrated {
+        tables: imported
+            .tables
+            .into_iter()
+            .map(|(table, rows, digest)| MigratedTable {
+                table,
+                rows,
+                digest,
+            })
+            .collect(),
+        audit_entries: after.entries,
+        audit_head: after.head,
+    })
+}
+
 pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     let outbound =
         seal_control::outbound::Outbound::new(seal_control::outbound::OutboundPolicy::new(

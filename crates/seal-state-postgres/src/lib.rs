@@ -35,6 +35,8 @@ use seal_state_sql::{
 mod changes;
 mod cluster;
 mod events;
+mod import;
+pub use import::Imported;
 mod ports;
 mod security;
 
