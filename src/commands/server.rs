@@ -26,6 +26,12 @@ pub struct ServerArgs {
     #[arg(long, env = "SEAL_NODE", value_parser = parse_node, value_name = "NAME")]
     node: Option<String>,
 
+    /// How long the controller lease lasts unless renewed (every second):
+    /// a dead controller is replaced within it. Nodes of one database
+    /// should agree on it.
+    #[arg(long, env = "SEAL_CONTROLLER_LEASE", default_value = "4s", value_parser = parse_lease, value_name = "DURATION")]
+    controller_lease: std::time::Duration,
+
     /// Largest blob an upload may send, e.g. 64MiB, 512KiB, 1000000.
     #[arg(long, env = "SEAL_MAX_UPLOAD_SIZE", default_value = "64MiB", value_parser = parse_size)]
     max_upload_size: u64,
@@ -101,7 +107,7 @@ pub struct ServerArgs {
     header_read_timeout: std::time::Duration,
 }
 
-/// A `postgres://` or `postgresql://` URL.
+/// A node name: letters, digits and `-_.:`.
 fn parse_node(s: &str) -> Result<String, String> {
     let ok = !s.is_empty()
         && s.len() <= 128
@@ -114,6 +120,7 @@ fn parse_node(s: &str) -> Result<String, String> {
     }
 }
 
+/// A `postgres://` or `postgresql://` URL.
 fn parse_state(s: &str) -> Result<String, String> {
     if s.starts_with("postgres://") || s.starts_with("postgresql://") {
         Ok(s.to_owned())
@@ -123,6 +130,14 @@ fn parse_state(s: &str) -> Result<String, String> {
             s.split("://").next().unwrap_or(s)
         ))
     }
+}
+
+fn parse_lease(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < std::time::Duration::from_secs(2) || d > std::time::Duration::from_secs(60) {
+        return Err("give a duration from 2s to 60s (it is renewed every second)".into());
+    }
+    Ok(d)
 }
 
 fn parse_header_timeout(s: &str) -> Result<std::time::Duration, String> {
@@ -208,6 +223,7 @@ pub async fn run(
         };
     }
     config.node_name = args.node;
+    config.controller_lease = args.controller_lease;
     config.artifacts.max_upload_bytes = args.max_upload_size;
     config.runtime.max_instances = args.max_instances;
     config.runtime.function_concurrency = args.function_concurrency;

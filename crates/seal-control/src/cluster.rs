@@ -3,7 +3,7 @@
 //! Every node serves (gateway, API, queue deliveries: claims skip each
 //! other's rows), reports a heartbeat with the counters of every version
 //! it serves each [`HEARTBEAT`], and competes for the controller lease
-//! ([`LEASE_TTL`], renewed each heartbeat). The holder runs what must run
+//! ([`LEASE_TTL`] by default, renewed each heartbeat). The holder runs what must run
 //! once: the deployment drivers (adopting deployments other nodes started,
 //! and resuming every active one from its committed step when it takes
 //! over) and the cron ticks. Every transition a driver commits carries the
@@ -28,8 +28,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// How long the controller lease lasts unless renewed: a dead controller
-/// is replaced within it (plus one heartbeat).
+/// How long the controller lease lasts unless renewed, by default: a dead
+/// controller is replaced within it (plus one heartbeat).
 pub const LEASE_TTL: Duration = Duration::from_secs(4);
 /// How often a node reports and renews or asks for the lease.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -44,6 +44,8 @@ pub struct NodeIdentity {
     pub api: String,
     pub gateway: String,
     pub started_at: i64,
+    /// How long its hold on the controller lease lasts unless renewed.
+    pub lease: Duration,
 }
 
 /// Key of a version in a route.
@@ -195,6 +197,11 @@ impl Control {
     /// At `stop` the lease is given up, so another node takes over at once.
     pub async fn run_node(self: Arc<Self>, stop: CancellationToken) {
         let name = self.cluster.name();
+        let ttl = self
+            .cluster
+            .identity
+            .get()
+            .map_or(LEASE_TTL, |i| i.lease.max(HEARTBEAT * 2));
         let mut lead: Option<Lead> = None;
         let mut valid_until = Instant::now();
         let mut failing = false;
@@ -202,14 +209,16 @@ impl Control {
         loop {
             let sent = Instant::now();
             let result = async {
-                self.state.report_node(&self.node_report()).await?;
-                self.state.acquire_lease(&name, LEASE_TTL).await
+                if self.state.shared() {
+                    self.state.report_node(&self.node_report()).await?;
+                }
+                self.state.acquire_lease(&name, ttl).await
             }
             .await;
             failing_now = result.is_err();
             match result {
                 Ok(Some(epoch)) => {
-                    valid_until = sent + LEASE_TTL;
+                    valid_until = sent + ttl;
                     if lead.as_ref().map(|l| l.epoch) != Some(epoch) {
                         if let Some(old) = lead.take() {
                             self.step_down(old).await;

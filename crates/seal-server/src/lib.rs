@@ -39,6 +39,8 @@ pub struct ServerConfig {
     /// This node's name among the nodes of one shared store; `None`: the
     /// host name and the API port.
     pub node_name: Option<String>,
+    /// How long the controller lease lasts unless renewed.
+    pub controller_lease: std::time::Duration,
     pub artifacts: ArtifactsConfig,
     pub runtime: RuntimeSection,
     pub gateway: GatewayConfig,
@@ -131,6 +133,7 @@ impl ServerConfig {
                 path: data_dir.join("state.db"),
             },
             node_name: None,
+            controller_lease: seal_control::cluster::LEASE_TTL,
             artifacts: ArtifactsConfig {
                 layout_dir: data_dir.join("artifacts"),
                 max_upload_bytes: 64 << 20,
@@ -615,6 +618,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         api: api_addr.to_string(),
         gateway: gateway_addr.to_string(),
         started_at: seal_state::now_ms(),
+        lease: config.controller_lease,
     });
     gateway.set_ingest(Arc::new(GatewayIngest(control.clone())));
     serving.set_event_sink(Arc::new(FunctionEvents(control.clone())));
