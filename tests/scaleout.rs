@@ -713,6 +713,19 @@ async fn approve_and_abort_through_a_node_that_is_not_the_controller_reach_its_d
     b.seal_json(&["deploy", "api", "1"]);
     let id = start_rollout(&b, paused_canary.clone()).await;
     until_deployment(&b, id, "paused", |d| d["state"] == "paused").await;
+    // B's rollout status shows the controller's driver as it reports it.
+    let start = std::time::Instant::now();
+    loop {
+        let st = b.api_get("/v1/functions/api/rollout").await;
+        if st["step"]["index"] == 1 && st["step"]["phase"] == "waiting for approval" {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "B never showed the driver's step: {st:#}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     // Approved through B: A's driver carries it out, B answers with it.
     let out = b.seal(&["approve", &id.to_string()]);
     assert!(out.ok, "{}\n{}", out.stderr, a.log());

@@ -188,6 +188,7 @@ impl Control {
             release: env!("CARGO_PKG_VERSION").to_owned(),
             started_at: identity.map_or(0, |i| i.started_at),
             versions,
+            rollouts: self.rollouts.live_views(),
         }
     }
 
@@ -321,6 +322,15 @@ impl Control {
         if let Ok(mut f) = self.cluster.fleet.lock() {
             *f = fleet;
         }
+    }
+
+    /// What the controller's driver of deployment `id` is doing, as it
+    /// last reported (for a node that does not drive it).
+    pub(crate) async fn controller_live_view(&self, id: u64) -> Option<crate::rollout::LiveView> {
+        let nodes = self.state.nodes(NODE_STALE).await.ok()?;
+        nodes.into_iter().find_map(|n| {
+            serde_json::from_value(n.report.rollouts.get(id.to_string())?.clone()).ok()
+        })
     }
 
     /// `seal cluster status`: the nodes heard from lately, what each

@@ -27,7 +27,9 @@ CREATE TABLE nodes (
     gateway       TEXT NOT NULL,
     release       TEXT NOT NULL,
     started_at    BIGINT NOT NULL,
-    heartbeat_at  TIMESTAMPTZ NOT NULL
+    heartbeat_at  TIMESTAMPTZ NOT NULL,
+    -- The live view of the drivers it runs (JSON, by deployment id).
+    rollouts      TEXT NOT NULL DEFAULT '{}'
 );
 
 CREATE TABLE node_versions (

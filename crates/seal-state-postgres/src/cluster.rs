@@ -61,16 +61,17 @@ impl PostgresStore {
             .execute(&mut *tx)
             .await?;
         sqlx::query(
-            "INSERT INTO nodes (name, api, gateway, release, started_at, heartbeat_at) \
-             VALUES ($1, $2, $3, $4, $5, now()) \
+            "INSERT INTO nodes (name, api, gateway, release, started_at, heartbeat_at, rollouts) \
+             VALUES ($1, $2, $3, $4, $5, now(), $6) \
              ON CONFLICT (name) DO UPDATE SET api = $2, gateway = $3, release = $4, \
-                 started_at = $5, heartbeat_at = now()",
+                 started_at = $5, heartbeat_at = now(), rollouts = $6",
         )
         .bind(&r.node)
         .bind(&r.api)
         .bind(&r.gateway)
         .bind(&r.release)
         .bind(r.started_at)
+        .bind(r.rollouts.to_string())
         .execute(&mut *tx)
         .await?;
         sqlx::query("DELETE FROM node_versions WHERE node = $1")
@@ -105,10 +106,10 @@ impl PostgresStore {
     }
 
     pub async fn nodes(&self, within: Duration) -> Result<Vec<NodeRecord>> {
-        type Row = (String, String, String, String, i64, f64);
+        type Row = (String, String, String, String, i64, f64, String);
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT name, api, gateway, release, started_at, \
-                    (EXTRACT(EPOCH FROM now() - heartbeat_at) * 1000)::float8 \
+                    (EXTRACT(EPOCH FROM now() - heartbeat_at) * 1000)::float8, rollouts \
              FROM nodes WHERE heartbeat_at >= now() - make_interval(secs => $1) ORDER BY name",
         )
         .bind(within.as_secs_f64())
@@ -127,7 +128,7 @@ impl PostgresStore {
         let mut out: Vec<NodeRecord> = rows
             .into_iter()
             .map(
-                |(node, api, gateway, release, started_at, age)| NodeRecord {
+                |(node, api, gateway, release, started_at, age, rollouts)| NodeRecord {
                     report: NodeReport {
                         node,
                         api,
@@ -135,6 +136,7 @@ impl PostgresStore {
                         release,
                         started_at,
                         versions: Vec::new(),
+                        rollouts: serde_json::from_str(&rollouts).unwrap_or_default(),
                     },
                     heartbeat_age_ms: age.max(0.0) as i64,
                 },

@@ -1377,6 +1377,7 @@ mod tests {
                 weight: 100,
                 counters: serde_json::json!({"requests": requests}),
             }],
+            rollouts: serde_json::json!({"7": {"step": 1}}),
         };
         a.report_node(&report("a", 3)).await.unwrap();
         b.report_node(&report("b", 7)).await.unwrap();

@@ -635,6 +635,10 @@ pub struct NodeReport {
     pub release: String,
     pub started_at: i64,
     pub versions: Vec<NodeVersion>,
+    /// What the drivers running on it are doing, by deployment id (only
+    /// the controller runs any), as the control plane describes it.
+    #[serde(default)]
+    pub rollouts: serde_json::Value,
 }
 
 /// One version a node serves, with its counters since the node loaded it

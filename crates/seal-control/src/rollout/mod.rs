@@ -84,7 +84,7 @@ pub struct Rollouts {
 }
 
 /// What a driver is doing right now (for `rollout status`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct LiveView {
     pub step: usize,
     pub of: usize,
@@ -413,13 +413,20 @@ impl Control {
             .into_iter()
             .next();
         let active = deployment.as_ref().is_some_and(|d| d.is_active());
-        let live = deployment.as_ref().filter(|d| d.is_active()).and_then(|d| {
+        let mut live = deployment.as_ref().filter(|d| d.is_active()).and_then(|d| {
             self.rollouts
                 .live
                 .lock()
                 .ok()
                 .and_then(|m| m.get(&d.id).cloned())
         });
+        // Driven by another node (the controller): as it last reported.
+        if let Some(d) = deployment.as_ref().filter(|d| d.is_active())
+            && live.is_none()
+            && self.state.shared()
+        {
+            live = self.controller_live_view(d.id).await;
+        }
         let table = self.serving.table();
         let mut versions = Vec::new();
         let mut weights = Vec::new();
@@ -792,6 +799,13 @@ impl Rollouts {
     /// Whether a driver of deployment `id` runs on this node.
     fn is_driving(&self, id: u64) -> bool {
         self.drivers.lock().is_ok_and(|m| m.contains_key(&id))
+    }
+
+    /// Every driver's live view here, by deployment id (JSON).
+    pub(crate) fn live_views(&self) -> Value {
+        self.live.lock().map_or(Value::Null, |m| {
+            Value::Object(m.iter().map(|(id, v)| (id.to_string(), json!(v))).collect())
+        })
     }
 
     /// What the driver of deployment `id` is doing now, if it runs here.
