@@ -206,7 +206,6 @@ impl Control {
         let mut lead: Option<Lead> = None;
         let mut valid_until = Instant::now();
         let mut failing = false;
-        let mut failing_now;
         loop {
             let sent = Instant::now();
             let result = async {
@@ -216,7 +215,7 @@ impl Control {
                 self.state.acquire_lease(&name, ttl).await
             }
             .await;
-            failing_now = result.is_err();
+            let failed = result.is_err();
             match result {
                 Ok(Some(epoch)) => {
                     valid_until = sent + ttl;
@@ -251,7 +250,7 @@ impl Control {
                     }
                 }
             }
-            failing = failing_now;
+            failing = failed;
             if lead.is_some() && self.state.shared() {
                 self.refresh_fleet(&name).await;
                 // Commands relayed while a notification was lost.

@@ -510,7 +510,7 @@ impl Control {
                     state: DeploymentState::RolledBack,
                     event: "rolled_back",
                     weights: plan.rollback_target.clone(),
-                    detail: json!({"reason": "after a restart a version of the deployment could not be loaded", "gate": null}),
+                    detail: json!({"reason": "a version of the deployment could not be loaded when its driver resumed (after a restart or a change of controller)", "gate": null}),
                     actor: "seal".into(),
                 };
                 if let Err(e) = self.finish_locked(&d, &plan, ending).await {
