@@ -555,6 +555,23 @@ async fn three_nodes_have_one_controller_and_a_clean_stop_hands_it_over() {
         seen = controller(&v);
     }
     // The first node started took the free lease.
+    // A second process under a live node's name is refused by name.
+    let a_node = node_named(&a.api_get("/v1/cluster").await, &a.api).unwrap();
+    let twin = tempfile::tempdir().unwrap();
+    for f in ["admin.token", "master.key"] {
+        std::fs::copy(a.data_dir.join(f), twin.path().join(f)).unwrap();
+    }
+    let out = Server::command(twin.path())
+        .args(["--state", &url, "--node", &a_node])
+        .env("SEAL_LOG", "error")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("node name {a_node} is in use")),
+        "{err}"
+    );
     let first = until_cluster(&b, "a names itself", |v| node_named(v, &a.api).is_some()).await;
     assert_eq!(controller(&first), node_named(&first, &a.api), "{first:#}");
     let text = b.seal(&["cluster", "status"]);

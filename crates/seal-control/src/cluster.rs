@@ -18,7 +18,7 @@
 //! heartbeat and stores nothing.
 
 use crate::engine::Control;
-use crate::error::ControlResult;
+use crate::error::{ControlError, ControlResult};
 use seal_api_types::cluster::{ClusterNode, ClusterStatus, LoadedVersion};
 use seal_serving::Snapshot;
 use seal_state::{Fence, NodeReport, NodeVersion};
@@ -36,6 +36,19 @@ pub const HEARTBEAT: Duration = Duration::from_secs(1);
 /// A node silent for longer is left out of the fleet's sums and shown as
 /// gone.
 pub const NODE_STALE: Duration = Duration::from_secs(10);
+
+/// Between a node's name and its process in the lease's holder (a node
+/// name has no `/`).
+const HOLDER_SEPARATOR: char = '/';
+
+/// The node name in a lease holder.
+fn holder_name(holder: &str) -> &str {
+    holder.split(HOLDER_SEPARATOR).next().unwrap_or(holder)
+}
+
+/// A node heard from this recently holds its name: another process may
+/// not start under it (a killed node's name is free after it).
+const NAME_IN_USE: Duration = Duration::from_secs(3);
 
 /// Who this node is (set by the server once it has bound its listeners).
 #[derive(Debug, Clone)]
@@ -90,6 +103,20 @@ impl Membership {
             .map_or_else(|| "local".to_owned(), |i| i.name.clone())
     }
 
+    /// What this process holds the lease as: its name and its start, so
+    /// two processes given one name never share the lease (or a fence).
+    fn holder(&self) -> String {
+        match self.identity.get() {
+            Some(i) => format!(
+                "{}{HOLDER_SEPARATOR}{}-{}",
+                i.name,
+                std::process::id(),
+                i.started_at
+            ),
+            None => format!("local{HOLDER_SEPARATOR}{}", std::process::id()),
+        }
+    }
+
     fn leading(&self) -> Option<i64> {
         *self
             .epoch
@@ -122,9 +149,31 @@ impl Membership {
 }
 
 impl Control {
-    /// Names this node (its API and gateway addresses) for the others.
-    pub fn set_node(&self, identity: NodeIdentity) {
+    /// Names this node (its API and gateway addresses) for the others;
+    /// refused when another live node reports under the same name (its
+    /// counters and this node's would overwrite each other).
+    pub async fn set_node(&self, identity: NodeIdentity) -> ControlResult<()> {
+        if self.state.shared() {
+            let taken = self
+                .state
+                .nodes(NAME_IN_USE)
+                .await?
+                .into_iter()
+                .find(|n| n.report.node == identity.name && n.report.api != identity.api);
+            if let Some(n) = taken {
+                return Err(ControlError::conflict(format!(
+                    "node name {} is in use by the node whose API is at {} (heard from {} ms ago); give this node another name (--node)",
+                    identity.name, n.report.api, n.heartbeat_age_ms
+                )));
+            }
+        }
         let _ = self.cluster.identity.set(identity);
+        Ok(())
+    }
+
+    /// This node's name.
+    pub fn node_name(&self) -> String {
+        self.cluster.name()
     }
 
     /// Whether this node runs the drivers and cron ticks now (always, on
@@ -141,7 +190,7 @@ impl Control {
             return None;
         }
         Some(Fence {
-            node: self.cluster.name(),
+            node: self.cluster.holder(),
             epoch: self.cluster.leading().unwrap_or(-1),
         })
     }
@@ -197,7 +246,7 @@ impl Control {
     /// the controller runs started on taking it and stopped on losing it.
     /// At `stop` the lease is given up, so another node takes over at once.
     pub async fn run_node(self: Arc<Self>, stop: CancellationToken) {
-        let name = self.cluster.name();
+        let name = self.cluster.holder();
         let ttl = self
             .cluster
             .identity
@@ -252,7 +301,7 @@ impl Control {
             }
             failing = failed;
             if lead.is_some() && self.state.shared() {
-                self.refresh_fleet(&name).await;
+                self.refresh_fleet(&self.cluster.name()).await;
                 // Commands relayed while a notification was lost.
                 if let Err(e) = self.answer_commands().await {
                     tracing::debug!(error = %e, "cannot read relayed commands");
@@ -351,7 +400,9 @@ impl Control {
             });
         }
         let holder = match &lease {
-            Some(l) if l.expires_in_ms > 0 => l.holder.clone(),
+            Some(l) if l.expires_in_ms > 0 => {
+                l.holder.as_deref().map(|h| holder_name(h).to_owned())
+            }
             Some(_) => None,
             None => self.is_controller().then(|| me.clone()),
         };

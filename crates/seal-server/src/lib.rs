@@ -610,16 +610,19 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         .with_tracer(tracer)
         .with_monitoring_dir(config.data_dir.join("monitoring")),
     );
-    control.set_node(seal_control::cluster::NodeIdentity {
-        name: config
-            .node_name
-            .clone()
-            .unwrap_or_else(|| format!("{}:{}", host_name(), api_addr.port())),
-        api: api_addr.to_string(),
-        gateway: gateway_addr.to_string(),
-        started_at: seal_state::now_ms(),
-        lease: config.controller_lease,
-    });
+    control
+        .set_node(seal_control::cluster::NodeIdentity {
+            name: config
+                .node_name
+                .clone()
+                .unwrap_or_else(|| format!("{}:{}", host_name(), api_addr.port())),
+            api: api_addr.to_string(),
+            gateway: gateway_addr.to_string(),
+            started_at: seal_state::now_ms(),
+            lease: config.controller_lease,
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     gateway.set_ingest(Arc::new(GatewayIngest(control.clone())));
     serving.set_event_sink(Arc::new(FunctionEvents(control.clone())));
     control

@@ -520,7 +520,7 @@ impl Control {
             }
             let mut detail = json!({"step": d.step, "state": d.state});
             if let Some(fence) = self.fence() {
-                detail["controller"] = json!({"node": fence.node, "epoch": fence.epoch});
+                detail["controller"] = json!({"node": self.node_name(), "epoch": fence.epoch});
             }
             self.state.record_event(d.id, "resumed", &detail).await?;
             tracing::info!(
