@@ -876,3 +876,59 @@ async fn seal_migrate_moves_an_embedded_data_dir_into_postgres_intact() {
         head["entries"].as_u64().unwrap() + 1
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_cut_off_from_postgres_steps_down_and_resumes_its_canary_when_it_is_back() {
+    let Some(schema) = Schema::create("stepdown") else {
+        return;
+    };
+    let url = schema.url();
+    let authority = url
+        .split("://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .map(|a| a.rsplit('@').next().unwrap().to_owned())
+        .unwrap();
+    let proxy = Cuttable::to(authority.clone()).await;
+    let via_proxy = url.replacen(&authority, &proxy.addr.to_string(), 1);
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start_with(
+        dir.path(),
+        &["--state", &via_proxy, "--controller-lease", "2s"],
+    );
+    publish_file(&s, &example_component("hello"), "hello", &[]);
+    publish_file(&s, &example_component("hello_v2"), "hello", &[]);
+    s.seal_json(&["deploy", "hello", "1"]);
+    let (status, v) = s
+        .api_post(
+            "/v1/functions/hello/deploy",
+            serde_json::json!({"version": 2, "rollout": {"strategy": "canary", "steps": [20, 50],
+                "interval_ms": 1500, "gates": {"min_requests": 0}}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let id = v["deployment"]["id"].as_u64().unwrap();
+    until_deployment(&s, id, "reached step 1", |d| d["step"] == 1).await;
+
+    // Away for longer than the lease: the controller stops driving by
+    // itself; the gateway keeps serving the route as committed.
+    proxy.down();
+    s.wait_log("the controller stepping down", |l| {
+        l.contains("could not be renewed in time; stepping down")
+    })
+    .await;
+    for _ in 0..20 {
+        assert_eq!(s.get("/hello/").await.status(), 200);
+    }
+    proxy.restore();
+    let done = until_finished(&s, id, std::time::Duration::from_secs(30)).await;
+    assert_eq!(done["deployment"]["state"], "succeeded", "{done:#}");
+    let resumed = done["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "resumed")
+        .count();
+    assert!(resumed >= 1, "taken again, the lease resumed it: {done:#}");
+    until_serves(&s, 2).await;
+}
