@@ -1293,3 +1293,30 @@ async fn a_function_holding_requests_open_does_not_starve_its_neighbours() {
         Some(4.0)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_status_on_the_embedded_store_is_this_one_node_leading() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    publish_file(&s, &example_component("hello"), "hello", &[]);
+    s.seal_json(&["deploy", "hello", "1"]);
+    let v = s.seal_json(&["cluster", "status"]);
+    assert_eq!(v["shared"], false, "{v}");
+    assert_eq!(v["controller"], v["this_node"], "{v}");
+    let nodes = v["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 1, "{v}");
+    assert_eq!(nodes[0]["controller"], true);
+    assert!(s.api.ends_with(nodes[0]["api"].as_str().unwrap()), "{v}");
+    assert_eq!(nodes[0]["versions"][0]["function"], "hello");
+    assert_eq!(nodes[0]["versions"][0]["weight"], 100);
+    // A viewer may read it; a publisher token may not.
+    let publisher = s.seal_json(&["token", "create", "--role", "publisher", "--queue", "orders"]);
+    let r = s
+        .http
+        .get(format!("{}/v1/cluster", s.api))
+        .bearer_auth(publisher["token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 403, "forbidden").await;
+}
