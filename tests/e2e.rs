@@ -1310,7 +1310,14 @@ async fn cluster_status_on_the_embedded_store_is_this_one_node_leading() {
     assert_eq!(nodes[0]["versions"][0]["function"], "hello");
     assert_eq!(nodes[0]["versions"][0]["weight"], 100);
     // A viewer may read it; a publisher token may not.
-    let publisher = s.seal_json(&["token", "create", "--role", "publisher", "--queue", "orders"]);
+    let publisher = s.seal_json(&[
+        "token",
+        "create",
+        "--role",
+        "publisher",
+        "--queue",
+        "orders",
+    ]);
     let r = s
         .http
         .get(format!("{}/v1/cluster", s.api))
