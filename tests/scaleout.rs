@@ -163,6 +163,24 @@ fn an_unreachable_database_stops_the_start_with_a_clear_error() {
     );
 }
 
+/// Through `node`: config `GREETING=hi` and secret `API_KEY=s3cr3t` of
+/// `svc` (the secret read from standard input, as the CLI takes it).
+fn set_greeting_and_secret(node: &Server) {
+    assert!(node.seal(&["config", "set", "svc", "GREETING=hi"]).ok);
+    let mut secret = Command::new(seal_bin())
+        .args(["secrets", "set", "svc", "API_KEY"])
+        .env("SEAL_SERVER", &node.api)
+        .env("SEAL_DATA_DIR", &node.data_dir)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        secret.stdin.take().unwrap().write_all(b"s3cr3t\n").unwrap();
+    }
+    assert!(secret.wait().unwrap().success());
+}
+
 /// Waits (bounded) until `node` answers `/hello/` from `version`.
 async fn until_serves(node: &Server, version: u64) -> std::time::Duration {
     until_serves_at(node, "/hello/", version).await
@@ -229,20 +247,7 @@ async fn a_route_change_through_one_node_reaches_the_other_nodes_gateway() {
         );
     }
     a.seal_json(&["deploy", "svc", "1"]);
-    assert!(a.seal(&["config", "set", "svc", "GREETING=hi"]).ok);
-    let mut secret = Command::new(seal_bin())
-        .args(["secrets", "set", "svc", "API_KEY"])
-        .env("SEAL_SERVER", &a.api)
-        .env("SEAL_DATA_DIR", &a.data_dir)
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        let mut stdin = secret.stdin.take().unwrap();
-        stdin.write_all(b"s3cr3t\n").unwrap();
-    }
-    assert!(secret.wait().unwrap().success());
+    set_greeting_and_secret(&a);
     let start = std::time::Instant::now();
     loop {
         let r = b.get("/svc/").await;
@@ -314,6 +319,21 @@ impl Cuttable {
         Self { addr, up, open }
     }
 
+    /// A proxy to the test database and the schema's URL through it.
+    async fn before(schema: &Schema) -> (Self, String) {
+        let url = schema.url();
+        // The test database's host and port.
+        let authority = url
+            .split("://")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .map(|a| a.rsplit('@').next().unwrap().to_owned())
+            .unwrap();
+        let proxy = Self::to(authority.clone()).await;
+        let via_proxy = url.replacen(&authority, &proxy.addr.to_string(), 1);
+        (proxy, via_proxy)
+    }
+
     fn down(&self) {
         self.up.store(false, std::sync::atomic::Ordering::SeqCst);
         for t in self.open.lock().unwrap().drain(..) {
@@ -331,16 +351,7 @@ async fn while_postgres_is_away_the_gateway_serves_and_the_api_says_state_unavai
     let Some(schema) = Schema::create("outage") else {
         return;
     };
-    // The test database's host and port, reached through the proxy.
-    let url = schema.url();
-    let authority = url
-        .split("://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .map(|a| a.rsplit('@').next().unwrap().to_owned())
-        .unwrap();
-    let proxy = Cuttable::to(authority.clone()).await;
-    let via_proxy = url.replacen(&authority, &proxy.addr.to_string(), 1);
+    let (proxy, via_proxy) = Cuttable::before(&schema).await;
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start_with(dir.path(), &["--state", &via_proxy]);
     publish_file(&s, &example_component("hello"), "hello", &[]);
@@ -802,19 +813,7 @@ async fn seal_migrate_moves_an_embedded_data_dir_into_postgres_intact() {
         &["--config-key", "GREETING", "--config-key", "API_KEY"],
     );
     s.seal_json(&["deploy", "svc", "1"]);
-    assert!(s.seal(&["config", "set", "svc", "GREETING=hi"]).ok);
-    let mut secret = Command::new(seal_bin())
-        .args(["secrets", "set", "svc", "API_KEY"])
-        .env("SEAL_SERVER", &s.api)
-        .env("SEAL_DATA_DIR", &s.data_dir)
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        secret.stdin.take().unwrap().write_all(b"s3cr3t\n").unwrap();
-    }
-    assert!(secret.wait().unwrap().success());
+    set_greeting_and_secret(&s);
     let token = s.seal_json(&["token", "create", "--role", "deployer", "--name", "ci"]);
     let ci = token["token"].as_str().unwrap().to_owned();
     let head = s.seal_json(&["audit", "verify"]);
@@ -882,15 +881,7 @@ async fn a_controller_cut_off_from_postgres_steps_down_and_resumes_its_canary_wh
     let Some(schema) = Schema::create("stepdown") else {
         return;
     };
-    let url = schema.url();
-    let authority = url
-        .split("://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .map(|a| a.rsplit('@').next().unwrap().to_owned())
-        .unwrap();
-    let proxy = Cuttable::to(authority.clone()).await;
-    let via_proxy = url.replacen(&authority, &proxy.addr.to_string(), 1);
+    let (proxy, via_proxy) = Cuttable::before(&schema).await;
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start_with(
         dir.path(),

@@ -1180,19 +1180,16 @@ mod tests {
         assert!(v.ok && v.entries == 121, "{v:?}");
     }
 
-    #[tokio::test]
-    async fn two_nodes_starting_a_rollout_on_one_route_get_one_deployment() {
-        let Some((schema, a)) = store().await else {
-            return;
-        };
-        let b = schema.node().await;
+    /// Versions 1 and 2 of `hello`.
+    async fn two_versions(s: &PostgresStore) {
         let m = serde_json::json!({});
-        a.create_version(new_version("hello", "sha256:a", &m))
-            .await
-            .unwrap();
-        a.create_version(new_version("hello", "sha256:b", &m))
-            .await
-            .unwrap();
+        for d in ["sha256:a", "sha256:b"] {
+            s.create_version(new_version("hello", d, &m)).await.unwrap();
+        }
+    }
+
+    /// A canary of hello@2 over hello@1 on production (candidate at 0%).
+    async fn start_canary(s: &PostgresStore) -> Result<DeploymentRecord> {
         let weights = [
             WeightedVersion {
                 version: 1,
@@ -1203,27 +1200,31 @@ mod tests {
                 weight: 0,
             },
         ];
-        let plan = serde_json::json!({});
-        let start = |s: PostgresStore| {
-            let plan = plan.clone();
-            async move {
-                s.start_rollout(NewRollout {
-                    function: "hello",
-                    environment: "production",
-                    strategy: Strategy::Canary,
-                    from_weights: None,
-                    weights: &weights,
-                    actor: "t",
-                    reason: None,
-                    digest: None,
-                    plan: &plan,
-                    baseline: 1,
-                    candidate: 2,
-                    sticky_header: None,
-                })
-                .await
-            }
+        s.start_rollout(NewRollout {
+            function: "hello",
+            environment: "production",
+            strategy: Strategy::Canary,
+            from_weights: None,
+            weights: &weights,
+            actor: "t",
+            reason: None,
+            digest: None,
+            plan: &serde_json::json!({}),
+            baseline: 1,
+            candidate: 2,
+            sticky_header: None,
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn two_nodes_starting_a_rollout_on_one_route_get_one_deployment() {
+        let Some((schema, a)) = store().await else {
+            return;
         };
+        let b = schema.node().await;
+        two_versions(&a).await;
+        let start = |s: PostgresStore| async move { start_canary(&s).await };
         for _ in 0..5 {
             let (x, y) = tokio::join!(start(a.clone()), start(b.clone()));
             let won = [&x, &y].iter().filter(|r| r.is_ok()).count();
@@ -1277,38 +1278,8 @@ mod tests {
         assert!(l.expires_in_ms > 0 && l.expires_in_ms <= 400, "{l:?}");
 
         // A rollout a's driver moves under its fence.
-        let m = serde_json::json!({});
-        for d in ["sha256:a", "sha256:b"] {
-            a.create_version(new_version("hello", d, &m)).await.unwrap();
-        }
-        let weights = [
-            WeightedVersion {
-                version: 1,
-                weight: 100,
-            },
-            WeightedVersion {
-                version: 2,
-                weight: 0,
-            },
-        ];
-        let plan = serde_json::json!({});
-        let d = a
-            .start_rollout(NewRollout {
-                function: "hello",
-                environment: "production",
-                strategy: Strategy::Canary,
-                from_weights: None,
-                weights: &weights,
-                actor: "t",
-                reason: None,
-                digest: None,
-                plan: &plan,
-                baseline: 1,
-                candidate: 2,
-                sticky_header: None,
-            })
-            .await
-            .unwrap();
+        two_versions(&a).await;
+        let d = start_canary(&a).await.unwrap();
         let step = |fence: Fence, step: u32| Transition {
             state: DeploymentState::Progressing,
             step: Some(step),
