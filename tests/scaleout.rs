@@ -101,9 +101,7 @@ async fn a_server_on_postgres_deploys_serves_and_restarts_and_a_second_node_shar
     // same master key and the admin token the first one wrote: it sees
     // the version, the route and one audit chain.
     let dir_b = tempfile::tempdir().unwrap();
-    for f in ["admin.token", "master.key"] {
-        std::fs::copy(dir_a.path().join(f), dir_b.path().join(f)).unwrap();
-    }
+    share_keys(dir_a.path(), dir_b.path());
     let b = Server::start_with(dir_b.path(), &["--state", &url]);
     let versions = b.seal_json(&["versions", "echo"]);
     assert_eq!(
@@ -214,9 +212,7 @@ async fn a_route_change_through_one_node_reaches_the_other_nodes_gateway() {
     let dir_a = tempfile::tempdir().unwrap();
     let a = Server::start_with(dir_a.path(), &["--state", &url]);
     let dir_b = tempfile::tempdir().unwrap();
-    for f in ["admin.token", "master.key"] {
-        std::fs::copy(dir_a.path().join(f), dir_b.path().join(f)).unwrap();
-    }
+    share_keys(dir_a.path(), dir_b.path());
     let b = Server::start_with(dir_b.path(), &["--state", &url]);
     // Each node's artifact layout is its own until the registry store:
     // the same files published on both give the same versions.
@@ -403,6 +399,14 @@ async fn while_postgres_is_away_the_gateway_serves_and_the_api_says_state_unavai
     assert_eq!(v["ok"], true, "{v}");
 }
 
+/// Gives a node's data dir the admin token and master key of another (as
+/// an operator hands them to every node of one database).
+fn share_keys(from: &std::path::Path, to: &std::path::Path) {
+    for f in ["admin.token", "master.key"] {
+        std::fs::copy(from.join(f), to.join(f)).unwrap();
+    }
+}
+
 /// Nodes sharing one schema: the first writes the admin token and master
 /// key, the others copy them (as an operator hands them to every node).
 struct Fleet {
@@ -417,9 +421,7 @@ impl Fleet {
     fn start(&mut self, url: &str) -> Server {
         let dir = tempfile::tempdir().unwrap();
         if let Some(first) = self.dirs.first() {
-            for f in ["admin.token", "master.key"] {
-                std::fs::copy(first.path().join(f), dir.path().join(f)).unwrap();
-            }
+            share_keys(first.path(), dir.path());
         }
         let s = Server::start_with(dir.path(), &["--state", url]);
         self.dirs.push(dir);
@@ -461,20 +463,10 @@ async fn deployment(node: &Server, id: u64) -> Value {
 
 /// Polls a deployment through `node` until it has ended (or `limit`).
 async fn until_finished(node: &Server, id: u64, limit: std::time::Duration) -> Value {
-    let start = std::time::Instant::now();
-    loop {
-        let v = deployment(node, id).await;
-        let state = v["deployment"]["state"].as_str().unwrap_or("").to_owned();
-        if !["pending", "progressing", "paused"].contains(&state.as_str()) {
-            return v;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "deployment {id} still {state} after {limit:?}: {v:#}\n{}",
-            node.log()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    until_deployment_within(node, id, "finished", limit, |d| {
+        !["pending", "progressing", "paused"].contains(&d["state"].as_str().unwrap_or(""))
+    })
+    .await
 }
 
 /// A (the controller: started first, its lease confirmed) and B, with
@@ -511,15 +503,28 @@ async fn start_rollout(node: &Server, rollout: Value) -> u64 {
 
 /// Polls a deployment through `node` until `check` holds (or 15 s).
 async fn until_deployment(node: &Server, id: u64, what: &str, check: impl Fn(&Value) -> bool) {
+    until_deployment_within(node, id, what, std::time::Duration::from_secs(15), check).await;
+}
+
+/// Polls a deployment through `node` until `check` holds of it (or
+/// `limit`); returns the deployment with its events.
+async fn until_deployment_within(
+    node: &Server,
+    id: u64,
+    what: &str,
+    limit: std::time::Duration,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
     let start = std::time::Instant::now();
     loop {
         let d = deployment(node, id).await;
         if check(&d["deployment"]) {
-            return;
+            return d;
         }
         assert!(
-            start.elapsed() < std::time::Duration::from_secs(15),
-            "deployment {id} never {what}: {d:#}"
+            start.elapsed() < limit,
+            "deployment {id} never {what} within {limit:?}: {d:#}\n{}",
+            node.log()
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
@@ -565,13 +570,10 @@ async fn three_nodes_have_one_controller_and_a_clean_stop_hands_it_over() {
         assert!(seen.is_none() || seen == controller(&v), "{v:#}");
         seen = controller(&v);
     }
-    // The first node started took the free lease.
     // A second process under a live node's name is refused by name.
     let a_node = node_named(&a.api_get("/v1/cluster").await, &a.api).unwrap();
     let twin = tempfile::tempdir().unwrap();
-    for f in ["admin.token", "master.key"] {
-        std::fs::copy(a.data_dir.join(f), twin.path().join(f)).unwrap();
-    }
+    share_keys(&a.data_dir, twin.path());
     let out = Server::command(twin.path())
         .args(["--state", &url, "--node", &a_node])
         .env("SEAL_LOG", "error")
@@ -583,6 +585,7 @@ async fn three_nodes_have_one_controller_and_a_clean_stop_hands_it_over() {
         err.contains(&format!("node name {a_node} is in use")),
         "{err}"
     );
+    // The first node started took the free lease.
     let first = until_cluster(&b, "a names itself", |v| node_named(v, &a.api).is_some()).await;
     assert_eq!(controller(&first), node_named(&first, &a.api), "{first:#}");
     let text = b.seal(&["cluster", "status"]);
