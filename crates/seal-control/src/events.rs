@@ -247,11 +247,17 @@ impl EventsService {
     }
 
     async fn queue_must_exist(&self, environment: &str, queue: &str) -> ControlResult<QueueRecord> {
+        // A queue found implies its environment (queues are created only
+        // in one that exists, and environments are never deleted): one
+        // read on the ingest path; the environment is looked up only to
+        // say which of the two is missing.
+        if let Some(q) = self.state.queue(environment, queue).await? {
+            return Ok(q);
+        }
         lookup::environment_must_exist(&*self.state, environment).await?;
-        self.state
-            .queue(environment, queue)
-            .await?
-            .ok_or_else(|| ControlError::not_found(format!("no queue {queue} in {environment}")))
+        Err(ControlError::not_found(format!(
+            "no queue {queue} in {environment}"
+        )))
     }
 
     pub async fn create_trigger(

@@ -759,13 +759,12 @@ async fn enqueue_in(
     .bind(queue)
     .fetch_all(&mut *tx)
     .await?;
-    let mut next_event: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) + 1 FROM events")
-        .fetch_one(&mut *tx)
-        .await?;
-    let mut next_delivery: i64 =
-        sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) + 1 FROM deliveries")
-            .fetch_one(&mut *tx)
-            .await?;
+    let (mut next_event, mut next_delivery): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT COALESCE(MAX(id), 0) + 1 FROM events), \
+                (SELECT COALESCE(MAX(id), 0) + 1 FROM deliveries)",
+    )
+    .fetch_one(&mut *tx)
+    .await?;
     let mut out = Vec::with_capacity(events.len());
     for e in events {
         let existing: Option<i64> = sqlx::query_scalar(
