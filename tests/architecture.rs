@@ -221,6 +221,24 @@ fn the_state_model_knows_no_sql_driver_and_backends_are_picked_at_the_root() {
     assert!(!deps(&ws, "seal-state-postgres").contains("seal-state-sqlite"));
 }
 
+#[test]
+fn the_artifact_backends_are_siblings_picked_at_the_root() {
+    let ws = workspace();
+    // The registry store implements seal-oci's port over a cache that is
+    // any other store (the layout, handed in at the root).
+    assert_eq!(dependents(&ws, "seal-oci-registry"), set(&["seal-server"]));
+    assert_eq!(dependents(&ws, "oci-client"), set(&["seal-oci-registry"]));
+    let registry = deps(&ws, "seal-oci-registry");
+    assert!(registry.contains("seal-oci"));
+    for forbidden in ["seal-control", "seal-state", "seal-runtime", "seal-serving"] {
+        assert!(
+            !registry.contains(forbidden),
+            "seal-oci-registry depends on {forbidden}: it stores bytes, nothing more"
+        );
+    }
+    assert!(!deps(&ws, "seal-oci").contains("seal-oci-registry"));
+}
+
 /// Source files of a crate (`crates/<name>/src/**.rs`).
 fn sources(krate: &str) -> Vec<(std::path::PathBuf, String)> {
     fn walk(dir: &std::path::Path, out: &mut Vec<(std::path::PathBuf, String)>) {
@@ -253,6 +271,7 @@ fn only_the_composition_root_names_the_concrete_stores() {
         ("SqliteStore", "seal-state-sqlite"),
         ("PostgresStore", "seal-state-postgres"),
         ("OciLayout", "seal-oci"),
+        ("RegistryStore", "seal-oci-registry"),
         ("Gateway", "seal-gateway"),
         // The control plane loads functions through `seal_runtime::Loader`.
         ("Runtime", "seal-runtime"),

@@ -21,6 +21,14 @@ pub struct ServerArgs {
     #[arg(long, env = "SEAL_STATE", value_parser = parse_state, value_name = "URL")]
     state: Option<String>,
 
+    /// Where artifacts live: an OCI distribution registry,
+    /// oci://host[:port]/repository (HTTPS; plain HTTP for a loopback host
+    /// or with oci+http://), shared by several nodes, with the data dir's
+    /// layout as a verified local cache; default: the layout alone.
+    /// Credentials: SEAL_REGISTRY_USERNAME and SEAL_REGISTRY_PASSWORD.
+    #[arg(long, env = "SEAL_ARTIFACTS", value_parser = seal_server::parse_registry, value_name = "URL")]
+    artifacts: Option<String>,
+
     /// This node's name among the nodes of one database (seal cluster
     /// status); default: the host name and the API port.
     #[arg(long, env = "SEAL_NODE", value_parser = parse_node, value_name = "NAME")]
@@ -222,6 +230,7 @@ pub async fn run(
             url: seal_server::Redacted(url),
         };
     }
+    config.artifacts.registry = args.artifacts;
     config.node_name = args.node;
     config.controller_lease = args.controller_lease;
     config.artifacts.max_upload_bytes = args.max_upload_size;

@@ -92,6 +92,13 @@ pub enum ControlError {
     /// The state store cannot be reached now; the call may be repeated.
     #[error("{0}")]
     StateUnavailable(String),
+    /// The artifact registry cannot be reached now; what is cached keeps
+    /// serving, the call may be repeated.
+    #[error("{0}")]
+    RegistryUnavailable(String),
+    /// The artifact registry refused a request.
+    #[error("{0}")]
+    Registry(String),
     /// Everything else; the message is for the server log only.
     #[error("internal error: {0}")]
     Internal(String),
@@ -126,6 +133,8 @@ impl ControlError {
             Self::Forbidden(_) => "forbidden",
             Self::Unauthenticated(_) => "unauthorized",
             Self::StateUnavailable(_) => "state_unavailable",
+            Self::RegistryUnavailable(_) => "registry_unavailable",
+            Self::Registry(_) => "registry_error",
             Self::Internal(_) => "internal",
         }
     }
@@ -203,6 +212,11 @@ impl From<StoreError> for ControlError {
             StoreError::DigestMismatch { .. } => Self::DigestMismatch(e.to_string()),
             StoreError::TooLarge { .. } => Self::TooLarge(e.to_string()),
             StoreError::Io { .. } | StoreError::Index(_) => Self::internal(e),
+            StoreError::Unavailable(message) => {
+                tracing::warn!(error = %message, "the artifact registry is unavailable");
+                Self::RegistryUnavailable(message)
+            }
+            StoreError::Registry(message) => Self::Registry(message),
         }
     }
 }

@@ -346,14 +346,17 @@ impl TrustService {
         }
         let keyid = first.keyid.clone();
         // Store the envelope and its referrer manifest as OCI blobs, and
-        // list the referrer in index.json next to the artifact.
+        // list the referrer next to the artifact (index.json, or the
+        // registry's referrers).
         let oci = self.oci.clone();
         let bytes = envelope.to_json();
-        let (referrer, referrer_size, envelope_digest) = {
-            let oci = oci.clone();
+        // (In one blocking call: on a registry, listing is a request too.)
+        let (referrer, envelope_digest) = {
             let subject = subject.clone();
             let keyid = keyid.clone();
-            tokio::task::spawn_blocking(move || -> ControlResult<(Digest, u64, Digest)> {
+            let subject_digest = v.digest.clone();
+            let function = function.to_owned();
+            tokio::task::spawn_blocking(move || -> ControlResult<(Digest, Digest)> {
                 let manifest_size = oci.read_blob(&subject)?.len() as u64;
                 let env_digest = oci.put_blob(&bytes)?;
                 oci.put_blob(seal_trust::EMPTY_CONFIG)?;
@@ -366,23 +369,20 @@ impl TrustService {
                 )
                 .map_err(ControlError::internal)?;
                 let referrer = oci.put_blob(&manifest)?;
-                Ok((referrer, manifest.len() as u64, env_digest))
+                oci.add_manifest(IndexEntry {
+                    media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+                    digest: referrer.clone(),
+                    size: manifest.len() as u64,
+                    annotations: BTreeMap::from([
+                        (seal_oci::ANNOTATION_SUBJECT.to_owned(), subject_digest),
+                        (seal_oci::ANNOTATION_FUNCTION.to_owned(), function),
+                    ]),
+                })?;
+                Ok((referrer, env_digest))
             })
             .await
             .map_err(ControlError::internal)??
         };
-        oci.add_manifest(IndexEntry {
-            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
-            digest: referrer.clone(),
-            size: referrer_size,
-            annotations: BTreeMap::from([
-                (seal_oci::ANNOTATION_SUBJECT.to_owned(), v.digest.clone()),
-                (
-                    seal_oci::ANNOTATION_FUNCTION.to_owned(),
-                    function.to_owned(),
-                ),
-            ]),
-        })?;
         self.state
             .add_attestation(
                 &AttestationRecord {

@@ -2,7 +2,8 @@
 //! (content-addressed blobs, verified on every read, and the list of
 //! artifact manifests), and its embedded implementation, an OCI image
 //! layout directory ([`OciLayout`]). An OCI distribution registry is the
-//! sibling implementation the scale-out step adds.
+//! sibling implementation (`seal-oci-registry`), with a layout as its
+//! local read-through cache.
 //!
 //! ```text
 //! <root>/oci-layout          {"imageLayoutVersion":"1.0.0"}
@@ -45,6 +46,14 @@ pub enum StoreError {
     Io { path: PathBuf, source: io::Error },
     #[error("artifact store index is unreadable: {0}")]
     Index(String),
+    /// The artifact registry cannot be reached now (refused connection,
+    /// timeout, 5xx); the call may be repeated.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The artifact registry answered, and refused (authentication, a
+    /// manifest it would not take).
+    #[error("{0}")]
+    Registry(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -66,9 +66,18 @@ pub enum StateConfig {
 /// Where artifacts live and how big an upload may be.
 #[derive(Debug, Clone)]
 pub struct ArtifactsConfig {
-    /// An OCI image layout directory (the embedded default).
+    /// An OCI image layout directory: the embedded store, or the local
+    /// cache of the registry.
     pub layout_dir: PathBuf,
+    /// An OCI distribution registry (`oci://host:port/repository`) shared
+    /// by several nodes; `None`: the layout alone.
+    pub registry: Option<String>,
     pub max_upload_bytes: u64,
+}
+
+/// Checks an `--artifacts` address (`oci://host[:port]/repository`).
+pub fn parse_registry(url: &str) -> Result<String, String> {
+    seal_oci_registry::RegistryLocation::parse(url).map(|_| url.to_owned())
 }
 
 /// The wasm runtime.
@@ -136,6 +145,7 @@ impl ServerConfig {
             controller_lease: seal_control::cluster::LEASE_TTL,
             artifacts: ArtifactsConfig {
                 layout_dir: data_dir.join("artifacts"),
+                registry: None,
                 max_upload_bytes: 64 << 20,
             },
             runtime: RuntimeSection {
@@ -167,6 +177,28 @@ impl ServerConfig {
 const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The machine's host name, for a node's default name.
+/// The registry store over `url`, caching in `cache`. An unreachable
+/// registry is logged, not fatal: the node serves what it has cached and
+/// publishing answers 503 until the registry is back.
+async fn registry_store(
+    url: &str,
+    cache: Arc<dyn ArtifactStore>,
+) -> anyhow::Result<Arc<dyn ArtifactStore>> {
+    let at = seal_oci_registry::RegistryLocation::parse(url).map_err(anyhow::Error::msg)?;
+    let store = Arc::new(
+        seal_oci_registry::RegistryStore::new(at, cache)
+            .context("cannot open the artifact registry")?,
+    );
+    let probe = store.clone();
+    match tokio::task::spawn_blocking(move || probe.check()).await? {
+        Ok(()) => tracing::info!(registry = %store.location(), "artifacts in the registry"),
+        Err(e) => {
+            tracing::warn!(error = %e, "the artifact registry is unavailable; serving from the local cache")
+        }
+    }
+    Ok(store)
+}
+
 fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
@@ -553,10 +585,14 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
                 .context("cannot open the state store (PostgreSQL)")?,
         ),
     };
-    let oci: Arc<dyn ArtifactStore> = Arc::new(
+    let layout: Arc<dyn ArtifactStore> = Arc::new(
         OciLayout::open(config.artifacts.layout_dir.clone())
             .context("cannot open the artifact store")?,
     );
+    let oci = match &config.artifacts.registry {
+        None => layout,
+        Some(url) => registry_store(url, layout).await?,
+    };
     let runtime = Arc::new(
         Runtime::new(RuntimeConfig {
             cache_dir: config.runtime.cache_dir.clone(),
