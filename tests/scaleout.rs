@@ -926,3 +926,102 @@ async fn a_controller_cut_off_from_postgres_steps_down_and_resumes_its_canary_wh
     assert!(resumed >= 1, "taken again, the lease resumed it: {done:#}");
     until_serves(&s, 2).await;
 }
+
+/// skopeo, or `None` (skipped with the reason; a failure when
+/// `SEAL_REQUIRE_REGISTRY` is set).
+fn skopeo(args: &[&str]) -> Option<Value> {
+    match Command::new("skopeo").args(args).output() {
+        Ok(o) => {
+            assert!(
+                o.status.success(),
+                "skopeo {args:?}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            Some(serde_json::from_slice(&o.stdout).unwrap_or(Value::Null))
+        }
+        Err(e) => {
+            assert!(
+                std::env::var_os("SEAL_REQUIRE_REGISTRY").is_none(),
+                "SEAL_REQUIRE_REGISTRY is set but skopeo cannot run: {e}"
+            );
+            eprintln!("skipped the skopeo checks: {e}");
+            None
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn artifacts_published_through_one_node_load_on_another_from_the_registry() {
+    let Some(schema) = Schema::create("registry") else {
+        return;
+    };
+    let Some(mut registry) = seal_oci_registry::testing::TestRegistry::start() else {
+        return;
+    };
+    let url = schema.url();
+    let artifacts = registry.url("seal/functions");
+    let dir_a = tempfile::tempdir().unwrap();
+    let a = Server::start_with(dir_a.path(), &["--state", &url, "--artifacts", &artifacts]);
+    let dir_b = tempfile::tempdir().unwrap();
+    share_keys(dir_a.path(), dir_b.path());
+    let b = Server::start_with(dir_b.path(), &["--state", &url, "--artifacts", &artifacts]);
+
+    // Published through A alone: B loads both versions from the registry.
+    let (_, d1) = publish_file(&a, &example_component("hello"), "hello", &[]);
+    let (_, d2) = publish_file(&a, &example_component("hello_v2"), "hello", &[]);
+    a.seal_json(&["deploy", "hello", "1"]);
+    until_serves(&b, 1).await;
+    a.seal_json(&["deploy", "hello", "2"]);
+    until_serves(&b, 2).await;
+    let cached = |digest: &str| {
+        dir_b
+            .path()
+            .join("artifacts/blobs/sha256")
+            .join(&digest["sha256:".len()..])
+            .exists()
+    };
+    assert!(cached(&d1) && cached(&d2), "B read both through its cache");
+
+    // What Seal pushed is an ordinary OCI artifact to other tools.
+    let tag = format!("docker://{}/seal/functions:hello-1", registry.addr());
+    if let Some(inspect) = skopeo(&["inspect", "--tls-verify=false", "--raw", &tag]) {
+        assert_eq!(inspect["mediaType"], "application/vnd.oci.image.manifest.v1+json");
+        let copy = tempfile::tempdir().unwrap();
+        let dest = format!("oci:{}:hello", copy.path().display());
+        let out = Command::new("skopeo")
+            .args(["copy", "--src-tls-verify=false", &tag, &dest])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        // Same bytes under the same digest: the manifest skopeo copied is
+        // the version Seal published.
+        let copied = copy.path().join("blobs/sha256").join(&d1["sha256:".len()..]);
+        assert!(copied.exists(), "skopeo's copy lacks manifest {d1}");
+        let layer = inspect["layers"][0]["digest"].as_str().unwrap();
+        assert!(copy.path().join("blobs/sha256").join(&layer["sha256:".len()..]).exists());
+    }
+
+    // The registry goes away: both nodes keep serving, a rollback to a
+    // cached version works, a publish fails clearly and stores nothing.
+    registry.stop();
+    assert_eq!(b.get("/hello/").await.status(), 200);
+    b.seal_json(&["rollback", "hello"]);
+    until_serves(&a, 1).await;
+    until_serves(&b, 1).await;
+    let out = a.seal(&["publish", guest("echo").to_str().unwrap(), "--name", "svc"]);
+    out.assert_fails_with("registry");
+    assert!(out.stderr.contains("unreachable"), "{}", out.stderr);
+    let listed = a.seal(&["versions", "svc", "--output", "json"]);
+    assert!(
+        !listed.ok || !listed.stdout.contains("\"digest\""),
+        "a failed publish recorded a version: {}",
+        listed.stdout
+    );
+
+    // Back: publishing works again with no restart, and B loads it.
+    registry.restart();
+    let (v, _) = publish_file(&a, &guest("echo"), "svc", &[]);
+    assert_eq!(v, 1);
+    a.seal_json(&["deploy", "svc", "1"]);
+    until_serves_at(&b, "/svc/", 1).await;
+}
