@@ -1327,3 +1327,134 @@ async fn cluster_status_on_the_embedded_store_is_this_one_node_leading() {
         .unwrap();
     assert_error(r, 403, "forbidden").await;
 }
+
+/// Writes an OCI image layout holding `wasm` as `wkg oci push` and `oras`
+/// lay a component out (config `application/vnd.wasm.config.v0+json`, one
+/// `application/wasm` layer), under the tag `v1`; returns the manifest's
+/// digest.
+fn wasm_oci_layout(dir: &std::path::Path, wasm: &[u8], config_media_type: &str) -> String {
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let put = |bytes: &[u8]| {
+        let d = seal_artifact::sha256_digest(bytes);
+        std::fs::write(blobs.join(d.hex()), bytes).unwrap();
+        (d.to_string(), bytes.len())
+    };
+    let (layer, layer_size) = put(wasm);
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "wasm",
+        "os": "wasip2",
+        "layerDigests": [layer],
+        "component": {"exports": ["wasi:http/incoming-handler@0.2.0"]},
+    }))
+    .unwrap();
+    let (config, config_size) = put(&config);
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": config_media_type, "digest": config, "size": config_size},
+        "layers": [{"mediaType": "application/wasm", "digest": layer, "size": layer_size}],
+    }))
+    .unwrap();
+    let (manifest_digest, manifest_size) = put(&manifest);
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    std::fs::write(
+        dir.join("index.json"),
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "manifests": [{
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": manifest_digest,
+                "size": manifest_size,
+                "annotations": {"org.opencontainers.image.ref.name": "v1"},
+            }],
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    manifest_digest
+}
+
+/// Pushes a layout's `v1` to `docker://addr/repository:v1` with skopeo
+/// (false when skopeo is missing and not required).
+fn skopeo_push(layout: &std::path::Path, addr: &str, repository: &str) -> bool {
+    let out = std::process::Command::new("skopeo")
+        .args([
+            "copy",
+            "--dest-tls-verify=false",
+            &format!("oci:{}:v1", layout.display()),
+            &format!("docker://{addr}/{repository}:v1"),
+        ])
+        .output();
+    match out {
+        Ok(o) => {
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            true
+        }
+        Err(e) => {
+            assert!(
+                std::env::var_os("SEAL_REQUIRE_REGISTRY").is_none(),
+                "SEAL_REQUIRE_REGISTRY is set but skopeo cannot run: {e}"
+            );
+            eprintln!("skipped: skopeo cannot run ({e})");
+            false
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_pushed_by_other_tools_is_sealed_from_the_registry() {
+    let Some(registry) = seal_oci_registry::testing::TestRegistry::start() else {
+        return;
+    };
+    let wasm = std::fs::read(guest("echo")).unwrap();
+    let layout = tempfile::tempdir().unwrap();
+    let digest = wasm_oci_layout(layout.path(), &wasm, "application/vnd.wasm.config.v0+json");
+    if !skopeo_push(layout.path(), registry.addr(), "team/echo") {
+        return;
+    }
+    let image = tempfile::tempdir().unwrap();
+    let image_digest = wasm_oci_layout(
+        image.path(),
+        &wasm,
+        "application/vnd.oci.image.config.v1+json",
+    );
+    skopeo_push(image.path(), registry.addr(), "team/image");
+
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    let reference = format!("oci://{}/team/echo@{digest}", registry.addr());
+    let p = s.seal_json(&["publish", &reference]);
+    assert_eq!(
+        (p["function"].as_str(), p["version"].as_u64()),
+        (Some("echo"), Some(1)),
+        "{p}"
+    );
+    // Sealed under Seal's own manifest: a digest of its own, the component's
+    // bytes unchanged, the registry reference as its source.
+    assert_ne!(p["digest"], digest.as_str());
+    s.seal_json(&["deploy", "echo", "1"]);
+    assert_eq!(s.get("/echo/").await.status(), 200);
+    let inspected = s.seal_json(&["inspect", "echo@1"]);
+    assert!(inspected.to_string().contains(&reference), "{inspected}");
+
+    // A tag can move: only a digest pin is taken.
+    s.seal(&[
+        "publish",
+        &format!("oci://{}/team/echo:v1", registry.addr()),
+    ])
+    .assert_fails_with("pin the artifact by digest");
+    // Not a component artifact.
+    s.seal(&[
+        "publish",
+        &format!("oci://{}/team/image@{image_digest}", registry.addr()),
+    ])
+    .assert_fails_with("not a Wasm component artifact");
+    // Nothing there.
+    let absent = seal_artifact::sha256_digest(b"nothing");
+    s.seal(&[
+        "publish",
+        &format!("oci://{}/team/echo@{absent}", registry.addr()),
+    ])
+    .assert_fails_with("is not in");
+}

@@ -985,20 +985,35 @@ async fn artifacts_published_through_one_node_load_on_another_from_the_registry(
     // What Seal pushed is an ordinary OCI artifact to other tools.
     let tag = format!("docker://{}/seal/functions:hello-1", registry.addr());
     if let Some(inspect) = skopeo(&["inspect", "--tls-verify=false", "--raw", &tag]) {
-        assert_eq!(inspect["mediaType"], "application/vnd.oci.image.manifest.v1+json");
+        assert_eq!(
+            inspect["mediaType"],
+            "application/vnd.oci.image.manifest.v1+json"
+        );
         let copy = tempfile::tempdir().unwrap();
         let dest = format!("oci:{}:hello", copy.path().display());
         let out = Command::new("skopeo")
             .args(["copy", "--src-tls-verify=false", &tag, &dest])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         // Same bytes under the same digest: the manifest skopeo copied is
         // the version Seal published.
-        let copied = copy.path().join("blobs/sha256").join(&d1["sha256:".len()..]);
+        let copied = copy
+            .path()
+            .join("blobs/sha256")
+            .join(&d1["sha256:".len()..]);
         assert!(copied.exists(), "skopeo's copy lacks manifest {d1}");
         let layer = inspect["layers"][0]["digest"].as_str().unwrap();
-        assert!(copy.path().join("blobs/sha256").join(&layer["sha256:".len()..]).exists());
+        assert!(
+            copy.path()
+                .join("blobs/sha256")
+                .join(&layer["sha256:".len()..])
+                .exists()
+        );
     }
 
     // The registry goes away: both nodes keep serving, a rollback to a

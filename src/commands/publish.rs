@@ -12,8 +12,10 @@ use std::time::SystemTime;
 
 #[derive(Args, Debug)]
 pub struct PublishArgs {
-    /// A project directory with a seal.toml (built, then packed), or a
-    /// component .wasm file (packed as is).
+    /// A project directory with a seal.toml (built, then packed), a
+    /// component .wasm file (packed as is), or a component someone pushed
+    /// to a registry in the Wasm OCI artifact layout (`wkg oci push`,
+    /// `oras`), pinned by digest: oci://host[:port]/repository@sha256:….
     path: PathBuf,
     /// Function name (default: seal.toml's name, or the file name).
     #[arg(long)]
@@ -65,8 +67,17 @@ pub async fn run(args: PublishArgs, client: &Client, out: OutputFormat) -> anyho
     };
     let project_dir = args.path.is_dir().then(|| args.path.clone());
     let started_on = SystemTime::now();
+    let path = args.path.to_string_lossy();
+    let mut pulled_from = None;
     let (component, mut manifest, built_with) = if let Some(dir) = &project_dir {
         load_project(dir, args.no_build)?
+    } else if path.starts_with("oci://") || path.starts_with("oci+http://") {
+        let pulled = seal_server::pull_component(&path)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot pull {path}: {e}"))?;
+        let name = args.name.clone().unwrap_or(pulled.name);
+        pulled_from = Some(pulled.reference);
+        (pulled.wasm, SealManifest::new(&name), None)
     } else if args.path.is_file() {
         let bytes = std::fs::read(&args.path)
             .with_context(|| format!("cannot read {}", args.path.display()))?;
@@ -108,7 +119,7 @@ pub async fn run(args: PublishArgs, client: &Client, out: OutputFormat) -> anyho
         .as_deref()
         .and_then(|d| git(d, &["rev-parse", "--show-toplevel"]))
         .map(PathBuf::from);
-    let source = args.source.clone().or_else(|| {
+    let source = args.source.clone().or(pulled_from).or_else(|| {
         project_dir
             .as_deref()
             .and_then(|d| git(d, &["remote", "get-url", "origin"]))

@@ -292,6 +292,32 @@ impl Remote {
     }
 }
 
+fn client_for(at: &RegistryLocation) -> Client {
+    Client::new(ClientConfig {
+        protocol: if at.plain_http {
+            ClientProtocol::Http
+        } else {
+            ClientProtocol::Https
+        },
+        use_monolithic_push: true,
+        connect_timeout: Some(CONNECT_TIMEOUT),
+        read_timeout: Some(REQUEST_TIMEOUT),
+        ..Default::default()
+    })
+}
+
+/// Basic credentials from `SEAL_REGISTRY_USERNAME` and
+/// `SEAL_REGISTRY_PASSWORD`, else anonymous.
+fn auth_from_env() -> RegistryAuth {
+    match (
+        std::env::var("SEAL_REGISTRY_USERNAME"),
+        std::env::var("SEAL_REGISTRY_PASSWORD"),
+    ) {
+        (Ok(user), Ok(password)) => RegistryAuth::Basic(user, password),
+        _ => RegistryAuth::Anonymous,
+    }
+}
+
 /// The referrers tag scheme's tag for a subject: `sha256-<hex>`.
 pub fn fallback_tag(subject: &Digest) -> String {
     format!("sha256-{}", subject.hex())
@@ -369,25 +395,7 @@ impl RegistryStore {
     /// cached, while the registry is away. Must be called on the runtime
     /// the requests are to run on.
     pub fn new(at: RegistryLocation, cache: Arc<dyn ArtifactStore>) -> Result<Self> {
-        let protocol = if at.plain_http {
-            ClientProtocol::Http
-        } else {
-            ClientProtocol::Https
-        };
-        let client = Client::new(ClientConfig {
-            protocol,
-            use_monolithic_push: true,
-            connect_timeout: Some(CONNECT_TIMEOUT),
-            read_timeout: Some(REQUEST_TIMEOUT),
-            ..Default::default()
-        });
-        let auth = match (
-            std::env::var("SEAL_REGISTRY_USERNAME"),
-            std::env::var("SEAL_REGISTRY_PASSWORD"),
-        ) {
-            (Ok(user), Ok(password)) => RegistryAuth::Basic(user, password),
-            _ => RegistryAuth::Anonymous,
-        };
+        let (client, auth) = (client_for(&at), auth_from_env());
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| StoreError::Registry("the registry store needs a tokio runtime".into()))?;
         Ok(Self {
@@ -674,3 +682,89 @@ mod tests {
 
 #[cfg(feature = "testing")]
 pub mod testing;
+
+/// The CNCF Wasm OCI artifact layout (`wkg oci push`, `oras`): this
+/// config media type and one `application/wasm` layer.
+pub const WASM_CONFIG: &str = "application/vnd.wasm.config.v0+json";
+pub const WASM_LAYER: &str = "application/wasm";
+
+/// A component someone else pushed, pulled by its pinned digest.
+pub struct PulledComponent {
+    /// The component's bytes, verified against the layer's digest.
+    pub wasm: Vec<u8>,
+    /// Where it came from: `oci://host/repository@sha256:…`.
+    pub reference: String,
+    /// The repository's last path component (a default function name).
+    pub name: String,
+}
+
+/// Pulls a component published in the Wasm OCI artifact layout from
+/// `oci://host[:port]/repository@sha256:…`. The digest pin is required (a
+/// tag can move; a sealed version cannot), and every byte is checked: the
+/// manifest against the pin, the component against its layer digest.
+pub async fn pull_component(reference: &str) -> Result<PulledComponent> {
+    let bad = |why: String| StoreError::Registry(format!("{reference}: {why}"));
+    let Some((location, pin)) = reference.rsplit_once('@') else {
+        return Err(bad(
+            "pin the artifact by digest (oci://host/repository@sha256:…): a tag can move, a version cannot".into(),
+        ));
+    };
+    let at = RegistryLocation::parse(location).map_err(StoreError::Registry)?;
+    let pin = Digest::parse(pin).map_err(|e| bad(format!("bad digest: {e}")))?;
+    let name = at
+        .repository
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let remote = Remote {
+        client: client_for(&at),
+        auth: auth_from_env(),
+        runtime: tokio::runtime::Handle::current(),
+        at,
+    };
+    let wasm = tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
+        // Verified against the pin.
+        let manifest = remote.pull(&pin).map_err(|e| match e {
+            StoreError::NotFound(_) => {
+                StoreError::Registry(format!("{pin} is not in {}", remote.at))
+            }
+            other => other,
+        })?;
+        let parsed: Value = serde_json::from_slice(&manifest)
+            .map_err(|e| StoreError::Registry(format!("manifest {pin} is not JSON: {e}")))?;
+        let config = parsed["config"]["mediaType"].as_str().unwrap_or_default();
+        let layers = parsed["layers"].as_array().cloned().unwrap_or_default();
+        let wasm_layers: Vec<&Value> = layers
+            .iter()
+            .filter(|l| l["mediaType"] == WASM_LAYER)
+            .collect();
+        if config != WASM_CONFIG || wasm_layers.len() != 1 {
+            return Err(StoreError::Registry(format!(
+                "{pin} is not a Wasm component artifact: config media type {config:?} (expected {WASM_CONFIG}), {} {WASM_LAYER} layer(s) (expected 1)",
+                wasm_layers.len()
+            )));
+        }
+        let layer = wasm_layers[0];
+        let digest = layer["digest"]
+            .as_str()
+            .and_then(|d| Digest::parse(d).ok())
+            .ok_or_else(|| StoreError::Registry(format!("{pin}: the wasm layer has no valid digest")))?;
+        let wasm = remote.pull(&digest)?;
+        if layer["size"].as_u64() != Some(wasm.len() as u64) {
+            return Err(StoreError::Registry(format!(
+                "{pin}: the wasm layer is {} bytes, the manifest says {}",
+                wasm.len(),
+                layer["size"]
+            )));
+        }
+        Ok(wasm)
+    })
+    .await
+    .map_err(|e| StoreError::Registry(e.to_string()))??;
+    Ok(PulledComponent {
+        wasm,
+        reference: reference.to_owned(),
+        name,
+    })
+}

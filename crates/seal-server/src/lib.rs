@@ -75,6 +75,10 @@ pub struct ArtifactsConfig {
     pub max_upload_bytes: u64,
 }
 
+/// `seal publish oci://…@sha256:…`: a component in the Wasm OCI artifact
+/// layout, pulled and verified.
+pub use seal_oci_registry::{PulledComponent, pull_component};
+
 /// Checks an `--artifacts` address (`oci://host[:port]/repository`).
 pub fn parse_registry(url: &str) -> Result<String, String> {
     seal_oci_registry::RegistryLocation::parse(url).map(|_| url.to_owned())
