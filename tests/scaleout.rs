@@ -1017,11 +1017,16 @@ async fn artifacts_published_through_one_node_load_on_another_from_the_registry(
     }
 
     // The registry goes away: both nodes keep serving, a rollback to a
-    // cached version works, a publish fails clearly and stores nothing.
+    // cached version works, a restart too, a publish fails clearly and
+    // stores nothing.
     registry.stop();
     assert_eq!(b.get("/hello/").await.status(), 200);
     b.seal_json(&["rollback", "hello"]);
     until_serves(&a, 1).await;
+    until_serves(&b, 1).await;
+    // A node restarted meanwhile serves from its cache.
+    b.stop();
+    let b = Server::start_with(dir_b.path(), &["--state", &url, "--artifacts", &artifacts]);
     until_serves(&b, 1).await;
     let out = a.seal(&["publish", guest("echo").to_str().unwrap(), "--name", "svc"]);
     out.assert_fails_with("registry");

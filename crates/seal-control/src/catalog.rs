@@ -207,7 +207,9 @@ impl Catalog {
 
     /// Makes the artifact store list every version's manifest. Publish writes it
     /// after the state store commits, so a crash in between is mended here
-    /// at start-up.
+    /// at start-up (on a registry, a node also lists there the versions
+    /// other nodes published; a registry away leaves that to the next
+    /// start).
     pub async fn reconcile_index(&self) -> ControlResult<()> {
         let versions = self.state.all_versions().await?;
         let oci = self.oci.clone();
@@ -221,12 +223,27 @@ impl Catalog {
                 if known.contains(&digest) {
                     continue;
                 }
-                let Some(size) = oci.blob_size(&digest)? else {
-                    tracing::error!(function = %v.function, version = v.version, digest = %digest, "artifact manifest missing from the store");
-                    continue;
-                };
-                oci.add_manifest(index_entry(&v, &digest, size))?;
-                tracing::info!(function = %v.function, version = v.version, "index.json entry restored");
+                let listed = oci
+                    .blob_size(&digest)
+                    .and_then(|size| match size {
+                        Some(size) => oci.add_manifest(index_entry(&v, &digest, size)).map(Some),
+                        None => Ok(None),
+                    });
+                match listed {
+                    Ok(Some(())) => {
+                        tracing::info!(function = %v.function, version = v.version, "artifact index entry restored");
+                    }
+                    Ok(None) => {
+                        tracing::error!(function = %v.function, version = v.version, digest = %digest, "artifact manifest missing from the store");
+                    }
+                    // A registry away at start: the node serves what it
+                    // has cached; the next start lists the rest.
+                    Err(seal_oci::StoreError::Unavailable(why)) => {
+                        tracing::warn!(error = %why, "artifact index not checked: the registry is unavailable");
+                        return Ok(());
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
             Ok(())
         })
