@@ -266,14 +266,16 @@ enum Command {
     /// resumes every deployment from its committed step.
     #[command(subcommand)]
     Cluster(commands::cluster::ClusterCommand),
-    /// Copy the embedded state of the data dir into an empty PostgreSQL store.
+    /// Copy the embedded state of the data dir into an empty PostgreSQL store, its artifacts into a registry.
     ///
     /// Every table is copied row for row in one transaction (ids, audit
     /// hashes and sealed secrets as they are), read back and compared by
     /// digest, and the audit chain's head must match; nothing is committed
-    /// otherwise. Stop the server first. Artifacts, compiled code and the
-    /// master key stay in the data dir: start the server with --state URL
-    /// and the same data dir.
+    /// otherwise. With --artifacts, every artifact and attestation of the
+    /// data dir's layout is pushed to a registry, each blob read back and
+    /// re-hashed. Stop the server first. Compiled code and the master key
+    /// stay in the data dir: start the server with the same data dir and
+    /// --state URL, --artifacts URL.
     Migrate(commands::server::MigrateArgs),
 }
 

@@ -788,9 +788,11 @@ async fn approve_and_abort_through_a_node_that_is_not_the_controller_reach_its_d
 }
 
 /// `seal migrate` with the data dir of `data_dir`, not through a server.
-fn migrate(data_dir: &std::path::Path, url: &str) -> std::process::Output {
+fn migrate(data_dir: &std::path::Path, to: &[&str]) -> std::process::Output {
     Command::new(seal_bin())
-        .args(["migrate", "--to", url, "--output", "json", "--data-dir"])
+        .arg("migrate")
+        .args(to)
+        .args(["--output", "json", "--data-dir"])
         .arg(data_dir)
         .output()
         .unwrap()
@@ -801,7 +803,12 @@ async fn seal_migrate_moves_an_embedded_data_dir_into_postgres_intact() {
     let Some(schema) = Schema::create("migrate") else {
         return;
     };
+    let Some(registry) = seal_oci_registry::testing::TestRegistry::start() else {
+        return;
+    };
     let url = schema.url();
+    let artifacts = registry.url("seal/migrated");
+    let to = ["--to", url.as_str(), "--artifacts", artifacts.as_str()];
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(dir.path());
     publish_file(&s, &example_component("hello"), "hello", &[]);
@@ -822,7 +829,7 @@ async fn seal_migrate_moves_an_embedded_data_dir_into_postgres_intact() {
     let head = s.seal_json(&["audit", "verify"]);
 
     // Refused while the server holds the data dir.
-    let busy = migrate(dir.path(), &url);
+    let busy = migrate(dir.path(), &to);
     assert!(!busy.status.success());
     assert!(
         String::from_utf8_lossy(&busy.stderr).contains("in use"),
@@ -830,7 +837,7 @@ async fn seal_migrate_moves_an_embedded_data_dir_into_postgres_intact() {
     );
     s.stop();
 
-    let out = migrate(dir.path(), &url);
+    let out = migrate(dir.path(), &to);
     assert!(
         out.status.success(),
         "{}",
@@ -850,8 +857,12 @@ async fn seal_migrate_moves_an_embedded_data_dir_into_postgres_intact() {
     assert_eq!(rows("versions"), 3, "{report:#}");
     assert_eq!(rows("deployments"), 3, "{report:#}");
     assert_eq!(report["audit_head"], head["head"], "{report:#}");
+    // Three artifacts: hello@1, hello@2 and svc@1, each a manifest, a
+    // config (hello's two versions share theirs) and a component.
+    assert_eq!(report["artifacts"]["manifests"], 3, "{report:#}");
+    assert_eq!(report["artifacts"]["blobs"], 8, "{report:#}");
     // A second migration into the same store is refused, changing nothing.
-    let again = migrate(dir.path(), &url);
+    let again = migrate(dir.path(), &to);
     assert!(!again.status.success());
     assert!(
         String::from_utf8_lossy(&again.stderr).contains("already holds Seal state"),
@@ -860,7 +871,7 @@ async fn seal_migrate_moves_an_embedded_data_dir_into_postgres_intact() {
 
     // The same data dir on PostgreSQL serves as before: routes, settings
     // and secrets, tokens, environments, one audit chain that goes on.
-    let s = Server::start_with(dir.path(), &["--state", &url]);
+    let s = Server::start_with(dir.path(), &["--state", &url, "--artifacts", &artifacts]);
     let r = s.get("/hello/").await;
     assert_eq!(header(&r, "seal-digest"), digest);
     let env: Value = s.get("/svc/").await.json().await.unwrap();
@@ -877,6 +888,13 @@ async fn seal_migrate_moves_an_embedded_data_dir_into_postgres_intact() {
         v["entries"].as_u64().unwrap(),
         head["entries"].as_u64().unwrap() + 1
     );
+    // A new node, nothing cached, serves the migrated versions from the
+    // registry.
+    let dir_b = tempfile::tempdir().unwrap();
+    share_keys(dir.path(), dir_b.path());
+    let b = Server::start_with(dir_b.path(), &["--state", &url, "--artifacts", &artifacts]);
+    until_serves(&b, 1).await;
+    until_serves_at(&b, "/svc/", 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

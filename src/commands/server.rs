@@ -328,10 +328,17 @@ mod tests {
 /// `seal migrate --to postgres://…`: the embedded state of the data dir
 /// copied into an empty PostgreSQL store, verified by digest.
 #[derive(clap::Args, Debug)]
+#[command(group(clap::ArgGroup::new("where").required(true).multiple(true).args(["to", "artifacts"])))]
 pub struct MigrateArgs {
-    /// The PostgreSQL store to fill (empty: a new database or schema).
+    /// The PostgreSQL store to fill with the state (empty: a new database
+    /// or schema).
     #[arg(long, value_parser = parse_state, value_name = "URL")]
-    to: String,
+    to: Option<String>,
+    /// The registry to push the artifacts to (oci://host[:port]/repository):
+    /// every listed artifact and attestation, each blob read back and
+    /// re-hashed.
+    #[arg(long, value_parser = seal_server::parse_registry, value_name = "URL")]
+    artifacts: Option<String>,
 }
 
 pub async fn migrate(
@@ -339,18 +346,29 @@ pub async fn migrate(
     data_dir: std::path::PathBuf,
     out: crate::output::OutputFormat,
 ) -> anyhow::Result<()> {
-    let m = seal_server::migrate(&data_dir, &seal_server::Redacted(args.to)).await?;
+    let to = seal_server::MigrateTo {
+        state: args.to.map(seal_server::Redacted),
+        artifacts: args.artifacts,
+    };
+    let m = seal_server::migrate(&data_dir, &to).await?;
     crate::output::emit(out, &m, |m| {
         for t in &m.tables {
             println!("{:<18} {:>8} rows  {}", t.table, t.rows, t.digest);
         }
+        if let Some(entries) = m.audit_entries {
+            println!(
+                "audit chain: {entries} entries, head {} (the same in both stores)",
+                m.audit_head.as_deref().unwrap_or("-")
+            );
+        }
+        if let Some(a) = &m.artifacts {
+            println!(
+                "artifacts: {} manifests, {} blobs ({} bytes) pushed to {}, each read back and verified",
+                a.manifests, a.blobs, a.bytes, a.registry
+            );
+        }
         println!(
-            "audit chain: {} entries, head {} (the same in both stores)",
-            m.audit_entries,
-            m.audit_head.as_deref().unwrap_or("-")
-        );
-        println!(
-            "start the server with --state and this data dir (its artifacts and master key stay here); give other nodes the same master key"
+            "start the server with this data dir and the same --state/--artifacts (the master key and compiled code stay here); give other nodes the same master key"
         );
     });
     Ok(())

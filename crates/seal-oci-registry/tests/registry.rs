@@ -233,3 +233,45 @@ async fn a_registry_outage_stops_pushes_clearly_and_nothing_cached() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layout_is_imported_whole_and_read_back_verified() {
+    let Some(registry) = TestRegistry::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let layout = Arc::new(OciLayout::open(dir.path().join("old")).unwrap());
+    let target = node(&registry);
+    let reader = node(&registry);
+    let (store, from, other) = (target.store.clone(), layout.clone(), reader.store.clone());
+    blocking(move || {
+        // What an embedded data dir holds: two artifacts, listed.
+        let mut digests = Vec::new();
+        for (k, payload) in [b"component one".as_slice(), b"component two"].iter().enumerate() {
+            let config = format!(r#"{{"name":"f{k}"}}"#);
+            let c = from.put_blob(config.as_bytes()).unwrap();
+            let l = from.put_blob(payload).unwrap();
+            let manifest = serde_json::to_vec(&json!({
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "config": {"mediaType": "application/vnd.dev.seal.manifest.v1+json", "digest": c.as_str(), "size": config.len()},
+                "layers": [{"mediaType": "application/wasm", "digest": l.as_str(), "size": payload.len()}],
+            }))
+            .unwrap();
+            let m = from.put_blob(&manifest).unwrap();
+            from.add_manifest(listed(&m, manifest.len(), &format!("f{k}-1")))
+                .unwrap();
+            digests.push(m);
+        }
+        let imported = store.import(&*from).unwrap();
+        assert_eq!((imported.manifests, imported.blobs), (2, 6), "{imported:?}");
+        // Another node, cache empty, reads each from the registry.
+        for d in &digests {
+            assert!(other.has_blob(d));
+            assert_eq!(other.read_blob(d).unwrap(), from.read_blob(d).unwrap());
+        }
+        // Again: nothing new, the same answer.
+        assert_eq!(store.import(&*from).unwrap(), imported);
+    })
+    .await;
+}

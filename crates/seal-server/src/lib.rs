@@ -474,13 +474,16 @@ impl seal_serving::EventSink for FunctionEvents {
 }
 
 /// What `seal migrate` copied and checked.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Migrated {
-    /// Per table: its name, rows, and the digest both stores agree on.
+    /// Per table: its name, rows, and the digest both stores agree on
+    /// (none when the state was not migrated).
     pub tables: Vec<MigratedTable>,
     /// Audit entries, and the chain's head in both stores (equal).
-    pub audit_entries: u64,
+    pub audit_entries: Option<u64>,
     pub audit_head: Option<String>,
+    /// What was pushed to the registry, read back and verified.
+    pub artifacts: Option<MigratedArtifacts>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -490,13 +493,70 @@ pub struct MigratedTable {
     pub digest: String,
 }
 
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MigratedArtifacts {
+    pub registry: String,
+    pub manifests: u64,
+    pub blobs: u64,
+    pub bytes: u64,
+}
+
+/// Where `seal migrate` moves a data dir's contents: the state into a
+/// PostgreSQL store, the artifacts into a registry, or both.
+#[derive(Debug, Clone, Default)]
+pub struct MigrateTo {
+    pub state: Option<Redacted>,
+    pub artifacts: Option<String>,
+}
+
 /// `seal migrate`: copies the embedded state of `data_dir` (its SQLite
-/// file) into the empty PostgreSQL store at `url`, verified table by table
-/// by digest and by the audit chain's head. The data dir must not be in
-/// use by a server. Artifacts, compiled code and the master key stay in
-/// the data dir, which a node started with `--state url` keeps using.
-pub async fn migrate(data_dir: &Path, url: &Redacted) -> anyhow::Result<Migrated> {
+/// file) into the empty PostgreSQL store `to.state`, verified table by
+/// table by digest and by the audit chain's head, and pushes the
+/// artifacts of its layout to the registry `to.artifacts`, each blob read
+/// back and re-hashed. The data dir must not be in use by a server.
+/// Compiled code and the master key stay in the data dir, which a node
+/// started with `--state` and `--artifacts` keeps using (its layout
+/// becomes the registry's cache).
+pub async fn migrate(data_dir: &Path, to: &MigrateTo) -> anyhow::Result<Migrated> {
+    anyhow::ensure!(
+        to.state.is_some() || to.artifacts.is_some(),
+        "say where to: --to postgres://… (the state), --artifacts oci://… (the artifacts), or both"
+    );
     let _lock = DataDirLock::acquire(data_dir)?;
+    let mut migrated = match &to.state {
+        Some(url) => migrate_state(data_dir, url).await?,
+        None => Migrated::default(),
+    };
+    if let Some(url) = &to.artifacts {
+        migrated.artifacts = Some(migrate_artifacts(data_dir, url).await?);
+    }
+    Ok(migrated)
+}
+
+async fn migrate_artifacts(data_dir: &Path, url: &str) -> anyhow::Result<MigratedArtifacts> {
+    let dir = data_dir.join("artifacts");
+    anyhow::ensure!(
+        dir.join("index.json").exists(),
+        "{} holds no artifact layout (no artifacts/index.json): nothing to push",
+        data_dir.display()
+    );
+    let layout: Arc<dyn ArtifactStore> =
+        Arc::new(OciLayout::open(&dir).context("cannot open the artifact layout")?);
+    let at = seal_oci_registry::RegistryLocation::parse(url).map_err(anyhow::Error::msg)?;
+    let registry = seal_oci_registry::RegistryStore::new(at, layout.clone())?;
+    let location = registry.location().to_string();
+    let imported = tokio::task::spawn_blocking(move || registry.import(&*layout))
+        .await?
+        .with_context(|| format!("cannot push the artifacts to {location}"))?;
+    Ok(MigratedArtifacts {
+        registry: location,
+        manifests: imported.manifests,
+        blobs: imported.blobs,
+        bytes: imported.bytes,
+    })
+}
+
+async fn migrate_state(data_dir: &Path, url: &Redacted) -> anyhow::Result<Migrated> {
     let file = data_dir.join("state.db");
     anyhow::ensure!(
         file.exists(),
@@ -547,8 +607,9 @@ pub async fn migrate(data_dir: &Path, url: &Redacted) -> anyhow::Result<Migrated
                 digest,
             })
             .collect(),
-        audit_entries: after.entries,
+        audit_entries: Some(after.entries),
         audit_head: after.head,
+        artifacts: None,
     })
 }
 
