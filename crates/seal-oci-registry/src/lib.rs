@@ -43,6 +43,8 @@ pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 /// How long one registry request may take, end to end.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a referrers index update waits before reading it back.
+const REFERRERS_SETTLE: Duration = Duration::from_millis(30);
 
 /// Where the registry is: `oci://host[:port]/repository` (HTTPS, plain
 /// HTTP for a loopback host) or `oci+http://…` (plain HTTP anywhere).
@@ -134,6 +136,8 @@ struct Remote {
     auth: RegistryAuth,
     at: RegistryLocation,
     runtime: tokio::runtime::Handle,
+    /// One referrers index update at a time through this node.
+    referrers_lock: std::sync::Mutex<()>,
 }
 
 impl Remote {
@@ -278,17 +282,69 @@ impl Remote {
         }
     }
 
-    fn update_fallback_index(
+    /// Lists (`Some(descriptor)`) or unlists (`None`) the referrer
+    /// `digest` under its subject's fallback tag; true when that changed
+    /// the index. A registry has no conditional write: updates through one
+    /// node are serialised here, and an update by another node landing
+    /// between this read and write is caught by reading the index back
+    /// after it settles and writing again (bounded). What remains is a
+    /// write of the other node's that took longer than the settle time
+    /// from its read; Seal's own checks read attestations from the state
+    /// store, not from this index.
+    fn set_referrer(
         &self,
         subject: &Digest,
-        change: impl FnOnce(&mut Vec<Value>),
-    ) -> Result<()> {
-        let mut index = self.fallback_index(subject)?;
-        let mut manifests = index["manifests"].as_array().cloned().unwrap_or_default();
-        change(&mut manifests);
-        index["manifests"] = Value::Array(manifests);
-        let bytes = serde_json::to_vec(&index).map_err(|e| StoreError::Index(e.to_string()))?;
-        self.push_manifest(self.at.by_tag(&fallback_tag(subject)), bytes, OCI_INDEX)
+        digest: &Digest,
+        descriptor: Option<Value>,
+    ) -> Result<bool> {
+        let _one_writer = self
+            .referrers_lock
+            .lock()
+            .map_err(|_| StoreError::Index("referrers lock poisoned".into()))?;
+        let mut changed = false;
+        let mut last = None;
+        for attempt in 0..8u64 {
+            if attempt > 0 {
+                // Apart from the other writer: a few ms, spread by digest.
+                let spread = u64::from(digest.hex().as_bytes()[0] % 8);
+                std::thread::sleep(Duration::from_millis(5 * attempt + spread));
+            }
+            // distribution answers 500 to a tag read racing its write:
+            // such failures are retried here like a lost update.
+            let mut index = match self.fallback_index(subject) {
+                Ok(index) => index,
+                Err(StoreError::Unavailable(why)) => {
+                    last = Some(why);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let mut manifests = index["manifests"].as_array().cloned().unwrap_or_default();
+            let listed = manifests.iter().any(|m| m["digest"] == digest.as_str());
+            if listed == descriptor.is_some() {
+                return Ok(changed);
+            }
+            match &descriptor {
+                Some(d) => manifests.push(d.clone()),
+                None => manifests.retain(|m| m["digest"] != digest.as_str()),
+            }
+            index["manifests"] = Value::Array(manifests);
+            let bytes = serde_json::to_vec(&index).map_err(|e| StoreError::Index(e.to_string()))?;
+            match self.push_manifest(self.at.by_tag(&fallback_tag(subject)), bytes, OCI_INDEX) {
+                Ok(()) => changed = true,
+                Err(StoreError::Unavailable(why)) => last = Some(why),
+                Err(e) => return Err(e),
+            }
+            // Read back (next turn) once a racing write would have landed.
+            std::thread::sleep(REFERRERS_SETTLE);
+        }
+        if let Some(why) = last {
+            return Err(StoreError::Unavailable(why));
+        }
+        Err(StoreError::Registry(format!(
+            "the referrers index of {subject} in {} kept changing under this update; try again",
+            self.at
+        )))
     }
 }
 
@@ -404,6 +460,7 @@ impl RegistryStore {
                 auth,
                 at,
                 runtime,
+                referrers_lock: Default::default(),
             }),
             cache,
         })
@@ -537,14 +594,7 @@ impl ArtifactStore for RegistryStore {
         }
         if let Some(subject) = subject_of(&entry) {
             let descriptor = referrer_descriptor(&entry, &bytes);
-            remote.update_fallback_index(&subject, |manifests| {
-                if !manifests
-                    .iter()
-                    .any(|m| m["digest"] == entry.digest.as_str())
-                {
-                    manifests.push(descriptor);
-                }
-            })?;
+            remote.set_referrer(&subject, &entry.digest, Some(descriptor))?;
         }
         self.cache.add_manifest(entry)
     }
@@ -555,14 +605,10 @@ impl ArtifactStore for RegistryStore {
             .ok()
             .and_then(|m| m["subject"]["digest"].as_str().map(str::to_owned))
             .and_then(|d| Digest::parse(&d).ok());
-        let mut listed = false;
-        if let Some(subject) = subject {
-            self.remote.update_fallback_index(&subject, |manifests| {
-                let before = manifests.len();
-                manifests.retain(|m| m["digest"] != digest.as_str());
-                listed = manifests.len() != before;
-            })?;
-        }
+        let listed = match subject {
+            Some(subject) => self.remote.set_referrer(&subject, digest, None)?,
+            None => false,
+        };
         Ok(self.cache.remove_manifest(digest)? || listed)
     }
 
@@ -771,6 +817,7 @@ pub async fn pull_component(reference: &str) -> Result<PulledComponent> {
         auth: auth_from_env(),
         runtime: tokio::runtime::Handle::current(),
         at,
+        referrers_lock: Default::default(),
     };
     let wasm = tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
         // Verified against the pin.

@@ -275,3 +275,60 @@ async fn a_layout_is_imported_whole_and_read_back_verified() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn referrers_attached_at_once_through_one_node_are_all_listed() {
+    let Some(registry) = TestRegistry::start() else {
+        return;
+    };
+    let (a, b) = (node(&registry), node(&registry));
+    let sa = a.store.clone();
+    let (subject, size) = blocking(move || {
+        let (subject, bytes) = put_artifact(&sa, b"component");
+        (subject, bytes.len())
+    })
+    .await;
+    // Eight referrers through A at once: its updates of the subject's
+    // index are serialised, none is lost (across nodes, a racing write is
+    // caught by reading back after a settle time: narrowed, not excluded).
+    let mut tasks = Vec::new();
+    for k in 0..8 {
+        let store = a.store.clone();
+        let subject = subject.clone();
+        tasks.push(tokio::task::spawn_blocking(move || {
+            let empty = store.put_blob(b"{}").unwrap();
+            let referrer = serde_json::to_vec(&json!({
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "artifactType": "application/vnd.dsse.envelope.v1+json",
+                "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty.as_str(), "size": 2},
+                "layers": [],
+                "annotations": {"n": k.to_string()},
+                "subject": {"mediaType": OCI_MANIFEST, "digest": subject.as_str(), "size": size},
+            }))
+            .unwrap();
+            let digest = store.put_blob(&referrer).unwrap();
+            store
+                .add_manifest(IndexEntry {
+                    media_type: OCI_MANIFEST.into(),
+                    digest: digest.clone(),
+                    size: referrer.len() as u64,
+                    annotations: BTreeMap::from([(
+                        ANNOTATION_SUBJECT.to_owned(),
+                        subject.to_string(),
+                    )]),
+                })
+                .map(|()| digest)
+        }));
+    }
+    let mut attached = Vec::new();
+    for t in tasks {
+        attached.push(t.await.unwrap().unwrap());
+    }
+    let sb = b.store.clone();
+    let listed = blocking(move || sb.referrers(&subject).unwrap()).await;
+    for d in &attached {
+        assert!(listed.iter().any(|e| &e.digest == d), "{d} was lost");
+    }
+    assert_eq!(listed.len(), 8);
+}
