@@ -158,7 +158,6 @@ impl Catalog {
         let layer_digest = refs.layer_digest.clone();
         let layer_size = refs.layer_size;
         let manifest_for_load = manifest.clone();
-        let digest_for_load = digest.clone();
         let bytes_for_store = manifest_bytes.clone();
         let (function, compiled_sha) = blocking(move || -> ControlResult<_> {
             let wasm = oci.read_blob(&layer_digest)?;
@@ -169,8 +168,10 @@ impl Catalog {
                 )));
             }
             validate_component(&wasm)?;
+            // Keyed by the component: artifacts made of the same
+            // component share one compiled form.
             let (function, sha) = runtime.prepare(
-                digest_for_load.hex(),
+                layer_digest.hex(),
                 None,
                 Box::new(|| Ok(wasm)),
                 limits_of(&manifest_for_load),
@@ -260,9 +261,14 @@ impl Catalog {
     /// each re-hashed on read, and returns the component bytes. A corrupt
     /// or missing blob is refused here, before anything runs or routes.
     pub async fn verified_component(&self, digest: &Digest) -> ControlResult<Vec<u8>> {
+        Ok(self.verified_layer(digest).await?.1)
+    }
+
+    /// [`Catalog::verified_component`], with the component's digest.
+    async fn verified_layer(&self, digest: &Digest) -> ControlResult<(Digest, Vec<u8>)> {
         let oci = self.oci.clone();
         let digest = digest.clone();
-        blocking(move || -> ControlResult<Vec<u8>> {
+        blocking(move || -> ControlResult<(Digest, Vec<u8>)> {
             let stored = |d: &Digest| {
                 oci.read_blob(d).map_err(|e| match e {
                     seal_oci::StoreError::NotFound(_) => ControlError::ArtifactMissing(format!(
@@ -273,7 +279,8 @@ impl Catalog {
             };
             let refs = parse_oci_manifest(&stored(&digest)?)?;
             stored(&refs.config_digest)?;
-            stored(&refs.layer_digest)
+            let wasm = stored(&refs.layer_digest)?;
+            Ok((refs.layer_digest, wasm))
         })
         .await?
     }
@@ -281,10 +288,12 @@ impl Catalog {
     /// The pre-instantiated function of a version. Its blobs are verified
     /// every time; the compiled form comes from memory, else from the
     /// compile cache (hash-checked), else is recompiled from the verified
-    /// component. A corrupt blob is refused and never executed.
+    /// component. A corrupt blob is refused and never executed. Versions
+    /// made of the same component share its compiled form (memory and
+    /// cache file), keyed by the component's digest.
     pub async fn load(&self, v: &VersionRecord) -> ControlResult<Arc<Function>> {
         let digest = Digest::parse(&v.digest).map_err(ControlError::internal)?;
-        let wasm = self.verified_component(&digest).await?;
+        let (component, wasm) = self.verified_layer(&digest).await?;
         if let Some(f) = self
             .loaded
             .lock()
@@ -303,7 +312,7 @@ impl Catalog {
         let expected = v.compiled_sha256.clone();
         let (function, new_sha) = blocking(move || {
             runtime.prepare(
-                digest.hex(),
+                component.hex(),
                 expected.as_deref(),
                 Box::new(|| Ok(wasm)),
                 limits_of(&manifest),

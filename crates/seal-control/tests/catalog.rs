@@ -61,3 +61,34 @@ async fn uploads_are_checked_against_their_digest_and_the_limit() {
         .unwrap_err();
     assert!(matches!(e, ControlError::TooLarge(_)), "{e:?}");
 }
+
+#[tokio::test]
+async fn functions_made_of_one_component_compile_it_once() {
+    let f = fixture().await;
+    let echo = std::fs::read(guests::guest("echo")).unwrap();
+    let compiles = || {
+        f.runtime
+            .stats()
+            .compiles
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let mut loaded = Vec::new();
+    for name in ["a", "b", "c"] {
+        publish(&f, name, &echo).await;
+        let v = f.state.version(name, 1).await.unwrap().unwrap();
+        loaded.push(f.catalog.load(&v).await.unwrap());
+    }
+    assert_eq!(compiles(), 1, "three functions, one component, one compile");
+    // They share one compile cache file and record its hash.
+    let shas: std::collections::BTreeSet<_> =
+        futures::future::join_all(["a", "b", "c"].map(|n| f.state.version(n, 1)))
+            .await
+            .into_iter()
+            .map(|v| v.unwrap().unwrap().compiled_sha256)
+            .collect();
+    assert_eq!(shas.len(), 1, "{shas:?}");
+    // Another component is another compile.
+    let other = std::fs::read(guests::guest("events")).unwrap();
+    publish(&f, "d", &other).await;
+    assert_eq!(compiles(), 2);
+}

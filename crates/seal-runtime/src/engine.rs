@@ -56,10 +56,21 @@ pub struct RuntimeStats {
 }
 
 /// The wasmtime engine and linker shared by every function.
+/// A compiled, linked component: one per component whatever the number
+/// of functions or versions made of it.
+pub(crate) struct Compiled {
+    pub(crate) pre: ProxyPre<Host>,
+    /// The hash of its compile cache file.
+    sha256: String,
+}
+
 pub struct Runtime {
     engine: Engine,
     linker: Linker<Host>,
     cache: CompileCache,
+    /// Components compiled and linked in memory, by cache key, while a
+    /// function uses them.
+    compiled: std::sync::Mutex<std::collections::HashMap<String, std::sync::Weak<Compiled>>>,
     stats: Arc<RuntimeStats>,
     /// Where guests that compute for long take turns.
     lane: crate::lane::CpuLane,
@@ -127,6 +138,7 @@ impl Runtime {
             engine,
             linker,
             cache,
+            compiled: Default::default(),
             stats: Arc::default(),
             lane: crate::lane::CpuLane::for_this_machine(),
         })
@@ -177,39 +189,62 @@ impl Runtime {
     }
 
     /// Compiles (or loads) and pre-instantiates: the one entry point the
-    /// control plane uses. `wasm` is called only when the cache cannot be
-    /// used. Returns the function and, if it was (re)compiled, the new hash.
+    /// control plane uses. `key` names the component (its digest): every
+    /// function made of the same component shares one compiled form, in
+    /// memory while one of them is loaded and in the compile cache. `wasm`
+    /// is called only when neither can be used. Returns the function and,
+    /// when the compiled form's hash is not `expected_sha256` (it was
+    /// compiled, or the caller did not know it), that hash.
     pub fn prepare(
         &self,
-        digest_hex: &str,
+        key: &str,
         expected_sha256: Option<&str>,
         wasm: impl FnOnce() -> Result<Vec<u8>, String>,
         limits: FunctionLimits,
     ) -> Result<(Arc<Function>, Option<String>)> {
         let started = std::time::Instant::now();
-        let cached = expected_sha256.and_then(|sha| self.load_cached(digest_hex, sha));
-        let (component, new_sha) = match cached {
-            Some(c) => (c, None),
+        let shared = self
+            .compiled
+            .lock()
+            .ok()
+            .and_then(|m| m.get(key).and_then(std::sync::Weak::upgrade));
+        // (compiled, whether it was compiled now)
+        let (compiled, fresh) = match shared {
+            Some(c) => (c, false),
             None => {
-                let wasm = wasm().map_err(RuntimeError::Compile)?;
-                let sha = self.compile(digest_hex, &wasm)?;
-                let bytes = self.cache.read_back(digest_hex, &sha)?;
-                let c = deserialize(&self.engine, &bytes).map_err(RuntimeError::Compile)?;
-                (c, Some(sha))
+                let cached = expected_sha256.and_then(|sha| self.load_cached(key, sha));
+                let fresh = cached.is_none();
+                let (component, sha) = match cached {
+                    Some(c) => (c, expected_sha256.unwrap_or_default().to_owned()),
+                    None => {
+                        let wasm = wasm().map_err(RuntimeError::Compile)?;
+                        let sha = self.compile(key, &wasm)?;
+                        let bytes = self.cache.read_back(key, &sha)?;
+                        let c = deserialize(&self.engine, &bytes).map_err(RuntimeError::Compile)?;
+                        (c, sha)
+                    }
+                };
+                let pre = self
+                    .linker
+                    .instantiate_pre(&component)
+                    .map_err(|e| RuntimeError::Link(format!("{e:#}")))?;
+                let pre = ProxyPre::new(pre).map_err(|e| RuntimeError::Link(format!("{e:#}")))?;
+                let compiled = Arc::new(Compiled { pre, sha256: sha });
+                if let Ok(mut m) = self.compiled.lock() {
+                    m.retain(|_, c| c.strong_count() > 0);
+                    m.insert(key.to_owned(), Arc::downgrade(&compiled));
+                }
+                (compiled, fresh)
             }
         };
-        let from_cache = new_sha.is_none();
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| RuntimeError::Link(format!("{e:#}")))?;
-        let pre = ProxyPre::new(pre).map_err(|e| RuntimeError::Link(format!("{e:#}")))?;
+        let new_sha = (fresh || expected_sha256 != Some(compiled.sha256.as_str()))
+            .then(|| compiled.sha256.clone());
         let load = LoadTimings {
-            from_cache,
+            from_cache: !fresh,
             load: started.elapsed(),
         };
         Ok((
-            Arc::new(Function::new(pre, limits, load, self.lane.clone())),
+            Arc::new(Function::new(compiled, limits, load, self.lane.clone())),
             new_sha,
         ))
     }
@@ -295,6 +330,8 @@ mod tests {
             sha,
             sha256_hex(&std::fs::read(rt.cache.path("d1")).unwrap())
         );
+        // No function of it left in memory: the next load reads the cache.
+        drop(f);
 
         let asked = Cell::new(false);
         let wasm_source = || {
@@ -306,6 +343,73 @@ mod tests {
         assert!(f.load_timings().from_cache);
         assert!(!asked.get());
         assert_eq!(counts(&rt), (1, 1));
+    }
+
+    /// Functions made of one component share its compiled form: while one
+    /// is loaded the others neither compile nor read the cache, each keeps
+    /// its own limits, and the hash they are told is the shared file's.
+    #[test]
+    fn functions_of_one_component_share_one_compile() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime(&dir);
+        let wasm = proxy(RETURNS);
+        let (a, sha) = rt.prepare("c", None, || Ok(wasm.clone()), lim()).unwrap();
+        let sha = sha.unwrap();
+        let never = || Err("the wasm must not be needed".to_owned());
+        let (b, b_sha) = rt
+            .prepare("c", None, never, limits(32 << 20, Duration::from_secs(1)))
+            .unwrap();
+        assert_eq!(b_sha.as_deref(), Some(sha.as_str()), "told the shared hash");
+        let (c, c_sha) = rt.prepare("c", Some(&sha), never, lim()).unwrap();
+        assert_eq!(c_sha, None);
+        assert_eq!(counts(&rt), (1, 0), "one compile, no cache read");
+        assert!(b.load_timings().from_cache);
+        assert_eq!(a.limits().memory_bytes, 16 << 20);
+        assert_eq!(b.limits().memory_bytes, 32 << 20);
+        // Another component is compiled apart.
+        let other = proxy(r#"(func (export "handle") (param i32 i32)) (func (export "other"))"#);
+        let (_d, _) = rt.prepare("o", None, || Ok(other), lim()).unwrap();
+        assert_eq!(counts(&rt), (2, 0));
+        // Once none is loaded, the shared form leaves memory: the cache
+        // file (hash-checked) serves the next load.
+        drop((a, b, c));
+        let (_e, e_sha) = rt.prepare("c", Some(&sha), never, lim()).unwrap();
+        assert_eq!(e_sha, None);
+        assert_eq!(counts(&rt), (2, 1));
+    }
+
+    /// A damaged shared file is recompiled, never loaded, and every
+    /// function of the component is told the new hash.
+    #[test]
+    fn a_damaged_shared_file_is_recompiled_for_every_function_of_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime(&dir);
+        let wasm = proxy(RETURNS);
+        let (f, sha) = rt.prepare("c", None, || Ok(wasm.clone()), lim()).unwrap();
+        let sha = sha.unwrap();
+        drop(f);
+        let mut bytes = std::fs::read(rt.cache.path("c")).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(rt.cache.path("c"), &bytes).unwrap();
+        let (a, a_sha) = rt
+            .prepare("c", Some(&sha), || Ok(wasm.clone()), lim())
+            .unwrap();
+        assert!(!a.load_timings().from_cache);
+        let new = a_sha.unwrap();
+        assert_eq!(
+            new,
+            sha256_hex(&std::fs::read(rt.cache.path("c")).unwrap()),
+            "the damaged file was replaced"
+        );
+        // A second version of the same component, recorded with the old
+        // hash, shares the recompiled form and is told its hash where it
+        // differs (a compile is deterministic, so it may not).
+        let (_b, b_sha) = rt
+            .prepare("c", Some(&sha), || Err("not needed".into()), lim())
+            .unwrap();
+        assert_eq!(b_sha, (new != sha).then_some(new));
+        assert_eq!(counts(&rt), (2, 0));
     }
 
     /// A cached file replaced by another component's compiled form (valid

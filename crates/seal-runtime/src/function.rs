@@ -52,6 +52,9 @@ pub struct LoadTimings {
 /// One artifact, pre-instantiated, with its limits: ready to serve.
 pub struct Function {
     pre: ProxyPre<Host>,
+    /// The compiled component it shares with every function made of the
+    /// same component (kept alive while one of them is).
+    _compiled: Arc<crate::engine::Compiled>,
     limits: FunctionLimits,
     load: LoadTimings,
     /// Set by the first invocation: every later one is warm.
@@ -62,13 +65,14 @@ pub struct Function {
 
 impl Function {
     pub(crate) fn new(
-        pre: ProxyPre<Host>,
+        compiled: Arc<crate::engine::Compiled>,
         limits: FunctionLimits,
         load: LoadTimings,
         lane: crate::lane::CpuLane,
     ) -> Self {
         Self {
-            pre,
+            pre: compiled.pre.clone(),
+            _compiled: compiled,
             limits,
             load,
             warm: std::sync::atomic::AtomicBool::new(false),
