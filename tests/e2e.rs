@@ -1380,28 +1380,13 @@ fn wasm_oci_layout(dir: &std::path::Path, wasm: &[u8], config_media_type: &str) 
 /// Pushes a layout's `v1` to `docker://addr/repository:v1` with skopeo
 /// (false when skopeo is missing and not required).
 fn skopeo_push(layout: &std::path::Path, addr: &str, repository: &str) -> bool {
-    let out = std::process::Command::new("skopeo")
-        .args([
-            "copy",
-            "--dest-tls-verify=false",
-            &format!("oci:{}:v1", layout.display()),
-            &format!("docker://{addr}/{repository}:v1"),
-        ])
-        .output();
-    match out {
-        Ok(o) => {
-            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-            true
-        }
-        Err(e) => {
-            assert!(
-                std::env::var_os("SEAL_REQUIRE_REGISTRY").is_none(),
-                "SEAL_REQUIRE_REGISTRY is set but skopeo cannot run: {e}"
-            );
-            eprintln!("skipped: skopeo cannot run ({e})");
-            false
-        }
-    }
+    support::skopeo(&[
+        "copy",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:v1", layout.display()),
+        &format!("docker://{addr}/{repository}:v1"),
+    ])
+    .is_some()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -392,3 +392,27 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
             .then(|| value.split_whitespace().next()?.parse().ok())?
     })
 }
+
+/// Runs skopeo: `Some(output)` when it ran and succeeded (a failure
+/// panics with its stderr); `None` when it cannot run (skipped with the
+/// reason, a failure when `SEAL_REQUIRE_REGISTRY` is set).
+pub fn skopeo(args: &[&str]) -> Option<std::process::Output> {
+    match Command::new("skopeo").args(args).output() {
+        Ok(o) => {
+            assert!(
+                o.status.success(),
+                "skopeo {args:?}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            Some(o)
+        }
+        Err(e) => {
+            assert!(
+                std::env::var_os("SEAL_REQUIRE_REGISTRY").is_none(),
+                "SEAL_REQUIRE_REGISTRY is set but skopeo cannot run: {e}"
+            );
+            eprintln!("skipped the skopeo checks: {e}");
+            None
+        }
+    }
+}

@@ -165,12 +165,18 @@ impl Remote {
         }
     }
 
-    fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
-        let (client, r, d) = (
+    /// What a blob request moves into its task: the client, the blob's
+    /// reference and its digest.
+    fn blob_request(&self, digest: &Digest) -> (Client, Reference, String) {
+        (
             self.client.clone(),
             self.at.by_digest(digest),
             digest.to_string(),
-        );
+        )
+    }
+
+    fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        let (client, r, d) = self.blob_request(digest);
         let size = self.run(format!("HEAD blob {digest}"), async move {
             // The response's length is all that is read.
             let stream = client.pull_blob_stream(&r, d.as_str()).await?;
@@ -187,11 +193,7 @@ impl Remote {
         if self.blob_size(digest)?.is_some() {
             return Ok(());
         }
-        let (client, r, d) = (
-            self.client.clone(),
-            self.at.by_digest(digest),
-            digest.to_string(),
-        );
+        let (client, r, d) = self.blob_request(digest);
         self.run(format!("push blob {digest}"), async move {
             client.push_blob(&r, &bytes, &d).await.map(|_| ())
         })
@@ -201,11 +203,7 @@ impl Remote {
     /// A blob's bytes, or else the manifest under that digest (a manifest
     /// someone else pushed exists only as a manifest), verified.
     fn pull(&self, digest: &Digest) -> Result<Vec<u8>> {
-        let (client, r, d) = (
-            self.client.clone(),
-            self.at.by_digest(digest),
-            digest.to_string(),
-        );
+        let (client, r, d) = self.blob_request(digest);
         let blob = self.run(format!("pull blob {digest}"), async move {
             let mut out = Vec::new();
             client.pull_blob(&r, d.as_str(), &mut out).await?;

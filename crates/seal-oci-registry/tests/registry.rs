@@ -38,8 +38,13 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 
 /// An artifact's three blobs, stored through `store`; returns the
 /// manifest's digest and bytes.
-fn put_artifact(store: &RegistryStore, payload: &[u8]) -> (Digest, Vec<u8>) {
-    let config = br#"{"name":"hello"}"#;
+fn put_artifact(store: &dyn ArtifactStore, payload: &[u8]) -> (Digest, Vec<u8>) {
+    put_named(store, "hello", payload)
+}
+
+fn put_named(store: &dyn ArtifactStore, name: &str, payload: &[u8]) -> (Digest, Vec<u8>) {
+    let config = format!(r#"{{"name":"{name}"}}"#);
+    let config = config.as_bytes();
     let config_digest = store.put_blob(config).unwrap();
     let layer_digest = store.put_blob(payload).unwrap();
     let manifest = serde_json::to_vec(&json!({
@@ -70,7 +75,7 @@ async fn what_one_node_pushes_another_reads_verified_and_caches() {
     let (a, b) = (node(&registry), node(&registry));
     let (sa, sb, cb) = (a.store.clone(), b.store.clone(), b.cache.clone());
     blocking(move || {
-        let (manifest, bytes) = put_artifact(&sa, b"\0asm component bytes");
+        let (manifest, bytes) = put_artifact(&*sa, b"\0asm component bytes");
         sa.add_manifest(listed(&manifest, bytes.len(), "hello-1"))
             .unwrap();
 
@@ -141,7 +146,7 @@ async fn referrers_are_listed_under_the_fallback_tag_and_unlisted() {
     let url = registry.url("seal/test");
     let (sa, sb) = (a.store.clone(), b.store.clone());
     let subject = blocking(move || {
-        let (subject, bytes) = put_artifact(&sa, b"component");
+        let (subject, bytes) = put_artifact(&*sa, b"component");
         sa.add_manifest(listed(&subject, bytes.len(), "hello-1"))
             .unwrap();
         let empty = sa.put_blob(b"{}").unwrap();
@@ -205,7 +210,7 @@ async fn a_registry_outage_stops_pushes_clearly_and_nothing_cached() {
     };
     let a = node(&registry);
     let sa = a.store.clone();
-    let (manifest, bytes) = blocking(move || put_artifact(&sa, b"cached component")).await;
+    let (manifest, bytes) = blocking(move || put_artifact(&*sa, b"cached component")).await;
 
     registry.stop();
     let sa = a.store.clone();
@@ -247,18 +252,11 @@ async fn a_layout_is_imported_whole_and_read_back_verified() {
     blocking(move || {
         // What an embedded data dir holds: two artifacts, listed.
         let mut digests = Vec::new();
-        for (k, payload) in [b"component one".as_slice(), b"component two"].iter().enumerate() {
-            let config = format!(r#"{{"name":"f{k}"}}"#);
-            let c = from.put_blob(config.as_bytes()).unwrap();
-            let l = from.put_blob(payload).unwrap();
-            let manifest = serde_json::to_vec(&json!({
-                "schemaVersion": 2,
-                "mediaType": OCI_MANIFEST,
-                "config": {"mediaType": "application/vnd.dev.seal.manifest.v1+json", "digest": c.as_str(), "size": config.len()},
-                "layers": [{"mediaType": "application/wasm", "digest": l.as_str(), "size": payload.len()}],
-            }))
-            .unwrap();
-            let m = from.put_blob(&manifest).unwrap();
+        for (k, payload) in [b"component one".as_slice(), b"component two"]
+            .iter()
+            .enumerate()
+        {
+            let (m, manifest) = put_named(&*from, &format!("f{k}"), payload);
             from.add_manifest(listed(&m, manifest.len(), &format!("f{k}-1")))
                 .unwrap();
             digests.push(m);
@@ -284,7 +282,7 @@ async fn referrers_attached_at_once_through_one_node_are_all_listed() {
     let (a, b) = (node(&registry), node(&registry));
     let sa = a.store.clone();
     let (subject, size) = blocking(move || {
-        let (subject, bytes) = put_artifact(&sa, b"component");
+        let (subject, bytes) = put_artifact(&*sa, b"component");
         (subject, bytes.len())
     })
     .await;
