@@ -387,6 +387,10 @@ fn main() -> std::process::ExitCode {
         }
     };
     let result = runtime.block_on(run(cli));
+    // A background task that never yields (seen: a database pool's
+    // maintenance task after `seal migrate` failed) must not keep the
+    // process from exiting once the command is done.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

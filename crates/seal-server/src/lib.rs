@@ -577,7 +577,7 @@ async fn migrate_state(data_dir: &Path, url: &Redacted) -> anyhow::Result<Migrat
         "the embedded audit chain is broken ({:?}); it is not copied",
         before.first_broken
     );
-    drop(sqlite);
+    sqlite.close().await;
     let pg = PostgresStore::connect(&url.0)
         .await
         .context("cannot open the PostgreSQL store")?;

@@ -107,6 +107,13 @@ impl SqliteStore {
         Ok(store)
     }
 
+    /// Closes both pools (their maintenance tasks end with them): for a
+    /// store opened for one job, e.g. `seal migrate`.
+    pub async fn close(self) {
+        self.pool.close().await;
+        self.read.close().await;
+    }
+
     pub async fn version_by_digest(&self, digest: &str) -> Result<Option<VersionRecord>> {
         sqlx::query_as::<_, VersionRow>("SELECT * FROM versions WHERE digest = $1")
             .bind(digest)
