@@ -239,6 +239,29 @@ fn the_artifact_backends_are_siblings_picked_at_the_root() {
     assert!(!deps(&ws, "seal-oci").contains("seal-oci-registry"));
 }
 
+#[test]
+fn the_queue_backends_are_siblings_picked_at_the_root() {
+    let ws = workspace();
+    // The NATS queues implement seal-state's `Queues` port; the control
+    // plane sees the port, the root picks the backend.
+    assert_eq!(dependents(&ws, "seal-queues-nats"), set(&["seal-server"]));
+    assert_eq!(dependents(&ws, "async-nats"), set(&["seal-queues-nats"]));
+    let nats = deps(&ws, "seal-queues-nats");
+    assert!(nats.contains("seal-state"));
+    for forbidden in [
+        "seal-control",
+        "seal-runtime",
+        "seal-serving",
+        "seal-state-sqlite",
+        "seal-state-postgres",
+    ] {
+        assert!(
+            !nats.contains(forbidden),
+            "seal-queues-nats depends on {forbidden}: it keeps events, nothing more"
+        );
+    }
+}
+
 /// Source files of a crate (`crates/<name>/src/**.rs`).
 fn sources(krate: &str) -> Vec<(std::path::PathBuf, String)> {
     fn walk(dir: &std::path::Path, out: &mut Vec<(std::path::PathBuf, String)>) {
@@ -272,6 +295,7 @@ fn only_the_composition_root_names_the_concrete_stores() {
         ("PostgresStore", "seal-state-postgres"),
         ("OciLayout", "seal-oci"),
         ("RegistryStore", "seal-oci-registry"),
+        ("NatsQueues", "seal-queues-nats"),
         ("Gateway", "seal-gateway"),
         // The control plane loads functions through `seal_runtime::Loader`.
         ("Runtime", "seal-runtime"),

@@ -8,7 +8,7 @@ mod support;
 
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
-use support::{Server, assert_error, guest, metric, publish_file};
+use support::{Cuttable, NatsNamespace, Server, assert_error, guest, metric, publish_file};
 
 /// POSTs a binary-mode CloudEvent; returns status and body.
 async fn send_binary(s: &Server, queue: &str, id: &str, subject: Option<&str>) -> (u16, Value) {
@@ -108,8 +108,22 @@ fn billing(s: &Server) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_are_delivered_retried_dead_lettered_and_redriven() {
+    delivered_retried_dead_lettered_and_redriven(&[]).await;
+}
+
+/// The same story with the events in NATS JetStream: a stream, a durable
+/// consumer per subscription, a dead-letter stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_nats_events_are_delivered_retried_dead_lettered_and_redriven() {
+    let Some(nats) = NatsNamespace::create("story") else {
+        return;
+    };
+    delivered_retried_dead_lettered_and_redriven(&["--events", &nats.url()]).await;
+}
+
+async fn delivered_retried_dead_lettered_and_redriven(server_args: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(dir.path());
+    let s = Server::start_with(dir.path(), server_args);
     billing(&s);
     let t = subscribe(
         &s,
@@ -1338,4 +1352,76 @@ async fn a_canary_that_lets_its_queue_back_up_is_rolled_back_by_the_queue_gate()
     );
     let status = s.seal_json(&["status", "billing"]);
     assert_eq!(status["routes"][0]["versions"][0]["version"], 1, "{status}");
+}
+
+/// NATS stops: an ingest answers 503 `queues_unavailable` and accepts
+/// nothing; when NATS is back everything resumes with no restart, the
+/// producer's retry is accepted once, and every event acknowledged before
+/// the outage is handled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_nats_is_away_ingest_says_so_and_nothing_acknowledged_is_lost() {
+    let Some(nats) = NatsNamespace::create("outage") else {
+        return;
+    };
+    let proxy = Cuttable::to(nats.server_addr()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start_with(
+        dir.path(),
+        &["--events", &nats.url_via(&proxy.addr.to_string())],
+    );
+    billing(&s);
+    subscribe(&s, "billing", "orders", &["--max-in-flight", "1"]);
+    // Acknowledged, then handled one at a time, 200 ms each: most still
+    // wait in JetStream when it goes away.
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let r = post_event(
+            &s,
+            "orders",
+            &format!("before-{i}"),
+            "{}",
+            &[("ce-subject", "sleep-200")],
+        )
+        .await;
+        assert_eq!(r.status(), 202);
+        let v: Value = r.json().await.unwrap();
+        ids.push(v["events"][0]["id"].as_u64().unwrap());
+    }
+
+    proxy.down();
+    let r = post_event(&s, "orders", "during", "{}", &[]).await;
+    let body = assert_error(r, 503, "queues_unavailable").await;
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("NATS") && message.contains("nothing was accepted"),
+        "{body}"
+    );
+    assert_eq!(s.api_health().await, 200, "the server keeps running");
+
+    // Back: the producer's retry is accepted, with no restart.
+    proxy.restore();
+    let start = Instant::now();
+    let during = loop {
+        let r = post_event(&s, "orders", "during", "{}", &[]).await;
+        if r.status() == 202 {
+            let v: Value = r.json().await.unwrap();
+            break v["events"][0]["id"].as_u64().unwrap();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "ingest did not come back: {}\n{}",
+            r.status(),
+            s.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    ids.push(during);
+    for id in ids {
+        let e = settled(&s, id, Duration::from_secs(90)).await;
+        assert_eq!(e["deliveries"][0]["state"], "done", "{e:#}");
+    }
+    let again = post_event(&s, "orders", "during", "{}", &[]).await;
+    let v: Value = again.json().await.unwrap();
+    assert_eq!(v["events"][0]["duplicate"], true, "accepted once: {v}");
+    assert_eq!(v["events"][0]["id"], during);
 }

@@ -278,43 +278,7 @@ async fn a_route_change_through_one_node_reaches_the_other_nodes_gateway() {
     }
 }
 
-/// A TCP proxy to PostgreSQL that the test can cut: while down, open
-/// connections are dropped and new ones closed at once, as when the
-/// database stops.
-struct Cuttable {
-    addr: std::net::SocketAddr,
-    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    open: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
-}
-
 impl Cuttable {
-    async fn to(target: String) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (up2, open2) = (up.clone(), open.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut client, _)) = listener.accept().await else {
-                    return;
-                };
-                if !up2.load(std::sync::atomic::Ordering::SeqCst) {
-                    drop(client);
-                    continue;
-                }
-                let target = target.clone();
-                let task = tokio::spawn(async move {
-                    if let Ok(mut server) = tokio::net::TcpStream::connect(&target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                    }
-                });
-                open2.lock().unwrap().push(task.abort_handle());
-            }
-        });
-        Self { addr, up, open }
-    }
-
     /// A proxy to the test database and the schema's URL through it.
     async fn before(schema: &Schema) -> (Self, String) {
         let url = schema.url();
@@ -328,17 +292,6 @@ impl Cuttable {
         let proxy = Self::to(authority.clone()).await;
         let via_proxy = url.replacen(&authority, &proxy.addr.to_string(), 1);
         (proxy, via_proxy)
-    }
-
-    fn down(&self) {
-        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
-        for t in self.open.lock().unwrap().drain(..) {
-            t.abort();
-        }
-    }
-
-    fn restore(&self) {
-        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

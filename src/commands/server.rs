@@ -29,6 +29,13 @@ pub struct ServerArgs {
     #[arg(long, env = "SEAL_ARTIFACTS", value_parser = seal_server::parse_registry, value_name = "URL")]
     artifacts: Option<String>,
 
+    /// Where events wait: NATS JetStream, nats://host:port[/namespace]
+    /// (namespace default `seal`: the prefix of its streams), shared by
+    /// several nodes; default: the state store. Credentials:
+    /// SEAL_NATS_USER and SEAL_NATS_PASSWORD.
+    #[arg(long, env = "SEAL_EVENTS", value_parser = seal_server::parse_events, value_name = "URL")]
+    events: Option<String>,
+
     /// This node's name among the nodes of one database (seal cluster
     /// status); default: the host name and the API port.
     #[arg(long, env = "SEAL_NODE", value_parser = parse_node, value_name = "NAME")]
@@ -231,6 +238,7 @@ pub async fn run(
         };
     }
     config.artifacts.registry = args.artifacts;
+    config.events = args.events;
     config.node_name = args.node;
     config.controller_lease = args.controller_lease;
     config.artifacts.max_upload_bytes = args.max_upload_size;

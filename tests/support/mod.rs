@@ -416,3 +416,108 @@ pub fn skopeo(args: &[&str]) -> Option<std::process::Output> {
         }
     }
 }
+
+/// A TCP proxy to a service (PostgreSQL, NATS) that a test can cut:
+/// while down, open connections are dropped and new ones closed at once,
+/// as when the service stops.
+pub struct Cuttable {
+    pub addr: std::net::SocketAddr,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    open: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Cuttable {
+    pub async fn to(target: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (up2, open2) = (up.clone(), open.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                if !up2.load(std::sync::atomic::Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let target = target.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                open2.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Self { addr, up, open }
+    }
+
+    pub fn down(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for t in self.open.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+
+    pub fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A namespace of its own on the test NATS server (`SEAL_TEST_NATS`,
+/// default nats://127.0.0.1:4222), removed with the guard. `None` when no
+/// NATS answers (skipped, reason printed; a failure when
+/// `SEAL_REQUIRE_NATS` is set).
+pub struct NatsNamespace {
+    pub at: seal_queues_nats::NatsLocation,
+}
+
+impl NatsNamespace {
+    pub fn create(test: &str) -> Option<Self> {
+        let url =
+            std::env::var("SEAL_TEST_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
+        let mut at = seal_queues_nats::NatsLocation::parse(&url).unwrap();
+        let addr = at.server.trim_start_matches("nats://").to_owned();
+        if let Err(e) = std::net::TcpStream::connect(&addr) {
+            assert!(
+                std::env::var_os("SEAL_REQUIRE_NATS").is_none(),
+                "SEAL_REQUIRE_NATS is set but no NATS answers at {url}: {e}"
+            );
+            eprintln!("skipped: no NATS at {url} ({e})");
+            return None;
+        }
+        at.namespace = format!("e2e_{test}_{}", std::process::id());
+        Some(Self { at })
+    }
+
+    /// What `--events` is given: the namespace on `server` (the NATS
+    /// server itself, or a proxy in front of it).
+    pub fn url_via(&self, server: &str) -> String {
+        format!("nats://{server}/{}", self.at.namespace)
+    }
+
+    pub fn url(&self) -> String {
+        format!("{}/{}", self.at.server, self.at.namespace)
+    }
+
+    /// The NATS server's host and port.
+    pub fn server_addr(&self) -> String {
+        self.at.server.trim_start_matches("nats://").to_owned()
+    }
+}
+
+impl Drop for NatsNamespace {
+    fn drop(&mut self) {
+        let at = self.at.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(seal_queues_nats::remove_namespace(&at))
+        })
+        .join();
+    }
+}

@@ -51,9 +51,10 @@ fn status_of(e: &ControlError) -> StatusCode {
         | E::NoBaseline(_)
         | E::NoPreviousVersion(_)
         | E::Conflict(_) => StatusCode::CONFLICT,
-        E::NotRunning(_) | E::StateUnavailable(_) | E::RegistryUnavailable(_) => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        E::NotRunning(_)
+        | E::StateUnavailable(_)
+        | E::RegistryUnavailable(_)
+        | E::QueuesUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         E::Registry(_) => StatusCode::BAD_GATEWAY,
         E::PolicyRefused(_) | E::PermissionsWidened(_) | E::ContractBroken(_) | E::Forbidden(_) => {
             StatusCode::FORBIDDEN

@@ -128,6 +128,15 @@ impl Control {
         self
     }
 
+    /// Keeps events in `queues` (a broker) instead of the state store.
+    /// Call before anything else holds the events service.
+    pub fn with_queues(mut self, queues: Arc<dyn seal_state::Queues>) -> Self {
+        Arc::get_mut(&mut self.events)
+            .expect("with_queues is called while the control plane is being built")
+            .set_queues(queues);
+        self
+    }
+
     /// Exports deployment transitions as spans through `tracer`.
     pub fn with_tracer(mut self, tracer: Option<opentelemetry_sdk::trace::SdkTracer>) -> Self {
         self.tracer = tracer;

@@ -92,6 +92,10 @@ pub enum ControlError {
     /// The state store cannot be reached now; the call may be repeated.
     #[error("{0}")]
     StateUnavailable(String),
+    /// The event queues (a broker) cannot be reached now; nothing was
+    /// accepted, the call may be repeated.
+    #[error("{0}")]
+    QueuesUnavailable(String),
     /// The artifact registry cannot be reached now; what is cached keeps
     /// serving, the call may be repeated.
     #[error("{0}")]
@@ -134,6 +138,7 @@ impl ControlError {
             Self::Unauthenticated(_) => "unauthorized",
             Self::StateUnavailable(_) => "state_unavailable",
             Self::RegistryUnavailable(_) => "registry_unavailable",
+            Self::QueuesUnavailable(_) => "queues_unavailable",
             Self::Registry(_) => "registry_error",
             Self::Internal(_) => "internal",
         }
@@ -243,6 +248,10 @@ impl From<StateError> for ControlError {
                 Self::StateUnavailable(
                     "the state store is unavailable; the gateway keeps serving its routes, try again shortly".into(),
                 )
+            }
+            StateError::QueuesUnavailable(why) => {
+                tracing::warn!(error = %why, "the event queues are unavailable");
+                Self::QueuesUnavailable(why)
             }
             other => Self::internal(other),
         }

@@ -23,7 +23,9 @@ use seal_events::codec::{self, Limits};
 use seal_events::schedule::Schedule;
 use seal_events::{AttributesReader, Event};
 use seal_serving::{Serving, Traffic};
-use seal_state::{AttemptRecord, Claimed, Finished, NewEvent, NextStep, StateStore, now_ms};
+use seal_state::{
+    AttemptRecord, Claimed, Finished, NewEvent, NextStep, Queues, StateStore, StoreQueues, now_ms,
+};
 
 /// The extensions the platform stamps on the events functions publish:
 /// removed from those producers outside post, so none can pass for a
@@ -49,7 +51,7 @@ struct PendingEnqueue {
 }
 
 /// Commits waiting enqueues in one transaction and answers each.
-async fn commit_enqueues(state: Arc<dyn StateStore>, batch: Vec<PendingEnqueue>) {
+async fn commit_enqueues(queues: Arc<dyn Queues>, batch: Vec<PendingEnqueue>) {
     let news: Vec<Vec<NewEvent<'_>>> = batch
         .iter()
         .map(|p| {
@@ -75,7 +77,7 @@ async fn commit_enqueues(state: Arc<dyn StateStore>, batch: Vec<PendingEnqueue>)
             dedup_since: p.dedup_since,
         })
         .collect();
-    let result = state.enqueue_batch(&requests).await;
+    let result = queues.enqueue_batch(&requests).await;
     drop(requests);
     drop(news);
     match result {
@@ -113,14 +115,20 @@ pub const EVENT_RETENTION_MS: i64 = 7 * 24 * 3_600_000;
 
 /// Default deduplication window of a queue.
 pub const DEFAULT_DEDUP_WINDOW_MS: u64 = 10 * 60_000;
-/// How long a claimed delivery stays leased to its attempt.
+/// How long a claimed delivery stays leased to its attempt when its
+/// function serves nothing (otherwise its timeout and a margin).
 const LEASE_MS: i64 = 5 * 60_000;
+/// What a lease adds to the function's timeout: the wait for an instance
+/// and the commit of the outcome.
+const LEASE_MARGIN_MS: i64 = 30_000;
 /// A tick found due later than this after its instant was missed (the
 /// server was not running): its trigger's `on_missed` decides.
 const MISSED_AFTER_MS: i64 = 5_000;
 
 pub struct EventsService {
     state: Arc<dyn StateStore>,
+    /// Where the events wait: the state store, or a broker.
+    queues: Arc<dyn Queues>,
     serving: Arc<Serving>,
     default_environment: String,
     limits: Limits,
@@ -185,6 +193,7 @@ impl EventsService {
             gauged: Mutex::default(),
             contracts: crate::event_contracts::ContractCache::new(state.clone()),
             backlog: Mutex::default(),
+            queues: Arc::new(StoreQueues(state.clone())),
             state,
             serving,
             default_environment,
@@ -197,6 +206,16 @@ impl EventsService {
             in_flight: Mutex::default(),
             cron_running: Mutex::default(),
         }
+    }
+
+    /// Keeps the events in `queues` instead of the state store.
+    pub fn set_queues(&mut self, queues: Arc<dyn Queues>) {
+        self.queues = queues;
+    }
+
+    /// Where the events wait, for messages.
+    pub fn queues_location(&self) -> String {
+        self.queues.location()
     }
 
     pub fn limits(&self) -> &Limits {
@@ -238,6 +257,7 @@ impl EventsService {
         actor: &str,
     ) -> ControlResult<()> {
         if self.state.delete_queue(environment, name, actor).await? {
+            self.queues.queue_deleted(environment, name).await?;
             Ok(())
         } else {
             Err(ControlError::not_found(format!(
@@ -350,6 +370,7 @@ impl EventsService {
         if !self.state.delete_trigger(name, actor).await? {
             return Err(ControlError::not_found(format!("no trigger {name}")));
         }
+        self.queues.trigger_deleted(name).await?;
         lock(&self.in_flight).remove(name);
         *lock(&self.trigger_cache) = None;
         self.wake_cron.notify_one();
@@ -469,8 +490,8 @@ impl EventsService {
         let batch = std::mem::take(&mut *lock(&self.pending));
         // Its own task: a producer that hangs up must not cut the commit
         // the others wait for.
-        let state = self.state.clone();
-        let _ = tokio::spawn(commit_enqueues(state, batch)).await;
+        let queues = self.queues.clone();
+        let _ = tokio::spawn(commit_enqueues(queues, batch)).await;
         drop(turn);
         self.wake_queues.notify_one();
         let done = answer
@@ -492,7 +513,7 @@ impl EventsService {
     }
 
     pub async fn event(&self, id: u64) -> ControlResult<EventRecord> {
-        self.state
+        self.queues
             .event(id)
             .await?
             .ok_or_else(|| ControlError::not_found(format!("no event {id}")))
@@ -503,12 +524,12 @@ impl EventsService {
         environment: Option<&str>,
         queue: Option<&str>,
     ) -> ControlResult<Vec<DeadLetter>> {
-        Ok(self.state.dead_letters(environment, queue).await?)
+        Ok(self.queues.dead_letters(environment, queue).await?)
     }
 
     pub async fn dead_letter(&self, id: u64) -> ControlResult<(DeadLetter, EventRecord)> {
         let d = self
-            .state
+            .queues
             .dead_letter(id)
             .await?
             .ok_or_else(|| ControlError::not_found(format!("no dead letter {id}")))?;
@@ -682,7 +703,7 @@ impl EventsService {
                 "name dead letters by id, or ask for all of them (of a queue), not both".into(),
             ));
         }
-        let every = self.state.dead_letters(environment, queue).await?;
+        let every = self.queues.dead_letters(environment, queue).await?;
         if all {
             return Ok(every);
         }
@@ -731,7 +752,7 @@ impl EventsService {
             }
         }
         let ids: Vec<u64> = chosen.iter().map(|d| d.id).collect();
-        let changed = self.state.redrive(&ids, req.to, now_ms(), actor).await?;
+        let changed = self.queues.redrive(&ids, req.to, now_ms(), actor).await?;
         self.wake_queues.notify_one();
         Ok(DlqChange {
             count: changed.len() as u64,
@@ -750,7 +771,7 @@ impl EventsService {
             )
             .await?;
         let ids: Vec<u64> = chosen.iter().map(|d| d.id).collect();
-        let deleted = self.state.purge(&ids, actor).await?;
+        let deleted = self.queues.purge(&ids, actor).await?;
         Ok(DlqChange {
             count: deleted.len() as u64,
             ids: deleted,
@@ -786,7 +807,7 @@ impl EventsService {
         // On a shared store the deliveries running are other nodes' too:
         // those of a node that died are due again when their lease ends.
         if !self.state.shared() {
-            match self.state.release_running(now_ms()).await {
+            match self.queues.release_running(now_ms()).await {
                 Ok(0) => {}
                 Ok(n) => {
                     tracing::info!(deliveries = n, "deliveries cut off by a stop are due again")
@@ -810,7 +831,11 @@ impl EventsService {
             }
             if now_ms() - swept_at >= 60_000 {
                 swept_at = now_ms();
-                match self.state.sweep_events(swept_at - EVENT_RETENTION_MS).await {
+                match self
+                    .queues
+                    .sweep_events(swept_at - EVENT_RETENTION_MS)
+                    .await
+                {
                     Ok(0) => {}
                     Ok(n) => {
                         tracing::info!(events = n, "handled events past their retention deleted")
@@ -849,7 +874,7 @@ impl EventsService {
         let mut batch = Vec::new();
         while ended.recv_many(&mut batch, 512).await > 0 {
             let done: Vec<Finished> = batch.iter().map(|e| e.finished.clone()).collect();
-            if let Err(e) = self.state.finish_deliveries(&done).await {
+            if let Err(e) = self.queues.finish_deliveries(&done).await {
                 // Left claimed: due again when their lease ends (or at the
                 // next start).
                 tracing::error!(error = %e, deliveries = done.len(), "cannot record delivery attempts");
@@ -882,13 +907,11 @@ impl EventsService {
             if free == 0 {
                 continue;
             }
-            let claimed = self
-                .state
-                .claim_due(&t.name, now, now + LEASE_MS, free)
-                .await?;
+            let lease = self.lease_ms(&t.environment, &t.function);
+            let claimed = self.queues.claim_due(t, now, now + lease, free).await?;
             if claimed.len() as u32 == free {
                 next = now;
-            } else if let Some(due) = self.state.next_due(&t.name).await? {
+            } else if let Some(due) = self.queues.next_due(&t.name).await? {
                 next = next.min(due);
             }
             for c in claimed {
@@ -916,6 +939,22 @@ impl EventsService {
             }
         }
         Ok(next)
+    }
+
+    /// How long a claim of `function`'s deliveries lasts: the longest
+    /// timeout of the versions on its route and a margin (an attempt
+    /// cannot run longer), so a delivery whose node died is handed out
+    /// again soon after; [`LEASE_MS`] when nothing serves it.
+    fn lease_ms(&self, environment: &str, function: &str) -> i64 {
+        self.serving
+            .route(environment, function)
+            .and_then(|r| {
+                r.backends
+                    .iter()
+                    .map(|b| b.function.limits().timeout.as_millis() as i64)
+                    .max()
+            })
+            .map_or(LEASE_MS, |t| t + LEASE_MARGIN_MS)
     }
 
     /// Counts a committed outcome in the subscription's metrics.
@@ -977,7 +1016,7 @@ impl EventsService {
     async fn gauge_backlog(&self) -> ControlResult<()> {
         let now = now_ms();
         let mut seen = HashSet::new();
-        let backlog = self.state.backlog().await?;
+        let backlog = self.queues.backlog().await?;
         *lock(&self.backlog) = Arc::new(backlog.clone());
         for b in backlog {
             let labels = SubscriptionLabels {

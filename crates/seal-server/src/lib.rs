@@ -42,6 +42,9 @@ pub struct ServerConfig {
     /// How long the controller lease lasts unless renewed.
     pub controller_lease: std::time::Duration,
     pub artifacts: ArtifactsConfig,
+    /// Where events wait: NATS JetStream (`nats://host:port[/namespace]`)
+    /// shared by several nodes; `None`: the state store.
+    pub events: Option<String>,
     pub runtime: RuntimeSection,
     pub gateway: GatewayConfig,
     pub api: ApiConfig,
@@ -78,6 +81,41 @@ pub struct ArtifactsConfig {
 /// `seal publish oci://…@sha256:…`: a component in the Wasm OCI artifact
 /// layout, pulled and verified.
 pub use seal_oci_registry::{PulledComponent, pull_component};
+
+/// Checks an `--events` address (`nats://host:port[/namespace]`).
+pub fn parse_events(url: &str) -> Result<String, String> {
+    seal_queues_nats::NatsLocation::parse(url).map(|_| url.to_owned())
+}
+
+/// The event queues on NATS JetStream at `url`. An unreachable NATS is
+/// logged, not fatal: the node serves HTTP, ingest answers 503 until NATS
+/// is back, and the client reconnects by itself. Credentials:
+/// `SEAL_NATS_USER` and `SEAL_NATS_PASSWORD`.
+async fn nats_queues(
+    url: &str,
+    state: Arc<dyn seal_state::StateStore>,
+) -> anyhow::Result<Arc<dyn seal_state::Queues>> {
+    let at = seal_queues_nats::NatsLocation::parse(url).map_err(anyhow::Error::msg)?;
+    let credentials = match (
+        std::env::var("SEAL_NATS_USER"),
+        std::env::var("SEAL_NATS_PASSWORD"),
+    ) {
+        (Ok(u), Ok(p)) => Some((u, p)),
+        _ => None,
+    };
+    let queues = seal_queues_nats::NatsQueues::connect(at, credentials, state)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    match queues.check().await {
+        Ok(()) => {
+            tracing::info!(events = %seal_state::Queues::location(&queues), "events in NATS JetStream")
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "NATS JetStream is unavailable; event ingest answers 503 until it is back")
+        }
+    }
+    Ok(Arc::new(queues))
+}
 
 /// Checks an `--artifacts` address (`oci://host[:port]/repository`).
 pub fn parse_registry(url: &str) -> Result<String, String> {
@@ -152,6 +190,7 @@ impl ServerConfig {
                 registry: None,
                 max_upload_bytes: 64 << 20,
             },
+            events: None,
             runtime: RuntimeSection {
                 cache_dir: data_dir.join("compiled"),
                 max_instances: 1000,
@@ -694,23 +733,29 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         &config.default_environment,
         config.gateway.limits,
     );
-    let control = Arc::new(
-        Control::new(
-            state,
-            oci,
-            runtime,
-            serving.clone(),
-            config.artifacts.max_upload_bytes,
-            config.default_environment.clone(),
-            seal_control::settings::SecretBox::load_or_create(
-                &config.data_dir,
-                config.master_key.as_ref().map(|k| k.0.as_str()),
-            )?,
-        )
-        .with_outbound(outbound)
-        .with_tracer(tracer)
-        .with_monitoring_dir(config.data_dir.join("monitoring")),
-    );
+    let queues = match &config.events {
+        Some(url) => Some(nats_queues(url, state.clone()).await?),
+        None => None,
+    };
+    let mut control = Control::new(
+        state,
+        oci,
+        runtime,
+        serving.clone(),
+        config.artifacts.max_upload_bytes,
+        config.default_environment.clone(),
+        seal_control::settings::SecretBox::load_or_create(
+            &config.data_dir,
+            config.master_key.as_ref().map(|k| k.0.as_str()),
+        )?,
+    )
+    .with_outbound(outbound)
+    .with_tracer(tracer)
+    .with_monitoring_dir(config.data_dir.join("monitoring"));
+    if let Some(q) = queues {
+        control = control.with_queues(q);
+    }
+    let control = Arc::new(control);
     control
         .set_node(seal_control::cluster::NodeIdentity {
             name: config

@@ -1126,6 +1126,23 @@ mod tests {
 
     seal_state::contract_tests!(maybe fresh);
 
+    type Fresh = (
+        testing::Schema,
+        std::sync::Arc<dyn seal_state::StateStore>,
+        std::sync::Arc<dyn seal_state::Queues>,
+    );
+
+    async fn fresh_queues() -> Option<Fresh> {
+        let (schema, s) = fresh().await?;
+        let q = std::sync::Arc::new(seal_state::StoreQueues(s.clone()));
+        Some((schema, s, q))
+    }
+
+    mod queues {
+        use super::fresh_queues;
+        seal_state::queue_contract_tests!(fresh_queues);
+    }
+
     fn new_version<'a>(f: &'a str, d: &'a str, m: &'a serde_json::Value) -> NewVersion<'a> {
         NewVersion {
             function: f,

@@ -1025,6 +1025,23 @@ mod tests {
 
     seal_state::contract_tests!(fresh);
 
+    type Fresh = (
+        tempfile::TempDir,
+        std::sync::Arc<dyn seal_state::StateStore>,
+        std::sync::Arc<dyn seal_state::Queues>,
+    );
+
+    async fn fresh_queues() -> Option<Fresh> {
+        let (dir, s) = fresh().await;
+        let q = std::sync::Arc::new(seal_state::StoreQueues(s.clone()));
+        Some((dir, s, q))
+    }
+
+    mod queues {
+        use super::fresh_queues;
+        seal_state::queue_contract_tests!(fresh_queues);
+    }
+
     async fn store() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open(&dir.path().join("state.db"))

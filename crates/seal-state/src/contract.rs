@@ -950,6 +950,299 @@ pub async fn cron_ticks_commit_once(s: &dyn StateStore) {
     assert_eq!((runs[1].status.as_str(), runs[1].version), ("ok", Some(3)));
 }
 
+/// What a claim of `trigger` gets, after waiting up to `within` for at
+/// least `want` (a broker hands out what it has stored a moment later).
+async fn claim_until(
+    q: &dyn Queues,
+    trigger: &TriggerRecord,
+    limit: u32,
+    want: usize,
+    within: std::time::Duration,
+) -> Vec<Claimed> {
+    let until = std::time::Instant::now() + within;
+    let mut got = Vec::new();
+    loop {
+        let now = now_ms();
+        got.extend(
+            q.claim_due(trigger, now, now + 60_000, limit - got.len() as u32)
+                .await
+                .unwrap(),
+        );
+        if got.len() >= want || got.len() as u32 == limit || std::time::Instant::now() >= until {
+            return got;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+fn finished(c: &Claimed, attempt: Option<AttemptRecord>, next: NextStep) -> Finished {
+    Finished {
+        delivery_id: c.delivery_id,
+        attempt,
+        next,
+        at: now_ms(),
+    }
+}
+
+/// The queues' message path on the wall clock (every [`Queues`] backend,
+/// the state store's and a broker's): an event reaches each subscription
+/// once; a retry waits for its time and keeps counting attempts; a
+/// duplicate within the window adds nothing and one past it is new; a
+/// deleted queue takes its events.
+pub async fn queued_events_reach_each_subscription_once(s: &dyn StateStore, q: &dyn Queues) {
+    s.create_queue(&queue_record("orders")).await.unwrap();
+    let billing = subscription("billing-orders", "billing", "orders");
+    let mail = subscription("mail-orders", "mail", "orders");
+    s.create_trigger(&billing).await.unwrap();
+    s.create_trigger(&mail).await.unwrap();
+    let body = r#"{"specversion":"1.0","id":"a1","source":"/shop","type":"order.created"}"#;
+    let enqueue = |events: Vec<NewEvent<'static>>, window: i64| async move {
+        let now = now_ms();
+        let e = [Enqueue {
+            environment: "production",
+            queue: "orders",
+            events: &events,
+            now,
+            dedup_since: now - window,
+        }];
+        q.enqueue_batch(&e).await.unwrap().pop().unwrap()
+    };
+    let first = enqueue(vec![event("a1", body), event("a2", body)], 600_000).await;
+    assert_eq!(first.len(), 2);
+    assert!(first.iter().all(|e| !e.duplicate));
+    assert_ne!(first[0].id, first[1].id);
+    let again = enqueue(vec![event("a1", body)], 600_000).await;
+    assert!(again[0].duplicate, "within the window");
+    assert_eq!(again[0].id, first[0].id);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let outside = enqueue(vec![event("a1", body)], 100).await;
+    assert!(
+        !outside[0].duplicate,
+        "past the queue's window it is a new event"
+    );
+    assert_ne!(outside[0].id, first[0].id);
+
+    let wait = std::time::Duration::from_secs(5);
+    let one = claim_until(q, &billing, 1, 1, wait).await;
+    assert_eq!(one.len(), 1);
+    assert_eq!((one[0].attempts, one[0].next_attempt), (0, 1));
+    assert_eq!(one[0].event, body);
+    assert_eq!(
+        (one[0].environment.as_str(), one[0].queue.as_str()),
+        ("production", "orders")
+    );
+    let rest = claim_until(q, &billing, 10, 2, wait).await;
+    assert_eq!(rest.len(), 2, "the other two, not the claimed one");
+    assert!(rest.iter().all(|c| c.event_id != one[0].event_id));
+    let backlog = q.backlog().await.unwrap();
+    let b = backlog
+        .iter()
+        .find(|b| b.trigger == "billing-orders")
+        .unwrap();
+    assert_eq!(b.pending + b.running, 3, "{b:?}");
+    assert!(b.oldest_enqueued_at.is_some());
+
+    q.finish_deliveries(&[finished(
+        &one[0],
+        Some(attempt(1, Outcome::Retryable)),
+        NextStep::Retry {
+            at: now_ms() + 400,
+            error: "500".into(),
+        },
+    )])
+    .await
+    .unwrap();
+    let early = claim_until(q, &billing, 10, 1, std::time::Duration::from_millis(150)).await;
+    assert!(early.is_empty(), "a retry waits for its time");
+    let retry = claim_until(q, &billing, 10, 1, wait).await;
+    assert_eq!(retry.len(), 1, "{retry:#?} {one:#?} {rest:#?}");
+    assert_eq!(
+        retry[0].event_id, one[0].event_id,
+        "{retry:#?} {one:#?} {rest:#?}"
+    );
+    assert_eq!((retry[0].attempts, retry[0].next_attempt), (1, 2));
+    let mut done = vec![finished(
+        &retry[0],
+        Some(attempt(2, Outcome::Ok)),
+        NextStep::Done,
+    )];
+    for c in &rest {
+        done.push(finished(c, Some(attempt(1, Outcome::Ok)), NextStep::Done));
+    }
+    q.finish_deliveries(&done).await.unwrap();
+    assert!(
+        claim_until(q, &billing, 10, 1, std::time::Duration::from_millis(300))
+            .await
+            .is_empty(),
+        "handled events are not handed out again"
+    );
+
+    let shown = q.event(one[0].event_id).await.unwrap().unwrap();
+    assert_eq!(
+        (shown.ce_id.as_str(), shown.source.as_str()),
+        ("a1", "/shop")
+    );
+    assert_eq!(shown.deliveries.len(), 2, "one per subscription: {shown:?}");
+    let b = shown
+        .deliveries
+        .iter()
+        .find(|x| x.trigger == "billing-orders")
+        .unwrap();
+    assert_eq!(b.state, DeliveryState::Done);
+    assert_eq!(b.history.len(), 2);
+    assert_eq!(b.history[1].outcome, Outcome::Ok);
+    let m = shown
+        .deliveries
+        .iter()
+        .find(|x| x.trigger == "mail-orders")
+        .unwrap();
+    assert_eq!((m.state, m.attempts), (DeliveryState::Pending, 0));
+    // The mail subscription is untouched by billing's claims.
+    assert_eq!(claim_until(q, &mail, 10, 3, wait).await.len(), 3);
+
+    s.delete_trigger("billing-orders", "contract")
+        .await
+        .unwrap();
+    q.trigger_deleted("billing-orders").await.unwrap();
+    s.delete_trigger("mail-orders", "contract").await.unwrap();
+    q.trigger_deleted("mail-orders").await.unwrap();
+    assert!(
+        s.delete_queue("production", "orders", "contract")
+            .await
+            .unwrap()
+    );
+    q.queue_deleted("production", "orders").await.unwrap();
+    assert!(q.event(one[0].event_id).await.unwrap().is_none());
+}
+
+/// A dead letter keeps why it died and the version that answered; a
+/// redrive starts a new run (attempt numbers go on), pinned when asked,
+/// and a purge deletes it; both audited.
+pub async fn dead_letters_keep_why_and_go_back_when_redriven(s: &dyn StateStore, q: &dyn Queues) {
+    s.create_queue(&queue_record("orders")).await.unwrap();
+    let billing = subscription("billing-orders", "billing", "orders");
+    s.create_trigger(&billing).await.unwrap();
+    let body = r#"{"id":"x","type":"order.created"}"#;
+    let now = now_ms();
+    let events = [event("x", body), event("y", body)];
+    q.enqueue_batch(&[Enqueue {
+        environment: "production",
+        queue: "orders",
+        events: &events,
+        now,
+        dedup_since: now - 60_000,
+    }])
+    .await
+    .unwrap();
+    let wait = std::time::Duration::from_secs(5);
+    let d = claim_until(q, &billing, 10, 2, wait).await;
+    assert_eq!(d.len(), 2);
+    let dead: Vec<Finished> = d
+        .iter()
+        .map(|c| {
+            finished(
+                c,
+                Some(attempt(1, Outcome::Permanent)),
+                NextStep::Dead {
+                    reason: DeadReason::Permanent,
+                    error: "HTTP 400".into(),
+                },
+            )
+        })
+        .collect();
+    q.finish_deliveries(&dead).await.unwrap();
+    let letters = q
+        .dead_letters(Some("production"), Some("orders"))
+        .await
+        .unwrap();
+    assert_eq!(letters.len(), 2);
+    let x = letters
+        .iter()
+        .find(|l| l.event_id == d[0].event_id)
+        .unwrap();
+    assert_eq!(x.reason, DeadReason::Permanent);
+    assert_eq!(x.version, Some(1));
+    assert_eq!(x.last_error.as_deref(), Some("HTTP 400"));
+    assert_eq!(
+        (x.trigger.as_str(), x.function.as_str()),
+        ("billing-orders", "billing")
+    );
+    assert_eq!(x.ce_id, d[0].ce_id);
+    assert!(
+        q.dead_letters(None, Some("other"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(q.dead_letter(x.id).await.unwrap().as_ref(), Some(x));
+    let y = letters.iter().find(|l| l.id != x.id).unwrap().clone();
+
+    assert_eq!(
+        q.redrive(&[x.id, 999_999], Some(2), now_ms(), "contract")
+            .await
+            .unwrap(),
+        vec![x.id]
+    );
+    assert!(q.dead_letter(x.id).await.unwrap().is_none());
+    let again = claim_until(q, &billing, 10, 1, wait).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].event_id, d[0].event_id);
+    assert_eq!(again[0].pinned_version, Some(2));
+    assert_eq!(
+        (again[0].attempts, again[0].next_attempt),
+        (0, 2),
+        "a new run; numbers go on"
+    );
+    q.finish_deliveries(&[finished(
+        &again[0],
+        Some(attempt(2, Outcome::Ok)),
+        NextStep::Done,
+    )])
+    .await
+    .unwrap();
+    let shown = q.event(d[0].event_id).await.unwrap().unwrap();
+    assert_eq!(shown.deliveries.len(), 1);
+    assert_eq!(shown.deliveries[0].state, DeliveryState::Done);
+    assert_eq!(shown.deliveries[0].history.len(), 2);
+
+    assert_eq!(q.purge(&[y.id], "contract").await.unwrap(), vec![y.id]);
+    assert!(q.purge(&[y.id], "contract").await.unwrap().is_empty());
+    assert!(q.dead_letters(None, None).await.unwrap().is_empty());
+    let actions: Vec<String> = s
+        .audit_log(20)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.action)
+        .collect();
+    assert!(
+        actions.contains(&"dlq.redrive".to_owned()) && actions.contains(&"dlq.purge".to_owned())
+    );
+}
+
+/// Runs the [`Queues`] contract: `$fresh` answers `Option<(guard, state,
+/// queues)>` (`None` skips, printing why).
+#[macro_export]
+macro_rules! queue_contract_tests {
+    ($fresh:path) => {
+        $crate::queue_contract_tests!(@each $fresh;
+            queued_events_reach_each_subscription_once,
+            dead_letters_keep_why_and_go_back_when_redriven
+        );
+    };
+    (@each $fresh:path; $($check:ident),*) => {
+        $(
+            #[tokio::test]
+            async fn $check() {
+                let Some((_guard, state, queues)) = $fresh().await else {
+                    return;
+                };
+                $crate::contract::$check(&*state, &*queues).await;
+            }
+        )*
+    };
+}
+
 #[macro_export]
 macro_rules! contract_tests {
     // `$fresh` answers `Option<(guard, store)>`: `None` skips the test (a

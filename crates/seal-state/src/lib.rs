@@ -21,7 +21,7 @@
 use async_trait::async_trait;
 pub use seal_api_types::events::{
     AttemptRecord, CronRun, DeadLetter, DeadReason, DeliveryRecord, DeliveryState, Enqueued,
-    EventRecord, Outcome, QueueRecord, TriggerRecord, TriggerSpec,
+    EventRecord, Outcome, QueueRecord, QueueSubscription, TriggerRecord, TriggerSpec,
 };
 pub use seal_api_types::records::{
     AuditRecord, AuditVerification, BrokenLink, Budget, DeploymentEvent, DeploymentRecord,
@@ -47,6 +47,10 @@ pub enum StateError {
     /// unreachable); the same call may succeed later.
     #[error("the state store is unavailable: {0}")]
     Unavailable(String),
+    /// The event queues (a broker) cannot be reached now; the message
+    /// says which, safe to show a user.
+    #[error("{0}")]
+    QueuesUnavailable(String),
     /// The route has a deployment in progress; it must finish first.
     #[error("deployment {id} is in progress on {environment}/{function}")]
     Busy {
@@ -486,9 +490,9 @@ pub enum NextStep {
 
 /// Durable queues and triggers: the queues of each environment, the
 /// triggers binding functions to them or to a schedule, the events and
-/// one delivery per event and subscription, and cron ticks. The embedded
-/// backend keeps them in the state store; a message broker is the sibling
-/// to come.
+/// one delivery per event and subscription, and cron ticks. The events
+/// themselves are reached through [`Queues`]: here when the queues are
+/// the state store's, in a broker otherwise.
 #[async_trait]
 pub trait Events: Send + Sync {
     /// False when it exists already. Audited.
@@ -605,6 +609,124 @@ pub trait Events: Send + Sync {
     async fn cron_runs(&self, trigger: &str, limit: u32) -> Result<Vec<CronRun>>;
     /// The last tick a cron trigger committed.
     async fn last_tick(&self, trigger: &str) -> Result<Option<i64>>;
+}
+
+/// Where events wait and how they are handed out: the message path of
+/// the queues whose names and triggers the [`Events`] store keeps. The
+/// embedded default is the state store itself ([`StoreQueues`]); a message
+/// broker (NATS JetStream) is the sibling, and both run the same contract
+/// suite. Every method means what the [`Events`] method of the same name
+/// says, except where noted.
+#[async_trait]
+pub trait Queues: Send + Sync {
+    /// Where the events are, for messages ("the state store", a URL).
+    fn location(&self) -> String;
+    async fn enqueue_batch(&self, batch: &[Enqueue<'_>]) -> Result<Vec<Vec<Enqueued>>>;
+    /// Claims up to `limit` due deliveries of the queue trigger `trigger`.
+    async fn claim_due(
+        &self,
+        trigger: &TriggerRecord,
+        now: i64,
+        lease_until: i64,
+        limit: u32,
+    ) -> Result<Vec<Claimed>>;
+    /// `None` also when the queues cannot tell (a broker that pushes).
+    async fn next_due(&self, trigger: &str) -> Result<Option<i64>>;
+    async fn finish_deliveries(&self, done: &[Finished]) -> Result<()>;
+    async fn release_running(&self, now: i64) -> Result<u64>;
+    async fn backlog(&self) -> Result<Vec<Backlog>>;
+    async fn sweep_events(&self, before: i64) -> Result<u64>;
+    async fn event(&self, id: u64) -> Result<Option<EventRecord>>;
+    async fn dead_letters(
+        &self,
+        environment: Option<&str>,
+        queue: Option<&str>,
+    ) -> Result<Vec<DeadLetter>>;
+    async fn dead_letter(&self, id: u64) -> Result<Option<DeadLetter>>;
+    async fn redrive(
+        &self,
+        ids: &[u64],
+        to: Option<u64>,
+        now: i64,
+        actor: &str,
+    ) -> Result<Vec<u64>>;
+    async fn purge(&self, ids: &[u64], actor: &str) -> Result<Vec<u64>>;
+    /// The store deleted the queue: its events go too.
+    async fn queue_deleted(&self, environment: &str, queue: &str) -> Result<()>;
+    /// The store deleted the trigger: its deliveries go too.
+    async fn trigger_deleted(&self, trigger: &str) -> Result<()>;
+}
+
+/// The queues kept in the state store, in the same transactions as the
+/// rest (the embedded default, and PostgreSQL's).
+pub struct StoreQueues(pub std::sync::Arc<dyn StateStore>);
+
+#[async_trait]
+impl Queues for StoreQueues {
+    fn location(&self) -> String {
+        "the state store".into()
+    }
+    async fn enqueue_batch(&self, batch: &[Enqueue<'_>]) -> Result<Vec<Vec<Enqueued>>> {
+        self.0.enqueue_batch(batch).await
+    }
+    async fn claim_due(
+        &self,
+        trigger: &TriggerRecord,
+        now: i64,
+        lease_until: i64,
+        limit: u32,
+    ) -> Result<Vec<Claimed>> {
+        self.0
+            .claim_due(&trigger.name, now, lease_until, limit)
+            .await
+    }
+    async fn next_due(&self, trigger: &str) -> Result<Option<i64>> {
+        self.0.next_due(trigger).await
+    }
+    async fn finish_deliveries(&self, done: &[Finished]) -> Result<()> {
+        self.0.finish_deliveries(done).await
+    }
+    async fn release_running(&self, now: i64) -> Result<u64> {
+        self.0.release_running(now).await
+    }
+    async fn backlog(&self) -> Result<Vec<Backlog>> {
+        self.0.backlog().await
+    }
+    async fn sweep_events(&self, before: i64) -> Result<u64> {
+        self.0.sweep_events(before).await
+    }
+    async fn event(&self, id: u64) -> Result<Option<EventRecord>> {
+        self.0.event(id).await
+    }
+    async fn dead_letters(
+        &self,
+        environment: Option<&str>,
+        queue: Option<&str>,
+    ) -> Result<Vec<DeadLetter>> {
+        self.0.dead_letters(environment, queue).await
+    }
+    async fn dead_letter(&self, id: u64) -> Result<Option<DeadLetter>> {
+        self.0.dead_letter(id).await
+    }
+    async fn redrive(
+        &self,
+        ids: &[u64],
+        to: Option<u64>,
+        now: i64,
+        actor: &str,
+    ) -> Result<Vec<u64>> {
+        self.0.redrive(ids, to, now, actor).await
+    }
+    async fn purge(&self, ids: &[u64], actor: &str) -> Result<Vec<u64>> {
+        self.0.purge(ids, actor).await
+    }
+    async fn queue_deleted(&self, _environment: &str, _queue: &str) -> Result<()> {
+        // Deleted with the queue, in its transaction.
+        Ok(())
+    }
+    async fn trigger_deleted(&self, _trigger: &str) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// What several nodes on one store need to follow each other's changes.
