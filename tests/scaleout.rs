@@ -994,3 +994,78 @@ async fn artifacts_published_through_one_node_load_on_another_from_the_registry(
     a.seal_json(&["deploy", "svc", "1"]);
     until_serves_at(&b, "/svc/", 1).await;
 }
+
+/// Events in NATS JetStream shared by two nodes of one database: events
+/// sent through either node are each handled, whichever node delivers
+/// them (the subscription is one durable consumer both pull from), and
+/// shown through either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_share_the_event_queues_in_nats_jetstream() {
+    let Some(schema) = Schema::create("natsq") else {
+        return;
+    };
+    let Some(nats) = NatsNamespace::create("nodes") else {
+        return;
+    };
+    let (url, events) = (schema.url(), nats.url());
+    let args = ["--state", url.as_str(), "--events", events.as_str()];
+    let dir_a = tempfile::tempdir().unwrap();
+    let a = Server::start_with(dir_a.path(), &args);
+    let dir_b = tempfile::tempdir().unwrap();
+    share_keys(dir_a.path(), dir_b.path());
+    let b = Server::start_with(dir_b.path(), &args);
+    for node in [&a, &b] {
+        assert_eq!(publish_file(node, &guest("events"), "billing", &[]).0, 1);
+    }
+    a.seal_json(&["deploy", "billing", "1"]);
+    a.seal_json(&["queue", "create", "orders"]);
+    a.seal_json(&[
+        "trigger",
+        "create",
+        "queue",
+        "--function",
+        "billing",
+        "--queue",
+        "orders",
+    ]);
+    let mut sent = Vec::new();
+    for i in 0..20 {
+        let (through, other) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        let r = through
+            .http
+            .post(format!(
+                "{}/v1/queues/production/orders/events",
+                through.api
+            ))
+            .header("ce-specversion", "1.0")
+            .header("ce-id", format!("n{i}"))
+            .header("ce-source", "/shop")
+            .header("ce-type", "order.created")
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        let v: Value = r.json().await.unwrap();
+        sent.push((v["events"][0]["id"].as_u64().unwrap(), other));
+    }
+    let start = std::time::Instant::now();
+    for (id, other) in sent {
+        loop {
+            let e = other.api_get(&format!("/v1/events/{id}")).await;
+            let d = &e["deliveries"][0];
+            if d["state"] == "done" {
+                assert_eq!(d["history"][0]["status"], 200, "{e:#}");
+                break;
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(30),
+                "event {id} not handled: {e:#}\nA:\n{}\nB:\n{}",
+                a.log(),
+                b.log()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+}
