@@ -16,9 +16,16 @@
 //! - a durable pull consumer per subscription (named as the trigger),
 //!   filtered on its queue, starting at the trigger's creation time: ack
 //!   wait = the delivery lease, max deliver = the subscription's
-//!   attempts, each retry a negative acknowledgement delayed by the
-//!   subscription's backoff (NATS 2.9 applies a consumer's backoff list
-//!   only to ack-wait expiries, so the delay is sent with each `NAK`);
+//!   attempts + 1 (attempts are counted here, in the delivery record:
+//!   NATS 2.9 may hand a message out a second time while its attempt
+//!   runs, which this node absorbs and which must not cost an attempt),
+//!   a retry held by the node that ran the attempt until its backoff
+//!   is over, kept from the others by in-progress acknowledgements (not
+//!   a delayed `NAK`: NATS 2.9 can rewind a pull consumer when a delayed
+//!   message falls due with no pull waiting, handing out another message
+//!   a second time and the delayed one only after its ack wait; nor the
+//!   consumer's backoff list, which 2.9 applies to ack-wait expiries
+//!   only); if that node dies, the ack wait hands it to another;
 //! - the dead-letter stream `NS_DLQ` on `ns.dlq.<env>.<queue>.<trigger>`,
 //!   the event with why it died in headers; its sequence is the dead
 //!   letter's id. A delivery the dispatcher gives up on is written there
@@ -61,7 +68,7 @@ const DEFAULT_WINDOW: Duration = Duration::from_secs(600);
 const RECORDS_KEPT: Duration = Duration::from_secs(8 * 24 * 3600);
 /// The longest a claim waits for JetStream to answer a pull that finds
 /// nothing.
-const FETCH_WAIT: Duration = Duration::from_millis(200);
+const FETCH_WAIT: Duration = Duration::from_millis(10);
 /// A subscription's ack wait before its first claim says otherwise.
 const DEFAULT_LEASE: Duration = Duration::from_secs(300);
 /// JetStream API calls are cut after this (NATS down: a quick 503).
@@ -170,6 +177,12 @@ struct InFlight {
     claimed: Claimed,
     record: DeliveryRecord,
     stream_seq: u64,
+    /// `Some(at)`: waiting here for its retry at `at` (JetStream still
+    /// sees it delivered, kept so by in-progress acknowledgements);
+    /// `None`: an attempt runs.
+    retry_at: Option<i64>,
+    /// When JetStream last heard that it is being worked on.
+    progress_at: i64,
 }
 
 pub struct NatsQueues {
@@ -460,7 +473,11 @@ impl NatsQueues {
             },
             ack_policy: consumer::AckPolicy::Explicit,
             ack_wait: lease,
-            max_deliver: i64::from(sub.max_attempts),
+            // One delivery more than attempts: a handout lost on its way
+            // (NATS 2.9 may hand a message out twice) does not cost an
+            // attempt. The dispatcher counts attempts itself; this bounds
+            // the deliveries of an event whose attempts never end.
+            max_deliver: i64::from(sub.max_attempts) + 1,
             max_ack_pending: i64::from(sub.max_in_flight.max(1)) * 64,
             ..Default::default()
         };
@@ -506,6 +523,63 @@ impl NatsQueues {
             }
         }
         Ok(lo)
+    }
+
+    /// The delivery's record, or a new one.
+    /// Retries held here that are due: claimed again, up to `limit`.
+    fn due_retries(&self, trigger: &TriggerRecord, now: i64, limit: u32) -> Vec<Claimed> {
+        let mut in_flight = lock(&self.in_flight);
+        let mut out = Vec::new();
+        for f in in_flight.values_mut() {
+            if out.len() as u32 >= limit {
+                break;
+            }
+            if f.claimed.trigger != trigger.name || f.retry_at.is_none_or(|at| at > now) {
+                continue;
+            }
+            f.retry_at = None;
+            f.record.state = DeliveryState::Running;
+            f.claimed.attempts = f.record.attempts;
+            f.claimed.next_attempt = f.record.history.len() as u32 + 1;
+            out.push(f.claimed.clone());
+        }
+        out
+    }
+
+    /// Tells JetStream the retries held here are still being worked on,
+    /// well within their ack wait.
+    async fn keep_held(&self, trigger: &TriggerRecord, ack_wait: Duration, now: i64) -> Result<()> {
+        let every = (ack_wait.as_millis() as i64 / 3).max(200);
+        let stale: Vec<jetstream::Message> = {
+            let mut in_flight = lock(&self.in_flight);
+            in_flight
+                .values_mut()
+                .filter(|f| f.claimed.trigger == trigger.name && f.retry_at.is_some())
+                .filter(|f| now - f.progress_at >= every)
+                .map(|f| {
+                    f.progress_at = now;
+                    f.message.clone()
+                })
+                .collect()
+        };
+        for m in stale {
+            m.ack_with(jetstream::AckKind::Progress)
+                .await
+                .map_err(|e| self.fail("keeping a retry", e))?;
+        }
+        Ok(())
+    }
+
+    async fn record_or_new(
+        &self,
+        event_id: u64,
+        trigger: &TriggerRecord,
+        now: i64,
+    ) -> Result<DeliveryRecord> {
+        Ok(self
+            .record(&record_key(event_id, &trigger.name))
+            .await?
+            .unwrap_or_else(|| new_record(&trigger.name, &trigger.function, now)))
     }
 
     async fn record(&self, key: &str) -> Result<Option<DeliveryRecord>> {
@@ -649,7 +723,7 @@ impl NatsQueues {
             .await
             .map_err(|e| self.fail("reading advisories", e))?;
         let triggers = self.queue_triggers().await?;
-        while let Ok(Some(Ok(advisory))) = tokio::time::timeout(FETCH_WAIT * 2, batch.next()).await
+        while let Ok(Some(Ok(advisory))) = tokio::time::timeout(FETCH_WAIT * 20, batch.next()).await
         {
             let v: Value = serde_json::from_slice(&advisory.payload).unwrap_or(Value::Null);
             let seq = v.get("stream_seq").and_then(Value::as_u64);
@@ -826,7 +900,17 @@ impl NatsQueues {
                 r.state = DeliveryState::Pending;
                 r.next_at = *at;
                 r.last_error = Some(error.clone());
-                jetstream::AckKind::Nak(Some(Duration::from_millis((*at - now_ms()).max(0) as u64)))
+                // Held here until it is due, not handed back with a
+                // delayed NAK (NATS 2.9 can lose the pointer of a consumer
+                // when a delayed message falls due with no pull waiting):
+                // in-progress acknowledgements keep it from being handed
+                // out elsewhere; if this node dies, the ack wait hands it
+                // to another, which reads the attempt count from the
+                // record. Recorded first: not recorded, not held.
+                self.put_record(&key, &fl.record).await?;
+                fl.retry_at = Some(*at);
+                lock(&self.in_flight).insert(f.delivery_id, fl);
+                return Ok(());
             }
             NextStep::Dead { reason, error } => {
                 let version = f.attempt.as_ref().and_then(|a: &AttemptRecord| a.version);
@@ -945,21 +1029,27 @@ impl Queues for NatsQueues {
         let TriggerSpec::Queue(sub) = &trigger.spec else {
             return Ok(Vec::new());
         };
+        let mut out = self.due_retries(trigger, now, limit);
+        self.keep_held(trigger, c.cached_info().config.ack_wait, now)
+            .await?;
+        if out.len() as u32 >= limit {
+            return Ok(out);
+        }
         let mut batch = c
             .fetch()
-            .max_messages(limit.max(1) as usize)
+            .max_messages((limit as usize - out.len()).max(1))
             .expires(FETCH_WAIT)
             .messages()
             .await
             .map_err(|e| self.fail("claiming events", e))?;
-        let mut out = Vec::new();
         // NATS 2.9 leaves a pull unanswered when the message it would
         // hand out has just run out of deliveries: the expiry ends it.
-        while let Ok(Some(m)) = tokio::time::timeout(FETCH_WAIT * 2, batch.next()).await {
+        let mut fresh = Vec::new();
+        while let Ok(Some(m)) = tokio::time::timeout(FETCH_WAIT * 20, batch.next()).await {
             let m = m.map_err(|e| self.fail("claiming events", e))?;
-            let (stream_seq, delivered, published) = {
+            let (stream_seq, published) = {
                 let info = m.info().map_err(|e| self.fail("reading a delivery", e))?;
-                (info.stream_sequence, info.delivered, ms(info))
+                (info.stream_sequence, ms(info))
             };
             let to = m.subject.rsplit('.').next().unwrap_or("_").to_owned();
             if to != "_" && to != trigger.name {
@@ -983,26 +1073,29 @@ impl Queues for NatsQueues {
                     continue;
                 }
             }
-            let h = m.headers.as_ref();
-            let redriven = header(h, H_EVENT).and_then(|v| v.parse::<u64>().ok());
+            let redriven = header(m.headers.as_ref(), H_EVENT).and_then(|v| v.parse::<u64>().ok());
             let event_id = redriven.unwrap_or(stream_seq);
-            let key = record_key(event_id, &trigger.name);
-            let record = if delivered <= 1 && redriven.is_none() {
-                new_record(&trigger.name, &trigger.function, now)
-            } else {
-                self.record(&key)
-                    .await?
-                    .unwrap_or_else(|| new_record(&trigger.name, &trigger.function, now))
-            };
-            let mut record = record;
-            if redriven.is_some() && delivered <= 1 {
-                // A new run: attempt numbers go on.
-                record.attempts = 0;
-                record.state = DeliveryState::Pending;
-                record.dead_reason = None;
-                record.finished_at = None;
+            fresh.push((m, stream_seq, published, event_id));
+        }
+        // Each delivery's record says which attempt this is (and whether
+        // it was handled already: NATS 2.9 can hand a message out again
+        // as new), read for all of them at once.
+        let records = futures::future::join_all(
+            fresh
+                .iter()
+                .map(|(_, _, _, event_id)| self.record_or_new(*event_id, trigger, now)),
+        )
+        .await;
+        for ((m, stream_seq, published, event_id), record) in fresh.into_iter().zip(records) {
+            let mut record = record?;
+            if matches!(record.state, DeliveryState::Done | DeliveryState::Dead) {
+                m.ack()
+                    .await
+                    .map_err(|e| self.fail("skipping a handled event", e))?;
+                continue;
             }
             record.state = DeliveryState::Running;
+            let h = m.headers.as_ref();
             let (ce_id, _, _, _) = identity(&m.payload);
             let claimed = Claimed {
                 delivery_id: self.next_delivery.fetch_add(1, Ordering::Relaxed),
@@ -1011,7 +1104,10 @@ impl Queues for NatsQueues {
                 environment: trigger.environment.clone(),
                 queue: sub.queue.clone(),
                 function: trigger.function.clone(),
-                attempts: (delivered.max(1) - 1) as u32,
+                // Counted by Seal, not by JetStream's delivery count: a
+                // handout that never reached an attempt (see above) is not
+                // an attempt.
+                attempts: record.attempts,
                 next_attempt: record.history.len() as u32 + 1,
                 pinned_version: header(h, H_PIN).and_then(|v| v.parse().ok()),
                 ce_id,
@@ -1027,6 +1123,8 @@ impl Queues for NatsQueues {
                     claimed: claimed.clone(),
                     record,
                     stream_seq,
+                    retry_at: None,
+                    progress_at: now,
                 },
             );
             out.push(claimed);
@@ -1034,9 +1132,13 @@ impl Queues for NatsQueues {
         Ok(out)
     }
 
-    async fn next_due(&self, _trigger: &str) -> Result<Option<i64>> {
-        // JetStream holds retries back until they are due; a claim asks.
-        Ok(None)
+    async fn next_due(&self, trigger: &str) -> Result<Option<i64>> {
+        // The retries held here; new events are pulled at every claim.
+        Ok(lock(&self.in_flight)
+            .values()
+            .filter(|f| f.claimed.trigger == trigger)
+            .filter_map(|f| f.retry_at)
+            .min())
     }
 
     async fn finish_deliveries(&self, done: &[Finished]) -> Result<()> {
@@ -1055,13 +1157,13 @@ impl Queues for NatsQueues {
 
     async fn backlog(&self) -> Result<Vec<Backlog>> {
         let s = self.streams().await?;
-        let running: HashMap<String, u64> =
-            lock(&self.in_flight)
-                .values()
-                .fold(HashMap::new(), |mut m, f| {
-                    *m.entry(f.claimed.trigger.clone()).or_default() += 1;
-                    m
-                });
+        let running: HashMap<String, u64> = lock(&self.in_flight)
+            .values()
+            .filter(|f| f.retry_at.is_none())
+            .fold(HashMap::new(), |mut m, f| {
+                *m.entry(f.claimed.trigger.clone()).or_default() += 1;
+                m
+            });
         let mut out = Vec::new();
         for t in self.queue_triggers().await? {
             let TriggerSpec::Queue(sub) = &t.spec else {
@@ -1233,6 +1335,16 @@ impl Queues for NatsQueues {
             let Some(d) = self.dead_letter_of(&m) else {
                 continue;
             };
+            // The record first: a claim of the copy reads it (a record
+            // still saying dead would make the copy look handled).
+            let key = record_key(d.event_id, &d.trigger);
+            if let Some(mut r) = self.record(&key).await? {
+                r.state = DeliveryState::Pending;
+                r.attempts = 0;
+                r.dead_reason = None;
+                r.finished_at = None;
+                self.put_record(&key, &r).await?;
+            }
             let mut h = HeaderMap::new();
             h.insert(MSG_ID, format!("redrive-{id}").as_str());
             h.insert(H_EVENT, d.event_id.to_string().as_str());
@@ -1256,14 +1368,6 @@ impl Queues for NatsQueues {
                 .map_err(|e| self.fail("redriving a dead letter", e))?
                 .await
                 .map_err(|e| self.fail("redriving a dead letter", e))?;
-            let key = record_key(d.event_id, &d.trigger);
-            if let Some(mut r) = self.record(&key).await? {
-                r.state = DeliveryState::Pending;
-                r.attempts = 0;
-                r.dead_reason = None;
-                r.finished_at = None;
-                self.put_record(&key, &r).await?;
-            }
             s.dlq
                 .delete_message(id)
                 .await
