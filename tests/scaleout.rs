@@ -1031,21 +1031,7 @@ async fn two_nodes_share_the_event_queues_in_nats_jetstream() {
     let mut sent = Vec::new();
     for i in 0..20 {
         let (through, other) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
-        let r = through
-            .http
-            .post(format!(
-                "{}/v1/queues/production/orders/events",
-                through.api
-            ))
-            .header("ce-specversion", "1.0")
-            .header("ce-id", format!("n{i}"))
-            .header("ce-source", "/shop")
-            .header("ce-type", "order.created")
-            .header("content-type", "application/json")
-            .body("{}")
-            .send()
-            .await
-            .unwrap();
+        let r = post_event(through, "orders", &format!("n{i}"), "{}", &[]).await;
         assert_eq!(r.status(), 202);
         let v: Value = r.json().await.unwrap();
         sent.push((v["events"][0]["id"].as_u64().unwrap(), other));

@@ -510,14 +510,30 @@ impl NatsNamespace {
 
 impl Drop for NatsNamespace {
     fn drop(&mut self) {
-        let at = self.at.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(seal_queues_nats::remove_namespace(&at))
-        })
-        .join();
+        let _ = seal_queues_nats::remove_namespace_now(&self.at);
     }
+}
+
+/// POSTs a binary-mode `order.created` event with `data`, and any other
+/// headers, to a queue of production through the API.
+pub async fn post_event(
+    s: &Server,
+    queue: &str,
+    id: &str,
+    data: &str,
+    headers: &[(&str, &str)],
+) -> reqwest::Response {
+    let mut req = s
+        .http
+        .post(format!("{}/v1/queues/production/{queue}/events", s.api))
+        .header("ce-specversion", "1.0")
+        .header("ce-id", id)
+        .header("ce-source", "/shop")
+        .header("ce-type", "order.created")
+        .header("content-type", "application/json")
+        .body(data.to_owned());
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.send().await.unwrap()
 }

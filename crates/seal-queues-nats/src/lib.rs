@@ -225,6 +225,22 @@ pub async fn remove_namespace(at: &NatsLocation) -> std::result::Result<(), Stri
     Ok(())
 }
 
+/// [`remove_namespace`] from synchronous code (a test guard's `Drop`,
+/// while its runtime may be going away): on a thread and runtime of its
+/// own.
+pub fn remove_namespace_now(at: &NatsLocation) -> std::result::Result<(), String> {
+    let at = at.clone();
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?
+            .block_on(remove_namespace(&at))
+    })
+    .join()
+    .map_err(|_| "the removal panicked".to_owned())?
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -609,6 +625,26 @@ impl NatsQueues {
             .await
             .map_err(|e| self.fail("recording a delivery", e))?;
         Ok(())
+    }
+
+    /// Every queue subscription with its queue and its consumer's state.
+    async fn subscriptions(&self) -> Result<Vec<(TriggerRecord, String, consumer::Info)>> {
+        let mut out = Vec::new();
+        for t in self.queue_triggers().await? {
+            let TriggerSpec::Queue(sub) = &t.spec else {
+                continue;
+            };
+            let queue = sub.queue.clone();
+            let Some(c) = self.consumer(&t, None).await? else {
+                continue;
+            };
+            let info = c
+                .get_info()
+                .await
+                .map_err(|e| self.fail("reading a subscription", e))?;
+            out.push((t, queue, info));
+        }
+        Ok(out)
     }
 
     async fn queue_triggers(&self) -> Result<Vec<TriggerRecord>> {
@@ -1165,23 +1201,13 @@ impl Queues for NatsQueues {
                 m
             });
         let mut out = Vec::new();
-        for t in self.queue_triggers().await? {
-            let TriggerSpec::Queue(sub) = &t.spec else {
-                continue;
-            };
-            let Some(c) = self.consumer(&t, None).await? else {
-                continue;
-            };
-            let info = c
-                .get_info()
-                .await
-                .map_err(|e| self.fail("reading a subscription's backlog", e))?;
+        for (t, queue, info) in self.subscriptions().await? {
             let running = running.get(&t.name).copied().unwrap_or(0);
             let waiting = info.num_pending + info.num_ack_pending as u64;
             if waiting == 0 {
                 continue;
             }
-            let filter = format!("{}.>", self.at.queue_subject(&t.environment, &sub.queue));
+            let filter = format!("{}.>", self.at.queue_subject(&t.environment, &queue));
             let oldest = s
                 .events
                 .get_first_raw_message_by_subject(&filter, info.ack_floor.stream_sequence + 1)
@@ -1194,7 +1220,7 @@ impl Queues for NatsQueues {
                 });
             out.push(Backlog {
                 environment: t.environment.clone(),
-                queue: sub.queue.clone(),
+                queue,
                 trigger: t.name.clone(),
                 function: t.function.clone(),
                 pending: waiting.saturating_sub(running),
@@ -1211,20 +1237,8 @@ impl Queues for NatsQueues {
         // than `before`. Dead letters keep their own copy.
         let s = self.streams().await?;
         let mut floors: HashMap<(String, String), u64> = HashMap::new();
-        for t in self.queue_triggers().await? {
-            let TriggerSpec::Queue(sub) = &t.spec else {
-                continue;
-            };
-            let Some(c) = self.consumer(&t, None).await? else {
-                continue;
-            };
-            let info = c
-                .get_info()
-                .await
-                .map_err(|e| self.fail("reading a subscription", e))?;
-            let floor = floors
-                .entry((t.environment.clone(), sub.queue.clone()))
-                .or_insert(u64::MAX);
+        for (t, queue, info) in self.subscriptions().await? {
+            let floor = floors.entry((t.environment, queue)).or_insert(u64::MAX);
             *floor = (*floor).min(info.ack_floor.stream_sequence);
         }
         let mut purged = 0;

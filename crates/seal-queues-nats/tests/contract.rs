@@ -18,17 +18,7 @@ struct Guard {
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        let at = self.at.clone();
-        // Best effort: the test's runtime is going away, so a thread of
-        // its own removes the namespace.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(seal_queues_nats::remove_namespace(&at))
-        })
-        .join();
+        let _ = seal_queues_nats::remove_namespace_now(&self.at);
     }
 }
 
