@@ -156,3 +156,39 @@ async fn a_delivery_abandoned_on_its_last_attempt_is_dead_lettered_from_the_advi
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
+
+/// A queue whose deduplication window is longer than the stream's
+/// widens the stream's, and its duplicates are still recognised.
+#[tokio::test]
+async fn a_longer_deduplication_window_widens_the_streams() {
+    use seal_state::{Enqueue, NewEvent};
+    let Some((_guard, _state, queues)) = fresh().await else {
+        return;
+    };
+    let events = [NewEvent {
+        ce_id: "w1",
+        source: "/shop",
+        ty: "order.created",
+        event: r#"{"id":"w1","source":"/shop","type":"order.created"}"#,
+    }];
+    let send = || async {
+        let now = seal_state::now_ms();
+        queues
+            .enqueue_batch(&[Enqueue {
+                environment: "production",
+                queue: "orders",
+                events: &events,
+                now,
+                dedup_since: now - 3 * 3_600_000,
+            }])
+            .await
+            .unwrap()
+            .remove(0)
+            .remove(0)
+    };
+    let first = send().await;
+    let again = send().await;
+    assert!(!first.duplicate);
+    assert!(again.duplicate);
+    assert_eq!(again.id, first.id);
+}
