@@ -69,6 +69,8 @@ const RECORDS_KEPT: Duration = Duration::from_secs(8 * 24 * 3600);
 /// The longest a claim waits for JetStream to answer a pull that finds
 /// nothing.
 const FETCH_WAIT: Duration = Duration::from_millis(10);
+/// The dead-letter stream's duplicate window.
+const DLQ_WINDOW: Duration = Duration::from_secs(3600);
 /// A subscription's ack wait before its first claim says otherwise.
 const DEFAULT_LEASE: Duration = Duration::from_secs(300);
 /// JetStream API calls are cut after this (NATS down: a quick 503).
@@ -380,6 +382,10 @@ impl NatsQueues {
                         subjects: vec![format!("{}.dlq.>", self.at.namespace)],
                         storage: stream::StorageType::File,
                         description: Some("Seal: dead letters".into()),
+                        // Longer than any ack wait (the longest timeout
+                        // and its margin): a dead letter written twice,
+                        // the second after a redelivery, is one.
+                        duplicate_window: DLQ_WINDOW,
                         ..Default::default()
                     })
                     .await
@@ -441,8 +447,22 @@ impl NatsQueues {
             return Ok(());
         }
         let s = self.streams().await?;
-        let mut config = s.events.cached_info().config.clone();
-        config.duplicate_window = Duration::from_millis(window_ms as u64);
+        // Read afresh: another node may have widened it further.
+        let mut config = s
+            .events
+            .get_info()
+            .await
+            .map_err(|e| self.fail("reading the events stream", e))?
+            .config;
+        let wanted = Duration::from_millis(window_ms as u64);
+        if config.duplicate_window >= wanted {
+            self.window_ms.fetch_max(
+                config.duplicate_window.as_millis() as i64,
+                Ordering::Relaxed,
+            );
+            return Ok(());
+        }
+        config.duplicate_window = wanted;
         self.js
             .update_stream(config)
             .await
@@ -787,6 +807,14 @@ impl NatsQueues {
         let TriggerSpec::Queue(sub) = &t.spec else {
             return Ok(());
         };
+        if lock(&self.in_flight)
+            .values()
+            .any(|f| f.stream_seq == seq && f.claimed.trigger == t.name)
+        {
+            // This node still works on it (a held retry): its own outcome
+            // will say.
+            return Ok(());
+        }
         let h = Some(&m.headers);
         let event_id = header(h, H_EVENT)
             .and_then(|v| v.parse().ok())
@@ -1000,6 +1028,11 @@ impl Queues for NatsQueues {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
+        if self.client.connection_state() != async_nats::connection::State::Connected {
+            // Refused before anything is sent: nothing waits in the client
+            // to be stored after the producer was told it was not.
+            return Err(self.fail("storing an event", "not connected"));
+        }
         self.streams().await?;
         for e in batch {
             self.widen_window(e.now - e.dedup_since).await?;
@@ -1071,13 +1104,20 @@ impl Queues for NatsQueues {
         if out.len() as u32 >= limit {
             return Ok(out);
         }
-        let mut batch = c
+        let batch = c
             .fetch()
             .max_messages((limit as usize - out.len()).max(1))
             .expires(FETCH_WAIT)
             .messages()
-            .await
-            .map_err(|e| self.fail("claiming events", e))?;
+            .await;
+        let mut batch = match batch {
+            Ok(b) => b,
+            Err(e) => {
+                // Perhaps deleted under us: made again at the next claim.
+                self.consumers.lock().await.remove(&trigger.name);
+                return Err(self.fail("claiming events", e));
+            }
+        };
         // NATS 2.9 leaves a pull unanswered when the message it would
         // hand out has just run out of deliveries: the expiry ends it.
         let mut fresh = Vec::new();
@@ -1123,7 +1163,15 @@ impl Queues for NatsQueues {
         )
         .await;
         for ((m, stream_seq, published, event_id), record) in fresh.into_iter().zip(records) {
-            let mut record = record?;
+            let mut record = match record {
+                Ok(r) => r,
+                Err(e) => {
+                    // Handed back at once rather than hidden for an ack wait.
+                    tracing::warn!(error = %e, event = event_id, "cannot read a delivery record");
+                    let _ = m.ack_with(jetstream::AckKind::Nak(None)).await;
+                    continue;
+                }
+            };
             if matches!(record.state, DeliveryState::Done | DeliveryState::Dead) {
                 m.ack()
                     .await
@@ -1202,6 +1250,9 @@ impl Queues for NatsQueues {
             });
         let mut out = Vec::new();
         for (t, queue, info) in self.subscriptions().await? {
+            // Read every second whatever the subscription's free slots:
+            // where the retries held here are kept alive.
+            self.keep_held(&t, info.config.ack_wait, now_ms()).await?;
             let running = running.get(&t.name).copied().unwrap_or(0);
             let waiting = info.num_pending + info.num_ack_pending as u64;
             if waiting == 0 {
