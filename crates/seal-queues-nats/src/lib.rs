@@ -275,6 +275,18 @@ fn identity(body: &[u8]) -> (String, String, String, Value) {
     (get("id"), get("source"), get("type"), v)
 }
 
+/// An event's `Nats-Msg-Id`: its queue, `source` and `id`, hashed.
+fn msg_id(e: &Enqueue<'_>, event: &seal_state::NewEvent<'_>) -> String {
+    use sha2::Digest;
+    hex::encode(
+        &sha2::Sha256::digest(
+            [e.environment, e.queue, event.source, event.ce_id]
+                .join("\u{0}")
+                .as_bytes(),
+        )[..16],
+    )
+}
+
 fn record_key(event: u64, trigger: &str) -> String {
     format!("{event}.{trigger}")
 }
@@ -356,57 +368,74 @@ impl NatsQueues {
         }
     }
 
+    /// A stream on disk, made unless it exists.
+    async fn file_stream(
+        &self,
+        name: String,
+        subject: String,
+        description: &str,
+        tune: impl FnOnce(stream::Config) -> stream::Config,
+    ) -> Result<stream::Stream> {
+        let config = tune(stream::Config {
+            name,
+            subjects: vec![subject],
+            storage: stream::StorageType::File,
+            description: Some(format!("Seal: {description}")),
+            ..Default::default()
+        });
+        self.js
+            .get_or_create_stream(config)
+            .await
+            .map_err(|e| self.fail(&format!("creating the stream of {description}"), e))
+    }
+
     async fn streams(&self) -> Result<&Streams> {
         self.streams
             .get_or_try_init(|| async {
+                let ns = &self.at.namespace;
                 let events = self
-                    .js
-                    .get_or_create_stream(stream::Config {
-                        name: self.at.events_stream(),
-                        subjects: vec![format!("{}.events.>", self.at.namespace)],
-                        storage: stream::StorageType::File,
-                        duplicate_window: DEFAULT_WINDOW,
-                        description: Some("Seal: events of every queue".into()),
-                        ..Default::default()
-                    })
-                    .await
-                    .map_err(|e| self.fail("creating the events stream", e))?;
+                    .file_stream(
+                        self.at.events_stream(),
+                        format!("{ns}.events.>"),
+                        "events of every queue",
+                        |c| stream::Config {
+                            duplicate_window: DEFAULT_WINDOW,
+                            ..c
+                        },
+                    )
+                    .await?;
                 self.window_ms.store(
                     events.cached_info().config.duplicate_window.as_millis() as i64,
                     Ordering::Relaxed,
                 );
+                // Longer than any ack wait (the longest timeout and its
+                // margin): a dead letter written twice, the second after a
+                // redelivery, is one.
                 let dlq = self
-                    .js
-                    .get_or_create_stream(stream::Config {
-                        name: self.at.dlq_stream(),
-                        subjects: vec![format!("{}.dlq.>", self.at.namespace)],
-                        storage: stream::StorageType::File,
-                        description: Some("Seal: dead letters".into()),
-                        // Longer than any ack wait (the longest timeout
-                        // and its margin): a dead letter written twice,
-                        // the second after a redelivery, is one.
-                        duplicate_window: DLQ_WINDOW,
-                        ..Default::default()
-                    })
-                    .await
-                    .map_err(|e| self.fail("creating the dead-letter stream", e))?;
+                    .file_stream(
+                        self.at.dlq_stream(),
+                        format!("{ns}.dlq.>"),
+                        "dead letters",
+                        |c| stream::Config {
+                            duplicate_window: DLQ_WINDOW,
+                            ..c
+                        },
+                    )
+                    .await?;
                 let advisories = self
-                    .js
-                    .get_or_create_stream(stream::Config {
-                        name: self.at.advisory_stream(),
-                        subjects: vec![format!(
+                    .file_stream(
+                        self.at.advisory_stream(),
+                        format!(
                             "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.*",
                             self.at.events_stream()
-                        )],
-                        storage: stream::StorageType::File,
-                        max_age: RECORDS_KEPT,
-                        description: Some(
-                            "Seal: deliveries that ran out of attempts, to dead-letter".into(),
                         ),
-                        ..Default::default()
-                    })
-                    .await
-                    .map_err(|e| self.fail("creating the advisory stream", e))?
+                        "deliveries that ran out of attempts, to dead-letter",
+                        |c| stream::Config {
+                            max_age: RECORDS_KEPT,
+                            ..c
+                        },
+                    )
+                    .await?
                     .get_or_create_consumer(
                         "dead-letters",
                         consumer::pull::Config {
@@ -418,18 +447,17 @@ impl NatsQueues {
                     .await
                     .map_err(|e| self.fail("creating the advisory consumer", e))?;
                 let records = self
-                    .js
-                    .get_or_create_stream(stream::Config {
-                        name: self.at.records_stream(),
-                        subjects: vec![format!("{}.deliveries.>", self.at.namespace)],
-                        storage: stream::StorageType::File,
-                        max_messages_per_subject: 1,
-                        max_age: RECORDS_KEPT,
-                        description: Some("Seal: delivery states and attempt histories".into()),
-                        ..Default::default()
-                    })
-                    .await
-                    .map_err(|e| self.fail("creating the delivery stream", e))?;
+                    .file_stream(
+                        self.at.records_stream(),
+                        format!("{ns}.deliveries.>"),
+                        "delivery states and attempt histories",
+                        |c| stream::Config {
+                            max_messages_per_subject: 1,
+                            max_age: RECORDS_KEPT,
+                            ..c
+                        },
+                    )
+                    .await?;
                 Ok(Streams {
                     events,
                     dlq,
@@ -878,27 +906,20 @@ impl NatsQueues {
         &self,
         e: &Enqueue<'_>,
         event: &seal_state::NewEvent<'_>,
-        first: Option<async_nats::jetstream::publish::PublishAck>,
+        first: async_nats::jetstream::publish::PublishAck,
     ) -> Result<Enqueued> {
-        use sha2::Digest;
-        let s = self.streams().await?;
-        let base = hex::encode(
-            &sha2::Sha256::digest(
-                [e.environment, e.queue, event.source, event.ce_id]
-                    .join("\u{0}")
-                    .as_bytes(),
-            )[..16],
-        );
         let answer = |id: u64, duplicate: bool| Enqueued {
             id,
             ce_id: event.ce_id.to_owned(),
             source: event.source.to_owned(),
             duplicate,
         };
-        let mut ack = match first {
-            Some(a) => a,
-            None => self.publish_event(e, event, &base).await?,
-        };
+        let mut ack = first;
+        if !ack.duplicate {
+            return Ok(answer(ack.sequence, false));
+        }
+        let s = self.streams().await?;
+        let base = msg_id(e, event);
         for _ in 0..16 {
             if !ack.duplicate {
                 return Ok(answer(ack.sequence, false));
@@ -923,12 +944,14 @@ impl NatsQueues {
         )))
     }
 
-    async fn publish_event(
+    /// Sends an event under `msg_id`; the future answers once JetStream
+    /// stored it (or found it a duplicate).
+    async fn send_event(
         &self,
         e: &Enqueue<'_>,
         event: &seal_state::NewEvent<'_>,
         msg_id: &str,
-    ) -> Result<async_nats::jetstream::publish::PublishAck> {
+    ) -> Result<async_nats::jetstream::context::PublishAckFuture> {
         let mut h = HeaderMap::new();
         h.insert(MSG_ID, msg_id);
         self.js
@@ -938,7 +961,17 @@ impl NatsQueues {
                 Bytes::copy_from_slice(event.event.as_bytes()),
             )
             .await
-            .map_err(|x| self.fail("storing an event", x))?
+            .map_err(|x| self.fail("storing an event", x))
+    }
+
+    async fn publish_event(
+        &self,
+        e: &Enqueue<'_>,
+        event: &seal_state::NewEvent<'_>,
+        msg_id: &str,
+    ) -> Result<async_nats::jetstream::publish::PublishAck> {
+        self.send_event(e, event, msg_id)
+            .await?
             .await
             .map_err(|x| self.fail("storing an event", x))
     }
@@ -1042,25 +1075,7 @@ impl Queues for NatsQueues {
         let mut sent = Vec::new();
         for e in batch {
             for event in e.events {
-                use sha2::Digest;
-                let base = hex::encode(
-                    &sha2::Sha256::digest(
-                        [e.environment, e.queue, event.source, event.ce_id]
-                            .join("\u{0}")
-                            .as_bytes(),
-                    )[..16],
-                );
-                let mut h = HeaderMap::new();
-                h.insert(MSG_ID, base.as_str());
-                let ack = self
-                    .js
-                    .publish_with_headers(
-                        format!("{}._", self.at.queue_subject(e.environment, e.queue)),
-                        h,
-                        Bytes::copy_from_slice(event.event.as_bytes()),
-                    )
-                    .await
-                    .map_err(|x| self.fail("storing an event", x))?;
+                let ack = self.send_event(e, event, &msg_id(e, event)).await?;
                 sent.push(ack.into_future());
             }
         }
@@ -1074,7 +1089,7 @@ impl Queues for NatsQueues {
                     .next()
                     .ok_or_else(|| StateError::Backend("an acknowledgement went missing".into()))?
                     .map_err(|x| self.fail("storing an event", x))?;
-                answers.push(self.publish_one(e, event, Some(ack)).await?);
+                answers.push(self.publish_one(e, event, ack).await?);
             }
             out.push(answers);
         }
