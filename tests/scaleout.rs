@@ -146,6 +146,24 @@ fn an_unsupported_state_url_is_refused_by_name() {
 }
 
 #[test]
+fn a_bad_events_url_is_refused_with_the_form_it_takes() {
+    for (url, says) in [
+        ("amqp://localhost:5672", "not a NATS URL"),
+        ("nats://localhost:4222/Team.A", "invalid NATS namespace"),
+        ("nats:///seal", "names no NATS server"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Server::command(dir.path())
+            .args(["--events", url])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{url} accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{url}: {err}");
+    }
+}
+
+#[test]
 fn an_unreachable_database_stops_the_start_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let out = Server::command(dir.path())
