@@ -277,7 +277,57 @@ enum Command {
     /// stay in the data dir: start the server with the same data dir and
     /// --state URL, --artifacts URL.
     Migrate(commands::server::MigrateArgs),
+    /// Write today's state as a release file (TOML): what each environment serves.
+    ///
+    /// For every routed function: the version and digest it serves, its
+    /// config values and the names of its secrets (never their values).
+    /// `seal apply -f` of what it writes changes nothing.
+    #[command(after_long_help = DESIRED_EXAMPLES)]
+    Export(commands::desired::ExportArgs),
+    /// Make the environments of a release file serve what it says (or --plan).
+    ///
+    /// The server computes one ordered plan (each function after those its
+    /// `after` names; settings, then the route, with the file's rollout
+    /// strategy and gates), then carries it out through the same deploy and
+    /// settings services as every other command, waiting for each
+    /// progressive deployment to end. When a step fails, the functions
+    /// this apply already moved go back to what they served before.
+    /// Applying the same file again changes nothing. The audit log records
+    /// the file's digest and, in a git work tree, the commit, author and
+    /// message.
+    #[command(after_long_help = DESIRED_EXAMPLES)]
+    Apply(commands::desired::ApplyArgs),
+    /// Compare a release file with what serves: exit 0 in sync, 3 when it drifted.
+    ///
+    /// Each difference says why when it can: a manual deploy or rollback
+    /// (who, when, which command), a rollback by a gate (with its numbers),
+    /// a config change (who, when, which revision). A field left out of the
+    /// file is never a difference.
+    #[command(after_long_help = DESIRED_EXAMPLES)]
+    Diff(commands::desired::DiffArgs),
 }
+
+const DESIRED_EXAMPLES: &str = "\
+Examples:
+  seal export -e production > release.toml   # today's state
+  seal apply -f release.toml --plan          # what would change, in order
+  seal apply -f release.toml                 # carry it out
+  seal diff -f release.toml                  # exit 3 and why, when it drifted
+
+A release file:
+  [environments.production.functions.billing]
+  version = 4
+  config = { CURRENCY = \"EUR\" }
+  secrets = [\"STRIPE_KEY\"]               # names only: seal secrets set
+
+  [environments.production.functions.checkout]
+  version = 7
+  after = [\"billing\"]                     # changed after billing
+  [environments.production.functions.checkout.rollout]
+  strategy = \"canary\"
+  steps = [10, 50]
+  interval_ms = 60000
+  gates = { max_error_rate = 0.01 }";
 
 const EVENTS_EXAMPLES: &str = "\
 Examples:
@@ -393,6 +443,10 @@ fn main() -> std::process::ExitCode {
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // Printed already: only the exit code says it.
+        Err(e) if e.is::<commands::desired::Drifted>() => {
+            std::process::ExitCode::from(commands::desired::DRIFTED)
+        }
         Err(e) => {
             eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
             std::process::ExitCode::FAILURE
@@ -447,6 +501,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dlq(cmd) => commands::events::dlq(cmd, &client()?, out).await,
         Command::Cluster(cmd) => commands::cluster::cluster(cmd, &client()?, out).await,
         Command::Migrate(args) => commands::server::migrate(args, cli.data_dir.clone(), out).await,
+        Command::Export(args) => commands::desired::export(args, &client()?, out).await,
+        Command::Apply(args) => commands::desired::apply(args, &client()?, out).await,
+        Command::Diff(args) => commands::desired::diff(args, &client()?, out).await,
     }
 }
 

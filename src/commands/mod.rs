@@ -3,6 +3,7 @@
 pub mod access;
 pub mod cluster;
 pub mod deploy;
+pub mod desired;
 pub mod events;
 pub mod observe;
 pub mod publish;

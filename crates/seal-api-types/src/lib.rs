@@ -14,6 +14,7 @@ pub mod access;
 pub mod catalog;
 pub mod cluster;
 pub mod deployment;
+pub mod desired;
 pub mod events;
 pub mod observe;
 pub mod records;

@@ -54,6 +54,15 @@ pub enum HookPhase {
     PostTraffic,
 }
 
+impl HookPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PreTraffic => "pre-traffic",
+            Self::PostTraffic => "post-traffic",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HookRequest {
@@ -168,6 +177,14 @@ impl RolloutSpec {
 }
 
 impl RolloutSpec {
+    /// Why the settings contradict each other: steps, gates and the other
+    /// progressive settings with the all-at-once strategy.
+    pub fn all_at_once_conflict(&self) -> Option<&'static str> {
+        (self.strategy == Strategy::AllAtOnce && self.has_progressive_settings()).then_some(
+            "steps, gates, hooks and the other rollout settings need the canary, linear or blue-green strategy; all-at-once moves all traffic at once",
+        )
+    }
+
     /// Whether anything beyond the strategy was asked for.
     pub fn has_progressive_settings(&self) -> bool {
         self.steps.is_some()

@@ -111,7 +111,7 @@ pub fn routes() -> Routes {
 }
 
 /// Only an admin may approve wider permissions or a breaking contract.
-fn approvals(who: &Caller, new_permissions: bool, breaking_contract: bool) -> ApiResult<Approvals> {
+pub(crate) fn approvals(who: &Caller, new_permissions: bool, breaking_contract: bool) -> ApiResult<Approvals> {
     for (asked, what) in [
         (new_permissions, "new permissions (allow_new_permissions)"),
         (
@@ -269,13 +269,8 @@ async fn deploy(
             .unwrap_or(c.default_environment()),
     )?;
     let approvals = approvals(&who, req.allow_new_permissions, req.allow_breaking_contract)?;
-    if let Some(spec) = &req.rollout
-        && spec.strategy == Strategy::AllAtOnce
-        && spec.has_progressive_settings()
-    {
-        return Err(ApiError::bad_request(
-            "steps, gates, hooks and the other rollout settings need the canary, linear or blue-green strategy; all-at-once moves all traffic at once",
-        ));
+    if let Some(e) = req.rollout.as_ref().and_then(|s| s.all_at_once_conflict()) {
+        return Err(ApiError::bad_request(e));
     }
     if let Some(spec) = req
         .rollout

@@ -27,9 +27,11 @@
 //! | GET | `/v1/server` | runtime counters (compiles, cache loads) |
 //! | GET | `/healthz` | liveness |
 //!
-//! Observability, security and event routes are listed in their modules.
+//! Observability, security, event and desired-state routes are listed in
+//! their modules.
 
 pub mod auth;
+pub mod desired;
 pub mod error;
 pub mod events;
 pub mod functions;
@@ -53,6 +55,7 @@ pub fn routes() -> Routes {
         .merge(observe::routes())
         .merge(security::routes())
         .merge(events::routes())
+        .merge(desired::routes())
 }
 
 /// The API as an axum service over a control plane.

@@ -51,6 +51,8 @@ pub struct Control {
     /// This node among the others on a shared store, and whether it is the
     /// controller.
     pub(crate) cluster: crate::cluster::Membership,
+    /// The release file being applied on this node, if any.
+    pub(crate) applying: std::sync::Mutex<Option<crate::desired::RunningApply>>,
 }
 
 impl Control {
@@ -117,6 +119,7 @@ impl Control {
             rollouts: crate::rollout::Rollouts::default(),
             outbound,
             gateway_addr: std::sync::OnceLock::new(),
+            applying: std::sync::Mutex::new(None),
         }
     }
 

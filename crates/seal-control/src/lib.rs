@@ -14,6 +14,7 @@
 
 pub mod catalog;
 pub mod cluster;
+pub mod desired;
 pub mod engine;
 pub mod error;
 mod event_contracts;

@@ -1454,10 +1454,7 @@ impl Driver {
                 .control
                 .run_hook(&self.plan, self.deployment.id, &hook)
                 .await;
-            let phase_name = match phase {
-                HookPhase::PreTraffic => "pre-traffic",
-                HookPhase::PostTraffic => "post-traffic",
-            };
+            let phase_name = phase.as_str();
             self.control
                 .state
                 .record_event(

@@ -1,0 +1,234 @@
+//! Desired state in files: the release file (what each environment
+//! should run), and what `apply`, `diff` and `export` answer.
+//!
+//! A release file is TOML; its JSON Schema is `schemas/release.schema.json`.
+//! A field left out is not managed by the file: `config` absent leaves
+//! the config alone, `config = {}` removes every key.
+
+use crate::rollout::RolloutSpec;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A release file: the environments it speaks for.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseFile {
+    #[serde(default)]
+    pub environments: BTreeMap<String, EnvironmentSpec>,
+}
+
+/// What one environment should run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvironmentSpec {
+    #[serde(default)]
+    pub functions: BTreeMap<String, FunctionSpec>,
+}
+
+/// What one function should serve in an environment and how a change
+/// rolls out.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionSpec {
+    /// The version to serve (`function@N`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    /// The artifact digest to serve; with `version`, both must name the
+    /// same artifact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// Functions of the same environment changed before this one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<String>,
+    /// How a change of version rolls out (default: all at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutSpec>,
+    /// Config values, in clear: the whole set (keys not listed are
+    /// removed). Absent: the config is not managed by the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<BTreeMap<String, String>>,
+    /// The names of the secrets the function expects: each must be set
+    /// (with `seal secrets set`), others are removed. Never values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets: Option<SecretNames>,
+}
+
+/// Secret names. A table of names to values is refused with a message
+/// that names no value.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(transparent)]
+pub struct SecretNames(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for SecretNames {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Names;
+        impl<'de> serde::de::Visitor<'de> for Names {
+            type Value = SecretNames;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list of secret names")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut names = Vec::new();
+                while let Some(name) = seq.next_element::<String>()? {
+                    names.push(name);
+                }
+                Ok(SecretNames(names))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
+                Err(serde::de::Error::custom(
+                    "secrets are names only (secrets = [\"API_KEY\"]): a release file never holds a secret's value; set it with `seal secrets set`",
+                ))
+            }
+        }
+        d.deserialize_any(Names)
+    }
+}
+
+/// `POST /v1/apply` and `POST /v1/diff`: the file's text (parsed and
+/// checked by the server, so every client gets the same errors) and where
+/// it came from.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplyRequest {
+    /// The release file, TOML.
+    pub file: String,
+    /// Only compute and return the plan.
+    #[serde(default, skip_serializing_if = "crate::is_false")]
+    pub plan: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<FileSource>,
+    /// Admin: versions may ask for more than the ones they replace.
+    #[serde(default, skip_serializing_if = "crate::is_false")]
+    pub allow_new_permissions: bool,
+    /// Admin: versions may break the event contracts of the ones they
+    /// replace.
+    #[serde(default, skip_serializing_if = "crate::is_false")]
+    pub allow_breaking_contract: bool,
+}
+
+/// Where a release file came from, when it is in a git work tree.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSource {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The file differs from the commit.
+    #[serde(default, skip_serializing_if = "crate::is_false")]
+    pub uncommitted: bool,
+}
+
+/// One change the plan makes, in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "change", rename_all = "snake_case")]
+pub enum Change {
+    /// Config values set (keys and values: config is not secret) and
+    /// removed.
+    Config {
+        set: BTreeMap<String, String>,
+        unset: Vec<String>,
+    },
+    /// Secrets removed (by name).
+    UnsetSecrets { keys: Vec<String> },
+    /// The route moves to a version.
+    Deploy {
+        /// The version serving now (none: nothing serves yet).
+        from: Option<u64>,
+        to: u64,
+        digest: String,
+        strategy: crate::rollout::Strategy,
+        /// The candidate's weight at each step (progressive only).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        steps: Vec<u32>,
+        /// The gates that verify each step, as `name <= threshold`.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        gates: Vec<String>,
+        /// The hooks that run, by name and phase.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        hooks: Vec<String>,
+        /// Why the strategy is not the file's (e.g. the first version of
+        /// a route goes all at once).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        note: Option<String>,
+    },
+}
+
+/// The changes of one function, a step of the plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanStep {
+    pub environment: String,
+    pub function: String,
+    pub changes: Vec<Change>,
+}
+
+/// `seal apply --plan`: every change the file makes, in the order apply
+/// carries them out. Empty when the environments already match.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApplyPlan {
+    /// sha256 of the file's bytes.
+    pub file_digest: String,
+    pub environments: Vec<String>,
+    pub steps: Vec<PlanStep>,
+}
+
+/// How one step of an apply went.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepOutcome {
+    pub environment: String,
+    pub function: String,
+    /// `applied`, `failed`, `rolled_back` (undone because a later step of
+    /// the same apply failed), `not_started`.
+    pub outcome: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// `POST /v1/apply`: the plan, and (unless only planned) how each step
+/// went.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApplyAnswer {
+    pub plan: ApplyPlan,
+    /// The plan was carried out (false with `--plan`).
+    pub applied: bool,
+    /// Every step succeeded (or there was nothing to do).
+    pub succeeded: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outcomes: Vec<StepOutcome>,
+}
+
+/// One difference between a file and what serves, with why it is so.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Difference {
+    pub environment: String,
+    pub function: String,
+    /// `version`, `config.KEY`, `secrets.KEY`.
+    pub field: String,
+    /// What the file asks for (`null`: absent).
+    pub desired: Option<String>,
+    /// What is there (`null`: absent).
+    pub actual: Option<String>,
+    /// Who or what made it so, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
+}
+
+/// `POST /v1/diff`: whether the environments match the file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DiffAnswer {
+    pub file_digest: String,
+    pub in_sync: bool,
+    pub differences: Vec<Difference>,
+}
+
+/// `GET /v1/export`: today's state as a release file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Exported {
+    pub file: ReleaseFile,
+}

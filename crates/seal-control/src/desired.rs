@@ -1,0 +1,1071 @@
+//! Desired state in files: a release file says what each environment
+//! should run (version or digest, how a change rolls out, config, the
+//! names of the secrets it expects); `export` writes today's state as one,
+//! `plan` computes the ordered changes a file makes, `apply` carries them
+//! out through the same deploy and settings services the API uses, and
+//! `diff` says where an environment differs from a file and why.
+//!
+//! Everything is compared on Seal's own model with defaults filled: a
+//! field left out of a file is not managed by it, so it is never a
+//! difference. A file is parsed here, on the server, so every client gets
+//! the same errors; an error names the line and the field and never
+//! repeats a value (a secret written where a name belongs stays out of
+//! logs and answers).
+
+use crate::engine::Control;
+use crate::error::{ControlError, ControlResult};
+use crate::rollout::Progressive;
+use crate::rollout::plan::{Planning, VersionRef};
+use crate::trust::Approvals;
+use seal_api_types::desired::{
+    ApplyAnswer, ApplyPlan, Change, Difference, DiffAnswer, FileSource, FunctionSpec, PlanStep,
+    ReleaseFile, SecretNames, StepOutcome,
+};
+use seal_api_types::rollout::Strategy;
+use seal_state::{DeploymentKind, DeploymentState, NewAudit, VersionRecord};
+use sha2::{Digest as _, Sha256};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+/// The largest release file accepted.
+pub const MAX_FILE_BYTES: usize = 512 * 1024;
+
+/// How often an apply looks at a progressive deployment it waits for.
+const WAIT_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The apply running on this node (one at a time: a second is refused,
+/// naming it).
+#[derive(Debug, Clone)]
+pub(crate) struct RunningApply {
+    digest: String,
+    actor: String,
+    started_at: i64,
+}
+
+/// `sha256:<hex>` of a file's bytes.
+pub fn file_digest(text: &str) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(text.as_bytes())))
+}
+
+/// Parses and checks a release file: its shape (every name valid, a
+/// version or digest per function, `after` naming functions of the same
+/// environment, no cycle, secrets by name only) before anything is read
+/// from the store.
+pub fn parse(text: &str) -> ControlResult<ReleaseFile> {
+    if text.len() > MAX_FILE_BYTES {
+        return Err(ControlError::TooLarge(format!(
+            "the release file is {} bytes; the limit is {MAX_FILE_BYTES}",
+            text.len()
+        )));
+    }
+    let file: ReleaseFile = toml::from_str(text).map_err(|e| {
+        // The message and position only: toml's own rendering quotes the
+        // line, which may hold a secret written where a name belongs.
+        let at = e
+            .span()
+            .map(|s| {
+                let before = &text[..s.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                format!("line {line}, column {column}: ")
+            })
+            .unwrap_or_default();
+        ControlError::bad_request(format!(
+            "the release file does not follow its schema: {at}{}",
+            e.message().trim()
+        ))
+    })?;
+    if file.environments.is_empty() {
+        return Err(ControlError::bad_request(
+            "the release file names no environment: add [environments.NAME.functions.FUNCTION] tables",
+        ));
+    }
+    for (env, spec) in &file.environments {
+        seal_artifact::validate_environment_name(env)
+            .map_err(|e| ControlError::bad_request(format!("environments.{env}: {e}")))?;
+        for (name, f) in &spec.functions {
+            let at = format!("environments.{env}.functions.{name}");
+            seal_artifact::validate_function_name(name)
+                .map_err(|e| ControlError::bad_request(format!("{at}: {e}")))?;
+            check_function(&at, name, f, &spec.functions)?;
+        }
+        order(env, &spec.functions)?;
+    }
+    Ok(file)
+}
+
+fn check_function(
+    at: &str,
+    name: &str,
+    f: &FunctionSpec,
+    all: &BTreeMap<String, FunctionSpec>,
+) -> ControlResult<()> {
+    if f.version.is_none() && f.digest.is_none() {
+        return Err(ControlError::bad_request(format!(
+            "{at}: give the version (version = N) or the artifact digest (digest = \"sha256:…\") to serve"
+        )));
+    }
+    if f.version == Some(0) {
+        return Err(ControlError::bad_request(format!(
+            "{at}.version: versions start at 1"
+        )));
+    }
+    if let Some(d) = &f.digest {
+        seal_artifact::Digest::parse(d)
+            .map_err(|e| ControlError::bad_request(format!("{at}.digest: {e}")))?;
+    }
+    for a in &f.after {
+        if a == name {
+            return Err(ControlError::bad_request(format!(
+                "{at}.after: a function cannot come after itself"
+            )));
+        }
+        if !all.contains_key(a) {
+            return Err(ControlError::bad_request(format!(
+                "{at}.after: {a:?} is not a function of this environment in the file"
+            )));
+        }
+    }
+    if let Some(spec) = &f.rollout
+        && let Some(e) = spec.all_at_once_conflict()
+    {
+        return Err(ControlError::bad_request(format!("{at}.rollout: {e}")));
+    }
+    if let Some(config) = &f.config {
+        for key in config.keys() {
+            seal_artifact::capabilities::validate_config_key(key)
+                .map_err(|e| ControlError::bad_request(format!("{at}.config: {e}")))?;
+        }
+    }
+    if let Some(SecretNames(names)) = &f.secrets {
+        let mut seen = BTreeSet::new();
+        for (i, key) in names.iter().enumerate() {
+            // Never echoed: an entry that is not a name may be a value.
+            if seal_artifact::capabilities::validate_config_key(key).is_err() {
+                return Err(ControlError::bad_request(format!(
+                    "{at}.secrets: entry {} is not a secret name (names are letters, digits and '_', not starting with SEAL_); a release file holds names only, set values with `seal secrets set`",
+                    i + 1
+                )));
+            }
+            if !seen.insert(key) {
+                return Err(ControlError::bad_request(format!(
+                    "{at}.secrets: {key} is listed twice"
+                )));
+            }
+        }
+        if let Some(config) = &f.config
+            && let Some(k) = names.iter().find(|k| config.contains_key(*k))
+        {
+            return Err(ControlError::bad_request(format!(
+                "{at}: {k} is both a config key and a secret"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The functions of an environment in the order an apply changes them:
+/// each after those its `after` names, otherwise by name. A cycle is
+/// refused, naming it.
+pub fn order(env: &str, functions: &BTreeMap<String, FunctionSpec>) -> ControlResult<Vec<String>> {
+    let mut done: Vec<String> = Vec::with_capacity(functions.len());
+    let mut left: BTreeSet<&str> = functions.keys().map(String::as_str).collect();
+    while !left.is_empty() {
+        let ready = left.iter().copied().find(|name| {
+            functions[*name]
+                .after
+                .iter()
+                .all(|a| done.iter().any(|d| d == a))
+        });
+        match ready {
+            Some(name) => {
+                left.remove(name);
+                done.push(name.to_owned());
+            }
+            None => {
+                return Err(ControlError::bad_request(format!(
+                    "environments.{env}: `after` makes a cycle among {}",
+                    cycle(functions, &left).join(" → ")
+                )));
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// One cycle among `left` (each of which waits for another of them).
+fn cycle(functions: &BTreeMap<String, FunctionSpec>, left: &BTreeSet<&str>) -> Vec<String> {
+    let Some(start) = left.iter().next() else {
+        return Vec::new();
+    };
+    let mut path: Vec<&str> = vec![start];
+    loop {
+        let last = path[path.len() - 1];
+        let Some(next) = functions[last]
+            .after
+            .iter()
+            .map(String::as_str)
+            .find(|a| left.contains(a))
+        else {
+            return path.iter().map(|s| (*s).to_owned()).collect();
+        };
+        if let Some(i) = path.iter().position(|p| *p == next) {
+            let mut c: Vec<String> = path[i..].iter().map(|s| (*s).to_owned()).collect();
+            c.push(next.to_owned());
+            return c;
+        }
+        path.push(next);
+    }
+}
+
+/// What one function is to become, read and checked against the store.
+struct Target {
+    environment: String,
+    function: String,
+    spec: FunctionSpec,
+    version: VersionRecord,
+    /// The version serving now (the one with the most weight).
+    serving: Option<u64>,
+    weights: Vec<seal_state::WeightedVersion>,
+    config: BTreeMap<String, String>,
+    secrets: BTreeSet<String>,
+}
+
+impl Control {
+    /// Today's state as a release file: every routed function of `env`
+    /// (default: every environment) with the version and digest it
+    /// serves, its config and the names of its secrets.
+    pub async fn export_release(&self, env: Option<&str>) -> ControlResult<ReleaseFile> {
+        let envs = match env {
+            Some(e) => {
+                self.environment_must_exist(e).await?;
+                vec![e.to_owned()]
+            }
+            None => self.state.environments().await?,
+        };
+        let routes = self.state.routes().await?;
+        let mut file = ReleaseFile::default();
+        for env in envs {
+            let mut functions = BTreeMap::new();
+            for r in routes.iter().filter(|r| r.environment == env) {
+                let Some(main) = r.weights.iter().max_by_key(|w| w.weight) else {
+                    continue;
+                };
+                let Some(v) = self.state.version(&r.function, main.version).await? else {
+                    continue;
+                };
+                let view = self.settings.settings_view(&r.function, &env).await?;
+                let secrets: Vec<String> = view.secrets.into_iter().map(|s| s.key).collect();
+                functions.insert(
+                    r.function.clone(),
+                    FunctionSpec {
+                        version: Some(v.version),
+                        digest: Some(v.digest),
+                        config: (!view.config.is_empty()).then_some(view.config),
+                        secrets: (!secrets.is_empty()).then_some(SecretNames(secrets)),
+                        ..Default::default()
+                    },
+                );
+            }
+            file.environments
+                .insert(env, seal_api_types::desired::EnvironmentSpec { functions });
+        }
+        Ok(file)
+    }
+
+    /// Reads what each function of the file serves now and checks what
+    /// the file names exists: environments, functions, versions, digests.
+    async fn targets(&self, file: &ReleaseFile) -> ControlResult<Vec<Target>> {
+        let mut out = Vec::new();
+        for (env, spec) in &file.environments {
+            self.environment_must_exist(env).await?;
+            for function in order(env, &spec.functions)? {
+                let f = &spec.functions[&function];
+                let at = format!("environments.{env}.functions.{function}");
+                self.function_or_404(&function).await?;
+                let version = match (f.version, &f.digest) {
+                    (Some(n), digest) => {
+                        let v = self.version_or_404(&function, n).await?;
+                        if let Some(d) = digest
+                            && *d != v.digest
+                        {
+                            return Err(ControlError::bad_request(format!(
+                                "{at}: {function}@{n} is {}, the file says {d}",
+                                v.digest
+                            )));
+                        }
+                        v
+                    }
+                    (None, Some(d)) => match self.state.version_by_digest(d).await? {
+                        Some(v) if v.function == function => v,
+                        Some(v) => {
+                            return Err(ControlError::bad_request(format!(
+                                "{at}.digest: {d} is {}@{}, not a version of {function}",
+                                v.function, v.version
+                            )));
+                        }
+                        None => {
+                            return Err(ControlError::not_found(format!(
+                                "{at}.digest: no version has digest {d}: publish it first"
+                            )));
+                        }
+                    },
+                    (None, None) => unreachable!("checked by parse"),
+                };
+                let route = self.state.route(env, &function).await?;
+                let weights = route.map(|r| r.weights).unwrap_or_default();
+                let serving = weights.iter().max_by_key(|w| w.weight).map(|w| w.version);
+                let view = self.settings.settings_view(&function, env).await?;
+                out.push(Target {
+                    environment: env.clone(),
+                    function,
+                    spec: f.clone(),
+                    version,
+                    serving,
+                    weights,
+                    config: view.config,
+                    secrets: view.secrets.into_iter().map(|s| s.key).collect(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The ordered changes `file` makes. Refused when a function it
+    /// changes has a deployment in progress or lacks a secret it expects.
+    pub async fn plan_release(&self, text: &str) -> ControlResult<(ApplyPlan, ReleaseFile)> {
+        let file = parse(text)?;
+        let targets = self.targets(&file).await?;
+        let active = self.state.active_deployments().await?;
+        let mut steps = Vec::new();
+        for t in &targets {
+            let changes = self.changes(t)?;
+            if changes.is_empty() {
+                continue;
+            }
+            if let Some(d) = active
+                .iter()
+                .find(|d| d.environment == t.environment && d.function == t.function)
+            {
+                return Err(ControlError::conflict(format!(
+                    "deployment {} is in progress on {} in {}: wait for it to end (or abort it), then apply",
+                    d.id, t.function, t.environment
+                )));
+            }
+            steps.push(PlanStep {
+                environment: t.environment.clone(),
+                function: t.function.clone(),
+                changes,
+            });
+        }
+        Ok((
+            ApplyPlan {
+                file_digest: file_digest(text),
+                environments: file.environments.keys().cloned().collect(),
+                steps,
+            },
+            file,
+        ))
+    }
+
+    fn changes(&self, t: &Target) -> ControlResult<Vec<Change>> {
+        let mut changes = Vec::new();
+        if let Some(config) = &t.spec.config {
+            let set: BTreeMap<String, String> = config
+                .iter()
+                .filter(|(k, v)| t.config.get(*k) != Some(*v))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let unset: Vec<String> = t
+                .config
+                .keys()
+                .filter(|k| !config.contains_key(*k))
+                .cloned()
+                .collect();
+            if !set.is_empty() || !unset.is_empty() {
+                changes.push(Change::Config { set, unset });
+            }
+        }
+        if let Some(SecretNames(names)) = &t.spec.secrets {
+            let missing: Vec<&str> = names
+                .iter()
+                .filter(|k| !t.secrets.contains(*k))
+                .map(String::as_str)
+                .collect();
+            if !missing.is_empty() {
+                return Err(ControlError::bad_request(format!(
+                    "{} in {} expects secrets that are not set: {}; set them with `seal secrets set` (a release file names secrets, never holds them)",
+                    t.function,
+                    t.environment,
+                    missing.join(", ")
+                )));
+            }
+            let keys: Vec<String> = t
+                .secrets
+                .iter()
+                .filter(|k| !names.contains(k))
+                .cloned()
+                .collect();
+            if !keys.is_empty() {
+                changes.push(Change::UnsetSecrets { keys });
+            }
+        }
+        let to = t.version.version;
+        let settled = t.weights.len() == 1;
+        if t.serving != Some(to) || !settled {
+            let spec = t.spec.rollout.clone();
+            let progressive = spec
+                .as_ref()
+                .is_some_and(|s| s.strategy != Strategy::AllAtOnce);
+            let mut change = Change::Deploy {
+                from: t.serving,
+                to,
+                digest: t.version.digest.clone(),
+                strategy: Strategy::AllAtOnce,
+                steps: Vec::new(),
+                gates: Vec::new(),
+                hooks: Vec::new(),
+                note: None,
+            };
+            if let (Some(spec), true) = (spec, progressive) {
+                match t.serving {
+                    Some(from) if from != to => {
+                        let plan = spec.plan(
+                            &t.function,
+                            &t.environment,
+                            VersionRef {
+                                version: from,
+                                digest: String::new(),
+                            },
+                            VersionRef {
+                                version: to,
+                                digest: t.version.digest.clone(),
+                            },
+                            t.weights.clone(),
+                        )?;
+                        if let Change::Deploy {
+                            strategy,
+                            steps,
+                            gates,
+                            hooks,
+                            ..
+                        } = &mut change
+                        {
+                            *strategy = plan.strategy;
+                            *steps = plan.steps.iter().map(|s| s.weight).collect();
+                            *gates = plan
+                                .gates
+                                .iter()
+                                .map(|g| format!("{} {}", g.gate, g.threshold))
+                                .collect();
+                            *hooks = plan
+                                .hooks
+                                .iter()
+                                .map(|h| format!("{} ({})", h.name, h.phase.as_str()))
+                                .collect();
+                        }
+                    }
+                    Some(_) => {
+                        if let Change::Deploy { note, .. } = &mut change {
+                            *note = Some(
+                                "the route is split: it goes back to this version alone at once"
+                                    .into(),
+                            );
+                        }
+                    }
+                    None => {
+                        if let Change::Deploy { note, .. } = &mut change {
+                            *note = Some(format!(
+                                "nothing serves {} in {} yet: the first version goes all at once",
+                                t.function, t.environment
+                            ));
+                        }
+                    }
+                }
+            }
+            changes.push(change);
+        }
+        Ok(changes)
+    }
+
+    /// `seal apply`: plans `text` and (unless `plan_only`) carries the
+    /// plan out, one function at a time in order; a progressive
+    /// deployment is waited for before the next function changes. When one
+    /// fails, the functions this apply already moved go back to what they
+    /// served before, and the rest is not started. One apply at a time;
+    /// recorded in the audit log with the file's digest and commit.
+    pub async fn apply_release(
+        self: &Arc<Self>,
+        text: &str,
+        plan_only: bool,
+        source: Option<FileSource>,
+        actor: &str,
+        approvals: Approvals,
+    ) -> ControlResult<ApplyAnswer> {
+        let (plan, file) = self.plan_release(text).await?;
+        if plan_only || plan.steps.is_empty() {
+            return Ok(ApplyAnswer {
+                succeeded: true,
+                applied: !plan_only,
+                plan,
+                outcomes: Vec::new(),
+            });
+        }
+        {
+            let mut running = self.applying.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(r) = &*running {
+                return Err(ControlError::conflict(format!(
+                    "an apply is running: {} by {} since {}; wait for it to end",
+                    r.digest,
+                    r.actor,
+                    time(r.started_at)
+                )));
+            }
+            *running = Some(RunningApply {
+                digest: plan.file_digest.clone(),
+                actor: actor.to_owned(),
+                started_at: now_ms(),
+            });
+        }
+        // Carried out in a task of its own: a client that hangs up does not
+        // stop an apply half-way.
+        let control = self.clone();
+        let actor = actor.to_owned();
+        let task = tokio::spawn(async move {
+            let answer = control
+                .carry_out(plan, file, source, &actor, approvals)
+                .await;
+            *control.applying.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            answer
+        });
+        task.await.map_err(ControlError::internal)?
+    }
+
+    async fn carry_out(
+        self: &Arc<Self>,
+        plan: ApplyPlan,
+        file: ReleaseFile,
+        source: Option<FileSource>,
+        actor: &str,
+        approvals: Approvals,
+    ) -> ControlResult<ApplyAnswer> {
+        let commit = source.as_ref().and_then(|s| s.commit.as_deref());
+        let reason = match commit {
+            Some(c) => format!("apply {} (commit {})", short(&plan.file_digest), short(c)),
+            None => format!("apply {}", short(&plan.file_digest)),
+        };
+        let mut outcomes: Vec<StepOutcome> = Vec::new();
+        // The functions moved so far, with the version each served before.
+        let mut moved: Vec<(String, String, Option<u64>)> = Vec::new();
+        let mut failed = false;
+        for step in &plan.steps {
+            if failed {
+                outcomes.push(outcome(step, "not_started", None, None));
+                continue;
+            }
+            let spec = &file.environments[&step.environment].functions[&step.function];
+            match self.carry_out_step(step, spec, &reason, actor, approvals).await {
+                Ok((deployment, from)) => {
+                    if deployment.is_some() {
+                        moved.push((step.environment.clone(), step.function.clone(), from));
+                    }
+                    outcomes.push(outcome(step, "applied", deployment, None));
+                }
+                Err((deployment, e)) => {
+                    failed = true;
+                    outcomes.push(outcome(step, "failed", deployment, Some(e.public_message())));
+                }
+            }
+        }
+        if failed {
+            for (env, function, from) in moved.iter().rev() {
+                let undone = match from {
+                    Some(v) => self
+                        .rollback(function, Some(env), Some(*v), actor, approvals)
+                        .await
+                        .map(|o| o.deployment.map(|d| d.id)),
+                    None => Err(ControlError::conflict(
+                        "nothing served before this apply: left on its new version",
+                    )),
+                };
+                if let Some(o) = outcomes
+                    .iter_mut()
+                    .find(|o| o.environment == *env && o.function == *function)
+                {
+                    match undone {
+                        Ok(d) => {
+                            o.outcome = "rolled_back".into();
+                            o.detail = Some(format!(
+                                "back to {function}@{} because a later step of this apply failed{}",
+                                from.unwrap_or_default(),
+                                d.map(|d| format!(" (deployment {d})")).unwrap_or_default()
+                            ));
+                        }
+                        Err(e) => {
+                            o.detail = Some(format!(
+                                "a later step failed, and it could not go back: {}",
+                                e.public_message()
+                            ))
+                        }
+                    }
+                }
+            }
+        }
+        let _ = self
+            .state
+            .audit(NewAudit {
+                actor,
+                action: "apply",
+                object: &plan.environments.join(","),
+                digest: Some(&plan.file_digest),
+                outcome: if failed { "failed" } else { "succeeded" },
+                detail: serde_json::json!({
+                    "source": source,
+                    "steps": outcomes,
+                }),
+            })
+            .await;
+        tracing::info!(file = %plan.file_digest, steps = plan.steps.len(), failed, "release file applied");
+        Ok(ApplyAnswer {
+            plan,
+            applied: true,
+            succeeded: !failed,
+            outcomes,
+        })
+    }
+
+    /// One function's changes: settings first (so the new version starts
+    /// with them), then the route. The deployment made, and the version
+    /// served before; a failure keeps the deployment it happened in.
+    async fn carry_out_step(
+        self: &Arc<Self>,
+        step: &PlanStep,
+        spec: &FunctionSpec,
+        reason: &str,
+        actor: &str,
+        approvals: Approvals,
+    ) -> Result<(Option<u64>, Option<u64>), (Option<u64>, ControlError)> {
+        let (env, function) = (step.environment.as_str(), step.function.as_str());
+        let mut made = (None, None);
+        for change in &step.changes {
+            match change {
+                Change::Config { set, unset } => {
+                    self.settings
+                        .change_settings(function, env, false, set.clone(), unset.clone(), actor)
+                        .await
+                        .map_err(|e| (None, e))?;
+                }
+                Change::UnsetSecrets { keys } => {
+                    self.settings
+                        .change_settings(function, env, true, BTreeMap::new(), keys.clone(), actor)
+                        .await
+                        .map_err(|e| (None, e))?;
+                }
+                Change::Deploy { from, to, strategy, .. } => {
+                    let progressive = *strategy != Strategy::AllAtOnce;
+                    let id = if progressive {
+                        let rollout = spec.rollout.clone().unwrap_or_else(|| {
+                            seal_api_types::rollout::RolloutSpec::new(*strategy)
+                        });
+                        match self
+                            .deploy_progressive(
+                                function,
+                                *to,
+                                Some(env),
+                                Some(reason),
+                                actor,
+                                rollout,
+                                false,
+                                approvals,
+                            )
+                            .await
+                            .map_err(|e| (None, e))?
+                        {
+                            Progressive::Started { deployment, .. } => deployment.id,
+                            Progressive::Planned { .. } => {
+                                return Err((None, ControlError::internal("planned, not started")));
+                            }
+                        }
+                    } else {
+                        let o = self
+                            .deploy(function, *to, Some(env), Some(reason), actor, approvals)
+                            .await
+                            .map_err(|e| (None, e))?;
+                        match o.deployment {
+                            Some(d) => d.id,
+                            None => continue,
+                        }
+                    };
+                    made = (Some(id), *from);
+                    if progressive {
+                        self.wait_for_end(id).await.map_err(|e| (Some(id), e))?;
+                    }
+                }
+            }
+        }
+        Ok(made)
+    }
+
+    /// Waits until deployment `id` ends; an error unless it succeeded.
+    async fn wait_for_end(&self, id: u64) -> ControlResult<()> {
+        loop {
+            let Some((d, events)) = self.state.deployment(id).await? else {
+                return Err(ControlError::not_found(format!("deployment {id} vanished")));
+            };
+            if !d.is_active() {
+                if d.state == DeploymentState::Succeeded {
+                    return Ok(());
+                }
+                let why = events
+                    .iter()
+                    .rev()
+                    .find_map(|e| e.detail.get("reason").and_then(|r| r.as_str()))
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default();
+                return Err(ControlError::conflict(format!(
+                    "deployment {id} of {}@{} in {} ended {}{why}",
+                    d.function,
+                    d.candidate.unwrap_or_default(),
+                    d.environment,
+                    d.state.as_str()
+                )));
+            }
+            tokio::time::sleep(WAIT_POLL).await;
+        }
+    }
+
+    /// `seal diff`: where the environments differ from `text`, and why.
+    pub async fn diff_release(&self, text: &str) -> ControlResult<DiffAnswer> {
+        let file = parse(text)?;
+        let targets = self.targets(&file).await?;
+        let mut differences = Vec::new();
+        for t in &targets {
+            let diff = |field: String, desired: Option<String>, actual: Option<String>| Difference {
+                environment: t.environment.clone(),
+                function: t.function.clone(),
+                field,
+                desired,
+                actual,
+                why: None,
+            };
+            let to = t.version.version;
+            if t.serving != Some(to) || t.weights.len() > 1 {
+                let actual = (!t.weights.is_empty()).then(|| {
+                    t.weights
+                        .iter()
+                        .map(|w| format!("{}@{} ({}%)", t.function, w.version, w.weight))
+                        .collect::<Vec<_>>()
+                        .join(" + ")
+                });
+                let mut d = diff("version".into(), Some(format!("{}@{to}", t.function)), actual);
+                d.why = self.why_route(&t.environment, &t.function).await?;
+                differences.push(d);
+            }
+            let mut keys = Vec::new();
+            if let Some(config) = &t.spec.config {
+                for k in config.keys().chain(t.config.keys()).collect::<BTreeSet<_>>() {
+                    let (want, have) = (config.get(k), t.config.get(k));
+                    if want != have {
+                        keys.push(k.clone());
+                        differences.push(diff(format!("config.{k}"), want.cloned(), have.cloned()));
+                    }
+                }
+            }
+            if let Some(SecretNames(names)) = &t.spec.secrets {
+                let names: BTreeSet<&String> = names.iter().collect();
+                for k in names.iter().copied().chain(t.secrets.iter()).collect::<BTreeSet<_>>() {
+                    let (want, have) = (names.contains(k), t.secrets.contains(k));
+                    if want != have {
+                        keys.push(k.clone());
+                        let set = |b: bool| b.then(|| "set".to_owned());
+                        differences.push(diff(format!("secrets.{k}"), set(want), set(have)));
+                    }
+                }
+            }
+            if !keys.is_empty() {
+                let whys = self.why_settings(&t.environment, &t.function).await?;
+                for d in differences.iter_mut().filter(|d| {
+                    d.environment == t.environment && d.function == t.function && d.why.is_none()
+                }) {
+                    let key = d.field.split_once('.').map(|(_, k)| k).unwrap_or_default();
+                    d.why = whys.get(key).cloned();
+                }
+            }
+        }
+        Ok(DiffAnswer {
+            file_digest: file_digest(text),
+            in_sync: differences.is_empty(),
+            differences,
+        })
+    }
+
+    /// Who or what last moved a route: a person's deploy or rollback
+    /// (which command, when), a gate's rollback with its numbers.
+    async fn why_route(&self, env: &str, function: &str) -> ControlResult<Option<String>> {
+        let Some(d) = self
+            .state
+            .deployments(function, Some(env))
+            .await?
+            .into_iter()
+            .next()
+        else {
+            return Ok(Some(format!("nothing was ever deployed to {env}")));
+        };
+        let when = time(d.finished_at.unwrap_or(d.created_at));
+        let what = match (d.state, d.kind) {
+            (DeploymentState::RolledBack, _) => {
+                let reason = self
+                    .state
+                    .deployment(d.id)
+                    .await?
+                    .and_then(|(_, events)| {
+                        events.iter().rev().find_map(|e| {
+                            e.detail
+                                .get("reason")
+                                .and_then(|r| r.as_str())
+                                .map(str::to_owned)
+                        })
+                    })
+                    .unwrap_or_else(|| "rolled back".into());
+                format!(
+                    "rolled back by {} at {when}: {reason} (deployment {})",
+                    if d.actor == "seal" { "a gate".to_owned() } else { d.actor.clone() },
+                    d.id
+                )
+            }
+            (state, _) if state.is_active() => format!(
+                "deployment {} by {} is in progress ({})",
+                d.id,
+                d.actor,
+                state.as_str()
+            ),
+            (state, kind) => {
+                let command = match kind {
+                    DeploymentKind::Rollback => "seal rollback",
+                    _ if d.strategy != Strategy::AllAtOnce => "a progressive seal deploy",
+                    _ => "seal deploy",
+                };
+                let outcome = if state == DeploymentState::Aborted {
+                    " (aborted)"
+                } else {
+                    ""
+                };
+                let via = d
+                    .reason
+                    .as_deref()
+                    .map(|r| format!(", reason: {r}"))
+                    .unwrap_or_default();
+                format!(
+                    "{command} by {} at {when}{outcome} (deployment {}{via})",
+                    d.actor, d.id
+                )
+            }
+        };
+        Ok(Some(what))
+    }
+
+    /// Per key, the newest settings revision that touched it.
+    async fn why_settings(
+        &self,
+        env: &str,
+        function: &str,
+    ) -> ControlResult<BTreeMap<String, String>> {
+        let mut whys = BTreeMap::new();
+        for r in self.state.setting_revisions(function, Some(env), 200).await? {
+            let kind = r.changes.get("kind").and_then(|k| k.as_str()).unwrap_or("config");
+            for (list, verb) in [("set", "set"), ("unset", "unset")] {
+                for key in r
+                    .changes
+                    .get(list)
+                    .and_then(|v| v.as_array())
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|k| k.as_str())
+                {
+                    whys.entry(key.to_owned()).or_insert_with(|| {
+                        format!(
+                            "{kind} {verb} by {} at {} (revision {})",
+                            r.actor,
+                            time(r.at),
+                            r.revision
+                        )
+                    });
+                }
+            }
+        }
+        Ok(whys)
+    }
+}
+
+fn outcome(step: &PlanStep, what: &str, deployment: Option<u64>, detail: Option<String>) -> StepOutcome {
+    StepOutcome {
+        environment: step.environment.clone(),
+        function: step.function.clone(),
+        outcome: what.into(),
+        deployment,
+        detail,
+    }
+}
+
+/// The first 12 hex digits of a digest or commit.
+fn short(s: &str) -> &str {
+    let hex = s.strip_prefix("sha256:").unwrap_or(s);
+    &hex[..hex.len().min(12)]
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// RFC 3339, to the second, UTC.
+pub(crate) fn time(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_file_parses_with_its_defaults() {
+        let f = parse(
+            r#"
+[environments.production.functions.hello]
+version = 3
+after = ["billing"]
+config = { GREETING = "hi" }
+secrets = ["API_KEY"]
+
+[environments.production.functions.hello.rollout]
+strategy = "canary"
+steps = [10, 50]
+interval_ms = 30000
+gates = { max_error_rate = 0.01 }
+
+[environments.production.functions.billing]
+digest = "sha256:0000000000000000000000000000000000000000000000000000000000000000"
+"#,
+        )
+        .unwrap();
+        let hello = &f.environments["production"].functions["hello"];
+        assert_eq!(hello.version, Some(3));
+        assert_eq!(hello.secrets, Some(SecretNames(vec!["API_KEY".into()])));
+        assert_eq!(hello.rollout.as_ref().unwrap().steps, Some(vec![10, 50]));
+        assert_eq!(
+            order("production", &f.environments["production"].functions).unwrap(),
+            ["billing", "hello"]
+        );
+    }
+
+    #[test]
+    fn schema_errors_name_the_line_and_the_field() {
+        let e = err("[environments.production.functions.hello]\nverison = 3\n");
+        assert!(e.contains("line 2") && e.contains("verison"), "{e}");
+        let e = err("[environments.production.functions.hello]\nversion = \"three\"\n");
+        assert!(e.contains("line 2"), "{e}");
+        let e = err("[environments.production.functions.hello]\nconfig = { A = 1 }\n");
+        assert!(e.contains("line 2"), "{e}");
+        assert!(err("").contains("names no environment"));
+        let e = err("[environments.production.functions.hello]\nafter = []\n");
+        assert!(e.contains("give the version"), "{e}");
+        let e = err("[environments.production.functions.hello]\ndigest = \"md5:x\"\n");
+        assert!(e.contains("functions.hello.digest"), "{e}");
+    }
+
+    #[test]
+    fn a_secret_value_is_refused_and_never_repeated() {
+        for text in [
+            "[environments.production.functions.hello]\nversion = 1\nsecrets = { API_KEY = \"hunter2\" }\n",
+            "[environments.production.functions.hello]\nversion = 1\nsecrets = [\"API_KEY=hunter2\"]\n",
+            "[environments.production.functions.hello]\nversion = 1\n[environments.production.functions.hello.secrets]\nAPI_KEY = \"hunter2\"\n",
+        ] {
+            let e = err(text);
+            assert!(e.contains("names"), "{e}");
+            assert!(!e.contains("hunter2"), "the value leaked: {e}");
+        }
+    }
+
+    #[test]
+    fn after_must_name_a_function_of_the_file_and_make_no_cycle() {
+        let e = err(
+            "[environments.p.functions.a]\nversion = 1\nafter = [\"c\"]\n[environments.p.functions.b]\nversion = 1\nafter = [\"a\"]\n[environments.p.functions.c]\nversion = 1\nafter = [\"b\"]\n[environments.p.functions.d]\nversion = 1\n",
+        );
+        assert!(e.contains("cycle") && e.contains("a → c → b → a"), "{e}");
+        let e = err("[environments.p.functions.a]\nversion = 1\nafter = [\"zz\"]\n");
+        assert!(e.contains("\"zz\" is not a function"), "{e}");
+        let e = err("[environments.p.functions.a]\nversion = 1\nafter = [\"a\"]\n");
+        assert!(e.contains("after itself"), "{e}");
+    }
+
+    #[test]
+    fn an_all_at_once_rollout_with_steps_is_refused() {
+        let e = err(
+            "[environments.p.functions.a]\nversion = 1\nrollout = { strategy = \"all-at-once\", steps = [10] }\n",
+        );
+        assert!(e.contains("functions.a.rollout"), "{e}");
+    }
+
+    /// The published JSON Schema (for editors) accepts what the server
+    /// accepts and refuses what it refuses.
+    #[test]
+    fn the_published_schema_agrees_with_the_parser() {
+        let schema: serde_json::Value = serde_json::from_str(include_str!(
+            "../../../schemas/release.schema.json"
+        ))
+        .unwrap();
+        jsonschema::draft202012::meta::validate(&schema).unwrap();
+        let validator = jsonschema::draft202012::new(&schema).unwrap();
+        let full = r#"
+[environments.production.functions.hello]
+version = 3
+digest = "sha256:0000000000000000000000000000000000000000000000000000000000000000"
+after = ["billing"]
+config = { GREETING = "hi" }
+secrets = ["API_KEY"]
+[environments.production.functions.hello.rollout]
+strategy = "canary"
+steps = [10, 50]
+increment = 10
+interval_ms = 30000
+on_inconclusive = "fail"
+progress_deadline_ms = 600000
+approve_before_promote = true
+scale_down_delay_ms = 1000
+sticky_header = "x-user"
+notify = "https://example.org/hook"
+gates = { max_error_rate = 0.01, max_latency = { quantile = 0.99, ms = 200.0 }, max_error_rate_increase = 0.005, max_latency_increase = 1.5, min_requests = 50, max_queue_age_ms = 60000 }
+[[environments.production.functions.hello.rollout.hooks]]
+name = "smoke"
+phase = "pre-traffic"
+request = { method = "GET", path = "/", headers = { accept = "text/plain" }, body = "" }
+expect = { status = 200, body_contains = "ok", success = false }
+[environments.production.functions.billing]
+version = 1
+"#;
+        let file = parse(full).unwrap();
+        // Every field the types have, written back: the schema knows each.
+        let json = serde_json::to_value(&file).unwrap();
+        let errors: Vec<String> = validator.iter_errors(&json).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{errors:?}");
+        let as_toml: serde_json::Value = toml::from_str(full).unwrap();
+        assert!(validator.is_valid(&as_toml));
+        for bad in [
+            "[environments.production.functions.hello]\nverison = 3\n",
+            "[environments.production.functions.hello]\nafter = []\n",
+            "[environments.production.functions.hello]\nversion = 1\nsecrets = { API_KEY = \"x\" }\n",
+            "[environments.production.functions.Hello]\nversion = 1\n",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+            let v: serde_json::Value = toml::from_str(bad).unwrap();
+            assert!(!validator.is_valid(&v), "the schema accepts {bad}");
+        }
+    }
+}

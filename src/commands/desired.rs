@@ -1,0 +1,231 @@
+//! `seal export`, `seal apply`, `seal diff`: desired state in a release
+//! file. The server parses and checks the file, so the CLI sends its text
+//! with where it came from (the git commit, author and message when the
+//! file is in a git work tree).
+
+use crate::client::Client;
+use crate::output::{OutputFormat, emit};
+use anyhow::Context;
+use seal_api_types::desired::{
+    ApplyAnswer, ApplyPlan, ApplyRequest, Change, DiffAnswer, Exported, FileSource,
+};
+use std::path::{Path, PathBuf};
+
+/// `seal diff` exits with this code when an environment differs from the
+/// file (0: in sync, 1: an error).
+pub const DRIFTED: u8 = 3;
+
+/// The error `seal diff` ends with when it found differences: printed
+/// already, it only sets the exit code.
+#[derive(Debug)]
+pub struct Drifted;
+
+impl std::fmt::Display for Drifted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the environments differ from the file")
+    }
+}
+
+impl std::error::Error for Drifted {}
+
+#[derive(clap::Args, Debug)]
+pub struct ExportArgs {
+    /// Only this environment (default: every environment).
+    #[arg(long, short = 'e')]
+    env: Option<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ApplyArgs {
+    /// The release file (TOML).
+    #[arg(long, short = 'f', value_name = "FILE")]
+    file: PathBuf,
+    /// Print the plan and change nothing.
+    #[arg(long)]
+    plan: bool,
+    /// Admin: versions may ask for more than the ones they replace.
+    #[arg(long)]
+    allow_new_permissions: bool,
+    /// Admin: versions may break the event contracts of the ones they replace.
+    #[arg(long)]
+    allow_breaking_contract: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DiffArgs {
+    /// The release file (TOML).
+    #[arg(long, short = 'f', value_name = "FILE")]
+    file: PathBuf,
+}
+
+const HEADER: &str = "\
+# A Seal release file: what each environment should run.
+# `seal apply -f FILE --plan` shows what applying it would change;
+# `seal diff -f FILE` whether the environments match it.
+# A field left out is not managed by the file; secrets are named, never held.
+";
+
+pub async fn export(args: ExportArgs, client: &Client, out: OutputFormat) -> anyhow::Result<()> {
+    let path = match &args.env {
+        Some(e) => format!("/v1/export?environment={e}"),
+        None => "/v1/export".to_owned(),
+    };
+    let exported: Exported = client.get_as(&path).await?;
+    let text = toml::to_string(&exported.file).context("cannot write the file as TOML")?;
+    emit(out, &exported, |_| print!("{HEADER}\n{text}"));
+    Ok(())
+}
+
+fn read(file: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))
+}
+
+pub async fn apply(args: ApplyArgs, client: &Client, out: OutputFormat) -> anyhow::Result<()> {
+    let req = ApplyRequest {
+        file: read(&args.file)?,
+        plan: args.plan,
+        source: git_source(&args.file),
+        allow_new_permissions: args.allow_new_permissions,
+        allow_breaking_contract: args.allow_breaking_contract,
+    };
+    let answer: ApplyAnswer = client.post_as("/v1/apply", &req).await?;
+    emit(out, &answer, |a| {
+        print_plan(&a.plan);
+        for o in &a.outcomes {
+            let d = o.deployment.map(|d| format!(" (deployment {d})")).unwrap_or_default();
+            let detail = o.detail.as_deref().map(|d| format!(": {d}")).unwrap_or_default();
+            println!("{} {}: {}{d}{detail}", o.environment, o.function, o.outcome);
+        }
+        if !a.applied {
+            println!("(plan only: nothing changed)");
+        } else if !a.plan.steps.is_empty() && a.succeeded {
+            println!("applied {}", a.plan.file_digest);
+        }
+    });
+    if !answer.succeeded {
+        anyhow::bail!("the apply failed; what it changed before was rolled back (see above)");
+    }
+    Ok(())
+}
+
+fn print_plan(plan: &ApplyPlan) {
+    if plan.steps.is_empty() {
+        println!(
+            "{} matches the file: nothing to change",
+            plan.environments.join(", ")
+        );
+        return;
+    }
+    println!("plan for {} ({}):", plan.environments.join(", "), plan.file_digest);
+    for (i, step) in plan.steps.iter().enumerate() {
+        println!("  {}. {} in {}", i + 1, step.function, step.environment);
+        for c in &step.changes {
+            match c {
+                Change::Config { set, unset } => {
+                    for (k, v) in set {
+                        println!("       config set {k}={v}");
+                    }
+                    for k in unset {
+                        println!("       config unset {k}");
+                    }
+                }
+                Change::UnsetSecrets { keys } => {
+                    println!("       secrets unset {}", keys.join(", "))
+                }
+                Change::Deploy {
+                    from,
+                    to,
+                    digest,
+                    strategy,
+                    steps,
+                    gates,
+                    hooks,
+                    note,
+                } => {
+                    let from = from.map_or("nothing".to_owned(), |v| format!("@{v}"));
+                    println!("       deploy {from} → @{to} {digest}, {strategy}");
+                    if !steps.is_empty() {
+                        let s: Vec<String> = steps.iter().map(|w| format!("{w}%")).collect();
+                        println!("         steps {}", s.join(" → "));
+                    }
+                    for g in gates {
+                        println!("         gate {g}");
+                    }
+                    for h in hooks {
+                        println!("         hook {h}");
+                    }
+                    if let Some(n) = note {
+                        println!("         ({n})");
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub async fn diff(args: DiffArgs, client: &Client, out: OutputFormat) -> anyhow::Result<()> {
+    let body = serde_json::json!({ "file": read(&args.file)? });
+    let answer: DiffAnswer = client.post_as("/v1/diff", &body).await?;
+    emit(out, &answer, |a| {
+        if a.in_sync {
+            println!("in sync with {}", a.file_digest);
+            return;
+        }
+        for d in &a.differences {
+            let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "(absent)".into());
+            println!(
+                "{} {} {}: file {}, serving {}",
+                d.environment,
+                d.function,
+                d.field,
+                show(&d.desired),
+                show(&d.actual)
+            );
+            if let Some(why) = &d.why {
+                println!("    why: {why}");
+            }
+        }
+    });
+    if answer.in_sync {
+        Ok(())
+    } else {
+        Err(Drifted.into())
+    }
+}
+
+/// The commit the file is at, when it is in a git work tree (and git is
+/// installed): commit, author, subject, and whether the file has changes
+/// not committed.
+fn git_source(file: &Path) -> Option<FileSource> {
+    let dir = file
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let git = |args: &[&str]| -> Option<String> {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    let name = file.file_name()?.to_string_lossy().into_owned();
+    let commit = git(&["rev-parse", "HEAD"])?;
+    let path = git(&["ls-files", "--full-name", "--", &name]).filter(|p| !p.is_empty());
+    let log = git(&["log", "-1", "--format=%an <%ae>%x00%s", "--", &name])
+        .or_else(|| git(&["log", "-1", "--format=%an <%ae>%x00%s"]))?;
+    let (author, message) = log.split_once('\0').unwrap_or((&log, ""));
+    let uncommitted = path.is_none()
+        || git(&["status", "--porcelain", "--", &name]).is_some_and(|s| !s.is_empty());
+    Some(FileSource {
+        path: Some(path.unwrap_or(name)),
+        commit: Some(commit),
+        author: Some(author.to_owned()),
+        message: Some(message.to_owned()),
+        uncommitted,
+    })
+}
