@@ -22,7 +22,11 @@ fn git(dir: &Path, args: &[&str]) -> String {
         .env("GIT_COMMITTER_EMAIL", "release@example.org")
         .output()
         .expect("run git");
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
@@ -61,7 +65,10 @@ async fn export_apply_round_trip_changes_nothing_and_a_changed_file_moves_only_w
     let s = Server::start(dir.path());
     for f in ["a", "b", "c"] {
         assert_eq!(publish_file(&s, &guest("echo"), f, &[]).0, 1);
-        assert_eq!(publish_file(&s, &example_component("hello_v2"), f, &[]).0, 2);
+        assert_eq!(
+            publish_file(&s, &example_component("hello_v2"), f, &[]).0,
+            2
+        );
         s.seal_json(&["deploy", f, "1"]);
     }
     s.seal_json(&["config", "set", "a", "GREETING=hi"]);
@@ -83,20 +90,36 @@ async fn export_apply_round_trip_changes_nothing_and_a_changed_file_moves_only_w
     let out = s.seal(&["export", "-e", "production"]);
     assert!(out.ok, "{}", out.stderr);
     let exported = out.stdout;
-    for needle in ["[environments.production.functions.a]", "version = 1", "GREETING = \"hi\"", "secrets = [\"API_KEY\"]", "digest = \"sha256:"] {
+    for needle in [
+        "[environments.production.functions.a]",
+        "version = 1",
+        "GREETING = \"hi\"",
+        "secrets = [\"API_KEY\"]",
+        "digest = \"sha256:",
+    ] {
         assert!(exported.contains(needle), "{needle}: {exported}");
     }
     assert!(!exported.contains("hunter2"), "{exported}");
     let (file, first_commit) = commit(repo.path(), &exported, "export production");
 
     // Round trip: the plan is empty, applying changes nothing, diff is 0.
-    let before: usize = [deployments(&s, "a").await.len(), deployments(&s, "b").await.len()].iter().sum();
+    let before: usize = [
+        deployments(&s, "a").await.len(),
+        deployments(&s, "b").await.len(),
+    ]
+    .iter()
+    .sum();
     let plan = s.seal_json(&["apply", "-f", &file, "--plan"]);
     assert_eq!(plan["plan"]["steps"], json!([]), "{plan:#}");
     assert_eq!(plan["applied"], false);
     let applied = s.seal_json(&["apply", "-f", &file]);
     assert_eq!(applied["plan"]["steps"], json!([]), "{applied:#}");
-    let after: usize = [deployments(&s, "a").await.len(), deployments(&s, "b").await.len()].iter().sum();
+    let after: usize = [
+        deployments(&s, "a").await.len(),
+        deployments(&s, "b").await.len(),
+    ]
+    .iter()
+    .sum();
     assert_eq!(before, after, "a no-op apply deployed something");
     let diff = s.seal(&["diff", "-f", &file]);
     assert!(diff.ok, "{} {}", diff.stdout, diff.stderr);
@@ -105,12 +128,17 @@ async fn export_apply_round_trip_changes_nothing_and_a_changed_file_moves_only_w
     // A changed file: a to 2 after c, c to 2 by a canary, a's config; b
     // unchanged.
     let mut changed: toml::Table = toml::from_str(&exported).unwrap();
-    let fns = changed["environments"]["production"]["functions"].as_table_mut().unwrap();
+    let fns = changed["environments"]["production"]["functions"]
+        .as_table_mut()
+        .unwrap();
     let a = fns["a"].as_table_mut().unwrap();
     a.remove("digest");
     a.insert("version".into(), 2.into());
     a.insert("after".into(), toml::Value::Array(vec!["c".into()]));
-    a.insert("config".into(), toml::Value::Table(toml::toml! { GREETING = "hello" }));
+    a.insert(
+        "config".into(),
+        toml::Value::Table(toml::toml! { GREETING = "hello" }),
+    );
     let c = fns["c"].as_table_mut().unwrap();
     c.remove("digest");
     c.insert("version".into(), 2.into());
@@ -126,20 +154,33 @@ async fn export_apply_round_trip_changes_nothing_and_a_changed_file_moves_only_w
 
     let plan = s.seal_json(&["apply", "-f", &file, "--plan"]);
     let steps = plan["plan"]["steps"].as_array().unwrap();
-    let order: Vec<&str> = steps.iter().map(|s| s["function"].as_str().unwrap()).collect();
+    let order: Vec<&str> = steps
+        .iter()
+        .map(|s| s["function"].as_str().unwrap())
+        .collect();
     assert_eq!(order, ["c", "a"], "{plan:#}");
     assert_eq!(steps[0]["changes"][0]["change"], "deploy");
     assert_eq!(steps[0]["changes"][0]["strategy"], "canary");
     assert_eq!(steps[0]["changes"][0]["steps"], json!([50, 100]));
-    assert_eq!(steps[1]["changes"][0], json!({"change": "config", "set": {"GREETING": "hello"}, "unset": []}));
+    assert_eq!(
+        steps[1]["changes"][0],
+        json!({"change": "config", "set": {"GREETING": "hello"}, "unset": []})
+    );
     assert_eq!(steps[1]["changes"][1]["from"], 1);
     assert_eq!(steps[1]["changes"][1]["to"], 2);
     // The text plan says the same, in order.
     let text_plan = s.seal(&["apply", "-f", &file, "--plan"]);
     assert!(text_plan.ok);
-    let (pc, pa) = (text_plan.stdout.find("1. c in production").unwrap(), text_plan.stdout.find("2. a in production").unwrap());
+    let (pc, pa) = (
+        text_plan.stdout.find("1. c in production").unwrap(),
+        text_plan.stdout.find("2. a in production").unwrap(),
+    );
     assert!(pc < pa, "{}", text_plan.stdout);
-    assert!(text_plan.stdout.contains("steps 50% → 100%"), "{}", text_plan.stdout);
+    assert!(
+        text_plan.stdout.contains("steps 50% → 100%"),
+        "{}",
+        text_plan.stdout
+    );
     // Nothing changed yet.
     assert_eq!(serves(&s, "a").await, "1");
     assert_eq!(serves(&s, "c").await, "1");
@@ -149,17 +190,30 @@ async fn export_apply_round_trip_changes_nothing_and_a_changed_file_moves_only_w
     assert_eq!(applied["succeeded"], true, "{applied:#}");
     let outcomes = applied["outcomes"].as_array().unwrap();
     assert_eq!(outcomes.len(), 2, "{applied:#}");
-    assert!(outcomes.iter().all(|o| o["outcome"] == "applied"), "{applied:#}");
+    assert!(
+        outcomes.iter().all(|o| o["outcome"] == "applied"),
+        "{applied:#}"
+    );
     assert_eq!(serves(&s, "a").await, "2");
     assert_eq!(serves(&s, "c").await, "2");
-    assert_eq!(deployments(&s, "b").await.len(), b_before, "b was not in the plan");
+    assert_eq!(
+        deployments(&s, "b").await.len(),
+        b_before,
+        "b was not in the plan"
+    );
     // c's canary ended before a moved: a's deployment is the later one.
     let c_dep = &deployments(&s, "c").await[0];
     let a_dep = &deployments(&s, "a").await[0];
     assert_eq!(c_dep["strategy"], "canary");
     assert_eq!(c_dep["state"], "succeeded");
     assert!(c_dep["finished_at"].as_i64().unwrap() <= a_dep["created_at"].as_i64().unwrap());
-    assert!(a_dep["reason"].as_str().unwrap().contains(&second_commit[..12]), "{a_dep:#}");
+    assert!(
+        a_dep["reason"]
+            .as_str()
+            .unwrap()
+            .contains(&second_commit[..12]),
+        "{a_dep:#}"
+    );
     let config = s.seal_json(&["config", "get", "a"]);
     assert_eq!(config["config"]["GREETING"], "hello");
     // The audit log has the apply with the file's digest and the commit.
@@ -175,7 +229,12 @@ async fn export_apply_round_trip_changes_nothing_and_a_changed_file_moves_only_w
     assert_eq!(entry["outcome"], "succeeded");
     assert_eq!(entry["detail"]["source"]["commit"], second_commit.as_str());
     assert_eq!(entry["detail"]["source"]["message"], "a and c to 2");
-    assert!(entry["detail"]["source"]["author"].as_str().unwrap().contains("Release Bot"));
+    assert!(
+        entry["detail"]["source"]["author"]
+            .as_str()
+            .unwrap()
+            .contains("Release Bot")
+    );
     assert_eq!(entry["detail"]["source"]["uncommitted"], Value::Null);
 
     // Applying the same file again is a no-op.
@@ -206,7 +265,11 @@ async fn export_apply_round_trip_changes_nothing_and_a_changed_file_moves_only_w
     ] {
         assert!(diff.stdout.contains(needle), "{needle}: {}", diff.stdout);
     }
-    assert!(!diff.stdout.contains("production b"), "b did not drift: {}", diff.stdout);
+    assert!(
+        !diff.stdout.contains("production b"),
+        "b did not drift: {}",
+        diff.stdout
+    );
     let json = s.seal(&["diff", "-f", &file, "-o", "json"]);
     let v: Value = serde_json::from_str(&json.stdout).unwrap();
     assert_eq!(v["in_sync"], false);
@@ -222,7 +285,11 @@ async fn export_apply_round_trip_changes_nothing_and_a_changed_file_moves_only_w
 async fn a_failing_step_rolls_back_what_the_apply_moved_and_bad_files_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(dir.path());
-    for (f, v2) in [("a", example_component("hello_v2")), ("b", guest("fail")), ("c", example_component("hello_v2"))] {
+    for (f, v2) in [
+        ("a", example_component("hello_v2")),
+        ("b", guest("fail")),
+        ("c", example_component("hello_v2")),
+    ] {
         assert_eq!(publish_file(&s, &guest("echo"), f, &[]).0, 1);
         assert_eq!(publish_file(&s, &v2, f, &[]).0, 2);
         s.seal_json(&["deploy", f, "1"]);
@@ -262,17 +329,35 @@ after = ["b"]
     assert!(!out.ok, "a failed apply exits non-zero");
     let v: Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(v["succeeded"], false, "{v:#}");
-    let by_fn = |f: &str| v["outcomes"].as_array().unwrap().iter().find(|o| o["function"] == f).unwrap().clone();
+    let by_fn = |f: &str| {
+        v["outcomes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["function"] == f)
+            .unwrap()
+            .clone()
+    };
     assert_eq!(by_fn("a")["outcome"], "rolled_back", "{v:#}");
     assert_eq!(by_fn("b")["outcome"], "failed", "{v:#}");
-    assert!(by_fn("b")["detail"].as_str().unwrap().contains("smoke"), "{v:#}");
+    assert!(
+        by_fn("b")["detail"].as_str().unwrap().contains("smoke"),
+        "{v:#}"
+    );
     assert_eq!(by_fn("c")["outcome"], "not_started", "{v:#}");
     assert_eq!(serves(&s, "a").await, "1");
     assert_eq!(serves(&s, "b").await, "1");
     assert_eq!(serves(&s, "c").await, "1");
     assert_eq!(deployments(&s, "c").await.len(), 1, "c was never touched");
     let audit = s.api_get("/v1/audit?limit=50").await;
-    assert!(audit["entries"].as_array().unwrap().iter().any(|e| e["action"] == "apply" && e["outcome"] == "failed"), "{audit:#}");
+    assert!(
+        audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "apply" && e["outcome"] == "failed"),
+        "{audit:#}"
+    );
 
     // Bad files, each refused with what is wrong and nothing changed.
     let refused = |status: u16, text: &str, needles: &[&str]| {
@@ -282,7 +367,10 @@ after = ["b"]
         async move {
             let (code, body) = s.api_post("/v1/apply", json!({"file": text})).await;
             assert_eq!(code, status, "{body:#}");
-            let msg = body["error"]["message"].as_str().unwrap_or_default().to_owned();
+            let msg = body["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
             for n in &needles {
                 assert!(msg.contains(n.as_str()), "{n}: {msg}");
             }
@@ -291,20 +379,53 @@ after = ["b"]
     };
     let head = "[environments.production.functions.a]\n";
     refused(400, &format!("{head}verison = 2\n"), &["line 2", "verison"]).await;
-    refused(404, "[environments.production.functions.nope]\nversion = 1\n", &["unknown function \"nope\""]).await;
-    refused(404, &format!("{head}version = 9\n"), &["a has no version 9"]).await;
-    refused(404, &format!("{head}digest = \"sha256:{}\"\n", "ab".repeat(32)), &["no version has digest", "publish it first"]).await;
-    refused(400, &format!("{head}version = 1\nsecrets = {{ API_KEY = \"hunter2\" }}\n"), &["names only"]).await;
-    refused(400, &format!("{head}version = 1\nsecrets = [\"API_KEY\"]\n"), &["expects secrets that are not set: API_KEY"]).await;
+    refused(
+        404,
+        "[environments.production.functions.nope]\nversion = 1\n",
+        &["unknown function \"nope\""],
+    )
+    .await;
+    refused(
+        404,
+        &format!("{head}version = 9\n"),
+        &["a has no version 9"],
+    )
+    .await;
+    refused(
+        404,
+        &format!("{head}digest = \"sha256:{}\"\n", "ab".repeat(32)),
+        &["no version has digest", "publish it first"],
+    )
+    .await;
+    refused(
+        400,
+        &format!("{head}version = 1\nsecrets = {{ API_KEY = \"hunter2\" }}\n"),
+        &["names only"],
+    )
+    .await;
+    refused(
+        400,
+        &format!("{head}version = 1\nsecrets = [\"API_KEY\"]\n"),
+        &["expects secrets that are not set: API_KEY"],
+    )
+    .await;
     refused(400, "[environments.production.functions.a]\nversion = 1\nafter = [\"b\"]\n[environments.production.functions.b]\nversion = 1\nafter = [\"a\"]\n", &["cycle", "a → b → a"]).await;
-    refused(404, "[environments.nowhere.functions.a]\nversion = 1\n", &["unknown environment \"nowhere\""]).await;
+    refused(
+        404,
+        "[environments.nowhere.functions.a]\nversion = 1\n",
+        &["unknown environment \"nowhere\""],
+    )
+    .await;
     assert_eq!(serves(&s, "a").await, "1");
 
     // A token for staging may not apply a file for production.
     s.seal_json(&["env", "create", "staging"]);
     let tok = s.seal_json(&["token", "create", "--role", "deployer", "--env", "staging"]);
     let tok = tok["token"].as_str().unwrap();
-    let prod = write("prod.toml", "[environments.production.functions.a]\nversion = 2\n");
+    let prod = write(
+        "prod.toml",
+        "[environments.production.functions.a]\nversion = 2\n",
+    );
     s.seal_env(&["apply", "-f", &prod], &[("SEAL_TOKEN", tok)])
         .assert_fails_with("may change only staging");
     assert_eq!(serves(&s, "a").await, "1");
@@ -337,17 +458,30 @@ interval_ms = 3000
     // Wait until the first apply's canary has started.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while deployments(&s, "c").await.len() < 2 {
-        assert!(std::time::Instant::now() < deadline, "the first apply never started");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first apply never started"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let (code, body) = s
-        .api_post("/v1/apply", json!({"file": "[environments.production.functions.a]\nversion = 2\n"}))
+        .api_post(
+            "/v1/apply",
+            json!({"file": "[environments.production.functions.a]\nversion = 2\n"}),
+        )
         .await;
     assert_eq!(code, 409, "{body:#}");
     let msg = body["error"]["message"].as_str().unwrap();
-    assert!(msg.contains("an apply is running") && msg.contains("sha256:") && msg.contains("admin"), "{msg}");
+    assert!(
+        msg.contains("an apply is running") && msg.contains("sha256:") && msg.contains("admin"),
+        "{msg}"
+    );
     let first = first.await.unwrap();
     assert_eq!(first["succeeded"], true, "{first:#}");
     assert_eq!(serves(&s, "c").await, "2");
-    assert_eq!(serves(&s, "a").await, "1", "the refused apply changed nothing");
+    assert_eq!(
+        serves(&s, "a").await,
+        "1",
+        "the refused apply changed nothing"
+    );
 }

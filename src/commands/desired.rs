@@ -92,8 +92,15 @@ pub async fn apply(args: ApplyArgs, client: &Client, out: OutputFormat) -> anyho
     emit(out, &answer, |a| {
         print_plan(&a.plan);
         for o in &a.outcomes {
-            let d = o.deployment.map(|d| format!(" (deployment {d})")).unwrap_or_default();
-            let detail = o.detail.as_deref().map(|d| format!(": {d}")).unwrap_or_default();
+            let d = o
+                .deployment
+                .map(|d| format!(" (deployment {d})"))
+                .unwrap_or_default();
+            let detail = o
+                .detail
+                .as_deref()
+                .map(|d| format!(": {d}"))
+                .unwrap_or_default();
             println!("{} {}: {}{d}{detail}", o.environment, o.function, o.outcome);
         }
         if !a.applied {
@@ -102,8 +109,12 @@ pub async fn apply(args: ApplyArgs, client: &Client, out: OutputFormat) -> anyho
             println!("applied {}", a.plan.file_digest);
         }
     });
-    if !answer.succeeded {
-        anyhow::bail!("the apply failed; what it changed before was rolled back (see above)");
+    if let Some(f) = answer.outcomes.iter().find(|o| o.outcome == "failed") {
+        anyhow::bail!(
+            "the apply failed at {} in {}; what it had moved went back (see above)",
+            f.function,
+            f.environment
+        );
     }
     Ok(())
 }
@@ -116,7 +127,11 @@ fn print_plan(plan: &ApplyPlan) {
         );
         return;
     }
-    println!("plan for {} ({}):", plan.environments.join(", "), plan.file_digest);
+    println!(
+        "plan for {} ({}):",
+        plan.environments.join(", "),
+        plan.file_digest
+    );
     for (i, step) in plan.steps.iter().enumerate() {
         println!("  {}. {} in {}", i + 1, step.function, step.environment);
         for c in &step.changes {

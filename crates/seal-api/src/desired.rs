@@ -60,11 +60,8 @@ async fn apply(
     for env in file.environments.keys() {
         who.require_env(env)?;
     }
-    let approvals = crate::functions::approvals(
-        &who,
-        req.allow_new_permissions,
-        req.allow_breaking_contract,
-    )?;
+    let approvals =
+        crate::functions::approvals(&who, req.allow_new_permissions, req.allow_breaking_contract)?;
     Ok(Json(
         c.apply_release(&req.file, req.plan, req.source, &who.actor(), approvals)
             .await?,
@@ -77,7 +74,10 @@ struct DiffRequest {
     file: String,
 }
 
-async fn diff(State(c): State<Arc<Control>>, body: axum::body::Bytes) -> ApiResult<Json<DiffAnswer>> {
+async fn diff(
+    State(c): State<Arc<Control>>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<DiffAnswer>> {
     let req: DiffRequest = parse_json(&body)?;
     Ok(Json(c.diff_release(&req.file).await?))
 }

@@ -111,7 +111,11 @@ pub fn routes() -> Routes {
 }
 
 /// Only an admin may approve wider permissions or a breaking contract.
-pub(crate) fn approvals(who: &Caller, new_permissions: bool, breaking_contract: bool) -> ApiResult<Approvals> {
+pub(crate) fn approvals(
+    who: &Caller,
+    new_permissions: bool,
+    breaking_contract: bool,
+) -> ApiResult<Approvals> {
     for (asked, what) in [
         (new_permissions, "new permissions (allow_new_permissions)"),
         (

@@ -18,7 +18,7 @@ use crate::rollout::Progressive;
 use crate::rollout::plan::{Planning, VersionRef};
 use crate::trust::Approvals;
 use seal_api_types::desired::{
-    ApplyAnswer, ApplyPlan, Change, Difference, DiffAnswer, FileSource, FunctionSpec, PlanStep,
+    ApplyAnswer, ApplyPlan, Change, DiffAnswer, Difference, FileSource, FunctionSpec, PlanStep,
     ReleaseFile, SecretNames, StepOutcome,
 };
 use seal_api_types::rollout::Strategy;
@@ -564,7 +564,10 @@ impl Control {
                 continue;
             }
             let spec = &file.environments[&step.environment].functions[&step.function];
-            match self.carry_out_step(step, spec, &reason, actor, approvals).await {
+            match self
+                .carry_out_step(step, spec, &reason, actor, approvals)
+                .await
+            {
                 Ok((deployment, from)) => {
                     if deployment.is_some() {
                         moved.push((step.environment.clone(), step.function.clone(), from));
@@ -573,7 +576,12 @@ impl Control {
                 }
                 Err((deployment, e)) => {
                     failed = true;
-                    outcomes.push(outcome(step, "failed", deployment, Some(e.public_message())));
+                    outcomes.push(outcome(
+                        step,
+                        "failed",
+                        deployment,
+                        Some(e.public_message()),
+                    ));
                 }
             }
         }
@@ -661,7 +669,9 @@ impl Control {
                         .await
                         .map_err(|e| (None, e))?;
                 }
-                Change::Deploy { from, to, strategy, .. } => {
+                Change::Deploy {
+                    from, to, strategy, ..
+                } => {
                     let progressive = *strategy != Strategy::AllAtOnce;
                     let id = if progressive {
                         let rollout = spec.rollout.clone().unwrap_or_else(|| {
@@ -740,14 +750,15 @@ impl Control {
         let targets = self.targets(&file).await?;
         let mut differences = Vec::new();
         for t in &targets {
-            let diff = |field: String, desired: Option<String>, actual: Option<String>| Difference {
-                environment: t.environment.clone(),
-                function: t.function.clone(),
-                field,
-                desired,
-                actual,
-                why: None,
-            };
+            let diff =
+                |field: String, desired: Option<String>, actual: Option<String>| Difference {
+                    environment: t.environment.clone(),
+                    function: t.function.clone(),
+                    field,
+                    desired,
+                    actual,
+                    why: None,
+                };
             let to = t.version.version;
             if t.serving != Some(to) || t.weights.len() > 1 {
                 let actual = (!t.weights.is_empty()).then(|| {
@@ -757,13 +768,21 @@ impl Control {
                         .collect::<Vec<_>>()
                         .join(" + ")
                 });
-                let mut d = diff("version".into(), Some(format!("{}@{to}", t.function)), actual);
+                let mut d = diff(
+                    "version".into(),
+                    Some(format!("{}@{to}", t.function)),
+                    actual,
+                );
                 d.why = self.why_route(&t.environment, &t.function).await?;
                 differences.push(d);
             }
             let mut keys = Vec::new();
             if let Some(config) = &t.spec.config {
-                for k in config.keys().chain(t.config.keys()).collect::<BTreeSet<_>>() {
+                for k in config
+                    .keys()
+                    .chain(t.config.keys())
+                    .collect::<BTreeSet<_>>()
+                {
                     let (want, have) = (config.get(k), t.config.get(k));
                     if want != have {
                         keys.push(k.clone());
@@ -773,7 +792,12 @@ impl Control {
             }
             if let Some(SecretNames(names)) = &t.spec.secrets {
                 let names: BTreeSet<&String> = names.iter().collect();
-                for k in names.iter().copied().chain(t.secrets.iter()).collect::<BTreeSet<_>>() {
+                for k in names
+                    .iter()
+                    .copied()
+                    .chain(t.secrets.iter())
+                    .collect::<BTreeSet<_>>()
+                {
                     let (want, have) = (names.contains(k), t.secrets.contains(k));
                     if want != have {
                         keys.push(k.clone());
@@ -829,7 +853,11 @@ impl Control {
                     .unwrap_or_else(|| "rolled back".into());
                 format!(
                     "rolled back by {} at {when}: {reason} (deployment {})",
-                    if d.actor == "seal" { "a gate".to_owned() } else { d.actor.clone() },
+                    if d.actor == "seal" {
+                        "a gate".to_owned()
+                    } else {
+                        d.actor.clone()
+                    },
                     d.id
                 )
             }
@@ -871,8 +899,16 @@ impl Control {
         function: &str,
     ) -> ControlResult<BTreeMap<String, String>> {
         let mut whys = BTreeMap::new();
-        for r in self.state.setting_revisions(function, Some(env), 200).await? {
-            let kind = r.changes.get("kind").and_then(|k| k.as_str()).unwrap_or("config");
+        for r in self
+            .state
+            .setting_revisions(function, Some(env), 200)
+            .await?
+        {
+            let kind = r
+                .changes
+                .get("kind")
+                .and_then(|k| k.as_str())
+                .unwrap_or("config");
             for (list, verb) in [("set", "set"), ("unset", "unset")] {
                 for key in r
                     .changes
@@ -897,7 +933,12 @@ impl Control {
     }
 }
 
-fn outcome(step: &PlanStep, what: &str, deployment: Option<u64>, detail: Option<String>) -> StepOutcome {
+fn outcome(
+    step: &PlanStep,
+    what: &str,
+    deployment: Option<u64>,
+    detail: Option<String>,
+) -> StepOutcome {
     StepOutcome {
         environment: step.environment.clone(),
         function: step.function.clone(),
@@ -930,35 +971,49 @@ pub(crate) fn time(ms: i64) -> String {
 mod tests {
     use super::*;
 
+    /// Every field a release file has.
+    const FULL: &str = r#"
+[environments.production.functions.hello]
+version = 3
+digest = "sha256:0000000000000000000000000000000000000000000000000000000000000000"
+after = ["billing"]
+config = { GREETING = "hi" }
+secrets = ["API_KEY"]
+[environments.production.functions.hello.rollout]
+strategy = "canary"
+steps = [10, 50]
+increment = 10
+interval_ms = 30000
+on_inconclusive = "fail"
+progress_deadline_ms = 600000
+approve_before_promote = true
+scale_down_delay_ms = 1000
+sticky_header = "x-user"
+notify = "https://example.org/hook"
+gates = { max_error_rate = 0.01, max_latency = { quantile = 0.99, ms = 200.0 }, max_error_rate_increase = 0.005, max_latency_increase = 1.5, min_requests = 50, max_queue_age_ms = 60000 }
+[[environments.production.functions.hello.rollout.hooks]]
+name = "smoke"
+phase = "pre-traffic"
+request = { method = "GET", path = "/", headers = { accept = "text/plain" }, body = "" }
+expect = { status = 200, body_contains = "ok", success = false }
+[environments.production.functions.billing]
+version = 1
+"#;
+
     fn err(text: &str) -> String {
         parse(text).unwrap_err().to_string()
     }
 
     #[test]
     fn a_file_parses_with_its_defaults() {
-        let f = parse(
-            r#"
-[environments.production.functions.hello]
-version = 3
-after = ["billing"]
-config = { GREETING = "hi" }
-secrets = ["API_KEY"]
-
-[environments.production.functions.hello.rollout]
-strategy = "canary"
-steps = [10, 50]
-interval_ms = 30000
-gates = { max_error_rate = 0.01 }
-
-[environments.production.functions.billing]
-digest = "sha256:0000000000000000000000000000000000000000000000000000000000000000"
-"#,
-        )
-        .unwrap();
+        let f = parse(FULL).unwrap();
         let hello = &f.environments["production"].functions["hello"];
         assert_eq!(hello.version, Some(3));
         assert_eq!(hello.secrets, Some(SecretNames(vec!["API_KEY".into()])));
         assert_eq!(hello.rollout.as_ref().unwrap().steps, Some(vec![10, 50]));
+        let billing = &f.environments["production"].functions["billing"];
+        assert_eq!(billing.config, None, "absent: not managed");
+        assert!(billing.rollout.is_none() && billing.after.is_empty());
         assert_eq!(
             order("production", &f.environments["production"].functions).unwrap(),
             ["billing", "hello"]
@@ -1017,45 +1072,19 @@ digest = "sha256:000000000000000000000000000000000000000000000000000000000000000
     /// accepts and refuses what it refuses.
     #[test]
     fn the_published_schema_agrees_with_the_parser() {
-        let schema: serde_json::Value = serde_json::from_str(include_str!(
-            "../../../schemas/release.schema.json"
-        ))
-        .unwrap();
+        let schema: serde_json::Value =
+            serde_json::from_str(include_str!("../../../schemas/release.schema.json")).unwrap();
         jsonschema::draft202012::meta::validate(&schema).unwrap();
         let validator = jsonschema::draft202012::new(&schema).unwrap();
-        let full = r#"
-[environments.production.functions.hello]
-version = 3
-digest = "sha256:0000000000000000000000000000000000000000000000000000000000000000"
-after = ["billing"]
-config = { GREETING = "hi" }
-secrets = ["API_KEY"]
-[environments.production.functions.hello.rollout]
-strategy = "canary"
-steps = [10, 50]
-increment = 10
-interval_ms = 30000
-on_inconclusive = "fail"
-progress_deadline_ms = 600000
-approve_before_promote = true
-scale_down_delay_ms = 1000
-sticky_header = "x-user"
-notify = "https://example.org/hook"
-gates = { max_error_rate = 0.01, max_latency = { quantile = 0.99, ms = 200.0 }, max_error_rate_increase = 0.005, max_latency_increase = 1.5, min_requests = 50, max_queue_age_ms = 60000 }
-[[environments.production.functions.hello.rollout.hooks]]
-name = "smoke"
-phase = "pre-traffic"
-request = { method = "GET", path = "/", headers = { accept = "text/plain" }, body = "" }
-expect = { status = 200, body_contains = "ok", success = false }
-[environments.production.functions.billing]
-version = 1
-"#;
-        let file = parse(full).unwrap();
+        let file = parse(FULL).unwrap();
         // Every field the types have, written back: the schema knows each.
         let json = serde_json::to_value(&file).unwrap();
-        let errors: Vec<String> = validator.iter_errors(&json).map(|e| e.to_string()).collect();
+        let errors: Vec<String> = validator
+            .iter_errors(&json)
+            .map(|e| e.to_string())
+            .collect();
         assert!(errors.is_empty(), "{errors:?}");
-        let as_toml: serde_json::Value = toml::from_str(full).unwrap();
+        let as_toml: serde_json::Value = toml::from_str(FULL).unwrap();
         assert!(validator.is_valid(&as_toml));
         for bad in [
             "[environments.production.functions.hello]\nverison = 3\n",
