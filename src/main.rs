@@ -305,6 +305,16 @@ enum Command {
     /// file is never a difference.
     #[command(after_long_help = DESIRED_EXAMPLES)]
     Diff(commands::desired::DiffArgs),
+    /// List the versions held per environment: rolled back, so no apply deploys them again.
+    ///
+    /// A version a gate or a failed hook rolled back, a canary a person
+    /// aborted, and the version `seal rollback` left are held in that
+    /// environment until `seal hold release FUNCTION@N`.
+    #[command(after_long_help = DESIRED_EXAMPLES)]
+    Holds(commands::desired::HoldsArgs),
+    /// Release a held version (`seal hold release hello@7 --env production`), audited.
+    #[command(subcommand, after_long_help = DESIRED_EXAMPLES)]
+    Hold(commands::desired::HoldCommand),
 }
 
 const DESIRED_EXAMPLES: &str = "\
@@ -313,6 +323,8 @@ Examples:
   seal apply -f release.toml --plan          # what would change, in order
   seal apply -f release.toml                 # carry it out
   seal diff -f release.toml                  # exit 3 and why, when it drifted
+  seal holds -e production                   # versions rolled back: apply refuses them
+  seal hold release checkout@7 -e production # after the fix: apply may deploy it again
 
 A release file:
   [environments.production.functions.billing]
@@ -504,6 +516,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Export(args) => commands::desired::export(args, &client()?, out).await,
         Command::Apply(args) => commands::desired::apply(args, &client()?, out).await,
         Command::Diff(args) => commands::desired::diff(args, &client()?, out).await,
+        Command::Holds(args) => commands::desired::holds(args, &client()?, out).await,
+        Command::Hold(cmd) => commands::desired::hold(cmd, &client()?, out).await,
     }
 }
 

@@ -279,6 +279,54 @@ async fn export_apply_round_trip_changes_nothing_and_a_changed_file_moves_only_w
     assert_eq!(healed["succeeded"], true, "{healed:#}");
     assert_eq!(serves(&s, "a").await, "2");
     assert!(s.seal(&["diff", "-f", &file]).ok);
+
+    // A person rolls c back: c@2 is held, so the file cannot bring it
+    // back until the hold is released.
+    s.seal_json(&["rollback", "c"]);
+    let holds = s.seal_json(&["holds", "-e", "production"]);
+    assert_eq!(holds["holds"].as_array().unwrap().len(), 1, "{holds:#}");
+    assert_eq!(holds["holds"][0]["function"], "c");
+    assert_eq!(holds["holds"][0]["version"], 2);
+    assert_eq!(holds["holds"][0]["by"], "admin");
+    let (code, body) = s.api_post("/v1/apply", json!({"file": text})).await;
+    assert_eq!(code, 409, "{body:#}");
+    let msg = body["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("c@2 is held in production")
+            && msg.contains("seal rollback")
+            && msg.contains("seal hold release c@2 --env production"),
+        "{msg}"
+    );
+    assert_eq!(serves(&s, "c").await, "1");
+    let released = s.seal(&["hold", "release", "c@2"]);
+    assert!(released.ok, "{}", released.stderr);
+    assert!(
+        released
+            .stdout
+            .contains("released the hold on c@2 in production"),
+        "{}",
+        released.stdout
+    );
+    assert!(
+        s.seal_json(&["holds"])["holds"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    s.seal(&["hold", "release", "c@2"])
+        .assert_fails_with("c@2 is not held in production");
+    let audit = s.api_get("/v1/audit?limit=5").await;
+    assert!(
+        audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "hold.release" && e["object"] == "production/c"),
+        "{audit:#}"
+    );
+    let healed = s.seal_json(&["apply", "-f", &file]);
+    assert_eq!(healed["succeeded"], true, "{healed:#}");
+    assert_eq!(serves(&s, "c").await, "2");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -357,6 +405,57 @@ after = ["b"]
             .iter()
             .any(|e| e["action"] == "apply" && e["outcome"] == "failed"),
         "{audit:#}"
+    );
+
+    // diff says why each differs: b by its hook, a by the apply's undo.
+    let diff = s.seal(&["diff", "-f", &file]);
+    assert!(!diff.ok);
+    for needle in [
+        "production b version: file b@2, serving b@1 (100%)",
+        "why: rolled back by seal (a gate or a hook) at",
+        "pre-traffic hook \"smoke\" failed",
+        "why: seal rollback by admin at",
+        "reason: undone by apply",
+    ] {
+        assert!(diff.stdout.contains(needle), "{needle}: {}", diff.stdout);
+    }
+
+    // b@2, aborted by its hook, is held; a@2, undone by the apply, is not.
+    let holds = s.seal_json(&["holds"]);
+    let held: Vec<String> = holds["holds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| format!("{}@{}", h["function"].as_str().unwrap(), h["version"]))
+        .collect();
+    assert_eq!(held, ["b@2"], "{holds:#}");
+    assert_eq!(holds["holds"][0]["by"], "seal");
+    assert!(
+        holds["holds"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("smoke"),
+        "{holds:#}"
+    );
+    let text = s.seal(&["holds"]);
+    assert!(
+        text.stdout.contains("b@2") && text.stdout.contains("seal"),
+        "{}",
+        text.stdout
+    );
+    let (code, body) = s
+        .api_post(
+            "/v1/apply",
+            json!({"file": std::fs::read_to_string(&file).unwrap(), "plan": true}),
+        )
+        .await;
+    assert_eq!(code, 409, "{body:#}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("b@2 is held in production: rolled back by seal"),
+        "{body:#}"
     );
 
     // Bad files, each refused with what is wrong and nothing changed.

@@ -4,10 +4,13 @@
 //! file is in a git work tree).
 
 use crate::client::Client;
+use crate::commands::trust::{VersionRef, parse_version_ref};
 use crate::output::{OutputFormat, emit};
+use crate::output::{table, time_ms};
 use anyhow::Context;
 use seal_api_types::desired::{
-    ApplyAnswer, ApplyPlan, ApplyRequest, Change, DiffAnswer, Exported, FileSource,
+    ApplyAnswer, ApplyPlan, ApplyRequest, Change, DiffAnswer, Exported, FileSource, Hold, Holds,
+    ReleaseHold,
 };
 use std::path::{Path, PathBuf};
 
@@ -56,6 +59,26 @@ pub struct DiffArgs {
     /// The release file (TOML).
     #[arg(long, short = 'f', value_name = "FILE")]
     file: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct HoldsArgs {
+    /// Only this environment (default: every environment).
+    #[arg(long, short = 'e')]
+    env: Option<String>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum HoldCommand {
+    /// Lift the hold on a version (FUNCTION@N), so an apply may deploy it again.
+    Release {
+        /// The held version, e.g. hello@7.
+        #[arg(value_parser = parse_version_ref)]
+        target: VersionRef,
+        /// Environment (default: the server's default, production).
+        #[arg(long, short = 'e')]
+        env: Option<String>,
+    },
 }
 
 const HEADER: &str = "\
@@ -243,4 +266,59 @@ fn git_source(file: &Path) -> Option<FileSource> {
         message: Some(message.to_owned()),
         uncommitted,
     })
+}
+
+pub async fn holds(args: HoldsArgs, client: &Client, out: OutputFormat) -> anyhow::Result<()> {
+    let path = match &args.env {
+        Some(e) => format!("/v1/holds?environment={e}"),
+        None => "/v1/holds".to_owned(),
+    };
+    let holds: Holds = client.get_as(&path).await?;
+    emit(out, &holds, |h| {
+        if h.holds.is_empty() {
+            println!("no version is held");
+            return;
+        }
+        table(
+            &[
+                "ENVIRONMENT",
+                "VERSION",
+                "ROLLED BACK",
+                "BY",
+                "DEPLOYMENT",
+                "WHY",
+            ],
+            h.holds
+                .iter()
+                .map(|h| {
+                    vec![
+                        h.environment.clone(),
+                        format!("{}@{}", h.function, h.version),
+                        time_ms(h.at),
+                        h.by.clone(),
+                        h.deployment.to_string(),
+                        h.reason.clone(),
+                    ]
+                })
+                .collect(),
+        )
+    });
+    Ok(())
+}
+
+pub async fn hold(cmd: HoldCommand, client: &Client, out: OutputFormat) -> anyhow::Result<()> {
+    let HoldCommand::Release { target, env } = cmd;
+    let req = ReleaseHold {
+        function: target.function.clone(),
+        version: target.version,
+        environment: env,
+    };
+    let hold: Hold = client.post_as("/v1/holds/release", &req).await?;
+    emit(out, &hold, |h| {
+        println!(
+            "released the hold on {target} in {} (rolled back in deployment {}: {})",
+            h.environment, h.deployment, h.reason
+        )
+    });
+    Ok(())
 }

@@ -238,3 +238,37 @@ pub struct DiffAnswer {
 pub struct Exported {
     pub file: ReleaseFile,
 }
+
+/// A version held in an environment: a deployment rolled it back (a gate,
+/// a failed hook, a person's abort or `seal rollback`), so an apply will
+/// not deploy it there again until the hold is released.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hold {
+    pub environment: String,
+    pub function: String,
+    pub version: u64,
+    /// The deployment that rolled it back.
+    pub deployment: u64,
+    /// When it was rolled back.
+    pub at: i64,
+    /// Who rolled it back (`seal` for a gate or a hook).
+    pub by: String,
+    /// Why, with the gate's numbers when a gate did it.
+    pub reason: String,
+}
+
+/// `GET /v1/holds`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Holds {
+    pub holds: Vec<Hold>,
+}
+
+/// `POST /v1/holds/release`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseHold {
+    pub function: String,
+    pub version: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
+}

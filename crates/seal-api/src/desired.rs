@@ -6,6 +6,8 @@
 //! | GET | `/v1/export?environment=` | today's state as a release file (JSON form) |
 //! | POST | `/v1/apply` | `{"file": TOML, "plan"?, "source"?, "allow_new_permissions"?, "allow_breaking_contract"?}`: the plan, carried out unless `plan` |
 //! | POST | `/v1/diff` | `{"file": TOML}`: differences with why; `in_sync` |
+//! | GET | `/v1/holds?environment=` | versions rolled back and held, newest first |
+//! | POST | `/v1/holds/release` | `{"function", "version", "environment"?}`: the hold lifted (audited) |
 //!
 //! A token limited to some environments may apply only files that name
 //! no other.
@@ -16,7 +18,9 @@ use crate::parse_json;
 use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::Method;
-use seal_api_types::desired::{ApplyAnswer, ApplyRequest, DiffAnswer, Exported};
+use seal_api_types::desired::{
+    ApplyAnswer, ApplyRequest, DiffAnswer, Exported, Hold, Holds, ReleaseHold,
+};
 use seal_control::Control;
 use seal_control::desired::MAX_FILE_BYTES;
 use serde::Deserialize;
@@ -33,17 +37,50 @@ pub fn routes() -> Routes {
             "/v1/diff",
             viewer(Method::POST, diff).body_limit(2 * MAX_FILE_BYTES),
         )
+        .route("/v1/holds", viewer(Method::GET, holds))
+        .route("/v1/holds/release", deployer(Method::POST, release_hold))
+}
+
+async fn holds(
+    State(c): State<Arc<Control>>,
+    Query(q): Query<EnvironmentQuery>,
+) -> ApiResult<Json<Holds>> {
+    Ok(Json(Holds {
+        holds: c.holds(q.environment.as_deref()).await?,
+    }))
+}
+
+async fn release_hold(
+    State(c): State<Arc<Control>>,
+    who: Caller,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<Hold>> {
+    let req: ReleaseHold = parse_json(&body)?;
+    who.require_env(
+        req.environment
+            .as_deref()
+            .unwrap_or(c.default_environment()),
+    )?;
+    Ok(Json(
+        c.release_hold(
+            &req.function,
+            req.version,
+            req.environment.as_deref(),
+            &who.actor(),
+        )
+        .await?,
+    ))
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ExportQuery {
+struct EnvironmentQuery {
     environment: Option<String>,
 }
 
 async fn export(
     State(c): State<Arc<Control>>,
-    Query(q): Query<ExportQuery>,
+    Query(q): Query<EnvironmentQuery>,
 ) -> ApiResult<Json<Exported>> {
     Ok(Json(Exported {
         file: c.export_release(q.environment.as_deref()).await?,

@@ -357,17 +357,31 @@ mod tests {
 
     #[test]
     fn every_write_route_needs_at_least_a_deployer_or_says_why() {
-        // The only writes a viewer may make change nothing: verification.
+        // The only POSTs a viewer may make change nothing: verification,
+        // and comparing a release file with what serves.
         for d in routes().declared() {
             let read = d.method == Method::GET || d.method == Method::HEAD;
             if read || d.access != Access::Role(Role::Viewer) {
                 continue;
             }
-            assert_eq!(
-                d.path, "/v1/functions/{function}/versions/{version}/verify",
+            assert!(
+                [
+                    "/v1/functions/{function}/versions/{version}/verify",
+                    "/v1/diff"
+                ]
+                .contains(&d.path),
                 "{} {} is a write open to viewers",
-                d.method, d.path
+                d.method,
+                d.path
             );
         }
+        assert_eq!(
+            access(Method::POST, "/v1/apply"),
+            Some(Access::Role(Role::Deployer))
+        );
+        assert_eq!(
+            access(Method::POST, "/v1/holds/release"),
+            Some(Access::Role(Role::Deployer))
+        );
     }
 }

@@ -352,6 +352,19 @@ impl Control {
                     d.id, t.function, t.environment
                 )));
             }
+            let deploys = changes.iter().find_map(|c| match c {
+                Change::Deploy { to, .. } => Some(*to),
+                _ => None,
+            });
+            if let Some(to) = deploys
+                && let Some(h) = self
+                    .holds_of(&t.environment, &t.function)
+                    .await?
+                    .iter()
+                    .find(|h| h.version == to)
+            {
+                return Err(crate::holds::refusal(h));
+            }
             steps.push(PlanStep {
                 environment: t.environment.clone(),
                 function: t.function.clone(),
@@ -589,7 +602,18 @@ impl Control {
             for (env, function, from) in moved.iter().rev() {
                 let undone = match from {
                     Some(v) => self
-                        .rollback(function, Some(env), Some(*v), actor, approvals)
+                        .rollback_because(
+                            function,
+                            Some(env),
+                            Some(*v),
+                            Some(&format!(
+                                "{} {}: a later step failed",
+                                crate::holds::UNDONE_BY_APPLY,
+                                short(&plan.file_digest)
+                            )),
+                            actor,
+                            approvals,
+                        )
                         .await
                         .map(|o| o.deployment.map(|d| d.id)),
                     None => Err(ControlError::conflict(
@@ -719,17 +743,17 @@ impl Control {
     /// Waits until deployment `id` ends; an error unless it succeeded.
     async fn wait_for_end(&self, id: u64) -> ControlResult<()> {
         loop {
-            let Some((d, events)) = self.state.deployment(id).await? else {
+            let Some((d, _)) = self.state.deployment(id).await? else {
                 return Err(ControlError::not_found(format!("deployment {id} vanished")));
             };
             if !d.is_active() {
                 if d.state == DeploymentState::Succeeded {
                     return Ok(());
                 }
-                let why = events
-                    .iter()
-                    .rev()
-                    .find_map(|e| e.detail.get("reason").and_then(|r| r.as_str()))
+                let why = self
+                    .ending(&d)
+                    .await?
+                    .0
                     .map(|r| format!(": {r}"))
                     .unwrap_or_default();
                 return Err(ControlError::conflict(format!(
@@ -837,27 +861,16 @@ impl Control {
         };
         let when = time(d.finished_at.unwrap_or(d.created_at));
         let what = match (d.state, d.kind) {
-            (DeploymentState::RolledBack, _) => {
-                let reason = self
-                    .state
-                    .deployment(d.id)
-                    .await?
-                    .and_then(|(_, events)| {
-                        events.iter().rev().find_map(|e| {
-                            e.detail
-                                .get("reason")
-                                .and_then(|r| r.as_str())
-                                .map(str::to_owned)
-                        })
-                    })
-                    .unwrap_or_else(|| "rolled back".into());
+            (DeploymentState::RolledBack | DeploymentState::Aborted, _) => {
+                let (reason, by) = self.ending(&d).await?;
+                let by = if by == "seal" {
+                    "seal (a gate or a hook)".to_owned()
+                } else {
+                    by
+                };
                 format!(
-                    "rolled back by {} at {when}: {reason} (deployment {})",
-                    if d.actor == "seal" {
-                        "a gate".to_owned()
-                    } else {
-                        d.actor.clone()
-                    },
+                    "rolled back by {by} at {when}: {} (deployment {})",
+                    reason.unwrap_or_else(|| d.state.as_str().to_owned()),
                     d.id
                 )
             }
@@ -867,16 +880,11 @@ impl Control {
                 d.actor,
                 state.as_str()
             ),
-            (state, kind) => {
+            (_, kind) => {
                 let command = match kind {
                     DeploymentKind::Rollback => "seal rollback",
                     _ if d.strategy != Strategy::AllAtOnce => "a progressive seal deploy",
                     _ => "seal deploy",
-                };
-                let outcome = if state == DeploymentState::Aborted {
-                    " (aborted)"
-                } else {
-                    ""
                 };
                 let via = d
                     .reason
@@ -884,7 +892,7 @@ impl Control {
                     .map(|r| format!(", reason: {r}"))
                     .unwrap_or_default();
                 format!(
-                    "{command} by {} at {when}{outcome} (deployment {}{via})",
+                    "{command} by {} at {when} (deployment {}{via})",
                     d.actor, d.id
                 )
             }

@@ -536,6 +536,20 @@ impl Control {
         actor: &str,
         approvals: Approvals,
     ) -> ControlResult<DeployOutcome> {
+        self.rollback_because(function, environment, to, None, actor, approvals)
+            .await
+    }
+
+    /// [`Self::rollback`] with the reason recorded on the deployment.
+    pub(crate) async fn rollback_because(
+        &self,
+        function: &str,
+        environment: Option<&str>,
+        to: Option<u64>,
+        reason: Option<&str>,
+        actor: &str,
+        approvals: Approvals,
+    ) -> ControlResult<DeployOutcome> {
         let env = self.environment_or_default(environment).await?;
         self.function_or_404(function).await?;
         // The target is worked out under the lock, from the route as it is
@@ -582,7 +596,7 @@ impl Control {
             version: target,
             weight: 100,
         }];
-        self.switch_locked(&env, &v, to, DeploymentKind::Rollback, None, actor, gate)
+        self.switch_locked(&env, &v, to, DeploymentKind::Rollback, reason, actor, gate)
             .await
     }
 

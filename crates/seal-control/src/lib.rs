@@ -20,6 +20,7 @@ pub mod error;
 mod event_contracts;
 pub mod events;
 mod files;
+pub mod holds;
 mod lookup;
 pub mod metrics;
 pub mod monitoring;

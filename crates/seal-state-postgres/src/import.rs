@@ -34,6 +34,7 @@ const TABLES: &[&str] = &[
     "deliveries",
     "attempts",
     "cron_runs",
+    "hold_releases",
 ];
 
 /// Tables whose ids PostgreSQL allocates (identity columns).

@@ -613,6 +613,8 @@ macro_rules! state_ports {
         fn active_deployments() -> Vec<DeploymentRecord>;
         fn deployments(function: &str, environment: Option<&str>) -> Vec<DeploymentRecord>;
         fn deployment(id: u64) -> Option<(DeploymentRecord, Vec<DeploymentEvent>)>;
+        fn release_hold(release: &HoldRelease) -> bool;
+        fn hold_releases(environment: Option<&str>) -> Vec<HoldRelease>;
     }
     AuditLog {
         fn audit(entry: NewAudit<'_>) -> ();

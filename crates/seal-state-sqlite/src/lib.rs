@@ -12,8 +12,8 @@
 
 use seal_state::{
     AUDIT_GENESIS, AuditRecord, AuditVerification, Budget, DeploymentEvent, DeploymentRecord,
-    HOUR_MS, NewAudit, NewDeployment, NewRollout, NewVersion, RouteRecord, StateError, Transition,
-    UsageDelta, UsageRow, VersionRecord, audit_hash, now_ms,
+    HOUR_MS, HoldRelease, NewAudit, NewDeployment, NewRollout, NewVersion, RouteRecord, StateError,
+    Transition, UsageDelta, UsageRow, VersionRecord, audit_hash, now_ms,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqlitePool, Transaction};
@@ -649,6 +649,59 @@ impl SqliteStore {
         .into_iter()
         .map(|r| r.try_into().map_err(Error::from))
         .collect()
+    }
+
+    /// Releases a hold (a row naming the deployment that made it), with
+    /// its audit entry; false if that hold was released already.
+    pub async fn release_hold(&self, r: &HoldRelease) -> Result<bool> {
+        let statement = sqlx::query(
+            "INSERT INTO hold_releases (environment, function, version, deployment_id, released_at, released_by) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        )
+        .bind(&r.environment)
+        .bind(&r.function)
+        .bind(r.version as i64)
+        .bind(r.deployment_id as i64)
+        .bind(r.released_at)
+        .bind(&r.released_by);
+        self.change_audited(
+            statement,
+            NewAudit {
+                actor: &r.released_by,
+                action: "hold.release",
+                object: &format!("{}/{}", r.environment, r.function),
+                digest: None,
+                outcome: "ok",
+                detail: serde_json::json!({"version": r.version, "deployment": r.deployment_id}),
+            },
+        )
+        .await
+    }
+
+    pub async fn hold_releases(&self, environment: Option<&str>) -> Result<Vec<HoldRelease>> {
+        let rows: Vec<(String, String, i64, i64, i64, String)> = sqlx::query_as(
+            "SELECT environment, function, version, deployment_id, released_at, released_by \
+             FROM hold_releases WHERE $1 IS NULL OR environment = $1 \
+             ORDER BY released_at DESC, deployment_id DESC",
+        )
+        .bind(environment)
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(environment, function, version, deployment_id, released_at, released_by)| {
+                    HoldRelease {
+                        environment,
+                        function,
+                        version: version as u64,
+                        deployment_id: deployment_id as u64,
+                        released_at,
+                        released_by,
+                    }
+                },
+            )
+            .collect())
     }
 
     pub async fn deployment(

@@ -138,6 +138,58 @@ pub async fn environments_are_explicit(s: &dyn StateStore) {
     );
 }
 
+/// A hold is released once, audited, and listed per environment, newest
+/// first; releasing it again changes nothing.
+pub async fn hold_releases_are_recorded_once(s: &dyn StateStore) {
+    let release = |env: &str, version: u64, deployment_id: u64, at: i64| HoldRelease {
+        environment: env.into(),
+        function: "hello".into(),
+        version,
+        deployment_id,
+        released_at: at,
+        released_by: "contract".into(),
+    };
+    assert!(s.hold_releases(None).await.unwrap().is_empty());
+    assert!(
+        s.release_hold(&release("production", 2, 7, 1_000))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.release_hold(&release("production", 2, 7, 2_000))
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.release_hold(&release("production", 2, 9, 3_000))
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.release_hold(&release("staging", 2, 8, 4_000))
+            .await
+            .unwrap()
+    );
+    let production = s.hold_releases(Some("production")).await.unwrap();
+    assert_eq!(
+        production,
+        vec![
+            release("production", 2, 9, 3_000),
+            release("production", 2, 7, 1_000)
+        ]
+    );
+    assert_eq!(s.hold_releases(None).await.unwrap().len(), 3);
+    let log = s.audit_log(10).await.unwrap();
+    assert_eq!(
+        log.iter().filter(|e| e.action == "hold.release").count(),
+        3,
+        "{log:?}"
+    );
+    assert_eq!(log[0].object, "staging/hello");
+    assert_eq!(log[0].detail["deployment"], 8);
+    assert!(s.verify_audit().await.unwrap().ok);
+}
+
 /// An environment's protection is set, cleared back to the server's rule,
 /// and audited; an unknown environment is not created by it.
 pub async fn protection_is_set_per_environment(s: &dyn StateStore) {
@@ -1258,6 +1310,7 @@ macro_rules! contract_tests {
             versions_count_up_and_a_digest_keeps_its_version,
             environments_are_explicit,
             protection_is_set_per_environment,
+            hold_releases_are_recorded_once,
             a_deployment_moves_the_route_with_its_events_and_audit,
             an_active_rollout_owns_its_route,
             the_audit_log_is_one_chain,

@@ -98,6 +98,19 @@ pub fn audit_hash(
     hex::encode(sha2::Sha256::digest(canonical.as_bytes()))
 }
 
+/// A hold released: the version may be deployed by an apply again,
+/// until a later deployment rolls it back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldRelease {
+    pub environment: String,
+    pub function: String,
+    pub version: u64,
+    /// The deployment that rolled the version back (the hold released).
+    pub deployment_id: u64,
+    pub released_at: i64,
+    pub released_by: String,
+}
+
 /// An audit entry to append.
 #[derive(Debug, Clone)]
 pub struct NewAudit<'a> {
@@ -330,6 +343,11 @@ pub trait Deployments: Send + Sync {
     ) -> Result<Vec<DeploymentRecord>>;
     async fn deployment(&self, id: u64)
     -> Result<Option<(DeploymentRecord, Vec<DeploymentEvent>)>>;
+    /// Releases the hold a deployment put on a version, with its audit
+    /// entry, in one transaction; false if it was released already.
+    async fn release_hold(&self, release: &HoldRelease) -> Result<bool>;
+    /// The holds released, in one environment or all, newest first.
+    async fn hold_releases(&self, environment: Option<&str>) -> Result<Vec<HoldRelease>>;
 }
 
 /// The hash-chained audit log.

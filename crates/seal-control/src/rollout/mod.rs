@@ -642,6 +642,12 @@ impl Control {
         ending: Ending,
     ) -> ControlResult<DeploymentRecord> {
         let started = Instant::now();
+        // Who ended it (a person, or `seal` for a gate or a hook) is part
+        // of the record, not only of the audit log: a hold names them.
+        let mut detail = ending.detail.clone();
+        if let Some(o) = detail.as_object_mut() {
+            o.insert("by".into(), json!(ending.actor));
+        }
         let record = self
             .transition_locked(
                 d,
@@ -652,7 +658,7 @@ impl Control {
                     weights: Some(&ending.weights),
                     finished: true,
                     event: ending.event,
-                    detail: ending.detail.clone(),
+                    detail,
                     audit: Some(("deploy", ending.state.as_str(), &ending.actor)),
                     fence: None,
                 },

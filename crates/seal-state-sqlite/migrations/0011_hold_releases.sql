@@ -1,0 +1,14 @@
+-- Holds: a version rolled back in an environment (by a gate, a hook or a
+-- person) is held there, so applying a release file cannot bring it
+-- back. The hold itself is the deployment that rolled it back (nothing to
+-- write, nothing to lose); releasing it is a row here, naming that
+-- deployment, so a later rollback of the same version holds it again.
+CREATE TABLE hold_releases (
+    environment   TEXT NOT NULL,
+    function      TEXT NOT NULL,
+    version       INTEGER NOT NULL,
+    deployment_id INTEGER NOT NULL,
+    released_at   INTEGER NOT NULL,
+    released_by   TEXT NOT NULL,
+    PRIMARY KEY (environment, function, version, deployment_id)
+);
