@@ -315,6 +315,15 @@ enum Command {
     /// Release a held version (`seal hold release hello@7 --env production`), audited.
     #[command(subcommand, after_long_help = DESIRED_EXAMPLES)]
     Hold(commands::desired::HoldCommand),
+    /// A function's deployments, newest first: commit → version → deployment → outcome.
+    ///
+    /// Each entry: the version and its artifact digest, the commit and
+    /// source its SLSA provenance names, who deployed it how (strategy,
+    /// and the apply and release-file commit when an apply did), and how
+    /// it ended (succeeded, rolled back by which gate with its numbers,
+    /// aborted by a hook, still held). --format markdown for release notes.
+    #[command(after_long_help = DESIRED_EXAMPLES)]
+    Changelog(commands::desired::ChangelogArgs),
 }
 
 const DESIRED_EXAMPLES: &str = "\
@@ -325,6 +334,7 @@ Examples:
   seal diff -f release.toml                  # exit 3 and why, when it drifted
   seal holds -e production                   # versions rolled back: apply refuses them
   seal hold release checkout@7 -e production # after the fix: apply may deploy it again
+  seal changelog checkout -e production --since 7d --format markdown
 
 A release file:
   [environments.production.functions.billing]
@@ -518,6 +528,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Diff(args) => commands::desired::diff(args, &client()?, out).await,
         Command::Holds(args) => commands::desired::holds(args, &client()?, out).await,
         Command::Hold(cmd) => commands::desired::hold(cmd, &client()?, out).await,
+        Command::Changelog(args) => commands::desired::changelog(args, &client()?, out).await,
     }
 }
 

@@ -329,20 +329,34 @@ async fn export_apply_round_trip_changes_nothing_and_a_changed_file_moves_only_w
     assert_eq!(serves(&s, "c").await, "2");
 }
 
+const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_step_rolls_back_what_the_apply_moved_and_bad_files_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(dir.path());
+    let files = tempfile::tempdir().unwrap();
+    // b@2 is signed, with the commit it was built from in its provenance.
+    let key = files.path().join("release.key");
+    s.seal_json(&["keygen", "--out", key.to_str().unwrap()]);
+    let signed = [
+        "--sign",
+        key.to_str().unwrap(),
+        "--source",
+        "git+https://example.org/team/b",
+        "--commit",
+        COMMIT,
+    ];
     for (f, v2) in [
         ("a", example_component("hello_v2")),
         ("b", guest("fail")),
         ("c", example_component("hello_v2")),
     ] {
         assert_eq!(publish_file(&s, &guest("echo"), f, &[]).0, 1);
-        assert_eq!(publish_file(&s, &v2, f, &[]).0, 2);
+        let extra: &[&str] = if f == "b" { &signed } else { &[] };
+        assert_eq!(publish_file(&s, &v2, f, extra).0, 2);
         s.seal_json(&["deploy", f, "1"]);
     }
-    let files = tempfile::tempdir().unwrap();
     let write = |name: &str, text: &str| {
         let p = files.path().join(name);
         std::fs::write(&p, text).unwrap();
@@ -419,6 +433,44 @@ after = ["b"]
     ] {
         assert!(diff.stdout.contains(needle), "{needle}: {}", diff.stdout);
     }
+
+    // The change log links b@2's commit to its production outcome.
+    let log = s.seal_json(&["changelog", "b", "-e", "production", "--since", "1h"]);
+    let entries = log["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 2, "{log:#}");
+    let latest = &entries[0];
+    assert_eq!(latest["version"], 2);
+    assert_eq!(latest["from"], 1);
+    assert_eq!(latest["commit"], COMMIT);
+    assert_eq!(latest["source"], "git+https://example.org/team/b");
+    assert_eq!(latest["strategy"], "canary");
+    assert_eq!(latest["outcome"], "aborted");
+    assert_eq!(latest["held"], true);
+    assert!(
+        latest["reason"].as_str().unwrap().starts_with("apply "),
+        "{latest:#}"
+    );
+    let why = latest["why"].as_str().unwrap();
+    assert!(why.contains("smoke") && why.contains("(by seal)"), "{why}");
+    assert_eq!(entries[1]["version"], 1);
+    assert_eq!(entries[1]["outcome"], "succeeded");
+    assert_eq!(entries[1]["commit"], Value::Null, "b@1 has no provenance");
+    let md = s.seal(&["changelog", "b", "--format", "markdown"]);
+    assert!(md.ok, "{}", md.stderr);
+    assert!(md.stdout.starts_with("# Changes to b"), "{}", md.stdout);
+    for needle in [
+        "- ",
+        "production b@2 ← @1, canary deploy by admin",
+        &format!("commit {COMMIT} of git+https://example.org/team/b"),
+        "held: release with seal hold release b@2 --env production",
+        "`sha256:",
+    ] {
+        assert!(md.stdout.contains(needle), "{needle}: {}", md.stdout);
+    }
+    s.seal(&["changelog", "b", "--since", "soon"])
+        .assert_fails_with("invalid duration");
+    s.seal(&["changelog", "nope"])
+        .assert_fails_with("unknown function");
 
     // b@2, aborted by its hook, is held; a@2, undone by the apply, is not.
     let holds = s.seal_json(&["holds"]);

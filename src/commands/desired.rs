@@ -9,8 +9,8 @@ use crate::output::{OutputFormat, emit};
 use crate::output::{table, time_ms};
 use anyhow::Context;
 use seal_api_types::desired::{
-    ApplyAnswer, ApplyPlan, ApplyRequest, Change, DiffAnswer, Exported, FileSource, Hold, Holds,
-    ReleaseHold,
+    ApplyAnswer, ApplyPlan, ApplyRequest, Change, Changelog, ChangelogEntry, DiffAnswer, Exported,
+    FileSource, Hold, Holds, ReleaseHold,
 };
 use std::path::{Path, PathBuf};
 
@@ -79,6 +79,27 @@ pub enum HoldCommand {
         #[arg(long, short = 'e')]
         env: Option<String>,
     },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ChangelogArgs {
+    function: String,
+    /// Only this environment (default: every environment).
+    #[arg(long, short = 'e')]
+    env: Option<String>,
+    /// Only deployments started within this long, e.g. 7d, 24h.
+    #[arg(long)]
+    since: Option<String>,
+    /// text, json, or markdown (for release notes).
+    #[arg(long, value_enum, default_value_t = ChangelogFormat::Text)]
+    format: ChangelogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ChangelogFormat {
+    Text,
+    Json,
+    Markdown,
 }
 
 const HEADER: &str = "\
@@ -321,4 +342,90 @@ pub async fn hold(cmd: HoldCommand, client: &Client, out: OutputFormat) -> anyho
         )
     });
     Ok(())
+}
+
+pub async fn changelog(
+    args: ChangelogArgs,
+    client: &Client,
+    out: OutputFormat,
+) -> anyhow::Result<()> {
+    let mut query = vec![("function", args.function.clone())];
+    if let Some(e) = &args.env {
+        query.push(("environment", e.clone()));
+    }
+    if let Some(s) = &args.since {
+        query.push(("since", s.clone()));
+    }
+    let req = client
+        .request(reqwest::Method::GET, "/v1/changelog")
+        .query(&query);
+    let log: Changelog = client.send_as(req, "GET", "/v1/changelog").await?;
+    let format = match (out, args.format) {
+        (OutputFormat::Json, _) => ChangelogFormat::Json,
+        (_, f) => f,
+    };
+    match format {
+        ChangelogFormat::Json => emit(OutputFormat::Json, &log, |_| {}),
+        ChangelogFormat::Text => {
+            if log.entries.is_empty() {
+                println!("no deployment of {}", log.function);
+            }
+            for e in &log.entries {
+                println!("{}", headline(&log.function, e));
+                for line in details(&log.function, e) {
+                    println!("    {line}");
+                }
+            }
+        }
+        ChangelogFormat::Markdown => {
+            println!("# Changes to {}\n", log.function);
+            for e in &log.entries {
+                let mut line = format!("- {}", headline(&log.function, e));
+                for d in details(&log.function, e) {
+                    line.push_str(&format!("; {d}"));
+                }
+                // Commits and digests as code.
+                println!("{}", line.replace(&e.digest, &format!("`{}`", e.digest)));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `2026-12-04T12:03:00Z production hello@7 ← @6, canary by ci: rolled_back`
+fn headline(function: &str, e: &ChangelogEntry) -> String {
+    let from = e.from.map(|v| format!(" ← @{v}")).unwrap_or_default();
+    format!(
+        "{} {} {function}@{}{from}, {} {} by {} (deployment {}): {}",
+        time_ms(e.at),
+        e.environment,
+        e.version,
+        e.strategy,
+        e.kind.as_str(),
+        e.actor,
+        e.deployment,
+        e.outcome.as_str()
+    )
+}
+
+fn details(function: &str, e: &ChangelogEntry) -> Vec<String> {
+    let mut lines = vec![format!("artifact {}", e.digest)];
+    match (&e.commit, &e.source) {
+        (Some(c), Some(s)) => lines.push(format!("commit {c} of {s}")),
+        (Some(c), None) => lines.push(format!("commit {c}")),
+        _ => {}
+    }
+    if let Some(r) = &e.reason {
+        lines.push(format!("reason: {r}"));
+    }
+    if let Some(w) = &e.why {
+        lines.push(format!("why: {w}"));
+    }
+    if e.held {
+        lines.push(format!(
+            "held: release with seal hold release {function}@{} --env {}",
+            e.version, e.environment
+        ));
+    }
+    lines
 }

@@ -272,3 +272,48 @@ pub struct ReleaseHold {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub environment: Option<String>,
 }
+
+/// One deployment in a function's change log: where the version came
+/// from (its commit, by its provenance), how it was released (strategy,
+/// who, which apply) and how it ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChangelogEntry {
+    pub deployment: u64,
+    pub environment: String,
+    pub at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<i64>,
+    pub kind: crate::DeploymentKind,
+    pub strategy: crate::rollout::Strategy,
+    pub actor: String,
+    /// The version the deployment moved to (a progressive one's
+    /// candidate).
+    pub version: u64,
+    pub digest: String,
+    /// The version that served before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<u64>,
+    /// From the version's SLSA provenance, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    /// The deployment's reason (an apply names its file and commit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// `succeeded`, `rolled_back`, `aborted`, or still running.
+    pub outcome: crate::DeploymentState,
+    /// Why it was rolled back or aborted, with the gate's numbers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
+    /// The version this deployment rolled back is still held.
+    #[serde(default, skip_serializing_if = "crate::is_false")]
+    pub held: bool,
+}
+
+/// `GET /v1/changelog`: a function's deployments, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Changelog {
+    pub function: String,
+    pub entries: Vec<ChangelogEntry>,
+}

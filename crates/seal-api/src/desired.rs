@@ -6,6 +6,7 @@
 //! | GET | `/v1/export?environment=` | today's state as a release file (JSON form) |
 //! | POST | `/v1/apply` | `{"file": TOML, "plan"?, "source"?, "allow_new_permissions"?, "allow_breaking_contract"?}`: the plan, carried out unless `plan` |
 //! | POST | `/v1/diff` | `{"file": TOML}`: differences with why; `in_sync` |
+//! | GET | `/v1/changelog?function=&environment=&since=7d` | a function's deployments, newest first: commit → version → deployment → outcome |
 //! | GET | `/v1/holds?environment=` | versions rolled back and held, newest first |
 //! | POST | `/v1/holds/release` | `{"function", "version", "environment"?}`: the hold lifted (audited) |
 //!
@@ -19,7 +20,7 @@ use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::Method;
 use seal_api_types::desired::{
-    ApplyAnswer, ApplyRequest, DiffAnswer, Exported, Hold, Holds, ReleaseHold,
+    ApplyAnswer, ApplyRequest, Changelog, DiffAnswer, Exported, Hold, Holds, ReleaseHold,
 };
 use seal_control::Control;
 use seal_control::desired::MAX_FILE_BYTES;
@@ -37,6 +38,7 @@ pub fn routes() -> Routes {
             "/v1/diff",
             viewer(Method::POST, diff).body_limit(2 * MAX_FILE_BYTES),
         )
+        .route("/v1/changelog", viewer(Method::GET, changelog))
         .route("/v1/holds", viewer(Method::GET, holds))
         .route("/v1/holds/release", deployer(Method::POST, release_hold))
 }
@@ -117,4 +119,29 @@ async fn diff(
 ) -> ApiResult<Json<DiffAnswer>> {
     let req: DiffRequest = parse_json(&body)?;
     Ok(Json(c.diff_release(&req.file).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChangelogQuery {
+    function: String,
+    environment: Option<String>,
+    since: Option<String>,
+}
+
+async fn changelog(
+    State(c): State<Arc<Control>>,
+    Query(q): Query<ChangelogQuery>,
+) -> ApiResult<Json<Changelog>> {
+    Ok(Json(
+        c.changelog(
+            &q.function,
+            q.environment.as_deref(),
+            q.since
+                .as_deref()
+                .map(|s| crate::observe::since_ms(Some(s), s))
+                .transpose()?,
+        )
+        .await?,
+    ))
 }

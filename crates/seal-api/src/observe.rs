@@ -72,7 +72,7 @@ async fn metrics(State(c): State<Arc<Control>>, headers: HeaderMap) -> Response 
 }
 
 /// `24h`, `90m`, `7d` → milliseconds ago.
-fn since_ms(since: Option<&str>, default: &str) -> ApiResult<i64> {
+pub(crate) fn since_ms(since: Option<&str>, default: &str) -> ApiResult<i64> {
     let s = since.unwrap_or(default);
     let d = humantime::parse_duration(s).map_err(|e| {
         ApiError::bad_request(format!(

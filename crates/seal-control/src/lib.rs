@@ -13,6 +13,7 @@
 //!   claims about content is trusted.
 
 pub mod catalog;
+pub mod changelog;
 pub mod cluster;
 pub mod desired;
 pub mod engine;

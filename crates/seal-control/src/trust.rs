@@ -250,6 +250,35 @@ impl TrustService {
         Ok(out)
     }
 
+    /// The source and commit an artifact's SLSA provenance names (the
+    /// first provenance statement attached; its signature is what `seal
+    /// verify` and the policy check, not this).
+    pub(crate) async fn provenance(
+        &self,
+        subject: &str,
+    ) -> ControlResult<(Option<String>, Option<String>)> {
+        for (_, envelope) in self.envelopes(subject).await? {
+            let Ok(statement) = envelope.statement() else {
+                continue;
+            };
+            if statement.get("predicateType").and_then(|t| t.as_str())
+                != Some(seal_trust::SLSA_PROVENANCE_V1)
+            {
+                continue;
+            }
+            let field = |name: &str| {
+                statement
+                    .pointer(&format!(
+                        "/predicate/buildDefinition/externalParameters/{name}"
+                    ))
+                    .and_then(|v| v.as_str())
+                    .map(str::to_owned)
+            };
+            return Ok((field("source"), field("commit")));
+        }
+        Ok((None, None))
+    }
+
     async fn envelope_list(&self, subject: &str) -> ControlResult<Vec<Envelope>> {
         Ok(self
             .envelopes(subject)

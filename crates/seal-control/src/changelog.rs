@@ -1,0 +1,93 @@
+//! The change log of a function: each deployment, newest first, linked
+//! back to where its version came from (the commit its SLSA provenance
+//! names, the apply and release-file commit in its reason) and forward to
+//! how it ended (succeeded, rolled back by which gate with its numbers,
+//! aborted by a hook, still held).
+
+use crate::engine::Control;
+use crate::error::ControlResult;
+use seal_api_types::desired::{Changelog, ChangelogEntry};
+use seal_state::{DeploymentKind, DeploymentState};
+use std::collections::BTreeMap;
+
+impl Control {
+    /// `seal changelog`: the deployments of `function` (in `environment`,
+    /// or all; since `since_ms`, or all), newest first.
+    pub async fn changelog(
+        &self,
+        function: &str,
+        environment: Option<&str>,
+        since_ms: Option<i64>,
+    ) -> ControlResult<Changelog> {
+        self.function_or_404(function).await?;
+        if let Some(e) = environment {
+            self.environment_must_exist(e).await?;
+        }
+        let mut provenance: BTreeMap<u64, (String, Option<String>, Option<String>)> =
+            BTreeMap::new();
+        let mut holds: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        let mut entries = Vec::new();
+        for d in self.state.deployments(function, environment).await? {
+            if since_ms.is_some_and(|since| d.created_at < since) {
+                continue;
+            }
+            let main = |w: &[seal_state::WeightedVersion]| {
+                w.iter().max_by_key(|w| w.weight).map(|w| w.version)
+            };
+            let version = d
+                .candidate
+                .filter(|_| d.kind == DeploymentKind::Deploy)
+                .or_else(|| main(&d.to_weights))
+                .unwrap_or_default();
+            if !provenance.contains_key(&version) {
+                let digest = self
+                    .state
+                    .version(function, version)
+                    .await?
+                    .map(|v| v.digest)
+                    .unwrap_or_default();
+                let (source, commit) = self.trust.provenance(&digest).await?;
+                provenance.insert(version, (digest, source, commit));
+            }
+            let (digest, source, commit) = provenance[&version].clone();
+            let why = match d.state {
+                DeploymentState::RolledBack | DeploymentState::Aborted => {
+                    let (reason, by) = self.ending(&d).await?;
+                    reason.map(|r| format!("{r} (by {by})"))
+                }
+                _ => None,
+            };
+            if !holds.contains_key(&d.environment) {
+                let held = self
+                    .holds_of(&d.environment, function)
+                    .await?
+                    .into_iter()
+                    .map(|h| h.deployment)
+                    .collect();
+                holds.insert(d.environment.clone(), held);
+            }
+            entries.push(ChangelogEntry {
+                held: holds[&d.environment].contains(&d.id),
+                deployment: d.id,
+                environment: d.environment,
+                at: d.created_at,
+                finished_at: d.finished_at,
+                kind: d.kind,
+                strategy: d.strategy,
+                actor: d.actor,
+                version,
+                digest,
+                from: d.from_weights.as_deref().and_then(main),
+                source,
+                commit,
+                reason: d.reason,
+                outcome: d.state,
+                why,
+            });
+        }
+        Ok(Changelog {
+            function: function.to_owned(),
+            entries,
+        })
+    }
+}
