@@ -39,17 +39,21 @@ impl Control {
                 .filter(|_| d.kind == DeploymentKind::Deploy)
                 .or_else(|| main(&d.to_weights))
                 .unwrap_or_default();
-            if !provenance.contains_key(&version) {
-                let digest = self
-                    .state
-                    .version(function, version)
-                    .await?
-                    .map(|v| v.digest)
-                    .unwrap_or_default();
-                let (source, commit) = self.trust.provenance(&digest).await?;
-                provenance.insert(version, (digest, source, commit));
-            }
-            let (digest, source, commit) = provenance[&version].clone();
+            let (digest, source, commit) = match provenance.get(&version) {
+                Some(known) => known.clone(),
+                None => {
+                    let digest = self
+                        .state
+                        .version(function, version)
+                        .await?
+                        .map(|v| v.digest)
+                        .unwrap_or_default();
+                    let (source, commit) = self.trust.provenance(&digest).await?;
+                    let found = (digest, source, commit);
+                    provenance.insert(version, found.clone());
+                    found
+                }
+            };
             let why = match d.state {
                 DeploymentState::RolledBack | DeploymentState::Aborted => {
                     let (reason, by) = self.ending(&d).await?;
@@ -57,17 +61,22 @@ impl Control {
                 }
                 _ => None,
             };
-            if !holds.contains_key(&d.environment) {
-                let held = self
-                    .holds_of(&d.environment, function)
-                    .await?
-                    .into_iter()
-                    .map(|h| h.deployment)
-                    .collect();
-                holds.insert(d.environment.clone(), held);
-            }
+            let held = match holds.get(&d.environment) {
+                Some(held) => held.contains(&d.id),
+                None => {
+                    let held: Vec<u64> = self
+                        .holds_of(&d.environment, function)
+                        .await?
+                        .into_iter()
+                        .map(|h| h.deployment)
+                        .collect();
+                    let this = held.contains(&d.id);
+                    holds.insert(d.environment.clone(), held);
+                    this
+                }
+            };
             entries.push(ChangelogEntry {
-                held: holds[&d.environment].contains(&d.id),
+                held,
                 deployment: d.id,
                 environment: d.environment,
                 at: d.created_at,
