@@ -636,3 +636,162 @@ interval_ms = 3000
         "the refused apply changed nothing"
     );
 }
+
+/// Waits (up to 10 s) until the server's last drift check of production
+/// satisfies `ok`; returns that report.
+async fn drift_until(s: &Server, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let d = s.api_get("/v1/drift").await;
+        if let Some(r) = d["environments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["environment"] == "production")
+            && ok(r)
+        {
+            return r.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: {d:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `a@1` (echo) and `a@2` published, a@2 serving, and the exported state
+/// applied: production's desired state is a@2.
+fn applied_a2(s: &Server, dir: &Path) -> String {
+    assert_eq!(publish_file(s, &guest("echo"), "a", &[]).0, 1);
+    assert_eq!(
+        publish_file(s, &example_component("hello_v2"), "a", &[]).0,
+        2
+    );
+    s.seal_json(&["deploy", "a", "2"]);
+    let out = s.seal(&["export", "-e", "production"]);
+    assert!(out.ok, "{}", out.stderr);
+    let file = dir.join("release.toml");
+    std::fs::write(&file, out.stdout).unwrap();
+    let file = file.to_str().unwrap().to_owned();
+    let applied = s.seal_json(&["apply", "-f", &file]);
+    assert_eq!(applied["plan"]["steps"], json!([]), "{applied:#}");
+    file
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_from_the_file_last_applied_is_measured_and_said_and_self_heal_puts_it_back_but_never_a_held_version()
+ {
+    // Without self-heal: drift is a report, a gauge, a log line, and part
+    // of `seal status`.
+    let dir = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let s = Server::start_with(dir.path(), &["--drift-interval", "200ms"]);
+    applied_a2(&s, files.path());
+    let r = drift_until(&s, "in sync after the apply", |r| {
+        r["differences"] == json!([])
+    })
+    .await;
+    assert!(
+        r["file_digest"].as_str().unwrap().starts_with("sha256:"),
+        "{r:#}"
+    );
+    assert_eq!(r["applied_by"], "admin");
+
+    s.seal_json(&["deploy", "a", "1", "--reason", "manual fix"]);
+    let r = drift_until(&s, "the manual deploy as drift", |r| {
+        r["differences"].as_array().is_some_and(|d| !d.is_empty())
+    })
+    .await;
+    let d = &r["differences"][0];
+    assert_eq!(d["function"], "a");
+    assert_eq!(d["field"], "version");
+    assert_eq!(d["desired"], "a@2");
+    let why = d["why"].as_str().unwrap();
+    assert!(
+        why.contains("seal deploy by admin") && why.contains("manual fix"),
+        "{why}"
+    );
+    let metrics = s.api_text("/metrics").await;
+    assert_eq!(
+        support::metric(
+            &metrics,
+            "seal_drift_differences",
+            &[("function", "a"), ("environment", "production")]
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    s.wait_log("the drift warning", |l| {
+        l.contains("environment drifted from the release file last applied")
+    })
+    .await;
+    let status = s.seal(&["status", "a"]);
+    assert!(
+        status.stdout.contains("drift in production: version is a@1 (100%), the release file says a@2 (seal deploy by admin"),
+        "{}",
+        status.stdout
+    );
+    assert_eq!(
+        s.seal_json(&["status", "a"])["drift"][0]["field"],
+        "version"
+    );
+    // Put back by hand: in sync again, gauge 0.
+    s.seal_json(&["deploy", "a", "2"]);
+    drift_until(&s, "in sync again", |r| r["differences"] == json!([])).await;
+    let metrics = s.api_text("/metrics").await;
+    assert_eq!(
+        support::metric(
+            &metrics,
+            "seal_drift_differences",
+            &[("function", "a"), ("environment", "production")]
+        ),
+        Some(0.0)
+    );
+    s.wait_log("the all-clear", |l| {
+        l.contains("matches the release file last applied again")
+    })
+    .await;
+    assert_eq!(serves(&s, "a").await, "2");
+    drop(s);
+
+    // With self-heal: a manual deploy is undone; a rollback is not, since
+    // the version it left is held.
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start_with(dir.path(), &["--drift-interval", "200ms", "--self-heal"]);
+    applied_a2(&s, files.path());
+    s.seal_json(&["deploy", "a", "1"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while serves(&s, "a").await != "2" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "self-heal never put a@2 back:\n{}",
+            s.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let audit = s.api_get("/v1/audit?limit=20").await;
+    assert!(
+        audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "apply" && e["actor"] == "seal (self-heal)"),
+        "{audit:#}"
+    );
+    s.seal_json(&["rollback", "a"]);
+    assert_eq!(serves(&s, "a").await, "1");
+    s.wait_log("self-heal refusing the held version", |l| {
+        l.contains("self-heal did not re-apply") && l.contains("a@2 is held in production")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        serves(&s, "a").await,
+        "1",
+        "self-heal brought back a held version"
+    );
+    drift_until(&s, "the rollback as drift", |r| {
+        r["differences"][0]["why"]
+            .as_str()
+            .is_some_and(|w| w.contains("seal rollback by admin"))
+    })
+    .await;
+}

@@ -161,6 +161,20 @@ pub async fn status(args: FunctionArg, client: &Client, out: OutputFormat) -> an
                 rows,
             );
         }
+        for d in &v.drift {
+            let show = |x: &Option<String>| x.clone().unwrap_or_else(|| "(absent)".into());
+            println!(
+                "drift in {}: {} is {}, the release file says {}{}",
+                d.environment,
+                d.field,
+                show(&d.actual),
+                show(&d.desired),
+                d.why
+                    .as_deref()
+                    .map(|w| format!(" ({w})"))
+                    .unwrap_or_default()
+            );
+        }
     });
     Ok(())
 }

@@ -36,6 +36,19 @@ pub struct ServerArgs {
     #[arg(long, env = "SEAL_EVENTS", value_parser = seal_server::parse_events, value_name = "URL")]
     events: Option<String>,
 
+    /// How often each environment is compared with the release file last
+    /// applied to it (seal apply); differences are the
+    /// seal_drift_differences gauge, logged, and shown by seal status.
+    /// 0 turns the check off.
+    #[arg(long, env = "SEAL_DRIFT_INTERVAL", default_value = "1m", value_parser = parse_drift_interval, value_name = "DURATION")]
+    drift_interval: std::time::Duration,
+
+    /// Re-apply the release file of an environment that drifted from it
+    /// (on the controller). Never deploys a held version: the plan refuses
+    /// it and the log says so.
+    #[arg(long, env = "SEAL_SELF_HEAL")]
+    self_heal: bool,
+
     /// This node's name among the nodes of one database (seal cluster
     /// status); default: the host name and the API port.
     #[arg(long, env = "SEAL_NODE", value_parser = parse_node, value_name = "NAME")]
@@ -155,6 +168,16 @@ fn parse_lease(s: &str) -> Result<std::time::Duration, String> {
     Ok(d)
 }
 
+fn parse_drift_interval(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if !d.is_zero()
+        && (d < std::time::Duration::from_millis(100) || d > std::time::Duration::from_secs(86_400))
+    {
+        return Err("give a duration from 100ms to 24h, or 0 to turn the check off".into());
+    }
+    Ok(d)
+}
+
 fn parse_header_timeout(s: &str) -> Result<std::time::Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
     if d < std::time::Duration::from_millis(100) || d > std::time::Duration::from_secs(600) {
@@ -239,6 +262,8 @@ pub async fn run(
     }
     config.artifacts.registry = args.artifacts;
     config.events = args.events;
+    config.drift_interval = (!args.drift_interval.is_zero()).then_some(args.drift_interval);
+    config.self_heal = args.self_heal;
     config.node_name = args.node;
     config.controller_lease = args.controller_lease;
     config.artifacts.max_upload_bytes = args.max_upload_size;

@@ -42,6 +42,10 @@ pub struct FunctionStatus {
     pub function: String,
     pub latest_version: Option<u64>,
     pub routes: Vec<RouteStatus>,
+    /// Where the function differs from the release file last applied to
+    /// its environments, as of the last drift check.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drift: Vec<crate::desired::Difference>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -317,3 +317,29 @@ pub struct Changelog {
     pub function: String,
     pub entries: Vec<ChangelogEntry>,
 }
+
+/// The last drift check of one environment against the release file last
+/// applied to it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DriftReport {
+    pub environment: String,
+    /// sha256 of the file as it was applied.
+    pub file_digest: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    pub applied_at: i64,
+    pub applied_by: String,
+    pub checked_at: i64,
+    /// Empty: the environment matches the file.
+    pub differences: Vec<Difference>,
+    /// The check could not be made (a function or version the file names
+    /// is gone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `GET /v1/drift`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Drift {
+    pub environments: Vec<DriftReport>,
+}

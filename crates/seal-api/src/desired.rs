@@ -7,6 +7,7 @@
 //! | POST | `/v1/apply` | `{"file": TOML, "plan"?, "source"?, "allow_new_permissions"?, "allow_breaking_contract"?}`: the plan, carried out unless `plan` |
 //! | POST | `/v1/diff` | `{"file": TOML}`: differences with why; `in_sync` |
 //! | GET | `/v1/changelog?function=&environment=&since=7d` | a function's deployments, newest first: commit → version → deployment → outcome |
+//! | GET | `/v1/drift` | the last drift check of each environment against the file last applied to it |
 //! | GET | `/v1/holds?environment=` | versions rolled back and held, newest first |
 //! | POST | `/v1/holds/release` | `{"function", "version", "environment"?}`: the hold lifted (audited) |
 //!
@@ -20,7 +21,7 @@ use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::Method;
 use seal_api_types::desired::{
-    ApplyAnswer, ApplyRequest, Changelog, DiffAnswer, Exported, Hold, Holds, ReleaseHold,
+    ApplyAnswer, ApplyRequest, Changelog, DiffAnswer, Drift, Exported, Hold, Holds, ReleaseHold,
 };
 use seal_control::Control;
 use seal_control::desired::MAX_FILE_BYTES;
@@ -39,6 +40,7 @@ pub fn routes() -> Routes {
             viewer(Method::POST, diff).body_limit(2 * MAX_FILE_BYTES),
         )
         .route("/v1/changelog", viewer(Method::GET, changelog))
+        .route("/v1/drift", viewer(Method::GET, drift))
         .route("/v1/holds", viewer(Method::GET, holds))
         .route("/v1/holds/release", deployer(Method::POST, release_hold))
 }
@@ -144,4 +146,10 @@ async fn changelog(
         )
         .await?,
     ))
+}
+
+async fn drift(State(c): State<Arc<Control>>) -> Json<Drift> {
+    Json(Drift {
+        environments: c.drift(),
+    })
 }

@@ -516,6 +516,10 @@ impl Control {
         approvals: Approvals,
     ) -> ControlResult<ApplyAnswer> {
         let (plan, file) = self.plan_release(text).await?;
+        if !plan_only && plan.steps.is_empty() {
+            self.record_applied(&plan, &file, source.as_ref(), actor)
+                .await?;
+        }
         if plan_only || plan.steps.is_empty() {
             return Ok(ApplyAnswer {
                 succeeded: true,
@@ -643,6 +647,13 @@ impl Control {
                 }
             }
         }
+        if !failed
+            && let Err(e) = self
+                .record_applied(&plan, &file, source.as_ref(), actor)
+                .await
+        {
+            tracing::error!(error = %e, "cannot record the file applied; drift is checked against the one before");
+        }
         let _ = self
             .state
             .audit(NewAudit {
@@ -664,6 +675,30 @@ impl Control {
             succeeded: !failed,
             outcomes,
         })
+    }
+
+    /// The file, per environment it names, as what that environment
+    /// should run from now on (what drift is checked against).
+    async fn record_applied(
+        &self,
+        plan: &ApplyPlan,
+        file: &ReleaseFile,
+        source: Option<&FileSource>,
+        actor: &str,
+    ) -> ControlResult<()> {
+        let now = now_ms();
+        let mut files = Vec::new();
+        for env in file.environments.keys() {
+            files.push(seal_state::AppliedFile {
+                environment: env.clone(),
+                file: crate::drift::restricted(file, env)?,
+                file_digest: plan.file_digest.clone(),
+                commit: source.and_then(|s| s.commit.clone()),
+                actor: actor.to_owned(),
+                applied_at: now,
+            });
+        }
+        Ok(self.state.record_applied(&files).await?)
     }
 
     /// One function's changes: settings first (so the new version starts
@@ -771,7 +806,17 @@ impl Control {
     /// `seal diff`: where the environments differ from `text`, and why.
     pub async fn diff_release(&self, text: &str) -> ControlResult<DiffAnswer> {
         let file = parse(text)?;
-        let targets = self.targets(&file).await?;
+        let differences = self.differences(&file).await?;
+        Ok(DiffAnswer {
+            file_digest: file_digest(text),
+            in_sync: differences.is_empty(),
+            differences,
+        })
+    }
+
+    /// Where the environments differ from `file`, each with why.
+    pub(crate) async fn differences(&self, file: &ReleaseFile) -> ControlResult<Vec<Difference>> {
+        let targets = self.targets(file).await?;
         let mut differences = Vec::new();
         for t in &targets {
             let diff =
@@ -840,11 +885,7 @@ impl Control {
                 }
             }
         }
-        Ok(DiffAnswer {
-            file_digest: file_digest(text),
-            in_sync: differences.is_empty(),
-            differences,
-        })
+        Ok(differences)
     }
 
     /// Who or what last moved a route: a person's deploy or rollback

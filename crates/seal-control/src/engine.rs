@@ -53,6 +53,8 @@ pub struct Control {
     pub(crate) cluster: crate::cluster::Membership,
     /// The release file being applied on this node, if any.
     pub(crate) applying: std::sync::Mutex<Option<crate::desired::RunningApply>>,
+    /// The last drift check of each environment.
+    pub(crate) drift_reports: crate::drift::DriftReports,
 }
 
 impl Control {
@@ -120,6 +122,7 @@ impl Control {
             outbound,
             gateway_addr: std::sync::OnceLock::new(),
             applying: std::sync::Mutex::new(None),
+            drift_reports: Default::default(),
         }
     }
 

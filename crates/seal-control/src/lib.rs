@@ -16,6 +16,7 @@ pub mod catalog;
 pub mod changelog;
 pub mod cluster;
 pub mod desired;
+pub mod drift;
 pub mod engine;
 pub mod error;
 mod event_contracts;

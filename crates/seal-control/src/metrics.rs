@@ -217,6 +217,9 @@ pub struct Metrics {
     pub artifact_fetch_failures: Family<FunctionLabels, Counter>,
     pub budget_usage: Family<FunctionLabels, Gauge<f64, AtomicU64>>,
     pub budget_limit: Family<FunctionLabels, Gauge<f64, AtomicU64>>,
+    /// Differences from the release file last applied, per function and
+    /// environment (0: in sync).
+    pub drift: Family<RouteLabels, Gauge>,
     pub events: EventMetrics,
     post_deploy: Arc<Mutex<HashMap<(String, String), PostDeploy>>>,
 }
@@ -286,6 +289,12 @@ impl Metrics {
             "A function's cost budget per period (GB-seconds)",
             budget_limit.clone(),
         );
+        let drift = Family::<RouteLabels, Gauge>::default();
+        registry.register(
+            "seal_drift_differences",
+            "Fields where a function differs from the release file last applied to its environment (0: in sync)",
+            drift.clone(),
+        );
         let events = EventMetrics::register(&mut registry);
         let post_deploy = Arc::new(Mutex::new(HashMap::new()));
         registry.register_collector(Box::new(VersionCollector {
@@ -303,8 +312,32 @@ impl Metrics {
             artifact_fetch_failures,
             budget_usage,
             budget_limit,
+            drift,
             events,
             post_deploy,
+        }
+    }
+
+    /// The drift gauge of each function a drift check looked at: its
+    /// differences now, 0 for a function that drifted before and no more.
+    pub fn set_drift(
+        &self,
+        now: &seal_api_types::desired::DriftReport,
+        before: Option<&seal_api_types::desired::DriftReport>,
+    ) {
+        let labels = |function: &str| RouteLabels {
+            function: function.to_owned(),
+            environment: now.environment.clone(),
+        };
+        for d in before.map(|b| b.differences.as_slice()).unwrap_or_default() {
+            self.drift.get_or_create(&labels(&d.function)).set(0);
+        }
+        let mut counts: HashMap<&str, i64> = HashMap::new();
+        for d in &now.differences {
+            *counts.entry(&d.function).or_default() += 1;
+        }
+        for (function, n) in counts {
+            self.drift.get_or_create(&labels(function)).set(n);
         }
     }
 

@@ -394,6 +394,16 @@ pub fn prometheus_rules(function: &str, budget: Option<&Budget>) -> String {
             ),
         },
     ]);
+    rules.push(Rule {
+        alert: "SealDrifted",
+        expr: format!("max by (environment) (seal_drift_differences{{{f}}}) > 0"),
+        for_: "15m",
+        severity: "ticket",
+        summary: format!("{function}: differs from the release file last applied"),
+        description: format!(
+            "{function} in {{{{ $labels.environment }}}} has differed from the release file last applied in {{{{ $value }}}} fields for 15 minutes. `seal status {function}` says which and why; `seal apply -f FILE` (or `--self-heal`) puts them back."
+        ),
+    });
     if let Some(b) = budget {
         rules.push(Rule {
             alert: "SealBudgetExceeded",
@@ -498,7 +508,7 @@ mod tests {
     #[test]
     fn rules_add_budget_alerts_only_with_a_budget() {
         let plain = prometheus_rules("hello", None);
-        assert_eq!(plain.matches("- alert:").count(), 6);
+        assert_eq!(plain.matches("- alert:").count(), 7);
         for alert in [
             "SealQueueBacklogAging",
             "SealEventsDeadLettered",
@@ -520,7 +530,7 @@ mod tests {
             updated_at: 0,
         };
         let with = prometheus_rules("hello", Some(&budget));
-        assert_eq!(with.matches("- alert:").count(), 8);
+        assert_eq!(with.matches("- alert:").count(), 9);
         assert!(with.contains("seal_budget_usage_ratio{function=\\\"hello\\\"}"));
     }
 }

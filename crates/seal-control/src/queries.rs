@@ -98,10 +98,17 @@ impl Control {
             });
         }
         let versions = self.state.versions(function).await?;
+        let drift = self
+            .drift()
+            .into_iter()
+            .flat_map(|r| r.differences)
+            .filter(|d| d.function == function)
+            .collect();
         Ok(FunctionStatus {
             function: function.to_owned(),
             latest_version: versions.last().map(|v| v.version),
             routes,
+            drift,
         })
     }
 

@@ -45,6 +45,11 @@ pub struct ServerConfig {
     /// Where events wait: NATS JetStream (`nats://host:port[/namespace]`)
     /// shared by several nodes; `None`: the state store.
     pub events: Option<String>,
+    /// How often each environment is compared with the release file last
+    /// applied to it (`None`: never), and whether the controller
+    /// re-applies it where it drifted.
+    pub drift_interval: Option<std::time::Duration>,
+    pub self_heal: bool,
     pub runtime: RuntimeSection,
     pub gateway: GatewayConfig,
     pub api: ApiConfig,
@@ -191,6 +196,8 @@ impl ServerConfig {
                 max_upload_bytes: 64 << 20,
             },
             events: None,
+            drift_interval: Some(std::time::Duration::from_secs(60)),
+            self_heal: false,
             runtime: RuntimeSection {
                 cache_dir: data_dir.join("compiled"),
                 max_instances: 1000,
@@ -813,6 +820,15 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     );
     // Event delivery, on every node.
     tasks.spawn(control.events().clone().run_queues(stop.clone()));
+    // Drift from the release files applied, on every node (its gauge is
+    // every node's); self-heal on the controller alone.
+    if let Some(interval) = config.drift_interval {
+        tasks.spawn(
+            control
+                .clone()
+                .run_drift_checks(interval, config.self_heal, stop.clone()),
+        );
+    }
     // Per-version snapshots every second, for `seal rollout status` rates.
     let sampler = control.clone();
     every(

@@ -35,6 +35,7 @@ const TABLES: &[&str] = &[
     "attempts",
     "cron_runs",
     "hold_releases",
+    "applied_files",
 ];
 
 /// Tables whose ids PostgreSQL allocates (identity columns).

@@ -19,9 +19,9 @@
 //! durable waits for the commit.
 
 use seal_state::{
-    AUDIT_GENESIS, AuditRecord, AuditVerification, Budget, DeploymentEvent, DeploymentRecord,
-    HOUR_MS, HoldRelease, NewAudit, NewDeployment, NewRollout, NewVersion, RouteRecord, StateError,
-    Transition, UsageDelta, UsageRow, VersionRecord, audit_hash, now_ms,
+    AUDIT_GENESIS, AppliedFile, AuditRecord, AuditVerification, Budget, DeploymentEvent,
+    DeploymentRecord, HOUR_MS, HoldRelease, NewAudit, NewDeployment, NewRollout, NewVersion,
+    RouteRecord, StateError, Transition, UsageDelta, UsageRow, VersionRecord, audit_hash, now_ms,
 };
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Transaction};
@@ -708,6 +708,53 @@ impl PostgresStore {
             },
         )
         .await
+    }
+
+    /// Replaces the file applied to each environment, in one transaction.
+    pub async fn record_applied(&self, files: &[AppliedFile]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for f in files {
+            sqlx::query(
+                "INSERT INTO applied_files (environment, file, file_digest, commit_id, actor, applied_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (environment) DO UPDATE SET file = excluded.file, \
+                 file_digest = excluded.file_digest, commit_id = excluded.commit_id, \
+                 actor = excluded.actor, applied_at = excluded.applied_at",
+            )
+            .bind(&f.environment)
+            .bind(&f.file)
+            .bind(&f.file_digest)
+            .bind(&f.commit)
+            .bind(&f.actor)
+            .bind(f.applied_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn applied_files(&self, environment: Option<&str>) -> Result<Vec<AppliedFile>> {
+        let rows: Vec<(String, String, String, Option<String>, String, i64)> = sqlx::query_as(
+            "SELECT environment, file, file_digest, commit_id, actor, applied_at \
+             FROM applied_files WHERE $1 IS NULL OR environment = $1 ORDER BY environment",
+        )
+        .bind(environment)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(environment, file, file_digest, commit, actor, applied_at)| AppliedFile {
+                    environment,
+                    file,
+                    file_digest,
+                    commit,
+                    actor,
+                    applied_at,
+                },
+            )
+            .collect())
     }
 
     pub async fn hold_releases(&self, environment: Option<&str>) -> Result<Vec<HoldRelease>> {

@@ -615,6 +615,8 @@ macro_rules! state_ports {
         fn deployment(id: u64) -> Option<(DeploymentRecord, Vec<DeploymentEvent>)>;
         fn release_hold(release: &HoldRelease) -> bool;
         fn hold_releases(environment: Option<&str>) -> Vec<HoldRelease>;
+        fn record_applied(files: &[AppliedFile]) -> ();
+        fn applied_files(environment: Option<&str>) -> Vec<AppliedFile>;
     }
     AuditLog {
         fn audit(entry: NewAudit<'_>) -> ();

@@ -190,6 +190,40 @@ pub async fn hold_releases_are_recorded_once(s: &dyn StateStore) {
     assert!(s.verify_audit().await.unwrap().ok);
 }
 
+/// The file applied to an environment replaces the one before, per
+/// environment; several are recorded together.
+pub async fn applied_files_replace_per_environment(s: &dyn StateStore) {
+    let file = |env: &str, text: &str, commit: Option<&str>, at: i64| AppliedFile {
+        environment: env.into(),
+        file: text.into(),
+        file_digest: format!("sha256:{text}"),
+        commit: commit.map(str::to_owned),
+        actor: "contract".into(),
+        applied_at: at,
+    };
+    assert!(s.applied_files(None).await.unwrap().is_empty());
+    s.record_applied(&[
+        file("production", "a", Some("c1"), 1),
+        file("staging", "a", Some("c1"), 1),
+    ])
+    .await
+    .unwrap();
+    s.record_applied(&[file("production", "b", None, 2)])
+        .await
+        .unwrap();
+    assert_eq!(
+        s.applied_files(None).await.unwrap(),
+        vec![
+            file("production", "b", None, 2),
+            file("staging", "a", Some("c1"), 1)
+        ]
+    );
+    assert_eq!(
+        s.applied_files(Some("staging")).await.unwrap(),
+        vec![file("staging", "a", Some("c1"), 1)]
+    );
+}
+
 /// An environment's protection is set, cleared back to the server's rule,
 /// and audited; an unknown environment is not created by it.
 pub async fn protection_is_set_per_environment(s: &dyn StateStore) {
@@ -1311,6 +1345,7 @@ macro_rules! contract_tests {
             environments_are_explicit,
             protection_is_set_per_environment,
             hold_releases_are_recorded_once,
+            applied_files_replace_per_environment,
             a_deployment_moves_the_route_with_its_events_and_audit,
             an_active_rollout_owns_its_route,
             the_audit_log_is_one_chain,

@@ -111,6 +111,19 @@ pub struct HoldRelease {
     pub released_by: String,
 }
 
+/// The release file last applied to an environment: the part of it about
+/// that environment (TOML), with where the whole file came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedFile {
+    pub environment: String,
+    pub file: String,
+    /// sha256 of the whole file as applied.
+    pub file_digest: String,
+    pub commit: Option<String>,
+    pub actor: String,
+    pub applied_at: i64,
+}
+
 /// An audit entry to append.
 #[derive(Debug, Clone)]
 pub struct NewAudit<'a> {
@@ -348,6 +361,11 @@ pub trait Deployments: Send + Sync {
     async fn release_hold(&self, release: &HoldRelease) -> Result<bool>;
     /// The holds released, in one environment or all, newest first.
     async fn hold_releases(&self, environment: Option<&str>) -> Result<Vec<HoldRelease>>;
+    /// Records the file applied to each of its environments (replacing
+    /// what was applied there before), in one transaction.
+    async fn record_applied(&self, files: &[AppliedFile]) -> Result<()>;
+    /// The file last applied to each environment (or one), by name.
+    async fn applied_files(&self, environment: Option<&str>) -> Result<Vec<AppliedFile>>;
 }
 
 /// The hash-chained audit log.

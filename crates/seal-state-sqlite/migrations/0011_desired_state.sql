@@ -6,9 +6,20 @@
 CREATE TABLE hold_releases (
     environment   TEXT NOT NULL,
     function      TEXT NOT NULL,
-    version       BIGINT NOT NULL,
-    deployment_id BIGINT NOT NULL,
-    released_at   BIGINT NOT NULL,
+    version       INTEGER NOT NULL,
+    deployment_id INTEGER NOT NULL,
+    released_at   INTEGER NOT NULL,
     released_by   TEXT NOT NULL,
     PRIMARY KEY (environment, function, version, deployment_id)
+);
+
+-- The release file last applied to each environment (the part about that
+-- environment), which the drift check compares with what serves.
+CREATE TABLE applied_files (
+    environment TEXT PRIMARY KEY,
+    file        TEXT NOT NULL,
+    file_digest TEXT NOT NULL,
+    commit_id   TEXT,
+    actor       TEXT NOT NULL,
+    applied_at  INTEGER NOT NULL
 );

@@ -1,0 +1,176 @@
+//! Drift: the desired state last applied to each environment, compared
+//! with what serves every `--drift-interval`. Each environment's
+//! differences are a gauge per function (`seal_drift_differences`, with
+//! an alert rule in the generated monitoring), a log line when an
+//! environment starts or stops drifting, and part of `seal status`. With
+//! `--self-heal`, the controller re-applies the environment's file, which
+//! never deploys a held version (the plan refuses it, and that is said).
+
+use crate::engine::Control;
+use crate::error::ControlResult;
+use crate::trust::Approvals;
+use seal_api_types::desired::{DriftReport, FileSource, ReleaseFile};
+use seal_state::AppliedFile;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// The actor a self-heal applies as.
+pub const SELF_HEAL: &str = "seal (self-heal)";
+
+/// The last drift check of each environment.
+#[derive(Debug, Default)]
+pub(crate) struct DriftReports(std::sync::Mutex<BTreeMap<String, DriftReport>>);
+
+impl DriftReports {
+    pub(crate) fn all(&self) -> Vec<DriftReport> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    fn replace(&self, report: DriftReport) -> Option<DriftReport> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(report.environment.clone(), report)
+    }
+}
+
+/// The part of a file about one environment, as TOML (what is stored as
+/// that environment's desired state).
+pub(crate) fn restricted(file: &ReleaseFile, env: &str) -> ControlResult<String> {
+    let mut one = ReleaseFile::default();
+    if let Some(spec) = file.environments.get(env) {
+        one.environments.insert(env.to_owned(), spec.clone());
+    }
+    toml::to_string(&one).map_err(crate::error::ControlError::internal)
+}
+
+impl Control {
+    /// Compares each environment with the file last applied to it, and
+    /// (with `self_heal`, on the controller) re-applies the file where it
+    /// drifted.
+    pub async fn check_drift(self: &Arc<Self>, self_heal: bool) -> ControlResult<()> {
+        for applied in self.state.applied_files(None).await? {
+            let report = self.drift_of(&applied).await;
+            let drifted = !report.differences.is_empty() || report.error.is_some();
+            let before = self.drift_reports.replace(report.clone());
+            let was = before
+                .as_ref()
+                .is_some_and(|b| !b.differences.is_empty() || b.error.is_some());
+            self.metrics.set_drift(&report, before.as_ref());
+            match (was, drifted) {
+                (false, true) => tracing::warn!(
+                    environment = %applied.environment,
+                    file = %applied.file_digest,
+                    differences = report.differences.len(),
+                    error = report.error.as_deref().unwrap_or(""),
+                    first = %report
+                        .differences
+                        .first()
+                        .map(|d| format!("{} {}: {}", d.function, d.field, d.why.as_deref().unwrap_or("")))
+                        .unwrap_or_default(),
+                    "environment drifted from the release file last applied"
+                ),
+                (true, false) => tracing::info!(
+                    environment = %applied.environment,
+                    file = %applied.file_digest,
+                    "environment matches the release file last applied again"
+                ),
+                _ => {}
+            }
+            if self_heal && drifted && report.error.is_none() && self.is_controller() {
+                self.heal(&applied).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn drift_of(&self, applied: &AppliedFile) -> DriftReport {
+        let mut report = DriftReport {
+            environment: applied.environment.clone(),
+            file_digest: applied.file_digest.clone(),
+            commit: applied.commit.clone(),
+            applied_at: applied.applied_at,
+            applied_by: applied.actor.clone(),
+            checked_at: seal_state::now_ms(),
+            differences: Vec::new(),
+            error: None,
+        };
+        let checked = match crate::desired::parse(&applied.file) {
+            Ok(file) => self.differences(&file).await,
+            Err(e) => Err(e),
+        };
+        match checked {
+            Ok(d) => report.differences = d,
+            Err(e) => report.error = Some(e.public_message()),
+        }
+        report
+    }
+
+    /// Re-applies an environment's file; a refusal (a held version, an
+    /// apply already running, a deployment in progress) is logged.
+    async fn heal(self: &Arc<Self>, applied: &AppliedFile) {
+        let source = FileSource {
+            commit: applied.commit.clone(),
+            ..Default::default()
+        };
+        match self
+            .apply_release(
+                &applied.file,
+                false,
+                Some(source),
+                SELF_HEAL,
+                Approvals::default(),
+            )
+            .await
+        {
+            Ok(a) if a.succeeded => tracing::info!(
+                environment = %applied.environment,
+                steps = a.plan.steps.len(),
+                "self-heal re-applied the release file"
+            ),
+            Ok(_) => tracing::warn!(
+                environment = %applied.environment,
+                "self-heal re-applied the release file and a step failed; what it moved went back"
+            ),
+            Err(e) => tracing::warn!(
+                environment = %applied.environment,
+                error = %e.public_message(),
+                "self-heal did not re-apply the release file"
+            ),
+        }
+    }
+
+    /// The drift checks' last results, per environment.
+    pub fn drift(&self) -> Vec<DriftReport> {
+        self.drift_reports.all()
+    }
+
+    /// Checks for drift every `interval` until `stop`.
+    pub async fn run_drift_checks(
+        self: Arc<Self>,
+        interval: std::time::Duration,
+        self_heal: bool,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = stop.cancelled() => return,
+            }
+            match self.check_drift(self_heal).await {
+                Ok(()) => failing = false,
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::warn!(error = %e, "cannot check for drift; retrying");
+                }
+                Err(_) => {}
+            }
+        }
+    }
+}
