@@ -324,6 +324,14 @@ enum Command {
     /// aborted by a hook, still held). --format markdown for release notes.
     #[command(after_long_help = DESIRED_EXAMPLES)]
     Changelog(commands::desired::ChangelogArgs),
+    /// The applies of release files, newest first (or `show ID`): one id, one state each.
+    ///
+    /// A release runs one at a time across every node; it ends succeeded,
+    /// failed (a step failed and what it had moved went back) or
+    /// rolled_back (a restart interrupted it, and it was rolled back as a
+    /// whole when the server came back).
+    #[command(after_long_help = DESIRED_EXAMPLES)]
+    Releases(commands::desired::ReleasesArgs),
 }
 
 const DESIRED_EXAMPLES: &str = "\
@@ -335,6 +343,7 @@ Examples:
   seal holds -e production                   # versions rolled back: apply refuses them
   seal hold release checkout@7 -e production # after the fix: apply may deploy it again
   seal changelog checkout -e production --since 7d --format markdown
+  seal releases; seal releases show 12       # every apply: state and each step's outcome
 
 A release file:
   [environments.production.functions.billing]
@@ -529,6 +538,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Holds(args) => commands::desired::holds(args, &client()?, out).await,
         Command::Hold(cmd) => commands::desired::hold(cmd, &client()?, out).await,
         Command::Changelog(args) => commands::desired::changelog(args, &client()?, out).await,
+        Command::Releases(args) => commands::desired::releases(args, &client()?, out).await,
     }
 }
 

@@ -447,7 +447,7 @@ after = ["b"]
     assert_eq!(latest["outcome"], "aborted");
     assert_eq!(latest["held"], true);
     assert!(
-        latest["reason"].as_str().unwrap().starts_with("apply "),
+        latest["reason"].as_str().unwrap().contains(": apply "),
         "{latest:#}"
     );
     let why = latest["why"].as_str().unwrap();
@@ -794,4 +794,113 @@ async fn drift_from_the_file_last_applied_is_measured_and_said_and_self_heal_put
             .is_some_and(|w| w.contains("seal rollback by admin"))
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_cut_by_kill_9_is_rolled_back_as_a_whole_when_the_server_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    for f in ["a", "b"] {
+        assert_eq!(publish_file(&s, &guest("echo"), f, &[]).0, 1);
+        assert_eq!(
+            publish_file(&s, &example_component("hello_v2"), f, &[]).0,
+            2
+        );
+        s.seal_json(&["deploy", f, "1"]);
+    }
+    // a moves at once, then b's canary runs for a minute: the server is
+    // killed in between.
+    let text = r#"
+[environments.production.functions.a]
+version = 2
+
+[environments.production.functions.b]
+version = 2
+after = ["a"]
+[environments.production.functions.b.rollout]
+strategy = "canary"
+steps = [50]
+interval_ms = 60000
+"#;
+    std::fs::write(files.path().join("release.toml"), text).unwrap();
+    let apply = {
+        let (api, token) = (s.api.clone(), s.token.clone());
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .post(format!("{api}/v1/apply"))
+                .bearer_auth(token)
+                .json(&json!({"file": text}))
+                .send()
+                .await
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while deployments(&s, "b").await[0]["state"] != "progressing" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "b's canary never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(serves(&s, "a").await, "2");
+    let running = s.seal_json(&["releases"]);
+    assert_eq!(running["releases"][0]["state"], "running", "{running:#}");
+    let id = running["releases"][0]["id"].as_u64().unwrap();
+    s.stop(); // SIGKILL
+    assert!(apply.await.unwrap().is_err(), "the apply's answer was cut");
+
+    let s = Server::start(dir.path());
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let release = loop {
+        let r = s.api_get(&format!("/v1/releases/{id}")).await;
+        if r["state"] != "running" {
+            break r;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never recovered: {r:#}\n{}",
+            s.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(release["state"], "rolled_back", "{release:#}");
+    let outcomes = release["outcomes"].as_array().unwrap();
+    assert!(
+        outcomes.iter().all(|o| o["outcome"] == "rolled_back"),
+        "{release:#}"
+    );
+    assert_eq!(serves(&s, "a").await, "1");
+    assert_eq!(serves(&s, "b").await, "1");
+    assert_eq!(deployments(&s, "b").await[0]["state"], "aborted");
+    // Nothing is held: the release was cut, no version was judged.
+    assert_eq!(s.seal_json(&["holds"])["holds"], json!([]));
+    let show = s.seal(&["releases", "show", &id.to_string()]);
+    assert!(show.ok, "{}", show.stderr);
+    let header = format!("release {id} rolled_back by admin");
+    for needle in [
+        header.as_str(),
+        "interrupted by a restart",
+        "production a: rolled_back",
+        "production b: rolled_back",
+    ] {
+        assert!(show.stdout.contains(needle), "{needle}: {}", show.stdout);
+    }
+    let list = s.seal(&["releases"]);
+    assert!(list.stdout.contains("rolled_back"), "{}", list.stdout);
+    s.seal(&["releases", "show", "99"])
+        .assert_fails_with("no release 99");
+    let audit = s.api_get("/v1/audit?limit=20").await;
+    assert!(
+        audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "apply" && e["outcome"] == "rolled_back"),
+        "{audit:#}"
+    );
+    // The same file applies again afterwards.
+    let path = files.path().join("release.toml");
+    let out = s.seal(&["apply", "-f", path.to_str().unwrap(), "--plan"]);
+    assert!(out.ok, "{}", out.stderr);
 }

@@ -10,7 +10,7 @@ use crate::output::{table, time_ms};
 use anyhow::Context;
 use seal_api_types::desired::{
     ApplyAnswer, ApplyPlan, ApplyRequest, Change, Changelog, ChangelogEntry, DiffAnswer, Exported,
-    FileSource, Hold, Holds, ReleaseHold,
+    FileSource, Hold, Holds, ReleaseHold, ReleaseRecord, Releases,
 };
 use std::path::{Path, PathBuf};
 
@@ -100,6 +100,19 @@ pub enum ChangelogFormat {
     Text,
     Json,
     Markdown,
+}
+
+#[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct ReleasesArgs {
+    #[command(subcommand)]
+    command: Option<ReleasesCommand>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum ReleasesCommand {
+    /// One release: its plan and every step's outcome.
+    Show { id: u64 },
 }
 
 const HEADER: &str = "\
@@ -428,4 +441,90 @@ fn details(function: &str, e: &ChangelogEntry) -> Vec<String> {
         ));
     }
     lines
+}
+
+pub async fn releases(
+    args: ReleasesArgs,
+    client: &Client,
+    out: OutputFormat,
+) -> anyhow::Result<()> {
+    match args.command {
+        None => {
+            let list: Releases = client.get_as("/v1/releases").await?;
+            emit(out, &list, |l| {
+                if l.releases.is_empty() {
+                    println!("no release yet: seal apply -f FILE makes one");
+                    return;
+                }
+                table(
+                    &[
+                        "ID",
+                        "STATE",
+                        "STARTED",
+                        "BY",
+                        "ENVIRONMENTS",
+                        "FILE",
+                        "COMMIT",
+                    ],
+                    l.releases
+                        .iter()
+                        .map(|r| {
+                            vec![
+                                r.id.to_string(),
+                                r.state.clone(),
+                                time_ms(r.created_at),
+                                r.actor.clone(),
+                                r.environments.join(","),
+                                r.file_digest.chars().take(19).collect(),
+                                r.source
+                                    .as_ref()
+                                    .and_then(|s| s.commit.as_deref())
+                                    .map(|c| c.chars().take(12).collect())
+                                    .unwrap_or_else(|| "-".into()),
+                            ]
+                        })
+                        .collect(),
+                )
+            });
+        }
+        Some(ReleasesCommand::Show { id }) => {
+            let r: ReleaseRecord = client.get_as(&format!("/v1/releases/{id}")).await?;
+            emit(out, &r, |r| {
+                println!(
+                    "release {} {} by {} on {} at {}",
+                    r.id,
+                    r.state,
+                    r.actor,
+                    r.node,
+                    time_ms(r.created_at)
+                );
+                if let Some(s) = &r.source {
+                    for (k, v) in [
+                        ("commit", &s.commit),
+                        ("author", &s.author),
+                        ("message", &s.message),
+                        ("path", &s.path),
+                    ] {
+                        if let Some(v) = v {
+                            println!("  {k}: {v}");
+                        }
+                    }
+                }
+                print_plan(&r.plan);
+                for o in &r.outcomes {
+                    let d = o
+                        .deployment
+                        .map(|d| format!(" (deployment {d})"))
+                        .unwrap_or_default();
+                    let detail = o
+                        .detail
+                        .as_deref()
+                        .map(|d| format!(": {d}"))
+                        .unwrap_or_default();
+                    println!("{} {}: {}{d}{detail}", o.environment, o.function, o.outcome);
+                }
+            });
+        }
+    }
+    Ok(())
 }

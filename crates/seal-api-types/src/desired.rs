@@ -192,6 +192,9 @@ pub struct StepOutcome {
     pub outcome: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deployment: Option<u64>,
+    /// The version the function served before this step moved it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
 }
@@ -200,6 +203,10 @@ pub struct StepOutcome {
 /// went.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ApplyAnswer {
+    /// The release this apply is (none when only planned or nothing
+    /// changed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<u64>,
     pub plan: ApplyPlan,
     /// The plan was carried out (false with `--plan`).
     pub applied: bool,
@@ -342,4 +349,33 @@ pub struct DriftReport {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Drift {
     pub environments: Vec<DriftReport>,
+}
+
+/// One apply of a release file: one id, one state, every step's outcome.
+/// `running` while it is carried out (one at a time, across every node
+/// of a store); then `succeeded`, `failed` (a step failed and what the
+/// release had moved went back) or `rolled_back` (interrupted by a
+/// restart, and rolled back as a whole when the server came back).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReleaseRecord {
+    pub id: u64,
+    pub file_digest: String,
+    pub environments: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<FileSource>,
+    pub actor: String,
+    /// The node carrying it out.
+    pub node: String,
+    pub state: String,
+    pub created_at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<i64>,
+    pub plan: ApplyPlan,
+    pub outcomes: Vec<StepOutcome>,
+}
+
+/// `GET /v1/releases`: newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Releases {
+    pub releases: Vec<ReleaseRecord>,
 }

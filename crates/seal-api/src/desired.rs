@@ -7,6 +7,8 @@
 //! | POST | `/v1/apply` | `{"file": TOML, "plan"?, "source"?, "allow_new_permissions"?, "allow_breaking_contract"?}`: the plan, carried out unless `plan` |
 //! | POST | `/v1/diff` | `{"file": TOML}`: differences with why; `in_sync` |
 //! | GET | `/v1/changelog?function=&environment=&since=7d` | a function's deployments, newest first: commit → version → deployment → outcome |
+//! | GET | `/v1/releases` | applies of release files, newest first: id, state, every step's outcome |
+//! | GET | `/v1/releases/{id}` | one release |
 //! | GET | `/v1/drift` | the last drift check of each environment against the file last applied to it |
 //! | GET | `/v1/holds?environment=` | versions rolled back and held, newest first |
 //! | POST | `/v1/holds/release` | `{"function", "version", "environment"?}`: the hold lifted (audited) |
@@ -18,10 +20,11 @@ use crate::auth::{Caller, Routes, deployer, viewer};
 use crate::error::ApiResult;
 use crate::parse_json;
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::Method;
 use seal_api_types::desired::{
     ApplyAnswer, ApplyRequest, Changelog, DiffAnswer, Drift, Exported, Hold, Holds, ReleaseHold,
+    ReleaseRecord, Releases,
 };
 use seal_control::Control;
 use seal_control::desired::MAX_FILE_BYTES;
@@ -41,6 +44,8 @@ pub fn routes() -> Routes {
         )
         .route("/v1/changelog", viewer(Method::GET, changelog))
         .route("/v1/drift", viewer(Method::GET, drift))
+        .route("/v1/releases", viewer(Method::GET, releases))
+        .route("/v1/releases/{id}", viewer(Method::GET, release))
         .route("/v1/holds", viewer(Method::GET, holds))
         .route("/v1/holds/release", deployer(Method::POST, release_hold))
 }
@@ -152,4 +157,20 @@ async fn drift(State(c): State<Arc<Control>>) -> Json<Drift> {
     Json(Drift {
         environments: c.drift(),
     })
+}
+
+async fn releases(State(c): State<Arc<Control>>) -> ApiResult<Json<Releases>> {
+    Ok(Json(Releases {
+        releases: c.releases(100).await?,
+    }))
+}
+
+async fn release(
+    State(c): State<Arc<Control>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<ReleaseRecord>> {
+    let id: u64 = id.parse().map_err(|_| {
+        crate::error::ApiError::bad_request(format!("a release id is a number, got {id:?}"))
+    })?;
+    Ok(Json(c.release(id).await?))
 }

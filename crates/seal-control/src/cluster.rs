@@ -333,6 +333,14 @@ impl Control {
         if let Err(e) = self.resume_rollouts().await {
             tracing::error!(error = %e, "cannot resume deployments");
         }
+        // A release a restart interrupted is rolled back as a whole, once
+        // its deployments' drivers run again.
+        let control = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = control.recover_releases().await {
+                tracing::error!(error = %e, "cannot recover interrupted releases");
+            }
+        });
         Lead { epoch, stop, cron }
     }
 

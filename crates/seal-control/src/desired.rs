@@ -19,7 +19,7 @@ use crate::rollout::plan::{Planning, VersionRef};
 use crate::trust::Approvals;
 use seal_api_types::desired::{
     ApplyAnswer, ApplyPlan, Change, DiffAnswer, Difference, FileSource, FunctionSpec, PlanStep,
-    ReleaseFile, SecretNames, StepOutcome,
+    ReleaseFile, ReleaseRecord, SecretNames, StepOutcome,
 };
 use seal_api_types::rollout::Strategy;
 use seal_state::{DeploymentKind, DeploymentState, NewAudit, VersionRecord};
@@ -32,15 +32,6 @@ pub const MAX_FILE_BYTES: usize = 512 * 1024;
 
 /// How often an apply looks at a progressive deployment it waits for.
 const WAIT_POLL: std::time::Duration = std::time::Duration::from_millis(100);
-
-/// The apply running on this node (one at a time: a second is refused,
-/// naming it).
-#[derive(Debug, Clone)]
-pub(crate) struct RunningApply {
-    digest: String,
-    actor: String,
-    started_at: i64,
-}
 
 /// `sha256:<hex>` of a file's bytes.
 pub fn file_digest(text: &str) -> String {
@@ -522,37 +513,52 @@ impl Control {
         }
         if plan_only || plan.steps.is_empty() {
             return Ok(ApplyAnswer {
+                release: None,
                 succeeded: true,
                 applied: !plan_only,
                 plan,
                 outcomes: Vec::new(),
             });
         }
-        {
-            let mut running = self.applying.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(r) = &*running {
-                return Err(ControlError::conflict(format!(
-                    "an apply is running: {} by {} since {}; wait for it to end",
-                    r.digest,
-                    r.actor,
-                    time(r.started_at)
-                )));
-            }
-            *running = Some(RunningApply {
-                digest: plan.file_digest.clone(),
+        // One release at a time, across every node of the store: the
+        // store refuses a second, naming the one running.
+        let outcomes = plan
+            .steps
+            .iter()
+            .map(|step| outcome(step, "pending", None, None))
+            .collect();
+        let release = self
+            .state
+            .start_release(&ReleaseRecord {
+                id: 0,
+                file_digest: plan.file_digest.clone(),
+                environments: plan.environments.clone(),
+                source: source.clone(),
                 actor: actor.to_owned(),
-                started_at: now_ms(),
-            });
-        }
+                node: self.node_name(),
+                state: "running".into(),
+                created_at: now_ms(),
+                finished_at: None,
+                plan: plan.clone(),
+                outcomes,
+            })
+            .await?;
         // Carried out in a task of its own: a client that hangs up does not
         // stop an apply half-way.
         let control = self.clone();
         let actor = actor.to_owned();
+        let id = release.id;
+        self.carrying
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id);
         let task = tokio::spawn(async move {
-            let answer = control
-                .carry_out(plan, file, source, &actor, approvals)
-                .await;
-            *control.applying.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            let answer = control.carry_out(release, file, &actor, approvals).await;
+            control
+                .carrying
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
             answer
         });
         task.await.map_err(ControlError::internal)?
@@ -560,26 +566,30 @@ impl Control {
 
     async fn carry_out(
         self: &Arc<Self>,
-        plan: ApplyPlan,
+        release: ReleaseRecord,
         file: ReleaseFile,
-        source: Option<FileSource>,
         actor: &str,
         approvals: Approvals,
     ) -> ControlResult<ApplyAnswer> {
-        let commit = source.as_ref().and_then(|s| s.commit.as_deref());
-        let reason = match commit {
-            Some(c) => format!("apply {} (commit {})", short(&plan.file_digest), short(c)),
-            None => format!("apply {}", short(&plan.file_digest)),
-        };
-        let mut outcomes: Vec<StepOutcome> = Vec::new();
+        let ReleaseRecord {
+            id,
+            plan,
+            source,
+            mut outcomes,
+            ..
+        } = release;
+        let reason = release_reason(id, &plan.file_digest, source.as_ref());
         // The functions moved so far, with the version each served before.
         let mut moved: Vec<(String, String, Option<u64>)> = Vec::new();
         let mut failed = false;
-        for step in &plan.steps {
+        for (i, step) in plan.steps.iter().enumerate() {
             if failed {
-                outcomes.push(outcome(step, "not_started", None, None));
+                outcomes[i].outcome = "not_started".into();
                 continue;
             }
+            // Said before it starts, so a restart knows what may have moved.
+            outcomes[i].outcome = "running".into();
+            self.persist_release(id, "running", &outcomes, false).await;
             let spec = &file.environments[&step.environment].functions[&step.function];
             match self
                 .carry_out_step(step, spec, &reason, actor, approvals)
@@ -589,16 +599,14 @@ impl Control {
                     if deployment.is_some() {
                         moved.push((step.environment.clone(), step.function.clone(), from));
                     }
-                    outcomes.push(outcome(step, "applied", deployment, None));
+                    outcomes[i].outcome = "applied".into();
+                    outcomes[i].deployment = deployment;
                 }
                 Err((deployment, e)) => {
                     failed = true;
-                    outcomes.push(outcome(
-                        step,
-                        "failed",
-                        deployment,
-                        Some(e.public_message()),
-                    ));
+                    outcomes[i].outcome = "failed".into();
+                    outcomes[i].deployment = deployment;
+                    outcomes[i].detail = Some(e.public_message());
                 }
             }
         }
@@ -611,7 +619,7 @@ impl Control {
                             Some(env),
                             Some(*v),
                             Some(&format!(
-                                "{} {}: a later step failed",
+                                "{} {}: release {id}: a later step failed",
                                 crate::holds::UNDONE_BY_APPLY,
                                 short(&plan.file_digest)
                             )),
@@ -632,7 +640,7 @@ impl Control {
                         Ok(d) => {
                             o.outcome = "rolled_back".into();
                             o.detail = Some(format!(
-                                "back to {function}@{} because a later step of this apply failed{}",
+                                "back to {function}@{} because a later step of release {id} failed{}",
                                 from.unwrap_or_default(),
                                 d.map(|d| format!(" (deployment {d})")).unwrap_or_default()
                             ));
@@ -663,18 +671,186 @@ impl Control {
                 digest: Some(&plan.file_digest),
                 outcome: if failed { "failed" } else { "succeeded" },
                 detail: serde_json::json!({
+                    "release": id,
                     "source": source,
                     "steps": outcomes,
                 }),
             })
             .await;
-        tracing::info!(file = %plan.file_digest, steps = plan.steps.len(), failed, "release file applied");
+        self.persist_release(
+            id,
+            if failed { "failed" } else { "succeeded" },
+            &outcomes,
+            true,
+        )
+        .await;
+        tracing::info!(release = id, file = %plan.file_digest, steps = plan.steps.len(), failed, "release file applied");
         Ok(ApplyAnswer {
+            release: Some(id),
             plan,
             applied: true,
             succeeded: !failed,
             outcomes,
         })
+    }
+
+    /// Writes a release's progress; a store that cannot take it is logged
+    /// (the apply goes on: its deployments are recorded on their own).
+    async fn persist_release(
+        &self,
+        id: u64,
+        state: &str,
+        outcomes: &[StepOutcome],
+        finished: bool,
+    ) {
+        if let Err(e) = self
+            .state
+            .update_release(id, state, outcomes, finished)
+            .await
+        {
+            tracing::error!(release = id, error = %e, "cannot record the release's progress");
+        }
+    }
+
+    /// At start on the controller: a release a restart interrupted is
+    /// rolled back as a whole — its progressive deployment in progress
+    /// aborted, every function it had moved (or was moving) returned to
+    /// what it served before — and recorded as `rolled_back`.
+    pub async fn recover_releases(self: &Arc<Self>) -> ControlResult<()> {
+        let alive: std::collections::BTreeSet<String> = self
+            .state
+            .nodes(crate::cluster::LEASE_TTL * 2)
+            .await?
+            .into_iter()
+            .map(|n| n.report.node)
+            .collect();
+        for r in self.state.releases(20).await? {
+            if r.state != "running" {
+                continue;
+            }
+            // Carried out by this process, or by another node still alive:
+            // not interrupted.
+            if self
+                .carrying
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&r.id)
+                || (r.node != self.node_name() && alive.contains(&r.node))
+            {
+                continue;
+            }
+            tracing::warn!(release = r.id, file = %r.file_digest, "a release was interrupted by a restart; rolling it back as a whole");
+            let prefix = release_reason(r.id, &r.file_digest, None);
+            let mut outcomes = r.outcomes.clone();
+            for o in outcomes.iter_mut().rev() {
+                if o.outcome != "running" && o.outcome != "applied" {
+                    if o.outcome == "pending" {
+                        o.outcome = "not_started".into();
+                    }
+                    continue;
+                }
+                if let Some(d) = self.active_deployment(&o.environment, &o.function).await?
+                    && d.reason.as_deref().is_some_and(|x| x.starts_with(&prefix))
+                {
+                    match self
+                        .command(
+                            d.id,
+                            crate::rollout::Command::Abort,
+                            crate::holds::RELEASE_RECOVERY,
+                        )
+                        .await
+                    {
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(deployment = d.id, error = %e, "cannot abort the interrupted release's deployment")
+                        }
+                    }
+                    let _ = self.wait_for_end(d.id).await;
+                }
+                let serving = self
+                    .state
+                    .route(&o.environment, &o.function)
+                    .await?
+                    .and_then(|route| {
+                        route
+                            .weights
+                            .iter()
+                            .max_by_key(|w| w.weight)
+                            .map(|w| w.version)
+                    });
+                let Some(from) = o.from else {
+                    o.detail = Some("nothing served before the release: left as it is".into());
+                    continue;
+                };
+                if serving == Some(from) {
+                    o.outcome = "rolled_back".into();
+                    o.detail = Some(format!("{}@{from} serves again", o.function));
+                    continue;
+                }
+                match self
+                    .rollback_because(
+                        &o.function,
+                        Some(&o.environment),
+                        Some(from),
+                        Some(&format!(
+                            "{} {}: release {} was interrupted by a restart",
+                            crate::holds::UNDONE_BY_APPLY,
+                            short(&r.file_digest),
+                            r.id
+                        )),
+                        "seal",
+                        Approvals::default(),
+                    )
+                    .await
+                {
+                    Ok(done) => {
+                        o.outcome = "rolled_back".into();
+                        o.deployment = done.deployment.map(|d| d.id).or(o.deployment);
+                        o.detail = Some(format!(
+                            "back to {}@{from}: the release was interrupted by a restart",
+                            o.function
+                        ));
+                    }
+                    Err(e) => {
+                        o.detail = Some(format!(
+                            "interrupted by a restart, and it could not go back: {}",
+                            e.public_message()
+                        ))
+                    }
+                }
+            }
+            self.persist_release(r.id, "rolled_back", &outcomes, true)
+                .await;
+            let _ = self
+                .state
+                .audit(NewAudit {
+                    actor: "seal",
+                    action: "apply",
+                    object: &r.environments.join(","),
+                    digest: Some(&r.file_digest),
+                    outcome: "rolled_back",
+                    detail: serde_json::json!({
+                        "release": r.id,
+                        "reason": "interrupted by a restart",
+                        "steps": outcomes,
+                    }),
+                })
+                .await;
+        }
+        Ok(())
+    }
+
+    /// `seal releases`: newest first.
+    pub async fn releases(&self, limit: u32) -> ControlResult<Vec<ReleaseRecord>> {
+        Ok(self.state.releases(limit).await?)
+    }
+
+    /// `seal releases show ID`.
+    pub async fn release(&self, id: u64) -> ControlResult<ReleaseRecord> {
+        self.state
+            .release(id)
+            .await?
+            .ok_or_else(|| ControlError::not_found(format!("no release {id}")))
     }
 
     /// The file, per environment it names, as what that environment
@@ -988,12 +1164,30 @@ fn outcome(
     deployment: Option<u64>,
     detail: Option<String>,
 ) -> StepOutcome {
+    let from = step.changes.iter().find_map(|c| match c {
+        Change::Deploy { from, .. } => *from,
+        _ => None,
+    });
     StepOutcome {
         environment: step.environment.clone(),
         function: step.function.clone(),
         outcome: what.into(),
         deployment,
+        from,
         detail,
+    }
+}
+
+/// The reason every deployment of a release carries (a restart finds the
+/// release's deployments by it).
+fn release_reason(id: u64, digest: &str, source: Option<&FileSource>) -> String {
+    match source.and_then(|s| s.commit.as_deref()) {
+        Some(c) => format!(
+            "release {id}: apply {} (commit {})",
+            short(digest),
+            short(c)
+        ),
+        None => format!("release {id}: apply {}", short(digest)),
     }
 }
 

@@ -51,8 +51,8 @@ pub struct Control {
     /// This node among the others on a shared store, and whether it is the
     /// controller.
     pub(crate) cluster: crate::cluster::Membership,
-    /// The release file being applied on this node, if any.
-    pub(crate) applying: std::sync::Mutex<Option<crate::desired::RunningApply>>,
+    /// The releases this process is carrying out.
+    pub(crate) carrying: std::sync::Mutex<std::collections::BTreeSet<u64>>,
     /// The last drift check of each environment.
     pub(crate) drift_reports: crate::drift::DriftReports,
 }
@@ -121,7 +121,7 @@ impl Control {
             rollouts: crate::rollout::Rollouts::default(),
             outbound,
             gateway_addr: std::sync::OnceLock::new(),
-            applying: std::sync::Mutex::new(None),
+            carrying: Default::default(),
             drift_reports: Default::default(),
         }
     }

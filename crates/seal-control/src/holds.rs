@@ -6,9 +6,10 @@
 //! lost); `seal hold release` records a release naming that deployment,
 //! audited, and a later rollback of the same version holds it again.
 //!
-//! An apply undoing its own earlier steps (a later step failed) rolls back
-//! with [`UNDONE_BY_APPLY`] as the reason: that rollback judged nothing
-//! about the version, so it holds nothing.
+//! An apply undoing its own earlier steps (a later step failed, or a
+//! restart interrupted it) rolls back with [`UNDONE_BY_APPLY`] as the
+//! reason and aborts as [`RELEASE_RECOVERY`]: that judged nothing about
+//! the version, so it holds nothing.
 
 use crate::engine::Control;
 use crate::error::{ControlError, ControlResult};
@@ -18,6 +19,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// The reason an apply's own undo carries (the start of it).
 pub const UNDONE_BY_APPLY: &str = "undone by apply";
+
+/// Who aborts the deployment of a release a restart interrupted: that
+/// abort judged nothing about the version either.
+pub const RELEASE_RECOVERY: &str = "seal (interrupted release)";
 
 /// The version a deployment rolled back, if it rolled one back.
 fn rejected(d: &DeploymentRecord) -> Option<u64> {
@@ -90,7 +95,10 @@ impl Control {
             if released.contains(&(version, d.id)) {
                 continue;
             }
-            holds.push(self.hold(version, d).await?);
+            let hold = self.hold(version, d).await?;
+            if hold.by != RELEASE_RECOVERY {
+                holds.push(hold);
+            }
         }
         holds.sort_by(|a, b| b.at.cmp(&a.at).then(b.deployment.cmp(&a.deployment)));
         Ok(holds)

@@ -36,10 +36,11 @@ const TABLES: &[&str] = &[
     "cron_runs",
     "hold_releases",
     "applied_files",
+    "releases",
 ];
 
 /// Tables whose ids PostgreSQL allocates (identity columns).
-const IDENTITIES: &[&str] = &["deployments", "events", "deliveries"];
+const IDENTITIES: &[&str] = &["deployments", "events", "deliveries", "releases"];
 
 /// Rows per INSERT (PostgreSQL binds at most 65,535 parameters).
 const CHUNK: usize = 500;

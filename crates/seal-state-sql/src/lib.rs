@@ -8,8 +8,9 @@
 use seal_state::{
     AUDIT_GENESIS, AttemptRecord, AuditRecord, AuditVerification, Backlog, BrokenLink, Budget,
     Claimed, CronRun, DeadLetter, DeadReason, DeliveryRecord, DeliveryState, DeploymentKind,
-    DeploymentRecord, DeploymentState, Outcome, QueueRecord, RouteRecord, StateError, Strategy,
-    TokenRecord, TriggerRecord, TriggerSpec, VersionRecord, WeightedVersion, audit_hash,
+    DeploymentRecord, DeploymentState, Outcome, QueueRecord, ReleaseRecord, RouteRecord,
+    StateError, Strategy, TokenRecord, TriggerRecord, TriggerSpec, VersionRecord, WeightedVersion,
+    audit_hash,
 };
 use sqlx::FromRow;
 
@@ -617,6 +618,10 @@ macro_rules! state_ports {
         fn hold_releases(environment: Option<&str>) -> Vec<HoldRelease>;
         fn record_applied(files: &[AppliedFile]) -> ();
         fn applied_files(environment: Option<&str>) -> Vec<AppliedFile>;
+        fn start_release(new: &ReleaseRecord) -> ReleaseRecord;
+        fn update_release(id: u64, state: &str, outcomes: &[StepOutcome], finished: bool) -> ();
+        fn releases(limit: u32) -> Vec<ReleaseRecord>;
+        fn release(id: u64) -> Option<ReleaseRecord>;
     }
     AuditLog {
         fn audit(entry: NewAudit<'_>) -> ();
@@ -669,4 +674,57 @@ macro_rules! state_ports {
             )*
         };
     };
+}
+
+/// A `releases` row: id, file digest, environments, source, actor, state,
+/// plan, outcomes (JSON text), created, finished, node.
+pub type ReleaseRow = (
+    i64,
+    String,
+    String,
+    Option<String>,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    Option<i64>,
+    String,
+);
+
+/// The columns of [`ReleaseRow`], in order.
+pub const RELEASE_COLUMNS: &str = "id, file_digest, environments, source, actor, state, plan, outcomes, created_at, finished_at, node";
+
+/// A stored release as the record the API answers with.
+pub fn release_record(r: ReleaseRow) -> seal_state::Result<ReleaseRecord> {
+    fn parse<T: serde::de::DeserializeOwned>(
+        id: i64,
+        what: &str,
+        text: &str,
+    ) -> seal_state::Result<T> {
+        serde_json::from_str(text)
+            .map_err(|e| StateError::Backend(format!("release {id}: {what}: {e}")))
+    }
+    Ok(ReleaseRecord {
+        id: r.0 as u64,
+        environments: parse(r.0, "environments", &r.2)?,
+        source: match &r.3 {
+            Some(s) => parse(r.0, "source", s)?,
+            None => None,
+        },
+        plan: parse(r.0, "plan", &r.6)?,
+        outcomes: parse(r.0, "outcomes", &r.7)?,
+        file_digest: r.1,
+        actor: r.4,
+        state: r.5,
+        created_at: r.8,
+        finished_at: r.9,
+        node: r.10,
+    })
+}
+
+/// Unix milliseconds as RFC 3339 to the second (for messages).
+pub fn rfc3339(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
 }

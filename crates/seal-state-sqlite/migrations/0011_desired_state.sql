@@ -23,3 +23,21 @@ CREATE TABLE applied_files (
     actor       TEXT NOT NULL,
     applied_at  INTEGER NOT NULL
 );
+
+-- Each apply of a release file: one id, one state (running, succeeded,
+-- failed, rolled_back), its plan and every step's outcome (JSON). At most
+-- one runs at a time.
+CREATE TABLE releases (
+    id           INTEGER PRIMARY KEY,
+    file_digest  TEXT NOT NULL,
+    environments TEXT NOT NULL,
+    source       TEXT,
+    actor        TEXT NOT NULL,
+    state        TEXT NOT NULL,
+    plan         TEXT NOT NULL,
+    outcomes     TEXT NOT NULL,
+    created_at   INTEGER NOT NULL,
+    finished_at  INTEGER,
+    node         TEXT NOT NULL
+);
+CREATE UNIQUE INDEX one_running_release ON releases (state) WHERE state = 'running';

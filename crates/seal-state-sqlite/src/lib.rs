@@ -13,7 +13,8 @@
 use seal_state::{
     AUDIT_GENESIS, AppliedFile, AuditRecord, AuditVerification, Budget, DeploymentEvent,
     DeploymentRecord, HOUR_MS, HoldRelease, NewAudit, NewDeployment, NewRollout, NewVersion,
-    RouteRecord, StateError, Transition, UsageDelta, UsageRow, VersionRecord, audit_hash, now_ms,
+    ReleaseRecord, RouteRecord, StateError, StepOutcome, Transition, UsageDelta, UsageRow,
+    VersionRecord, audit_hash, now_ms,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqlitePool, Transaction};
@@ -723,6 +724,100 @@ impl SqliteStore {
                 },
             )
             .collect())
+    }
+
+    /// Records a release as running, unless one is (then `Conflict`
+    /// naming it), in one transaction.
+    pub async fn start_release(&self, new: &ReleaseRecord) -> Result<ReleaseRecord> {
+        let json =
+            |v: serde_json::Result<String>| v.map_err(|e| StateError::Backend(e.to_string()));
+        let mut tx = self.pool.begin().await?;
+        let running: Option<seal_state_sql::ReleaseRow> = sqlx::query_as(&format!(
+            "SELECT {} FROM releases WHERE state = 'running' ORDER BY id LIMIT 1",
+            seal_state_sql::RELEASE_COLUMNS
+        ))
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(r) = running {
+            return Err(StateError::Conflict(format!(
+                "an apply is running: release {} of {} by {} since {}; wait for it to end",
+                r.0,
+                r.1,
+                r.4,
+                seal_state_sql::rfc3339(r.8)
+            ))
+            .into());
+        }
+        let source = match &new.source {
+            Some(s) => Some(json(serde_json::to_string(s))?),
+            None => None,
+        };
+        let id: i64 = sqlx::query_scalar("INSERT INTO releases (id, file_digest, environments, source, actor, state, plan, outcomes, created_at, node) VALUES ((SELECT COALESCE(MAX(id), 0) + 1 FROM releases), $1, $2, $3, $4, 'running', $5, $6, $7, $8) RETURNING id")
+            .bind(&new.file_digest)
+            .bind(json(serde_json::to_string(&new.environments))?)
+            .bind(source)
+            .bind(&new.actor)
+            .bind(json(serde_json::to_string(&new.plan))?)
+            .bind(json(serde_json::to_string(&new.outcomes))?)
+            .bind(new.created_at)
+            .bind(&new.node)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(ReleaseRecord {
+            id: id as u64,
+            state: "running".into(),
+            finished_at: None,
+            ..new.clone()
+        })
+    }
+
+    pub async fn update_release(
+        &self,
+        id: u64,
+        state: &str,
+        outcomes: &[StepOutcome],
+        finished: bool,
+    ) -> Result<()> {
+        let outcomes =
+            serde_json::to_string(outcomes).map_err(|e| StateError::Backend(e.to_string()))?;
+        sqlx::query(
+            "UPDATE releases SET state = $1, outcomes = $2, \
+             finished_at = CASE WHEN $3 THEN $4 ELSE finished_at END WHERE id = $5",
+        )
+        .bind(state)
+        .bind(outcomes)
+        .bind(finished)
+        .bind(now_ms())
+        .bind(id as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn releases(&self, limit: u32) -> Result<Vec<ReleaseRecord>> {
+        let rows: Vec<seal_state_sql::ReleaseRow> = sqlx::query_as(&format!(
+            "SELECT {} FROM releases ORDER BY id DESC LIMIT $1",
+            seal_state_sql::RELEASE_COLUMNS
+        ))
+        .bind(i64::from(limit))
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(seal_state_sql::release_record)
+            .collect::<std::result::Result<_, _>>()?)
+    }
+
+    pub async fn release(&self, id: u64) -> Result<Option<ReleaseRecord>> {
+        let row: Option<seal_state_sql::ReleaseRow> = sqlx::query_as(&format!(
+            "SELECT {} FROM releases WHERE id = $1",
+            seal_state_sql::RELEASE_COLUMNS
+        ))
+        .bind(id as i64)
+        .fetch_optional(&self.read)
+        .await?;
+        Ok(row.map(seal_state_sql::release_record).transpose()?)
     }
 
     pub async fn hold_releases(&self, environment: Option<&str>) -> Result<Vec<HoldRelease>> {

@@ -224,6 +224,60 @@ pub async fn applied_files_replace_per_environment(s: &dyn StateStore) {
     );
 }
 
+/// One release runs at a time: a second is refused naming the first; its
+/// progress and end are recorded; ids count up, listed newest first.
+pub async fn releases_run_one_at_a_time(s: &dyn StateStore) {
+    let plan: seal_api_types::desired::ApplyPlan = serde_json::from_value(json!({
+        "file_digest": "sha256:ab", "environments": ["production"], "steps": []
+    }))
+    .unwrap();
+    let new = |actor: &str| ReleaseRecord {
+        id: 0,
+        file_digest: "sha256:ab".into(),
+        environments: vec!["production".into()],
+        source: None,
+        actor: actor.into(),
+        node: "n1".into(),
+        state: "running".into(),
+        created_at: 1_000,
+        finished_at: None,
+        plan: plan.clone(),
+        outcomes: Vec::new(),
+    };
+    let first = s.start_release(&new("alice")).await.unwrap();
+    assert_eq!(first.state, "running");
+    match s.start_release(&new("bob")).await {
+        Err(StateError::Conflict(m)) => assert!(
+            m.contains(&format!("release {}", first.id)) && m.contains("alice"),
+            "{m}"
+        ),
+        other => panic!("a second running release: {other:?}"),
+    }
+    let step: StepOutcome = serde_json::from_value(json!({
+        "environment": "production", "function": "hello", "outcome": "applied",
+        "deployment": 3, "from": 1
+    }))
+    .unwrap();
+    s.update_release(first.id, "running", std::slice::from_ref(&step), false)
+        .await
+        .unwrap();
+    let read = s.release(first.id).await.unwrap().unwrap();
+    assert_eq!(read.outcomes, vec![step.clone()]);
+    assert_eq!(read.finished_at, None);
+    assert_eq!(read.node, "n1");
+    s.update_release(first.id, "succeeded", &[step], true)
+        .await
+        .unwrap();
+    let second = s.start_release(&new("bob")).await.unwrap();
+    assert!(second.id > first.id);
+    let list = s.releases(10).await.unwrap();
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0].id, second.id);
+    assert_eq!(list[1].state, "succeeded");
+    assert!(list[1].finished_at.is_some());
+    assert!(s.release(999).await.unwrap().is_none());
+}
+
 /// An environment's protection is set, cleared back to the server's rule,
 /// and audited; an unknown environment is not created by it.
 pub async fn protection_is_set_per_environment(s: &dyn StateStore) {
@@ -1346,6 +1400,7 @@ macro_rules! contract_tests {
             protection_is_set_per_environment,
             hold_releases_are_recorded_once,
             applied_files_replace_per_environment,
+            releases_run_one_at_a_time,
             a_deployment_moves_the_route_with_its_events_and_audit,
             an_active_rollout_owns_its_route,
             the_audit_log_is_one_chain,

@@ -19,6 +19,7 @@
 //! This crate knows no SQL driver, no wasm and no HTTP.
 
 use async_trait::async_trait;
+pub use seal_api_types::desired::{ReleaseRecord, StepOutcome};
 pub use seal_api_types::events::{
     AttemptRecord, CronRun, DeadLetter, DeadReason, DeliveryRecord, DeliveryState, Enqueued,
     EventRecord, Outcome, QueueRecord, QueueSubscription, TriggerRecord, TriggerSpec,
@@ -366,6 +367,20 @@ pub trait Deployments: Send + Sync {
     async fn record_applied(&self, files: &[AppliedFile]) -> Result<()>;
     /// The file last applied to each environment (or one), by name.
     async fn applied_files(&self, environment: Option<&str>) -> Result<Vec<AppliedFile>>;
+    /// Records a release as `running`; `Conflict` naming the release
+    /// already running (one at a time in the store).
+    async fn start_release(&self, new: &ReleaseRecord) -> Result<ReleaseRecord>;
+    /// A release's state and outcomes so far (`finished`: it ended now).
+    async fn update_release(
+        &self,
+        id: u64,
+        state: &str,
+        outcomes: &[StepOutcome],
+        finished: bool,
+    ) -> Result<()>;
+    /// Releases, newest first.
+    async fn releases(&self, limit: u32) -> Result<Vec<ReleaseRecord>>;
+    async fn release(&self, id: u64) -> Result<Option<ReleaseRecord>>;
 }
 
 /// The hash-chained audit log.
