@@ -72,6 +72,16 @@ async fn export_apply_round_trip_changes_nothing_and_a_changed_file_moves_only_w
         s.seal_json(&["deploy", f, "1"]);
     }
     s.seal_json(&["config", "set", "a", "GREETING=hi"]);
+    s.seal_json(&["queue", "create", "orders"]);
+    s.seal_json(&[
+        "trigger",
+        "create",
+        "queue",
+        "--function",
+        "b",
+        "--queue",
+        "orders",
+    ]);
     let secret = Command::new(support::seal_bin())
         .args(["secrets", "set", "b", "API_KEY"])
         .env("SEAL_SERVER", &s.api)
@@ -100,6 +110,14 @@ async fn export_apply_round_trip_changes_nothing_and_a_changed_file_moves_only_w
         assert!(exported.contains(needle), "{needle}: {exported}");
     }
     assert!(!exported.contains("hunter2"), "{exported}");
+    for needle in [
+        "[environments.production.functions.b.triggers.b-orders]",
+        "kind = \"queue\"",
+        "queue = \"orders\"",
+        "max_attempts = 3",
+    ] {
+        assert!(exported.contains(needle), "{needle}: {exported}");
+    }
     let (file, first_commit) = commit(repo.path(), &exported, "export production");
 
     // Round trip: the plan is empty, applying changes nothing, diff is 0.
@@ -148,6 +166,21 @@ async fn export_apply_round_trip_changes_nothing_and_a_changed_file_moves_only_w
         steps = [50]
         interval_ms = 300 }),
     );
+    // b: after a, its queue trigger retried more, a cron trigger added.
+    let b = fns["b"].as_table_mut().unwrap();
+    b.insert("after".into(), toml::Value::Array(vec!["a".into()]));
+    b.insert(
+        "triggers".into(),
+        toml::Value::Table(toml::toml! {
+            [b-orders]
+            kind = "queue"
+            queue = "orders"
+            max_attempts = 5
+            [b-cron]
+            kind = "cron"
+            schedule = "0 9 * * *"
+        }),
+    );
     let text = toml::to_string(&changed).unwrap();
     let (file, second_commit) = commit(repo.path(), &text, "a and c to 2");
     assert_ne!(first_commit, second_commit);
@@ -158,7 +191,11 @@ async fn export_apply_round_trip_changes_nothing_and_a_changed_file_moves_only_w
         .iter()
         .map(|s| s["function"].as_str().unwrap())
         .collect();
-    assert_eq!(order, ["c", "a"], "{plan:#}");
+    assert_eq!(order, ["c", "a", "b"], "{plan:#}");
+    assert_eq!(
+        steps[2]["changes"],
+        json!([{"change": "triggers", "create": ["b-cron"], "replace": ["b-orders"]}])
+    );
     assert_eq!(steps[0]["changes"][0]["change"], "deploy");
     assert_eq!(steps[0]["changes"][0]["strategy"], "canary");
     assert_eq!(steps[0]["changes"][0]["steps"], json!([50, 100]));
@@ -177,7 +214,10 @@ async fn export_apply_round_trip_changes_nothing_and_a_changed_file_moves_only_w
     );
     assert!(pc < pa, "{}", text_plan.stdout);
     assert!(
-        text_plan.stdout.contains("steps 50% → 100%"),
+        text_plan.stdout.contains("steps 50% → 100%")
+            && text_plan.stdout.contains("3. b in production")
+            && text_plan.stdout.contains("triggers create b-cron")
+            && text_plan.stdout.contains("triggers replace b-orders"),
         "{}",
         text_plan.stdout
     );
@@ -189,7 +229,7 @@ async fn export_apply_round_trip_changes_nothing_and_a_changed_file_moves_only_w
     let applied = s.seal_json(&["apply", "-f", &file]);
     assert_eq!(applied["succeeded"], true, "{applied:#}");
     let outcomes = applied["outcomes"].as_array().unwrap();
-    assert_eq!(outcomes.len(), 2, "{applied:#}");
+    assert_eq!(outcomes.len(), 3, "{applied:#}");
     assert!(
         outcomes.iter().all(|o| o["outcome"] == "applied"),
         "{applied:#}"
@@ -214,6 +254,26 @@ async fn export_apply_round_trip_changes_nothing_and_a_changed_file_moves_only_w
             .contains(&second_commit[..12]),
         "{a_dep:#}"
     );
+    let triggers = s.seal_json(&["trigger", "list", "--function", "b"]);
+    let names: Vec<&str> = triggers
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), 2, "{triggers:#}");
+    assert!(
+        names.contains(&"b-cron") && names.contains(&"b-orders"),
+        "{triggers:#}"
+    );
+    let orders = triggers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "b-orders")
+        .unwrap()
+        .clone();
+    assert_eq!(orders["max_attempts"], 5, "{orders:#}");
     let config = s.seal_json(&["config", "get", "a"]);
     assert_eq!(config["config"]["GREETING"], "hello");
     // The audit log has the apply with the file's digest and the commit.
@@ -567,7 +627,32 @@ after = ["b"]
         &["unknown environment \"nowhere\""],
     )
     .await;
+    refused(
+        400,
+        &format!("{head}version = 1\n[environments.production.functions.a.triggers.t1]\nkind = \"queue\"\nqueue = \"nope\"\n"),
+        &["functions.a.triggers.t1", "nope"],
+    )
+    .await;
+    refused(
+        400,
+        &format!("{head}version = 1\n[environments.production.functions.a.triggers.t2]\nkind = \"cron\"\nschedule = \"every day\"\n"),
+        &["functions.a.triggers.t2"],
+    )
+    .await;
+    refused(
+        400,
+        &format!("{head}version = 1\n[environments.production.functions.a.triggers.t3]\nkind = \"webhook\"\n"),
+        &["line 4", "unknown variant `webhook`"],
+    )
+    .await;
     assert_eq!(serves(&s, "a").await, "1");
+    assert!(
+        s.seal_json(&["trigger", "list", "--function", "a"])
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "a refused file made a trigger"
+    );
 
     // A token for staging may not apply a file for production.
     s.seal_json(&["env", "create", "staging"]);

@@ -204,6 +204,19 @@ fn print_plan(plan: &ApplyPlan) {
                 Change::UnsetSecrets { keys } => {
                     println!("       secrets unset {}", keys.join(", "))
                 }
+                Change::Triggers {
+                    create,
+                    replace,
+                    delete,
+                } => {
+                    for (verb, names) in
+                        [("create", create), ("replace", replace), ("delete", delete)]
+                    {
+                        if !names.is_empty() {
+                            println!("       triggers {verb} {}", names.join(", "));
+                        }
+                    }
+                }
                 Change::Deploy {
                     from,
                     to,

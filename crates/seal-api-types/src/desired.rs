@@ -51,6 +51,10 @@ pub struct FunctionSpec {
     /// (with `seal secrets set`), others are removed. Never values.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secrets: Option<SecretNames>,
+    /// The function's triggers in the environment, by name: the whole
+    /// set (triggers not listed are deleted). Absent: not managed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub triggers: Option<BTreeMap<String, crate::events::TriggerSpec>>,
 }
 
 /// Secret names. A table of names to values is refused with a message
@@ -141,6 +145,16 @@ pub enum Change {
     },
     /// Secrets removed (by name).
     UnsetSecrets { keys: Vec<String> },
+    /// Triggers created, changed (deleted and made again) and deleted, by
+    /// name, after the route.
+    Triggers {
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        create: Vec<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        replace: Vec<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        delete: Vec<String>,
+    },
     /// The route moves to a version.
     Deploy {
         /// The version serving now (none: nothing serves yet).
@@ -221,7 +235,7 @@ pub struct ApplyAnswer {
 pub struct Difference {
     pub environment: String,
     pub function: String,
-    /// `version`, `config.KEY`, `secrets.KEY`.
+    /// `version`, `config.KEY`, `secrets.KEY`, `triggers.NAME`.
     pub field: String,
     /// What the file asks for (`null`: absent).
     pub desired: Option<String>,

@@ -220,6 +220,8 @@ struct Target {
     weights: Vec<seal_state::WeightedVersion>,
     config: BTreeMap<String, String>,
     secrets: BTreeSet<String>,
+    /// The function's triggers in the environment now.
+    triggers: BTreeMap<String, seal_state::TriggerRecord>,
 }
 
 impl Control {
@@ -247,6 +249,12 @@ impl Control {
                 };
                 let view = self.settings.settings_view(&r.function, &env).await?;
                 let secrets: Vec<String> = view.secrets.into_iter().map(|s| s.key).collect();
+                let triggers: BTreeMap<String, seal_api_types::events::TriggerSpec> = self
+                    .triggers_of(&env, &r.function)
+                    .await?
+                    .into_iter()
+                    .map(|(name, t)| (name, t.spec))
+                    .collect();
                 functions.insert(
                     r.function.clone(),
                     FunctionSpec {
@@ -254,6 +262,7 @@ impl Control {
                         digest: Some(v.digest),
                         config: (!view.config.is_empty()).then_some(view.config),
                         secrets: (!secrets.is_empty()).then_some(SecretNames(secrets)),
+                        triggers: (!triggers.is_empty()).then_some(triggers),
                         ..Default::default()
                     },
                 );
@@ -307,6 +316,10 @@ impl Control {
                 let weights = route.map(|r| r.weights).unwrap_or_default();
                 let serving = weights.iter().max_by_key(|w| w.weight).map(|w| w.version);
                 let view = self.settings.settings_view(&function, env).await?;
+                let triggers = self.triggers_of(env, &function).await?;
+                if let Some(wanted) = &f.triggers {
+                    self.check_triggers(&at, env, &function, wanted).await?;
+                }
                 out.push(Target {
                     environment: env.clone(),
                     function,
@@ -316,6 +329,7 @@ impl Control {
                     weights,
                     config: view.config,
                     secrets: view.secrets.into_iter().map(|s| s.key).collect(),
+                    triggers,
                 });
             }
         }
@@ -489,7 +503,76 @@ impl Control {
             }
             changes.push(change);
         }
+        if let Some(wanted) = &t.spec.triggers {
+            let mut create = Vec::new();
+            let mut replace = Vec::new();
+            for (name, spec) in wanted {
+                match t.triggers.get(name) {
+                    None => create.push(name.clone()),
+                    Some(have) if have.spec != *spec => replace.push(name.clone()),
+                    Some(_) => {}
+                }
+            }
+            let delete: Vec<String> = t
+                .triggers
+                .keys()
+                .filter(|n| !wanted.contains_key(*n))
+                .cloned()
+                .collect();
+            if !create.is_empty() || !replace.is_empty() || !delete.is_empty() {
+                changes.push(Change::Triggers {
+                    create,
+                    replace,
+                    delete,
+                });
+            }
+        }
         Ok(changes)
+    }
+
+    /// A function's triggers in an environment, by name.
+    async fn triggers_of(
+        &self,
+        env: &str,
+        function: &str,
+    ) -> ControlResult<BTreeMap<String, seal_state::TriggerRecord>> {
+        Ok(self
+            .events
+            .triggers(Some(function))
+            .await?
+            .into_iter()
+            .filter(|t| t.environment == env)
+            .map(|t| (t.name.clone(), t))
+            .collect())
+    }
+
+    /// The triggers a file asks for can be made: valid names and specs,
+    /// queues that exist, names no other function or environment uses.
+    async fn check_triggers(
+        &self,
+        at: &str,
+        env: &str,
+        function: &str,
+        wanted: &BTreeMap<String, seal_api_types::events::TriggerSpec>,
+    ) -> ControlResult<()> {
+        for (name, spec) in wanted {
+            let at = format!("{at}.triggers.{name}");
+            self.events
+                .check_trigger(env, spec)
+                .await
+                .map_err(|e| ControlError::bad_request(format!("{at}: {}", e.public_message())))?;
+            crate::events::check_name("trigger", name)
+                .map_err(|e| ControlError::bad_request(format!("{at}: {}", e.public_message())))?;
+            if let Ok(other) = self.events.trigger(name).await
+                && (other.environment != env || other.function != function)
+            {
+                return Err(ControlError::conflict(format!(
+                    "{at}: the trigger {name} exists already for {} in {}: choose another name",
+                    other.function, other.environment
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// `seal apply`: plans `text` and (unless `plan_only`) carries the
@@ -904,6 +987,31 @@ impl Control {
                         .await
                         .map_err(|e| (None, e))?;
                 }
+                Change::Triggers {
+                    create,
+                    replace,
+                    delete,
+                } => {
+                    let wanted = spec.triggers.clone().unwrap_or_default();
+                    for name in replace.iter().chain(delete) {
+                        self.events
+                            .delete_trigger(name, actor)
+                            .await
+                            .map_err(|e| (made.0, e))?;
+                    }
+                    for name in create.iter().chain(replace) {
+                        let req = seal_api_types::events::CreateTrigger {
+                            name: Some(name.clone()),
+                            function: function.to_owned(),
+                            environment: Some(env.to_owned()),
+                            spec: wanted[name].clone(),
+                        };
+                        self.events
+                            .create_trigger(&req, actor)
+                            .await
+                            .map_err(|e| (made.0, e))?;
+                    }
+                }
                 Change::Deploy {
                     from, to, strategy, ..
                 } => {
@@ -1049,6 +1157,32 @@ impl Control {
                         let set = |b: bool| b.then(|| "set".to_owned());
                         differences.push(diff(format!("secrets.{k}"), set(want), set(have)));
                     }
+                }
+            }
+            if let Some(wanted) = &t.spec.triggers {
+                let show = |spec: &seal_api_types::events::TriggerSpec| {
+                    serde_json::to_string(spec).unwrap_or_default()
+                };
+                for name in wanted
+                    .keys()
+                    .chain(t.triggers.keys())
+                    .collect::<BTreeSet<_>>()
+                {
+                    let want = wanted.get(name);
+                    let have = t.triggers.get(name);
+                    if want == have.map(|h| &h.spec) {
+                        continue;
+                    }
+                    let mut d = diff(
+                        format!("triggers.{name}"),
+                        want.map(show),
+                        have.map(|h| show(&h.spec)),
+                    );
+                    d.why = Some(match have {
+                        Some(h) => format!("made by {} at {}", h.created_by, time(h.created_at)),
+                        None => "no such trigger (deleted, or never made)".into(),
+                    });
+                    differences.push(d);
                 }
             }
             if !keys.is_empty() {
@@ -1239,6 +1373,21 @@ name = "smoke"
 phase = "pre-traffic"
 request = { method = "GET", path = "/", headers = { accept = "text/plain" }, body = "" }
 expect = { status = 200, body_contains = "ok", success = false }
+[environments.production.functions.hello.triggers.hello-orders]
+kind = "queue"
+queue = "orders"
+max_attempts = 5
+backoff_initial_ms = 100
+backoff_max_ms = 1000
+max_age_ms = 60000
+max_in_flight = 4
+[environments.production.functions.hello.triggers.hello-cron]
+kind = "cron"
+schedule = "0 9 * * 1-5"
+timezone = "Europe/Paris"
+on_missed = "once"
+overlap = "forbid"
+canary = "follow-weights"
 [environments.production.functions.billing]
 version = 1
 "#;

@@ -280,6 +280,26 @@ impl EventsService {
         )))
     }
 
+    /// A trigger's settings are valid in `environment`: its queue exists
+    /// and its subscription settings are in bounds, or its schedule and
+    /// time zone parse.
+    pub(crate) async fn check_trigger(
+        &self,
+        environment: &str,
+        spec: &TriggerSpec,
+    ) -> ControlResult<()> {
+        match spec {
+            TriggerSpec::Queue(q) => {
+                self.queue_must_exist(environment, &q.queue).await?;
+                check_subscription(q)
+            }
+            TriggerSpec::Cron(c) => {
+                Schedule::parse(&c.schedule, &c.timezone).map_err(ControlError::Invalid)?;
+                Ok(())
+            }
+        }
+    }
+
     pub async fn create_trigger(
         &self,
         req: &CreateTrigger,
@@ -288,15 +308,7 @@ impl EventsService {
         let environment = self.env(req.environment.as_deref()).to_owned();
         lookup::environment_must_exist(&*self.state, &environment).await?;
         lookup::function_must_exist(&*self.state, &req.function).await?;
-        match &req.spec {
-            TriggerSpec::Queue(q) => {
-                self.queue_must_exist(&environment, &q.queue).await?;
-                check_subscription(q)?;
-            }
-            TriggerSpec::Cron(c) => {
-                Schedule::parse(&c.schedule, &c.timezone).map_err(ControlError::Invalid)?;
-            }
-        }
+        self.check_trigger(&environment, &req.spec).await?;
         if self
             .state
             .route(&environment, &req.function)
