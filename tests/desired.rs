@@ -48,6 +48,15 @@ async fn serves(s: &Server, function: &str) -> String {
     header(&r, "seal-version")
 }
 
+/// Whether the newest 50 audit entries hold one that `matches`.
+async fn audited(s: &Server, matches: impl Fn(&Value) -> bool) -> bool {
+    s.api_get("/v1/audit?limit=50").await["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(matches)
+}
+
 async fn deployments(s: &Server, function: &str) -> Vec<Value> {
     s.api_get(&format!("/v1/functions/{function}/deployments"))
         .await["deployments"]
@@ -375,14 +384,11 @@ async fn export_apply_round_trip_changes_nothing_and_a_changed_file_moves_only_w
     );
     s.seal(&["hold", "release", "c@2"])
         .assert_fails_with("c@2 is not held in production");
-    let audit = s.api_get("/v1/audit?limit=5").await;
     assert!(
-        audit["entries"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["action"] == "hold.release" && e["object"] == "production/c"),
-        "{audit:#}"
+        audited(&s, |e| e["action"] == "hold.release"
+            && e["object"] == "production/c")
+        .await,
+        "no such audit entry"
     );
     let healed = s.seal_json(&["apply", "-f", &file]);
     assert_eq!(healed["succeeded"], true, "{healed:#}");
@@ -471,14 +477,9 @@ after = ["b"]
     assert_eq!(serves(&s, "b").await, "1");
     assert_eq!(serves(&s, "c").await, "1");
     assert_eq!(deployments(&s, "c").await.len(), 1, "c was never touched");
-    let audit = s.api_get("/v1/audit?limit=50").await;
     assert!(
-        audit["entries"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["action"] == "apply" && e["outcome"] == "failed"),
-        "{audit:#}"
+        audited(&s, |e| e["action"] == "apply" && e["outcome"] == "failed").await,
+        "no such audit entry"
     );
 
     // diff says why each differs: b by its hook, a by the apply's undo.
@@ -852,14 +853,11 @@ async fn drift_from_the_file_last_applied_is_measured_and_said_and_self_heal_put
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let audit = s.api_get("/v1/audit?limit=20").await;
     assert!(
-        audit["entries"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["action"] == "apply" && e["actor"] == "seal (self-heal)"),
-        "{audit:#}"
+        audited(&s, |e| e["action"] == "apply"
+            && e["actor"] == "seal (self-heal)")
+        .await,
+        "no such audit entry"
     );
     s.seal_json(&["rollback", "a"]);
     assert_eq!(serves(&s, "a").await, "1");
@@ -975,14 +973,11 @@ interval_ms = 60000
     assert!(list.stdout.contains("rolled_back"), "{}", list.stdout);
     s.seal(&["releases", "show", "99"])
         .assert_fails_with("no release 99");
-    let audit = s.api_get("/v1/audit?limit=20").await;
     assert!(
-        audit["entries"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["action"] == "apply" && e["outcome"] == "rolled_back"),
-        "{audit:#}"
+        audited(&s, |e| e["action"] == "apply"
+            && e["outcome"] == "rolled_back")
+        .await,
+        "no such audit entry"
     );
     // The same file applies again afterwards.
     let path = files.path().join("release.toml");

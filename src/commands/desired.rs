@@ -10,7 +10,7 @@ use crate::output::{table, time_ms};
 use anyhow::Context;
 use seal_api_types::desired::{
     ApplyAnswer, ApplyPlan, ApplyRequest, Change, Changelog, ChangelogEntry, DiffAnswer, Exported,
-    FileSource, Hold, Holds, ReleaseHold, ReleaseRecord, Releases,
+    FileSource, Hold, Holds, ReleaseHold, ReleaseRecord, Releases, StepOutcome,
 };
 use std::path::{Path, PathBuf};
 
@@ -148,18 +148,7 @@ pub async fn apply(args: ApplyArgs, client: &Client, out: OutputFormat) -> anyho
     let answer: ApplyAnswer = client.post_as("/v1/apply", &req).await?;
     emit(out, &answer, |a| {
         print_plan(&a.plan);
-        for o in &a.outcomes {
-            let d = o
-                .deployment
-                .map(|d| format!(" (deployment {d})"))
-                .unwrap_or_default();
-            let detail = o
-                .detail
-                .as_deref()
-                .map(|d| format!(": {d}"))
-                .unwrap_or_default();
-            println!("{} {}: {}{d}{detail}", o.environment, o.function, o.outcome);
-        }
+        print_outcomes(&a.outcomes);
         if !a.applied {
             println!("(plan only: nothing changed)");
         } else if !a.plan.steps.is_empty() && a.succeeded {
@@ -174,6 +163,22 @@ pub async fn apply(args: ApplyArgs, client: &Client, out: OutputFormat) -> anyho
         );
     }
     Ok(())
+}
+
+/// How each step of an apply went, a line each.
+fn print_outcomes(outcomes: &[StepOutcome]) {
+    for o in outcomes {
+        let d = o
+            .deployment
+            .map(|d| format!(" (deployment {d})"))
+            .unwrap_or_default();
+        let detail = o
+            .detail
+            .as_deref()
+            .map(|d| format!(": {d}"))
+            .unwrap_or_default();
+        println!("{} {}: {}{d}{detail}", o.environment, o.function, o.outcome);
+    }
 }
 
 fn print_plan(plan: &ApplyPlan) {
@@ -524,18 +529,7 @@ pub async fn releases(
                     }
                 }
                 print_plan(&r.plan);
-                for o in &r.outcomes {
-                    let d = o
-                        .deployment
-                        .map(|d| format!(" (deployment {d})"))
-                        .unwrap_or_default();
-                    let detail = o
-                        .detail
-                        .as_deref()
-                        .map(|d| format!(": {d}"))
-                        .unwrap_or_default();
-                    println!("{} {}: {}{d}{detail}", o.environment, o.function, o.outcome);
-                }
+                print_outcomes(&r.outcomes);
             });
         }
     }
