@@ -54,7 +54,20 @@ impl Control {
     /// (with `self_heal`, on the controller) re-applies the file where it
     /// drifted.
     pub async fn check_drift(self: &Arc<Self>, self_heal: bool) -> ControlResult<()> {
+        // An environment a release is changing now is between two files:
+        // it is checked once the release has ended.
+        let changing: Vec<String> = self
+            .state
+            .releases(5)
+            .await?
+            .into_iter()
+            .filter(|r| r.state == "running")
+            .flat_map(|r| r.environments)
+            .collect();
         for applied in self.state.applied_files(None).await? {
+            if changing.contains(&applied.environment) {
+                continue;
+            }
             let report = self.drift_of(&applied).await;
             let drifted = !report.differences.is_empty() || report.error.is_some();
             let before = self.drift_reports.replace(report.clone());
