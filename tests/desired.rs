@@ -617,6 +617,12 @@ after = ["b"]
     .await;
     refused(
         400,
+        &format!("{head}version = 1\nsecrets = \"hunter2\"\n"),
+        &["list of names"],
+    )
+    .await;
+    refused(
+        400,
         &format!("{head}version = 1\nsecrets = [\"API_KEY\"]\n"),
         &["expects secrets that are not set: API_KEY"],
     )
@@ -981,6 +987,12 @@ interval_ms = 60000
     );
     // The same file applies again afterwards.
     let path = files.path().join("release.toml");
-    let out = s.seal(&["apply", "-f", path.to_str().unwrap(), "--plan"]);
-    assert!(out.ok, "{}", out.stderr);
+    let plan = s.seal_json(&["apply", "-f", path.to_str().unwrap(), "--plan"]);
+    let order: Vec<&str> = plan["plan"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["function"].as_str().unwrap())
+        .collect();
+    assert_eq!(order, ["a", "b"], "{plan:#}");
 }

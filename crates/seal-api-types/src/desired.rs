@@ -81,6 +81,12 @@ impl<'de> Deserialize<'de> for SecretNames {
                 }
                 Ok(SecretNames(names))
             }
+            // Never `invalid type: string "…"`: the string may be a value.
+            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Self::Value, E> {
+                Err(E::custom(
+                    "secrets is a list of names (secrets = [\"API_KEY\"]), not a string: a release file never holds a secret's value; set it with `seal secrets set`",
+                ))
+            }
             fn visit_map<A: serde::de::MapAccess<'de>>(
                 self,
                 _: A,

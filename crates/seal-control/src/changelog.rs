@@ -25,7 +25,7 @@ impl Control {
         }
         let mut provenance: BTreeMap<u64, (String, Option<String>, Option<String>)> =
             BTreeMap::new();
-        let mut holds: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        let mut holds: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
         let mut entries = Vec::new();
         for d in self.state.deployments(function, environment).await? {
             if since_ms.is_some_and(|since| d.created_at < since) {
@@ -62,15 +62,15 @@ impl Control {
                 _ => None,
             };
             let held = match holds.get(&d.environment) {
-                Some(held) => held.contains(&d.id),
+                Some(held) => held.contains(&(d.id, version)),
                 None => {
-                    let held: Vec<u64> = self
+                    let held: Vec<(u64, u64)> = self
                         .holds_of(&d.environment, function)
                         .await?
                         .into_iter()
-                        .map(|h| h.deployment)
+                        .map(|h| (h.deployment, h.version))
                         .collect();
-                    let this = held.contains(&d.id);
+                    let this = held.contains(&(d.id, version));
                     holds.insert(d.environment.clone(), held);
                     this
                 }

@@ -563,7 +563,12 @@ impl Control {
                 .map_err(|e| ControlError::bad_request(format!("{at}: {}", e.public_message())))?;
             crate::events::check_name("trigger", name)
                 .map_err(|e| ControlError::bad_request(format!("{at}: {}", e.public_message())))?;
-            if let Ok(other) = self.events.trigger(name).await
+            let other = match self.events.trigger(name).await {
+                Ok(t) => Some(t),
+                Err(ControlError::NotFound(_)) => None,
+                Err(e) => return Err(e),
+            };
+            if let Some(other) = other
                 && (other.environment != env || other.function != function)
             {
                 return Err(ControlError::conflict(format!(
@@ -626,6 +631,22 @@ impl Control {
                 outcomes,
             })
             .await?;
+        // Planned again now that no other release runs: what it read
+        // before (holds, routes, deployments in progress) may have moved.
+        match self.plan_release(text).await {
+            Ok((again, _)) if again == plan => {}
+            other => {
+                let why = match other {
+                    Err(e) => e.public_message(),
+                    Ok(_) => "the environments changed while the file was being planned".into(),
+                };
+                self.persist_release(release.id, "failed", &release.outcomes, true)
+                    .await;
+                return Err(ControlError::conflict(format!(
+                    "{why}: nothing was changed; apply again to see the new plan"
+                )));
+            }
+        }
         // Carried out in a task of its own: a client that hangs up does not
         // stop an apply half-way.
         let control = self.clone();
@@ -636,13 +657,20 @@ impl Control {
             .unwrap_or_else(|p| p.into_inner())
             .insert(id);
         let task = tokio::spawn(async move {
-            let answer = control.carry_out(release, file, &actor, approvals).await;
-            control
-                .carrying
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&id);
-            answer
+            // Let go of even when the task panics: the controller's
+            // recovery then rolls the release back.
+            struct Carrying(Arc<Control>, u64);
+            impl Drop for Carrying {
+                fn drop(&mut self) {
+                    self.0
+                        .carrying
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&self.1);
+                }
+            }
+            let _carrying = Carrying(control.clone(), id);
+            control.carry_out(release, file, &actor, approvals).await
         });
         task.await.map_err(ControlError::internal)?
     }
@@ -687,6 +715,15 @@ impl Control {
                 }
                 Err((deployment, e)) => {
                     failed = true;
+                    // A step that moved its route and then failed (a
+                    // trigger refused, a canary rolled back) goes back too.
+                    if deployment.is_some() {
+                        moved.push((
+                            step.environment.clone(),
+                            step.function.clone(),
+                            outcomes[i].from,
+                        ));
+                    }
                     outcomes[i].outcome = "failed".into();
                     outcomes[i].deployment = deployment;
                     outcomes[i].detail = Some(e.public_message());
@@ -720,6 +757,13 @@ impl Control {
                     .find(|o| o.environment == *env && o.function == *function)
                 {
                     match undone {
+                        Ok(_) if o.outcome == "failed" => {
+                            let was = o.detail.take().unwrap_or_default();
+                            o.detail = Some(format!(
+                                "{was}; back to {function}@{}",
+                                from.unwrap_or_default()
+                            ));
+                        }
                         Ok(d) => {
                             o.outcome = "rolled_back".into();
                             o.detail = Some(format!(
@@ -800,12 +844,14 @@ impl Control {
     /// aborted, every function it had moved (or was moving) returned to
     /// what it served before — and recorded as `rolled_back`.
     pub async fn recover_releases(self: &Arc<Self>) -> ControlResult<()> {
-        let alive: std::collections::BTreeSet<String> = self
+        // Each live node with when its process started: a node that
+        // started after a release began is not the process running it.
+        let alive: BTreeMap<String, i64> = self
             .state
             .nodes(crate::cluster::LEASE_TTL * 2)
             .await?
             .into_iter()
-            .map(|n| n.report.node)
+            .map(|n| (n.report.node, n.report.started_at))
             .collect();
         for r in self.state.releases(20).await? {
             if r.state != "running" {
@@ -818,7 +864,10 @@ impl Control {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .contains(&r.id)
-                || (r.node != self.node_name() && alive.contains(&r.node))
+                || (r.node != self.node_name()
+                    && alive
+                        .get(&r.node)
+                        .is_some_and(|started| *started <= r.created_at))
             {
                 continue;
             }
@@ -1432,6 +1481,7 @@ version = 1
         for text in [
             "[environments.production.functions.hello]\nversion = 1\nsecrets = { API_KEY = \"hunter2\" }\n",
             "[environments.production.functions.hello]\nversion = 1\nsecrets = [\"API_KEY=hunter2\"]\n",
+            "[environments.production.functions.hello]\nversion = 1\nsecrets = \"hunter2\"\n",
             "[environments.production.functions.hello]\nversion = 1\n[environments.production.functions.hello.secrets]\nAPI_KEY = \"hunter2\"\n",
         ] {
             let e = err(text);

@@ -54,15 +54,18 @@ impl Control {
     /// (with `self_heal`, on the controller) re-applies the file where it
     /// drifted.
     pub async fn check_drift(self: &Arc<Self>, self_heal: bool) -> ControlResult<()> {
+        // A release whose node died (or restarted) without taking the
+        // lead is found here too, not only when a node takes it.
+        if self.is_controller() {
+            self.recover_releases().await?;
+        }
         // An environment a release is changing now is between two files:
         // it is checked once the release has ended.
-        let changing: Vec<String> = self
-            .state
-            .releases(5)
-            .await?
-            .into_iter()
+        let releases = self.state.releases(20).await?;
+        let changing: Vec<String> = releases
+            .iter()
             .filter(|r| r.state == "running")
-            .flat_map(|r| r.environments)
+            .flat_map(|r| r.environments.clone())
             .collect();
         for applied in self.state.applied_files(None).await? {
             if changing.contains(&applied.environment) {
@@ -96,7 +99,20 @@ impl Control {
                 _ => {}
             }
             if self_heal && drifted && report.error.is_none() && self.is_controller() {
-                self.heal(&applied).await;
+                // A self-heal of this very file that failed (and went
+                // back) would fail again: not tried in a loop.
+                let digest = crate::desired::file_digest(&applied.file);
+                let failed_before = releases
+                    .iter()
+                    .find(|r| r.environments.contains(&applied.environment))
+                    .is_some_and(|r| {
+                        r.actor == SELF_HEAL && r.state == "failed" && r.file_digest == digest
+                    });
+                if failed_before {
+                    tracing::debug!(environment = %applied.environment, "self-heal of this file failed before; not tried again");
+                } else {
+                    self.heal(&applied).await;
+                }
             }
         }
         Ok(())
