@@ -325,7 +325,7 @@ async fn export_apply_round_trip_changes_nothing_and_a_changed_file_moves_only_w
         .unwrap();
     assert_eq!(code.code(), Some(3));
     for needle in [
-        "production a version: file a@2, serving a@1 (100%)",
+        "a in production version: file a@2, serving a@1 (100%)",
         "why: seal deploy by admin",
         "reason: hotfix",
         "config.GREETING: file hello, serving manual",
@@ -335,7 +335,7 @@ async fn export_apply_round_trip_changes_nothing_and_a_changed_file_moves_only_w
         assert!(diff.stdout.contains(needle), "{needle}: {}", diff.stdout);
     }
     assert!(
-        !diff.stdout.contains("production b"),
+        !diff.stdout.contains("b in production"),
         "b did not drift: {}",
         diff.stdout
     );

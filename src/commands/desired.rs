@@ -157,9 +157,8 @@ pub async fn apply(args: ApplyArgs, client: &Client, out: OutputFormat) -> anyho
     });
     if let Some(f) = answer.outcomes.iter().find(|o| o.outcome == "failed") {
         anyhow::bail!(
-            "the apply failed at {} in {}; what it had moved went back (see above)",
-            f.function,
-            f.environment
+            "the apply failed at {}; what it had moved went back (see above)",
+            subject(&f.environment, &f.function)
         );
     }
     Ok(())
@@ -177,7 +176,20 @@ fn print_outcomes(outcomes: &[StepOutcome]) {
             .as_deref()
             .map(|d| format!(": {d}"))
             .unwrap_or_default();
-        println!("{} {}: {}{d}{detail}", o.environment, o.function, o.outcome);
+        println!(
+            "{}: {}{d}{detail}",
+            subject(&o.environment, &o.function),
+            o.outcome
+        );
+    }
+}
+
+/// A function in an environment, or the environment itself (no function).
+fn subject(environment: &str, function: &str) -> String {
+    if function.is_empty() {
+        format!("environment {environment}")
+    } else {
+        format!("{function} in {environment}")
     }
 }
 
@@ -195,9 +207,40 @@ fn print_plan(plan: &ApplyPlan) {
         plan.file_digest
     );
     for (i, step) in plan.steps.iter().enumerate() {
-        println!("  {}. {} in {}", i + 1, step.function, step.environment);
+        if i == 0 || plan.steps[i - 1].wave != step.wave {
+            let beside = plan.steps.iter().filter(|s| s.wave == step.wave).count();
+            let together = if beside > 1 {
+                " (side by side; the first to fail stops the others)"
+            } else {
+                ""
+            };
+            println!(" wave {}{together}:", step.wave + 1);
+        }
+        println!(
+            "  {}. {}",
+            i + 1,
+            subject(&step.environment, &step.function)
+        );
         for c in &step.changes {
             match c {
+                Change::Protection { protected } => {
+                    println!("       protected = {protected} (admin)")
+                }
+                Change::Policy {
+                    require_signature,
+                    trusted_keys,
+                    require_provenance,
+                } => {
+                    println!(
+                        "       policy: require_signature = {require_signature}, {} trusted key(s) {}, require_provenance [{}] (admin)",
+                        trusted_keys.len(),
+                        trusted_keys.join(", "),
+                        require_provenance.join(", ")
+                    )
+                }
+                Change::Queues { create } => {
+                    println!("       queues create {}", create.join(", "))
+                }
                 Change::Config { set, unset } => {
                     for (k, v) in set {
                         println!("       config set {k}={v}");
@@ -264,9 +307,8 @@ pub async fn diff(args: DiffArgs, client: &Client, out: OutputFormat) -> anyhow:
         for d in &a.differences {
             let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "(absent)".into());
             println!(
-                "{} {} {}: file {}, serving {}",
-                d.environment,
-                d.function,
+                "{} {}: file {}, serving {}",
+                subject(&d.environment, &d.function),
                 d.field,
                 show(&d.desired),
                 show(&d.actual)

@@ -17,12 +17,56 @@ pub struct ReleaseFile {
     pub environments: BTreeMap<String, EnvironmentSpec>,
 }
 
-/// What one environment should run.
+/// What one environment should run, and its own settings.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnvironmentSpec {
+    /// Whether the environment is protected (changed by an admin only).
+    /// Absent: not managed by the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protected: Option<bool>,
+    /// The environment's trust policy, the whole of it (changed by an
+    /// admin only). Absent: not managed by the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicySpec>,
+    /// The queues that must exist, by name. Apply makes the missing ones
+    /// and never deletes one (its events would go with it): a queue the
+    /// file does not list is reported by `diff`. Absent: not managed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queues: Option<BTreeMap<String, QueueSpec>>,
+    /// An `http://` URL told (a JSON POST) when the environment drifts
+    /// from this file and when it matches it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<String>,
     #[serde(default)]
     pub functions: BTreeMap<String, FunctionSpec>,
+}
+
+/// An environment's trust policy in a release file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySpec {
+    /// Deploys need a provenance signed by one of `trusted_keys`.
+    #[serde(default, skip_serializing_if = "crate::is_false")]
+    pub require_signature: bool,
+    /// Public keys, SPKI PEM (`-----BEGIN PUBLIC KEY-----`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_keys: Vec<String>,
+    /// Provenance fields a deploy needs, as `seal policy set
+    /// --require-provenance` takes them: `source=git+https://…` (exact
+    /// value) or `commit` (present).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub require_provenance: Vec<String>,
+}
+
+/// A queue in a release file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSpec {
+    /// The deduplication window (default ten minutes), fixed when the
+    /// queue is made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedup_window_ms: Option<u64>,
 }
 
 /// What one function should serve in an environment and how a change
@@ -143,6 +187,17 @@ pub struct FileSource {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "change", rename_all = "snake_case")]
 pub enum Change {
+    /// The environment's protection set (admin).
+    Protection { protected: bool },
+    /// The environment's trust policy replaced (admin): trusted keys by
+    /// key id.
+    Policy {
+        require_signature: bool,
+        trusted_keys: Vec<String>,
+        require_provenance: Vec<String>,
+    },
+    /// Queues made.
+    Queues { create: Vec<String> },
     /// Config values set (keys and values: config is not secret) and
     /// removed.
     Config {
@@ -184,11 +239,20 @@ pub enum Change {
     },
 }
 
-/// The changes of one function, a step of the plan.
+/// The changes of one function, or of the environment itself (then
+/// `function` is empty and the step comes first in its environment), a
+/// step of the plan.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlanStep {
     pub environment: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub function: String,
+    /// Steps of one wave run side by side, their gates judged together:
+    /// one that fails stops the others. A wave starts when the one before
+    /// it has ended; a function's wave is after every wave of the
+    /// functions it names in `after`.
+    #[serde(default)]
+    pub wave: u32,
     pub changes: Vec<Change>,
 }
 
@@ -202,13 +266,27 @@ pub struct ApplyPlan {
     pub steps: Vec<PlanStep>,
 }
 
+impl ApplyPlan {
+    /// Whether the plan changes an environment's protection or policy
+    /// (which needs an admin).
+    pub fn changes_environment_settings(&self) -> bool {
+        self.steps
+            .iter()
+            .flat_map(|s| &s.changes)
+            .any(|c| matches!(c, Change::Protection { .. } | Change::Policy { .. }))
+    }
+}
+
 /// How one step of an apply went.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepOutcome {
     pub environment: String,
+    /// Empty for the environment's own settings.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub function: String,
-    /// `applied`, `failed`, `rolled_back` (undone because a later step of
-    /// the same apply failed), `not_started`.
+    /// `applied`, `failed`, `rolled_back` (undone because another step of
+    /// the same apply failed, or stopped because one beside it in its
+    /// wave did), `not_started`.
     pub outcome: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deployment: Option<u64>,
@@ -240,8 +318,11 @@ pub struct ApplyAnswer {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Difference {
     pub environment: String,
+    /// Empty for the environment's own settings.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub function: String,
-    /// `version`, `config.KEY`, `secrets.KEY`, `triggers.NAME`.
+    /// `version`, `config.KEY`, `secrets.KEY`, `triggers.NAME`; for the
+    /// environment, `protected`, `policy`, `queues.NAME`.
     pub field: String,
     /// What the file asks for (`null`: absent).
     pub desired: Option<String>,

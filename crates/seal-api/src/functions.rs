@@ -135,6 +135,7 @@ pub(crate) fn approvals(
     Ok(Approvals {
         new_permissions,
         breaking_contract,
+        environment_settings: who.require_role(Role::Admin).is_ok(),
     })
 }
 

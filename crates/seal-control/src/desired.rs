@@ -18,8 +18,8 @@ use crate::rollout::Progressive;
 use crate::rollout::plan::{Planning, VersionRef};
 use crate::trust::Approvals;
 use seal_api_types::desired::{
-    ApplyAnswer, ApplyPlan, Change, DiffAnswer, Difference, FileSource, FunctionSpec, PlanStep,
-    ReleaseFile, ReleaseRecord, SecretNames, StepOutcome,
+    ApplyAnswer, ApplyPlan, Change, DiffAnswer, Difference, EnvironmentSpec, FileSource,
+    FunctionSpec, PlanStep, ReleaseFile, ReleaseRecord, SecretNames, StepOutcome,
 };
 use seal_api_types::rollout::Strategy;
 use seal_state::{DeploymentKind, DeploymentState, NewAudit, VersionRecord};
@@ -74,6 +74,7 @@ pub fn parse(text: &str) -> ControlResult<ReleaseFile> {
     for (env, spec) in &file.environments {
         seal_artifact::validate_environment_name(env)
             .map_err(|e| ControlError::bad_request(format!("environments.{env}: {e}")))?;
+        check_environment(env, spec)?;
         for (name, f) in &spec.functions {
             let at = format!("environments.{env}.functions.{name}");
             seal_artifact::validate_function_name(name)
@@ -83,6 +84,37 @@ pub fn parse(text: &str) -> ControlResult<ReleaseFile> {
         order(env, &spec.functions)?;
     }
     Ok(file)
+}
+
+/// The environment's own settings: queue names, the policy's
+/// requirements (keys are read when planning), the notification URL.
+fn check_environment(env: &str, spec: &EnvironmentSpec) -> ControlResult<()> {
+    let at = format!("environments.{env}");
+    for name in spec.queues.iter().flat_map(|q| q.keys()) {
+        crate::events::check_name("queue", name).map_err(|e| {
+            ControlError::bad_request(format!("{at}.queues: {}", e.public_message()))
+        })?;
+    }
+    if let Some(policy) = &spec.policy {
+        for r in &policy.require_provenance {
+            seal_trust::parse_requirement(r).map_err(|e| {
+                ControlError::bad_request(format!("{at}.policy.require_provenance: {e}"))
+            })?;
+        }
+        if policy.require_signature && policy.trusted_keys.is_empty() {
+            return Err(ControlError::bad_request(format!(
+                "{at}.policy: require_signature needs at least one trusted key"
+            )));
+        }
+    }
+    if let Some(url) = &spec.notify
+        && !url.starts_with("http://")
+    {
+        return Err(ControlError::bad_request(format!(
+            "{at}.notify must be an http:// URL (https is not supported yet; use a local relay), got {url:?}"
+        )));
+    }
+    Ok(())
 }
 
 fn check_function(
@@ -209,6 +241,105 @@ fn cycle(functions: &BTreeMap<String, FunctionSpec>, left: &BTreeSet<&str>) -> V
     }
 }
 
+/// What an environment's own settings are, and what the file asks.
+struct EnvTarget {
+    environment: String,
+    spec: EnvironmentSpec,
+    protected: bool,
+    protection: crate::protection::Source,
+    policy: crate::trust::PolicyView,
+    /// The policy the file asks for, its keys read.
+    wanted_policy: Option<seal_trust::Policy>,
+    queues: BTreeMap<String, seal_state::QueueRecord>,
+}
+
+impl EnvTarget {
+    /// The file's policy when it differs from the environment's.
+    fn policy_change(&self) -> Option<&seal_trust::Policy> {
+        let wanted = self.wanted_policy.as_ref()?;
+        let keys = |p: &seal_trust::Policy| -> BTreeSet<String> {
+            p.trusted_keys.iter().map(|k| k.keyid.clone()).collect()
+        };
+        let have = &self.policy.policy;
+        (wanted.require_signature != have.require_signature
+            || wanted.required_provenance != have.required_provenance
+            || keys(wanted) != keys(have))
+        .then_some(wanted)
+    }
+
+    /// Queues the file names that do not exist yet.
+    fn missing_queues(&self) -> Vec<String> {
+        self.spec
+            .queues
+            .iter()
+            .flat_map(|q| q.keys())
+            .filter(|q| !self.queues.contains_key(*q))
+            .cloned()
+            .collect()
+    }
+
+    fn changes(&self) -> Vec<Change> {
+        let mut changes = Vec::new();
+        if let Some(p) = self.spec.protected
+            && p != self.protected
+        {
+            changes.push(Change::Protection { protected: p });
+        }
+        if let Some(p) = self.policy_change() {
+            changes.push(Change::Policy {
+                require_signature: p.require_signature,
+                trusted_keys: p.trusted_keys.iter().map(|k| k.keyid.clone()).collect(),
+                require_provenance: requirements(p),
+            });
+        }
+        let create = self.missing_queues();
+        if !create.is_empty() {
+            changes.push(Change::Queues { create });
+        }
+        changes
+    }
+}
+
+/// A release file's required provenance fields, read.
+fn required(
+    at: &str,
+    p: &seal_api_types::desired::PolicySpec,
+) -> ControlResult<BTreeMap<String, Option<String>>> {
+    let mut required = BTreeMap::new();
+    for r in &p.require_provenance {
+        let (k, v) = seal_trust::parse_requirement(r).map_err(|e| {
+            ControlError::bad_request(format!("{at}.policy.require_provenance: {e}"))
+        })?;
+        required.insert(k, v);
+    }
+    Ok(required)
+}
+
+/// A policy's required provenance fields, as a release file writes them.
+fn requirements(p: &seal_trust::Policy) -> Vec<String> {
+    p.required_provenance
+        .iter()
+        .map(|(k, v)| match v {
+            Some(v) => format!("{k}={v}"),
+            None => k.clone(),
+        })
+        .collect()
+}
+
+/// A policy in a few words, for a difference.
+fn policy_summary(p: &seal_trust::Policy) -> String {
+    if p.is_empty() {
+        return "none".into();
+    }
+    let keys: Vec<&str> = p.trusted_keys.iter().map(|k| short(&k.keyid)).collect();
+    format!(
+        "require_signature={}, trusted keys [{}], require_provenance [{}]",
+        p.require_signature,
+        keys.join(", "),
+        requirements(p).join(", ")
+    )
+}
+
 /// What one function is to become, read and checked against the store.
 struct Target {
     environment: String,
@@ -267,18 +398,105 @@ impl Control {
                     },
                 );
             }
-            file.environments
-                .insert(env, seal_api_types::desired::EnvironmentSpec { functions });
+            let policy = self.trust.policy(&env).await?;
+            let queues: BTreeMap<String, seal_api_types::desired::QueueSpec> = self
+                .events
+                .queues(Some(&env))
+                .await?
+                .into_iter()
+                .map(|q| {
+                    let spec = seal_api_types::desired::QueueSpec {
+                        dedup_window_ms: Some(q.dedup_window_ms),
+                    };
+                    (q.name, spec)
+                })
+                .collect();
+            let spec = EnvironmentSpec {
+                protected: Some(self.protection_of(&env).0),
+                policy: (!policy.is_empty()).then(|| seal_api_types::desired::PolicySpec {
+                    require_signature: policy.require_signature,
+                    trusted_keys: policy.trusted_keys.iter().map(|k| k.pem.clone()).collect(),
+                    require_provenance: requirements(&policy),
+                }),
+                queues: (!queues.is_empty()).then_some(queues),
+                notify: None,
+                functions,
+            };
+            file.environments.insert(env, spec);
         }
         Ok(file)
     }
 
-    /// Reads what each function of the file serves now and checks what
-    /// the file names exists: environments, functions, versions, digests.
-    async fn targets(&self, file: &ReleaseFile) -> ControlResult<Vec<Target>> {
+    /// Reads an environment's own settings and checks what the file asks
+    /// of them: trusted keys that parse, queues whose window matches, a
+    /// notification URL the server may call.
+    async fn env_target(&self, env: &str, spec: &EnvironmentSpec) -> ControlResult<EnvTarget> {
+        self.environment_must_exist(env).await?;
+        let at = format!("environments.{env}");
+        let wanted_policy = match &spec.policy {
+            Some(p) => {
+                let required = required(&at, p)?;
+                Some(
+                    crate::trust::build_policy(p.require_signature, &p.trusted_keys, required)
+                        .map_err(|e| {
+                            ControlError::bad_request(format!(
+                                "{at}.policy: {}",
+                                e.public_message()
+                            ))
+                        })?,
+                )
+            }
+            None => None,
+        };
+        let queues: BTreeMap<String, seal_state::QueueRecord> = self
+            .events
+            .queues(Some(env))
+            .await?
+            .into_iter()
+            .map(|q| (q.name.clone(), q))
+            .collect();
+        for (name, q) in spec.queues.iter().flatten() {
+            let want = q
+                .dedup_window_ms
+                .unwrap_or(crate::events::DEFAULT_DEDUP_WINDOW_MS);
+            if let Some(have) = queues.get(name)
+                && have.dedup_window_ms != want
+            {
+                return Err(ControlError::bad_request(format!(
+                    "{at}.queues.{name}: the queue's dedup window is {} ms and the file asks for {want} ms; a queue's window is fixed when it is made (write {} in the file, or delete the queue and apply again)",
+                    have.dedup_window_ms, have.dedup_window_ms
+                )));
+            }
+        }
+        if let Some(url) = &spec.notify {
+            self.outbound.check_url(&format!("{at}.notify"), url)?;
+        }
+        let (protected, protection) = self.protection_of(env);
+        Ok(EnvTarget {
+            environment: env.to_owned(),
+            spec: EnvironmentSpec {
+                functions: BTreeMap::new(),
+                ..spec.clone()
+            },
+            protected,
+            protection,
+            policy: self.trust.policy_view(env).await?,
+            wanted_policy,
+            queues,
+        })
+    }
+
+    /// Reads what each function of an environment serves now and checks
+    /// what the file names exists: functions, versions, digests, queues
+    /// of triggers (or made by the file).
+    async fn function_targets(
+        &self,
+        env: &str,
+        spec: &EnvironmentSpec,
+        et: &EnvTarget,
+    ) -> ControlResult<Vec<Target>> {
         let mut out = Vec::new();
-        for (env, spec) in &file.environments {
-            self.environment_must_exist(env).await?;
+        {
             for function in order(env, &spec.functions)? {
                 let f = &spec.functions[&function];
                 let at = format!("environments.{env}.functions.{function}");
@@ -318,10 +536,11 @@ impl Control {
                 let view = self.settings.settings_view(&function, env).await?;
                 let triggers = self.triggers_of(env, &function).await?;
                 if let Some(wanted) = &f.triggers {
-                    self.check_triggers(&at, env, &function, wanted).await?;
+                    self.check_triggers(&at, env, &function, wanted, &et.missing_queues())
+                        .await?;
                 }
                 out.push(Target {
-                    environment: env.clone(),
+                    environment: env.to_owned(),
                     function,
                     spec: f.clone(),
                     version,
@@ -336,45 +555,117 @@ impl Control {
         Ok(out)
     }
 
-    /// The ordered changes `file` makes. Refused when a function it
-    /// changes has a deployment in progress or lacks a secret it expects.
+    /// Every environment of the file with its functions, read and checked.
+    async fn targets(&self, file: &ReleaseFile) -> ControlResult<Vec<(EnvTarget, Vec<Target>)>> {
+        let mut out = Vec::new();
+        for (env, spec) in &file.environments {
+            let et = self.env_target(env, spec).await?;
+            let targets = self.function_targets(env, spec, &et).await?;
+            out.push((et, targets));
+        }
+        Ok(out)
+    }
+
+    /// The ordered changes `file` makes, in waves: per environment, its
+    /// own settings first, then its functions, each in the wave after
+    /// every function it names in `after`. Refused when a function it
+    /// changes has a deployment in progress, lacks a secret it expects,
+    /// or would serve a held version or one the file's policy refuses.
     pub async fn plan_release(&self, text: &str) -> ControlResult<(ApplyPlan, ReleaseFile)> {
         let file = parse(text)?;
-        let targets = self.targets(&file).await?;
         let active = self.state.active_deployments().await?;
         let mut steps = Vec::new();
-        for t in &targets {
-            let changes = self.changes(t)?;
-            if changes.is_empty() {
-                continue;
+        // The first wave of the next environment.
+        let mut next = 0u32;
+        for (et, targets) in self.targets(&file).await? {
+            let env = et.environment.clone();
+            let changes = et.changes();
+            if !changes.is_empty() {
+                steps.push(PlanStep {
+                    environment: env.clone(),
+                    function: String::new(),
+                    wave: next,
+                    changes,
+                });
+                next += 1;
             }
-            if let Some(d) = active
-                .iter()
-                .find(|d| d.environment == t.environment && d.function == t.function)
-            {
-                return Err(ControlError::conflict(format!(
-                    "deployment {} is in progress on {} in {}: wait for it to end (or abort it), then apply",
-                    d.id, t.function, t.environment
-                )));
-            }
-            let deploys = changes.iter().find_map(|c| match c {
-                Change::Deploy { to, .. } => Some(*to),
-                _ => None,
-            });
-            if let Some(to) = deploys
-                && let Some(h) = self
-                    .holds_of(&t.environment, &t.function)
-                    .await?
+            // Each function's depth in `after` (unchanged ones count, so
+            // an order through them holds).
+            let mut depth: BTreeMap<String, u32> = BTreeMap::new();
+            for t in &targets {
+                let d = t
+                    .spec
+                    .after
                     .iter()
-                    .find(|h| h.version == to)
-            {
-                return Err(crate::holds::refusal(h));
+                    .filter_map(|a| depth.get(a))
+                    .map(|d| d + 1)
+                    .max()
+                    .unwrap_or(0);
+                depth.insert(t.function.clone(), d);
             }
-            steps.push(PlanStep {
-                environment: t.environment.clone(),
-                function: t.function.clone(),
-                changes,
-            });
+            let mut env_steps = Vec::new();
+            for t in &targets {
+                let changes = self.changes(t)?;
+                if changes.is_empty() {
+                    continue;
+                }
+                if let Some(d) = active
+                    .iter()
+                    .find(|d| d.environment == t.environment && d.function == t.function)
+                {
+                    return Err(ControlError::conflict(format!(
+                        "deployment {} is in progress on {} in {}: wait for it to end (or abort it), then apply",
+                        d.id, t.function, t.environment
+                    )));
+                }
+                let deploys = changes.iter().find_map(|c| match c {
+                    Change::Deploy { to, .. } => Some(*to),
+                    _ => None,
+                });
+                if let Some(to) = deploys {
+                    if let Some(h) = self
+                        .holds_of(&t.environment, &t.function)
+                        .await?
+                        .iter()
+                        .find(|h| h.version == to)
+                    {
+                        return Err(crate::holds::refusal(h));
+                    }
+                    // The policy the file sets is the one the deploy meets.
+                    if let Some(policy) = et.policy_change() {
+                        self.trust
+                            .check_policy_with(&t.version, &env, policy)
+                            .await
+                            .map_err(|e| {
+                                ControlError::PolicyRefused(format!(
+                                    "environments.{env}.functions.{}: {} (the policy this file sets)",
+                                    t.function,
+                                    e.public_message()
+                                ))
+                            })?;
+                    }
+                }
+                env_steps.push(PlanStep {
+                    environment: t.environment.clone(),
+                    function: t.function.clone(),
+                    wave: depth[&t.function],
+                    changes,
+                });
+            }
+            // Waves numbered from `next` with no gap (an unchanged
+            // function's depth leaves none).
+            let used: BTreeSet<u32> = env_steps.iter().map(|s| s.wave).collect();
+            let renumber: BTreeMap<u32, u32> = used
+                .iter()
+                .enumerate()
+                .map(|(i, w)| (*w, next + i as u32))
+                .collect();
+            for s in &mut env_steps {
+                s.wave = renumber[&s.wave];
+            }
+            env_steps.sort_by_key(|s| s.wave);
+            next += used.len() as u32;
+            steps.extend(env_steps);
         }
         Ok((
             ApplyPlan {
@@ -554,12 +845,20 @@ impl Control {
         env: &str,
         function: &str,
         wanted: &BTreeMap<String, seal_api_types::events::TriggerSpec>,
+        made_by_file: &[String],
     ) -> ControlResult<()> {
         for (name, spec) in wanted {
             let at = format!("{at}.triggers.{name}");
-            self.events
-                .check_trigger(env, spec)
-                .await
+            let checked = match spec {
+                // The file makes its queue before its triggers.
+                seal_api_types::events::TriggerSpec::Queue(q)
+                    if made_by_file.contains(&q.queue) =>
+                {
+                    crate::events::check_subscription(q)
+                }
+                _ => self.events.check_trigger(env, spec).await,
+            };
+            checked
                 .map_err(|e| ControlError::bad_request(format!("{at}: {}", e.public_message())))?;
             crate::events::check_name("trigger", name)
                 .map_err(|e| ControlError::bad_request(format!("{at}: {}", e.public_message())))?;
@@ -595,6 +894,18 @@ impl Control {
         approvals: Approvals,
     ) -> ControlResult<ApplyAnswer> {
         let (plan, file) = self.plan_release(text).await?;
+        if !plan_only && plan.changes_environment_settings() && !approvals.environment_settings {
+            let envs: Vec<&str> = plan
+                .steps
+                .iter()
+                .filter(|s| s.function.is_empty())
+                .map(|s| s.environment.as_str())
+                .collect();
+            return Err(ControlError::forbidden(format!(
+                "the file changes the protection or trust policy of {}: applying it needs an admin token (`seal apply --plan` shows the plan)",
+                envs.join(", ")
+            )));
+        }
         if !plan_only && plan.steps.is_empty() {
             self.record_applied(&plan, &file, source.as_ref(), actor)
                 .await?;
@@ -693,40 +1004,79 @@ impl Control {
         // The functions moved so far, with the version each served before.
         let mut moved: Vec<(String, String, Option<u64>)> = Vec::new();
         let mut failed = false;
-        for (i, step) in plan.steps.iter().enumerate() {
+        // Set by the first step that fails: the ones beside it stop.
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let waves: BTreeSet<u32> = plan.steps.iter().map(|s| s.wave).collect();
+        for wave in waves {
+            let wave_steps: Vec<usize> = (0..plan.steps.len())
+                .filter(|i| plan.steps[*i].wave == wave)
+                .collect();
             if failed {
-                outcomes[i].outcome = "not_started".into();
+                for i in wave_steps {
+                    outcomes[i].outcome = "not_started".into();
+                }
                 continue;
             }
-            // Said before it starts, so a restart knows what may have moved.
-            outcomes[i].outcome = "running".into();
+            // Said before they start, so a restart knows what may have moved.
+            for i in &wave_steps {
+                outcomes[*i].outcome = "running".into();
+            }
             self.persist_release(id, "running", &outcomes, false).await;
-            let spec = &file.environments[&step.environment].functions[&step.function];
-            match self
-                .carry_out_step(step, spec, &reason, actor, approvals)
-                .await
-            {
-                Ok((deployment, from)) => {
-                    if deployment.is_some() {
-                        moved.push((step.environment.clone(), step.function.clone(), from));
+            // Side by side: every progressive deployment of the wave runs
+            // at once, and the first to fail stops the others.
+            let results = futures::future::join_all(wave_steps.iter().map(|i| {
+                let step = &plan.steps[*i];
+                let (reason, stop, file) = (&reason, &stop, &file);
+                async move {
+                    let env = &file.environments[&step.environment];
+                    let r = self
+                        .carry_out_step(step, env, reason, actor, approvals, stop)
+                        .await;
+                    if r.is_err() {
+                        stop.store(true, std::sync::atomic::Ordering::SeqCst);
                     }
-                    outcomes[i].outcome = "applied".into();
-                    outcomes[i].deployment = deployment;
+                    r
                 }
-                Err((deployment, e)) => {
-                    failed = true;
-                    // A step that moved its route and then failed (a
-                    // trigger refused, a canary rolled back) goes back too.
-                    if deployment.is_some() {
-                        moved.push((
-                            step.environment.clone(),
-                            step.function.clone(),
-                            outcomes[i].from,
-                        ));
+            }))
+            .await;
+            let first = wave_steps
+                .iter()
+                .zip(&results)
+                .find(|(_, r)| matches!(r, Err(f) if !f.stopped))
+                .map(|(i, _)| plan.steps[*i].function.clone());
+            for (i, result) in wave_steps.into_iter().zip(results) {
+                let step = &plan.steps[i];
+                match result {
+                    Ok((deployment, from)) => {
+                        if deployment.is_some() {
+                            moved.push((step.environment.clone(), step.function.clone(), from));
+                        }
+                        outcomes[i].outcome = "applied".into();
+                        outcomes[i].deployment = deployment;
                     }
-                    outcomes[i].outcome = "failed".into();
-                    outcomes[i].deployment = deployment;
-                    outcomes[i].detail = Some(e.public_message());
+                    Err(f) => {
+                        failed = true;
+                        // A step that moved its route and then failed (a
+                        // trigger refused, a canary rolled back) goes back too.
+                        if f.deployment.is_some() {
+                            moved.push((
+                                step.environment.clone(),
+                                step.function.clone(),
+                                outcomes[i].from,
+                            ));
+                        }
+                        outcomes[i].deployment = f.deployment;
+                        if f.stopped {
+                            outcomes[i].outcome = "rolled_back".into();
+                            outcomes[i].detail = Some(format!(
+                                "stopped: {} failed beside it in wave {wave} of release {id}",
+                                first.as_deref().unwrap_or("another step")
+                            ));
+                        } else {
+                            outcomes[i].outcome = "failed".into();
+                            outcomes[i].detail = Some(f.error.public_message());
+                        }
+                    }
                 }
             }
         }
@@ -739,7 +1089,7 @@ impl Control {
                             Some(env),
                             Some(*v),
                             Some(&format!(
-                                "{} {}: release {id}: a later step failed",
+                                "{} {}: release {id}: another step failed",
                                 crate::holds::UNDONE_BY_APPLY,
                                 short(&plan.file_digest)
                             )),
@@ -764,17 +1114,18 @@ impl Control {
                                 from.unwrap_or_default()
                             ));
                         }
+                        Ok(_) if o.outcome == "rolled_back" => {}
                         Ok(d) => {
                             o.outcome = "rolled_back".into();
                             o.detail = Some(format!(
-                                "back to {function}@{} because a later step of release {id} failed{}",
+                                "back to {function}@{} because another step of release {id} failed{}",
                                 from.unwrap_or_default(),
                                 d.map(|d| format!(" (deployment {d})")).unwrap_or_default()
                             ));
                         }
                         Err(e) => {
                             o.detail = Some(format!(
-                                "a later step failed, and it could not go back: {}",
+                                "another step failed, and it could not go back: {}",
                                 e.public_message()
                             ))
                         }
@@ -875,6 +1226,13 @@ impl Control {
             let prefix = release_reason(r.id, &r.file_digest, None);
             let mut outcomes = r.outcomes.clone();
             for o in outcomes.iter_mut().rev() {
+                // An environment's own settings are not undone.
+                if o.function.is_empty() && o.outcome == "running" {
+                    o.outcome = "applied".into();
+                }
+                if o.function.is_empty() {
+                    continue;
+                }
                 if o.outcome != "running" && o.outcome != "applied" {
                     if o.outcome == "pending" {
                         o.outcome = "not_started".into();
@@ -897,7 +1255,7 @@ impl Control {
                             tracing::warn!(deployment = d.id, error = %e, "cannot abort the interrupted release's deployment")
                         }
                     }
-                    let _ = self.wait_for_end(d.id).await;
+                    let _ = self.wait_for_end(d.id, None).await;
                 }
                 let serving = self
                     .state
@@ -1009,44 +1367,91 @@ impl Control {
         Ok(self.state.record_applied(&files).await?)
     }
 
-    /// One function's changes: settings first (so the new version starts
-    /// with them), then the route. The deployment made, and the version
-    /// served before; a failure keeps the deployment it happened in.
+    /// One step's changes. A function's settings first (so the new
+    /// version starts with them), then the route, then its triggers; an
+    /// environment's protection, policy and queues. The deployment made,
+    /// and the version served before; a failure keeps the deployment it
+    /// happened in.
     async fn carry_out_step(
         self: &Arc<Self>,
         step: &PlanStep,
-        spec: &FunctionSpec,
+        env_spec: &EnvironmentSpec,
         reason: &str,
         actor: &str,
         approvals: Approvals,
-    ) -> Result<(Option<u64>, Option<u64>), (Option<u64>, ControlError)> {
+        stop: &std::sync::atomic::AtomicBool,
+    ) -> Result<(Option<u64>, Option<u64>), StepFailure> {
         let (env, function) = (step.environment.as_str(), step.function.as_str());
+        let fail = |deployment: Option<u64>| {
+            move |error: ControlError| StepFailure {
+                deployment,
+                error,
+                stopped: false,
+            }
+        };
         let mut made = (None, None);
         for change in &step.changes {
             match change {
+                Change::Protection { protected } => {
+                    self.set_protection(env, Some(*protected), actor)
+                        .await
+                        .map_err(fail(None))?;
+                }
+                Change::Policy { .. } => {
+                    let p = env_spec.policy.clone().unwrap_or_default();
+                    let required =
+                        required(&format!("environments.{env}"), &p).map_err(fail(None))?;
+                    self.trust
+                        .set_policy(env, p.require_signature, &p.trusted_keys, required, actor)
+                        .await
+                        .map_err(fail(None))?;
+                }
+                Change::Queues { create } => {
+                    for name in create {
+                        let spec = env_spec
+                            .queues
+                            .as_ref()
+                            .and_then(|q| q.get(name))
+                            .cloned()
+                            .unwrap_or_default();
+                        let req = seal_api_types::events::CreateQueue {
+                            name: name.clone(),
+                            environment: Some(env.to_owned()),
+                            dedup_window_ms: spec.dedup_window_ms,
+                        };
+                        self.events
+                            .create_queue(&req, actor)
+                            .await
+                            .map_err(fail(None))?;
+                    }
+                }
                 Change::Config { set, unset } => {
                     self.settings
                         .change_settings(function, env, false, set.clone(), unset.clone(), actor)
                         .await
-                        .map_err(|e| (None, e))?;
+                        .map_err(fail(None))?;
                 }
                 Change::UnsetSecrets { keys } => {
                     self.settings
                         .change_settings(function, env, true, BTreeMap::new(), keys.clone(), actor)
                         .await
-                        .map_err(|e| (None, e))?;
+                        .map_err(fail(None))?;
                 }
                 Change::Triggers {
                     create,
                     replace,
                     delete,
                 } => {
-                    let wanted = spec.triggers.clone().unwrap_or_default();
+                    let wanted = env_spec
+                        .functions
+                        .get(function)
+                        .and_then(|f| f.triggers.clone())
+                        .unwrap_or_default();
                     for name in replace.iter().chain(delete) {
                         self.events
                             .delete_trigger(name, actor)
                             .await
-                            .map_err(|e| (made.0, e))?;
+                            .map_err(fail(made.0))?;
                     }
                     for name in create.iter().chain(replace) {
                         let req = seal_api_types::events::CreateTrigger {
@@ -1058,7 +1463,7 @@ impl Control {
                         self.events
                             .create_trigger(&req, actor)
                             .await
-                            .map_err(|e| (made.0, e))?;
+                            .map_err(fail(made.0))?;
                     }
                 }
                 Change::Deploy {
@@ -1066,9 +1471,13 @@ impl Control {
                 } => {
                     let progressive = *strategy != Strategy::AllAtOnce;
                     let id = if progressive {
-                        let rollout = spec.rollout.clone().unwrap_or_else(|| {
-                            seal_api_types::rollout::RolloutSpec::new(*strategy)
-                        });
+                        let rollout = env_spec
+                            .functions
+                            .get(function)
+                            .and_then(|f| f.rollout.clone())
+                            .unwrap_or_else(|| {
+                                seal_api_types::rollout::RolloutSpec::new(*strategy)
+                            });
                         match self
                             .deploy_progressive(
                                 function,
@@ -1081,18 +1490,20 @@ impl Control {
                                 approvals,
                             )
                             .await
-                            .map_err(|e| (None, e))?
+                            .map_err(fail(None))?
                         {
                             Progressive::Started { deployment, .. } => deployment.id,
                             Progressive::Planned { .. } => {
-                                return Err((None, ControlError::internal("planned, not started")));
+                                return Err(fail(None)(ControlError::internal(
+                                    "planned, not started",
+                                )));
                             }
                         }
                     } else {
                         let o = self
                             .deploy(function, *to, Some(env), Some(reason), actor, approvals)
                             .await
-                            .map_err(|e| (None, e))?;
+                            .map_err(fail(None))?;
                         match o.deployment {
                             Some(d) => d.id,
                             None => continue,
@@ -1100,7 +1511,17 @@ impl Control {
                     };
                     made = (Some(id), *from);
                     if progressive {
-                        self.wait_for_end(id).await.map_err(|e| (Some(id), e))?;
+                        match self.wait_for_end(id, Some(stop)).await {
+                            Ok(()) => {}
+                            Err(Ended::Stopped) => {
+                                return Err(StepFailure {
+                                    deployment: Some(id),
+                                    error: ControlError::conflict("stopped"),
+                                    stopped: true,
+                                });
+                            }
+                            Err(Ended::Failed(e)) => return Err(fail(Some(id))(e)),
+                        }
                     }
                 }
             }
@@ -1109,14 +1530,24 @@ impl Control {
     }
 
     /// Waits until deployment `id` ends; an error unless it succeeded.
-    async fn wait_for_end(&self, id: u64) -> ControlResult<()> {
+    /// Once `stop` is set (a step beside it failed), the deployment is
+    /// aborted: that judged nothing about its version, so it holds none.
+    async fn wait_for_end(
+        &self,
+        id: u64,
+        stop: Option<&std::sync::atomic::AtomicBool>,
+    ) -> Result<(), Ended> {
+        let mut stopped = false;
         loop {
             let Some((d, _)) = self.state.deployment(id).await? else {
-                return Err(ControlError::not_found(format!("deployment {id} vanished")));
+                return Err(ControlError::not_found(format!("deployment {id} vanished")).into());
             };
             if !d.is_active() {
                 if d.state == DeploymentState::Succeeded {
                     return Ok(());
+                }
+                if stopped {
+                    return Err(Ended::Stopped);
                 }
                 let why = self
                     .ending(&d)
@@ -1130,7 +1561,21 @@ impl Control {
                     d.candidate.unwrap_or_default(),
                     d.environment,
                     d.state.as_str()
-                )));
+                ))
+                .into());
+            }
+            if !stopped && stop.is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst)) {
+                stopped = true;
+                if let Err(e) = self
+                    .command(
+                        id,
+                        crate::rollout::Command::Abort,
+                        crate::holds::RELEASE_STOPPED,
+                    )
+                    .await
+                {
+                    tracing::warn!(deployment = id, error = %e, "cannot stop a deployment beside a failed step");
+                }
             }
             tokio::time::sleep(WAIT_POLL).await;
         }
@@ -1149,9 +1594,93 @@ impl Control {
 
     /// Where the environments differ from `file`, each with why.
     pub(crate) async fn differences(&self, file: &ReleaseFile) -> ControlResult<Vec<Difference>> {
-        let targets = self.targets(file).await?;
         let mut differences = Vec::new();
-        for t in &targets {
+        for (et, targets) in self.targets(file).await? {
+            differences.extend(self.environment_differences(&et));
+            self.function_differences(&targets, &mut differences)
+                .await?;
+        }
+        Ok(differences)
+    }
+
+    /// Where an environment's own settings differ from the file.
+    fn environment_differences(&self, et: &EnvTarget) -> Vec<Difference> {
+        let mut out = Vec::new();
+        let diff = |field: String, desired: Option<String>, actual: Option<String>, why: String| {
+            Difference {
+                environment: et.environment.clone(),
+                function: String::new(),
+                field,
+                desired,
+                actual,
+                why: Some(why),
+            }
+        };
+        if let Some(p) = et.spec.protected
+            && p != et.protected
+        {
+            out.push(diff(
+                "protected".into(),
+                Some(p.to_string()),
+                Some(et.protected.to_string()),
+                match et.protection {
+                    crate::protection::Source::Rule => {
+                        "the server's rule (its default environment and production are protected)"
+                            .into()
+                    }
+                    crate::protection::Source::Set => {
+                        "set by an admin (PUT /v1/environments/{env}/protection)".into()
+                    }
+                },
+            ));
+        }
+        if let Some(wanted) = et.policy_change() {
+            let why = match (&et.policy.updated_by, et.policy.updated_at) {
+                (Some(by), Some(at)) => format!("policy set by {by} at {}", time(at)),
+                _ => "no policy was ever set".into(),
+            };
+            out.push(diff(
+                "policy".into(),
+                Some(policy_summary(wanted)),
+                Some(policy_summary(&et.policy.policy)),
+                why,
+            ));
+        }
+        if let Some(wanted) = &et.spec.queues {
+            for name in et.missing_queues() {
+                out.push(diff(
+                    format!("queues.{name}"),
+                    Some("exists".into()),
+                    None,
+                    "no such queue (deleted, or never made)".into(),
+                ));
+            }
+            for (name, q) in &et.queues {
+                if !wanted.contains_key(name) {
+                    out.push(diff(
+                        format!("queues.{name}"),
+                        None,
+                        Some("exists".into()),
+                        format!(
+                            "made by {} at {}; apply never deletes a queue (its events would go with it): `seal queue delete {name} --env {}`",
+                            q.created_by,
+                            time(q.created_at),
+                            et.environment
+                        ),
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    /// Where functions differ from the file, each with why.
+    async fn function_differences(
+        &self,
+        targets: &[Target],
+        differences: &mut Vec<Difference>,
+    ) -> ControlResult<()> {
+        for t in targets {
             let diff =
                 |field: String, desired: Option<String>, actual: Option<String>| Difference {
                     environment: t.environment.clone(),
@@ -1244,7 +1773,7 @@ impl Control {
                 }
             }
         }
-        Ok(differences)
+        Ok(())
     }
 
     /// Who or what last moved a route: a person's deploy or rollback
@@ -1341,6 +1870,33 @@ impl Control {
     }
 }
 
+/// How a step failed: the deployment it made, and whether it was stopped
+/// because a step beside it failed (rather than failing itself).
+struct StepFailure {
+    deployment: Option<u64>,
+    error: ControlError,
+    stopped: bool,
+}
+
+/// How a deployment waited for did not succeed.
+enum Ended {
+    /// Aborted because a step beside it failed.
+    Stopped,
+    Failed(ControlError),
+}
+
+impl From<ControlError> for Ended {
+    fn from(e: ControlError) -> Self {
+        Ended::Failed(e)
+    }
+}
+
+impl From<seal_state::StateError> for Ended {
+    fn from(e: seal_state::StateError) -> Self {
+        Ended::Failed(e.into())
+    }
+}
+
 fn outcome(
     step: &PlanStep,
     what: &str,
@@ -1399,6 +1955,20 @@ mod tests {
 
     /// Every field a release file has.
     const FULL: &str = r#"
+[environments.production]
+protected = true
+notify = "http://hooks.example.org/drift"
+[environments.production.policy]
+require_signature = true
+trusted_keys = ["""
+-----BEGIN PUBLIC KEY-----
+MCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=
+-----END PUBLIC KEY-----
+"""]
+require_provenance = ["source=git+https://example.org/hello", "commit"]
+[environments.production.queues.orders]
+dedup_window_ms = 60000
+[environments.production.queues.audit]
 [environments.production.functions.hello]
 version = 3
 digest = "sha256:0000000000000000000000000000000000000000000000000000000000000000"
@@ -1512,6 +2082,41 @@ version = 1
 
     /// The published JSON Schema (for editors) accepts what the server
     /// accepts and refuses what it refuses.
+    #[test]
+    fn an_environments_own_settings_are_checked_by_name() {
+        let head = "[environments.production]\n";
+        for (text, wanted) in [
+            (
+                "[environments.production.queues.Orders]\n",
+                "environments.production.queues",
+            ),
+            (
+                "[environments.production.policy]\nrequire_provenance = [\"=x\"]\n",
+                "environments.production.policy.require_provenance",
+            ),
+            (
+                "[environments.production.policy]\nrequire_signature = true\n",
+                "require_signature needs at least one trusted key",
+            ),
+            (
+                "[environments.production]\nnotify = \"https://example.org\"\n",
+                "environments.production.notify must be an http:// URL",
+            ),
+            ("[environments.production]\nprotected = \"yes\"\n", "line 2"),
+        ] {
+            let e = err(text);
+            assert!(e.contains(wanted), "{text}: {e}");
+        }
+        let file = parse(&format!(
+            "{head}protected = false\n[environments.production.queues.orders]\n"
+        ))
+        .unwrap();
+        let env = &file.environments["production"];
+        assert_eq!(env.protected, Some(false));
+        assert_eq!(env.queues.as_ref().unwrap()["orders"].dedup_window_ms, None);
+        assert!(env.functions.is_empty() && env.policy.is_none());
+    }
+
     #[test]
     fn the_published_schema_agrees_with_the_parser() {
         let schema: serde_json::Value =

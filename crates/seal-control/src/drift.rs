@@ -1,8 +1,9 @@
 //! Drift: the desired state last applied to each environment, compared
 //! with what serves every `--drift-interval`. Each environment's
 //! differences are a gauge per function (`seal_drift_differences`, with
-//! an alert rule in the generated monitoring), a log line when an
-//! environment starts or stops drifting, and part of `seal status`. With
+//! an alert rule in the generated monitoring), a log line and a webhook
+//! (the file's `notify`) when an environment starts or stops drifting,
+//! and part of `seal status`. With
 //! `--self-heal`, the controller re-applies the environment's file, which
 //! never deploys a held version (the plan refuses it, and that is said).
 
@@ -98,6 +99,9 @@ impl Control {
                 ),
                 _ => {}
             }
+            if was != drifted && self.is_controller() {
+                self.notify_drift(&applied, &report, drifted);
+            }
             if self_heal && drifted && report.error.is_none() && self.is_controller() {
                 // A self-heal of this very file that failed (and went
                 // back) would fail again: not tried in a loop.
@@ -116,6 +120,33 @@ impl Control {
             }
         }
         Ok(())
+    }
+
+    /// Tells the environment's `notify` URL (from the file last applied)
+    /// that it drifted or matches again, off the checker's path.
+    fn notify_drift(&self, applied: &AppliedFile, report: &DriftReport, drifted: bool) {
+        let Some(url) = crate::desired::parse(&applied.file)
+            .ok()
+            .and_then(|f| f.environments.get(&applied.environment)?.notify.clone())
+        else {
+            return;
+        };
+        let body = serde_json::json!({
+            "event": if drifted { "drifted" } else { "in_sync" },
+            "environment": report.environment,
+            "file_digest": report.file_digest,
+            "commit": report.commit,
+            "applied_by": report.applied_by,
+            "differences": report.differences,
+            "error": report.error,
+            "at": report.checked_at,
+        });
+        self.outbound.deliver(
+            "drift notification",
+            format!("drift of {}", applied.environment),
+            url,
+            body,
+        );
     }
 
     async fn drift_of(&self, applied: &AppliedFile) -> DriftReport {
@@ -153,7 +184,12 @@ impl Control {
                 false,
                 Some(source),
                 SELF_HEAL,
-                Approvals::default(),
+                // The file's own protection and policy: it was applied
+                // with them (by an admin when it changed them).
+                Approvals {
+                    environment_settings: true,
+                    ..Approvals::default()
+                },
             )
             .await
         {

@@ -1419,7 +1419,7 @@ impl EventsService {
     }
 }
 
-fn check_subscription(q: &QueueSubscription) -> ControlResult<()> {
+pub(crate) fn check_subscription(q: &QueueSubscription) -> ControlResult<()> {
     let bad = |m: &str| Err(ControlError::Invalid(m.into()));
     if q.max_attempts == 0 || q.max_attempts > 100 {
         return bad("max attempts must be 1 to 100");

@@ -24,6 +24,10 @@ pub const UNDONE_BY_APPLY: &str = "undone by apply";
 /// abort judged nothing about the version either.
 pub const RELEASE_RECOVERY: &str = "seal (interrupted release)";
 
+/// Who aborts a release's deployment because a step beside it in its
+/// wave failed: that judged nothing about its version.
+pub const RELEASE_STOPPED: &str = "seal (release stopped)";
+
 /// The version a deployment rolled back, if it rolled one back.
 fn rejected(d: &DeploymentRecord) -> Option<u64> {
     match (d.state, d.kind) {
@@ -96,7 +100,7 @@ impl Control {
                 continue;
             }
             let hold = self.hold(version, d).await?;
-            if hold.by != RELEASE_RECOVERY {
+            if hold.by != RELEASE_RECOVERY && hold.by != RELEASE_STOPPED {
                 holds.push(hold);
             }
         }

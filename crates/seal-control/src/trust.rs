@@ -49,6 +49,9 @@ pub struct Approvals {
     pub new_permissions: bool,
     /// The candidate breaks the event contracts of the version it replaces.
     pub breaking_contract: bool,
+    /// A release file may change an environment's protection and trust
+    /// policy (the caller is an admin).
+    pub environment_settings: bool,
 }
 
 /// What the release gates found: the permission and contract diffs.
@@ -188,30 +191,7 @@ impl TrustService {
         actor: &str,
     ) -> ControlResult<PolicyView> {
         lookup::environment_must_exist(&*self.state, environment).await?;
-        let mut keys = Vec::new();
-        for pem in trusted_keys {
-            let key = PublicKey::from_pem(pem)
-                .map_err(|e| ControlError::bad_request(format!("trusted key: {e}")))?;
-            keys.push(TrustedKey::from(&key));
-        }
-        for (field, value) in &required_provenance {
-            let spec = match value {
-                Some(v) => format!("{field}={v}"),
-                None => field.clone(),
-            };
-            seal_trust::parse_requirement(&spec)
-                .map_err(|e| ControlError::bad_request(e.to_string()))?;
-        }
-        if require_signature && keys.is_empty() {
-            return Err(ControlError::bad_request(
-                "require_signature needs at least one trusted key",
-            ));
-        }
-        let policy = Policy {
-            require_signature,
-            trusted_keys: keys,
-            required_provenance,
-        };
+        let policy = build_policy(require_signature, trusted_keys, required_provenance)?;
         let value = serde_json::to_value(&policy).map_err(ControlError::internal)?;
         self.state.set_policy(environment, &value, actor).await?;
         self.policy_view(environment).await
@@ -297,12 +277,23 @@ impl TrustService {
         env: &str,
     ) -> ControlResult<Vec<String>> {
         let policy = self.policy(env).await?;
+        self.check_policy_with(v, env, &policy).await
+    }
+
+    /// [`Self::check_policy`] against a given policy (one a release file
+    /// is about to set).
+    pub(crate) async fn check_policy_with(
+        &self,
+        v: &VersionRecord,
+        env: &str,
+        policy: &Policy,
+    ) -> ControlResult<Vec<String>> {
         if policy.is_empty() {
             return Ok(vec![format!("policy: {env} has none")]);
         }
         let subject = Digest::parse(&v.digest).map_err(ControlError::internal)?;
         let envelopes = self.envelope_list(&v.digest).await?;
-        match seal_trust::evaluate(&policy, env, &subject, &envelopes) {
+        match seal_trust::evaluate(policy, env, &subject, &envelopes) {
             Ok(verdict) => Ok(verdict.checks),
             Err(e) => Err(ControlError::PolicyRefused(format!(
                 "{}@{} refused by {env}'s policy: {}",
@@ -780,4 +771,37 @@ fn refusal(e: &seal_trust::TrustError) -> String {
         seal_trust::TrustError::Refused(reason) => reason.clone(),
         other => other.to_string(),
     }
+}
+
+/// A policy from trusted keys as PEM (stored with their key ids) and
+/// required provenance fields, each checked.
+pub(crate) fn build_policy(
+    require_signature: bool,
+    trusted_keys: &[String],
+    required_provenance: BTreeMap<String, Option<String>>,
+) -> ControlResult<Policy> {
+    let mut keys = Vec::new();
+    for pem in trusted_keys {
+        let key = PublicKey::from_pem(pem)
+            .map_err(|e| ControlError::bad_request(format!("trusted key: {e}")))?;
+        keys.push(TrustedKey::from(&key));
+    }
+    for (field, value) in &required_provenance {
+        let spec = match value {
+            Some(v) => format!("{field}={v}"),
+            None => field.clone(),
+        };
+        seal_trust::parse_requirement(&spec)
+            .map_err(|e| ControlError::bad_request(e.to_string()))?;
+    }
+    if require_signature && keys.is_empty() {
+        return Err(ControlError::bad_request(
+            "require_signature needs at least one trusted key",
+        ));
+    }
+    Ok(Policy {
+        require_signature,
+        trusted_keys: keys,
+        required_provenance,
+    })
 }
