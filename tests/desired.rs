@@ -486,7 +486,7 @@ after = ["b"]
     let diff = s.seal(&["diff", "-f", &file]);
     assert!(!diff.ok);
     for needle in [
-        "production b version: file b@2, serving b@1 (100%)",
+        "b in production version: file b@2, serving b@1 (100%)",
         "why: rolled back by seal (a gate or a hook) at",
         "pre-traffic hook \"smoke\" failed",
         "why: seal rollback by admin at",
@@ -775,8 +775,22 @@ async fn drift_from_the_file_last_applied_is_measured_and_said_and_self_heal_put
     // of `seal status`.
     let dir = tempfile::tempdir().unwrap();
     let files = tempfile::tempdir().unwrap();
-    let s = Server::start_with(dir.path(), &["--drift-interval", "200ms"]);
-    applied_a2(&s, files.path());
+    // The notification receiver is on loopback: the operator allows it.
+    let s = Server::start_with(
+        dir.path(),
+        &["--drift-interval", "200ms", "--allow-outbound", "127.0.0.1"],
+    );
+    let file = applied_a2(&s, files.path());
+    // The file names where drift is told.
+    let (hook, notes) = support::webhook_receiver().await;
+    let text = std::fs::read_to_string(&file).unwrap().replacen(
+        "[environments.production]\n",
+        &format!("[environments.production]\nnotify = \"{hook}\"\n"),
+        1,
+    );
+    std::fs::write(&file, text).unwrap();
+    let applied = s.seal_json(&["apply", "-f", &file]);
+    assert_eq!(applied["plan"]["steps"], json!([]), "{applied:#}");
     let r = drift_until(&s, "in sync after the apply", |r| {
         r["differences"] == json!([])
     })
@@ -825,9 +839,32 @@ async fn drift_from_the_file_last_applied_is_measured_and_said_and_self_heal_put
         s.seal_json(&["status", "a"])["drift"][0]["field"],
         "version"
     );
+    let told = |event: &'static str| {
+        let notes = notes.clone();
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Some(n) = notes.lock().unwrap().iter().find(|n| n["event"] == event) {
+                    return n.clone();
+                }
+                assert!(std::time::Instant::now() < deadline, "never told {event}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let n = told("drifted").await;
+    assert_eq!(n["environment"], "production", "{n:#}");
+    assert_eq!(n["differences"][0]["field"], "version", "{n:#}");
+    assert_eq!(n["differences"][0]["desired"], "a@2", "{n:#}");
     // Put back by hand: in sync again, gauge 0.
     s.seal_json(&["deploy", "a", "2"]);
     drift_until(&s, "in sync again", |r| r["differences"] == json!([])).await;
+    assert_eq!(told("in_sync").await["differences"], json!([]));
+    assert_eq!(
+        notes.lock().unwrap().len(),
+        2,
+        "told once per change, not every check"
+    );
     let metrics = s.api_text("/metrics").await;
     assert_eq!(
         support::metric(
@@ -970,8 +1007,8 @@ interval_ms = 60000
     for needle in [
         header.as_str(),
         "interrupted by a restart",
-        "production a: rolled_back",
-        "production b: rolled_back",
+        "a in production: rolled_back",
+        "b in production: rolled_back",
     ] {
         assert!(show.stdout.contains(needle), "{needle}: {}", show.stdout);
     }
@@ -995,4 +1032,301 @@ interval_ms = 60000
         .map(|s| s["function"].as_str().unwrap())
         .collect();
     assert_eq!(order, ["a", "b"], "{plan:#}");
+}
+
+/// The outcome of `function` in an apply's answer.
+fn outcome_of(v: &Value, function: &str) -> Value {
+    v["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["function"] == function)
+        .unwrap_or_else(|| panic!("no outcome for {function}: {v:#}"))
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn functions_of_one_wave_roll_out_side_by_side_and_the_first_failure_stops_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    let files = tempfile::tempdir().unwrap();
+    for (f, v2) in [
+        ("a", example_component("hello_v2")),
+        ("b", guest("fail")),
+        ("c", example_component("hello_v2")),
+    ] {
+        assert_eq!(publish_file(&s, &guest("echo"), f, &[]).0, 1);
+        assert_eq!(publish_file(&s, &v2, f, &[]).0, 2);
+        s.seal_json(&["deploy", f, "1"]);
+    }
+    // a and b name nothing in `after`: one wave, side by side. a's canary
+    // would wait a minute at 50%; b's fails its smoke hook (the fail
+    // guest answers 500). c comes after both.
+    let file = files.path().join("release.toml");
+    std::fs::write(
+        &file,
+        r#"
+[environments.production.functions.a]
+version = 2
+[environments.production.functions.a.rollout]
+strategy = "canary"
+steps = [50]
+interval_ms = 60000
+
+[environments.production.functions.b]
+version = 2
+[environments.production.functions.b.rollout]
+strategy = "canary"
+steps = [50]
+interval_ms = 1000
+[[environments.production.functions.b.rollout.hooks]]
+name = "smoke"
+request = { path = "/" }
+
+[environments.production.functions.c]
+version = 2
+after = ["a", "b"]
+"#,
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    let plan = s.seal_json(&["apply", "-f", file, "--plan"]);
+    let waves: Vec<(String, u64)> = plan["plan"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["function"].as_str().unwrap().to_owned(),
+                s["wave"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        waves,
+        [("a".into(), 0), ("b".into(), 0), ("c".into(), 1)],
+        "{plan:#}"
+    );
+    let text = s.seal(&["apply", "-f", file, "--plan"]);
+    assert!(
+        text.stdout
+            .contains("wave 1 (side by side; the first to fail stops the others):")
+            && text.stdout.contains(" wave 2:"),
+        "{}",
+        text.stdout
+    );
+
+    let out = s.seal(&["apply", "-f", file, "-o", "json"]);
+    assert!(!out.ok, "a failed apply exits non-zero");
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(outcome_of(&v, "b")["outcome"], "failed", "{v:#}");
+    let a = outcome_of(&v, "a");
+    assert_eq!(a["outcome"], "rolled_back", "{v:#}");
+    assert!(
+        a["detail"]
+            .as_str()
+            .unwrap()
+            .contains("stopped: b failed beside it in wave 0"),
+        "{v:#}"
+    );
+    assert_eq!(outcome_of(&v, "c")["outcome"], "not_started", "{v:#}");
+    for f in ["a", "b", "c"] {
+        assert_eq!(serves(&s, f).await, "1", "{f}");
+    }
+    // a's canary was stopped by the release, not waited out: its
+    // deployment ended aborted by the release.
+    let d = s
+        .api_get(&format!(
+            "/v1/deployments/{}",
+            a["deployment"].as_u64().unwrap()
+        ))
+        .await;
+    assert_eq!(d["deployment"]["state"], "aborted", "{d:#}");
+    assert!(
+        d["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["detail"]["by"] == "seal (release stopped)"),
+        "{d:#}"
+    );
+    // Only the version that failed is held: a@2 judged nothing.
+    let holds = s.seal_json(&["holds"]);
+    let held: Vec<String> = holds["holds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| format!("{}@{}", h["function"].as_str().unwrap(), h["version"]))
+        .collect();
+    assert_eq!(held, ["b@2"], "{holds:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_environments_protection_policy_and_queues_are_in_the_file_and_need_an_admin() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    let files = tempfile::tempdir().unwrap();
+    let key = files.path().join("release.key");
+    s.seal_json(&["keygen", "--out", key.to_str().unwrap()]);
+    let pem = std::fs::read_to_string(files.path().join("release.pub")).unwrap();
+    assert_eq!(publish_file(&s, &guest("echo"), "a", &[]).0, 1);
+    let signed = [
+        "--sign",
+        key.to_str().unwrap(),
+        "--source",
+        "git+https://example.org/team/a",
+        "--commit",
+        COMMIT,
+    ];
+    assert_eq!(
+        publish_file(&s, &example_component("hello_v2"), "a", &signed).0,
+        2
+    );
+    assert_eq!(publish_file(&s, &example_component("hello"), "a", &[]).0, 3);
+    s.seal_json(&["deploy", "a", "1"]);
+    let write = |name: &str, text: &str| {
+        let p = files.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_owned()
+    };
+    let file_for = |version: u32| {
+        format!(
+            r#"
+[environments.production]
+protected = true
+[environments.production.policy]
+require_signature = true
+trusted_keys = ["""
+{pem}"""]
+require_provenance = ["source=git+https://example.org/team/a"]
+[environments.production.queues.orders]
+
+[environments.production.functions.a]
+version = {version}
+[environments.production.functions.a.triggers.a-orders]
+kind = "queue"
+queue = "orders"
+"#
+        )
+    };
+    let policy = || async { s.api_get("/v1/policies/production").await["policy"].clone() };
+
+    // The policy the file sets is the one its deploys must meet: a@3 is
+    // not signed, so the plan is refused before anything changes.
+    let unsigned = write("unsigned.toml", &file_for(3));
+    s.seal(&["apply", "-f", &unsigned])
+        .assert_fails_with("the policy this file sets");
+    assert_eq!(policy().await["require_signature"], false);
+    assert!(
+        s.seal_json(&["queue", "list"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+
+    // A deployer may see the plan, not carry it out.
+    let file = write("release.toml", &file_for(2));
+    let tok = s.seal_json(&["token", "create", "--role", "deployer"]);
+    let tok = tok["token"].as_str().unwrap();
+    let plan = s.seal_env(
+        &["apply", "-f", &file, "--plan", "-o", "json"],
+        &[("SEAL_TOKEN", tok)],
+    );
+    assert!(plan.ok, "{}", plan.stderr);
+    let plan: Value = serde_json::from_str(&plan.stdout).unwrap();
+    let steps = plan["plan"]["steps"].as_array().unwrap();
+    assert_eq!(steps[0]["environment"], "production", "{plan:#}");
+    assert!(steps[0].get("function").is_none(), "{plan:#}");
+    assert_eq!(steps[0]["wave"], 0);
+    assert_eq!(steps[0]["changes"][0]["change"], "policy", "{plan:#}");
+    assert_eq!(steps[0]["changes"][0]["require_signature"], true);
+    assert_eq!(
+        steps[0]["changes"][1],
+        json!({"change": "queues", "create": ["orders"]}),
+        "{plan:#}"
+    );
+    assert_eq!(steps[1]["function"], "a");
+    assert_eq!(steps[1]["wave"], 1);
+    s.seal_env(&["apply", "-f", &file], &[("SEAL_TOKEN", tok)])
+        .assert_fails_with("needs an admin token");
+    assert_eq!(policy().await["require_signature"], false);
+    assert_eq!(serves(&s, "a").await, "1");
+
+    // An admin applies it: policy, then queue, then a@2 and its trigger
+    // on the queue the file made.
+    let applied = s.seal_json(&["apply", "-f", &file]);
+    assert_eq!(applied["succeeded"], true, "{applied:#}");
+    let p = policy().await;
+    assert_eq!(p["require_signature"], true, "{p:#}");
+    assert_eq!(
+        p["required_provenance"],
+        json!({"source": "git+https://example.org/team/a"})
+    );
+    let queues = s.seal_json(&["queue", "list"]);
+    assert_eq!(queues[0]["name"], "orders", "{queues:#}");
+    assert_eq!(
+        s.seal_json(&["trigger", "list", "--function", "a"])[0]["name"],
+        "a-orders"
+    );
+    assert_eq!(serves(&s, "a").await, "2");
+    assert!(s.seal(&["diff", "-f", &file]).ok);
+
+    // Exported, the environment's settings come back and apply as a no-op.
+    let exported = s.seal(&["export", "-e", "production"]);
+    assert!(exported.ok, "{}", exported.stderr);
+    for needle in [
+        "protected = true",
+        "require_signature = true",
+        "BEGIN PUBLIC KEY",
+        "source=git+https://example.org/team/a",
+        "[environments.production.queues.orders]",
+    ] {
+        assert!(
+            exported.stdout.contains(needle),
+            "{needle}: {}",
+            exported.stdout
+        );
+    }
+    let again = write("exported.toml", &exported.stdout);
+    let noop = s.seal_json(&["apply", "-f", &again]);
+    assert_eq!(noop["plan"]["steps"], json!([]), "{noop:#}");
+
+    // Changed by hand: each difference says why.
+    s.seal_json(&["queue", "create", "extra"]);
+    s.seal_json(&["policy", "clear", "production"]);
+    let diff = s.seal(&["diff", "-f", &file]);
+    assert!(!diff.ok);
+    for needle in [
+        "environment production policy: file require_signature=true",
+        "serving none",
+        "environment production queues.extra: file (absent), serving exists",
+        "apply never deletes a queue",
+        "seal queue delete extra --env production",
+    ] {
+        assert!(diff.stdout.contains(needle), "{needle}: {}", diff.stdout);
+    }
+    // A queue's window is fixed when it is made: a file that asks for
+    // another one is refused by name.
+    let window = write(
+        "window.toml",
+        "[environments.production.queues.extra]\ndedup_window_ms = 1000\n",
+    );
+    s.seal(&["apply", "-f", &window]).assert_fails_with(
+        "environments.production.queues.extra: the queue's dedup window is 600000 ms",
+    );
+    // Protection is the file's too.
+    let open = write(
+        "open.toml",
+        "[environments.production]\nprotected = false\n",
+    );
+    let applied = s.seal_json(&["apply", "-f", &open]);
+    assert_eq!(
+        applied["plan"]["steps"][0]["changes"],
+        json!([{"change": "protection", "protected": false}]),
+        "{applied:#}"
+    );
+    assert_eq!(
+        s.api_get("/v1/environments/production").await["protected"],
+        false
+    );
 }
