@@ -14,7 +14,8 @@
 //! | POST | `/v1/holds/release` | `{"function", "version", "environment"?}`: the hold lifted (audited) |
 //!
 //! A token limited to some environments may apply only files that name
-//! no other.
+//! no other; a file that changes an environment's protection or trust
+//! policy needs an admin token to apply (a deployer may plan it).
 
 use crate::auth::{Caller, Routes, deployer, viewer};
 use crate::error::ApiResult;
