@@ -896,12 +896,19 @@ async fn drift_from_the_file_last_applied_is_measured_and_said_and_self_heal_put
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(
-        audited(&s, |e| e["action"] == "apply"
-            && e["actor"] == "seal (self-heal)")
-        .await,
-        "no such audit entry"
-    );
+    // The release is audited once it has ended, just after the route moved.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !audited(&s, |e| {
+        e["action"] == "apply" && e["actor"] == "seal (self-heal)"
+    })
+    .await
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no audit entry of the self-heal"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     s.seal_json(&["rollback", "a"]);
     assert_eq!(serves(&s, "a").await, "1");
     s.wait_log("self-heal refusing the held version", |l| {
