@@ -184,12 +184,10 @@ impl Control {
                 false,
                 Some(source),
                 SELF_HEAL,
-                // The file's own protection and policy: it was applied
-                // with them (by an admin when it changed them).
-                Approvals {
-                    environment_settings: true,
-                    ..Approvals::default()
-                },
+                // Never an environment's protection or policy: a deployer
+                // may have applied a file whose settings matched then, so
+                // putting them back over an admin's change needs an admin.
+                Approvals::default(),
             )
             .await
         {
