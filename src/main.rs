@@ -305,6 +305,13 @@ enum Command {
     /// file is never a difference.
     #[command(after_long_help = DESIRED_EXAMPLES)]
     Diff(commands::desired::DiffArgs),
+    /// Show the last drift check of each environment: exit 0 in sync, 3 when one drifted.
+    ///
+    /// Every environment a release file was applied to is compared with it
+    /// every `--drift-interval`; this prints each one's differences,
+    /// functions and the environment's own settings (protection, trust
+    /// policy, queues) alike, each with why.
+    Drift(commands::desired::DriftArgs),
     /// List the versions held per environment: rolled back, so no apply deploys them again.
     ///
     /// A version a gate or a failed hook rolled back, a canary a person
@@ -535,6 +542,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Export(args) => commands::desired::export(args, &client()?, out).await,
         Command::Apply(args) => commands::desired::apply(args, &client()?, out).await,
         Command::Diff(args) => commands::desired::diff(args, &client()?, out).await,
+        Command::Drift(args) => commands::desired::drift(args, &client()?, out).await,
         Command::Holds(args) => commands::desired::holds(args, &client()?, out).await,
         Command::Hold(cmd) => commands::desired::hold(cmd, &client()?, out).await,
         Command::Changelog(args) => commands::desired::changelog(args, &client()?, out).await,

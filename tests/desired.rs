@@ -1047,7 +1047,7 @@ fn outcome_of(v: &Value, function: &str) -> Value {
         .as_array()
         .unwrap()
         .iter()
-        .find(|o| o["function"] == function)
+        .find(|o| o["function"].as_str().unwrap_or_default() == function)
         .unwrap_or_else(|| panic!("no outcome for {function}: {v:#}"))
         .clone()
 }
@@ -1133,7 +1133,7 @@ after = ["a", "b"]
         a["detail"]
             .as_str()
             .unwrap()
-            .contains("stopped: b failed beside it in wave 0"),
+            .contains("stopped: b failed beside it in wave 1"),
         "{v:#}"
     );
     assert_eq!(outcome_of(&v, "c")["outcome"], "not_started", "{v:#}");
@@ -1171,7 +1171,7 @@ after = ["a", "b"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_environments_protection_policy_and_queues_are_in_the_file_and_need_an_admin() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(dir.path());
+    let s = Server::start_with(dir.path(), &["--drift-interval", "200ms"]);
     let files = tempfile::tempdir().unwrap();
     let key = files.path().join("release.key");
     s.seal_json(&["keygen", "--out", key.to_str().unwrap()]);
@@ -1312,6 +1312,38 @@ queue = "orders"
     ] {
         assert!(diff.stdout.contains(needle), "{needle}: {}", diff.stdout);
     }
+    // The drift check sees them too (against the exported file, applied
+    // last): a gauge of the environment's own, and `seal drift`.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = s.api_text("/metrics").await;
+        let own = support::metric(
+            &metrics,
+            "seal_environment_drift_differences",
+            &[("environment", "production")],
+        );
+        if own == Some(2.0) {
+            assert!(
+                !metrics.contains("seal_drift_differences{function=\"\""),
+                "{metrics}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no environment drift in the metrics: {own:?}\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let drift = s.seal(&["drift"]);
+    assert!(!drift.ok, "a drifted environment fails: {}", drift.stdout);
+    for needle in [
+        "production: 2 differences",
+        "environment production policy: file require_signature=true",
+        "environment production queues.extra",
+    ] {
+        assert!(drift.stdout.contains(needle), "{needle}: {}", drift.stdout);
+    }
     // A queue's window is fixed when it is made: a file that asks for
     // another one is refused by name.
     let window = write(
@@ -1321,6 +1353,16 @@ queue = "orders"
     s.seal(&["apply", "-f", &window]).assert_fails_with(
         "environments.production.queues.extra: the queue's dedup window is 600000 ms",
     );
+    // ... and reported by `seal diff` as a difference, not an error.
+    let diff = s.seal(&["diff", "-f", &window, "-o", "json"]);
+    assert!(!diff.ok, "a difference exits non-zero");
+    let diff: Value = serde_json::from_str(&diff.stdout).unwrap();
+    assert_eq!(
+        diff["differences"][0]["field"], "queues.extra.dedup_window_ms",
+        "{diff:#}"
+    );
+    assert_eq!(diff["differences"][0]["desired"], "1000", "{diff:#}");
+    assert_eq!(diff["differences"][0]["actual"], "600000", "{diff:#}");
     // Protection is the file's too.
     let open = write(
         "open.toml",
@@ -1336,4 +1378,52 @@ queue = "orders"
         s.api_get("/v1/environments/production").await["protected"],
         false
     );
+
+    // A file that turns signatures on and then fails a later step puts
+    // the policy back, so what it moved may return to unsigned versions.
+    s.seal_json(&["deploy", "a", "1"]);
+    assert_eq!(publish_file(&s, &guest("echo"), "b", &[]).0, 1);
+    assert_eq!(publish_file(&s, &guest("fail"), "b", &signed).0, 2);
+    s.seal_json(&["deploy", "b", "1"]);
+    let failing = write(
+        "failing.toml",
+        &format!(
+            r#"
+[environments.production.policy]
+require_signature = true
+trusted_keys = ["""
+{pem}"""]
+
+[environments.production.functions.a]
+version = 2
+
+[environments.production.functions.b]
+version = 2
+after = ["a"]
+[environments.production.functions.b.rollout]
+strategy = "canary"
+steps = [50]
+interval_ms = 300
+[[environments.production.functions.b.rollout.hooks]]
+name = "smoke"
+request = {{ path = "/" }}
+"#
+        ),
+    );
+    let out = s.seal(&["apply", "-f", &failing, "-o", "json"]);
+    assert!(!out.ok, "{}", out.stdout);
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(outcome_of(&v, "b")["outcome"], "failed", "{v:#}");
+    assert_eq!(outcome_of(&v, "a")["outcome"], "rolled_back", "{v:#}");
+    let env_step = outcome_of(&v, "");
+    assert!(
+        env_step["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("trust policy put back"),
+        "{v:#}"
+    );
+    assert_eq!(policy().await["require_signature"], false);
+    assert_eq!(serves(&s, "a").await, "1");
+    assert_eq!(serves(&s, "b").await, "1");
 }

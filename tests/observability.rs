@@ -671,6 +671,17 @@ async fn generated_dashboard_and_rules_are_valid_and_written_on_deploy() {
     assert!(rules.contains("SealBudgetExceeded"), "{rules}");
     check_rules(&rules);
 
+    // The rules about environments (their own settings drifting) are
+    // written at start, beside the functions' (no function is `_...`).
+    let env_rules =
+        std::fs::read_to_string(dir.path().join("monitoring/_environments/rules.yml")).unwrap();
+    assert!(env_rules.contains("SealEnvironmentDrifted"), "{env_rules}");
+    assert!(
+        env_rules.contains("seal_environment_drift_differences"),
+        "{env_rules}"
+    );
+    check_rules(&env_rules);
+
     let r = s
         .http
         .get(format!("{}/v1/functions/nope/monitoring/grafana", s.api))

@@ -38,6 +38,12 @@ pub struct DeployArgs {
     #[arg(long)]
     allow_breaking_contract: bool,
 
+    /// Serve this version although it lacks the evidence the environment's
+    /// pipeline asks for (soak, verification in the environment it
+    /// follows). Only an admin token may give it; audited with what lacked.
+    #[arg(long)]
+    allow_missing_evidence: bool,
+
     /// How traffic moves to the new version.
     #[arg(long, value_enum, default_value_t = Strategy::AllAtOnce, help_heading = "Rollout")]
     strategy: Strategy,
@@ -189,6 +195,10 @@ pub struct RollbackArgs {
     /// in production).
     #[arg(long)]
     allow_breaking_contract: bool,
+    /// Approve a --to version that never served in this environment and
+    /// lacks the evidence its pipeline asks for (admin only; audited).
+    #[arg(long)]
+    allow_missing_evidence: bool,
 }
 
 pub async fn deploy(args: DeployArgs, client: &Client, out: OutputFormat) -> anyhow::Result<()> {
@@ -241,6 +251,7 @@ fn request_body(args: &DeployArgs) -> anyhow::Result<Value> {
         dry_run: args.plan,
         allow_new_permissions: args.allow_new_permissions,
         allow_breaking_contract: args.allow_breaking_contract,
+        allow_missing_evidence: args.allow_missing_evidence,
     };
     Ok(serde_json::to_value(body)?)
 }
@@ -656,6 +667,7 @@ pub async fn rollback(
                 to: args.to,
                 allow_new_permissions: args.allow_new_permissions,
                 allow_breaking_contract: args.allow_breaking_contract,
+                allow_missing_evidence: args.allow_missing_evidence,
             })?,
         )
         .await?;
@@ -919,6 +931,9 @@ mod tests {
         let b = body(&["--allow-breaking-contract"]);
         assert_eq!(b["allow_breaking_contract"], true);
         assert!(b.get("allow_new_permissions").is_none());
+        let b = body(&["--allow-missing-evidence"]);
+        assert_eq!(b["allow_missing_evidence"], true);
+        assert!(b.get("allow_breaking_contract").is_none());
     }
 
     #[test]

@@ -9,8 +9,8 @@ use crate::output::{OutputFormat, emit};
 use crate::output::{table, time_ms};
 use anyhow::Context;
 use seal_api_types::desired::{
-    ApplyAnswer, ApplyPlan, ApplyRequest, Change, Changelog, ChangelogEntry, DiffAnswer, Exported,
-    FileSource, Hold, Holds, ReleaseHold, ReleaseRecord, Releases, StepOutcome,
+    ApplyAnswer, ApplyPlan, ApplyRequest, Change, Changelog, ChangelogEntry, DiffAnswer, Drift,
+    Exported, FileSource, Hold, Holds, ReleaseHold, ReleaseRecord, Releases, StepOutcome,
 };
 use std::path::{Path, PathBuf};
 
@@ -52,6 +52,10 @@ pub struct ApplyArgs {
     /// Admin: versions may break the event contracts of the ones they replace.
     #[arg(long)]
     allow_breaking_contract: bool,
+    /// Admin: versions may serve without the evidence an environment's
+    /// pipeline asks for (audited with what lacked).
+    #[arg(long)]
+    allow_missing_evidence: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -59,6 +63,13 @@ pub struct DiffArgs {
     /// The release file (TOML).
     #[arg(long, short = 'f', value_name = "FILE")]
     file: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DriftArgs {
+    /// Only this environment (default: every environment).
+    #[arg(long, short = 'e')]
+    env: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -144,6 +155,7 @@ pub async fn apply(args: ApplyArgs, client: &Client, out: OutputFormat) -> anyho
         source: git_source(&args.file),
         allow_new_permissions: args.allow_new_permissions,
         allow_breaking_contract: args.allow_breaking_contract,
+        allow_missing_evidence: args.allow_missing_evidence,
     };
     let answer: ApplyAnswer = client.post_as("/v1/apply", &req).await?;
     emit(out, &answer, |a| {
@@ -206,8 +218,16 @@ fn print_plan(plan: &ApplyPlan) {
         plan.environments.join(", "),
         plan.file_digest
     );
+    // Headed by wave only when there are several (a release recorded
+    // before waves existed has every step in wave 0, one after another).
+    let waves = plan
+        .steps
+        .iter()
+        .map(|s| s.wave)
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
     for (i, step) in plan.steps.iter().enumerate() {
-        if i == 0 || plan.steps[i - 1].wave != step.wave {
+        if waves > 1 && (i == 0 || plan.steps[i - 1].wave != step.wave) {
             let beside = plan.steps.iter().filter(|s| s.wave == step.wave).count();
             let together = if beside > 1 {
                 " (side by side; the first to fail stops the others)"
@@ -323,6 +343,57 @@ pub async fn diff(args: DiffArgs, client: &Client, out: OutputFormat) -> anyhow:
     } else {
         Err(Drifted.into())
     }
+}
+
+pub async fn drift(args: DriftArgs, client: &Client, out: OutputFormat) -> anyhow::Result<()> {
+    let mut answer: Drift = client.get_as("/v1/drift").await?;
+    if let Some(env) = &args.env {
+        answer.environments.retain(|r| &r.environment == env);
+    }
+    let drifted = answer
+        .environments
+        .iter()
+        .any(|r| !r.differences.is_empty() || r.error.is_some());
+    emit(out, &answer, |a| {
+        if a.environments.is_empty() {
+            println!(
+                "no drift checked yet: an environment is checked once a release file was applied to it (`seal apply -f FILE`)"
+            );
+        }
+        for r in &a.environments {
+            let state = match (&r.error, r.differences.len()) {
+                (Some(e), _) => format!("cannot be checked: {e}"),
+                (None, 0) => "in sync".to_owned(),
+                (None, n) => format!("{n} differences"),
+            };
+            println!(
+                "{}: {state} with {} (applied by {} at {}{}; checked at {})",
+                r.environment,
+                r.file_digest,
+                r.applied_by,
+                time_ms(r.applied_at),
+                r.commit
+                    .as_deref()
+                    .map(|c| format!(", commit {}", &c[..c.len().min(12)]))
+                    .unwrap_or_default(),
+                time_ms(r.checked_at)
+            );
+            for d in &r.differences {
+                let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "(absent)".into());
+                println!(
+                    "  {} {}: file {}, serving {}",
+                    subject(&d.environment, &d.function),
+                    d.field,
+                    show(&d.desired),
+                    show(&d.actual)
+                );
+                if let Some(why) = &d.why {
+                    println!("      why: {why}");
+                }
+            }
+        }
+    });
+    if drifted { Err(Drifted.into()) } else { Ok(()) }
 }
 
 /// The commit the file is at, when it is in a git work tree (and git is

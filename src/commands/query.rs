@@ -11,6 +11,7 @@ use seal_api_types::catalog::{
     EnvironmentView, Environments, FunctionList, FunctionStatus, Inspection, SetProtection,
     VersionList,
 };
+use seal_api_types::promotion::SetPipeline;
 use seal_api_types::records::{AuditVerification, DeploymentEvent};
 use seal_api_types::rollout::Strategy;
 use serde_json::Value;
@@ -554,11 +555,29 @@ pub enum EnvCommand {
     /// List environments.
     List,
     /// Create an environment (deployments to unknown environments are refused).
+    ///
+    /// With --after it follows another environment: a version deployed
+    /// here must first have served there, with the evidence asked for.
     Create {
         /// Name: lowercase letters, digits and '-'.
         name: String,
+        #[command(flatten)]
+        pipeline: PipelineArgs,
     },
-    /// Show an environment: whether it is the default, and protected.
+    /// Change an environment's pipeline (admin); a flag left out keeps its value.
+    ///
+    /// `seal env update production --soak 10m`; `--standalone` removes
+    /// the pipeline.
+    Update {
+        /// Environment, e.g. production.
+        name: String,
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+        /// Follow no environment any more.
+        #[arg(long, conflicts_with_all = ["after", "soak", "require_verification"])]
+        standalone: bool,
+    },
+    /// Show an environment: whether it is the default, protected, and its pipeline.
     Show {
         /// Environment, e.g. staging.
         name: String,
@@ -581,6 +600,21 @@ pub enum EnvCommand {
         /// Environment, e.g. preview-42.
         name: String,
     },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PipelineArgs {
+    /// The environment a version must have served in first (e.g. staging).
+    #[arg(long, value_name = "ENV")]
+    after: Option<String>,
+    /// How long it must have served there, taking all of its traffic, with
+    /// traffic and no rollback (`30m`, `2h`; `0`: no soak).
+    #[arg(long, value_name = "DUR", value_parser = super::deploy::parse_duration_ms)]
+    soak: Option<u64>,
+    /// A passed verification there (`seal verify-release`) is needed too
+    /// (`--require-verification=false` to stop asking).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    require_verification: Option<bool>,
 }
 
 async fn set_protection(
@@ -613,6 +647,31 @@ fn print_environment(v: &EnvironmentView) {
         "not protected"
     };
     println!("{}{default}: {state} ({why})", v.name);
+    match &v.pipeline {
+        Some(p) => {
+            let mut needs = vec![format!("to have served in {}", p.pipeline.after)];
+            if let Some(ms) = p.pipeline.soak_ms {
+                needs.push(format!(
+                    "for at least {} (all of its traffic, with traffic, no rollback)",
+                    humantime::format_duration(std::time::Duration::from_secs(ms / 1000))
+                ));
+            }
+            if p.pipeline.require_verification {
+                needs.push("a passed verification there".into());
+            }
+            println!(
+                "pipeline: after {}; a version needs {} (set by {} at {})",
+                p.pipeline.after,
+                needs.join(", "),
+                p.updated_by,
+                time_ms(p.updated_at)
+            );
+        }
+        None => println!("pipeline: none (follows no environment)"),
+    }
+    if !v.followed_by.is_empty() {
+        println!("followed by: {}", v.followed_by.join(", "));
+    }
 }
 
 pub async fn env(cmd: EnvCommand, client: &Client, out: OutputFormat) -> anyhow::Result<()> {
@@ -647,10 +706,21 @@ pub async fn env(cmd: EnvCommand, client: &Client, out: OutputFormat) -> anyhow:
         EnvCommand::Unprotect { name } => {
             set_protection(client, out, &name, Some(false)).await?;
         }
-        EnvCommand::Create { name } => {
+        EnvCommand::Create { name, pipeline } => {
             super::deploy::check_names("x", Some(&name))?;
+            if let Some(after) = &pipeline.after {
+                super::deploy::check_names("x", Some(after))?;
+            }
             let v: EnvironmentCreated = client
-                .post_as("/v1/environments", &CreateEnvironment { name })
+                .post_as(
+                    "/v1/environments",
+                    &CreateEnvironment {
+                        name,
+                        after: pipeline.after,
+                        soak_ms: pipeline.soak,
+                        require_verification: pipeline.require_verification.unwrap_or(false),
+                    },
+                )
                 .await?;
             emit(out, &v, |v| {
                 if v.created {
@@ -659,6 +729,34 @@ pub async fn env(cmd: EnvCommand, client: &Client, out: OutputFormat) -> anyhow:
                     println!("environment {} already exists", v.name);
                 }
             });
+        }
+        EnvCommand::Update {
+            name,
+            pipeline,
+            standalone,
+        } => {
+            super::deploy::check_names("x", Some(&name))?;
+            if !standalone
+                && pipeline.after.is_none()
+                && pipeline.soak.is_none()
+                && pipeline.require_verification.is_none()
+            {
+                anyhow::bail!(
+                    "nothing to change: give --after, --soak, --require-verification or --standalone"
+                );
+            }
+            let v: EnvironmentView = client
+                .put_as(
+                    &format!("/v1/environments/{name}/pipeline"),
+                    &SetPipeline {
+                        after: pipeline.after,
+                        soak_ms: pipeline.soak,
+                        require_verification: pipeline.require_verification,
+                        standalone,
+                    },
+                )
+                .await?;
+            emit(out, &v, print_environment);
         }
     }
     Ok(())

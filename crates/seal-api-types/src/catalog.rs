@@ -144,6 +144,12 @@ pub struct EnvironmentView {
     /// `rule` (the default environment and `production` are protected) or
     /// `set` (by an admin).
     pub protection: String,
+    /// The environment it follows and the evidence a version needs there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<crate::promotion::PipelineView>,
+    /// The environments that follow this one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub followed_by: Vec<String>,
 }
 
 /// `PUT /v1/environments/{env}/protection`: `true` or `false`, or `null`
@@ -168,6 +174,13 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Er
 #[serde(deny_unknown_fields)]
 pub struct CreateEnvironment {
     pub name: String,
+    /// A pipeline to give it at once (admin).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soak_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "crate::is_false")]
+    pub require_verification: bool,
 }
 
 /// The answer to [`CreateEnvironment`]; `created` is false when it existed.

@@ -164,6 +164,10 @@ pub struct ApplyRequest {
     /// replace.
     #[serde(default, skip_serializing_if = "crate::is_false")]
     pub allow_breaking_contract: bool,
+    /// Admin: versions may serve without the evidence an environment's
+    /// pipeline asks for.
+    #[serde(default, skip_serializing_if = "crate::is_false")]
+    pub allow_missing_evidence: bool,
 }
 
 /// Where a release file came from, when it is in a git work tree.
@@ -286,7 +290,8 @@ pub struct StepOutcome {
     pub function: String,
     /// `applied`, `failed`, `rolled_back` (undone because another step of
     /// the same apply failed, or stopped because one beside it in its
-    /// wave did), `not_started`.
+    /// wave did), `not_started`, `interrupted` (an environment step a
+    /// restart cut: its settings may be partly applied).
     pub outcome: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deployment: Option<u64>,
@@ -295,6 +300,11 @@ pub struct StepOutcome {
     pub from: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// The trust policy an environment step replaced, written before the
+    /// step runs: a release that fails (or a restart interrupts) puts it
+    /// back, so the versions it moved may return to what served before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_policy: Option<serde_json::Value>,
 }
 
 /// `POST /v1/apply`: the plan, and (unless only planned) how each step

@@ -17,6 +17,7 @@ pub mod deployment;
 pub mod desired;
 pub mod events;
 pub mod observe;
+pub mod promotion;
 pub mod records;
 pub mod rollout;
 
@@ -47,6 +48,10 @@ pub struct DeployRequest {
     /// or consumers (production).
     #[serde(default, skip_serializing_if = "is_false")]
     pub allow_breaking_contract: bool,
+    /// An admin's override of the environment's pipeline: the version may
+    /// serve without the evidence it asks for (audited with what lacked).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_missing_evidence: bool,
 }
 
 /// `POST /v1/functions/{fn}/rollback`.
@@ -66,6 +71,10 @@ pub struct RollbackRequest {
     /// contracts of the version serving.
     #[serde(default, skip_serializing_if = "is_false")]
     pub allow_breaking_contract: bool,
+    /// The same for a target that never served here and lacks the
+    /// evidence the environment's pipeline asks for.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_missing_evidence: bool,
 }
 
 pub(crate) fn is_false(b: &bool) -> bool {

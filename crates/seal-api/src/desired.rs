@@ -107,8 +107,12 @@ async fn apply(
     for env in file.environments.keys() {
         who.require_env(env)?;
     }
-    let approvals =
-        crate::functions::approvals(&who, req.allow_new_permissions, req.allow_breaking_contract)?;
+    let approvals = crate::functions::approvals(
+        &who,
+        req.allow_new_permissions,
+        req.allow_breaking_contract,
+        req.allow_missing_evidence,
+    )?;
     Ok(Json(
         c.apply_release(&req.file, req.plan, req.source, &who.actor(), approvals)
             .await?,

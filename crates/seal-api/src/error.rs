@@ -56,9 +56,11 @@ fn status_of(e: &ControlError) -> StatusCode {
         | E::RegistryUnavailable(_)
         | E::QueuesUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         E::Registry(_) => StatusCode::BAD_GATEWAY,
-        E::PolicyRefused(_) | E::PermissionsWidened(_) | E::ContractBroken(_) | E::Forbidden(_) => {
-            StatusCode::FORBIDDEN
-        }
+        E::PolicyRefused(_)
+        | E::PermissionsWidened(_)
+        | E::ContractBroken(_)
+        | E::EvidenceMissing(_)
+        | E::Forbidden(_) => StatusCode::FORBIDDEN,
         E::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
         E::ArtifactMissing(_) | E::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }

@@ -18,6 +18,8 @@
 //! | GET/POST | `/v1/environments` | list / create (`{"name"}`) environments |
 //! | GET | `/v1/environments/{env}` | one environment: default, protected and why |
 //! | PUT | `/v1/environments/{env}/protection` | admin: `{"protected": true\|false\|null}` (null: the server's rule) |
+//! | PUT | `/v1/environments/{env}/pipeline` | admin: `{"after"?, "soak_ms"?, "require_verification"?}` or `{"standalone": true}` |
+//! | GET | `/v1/environments/{env}/evidence/{fn}/{n}` | what a version has and lacks to serve there |
 //! | GET | `/v1/server` | runtime counters (compiles, cache loads) |
 //! | GET | `/healthz` | liveness |
 //!
@@ -38,6 +40,7 @@ use seal_api_types::catalog::{
     EnvironmentCreated, EnvironmentView, Environments, FunctionList, FunctionStatus, Inspection,
     ServerInfo, SetProtection, VersionList,
 };
+use seal_api_types::promotion::{Evidence, SetPipeline};
 use seal_api_types::records::AuditVerification;
 use seal_api_types::rollout::RolloutStatus;
 use seal_api_types::rollout::Strategy;
@@ -108,6 +111,34 @@ pub fn routes() -> Routes {
             "/v1/environments/{environment}/protection",
             admin(Method::PUT, set_protection),
         )
+        .route(
+            "/v1/environments/{environment}/pipeline",
+            admin(Method::PUT, set_pipeline),
+        )
+        .route(
+            "/v1/environments/{environment}/evidence/{function}/{version}",
+            viewer(Method::GET, evidence),
+        )
+}
+
+async fn set_pipeline(
+    State(c): State<Arc<Control>>,
+    Path(environment): Path<String>,
+    who: Caller,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<EnvironmentView>> {
+    let req: SetPipeline = parse_json(&body)?;
+    c.set_pipeline(&environment, &req, &who.actor()).await?;
+    Ok(Json(environment_view(&c, environment).await?))
+}
+
+async fn evidence(
+    State(c): State<Arc<Control>>,
+    Path((environment, function, version)): Path<(String, String, u64)>,
+) -> ApiResult<Json<Evidence>> {
+    c.environment_must_exist(&environment).await?;
+    let v = c.version_or_404(&function, version).await?;
+    Ok(Json(c.evidence(&environment, &v).await?))
 }
 
 /// Only an admin may approve wider permissions or a breaking contract.
@@ -115,12 +146,17 @@ pub(crate) fn approvals(
     who: &Caller,
     new_permissions: bool,
     breaking_contract: bool,
+    missing_evidence: bool,
 ) -> ApiResult<Approvals> {
     for (asked, what) in [
         (new_permissions, "new permissions (allow_new_permissions)"),
         (
             breaking_contract,
             "a breaking contract (allow_breaking_contract)",
+        ),
+        (
+            missing_evidence,
+            "a version without its pipeline's evidence (allow_missing_evidence)",
         ),
     ] {
         if asked && who.require_role(Role::Admin).is_err() {
@@ -136,6 +172,7 @@ pub(crate) fn approvals(
         new_permissions,
         breaking_contract,
         environment_settings: who.require_role(Role::Admin).is_ok(),
+        missing_evidence,
     })
 }
 
@@ -273,7 +310,12 @@ async fn deploy(
             .as_deref()
             .unwrap_or(c.default_environment()),
     )?;
-    let approvals = approvals(&who, req.allow_new_permissions, req.allow_breaking_contract)?;
+    let approvals = approvals(
+        &who,
+        req.allow_new_permissions,
+        req.allow_breaking_contract,
+        req.allow_missing_evidence,
+    )?;
     if let Some(e) = req.rollout.as_ref().and_then(|s| s.all_at_once_conflict()) {
         return Err(ApiError::bad_request(e));
     }
@@ -334,7 +376,12 @@ async fn rollback(
             .as_deref()
             .unwrap_or(c.default_environment()),
     )?;
-    let approvals = approvals(&who, req.allow_new_permissions, req.allow_breaking_contract)?;
+    let approvals = approvals(
+        &who,
+        req.allow_new_permissions,
+        req.allow_breaking_contract,
+        req.allow_missing_evidence,
+    )?;
     let outcome = c
         .rollback(
             &function,
@@ -431,14 +478,16 @@ async fn list_environments(State(c): State<Arc<Control>>) -> ApiResult<Json<Envi
     }))
 }
 
-fn environment_view(c: &Control, name: String) -> EnvironmentView {
+async fn environment_view(c: &Control, name: String) -> ApiResult<EnvironmentView> {
     let (protected, source) = c.protection_of(&name);
-    EnvironmentView {
+    Ok(EnvironmentView {
         default: name == c.default_environment(),
         protected,
         protection: source.as_str().to_owned(),
+        pipeline: c.pipeline_of(&name).await?,
+        followed_by: c.followers(&name).await?,
         name,
-    }
+    })
 }
 
 async fn get_environment(
@@ -446,7 +495,7 @@ async fn get_environment(
     Path(environment): Path<String>,
 ) -> ApiResult<Json<EnvironmentView>> {
     c.environment_must_exist(&environment).await?;
-    Ok(Json(environment_view(&c, environment)))
+    Ok(Json(environment_view(&c, environment).await?))
 }
 
 async fn set_protection(
@@ -458,7 +507,7 @@ async fn set_protection(
     let req: SetProtection = parse_json(&body)?;
     c.set_protection(&environment, req.protected, &who.actor())
         .await?;
-    Ok(Json(environment_view(&c, environment)))
+    Ok(Json(environment_view(&c, environment).await?))
 }
 
 async fn create_environment(
@@ -467,7 +516,31 @@ async fn create_environment(
     body: axum::body::Bytes,
 ) -> ApiResult<(StatusCode, Json<EnvironmentCreated>)> {
     let req: CreateEnvironment = parse_json(&body)?;
+    // The pipeline is checked before the environment is made: a bad one
+    // leaves nothing behind.
+    if let Some(after) = &req.after {
+        c.environment_must_exist(after).await?;
+        if *after == req.name {
+            return Err(
+                ControlError::bad_request(format!("{} cannot follow itself", req.name)).into(),
+            );
+        }
+    } else if req.soak_ms.is_some() || req.require_verification {
+        return Err(ControlError::bad_request(
+            "a soak or a required verification needs the environment it follows (after)",
+        )
+        .into());
+    }
     let created = c.create_environment(&req.name, &who.actor()).await?;
+    if req.after.is_some() {
+        let set = SetPipeline {
+            after: req.after.clone(),
+            soak_ms: req.soak_ms,
+            require_verification: Some(req.require_verification),
+            standalone: false,
+        };
+        c.set_pipeline(&req.name, &set, &who.actor()).await?;
+    }
     let status = if created {
         StatusCode::CREATED
     } else {

@@ -278,6 +278,35 @@ impl EnvTarget {
             .collect()
     }
 
+    /// Queues the file names with a dedup window other than theirs:
+    /// (name, the queue's, the file's).
+    fn window_mismatches(&self) -> Vec<(&str, u64, u64)> {
+        self.spec
+            .queues
+            .iter()
+            .flatten()
+            .filter_map(|(name, q)| {
+                let want = q
+                    .dedup_window_ms
+                    .unwrap_or(crate::events::DEFAULT_DEDUP_WINDOW_MS);
+                let have = self.queues.get(name)?.dedup_window_ms;
+                (have != want).then_some((name.as_str(), have, want))
+            })
+            .collect()
+    }
+
+    /// A queue's window is fixed when it is made: a file that asks for
+    /// another cannot be applied (but is reported by `seal diff`).
+    fn check_windows(&self) -> ControlResult<()> {
+        match self.window_mismatches().first() {
+            Some((name, have, want)) => Err(ControlError::bad_request(format!(
+                "environments.{}.queues.{name}: the queue's dedup window is {have} ms and the file asks for {want} ms; a queue's window is fixed when it is made (write {have} in the file, or delete the queue and apply again)",
+                self.environment
+            ))),
+            None => Ok(()),
+        }
+    }
+
     fn changes(&self) -> Vec<Change> {
         let mut changes = Vec::new();
         if let Some(p) = self.spec.protected
@@ -455,19 +484,6 @@ impl Control {
             .into_iter()
             .map(|q| (q.name.clone(), q))
             .collect();
-        for (name, q) in spec.queues.iter().flatten() {
-            let want = q
-                .dedup_window_ms
-                .unwrap_or(crate::events::DEFAULT_DEDUP_WINDOW_MS);
-            if let Some(have) = queues.get(name)
-                && have.dedup_window_ms != want
-            {
-                return Err(ControlError::bad_request(format!(
-                    "{at}.queues.{name}: the queue's dedup window is {} ms and the file asks for {want} ms; a queue's window is fixed when it is made (write {} in the file, or delete the queue and apply again)",
-                    have.dedup_window_ms, have.dedup_window_ms
-                )));
-            }
-        }
         if let Some(url) = &spec.notify {
             self.outbound.check_url(&format!("{at}.notify"), url)?;
         }
@@ -579,6 +595,7 @@ impl Control {
         let mut next = 0u32;
         for (et, targets) in self.targets(&file).await? {
             let env = et.environment.clone();
+            et.check_windows()?;
             let changes = et.changes();
             if !changes.is_empty() {
                 steps.push(PlanStep {
@@ -880,10 +897,11 @@ impl Control {
     }
 
     /// `seal apply`: plans `text` and (unless `plan_only`) carries the
-    /// plan out, one function at a time in order; a progressive
-    /// deployment is waited for before the next function changes. When one
-    /// fails, the functions this apply already moved go back to what they
-    /// served before, and the rest is not started. One apply at a time;
+    /// plan out wave by wave: the steps of a wave side by side, each
+    /// progressive deployment waited for before the next wave starts.
+    /// When one fails, the others of its wave are stopped, the functions
+    /// this apply already moved go back to what they served before (and a
+    /// policy it replaced comes back first), and later waves never start. One apply at a time;
     /// recorded in the audit log with the file's digest and commit.
     pub async fn apply_release(
         self: &Arc<Self>,
@@ -898,13 +916,39 @@ impl Control {
             let envs: Vec<&str> = plan
                 .steps
                 .iter()
-                .filter(|s| s.function.is_empty())
+                .filter(|s| {
+                    s.changes
+                        .iter()
+                        .any(|c| matches!(c, Change::Protection { .. } | Change::Policy { .. }))
+                })
                 .map(|s| s.environment.as_str())
                 .collect();
             return Err(ControlError::forbidden(format!(
                 "the file changes the protection or trust policy of {}: applying it needs an admin token (`seal apply --plan` shows the plan)",
                 envs.join(", ")
             )));
+        }
+        // A version an environment's pipeline refuses is said in the plan,
+        // before anything moves (an admin's override lets it through).
+        if !approvals.missing_evidence {
+            for step in &plan.steps {
+                for c in &step.changes {
+                    if let Change::Deploy { to, .. } = c {
+                        let v = self.version_or_404(&step.function, *to).await?;
+                        let e = self.evidence(&step.environment, &v).await?;
+                        if !e.missing.is_empty() {
+                            return Err(ControlError::EvidenceMissing(format!(
+                                "environments.{}.functions.{}: {}@{to} may not serve in {} yet: {} (an admin may apply it anyway with --allow-missing-evidence)",
+                                step.environment,
+                                step.function,
+                                step.function,
+                                step.environment,
+                                e.missing.join("; ")
+                            )));
+                        }
+                    }
+                }
+            }
         }
         if !plan_only && plan.steps.is_empty() {
             self.record_applied(&plan, &file, source.as_ref(), actor)
@@ -1017,9 +1061,23 @@ impl Control {
                 }
                 continue;
             }
-            // Said before they start, so a restart knows what may have moved.
+            // Said before they start, so a restart knows what may have
+            // moved (and the policy a step replaces, to put it back).
             for i in &wave_steps {
                 outcomes[*i].outcome = "running".into();
+                let step = &plan.steps[*i];
+                if step
+                    .changes
+                    .iter()
+                    .any(|c| matches!(c, Change::Policy { .. }))
+                {
+                    match self.trust.policy(&step.environment).await {
+                        Ok(p) => outcomes[*i].previous_policy = serde_json::to_value(p).ok(),
+                        Err(e) => {
+                            tracing::error!(environment = %step.environment, error = %e, "cannot read the policy a release replaces")
+                        }
+                    }
+                }
             }
             self.persist_release(id, "running", &outcomes, false).await;
             // Side by side: every progressive deployment of the wave runs
@@ -1069,8 +1127,9 @@ impl Control {
                         if f.stopped {
                             outcomes[i].outcome = "rolled_back".into();
                             outcomes[i].detail = Some(format!(
-                                "stopped: {} failed beside it in wave {wave} of release {id}",
-                                first.as_deref().unwrap_or("another step")
+                                "stopped: {} failed beside it in wave {} of release {id}",
+                                first.as_deref().unwrap_or("another step"),
+                                wave + 1
                             ));
                         } else {
                             outcomes[i].outcome = "failed".into();
@@ -1081,6 +1140,9 @@ impl Control {
             }
         }
         if failed {
+            // The policy first: one the file tightened may refuse the
+            // versions that served before.
+            self.restore_policies(id, &mut outcomes, actor).await;
             for (env, function, from) in moved.iter().rev() {
                 let undone = match from {
                     Some(v) => self
@@ -1124,10 +1186,14 @@ impl Control {
                             ));
                         }
                         Err(e) => {
-                            o.detail = Some(format!(
+                            let why = format!(
                                 "another step failed, and it could not go back: {}",
                                 e.public_message()
-                            ))
+                            );
+                            o.detail = Some(match o.detail.take() {
+                                Some(was) => format!("{was}; {why}"),
+                                None => why,
+                            });
                         }
                     }
                 }
@@ -1170,6 +1236,39 @@ impl Control {
             succeeded: !failed,
             outcomes,
         })
+    }
+
+    /// Puts back the trust policy each environment step of a failed
+    /// release replaced (so the versions it moved may return), noted on
+    /// the step.
+    async fn restore_policies(&self, id: u64, outcomes: &mut [StepOutcome], actor: &str) {
+        for o in outcomes.iter_mut().filter(|o| o.function.is_empty()) {
+            let Some(previous) = &o.previous_policy else {
+                continue;
+            };
+            if !matches!(o.outcome.as_str(), "applied" | "failed" | "interrupted") {
+                continue;
+            }
+            let done = match serde_json::from_value::<seal_trust::Policy>(previous.clone()) {
+                Ok(p) => self
+                    .trust
+                    .restore_policy(&o.environment, &p, actor)
+                    .await
+                    .map(|()| format!("trust policy put back ({}) because release {id} failed, so its versions may go back", policy_summary(&p))),
+                Err(e) => Err(ControlError::internal(e)),
+            };
+            let note = match done {
+                Ok(note) => note,
+                Err(e) => format!(
+                    "the trust policy could not be put back: {}",
+                    e.public_message()
+                ),
+            };
+            o.detail = Some(match o.detail.take() {
+                Some(was) => format!("{was}; {note}"),
+                None => note,
+            });
+        }
     }
 
     /// Writes a release's progress; a store that cannot take it is logged
@@ -1225,11 +1324,23 @@ impl Control {
             tracing::warn!(release = r.id, file = %r.file_digest, "a release was interrupted by a restart; rolling it back as a whole");
             let prefix = release_reason(r.id, &r.file_digest, None);
             let mut outcomes = r.outcomes.clone();
-            for o in outcomes.iter_mut().rev() {
-                // An environment's own settings are not undone.
-                if o.function.is_empty() && o.outcome == "running" {
-                    o.outcome = "applied".into();
+            // An environment's own settings stay (but for a policy it
+            // replaced, put back first so the versions may return); one
+            // the restart cut may be partly applied.
+            for o in outcomes.iter_mut().filter(|o| o.function.is_empty()) {
+                match o.outcome.as_str() {
+                    "pending" => o.outcome = "not_started".into(),
+                    "running" => {
+                        o.outcome = "interrupted".into();
+                        o.detail = Some(
+                            "interrupted by a restart: its settings may be partly applied (`seal diff` shows which)".into(),
+                        );
+                    }
+                    _ => {}
                 }
+            }
+            self.restore_policies(r.id, &mut outcomes, "seal").await;
+            for o in outcomes.iter_mut().rev() {
                 if o.function.is_empty() {
                     continue;
                 }
@@ -1546,15 +1657,13 @@ impl Control {
                 if d.state == DeploymentState::Succeeded {
                     return Ok(());
                 }
-                if stopped {
+                let (reason, by) = self.ending(&d).await?;
+                // Stopped only when the release's abort ended it: a gate
+                // that rolled it back first judged its version.
+                if stopped && by == crate::holds::RELEASE_STOPPED {
                     return Err(Ended::Stopped);
                 }
-                let why = self
-                    .ending(&d)
-                    .await?
-                    .0
-                    .map(|r| format!(": {r}"))
-                    .unwrap_or_default();
+                let why = reason.map(|r| format!(": {r}")).unwrap_or_default();
                 return Err(ControlError::conflict(format!(
                     "deployment {id} of {}@{} in {} ended {}{why}",
                     d.function,
@@ -1653,6 +1762,17 @@ impl Control {
                     Some("exists".into()),
                     None,
                     "no such queue (deleted, or never made)".into(),
+                ));
+            }
+            for (name, have, want) in et.window_mismatches() {
+                out.push(diff(
+                    format!("queues.{name}.dedup_window_ms"),
+                    Some(want.to_string()),
+                    Some(have.to_string()),
+                    format!(
+                        "fixed when the queue was made by {}; apply cannot change it (delete the queue and apply again)",
+                        et.queues[name].created_by
+                    ),
                 ));
             }
             for (name, q) in &et.queues {
@@ -1914,6 +2034,7 @@ fn outcome(
         deployment,
         from,
         detail,
+        previous_policy: None,
     }
 }
 

@@ -88,7 +88,10 @@ impl Control {
                     first = %report
                         .differences
                         .first()
-                        .map(|d| format!("{} {}: {}", d.function, d.field, d.why.as_deref().unwrap_or("")))
+                        .map(|d| {
+                            let at = if d.function.is_empty() { "environment" } else { &d.function };
+                            format!("{at} {}: {}", d.field, d.why.as_deref().unwrap_or(""))
+                        })
                         .unwrap_or_default(),
                     "environment drifted from the release file last applied"
                 ),
@@ -174,6 +177,20 @@ impl Control {
     /// Re-applies an environment's file; a refusal (a held version, an
     /// apply already running, a deployment in progress) is logged.
     async fn heal(self: &Arc<Self>, applied: &AppliedFile) {
+        // Differences an apply does not clear (a queue the file does not
+        // list) or may not (protection and policy need an admin) are
+        // reported, not re-applied every check.
+        match self.plan_release(&applied.file).await {
+            Ok((plan, _)) if plan.steps.is_empty() => {
+                tracing::debug!(environment = %applied.environment, "self-heal: applying the file would change nothing; its differences are reported only");
+                return;
+            }
+            Ok((plan, _)) if plan.changes_environment_settings() => {
+                tracing::debug!(environment = %applied.environment, "self-heal: the file would change an environment's protection or policy, which needs an admin: `seal apply` it");
+                return;
+            }
+            _ => {}
+        }
         let source = FileSource {
             commit: applied.commit.clone(),
             ..Default::default()

@@ -152,6 +152,9 @@ impl Control {
     /// Writes each function's generated dashboard and alert rules under
     /// `dir` whenever one of its deployments ends.
     pub fn with_monitoring_dir(mut self, dir: std::path::PathBuf) -> Self {
+        if let Err(e) = crate::monitoring::write_environment_rules(&dir) {
+            tracing::warn!(error = %e, "cannot write the generated environment rules");
+        }
         self.usage.monitoring = crate::usage::MonitoringFiles(Some(dir));
         self
     }
@@ -650,7 +653,11 @@ impl Control {
         // version that cannot serve never gets a route.
         let (function, trust) = self.load_for_route(v, env, kind.as_str(), actor).await?;
         let checks = match gate {
-            Some(approvals) => self.trust.check_release(env, v, approvals, actor).await?,
+            Some(approvals) => {
+                let checks = self.trust.check_release(env, v, approvals, actor).await?;
+                self.check_evidence(env, v, approvals, actor).await?;
+                checks
+            }
             None => ReleaseChecks::default(),
         };
         let started = std::time::Instant::now();

@@ -83,6 +83,10 @@ pub enum ControlError {
     /// an environment that needs an admin's approval for that.
     #[error("{0}")]
     ContractBroken(String),
+    /// The version lacks the evidence the environment's pipeline asks
+    /// for (soak, verification) where it must have served first.
+    #[error("{0}")]
+    EvidenceMissing(String),
     /// The caller may not do this.
     #[error("{0}")]
     Forbidden(String),
@@ -134,6 +138,7 @@ impl ControlError {
             Self::PolicyRefused(_) => "policy",
             Self::PermissionsWidened(_) => "permissions_widened",
             Self::ContractBroken(_) => "breaking_contract",
+            Self::EvidenceMissing(_) => "evidence_missing",
             Self::Forbidden(_) => "forbidden",
             Self::Unauthenticated(_) => "unauthorized",
             Self::StateUnavailable(_) => "state_unavailable",

@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod monitoring;
 pub mod outbound;
 pub mod preview;
+pub mod promotion;
 pub mod protection;
 pub mod queries;
 pub mod redact;

@@ -97,6 +97,11 @@ pub struct FunctionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EnvironmentLabels {
+    pub environment: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SubscriptionLabels {
     pub environment: String,
     pub queue: String,
@@ -220,6 +225,9 @@ pub struct Metrics {
     /// Differences from the release file last applied, per function and
     /// environment (0: in sync).
     pub drift: Family<RouteLabels, Gauge>,
+    /// Differences in an environment's own settings (protection, policy,
+    /// queues) from the release file last applied.
+    pub environment_drift: Family<EnvironmentLabels, Gauge>,
     pub events: EventMetrics,
     post_deploy: Arc<Mutex<HashMap<(String, String), PostDeploy>>>,
 }
@@ -295,6 +303,12 @@ impl Metrics {
             "Fields where a function differs from the release file last applied to its environment (0: in sync)",
             drift.clone(),
         );
+        let environment_drift = Family::<EnvironmentLabels, Gauge>::default();
+        registry.register(
+            "seal_environment_drift_differences",
+            "Fields where an environment's own settings (protection, trust policy, queues) differ from the release file last applied to it (0: in sync)",
+            environment_drift.clone(),
+        );
         let events = EventMetrics::register(&mut registry);
         let post_deploy = Arc::new(Mutex::new(HashMap::new()));
         registry.register_collector(Box::new(VersionCollector {
@@ -313,6 +327,7 @@ impl Metrics {
             budget_usage,
             budget_limit,
             drift,
+            environment_drift,
             events,
             post_deploy,
         }
@@ -330,15 +345,29 @@ impl Metrics {
             environment: now.environment.clone(),
         };
         for d in before.map(|b| b.differences.as_slice()).unwrap_or_default() {
-            self.drift.get_or_create(&labels(&d.function)).set(0);
+            if !d.function.is_empty() {
+                self.drift.get_or_create(&labels(&d.function)).set(0);
+            }
         }
         let mut counts: HashMap<&str, i64> = HashMap::new();
-        for d in &now.differences {
+        for d in now.differences.iter().filter(|d| !d.function.is_empty()) {
             *counts.entry(&d.function).or_default() += 1;
         }
         for (function, n) in counts {
             self.drift.get_or_create(&labels(function)).set(n);
         }
+        // The environment's own settings: a gauge of their own (set to 0
+        // once checked, so an alert sees the environment in sync).
+        let own = now
+            .differences
+            .iter()
+            .filter(|d| d.function.is_empty())
+            .count();
+        self.environment_drift
+            .get_or_create(&EnvironmentLabels {
+                environment: now.environment.clone(),
+            })
+            .set(own as i64);
     }
 
     /// The OpenMetrics exposition.

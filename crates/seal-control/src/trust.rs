@@ -52,6 +52,9 @@ pub struct Approvals {
     /// A release file may change an environment's protection and trust
     /// policy (the caller is an admin).
     pub environment_settings: bool,
+    /// The candidate may serve without the evidence the environment's
+    /// pipeline asks for (audited with what lacked).
+    pub missing_evidence: bool,
 }
 
 /// What the release gates found: the permission and contract diffs.
@@ -195,6 +198,18 @@ impl TrustService {
         let value = serde_json::to_value(&policy).map_err(ControlError::internal)?;
         self.state.set_policy(environment, &value, actor).await?;
         self.policy_view(environment).await
+    }
+
+    /// Puts back a policy read before (its keys as they were stored).
+    pub(crate) async fn restore_policy(
+        &self,
+        environment: &str,
+        policy: &Policy,
+        actor: &str,
+    ) -> ControlResult<()> {
+        let value = serde_json::to_value(policy).map_err(ControlError::internal)?;
+        self.state.set_policy(environment, &value, actor).await?;
+        Ok(())
     }
 
     pub async fn policy_view(&self, environment: &str) -> ControlResult<PolicyView> {

@@ -27,6 +27,7 @@ const TABLES: &[&str] = &[
     "settings",
     "setting_revisions",
     "policies",
+    "pipelines",
     "attestations",
     "queues",
     "triggers",

@@ -653,6 +653,9 @@ macro_rules! state_ports {
     Policies {
         fn set_policy(environment: &str, policy: &serde_json::Value, actor: &str) -> ();
         fn policy(environment: &str) -> Option<(serde_json::Value, i64, String)>;
+        fn set_pipeline(environment: &str, pipeline: Option<&serde_json::Value>, actor: &str) -> ();
+        fn pipeline(environment: &str) -> Option<(serde_json::Value, i64, String)>;
+        fn pipelines() -> Vec<(String, serde_json::Value)>;
     }
     Attestations {
         fn add_attestation(a: &AttestationRecord, object: &str) -> bool;

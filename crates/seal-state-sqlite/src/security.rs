@@ -461,6 +461,87 @@ impl SqliteStore {
         })
         .transpose()
     }
+
+    /// Replaces (or with `None` removes) the pipeline of an environment,
+    /// with its audit entry.
+    pub async fn set_pipeline(
+        &self,
+        environment: &str,
+        pipeline: Option<&serde_json::Value>,
+        actor: &str,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        match pipeline {
+            Some(p) => {
+                sqlx::query(
+                    "INSERT INTO pipelines (environment, pipeline, updated_at, updated_by) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (environment) DO UPDATE SET pipeline = excluded.pipeline, \
+                     updated_at = excluded.updated_at, updated_by = excluded.updated_by",
+                )
+                .bind(environment)
+                .bind(p.to_string())
+                .bind(now_ms())
+                .bind(actor)
+                .execute(&mut *tx)
+                .await?;
+            }
+            None => {
+                sqlx::query("DELETE FROM pipelines WHERE environment = $1")
+                    .bind(environment)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        insert_audit(
+            &mut tx,
+            NewAudit {
+                actor,
+                action: "pipeline.set",
+                object: environment,
+                digest: None,
+                outcome: "ok",
+                detail: pipeline.cloned().unwrap_or(serde_json::Value::Null),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The pipeline of an environment, if one was set, with when and by
+    /// whom.
+    pub async fn pipeline(
+        &self,
+        environment: &str,
+    ) -> Result<Option<(serde_json::Value, i64, String)>> {
+        let row: Option<(String, i64, String)> = sqlx::query_as(
+            "SELECT pipeline, updated_at, updated_by FROM pipelines WHERE environment = $1",
+        )
+        .bind(environment)
+        .fetch_optional(&self.read)
+        .await?;
+        row.map(|(t, at, by)| {
+            serde_json::from_str(&t)
+                .map(|p| (p, at, by))
+                .map_err(|e| StateError::Corrupt(format!("pipeline of {environment}: {e}")).into())
+        })
+        .transpose()
+    }
+
+    /// Every environment's pipeline, by environment.
+    pub async fn pipelines(&self) -> Result<Vec<(String, serde_json::Value)>> {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT environment, pipeline FROM pipelines ORDER BY environment")
+                .fetch_all(&self.read)
+                .await?;
+        rows.into_iter()
+            .map(|(e, t)| {
+                serde_json::from_str(&t)
+                    .map(|p| (e.clone(), p))
+                    .map_err(|err| StateError::Corrupt(format!("pipeline of {e}: {err}")).into())
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]

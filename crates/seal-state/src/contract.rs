@@ -638,6 +638,36 @@ pub async fn policies_are_per_environment(s: &dyn StateStore) {
     assert_eq!((stored, by.as_str()), (p, "contract"));
 }
 
+/// A pipeline is stored per environment with who set it, replaced, and
+/// removed; each change is audited.
+pub async fn pipelines_are_per_environment(s: &dyn StateStore) {
+    assert_eq!(s.pipeline("production").await.unwrap(), None);
+    assert!(s.pipelines().await.unwrap().is_empty());
+    let p = json!({"after": "staging", "soak_ms": 1800000});
+    s.set_pipeline("production", Some(&p), "contract")
+        .await
+        .unwrap();
+    let (stored, _, by) = s.pipeline("production").await.unwrap().unwrap();
+    assert_eq!((stored, by.as_str()), (p, "contract"));
+    let q = json!({"after": "staging", "soak_ms": 600000});
+    s.set_pipeline("production", Some(&q), "admin")
+        .await
+        .unwrap();
+    assert_eq!(
+        s.pipelines().await.unwrap(),
+        [("production".to_owned(), q.clone())]
+    );
+    assert_eq!(s.pipeline("staging").await.unwrap(), None);
+    s.set_pipeline("production", None, "admin").await.unwrap();
+    assert_eq!(s.pipeline("production").await.unwrap(), None);
+    let log = s.audit_log(10).await.unwrap();
+    assert_eq!(
+        log.iter().filter(|a| a.action == "pipeline.set").count(),
+        3,
+        "{log:?}"
+    );
+}
+
 /// An attestation is recorded once per referrer.
 pub async fn attestations_are_recorded_once(s: &dyn StateStore) {
     let a = AttestationRecord {
@@ -1409,6 +1439,7 @@ macro_rules! contract_tests {
             tokens_are_found_by_hash_and_revoked,
             settings_change_by_revision,
             policies_are_per_environment,
+            pipelines_are_per_environment,
             attestations_are_recorded_once,
             events_are_delivered_once_per_subscription,
             dead_letters_are_redriven_and_purged,

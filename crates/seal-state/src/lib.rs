@@ -436,7 +436,8 @@ pub trait Settings: Send + Sync {
     ) -> Result<Vec<SettingRevision>>;
 }
 
-/// Trust policies per environment.
+/// Trust policies and pipelines per environment: what a deploy there
+/// must meet.
 #[async_trait]
 pub trait Policies: Send + Sync {
     async fn set_policy(
@@ -447,6 +448,20 @@ pub trait Policies: Send + Sync {
     ) -> Result<()>;
     /// The policy, its revision time and who set it.
     async fn policy(&self, environment: &str) -> Result<Option<(serde_json::Value, i64, String)>>;
+    /// Replaces (`None`: removes) an environment's pipeline: the
+    /// environment a version must have served in first and the evidence
+    /// it needs there. Audited as `pipeline.set`.
+    async fn set_pipeline(
+        &self,
+        environment: &str,
+        pipeline: Option<&serde_json::Value>,
+        actor: &str,
+    ) -> Result<()>;
+    /// The pipeline, its revision time and who set it.
+    async fn pipeline(&self, environment: &str)
+    -> Result<Option<(serde_json::Value, i64, String)>>;
+    /// Every environment's pipeline.
+    async fn pipelines(&self) -> Result<Vec<(String, serde_json::Value)>>;
 }
 
 /// The index of attestations attached to artifacts.

@@ -161,6 +161,8 @@ impl Control {
             .trust
             .check_release(&env, &candidate, approvals, actor)
             .await?;
+        self.check_evidence(&env, &candidate, approvals, actor)
+            .await?;
         let current = self.state.route(&env, function).await?;
         let Some(baseline) = current
             .as_ref()
