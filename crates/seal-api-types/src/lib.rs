@@ -11,6 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 pub mod access;
+pub mod capture;
 pub mod catalog;
 pub mod cluster;
 pub mod deployment;

@@ -332,7 +332,43 @@ impl Gateway {
                 None,
             );
         };
-        let invoked = self.serving.invoke(&backend, req, started, traffic).await;
+        // A sampled request is copied as the guest reads it and its answer
+        // digested as it is sent (see seal_serving::capture).
+        let (invoked, capture) = match self
+            .serving
+            .captures()
+            .sample(&route.environment, &route.function)
+        {
+            None => (
+                self.serving.invoke(&backend, req, started, traffic).await,
+                None,
+            ),
+            Some(tap) => {
+                let (req, pending) =
+                    tap.begin(self.serving.captures().clone(), backend.version, req);
+                (
+                    self.serving.invoke(&backend, req, started, traffic).await,
+                    Some(pending),
+                )
+            }
+        };
+        let resp = self.answer(&route, &backend, invoked);
+        match capture {
+            None => resp,
+            Some(pending) => pending
+                .finish(resp)
+                .map(http_body_util::combinators::UnsyncBoxBody::new),
+        }
+    }
+
+    /// The caller's answer: the function's response stamped with its
+    /// version, or the error it ended with.
+    fn answer(
+        &self,
+        route: &seal_serving::Route,
+        backend: &Arc<seal_serving::Backend>,
+        invoked: seal_serving::Invoked,
+    ) -> Response<HyperOutgoingBody> {
         let request_id_header = invoked.request_id;
         let mut resp = match invoked.result {
             Ok(resp) => resp,
@@ -363,7 +399,7 @@ impl Gateway {
                     status,
                     e.kind(),
                     &e.public_message(),
-                    Some(&backend),
+                    Some(backend),
                     request_id.as_deref(),
                 );
                 if let Some(id) = request_id_header {

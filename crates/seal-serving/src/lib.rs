@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 pub mod admission;
+pub mod capture;
 pub mod head;
 pub mod invocation;
 pub mod logs;
@@ -361,6 +362,8 @@ pub struct Serving {
     admission: Arc<Admission>,
     /// Where functions' events go, once the server sets it.
     event_sink: std::sync::OnceLock<Arc<dyn EventSink>>,
+    /// The traffic captures running in this process.
+    captures: Arc<capture::Captures>,
 }
 
 impl Serving {
@@ -379,7 +382,13 @@ impl Serving {
             in_flight: std::sync::Mutex::default(),
             admission,
             event_sink: std::sync::OnceLock::new(),
+            captures: Arc::default(),
         })
+    }
+
+    /// The traffic captures running in this process (see [`capture`]).
+    pub fn captures(&self) -> &Arc<capture::Captures> {
+        &self.captures
     }
 
     /// Lets functions whose manifest lists queues publish events to them,

@@ -38,10 +38,18 @@ const TABLES: &[&str] = &[
     "hold_releases",
     "applied_files",
     "releases",
+    "captures",
+    "captured_requests",
 ];
 
 /// Tables whose ids PostgreSQL allocates (identity columns).
-const IDENTITIES: &[&str] = &["deployments", "events", "deliveries", "releases"];
+const IDENTITIES: &[&str] = &[
+    "deployments",
+    "events",
+    "deliveries",
+    "releases",
+    "captured_requests",
+];
 
 /// Rows per INSERT (PostgreSQL binds at most 65,535 parameters).
 const CHUNK: usize = 500;

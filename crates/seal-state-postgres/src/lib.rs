@@ -33,6 +33,7 @@ use seal_state_sql::{
     audit_record, verify_chain, weights_json,
 };
 
+mod captures;
 mod changes;
 mod cluster;
 mod events;

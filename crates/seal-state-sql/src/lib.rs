@@ -657,6 +657,14 @@ macro_rules! state_ports {
         fn pipeline(environment: &str) -> Option<(serde_json::Value, i64, String)>;
         fn pipelines() -> Vec<(String, serde_json::Value)>;
     }
+    Captures {
+        fn start_capture(c: &Capture) -> ();
+        fn stop_capture(environment: &str, function: &str, actor: &str) -> bool;
+        fn captures() -> Vec<Capture>;
+        fn add_captured(requests: &[CapturedRequest]) -> u64;
+        fn captured(environment: &str, function: &str, limit: u32) -> Vec<CapturedRequest>;
+        fn delete_capture(environment: &str, function: &str, actor: &str) -> Option<u64>;
+    }
     Attestations {
         fn add_attestation(a: &AttestationRecord, object: &str) -> bool;
         fn attestations(subject: &str) -> Vec<AttestationRecord>;

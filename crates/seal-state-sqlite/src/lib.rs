@@ -25,6 +25,7 @@ use seal_state_sql::{
     audit_record, verify_chain, weights_json,
 };
 
+mod captures;
 mod events;
 mod ports;
 mod security;

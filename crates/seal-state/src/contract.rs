@@ -668,6 +668,115 @@ pub async fn pipelines_are_per_environment(s: &dyn StateStore) {
     );
 }
 
+/// A capture keeps requests only while it runs and up to its maximum;
+/// stopping, restarting and deleting it are audited.
+pub async fn captures_keep_requests_up_to_their_maximum(s: &dyn StateStore) {
+    let capture = Capture {
+        environment: "production".into(),
+        function: "hello".into(),
+        rate_percent: 5.0,
+        max: 3,
+        body_limit: 1024,
+        drop_headers: vec!["x-api-key".into()],
+        started_at: 1,
+        started_by: "contract".into(),
+        stopped_at: None,
+        stopped_by: None,
+        captured: 0,
+    };
+    let request = |n: u8| CapturedRequest {
+        id: 0,
+        environment: "production".into(),
+        function: "hello".into(),
+        version: 2,
+        at: 10 + i64::from(n),
+        method: "POST".into(),
+        path: format!("/orders/{n}?x=1"),
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: vec![0, n, 255],
+        body_truncated: n == 1,
+        status: 201,
+        response_digest: "sha256:ab".into(),
+        response_bytes: 2,
+        duration_ms: 3,
+    };
+    // None running: nothing is kept.
+    assert_eq!(s.add_captured(&[request(0)]).await.unwrap(), 0);
+    s.start_capture(&capture).await.unwrap();
+    assert_eq!(s.add_captured(&[request(1), request(2)]).await.unwrap(), 2);
+    assert_eq!(
+        s.add_captured(&[request(3), request(4)]).await.unwrap(),
+        1,
+        "up to its maximum"
+    );
+    let kept = s.captured("production", "hello", 10).await.unwrap();
+    assert_eq!(kept.len(), 3);
+    assert!(kept[0].id < kept[1].id && kept[1].id < kept[2].id);
+    let first = CapturedRequest {
+        id: kept[0].id,
+        ..request(1)
+    };
+    assert_eq!(kept[0], first, "read back as written, bytes and all");
+    assert_eq!(s.captured("production", "hello", 1).await.unwrap().len(), 1);
+    assert!(s.captured("staging", "hello", 10).await.unwrap().is_empty());
+    let all = s.captures().await.unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(
+        all[0],
+        Capture {
+            captured: 3,
+            ..capture.clone()
+        }
+    );
+    assert!(!all[0].running(), "full");
+
+    assert!(
+        s.stop_capture("production", "hello", "admin")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.stop_capture("production", "hello", "admin")
+            .await
+            .unwrap()
+    );
+    let stopped = &s.captures().await.unwrap()[0];
+    assert_eq!(stopped.stopped_by.as_deref(), Some("admin"));
+    // Restarted with a larger maximum, it keeps what it kept and more.
+    s.start_capture(&Capture {
+        max: 5,
+        ..capture.clone()
+    })
+    .await
+    .unwrap();
+    let restarted = &s.captures().await.unwrap()[0];
+    assert!(restarted.running() && restarted.stopped_at.is_none());
+    assert_eq!(s.add_captured(&[request(5)]).await.unwrap(), 1);
+    assert_eq!(
+        s.delete_capture("production", "hello", "admin")
+            .await
+            .unwrap(),
+        Some(4)
+    );
+    assert_eq!(
+        s.delete_capture("production", "hello", "admin")
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(s.captures().await.unwrap().is_empty());
+    assert!(
+        s.captured("production", "hello", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let log = s.audit_log(20).await.unwrap();
+    for action in ["capture.start", "capture.stop", "capture.delete"] {
+        assert!(log.iter().any(|a| a.action == action), "{action}: {log:?}");
+    }
+}
+
 /// An attestation is recorded once per referrer.
 pub async fn attestations_are_recorded_once(s: &dyn StateStore) {
     let a = AttestationRecord {
@@ -1440,6 +1549,7 @@ macro_rules! contract_tests {
             settings_change_by_revision,
             policies_are_per_environment,
             pipelines_are_per_environment,
+            captures_keep_requests_up_to_their_maximum,
             attestations_are_recorded_once,
             events_are_delivered_once_per_subscription,
             dead_letters_are_redriven_and_purged,

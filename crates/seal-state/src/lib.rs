@@ -19,6 +19,7 @@
 //! This crate knows no SQL driver, no wasm and no HTTP.
 
 use async_trait::async_trait;
+pub use seal_api_types::capture::{Capture, CapturedRequest};
 pub use seal_api_types::desired::{ReleaseRecord, StepOutcome};
 pub use seal_api_types::events::{
     AttemptRecord, CronRun, DeadLetter, DeadReason, DeliveryRecord, DeliveryState, Enqueued,
@@ -462,6 +463,38 @@ pub trait Policies: Send + Sync {
     -> Result<Option<(serde_json::Value, i64, String)>>;
     /// Every environment's pipeline.
     async fn pipelines(&self) -> Result<Vec<(String, serde_json::Value)>>;
+}
+
+/// Traffic captures and the requests they kept.
+#[async_trait]
+pub trait Captures: Send + Sync {
+    /// Starts (or restarts, keeping what it kept) a capture; audited as
+    /// `capture.start`.
+    async fn start_capture(&self, c: &Capture) -> Result<()>;
+    /// Stops a running capture; false if there was none. Audited as
+    /// `capture.stop`.
+    async fn stop_capture(&self, environment: &str, function: &str, actor: &str) -> Result<bool>;
+    /// Every capture with the count it kept.
+    async fn captures(&self) -> Result<Vec<Capture>>;
+    /// Keeps requests of captures that are running, each capture up to its
+    /// maximum (the rest are dropped); returns how many were kept.
+    async fn add_captured(&self, requests: &[CapturedRequest]) -> Result<u64>;
+    /// The requests a capture kept, oldest first.
+    async fn captured(
+        &self,
+        environment: &str,
+        function: &str,
+        limit: u32,
+    ) -> Result<Vec<CapturedRequest>>;
+    /// Deletes a capture and everything it kept; the number of requests
+    /// deleted, or `None` if there was no such capture. Audited as
+    /// `capture.delete`.
+    async fn delete_capture(
+        &self,
+        environment: &str,
+        function: &str,
+        actor: &str,
+    ) -> Result<Option<u64>>;
 }
 
 /// The index of attestations attached to artifacts.
@@ -925,6 +958,7 @@ pub trait StateStore:
     + Settings
     + Policies
     + Attestations
+    + Captures
     + Events
     + Changes
     + Cluster
@@ -940,6 +974,7 @@ impl<T> StateStore for T where
         + Settings
         + Policies
         + Attestations
+        + Captures
         + Events
         + Changes
         + Cluster
