@@ -252,6 +252,9 @@ enum Command {
     /// is judged on events too and a retry stays on one version.
     #[command(subcommand, after_long_help = EVENTS_EXAMPLES)]
     Trigger(commands::events::TriggerCommand),
+    /// Keep a sample of a function's real requests (credentials removed), for replays.
+    #[command(subcommand)]
+    Capture(commands::capture::CaptureCommand),
     /// Send an event to a queue, or show one with every attempt.
     #[command(subcommand, after_long_help = EVENTS_EXAMPLES)]
     Events(commands::events::EventsCommand),
@@ -535,6 +538,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Attestations(cmd) => commands::trust::attestations(cmd, &client()?, out).await,
         Command::Queue(cmd) => commands::events::queue(cmd, &client()?, out).await,
         Command::Trigger(cmd) => commands::events::trigger(cmd, &client()?, out).await,
+        Command::Capture(cmd) => commands::capture::capture(cmd, &client()?, out).await,
         Command::Events(cmd) => commands::events::events(cmd, &client()?, out).await,
         Command::Dlq(cmd) => commands::events::dlq(cmd, &client()?, out).await,
         Command::Cluster(cmd) => commands::cluster::cluster(cmd, &client()?, out).await,

@@ -276,7 +276,7 @@ pub async fn queue(cmd: QueueCommand, client: &Client, out: OutputFormat) -> any
 }
 
 /// The server's default environment, for paths that name one.
-async fn default_environment(client: &Client) -> anyhow::Result<String> {
+pub(crate) async fn default_environment(client: &Client) -> anyhow::Result<String> {
     let envs: seal_api_types::catalog::Environments = client.get_as("/v1/environments").await?;
     Ok(envs.default)
 }

@@ -1,6 +1,7 @@
 //! One module per verb group.
 
 pub mod access;
+pub mod capture;
 pub mod cluster;
 pub mod deploy;
 pub mod desired;

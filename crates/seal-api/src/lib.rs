@@ -31,6 +31,7 @@
 //! their modules.
 
 pub mod auth;
+pub mod capture;
 pub mod desired;
 pub mod error;
 pub mod events;
@@ -56,6 +57,7 @@ pub fn routes() -> Routes {
         .merge(security::routes())
         .merge(events::routes())
         .merge(desired::routes())
+        .merge(capture::routes())
 }
 
 /// The API as an axum service over a control plane.
@@ -351,6 +353,28 @@ mod tests {
         assert_eq!(access(Method::POST, "/v1/triggers"), deployer);
         assert_eq!(access(Method::POST, "/v1/dlq/redrive"), deployer);
         assert_eq!(access(Method::GET, "/v1/dlq"), viewer);
+        // Pipelines are an admin's; the evidence anyone may read.
+        assert_eq!(
+            access(Method::PUT, "/v1/environments/{environment}/pipeline"),
+            admin
+        );
+        assert_eq!(
+            access(
+                Method::GET,
+                "/v1/environments/{environment}/evidence/{function}/{version}"
+            ),
+            viewer
+        );
+        // Captured requests are real requests: a deployer's to read.
+        assert_eq!(access(Method::GET, "/v1/captures"), viewer);
+        assert_eq!(access(Method::POST, "/v1/captures"), deployer);
+        assert_eq!(
+            access(
+                Method::GET,
+                "/v1/captures/{environment}/{function}/requests"
+            ),
+            deployer
+        );
         // Reading a budget is part of cost; there is no GET on the budget.
         assert_eq!(access(Method::GET, "/v1/functions/{function}/budget"), None);
     }

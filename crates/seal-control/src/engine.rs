@@ -385,6 +385,7 @@ impl Control {
         self.reload_routes().await?;
         self.settings().apply_all_settings().await?;
         self.events().triggers_changed();
+        self.load_captures().await?;
         if self.is_controller() && self.state.shared() {
             self.resume_rollouts().await?;
             self.answer_commands().await?;

@@ -12,6 +12,7 @@
 //! - every digest a client sends is recomputed here; nothing a client
 //!   claims about content is trusted.
 
+pub mod capture;
 pub mod catalog;
 pub mod changelog;
 pub mod cluster;

@@ -589,6 +589,15 @@ impl prometheus_client::collector::Collector for VersionCollector {
         let entries = self.serving.versions();
         let table = self.serving.table();
 
+        // Sampled requests a full capture channel dropped (the store could
+        // not keep up): the capture is thinner than its rate says.
+        counter(
+            &mut encoder,
+            "seal_capture_dropped",
+            "Requests a traffic capture sampled and dropped because its writer could not keep up",
+            [(Labels::new(), self.serving.captures().dropped())],
+        )?;
+
         // An info-style gauge (always 1) rather than OpenMetrics' `info`
         // type, which Prometheus' classic text parser (and promtool)
         // rejects.

@@ -802,6 +802,10 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         .reload_routes()
         .await
         .context("cannot restore routes")?;
+    control
+        .load_captures()
+        .await
+        .context("cannot restore the traffic captures")?;
 
     let stop = CancellationToken::new();
     let mut tasks = JoinSet::new();
@@ -818,6 +822,8 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
             .clone()
             .follow_changes(loaded_revision, FOLLOW_POLL, stop.clone()),
     );
+    // What the gateway's captures sample, persisted on every node.
+    tasks.spawn(control.clone().run_capture_writer(stop.clone()));
     // Event delivery, on every node.
     tasks.spawn(control.events().clone().run_queues(stop.clone()));
     // Drift from the release files applied, on every node (its gauge is

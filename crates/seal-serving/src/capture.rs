@@ -83,7 +83,8 @@ pub struct Tap {
 /// Every running capture of this process, and the channel their records
 /// go to.
 pub struct Captures {
-    taps: ArcSwap<HashMap<(String, String), Arc<Tap>>>,
+    /// By environment, then function (looked up without allocating).
+    taps: ArcSwap<HashMap<String, HashMap<String, Arc<Tap>>>>,
     tx: mpsc::Sender<Captured>,
     rx: Mutex<Option<mpsc::Receiver<Captured>>>,
     dropped: AtomicU64,
@@ -92,7 +93,7 @@ pub struct Captures {
 impl std::fmt::Debug for Captures {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Captures")
-            .field("running", &self.taps.load().len())
+            .field("running", &self.rules().len())
             .field("dropped", &self.dropped())
             .finish()
     }
@@ -113,42 +114,47 @@ impl Default for Captures {
 impl Captures {
     /// Replaces the running captures.
     pub fn set(&self, rules: Vec<CaptureRule>) {
-        let taps = rules
-            .into_iter()
-            .map(|rule| {
-                let threshold = if rule.rate >= 1.0 {
-                    u64::MAX
-                } else {
-                    (rule.rate.max(0.0) * u64::MAX as f64) as u64
-                };
-                let mut drop: Vec<HeaderName> = ALWAYS_DROPPED
+        let mut taps: HashMap<String, HashMap<String, Arc<Tap>>> = HashMap::new();
+        for (key, tap) in rules.into_iter().map(|rule| {
+            let threshold = if rule.rate >= 1.0 {
+                u64::MAX
+            } else {
+                (rule.rate.max(0.0) * u64::MAX as f64) as u64
+            };
+            let mut drop: Vec<HeaderName> = ALWAYS_DROPPED
+                .iter()
+                .map(|h| HeaderName::from_static(h))
+                .collect();
+            drop.extend(
+                rule.drop_headers
                     .iter()
-                    .map(|h| HeaderName::from_static(h))
-                    .collect();
-                drop.extend(
-                    rule.drop_headers
-                        .iter()
-                        .filter_map(|h| HeaderName::try_from(h.as_str()).ok()),
-                );
-                let key = (rule.environment.clone(), rule.function.clone());
-                let remaining = AtomicI64::new(rule.remaining.min(i64::MAX as u64) as i64);
-                (
-                    key,
-                    Arc::new(Tap {
-                        rule,
-                        threshold,
-                        drop,
-                        remaining,
-                    }),
-                )
-            })
-            .collect();
+                    .filter_map(|h| HeaderName::try_from(h.as_str()).ok()),
+            );
+            let key = (rule.environment.clone(), rule.function.clone());
+            let remaining = AtomicI64::new(rule.remaining.min(i64::MAX as u64) as i64);
+            (
+                key,
+                Arc::new(Tap {
+                    rule,
+                    threshold,
+                    drop,
+                    remaining,
+                }),
+            )
+        }) {
+            taps.entry(key.0).or_default().insert(key.1, tap);
+        }
         self.taps.store(Arc::new(taps));
     }
 
     /// The captures running now.
     pub fn rules(&self) -> Vec<CaptureRule> {
-        self.taps.load().values().map(|t| t.rule.clone()).collect()
+        self.taps
+            .load()
+            .values()
+            .flat_map(|by_fn| by_fn.values())
+            .map(|t| t.rule.clone())
+            .collect()
     }
 
     /// Whether this request of `environment`/`function` is kept: the
@@ -158,7 +164,7 @@ impl Captures {
         if taps.is_empty() {
             return None;
         }
-        let tap = taps.get(&(environment.to_owned(), function.to_owned()))?;
+        let tap = taps.get(environment)?.get(function)?;
         if tap.threshold != u64::MAX && rand::random::<u64>() >= tap.threshold {
             return None;
         }
