@@ -231,6 +231,23 @@ enum Command {
     /// environment without a policy accepts any version.
     #[command(subcommand, after_long_help = TRUST_EXAMPLES)]
     Policy(commands::trust::PolicyCommand),
+    /// Replay a capture to a candidate and to the version serving where it
+    /// was captured, both in one environment, and compare their answers.
+    ///
+    /// `seal verify-release hello@7 --env staging --replay production`:
+    /// production's captured requests (`seal capture`) go to hello@7 and
+    /// to production's serving version, both run in staging with its
+    /// config. The baseline runs twice, so fields that differ between two
+    /// runs of the same code (timestamps, ids) are learned per route and
+    /// never counted; JSON bodies are compared leaf by leaf. The report
+    /// gives each route's mismatch rate with examples, errors and latency;
+    /// the verdict is signed by the server's key as an SLSA verification
+    /// summary attached to hello@7 — what `seal env create production
+    /// --require-verification` asks for. Exits 3 when it failed.
+    VerifyRelease(commands::promotion::VerifyReleaseArgs),
+    /// The server's own trust: the key it signs its attestations with.
+    #[command(subcommand)]
+    Trust(commands::promotion::TrustCommand),
     /// List a version's signed attestations, or remove one (admin).
     #[command(subcommand)]
     Attestations(commands::trust::AttestationsCommand),
@@ -488,6 +505,10 @@ fn main() -> std::process::ExitCode {
         Err(e) if e.is::<commands::desired::Drifted>() => {
             std::process::ExitCode::from(commands::desired::DRIFTED)
         }
+        // The report says why.
+        Err(e) if e.is::<commands::promotion::VerificationFailed>() => {
+            std::process::ExitCode::from(commands::desired::DRIFTED)
+        }
         Err(e) => {
             eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
             std::process::ExitCode::FAILURE
@@ -533,6 +554,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config(cmd) => commands::settings::config(cmd, &client()?, out).await,
         Command::Secrets(cmd) => commands::settings::secrets(cmd, &client()?, out).await,
         Command::Keygen(args) => commands::trust::keygen(args, out),
+        Command::VerifyRelease(args) => {
+            commands::promotion::verify_release(args, &client()?, out).await
+        }
+        Command::Trust(cmd) => commands::promotion::trust(cmd, &client()?, out).await,
         Command::Verify(args) => commands::trust::verify(args, &client()?, out).await,
         Command::Policy(cmd) => commands::trust::policy(cmd, &client()?, out).await,
         Command::Attestations(cmd) => commands::trust::attestations(cmd, &client()?, out).await,

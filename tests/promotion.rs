@@ -213,3 +213,281 @@ async fn a_version_reaches_production_only_with_its_evidence_from_staging_or_an_
     assert_eq!(applied["succeeded"], true, "{applied:#}");
     assert_eq!(serves_in(&s, "production").await, "3");
 }
+
+/// `shop` answers in `env` with this status.
+async fn shop(s: &Server, env: &str, path: &str) -> reqwest::StatusCode {
+    s.get_host(&format!("shop.{env}.localhost"), path)
+        .await
+        .status()
+}
+
+/// Runs `seal verify-release` and returns its JSON report and whether it
+/// exited 0.
+fn verify(s: &Server, candidate: &str, extra: &[&str]) -> (Value, bool) {
+    let mut args = vec![
+        "verify-release",
+        candidate,
+        "--env",
+        "staging",
+        "--replay",
+        "production",
+        "-o",
+        "json",
+    ];
+    args.extend_from_slice(extra);
+    let out = s.seal(&args);
+    let report = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("no report ({e}): {}{}", out.stdout, out.stderr));
+    (report, out.ok)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_finds_the_one_route_a_candidate_changed_and_its_signed_verdict_gates_production()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    // shop@2 changed /price; shop@3 and shop@4 did not (the same guest,
+    // each asking for less time).
+    for (v, timeout) in [(1, "30s"), (2, "20s"), (3, "10s"), (4, "5s")] {
+        let published = publish_file(&s, &guest("shop"), "shop", &["--timeout", timeout]);
+        assert_eq!(published.0, v);
+    }
+    s.seal_json(&["deploy", "shop", "1", "-e", "production"]);
+
+    // Nothing captured yet: refused, saying how to capture.
+    s.seal(&[
+        "verify-release",
+        "shop@2",
+        "--env",
+        "staging",
+        "--replay",
+        "production",
+    ])
+    .assert_fails_with("no captured requests of shop in production");
+
+    s.seal_json(&[
+        "capture",
+        "start",
+        "shop",
+        "--env",
+        "production",
+        "--rate",
+        "100%",
+    ]);
+    for i in 0..10 {
+        assert_eq!(
+            shop(&s, "production", &format!("/price?item={i}")).await,
+            200
+        );
+        assert_eq!(shop(&s, "production", "/hello").await, 200);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while s.seal_json(&["capture", "list"])["captures"][0]["captured"] != 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the capture never kept 20"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Ignoring the price, shop@2 passes (a later run, below, fails it).
+    let (report, ok) = verify(&s, "shop@2", &["--ignore", "/price"]);
+    assert!(ok && report["passed"] == true, "{report:#}");
+
+    // shop@2: /price differs on every request, /hello on none; the ids
+    // and times are learned as noise.
+    let (report, ok) = verify(&s, "shop@2", &[]);
+    assert!(!ok, "a failed verification exits non-zero: {report:#}");
+    assert_eq!(report["passed"], false, "{report:#}");
+    assert_eq!(report["baseline_version"], 1);
+    assert_eq!(report["requests"], 20);
+    assert_eq!(report["mismatches"], 10);
+    let route = |r: &Value, name: &str| {
+        r["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["route"] == name)
+            .unwrap_or_else(|| panic!("no {name}: {r:#}"))
+            .clone()
+    };
+    let price = route(&report, "GET /price");
+    assert_eq!(
+        (price["requests"].as_u64(), price["mismatches"].as_u64()),
+        (Some(10), Some(10))
+    );
+    assert_eq!(
+        price["differences"].as_array().unwrap().len(),
+        1,
+        "{price:#}"
+    );
+    assert_eq!(price["differences"][0]["field"], "body /price");
+    assert_eq!(price["differences"][0]["baseline"], "10");
+    assert_eq!(price["differences"][0]["candidate"], "12");
+    let hello = route(&report, "GET /hello");
+    assert_eq!(hello["mismatches"], 0, "{hello:#}");
+    let noisy: Vec<&str> = report["noisy"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    for n in [
+        "GET /price: body /id",
+        "GET /price: body /at",
+        "GET /hello: body /id",
+    ] {
+        assert!(noisy.contains(&n), "{n}: {noisy:?}");
+    }
+    let text = s.seal(&[
+        "verify-release",
+        "shop@2",
+        "--env",
+        "staging",
+        "--replay",
+        "production",
+    ]);
+    assert!(
+        text.stdout.contains("GET /price: 10 of 10 differ (100%)")
+            && text.stdout.contains("body /price differs in 10")
+            && text.stdout.contains("GET /hello: 0 of 10 differ (0%)"),
+        "{}",
+        text.stdout
+    );
+
+    // shop@3 passes as it is; the verdict is signed by the server's key.
+    let (report, ok) = verify(&s, "shop@3", &[]);
+    assert!(ok, "{report:#}");
+    assert_eq!(report["mismatches"], 0, "{report:#}");
+    let key = s.seal_json(&["trust", "server-key"]);
+    assert!(
+        key["pem"].as_str().unwrap().contains("BEGIN PUBLIC KEY"),
+        "{key:#}"
+    );
+    let attestations = s.seal_json(&["attestations", "list", "shop@3"]);
+    let signed = attestations["attestations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| Some(a["referrer"].as_str().unwrap()) == report["attestation"].as_str())
+        .unwrap_or_else(|| panic!("not attached: {attestations:#}"))
+        .clone();
+    assert_eq!(signed["keyid"], key["keyid"], "{signed:#}");
+    assert_eq!(
+        signed["envelope"]["payloadType"],
+        "application/vnd.in-toto+json"
+    );
+
+    // Production asks for a passed verification in staging.
+    s.seal_json(&[
+        "env",
+        "update",
+        "production",
+        "--after",
+        "staging",
+        "--require-verification",
+    ]);
+    for v in ["2", "3", "4"] {
+        s.seal_json(&["deploy", "shop", v, "-e", "staging"]);
+    }
+    s.seal(&["deploy", "shop", "2", "-e", "production"])
+        .assert_fails_with("shop@2's last verification in staging failed");
+    s.seal_json(&["deploy", "shop", "3", "-e", "production"]);
+    assert_eq!(shop(&s, "production", "/hello").await, 200);
+
+    // A forged summary (signed by another key) is no evidence, and an
+    // unsigned one is refused outright.
+    let other = seal_trust::SigningKey::generate();
+    let digest = s.seal_json(&["versions", "shop"])["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["version"] == 4)
+        .unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_owned();
+    let statement = serde_json::json!({
+        "_type": "https://in-toto.io/Statement/v1",
+        "subject": [{"name": "shop@4", "digest": {"sha256": digest}}],
+        "predicateType": "https://slsa.dev/verification_summary/v1",
+        "predicate": {
+            "verifier": {"id": "https://seal.dev/verify-release"},
+            "timeVerified": "2099-01-01T00:00:00.000Z",
+            "verificationResult": "PASSED",
+            "sealVerification": {"environment": "staging", "verdict": "passed"},
+        },
+    });
+    let forged = seal_trust::Envelope::sign(&statement, &other);
+    let r = s
+        .http
+        .post(format!(
+            "{}/v1/functions/shop/versions/4/attestations",
+            s.api
+        ))
+        .body(forged.to_json())
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    let mut unsigned: Value = serde_json::from_slice(&forged.to_json()).unwrap();
+    unsigned["signatures"] = serde_json::json!([]);
+    let r = s
+        .http
+        .post(format!(
+            "{}/v1/functions/shop/versions/4/attestations",
+            s.api
+        ))
+        .body(unsigned.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    s.seal(&["deploy", "shop", "4", "-e", "production"])
+        .assert_fails_with("shop@4 has no passed verification in staging");
+
+    // A later failed verification revokes a pass: against production's
+    // shop@2 (an admin's override), shop@3's prices differ.
+    s.seal_json(&[
+        "deploy",
+        "shop",
+        "2",
+        "-e",
+        "production",
+        "--allow-missing-evidence",
+        "--allow-new-permissions",
+    ]);
+    let (report, ok) = verify(&s, "shop@3", &[]);
+    assert!(!ok && report["baseline_version"] == 2, "{report:#}");
+    s.seal(&["deploy", "shop", "3", "-e", "production"])
+        .assert_fails_with("shop@3's last verification in staging failed");
+
+    // A candidate the staging policy refuses is not replayed at all.
+    let pubkey = dir.path().join("other.pub");
+    std::fs::write(&pubkey, other.public_key().to_pem()).unwrap();
+    s.seal_json(&[
+        "policy",
+        "set",
+        "staging",
+        "--require-signature",
+        "--trusted-key",
+        pubkey.to_str().unwrap(),
+    ]);
+    let refused = s.seal(&[
+        "verify-release",
+        "shop@3",
+        "--env",
+        "staging",
+        "--replay",
+        "production",
+    ]);
+    assert!(!refused.ok);
+    assert!(
+        refused
+            .stderr
+            .contains("shop@3 refused by staging's policy"),
+        "{}",
+        refused.stderr
+    );
+}

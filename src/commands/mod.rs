@@ -7,6 +7,7 @@ pub mod deploy;
 pub mod desired;
 pub mod events;
 pub mod observe;
+pub mod promotion;
 pub mod publish;
 pub mod query;
 pub mod rollout;

@@ -65,3 +65,102 @@ pub struct Evidence {
     /// What is missing, each in a sentence; empty: it may serve here.
     pub missing: Vec<String>,
 }
+
+/// `POST /v1/verify-release`: replay a capture to a candidate and to the
+/// version serving where it was captured, both in `environment` with its
+/// config, and compare.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyRelease {
+    pub function: String,
+    pub version: u64,
+    /// Where both run (e.g. staging).
+    pub environment: String,
+    /// Whose capture is replayed, and whose serving version is the
+    /// baseline (e.g. production).
+    pub replay: String,
+    /// Captured requests replayed at most (default 500, at most 10,000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u32>,
+    /// Both run with every outbound request refused and no event published.
+    #[serde(default, skip_serializing_if = "crate::is_false")]
+    pub deny_outbound: bool,
+    /// JSON pointers never compared (`/meta/generated_at`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ignore: Vec<String>,
+    /// The mismatch rate a pass allows, in percent (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_mismatch_percent: Option<f64>,
+}
+
+/// One way a candidate's answer differed from the baseline's, with an
+/// example.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Mismatch {
+    /// `status`, `header NAME`, `body` (not JSON) or `body POINTER`.
+    pub field: String,
+    /// Requests where it differed.
+    pub count: u64,
+    /// The first such request (its captured id) and both values.
+    pub request: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate: Option<String>,
+}
+
+/// A route's share of a verification (`METHOD /path`, query left out).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RouteVerdict {
+    pub route: String,
+    pub requests: u64,
+    /// Requests whose answer differed beyond the noise.
+    pub mismatches: u64,
+    pub mismatch_percent: f64,
+    pub differences: Vec<Mismatch>,
+}
+
+/// What a verification found, and its verdict.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VerifyReport {
+    pub function: String,
+    pub version: u64,
+    pub digest: String,
+    pub environment: String,
+    pub replay: String,
+    pub baseline_version: u64,
+    pub baseline_digest: String,
+    pub requests: u64,
+    pub mismatches: u64,
+    pub mismatch_percent: f64,
+    pub max_mismatch_percent: f64,
+    /// Fields that differed between two runs of the baseline itself
+    /// (timestamps, ids): never counted.
+    pub noisy: Vec<String>,
+    pub routes: Vec<RouteVerdict>,
+    /// Answers of 5xx (or failed invocations), of the baseline's first run
+    /// and of the candidate.
+    pub baseline_errors: u64,
+    pub candidate_errors: u64,
+    pub baseline_p50_ms: f64,
+    pub candidate_p50_ms: f64,
+    pub baseline_p95_ms: f64,
+    pub candidate_p95_ms: f64,
+    pub deny_outbound: bool,
+    pub passed: bool,
+    /// Why it passed or failed, in a sentence.
+    pub verdict: String,
+    /// The signed verification summary attached to the candidate (its
+    /// referrer digest), the evidence a pipeline reads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attestation: Option<String>,
+}
+
+/// `GET /v1/server-key`: the key the server signs its own attestations
+/// with (the same on every node of one master key).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerKey {
+    pub keyid: String,
+    /// SPKI PEM.
+    pub pem: String,
+}

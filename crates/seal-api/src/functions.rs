@@ -20,6 +20,8 @@
 //! | PUT | `/v1/environments/{env}/protection` | admin: `{"protected": true\|false\|null}` (null: the server's rule) |
 //! | PUT | `/v1/environments/{env}/pipeline` | admin: `{"after"?, "soak_ms"?, "require_verification"?}` or `{"standalone": true}` |
 //! | GET | `/v1/environments/{env}/evidence/{fn}/{n}` | what a version has and lacks to serve there |
+//! | POST | `/v1/verify-release` | deployer: replay a capture to a candidate and the baseline, compare, sign the verdict |
+//! | GET | `/v1/server-key` | the key the server signs its own attestations with |
 //! | GET | `/v1/server` | runtime counters (compiles, cache loads) |
 //! | GET | `/healthz` | liveness |
 //!
@@ -40,7 +42,7 @@ use seal_api_types::catalog::{
     EnvironmentCreated, EnvironmentView, Environments, FunctionList, FunctionStatus, Inspection,
     ServerInfo, SetProtection, VersionList,
 };
-use seal_api_types::promotion::{Evidence, SetPipeline};
+use seal_api_types::promotion::{Evidence, ServerKey, SetPipeline, VerifyRelease, VerifyReport};
 use seal_api_types::records::AuditVerification;
 use seal_api_types::rollout::RolloutStatus;
 use seal_api_types::rollout::Strategy;
@@ -119,6 +121,22 @@ pub fn routes() -> Routes {
             "/v1/environments/{environment}/evidence/{function}/{version}",
             viewer(Method::GET, evidence),
         )
+        .route("/v1/verify-release", deployer(Method::POST, verify_release))
+        .route("/v1/server-key", viewer(Method::GET, server_key))
+}
+
+async fn verify_release(
+    State(c): State<Arc<Control>>,
+    who: Caller,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<VerifyReport>> {
+    let req: VerifyRelease = parse_json(&body)?;
+    who.require_env(&req.environment)?;
+    Ok(Json(c.verify_release(&req, &who.actor()).await?))
+}
+
+async fn server_key(State(c): State<Arc<Control>>) -> Json<ServerKey> {
+    Json(c.server_key())
 }
 
 async fn set_pipeline(

@@ -365,6 +365,8 @@ mod tests {
             ),
             viewer
         );
+        assert_eq!(access(Method::POST, "/v1/verify-release"), deployer);
+        assert_eq!(access(Method::GET, "/v1/server-key"), viewer);
         // Captured requests are real requests: a deployer's to read.
         assert_eq!(access(Method::GET, "/v1/captures"), viewer);
         assert_eq!(access(Method::POST, "/v1/captures"), deployer);

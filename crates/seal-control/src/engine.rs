@@ -26,6 +26,9 @@ pub struct Control {
     pub(crate) catalog: Arc<Catalog>,
     /// Attestations, policies and the permission gate.
     pub(crate) trust: crate::trust::TrustService,
+    /// The server's own signing key (derived from the master key: the
+    /// same on every node), for the attestations it makes itself.
+    pub(crate) server_key: seal_trust::SigningKey,
     /// Serialises route changes so each deployment sees the route it replaces.
     pub(crate) deploy_lock: tokio::sync::Mutex<()>,
     /// Running progressive deployments and their live views.
@@ -79,6 +82,7 @@ impl Control {
             runtime.clone(),
         ));
         let previews = secrets.preview_tokens();
+        let server_key = secrets.server_key();
         let protection = Arc::new(crate::protection::Protection::new(&default_environment));
         let events = Arc::new(crate::events::EventsService::new(
             state.clone(),
@@ -90,6 +94,7 @@ impl Control {
             events,
             cluster: Default::default(),
             previews,
+            server_key,
             trust: crate::trust::TrustService::new(
                 state.clone(),
                 oci.clone(),

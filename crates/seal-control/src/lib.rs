@@ -39,6 +39,7 @@ pub mod telemetry;
 pub mod tokens;
 pub mod trust;
 pub mod usage;
+pub mod verify;
 
 pub use catalog::{Catalog, Published};
 pub use engine::Control;

@@ -192,9 +192,15 @@ impl Control {
             ));
         }
         if p.require_verification {
-            evidence.missing.push(format!(
-                "{name} has no passed verification in {there} (`seal verify-release {name} --env {there} --replay {env}`)"
-            ));
+            match self.last_verification(there, v).await? {
+                Some((true, _, _)) => {}
+                Some((false, at, verdict)) => evidence.missing.push(format!(
+                    "{name}'s last verification in {there} failed at {at} ({verdict}); a failed verification revokes an earlier pass"
+                )),
+                None => evidence.missing.push(format!(
+                    "{name} has no passed verification in {there} (`seal verify-release {name} --env {there} --replay {env}`)"
+                )),
+            }
         }
         Ok(evidence)
     }

@@ -37,6 +37,9 @@ pub struct SecretBox {
     /// The key preview tokens are derived with (never the master key
     /// itself: one key, one use).
     preview_key: [u8; 32],
+    /// The seed of the server's own signing key (its attestations: a
+    /// passed verification), the same on every node of one master key.
+    server_seed: [u8; 32],
 }
 
 impl std::fmt::Debug for SecretBox {
@@ -53,10 +56,17 @@ impl SecretBox {
         )?;
         let cipher = XChaCha20Poly1305::new_from_slice(&bytes).map_err(|e| e.to_string())?;
         let preview_key = crate::preview::derive_key(&bytes, "seal preview tokens v1");
+        let server_seed = crate::preview::derive_key(&bytes, "seal server signing key v1");
         Ok(Self {
             cipher,
             preview_key,
+            server_seed,
         })
+    }
+
+    /// The server's own Ed25519 signing key (`seal trust server-key`).
+    pub fn server_key(&self) -> seal_trust::SigningKey {
+        seal_trust::SigningKey::from_seed(&self.server_seed)
     }
 
     /// What the deployments' preview tokens are made with.

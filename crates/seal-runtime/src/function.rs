@@ -125,14 +125,18 @@ impl Function {
                 http,
                 table,
                 limiter: MemoryLimiter::new(self.limits.memory_bytes),
-                outbound: OutboundGate::new(self.limits.outbound_hosts.clone()).with_events(
-                    self.limits.queues.clone(),
-                    if self.limits.queues.is_empty() {
-                        None
-                    } else {
-                        observer.emitter()
-                    },
-                ),
+                outbound: if observer.deny_outbound() {
+                    OutboundGate::new(Arc::from([])).with_events(self.limits.queues.clone(), None)
+                } else {
+                    OutboundGate::new(self.limits.outbound_hosts.clone()).with_events(
+                        self.limits.queues.clone(),
+                        if self.limits.queues.is_empty() {
+                            None
+                        } else {
+                            observer.emitter()
+                        },
+                    )
+                },
             },
         );
         store.limiter(|h| &mut h.limiter);

@@ -44,6 +44,13 @@ pub trait InvocationObserver: Send + Sync {
     fn finished(&self, report: InvocationReport);
     /// Where the events this invocation publishes go; `None` (the
     /// default): it may publish none.
+    /// Whether this invocation runs with every outbound request refused
+    /// and no events published (a replay of requests whose side effects
+    /// must not repeat).
+    fn deny_outbound(&self) -> bool {
+        false
+    }
+
     fn emitter(&self) -> Option<std::sync::Arc<dyn Emitter>> {
         None
     }

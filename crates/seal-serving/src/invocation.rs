@@ -357,6 +357,10 @@ impl InvocationObserver for Invocation {
         );
     }
 
+    fn deny_outbound(&self) -> bool {
+        self.backend.outbound_denied
+    }
+
     fn emitter(&self) -> Option<Arc<dyn seal_runtime::Emitter>> {
         let sink = self.events.clone()?;
         let b = &self.backend;

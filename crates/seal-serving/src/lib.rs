@@ -74,6 +74,8 @@ pub struct Backend {
     /// `env` plus the settings this version's manifest lets it see, built
     /// once per settings revision.
     guest_env: Arc<ArcSwap<GuestEnv>>,
+    /// Every outbound request refused and no event published (a replay).
+    pub outbound_denied: bool,
 }
 
 /// The config values and (decrypted) secrets of a function in an
@@ -487,6 +489,55 @@ impl Serving {
         loaded: Arc<Function>,
     ) -> Backend {
         let stats = self.stats_for(environment, function, version, digest);
+        self.backend_with(
+            environment,
+            function,
+            version,
+            digest,
+            weight,
+            loaded,
+            stats,
+            false,
+        )
+    }
+
+    /// A backend for replaying requests to `version` in `environment` with
+    /// its config and secrets there, outside every route: counters of its
+    /// own (no gate, cost or soak counts a replay), and with `deny_outbound`
+    /// every outbound request refused and no event published.
+    pub fn replay_backend(
+        &self,
+        environment: &str,
+        function: &str,
+        version: u64,
+        digest: &str,
+        loaded: Arc<Function>,
+        deny_outbound: bool,
+    ) -> Backend {
+        self.backend_with(
+            environment,
+            function,
+            version,
+            digest,
+            0,
+            loaded,
+            Arc::default(),
+            deny_outbound,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn backend_with(
+        &self,
+        environment: &str,
+        function: &str,
+        version: u64,
+        digest: &str,
+        weight: u32,
+        loaded: Arc<Function>,
+        stats: Arc<VersionStats>,
+        outbound_denied: bool,
+    ) -> Backend {
         let settings = self.settings_slot(environment, function);
         let in_flight = self.in_flight_slot(environment, function);
         let env = [
@@ -520,6 +571,7 @@ impl Serving {
             version_header: HeaderValue::from(version),
             digest_header: HeaderValue::from_str(digest)
                 .unwrap_or_else(|_| HeaderValue::from_static("invalid")),
+            outbound_denied,
         }
     }
 

@@ -31,6 +31,12 @@ impl SigningKey {
         key
     }
 
+    /// The key whose secret is `seed` (a key derived elsewhere, e.g. the
+    /// server's own from its master key).
+    pub fn from_seed(seed: &[u8; 32]) -> Self {
+        Self::from_dalek(ed25519_dalek::SigningKey::from_bytes(seed))
+    }
+
     fn from_dalek(inner: ed25519_dalek::SigningKey) -> Self {
         let public = PublicKey::from_dalek(inner.verifying_key());
         Self { inner, public }
