@@ -377,6 +377,16 @@ async fn a_replay_finds_the_one_route_a_candidate_changed_and_its_signed_verdict
         signed["envelope"]["payloadType"],
         "application/vnd.in-toto+json"
     );
+    // `seal verify` checks it against the server's key and says what it is.
+    let verified = s.seal(&["verify", "shop@3", "-e", "staging"]);
+    assert!(
+        verified
+            .stdout
+            .contains("signature ok, subject ok, verification summary: PASSED in staging at"),
+        "{}{}",
+        verified.stdout,
+        verified.stderr
+    );
 
     // Production asks for a passed verification in staging.
     s.seal_json(&[

@@ -250,6 +250,14 @@ fn verify_lines(v: &Value, t: &VersionRef) -> Vec<String> {
             .into_iter()
             .flatten()
             .collect();
+        if let Some(summary) = r["verification"].as_str() {
+            lines.push(format!(
+                "attestation {}: {signature}, {subject}, verification summary: {}",
+                short_id(&s(&r["keyid"])),
+                clean(summary)
+            ));
+            continue;
+        }
         let provenance = if errors.is_empty() {
             "provenance ok".to_owned()
         } else {

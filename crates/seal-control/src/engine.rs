@@ -83,6 +83,7 @@ impl Control {
         ));
         let previews = secrets.preview_tokens();
         let server_key = secrets.server_key();
+        let server_public = server_key.public_key();
         let protection = Arc::new(crate::protection::Protection::new(&default_environment));
         let events = Arc::new(crate::events::EventsService::new(
             state.clone(),
@@ -100,7 +101,8 @@ impl Control {
                 oci.clone(),
                 catalog.clone(),
                 protection.clone(),
-            ),
+            )
+            .with_server_key(server_public),
             protection,
             settings: crate::settings::SettingsService::new(
                 state.clone(),

@@ -158,9 +158,18 @@ pub struct TrustService {
     catalog: Arc<Catalog>,
     /// Which environments' widenings need an admin.
     protection: Arc<Protection>,
+    /// The server's own public key: its verification summaries are
+    /// checked against it by `verify`.
+    server_public: Option<PublicKey>,
 }
 
 impl TrustService {
+    /// Checks the server's own summaries against `key` in `verify`.
+    pub fn with_server_key(mut self, key: PublicKey) -> Self {
+        self.server_public = Some(key);
+        self
+    }
+
     pub fn new(
         state: Arc<dyn StateStore>,
         oci: Arc<dyn ArtifactStore>,
@@ -172,6 +181,7 @@ impl TrustService {
             oci,
             catalog,
             protection,
+            server_public: None,
         }
     }
 
@@ -563,6 +573,11 @@ impl TrustService {
                 .iter()
                 .filter_map(|k| k.public_key().ok()),
         );
+        // The server's own summaries (a passed verification) are checked
+        // against its key.
+        if let Some(k) = &self.server_public {
+            all_keys.push(k.clone());
+        }
         let envelopes = self.envelope_list(&v.digest).await?;
         let reports = seal_trust::inspect(&subject, &envelopes, &all_keys);
         let verdict = match seal_trust::evaluate(&policy, &env, &subject, &envelopes) {

@@ -31,8 +31,8 @@ mod referrer;
 pub use dsse::{ENVELOPE_MEDIA_TYPE, Envelope, EnvelopeSignature, PAYLOAD_TYPE, pae};
 pub use keys::{PublicKey, SigningKey};
 pub use policy::{
-    EnvelopeReport, Policy, TrustedKey, Verdict, evaluate, inspect, parse_requirement,
-    requirement_path,
+    EnvelopeReport, Policy, TrustedKey, VSA_PREDICATE, Verdict, evaluate, inspect,
+    parse_requirement, requirement_path,
 };
 pub use provenance::{
     BUILD_TYPE, BUILD_TYPE_PREBUILT, BuildInfo, ResolvedDependency, SLSA_PROVENANCE_V1,

@@ -473,7 +473,14 @@ pub struct EnvelopeReport {
     pub commit: Option<String>,
     pub builder: Option<String>,
     pub build_type: Option<String>,
+    /// For an SLSA verification summary (VSA) rather than provenance: its
+    /// result, where and when (`PASSED in staging at …`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<String>,
 }
+
+/// The predicate type of an SLSA verification summary.
+pub const VSA_PREDICATE: &str = "https://slsa.dev/verification_summary/v1";
 
 /// Verification for `seal verify` without a policy: each envelope checked
 /// against `keys` (none given: `unverified`), for subject match and for the
@@ -512,6 +519,7 @@ pub fn inspect(
                 commit: None,
                 builder: None,
                 build_type: None,
+                verification: None,
             };
             let statement = match envelope.statement() {
                 Ok(st) => st,
@@ -524,6 +532,20 @@ pub fn inspect(
                 report.provenance_errors.push(e);
             }
             report.subject_matches = check_subject(&statement, subject).is_ok();
+            if statement["predicateType"] == VSA_PREDICATE {
+                // A verification summary is not provenance: said as what
+                // it is, with no provenance errors.
+                let p = &statement["predicate"];
+                let text = |v: &Value| v.as_str().map(shown).unwrap_or_else(|| "?".into());
+                report.verification = Some(format!(
+                    "{} in {} at {} by {}",
+                    text(&p["verificationResult"]),
+                    text(&p["sealVerification"]["environment"]),
+                    text(&p["timeVerified"]),
+                    text(&p["verifier"]["id"]),
+                ));
+                return report;
+            }
             report.provenance_errors.extend(slsa_problems(&statement));
             let predicate = statement.get("predicate").unwrap_or(&Value::Null);
             let field =
