@@ -135,6 +135,16 @@ async fn a_version_reaches_production_only_with_its_evidence_from_staging_or_an_
     assert_eq!(evidence["invocations"], 5, "{evidence:#}");
     s.seal_json(&["deploy", "hello", "1", "-e", "production"]);
     assert_eq!(serves_in(&s, "production").await, "1");
+    // The completed soak is recorded once, signed by the server.
+    let verified = s.seal(&["verify", "hello@1", "-e", "staging"]);
+    assert!(
+        verified
+            .stdout
+            .contains("signature ok, subject ok, verification summary: soak PASSED in staging"),
+        "{}{}",
+        verified.stdout,
+        verified.stderr
+    );
 
     // hello@2 served staging and was rolled back there: never promoted.
     s.seal_json(&["deploy", "hello", "2", "-e", "staging"]);
@@ -380,9 +390,9 @@ async fn a_replay_finds_the_one_route_a_candidate_changed_and_its_signed_verdict
     // `seal verify` checks it against the server's key and says what it is.
     let verified = s.seal(&["verify", "shop@3", "-e", "staging"]);
     assert!(
-        verified
-            .stdout
-            .contains("signature ok, subject ok, verification summary: PASSED in staging at"),
+        verified.stdout.contains(
+            "signature ok, subject ok, verification summary: verification PASSED in staging at"
+        ),
         "{}{}",
         verified.stdout,
         verified.stderr

@@ -252,6 +252,16 @@ impl Control {
     ) -> ControlResult<()> {
         let evidence = self.evidence(env, v).await?;
         if evidence.missing.is_empty() {
+            // A soak that let a version through is recorded once, signed,
+            // beside its verification summaries.
+            if let (Some(p), Some(served)) = (&evidence.pipeline, evidence.served_ms)
+                && let Some(soak) = p.soak_ms
+                && let Err(e) = self
+                    .attest_soak(v, &p.after, served, soak, evidence.invocations)
+                    .await
+            {
+                tracing::warn!(error = %e, function = %v.function, version = v.version, "cannot record the completed soak");
+            }
             return Ok(());
         }
         let overridden = approvals.missing_evidence;

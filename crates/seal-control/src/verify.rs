@@ -501,6 +501,53 @@ impl Control {
         Ok(attached.referrer)
     }
 
+    /// Records a completed soak of `v` in `env` as a summary signed by
+    /// the server (once per environment).
+    pub(crate) async fn attest_soak(
+        &self,
+        v: &VersionRecord,
+        env: &str,
+        served_ms: u64,
+        soak_ms: u64,
+        invocations: u64,
+    ) -> ControlResult<()> {
+        let key = self.server_key.public_key();
+        for (_, envelope) in self.trust.envelopes(&v.digest).await? {
+            if envelope.verify(std::slice::from_ref(&key)).is_ok()
+                && let Ok(st) = envelope.statement()
+                && st["predicate"]["sealSoak"]["environment"] == env
+            {
+                return Ok(());
+            }
+        }
+        let hex = v.digest.strip_prefix("sha256:").unwrap_or(&v.digest);
+        let statement = json!({
+            "_type": "https://in-toto.io/Statement/v1",
+            "subject": [{"name": format!("{}@{}", v.function, v.version), "digest": {"sha256": hex}}],
+            "predicateType": VSA,
+            "predicate": {
+                "verifier": {"id": "https://seal.dev/soak", "version": {"seal": env!("CARGO_PKG_VERSION")}},
+                "timeVerified": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+                "resourceUri": format!("seal:function/{}@{}", v.function, v.version),
+                "policy": {"uri": format!("seal:soak?environment={env}&soak_ms={soak_ms}")},
+                "verificationResult": "PASSED",
+                "verifiedLevels": [],
+                "slsaVersion": "1.0",
+                "sealSoak": {
+                    "environment": env,
+                    "served_ms": served_ms,
+                    "required_ms": soak_ms,
+                    "invocations": invocations,
+                },
+            },
+        });
+        let envelope = seal_trust::Envelope::sign(&statement, &self.server_key);
+        self.trust
+            .attach_attestation(&v.function, v.version, &envelope.to_json(), VERIFIER)
+            .await?;
+        Ok(())
+    }
+
     /// The server's own public key (`seal trust server-key`).
     pub fn server_key(&self) -> seal_api_types::promotion::ServerKey {
         let public = self.server_key.public_key();

@@ -537,10 +537,15 @@ pub fn inspect(
                 // it is, with no provenance errors.
                 let p = &statement["predicate"];
                 let text = |v: &Value| v.as_str().map(shown).unwrap_or_else(|| "?".into());
+                let (what, env) = if p["sealSoak"].is_object() {
+                    ("soak", &p["sealSoak"]["environment"])
+                } else {
+                    ("verification", &p["sealVerification"]["environment"])
+                };
                 report.verification = Some(format!(
-                    "{} in {} at {} by {}",
+                    "{what} {} in {} at {} by {}",
                     text(&p["verificationResult"]),
-                    text(&p["sealVerification"]["environment"]),
+                    text(env),
                     text(&p["timeVerified"]),
                     text(&p["verifier"]["id"]),
                 ));
