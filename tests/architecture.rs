@@ -175,7 +175,7 @@ fn event_triggers_sit_beside_the_gateway_on_the_serving_layer() {
 #[test]
 fn pure_crates_stay_pure() {
     let ws = workspace();
-    for pure in ["seal-artifact", "seal-trust"] {
+    for pure in ["seal-artifact", "seal-trust", "seal-flags"] {
         let d = deps(&ws, pure);
         for io in ["tokio", "sqlx", "axum", "hyper", "reqwest", "wasmtime"] {
             assert!(!d.contains(io), "{pure} depends on {io}");

@@ -17,8 +17,10 @@ pub const MAX_MAX: u64 = 1_000_000;
 pub const DEFAULT_BODY_LIMIT: u64 = 64 * 1024;
 /// The most body bytes a capture may keep per request.
 pub const MAX_BODY_LIMIT: u64 = 1024 * 1024;
-/// Records persisted per write at most.
+/// Records a write waits for at most before it starts.
 const BATCH: usize = 256;
+/// How long the writer lets records gather before a write.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(200);
 
 impl Control {
     /// Starts (or restarts) capturing a function's requests in an
@@ -191,6 +193,21 @@ impl Control {
             };
             if n == 0 {
                 return;
+            }
+            // A moment for more to arrive: one transaction per batch, not
+            // per request (at 5% of 15,000 req/s, one per record cost a
+            // fifth of the throughput).
+            if batch.len() < BATCH {
+                tokio::select! {
+                    _ = tokio::time::sleep(LINGER) => {}
+                    _ = stop.cancelled() => {}
+                }
+                while batch.len() < BATCH * 4 {
+                    match rx.try_recv() {
+                        Ok(c) => batch.push(c),
+                        Err(_) => break,
+                    }
+                }
             }
             self.write_captured(&mut batch).await;
         }

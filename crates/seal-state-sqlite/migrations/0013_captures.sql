@@ -12,6 +12,8 @@ CREATE TABLE captures (
     started_by   TEXT NOT NULL,
     stopped_at   BIGINT,
     stopped_by   TEXT,
+    -- Requests kept so far (counted with each insert, never re-counted).
+    captured     BIGINT NOT NULL DEFAULT 0,
     PRIMARY KEY (environment, function)
 );
 

@@ -75,8 +75,7 @@ fn request(r: RequestRow) -> Result<CapturedRequest> {
 }
 
 const CAPTURE_COLUMNS: &str = "c.environment, c.function, c.rate_percent, c.max_requests, c.body_limit, \
-     c.drop_headers, c.started_at, c.started_by, c.stopped_at, c.stopped_by, \
-     (SELECT COUNT(*) FROM captured_requests r WHERE r.environment = c.environment AND r.function = c.function)";
+     c.drop_headers, c.started_at, c.started_by, c.stopped_at, c.stopped_by, c.captured";
 
 impl SqliteStore {
     /// Starts (or restarts, keeping what it kept) a capture, audited.
@@ -181,24 +180,18 @@ impl SqliteStore {
         let mut kept = 0u64;
         let mut tx = self.pool.begin().await?;
         for ((environment, function), rows) in by_capture {
-            let capture: Option<(i64, Option<i64>)> = sqlx::query_as(
-                "SELECT max_requests, stopped_at FROM captures WHERE environment = $1 AND function = $2",
+            let capture: Option<(i64, Option<i64>, i64)> = sqlx::query_as(
+                "SELECT max_requests, stopped_at, captured FROM captures WHERE environment = $1 AND function = $2",
             )
             .bind(environment)
             .bind(function)
             .fetch_optional(&mut *tx)
             .await?;
-            let Some((max, None)) = capture else {
+            let Some((max, None, count)) = capture else {
                 continue;
             };
-            let (count,): (i64,) = sqlx::query_as(
-                "SELECT COUNT(*) FROM captured_requests WHERE environment = $1 AND function = $2",
-            )
-            .bind(environment)
-            .bind(function)
-            .fetch_one(&mut *tx)
-            .await?;
             let room = (max - count).max(0) as usize;
+            let mut added = 0i64;
             for r in rows.into_iter().take(room) {
                 sqlx::query(
                     "INSERT INTO captured_requests (environment, function, version, at, method, path, headers, body, body_truncated, status, response_digest, response_bytes, duration_ms) \
@@ -220,6 +213,17 @@ impl SqliteStore {
                 .execute(&mut *tx)
                 .await?;
                 kept += 1;
+                added += 1;
+            }
+            if added > 0 {
+                sqlx::query(
+                    "UPDATE captures SET captured = captured + $3 WHERE environment = $1 AND function = $2",
+                )
+                .bind(environment)
+                .bind(function)
+                .bind(added)
+                .execute(&mut *tx)
+                .await?;
             }
         }
         tx.commit().await?;
