@@ -269,6 +269,9 @@ enum Command {
     /// is judged on events too and a retry stays on one version.
     #[command(subcommand, after_long_help = EVENTS_EXAMPLES)]
     Trigger(commands::events::TriggerCommand),
+    /// Feature flags per environment, in flagd's JSON format: apply, list, get, history, delete.
+    #[command(subcommand)]
+    Flags(commands::flags::FlagsCommand),
     /// Keep a sample of a function's real requests (credentials removed), for replays.
     #[command(subcommand)]
     Capture(commands::capture::CaptureCommand),
@@ -564,6 +567,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Queue(cmd) => commands::events::queue(cmd, &client()?, out).await,
         Command::Trigger(cmd) => commands::events::trigger(cmd, &client()?, out).await,
         Command::Capture(cmd) => commands::capture::capture(cmd, &client()?, out).await,
+        Command::Flags(cmd) => commands::flags::flags(cmd, &client()?, out).await,
         Command::Events(cmd) => commands::events::events(cmd, &client()?, out).await,
         Command::Dlq(cmd) => commands::events::dlq(cmd, &client()?, out).await,
         Command::Cluster(cmd) => commands::cluster::cluster(cmd, &client()?, out).await,

@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod deploy;
 pub mod desired;
 pub mod events;
+pub mod flags;
 pub mod observe;
 pub mod promotion;
 pub mod publish;

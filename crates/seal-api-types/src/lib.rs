@@ -17,6 +17,7 @@ pub mod cluster;
 pub mod deployment;
 pub mod desired;
 pub mod events;
+pub mod flags;
 pub mod observe;
 pub mod promotion;
 pub mod records;

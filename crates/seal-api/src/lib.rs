@@ -35,6 +35,7 @@ pub mod capture;
 pub mod desired;
 pub mod error;
 pub mod events;
+pub mod flags;
 pub mod functions;
 pub mod observe;
 pub mod security;
@@ -58,6 +59,7 @@ pub fn routes() -> Routes {
         .merge(events::routes())
         .merge(desired::routes())
         .merge(capture::routes())
+        .merge(flags::routes())
 }
 
 /// The API as an axum service over a control plane.
@@ -366,6 +368,12 @@ mod tests {
             viewer
         );
         assert_eq!(access(Method::POST, "/v1/verify-release"), deployer);
+        assert_eq!(access(Method::POST, "/v1/flags/{environment}"), deployer);
+        assert_eq!(access(Method::GET, "/v1/flags/{environment}"), viewer);
+        assert_eq!(
+            access(Method::DELETE, "/v1/flags/{environment}/{key}"),
+            deployer
+        );
         assert_eq!(access(Method::GET, "/v1/server-key"), viewer);
         // Captured requests are real requests: a deployer's to read.
         assert_eq!(access(Method::GET, "/v1/captures"), viewer);

@@ -23,6 +23,7 @@ pub mod error;
 mod event_contracts;
 pub mod events;
 mod files;
+pub mod flags;
 pub mod holds;
 mod lookup;
 pub mod metrics;

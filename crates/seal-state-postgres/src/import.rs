@@ -40,6 +40,7 @@ const TABLES: &[&str] = &[
     "releases",
     "captures",
     "captured_requests",
+    "flag_revisions",
 ];
 
 /// Tables whose ids PostgreSQL allocates (identity columns).

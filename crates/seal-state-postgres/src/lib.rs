@@ -37,6 +37,7 @@ mod captures;
 mod changes;
 mod cluster;
 mod events;
+mod flags;
 mod import;
 pub use import::Imported;
 mod ports;

@@ -657,6 +657,12 @@ macro_rules! state_ports {
         fn pipeline(environment: &str) -> Option<(serde_json::Value, i64, String)>;
         fn pipelines() -> Vec<(String, serde_json::Value)>;
     }
+    FlagSets {
+        fn set_flags(environment: &str, flags: &serde_json::Value, action: &str, changed: &[String], actor: &str) -> i64;
+        fn flags(environment: &str) -> Option<FlagRevision>;
+        fn flag_history(environment: &str, key: Option<&str>, limit: u32) -> Vec<FlagRevision>;
+        fn all_flags() -> Vec<FlagRevision>;
+    }
     Captures {
         fn start_capture(c: &Capture) -> ();
         fn stop_capture(environment: &str, function: &str, actor: &str) -> bool;

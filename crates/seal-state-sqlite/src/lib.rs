@@ -27,6 +27,7 @@ use seal_state_sql::{
 
 mod captures;
 mod events;
+mod flags;
 mod ports;
 mod security;
 

@@ -777,6 +777,54 @@ pub async fn captures_keep_requests_up_to_their_maximum(s: &dyn StateStore) {
     }
 }
 
+/// Each flag change is a revision of the whole set, per environment, with
+/// the keys it changed; history filters by key.
+pub async fn flag_sets_are_revisions_per_environment(s: &dyn StateStore) {
+    assert_eq!(s.flags("production").await.unwrap(), None);
+    let one = json!({"flags": {"a": {"state": "ENABLED"}}});
+    let two = json!({"flags": {"a": {"state": "ENABLED"}, "b": {"state": "DISABLED"}}});
+    assert_eq!(
+        s.set_flags("production", &one, "apply", &["a".into()], "ann")
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        s.set_flags("production", &two, "apply", &["b".into()], "bob")
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        s.set_flags("staging", &one, "apply", &["a".into()], "ann")
+            .await
+            .unwrap(),
+        1
+    );
+    let now = s.flags("production").await.unwrap().unwrap();
+    assert_eq!(
+        (now.revision, &now.flags, now.actor.as_str()),
+        (2, &two, "bob")
+    );
+    let history = s.flag_history("production", None, 10).await.unwrap();
+    assert_eq!(
+        history.iter().map(|r| r.revision).collect::<Vec<_>>(),
+        [2, 1]
+    );
+    let of_a = s.flag_history("production", Some("a"), 10).await.unwrap();
+    assert_eq!(of_a.len(), 1);
+    assert_eq!(of_a[0].changed, ["a"]);
+    let all = s.all_flags().await.unwrap();
+    assert_eq!(
+        all.iter()
+            .map(|r| (r.environment.as_str(), r.revision))
+            .collect::<Vec<_>>(),
+        [("production", 2), ("staging", 1)]
+    );
+    let log = s.audit_log(10).await.unwrap();
+    assert_eq!(log.iter().filter(|a| a.action == "flags.apply").count(), 3);
+}
+
 /// An attestation is recorded once per referrer.
 pub async fn attestations_are_recorded_once(s: &dyn StateStore) {
     let a = AttestationRecord {
@@ -1550,6 +1598,7 @@ macro_rules! contract_tests {
             policies_are_per_environment,
             pipelines_are_per_environment,
             captures_keep_requests_up_to_their_maximum,
+            flag_sets_are_revisions_per_environment,
             attestations_are_recorded_once,
             events_are_delivered_once_per_subscription,
             dead_letters_are_redriven_and_purged,

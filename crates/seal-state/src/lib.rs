@@ -25,6 +25,7 @@ pub use seal_api_types::events::{
     AttemptRecord, CronRun, DeadLetter, DeadReason, DeliveryRecord, DeliveryState, Enqueued,
     EventRecord, Outcome, QueueRecord, QueueSubscription, TriggerRecord, TriggerSpec,
 };
+pub use seal_api_types::flags::FlagRevision;
 pub use seal_api_types::records::{
     AuditRecord, AuditVerification, BrokenLink, Budget, DeploymentEvent, DeploymentRecord,
     RouteRecord, SettingRevision, TokenRecord, VersionRecord, WeightedVersion,
@@ -463,6 +464,32 @@ pub trait Policies: Send + Sync {
     -> Result<Option<(serde_json::Value, i64, String)>>;
     /// Every environment's pipeline.
     async fn pipelines(&self) -> Result<Vec<(String, serde_json::Value)>>;
+}
+
+/// Feature flag sets per environment, each change a revision.
+#[async_trait]
+pub trait FlagSets: Send + Sync {
+    /// Stores an environment's whole flag set (flagd JSON) as its next
+    /// revision; audited as `flags.<action>` with the keys changed.
+    async fn set_flags(
+        &self,
+        environment: &str,
+        flags: &serde_json::Value,
+        action: &str,
+        changed: &[String],
+        actor: &str,
+    ) -> Result<i64>;
+    /// The environment's current set, if it ever had one.
+    async fn flags(&self, environment: &str) -> Result<Option<FlagRevision>>;
+    /// Revisions newest first; with `key`, those that changed it.
+    async fn flag_history(
+        &self,
+        environment: &str,
+        key: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<FlagRevision>>;
+    /// Every environment's current set.
+    async fn all_flags(&self) -> Result<Vec<FlagRevision>>;
 }
 
 /// Traffic captures and the requests they kept.
@@ -959,6 +986,7 @@ pub trait StateStore:
     + Policies
     + Attestations
     + Captures
+    + FlagSets
     + Events
     + Changes
     + Cluster
@@ -975,6 +1003,7 @@ impl<T> StateStore for T where
         + Policies
         + Attestations
         + Captures
+        + FlagSets
         + Events
         + Changes
         + Cluster

@@ -1,0 +1,167 @@
+//! End-to-end feature flags management: `seal flags apply|list|get|
+//! history|delete` against the real server — flagd files checked by name,
+//! each change an audited revision.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use serde_json::json;
+use support::Server;
+
+const FLAGS: &str = r##"{
+  "flags": {
+    "new-checkout": {
+      "state": "ENABLED",
+      "variants": {"on": true, "off": false},
+      "defaultVariant": "off",
+      "targeting": {"fractional": [["on", 10], ["off", 90]]}
+    },
+    "banner": {
+      "state": "DISABLED",
+      "variants": {"red": "#f00", "blue": "#00f"},
+      "defaultVariant": "red"
+    }
+  }
+}"##;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flags_are_applied_as_checked_audited_revisions_per_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    let file = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_owned()
+    };
+
+    let applied = s.seal_json(&[
+        "flags",
+        "apply",
+        &file("flags.json", FLAGS),
+        "--env",
+        "staging",
+    ]);
+    assert_eq!(applied["revision"], 1, "{applied:#}");
+    assert_eq!(applied["changed"], json!(["banner", "new-checkout"]));
+    let list = s.seal_json(&["flags", "list", "--env", "staging"]);
+    assert_eq!(list["flags"][1]["key"], "new-checkout", "{list:#}");
+    assert_eq!(list["flags"][1]["targeting"], true);
+    assert_eq!(list["flags"][0]["state"], "DISABLED");
+    // Per environment: production has none.
+    assert_eq!(
+        s.seal_json(&["flags", "list", "--env", "production"])["flags"],
+        json!([])
+    );
+
+    // Bad files are refused naming the flag and field; nothing changes.
+    s.seal(&[
+        "flags",
+        "apply",
+        &file("bad.json", "{\"flags\": "),
+        "--env",
+        "staging",
+    ])
+    .assert_fails_with("not JSON");
+    s.seal(&[
+        "flags",
+        "apply",
+        &file(
+            "default.json",
+            r#"{"flags": {"banner": {"state": "ENABLED", "variants": {"red": "r"}, "defaultVariant": "green"}}}"#,
+        ),
+        "--env",
+        "staging",
+    ])
+    .assert_fails_with("flags.banner.defaultVariant: \"green\" is not one of its variants (red)");
+    s.seal(&[
+        "flags",
+        "apply",
+        &file("types.json", r#"{"flags": {"x": {"state": "ENABLED", "variants": {"a": 1, "b": "two"}, "defaultVariant": "a"}}}"#),
+        "--env",
+        "staging",
+    ])
+    .assert_fails_with("flags.x.variants.b");
+    s.seal(&[
+        "flags",
+        "apply",
+        &file("flags.json", FLAGS),
+        "--env",
+        "nowhere",
+    ])
+    .assert_fails_with("nowhere");
+    assert_eq!(
+        s.seal_json(&["flags", "list", "--env", "staging"])["revision"],
+        1
+    );
+
+    // A second file replaces by key and keeps the rest.
+    s.seal_json(&[
+        "flags",
+        "apply",
+        &file(
+            "banner.json",
+            r##"{"flags": {"banner": {"state": "ENABLED", "variants": {"red": "#f00", "blue": "#00f"}, "defaultVariant": "blue"}}}"##,
+        ),
+        "--env",
+        "staging",
+    ]);
+    let banner = s.seal_json(&["flags", "get", "banner", "--env", "staging"]);
+    assert_eq!(banner["revision"], 2);
+    assert_eq!(banner["definition"]["defaultVariant"], "blue", "{banner:#}");
+    let deleted = s.seal_json(&["flags", "delete", "new-checkout", "--env", "staging"]);
+    assert_eq!(deleted["revision"], 3);
+    s.seal(&["flags", "get", "new-checkout", "--env", "staging"])
+        .assert_fails_with("no flag \"new-checkout\" in staging");
+    s.seal(&["flags", "delete", "new-checkout", "--env", "staging"])
+        .assert_fails_with("no flag");
+
+    let history = s.seal_json(&["flags", "history", "--env", "staging"]);
+    let revisions: Vec<_> = history["revisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["revision"].as_i64().unwrap(),
+                r["action"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        revisions,
+        [
+            (3, "delete".to_owned()),
+            (2, "apply".to_owned()),
+            (1, "apply".to_owned())
+        ]
+    );
+    let of_banner = s.seal_json(&["flags", "history", "banner", "--env", "staging"]);
+    assert_eq!(of_banner["revisions"].as_array().unwrap().len(), 2);
+    let text = s.seal(&["flags", "history", "--env", "staging"]).stdout;
+    assert!(
+        text.contains("delete") && text.contains("new-checkout"),
+        "{text}"
+    );
+
+    // A viewer reads, never writes; every change is audited.
+    let tok = s.seal_json(&["token", "create", "--role", "viewer"]);
+    let viewer = [("SEAL_TOKEN", tok["token"].as_str().unwrap())];
+    assert!(
+        s.seal_env(&["flags", "list", "--env", "staging"], &viewer)
+            .ok
+    );
+    assert!(
+        !s.seal_env(&["flags", "delete", "banner", "--env", "staging"], &viewer)
+            .ok
+    );
+    let log = s.api_get("/v1/audit?limit=50").await;
+    let actions: Vec<&str> = log["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert_eq!(actions.iter().filter(|a| **a == "flags.apply").count(), 2);
+    assert_eq!(actions.iter().filter(|a| **a == "flags.delete").count(), 1);
+}
