@@ -165,3 +165,116 @@ async fn flags_are_applied_as_checked_audited_revisions_per_environment() {
     assert_eq!(actions.iter().filter(|a| **a == "flags.apply").count(), 2);
     assert_eq!(actions.iter().filter(|a| **a == "flags.delete").count(), 1);
 }
+
+/// What the `flagged` guest got from its OFREP evaluation: status and body.
+async fn evaluate(s: &Server, query: &str) -> (u16, serde_json::Value) {
+    let r = s.get_host("flagged.staging.localhost", query).await;
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    let (status, body) = text.split_once(' ').unwrap_or_else(|| panic!("{text}"));
+    (
+        status.parse().unwrap_or_else(|_| panic!("{text}")),
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text}")),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_evaluates_its_declared_flags_over_ofrep_and_a_change_applies_at_its_next_request()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    // A bad flag key in the manifest is refused at publish.
+    let bad = s.seal(&[
+        "publish",
+        support::guest("flagged").to_str().unwrap(),
+        "--name",
+        "flagged",
+        "--flag",
+        "bad key",
+    ]);
+    assert!(
+        !bad.ok && bad.stderr.contains("capabilities.flags"),
+        "{}",
+        bad.stderr
+    );
+    support::publish_file(
+        &s,
+        &support::guest("flagged"),
+        "flagged",
+        &["--flag", "new-checkout", "--flag", "color"],
+    );
+    let inspect = s.seal_json(&["inspect", "flagged@1"]).to_string();
+    assert!(
+        inspect.contains(r#""flags":["new-checkout","color"]"#),
+        "{inspect}"
+    );
+    s.seal_json(&["deploy", "flagged", "1", "-e", "staging"]);
+
+    // Declared, but the environment has no such flag yet: OFREP's 404.
+    let (status, body) = evaluate(&s, "/flag?key=new-checkout&user=ann").await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["errorCode"], "FLAG_NOT_FOUND");
+
+    let file = dir.path().join("flags.json");
+    std::fs::write(&file, FLAGS).unwrap();
+    s.seal_json(&["flags", "apply", file.to_str().unwrap(), "--env", "staging"]);
+    let (status, body) = evaluate(&s, "/flag?key=new-checkout&user=ann").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["key"], "new-checkout");
+    assert_eq!(body["reason"], "TARGETING_MATCH");
+    let first = body["variant"].clone();
+    // Sticky: the same user gets the same variant every time.
+    for _ in 0..5 {
+        assert_eq!(
+            evaluate(&s, "/flag?key=new-checkout&user=ann").await.1["variant"],
+            first
+        );
+    }
+
+    // A change takes effect at the next request, with no deploy.
+    std::fs::write(
+        &file,
+        r#"{"flags": {"new-checkout": {"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "on"}}}"#,
+    )
+    .unwrap();
+    s.seal_json(&["flags", "apply", file.to_str().unwrap(), "--env", "staging"]);
+    let (status, body) = evaluate(&s, "/flag?key=new-checkout&user=ann").await;
+    assert_eq!(
+        (status, &body["value"], &body["reason"]),
+        (200, &json!(true), &json!("STATIC")),
+        "{body}"
+    );
+
+    // A flag the manifest does not declare is refused in OFREP's format,
+    // even though the environment has it.
+    let (status, body) = evaluate(&s, "/flag?key=banner&user=ann").await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["key"], "banner");
+    assert_eq!(body["errorCode"], "GENERAL");
+    assert!(
+        body["errorDetails"]
+            .as_str()
+            .unwrap()
+            .contains("does not declare"),
+        "{body}"
+    );
+
+    // Bulk evaluation answers the declared flags the environment has.
+    let (status, body) = evaluate(&s, "/all?user=ann").await;
+    assert_eq!(status, 200, "{body}");
+    let keys: Vec<&str> = body["flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["new-checkout"], "{body}");
+
+    // The invocation's log record lists the flags it evaluated.
+    let logs = s.api_text("/v1/functions/flagged/logs?limit=50").await;
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("\"flags\":[{\"key\":\"new-checkout\",\"variant\":\"on\"}]")),
+        "{logs}"
+    );
+}

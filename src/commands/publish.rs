@@ -43,6 +43,11 @@ pub struct PublishArgs {
     /// adds to [capabilities] config_keys; * for every key).
     #[arg(long = "config-key", value_name = "KEY")]
     config_keys: Vec<String>,
+    /// Let the function evaluate this feature flag through OFREP at
+    /// http://flags.seal.internal (repeat for more; adds to
+    /// [capabilities] flags).
+    #[arg(long = "flag", value_name = "KEY")]
+    flags: Vec<String>,
     /// Sign the published version with this private key (from `seal
     /// keygen`): an SLSA provenance statement about the artifact's digest
     /// (source, commit, build command, Cargo.lock dependencies, builder) in
@@ -112,6 +117,11 @@ pub async fn run(args: PublishArgs, client: &Client, out: OutputFormat) -> anyho
     for k in args.config_keys {
         if !manifest.capabilities.config_keys.contains(&k) {
             manifest.capabilities.config_keys.push(k);
+        }
+    }
+    for f in args.flags {
+        if !manifest.capabilities.flags.contains(&f) {
+            manifest.capabilities.flags.push(f);
         }
     }
     // The same source and commit go into the manifest and the attestation.

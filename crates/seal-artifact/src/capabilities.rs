@@ -159,6 +159,23 @@ pub fn validate_config_key(key: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A feature flag key a manifest may declare: 1 to 128 letters, digits,
+/// `-`, `_` or `.` (the keys `seal flags` accepts).
+pub fn validate_flag_key(key: &str) -> Result<(), String> {
+    let ok = !key.is_empty()
+        && key.len() <= 128
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "flag {key:?}: use 1 to 128 letters, digits, '-', '_' or '.'"
+        ))
+    }
+}
+
 /// Whether a manifest's declared `config_keys` let the guest see `key`.
 pub fn config_key_allowed(declared: &[String], key: &str) -> bool {
     declared.iter().any(|d| d == "*" || d == key)
@@ -176,6 +193,11 @@ pub struct PermissionDiff {
     pub added_queues: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub removed_queues: Vec<String>,
+    /// Feature flags the function may read.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub added_flags: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub removed_flags: Vec<String>,
     /// `[from, to]` when it changes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_mb: Option<[u64; 2]>,
@@ -203,6 +225,8 @@ impl PermissionDiff {
             removed_config_keys: minus(&fc.config_keys, &tc.config_keys),
             added_queues: minus(&tc.queues, &fc.queues),
             removed_queues: minus(&fc.queues, &tc.queues),
+            added_flags: minus(&tc.flags, &fc.flags),
+            removed_flags: minus(&fc.flags, &tc.flags),
             memory_mb: changed(from.limits.memory_mb, to.limits.memory_mb),
             timeout_ms: changed(from.limits.timeout_ms, to.limits.timeout_ms),
             widens: false,
@@ -210,6 +234,7 @@ impl PermissionDiff {
         d.widens = !d.added_hosts.is_empty()
             || !d.added_config_keys.is_empty()
             || !d.added_queues.is_empty()
+            || !d.added_flags.is_empty()
             || d.memory_mb.is_some_and(|[a, b]| b > a)
             || d.timeout_ms.is_some_and(|[a, b]| b > a);
         d
@@ -255,6 +280,12 @@ impl PermissionDiff {
             self.removed_queues
                 .iter()
                 .map(|q| format!("- publish to queue {q}")),
+        );
+        out.extend(self.added_flags.iter().map(|f| format!("+ read flag {f}")));
+        out.extend(
+            self.removed_flags
+                .iter()
+                .map(|f| format!("- read flag {f}")),
         );
         if let Some([a, b]) = self.memory_mb {
             out.push(format!(
@@ -403,6 +434,37 @@ mod tests {
         assert!(config_key_allowed(&["A".into()], "A"));
         assert!(!config_key_allowed(&["A".into()], "B"));
         assert!(config_key_allowed(&["*".into()], "B"));
+    }
+
+    #[test]
+    fn a_flag_read_is_a_permission() {
+        assert!(validate_flag_key("new-checkout.v2_x").is_ok());
+        for bad in ["", "a b", "a/b", &"x".repeat(129)] {
+            assert!(validate_flag_key(bad).is_err(), "{bad:?}");
+        }
+        let a = crate::SealManifest::new("f");
+        let mut b = a.clone();
+        b.capabilities.flags = vec!["new-checkout".into()];
+        let d = PermissionDiff::between(&a, &b);
+        assert!(d.widens);
+        assert_eq!(d.lines(), ["+ read flag new-checkout"]);
+        let back = PermissionDiff::between(&b, &a);
+        assert!(!back.widens);
+        assert_eq!(back.lines(), ["- read flag new-checkout"]);
+        // A manifest without flags keeps its canonical bytes (and digest).
+        assert!(
+            !String::from_utf8(a.to_canonical_json())
+                .unwrap()
+                .contains("flags")
+        );
+        let mut bad = a.clone();
+        bad.capabilities.flags = vec!["no spaces".into()];
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("capabilities.flags")
+        );
     }
 
     #[test]

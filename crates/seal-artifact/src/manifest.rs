@@ -88,6 +88,11 @@ pub struct Capabilities {
     /// bytes when empty, so older digests hold.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub queues: Vec<String>,
+    /// Feature flags the function may evaluate (OFREP requests to
+    /// `http://flags.seal.internal`). Left out of the canonical bytes when
+    /// empty, so older digests hold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flags: Vec<String>,
 }
 
 /// Where the artifact came from. Filled in by `seal publish`; never a
@@ -168,6 +173,10 @@ impl SealManifest {
                     }
                 ))
             })?;
+        }
+        for flag in &self.capabilities.flags {
+            crate::capabilities::validate_flag_key(flag)
+                .map_err(|e| ArtifactError::InvalidManifest(format!("capabilities.flags: {e}")))?;
         }
         self.events
             .validate()

@@ -372,6 +372,7 @@ fn limits_of(m: &SealManifest) -> FunctionLimits {
         config_keys: m.capabilities.config_keys.iter().cloned().collect(),
         max_concurrency: m.limits.max_concurrency,
         queues: m.capabilities.queues.iter().cloned().collect(),
+        flags: m.capabilities.flags.iter().cloned().collect(),
     }
 }
 

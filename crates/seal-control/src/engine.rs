@@ -393,6 +393,7 @@ impl Control {
         self.settings().apply_all_settings().await?;
         self.events().triggers_changed();
         self.load_captures().await?;
+        self.load_flags().await?;
         if self.is_controller() && self.state.shared() {
             self.resume_rollouts().await?;
             self.answer_commands().await?;

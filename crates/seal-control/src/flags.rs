@@ -7,11 +7,32 @@ use crate::error::{ControlError, ControlResult};
 use seal_api_types::flags::{FlagHistory, FlagList, FlagSummary, FlagsChanged};
 use seal_flags::FlagSet;
 use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::Arc;
 
 /// A flag file's size at most.
 pub const MAX_FLAG_FILE: usize = 1024 * 1024;
 
 impl Control {
+    /// Sets what this node's guests evaluate from every environment's
+    /// flags in the store (at start, after a change here, and when another
+    /// node's is followed).
+    pub async fn load_flags(&self) -> ControlResult<()> {
+        let mut sets = HashMap::new();
+        for r in self.state.all_flags().await? {
+            match FlagSet::from_value(r.flags) {
+                Ok(set) => {
+                    sets.insert(r.environment, Arc::new(set));
+                }
+                Err(e) => {
+                    tracing::error!(environment = %r.environment, revision = r.revision, error = %e, "a stored flag set no longer reads; its environment's guests see no flags")
+                }
+            }
+        }
+        self.serving.set_flag_sets(sets);
+        Ok(())
+    }
+
     /// The environment's current set, checked (an empty one if none).
     async fn flag_set(&self, env: &str) -> ControlResult<(FlagSet, i64)> {
         match self.state.flags(env).await? {
@@ -52,6 +73,7 @@ impl Control {
             .state
             .set_flags(env, merged.source(), "apply", &changed, actor)
             .await?;
+        self.load_flags().await?;
         tracing::info!(environment = env, revision, changed = ?changed, "flags applied");
         Ok(FlagsChanged {
             environment: env.to_owned(),
@@ -77,6 +99,7 @@ impl Control {
             .state
             .set_flags(env, less.source(), "delete", &changed, actor)
             .await?;
+        self.load_flags().await?;
         Ok(FlagsChanged {
             environment: env.to_owned(),
             revision,

@@ -136,7 +136,15 @@ impl Function {
                             observer.emitter()
                         },
                     )
-                },
+                }
+                .with_flags(
+                    self.limits.flags.clone(),
+                    if self.limits.flags.is_empty() {
+                        None
+                    } else {
+                        observer.flags()
+                    },
+                ),
             },
         );
         store.limiter(|h| &mut h.limiter);

@@ -47,7 +47,9 @@ pub use error::{InvokeError, Result, RuntimeError};
 pub use function::{Function, LoadTimings, full_body};
 pub use lane::{CpuLane, LIGHT_GROWTH, LIGHT_TICKS};
 pub use limits::FunctionLimits;
-pub use observer::{EVENTS_AUTHORITY, Emitter, InvocationObserver, InvocationReport};
+pub use observer::{
+    EVENTS_AUTHORITY, Emitter, FLAGS_AUTHORITY, FlagEvaluator, InvocationObserver, InvocationReport,
+};
 pub use stdio::GuestStream;
 
 pub use seal_artifact::capabilities::{HostPattern, config_key_allowed};

@@ -26,6 +26,8 @@ pub struct FunctionLimits {
     pub config_keys: Arc<[String]>,
     /// Queues the guest may publish events to; empty = none.
     pub queues: Arc<[String]>,
+    /// Feature flags the guest may evaluate; empty = none.
+    pub flags: Arc<[String]>,
     /// Requests of the function at once in an environment (the manifest's
     /// `max_concurrency`); `None`: the server's default.
     pub max_concurrency: Option<u32>,

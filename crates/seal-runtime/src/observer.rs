@@ -51,6 +51,12 @@ pub trait InvocationObserver: Send + Sync {
         false
     }
 
+    /// The environment's feature flags, for a guest whose manifest
+    /// declares any (none: every evaluation is `FLAG_NOT_FOUND`).
+    fn flags(&self) -> Option<std::sync::Arc<dyn FlagEvaluator>> {
+        None
+    }
+
     fn emitter(&self) -> Option<std::sync::Arc<dyn Emitter>> {
         None
     }
@@ -74,3 +80,20 @@ pub trait Emitter: Send + Sync {
 
 /// The reserved authority of event publishing.
 pub const EVENTS_AUTHORITY: &str = "events.seal.internal";
+
+/// The reserved authority of feature flag evaluation (OpenFeature's
+/// remote evaluation protocol, OFREP, answered in process).
+pub const FLAGS_AUTHORITY: &str = "flags.seal.internal";
+
+/// Evaluates the feature flags of the invocation's environment for the
+/// runtime's OFREP answers.
+pub trait FlagEvaluator: Send + Sync {
+    /// One flag for an evaluation context (`{"targetingKey": …, …}`):
+    /// OFREP's status and JSON body (`{key, value, variant, reason}` or
+    /// `{key, errorCode, errorDetails}`).
+    fn evaluate(
+        &self,
+        key: &str,
+        context: &serde_json::Value,
+    ) -> (http::StatusCode, serde_json::Value);
+}

@@ -17,7 +17,7 @@
 //! header keeps the name), so a second lookup cannot rebind it; HTTPS
 //! connects by name, and a rebound name fails its certificate check.
 
-use crate::observer::{EVENTS_AUTHORITY, Emitter};
+use crate::observer::{EVENTS_AUTHORITY, Emitter, FLAGS_AUTHORITY, FlagEvaluator};
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use seal_artifact::capabilities::HostPattern;
@@ -33,6 +33,9 @@ pub(crate) struct OutboundGate {
     /// Queues the guest may publish to, and where its events go.
     queues: Arc<[String]>,
     emitter: Option<Arc<dyn Emitter>>,
+    /// Flags the guest may evaluate, and what evaluates them.
+    flags: Arc<[String]>,
+    evaluator: Option<Arc<dyn FlagEvaluator>>,
 }
 
 type Sent = Result<
@@ -49,7 +52,128 @@ impl OutboundGate {
             allowed,
             queues: Arc::new([]),
             emitter: None,
+            flags: Arc::new([]),
+            evaluator: None,
         }
+    }
+
+    /// Requests to [`FLAGS_AUTHORITY`] for one of `flags` go to `evaluator`.
+    pub(crate) fn with_flags(
+        mut self,
+        flags: Arc<[String]>,
+        evaluator: Option<Arc<dyn FlagEvaluator>>,
+    ) -> Self {
+        self.flags = flags;
+        self.evaluator = evaluator;
+        self
+    }
+
+    /// An OFREP request, answered here: `POST /ofrep/v1/evaluate/flags/KEY`
+    /// (one flag) or `POST /ofrep/v1/evaluate/flags` (every flag the
+    /// manifest declares), body `{"context": {…}}`. A flag the manifest
+    /// does not declare is answered 403 in OFREP's error format.
+    fn evaluate_flags(
+        &self,
+        request: http::Request<WasiBody>,
+    ) -> Box<dyn Future<Output = Sent> + Send> {
+        let declared = self.flags.clone();
+        let evaluator = self.evaluator.clone();
+        Box::new(async move {
+            let path = request.uri().path().to_owned();
+            let post = request.method() == http::Method::POST;
+            let body = http_body_util::Limited::new(request.into_body(), 64 * 1024)
+                .collect()
+                .await
+                .map(|b| b.to_bytes());
+            let error = |status: http::StatusCode, key: &str, code: &str, details: String| {
+                let mut b = serde_json::json!({"errorCode": code, "errorDetails": details});
+                if !key.is_empty() {
+                    b["key"] = serde_json::Value::String(key.to_owned());
+                }
+                (status, b)
+            };
+            let context = match &body {
+                Ok(b) if b.is_empty() => Ok(serde_json::json!({})),
+                Ok(b) => serde_json::from_slice::<serde_json::Value>(b)
+                    .map(|v| v.get("context").cloned().unwrap_or(serde_json::json!({}))),
+                Err(_) => Ok(serde_json::Value::Null),
+            };
+            let (status, answer) = match (path.strip_prefix("/ofrep/v1/evaluate/flags"), context) {
+                _ if !post => error(
+                    http::StatusCode::METHOD_NOT_ALLOWED,
+                    "",
+                    "GENERAL",
+                    "evaluate a flag with POST".into(),
+                ),
+                (None, _) => error(
+                    http::StatusCode::NOT_FOUND,
+                    "",
+                    "GENERAL",
+                    format!("{path}: OFREP evaluates at /ofrep/v1/evaluate/flags[/KEY]"),
+                ),
+                (Some(_), Err(e)) => error(
+                    http::StatusCode::BAD_REQUEST,
+                    "",
+                    "PARSE_ERROR",
+                    format!("the request body is not an OFREP request: {e}"),
+                ),
+                (Some(_), Ok(ctx)) if !ctx.is_object() => error(
+                    http::StatusCode::BAD_REQUEST,
+                    "",
+                    "INVALID_CONTEXT",
+                    "the context must be an object (at most 64 KiB)".into(),
+                ),
+                (Some(""), Ok(ctx)) | (Some("/"), Ok(ctx)) => {
+                    let flags: Vec<serde_json::Value> = declared
+                        .iter()
+                        .filter_map(|k| {
+                            let (s, a) = evaluator.as_ref()?.evaluate(k, &ctx);
+                            (s != http::StatusCode::NOT_FOUND).then_some(a)
+                        })
+                        .collect();
+                    (http::StatusCode::OK, serde_json::json!({"flags": flags}))
+                }
+                (Some(rest), Ok(ctx)) => {
+                    let key = rest.trim_start_matches('/');
+                    if !declared.iter().any(|d| d == key) {
+                        tracing::debug!(
+                            flag = key,
+                            "evaluation of a flag the manifest does not declare"
+                        );
+                        error(
+                            http::StatusCode::FORBIDDEN,
+                            key,
+                            "GENERAL",
+                            format!(
+                                "the function's manifest does not declare flag {key:?} ([capabilities] flags, or seal publish --flag)"
+                            ),
+                        )
+                    } else {
+                        match &evaluator {
+                            Some(e) => e.evaluate(key, &ctx),
+                            None => error(
+                                http::StatusCode::NOT_FOUND,
+                                key,
+                                "FLAG_NOT_FOUND",
+                                format!("no flag {key:?} in this environment"),
+                            ),
+                        }
+                    }
+                }
+            };
+            let response = http::Response::builder()
+                .status(status)
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(
+                    http_body_util::Full::new(Bytes::from(answer.to_string()))
+                        .map_err(|never| match never {})
+                        .boxed_unsync(),
+                )
+                .map_err(|_| wasmtime_wasi_http::Error::InternalError(None))?;
+            let done: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send> =
+                Box::new(async { Ok(()) });
+            Ok((response, done))
+        })
     }
 
     /// Requests to [`EVENTS_AUTHORITY`] for one of `queues` go to `emitter`.
@@ -166,6 +290,13 @@ impl WasiHttpHooks for OutboundGate {
             .is_some_and(|h| h.eq_ignore_ascii_case(EVENTS_AUTHORITY))
         {
             return self.publish(request);
+        }
+        if request
+            .uri()
+            .host()
+            .is_some_and(|h| h.eq_ignore_ascii_case(FLAGS_AUTHORITY))
+        {
+            return self.evaluate_flags(request);
         }
         if !self.permits(request.uri()) {
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });

@@ -51,6 +51,7 @@ pub(crate) fn limits(memory_bytes: u64, timeout: Duration) -> FunctionLimits {
         outbound_hosts: Arc::new([]),
         queues: Arc::new([]),
         config_keys: Arc::new([]),
+        flags: Arc::new([]),
         max_concurrency: None,
     }
 }

@@ -806,6 +806,10 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         .load_captures()
         .await
         .context("cannot restore the traffic captures")?;
+    control
+        .load_flags()
+        .await
+        .context("cannot restore the feature flags")?;
 
     let stop = CancellationToken::new();
     let mut tasks = JoinSet::new();

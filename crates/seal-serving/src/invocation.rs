@@ -167,6 +167,10 @@ pub struct Invocation {
     pub(crate) backend: Arc<Backend>,
     /// The settings revision the guest's environment came from.
     pub(crate) config_revision: i64,
+    /// The environment's flags, for a guest that declares any.
+    pub(crate) flag_set: Option<Arc<seal_flags::FlagSet>>,
+    /// The flags it evaluated, with the variant each gave.
+    pub(crate) flags_evaluated: Arc<std::sync::Mutex<Vec<FlagUse>>>,
     pub(crate) telemetry: Arc<Telemetry>,
     pub(crate) request_id: Arc<str>,
     pub(crate) ids: TraceIds,
@@ -255,8 +259,76 @@ pub struct InvocationFields {
     pub gb_seconds: f64,
     /// Revision of the config and secrets the guest ran with (0 = none set).
     pub config_revision: i64,
+    /// The feature flags it evaluated and what each gave.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub flags: Vec<FlagUse>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorField>,
+}
+
+/// One flag an invocation evaluated: its variant, or the error code.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct FlagUse {
+    pub key: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<&'static str>,
+}
+
+/// Answers a guest's OFREP requests from its environment's flag set and
+/// notes each evaluation for the invocation's record.
+struct Flags {
+    set: Option<Arc<seal_flags::FlagSet>>,
+    used: Arc<std::sync::Mutex<Vec<FlagUse>>>,
+}
+
+impl seal_runtime::FlagEvaluator for Flags {
+    fn evaluate(
+        &self,
+        key: &str,
+        context: &serde_json::Value,
+    ) -> (http::StatusCode, serde_json::Value) {
+        let empty = serde_json::Map::new();
+        let ctx = context.as_object().unwrap_or(&empty);
+        let result = match &self.set {
+            Some(set) => set.evaluate(key, ctx),
+            None => Err(seal_flags::EvalError {
+                code: "FLAG_NOT_FOUND",
+                details: format!("no flag {key:?} in this environment"),
+            }),
+        };
+        let (status, body, used) = match result {
+            Ok(a) => (
+                http::StatusCode::OK,
+                serde_json::to_value(&a).unwrap_or_default(),
+                FlagUse {
+                    key: key.to_owned(),
+                    variant: Some(a.variant.clone()),
+                    error: None,
+                },
+            ),
+            Err(e) => (
+                if e.code == "FLAG_NOT_FOUND" {
+                    http::StatusCode::NOT_FOUND
+                } else {
+                    http::StatusCode::BAD_REQUEST
+                },
+                serde_json::json!({"key": key, "errorCode": e.code, "errorDetails": e.details}),
+                FlagUse {
+                    key: key.to_owned(),
+                    variant: None,
+                    error: Some(e.code),
+                },
+            ),
+        };
+        if let Ok(mut u) = self.used.lock()
+            && u.len() < 64
+        {
+            u.push(used);
+        }
+        (status, body)
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -357,6 +429,13 @@ impl InvocationObserver for Invocation {
         );
     }
 
+    fn flags(&self) -> Option<Arc<dyn seal_runtime::FlagEvaluator>> {
+        Some(Arc::new(Flags {
+            set: self.flag_set.clone(),
+            used: self.flags_evaluated.clone(),
+        }))
+    }
+
     fn deny_outbound(&self) -> bool {
         self.backend.outbound_denied
     }
@@ -423,6 +502,11 @@ impl InvocationObserver for Invocation {
             memory_peak_bytes: r.peak_memory_bytes,
             gb_seconds,
             config_revision: self.config_revision,
+            flags: self
+                .flags_evaluated
+                .lock()
+                .map(|mut u| std::mem::take(&mut *u))
+                .unwrap_or_default(),
             error: error.map(|e| ErrorField {
                 kind: e.kind(),
                 message: e.to_string(),

@@ -366,6 +366,8 @@ pub struct Serving {
     event_sink: std::sync::OnceLock<Arc<dyn EventSink>>,
     /// The traffic captures running in this process.
     captures: Arc<capture::Captures>,
+    /// Each environment's feature flags, as guests evaluate them.
+    flag_sets: ArcSwap<HashMap<String, Arc<seal_flags::FlagSet>>>,
 }
 
 impl Serving {
@@ -385,7 +387,19 @@ impl Serving {
             admission,
             event_sink: std::sync::OnceLock::new(),
             captures: Arc::default(),
+            flag_sets: ArcSwap::from_pointee(HashMap::new()),
         })
+    }
+
+    /// Replaces every environment's feature flags (each set checked when
+    /// it was applied).
+    pub fn set_flag_sets(&self, sets: HashMap<String, Arc<seal_flags::FlagSet>>) {
+        self.flag_sets.store(Arc::new(sets));
+    }
+
+    /// An environment's feature flags, if it has any.
+    pub fn flag_set(&self, environment: &str) -> Option<Arc<seal_flags::FlagSet>> {
+        self.flag_sets.load().get(environment).cloned()
     }
 
     /// The traffic captures running in this process (see [`capture`]).
@@ -656,6 +670,12 @@ impl Serving {
             } else {
                 self.event_sink.get().cloned()
             },
+            flag_set: if backend.function.limits().flags.is_empty() {
+                None
+            } else {
+                self.flag_set(&backend.environment)
+            },
+            flags_evaluated: Arc::default(),
         });
         let result = backend.function.handle(req, &env, invocation).await;
         match &result {
