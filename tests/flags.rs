@@ -270,6 +270,33 @@ async fn a_guest_evaluates_its_declared_flags_over_ofrep_and_a_change_applies_at
         .collect();
     assert_eq!(keys, ["new-checkout"], "{body}");
 
+    // Metrics count evaluations per flag and variant.
+    let metrics = s.api_text("/metrics").await;
+    let on = support::metric(
+        &metrics,
+        "seal_flag_evaluations_total",
+        &[
+            ("function", "flagged"),
+            ("environment", "staging"),
+            ("flag", "new-checkout"),
+            ("variant", "on"),
+        ],
+    );
+    assert!(on.is_some_and(|n| n >= 1.0), "{metrics}");
+    assert_eq!(
+        support::metric(
+            &metrics,
+            "seal_flag_variant_errors_total",
+            &[
+                ("function", "flagged"),
+                ("environment", "staging"),
+                ("flag", "new-checkout"),
+                ("variant", "on"),
+            ],
+        ),
+        Some(0.0)
+    );
+
     // The invocation's log record lists the flags it evaluated.
     let logs = s.api_text("/v1/functions/flagged/logs?limit=50").await;
     assert!(

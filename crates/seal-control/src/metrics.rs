@@ -589,6 +589,30 @@ impl prometheus_client::collector::Collector for VersionCollector {
         let entries = self.serving.versions();
         let table = self.serving.table();
 
+        // Feature flag evaluations per variant, and the failed invocations
+        // that got each variant (a flag ramp watched like a canary).
+        let flag_counts = self.serving.telemetry().flag_counts.snapshot();
+        let labels = |k: &seal_serving::invocation::FlagCountKey| -> Labels {
+            vec![
+                ("function", k.0.clone()),
+                ("environment", k.1.clone()),
+                ("flag", k.2.clone()),
+                ("variant", k.3.clone()),
+            ]
+        };
+        counter(
+            &mut encoder,
+            "seal_flag_evaluations",
+            "Feature flag evaluations by guests, per flag and variant (error:CODE when none)",
+            flag_counts.iter().map(|(k, n, _)| (labels(k), *n)),
+        )?;
+        counter(
+            &mut encoder,
+            "seal_flag_variant_errors",
+            "Invocations that evaluated a flag's variant and failed (5xx, trap, timeout, memory)",
+            flag_counts.iter().map(|(k, _, f)| (labels(k), *f)),
+        )?;
+
         // Sampled requests a full capture channel dropped (the store could
         // not keep up): the capture is thinner than its rate says.
         counter(

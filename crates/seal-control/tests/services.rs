@@ -201,6 +201,7 @@ async fn usage_keeps_budgets_with_their_audit_entries_and_answers_cost() {
         tracer: None,
         invocation_logs: false,
         trace_sample_ratio: 1.0,
+        flag_counts: Default::default(),
     });
     let metrics = Arc::new(seal_control::metrics::Metrics::new(
         serving.clone(),

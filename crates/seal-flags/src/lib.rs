@@ -397,7 +397,14 @@ impl FlagSet {
 /// The bucket (0 ≤ b < 100) flagd's `fractional` puts `key` in: murmur3
 /// (x86, 32-bit, seed 0) as a share of `u32::MAX`, times 100.
 pub fn bucket(key: &str) -> f64 {
-    let hash = murmur3::murmur3_32(&mut std::io::Cursor::new(key.as_bytes()), 0).unwrap_or(0);
+    bucket_bytes(key.as_bytes())
+}
+
+/// [`bucket`] of raw bytes (a sticky header's value): the serving layer
+/// places a sticky caller with it, so a canary's sticky bucket and a
+/// flag's `fractional` bucket of the same key agree.
+pub fn bucket_bytes(key: &[u8]) -> f64 {
+    let hash = murmur3::murmur3_32(&mut std::io::Cursor::new(key), 0).unwrap_or(0);
     f64::from(hash) / f64::from(u32::MAX) * 100.0
 }
 

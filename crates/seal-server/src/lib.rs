@@ -729,6 +729,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
             tracer: tracer.clone(),
             invocation_logs: config.telemetry.invocation_logs,
             trace_sample_ratio: config.telemetry.trace_sample_ratio,
+            flag_counts: Default::default(),
         },
         seal_serving::Admission::new(
             config.runtime.max_instances,

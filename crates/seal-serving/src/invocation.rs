@@ -16,6 +16,7 @@ use opentelemetry::trace::{
 };
 use seal_runtime::{GuestStream, InvocationObserver, InvocationReport, InvokeError};
 use serde::Serialize;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -34,6 +35,53 @@ pub struct Telemetry {
     /// Share of invocations without a caller's `traceparent` that are
     /// traced (a caller's sampled flag is always followed).
     pub trace_sample_ratio: f64,
+    /// Flag evaluations and the failed invocations that made them, per
+    /// flag and variant.
+    pub flag_counts: FlagCounts,
+}
+
+/// (function, environment, flag, variant or error code).
+pub type FlagCountKey = (String, String, String, String);
+
+/// Evaluations of each flag per variant, and how many of the invocations
+/// that got that variant failed (5xx, trap, timeout): a flag ramp watched
+/// like a canary.
+#[derive(Debug, Default)]
+pub struct FlagCounts(std::sync::Mutex<HashMap<FlagCountKey, (u64, u64)>>);
+
+impl FlagCounts {
+    fn add(&self, function: &str, environment: &str, used: &[FlagUse], failed: bool) {
+        if used.is_empty() {
+            return;
+        }
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        for u in used {
+            let variant = u
+                .variant
+                .clone()
+                .unwrap_or_else(|| format!("error:{}", u.error.unwrap_or("GENERAL")));
+            let e = m
+                .entry((
+                    function.to_owned(),
+                    environment.to_owned(),
+                    u.key.clone(),
+                    variant,
+                ))
+                .or_default();
+            e.0 += 1;
+            if failed {
+                e.1 += 1;
+            }
+        }
+    }
+
+    /// Every count: (key, evaluations, failed invocations).
+    pub fn snapshot(&self) -> Vec<(FlagCountKey, u64, u64)> {
+        let m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<_> = m.iter().map(|(k, (n, f))| (k.clone(), *n, *f)).collect();
+        v.sort();
+        v
+    }
 }
 
 impl Default for Telemetry {
@@ -43,6 +91,7 @@ impl Default for Telemetry {
             tracer: None,
             invocation_logs: true,
             trace_sample_ratio: 1.0,
+            flag_counts: FlagCounts::default(),
         }
     }
 }
@@ -470,6 +519,17 @@ impl InvocationObserver for Invocation {
         let error = r.outcome.as_ref().err();
         let status = r.status.or(error.map(InvokeError::status)).unwrap_or(500);
         self.span(&r, status, error);
+        let flags_used = self
+            .flags_evaluated
+            .lock()
+            .map(|mut u| std::mem::take(&mut *u))
+            .unwrap_or_default();
+        self.telemetry.flag_counts.add(
+            &b.function_name,
+            &b.environment,
+            &flags_used,
+            status >= 500,
+        );
         if !self.telemetry.invocation_logs {
             return;
         }
@@ -502,11 +562,7 @@ impl InvocationObserver for Invocation {
             memory_peak_bytes: r.peak_memory_bytes,
             gb_seconds,
             config_revision: self.config_revision,
-            flags: self
-                .flags_evaluated
-                .lock()
-                .map(|mut u| std::mem::take(&mut *u))
-                .unwrap_or_default(),
+            flags: flags_used,
             error: error.map(|e| ErrorField {
                 kind: e.kind(),
                 message: e.to_string(),

@@ -288,17 +288,15 @@ fn choose(
     None
 }
 
-/// A stable ticket in `0..total` for a sticky key: the first 8 bytes of
-/// its SHA-256 (stable across restarts and builds, unlike `DefaultHasher`).
+/// A stable ticket in `0..total` for a sticky key: its place in 0..100 is
+/// flagd's `fractional` bucket of the same key (murmur3, stable across
+/// restarts and builds), so a caller in a canary's first 10% is in a
+/// flag's first 10% too when the flag buckets by the same value.
 fn sticky_ticket(key: &[u8], total: u32) -> u32 {
-    use sha2::Digest;
-    let h = sha2::Sha256::digest(key);
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&h[..8]);
-    // Map onto 0..100 first so the same key holds the same place in the
+    // Onto 0..100 first so the same key holds the same place in the
     // weight space whatever the weights add up to.
-    let percent = u64::from_be_bytes(first) % 100;
-    ((percent * u64::from(total)) / 100) as u32
+    let percent = seal_flags::bucket_bytes(key);
+    ((percent * f64::from(total) / 100.0) as u32).min(total.saturating_sub(1))
 }
 
 /// An immutable snapshot of every route, keyed by (environment, function).
@@ -767,5 +765,27 @@ mod tests {
             (50..=150).contains(&on_candidate_at_10),
             "{on_candidate_at_10}"
         );
+    }
+
+    #[test]
+    fn a_sticky_callers_canary_bucket_is_its_flag_bucket() {
+        // A flag that buckets by the same key, its first variant as wide as
+        // the candidate's weight, gives every caller on the candidate that
+        // variant and every other caller the other.
+        let flags = seal_flags::FlagSet::parse(
+            br#"{"flags": {"new-ui": {"state": "ENABLED", "variants": {"new": true, "old": false},
+                "defaultVariant": "old",
+                "targeting": {"fractional": [{"var": "user"}, ["new", 10], ["old", 90]]}}}}"#,
+        )
+        .unwrap();
+        let route = [(2u64, 10u32), (1u64, 90u32)];
+        for user in 0..1000 {
+            let key = format!("user-{user}");
+            let on_candidate =
+                choose(route.into_iter(), None, sticky_ticket(key.as_bytes(), 100)) == Some(0);
+            let ctx = serde_json::json!({"user": key});
+            let flag = flags.evaluate("new-ui", ctx.as_object().unwrap()).unwrap();
+            assert_eq!(on_candidate, flag.variant == "new", "{key}");
+        }
     }
 }
