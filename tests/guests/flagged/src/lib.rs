@@ -2,7 +2,8 @@
 //! provider does — `POST http://flags.seal.internal/ofrep/v1/evaluate/flags/KEY`
 //! with `{"context": {"targetingKey": USER}}` — and answers
 //! `<status> <body>` of that evaluation. `/flag?key=K&user=U` evaluates one
-//! flag; `/all?user=U` every flag (OFREP's bulk evaluation).
+//! flag; `/all?user=U` every flag (OFREP's bulk evaluation); `/bench?key=K&n=N`
+//! times N evaluations inside the guest (microseconds each, and failures).
 
 use wasi::exports::http::incoming_handler::Guest;
 use wasi::http::outgoing_handler;
@@ -17,6 +18,25 @@ impl Guest for Flagged {
     fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
         let pq = request.path_with_query().unwrap_or_default();
         let user = query(&pq, "user").unwrap_or_default();
+        // `/bench?key=K&n=N`: N evaluations for N users, timed inside the
+        // guest; answers the microseconds per evaluation.
+        if pq.starts_with("/bench") {
+            let key = query(&pq, "key").unwrap_or_default();
+            let n: u64 = query(&pq, "n").and_then(|n| n.parse().ok()).unwrap_or(100);
+            let path = format!("/ofrep/v1/evaluate/flags/{key}");
+            let start = wasi::clocks::monotonic_clock::now();
+            let mut failed = 0;
+            for i in 0..n {
+                let body = format!("{{\"context\":{{\"targetingKey\":\"user-{i}\"}}}}");
+                if !matches!(post(&path, body.as_bytes()), Ok((200, _))) {
+                    failed += 1;
+                }
+            }
+            let ns = wasi::clocks::monotonic_clock::now() - start;
+            let text = format!("{:.2} {failed}", ns as f64 / 1000.0 / n.max(1) as f64);
+            respond(response_out, text.as_bytes());
+            return;
+        }
         let path = if pq.starts_with("/all") {
             "/ofrep/v1/evaluate/flags".to_owned()
         } else {
