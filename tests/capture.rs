@@ -137,6 +137,16 @@ async fn a_capture_keeps_about_its_share_never_credentials_and_at_most_its_maxim
         );
         assert_eq!(r["response_bytes"], answer.len() as u64);
     }
+    // Real production requests: not for a token limited to staging.
+    let tok = s.seal_json(&["token", "create", "--role", "deployer", "--env", "staging"]);
+    let staging_only = [("SEAL_TOKEN", tok["token"].as_str().unwrap())];
+    assert!(
+        !s.seal_env(
+            &["capture", "show", "hello", "--env", "production"],
+            &staging_only
+        )
+        .ok
+    );
     let text = s.seal(&["capture", "list"]).stdout;
     assert!(
         text.contains("capture of hello in production: running; 25% of requests"),

@@ -466,6 +466,22 @@ async fn a_replay_finds_the_one_route_a_candidate_changed_and_its_signed_verdict
     assert_eq!(r.status(), 400);
     s.seal(&["deploy", "shop", "4", "-e", "production"])
         .assert_fails_with("shop@4 has no passed verification in staging");
+    // A pass with a looser threshold (or ignored fields) is reported, but is
+    // no evidence either.
+    let (report, ok) = verify(&s, "shop@4", &["--max-mismatch", "50%"]);
+    assert!(ok && report["passed"] == true, "{report:#}");
+    s.seal(&["deploy", "shop", "4", "-e", "production"])
+        .assert_fails_with("shop@4 has no passed verification in staging");
+    // Nor can an environment be verified against its own traffic.
+    s.seal(&[
+        "verify-release",
+        "shop@4",
+        "--env",
+        "staging",
+        "--replay",
+        "staging",
+    ])
+    .assert_fails_with("compares staging with itself");
 
     // A later failed verification revokes a pass: against production's
     // shop@2 (an admin's override), shop@3's prices differ.

@@ -79,7 +79,7 @@ pub struct VerifyRelease {
     /// Whose capture is replayed, and whose serving version is the
     /// baseline (e.g. production).
     pub replay: String,
-    /// Captured requests replayed at most (default 500, at most 10,000).
+    /// Captured requests replayed at most (default 500, at most 2,000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count: Option<u32>,
     /// Both run with every outbound request refused and no event published.

@@ -5,7 +5,7 @@
 //! | GET/POST | `/v1/captures` | list / start (`StartCapture`, deployer) |
 //! | POST | `/v1/captures/{env}/{fn}/stop` | stop a capture (what it kept stays) |
 //! | DELETE | `/v1/captures/{env}/{fn}` | delete a capture and what it kept |
-//! | GET | `/v1/captures/{env}/{fn}/requests?limit=` | what it kept, oldest first (deployer: real requests) |
+//! | GET | `/v1/captures/{env}/{fn}/requests?limit=` | what it kept, oldest first (deployer of that environment: real requests; at most 1,000) |
 
 use crate::auth::{Caller, Routes, deployer, viewer};
 use crate::error::ApiResult;
@@ -97,9 +97,12 @@ struct Limit {
 async fn requests(
     State(c): State<Arc<Control>>,
     Path((environment, function)): Path<(String, String)>,
+    who: Caller,
     Query(q): Query<Limit>,
 ) -> ApiResult<Json<CapturedRequests>> {
-    let limit = q.limit.unwrap_or(100).min(10_000);
+    // Real requests of that environment: only for a token that may act there.
+    who.require_env(&environment)?;
+    let limit = q.limit.unwrap_or(100).min(1_000);
     Ok(Json(CapturedRequests {
         requests: c.captured(&environment, &function, limit).await?,
     }))

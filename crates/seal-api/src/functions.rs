@@ -131,7 +131,9 @@ async fn verify_release(
     body: axum::body::Bytes,
 ) -> ApiResult<Json<VerifyReport>> {
     let req: VerifyRelease = parse_json(&body)?;
+    // It runs in one environment and reads (and replays) another's traffic.
     who.require_env(&req.environment)?;
+    who.require_env(&req.replay)?;
     Ok(Json(c.verify_release(&req, &who.actor()).await?))
 }
 
@@ -549,12 +551,19 @@ async fn create_environment(
         )
         .into());
     }
+    if let Some(ms) = req.soak_ms
+        && ms != 0
+        && !(1000..=seal_control::promotion::MAX_SOAK_MS).contains(&ms)
+    {
+        return Err(ControlError::bad_request("a soak is 1s to 30 days (0 for none)").into());
+    }
     let created = c.create_environment(&req.name, &who.actor()).await?;
     if req.after.is_some() {
         let set = SetPipeline {
             after: req.after.clone(),
             soak_ms: req.soak_ms,
-            require_verification: Some(req.require_verification),
+            // Asked for, or left as it is (an existing environment keeps it).
+            require_verification: req.require_verification.then_some(true),
             standalone: false,
         };
         c.set_pipeline(&req.name, &set, &who.actor()).await?;

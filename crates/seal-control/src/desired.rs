@@ -937,6 +937,17 @@ impl Control {
                         let v = self.version_or_404(&step.function, *to).await?;
                         let e = self.evidence(&step.environment, &v).await?;
                         if !e.missing.is_empty() {
+                            let _ = self
+                                .state
+                                .audit(NewAudit {
+                                    actor,
+                                    action: "apply",
+                                    object: &format!("{}/{}", step.environment, step.function),
+                                    digest: Some(&v.digest),
+                                    outcome: "refused",
+                                    detail: serde_json::json!({"version": to, "missing": e.missing}),
+                                })
+                                .await;
                             return Err(ControlError::EvidenceMissing(format!(
                                 "environments.{}.functions.{}: {}@{to} may not serve in {} yet: {} (an admin may apply it anyway with --allow-missing-evidence)",
                                 step.environment,
@@ -1142,7 +1153,7 @@ impl Control {
         if failed {
             // The policy first: one the file tightened may refuse the
             // versions that served before.
-            self.restore_policies(id, &mut outcomes, actor).await;
+            self.restore_policies(id, &mut outcomes, actor, actor).await;
             for (env, function, from) in moved.iter().rev() {
                 let undone = match from {
                     Some(v) => self
@@ -1241,7 +1252,13 @@ impl Control {
     /// Puts back the trust policy each environment step of a failed
     /// release replaced (so the versions it moved may return), noted on
     /// the step.
-    async fn restore_policies(&self, id: u64, outcomes: &mut [StepOutcome], actor: &str) {
+    async fn restore_policies(
+        &self,
+        id: u64,
+        outcomes: &mut [StepOutcome],
+        set_by: &str,
+        actor: &str,
+    ) {
         for o in outcomes.iter_mut().filter(|o| o.function.is_empty()) {
             let Some(previous) = &o.previous_policy else {
                 continue;
@@ -1250,11 +1267,21 @@ impl Control {
                 continue;
             }
             let done = match serde_json::from_value::<seal_trust::Policy>(previous.clone()) {
-                Ok(p) => self
-                    .trust
-                    .restore_policy(&o.environment, &p, actor)
-                    .await
-                    .map(|()| format!("trust policy put back ({}) because release {id} failed, so its versions may go back", policy_summary(&p))),
+                Ok(p) => match self.trust.policy_view(&o.environment).await {
+                    // Never written (the step failed first): nothing to do.
+                    Ok(now) if now.policy == p => continue,
+                    // Changed since by someone else: theirs stands.
+                    Ok(now) if now.updated_by.as_deref() != Some(set_by) => Ok(format!(
+                        "trust policy not put back: {} changed it since",
+                        now.updated_by.as_deref().unwrap_or("someone")
+                    )),
+                    Ok(_) => self
+                        .trust
+                        .restore_policy(&o.environment, &p, actor)
+                        .await
+                        .map(|()| format!("trust policy put back ({}) because release {id} failed, so its versions may go back", policy_summary(&p))),
+                    Err(e) => Err(e),
+                },
                 Err(e) => Err(ControlError::internal(e)),
             };
             let note = match done {
@@ -1339,7 +1366,8 @@ impl Control {
                     _ => {}
                 }
             }
-            self.restore_policies(r.id, &mut outcomes, "seal").await;
+            self.restore_policies(r.id, &mut outcomes, &r.actor, "seal")
+                .await;
             for o in outcomes.iter_mut().rev() {
                 if o.function.is_empty() {
                     continue;

@@ -189,7 +189,13 @@ impl Control {
                 tracing::debug!(environment = %applied.environment, "self-heal: the file would change an environment's protection or policy, which needs an admin: `seal apply` it");
                 return;
             }
-            _ => {}
+            Ok(_) => {}
+            // Refused as it stands (a queue's window, a held version): the
+            // drift report says why; trying again each check would not.
+            Err(e) => {
+                tracing::debug!(environment = %applied.environment, error = %e.public_message(), "self-heal: the file cannot be applied as it stands");
+                return;
+            }
         }
         let source = FileSource {
             commit: applied.commit.clone(),

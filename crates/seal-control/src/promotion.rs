@@ -148,15 +148,18 @@ impl Control {
         };
         let name = format!("{}@{}", v.function, v.version);
         let there = &p.after;
-        evidence.served_ms = self.served_ms(there, v).await?;
+        let run = self.served_run(there, v).await?;
+        evidence.served_ms = run.map(|(_, ms)| ms);
         // Counted by every node, persisted every few seconds: this node's
         // count is written first.
         if let Err(e) = self.usage.flush_usage().await {
             tracing::warn!(error = %e, "cannot persist usage before reading a version's evidence");
         }
+        // Invocations of its latest run there (by the hour: the hour it
+        // started counts whole).
         evidence.invocations = self
             .state
-            .usage(&v.function, 0)
+            .usage(&v.function, run.map_or(i64::MAX, |(start, _)| start))
             .await?
             .iter()
             .filter(|u| u.environment == *there && u.version as u64 == v.version)
@@ -192,7 +195,7 @@ impl Control {
             ));
         }
         if p.require_verification {
-            match self.last_verification(there, v).await? {
+            match self.last_verification(there, env, v).await? {
                 Some((true, _, _)) => {}
                 Some((false, at, verdict)) => evidence.missing.push(format!(
                     "{name}'s last verification in {there} failed at {at} ({verdict}); a failed verification revokes an earlier pass"
@@ -205,11 +208,11 @@ impl Control {
         Ok(evidence)
     }
 
-    /// How long `v` has served all of `env`'s traffic in its latest run
-    /// there (to now, or to the deployment that moved traffic from it);
+    /// When `v`'s latest run serving all of `env`'s traffic began and how
+    /// long it has lasted (to now, or to the deployment that moved traffic from it);
     /// none if it never did. A canary of another version that was rolled
     /// back or aborted does not end the run: the traffic came back.
-    async fn served_ms(&self, env: &str, v: &VersionRecord) -> ControlResult<Option<u64>> {
+    async fn served_run(&self, env: &str, v: &VersionRecord) -> ControlResult<Option<(i64, u64)>> {
         let mut deployments = self.state.deployments(&v.function, Some(env)).await?;
         deployments.sort_by_key(|d| d.id);
         let full = |d: &seal_state::DeploymentRecord| {
@@ -236,7 +239,7 @@ impl Control {
         }
         Ok(run.map(|(start, end)| {
             let end = end.unwrap_or_else(seal_state::now_ms);
-            end.saturating_sub(start).max(0) as u64
+            (start, end.saturating_sub(start).max(0) as u64)
         }))
     }
 

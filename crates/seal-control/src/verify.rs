@@ -28,9 +28,14 @@ pub const VSA: &str = "https://slsa.dev/verification_summary/v1";
 pub const VERIFIER: &str = "seal (verify-release)";
 /// Requests replayed unless told otherwise, and at most.
 pub const DEFAULT_COUNT: u32 = 500;
-pub const MAX_COUNT: u32 = 10_000;
-/// The mismatch rate a pass allows unless told otherwise (percent).
+pub const MAX_COUNT: u32 = 2_000;
+/// The mismatch rate a pass allows unless told otherwise (percent); a
+/// pipeline takes a pass as evidence only at this or stricter.
 pub const DEFAULT_MAX_MISMATCH: f64 = 1.0;
+/// Requests a pass must have replayed to be a pipeline's evidence.
+pub const MIN_EVIDENCE_REQUESTS: u64 = 10;
+/// An answer's body compared at most (a longer one is a failure).
+const MAX_ANSWER_BYTES: usize = 1024 * 1024;
 /// Examples kept per difference.
 const SHOWN: usize = 120;
 
@@ -254,8 +259,19 @@ impl Control {
                 "max mismatch {max_mismatch}%: give 0% to 100%"
             )));
         }
+        if req.environment == req.replay {
+            return Err(ControlError::bad_request(format!(
+                "a verification replays another environment's traffic in this one: --env {} --replay {} compares {} with itself",
+                req.environment, req.replay, req.environment
+            )));
+        }
         for p in &req.ignore {
-            if !(p == "/" || p.starts_with('/')) {
+            if p == "/" {
+                return Err(ControlError::bad_request(
+                    "ignore \"/\" would ignore every body: name the fields (/meta/generated_at)",
+                ));
+            }
+            if !p.starts_with('/') {
                 return Err(ControlError::bad_request(format!(
                     "ignore {p:?} is not a JSON pointer (they start with '/': /meta/generated_at)"
                 )));
@@ -273,6 +289,12 @@ impl Control {
                 })?;
             self.version_or_404(function, serving).await?
         };
+        if baseline.digest == candidate.digest {
+            return Err(ControlError::conflict(format!(
+                "{function}@{} is what serves {} already: there is nothing to compare it with",
+                candidate.version, req.replay
+            )));
+        }
         let captured = self.state.captured(&req.replay, function, count).await?;
         if captured.is_empty() {
             return Err(ControlError::conflict(format!(
@@ -364,7 +386,21 @@ impl Control {
             verdict,
             attestation: None,
         };
-        report.attestation = Some(self.attest_verification(&candidate, &report).await?);
+        // A verdict that cannot be recorded is said (and audited), not
+        // lost with the work that made it.
+        match self
+            .attest_verification(&candidate, &report, &req.ignore)
+            .await
+        {
+            Ok(referrer) => report.attestation = Some(referrer),
+            Err(e) => {
+                tracing::warn!(error = %e, function, version = candidate.version, "cannot attach the verification summary");
+                report.verdict.push_str(&format!(
+                    "; the signed summary could not be attached ({}), so it is no evidence",
+                    e.public_message()
+                ));
+            }
+        }
         let _ = self
             .state
             .audit(seal_state::NewAudit {
@@ -398,6 +434,11 @@ impl Control {
             .method(r.method.as_str())
             .uri(r.path.as_str());
         for (name, value) in &r.headers {
+            // The body sent is the captured one (maybe cut): its length is
+            // the body's own.
+            if name.eq_ignore_ascii_case("content-length") {
+                continue;
+            }
             builder = builder.header(name.as_str(), value.as_str());
         }
         let req = match builder.body(http_body_util::Full::new(Bytes::from(r.body.clone()))) {
@@ -428,9 +469,13 @@ impl Control {
                         )
                     })
                     .collect();
-                let body = match resp.into_body().collect().await {
+                let body = match http_body_util::Limited::new(resp.into_body(), MAX_ANSWER_BYTES)
+                    .collect()
+                    .await
+                {
                     Ok(b) => b.to_bytes().to_vec(),
-                    Err(e) => format!("the body failed: {e}").into_bytes(),
+                    Err(e) => format!("the body failed (or passed {MAX_ANSWER_BYTES} bytes): {e}")
+                        .into_bytes(),
                 };
                 (status, headers, body)
             }
@@ -450,6 +495,7 @@ impl Control {
         &self,
         candidate: &VersionRecord,
         report: &VerifyReport,
+        ignore: &[String],
     ) -> ControlResult<String> {
         let hex = candidate
             .digest
@@ -484,6 +530,8 @@ impl Control {
                     "candidate_errors": report.candidate_errors,
                     "baseline_errors": report.baseline_errors,
                     "deny_outbound": report.deny_outbound,
+                    "max_mismatch_percent": report.max_mismatch_percent,
+                    "ignore": ignore,
                     "verdict": report.verdict,
                 },
             },
@@ -557,12 +605,16 @@ impl Control {
         }
     }
 
-    /// The latest verification of `v` in `env` signed by this server's
-    /// key: (passed, when, its verdict). Envelopes signed by any other key
-    /// (or none) are not evidence.
+    /// The latest verification of `v` in `env` of `replay`'s traffic,
+    /// signed by this server's key: (passed, when, its verdict). What
+    /// counts as evidence: signed by this server (any other key, or none,
+    /// is not), against a baseline other than the candidate, with the
+    /// default threshold or a stricter one, no ignored fields, and at
+    /// least [`MIN_EVIDENCE_REQUESTS`] requests (or every one captured).
     pub(crate) async fn last_verification(
         &self,
         env: &str,
+        replay: &str,
         v: &VersionRecord,
     ) -> ControlResult<Option<(bool, String, String)>> {
         let key = self.server_key.public_key();
@@ -575,11 +627,28 @@ impl Control {
                 continue;
             };
             let p = &statement["predicate"];
-            if statement["predicateType"] != VSA || p["sealVerification"]["environment"] != env {
+            let sv = &p["sealVerification"];
+            if statement["predicateType"] != VSA
+                || sv["environment"] != env
+                || sv["replay"] != replay
+                || sv["baseline"]["digest"] == v.digest.as_str()
+            {
                 continue;
             }
+            let passed_as_evidence = sv["max_mismatch_percent"]
+                .as_f64()
+                .is_some_and(|m| m <= DEFAULT_MAX_MISMATCH)
+                && sv["ignore"].as_array().is_some_and(Vec::is_empty)
+                && sv["requests"]
+                    .as_u64()
+                    .is_some_and(|n| n >= MIN_EVIDENCE_REQUESTS);
             let at = p["timeVerified"].as_str().unwrap_or_default().to_owned();
+            // A pass with looser settings is reported, never evidence; a
+            // failure always counts (it revokes).
             let passed = p["verificationResult"] == "PASSED";
+            if passed && !passed_as_evidence {
+                continue;
+            }
             let verdict = p["sealVerification"]["verdict"]
                 .as_str()
                 .unwrap_or_default()

@@ -198,13 +198,13 @@ pub struct Pending {
     captures: Arc<Captures>,
     record: Captured,
     started: std::time::Instant,
-    body: Arc<Mutex<(Vec<u8>, bool)>>,
+    body: Arc<Mutex<(Vec<u8>, bool, bool)>>,
 }
 
 impl Tap {
     /// Starts capturing `req` (served by `version`): its head is read now,
     /// its body copied as it is read.
-    pub fn begin<B>(
+    pub fn begin<B: Body>(
         &self,
         captures: Arc<Captures>,
         version: u64,
@@ -221,7 +221,7 @@ impl Tap {
                 )
             })
             .collect();
-        let body = Arc::new(Mutex::new((Vec::new(), false)));
+        let body = Arc::new(Mutex::new((Vec::new(), false, req.body().is_end_stream())));
         let record = Captured {
             environment: self.rule.environment.clone(),
             function: self.rule.function.clone(),
@@ -275,10 +275,12 @@ impl Pending {
     }
 
     fn send(mut self, status: u16, digest: String, bytes: u64) {
-        let (body, truncated) =
+        let (body, cut, ended) =
             std::mem::take(&mut *self.body.lock().unwrap_or_else(|p| p.into_inner()));
         self.record.body = body;
-        self.record.body_truncated = truncated;
+        // Cut at the cap, or never read to its end by the guest: either
+        // way not the whole body.
+        self.record.body_truncated = cut || !ended;
         self.record.status = status;
         self.record.response_digest = digest;
         self.record.response_bytes = bytes;
@@ -292,7 +294,7 @@ impl Pending {
 pub struct TeeBody<B> {
     inner: B,
     limit: usize,
-    copy: Arc<Mutex<(Vec<u8>, bool)>>,
+    copy: Arc<Mutex<(Vec<u8>, bool, bool)>>,
 }
 
 impl<B> Body for TeeBody<B>
@@ -308,6 +310,9 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(None) = &polled {
+            this.copy.lock().unwrap_or_else(|p| p.into_inner()).2 = true;
+        }
         if let Poll::Ready(Some(Ok(frame))) = &polled
             && let Some(data) = frame.data_ref()
         {

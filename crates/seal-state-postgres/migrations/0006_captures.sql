@@ -36,5 +36,9 @@ CREATE TABLE captured_requests (
 );
 CREATE INDEX captured_requests_by_capture ON captured_requests (environment, function, id);
 
-CREATE TRIGGER captures_changed AFTER INSERT OR UPDATE OR DELETE ON captures
+-- What the gateways sample by; the kept count (bumped by every batch) is
+-- not a change other nodes follow.
+CREATE TRIGGER captures_changed AFTER INSERT OR DELETE
+    OR UPDATE OF rate_percent, max_requests, body_limit, drop_headers, started_at, stopped_at
+    ON captures
     FOR EACH STATEMENT EXECUTE FUNCTION seal_changed();

@@ -161,8 +161,6 @@ impl Control {
             .trust
             .check_release(&env, &candidate, approvals, actor)
             .await?;
-        self.check_evidence(&env, &candidate, approvals, actor)
-            .await?;
         let current = self.state.route(&env, function).await?;
         let Some(baseline) = current
             .as_ref()
@@ -201,6 +199,10 @@ impl Control {
                 contracts: checks.contracts,
             });
         }
+        // The pipeline's evidence last, once this is a real deploy (a plan
+        // writes no refusal, override or soak record).
+        self.check_evidence(&env, &candidate, approvals, actor)
+            .await?;
         let plan_json = serde_json::to_value(&plan).map_err(ControlError::internal)?;
         // The baseline is loaded (verified) too before anything is recorded.
         let baseline_fn = self.catalog.load(&baseline_v).await?;
