@@ -18,9 +18,14 @@ use std::sync::Arc;
 /// The actor a self-heal applies as.
 pub const SELF_HEAL: &str = "seal (self-heal)";
 
-/// The last drift check of each environment.
+/// The last drift check of each environment, and the last reason a
+/// self-heal of each could not apply its file (said once, not every
+/// check).
 #[derive(Debug, Default)]
-pub(crate) struct DriftReports(std::sync::Mutex<BTreeMap<String, DriftReport>>);
+pub(crate) struct DriftReports(
+    std::sync::Mutex<BTreeMap<String, DriftReport>>,
+    std::sync::Mutex<BTreeMap<String, String>>,
+);
 
 impl DriftReports {
     pub(crate) fn all(&self) -> Vec<DriftReport> {
@@ -30,6 +35,16 @@ impl DriftReports {
             .values()
             .cloned()
             .collect()
+    }
+
+    /// Whether `why` is new for `env` (and remembers it).
+    fn new_refusal(&self, env: &str, why: &str) -> bool {
+        let mut m = self.1.lock().unwrap_or_else(|p| p.into_inner());
+        if m.get(env).is_some_and(|w| w == why) {
+            return false;
+        }
+        m.insert(env.to_owned(), why.to_owned());
+        true
     }
 
     fn replace(&self, report: DriftReport) -> Option<DriftReport> {
@@ -193,7 +208,10 @@ impl Control {
             // Refused as it stands (a queue's window, a held version): the
             // drift report says why; trying again each check would not.
             Err(e) => {
-                tracing::debug!(environment = %applied.environment, error = %e.public_message(), "self-heal: the file cannot be applied as it stands");
+                let why = e.public_message();
+                if self.drift_reports.new_refusal(&applied.environment, &why) {
+                    tracing::warn!(environment = %applied.environment, error = %why, "self-heal did not re-apply the release file");
+                }
                 return;
             }
         }
