@@ -745,3 +745,105 @@ pub fn rfc3339(ms: i64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
     humantime::format_rfc3339_seconds(t).to_string()
 }
+
+/// A `captures` row: environment, function, rate, max, body limit, drop
+/// headers (JSON), started at/by, stopped at/by, kept count.
+pub type CaptureRow = (
+    String,
+    String,
+    f64,
+    i64,
+    i64,
+    String,
+    i64,
+    String,
+    Option<i64>,
+    Option<String>,
+    i64,
+);
+
+/// The columns of [`CaptureRow`], in order (table alias `c`).
+pub const CAPTURE_COLUMNS: &str = "c.environment, c.function, c.rate_percent, c.max_requests, c.body_limit, \
+     c.drop_headers, c.started_at, c.started_by, c.stopped_at, c.stopped_by, c.captured";
+
+/// A stored capture as the record the API answers with.
+pub fn capture_record(r: CaptureRow) -> seal_state::Result<seal_state::Capture> {
+    Ok(seal_state::Capture {
+        drop_headers: serde_json::from_str(&r.5)
+            .map_err(|e| StateError::Corrupt(format!("capture of {} in {}: {e}", r.1, r.0)))?,
+        environment: r.0,
+        function: r.1,
+        rate_percent: r.2,
+        max: r.3.max(0) as u64,
+        body_limit: r.4.max(0) as u64,
+        started_at: r.6,
+        started_by: r.7,
+        stopped_at: r.8,
+        stopped_by: r.9,
+        captured: r.10.max(0) as u64,
+    })
+}
+
+/// A `captured_requests` row, in [`CAPTURED_COLUMNS`] order.
+pub type CapturedRow = (
+    i64,
+    String,
+    String,
+    i64,
+    i64,
+    String,
+    String,
+    String,
+    Vec<u8>,
+    bool,
+    i64,
+    String,
+    i64,
+    i64,
+);
+
+/// The columns of [`CapturedRow`], in order.
+pub const CAPTURED_COLUMNS: &str = "id, environment, function, version, at, method, path, headers, body, body_truncated, status, response_digest, response_bytes, duration_ms";
+
+/// A stored captured request as the API answers with it.
+pub fn captured_request(r: CapturedRow) -> seal_state::Result<seal_state::CapturedRequest> {
+    Ok(seal_state::CapturedRequest {
+        id: r.0 as u64,
+        headers: serde_json::from_str(&r.7)
+            .map_err(|e| StateError::Corrupt(format!("captured request {}: {e}", r.0)))?,
+        environment: r.1,
+        function: r.2,
+        version: r.3 as u64,
+        at: r.4,
+        method: r.5,
+        path: r.6,
+        body: r.8,
+        body_truncated: r.9,
+        status: r.10.clamp(0, i64::from(u16::MAX)) as u16,
+        response_digest: r.11,
+        response_bytes: r.12.max(0) as u64,
+        duration_ms: r.13.max(0) as u64,
+    })
+}
+
+/// A `flag_revisions` row, in [`FLAG_COLUMNS`] order.
+pub type FlagRow = (String, i64, String, String, String, i64, String);
+
+/// The columns of [`FlagRow`], in order.
+pub const FLAG_COLUMNS: &str = "environment, revision, flags, action, changed, at, actor";
+
+/// A stored flag revision as the API answers with it.
+pub fn flag_revision(r: FlagRow) -> seal_state::Result<seal_state::FlagRevision> {
+    let bad = |what: &str, e: serde_json::Error| {
+        StateError::Corrupt(format!("flag revision {} of {}: {what}: {e}", r.1, r.0))
+    };
+    Ok(seal_state::FlagRevision {
+        flags: serde_json::from_str(&r.2).map_err(|e| bad("flags", e))?,
+        changed: serde_json::from_str(&r.4).map_err(|e| bad("changed", e))?,
+        environment: r.0,
+        revision: r.1,
+        action: r.3,
+        at: r.5,
+        actor: r.6,
+    })
+}

@@ -1,81 +1,11 @@
 //! Traffic captures and the requests they kept.
 
 use crate::{Result, SqliteStore, insert_audit};
-use seal_state::{Capture, CapturedRequest, NewAudit, StateError, now_ms};
+use seal_state::{Capture, CapturedRequest, NewAudit, now_ms};
+use seal_state_sql::{
+    CAPTURE_COLUMNS, CAPTURED_COLUMNS, CaptureRow, CapturedRow, capture_record, captured_request,
+};
 use std::collections::BTreeMap;
-
-/// A `captures` row with the count of its requests.
-type CaptureRow = (
-    String,
-    String,
-    f64,
-    i64,
-    i64,
-    String,
-    i64,
-    String,
-    Option<i64>,
-    Option<String>,
-    i64,
-);
-
-/// A `captured_requests` row.
-type RequestRow = (
-    i64,
-    String,
-    String,
-    i64,
-    i64,
-    String,
-    String,
-    String,
-    Vec<u8>,
-    bool,
-    i64,
-    String,
-    i64,
-    i64,
-);
-
-fn capture(r: CaptureRow) -> Result<Capture> {
-    Ok(Capture {
-        drop_headers: serde_json::from_str(&r.5)
-            .map_err(|e| StateError::Corrupt(format!("capture of {} in {}: {e}", r.1, r.0)))?,
-        environment: r.0,
-        function: r.1,
-        rate_percent: r.2,
-        max: r.3.max(0) as u64,
-        body_limit: r.4.max(0) as u64,
-        started_at: r.6,
-        started_by: r.7,
-        stopped_at: r.8,
-        stopped_by: r.9,
-        captured: r.10.max(0) as u64,
-    })
-}
-
-fn request(r: RequestRow) -> Result<CapturedRequest> {
-    Ok(CapturedRequest {
-        id: r.0 as u64,
-        headers: serde_json::from_str(&r.7)
-            .map_err(|e| StateError::Corrupt(format!("captured request {}: {e}", r.0)))?,
-        environment: r.1,
-        function: r.2,
-        version: r.3 as u64,
-        at: r.4,
-        method: r.5,
-        path: r.6,
-        body: r.8,
-        body_truncated: r.9,
-        status: r.10.clamp(0, u16::MAX as i64) as u16,
-        response_digest: r.11,
-        response_bytes: r.12.max(0) as u64,
-        duration_ms: r.13.max(0) as u64,
-    })
-}
-
-const CAPTURE_COLUMNS: &str = "c.environment, c.function, c.rate_percent, c.max_requests, c.body_limit, \
-     c.drop_headers, c.started_at, c.started_by, c.stopped_at, c.stopped_by, c.captured";
 
 impl SqliteStore {
     /// Starts (or restarts, keeping what it kept) a capture, audited.
@@ -165,7 +95,10 @@ impl SqliteStore {
         ))
         .fetch_all(&self.read)
         .await?;
-        rows.into_iter().map(capture).collect()
+        Ok(rows
+            .into_iter()
+            .map(capture_record)
+            .collect::<std::result::Result<_, _>>()?)
     }
 
     /// Keeps requests of running captures, each up to its maximum.
@@ -237,16 +170,18 @@ impl SqliteStore {
         function: &str,
         limit: u32,
     ) -> Result<Vec<CapturedRequest>> {
-        let rows: Vec<RequestRow> = sqlx::query_as(
-            "SELECT id, environment, function, version, at, method, path, headers, body, body_truncated, status, response_digest, response_bytes, duration_ms \
-             FROM captured_requests WHERE environment = $1 AND function = $2 ORDER BY id LIMIT $3",
-        )
+        let rows: Vec<CapturedRow> = sqlx::query_as(&format!(
+            "SELECT {CAPTURED_COLUMNS} FROM captured_requests WHERE environment = $1 AND function = $2 ORDER BY id LIMIT $3"
+        ))
         .bind(environment)
         .bind(function)
         .bind(i64::from(limit))
         .fetch_all(&self.read)
         .await?;
-        rows.into_iter().map(request).collect()
+        Ok(rows
+            .into_iter()
+            .map(captured_request)
+            .collect::<std::result::Result<_, _>>()?)
     }
 
     /// Deletes a capture and what it kept, audited.

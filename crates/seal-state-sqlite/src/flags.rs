@@ -2,26 +2,8 @@
 //! whole set, so history and any past set are one read.
 
 use crate::{Result, SqliteStore, insert_audit};
-use seal_state::{FlagRevision, NewAudit, StateError, now_ms};
-
-type Row = (String, i64, String, String, String, i64, String);
-
-const COLUMNS: &str = "environment, revision, flags, action, changed, at, actor";
-
-fn revision(r: Row) -> Result<FlagRevision> {
-    let bad = |what: &str, e: serde_json::Error| {
-        StateError::Corrupt(format!("flag revision {} of {}: {what}: {e}", r.1, r.0))
-    };
-    Ok(FlagRevision {
-        flags: serde_json::from_str(&r.2).map_err(|e| bad("flags", e))?,
-        changed: serde_json::from_str(&r.4).map_err(|e| bad("changed", e))?,
-        environment: r.0,
-        revision: r.1,
-        action: r.3,
-        at: r.5,
-        actor: r.6,
-    })
-}
+use seal_state::{FlagRevision, NewAudit, now_ms};
+use seal_state_sql::{FLAG_COLUMNS, FlagRow, flag_revision};
 
 impl SqliteStore {
     /// Stores an environment's whole flag set as its next revision.
@@ -71,13 +53,13 @@ impl SqliteStore {
 
     /// The environment's current flag set.
     pub async fn flags(&self, environment: &str) -> Result<Option<FlagRevision>> {
-        let row: Option<Row> = sqlx::query_as(&format!(
-            "SELECT {COLUMNS} FROM flag_revisions WHERE environment = $1 ORDER BY revision DESC LIMIT 1"
+        let row: Option<FlagRow> = sqlx::query_as(&format!(
+            "SELECT {FLAG_COLUMNS} FROM flag_revisions WHERE environment = $1 ORDER BY revision DESC LIMIT 1"
         ))
         .bind(environment)
         .fetch_optional(&self.read)
         .await?;
-        row.map(revision).transpose()
+        Ok(row.map(flag_revision).transpose()?)
     }
 
     /// Revisions newest first (those that changed `key`, when given).
@@ -87,15 +69,15 @@ impl SqliteStore {
         key: Option<&str>,
         limit: u32,
     ) -> Result<Vec<FlagRevision>> {
-        let rows: Vec<Row> = sqlx::query_as(&format!(
-            "SELECT {COLUMNS} FROM flag_revisions WHERE environment = $1 ORDER BY revision DESC"
+        let rows: Vec<FlagRow> = sqlx::query_as(&format!(
+            "SELECT {FLAG_COLUMNS} FROM flag_revisions WHERE environment = $1 ORDER BY revision DESC"
         ))
         .bind(environment)
         .fetch_all(&self.read)
         .await?;
         let mut out = Vec::new();
         for r in rows {
-            let r = revision(r)?;
+            let r = flag_revision(r)?;
             if key.is_none_or(|k| r.changed.iter().any(|c| c == k)) {
                 out.push(r);
             }
@@ -108,13 +90,16 @@ impl SqliteStore {
 
     /// Every environment's current flag set.
     pub async fn all_flags(&self) -> Result<Vec<FlagRevision>> {
-        let rows: Vec<Row> = sqlx::query_as(&format!(
-            "SELECT {COLUMNS} FROM flag_revisions f WHERE revision = \
+        let rows: Vec<FlagRow> = sqlx::query_as(&format!(
+            "SELECT {FLAG_COLUMNS} FROM flag_revisions f WHERE revision = \
              (SELECT MAX(revision) FROM flag_revisions g WHERE g.environment = f.environment) \
              ORDER BY environment"
         ))
         .fetch_all(&self.read)
         .await?;
-        rows.into_iter().map(revision).collect()
+        Ok(rows
+            .into_iter()
+            .map(flag_revision)
+            .collect::<std::result::Result<_, _>>()?)
     }
 }
