@@ -711,6 +711,8 @@ pub async fn env(cmd: EnvCommand, client: &Client, out: OutputFormat) -> anyhow:
             if let Some(after) = &pipeline.after {
                 super::deploy::check_names("x", Some(after))?;
             }
+            let with_pipeline = pipeline.after.is_some();
+            let shown = name.clone();
             let v: EnvironmentCreated = client
                 .post_as(
                     "/v1/environments",
@@ -725,10 +727,21 @@ pub async fn env(cmd: EnvCommand, client: &Client, out: OutputFormat) -> anyhow:
             emit(out, &v, |v| {
                 if v.created {
                     println!("created environment {}", v.name);
+                } else if with_pipeline {
+                    println!(
+                        "environment {} already exists; its pipeline is set:",
+                        v.name
+                    );
                 } else {
                     println!("environment {} already exists", v.name);
                 }
             });
+            // What it now asks of a version, as `seal env show` says it.
+            if with_pipeline && matches!(out, OutputFormat::Text) {
+                let v: EnvironmentView =
+                    client.get_as(&format!("/v1/environments/{shown}")).await?;
+                print_environment(&v);
+            }
         }
         EnvCommand::Update {
             name,

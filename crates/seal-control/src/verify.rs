@@ -322,9 +322,12 @@ impl Control {
         let (base_b, cand_b) = (backend(&baseline, base_fn), backend(&candidate, cand_fn));
         let mut runs = Vec::with_capacity(captured.len());
         for r in captured {
+            // The baseline's second run after the candidate's: a field
+            // that moves with time (a timestamp) then differs between the
+            // baseline's runs whenever it differs for the candidate.
             let a1 = self.replay_one(&base_b, &r).await;
-            let a2 = self.replay_one(&base_b, &r).await;
             let c = self.replay_one(&cand_b, &r).await;
+            let a2 = self.replay_one(&base_b, &r).await;
             runs.push((r, a1, a2, c));
         }
         let compared = compare(&runs, &req.ignore);
@@ -489,6 +492,56 @@ impl Control {
         }
     }
 
+    /// The VSA statements about `v` signed by this server's key (any
+    /// other key, or none, is not the server's word).
+    async fn server_summaries(&self, v: &VersionRecord) -> ControlResult<Vec<Value>> {
+        let key = self.server_key.public_key();
+        Ok(self
+            .trust
+            .envelopes(&v.digest)
+            .await?
+            .into_iter()
+            .filter(|(_, e)| e.verify(std::slice::from_ref(&key)).is_ok())
+            .filter_map(|(_, e)| e.statement().ok())
+            .filter(|st| st["predicateType"] == VSA)
+            .collect())
+    }
+
+    /// Signs a verification summary about `v` (`predicate` completed with
+    /// the statement's common fields) and attaches it; its referrer.
+    async fn attach_summary(
+        &self,
+        v: &VersionRecord,
+        verifier: &str,
+        policy_uri: String,
+        passed: bool,
+        detail: (&str, Value),
+    ) -> ControlResult<String> {
+        let hex = v.digest.strip_prefix("sha256:").unwrap_or(&v.digest);
+        let mut predicate = json!({
+            "verifier": {"id": verifier, "version": {"seal": env!("CARGO_PKG_VERSION")}},
+            "timeVerified": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            "resourceUri": format!("seal:function/{}@{}", v.function, v.version),
+            "policy": {"uri": policy_uri},
+            "verificationResult": if passed { "PASSED" } else { "FAILED" },
+            "verifiedLevels": [],
+            "slsaVersion": "1.0",
+        });
+        predicate[detail.0] = detail.1;
+        let statement = json!({
+            "_type": "https://in-toto.io/Statement/v1",
+            "subject": [{"name": format!("{}@{}", v.function, v.version), "digest": {"sha256": hex}}],
+            "predicateType": VSA,
+            "predicate": predicate,
+        });
+        let envelope = seal_trust::Envelope::sign(&statement, &self.server_key);
+        Ok(self
+            .trust
+            .attach_attestation(&v.function, v.version, &envelope.to_json(), VERIFIER)
+            .await?
+            .referrer)
+    }
+
     /// Signs the verdict as an in-toto statement with a VSA predicate about
     /// the candidate and attaches it; its referrer digest.
     async fn attest_verification(
@@ -497,31 +550,17 @@ impl Control {
         report: &VerifyReport,
         ignore: &[String],
     ) -> ControlResult<String> {
-        let hex = candidate
-            .digest
-            .strip_prefix("sha256:")
-            .unwrap_or(&candidate.digest);
-        let statement = json!({
-            "_type": "https://in-toto.io/Statement/v1",
-            "subject": [{
-                "name": format!("{}@{}", candidate.function, candidate.version),
-                "digest": {"sha256": hex},
-            }],
-            "predicateType": VSA,
-            "predicate": {
-                "verifier": {
-                    "id": "https://seal.dev/verify-release",
-                    "version": {"seal": env!("CARGO_PKG_VERSION")},
-                },
-                "timeVerified": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-                "resourceUri": format!("seal:function/{}@{}", candidate.function, candidate.version),
-                "policy": {
-                    "uri": format!("seal:verify-release?environment={}&replay={}&max_mismatch_percent={}", report.environment, report.replay, report.max_mismatch_percent),
-                },
-                "verificationResult": if report.passed { "PASSED" } else { "FAILED" },
-                "verifiedLevels": [],
-                "slsaVersion": "1.0",
-                "sealVerification": {
+        self.attach_summary(
+            candidate,
+            "https://seal.dev/verify-release",
+            format!(
+                "seal:verify-release?environment={}&replay={}&max_mismatch_percent={}",
+                report.environment, report.replay, report.max_mismatch_percent
+            ),
+            report.passed,
+            (
+                "sealVerification",
+                json!({
                     "environment": report.environment,
                     "replay": report.replay,
                     "baseline": {"version": report.baseline_version, "digest": report.baseline_digest},
@@ -533,20 +572,10 @@ impl Control {
                     "max_mismatch_percent": report.max_mismatch_percent,
                     "ignore": ignore,
                     "verdict": report.verdict,
-                },
-            },
-        });
-        let envelope = seal_trust::Envelope::sign(&statement, &self.server_key);
-        let attached = self
-            .trust
-            .attach_attestation(
-                &candidate.function,
-                candidate.version,
-                &envelope.to_json(),
-                VERIFIER,
-            )
-            .await?;
-        Ok(attached.referrer)
+                }),
+            ),
+        )
+        .await
     }
 
     /// Records a completed soak of `v` in `env` as a summary signed by
@@ -559,40 +588,30 @@ impl Control {
         soak_ms: u64,
         invocations: u64,
     ) -> ControlResult<()> {
-        let key = self.server_key.public_key();
-        for (_, envelope) in self.trust.envelopes(&v.digest).await? {
-            if envelope.verify(std::slice::from_ref(&key)).is_ok()
-                && let Ok(st) = envelope.statement()
-                && st["predicate"]["sealSoak"]["environment"] == env
-            {
-                return Ok(());
-            }
+        if self
+            .server_summaries(v)
+            .await?
+            .iter()
+            .any(|st| st["predicate"]["sealSoak"]["environment"] == env)
+        {
+            return Ok(());
         }
-        let hex = v.digest.strip_prefix("sha256:").unwrap_or(&v.digest);
-        let statement = json!({
-            "_type": "https://in-toto.io/Statement/v1",
-            "subject": [{"name": format!("{}@{}", v.function, v.version), "digest": {"sha256": hex}}],
-            "predicateType": VSA,
-            "predicate": {
-                "verifier": {"id": "https://seal.dev/soak", "version": {"seal": env!("CARGO_PKG_VERSION")}},
-                "timeVerified": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-                "resourceUri": format!("seal:function/{}@{}", v.function, v.version),
-                "policy": {"uri": format!("seal:soak?environment={env}&soak_ms={soak_ms}")},
-                "verificationResult": "PASSED",
-                "verifiedLevels": [],
-                "slsaVersion": "1.0",
-                "sealSoak": {
+        self.attach_summary(
+            v,
+            "https://seal.dev/soak",
+            format!("seal:soak?environment={env}&soak_ms={soak_ms}"),
+            true,
+            (
+                "sealSoak",
+                json!({
                     "environment": env,
                     "served_ms": served_ms,
                     "required_ms": soak_ms,
                     "invocations": invocations,
-                },
-            },
-        });
-        let envelope = seal_trust::Envelope::sign(&statement, &self.server_key);
-        self.trust
-            .attach_attestation(&v.function, v.version, &envelope.to_json(), VERIFIER)
-            .await?;
+                }),
+            ),
+        )
+        .await?;
         Ok(())
     }
 
@@ -617,15 +636,8 @@ impl Control {
         replay: &str,
         v: &VersionRecord,
     ) -> ControlResult<Option<(bool, String, String)>> {
-        let key = self.server_key.public_key();
         let mut latest: Option<(bool, String, String)> = None;
-        for (_, envelope) in self.trust.envelopes(&v.digest).await? {
-            if envelope.verify(std::slice::from_ref(&key)).is_err() {
-                continue;
-            }
-            let Ok(statement) = envelope.statement() else {
-                continue;
-            };
+        for statement in self.server_summaries(v).await? {
             let p = &statement["predicate"];
             let sv = &p["sealVerification"];
             if statement["predicateType"] != VSA

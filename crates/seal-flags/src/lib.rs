@@ -88,20 +88,11 @@ fn engine() -> DataLogic {
     engine
 }
 
-/// A flag key: letters, digits, `-`, `_`, `.`, at most 128.
+/// A flag key: the rule a manifest's `[capabilities] flags` follows
+/// (letters, digits, `-`, `_`, `.`, at most 128).
 pub fn check_key(key: &str) -> Result<(), String> {
-    let ok = !key.is_empty()
-        && key.len() <= 128
-        && key
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "flag key {key:?}: use 1 to 128 letters, digits, '-', '_' or '.'"
-        ))
-    }
+    seal_artifact::capabilities::validate_flag_key(key)
+        .map_err(|_| format!("flag key {key:?}: use 1 to 128 letters, digits, '-', '_' or '.'"))
 }
 
 /// Replaces every `{"$ref": NAME}` with the evaluator of that name.

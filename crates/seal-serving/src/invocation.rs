@@ -218,8 +218,9 @@ pub struct Invocation {
     pub(crate) config_revision: i64,
     /// The environment's flags, for a guest that declares any.
     pub(crate) flag_set: Option<Arc<seal_flags::FlagSet>>,
-    /// The flags it evaluated, with the variant each gave.
-    pub(crate) flags_evaluated: Arc<std::sync::Mutex<Vec<FlagUse>>>,
+    /// The flags it evaluated, with the variant each gave (only for a
+    /// guest that declares flags: nothing is allocated for the others).
+    pub(crate) flags_evaluated: Option<Arc<std::sync::Mutex<Vec<FlagUse>>>>,
     pub(crate) telemetry: Arc<Telemetry>,
     pub(crate) request_id: Arc<str>,
     pub(crate) ids: TraceIds,
@@ -481,7 +482,7 @@ impl InvocationObserver for Invocation {
     fn flags(&self) -> Option<Arc<dyn seal_runtime::FlagEvaluator>> {
         Some(Arc::new(Flags {
             set: self.flag_set.clone(),
-            used: self.flags_evaluated.clone(),
+            used: self.flags_evaluated.clone()?,
         }))
     }
 
@@ -521,8 +522,8 @@ impl InvocationObserver for Invocation {
         self.span(&r, status, error);
         let flags_used = self
             .flags_evaluated
-            .lock()
-            .map(|mut u| std::mem::take(&mut *u))
+            .as_ref()
+            .and_then(|f| f.lock().ok().map(|mut u| std::mem::take(&mut *u)))
             .unwrap_or_default();
         self.telemetry.flag_counts.add(
             &b.function_name,

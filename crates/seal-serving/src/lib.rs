@@ -673,7 +673,7 @@ impl Serving {
             } else {
                 self.flag_set(&backend.environment)
             },
-            flags_evaluated: Arc::default(),
+            flags_evaluated: (!backend.function.limits().flags.is_empty()).then(Arc::default),
         });
         let result = backend.function.handle(req, &env, invocation).await;
         match &result {
