@@ -305,3 +305,97 @@ async fn a_guest_evaluates_its_declared_flags_over_ofrep_and_a_change_applies_at
         "{logs}"
     );
 }
+
+/// What the `flags-js` guest's OpenFeature client answered.
+async fn evaluate_js(s: &Server, user: &str, key: &str) -> serde_json::Value {
+    let r = s
+        .get_host(
+            "flagsjs.staging.localhost",
+            &format!("/?user={user}&key={key}"),
+        )
+        .await;
+    let status = r.status();
+    let text = r.text().await.unwrap();
+    assert_eq!(status, 200, "{text}");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+/// A JavaScript component (componentize-js) that uses the OpenFeature server
+/// SDK with the published `@openfeature/ofrep-provider`, unchanged, pointed
+/// at `http://flags.seal.internal`: its `fetch` calls are answered by the
+/// runtime. `scripts/build-foreign-guests` builds it from
+/// tests/foreign/js-flags; `scripts/test` and CI always do and set
+/// SEAL_REQUIRE_FOREIGN_GUESTS, so there this test cannot pass without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unchanged_openfeature_ofrep_provider_reads_flags_inside_a_javascript_component() {
+    let wasm = support::repo().join("target/foreign-guests/flags-js.wasm");
+    if !wasm.is_file() {
+        assert!(
+            std::env::var_os("SEAL_REQUIRE_FOREIGN_GUESTS").is_none(),
+            "SEAL_REQUIRE_FOREIGN_GUESTS is set but {} is missing; run scripts/build-foreign-guests",
+            wasm.display()
+        );
+        eprintln!("skipping: run scripts/build-foreign-guests to build the flags-js guest");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    support::publish_file(&s, &wasm, "flagsjs", &["--flag", "greeting"]);
+    s.seal_json(&["deploy", "flagsjs", "1", "-e", "staging"]);
+
+    // No such flag in the environment yet: the SDK falls back to the
+    // default and says why, as it would against any OFREP server.
+    let body = evaluate_js(&s, "ann", "greeting").await;
+    assert_eq!(body["value"], "off", "{body}");
+    assert_eq!(body["reason"], "ERROR", "{body}");
+    assert_eq!(body["errorCode"], "FLAG_NOT_FOUND", "{body}");
+
+    let file = dir.path().join("flags.json");
+    std::fs::write(
+        &file,
+        r#"{"flags": {
+          "greeting": {"state": "ENABLED", "variants": {"hello": "hello", "hi": "hi"},
+                       "defaultVariant": "hello",
+                       "targeting": {"fractional": [["hi", 50], ["hello", 50]]}},
+          "banner": {"state": "ENABLED", "variants": {"red": "red"}, "defaultVariant": "red"}
+        }}"#,
+    )
+    .unwrap();
+    s.seal_json(&["flags", "apply", file.to_str().unwrap(), "--env", "staging"]);
+    // `fractional` through the client: each user sticks to one variant,
+    // and over a few users both variants show.
+    let mut seen = std::collections::BTreeSet::new();
+    for i in 0..12 {
+        let user = format!("user-{i}");
+        let first = evaluate_js(&s, &user, "greeting").await;
+        assert_eq!(first["reason"], "TARGETING_MATCH", "{first}");
+        assert_eq!(first["value"], first["variant"], "{first}");
+        assert_eq!(evaluate_js(&s, &user, "greeting").await, first);
+        seen.insert(first["value"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+
+    // A change takes effect at the next request, with no deploy.
+    std::fs::write(
+        &file,
+        r#"{"flags": {
+          "greeting": {"state": "ENABLED", "variants": {"hello": "hello", "hi": "hi"}, "defaultVariant": "hi"},
+          "banner": {"state": "ENABLED", "variants": {"red": "red"}, "defaultVariant": "red"}
+        }}"#,
+    )
+    .unwrap();
+    s.seal_json(&["flags", "apply", file.to_str().unwrap(), "--env", "staging"]);
+    let body = evaluate_js(&s, "ann", "greeting").await;
+    assert_eq!(
+        (&body["value"], &body["reason"]),
+        (&json!("hi"), &json!("STATIC")),
+        "{body}"
+    );
+
+    // A flag the manifest does not declare, though the environment has it:
+    // refused (OFREP's 403), so the client falls back to its default.
+    let body = evaluate_js(&s, "ann", "banner").await;
+    assert_eq!(body["value"], "off", "{body}");
+    assert_eq!(body["reason"], "ERROR", "{body}");
+    assert_eq!(body["errorCode"], "GENERAL", "{body}");
+}
