@@ -182,3 +182,82 @@ async fn a_capture_keeps_about_its_share_never_credentials_and_at_most_its_maxim
         assert!(actions.contains(&a), "{a}: {actions:?}");
     }
 }
+
+/// Events from a queue count as the function's traffic: a running capture
+/// keeps the binary-mode CloudEvents request the guest got and what it
+/// answered; events sent straight to a version (`seal events replay`)
+/// are not traffic and are not kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capture_keeps_events_delivered_from_a_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    publish_file(&s, &guest("events"), "billing", &[]);
+    s.seal_json(&["deploy", "billing", "1"]);
+    s.seal_json(&["queue", "create", "orders"]);
+    s.seal_json(&[
+        "trigger",
+        "create",
+        "queue",
+        "--function",
+        "billing",
+        "--queue",
+        "orders",
+    ]);
+    s.seal_json(&["capture", "start", "billing", "--rate", "100%"]);
+    let data = dir.path().join("order.json");
+    for i in 0..3 {
+        std::fs::write(&data, format!(r#"{{"order": {i}}}"#)).unwrap();
+        s.seal_json(&[
+            "events",
+            "send",
+            "orders",
+            "--type",
+            "order.created",
+            "--id",
+            &format!("order-{i}"),
+            "--data",
+            &format!("@{}", data.display()),
+        ]);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let requests = loop {
+        let shown = s.seal_json(&["capture", "show", "billing"]);
+        let requests = shown["requests"].as_array().unwrap().clone();
+        if requests.len() >= 3 || Instant::now() > deadline {
+            break requests;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(requests.len(), 3, "{requests:#?}");
+    let mut ids = Vec::new();
+    for r in &requests {
+        let headers: HashMap<String, String> =
+            serde_json::from_value::<Vec<(String, String)>>(r["headers"].clone())
+                .unwrap()
+                .into_iter()
+                .collect();
+        assert_eq!(r["method"], "POST", "{r:#}");
+        assert_eq!(r["path"], "/", "{r:#}");
+        assert_eq!(headers["ce-type"], "order.created", "{r:#}");
+        assert_eq!(headers["ce-specversion"], "1.0", "{r:#}");
+        assert_eq!(r["status"], 200, "{r:#}");
+        assert!(
+            r["response_digest"]
+                .as_str()
+                .unwrap()
+                .starts_with("sha256:"),
+            "{r:#}"
+        );
+        use base64::Engine as _;
+        let body = base64::engine::general_purpose::STANDARD
+            .decode(r["body"].as_str().unwrap())
+            .unwrap();
+        let i = headers["ce-id"].strip_prefix("order-").unwrap().to_owned();
+        // The data as the guest got it (JSON data is sent compact).
+        assert_eq!(body, format!(r#"{{"order":{i}}}"#).into_bytes(), "{r:#}");
+        assert!(r["body_truncated"].is_null(), "{r:#}");
+        ids.push(headers["ce-id"].clone());
+    }
+    ids.sort();
+    assert_eq!(ids, ["order-0", "order-1", "order-2"]);
+}

@@ -1151,7 +1151,8 @@ impl EventsService {
                 } else {
                     Traffic::Judged
                 };
-                let a = seal_events::deliver::deliver(&self.serving, b, &event, traffic).await;
+                let a = seal_events::deliver::deliver_from_queue(&self.serving, b, &event, traffic)
+                    .await;
                 let error = a.error.clone();
                 (
                     AttemptRecord {

@@ -280,6 +280,11 @@ pub fn data_len(e: &Event) -> usize {
 /// percent-encoded `ce-*` header, `datacontenttype` as `Content-Type`,
 /// the data as the body.
 pub fn to_request(e: &Event, uri: &str) -> http::Request<http_body_util::Full<Bytes>> {
+    to_request_bytes(e, uri).map(http_body_util::Full::new)
+}
+
+/// [`to_request`] with the body as bytes.
+pub fn to_request_bytes(e: &Event, uri: &str) -> http::Request<Bytes> {
     let mut headers = HeaderMap::new();
     let mut put = |name: &str, value: &str| {
         if let Ok(n) = HeaderName::from_bytes(format!("ce-{name}").as_bytes()) {
@@ -321,7 +326,7 @@ pub fn to_request(e: &Event, uri: &str) -> http::Request<http_body_util::Full<By
     {
         headers.insert(CONTENT_TYPE, v);
     }
-    let mut req = http::Request::new(http_body_util::Full::new(body));
+    let mut req = http::Request::new(body);
     *req.method_mut() = http::Method::POST;
     *req.uri_mut() = uri.parse().unwrap_or_else(|_| http::Uri::from_static("/"));
     *req.headers_mut() = headers;

@@ -95,6 +95,30 @@ pub async fn deliver(
     event: &Event,
     traffic: Traffic,
 ) -> Attempt {
+    attempt(serving, backend, event, traffic, false).await
+}
+
+/// [`deliver`] for an event from a queue: a capture running on the
+/// function in its environment samples it as it samples HTTP requests
+/// (the binary-mode CloudEvents request the guest gets, and the status
+/// and body digest of its answer), so a replay exercises the candidate
+/// with its event traffic too.
+pub async fn deliver_from_queue(
+    serving: &Serving,
+    backend: &Arc<Backend>,
+    event: &Event,
+    traffic: Traffic,
+) -> Attempt {
+    attempt(serving, backend, event, traffic, true).await
+}
+
+async fn attempt(
+    serving: &Serving,
+    backend: &Arc<Backend>,
+    event: &Event,
+    traffic: Traffic,
+    capture: bool,
+) -> Attempt {
     let started = Instant::now();
     // An absolute URI, as the gateway gives a guest: the function's host
     // name in the environment, path `/`.
@@ -102,8 +126,18 @@ pub async fn deliver(
         "http://{}.{}.localhost/",
         backend.function_name, backend.environment
     );
-    let mut req = codec::to_request(event, &uri);
+    let mut req = codec::to_request_bytes(event, &uri);
     correlate(event, req.headers_mut());
+    let tap = if capture {
+        serving
+            .captures()
+            .sample(&backend.environment, &backend.function_name)
+    } else {
+        None
+    };
+    // The event's body is whole in memory: kept as sent, read or not.
+    let pending = tap.map(|tap| tap.begin_whole(serving.captures().clone(), backend.version, &req));
+    let req = req.map(http_body_util::Full::new);
     let invoked = serving.invoke(backend, req, started, traffic).await;
     let mut attempt = Attempt {
         version: backend.version,
@@ -119,9 +153,14 @@ pub async fn deliver(
             let status = resp.status().as_u16();
             attempt.status = Some(status);
             attempt.outcome = Outcome::of_status(status);
-            let body = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER_BYTES);
-            match body.collect().await {
-                Ok(_) if attempt.outcome == Outcome::Ok => {}
+            // A captured event's record goes out when its answer has been
+            // read, with the digest of that body.
+            let read = match pending {
+                None => read_answer(resp.into_body()).await,
+                Some(pending) => read_answer(pending.finish(resp).into_body()).await,
+            };
+            match read {
+                Ok(()) if attempt.outcome == Outcome::Ok => {}
                 Ok(_) => {
                     attempt.error_kind = Some("status".into());
                     attempt.error = Some(format!("the function answered {status}"));
@@ -136,6 +175,14 @@ pub async fn deliver(
             }
         }
         Err(e) => {
+            // No answer: a captured event keeps the status a caller would
+            // have got, with an empty body.
+            if let Some(pending) = pending {
+                let mut resp = http::Response::new(http_body_util::Empty::<bytes::Bytes>::new());
+                *resp.status_mut() = http::StatusCode::from_u16(e.status())
+                    .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+                drop(pending.finish(resp));
+            }
             attempt.outcome = Outcome::Retryable;
             attempt.error_kind = Some(e.kind().to_owned());
             attempt.error = Some(e.public_message());
@@ -143,6 +190,20 @@ pub async fn deliver(
     }
     attempt.duration = started.elapsed();
     attempt
+}
+
+/// Reads an answer to its end, keeping none of it past
+/// [`MAX_ANSWER_BYTES`].
+async fn read_answer<B>(body: B) -> Result<(), String>
+where
+    B: http_body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    http_body_util::Limited::new(body, MAX_ANSWER_BYTES)
+        .collect()
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -210,6 +210,35 @@ impl Tap {
         version: u64,
         req: http::Request<B>,
     ) -> (http::Request<TeeBody<B>>, Pending) {
+        let ended = req.body().is_end_stream();
+        let pending = self.pending(captures, version, &req, (Vec::new(), false, ended));
+        let limit = self.rule.body_limit;
+        let copy = pending.body.clone();
+        (req.map(|inner| TeeBody { inner, limit, copy }), pending)
+    }
+
+    /// Starts capturing a request whose body is whole in memory (an event
+    /// from a queue): the body is kept as it is, up to the cap, whether
+    /// or not the guest reads it.
+    pub fn begin_whole(
+        &self,
+        captures: Arc<Captures>,
+        version: u64,
+        req: &http::Request<Bytes>,
+    ) -> Pending {
+        let body = req.body();
+        let take = body.len().min(self.rule.body_limit);
+        let kept = (body[..take].to_vec(), take < body.len(), true);
+        self.pending(captures, version, req, kept)
+    }
+
+    fn pending<B>(
+        &self,
+        captures: Arc<Captures>,
+        version: u64,
+        req: &http::Request<B>,
+        body: (Vec<u8>, bool, bool),
+    ) -> Pending {
         let headers = req
             .headers()
             .iter()
@@ -221,7 +250,6 @@ impl Tap {
                 )
             })
             .collect();
-        let body = Arc::new(Mutex::new((Vec::new(), false, req.body().is_end_stream())));
         let record = Captured {
             environment: self.rule.environment.clone(),
             function: self.rule.function.clone(),
@@ -243,21 +271,12 @@ impl Tap {
             response_bytes: 0,
             duration_ms: 0,
         };
-        let limit = self.rule.body_limit;
-        let req = req.map(|inner| TeeBody {
-            inner,
-            limit,
-            copy: body.clone(),
-        });
-        (
-            req,
-            Pending {
-                captures,
-                record,
-                started: std::time::Instant::now(),
-                body,
-            },
-        )
+        Pending {
+            captures,
+            record,
+            started: std::time::Instant::now(),
+            body: Arc::new(Mutex::new(body)),
+        }
     }
 }
 
