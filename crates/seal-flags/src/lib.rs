@@ -409,11 +409,19 @@ impl Operator for Fractional {
         context: &mut ContextStack,
         evaluator: &dyn Evaluator,
     ) -> datalogic_rs::Result<Value> {
-        let mut evaluated = Vec::with_capacity(args.len());
+        // The evaluator compiles what it is given on every call, so only
+        // logic goes through it: a bucket written as literals (`["on", 10]`,
+        // the usual form) is read as it stands.
+        let literal = |v: &Value| !matches!(v, Value::Object(_) | Value::Array(_));
+        let mut evaluated: Vec<std::borrow::Cow<'_, Value>> = Vec::with_capacity(args.len());
         for a in args {
-            evaluated.push(evaluator.evaluate(a, context)?);
+            evaluated.push(match a {
+                Value::Array(items) if items.iter().all(literal) => std::borrow::Cow::Borrowed(a),
+                v if literal(v) => std::borrow::Cow::Borrowed(a),
+                _ => std::borrow::Cow::Owned(evaluator.evaluate(a, context)?),
+            });
         }
-        let (key, buckets) = match evaluated.first() {
+        let (key, buckets) = match evaluated.first().map(|v| v.as_ref()) {
             Some(Value::String(k)) => (k.clone(), &evaluated[1..]),
             _ => {
                 let root = context.root();
@@ -425,12 +433,12 @@ impl Operator for Fractional {
                 (format!("{flag}{targeting}"), &evaluated[..])
             }
         };
-        let mut weights = Vec::new();
+        let mut weights: Vec<(&str, f64)> = Vec::with_capacity(buckets.len());
         for b in buckets {
             match b.as_array().map(Vec::as_slice) {
-                Some([Value::String(v)]) => weights.push((v.clone(), 1.0)),
+                Some([Value::String(v)]) => weights.push((v, 1.0)),
                 Some([Value::String(v), w]) => {
-                    weights.push((v.clone(), w.as_f64().unwrap_or(0.0).max(0.0)))
+                    weights.push((v, w.as_f64().unwrap_or(0.0).max(0.0)))
                 }
                 _ => return Ok(Value::Null),
             }
@@ -444,12 +452,12 @@ impl Operator for Fractional {
         for (variant, w) in &weights {
             end += w * 100.0 / total;
             if at < end {
-                return Ok(Value::String(variant.clone()));
+                return Ok(Value::String((*variant).to_owned()));
             }
         }
         Ok(weights
             .last()
-            .map(|(v, _)| Value::String(v.clone()))
+            .map(|(v, _)| Value::String((*v).to_owned()))
             .unwrap_or(Value::Null))
     }
 }
@@ -598,6 +606,38 @@ mod tests {
             (b - 1_735_676_723.0 / f64::from(u32::MAX) * 100.0).abs() < 1e-9,
             "{b}"
         );
+    }
+
+    #[test]
+    fn fractional_takes_a_bucketing_expression_and_computed_buckets() {
+        // The key from an expression (flagd's documented `cat` of flag key
+        // and an attribute), a bucket whose weight is computed, and one
+        // written as literals: the computed parts are evaluated, and the
+        // split follows the hash of the key the expression gave.
+        let set = FlagSet::parse(
+            br#"{"flags": {"f": {"state": "ENABLED", "variants": {"a": "a", "b": "b"},
+                 "defaultVariant": "a",
+                 "targeting": {"fractional": [
+                   {"cat": [{"var": "$flagd.flagKey"}, {"var": "email"}]},
+                   ["a", {"var": "share"}], ["b", 50]]}}}}"#,
+        )
+        .unwrap();
+        let mut a_count = 0;
+        for i in 0..400 {
+            let email = format!("u{i}@example.org");
+            let got = set
+                .evaluate("f", &ctx(json!({"email": email, "share": 50})))
+                .unwrap();
+            assert_eq!(got.reason, Reason::TargetingMatch);
+            assert_eq!(got.variant == "a", bucket(&format!("f{email}")) < 50.0);
+            a_count += usize::from(got.variant == "a");
+        }
+        assert!((150..250).contains(&a_count), "{a_count} of 400 at 50%");
+        // A computed weight of 0 sends everyone to the other bucket.
+        let got = set
+            .evaluate("f", &ctx(json!({"email": "x@example.org", "share": 0})))
+            .unwrap();
+        assert_eq!(got.variant, "b");
     }
 
     #[test]
