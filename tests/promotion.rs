@@ -498,6 +498,38 @@ async fn a_replay_finds_the_one_route_a_candidate_changed_and_its_signed_verdict
     assert!(!ok && report["baseline_version"] == 2, "{report:#}");
     s.seal(&["deploy", "shop", "3", "-e", "production"])
         .assert_fails_with("shop@3's last verification in staging failed");
+    // The superseded pass is gone: of each kind the server keeps only its
+    // latest summary, so its own attestations stay bounded and a
+    // revoking failure always finds room.
+    let listed = s.seal_json(&["attestations", "list", "shop@3"]);
+    let verifications: Vec<(String, String)> = listed["attestations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["keyid"] == key["keyid"])
+        .filter_map(|a| {
+            use base64::Engine as _;
+            let payload = base64::engine::general_purpose::STANDARD
+                .decode(a["envelope"]["payload"].as_str().unwrap())
+                .unwrap();
+            let st: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+            let p = &st["predicate"];
+            p["sealVerification"].is_object().then(|| {
+                (
+                    a["referrer"].as_str().unwrap().to_owned(),
+                    p["verificationResult"].as_str().unwrap().to_owned(),
+                )
+            })
+        })
+        .collect();
+    assert_eq!(
+        verifications,
+        [(
+            report["attestation"].as_str().unwrap().to_owned(),
+            "FAILED".to_owned()
+        )],
+        "{listed:#}"
+    );
 
     // A candidate the staging policy refuses is not replayed at all.
     let pubkey = dir.path().join("other.pub");

@@ -495,6 +495,19 @@ impl Control {
     /// The VSA statements about `v` signed by this server's key (any
     /// other key, or none, is not the server's word).
     async fn server_summaries(&self, v: &VersionRecord) -> ControlResult<Vec<Value>> {
+        Ok(self
+            .server_summary_records(v)
+            .await?
+            .into_iter()
+            .map(|(_, st)| st)
+            .collect())
+    }
+
+    /// [`Self::server_summaries`] with the attestation each came in.
+    async fn server_summary_records(
+        &self,
+        v: &VersionRecord,
+    ) -> ControlResult<Vec<(seal_state::AttestationRecord, Value)>> {
         let key = self.server_key.public_key();
         Ok(self
             .trust
@@ -502,9 +515,49 @@ impl Control {
             .await?
             .into_iter()
             .filter(|(_, e)| e.verify(std::slice::from_ref(&key)).is_ok())
-            .filter_map(|(_, e)| e.statement().ok())
-            .filter(|st| st["predicateType"] == VSA)
+            .filter_map(|(rec, e)| Some((rec, e.statement().ok()?)))
+            .filter(|(_, st)| st["predicateType"] == VSA)
             .collect())
+    }
+
+    /// Removes the server's summaries about `v` that a later one of the
+    /// same kind supersedes (see [`summary_kind`]): what the pipeline
+    /// reads is unchanged, and the server's own attestations stay bounded
+    /// by the kinds there are, so they need no share of the artifact's
+    /// attestation limit and a revoking failure always finds room.
+    async fn prune_summaries(&self, v: &VersionRecord) {
+        let summaries = match self.server_summary_records(v).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, function = %v.function, version = v.version, "cannot list the server's summaries to prune them");
+                return;
+            }
+        };
+        let mut latest: BTreeMap<String, (String, String)> = BTreeMap::new();
+        let mut superseded = Vec::new();
+        for (rec, st) in &summaries {
+            let Some(kind) = summary_kind(st) else {
+                continue;
+            };
+            let at = summary_time(st);
+            match latest.get(&kind) {
+                Some((t, _)) if *t >= at => superseded.push(rec.referrer.clone()),
+                _ => {
+                    if let Some((_, older)) = latest.insert(kind, (at, rec.referrer.clone())) {
+                        superseded.push(older);
+                    }
+                }
+            }
+        }
+        for referrer in superseded {
+            if let Err(e) = self
+                .trust
+                .remove_attestation(&v.function, v.version, &referrer, VERIFIER)
+                .await
+            {
+                tracing::warn!(error = %e, function = %v.function, version = v.version, referrer, "cannot remove a superseded summary");
+            }
+        }
     }
 
     /// Signs a verification summary about `v` (`predicate` completed with
@@ -535,11 +588,13 @@ impl Control {
             "predicate": predicate,
         });
         let envelope = seal_trust::Envelope::sign(&statement, &self.server_key);
-        Ok(self
+        let referrer = self
             .trust
             .attach_attestation(&v.function, v.version, &envelope.to_json(), VERIFIER)
             .await?
-            .referrer)
+            .referrer;
+        self.prune_summaries(v).await;
+        Ok(referrer)
     }
 
     /// Signs the verdict as an in-toto statement with a VSA predicate about
@@ -647,14 +702,8 @@ impl Control {
             {
                 continue;
             }
-            let passed_as_evidence = sv["max_mismatch_percent"]
-                .as_f64()
-                .is_some_and(|m| m <= DEFAULT_MAX_MISMATCH)
-                && sv["ignore"].as_array().is_some_and(Vec::is_empty)
-                && sv["requests"]
-                    .as_u64()
-                    .is_some_and(|n| n >= MIN_EVIDENCE_REQUESTS);
-            let at = p["timeVerified"].as_str().unwrap_or_default().to_owned();
+            let passed_as_evidence = strict_enough(sv);
+            let at = summary_time(&statement);
             // A pass with looser settings is reported, never evidence; a
             // failure always counts (it revokes).
             let passed = p["verificationResult"] == "PASSED";
@@ -673,9 +722,77 @@ impl Control {
     }
 }
 
+/// Whether a verification's settings make its pass evidence: the default
+/// threshold or a stricter one, no ignored fields, at least
+/// [`MIN_EVIDENCE_REQUESTS`] requests.
+fn strict_enough(sv: &Value) -> bool {
+    sv["max_mismatch_percent"]
+        .as_f64()
+        .is_some_and(|m| m <= DEFAULT_MAX_MISMATCH)
+        && sv["ignore"].as_array().is_some_and(Vec::is_empty)
+        && sv["requests"]
+            .as_u64()
+            .is_some_and(|n| n >= MIN_EVIDENCE_REQUESTS)
+}
+
+/// When a summary was made (RFC 3339 in UTC, so it sorts as text).
+fn summary_time(statement: &Value) -> String {
+    statement["predicate"]["timeVerified"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// What a server summary stands for; of each kind only the latest
+/// matters: a soak per environment; per environment and replayed
+/// environment, the verification that decides evidence (a failure, or a
+/// pass strict enough) and, apart, a looser pass (reported, never
+/// evidence, so it cannot displace the deciding one).
+fn summary_kind(statement: &Value) -> Option<String> {
+    let p = &statement["predicate"];
+    if let Some(env) = p["sealSoak"]["environment"].as_str() {
+        return Some(format!("soak {env}"));
+    }
+    let sv = &p["sealVerification"];
+    let (env, replay) = (sv["environment"].as_str()?, sv["replay"].as_str()?);
+    let deciding = p["verificationResult"] != "PASSED" || strict_enough(sv);
+    Some(format!(
+        "verification {env} {replay} {}",
+        if deciding { "deciding" } else { "loose" }
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_summary_is_superseded_only_by_a_later_one_of_its_kind() {
+        let summary = |result: &str, env: &str, max: f64, ignore: Value| {
+            json!({"predicate": {
+                "verificationResult": result,
+                "sealVerification": {"environment": env, "replay": "production",
+                    "max_mismatch_percent": max, "ignore": ignore, "requests": 50}}})
+        };
+        let strict_pass = summary_kind(&summary("PASSED", "staging", 1.0, json!([])));
+        let fail = summary_kind(&summary("FAILED", "staging", 50.0, json!(["/x"])));
+        let loose_pass = summary_kind(&summary("PASSED", "staging", 50.0, json!([])));
+        let ignoring_pass = summary_kind(&summary("PASSED", "staging", 1.0, json!(["/x"])));
+        // A failure revokes a strict pass, whatever its own settings.
+        assert_eq!(strict_pass, fail);
+        // A looser pass is its own kind: it never displaces the deciding one.
+        assert_ne!(strict_pass, loose_pass);
+        assert_eq!(loose_pass, ignoring_pass);
+        assert_ne!(
+            strict_pass,
+            summary_kind(&summary("PASSED", "qa", 1.0, json!([])))
+        );
+        assert_eq!(
+            summary_kind(&json!({"predicate": {"sealSoak": {"environment": "staging"}}})),
+            Some("soak staging".into())
+        );
+        assert_eq!(summary_kind(&json!({"predicate": {}})), None);
+    }
 
     fn answer(status: u16, body: &str) -> Answer {
         Answer {
