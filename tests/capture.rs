@@ -160,6 +160,20 @@ async fn a_capture_keeps_about_its_share_never_credentials_and_at_most_its_maxim
     assert_eq!(settled(&s).await, kept);
     s.seal(&["capture", "stop", "hello"])
         .assert_fails_with("stopped already");
+    // A restart that would drop more headers than the kept requests were
+    // filtered by is refused: those headers are in them.
+    s.seal(&[
+        "capture",
+        "start",
+        "hello",
+        "--rate",
+        "25%",
+        "--drop-header",
+        "x-api-key",
+        "--drop-header",
+        "X-Keep",
+    ])
+    .assert_fails_with(&format!("kept {kept} requests with x-keep in them"));
 
     // Deleted with what it kept; a new one keeps at most its maximum.
     let d = s.seal_json(&["capture", "delete", "hello"]);

@@ -59,6 +59,26 @@ impl Control {
             })?;
             drop_headers.push(name.as_str().to_owned());
         }
+        // What a capture kept was filtered by its own drop list: a restart
+        // that drops more would leave those headers in the earlier rows.
+        if let Ok(earlier) = self.capture_of(&environment, &req.function).await
+            && earlier.captured > 0
+        {
+            let more: Vec<&str> = drop_headers
+                .iter()
+                .filter(|h| !earlier.drop_headers.contains(h))
+                .map(String::as_str)
+                .collect();
+            if !more.is_empty() {
+                return Err(ControlError::conflict(format!(
+                    "the capture of {} in {environment} kept {} requests with {} in them: delete them first (`seal capture delete {} --env {environment}`), or restart without dropping more headers",
+                    req.function,
+                    earlier.captured,
+                    more.join(", "),
+                    req.function
+                )));
+            }
+        }
         let capture = Capture {
             environment: environment.clone(),
             function: req.function.clone(),
@@ -188,6 +208,9 @@ impl Control {
                         batch.push(c);
                     }
                     self.write_captured(&mut batch).await;
+                    // Requests still draining send theirs after this:
+                    // [`Self::flush_captures`] writes them at the end.
+                    self.serving.captures().put_back_receiver(rx);
                     return;
                 }
             };
@@ -211,6 +234,20 @@ impl Control {
             }
             self.write_captured(&mut batch).await;
         }
+    }
+
+    /// Writes the records sampled since the writer stopped (requests that
+    /// drained after it): the server's last step, after its listeners.
+    pub async fn flush_captures(&self) {
+        let Some(mut rx) = self.serving.captures().take_receiver() else {
+            return;
+        };
+        let mut batch = Vec::new();
+        while let Ok(c) = rx.try_recv() {
+            batch.push(c);
+        }
+        self.write_captured(&mut batch).await;
+        self.serving.captures().put_back_receiver(rx);
     }
 
     async fn write_captured(&self, batch: &mut Vec<Captured>) {

@@ -310,10 +310,11 @@ impl RunningServer {
 }
 
 /// After the listeners stop: stop the deployment drivers (they resume at
-/// the next start from what they committed), persist the last usage,
-/// flush the last spans.
+/// the next start from what they committed), persist the last captured
+/// requests and usage, flush the last spans.
 async fn finish(control: &Control, provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>) {
     control.stop_rollouts().await;
+    control.flush_captures().await;
     if let Err(e) = control.usage().flush_usage().await {
         tracing::warn!(error = %e, "cannot persist the last usage counts");
     }

@@ -181,6 +181,12 @@ impl Captures {
         self.rx.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
+    /// Gives the receiving end back (the writer stopping while requests
+    /// still drain): what arrives meanwhile waits for a last flush.
+    pub fn put_back_receiver(&self, rx: mpsc::Receiver<Captured>) {
+        *self.rx.lock().unwrap_or_else(|p| p.into_inner()) = Some(rx);
+    }
+
     /// Sampled requests dropped because the channel was full.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
