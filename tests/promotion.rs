@@ -222,6 +222,54 @@ async fn a_version_reaches_production_only_with_its_evidence_from_staging_or_an_
     let applied = s.seal_json(&["apply", "-f", file.to_str().unwrap()]);
     assert_eq!(applied["succeeded"], true, "{applied:#}");
     assert_eq!(serves_in(&s, "production").await, "3");
+
+    // A pipeline again, stricter than when hello@1 and hello@3 came in:
+    // going back to either (a deploy, a reverted release file) is a
+    // return to what production served, not a promotion, so it needs no
+    // evidence, as a rollback needs none. One rolled back in production
+    // is no such state: hello@2 is refused.
+    s.seal_json(&[
+        "env",
+        "update",
+        "production",
+        "--after",
+        "staging",
+        "--soak",
+        "2s",
+        "--require-verification",
+    ]);
+    let evidence = s
+        .api_get("/v1/environments/production/evidence/hello/1")
+        .await;
+    assert!(
+        evidence["missing"].as_array().unwrap().is_empty()
+            && evidence["returning"]
+                .as_str()
+                .unwrap()
+                .starts_with("hello@1 served all of production's traffic from"),
+        "{evidence:#}"
+    );
+    s.seal_json(&[
+        "deploy",
+        "hello",
+        "1",
+        "-e",
+        "production",
+        "--allow-new-permissions",
+    ]);
+    assert_eq!(serves_in(&s, "production").await, "1");
+    let applied = s.seal_json(&["apply", "-f", file.to_str().unwrap()]);
+    assert_eq!(applied["succeeded"], true, "{applied:#}");
+    assert_eq!(serves_in(&s, "production").await, "3");
+    s.seal(&[
+        "deploy",
+        "hello",
+        "2",
+        "-e",
+        "production",
+        "--allow-new-permissions",
+    ])
+    .assert_fails_with("hello@2 was rolled back in staging");
 }
 
 /// `shop` answers in `env` with this status.
@@ -496,6 +544,8 @@ async fn a_replay_finds_the_one_route_a_candidate_changed_and_its_signed_verdict
     ]);
     let (report, ok) = verify(&s, "shop@3", &[]);
     assert!(!ok && report["baseline_version"] == 2, "{report:#}");
+    // Refused although shop@3 served production before: a revoked pass
+    // makes it no approved state to return to.
     s.seal(&["deploy", "shop", "3", "-e", "production"])
         .assert_fails_with("shop@3's last verification in staging failed");
     // The superseded pass is gone: of each kind the server keeps only its

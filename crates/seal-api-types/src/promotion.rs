@@ -64,6 +64,11 @@ pub struct Evidence {
     pub invocations: u64,
     /// What is missing, each in a sentence; empty: it may serve here.
     pub missing: Vec<String>,
+    /// Set when it served all of this environment's traffic before (a
+    /// sentence saying when): a return to it, like a rollback, is not a
+    /// promotion and needs no evidence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub returning: Option<String>,
 }
 
 /// `POST /v1/verify-release`: replay a capture to a candidate and to the

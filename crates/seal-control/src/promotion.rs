@@ -142,11 +142,41 @@ impl Control {
             served_ms: None,
             invocations: 0,
             missing: Vec::new(),
+            returning: None,
         };
         let Some(p) = pipeline else {
             return Ok(evidence);
         };
         let name = format!("{}@{}", v.function, v.version);
+        // A version that served all of this environment's traffic before
+        // was admitted here then: going back to it (a release file
+        // reverted, a deploy of the previous version) is a return, as a
+        // rollback is, not a promotion (Argo Rollouts' rollback window
+        // skips analysis the same way).
+        // One rolled back here is no approved state to return to, nor one
+        // whose verification was revoked since (a failure is the latest).
+        let rolled_back_here = self
+            .holds_of(env, &v.function)
+            .await?
+            .iter()
+            .any(|h| h.version == v.version);
+        let revoked = p.require_verification
+            && matches!(
+                self.last_verification(&p.after, env, v).await?,
+                Some((false, _, _))
+            );
+        if !rolled_back_here
+            && !revoked
+            && let Some((start, _)) = self.served_run(env, v).await?
+        {
+            evidence.returning = Some(format!(
+                "{name} served all of {env}'s traffic from {}: a return, not a promotion",
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(start.max(0) as u64)
+                )
+            ));
+            return Ok(evidence);
+        }
         let there = &p.after;
         let run = self.served_run(there, v).await?;
         evidence.served_ms = run.map(|(_, ms)| ms);
