@@ -34,6 +34,11 @@ pub struct PublishArgs {
     /// server's --function-concurrency).
     #[arg(long, value_name = "N")]
     max_concurrency: Option<u32>,
+    /// Invocations one instance may serve, one at a time, keeping its
+    /// global state between them (overrides seal.toml's [limits]
+    /// instance_reuse; default: a fresh instance per request).
+    #[arg(long, value_name = "N")]
+    instance_reuse: Option<u32>,
     /// Allow outbound HTTP requests to this host (repeat for more; adds to
     /// seal.toml's [capabilities] outbound_hosts): api.example.org,
     /// api.example.org:8443, *.example.org, 127.0.0.1:9000, or * for any.
@@ -108,6 +113,9 @@ pub async fn run(args: PublishArgs, client: &Client, out: OutputFormat) -> anyho
     }
     if let Some(n) = args.max_concurrency {
         manifest.limits.max_concurrency = Some(n);
+    }
+    if let Some(n) = args.instance_reuse {
+        manifest.limits.instance_reuse = Some(n);
     }
     for h in args.allow_hosts {
         if !manifest.capabilities.outbound_hosts.contains(&h) {

@@ -533,6 +533,13 @@ fn inspect_lines(v: &Inspection) -> Vec<String> {
                 .map(|n| format!(", at most {n} requests at once"))
                 .unwrap_or_default()
         ),
+        format!(
+            "  instances    {}",
+            m["limits"]["instance_reuse"]
+                .as_u64()
+                .map(|n| format!("reused, {n} invocations each at most"))
+                .unwrap_or_else(|| "a fresh one per request".into())
+        ),
         format!("  provenance   {}", m["provenance"]),
         format!(
             "  created      {} by {}",

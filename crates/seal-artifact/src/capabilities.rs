@@ -203,6 +203,10 @@ pub struct PermissionDiff {
     pub memory_mb: Option<[u64; 2]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<[u64; 2]>,
+    /// `[from, to]` invocations per instance (`None`: a fresh instance
+    /// each) when it changes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance_reuse: Option<[Option<u32>; 2]>,
     /// True when the candidate may do anything the current one may not:
     /// a new host, key or queue, more memory, a longer timeout.
     pub widens: bool,
@@ -229,6 +233,8 @@ impl PermissionDiff {
             removed_flags: minus(&fc.flags, &tc.flags),
             memory_mb: changed(from.limits.memory_mb, to.limits.memory_mb),
             timeout_ms: changed(from.limits.timeout_ms, to.limits.timeout_ms),
+            instance_reuse: (from.limits.instance_reuse != to.limits.instance_reuse)
+                .then_some([from.limits.instance_reuse, to.limits.instance_reuse]),
             widens: false,
         };
         d.widens = !d.added_hosts.is_empty()
@@ -236,7 +242,9 @@ impl PermissionDiff {
             || !d.added_queues.is_empty()
             || !d.added_flags.is_empty()
             || d.memory_mb.is_some_and(|[a, b]| b > a)
-            || d.timeout_ms.is_some_and(|[a, b]| b > a);
+            || d.timeout_ms.is_some_and(|[a, b]| b > a)
+            // State kept across callers is less isolation.
+            || d.instance_reuse.is_some_and(|[a, b]| b.unwrap_or(1) > a.unwrap_or(1));
         d
     }
 
@@ -297,6 +305,22 @@ impl PermissionDiff {
             out.push(format!(
                 "{} timeout {a} ms -> {b} ms",
                 if b > a { "+" } else { "-" }
+            ));
+        }
+        if let Some([a, b]) = self.instance_reuse {
+            let says = |n: Option<u32>| match n {
+                None => "a fresh instance per request".to_owned(),
+                Some(n) => format!("{n} invocations per instance"),
+            };
+            out.push(format!(
+                "{} instance reuse: {} -> {}",
+                if b.unwrap_or(1) > a.unwrap_or(1) {
+                    "+"
+                } else {
+                    "-"
+                },
+                says(a),
+                says(b)
             ));
         }
         out
@@ -503,6 +527,21 @@ mod tests {
         let d = PermissionDiff::between(&q, &a);
         assert!(!d.widens);
         assert_eq!(d.lines(), ["- publish to queue invoices"]);
+        // Instance reuse keeps state across callers: a widening.
+        let mut r = a.clone();
+        r.limits.instance_reuse = Some(1000);
+        let d = PermissionDiff::between(&a, &r);
+        assert!(d.widens);
+        assert_eq!(
+            d.lines(),
+            ["+ instance reuse: a fresh instance per request -> 1000 invocations per instance"]
+        );
+        let d = PermissionDiff::between(&r, &a);
+        assert!(!d.widens);
+        assert_eq!(
+            d.lines(),
+            ["- instance reuse: 1000 invocations per instance -> a fresh instance per request"]
+        );
     }
 
     #[test]

@@ -12,6 +12,8 @@ pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
 /// sized for these.
 pub const MAX_MEMORY_MB: u64 = 4096;
 pub const MAX_TIMEOUT_MS: u64 = 15 * 60 * 1000;
+/// Largest `instance_reuse` a manifest may declare.
+pub const MAX_INSTANCE_REUSE: u32 = 1_000_000;
 /// Largest `max_concurrency` a manifest may declare.
 pub const MAX_CONCURRENCY: u32 = 100_000;
 
@@ -54,6 +56,13 @@ pub struct Limits {
     /// from the canonical bytes when unset, so older digests hold.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrency: Option<u32>,
+    /// Invocations one instance may serve, one at a time, before it is
+    /// discarded (a trap, a timeout, a memory kill or an idle spell
+    /// discard it sooner): a guest's global state lives across them.
+    /// Absent: a fresh instance per request. Absent from the canonical
+    /// bytes when unset, so older digests hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_reuse: Option<u32>,
 }
 
 fn default_memory_mb() -> u64 {
@@ -69,6 +78,7 @@ impl Default for Limits {
             memory_mb: DEFAULT_MEMORY_MB,
             timeout_ms: DEFAULT_TIMEOUT_MS,
             max_concurrency: None,
+            instance_reuse: None,
         }
     }
 }
@@ -151,6 +161,13 @@ impl SealManifest {
         {
             return Err(ArtifactError::InvalidManifest(format!(
                 "limits.max_concurrency must be between 1 and {MAX_CONCURRENCY}, got {n}"
+            )));
+        }
+        if let Some(n) = l.instance_reuse
+            && (n == 0 || n > MAX_INSTANCE_REUSE)
+        {
+            return Err(ArtifactError::InvalidManifest(format!(
+                "limits.instance_reuse must be between 1 and {MAX_INSTANCE_REUSE} invocations per instance, got {n}"
             )));
         }
         for host in &self.capabilities.outbound_hosts {
@@ -474,6 +491,35 @@ mod tests {
             m.limits.max_concurrency = Some(bad);
             let e = m.validate().unwrap_err().to_string();
             assert!(e.contains("limits.max_concurrency"), "{e}");
+        }
+    }
+
+    #[test]
+    fn instance_reuse_is_optional_bounded_and_out_of_old_digests() {
+        let m = SealManifest::new("hello");
+        assert!(
+            !String::from_utf8(m.to_canonical_json())
+                .unwrap()
+                .contains("instance_reuse")
+        );
+        let p = ProjectFile::parse(
+            "name = \"hello\"\n[build]\ncomponent = \"x.wasm\"\n[limits]\ninstance_reuse = 1000\n",
+        )
+        .unwrap();
+        let m = p.to_manifest(no_files).unwrap();
+        assert_eq!(m.limits.instance_reuse, Some(1000));
+        let bytes = m.to_canonical_json();
+        assert!(
+            String::from_utf8(bytes.clone())
+                .unwrap()
+                .contains("\"instance_reuse\":1000")
+        );
+        assert_eq!(SealManifest::from_json(&bytes).unwrap(), m);
+        for bad in [0, MAX_INSTANCE_REUSE + 1] {
+            let mut m = m.clone();
+            m.limits.instance_reuse = Some(bad);
+            let e = m.validate().unwrap_err().to_string();
+            assert!(e.contains("limits.instance_reuse"), "{e}");
         }
     }
 }

@@ -371,6 +371,7 @@ fn limits_of(m: &SealManifest) -> FunctionLimits {
             .collect(),
         config_keys: m.capabilities.config_keys.iter().cloned().collect(),
         max_concurrency: m.limits.max_concurrency,
+        instance_reuse: m.limits.instance_reuse,
         queues: m.capabilities.queues.iter().cloned().collect(),
         flags: m.capabilities.flags.iter().cloned().collect(),
     }

@@ -49,6 +49,51 @@ pub struct LoadTimings {
     pub load: Duration,
 }
 
+/// Idle instances one reusing function keeps at most; more are dropped.
+pub const MAX_IDLE_INSTANCES: usize = 64;
+/// An idle instance unused this long is discarded rather than reused.
+pub const INSTANCE_IDLE: Duration = Duration::from_secs(60);
+
+/// An instance between two invocations of a function that declares
+/// `instance_reuse`: its store (the guest's state), its exports, and what
+/// it was built with.
+struct Warm {
+    store: Store<Host>,
+    proxy: wasmtime_wasi_http::p2::bindings::Proxy,
+    stdout: GuestOutput,
+    stderr: GuestOutput,
+    /// The environment variables it was instantiated with: another set
+    /// (a config change) needs another instance.
+    env: Vec<(String, String)>,
+    /// Invocations it has served.
+    uses: u32,
+    idle_since: std::time::Instant,
+}
+
+/// The idle instances of one function (see [`Warm`]).
+#[derive(Default)]
+struct WarmPool(std::sync::Mutex<Vec<Warm>>);
+
+impl WarmPool {
+    /// The most recently used idle instance built with `env`; stale ones
+    /// are dropped on the way.
+    fn take(&self, env: &[(String, String)]) -> Option<Warm> {
+        let mut idle = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        idle.retain(|w| w.idle_since.elapsed() < INSTANCE_IDLE);
+        let i = idle.iter().rposition(|w| w.env == env)?;
+        Some(idle.swap_remove(i))
+    }
+
+    fn put(&self, mut warm: Warm) {
+        warm.idle_since = std::time::Instant::now();
+        let mut idle = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        idle.retain(|w| w.idle_since.elapsed() < INSTANCE_IDLE);
+        if idle.len() < MAX_IDLE_INSTANCES {
+            idle.push(warm);
+        }
+    }
+}
+
 /// One artifact, pre-instantiated, with its limits: ready to serve.
 pub struct Function {
     pre: ProxyPre<Host>,
@@ -61,6 +106,8 @@ pub struct Function {
     warm: std::sync::atomic::AtomicBool,
     /// Where its invocations take turns once they compute for long.
     lane: crate::lane::CpuLane,
+    /// Idle instances, when its manifest declares `instance_reuse`.
+    idle: Arc<WarmPool>,
 }
 
 impl Function {
@@ -77,6 +124,7 @@ impl Function {
             load,
             warm: std::sync::atomic::AtomicBool::new(false),
             lane,
+            idle: Arc::default(),
         }
     }
 
@@ -107,47 +155,68 @@ impl Function {
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
         let cold = self.take_cold();
-        let mut wasi = WasiCtx::builder();
-        wasi.stdout(GuestOutput::new(GuestStream::Stdout, observer.clone()))
-            .stderr(GuestOutput::new(GuestStream::Stderr, observer.clone()))
-            .envs(env);
-        // Host-side resources are bounded per invocation too: entries in
-        // the resource table (fields, streams, pollables, …) and the size
-        // of each header set the guest builds.
-        let mut table = ResourceTable::new();
-        table.set_max_capacity(MAX_RESOURCES);
-        let mut http = WasiHttpCtx::new();
-        http.set_field_size_limit(MAX_FIELDS_BYTES);
-        let mut store = Store::new(
-            self.pre.engine(),
-            Host {
-                wasi: wasi.build(),
-                http,
-                table,
-                limiter: MemoryLimiter::new(self.limits.memory_bytes),
-                outbound: if observer.deny_outbound() {
-                    OutboundGate::new(Arc::from([])).with_events(self.limits.queues.clone(), None)
+        let gate = if observer.deny_outbound() {
+            OutboundGate::new(Arc::from([])).with_events(self.limits.queues.clone(), None)
+        } else {
+            OutboundGate::new(self.limits.outbound_hosts.clone()).with_events(
+                self.limits.queues.clone(),
+                if self.limits.queues.is_empty() {
+                    None
                 } else {
-                    OutboundGate::new(self.limits.outbound_hosts.clone()).with_events(
-                        self.limits.queues.clone(),
-                        if self.limits.queues.is_empty() {
-                            None
-                        } else {
-                            observer.emitter()
-                        },
-                    )
-                }
-                .with_flags(
-                    self.limits.flags.clone(),
-                    if self.limits.flags.is_empty() {
-                        None
-                    } else {
-                        observer.flags()
-                    },
-                ),
+                    observer.emitter()
+                },
+            )
+        }
+        .with_flags(
+            self.limits.flags.clone(),
+            if self.limits.flags.is_empty() {
+                None
+            } else {
+                observer.flags()
             },
         );
-        store.limiter(|h| &mut h.limiter);
+        // A function that declares reuse takes an idle instance of its own
+        // when there is one: the guest's state stays, the per-invocation
+        // parts (output, outbound gate, memory peak) are this request's.
+        let reuse = self.limits.instance_reuse;
+        let warm = reuse.and_then(|_| self.idle.take(env));
+        let (mut store, proxy, outputs, uses) = match warm {
+            Some(mut w) => {
+                w.stdout.rebind(observer.clone());
+                w.stderr.rebind(observer.clone());
+                let host = w.store.data_mut();
+                host.outbound = gate;
+                host.limiter.next_invocation();
+                (w.store, Some(w.proxy), (w.stdout, w.stderr), w.uses)
+            }
+            None => {
+                let stdout = GuestOutput::new(GuestStream::Stdout, observer.clone());
+                let stderr = GuestOutput::new(GuestStream::Stderr, observer.clone());
+                let mut wasi = WasiCtx::builder();
+                wasi.stdout(stdout.clone()).stderr(stderr.clone()).envs(env);
+                // Host-side resources are bounded per invocation too:
+                // entries in the resource table (fields, streams,
+                // pollables, …) and the size of each header set the guest
+                // builds.
+                let mut table = ResourceTable::new();
+                table.set_max_capacity(MAX_RESOURCES);
+                let mut http = WasiHttpCtx::new();
+                http.set_field_size_limit(MAX_FIELDS_BYTES);
+                let mut store = Store::new(
+                    self.pre.engine(),
+                    Host {
+                        wasi: wasi.build(),
+                        http,
+                        table,
+                        limiter: MemoryLimiter::new(self.limits.memory_bytes),
+                        outbound: gate,
+                    },
+                );
+                store.limiter(|h| &mut h.limiter);
+                (store, None, (stdout, stderr), 0)
+            }
+        };
+        let reused = proxy.is_some();
         // Every epoch tick the guest yields to the executor, so a busy guest
         // cannot starve other requests on its worker thread; once it has
         // computed for long it takes turns in the CPU lane; past the
@@ -200,6 +269,12 @@ impl Function {
         let pre = self.pre.clone();
         let memory_limit = self.limits.memory_bytes;
         let timeout = self.limits.timeout;
+        let idle = self.idle.clone();
+        let env_kept: Vec<(String, String)> = if reuse.is_some() {
+            env.to_vec()
+        } else {
+            Vec::new()
+        };
 
         // The guest runs in its own task so it can keep streaming the body
         // after the response head has been handed back. The whole task,
@@ -212,6 +287,7 @@ impl Function {
                 observer: observer.clone(),
                 report: Some(InvocationReport {
                     cold,
+                    reused,
                     instantiate: Duration::ZERO,
                     call_to_head: None,
                     total: Duration::ZERO,
@@ -223,25 +299,32 @@ impl Function {
                 call_started: None,
                 head: head.clone(),
             };
+            // The instance comes back with the outcome, for reuse.
             let run = async {
-                let proxy = match pre.instantiate_async(&mut store).await {
-                    Ok(p) => p,
-                    Err(e) => return Err(instantiate_error(e)),
+                let proxy = match proxy {
+                    Some(p) => p,
+                    None => match pre.instantiate_async(&mut store).await {
+                        Ok(p) => p,
+                        Err(e) => return (Err(instantiate_error(e)), None),
+                    },
                 };
                 let now = std::time::Instant::now();
                 report.call_started = Some(now);
-                if let Some(r) = report.report.as_mut() {
+                if let Some(r) = report.report.as_mut()
+                    && !reused
+                {
                     r.instantiate = now - report.started;
                 }
-                proxy
+                let result = proxy
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, req, out)
                     .await
-                    .map_err(|e| classify(e, store.data().limiter.hit, memory_limit, timeout))
+                    .map_err(|e| classify(e, store.data().limiter.hit, memory_limit, timeout));
+                (result, Some(proxy))
             };
-            let result = match tokio::time::timeout(timeout, run).await {
-                Ok(result) => result,
-                Err(_elapsed) => Err(InvokeError::Timeout(timeout)),
+            let (result, instance) = match tokio::time::timeout(timeout, run).await {
+                Ok(ran) => ran,
+                Err(_elapsed) => (Err(InvokeError::Timeout(timeout)), None),
             };
             // A guest whose caller hung up fails when it writes to a
             // closed body (a Rust guest traps on it): the caller's doing,
@@ -267,9 +350,26 @@ impl Function {
                 r.peak_memory_bytes = store.data().limiter.peak as u64;
                 r.outcome = result.clone();
             }
-            // The store first: its output streams flush their last
-            // partial lines before the invocation is reported.
-            drop(store);
+            // The output's last partial lines before the invocation is
+            // reported.
+            outputs.0.finish();
+            outputs.1.finish();
+            // Kept for the next invocation only after a clean run with
+            // uses left: a trap, a timeout (the task is aborted before
+            // this) or a memory kill discards the instance.
+            let uses = uses + 1;
+            match (reuse, instance) {
+                (Some(max), Some(proxy)) if result.is_ok() && uses < max => idle.put(Warm {
+                    store,
+                    proxy,
+                    stdout: outputs.0,
+                    stderr: outputs.1,
+                    env: env_kept,
+                    uses,
+                    idle_since: std::time::Instant::now(),
+                }),
+                _ => drop(store),
+            }
             drop(report);
             result
         });
@@ -482,6 +582,64 @@ mod tests {
             assert!(r.total >= r.instantiate);
         }
         assert!(rec.late().is_empty());
+    }
+
+    /// Grows its memory a page per call and counts calls in a global;
+    /// with `trap_at`, traps on that call of one instance.
+    fn growing(trap_at: Option<u32>) -> String {
+        let trap = trap_at
+            .map(|n| format!("(if (i32.eq (global.get $n) (i32.const {n})) (then unreachable))"))
+            .unwrap_or_default();
+        format!(
+            r#"(memory 1)
+            (global $n (mut i32) (i32.const 0))
+            (func (export "handle") (param i32 i32)
+                (drop (memory.grow (i32.const 1)))
+                (global.set $n (i32.add (global.get $n) (i32.const 1)))
+                {trap})"#
+        )
+    }
+
+    const PAGE: u64 = 64 << 10;
+
+    #[tokio::test]
+    async fn a_reusing_function_keeps_its_instance_for_its_uses_and_no_more() {
+        let mut l = limits(16 * MIB, Duration::from_secs(5));
+        l.instance_reuse = Some(3);
+        let (_, rec) = invoke(&growing(None), l, 5).await;
+        let reports = rec.reports();
+        // Three invocations on one instance (its memory, and so its
+        // state, carried over), then a fresh one.
+        let reused: Vec<bool> = reports.iter().map(|r| r.reused).collect();
+        assert_eq!(reused, [false, true, true, false, true]);
+        let peaks: Vec<u64> = reports.iter().map(|r| r.peak_memory_bytes).collect();
+        assert_eq!(peaks, [2 * PAGE, 3 * PAGE, 4 * PAGE, 2 * PAGE, 3 * PAGE]);
+        // A reused instance is not instantiated again.
+        assert!(reports[1].instantiate.is_zero());
+    }
+
+    #[tokio::test]
+    async fn without_the_setting_every_request_gets_a_fresh_instance() {
+        let (_, rec) = invoke(&growing(None), limits(16 * MIB, Duration::from_secs(5)), 3).await;
+        for r in rec.reports() {
+            assert!(!r.reused);
+            assert_eq!(r.peak_memory_bytes, 2 * PAGE);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_trap_discards_a_reused_instance() {
+        let mut l = limits(16 * MIB, Duration::from_secs(5));
+        l.instance_reuse = Some(100);
+        // The second call on one instance traps.
+        let (results, rec) = invoke(&growing(Some(2)), l, 4).await;
+        assert_eq!(results[1].clone().unwrap_err().kind(), "trap");
+        let reused: Vec<bool> = rec.reports().iter().map(|r| r.reused).collect();
+        // After the trap a fresh instance (its counter at 0 again), which
+        // then traps on its own second call.
+        assert_eq!(reused, [false, true, false, true]);
+        assert_eq!(results[3].clone().unwrap_err().kind(), "trap");
+        assert!(!matches!(results[2], Err(InvokeError::Trap(_))));
     }
 
     #[tokio::test]

@@ -31,6 +31,9 @@ pub struct FunctionLimits {
     /// Requests of the function at once in an environment (the manifest's
     /// `max_concurrency`); `None`: the server's default.
     pub max_concurrency: Option<u32>,
+    /// Invocations one instance may serve (the manifest's
+    /// `instance_reuse`); `None`: a fresh instance per request.
+    pub instance_reuse: Option<u32>,
 }
 
 /// Table elements a guest may grow a table to.
@@ -62,6 +65,16 @@ impl MemoryLimiter {
             peak: 0,
             grown: 0,
         }
+    }
+}
+
+impl MemoryLimiter {
+    /// A reused instance's next invocation: its peak starts from the
+    /// memory the instance holds, and nothing has been refused yet.
+    pub(crate) fn next_invocation(&mut self) {
+        self.hit = false;
+        self.peak = self.total;
+        self.grown = 0;
     }
 }
 

@@ -15,8 +15,12 @@ use std::time::Duration;
 pub struct InvocationReport {
     /// First invocation served by this loaded function in this process.
     pub cold: bool,
-    /// Fresh store and instance from the pre-instantiated component.
+    /// Fresh store and instance from the pre-instantiated component
+    /// (zero when an instance was reused).
     pub instantiate: Duration,
+    /// Served by an instance an earlier invocation of the same version
+    /// used (the manifest's `instance_reuse`).
+    pub reused: bool,
     /// From the call into the guest's handler to its response head (None:
     /// it never sent one).
     pub call_to_head: Option<Duration>,

@@ -110,6 +110,31 @@ impl GuestOutput {
     }
 }
 
+impl GuestOutput {
+    /// Ends an invocation's output: its last partial line goes to its
+    /// observer now, before the invocation is reported (a reused
+    /// instance's store outlives the invocation).
+    pub(crate) fn finish(&self) {
+        if let Ok(mut b) = self.inner.lock()
+            && !b.partial.is_empty()
+        {
+            let line = std::mem::take(&mut b.partial);
+            b.emit(&line);
+        }
+    }
+
+    /// Points a reused instance's output at the next invocation, with
+    /// that invocation's own output budget.
+    pub(crate) fn rebind(&self, observer: Arc<dyn InvocationObserver>) {
+        if let Ok(mut b) = self.inner.lock() {
+            b.observer = observer;
+            b.partial.clear();
+            b.written = 0;
+            b.truncated = false;
+        }
+    }
+}
+
 impl wasmtime_wasi::cli::IsTerminal for GuestOutput {
     fn is_terminal(&self) -> bool {
         false

@@ -53,6 +53,7 @@ pub(crate) fn limits(memory_bytes: u64, timeout: Duration) -> FunctionLimits {
         config_keys: Arc::new([]),
         flags: Arc::new([]),
         max_concurrency: None,
+        instance_reuse: None,
     }
 }
 

@@ -303,6 +303,10 @@ pub struct InvocationFields {
     pub head_ms: Option<f64>,
     pub instantiate_us: u64,
     pub cold: bool,
+    /// Served by an instance an earlier invocation used (the manifest's
+    /// `instance_reuse`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub reused: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cold_start: Option<crate::telemetry::ColdStart>,
     pub memory_peak_bytes: u64,
@@ -415,6 +419,7 @@ impl Invocation {
             opentelemetry::KeyValue::new("seal.version", b.version as i64),
             opentelemetry::KeyValue::new("seal.digest", b.digest.clone()),
             opentelemetry::KeyValue::new("seal.cold_start", r.cold),
+            opentelemetry::KeyValue::new("seal.instance_reused", r.reused),
             opentelemetry::KeyValue::new("seal.request_id", self.request_id.clone()),
             opentelemetry::KeyValue::new("http.request.method", self.method.to_string()),
             opentelemetry::KeyValue::new("url.path", self.path.clone()),
@@ -555,6 +560,7 @@ impl InvocationObserver for Invocation {
             head_ms: r.call_to_head.map(|c| ms(c + r.instantiate)),
             instantiate_us: r.instantiate.as_micros() as u64,
             cold: r.cold,
+            reused: r.reused,
             cold_start: if r.cold {
                 b.stats.last_cold_start()
             } else {
