@@ -643,6 +643,16 @@ pub fn permission_lines(p: &Value) -> Vec<String> {
             .into_iter()
             .map(|q| format!("- publish to queue {q}")),
     );
+    out.extend(
+        list("added_flags")
+            .into_iter()
+            .map(|f| format!("+ read flag {f}")),
+    );
+    out.extend(
+        list("removed_flags")
+            .into_iter()
+            .map(|f| format!("- read flag {f}")),
+    );
     let pair = |k: &str| -> Option<(u64, u64)> {
         let a = p[k].as_array()?;
         Some((a.first()?.as_u64()?, a.get(1)?.as_u64()?))
@@ -657,6 +667,22 @@ pub fn permission_lines(p: &Value) -> Vec<String> {
             sign(a, b),
             crate::output::duration_ms(&json!(a)),
             crate::output::duration_ms(&json!(b))
+        ));
+    }
+    if let Some([a, b]) = p["instance_reuse"]
+        .as_array()
+        .filter(|a| a.len() == 2)
+        .map(|a| [a[0].as_u64(), a[1].as_u64()])
+    {
+        let says = |n: Option<u64>| match n {
+            None => "a fresh instance per request".to_owned(),
+            Some(n) => format!("{n} invocations per instance"),
+        };
+        out.push(format!(
+            "{} instance reuse: {} -> {}",
+            sign(a.unwrap_or(1), b.unwrap_or(1)),
+            says(a),
+            says(b)
         ));
     }
     out
@@ -897,6 +923,17 @@ mod tests {
         let same = json!({"permissions": {"added_hosts": [], "removed_hosts": [],
             "added_config_keys": [], "removed_config_keys": [], "widens": false, "from_version": 1}});
         assert!(deploy_trust_lines(&same, "hello").is_empty());
+        // Flags and instance reuse, as the server's diff names them.
+        let more = json!({"added_flags": ["new-checkout"], "removed_flags": ["old"],
+            "instance_reuse": [null, 1000], "widens": true, "from_version": 1});
+        assert_eq!(
+            permission_lines(&more),
+            [
+                "+ read flag new-checkout",
+                "- read flag old",
+                "+ instance reuse: a fresh instance per request -> 1000 invocations per instance",
+            ]
+        );
     }
 
     #[test]
