@@ -74,6 +74,9 @@ pub struct Runtime {
     stats: Arc<RuntimeStats>,
     /// Where guests that compute for long take turns.
     lane: crate::lane::CpuLane,
+    /// Instances reusing functions may keep idle, all together: a quarter
+    /// of the pool.
+    idle_budget: Arc<crate::function::IdleBudget>,
 }
 
 impl Runtime {
@@ -141,6 +144,9 @@ impl Runtime {
             compiled: Default::default(),
             stats: Arc::default(),
             lane: crate::lane::CpuLane::for_this_machine(),
+            idle_budget: crate::function::IdleBudget::new(
+                (config.max_instances as usize / 4).max(1),
+            ),
         })
     }
 
@@ -244,7 +250,13 @@ impl Runtime {
             load: started.elapsed(),
         };
         Ok((
-            Arc::new(Function::new(compiled, limits, load, self.lane.clone())),
+            Arc::new(Function::new(
+                compiled,
+                limits,
+                load,
+                self.lane.clone(),
+                self.idle_budget.clone(),
+            )),
             new_sha,
         ))
     }

@@ -70,27 +70,123 @@ struct Warm {
     idle_since: std::time::Instant,
 }
 
-/// The idle instances of one function (see [`Warm`]).
-#[derive(Default)]
-struct WarmPool(std::sync::Mutex<Vec<Warm>>);
+/// How many instances may sit idle across every function of the runtime:
+/// an idle instance holds a slot of the instance pool, so reuse can never
+/// take more than this share of it from requests.
+pub(crate) struct IdleBudget {
+    free: std::sync::atomic::AtomicIsize,
+}
 
-impl WarmPool {
-    /// The most recently used idle instance built with `env`; stale ones
-    /// are dropped on the way.
-    fn take(&self, env: &[(String, String)]) -> Option<Warm> {
-        let mut idle = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        idle.retain(|w| w.idle_since.elapsed() < INSTANCE_IDLE);
-        let i = idle.iter().rposition(|w| w.env == env)?;
-        Some(idle.swap_remove(i))
+impl IdleBudget {
+    pub(crate) fn new(slots: usize) -> Arc<Self> {
+        Arc::new(Self {
+            free: std::sync::atomic::AtomicIsize::new(slots.min(isize::MAX as usize) as isize),
+        })
     }
 
-    fn put(&self, mut warm: Warm) {
+    fn try_take(&self) -> bool {
+        if self.free.fetch_sub(1, Ordering::AcqRel) > 0 {
+            true
+        } else {
+            self.free.fetch_add(1, Ordering::AcqRel);
+            false
+        }
+    }
+
+    fn give_back(&self, n: usize) {
+        self.free.fetch_add(n as isize, Ordering::AcqRel);
+    }
+}
+
+/// The idle instances of one function (see [`Warm`]), within the
+/// runtime's [`IdleBudget`]; a reaper task drops those idle too long,
+/// traffic or not.
+struct WarmPool {
+    idle: std::sync::Mutex<Vec<Warm>>,
+    budget: Arc<IdleBudget>,
+    reaping: std::sync::atomic::AtomicBool,
+}
+
+impl WarmPool {
+    fn new(budget: Arc<IdleBudget>) -> Self {
+        Self {
+            idle: std::sync::Mutex::new(Vec::new()),
+            budget,
+            reaping: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Warm>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Drops the instances idle past [`INSTANCE_IDLE`]; how many are left.
+    fn reap(&self) -> usize {
+        let stale: Vec<Warm> = {
+            let mut idle = self.lock();
+            let (stale, kept): (Vec<Warm>, Vec<Warm>) = std::mem::take(&mut *idle)
+                .into_iter()
+                .partition(|w| w.idle_since.elapsed() >= INSTANCE_IDLE);
+            *idle = kept;
+            stale
+        };
+        self.budget.give_back(stale.len());
+        drop(stale);
+        self.lock().len()
+    }
+
+    /// The most recently used idle instance built with `env`.
+    fn take(&self, env: &[(String, String)]) -> Option<Warm> {
+        let mut idle = self.lock();
+        let i = idle
+            .iter()
+            .rposition(|w| w.env == env && w.idle_since.elapsed() < INSTANCE_IDLE)?;
+        let warm = idle.swap_remove(i);
+        drop(idle);
+        self.budget.give_back(1);
+        Some(warm)
+    }
+
+    fn put(self: &Arc<Self>, mut warm: Warm) {
         warm.idle_since = std::time::Instant::now();
-        let mut idle = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        idle.retain(|w| w.idle_since.elapsed() < INSTANCE_IDLE);
-        if idle.len() < MAX_IDLE_INSTANCES {
+        if !self.budget.try_take() {
+            return;
+        }
+        {
+            let mut idle = self.lock();
+            if idle.len() >= MAX_IDLE_INSTANCES {
+                drop(idle);
+                self.budget.give_back(1);
+                return;
+            }
             idle.push(warm);
         }
+        if !self.reaping.swap(true, Ordering::AcqRel) {
+            let pool = Arc::downgrade(self);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(INSTANCE_IDLE / 4).await;
+                    let Some(pool) = pool.upgrade() else {
+                        return;
+                    };
+                    if pool.reap() == 0 {
+                        pool.reaping.store(false, Ordering::Release);
+                        // One put may have come between the reap and the
+                        // flag: it spawned no reaper, so this one goes on.
+                        if pool.lock().is_empty() || pool.reaping.swap(true, Ordering::AcqRel) {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    }
+}
+
+impl Drop for WarmPool {
+    fn drop(&mut self) {
+        let n = self.idle.get_mut().map(|v| v.len()).unwrap_or(0);
+        self.budget.give_back(n);
     }
 }
 
@@ -116,6 +212,7 @@ impl Function {
         limits: FunctionLimits,
         load: LoadTimings,
         lane: crate::lane::CpuLane,
+        idle_budget: Arc<IdleBudget>,
     ) -> Self {
         Self {
             pre: compiled.pre.clone(),
@@ -124,7 +221,7 @@ impl Function {
             load,
             warm: std::sync::atomic::AtomicBool::new(false),
             lane,
-            idle: Arc::default(),
+            idle: Arc::new(WarmPool::new(idle_budget)),
         }
     }
 
@@ -616,6 +713,38 @@ mod tests {
         assert_eq!(peaks, [2 * PAGE, 3 * PAGE, 4 * PAGE, 2 * PAGE, 3 * PAGE]);
         // A reused instance is not instantiated again.
         assert!(reports[1].instantiate.is_zero());
+    }
+
+    /// Idle instances hold pool slots: all functions together keep at
+    /// most a quarter of the pool idle (here 4 slots: one).
+    #[tokio::test]
+    async fn idle_instances_never_take_more_than_their_share_of_the_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime(&dir);
+        let mut l = limits(16 * MIB, Duration::from_secs(5));
+        l.instance_reuse = Some(100);
+        let (f1, _) = rt
+            .prepare("d1", None, || Ok(proxy(&growing(None))), l.clone())
+            .unwrap();
+        let (f2, _) = rt
+            .prepare("d2", None, || Ok(proxy(&growing(Some(1000)))), l)
+            .unwrap();
+        let rec = Arc::new(Recorder::default());
+        let call = |f: Arc<Function>| {
+            let rec = rec.clone();
+            async move {
+                let req = http::Request::get("http://localhost/")
+                    .body(full_body(""))
+                    .unwrap();
+                let _ = f.handle(req, &[], rec).await;
+            }
+        };
+        call(f1.clone()).await; // f1's instance idles: the budget is spent
+        call(f2.clone()).await; // f2's finds no room and is dropped
+        call(f2.clone()).await;
+        call(f1.clone()).await; // f1's is still there
+        let reused: Vec<bool> = rec.reports().iter().map(|r| r.reused).collect();
+        assert_eq!(reused, [false, false, false, true]);
     }
 
     #[tokio::test]
