@@ -1045,6 +1045,7 @@ mod tests {
                 "  config       sha256:cc",
                 "  description  says hello",
                 "  limits       memory 64 MiB, timeout 5000 ms",
+                "  instances    a fresh one per request",
                 "  provenance   null",
                 "  created      2024-11-22T10:06:40.000Z by admin",
                 "  serving in   production (2=100%)",
