@@ -61,7 +61,12 @@ impl Control {
         }
         // What a capture kept was filtered by its own drop list: a restart
         // that drops more would leave those headers in the earlier rows.
-        if let Ok(earlier) = self.capture_of(&environment, &req.function).await
+        let earlier = match self.capture_of(&environment, &req.function).await {
+            Ok(c) => Some(c),
+            Err(ControlError::NotFound(_)) => None,
+            Err(e) => return Err(e),
+        };
+        if let Some(earlier) = earlier
             && earlier.captured > 0
         {
             let more: Vec<&str> = drop_headers

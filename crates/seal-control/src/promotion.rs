@@ -155,10 +155,12 @@ impl Control {
         // skips analysis the same way).
         // One rolled back here is no approved state to return to, nor one
         // whose verification was revoked since (a failure is the latest).
+        // Nor one rolled back where it came from since.
         let rolled_back_here = self
             .holds_of(env, &v.function)
             .await?
             .iter()
+            .chain(self.holds_of(&p.after, &v.function).await?.iter())
             .any(|h| h.version == v.version);
         let revoked = p.require_verification
             && matches!(

@@ -55,6 +55,13 @@ pub trait InvocationObserver: Send + Sync {
         false
     }
 
+    /// Whether this invocation may take, and leave, an idle instance of a
+    /// function that declares `instance_reuse` (a replay must not share
+    /// state with live traffic: it gets an instance of its own).
+    fn shares_instances(&self) -> bool {
+        true
+    }
+
     /// The environment's feature flags, for a guest whose manifest
     /// declares any (none: every evaluation is `FLAG_NOT_FOUND`).
     fn flags(&self) -> Option<std::sync::Arc<dyn FlagEvaluator>> {
@@ -100,4 +107,15 @@ pub trait FlagEvaluator: Send + Sync {
         key: &str,
         context: &serde_json::Value,
     ) -> (http::StatusCode, serde_json::Value);
+}
+
+/// Told nothing: what an idle instance's output and outbound gate point at
+/// between invocations, so it holds nothing of the last one (its
+/// admission permit, its event sender, its flags).
+pub(crate) struct Detached;
+
+impl InvocationObserver for Detached {
+    fn guest_output(&self, _stream: GuestStream, _line: &str) {}
+    fn late_failure(&self, _error: &InvokeError) {}
+    fn finished(&self, _report: InvocationReport) {}
 }

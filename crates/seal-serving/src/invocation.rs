@@ -495,6 +495,10 @@ impl InvocationObserver for Invocation {
         self.backend.outbound_denied
     }
 
+    fn shares_instances(&self) -> bool {
+        !self.backend.replay
+    }
+
     fn emitter(&self) -> Option<Arc<dyn seal_runtime::Emitter>> {
         let sink = self.events.clone()?;
         let b = &self.backend;

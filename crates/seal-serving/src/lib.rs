@@ -76,6 +76,9 @@ pub struct Backend {
     guest_env: Arc<ArcSwap<GuestEnv>>,
     /// Every outbound request refused and no event published (a replay).
     pub outbound_denied: bool,
+    /// A replay backend (`Serving::replay_backend`): never shares a
+    /// reused instance with live traffic.
+    pub replay: bool,
 }
 
 /// The config values and (decrypted) secrets of a function in an
@@ -510,6 +513,7 @@ impl Serving {
             loaded,
             stats,
             false,
+            false,
         )
     }
 
@@ -535,6 +539,7 @@ impl Serving {
             loaded,
             Arc::default(),
             deny_outbound,
+            true,
         )
     }
 
@@ -549,6 +554,7 @@ impl Serving {
         loaded: Arc<Function>,
         stats: Arc<VersionStats>,
         outbound_denied: bool,
+        replay: bool,
     ) -> Backend {
         let settings = self.settings_slot(environment, function);
         let in_flight = self.in_flight_slot(environment, function);
@@ -584,6 +590,7 @@ impl Serving {
             digest_header: HeaderValue::from_str(digest)
                 .unwrap_or_else(|_| HeaderValue::from_static("invalid")),
             outbound_denied,
+            replay,
         }
     }
 
