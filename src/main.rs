@@ -36,6 +36,20 @@ fn collect_when_idle() {
     });
 }
 
+/// Errors made by libraries capture no backtrace unless
+/// `RUST_LIB_BACKTRACE` asks for one, even when `RUST_BACKTRACE` is set
+/// (panics keep theirs). Wasmtime makes an error each time a store is
+/// dropped; with `RUST_BACKTRACE=1` capturing its backtrace took ~11% of
+/// a server's CPU serving fresh instances (bench/RESULTS.md).
+#[allow(unsafe_code)] // setting an environment variable, see below
+fn no_library_backtraces() {
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // SAFETY: called first thing in `main`, before any other thread
+        // exists, so nothing reads the environment concurrently.
+        unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
+    }
+}
+
 mod client;
 mod commands;
 mod output;
@@ -478,6 +492,7 @@ Examples:
   seal approve 7    seal promote 7    seal abort 7";
 
 fn main() -> std::process::ExitCode {
+    no_library_backtraces();
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Server(_)) {
         // A client command whose reader went away (`seal audit | head`)

@@ -100,3 +100,29 @@ async fn reuse_keeps_state_within_a_version_never_across_versions_or_after_a_tra
     assert!(reused(2) >= 5, "{logs}");
     assert_eq!(reused(3), 1, "{logs}");
 }
+
+/// A fresh-per-request version has an instance made when it is routed:
+/// the first request after the deploy (its cold start) is served by it, so
+/// it pays no instantiation, and the instance was never called before
+/// (the count is 1). The log record says `prepared`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_request_after_a_deploy_finds_an_instance_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    publish_file(&s, &guest("counter"), "ready", &[]);
+    s.seal_json(&["deploy", "ready", "1"]);
+    // Made off the request path right after the route switch: give it
+    // time (it takes milliseconds).
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert_eq!(count(&s, "/ready/").await, 1);
+    let logs = s.api_text("/v1/functions/ready/logs?limit=20").await;
+    let first: serde_json::Value = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .find(|r: &serde_json::Value| r["status"].is_number())
+        .unwrap_or_else(|| panic!("no invocation record: {logs}"));
+    assert_eq!(first["cold"], true, "{first}");
+    assert_eq!(first["prepared"], true, "{first}");
+    assert!(first.get("reused").is_none(), "{first}");
+    assert!(first["instantiate_us"].as_u64().unwrap() < 1_000, "{first}");
+}

@@ -1,15 +1,18 @@
 //! One loaded function and how it serves a request: [`Function::handle`]
 //! runs the request in a fresh store, instantiated from the
-//! pre-instantiated component, and hands back the response head while the
-//! guest keeps streaming the body.
+//! pre-instantiated component (or made ready before the request, or, when
+//! the manifest says so, an instance an earlier request used), and hands
+//! back the response head while the guest keeps streaming the body.
 //!
-//! The guest runs in its own task, bounded as a whole by the function's
-//! timeout, so a slow body or a stalled client cannot hold an instance slot
-//! past the deadline. Two small pieces keep the accounting honest whatever
-//! happens to that task: [`HeadSent`] records, from the guest's own
+//! The guest runs where the caller awaits until its response head is out,
+//! then (if its body still streams) in a task of its own; the run is
+//! bounded as a whole by the function's timeout, so a slow body or a
+//! stalled client cannot hold an instance slot past the deadline. Two
+//! small pieces keep the accounting honest whatever happens to that run:
+//! [`HeadSent`] records, from the guest's own
 //! `response-outparam.set`, whether and when the head went out (so a later
 //! failure is known to be "late"), and [`ReportOnDrop`] hands the
-//! invocation's report to its observer exactly once, even when the task is
+//! invocation's report to its observer exactly once, even when the run is
 //! aborted.
 
 use crate::error::InvokeError;
@@ -49,6 +52,9 @@ pub struct LoadTimings {
     pub load: Duration,
 }
 
+/// A guest's environment variables, shared by its invocations.
+pub type Env = Arc<[(String, String)]>;
+
 /// Idle instances one reusing function keeps at most; more are dropped.
 pub const MAX_IDLE_INSTANCES: usize = 64;
 /// An idle instance unused this long is discarded rather than reused.
@@ -64,7 +70,7 @@ struct Warm {
     stderr: GuestOutput,
     /// The environment variables it was instantiated with: another set
     /// (a config change) needs another instance.
-    env: Vec<(String, String)>,
+    env: Env,
     /// Invocations it has served.
     uses: u32,
     idle_since: std::time::Instant,
@@ -105,6 +111,8 @@ struct WarmPool {
     idle: std::sync::Mutex<Vec<Warm>>,
     budget: Arc<IdleBudget>,
     reaping: std::sync::atomic::AtomicBool,
+    /// An instance is being made ready ahead of a request.
+    filling: std::sync::atomic::AtomicBool,
 }
 
 impl WarmPool {
@@ -113,7 +121,15 @@ impl WarmPool {
             idle: std::sync::Mutex::new(Vec::new()),
             budget,
             reaping: std::sync::atomic::AtomicBool::new(false),
+            filling: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Whether an instance built with `env` waits, idle.
+    fn holds(&self, env: &[(String, String)]) -> bool {
+        self.lock()
+            .iter()
+            .any(|w| *w.env == *env && w.idle_since.elapsed() < INSTANCE_IDLE)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Warm>> {
@@ -140,7 +156,7 @@ impl WarmPool {
         let mut idle = self.lock();
         let i = idle
             .iter()
-            .rposition(|w| w.env == env && w.idle_since.elapsed() < INSTANCE_IDLE)?;
+            .rposition(|w| *w.env == *env && w.idle_since.elapsed() < INSTANCE_IDLE)?;
         let warm = idle.swap_remove(i);
         drop(idle);
         self.budget.give_back(1);
@@ -193,6 +209,140 @@ impl Drop for WarmPool {
     }
 }
 
+/// What making an instance ready ahead of a request needs, apart from
+/// the function (a task does it).
+struct Ahead {
+    pre: ProxyPre<Host>,
+    memory_bytes: u64,
+    timeout: Duration,
+    idle: Arc<WarmPool>,
+}
+
+impl Ahead {
+    /// Instantiates one instance for `env` in a task of its own and leaves
+    /// it idle, unless one is ready or being made, or the idle budget is
+    /// spent. Its output and outbound gate point nowhere until a request
+    /// takes it.
+    fn prepare(self: &Arc<Self>, env: &Env) {
+        if self.idle.holds(env) || self.idle.filling.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        // Whatever happens to the task (a panic, the runtime shutting
+        // down), the next request may try again.
+        let filling = Filling(self.idle.clone());
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (this, env) = (self.clone(), env.clone());
+        rt.spawn(async move {
+            let _filling = filling;
+            let this = &*this;
+            let detached: Arc<dyn InvocationObserver> = Arc::new(crate::observer::Detached);
+            let (mut store, stdout, stderr) = new_store(
+                &this.pre,
+                this.memory_bytes,
+                &env,
+                detached,
+                OutboundGate::new(Arc::from([])),
+            );
+            // Instantiation runs guest code (start functions): bounded as
+            // an invocation is, yielding at each epoch tick.
+            let deadline = std::time::Instant::now() + this.timeout;
+            store.set_epoch_deadline(1);
+            store.epoch_deadline_callback(move |_| {
+                Ok(if std::time::Instant::now() >= deadline {
+                    UpdateDeadline::Interrupt
+                } else {
+                    UpdateDeadline::Yield(1)
+                })
+            });
+            let made =
+                tokio::time::timeout(this.timeout, this.pre.instantiate_async(&mut store)).await;
+            if let Ok(Ok(proxy)) = made {
+                store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Continue(1)));
+                this.idle.put(Warm {
+                    store,
+                    proxy,
+                    stdout,
+                    stderr,
+                    env,
+                    uses: 0,
+                    idle_since: std::time::Instant::now(),
+                });
+            }
+        });
+    }
+}
+
+/// Marks its pool as no longer making an instance ahead, when dropped.
+struct Filling(Arc<WarmPool>);
+
+impl Drop for Filling {
+    fn drop(&mut self) {
+        self.0.filling.store(false, Ordering::Release);
+    }
+}
+
+/// A store for one instance of `pre`, with `env` as its environment
+/// variables and its output told to `observer`; and that output.
+fn new_store(
+    pre: &ProxyPre<Host>,
+    memory_bytes: u64,
+    env: &[(String, String)],
+    observer: Arc<dyn InvocationObserver>,
+    outbound: OutboundGate,
+) -> (Store<Host>, GuestOutput, GuestOutput) {
+    let stdout = GuestOutput::new(GuestStream::Stdout, observer.clone());
+    let stderr = GuestOutput::new(GuestStream::Stderr, observer);
+    let mut wasi = WasiCtx::builder();
+    wasi.stdout(stdout.clone()).stderr(stderr.clone()).envs(env);
+    // Host-side resources are bounded per invocation too: entries in the
+    // resource table (fields, streams, pollables, …) and the size of each
+    // header set the guest builds.
+    let mut table = ResourceTable::new();
+    table.set_max_capacity(MAX_RESOURCES);
+    let mut http = WasiHttpCtx::new();
+    http.set_field_size_limit(MAX_FIELDS_BYTES);
+    let mut store = Store::new(
+        pre.engine(),
+        Host {
+            wasi: wasi.build(),
+            http,
+            table,
+            limiter: MemoryLimiter::new(memory_bytes),
+            outbound,
+        },
+    );
+    store.limiter(|h| &mut h.limiter);
+    (store, stdout, stderr)
+}
+
+/// Counts one running invocation of a function until it leaves (or is
+/// dropped: an aborted run leaves too).
+struct Running(Option<Arc<std::sync::atomic::AtomicUsize>>);
+
+impl Running {
+    fn enter(count: &Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Self(Some(count.clone()))
+    }
+
+    /// Leaves; how many invocations of the function are still running.
+    fn leave(mut self) -> usize {
+        self.0
+            .take()
+            .map_or(0, |c| c.fetch_sub(1, Ordering::AcqRel) - 1)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take() {
+            c.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
 /// One artifact, pre-instantiated, with its limits: ready to serve.
 pub struct Function {
     pre: ProxyPre<Host>,
@@ -205,8 +355,13 @@ pub struct Function {
     warm: std::sync::atomic::AtomicBool,
     /// Where its invocations take turns once they compute for long.
     lane: crate::lane::CpuLane,
-    /// Idle instances, when its manifest declares `instance_reuse`.
+    /// Idle instances: those left by earlier invocations when its
+    /// manifest declares `instance_reuse`, else those made ready ahead.
     idle: Arc<WarmPool>,
+    /// Its invocations running now.
+    running: Arc<std::sync::atomic::AtomicUsize>,
+    /// How it makes an instance ready ahead of a request.
+    ahead: Arc<Ahead>,
 }
 
 impl Function {
@@ -217,6 +372,13 @@ impl Function {
         lane: crate::lane::CpuLane,
         idle_budget: Arc<IdleBudget>,
     ) -> Self {
+        let idle = Arc::new(WarmPool::new(idle_budget));
+        let ahead = Arc::new(Ahead {
+            pre: compiled.pre.clone(),
+            memory_bytes: limits.memory_bytes,
+            timeout: limits.timeout,
+            idle: idle.clone(),
+        });
         Self {
             pre: compiled.pre.clone(),
             _compiled: compiled,
@@ -224,8 +386,28 @@ impl Function {
             load,
             warm: std::sync::atomic::AtomicBool::new(false),
             lane,
-            idle: Arc::new(WarmPool::new(idle_budget)),
+            idle,
+            running: Arc::default(),
+            ahead,
         }
+    }
+
+    /// Makes an instance ready for the next request with `env` (its
+    /// environment variables), off the request path: for a function that
+    /// takes a fresh instance per request, when none is ready for `env`
+    /// yet. The server calls it when a version is routed, so the first
+    /// request after a deploy skips instantiation; after each invocation
+    /// the runtime does the same when the function is otherwise idle.
+    pub fn prepare_ahead(&self, env: &Env) {
+        if self.limits.instance_reuse.is_none() {
+            self.ahead.prepare(env);
+        }
+    }
+
+    /// Whether an instance made ready ahead (or left for reuse) waits for
+    /// a request with `env`.
+    pub fn has_ready_instance(&self, env: &[(String, String)]) -> bool {
+        self.idle.holds(env)
     }
 
     pub fn limits(&self) -> &FunctionLimits {
@@ -247,7 +429,7 @@ impl Function {
     pub async fn handle<B>(
         &self,
         req: http::Request<B>,
-        env: &[(String, String)],
+        env: &Env,
         observer: Arc<dyn InvocationObserver>,
     ) -> Result<http::Response<HyperOutgoingBody>, InvokeError>
     where
@@ -275,14 +457,16 @@ impl Function {
                 observer.flags()
             },
         );
-        // A function that declares reuse takes an idle instance of its own
-        // when there is one: the guest's state stays, the per-invocation
-        // parts (output, outbound gate, memory peak) are this request's.
-        let reuse = self
-            .limits
-            .instance_reuse
-            .filter(|_| observer.shares_instances());
-        let warm = reuse.and_then(|_| self.idle.take(env));
+        // An idle instance of its own when there is one: for a function
+        // that declares reuse, one an earlier invocation left (the guest's
+        // state stays); otherwise one made ready before the request and
+        // never called. The per-invocation parts (output, outbound gate,
+        // memory peak) are this request's. A replay takes none and leaves
+        // none.
+        let shares = observer.shares_instances();
+        let reuse = self.limits.instance_reuse.filter(|_| shares);
+        let warm = if shares { self.idle.take(env) } else { None };
+        let running = Running::enter(&self.running);
         let (mut store, proxy, outputs, uses) = match warm {
             Some(mut w) => {
                 w.stdout.rebind(observer.clone());
@@ -293,33 +477,20 @@ impl Function {
                 (w.store, Some(w.proxy), (w.stdout, w.stderr), w.uses)
             }
             None => {
-                let stdout = GuestOutput::new(GuestStream::Stdout, observer.clone());
-                let stderr = GuestOutput::new(GuestStream::Stderr, observer.clone());
-                let mut wasi = WasiCtx::builder();
-                wasi.stdout(stdout.clone()).stderr(stderr.clone()).envs(env);
-                // Host-side resources are bounded per invocation too:
-                // entries in the resource table (fields, streams,
-                // pollables, …) and the size of each header set the guest
-                // builds.
-                let mut table = ResourceTable::new();
-                table.set_max_capacity(MAX_RESOURCES);
-                let mut http = WasiHttpCtx::new();
-                http.set_field_size_limit(MAX_FIELDS_BYTES);
-                let mut store = Store::new(
-                    self.pre.engine(),
-                    Host {
-                        wasi: wasi.build(),
-                        http,
-                        table,
-                        limiter: MemoryLimiter::new(self.limits.memory_bytes),
-                        outbound: gate,
-                    },
+                let (store, stdout, stderr) = new_store(
+                    &self.pre,
+                    self.limits.memory_bytes,
+                    env,
+                    observer.clone(),
+                    gate,
                 );
-                store.limiter(|h| &mut h.limiter);
                 (store, None, (stdout, stderr), 0)
             }
         };
-        let reused = proxy.is_some();
+        // An instance made ready before the request was never called: it
+        // is as fresh as one made now.
+        let reused = uses > 0;
+        let prepared = proxy.is_some() && !reused;
         // Every epoch tick the guest yields to the executor, so a busy guest
         // cannot starve other requests on its worker thread; once it has
         // computed for long it takes turns in the CPU lane; past the
@@ -373,24 +544,24 @@ impl Function {
         let memory_limit = self.limits.memory_bytes;
         let timeout = self.limits.timeout;
         let idle = self.idle.clone();
-        let env_kept: Vec<(String, String)> = if reuse.is_some() {
-            env.to_vec()
-        } else {
-            Vec::new()
-        };
+        let env_kept = env.clone();
+        let ahead = (shares && self.limits.instance_reuse.is_none()).then(|| self.ahead.clone());
 
-        // The guest runs in its own task so it can keep streaming the body
-        // after the response head has been handed back. The whole task,
-        // body streaming included, is bounded by the timeout: a guest
-        // parked in a host wait (a sleep, a client that stopped reading)
-        // does not hold its instance slot past the deadline.
-        let task = tokio::task::spawn(async move {
-            // Reports the invocation even if this task is aborted.
+        // The guest runs where the caller awaits until its response head is
+        // out (no hand-off to another task for an answer that comes at
+        // once); what is left (the body streaming, or the whole run if the
+        // caller goes) continues in a task of its own. The whole run, body
+        // streaming included, is bounded by the timeout: a guest parked in
+        // a host wait (a sleep, a client that stopped reading) does not
+        // hold its instance slot past the deadline.
+        let run = Box::pin(async move {
+            // Reports the invocation even if this run is dropped.
             let mut report = ReportOnDrop {
                 observer: observer.clone(),
                 report: Some(InvocationReport {
                     cold,
                     reused,
+                    prepared,
                     instantiate: Duration::ZERO,
                     call_to_head: None,
                     total: Duration::ZERO,
@@ -458,7 +629,7 @@ impl Function {
             outputs.0.finish();
             outputs.1.finish();
             // Kept for the next invocation only after a clean run with
-            // uses left: a trap, a timeout (the task is aborted before
+            // uses left: a trap, a timeout (the run is cut short before
             // this) or a memory kill discards the instance.
             // An answer that never came (no head, an error code) is a
             // failure too. Idle, it holds nothing of this invocation: its
@@ -478,7 +649,7 @@ impl Function {
                         proxy,
                         stdout: outputs.0,
                         stderr: outputs.1,
-                        env: env_kept,
+                        env: env_kept.clone(),
                         uses,
                         idle_since: std::time::Instant::now(),
                     })
@@ -486,31 +657,98 @@ impl Function {
                 _ => drop(store),
             }
             drop(report);
+            // Under light load (no other invocation of the function
+            // running), the next request's instance is made now, off its
+            // path; at saturation none is, as it would only move the same
+            // work around.
+            if running.leave() == 0
+                && let Some(ahead) = ahead
+            {
+                ahead.prepare(&env_kept);
+            }
             result
         });
 
         // If this future is dropped before the answer arrives, the caller
         // has gone (its connection closed): the guest's failures from then
-        // on are not its own.
+        // on are not its own, and its run goes on in a task.
+        let mut run = Detach(Some(run));
+        let mut receiver = receiver;
         let waiting = CallerWaiting(Some(head_for_caller));
-        let answer = tokio::time::timeout(timeout, receiver).await;
+        let step = std::future::poll_fn(|cx| run.until_head(cx, &mut receiver)).await;
         waiting.disarm();
+        let answer = match step {
+            Step::Head(Ok(answer)) => Ok(answer),
+            // The guest dropped its outparam unanswered: the end of its
+            // run says why.
+            Step::Head(Err(_)) => Err(run.finish().await),
+            Step::Ran(result) => receiver.try_recv().map_err(|_| result),
+        };
         match answer {
-            Ok(Ok(Ok(resp))) => Ok(resp),
-            Ok(Ok(Err(code))) => Err(InvokeError::NoResponse(format!(
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(code)) => Err(InvokeError::NoResponse(format!(
                 "guest answered with error {code:?}"
             ))),
-            Ok(Err(_)) => match task.await {
-                Ok(Ok(())) => Err(InvokeError::NoResponse(
-                    "guest returned without calling response-outparam.set".into(),
-                )),
-                Ok(Err(e)) => Err(e),
-                Err(join) => Err(InvokeError::Internal(join.to_string())),
-            },
-            Err(_elapsed) => {
-                task.abort();
-                Err(InvokeError::Timeout(timeout))
-            }
+            Err(Ok(())) => Err(InvokeError::NoResponse(
+                "guest returned without calling response-outparam.set".into(),
+            )),
+            Err(Err(e)) => Err(e),
+        }
+    }
+}
+
+type Answer = Result<
+    http::Response<HyperOutgoingBody>,
+    wasmtime_wasi_http::p2::bindings::http::types::ErrorCode,
+>;
+
+/// What the caller saw first: the guest's response head (or its
+/// outparam dropped unanswered), or the end of its run.
+enum Step {
+    Head(Result<Answer, tokio::sync::oneshot::error::RecvError>),
+    Ran(Result<(), InvokeError>),
+}
+
+/// The guest's run, polled by the caller until the response head is out;
+/// dropped unfinished (the head is out and the body still streams, or the
+/// caller went away), the rest runs in a task of its own.
+struct Detach(Option<Run>);
+
+/// A guest's run, from instantiation to the end of its body.
+type Run = std::pin::Pin<Box<dyn Future<Output = Result<(), InvokeError>> + Send>>;
+
+impl Detach {
+    fn until_head(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        head: &mut tokio::sync::oneshot::Receiver<Answer>,
+    ) -> std::task::Poll<Step> {
+        use std::task::Poll;
+        if let Some(run) = self.0.as_mut()
+            && let Poll::Ready(result) = run.as_mut().poll(cx)
+        {
+            self.0 = None;
+            return Poll::Ready(Step::Ran(result));
+        }
+        std::pin::Pin::new(head).poll(cx).map(Step::Head)
+    }
+
+    async fn finish(&mut self) -> Result<(), InvokeError> {
+        let Some(run) = self.0.as_mut() else {
+            return Err(InvokeError::Internal("the run was already over".into()));
+        };
+        let result = run.as_mut().await;
+        self.0 = None;
+        result
+    }
+}
+
+impl Drop for Detach {
+    fn drop(&mut self) {
+        if let Some(run) = self.0.take()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(run);
         }
     }
 }
@@ -669,7 +907,7 @@ mod tests {
             let req = http::Request::get("http://localhost/")
                 .body(full_body("request body"))
                 .unwrap();
-            let r = f.handle(req, &[], rec.clone()).await;
+            let r = f.handle(req, &Env::from([]), rec.clone()).await;
             results.push(r.map(|resp| resp.status().as_u16()));
         }
         (results, rec)
@@ -812,7 +1050,7 @@ mod tests {
             .body(full_body(""))
             .unwrap();
         let started = std::time::Instant::now();
-        let err = f.handle(req, &[], rec).await.unwrap_err();
+        let err = f.handle(req, &Env::from([]), rec).await.unwrap_err();
         assert!(
             matches!(&err, InvokeError::Trap(m) if m.contains("resource table has no free keys")),
             "{err:?}"
@@ -843,7 +1081,7 @@ mod tests {
                     let req = http::Request::get("http://localhost/")
                         .body(full_body(""))
                         .unwrap();
-                    f.handle(req, &[], rec).await.map(|r| r.status())
+                    f.handle(req, &Env::from([]), rec).await.map(|r| r.status())
                 })
             })
             .collect();

@@ -21,6 +21,9 @@ pub struct InvocationReport {
     /// Served by an instance an earlier invocation of the same version
     /// used (the manifest's `instance_reuse`).
     pub reused: bool,
+    /// Served by a fresh instance made ready before the request arrived
+    /// (never called before): its instantiation is not in this one's time.
+    pub prepared: bool,
     /// From the call into the guest's handler to its response head (None:
     /// it never sent one).
     pub call_to_head: Option<Duration>,

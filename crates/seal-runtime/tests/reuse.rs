@@ -8,7 +8,7 @@ mod guests;
 
 use http_body_util::BodyExt;
 use seal_runtime::{
-    Function, FunctionLimits, GuestStream, InvocationObserver, InvocationReport, InvokeError,
+    Env, Function, FunctionLimits, GuestStream, InvocationObserver, InvocationReport, InvokeError,
     Runtime, RuntimeConfig, full_body,
 };
 use std::sync::{Arc, Mutex};
@@ -40,10 +40,20 @@ fn limits(reuse: Option<u32>) -> FunctionLimits {
 
 /// What the guest answered: its count, or the error's kind.
 async fn call(f: &Function, path: &str, obs: Arc<Reports>) -> Result<u64, String> {
+    call_with(f, path, &Env::from([]), obs).await
+}
+
+/// [`call`] with `env` as the guest's environment variables.
+async fn call_with(
+    f: &Function,
+    path: &str,
+    env: &Env,
+    obs: Arc<dyn InvocationObserver>,
+) -> Result<u64, String> {
     let req = http::Request::get(format!("http://localhost{path}"))
         .body(full_body(""))
         .unwrap();
-    match f.handle(req, &[], obs).await {
+    match f.handle(req, env, obs).await {
         Ok(resp) => {
             let body = resp.into_body().collect().await.unwrap().to_bytes();
             Ok(String::from_utf8_lossy(&body).parse().unwrap())
@@ -152,4 +162,95 @@ async fn an_idle_instance_lets_its_last_invocation_go() {
         "the idle instance still holds the observer"
     );
     assert_eq!(call(&f, "/", obs.clone()).await, Ok(2));
+}
+
+/// Until `ready` holds (10 s at most); whether it did.
+async fn eventually(ready: impl Fn() -> bool) -> bool {
+    for _ in 0..1000 {
+        if ready() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+/// A function that takes a fresh instance per request gets one made
+/// before the request: the first request after `prepare_ahead` is served
+/// by it, and it is as fresh as one made then (never called: the guest's
+/// count is 1). While the function is otherwise idle, the next one is made
+/// after each request. It is never used for another set of environment
+/// variables, and a function that reuses instances gets none ahead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_instance_is_made_ready_before_the_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(&dir, 16);
+    let wasm = std::fs::read(guests::guest("counter")).unwrap();
+    let w2 = wasm.clone();
+    let (f, _) = rt
+        .prepare("fresh", None, || Ok(wasm), limits(None))
+        .unwrap();
+    let env = Env::from([("GREETING".to_owned(), "one".to_owned())]);
+    assert!(!f.has_ready_instance(&env));
+    f.prepare_ahead(&env);
+    assert!(eventually(|| f.has_ready_instance(&env)).await);
+
+    let obs = Arc::new(Reports::default());
+    for i in 0..3 {
+        assert_eq!(call_with(&f, "/", &env, obs.clone()).await, Ok(1));
+        let r = reports(&obs, i + 1).await;
+        assert!(
+            r[i].prepared,
+            "request {i} was not served by a ready instance"
+        );
+        assert!(!r[i].reused);
+        // Made again after the request, off its path.
+        assert!(eventually(|| f.has_ready_instance(&env)).await);
+    }
+
+    // Another config: an instance of its own, the ready one stays.
+    let other = Env::from([("GREETING".to_owned(), "two".to_owned())]);
+    assert_eq!(call_with(&f, "/", &other, obs.clone()).await, Ok(1));
+    let r = reports(&obs, 4).await;
+    assert!(!r[3].prepared);
+    assert!(f.has_ready_instance(&env));
+
+    // A reusing function keeps used instances instead.
+    let (reusing, _) = rt
+        .prepare("reusing", None, || Ok(w2), limits(Some(5)))
+        .unwrap();
+    reusing.prepare_ahead(&env);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!reusing.has_ready_instance(&env));
+}
+
+/// A replay (an observer that shares no instances) neither takes an
+/// instance made ahead nor leaves one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_takes_no_ready_instance() {
+    struct Replay(Reports);
+    impl InvocationObserver for Replay {
+        fn guest_output(&self, _: GuestStream, _: &str) {}
+        fn late_failure(&self, _: &InvokeError) {}
+        fn finished(&self, r: InvocationReport) {
+            self.0.finished(r);
+        }
+        fn shares_instances(&self) -> bool {
+            false
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(&dir, 16);
+    let wasm = std::fs::read(guests::guest("counter")).unwrap();
+    let (f, _) = rt
+        .prepare("fresh", None, || Ok(wasm), limits(None))
+        .unwrap();
+    let env = Env::from([]);
+    f.prepare_ahead(&env);
+    assert!(eventually(|| f.has_ready_instance(&env)).await);
+    let replay = Arc::new(Replay(Reports::default()));
+    assert_eq!(call_with(&f, "/", &env, replay.clone()).await, Ok(1));
+    let r = reports(&replay.0, 1).await;
+    assert!(!r[0].prepared);
+    assert!(f.has_ready_instance(&env));
 }

@@ -307,6 +307,9 @@ pub struct InvocationFields {
     /// `instance_reuse`).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub reused: bool,
+    /// Served by a fresh instance made ready before the request.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub prepared: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cold_start: Option<crate::telemetry::ColdStart>,
     pub memory_peak_bytes: u64,
@@ -420,6 +423,7 @@ impl Invocation {
             opentelemetry::KeyValue::new("seal.digest", b.digest.clone()),
             opentelemetry::KeyValue::new("seal.cold_start", r.cold),
             opentelemetry::KeyValue::new("seal.instance_reused", r.reused),
+            opentelemetry::KeyValue::new("seal.instance_prepared", r.prepared),
             opentelemetry::KeyValue::new("seal.request_id", self.request_id.clone()),
             opentelemetry::KeyValue::new("http.request.method", self.method.to_string()),
             opentelemetry::KeyValue::new("url.path", self.path.clone()),
@@ -565,6 +569,7 @@ impl InvocationObserver for Invocation {
             instantiate_us: r.instantiate.as_micros() as u64,
             cold: r.cold,
             reused: r.reused,
+            prepared: r.prepared,
             cold_start: if r.cold {
                 b.stats.last_cold_start()
             } else {

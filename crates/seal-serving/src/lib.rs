@@ -504,7 +504,7 @@ impl Serving {
         loaded: Arc<Function>,
     ) -> Backend {
         let stats = self.stats_for(environment, function, version, digest);
-        self.backend_with(
+        let backend = self.backend_with(
             environment,
             function,
             version,
@@ -514,7 +514,11 @@ impl Serving {
             stats,
             false,
             false,
-        )
+        );
+        // Its first request finds an instance ready (a function that takes
+        // a fresh one per request).
+        backend.function.prepare_ahead(&backend.guest_env().1);
+        backend
     }
 
     /// A backend for replaying requests to `version` in `environment` with
