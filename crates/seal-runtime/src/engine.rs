@@ -77,6 +77,8 @@ pub struct Runtime {
     /// Instances reusing functions may keep idle, all together: a quarter
     /// of the pool.
     idle_budget: Arc<crate::function::IdleBudget>,
+    /// Instances made ahead of a request, across every function.
+    prepared_budget: Arc<crate::function::IdleBudget>,
 }
 
 impl Runtime {
@@ -146,6 +148,10 @@ impl Runtime {
             lane: crate::lane::CpuLane::for_this_machine(),
             idle_budget: crate::function::IdleBudget::new(
                 (config.max_instances as usize / 4).max(1),
+            ),
+            prepared_budget: crate::function::IdleBudget::new(
+                (config.max_instances as usize / 4)
+                    .clamp(1, crate::function::MAX_PREPARED_INSTANCES),
             ),
         })
     }
@@ -256,6 +262,7 @@ impl Runtime {
                 load,
                 self.lane.clone(),
                 self.idle_budget.clone(),
+                self.prepared_budget.clone(),
             )),
             new_sha,
         ))

@@ -57,6 +57,9 @@ pub type Env = Arc<[(String, String)]>;
 
 /// Idle instances one reusing function keeps at most; more are dropped.
 pub const MAX_IDLE_INSTANCES: usize = 64;
+/// Instances made ahead of a request that all functions together keep at
+/// most (and at most a quarter of the pool).
+pub const MAX_PREPARED_INSTANCES: usize = 16;
 /// An idle instance unused this long is discarded rather than reused.
 pub const INSTANCE_IDLE: Duration = Duration::from_secs(60);
 
@@ -371,8 +374,16 @@ impl Function {
         load: LoadTimings,
         lane: crate::lane::CpuLane,
         idle_budget: Arc<IdleBudget>,
+        prepared_budget: Arc<IdleBudget>,
     ) -> Self {
-        let idle = Arc::new(WarmPool::new(idle_budget));
+        // A reusing function's idle instances were used; another's were
+        // made ahead, which a smaller budget bounds (each holds a pool
+        // slot and, once used, its memory stays resident).
+        let idle = Arc::new(WarmPool::new(if limits.instance_reuse.is_some() {
+            idle_budget
+        } else {
+            prepared_budget
+        }));
         let ahead = Arc::new(Ahead {
             pre: compiled.pre.clone(),
             memory_bytes: limits.memory_bytes,

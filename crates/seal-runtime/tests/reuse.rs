@@ -254,3 +254,42 @@ async fn a_replay_takes_no_ready_instance() {
     assert!(!r[0].prepared);
     assert!(f.has_ready_instance(&env));
 }
+
+/// Instances made ahead hold pool slots too, within a budget of their own:
+/// a quarter of the pool (here 16 slots: 4), at most
+/// `MAX_PREPARED_INSTANCES` whatever the pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_made_ahead_stay_within_their_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(&dir, 16);
+    let wasm = std::fs::read(guests::guest("counter")).unwrap();
+    let env = Env::from([]);
+    let functions: Vec<_> = (0..6)
+        .map(|i| {
+            let w = wasm.clone();
+            let (f, _) = rt
+                .prepare(&format!("f{i}"), None, || Ok(w), limits(None))
+                .unwrap();
+            f.prepare_ahead(&env);
+            f
+        })
+        .collect();
+    let ready = || {
+        functions
+            .iter()
+            .filter(|f| f.has_ready_instance(&env))
+            .count()
+    };
+    assert!(eventually(|| ready() == 4).await, "{} ready", ready());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(ready(), 4);
+    // One taken by a request leaves room: the budget is given back.
+    let obs = Arc::new(Reports::default());
+    let served = functions
+        .iter()
+        .find(|f| f.has_ready_instance(&env))
+        .unwrap();
+    assert_eq!(call_with(served, "/", &env, obs.clone()).await, Ok(1));
+    assert!(reports(&obs, 1).await[0].prepared);
+    assert!(eventually(|| ready() == 4).await, "{} ready", ready());
+}

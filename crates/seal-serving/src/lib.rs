@@ -38,6 +38,10 @@ pub use admission::{Admission, InFlight};
 pub use invocation::{EmittedBy, EventSink, Telemetry};
 pub use telemetry::{ColdStart, ErrorKind, Snapshot, Traffic, VersionStats};
 
+/// Versions a route table change may newly route and still get an
+/// instance made ahead each (see [`Serving::publish`]).
+pub const MAX_PREPARED_PER_PUBLISH: usize = 16;
+
 /// Every answer names the version and the artifact that produced it.
 pub const HEADER_VERSION: HeaderName = HeaderName::from_static("seal-version");
 pub const HEADER_DIGEST: HeaderName = HeaderName::from_static("seal-digest");
@@ -504,7 +508,7 @@ impl Serving {
         loaded: Arc<Function>,
     ) -> Backend {
         let stats = self.stats_for(environment, function, version, digest);
-        let backend = self.backend_with(
+        self.backend_with(
             environment,
             function,
             version,
@@ -514,11 +518,7 @@ impl Serving {
             stats,
             false,
             false,
-        );
-        // Its first request finds an instance ready (a function that takes
-        // a fresh one per request).
-        backend.function.prepare_ahead(&backend.guest_env().1);
-        backend
+        )
     }
 
     /// A backend for replaying requests to `version` in `environment` with
@@ -617,9 +617,30 @@ impl Serving {
     }
 
     /// Atomically replaces the route table. Requests already running keep
-    /// the backends they picked.
+    /// the backends they picked. The versions it newly routes get an
+    /// instance made ahead, so the first request after a deploy skips
+    /// instantiation; a table that routes more than
+    /// [`MAX_PREPARED_PER_PUBLISH`] new versions at once (a restart loading
+    /// every route) gets none, as they would hold memory for requests that
+    /// may not come.
     pub fn publish(&self, table: RouteTable) {
-        self.table.store(Arc::new(table));
+        let table = Arc::new(table);
+        let previous = self.table.swap(table.clone());
+        let newly_routed: Vec<&Arc<Backend>> = table
+            .routes()
+            .flat_map(|r| {
+                let before = previous.get(&r.environment, &r.function);
+                r.backends.iter().filter(move |b| {
+                    !before.is_some_and(|p| p.backends.iter().any(|o| o.version == b.version))
+                })
+            })
+            .take(MAX_PREPARED_PER_PUBLISH + 1)
+            .collect();
+        if newly_routed.len() <= MAX_PREPARED_PER_PUBLISH {
+            for b in newly_routed {
+                b.function.prepare_ahead(&b.guest_env().1);
+            }
+        }
     }
 
     /// The route of a function in an environment in the current snapshot.
