@@ -22,6 +22,7 @@ use crate::observer::{InvocationObserver, InvocationReport};
 use crate::outbound::OutboundGate;
 use crate::stdio::{GuestOutput, GuestStream};
 use bytes::Bytes;
+use futures::FutureExt;
 use http_body_util::BodyExt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -60,12 +61,14 @@ pub const MAX_IDLE_INSTANCES: usize = 64;
 /// Instances made ahead of a request that all functions together keep at
 /// most (and at most a quarter of the pool).
 pub const MAX_PREPARED_INSTANCES: usize = 16;
-/// An idle instance unused this long is discarded rather than reused.
+/// An idle instance unused this long is discarded rather than reused (a
+/// reaper looks every quarter of it, so it goes within 1.25 times this).
 pub const INSTANCE_IDLE: Duration = Duration::from_secs(60);
 
-/// An instance between two invocations of a function that declares
-/// `instance_reuse`: its store (the guest's state), its exports, and what
-/// it was built with.
+/// An idle instance: one between two invocations of a function that
+/// declares `instance_reuse`, or one made ahead of a request and never
+/// called. Its store (the guest's state), its exports, and what it was
+/// built with.
 struct Warm {
     store: Store<Host>,
     proxy: wasmtime_wasi_http::p2::bindings::Proxy,
@@ -166,19 +169,30 @@ impl WarmPool {
         Some(warm)
     }
 
-    fn put(self: &Arc<Self>, mut warm: Warm) {
-        warm.idle_since = std::time::Instant::now();
-        if !self.budget.try_take() {
-            return;
+    /// A place in the budget for one idle instance, held until it is
+    /// [put](Self::put_reserved) (or given back when dropped).
+    fn reserve(&self) -> Option<Reserved> {
+        self.budget
+            .try_take()
+            .then(|| Reserved(Some(self.budget.clone())))
+    }
+
+    fn put(self: &Arc<Self>, warm: Warm) {
+        if let Some(place) = self.reserve() {
+            self.put_reserved(warm, place);
         }
+    }
+
+    fn put_reserved(self: &Arc<Self>, mut warm: Warm, mut place: Reserved) {
+        warm.idle_since = std::time::Instant::now();
         {
             let mut idle = self.lock();
             if idle.len() >= MAX_IDLE_INSTANCES {
-                drop(idle);
-                self.budget.give_back(1);
                 return;
             }
             idle.push(warm);
+            // The idle instance holds the place now.
+            place.0 = None;
         }
         if !self.reaping.swap(true, Ordering::AcqRel) {
             let pool = Arc::downgrade(self);
@@ -198,6 +212,33 @@ impl WarmPool {
                     }
                 }
             });
+        }
+    }
+}
+
+impl WarmPool {
+    /// Drops the idle instances built with `env`, or every one.
+    fn release(&self, env: Option<&[(String, String)]>) {
+        let gone: Vec<Warm> = {
+            let mut idle = self.lock();
+            let (gone, kept): (Vec<Warm>, Vec<Warm>) = std::mem::take(&mut *idle)
+                .into_iter()
+                .partition(|w| env.is_none_or(|e| *w.env == *e));
+            *idle = kept;
+            gone
+        };
+        self.budget.give_back(gone.len());
+    }
+}
+
+/// One place of an [`IdleBudget`] taken for an instance not yet idle;
+/// given back when dropped unless the instance went idle.
+struct Reserved(Option<Arc<IdleBudget>>);
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        if let Some(budget) = self.0.take() {
+            budget.give_back(1);
         }
     }
 }
@@ -223,9 +264,10 @@ struct Ahead {
 
 impl Ahead {
     /// Instantiates one instance for `env` in a task of its own and leaves
-    /// it idle, unless one is ready or being made, or the idle budget is
-    /// spent. Its output and outbound gate point nowhere until a request
-    /// takes it.
+    /// it idle, unless one is ready or being made, or the budget of
+    /// instances made ahead is spent (its place is taken before any work,
+    /// so a full budget costs no instantiation). Its output and outbound
+    /// gate point nowhere until a request takes it.
     fn prepare(self: &Arc<Self>, env: &Env) {
         if self.idle.holds(env) || self.idle.filling.swap(true, Ordering::AcqRel) {
             return;
@@ -234,6 +276,9 @@ impl Ahead {
         // down), the next request may try again.
         let filling = Filling(self.idle.clone());
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let Some(place) = self.idle.reserve() else {
             return;
         };
         let (this, env) = (self.clone(), env.clone());
@@ -263,15 +308,18 @@ impl Ahead {
                 tokio::time::timeout(this.timeout, this.pre.instantiate_async(&mut store)).await;
             if let Ok(Ok(proxy)) = made {
                 store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Continue(1)));
-                this.idle.put(Warm {
-                    store,
-                    proxy,
-                    stdout,
-                    stderr,
-                    env,
-                    uses: 0,
-                    idle_since: std::time::Instant::now(),
-                });
+                this.idle.put_reserved(
+                    Warm {
+                        store,
+                        proxy,
+                        stdout,
+                        stderr,
+                        env,
+                        uses: 0,
+                        idle_since: std::time::Instant::now(),
+                    },
+                    place,
+                );
             }
         });
     }
@@ -421,6 +469,14 @@ impl Function {
         self.idle.holds(env)
     }
 
+    /// Drops its idle instances (left for reuse or made ahead): those
+    /// built with `env` (the environment variables a config change
+    /// replaced), or every one when `env` is `None` (its version left the
+    /// routes).
+    pub fn release_idle(&self, env: Option<&[(String, String)]>) {
+        self.idle.release(env);
+    }
+
     pub fn limits(&self) -> &FunctionLimits {
         &self.limits
     }
@@ -434,9 +490,11 @@ impl Function {
         !self.warm.load(Ordering::Relaxed) && !self.warm.swap(true, Ordering::Relaxed)
     }
 
-    /// Runs one request in a fresh store with `env` as its environment
-    /// variables. The response body keeps streaming from the guest after
-    /// this returns.
+    /// Runs one request with `env` as its environment variables, in an
+    /// idle instance of the function's own when one waits (left for reuse,
+    /// or made ahead and never called), else in a fresh store. The guest
+    /// runs in the caller's future until its response head is out; the
+    /// body keeps streaming from the guest, in a task, after this returns.
     pub async fn handle<B>(
         &self,
         req: http::Request<B>,
@@ -673,17 +731,25 @@ impl Function {
             // path; at saturation none is, as it would only move the same
             // work around.
             if running.leave() == 0
+                && !matches!(result, Err(InvokeError::Overloaded(_)))
                 && let Some(ahead) = ahead
             {
                 ahead.prepare(&env_kept);
             }
             result
         });
+        // A panic in the run (a host bug) fails this invocation alone.
+        let run: Run = Box::pin(std::panic::AssertUnwindSafe(run).catch_unwind().map(|ran| {
+            ran.unwrap_or_else(|_| Err(InvokeError::Internal("the invocation panicked".into())))
+        }));
 
         // If this future is dropped before the answer arrives, the caller
         // has gone (its connection closed): the guest's failures from then
         // on are not its own, and its run goes on in a task.
-        let mut run = Detach(Some(run));
+        let mut run = Detach {
+            run: Some(run),
+            rt: tokio::runtime::Handle::try_current().ok(),
+        };
         let mut receiver = receiver;
         let waiting = CallerWaiting(Some(head_for_caller));
         let step = std::future::poll_fn(|cx| run.until_head(cx, &mut receiver)).await;
@@ -723,7 +789,11 @@ enum Step {
 /// The guest's run, polled by the caller until the response head is out;
 /// dropped unfinished (the head is out and the body still streams, or the
 /// caller went away), the rest runs in a task of its own.
-struct Detach(Option<Run>);
+struct Detach {
+    run: Option<Run>,
+    /// Where the rest runs (the caller's runtime, wherever it is dropped).
+    rt: Option<tokio::runtime::Handle>,
+}
 
 /// A guest's run, from instantiation to the end of its body.
 type Run = std::pin::Pin<Box<dyn Future<Output = Result<(), InvokeError>> + Send>>;
@@ -735,30 +805,28 @@ impl Detach {
         head: &mut tokio::sync::oneshot::Receiver<Answer>,
     ) -> std::task::Poll<Step> {
         use std::task::Poll;
-        if let Some(run) = self.0.as_mut()
+        if let Some(run) = self.run.as_mut()
             && let Poll::Ready(result) = run.as_mut().poll(cx)
         {
-            self.0 = None;
+            self.run = None;
             return Poll::Ready(Step::Ran(result));
         }
         std::pin::Pin::new(head).poll(cx).map(Step::Head)
     }
 
     async fn finish(&mut self) -> Result<(), InvokeError> {
-        let Some(run) = self.0.as_mut() else {
+        let Some(run) = self.run.as_mut() else {
             return Err(InvokeError::Internal("the run was already over".into()));
         };
         let result = run.as_mut().await;
-        self.0 = None;
+        self.run = None;
         result
     }
 }
 
 impl Drop for Detach {
     fn drop(&mut self) {
-        if let Some(run) = self.0.take()
-            && let Ok(rt) = tokio::runtime::Handle::try_current()
-        {
+        if let (Some(run), Some(rt)) = (self.run.take(), self.rt.as_ref()) {
             rt.spawn(run);
         }
     }
@@ -766,7 +834,7 @@ impl Drop for Detach {
 
 /// Whether (and when, with what status) the guest handed over its response
 /// head, and whether its caller has gone; written by the outparam callback,
-/// the caller's future and the response body, read by the guest's task.
+/// the caller's future and the response body, read by the guest's run.
 #[derive(Default)]
 struct HeadSent {
     status: std::sync::atomic::AtomicU16,
@@ -861,8 +929,8 @@ impl Drop for WatchedBody {
     }
 }
 
-/// Hands the invocation's report to its observer when the guest's task
-/// ends, however it ends (an aborted task reports a timeout).
+/// Hands the invocation's report to its observer when the guest's run
+/// ends, however it ends (a run cut short reports a timeout).
 struct ReportOnDrop {
     observer: Arc<dyn InvocationObserver>,
     report: Option<InvocationReport>,
@@ -946,6 +1014,52 @@ mod tests {
             assert!(r.total >= r.instantiate);
         }
         assert!(rec.late().is_empty());
+    }
+
+    /// A panic in an invocation's run (here its observer's) fails that
+    /// invocation with an internal error; the caller's task goes on and
+    /// the function serves the next request.
+    #[tokio::test]
+    async fn a_panic_in_a_run_fails_that_invocation_alone() {
+        struct Panics(std::sync::atomic::AtomicBool);
+        impl InvocationObserver for Panics {
+            fn guest_output(&self, _: GuestStream, _: &str) {}
+            fn late_failure(&self, _: &InvokeError) {}
+            fn finished(&self, _: InvocationReport) {
+                if self.0.swap(false, Ordering::AcqRel) {
+                    panic!("observer bug");
+                }
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime(&dir);
+        let wasm = proxy(RETURNS);
+        let (f, _) = rt
+            .prepare(
+                "d",
+                None,
+                || Ok(wasm),
+                limits(16 * MIB, Duration::from_secs(5)),
+            )
+            .unwrap();
+        let obs = Arc::new(Panics(std::sync::atomic::AtomicBool::new(true)));
+        let env = Env::from([]);
+        let call = || {
+            let req = http::Request::get("http://localhost/")
+                .body(full_body(""))
+                .unwrap();
+            f.handle(req, &env, obs.clone())
+        };
+        let first = call().await;
+        assert!(
+            matches!(&first, Err(InvokeError::Internal(m)) if m.contains("panicked")),
+            "{first:?}"
+        );
+        let second = call().await;
+        assert!(
+            matches!(&second, Err(InvokeError::NoResponse(_))),
+            "{second:?}"
+        );
     }
 
     /// Grows its memory a page per call and counts calls in a global;
@@ -1121,7 +1235,7 @@ mod tests {
         let (results, rec) = invoke(guest, limits(16 * MIB, timeout), 1).await;
         assert_eq!(results[0], Err(InvokeError::Timeout(timeout)));
         assert!(started.elapsed() >= timeout);
-        // The guest's task may have been aborted rather than interrupted;
+        // The guest's run may have been cut short rather than interrupted;
         // it then reports when it is dropped, soon after `handle` returns.
         let mut reports = rec.reports();
         for _ in 0..500 {

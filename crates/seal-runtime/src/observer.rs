@@ -1,6 +1,6 @@
 //! What the runtime tells its embedder about each invocation: the
 //! [`InvocationObserver`] the gateway implements, and the
-//! [`InvocationReport`] it receives once the guest's task ends.
+//! [`InvocationReport`] it receives once the guest's run ends.
 //!
 //! The runtime measures and the embedder decides what to do with it (log
 //! lines, metrics, spans): this crate stays free of telemetry and routing.
@@ -27,7 +27,7 @@ pub struct InvocationReport {
     /// From the call into the guest's handler to its response head (None:
     /// it never sent one).
     pub call_to_head: Option<Duration>,
-    /// From the start of instantiation to the end of the guest's task: what
+    /// From the start of instantiation to the end of the guest's run: what
     /// the invocation held an instance for (the billed duration).
     pub total: Duration,
     /// The status the guest answered with, if it answered.
@@ -47,7 +47,7 @@ pub trait InvocationObserver: Send + Sync {
     /// A failure after the response head went out (a trap or timeout while
     /// the body streams): the status cannot say so, but it still counts.
     fn late_failure(&self, error: &InvokeError);
-    /// Called exactly once per invocation that reached the guest's task.
+    /// Called exactly once per invocation that reached the guest's run.
     fn finished(&self, report: InvocationReport);
     /// Where the events this invocation publishes go; `None` (the
     /// default): it may publish none.
@@ -58,9 +58,11 @@ pub trait InvocationObserver: Send + Sync {
         false
     }
 
-    /// Whether this invocation may take, and leave, an idle instance of a
-    /// function that declares `instance_reuse` (a replay must not share
-    /// state with live traffic: it gets an instance of its own).
+    /// Whether this invocation may take, and leave, an idle instance: one
+    /// a reusing function's earlier invocation left, or one made ahead of
+    /// a request (a replay must not share state with live traffic, nor
+    /// use up instances made for it: it gets an instance of its own and
+    /// makes none ahead).
     fn shares_instances(&self) -> bool {
         true
     }

@@ -253,6 +253,50 @@ async fn a_replay_takes_no_ready_instance() {
     let r = reports(&replay.0, 1).await;
     assert!(!r[0].prepared);
     assert!(f.has_ready_instance(&env));
+
+    // Nor does it make one ahead when it leaves the function idle.
+    f.release_idle(None);
+    assert!(!f.has_ready_instance(&env));
+    assert_eq!(call_with(&f, "/", &env, replay.clone()).await, Ok(1));
+    reports(&replay.0, 2).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!f.has_ready_instance(&env));
+}
+
+/// Idle instances go when their version leaves the routes (all of them)
+/// or its config changes (those built with the old environment), and
+/// their places in the budget come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn released_instances_give_their_places_back() {
+    let dir = tempfile::tempdir().unwrap();
+    // 4 slots: one instance made ahead at a time, all functions together.
+    let rt = runtime(&dir, 4);
+    let wasm = std::fs::read(guests::guest("counter")).unwrap();
+    let w2 = wasm.clone();
+    let (f, _) = rt.prepare("f", None, || Ok(wasm), limits(None)).unwrap();
+    let (g, _) = rt.prepare("g", None, || Ok(w2), limits(None)).unwrap();
+    let old = Env::from([("K".to_owned(), "old".to_owned())]);
+    let new = Env::from([("K".to_owned(), "new".to_owned())]);
+    f.prepare_ahead(&old);
+    assert!(eventually(|| f.has_ready_instance(&old)).await);
+    // The budget is spent: g gets none.
+    g.prepare_ahead(&new);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!g.has_ready_instance(&new));
+
+    // Another config's instances stay; the old config's go.
+    f.release_idle(Some(&new));
+    assert!(f.has_ready_instance(&old));
+    f.release_idle(Some(&old));
+    assert!(!f.has_ready_instance(&old));
+    g.prepare_ahead(&new);
+    assert!(eventually(|| g.has_ready_instance(&new)).await);
+
+    // Every one goes when the version leaves the routes.
+    g.release_idle(None);
+    assert!(!g.has_ready_instance(&new));
+    f.prepare_ahead(&new);
+    assert!(eventually(|| f.has_ready_instance(&new)).await);
 }
 
 /// Instances made ahead hold pool slots too, within a budget of their own:

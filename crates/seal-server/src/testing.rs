@@ -78,7 +78,16 @@ impl TestServer {
     ) -> anyhow::Result<Published> {
         let mut manifest = SealManifest::new(name);
         manifest.description = description.map(str::to_owned);
-        let packed = seal_artifact::pack(component, &manifest)?;
+        self.publish_manifest(component, &manifest).await
+    }
+
+    /// [`publish`](Self::publish) with a manifest of the test's own.
+    pub async fn publish_manifest(
+        &self,
+        component: &[u8],
+        manifest: &SealManifest,
+    ) -> anyhow::Result<Published> {
+        let packed = seal_artifact::pack(component, manifest)?;
         let control = self.control();
         for (digest, bytes) in [
             (&packed.config_digest, packed.config_bytes.clone()),

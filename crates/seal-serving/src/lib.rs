@@ -489,10 +489,27 @@ impl Serving {
 
     /// Replaces the settings of a function in an environment: the next
     /// invocation of any of its versions sees them.
+    /// Instances kept idle with the old environment variables (left for
+    /// reuse or made ahead) are dropped, and the versions routed there get
+    /// one made ahead with the new ones.
     pub fn set_settings(&self, environment: &str, function: &str, settings: Settings) {
+        let route = self.route(environment, function);
+        let before: Vec<Arc<[(String, String)]>> = route
+            .iter()
+            .flat_map(|r| r.backends.iter().map(|b| b.guest_env().1))
+            .collect();
         self.settings_slot(environment, function)
             .0
             .store(Arc::new(settings));
+        if let Some(route) = route {
+            for (b, old) in route.backends.iter().zip(before) {
+                let new = b.guest_env().1;
+                if *new != *old {
+                    b.function.release_idle(Some(&old));
+                    b.function.prepare_ahead(&new);
+                }
+            }
+        }
     }
 
     /// A backend for a version, counting into its registered stats (so
@@ -623,9 +640,22 @@ impl Serving {
     /// [`MAX_PREPARED_PER_PUBLISH`] new versions at once (a restart loading
     /// every route) gets none, as they would hold memory for requests that
     /// may not come.
+    /// The idle instances of versions it no longer routes anywhere are
+    /// dropped.
     pub fn publish(&self, table: RouteTable) {
         let table = Arc::new(table);
         let previous = self.table.swap(table.clone());
+        let routed: std::collections::HashSet<*const Function> = table
+            .routes()
+            .flat_map(|r| r.backends.iter().map(|b| Arc::as_ptr(&b.function)))
+            .collect();
+        let mut released = std::collections::HashSet::new();
+        for b in previous.routes().flat_map(|r| r.backends.iter()) {
+            let f = Arc::as_ptr(&b.function);
+            if !routed.contains(&f) && released.insert(f) {
+                b.function.release_idle(None);
+            }
+        }
         let newly_routed: Vec<&Arc<Backend>> = table
             .routes()
             .flat_map(|r| {
