@@ -119,6 +119,13 @@ struct WarmPool {
     reaping: std::sync::atomic::AtomicBool,
     /// An instance is being made ready ahead of a request.
     filling: std::sync::atomic::AtomicBool,
+    /// Bumped by every release: an instance made or used before it is
+    /// not kept after it (its version left the routes, or its config
+    /// changed, while it ran).
+    generation: std::sync::atomic::AtomicU64,
+    /// Its version left the routes: no instance is made ahead until it
+    /// is routed again.
+    retired: std::sync::atomic::AtomicBool,
 }
 
 impl WarmPool {
@@ -128,6 +135,8 @@ impl WarmPool {
             budget,
             reaping: std::sync::atomic::AtomicBool::new(false),
             filling: std::sync::atomic::AtomicBool::new(false),
+            generation: std::sync::atomic::AtomicU64::new(0),
+            retired: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -152,8 +161,9 @@ impl WarmPool {
             *idle = kept;
             stale
         };
-        self.budget.give_back(stale.len());
+        let n_stale = stale.len();
         drop(stale);
+        self.budget.give_back(n_stale);
         self.lock().len()
     }
 
@@ -177,17 +187,26 @@ impl WarmPool {
             .then(|| Reserved(Some(self.budget.clone())))
     }
 
-    fn put(self: &Arc<Self>, warm: Warm) {
+    /// The generation an instance made or taken now belongs to.
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Keeps `warm`, made or used in generation `born`, idle (unless a
+    /// release came since).
+    fn put(self: &Arc<Self>, warm: Warm, born: u64) {
         if let Some(place) = self.reserve() {
-            self.put_reserved(warm, place);
+            self.put_reserved(warm, place, born);
         }
     }
 
-    fn put_reserved(self: &Arc<Self>, mut warm: Warm, mut place: Reserved) {
+    fn put_reserved(self: &Arc<Self>, mut warm: Warm, mut place: Reserved, born: u64) {
         warm.idle_since = std::time::Instant::now();
         {
             let mut idle = self.lock();
-            if idle.len() >= MAX_IDLE_INSTANCES {
+            if idle.len() >= MAX_IDLE_INSTANCES || self.generation() != born {
+                drop(idle);
+                drop(warm);
                 return;
             }
             idle.push(warm);
@@ -221,13 +240,19 @@ impl WarmPool {
     fn release(&self, env: Option<&[(String, String)]>) {
         let gone: Vec<Warm> = {
             let mut idle = self.lock();
+            self.generation.fetch_add(1, Ordering::AcqRel);
+            if env.is_none() {
+                self.retired.store(true, Ordering::Release);
+            }
             let (gone, kept): (Vec<Warm>, Vec<Warm>) = std::mem::take(&mut *idle)
                 .into_iter()
                 .partition(|w| env.is_none_or(|e| *w.env == *e));
             *idle = kept;
             gone
         };
-        self.budget.give_back(gone.len());
+        let n = gone.len();
+        drop(gone);
+        self.budget.give_back(n);
     }
 }
 
@@ -268,7 +293,15 @@ impl Ahead {
     /// instances made ahead is spent (its place is taken before any work,
     /// so a full budget costs no instantiation). Its output and outbound
     /// gate point nowhere until a request takes it.
-    fn prepare(self: &Arc<Self>, env: &Env) {
+    /// `routed`: the server asks, its version being routed (else it is
+    /// a refill after an invocation, skipped once the version left the
+    /// routes).
+    fn prepare(self: &Arc<Self>, env: &Env, routed: bool) {
+        if routed {
+            self.idle.retired.store(false, Ordering::Release);
+        } else if self.idle.retired.load(Ordering::Acquire) {
+            return;
+        }
         if self.idle.holds(env) || self.idle.filling.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -281,6 +314,7 @@ impl Ahead {
         let Some(place) = self.idle.reserve() else {
             return;
         };
+        let born = self.idle.generation();
         let (this, env) = (self.clone(), env.clone());
         rt.spawn(async move {
             let _filling = filling;
@@ -319,6 +353,7 @@ impl Ahead {
                         idle_since: std::time::Instant::now(),
                     },
                     place,
+                    born,
                 );
             }
         });
@@ -459,7 +494,7 @@ impl Function {
     /// the runtime does the same when the function is otherwise idle.
     pub fn prepare_ahead(&self, env: &Env) {
         if self.limits.instance_reuse.is_none() {
-            self.ahead.prepare(env);
+            self.ahead.prepare(env, true);
         }
     }
 
@@ -534,6 +569,7 @@ impl Function {
         // none.
         let shares = observer.shares_instances();
         let reuse = self.limits.instance_reuse.filter(|_| shares);
+        let born = self.idle.generation();
         let warm = if shares { self.idle.take(env) } else { None };
         let running = Running::enter(&self.running);
         let (mut store, proxy, outputs, uses) = match warm {
@@ -713,15 +749,18 @@ impl Function {
                     outputs.1.rebind(detached);
                     store.data_mut().outbound = OutboundGate::new(Arc::from([]));
                     store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Continue(1)));
-                    idle.put(Warm {
-                        store,
-                        proxy,
-                        stdout: outputs.0,
-                        stderr: outputs.1,
-                        env: env_kept.clone(),
-                        uses,
-                        idle_since: std::time::Instant::now(),
-                    })
+                    idle.put(
+                        Warm {
+                            store,
+                            proxy,
+                            stdout: outputs.0,
+                            stderr: outputs.1,
+                            env: env_kept.clone(),
+                            uses,
+                            idle_since: std::time::Instant::now(),
+                        },
+                        born,
+                    )
                 }
                 _ => drop(store),
             }
@@ -734,7 +773,7 @@ impl Function {
                 && !matches!(result, Err(InvokeError::Overloaded(_)))
                 && let Some(ahead) = ahead
             {
-                ahead.prepare(&env_kept);
+                ahead.prepare(&env_kept, false);
             }
             result
         });
@@ -945,6 +984,10 @@ impl Drop for ReportOnDrop {
             return;
         };
         r.total = self.started.elapsed();
+        if std::thread::panicking() {
+            // Unwinding from a host bug: not the guest's timeout.
+            r.outcome = Err(InvokeError::Internal("the invocation panicked".into()));
+        }
         let status = self.head.status.load(Ordering::Acquire);
         r.status = (status != 0).then_some(status);
         r.call_to_head = match (self.call_started, self.head.at.get()) {

@@ -292,9 +292,18 @@ async fn released_instances_give_their_places_back() {
     g.prepare_ahead(&new);
     assert!(eventually(|| g.has_ready_instance(&new)).await);
 
-    // Every one goes when the version leaves the routes.
+    // Every one goes when the version leaves the routes, and a request
+    // still running then makes none after it; routed again, it does.
     g.release_idle(None);
     assert!(!g.has_ready_instance(&new));
+    let obs = Arc::new(Reports::default());
+    assert_eq!(call_with(&g, "/", &new, obs.clone()).await, Ok(1));
+    reports(&obs, 1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !g.has_ready_instance(&new),
+        "a retired version was refilled"
+    );
     f.prepare_ahead(&new);
     assert!(eventually(|| f.has_ready_instance(&new)).await);
 }
