@@ -489,6 +489,7 @@ impl Serving {
 
     /// Replaces the settings of a function in an environment: the next
     /// invocation of any of its versions sees them.
+    ///
     /// Instances kept idle with the old environment variables (left for
     /// reuse or made ahead) are dropped, and the versions routed there get
     /// one made ahead with the new ones.
@@ -640,6 +641,7 @@ impl Serving {
     /// [`MAX_PREPARED_PER_PUBLISH`] new versions at once (a restart loading
     /// every route) gets none, as they would hold memory for requests that
     /// may not come.
+    ///
     /// The idle instances of versions it no longer routes anywhere are
     /// dropped.
     pub fn publish(&self, table: RouteTable) {
