@@ -828,12 +828,17 @@ impl EventsService {
             }
         }
         let mut running = tokio::task::JoinSet::new();
-        // Attempts end in any order; their outcomes are committed together
-        // by one task (one transaction for all that ended meanwhile).
-        let (ended_tx, ended_rx) = tokio::sync::mpsc::unbounded_channel();
-        let committer = tokio::spawn(self.clone().commit_outcomes(ended_rx));
+        // Attempts end in any order; this loop commits the outcomes that
+        // ended meanwhile in one transaction, which also claims what the
+        // slots they free can take (one round trip to the store per batch
+        // of outcomes under load), and runs a full pass over the
+        // subscriptions when woken (an enqueue, a trigger change), when
+        // something is due, and at least once a second.
+        let (ended_tx, mut ended_rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut ended = Vec::new();
         let mut gauged_at = 0;
         let mut swept_at = 0;
+        let mut next_pass = 0;
         loop {
             if now_ms() - gauged_at >= 1_000 {
                 gauged_at = now_ms();
@@ -855,18 +860,25 @@ impl EventsService {
                     Err(e) => tracing::warn!(error = %e, "cannot sweep handled events"),
                 }
             }
-            let next_wake = match self.dispatch(&mut running, &ended_tx).await {
-                Ok(at) => at,
-                Err(e) => {
-                    tracing::warn!(error = %e, "event delivery loop");
-                    now_ms() + 1_000
-                }
-            };
+            if now_ms() >= next_pass {
+                next_pass = match self.dispatch(&mut running, &ended_tx).await {
+                    Ok(at) => at,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "event delivery loop");
+                        now_ms() + 1_000
+                    }
+                };
+            }
             while running.try_join_next().is_some() {}
-            let wait = (next_wake - now_ms()).clamp(0, 1_000) as u64;
+            let wait = (next_pass - now_ms()).clamp(0, 1_000) as u64;
             tokio::select! {
                 () = stop.cancelled() => break,
-                () = self.wake_queues.notified() => {}
+                _ = ended_rx.recv_many(&mut ended, 512) => {
+                    if self.settle(&mut ended, &mut running, &ended_tx, &stop).await {
+                        next_pass = now_ms();
+                    }
+                }
+                () = self.wake_queues.notified() => next_pass = now_ms(),
                 () = tokio::time::sleep(std::time::Duration::from_millis(wait)) => {}
             }
         }
@@ -874,31 +886,93 @@ impl EventsService {
         // them. Those that ended are committed before the loop returns.
         running.shutdown().await;
         drop(ended_tx);
-        let _ = committer.await;
+        while ended_rx.recv_many(&mut ended, 512).await > 0 {
+            let done: Vec<Finished> = ended.iter().map(|e| e.finished.clone()).collect();
+            match self.queues.finish_deliveries(&done).await {
+                Ok(()) => ended
+                    .drain(..)
+                    .for_each(|e| self.count(&e.claimed, &e.finished)),
+                Err(e) => {
+                    tracing::error!(error = %e, deliveries = done.len(), "cannot record delivery attempts");
+                    ended.clear();
+                }
+            }
+        }
     }
 
-    /// Commits attempt outcomes as they come, all that are waiting in one
-    /// transaction; then counts them and frees their subscription's slot.
-    async fn commit_outcomes(
-        self: Arc<Self>,
-        mut ended: tokio::sync::mpsc::UnboundedReceiver<Ended>,
-    ) {
-        let mut batch = Vec::new();
-        while ended.recv_many(&mut batch, 512).await > 0 {
-            let done: Vec<Finished> = batch.iter().map(|e| e.finished.clone()).collect();
-            if let Err(e) = self.queues.finish_deliveries(&done).await {
+    /// Commits the outcomes in `ended` in one transaction that also
+    /// claims, for each subscription they belong to, as many due
+    /// deliveries as its slots can take once theirs are free; starts those
+    /// on the freed slots. Returns whether a full pass should follow (a
+    /// claim got less than it asked for: the next due instant is to be
+    /// read).
+    async fn settle(
+        self: &Arc<Self>,
+        ended: &mut Vec<Ended>,
+        running: &mut tokio::task::JoinSet<()>,
+        ended_tx: &tokio::sync::mpsc::UnboundedSender<Ended>,
+        stop: &CancellationToken,
+    ) -> bool {
+        let done: Vec<Finished> = ended.iter().map(|e| e.finished.clone()).collect();
+        // The slots freed per subscription, with what is free already.
+        let mut freed: HashMap<String, Vec<tokio::sync::OwnedSemaphorePermit>> = HashMap::new();
+        let triggers = match self.queue_triggers().await {
+            Ok(list) if !stop.is_cancelled() => list,
+            _ => Arc::new(Vec::new()),
+        };
+        let now = now_ms();
+        let mut claims = Vec::new();
+        let mut subs = Vec::new();
+        for e in ended.iter() {
+            freed.entry(e.claimed.trigger.clone()).or_default();
+        }
+        for t in triggers.iter().filter(|t| freed.contains_key(&t.name)) {
+            let TriggerSpec::Queue(sub) = &t.spec else {
+                continue;
+            };
+            let from_batch = ended.iter().filter(|e| e.claimed.trigger == t.name).count();
+            let slots = self.slots(&t.name, sub.max_in_flight);
+            let limit = (from_batch + slots.available_permits()) as u32;
+            let lease = self.lease_ms(&t.environment, &t.function);
+            claims.push(seal_state::ClaimDue {
+                trigger: t,
+                now,
+                lease_until: now + lease,
+                limit,
+            });
+            subs.push((sub, slots));
+        }
+        let claimed = match self.queues.finish_and_claim(&done, &claims).await {
+            Ok(claimed) => claimed,
+            Err(e) => {
                 // Left claimed: due again when their lease ends (or at the
                 // next start).
                 tracing::error!(error = %e, deliveries = done.len(), "cannot record delivery attempts");
-                batch.clear();
-                continue;
+                ended.clear();
+                return true;
             }
-            for e in batch.drain(..) {
-                self.count(&e.claimed, &e.finished);
-                drop(e.permit);
+        };
+        for e in ended.drain(..) {
+            self.count(&e.claimed, &e.finished);
+            if let Some(permits) = freed.get_mut(&e.claimed.trigger) {
+                permits.push(e.permit);
             }
-            self.wake_queues.notify_one();
         }
+        let mut pass = false;
+        for ((claim, (sub, slots)), got) in claims.iter().zip(subs).zip(claimed) {
+            pass |= (got.len() as u32) < claim.limit;
+            let permits = freed.get_mut(&claim.trigger.name).expect("grouped above");
+            for c in got {
+                let Some(permit) = permits
+                    .pop()
+                    .or_else(|| slots.clone().try_acquire_owned().ok())
+                else {
+                    break;
+                };
+                self.start(running, ended_tx, sub, c, permit);
+            }
+        }
+        pass
     }
 
     /// One pass: claims what each subscription may take and starts it.
@@ -930,27 +1004,40 @@ impl EventsService {
                 let Ok(permit) = slots.clone().try_acquire_owned() else {
                     break;
                 };
-                let this = self.clone();
-                let sub = sub.clone();
-                let ended = ended.clone();
-                running.spawn(async move {
-                    let now = now_ms();
-                    let (attempt, next) = this.run_attempt(&c, &sub, now).await;
-                    let finished = Finished {
-                        delivery_id: c.delivery_id,
-                        attempt,
-                        next,
-                        at: now_ms(),
-                    };
-                    let _ = ended.send(Ended {
-                        claimed: c,
-                        finished,
-                        permit,
-                    });
-                });
+                self.start(running, ended, sub, c, permit);
             }
         }
         Ok(next)
+    }
+
+    /// Runs one attempt of a claimed delivery on its slot; its outcome
+    /// goes to the delivery loop.
+    fn start(
+        self: &Arc<Self>,
+        running: &mut tokio::task::JoinSet<()>,
+        ended: &tokio::sync::mpsc::UnboundedSender<Ended>,
+        sub: &QueueSubscription,
+        c: Claimed,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) {
+        let this = self.clone();
+        let sub = sub.clone();
+        let ended = ended.clone();
+        running.spawn(async move {
+            let now = now_ms();
+            let (attempt, next) = this.run_attempt(&c, &sub, now).await;
+            let finished = Finished {
+                delivery_id: c.delivery_id,
+                attempt,
+                next,
+                at: now_ms(),
+            };
+            let _ = ended.send(Ended {
+                claimed: c,
+                finished,
+                permit,
+            });
+        });
     }
 
     /// How long a claim of `function`'s deliveries lasts: the longest

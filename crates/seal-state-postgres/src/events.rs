@@ -7,14 +7,15 @@
 
 use crate::{Error, PostgresStore, Result, advisory, insert_audit, lock};
 use seal_state::{
-    AttemptRecord, Backlog, Claimed, CronRun, DeadLetter, DeliveryRecord, Enqueue, Enqueued,
-    EventRecord, Finished, NewAudit, NewEvent, NextStep, QueueRecord, StateError, TriggerRecord,
-    TriggerSpec,
+    AttemptRecord, Backlog, ClaimDue, Claimed, CronRun, DeadLetter, DeliveryRecord, Enqueue,
+    Enqueued, EventRecord, Finished, NewAudit, NewEvent, NextStep, QueueRecord, StateError,
+    TriggerRecord, TriggerSpec,
 };
 use seal_state_sql::{
     AttemptRow, BacklogRow, ClaimRow, DEAD_SELECT, DeadRow, DeliveryRow, EventRow, QueueRow,
     RunRow, TriggerRow,
 };
+use std::collections::HashMap;
 
 /// Runs `$body` in one transaction committed without waiting for the
 /// WAL flush (`synchronous_commit = off`, for this transaction only): a
@@ -265,35 +266,8 @@ impl PostgresStore {
         lease_until: i64,
         limit: u32,
     ) -> Result<Vec<Claimed>> {
-        let rows: Vec<ClaimRow> = relaxed!(self.pool, tx => {
-            // Nodes claiming together skip each other's rows.
-            let ids: Vec<i64> = sqlx::query_scalar(
-                "UPDATE deliveries SET state = 'running', lease_until = $4 WHERE id IN ( \
-                    SELECT id FROM deliveries WHERE trigger = $1 AND \
-                        ((state = 'pending' AND next_at <= $2) OR (state = 'running' AND lease_until <= $2)) \
-                    ORDER BY next_at, id LIMIT $3 FOR UPDATE SKIP LOCKED) \
-                 RETURNING id",
-            )
-            .bind(trigger)
-            .bind(now)
-            .bind(i64::from(limit))
-            .bind(lease_until)
-            .fetch_all(&mut *tx)
-            .await?;
-            if ids.is_empty() {
-                Vec::new()
-            } else {
-                sqlx::query_as(
-                    "SELECT d.id, d.event_id, d.trigger, d.function, d.attempts, d.pinned_version, \
-                            e.environment, e.queue, e.ce_id, e.enqueued_at, e.event, \
-                            (SELECT COALESCE(MAX(a.attempt), 0) FROM attempts a WHERE a.delivery_id = d.id) AS last_attempt \
-                     FROM deliveries d JOIN events e ON e.id = d.event_id \
-                     WHERE d.id = ANY($1) ORDER BY d.next_at, d.id",
-                )
-                .bind(&ids)
-                .fetch_all(&mut *tx)
-                .await?
-            }
+        let rows = relaxed!(self.pool, tx => {
+            claim_in(tx, trigger, now, lease_until, limit).await?
         });
         Ok(rows.into_iter().map(Into::into).collect())
     }
@@ -311,46 +285,28 @@ impl PostgresStore {
 
     pub async fn finish_deliveries(&self, done: &[Finished]) -> Result<()> {
         relaxed!(self.pool, tx => {
-            // The common case, attempts that succeeded, in two statements
-            // for the whole batch; retries and dead letters one by one.
-            let (succeeded, others): (Vec<&Finished>, Vec<&Finished>) = done
-                .iter()
-                .partition(|f| matches!(f.next, NextStep::Done) && f.attempt.is_some());
-            for chunk in succeeded.chunks(256) {
-                let mut q = sqlx::QueryBuilder::<sqlx::Postgres>::new(
-                    "INSERT INTO attempts (delivery_id, attempt, version, digest, status, outcome, error_kind, started_at, duration_ms) ",
-                );
-                q.push_values(chunk, |mut row, f| {
-                    let a = f.attempt.as_ref().expect("partitioned on an attempt");
-                    row.push_bind(f.delivery_id as i64)
-                        .push_bind(i64::from(a.attempt))
-                        .push_bind(a.version.map(|v| v as i64))
-                        .push_bind(a.digest.clone())
-                        .push_bind(a.status.map(i64::from))
-                        .push_bind(a.outcome.as_str())
-                        .push_bind(a.error_kind.clone())
-                        .push_bind(a.started_at)
-                        .push_bind(a.duration_ms as i64);
-                });
-                q.push(" ON CONFLICT DO NOTHING");
-                q.build().execute(&mut *tx).await?;
-                let mut q = sqlx::QueryBuilder::<sqlx::Postgres>::new(
-                    "UPDATE deliveries SET state = 'done', attempts = attempts + 1, lease_until = NULL, \
-                     last_error = NULL, last_version = COALESCE(v.version, deliveries.last_version), finished_at = v.at \
-                     FROM (",
-                );
-                q.push_values(chunk, |mut row, f| {
-                    let version = f.attempt.as_ref().and_then(|a| a.version).map(|v| v as i64);
-                    row.push_bind(f.delivery_id as i64).push_bind(version).push_bind(f.at);
-                });
-                q.push(") AS v (id, version, at) WHERE deliveries.id = v.id");
-                q.build().execute(&mut *tx).await?;
-            }
-            for f in others {
-                finish_one(tx, f.delivery_id, f.attempt.as_ref(), &f.next, f.at).await?;
-            }
+            finish_in(tx, done).await?;
         });
         Ok(())
+    }
+
+    pub async fn finish_and_claim(
+        &self,
+        done: &[Finished],
+        claims: &[ClaimDue<'_>],
+    ) -> Result<Vec<Vec<Claimed>>> {
+        let claimed = relaxed!(self.pool, tx => {
+            finish_in(tx, done).await?;
+            let mut claimed = Vec::with_capacity(claims.len());
+            for c in claims {
+                claimed.push(claim_in(tx, &c.trigger.name, c.now, c.lease_until, c.limit).await?);
+            }
+            claimed
+        });
+        Ok(claimed
+            .into_iter()
+            .map(|rows| rows.into_iter().map(Into::into).collect())
+            .collect())
     }
 
     pub async fn release_running(&self, now: i64) -> Result<u64> {
@@ -647,6 +603,88 @@ async fn insert_run(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, run: &CronRu
     Ok(())
 }
 
+/// Claims up to `limit` due deliveries of `trigger`, inside a transaction.
+async fn claim_in(
+    tx: &mut sqlx::PgConnection,
+    trigger: &str,
+    now: i64,
+    lease_until: i64,
+    limit: u32,
+) -> Result<Vec<ClaimRow>> {
+    // Nodes claiming together skip each other's rows.
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "UPDATE deliveries SET state = 'running', lease_until = $4 WHERE id IN ( \
+            SELECT id FROM deliveries WHERE trigger = $1 AND \
+                ((state = 'pending' AND next_at <= $2) OR (state = 'running' AND lease_until <= $2)) \
+            ORDER BY next_at, id LIMIT $3 FOR UPDATE SKIP LOCKED) \
+         RETURNING id",
+    )
+    .bind(trigger)
+    .bind(now)
+    .bind(i64::from(limit))
+    .bind(lease_until)
+    .fetch_all(&mut *tx)
+    .await?;
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(sqlx::query_as(
+        "SELECT d.id, d.event_id, d.trigger, d.function, d.attempts, d.pinned_version, \
+                e.environment, e.queue, e.ce_id, e.enqueued_at, e.event, \
+                (SELECT COALESCE(MAX(a.attempt), 0) FROM attempts a WHERE a.delivery_id = d.id) AS last_attempt \
+         FROM deliveries d JOIN events e ON e.id = d.event_id \
+         WHERE d.id = ANY($1) ORDER BY d.next_at, d.id",
+    )
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await?)
+}
+
+/// Records attempts and what follows each, inside a transaction.
+async fn finish_in(tx: &mut sqlx::PgConnection, done: &[Finished]) -> Result<()> {
+    // The common case, attempts that succeeded, in two statements
+    // for the whole batch; retries and dead letters one by one.
+    let (succeeded, others): (Vec<&Finished>, Vec<&Finished>) = done
+        .iter()
+        .partition(|f| matches!(f.next, NextStep::Done) && f.attempt.is_some());
+    for chunk in succeeded.chunks(256) {
+        let mut q = sqlx::QueryBuilder::<sqlx::Postgres>::new(
+            "INSERT INTO attempts (delivery_id, attempt, version, digest, status, outcome, error_kind, started_at, duration_ms) ",
+        );
+        q.push_values(chunk, |mut row, f| {
+            let a = f.attempt.as_ref().expect("partitioned on an attempt");
+            row.push_bind(f.delivery_id as i64)
+                .push_bind(i64::from(a.attempt))
+                .push_bind(a.version.map(|v| v as i64))
+                .push_bind(a.digest.clone())
+                .push_bind(a.status.map(i64::from))
+                .push_bind(a.outcome.as_str())
+                .push_bind(a.error_kind.clone())
+                .push_bind(a.started_at)
+                .push_bind(a.duration_ms as i64);
+        });
+        q.push(" ON CONFLICT DO NOTHING");
+        q.build().execute(&mut *tx).await?;
+        let mut q = sqlx::QueryBuilder::<sqlx::Postgres>::new(
+            "UPDATE deliveries SET state = 'done', attempts = attempts + 1, lease_until = NULL, \
+             last_error = NULL, last_version = COALESCE(v.version, deliveries.last_version), finished_at = v.at \
+             FROM (",
+        );
+        q.push_values(chunk, |mut row, f| {
+            let version = f.attempt.as_ref().and_then(|a| a.version).map(|v| v as i64);
+            row.push_bind(f.delivery_id as i64)
+                .push_bind(version)
+                .push_bind(f.at);
+        });
+        q.push(") AS v (id, version, at) WHERE deliveries.id = v.id");
+        q.build().execute(&mut *tx).await?;
+    }
+    for f in others {
+        finish_one(tx, f.delivery_id, f.attempt.as_ref(), &f.next, f.at).await?;
+    }
+    Ok(())
+}
+
 /// Records one attempt and what follows it, inside a transaction.
 async fn finish_one(
     tx: &mut sqlx::PgConnection,
@@ -729,58 +767,101 @@ async fn enqueue_in(
     now: i64,
     dedup_since: i64,
 ) -> Result<Vec<Enqueued>> {
-    let mut out = Vec::with_capacity(events.len());
-    for e in events {
-        let existing: Option<i64> = sqlx::query_scalar(
-            "SELECT id FROM events WHERE environment = $1 AND queue = $2 AND ce_source = $3 \
-             AND ce_id = $4 AND enqueued_at >= $5 ORDER BY id DESC LIMIT 1",
-        )
-        .bind(environment)
-        .bind(queue)
-        .bind(e.source)
-        .bind(e.ce_id)
-        .bind(dedup_since)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(id) = existing {
-            out.push(Enqueued {
-                id: id as u64,
-                ce_id: e.ce_id.to_owned(),
-                source: e.source.to_owned(),
-                duplicate: true,
-            });
-            continue;
-        }
-        let id: i64 = sqlx::query_scalar(
+    // The events seen within the window under the same (source, id), in
+    // one statement (each pair a search of the dedup index).
+    let sources: Vec<&str> = events.iter().map(|e| e.source).collect();
+    let ce_ids: Vec<&str> = events.iter().map(|e| e.ce_id).collect();
+    let known: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT v.s, v.i, MAX(e.id) FROM unnest($1::text[], $2::text[]) AS v(s, i) \
+         JOIN events e ON e.environment = $3 AND e.queue = $4 AND e.ce_source = v.s \
+             AND e.ce_id = v.i AND e.enqueued_at >= $5 \
+         GROUP BY v.s, v.i",
+    )
+    .bind(&sources)
+    .bind(&ce_ids)
+    .bind(environment)
+    .bind(queue)
+    .bind(dedup_since)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut seen: HashMap<(&str, &str), Option<i64>> = HashMap::new();
+    for (source, ce_id, id) in &known {
+        seen.insert((source.as_str(), ce_id.as_str()), Some(*id));
+    }
+    // The first of each pair not seen is new; a repeat within the batch
+    // is a duplicate of that first one.
+    let new: Vec<&NewEvent<'_>> = events
+        .iter()
+        .filter(|e| match seen.entry((e.source, e.ce_id)) {
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(None);
+                true
+            }
+        })
+        .collect();
+    let mut ids: HashMap<(String, String), i64> = HashMap::new();
+    if !new.is_empty() {
+        let inserted: Vec<(i64, String, String)> = sqlx::query_as(
             "INSERT INTO events (environment, queue, ce_id, ce_source, ce_type, event, enqueued_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+             SELECT $1, $2, v.i, v.s, v.t, v.e, $3 \
+             FROM unnest($4::text[], $5::text[], $6::text[], $7::text[]) WITH ORDINALITY AS v(i, s, t, e, n) \
+             ORDER BY v.n RETURNING id, ce_source, ce_id",
         )
         .bind(environment)
         .bind(queue)
-        .bind(e.ce_id)
-        .bind(e.source)
-        .bind(e.ty)
-        .bind(e.event)
         .bind(now)
-        .fetch_one(&mut *tx)
+        .bind(new.iter().map(|e| e.ce_id).collect::<Vec<_>>())
+        .bind(new.iter().map(|e| e.source).collect::<Vec<_>>())
+        .bind(new.iter().map(|e| e.ty).collect::<Vec<_>>())
+        .bind(new.iter().map(|e| e.event).collect::<Vec<_>>())
+        .fetch_all(&mut *tx)
         .await?;
-        // One delivery per subscription of the queue, in name order.
+        let event_ids: Vec<i64> = inserted.iter().map(|(id, _, _)| *id).collect();
+        // One delivery per subscription of the queue, in event then name
+        // order.
         sqlx::query(
             "INSERT INTO deliveries (event_id, trigger, function, state, next_at) \
-             SELECT $1, name, function, 'pending', $2 FROM triggers \
-             WHERE environment = $3 AND queue = $4 ORDER BY name",
+             SELECT x.id, t.name, t.function, 'pending', $2 \
+             FROM unnest($1::bigint[]) WITH ORDINALITY AS x(id, n) \
+             CROSS JOIN (SELECT name, function FROM triggers WHERE environment = $3 AND queue = $4) AS t \
+             ORDER BY x.n, t.name",
         )
-        .bind(id)
+        .bind(&event_ids)
         .bind(now)
         .bind(environment)
         .bind(queue)
         .execute(&mut *tx)
         .await?;
+        ids = inserted
+            .into_iter()
+            .map(|(id, source, ce_id)| ((source, ce_id), id))
+            .collect();
+    }
+    let mut firsts: std::collections::HashSet<(&str, &str)> = std::collections::HashSet::new();
+    let mut out = Vec::with_capacity(events.len());
+    for e in events {
+        let key = (e.source, e.ce_id);
+        let (id, duplicate) = match seen.get(&key).copied().flatten() {
+            Some(id) => (id, true),
+            None => {
+                let id = ids
+                    .get(&(e.source.to_owned(), e.ce_id.to_owned()))
+                    .copied()
+                    .ok_or_else(|| {
+                        Error::from(StateError::Backend(format!(
+                            "event {} from {} was not stored",
+                            e.ce_id, e.source
+                        )))
+                    })?;
+                (id, !firsts.insert(key))
+            }
+        };
         out.push(Enqueued {
             id: id as u64,
             ce_id: e.ce_id.to_owned(),
             source: e.source.to_owned(),
-            duplicate: false,
+            duplicate,
         });
     }
     Ok(out)

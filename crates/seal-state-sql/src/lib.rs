@@ -575,6 +575,7 @@ macro_rules! state_ports {
         fn claim_due(trigger: &str, now: i64, lease_until: i64, limit: u32) -> Vec<Claimed>;
         fn next_due(trigger: &str) -> Option<i64>;
         fn finish_deliveries(done: &[Finished]) -> ();
+        fn finish_and_claim(done: &[Finished], claims: &[ClaimDue<'_>]) -> Vec<Vec<Claimed>>;
         fn release_running(now: i64) -> u64;
         fn backlog() -> Vec<Backlog>;
         fn sweep_events(before: i64) -> u64;

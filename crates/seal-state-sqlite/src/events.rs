@@ -7,14 +7,15 @@
 
 use crate::{Error, Result, SqliteStore, insert_audit};
 use seal_state::{
-    AttemptRecord, Backlog, Claimed, CronRun, DeadLetter, DeliveryRecord, Enqueue, Enqueued,
-    EventRecord, Finished, NewAudit, NewEvent, NextStep, QueueRecord, StateError, TriggerRecord,
-    TriggerSpec,
+    AttemptRecord, Backlog, ClaimDue, Claimed, CronRun, DeadLetter, DeliveryRecord, Enqueue,
+    Enqueued, EventRecord, Finished, NewAudit, NewEvent, NextStep, QueueRecord, StateError,
+    TriggerRecord, TriggerSpec,
 };
 use seal_state_sql::{
     AttemptRow, BacklogRow, ClaimRow, DEAD_SELECT, DeadRow, DeliveryRow, EventRow, QueueRow,
     RunRow, TriggerRow,
 };
+use std::collections::HashMap;
 
 /// Runs `$body` in one transaction committed without waiting for the
 /// disk (`synchronous = NORMAL`; WAL mode keeps it atomic, and a process
@@ -279,42 +280,8 @@ impl SqliteStore {
         limit: u32,
     ) -> Result<Vec<Claimed>> {
         let trigger = trigger.to_owned();
-        let rows: Vec<ClaimRow> = relaxed!(self.pool, tx => {
-            let rows: Vec<ClaimRow> = sqlx::query_as(
-                "SELECT d.id, d.event_id, d.trigger, d.function, d.attempts, d.pinned_version, \
-                        e.environment, e.queue, e.ce_id, e.enqueued_at, e.event, \
-                        (SELECT COALESCE(MAX(a.attempt), 0) FROM attempts a WHERE a.delivery_id = d.id) AS last_attempt \
-                 FROM deliveries d JOIN events e ON e.id = d.event_id \
-                 WHERE d.id IN ( \
-                    SELECT id FROM (SELECT id FROM deliveries \
-                        WHERE trigger = $1 AND state = 'running' AND lease_until <= $2 \
-                        ORDER BY lease_until LIMIT $3) \
-                    UNION ALL \
-                    SELECT id FROM (SELECT id FROM deliveries \
-                        WHERE trigger = $1 AND state = 'pending' AND next_at <= $2 \
-                        ORDER BY next_at, id LIMIT $3) \
-                    LIMIT $3) \
-                 ORDER BY d.next_at, d.id",
-            )
-            .bind(&trigger)
-            .bind(now)
-            .bind(i64::from(limit))
-            .fetch_all(&mut *tx)
-            .await?;
-            // One statement for the whole claim.
-            if !rows.is_empty() {
-                let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                    "UPDATE deliveries SET state = 'running', lease_until = ",
-                );
-                q.push_bind(lease_until).push(" WHERE id IN (");
-                let mut ids = q.separated(", ");
-                for r in &rows {
-                    ids.push_bind(r.id);
-                }
-                ids.push_unseparated(")");
-                q.build().execute(&mut *tx).await?;
-            }
-            rows
+        let rows = relaxed!(self.pool, tx => {
+            claim_in(tx, &trigger, now, lease_until, limit).await?
         });
         Ok(rows.into_iter().map(Into::into).collect())
     }
@@ -335,46 +302,33 @@ impl SqliteStore {
     pub async fn finish_deliveries(&self, done: &[Finished]) -> Result<()> {
         let done = done.to_vec();
         relaxed!(self.pool, tx => {
-            // The common case, attempts that succeeded, in two statements
-            // for the whole batch; retries and dead letters one by one.
-            let (succeeded, others): (Vec<&Finished>, Vec<&Finished>) = done
-                .iter()
-                .partition(|f| matches!(f.next, NextStep::Done) && f.attempt.is_some());
-            for chunk in succeeded.chunks(256) {
-                let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                    "INSERT INTO attempts (delivery_id, attempt, version, digest, status, outcome, error_kind, started_at, duration_ms) ",
-                );
-                q.push_values(chunk, |mut row, f| {
-                    let a = f.attempt.as_ref().expect("partitioned on an attempt");
-                    row.push_bind(f.delivery_id as i64)
-                        .push_bind(i64::from(a.attempt))
-                        .push_bind(a.version.map(|v| v as i64))
-                        .push_bind(a.digest.clone())
-                        .push_bind(a.status.map(i64::from))
-                        .push_bind(a.outcome.as_str())
-                        .push_bind(a.error_kind.clone())
-                        .push_bind(a.started_at)
-                        .push_bind(a.duration_ms as i64);
-                });
-                q.push(" ON CONFLICT DO NOTHING");
-                q.build().execute(&mut *tx).await?;
-                let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                    "UPDATE deliveries SET state = 'done', attempts = attempts + 1, lease_until = NULL, \
-                     last_error = NULL, last_version = COALESCE(v.column2, last_version), finished_at = v.column3 \
-                     FROM (",
-                );
-                q.push_values(chunk, |mut row, f| {
-                    let version = f.attempt.as_ref().and_then(|a| a.version).map(|v| v as i64);
-                    row.push_bind(f.delivery_id as i64).push_bind(version).push_bind(f.at);
-                });
-                q.push(") AS v WHERE deliveries.id = v.column1");
-                q.build().execute(&mut *tx).await?;
-            }
-            for f in others {
-                finish_one(tx, f.delivery_id, f.attempt.as_ref(), &f.next, f.at).await?;
-            }
+            finish_in(tx, &done).await?;
         });
         Ok(())
+    }
+
+    pub async fn finish_and_claim(
+        &self,
+        done: &[Finished],
+        claims: &[ClaimDue<'_>],
+    ) -> Result<Vec<Vec<Claimed>>> {
+        let done = done.to_vec();
+        let claims: Vec<(String, i64, i64, u32)> = claims
+            .iter()
+            .map(|c| (c.trigger.name.clone(), c.now, c.lease_until, c.limit))
+            .collect();
+        let claimed = relaxed!(self.pool, tx => {
+            finish_in(tx, &done).await?;
+            let mut claimed = Vec::with_capacity(claims.len());
+            for (trigger, now, lease_until, limit) in &claims {
+                claimed.push(claim_in(tx, trigger, *now, *lease_until, *limit).await?);
+            }
+            claimed
+        });
+        Ok(claimed
+            .into_iter()
+            .map(|rows| rows.into_iter().map(Into::into).collect())
+            .collect())
     }
 
     pub async fn release_running(&self, now: i64) -> Result<u64> {
@@ -671,6 +625,96 @@ async fn insert_run(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, run: &CronRun)
     Ok(())
 }
 
+/// Claims up to `limit` due deliveries of `trigger`, inside a transaction.
+async fn claim_in(
+    tx: &mut sqlx::SqliteConnection,
+    trigger: &str,
+    now: i64,
+    lease_until: i64,
+    limit: u32,
+) -> Result<Vec<ClaimRow>> {
+    let rows: Vec<ClaimRow> = sqlx::query_as(
+        "SELECT d.id, d.event_id, d.trigger, d.function, d.attempts, d.pinned_version, \
+                e.environment, e.queue, e.ce_id, e.enqueued_at, e.event, \
+                (SELECT COALESCE(MAX(a.attempt), 0) FROM attempts a WHERE a.delivery_id = d.id) AS last_attempt \
+         FROM deliveries d JOIN events e ON e.id = d.event_id \
+         WHERE d.id IN ( \
+            SELECT id FROM (SELECT id FROM deliveries \
+                WHERE trigger = $1 AND state = 'running' AND lease_until <= $2 \
+                ORDER BY lease_until LIMIT $3) \
+            UNION ALL \
+            SELECT id FROM (SELECT id FROM deliveries \
+                WHERE trigger = $1 AND state = 'pending' AND next_at <= $2 \
+                ORDER BY next_at, id LIMIT $3) \
+            LIMIT $3) \
+         ORDER BY d.next_at, d.id",
+    )
+    .bind(trigger)
+    .bind(now)
+    .bind(i64::from(limit))
+    .fetch_all(&mut *tx)
+    .await?;
+    // One statement for the whole claim.
+    if !rows.is_empty() {
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "UPDATE deliveries SET state = 'running', lease_until = ",
+        );
+        q.push_bind(lease_until).push(" WHERE id IN (");
+        let mut ids = q.separated(", ");
+        for r in &rows {
+            ids.push_bind(r.id);
+        }
+        ids.push_unseparated(")");
+        q.build().execute(&mut *tx).await?;
+    }
+    Ok(rows)
+}
+
+/// Records attempts and what follows each, inside a transaction.
+async fn finish_in(tx: &mut sqlx::SqliteConnection, done: &[Finished]) -> Result<()> {
+    // The common case, attempts that succeeded, in two statements
+    // for the whole batch; retries and dead letters one by one.
+    let (succeeded, others): (Vec<&Finished>, Vec<&Finished>) = done
+        .iter()
+        .partition(|f| matches!(f.next, NextStep::Done) && f.attempt.is_some());
+    for chunk in succeeded.chunks(256) {
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO attempts (delivery_id, attempt, version, digest, status, outcome, error_kind, started_at, duration_ms) ",
+        );
+        q.push_values(chunk, |mut row, f| {
+            let a = f.attempt.as_ref().expect("partitioned on an attempt");
+            row.push_bind(f.delivery_id as i64)
+                .push_bind(i64::from(a.attempt))
+                .push_bind(a.version.map(|v| v as i64))
+                .push_bind(a.digest.clone())
+                .push_bind(a.status.map(i64::from))
+                .push_bind(a.outcome.as_str())
+                .push_bind(a.error_kind.clone())
+                .push_bind(a.started_at)
+                .push_bind(a.duration_ms as i64);
+        });
+        q.push(" ON CONFLICT DO NOTHING");
+        q.build().execute(&mut *tx).await?;
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "UPDATE deliveries SET state = 'done', attempts = attempts + 1, lease_until = NULL, \
+             last_error = NULL, last_version = COALESCE(v.column2, last_version), finished_at = v.column3 \
+             FROM (",
+        );
+        q.push_values(chunk, |mut row, f| {
+            let version = f.attempt.as_ref().and_then(|a| a.version).map(|v| v as i64);
+            row.push_bind(f.delivery_id as i64)
+                .push_bind(version)
+                .push_bind(f.at);
+        });
+        q.push(") AS v WHERE deliveries.id = v.column1");
+        q.build().execute(&mut *tx).await?;
+    }
+    for f in others {
+        finish_one(tx, f.delivery_id, f.attempt.as_ref(), &f.next, f.at).await?;
+    }
+    Ok(())
+}
+
 /// Records one attempt and what follows it, inside a transaction.
 async fn finish_one(
     tx: &mut sqlx::SqliteConnection,
@@ -743,6 +787,35 @@ async fn finish_one(
     Ok(())
 }
 
+/// The ids of events stored since `since` under the pairs (source, id)
+/// of `chunk`, each pair a search of the dedup index: CROSS JOIN keeps
+/// the pairs the outer loop (SQLite's planner otherwise walks the
+/// queue's events, a scan that grows with the table). `prefix` goes
+/// before the statement (`EXPLAIN QUERY PLAN` in a test).
+fn seen_query<'a>(
+    prefix: &str,
+    chunk: &'a [NewEvent<'a>],
+    environment: &'a str,
+    queue: &'a str,
+    since: i64,
+) -> sqlx::QueryBuilder<'a, sqlx::Sqlite> {
+    let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(format!("{prefix}WITH v(s, i) AS ("));
+    q.push_values(chunk, |mut row, e| {
+        row.push_bind(e.source).push_bind(e.ce_id);
+    });
+    q.push(") SELECT v.s, v.i, e.id FROM v CROSS JOIN events e ON e.environment = ")
+        .push_bind(environment)
+        .push(" AND e.queue = ")
+        .push_bind(queue)
+        .push(" AND e.ce_source = v.s AND e.ce_id = v.i AND e.enqueued_at >= ")
+        .push_bind(since);
+    q
+}
+
+/// Rows per multi-row statement: well within SQLite's bound parameters
+/// (8 columns × 256).
+const BATCH_ROWS: usize = 256;
+
 /// Stores one producer's events and their deliveries, inside a transaction.
 async fn enqueue_in(
     tx: &mut sqlx::SqliteConnection,
@@ -765,64 +838,125 @@ async fn enqueue_in(
     )
     .fetch_one(&mut *tx)
     .await?;
+    // The events seen within the window under the same (source, id): one
+    // statement per chunk.
+    let mut seen: HashMap<(&str, &str), i64> = HashMap::new();
+    for chunk in events.chunks(BATCH_ROWS) {
+        let mut q = seen_query("", chunk, environment, queue, dedup_since);
+        let rows: Vec<(String, String, i64)> = q.build_query_as().fetch_all(&mut *tx).await?;
+        for (source, ce_id, id) in rows {
+            // Keyed by the batch's own strings, which outlive the map.
+            if let Some(e) = chunk
+                .iter()
+                .find(|e| e.source == source && e.ce_id == ce_id)
+            {
+                let known = seen.entry((e.source, e.ce_id)).or_insert(id);
+                *known = (*known).max(id);
+            }
+        }
+    }
+    // New events take the next ids; a pair seen earlier in this batch is
+    // a duplicate of that one.
     let mut out = Vec::with_capacity(events.len());
+    let mut new = Vec::with_capacity(events.len());
     for e in events {
-        let existing: Option<i64> = sqlx::query_scalar(
-            "SELECT id FROM events WHERE environment = $1 AND queue = $2 AND ce_source = $3 \
-             AND ce_id = $4 AND enqueued_at >= $5 ORDER BY id DESC LIMIT 1",
-        )
-        .bind(environment)
-        .bind(queue)
-        .bind(e.source)
-        .bind(e.ce_id)
-        .bind(dedup_since)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(id) = existing {
-            out.push(Enqueued {
-                id: id as u64,
-                ce_id: e.ce_id.to_owned(),
-                source: e.source.to_owned(),
-                duplicate: true,
-            });
-            continue;
-        }
-        let id = next_event;
-        next_event += 1;
-        sqlx::query(
-            "INSERT INTO events (id, environment, queue, ce_id, ce_source, ce_type, event, enqueued_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(id)
-        .bind(environment)
-        .bind(queue)
-        .bind(e.ce_id)
-        .bind(e.source)
-        .bind(e.ty)
-        .bind(e.event)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        for (trigger, function) in &subscribers {
-            sqlx::query(
-                "INSERT INTO deliveries (id, event_id, trigger, function, state, next_at) \
-                 VALUES ($1, $2, $3, $4, 'pending', $5)",
-            )
-            .bind(next_delivery)
-            .bind(id)
-            .bind(trigger)
-            .bind(function)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            next_delivery += 1;
-        }
+        let (id, duplicate) = match seen.get(&(e.source, e.ce_id)) {
+            Some(&id) => (id, true),
+            None => {
+                let id = next_event;
+                next_event += 1;
+                seen.insert((e.source, e.ce_id), id);
+                new.push((id, e));
+                (id, false)
+            }
+        };
         out.push(Enqueued {
             id: id as u64,
             ce_id: e.ce_id.to_owned(),
             source: e.source.to_owned(),
-            duplicate: false,
+            duplicate,
         });
     }
+    for chunk in new.chunks(BATCH_ROWS) {
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO events (id, environment, queue, ce_id, ce_source, ce_type, event, enqueued_at) ",
+        );
+        q.push_values(chunk, |mut row, (id, e)| {
+            row.push_bind(*id)
+                .push_bind(environment)
+                .push_bind(queue)
+                .push_bind(e.ce_id)
+                .push_bind(e.source)
+                .push_bind(e.ty)
+                .push_bind(e.event)
+                .push_bind(now);
+        });
+        q.build().execute(&mut *tx).await?;
+    }
+    if !subscribers.is_empty() {
+        let deliveries: Vec<(i64, i64, &(String, String))> = new
+            .iter()
+            .flat_map(|(id, _)| subscribers.iter().map(move |s| (*id, s)))
+            .map(|(event, s)| {
+                let id = next_delivery;
+                next_delivery += 1;
+                (id, event, s)
+            })
+            .collect();
+        for chunk in deliveries.chunks(BATCH_ROWS) {
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO deliveries (id, event_id, trigger, function, state, next_at) ",
+            );
+            q.push_values(chunk, |mut row, (id, event, (trigger, function))| {
+                row.push_bind(*id)
+                    .push_bind(*event)
+                    .push_bind(trigger.as_str())
+                    .push_bind(function.as_str())
+                    .push_bind("pending")
+                    .push_bind(now);
+            });
+            q.build().execute(&mut *tx).await?;
+        }
+    }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The duplicate check of a batch searches the dedup index per pair
+    /// and never scans the queue's events (which would make every
+    /// enqueue slower as the table grows).
+    #[tokio::test]
+    async fn the_duplicate_check_searches_the_index_per_pair() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("state.db"))
+            .await
+            .unwrap();
+        let ids: Vec<String> = (0..100).map(|i| format!("e{i}")).collect();
+        let batch: Vec<NewEvent<'_>> = ids
+            .iter()
+            .map(|id| NewEvent {
+                ce_id: id,
+                source: "/shop",
+                ty: "order.created",
+                event: "{}",
+            })
+            .collect();
+        let plan: Vec<(i64, i64, i64, String)> =
+            seen_query("EXPLAIN QUERY PLAN ", &batch, "production", "orders", 0)
+                .build_query_as()
+                .fetch_all(&s.pool)
+                .await
+                .unwrap();
+        let steps: Vec<&str> = plan.iter().map(|p| p.3.as_str()).collect();
+        assert!(
+            steps.contains(
+                &"SEARCH e USING INDEX events_dedup (environment=? AND queue=? AND ce_source=? AND ce_id=?)"
+            ),
+            "{steps:?}"
+        );
+        assert!(!steps.iter().any(|s| s.starts_with("SCAN e")), "{steps:?}");
+    }
 }

@@ -1228,6 +1228,118 @@ pub async fn enqueues_commit_together_in_order(s: &dyn StateStore) {
     assert!(s.enqueue_batch(&[]).await.unwrap().is_empty());
 }
 
+/// Outcomes and the claims that refill their slots go in one call: what
+/// was finished is recorded, each claim takes at most its limit of what
+/// is due (never a delivery just finished or still leased), and a repeat
+/// of an id within one enqueue is a duplicate of its first.
+pub async fn outcomes_commit_with_the_next_claims(s: &dyn StateStore) {
+    s.create_queue(&queue_record("orders")).await.unwrap();
+    let billing = subscription("billing-orders", "billing", "orders");
+    let mail = subscription("mail-orders", "mail", "orders");
+    s.create_trigger(&billing).await.unwrap();
+    s.create_trigger(&mail).await.unwrap();
+    let body = r#"{"id":"c"}"#;
+    let added = s
+        .enqueue(
+            "production",
+            "orders",
+            &[
+                event("c1", body),
+                event("c2", body),
+                event("c1", body),
+                event("c3", body),
+                event("c4", body),
+            ],
+            10,
+            0,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        added.iter().map(|e| e.duplicate).collect::<Vec<_>>(),
+        [false, false, true, false, false]
+    );
+    assert_eq!(added[2].id, added[0].id, "the repeat names the first");
+    let first = s.claim_due("billing-orders", 10, 100, 2).await.unwrap();
+    assert_eq!(first.len(), 2);
+    let attempt_at = |c: &Claimed, outcome: Outcome, next: NextStep| Finished {
+        delivery_id: c.delivery_id,
+        attempt: Some(attempt(1, outcome)),
+        next,
+        at: 20,
+    };
+    let done = [
+        attempt_at(&first[0], Outcome::Ok, NextStep::Done),
+        attempt_at(
+            &first[1],
+            Outcome::Retryable,
+            NextStep::Retry {
+                at: 5_000,
+                error: "500".into(),
+            },
+        ),
+    ];
+    let claims = [
+        ClaimDue {
+            trigger: &billing,
+            now: 20,
+            lease_until: 200,
+            limit: 5,
+        },
+        ClaimDue {
+            trigger: &mail,
+            now: 20,
+            lease_until: 200,
+            limit: 3,
+        },
+    ];
+    let claimed = s.finish_and_claim(&done, &claims).await.unwrap();
+    assert_eq!(claimed.len(), 2, "one answer per claim");
+    let ids = |cs: &[Claimed]| {
+        cs.iter()
+            .map(|c| c.delivery_id)
+            .collect::<std::collections::HashSet<_>>()
+    };
+    let again = ids(&claimed[0]);
+    assert_eq!(again.len(), 2, "the two not yet claimed: {:?}", claimed[0]);
+    assert!(
+        again.is_disjoint(&ids(&first)),
+        "neither the finished one nor the retry (not due until 5000)"
+    );
+    assert_eq!(claimed[1].len(), 3, "the limit holds");
+    assert!(claimed[1].iter().all(|c| c.trigger == "mail-orders"));
+    let shown = s.event(first[0].event_id).await.unwrap().unwrap();
+    let d = shown
+        .deliveries
+        .iter()
+        .find(|d| d.trigger == "billing-orders")
+        .unwrap();
+    assert_eq!((d.state, d.history.len()), (DeliveryState::Done, 1));
+    assert_eq!(
+        s.next_due("billing-orders").await.unwrap(),
+        Some(200),
+        "the claims' lease ends before the retry is due"
+    );
+    // Finishing alone (no claims) and claiming alone (nothing finished).
+    let last = s.finish_and_claim(&[], &claims[1..]).await.unwrap();
+    assert_eq!(last[0].len(), 1, "the fourth; the other three are leased");
+    assert!(
+        s.finish_and_claim(&[], &claims[1..]).await.unwrap()[0].is_empty(),
+        "nothing left due"
+    );
+    let rest = s
+        .finish_and_claim(
+            &[attempt_at(&claimed[0][0], Outcome::Ok, NextStep::Done)],
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(rest.is_empty());
+    let b = s.backlog().await.unwrap();
+    let b = b.iter().find(|b| b.trigger == "billing-orders").unwrap();
+    assert_eq!((b.pending, b.running), (1, 1), "the retry and one claimed");
+}
+
 /// A tick is committed once; a run left running is interrupted at start.
 pub async fn cron_ticks_commit_once(s: &dyn StateStore) {
     let t = TriggerRecord {
@@ -1603,7 +1715,8 @@ macro_rules! contract_tests {
             events_are_delivered_once_per_subscription,
             dead_letters_are_redriven_and_purged,
             cron_ticks_commit_once,
-            enqueues_commit_together_in_order
+            enqueues_commit_together_in_order,
+            outcomes_commit_with_the_next_claims
         );
     };
     (@each always $fresh:path; $($check:ident),*) => {

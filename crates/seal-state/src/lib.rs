@@ -594,6 +594,16 @@ pub struct Finished {
     pub at: i64,
 }
 
+/// One claim made with [`Events::finish_and_claim`]: up to `limit`
+/// deliveries of `trigger` due at `now`, leased until `lease_until`.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimDue<'a> {
+    pub trigger: &'a TriggerRecord,
+    pub now: i64,
+    pub lease_until: i64,
+    pub limit: u32,
+}
+
 /// What a subscription has not handled yet.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Backlog {
@@ -677,6 +687,26 @@ pub trait Events: Send + Sync {
     /// transaction. A backend may commit these without waiting for the
     /// disk: losing one only delivers its event again.
     async fn finish_deliveries(&self, done: &[Finished]) -> Result<()>;
+    /// [`Events::finish_deliveries`], then [`Events::claim_due`] for each
+    /// of `claims` (one answer each), in one transaction where the backend
+    /// has them: the delivery loop frees its slots and fills them again in
+    /// one round trip to the store. Committed like outcomes (without
+    /// waiting for the disk): losing a claim only leaves it due again.
+    async fn finish_and_claim(
+        &self,
+        done: &[Finished],
+        claims: &[ClaimDue<'_>],
+    ) -> Result<Vec<Vec<Claimed>>> {
+        self.finish_deliveries(done).await?;
+        let mut out = Vec::with_capacity(claims.len());
+        for c in claims {
+            out.push(
+                self.claim_due(&c.trigger.name, c.now, c.lease_until, c.limit)
+                    .await?,
+            );
+        }
+        Ok(out)
+    }
     /// [`Events::finish_deliveries`] for one delivery.
     async fn finish_delivery(
         &self,
@@ -759,6 +789,23 @@ pub trait Queues: Send + Sync {
     /// `None` also when the queues cannot tell (a broker that pushes).
     async fn next_due(&self, trigger: &str) -> Result<Option<i64>>;
     async fn finish_deliveries(&self, done: &[Finished]) -> Result<()>;
+    /// Outcomes committed and the slots they free filled again: one
+    /// transaction in the state store; a broker acknowledges, then claims.
+    async fn finish_and_claim(
+        &self,
+        done: &[Finished],
+        claims: &[ClaimDue<'_>],
+    ) -> Result<Vec<Vec<Claimed>>> {
+        self.finish_deliveries(done).await?;
+        let mut out = Vec::with_capacity(claims.len());
+        for c in claims {
+            out.push(
+                self.claim_due(c.trigger, c.now, c.lease_until, c.limit)
+                    .await?,
+            );
+        }
+        Ok(out)
+    }
     async fn release_running(&self, now: i64) -> Result<u64>;
     async fn backlog(&self) -> Result<Vec<Backlog>>;
     async fn sweep_events(&self, before: i64) -> Result<u64>;
@@ -811,6 +858,13 @@ impl Queues for StoreQueues {
     }
     async fn finish_deliveries(&self, done: &[Finished]) -> Result<()> {
         self.0.finish_deliveries(done).await
+    }
+    async fn finish_and_claim(
+        &self,
+        done: &[Finished],
+        claims: &[ClaimDue<'_>],
+    ) -> Result<Vec<Vec<Claimed>>> {
+        self.0.finish_and_claim(done, claims).await
     }
     async fn release_running(&self, now: i64) -> Result<u64> {
         self.0.release_running(now).await
