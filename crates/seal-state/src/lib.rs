@@ -696,17 +696,7 @@ pub trait Events: Send + Sync {
         &self,
         done: &[Finished],
         claims: &[ClaimDue<'_>],
-    ) -> Result<Vec<Vec<Claimed>>> {
-        self.finish_deliveries(done).await?;
-        let mut out = Vec::with_capacity(claims.len());
-        for c in claims {
-            out.push(
-                self.claim_due(&c.trigger.name, c.now, c.lease_until, c.limit)
-                    .await?,
-            );
-        }
-        Ok(out)
-    }
+    ) -> Result<Vec<Vec<Claimed>>>;
     /// [`Events::finish_deliveries`] for one delivery.
     async fn finish_delivery(
         &self,
