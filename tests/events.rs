@@ -749,6 +749,70 @@ async fn no_event_is_lost_when_the_server_is_killed_during_delivery() {
     assert!(duplicates <= 3 * 16, "{duplicates} duplicates");
 }
 
+/// Enqueues claim what they add for free slots, beside the delivery
+/// loop's own claims, on the same slots: with many producers at once and
+/// two slots, every event is handled in seconds (a claim left without a
+/// slot would wait out its lease, a minute), never more than two at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producers_and_the_delivery_loop_share_the_slots_and_strand_no_claim() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    billing(&s);
+    subscribe(&s, "billing", "orders", &["--max-in-flight", "2"]);
+    let mut producers = tokio::task::JoinSet::new();
+    let s = std::sync::Arc::new(s);
+    for p in 0..8 {
+        let s = s.clone();
+        producers.spawn(async move {
+            let mut ids = Vec::new();
+            for i in 0..10 {
+                let r = post_event(
+                    &s,
+                    "orders",
+                    &format!("slot-{p}-{i}"),
+                    "{}",
+                    &[("ce-subject", "sleep-5")],
+                )
+                .await;
+                assert_eq!(r.status(), 202);
+                let v: Value = r.json().await.unwrap();
+                ids.push(v["events"][0]["id"].as_u64().unwrap());
+            }
+            ids
+        });
+    }
+    let ids: Vec<u64> = producers.join_all().await.into_iter().flatten().collect();
+    assert_eq!(ids.len(), 80);
+    for id in &ids {
+        let e = settled(&s, *id, Duration::from_secs(20)).await;
+        assert_eq!(e["deliveries"][0]["state"], "done", "{e:#}");
+    }
+    // Each handler logs its start and then sleeps 5 ms: with two slots,
+    // a third start waits for one of the two before it to end, so any
+    // three starts span at least 5 ms.
+    let mut starts: Vec<u128> = s
+        .log()
+        .lines()
+        .filter(|l| l.contains("event: slot-"))
+        .filter_map(|l| {
+            l.split(" at=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    starts.sort_unstable();
+    assert!(starts.len() >= 80, "{} starts logged", starts.len());
+    for w in starts.windows(3) {
+        assert!(
+            w[2] - w[0] >= 4_500_000,
+            "three handlers at once with max in flight 2: starts {w:?}"
+        );
+    }
+}
+
 /// Pre-traffic hooks may send recorded CloudEvents to the candidate (in
 /// binary mode, through the gateway with the preview token): a candidate
 /// that fails one is rolled back before any traffic; one that handles

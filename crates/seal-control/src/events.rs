@@ -50,8 +50,39 @@ struct PendingEnqueue {
     reply: tokio::sync::oneshot::Sender<ControlResult<Vec<seal_api_types::events::Enqueued>>>,
 }
 
-/// Commits waiting enqueues in one transaction and answers each.
-async fn commit_enqueues(queues: Arc<dyn Queues>, batch: Vec<PendingEnqueue>) {
+/// The deliveries an enqueue may claim for one subscription: a slot
+/// taken for each, before the commit.
+struct Reserved {
+    trigger: String,
+    sub: QueueSubscription,
+    lease_until: i64,
+    permits: Vec<tokio::sync::OwnedSemaphorePermit>,
+    /// Fewer slots than events: some of its deliveries stay pending.
+    short: bool,
+}
+
+/// What a commit of enqueues hands the delivery loop: the deliveries it
+/// claimed, each with its slot, and whether it added some it did not
+/// claim (the loop then runs a pass).
+struct Handoff {
+    started: Vec<(
+        Claimed,
+        QueueSubscription,
+        tokio::sync::OwnedSemaphorePermit,
+    )>,
+    pass: bool,
+}
+
+/// Commits waiting enqueues in one transaction, claiming with it what the
+/// slots in `reserved` can take; answers each producer and hands the
+/// claims to the delivery loop (`handoff`; without one, nothing is
+/// reserved and the loop is only woken).
+async fn commit_enqueues(
+    queues: Arc<dyn Queues>,
+    batch: Vec<PendingEnqueue>,
+    reserved: Vec<Reserved>,
+    handoff: Option<tokio::sync::mpsc::UnboundedSender<Handoff>>,
+) -> bool {
     let news: Vec<Vec<NewEvent<'_>>> = batch
         .iter()
         .map(|p| {
@@ -77,13 +108,52 @@ async fn commit_enqueues(queues: Arc<dyn Queues>, batch: Vec<PendingEnqueue>) {
             dedup_since: p.dedup_since,
         })
         .collect();
-    let result = queues.enqueue_batch(&requests).await;
+    let claims: Vec<seal_state::ClaimNew<'_>> = reserved
+        .iter()
+        .map(|r| seal_state::ClaimNew {
+            trigger: &r.trigger,
+            lease_until: r.lease_until,
+            limit: r.permits.len() as u32,
+        })
+        .collect();
+    let result = queues.enqueue_and_claim(&requests, &claims).await;
+    drop(claims);
     drop(requests);
     drop(news);
     match result {
-        Ok(answers) => {
+        Ok((answers, claimed)) => {
+            // What was added may be left pending: no subscription was
+            // known to the reservation, or one had fewer slots than events.
+            let added = answers.iter().flatten().any(|e| !e.duplicate);
+            let pass = added && (reserved.is_empty() || reserved.iter().any(|r| r.short));
+            let mut reserved: HashMap<String, Reserved> = reserved
+                .into_iter()
+                .map(|r| (r.trigger.clone(), r))
+                .collect();
+            let mut started = Vec::with_capacity(claimed.len());
+            for c in claimed {
+                match reserved
+                    .get_mut(&c.trigger)
+                    .and_then(|r| Some((r.sub.clone(), r.permits.pop()?)))
+                {
+                    Some((sub, permit)) => started.push((c, sub, permit)),
+                    // Not asked for: left leased, and due again when its
+                    // lease ends.
+                    None => tracing::error!(delivery = c.delivery_id, "claimed without a slot"),
+                }
+            }
             for (p, a) in batch.into_iter().zip(answers) {
                 let _ = p.reply.send(Ok(a));
+            }
+            match handoff {
+                Some(h) if !started.is_empty() || pass => {
+                    // A loop that stopped leaves them leased: due again at
+                    // the next start, or when their lease ends.
+                    let _ = h.send(Handoff { started, pass });
+                    false
+                }
+                Some(_) => false,
+                None => added,
             }
         }
         Err(e) => {
@@ -91,6 +161,7 @@ async fn commit_enqueues(queues: Arc<dyn Queues>, batch: Vec<PendingEnqueue>) {
             for p in batch {
                 let _ = p.reply.send(Err(e.clone()));
             }
+            false
         }
     }
 }
@@ -145,6 +216,8 @@ pub struct EventsService {
     /// to commit.
     pending: Mutex<Vec<PendingEnqueue>>,
     commit_turn: tokio::sync::Mutex<()>,
+    /// The running delivery loop's inbox for what enqueues claimed.
+    handoff: Mutex<Option<tokio::sync::mpsc::UnboundedSender<Handoff>>>,
     /// The queue triggers and when they were read.
     trigger_cache: Mutex<Option<(i64, Arc<Vec<TriggerRecord>>)>>,
     /// Subscriptions whose backlog gauges were set last time (so one that
@@ -189,6 +262,7 @@ impl EventsService {
             metrics,
             pending: Mutex::default(),
             commit_turn: tokio::sync::Mutex::new(()),
+            handoff: Mutex::default(),
             trigger_cache: Mutex::default(),
             gauged: Mutex::default(),
             contracts: crate::event_contracts::ContractCache::new(state.clone()),
@@ -500,16 +574,62 @@ impl EventsService {
             return self.answered(q, done);
         }
         let batch = std::mem::take(&mut *lock(&self.pending));
+        let handoff = lock(&self.handoff).clone();
+        let reserved = match &handoff {
+            Some(_) if self.queues.claims_on_enqueue() => self.reserve(&batch),
+            _ => Vec::new(),
+        };
         // Its own task: a producer that hangs up must not cut the commit
-        // the others wait for.
+        // the others wait for, nor lose the claims made with it.
         let queues = self.queues.clone();
-        let _ = tokio::spawn(commit_enqueues(queues, batch)).await;
+        let wake = tokio::spawn(commit_enqueues(queues, batch, reserved, handoff)).await;
         drop(turn);
-        self.wake_queues.notify_one();
+        if wake.unwrap_or(true) {
+            self.wake_queues.notify_one();
+        }
         let done = answer
             .await
             .map_err(|_| ControlError::internal("the enqueue was lost before its commit"))?;
         self.answered(q, done)
+    }
+
+    /// Takes the free slots of the subscriptions of the queues in `batch`,
+    /// up to one per event each: the deliveries the commit adds for them
+    /// are claimed with it and run at once. Reads the subscriptions the
+    /// delivery loop last read (at most a second ago), without waiting:
+    /// the batch is out of the pending list, and nothing may drop it
+    /// before its commit starts.
+    fn reserve(&self, batch: &[PendingEnqueue]) -> Vec<Reserved> {
+        let Some((_, triggers)) = lock(&self.trigger_cache).clone() else {
+            return Vec::new();
+        };
+        let now = now_ms();
+        let mut reserved = Vec::new();
+        for t in triggers.iter() {
+            let TriggerSpec::Queue(sub) = &t.spec else {
+                continue;
+            };
+            let events: usize = batch
+                .iter()
+                .filter(|p| p.environment == t.environment && p.queue == sub.queue)
+                .map(|p| p.events.len())
+                .sum();
+            if events == 0 {
+                continue;
+            }
+            let slots = self.slots(&t.name, sub.max_in_flight);
+            let permits: Vec<_> = (0..events)
+                .map_while(|_| slots.clone().try_acquire_owned().ok())
+                .collect();
+            reserved.push(Reserved {
+                trigger: t.name.clone(),
+                sub: sub.clone(),
+                lease_until: now + self.lease_ms(&t.environment, &t.function),
+                short: permits.len() < events,
+                permits,
+            });
+        }
+        reserved
     }
 
     fn answered(
@@ -836,6 +956,13 @@ impl EventsService {
         // something is due, and at least once a second.
         let (ended_tx, mut ended_rx) = tokio::sync::mpsc::unbounded_channel();
         let mut ended = Vec::new();
+        // Enqueues claim for free slots from here on (not before the
+        // release above, which would hand their claims out twice). What
+        // they claim starts on a task of its own, not on this loop, which
+        // may be waiting for the store.
+        let (handoff_tx, handoff_rx) = tokio::sync::mpsc::unbounded_channel();
+        *lock(&self.handoff) = Some(handoff_tx);
+        let starter = tokio::spawn(self.clone().start_handed(handoff_rx, ended_tx.clone()));
         let mut gauged_at = 0;
         let mut swept_at = 0;
         let mut next_pass = 0;
@@ -882,8 +1009,12 @@ impl EventsService {
                 () = tokio::time::sleep(std::time::Duration::from_millis(wait)) => {}
             }
         }
-        // Attempts cut off here stay claimed; the next start redelivers
-        // them. Those that ended are committed before the loop returns.
+        // Attempts cut off here stay claimed, as do those claimed by
+        // enqueues and not started; the next start redelivers them. Those
+        // that ended are committed before the loop returns.
+        *lock(&self.handoff) = None;
+        starter.abort();
+        let _ = starter.await;
         running.shutdown().await;
         drop(ended_tx);
         while ended_rx.recv_many(&mut ended, 512).await > 0 {
@@ -913,9 +1044,20 @@ impl EventsService {
         ended_tx: &tokio::sync::mpsc::UnboundedSender<Ended>,
         stop: &CancellationToken,
     ) -> bool {
-        let done: Vec<Finished> = ended.iter().map(|e| e.finished.clone()).collect();
-        // The slots freed per subscription, with what is free already.
+        // The slots of the attempts that ended stay taken until their
+        // outcomes are committed, then go to what the commit claims; so do
+        // the slots free now, taken before the claim (enqueues take free
+        // slots too, beside this loop).
         let mut freed: HashMap<String, Vec<tokio::sync::OwnedSemaphorePermit>> = HashMap::new();
+        let mut outcomes = Vec::with_capacity(ended.len());
+        for e in ended.drain(..) {
+            freed
+                .entry(e.claimed.trigger.clone())
+                .or_default()
+                .push(e.permit);
+            outcomes.push((e.claimed, e.finished));
+        }
+        let done: Vec<Finished> = outcomes.iter().map(|(_, f)| f.clone()).collect();
         let triggers = match self.queue_triggers().await {
             Ok(list) if !stop.is_cancelled() => list,
             _ => Arc::new(Vec::new()),
@@ -923,24 +1065,25 @@ impl EventsService {
         let now = now_ms();
         let mut claims = Vec::new();
         let mut subs = Vec::new();
-        for e in ended.iter() {
-            freed.entry(e.claimed.trigger.clone()).or_default();
-        }
-        for t in triggers.iter().filter(|t| freed.contains_key(&t.name)) {
+        for t in triggers.iter() {
             let TriggerSpec::Queue(sub) = &t.spec else {
                 continue;
             };
-            let from_batch = ended.iter().filter(|e| e.claimed.trigger == t.name).count();
+            let Some(permits) = freed.get_mut(&t.name) else {
+                continue;
+            };
             let slots = self.slots(&t.name, sub.max_in_flight);
-            let limit = (from_batch + slots.available_permits()) as u32;
+            permits.extend(std::iter::from_fn(|| {
+                slots.clone().try_acquire_owned().ok()
+            }));
             let lease = self.lease_ms(&t.environment, &t.function);
             claims.push(seal_state::ClaimDue {
                 trigger: t,
                 now,
                 lease_until: now + lease,
-                limit,
+                limit: permits.len() as u32,
             });
-            subs.push((sub, slots));
+            subs.push(sub);
         }
         let claimed = match self.queues.finish_and_claim(&done, &claims).await {
             Ok(claimed) => claimed,
@@ -948,25 +1091,20 @@ impl EventsService {
                 // Left claimed: due again when their lease ends (or at the
                 // next start).
                 tracing::error!(error = %e, deliveries = done.len(), "cannot record delivery attempts");
-                ended.clear();
                 return true;
             }
         };
-        for e in ended.drain(..) {
-            self.count(&e.claimed, &e.finished);
-            if let Some(permits) = freed.get_mut(&e.claimed.trigger) {
-                permits.push(e.permit);
-            }
+        for (c, f) in &outcomes {
+            self.count(c, f);
         }
         let mut pass = false;
-        for ((claim, (sub, slots)), got) in claims.iter().zip(subs).zip(claimed) {
+        for ((claim, sub), got) in claims.iter().zip(subs).zip(claimed) {
             pass |= (got.len() as u32) < claim.limit;
             let permits = freed.get_mut(&claim.trigger.name).expect("grouped above");
             for c in got {
-                let Some(permit) = permits
-                    .pop()
-                    .or_else(|| slots.clone().try_acquire_owned().ok())
-                else {
+                // Never more than the limit: one slot each.
+                let Some(permit) = permits.pop() else {
+                    tracing::error!(delivery = c.delivery_id, "claimed beyond its limit");
                     break;
                 };
                 self.start(running, ended_tx, sub, c, permit);
@@ -988,8 +1126,12 @@ impl EventsService {
             let TriggerSpec::Queue(sub) = &t.spec else {
                 continue;
             };
+            // The free slots are taken before the claim, so that each
+            // delivery it claims has one (enqueues take free slots too).
             let slots = self.slots(&t.name, sub.max_in_flight);
-            let free = slots.available_permits() as u32;
+            let mut permits: Vec<_> =
+                std::iter::from_fn(|| slots.clone().try_acquire_owned().ok()).collect();
+            let free = permits.len() as u32;
             if free == 0 {
                 continue;
             }
@@ -1001,13 +1143,38 @@ impl EventsService {
                 next = next.min(due);
             }
             for c in claimed {
-                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                let Some(permit) = permits.pop() else {
+                    tracing::error!(delivery = c.delivery_id, "claimed beyond its limit");
                     break;
                 };
                 self.start(running, ended, sub, c, permit);
             }
         }
         Ok(next)
+    }
+
+    /// Starts what enqueues claimed, as they hand it over, until the
+    /// delivery loop aborts it (its attempts are cut off with it, and
+    /// stay claimed). A handoff that left deliveries pending wakes the
+    /// loop for a pass.
+    async fn start_handed(
+        self: Arc<Self>,
+        mut handoff: tokio::sync::mpsc::UnboundedReceiver<Handoff>,
+        ended: tokio::sync::mpsc::UnboundedSender<Ended>,
+    ) {
+        let mut running = tokio::task::JoinSet::new();
+        let mut handed = Vec::new();
+        while handoff.recv_many(&mut handed, 512).await > 0 {
+            for h in handed.drain(..) {
+                for (c, sub, permit) in h.started {
+                    self.start(&mut running, &ended, &sub, c, permit);
+                }
+                if h.pass {
+                    self.wake_queues.notify_one();
+                }
+            }
+            while running.try_join_next().is_some() {}
+        }
     }
 
     /// Runs one attempt of a claimed delivery on its slot; its outcome

@@ -7,9 +7,9 @@
 
 use crate::{Error, PostgresStore, Result, advisory, insert_audit, lock};
 use seal_state::{
-    AttemptRecord, Backlog, ClaimDue, Claimed, CronRun, DeadLetter, DeliveryRecord, Enqueue,
-    Enqueued, EventRecord, Finished, NewAudit, NewEvent, NextStep, QueueRecord, StateError,
-    TriggerRecord, TriggerSpec,
+    AttemptRecord, Backlog, ClaimDue, ClaimNew, Claimed, CronRun, DeadLetter, DeliveryRecord,
+    Enqueue, Enqueued, EventRecord, Finished, NewAudit, NewEvent, NextStep, QueueRecord,
+    StateError, TriggerRecord, TriggerSpec,
 };
 use seal_state_sql::{
     AttemptRow, BacklogRow, ClaimRow, DEAD_SELECT, DeadRow, DeliveryRow, EventRow, QueueRow,
@@ -227,7 +227,11 @@ impl PostgresStore {
         Ok(true)
     }
 
-    pub async fn enqueue_batch(&self, batch: &[Enqueue<'_>]) -> Result<Vec<Vec<Enqueued>>> {
+    pub async fn enqueue_and_claim(
+        &self,
+        batch: &[Enqueue<'_>],
+        claims: &[ClaimNew<'_>],
+    ) -> Result<(Vec<Vec<Enqueued>>, Vec<Claimed>)> {
         let mut tx = self.pool.begin().await?;
         // Deduplication reads then inserts: enqueues to one queue take
         // turns, from any node. Locks in one order, so two batches never
@@ -242,21 +246,16 @@ impl PostgresStore {
             advisory(&mut tx, lock::QUEUE, q).await?;
         }
         let mut out = Vec::with_capacity(batch.len());
+        let mut claim: HashMap<&str, (i64, u32)> = claims
+            .iter()
+            .map(|c| (c.trigger, (c.lease_until, c.limit)))
+            .collect();
+        let mut claimed = Vec::new();
         for e in batch {
-            out.push(
-                enqueue_in(
-                    &mut tx,
-                    e.environment,
-                    e.queue,
-                    e.events,
-                    e.now,
-                    e.dedup_since,
-                )
-                .await?,
-            );
+            out.push(enqueue_in(&mut tx, e, &mut claim, &mut claimed).await?);
         }
         tx.commit().await?;
-        Ok(out)
+        Ok((out, claimed))
     }
 
     pub async fn claim_due(
@@ -759,14 +758,22 @@ async fn finish_one(
 
 /// Stores one producer's events and their deliveries, inside a
 /// transaction that holds the queue's lock.
+/// One enqueue inside the batch's transaction. `claim` holds, per
+/// trigger, the lease and how many more of its new deliveries are claimed
+/// (they go to `claimed`).
 async fn enqueue_in(
     tx: &mut sqlx::PgConnection,
-    environment: &str,
-    queue: &str,
-    events: &[NewEvent<'_>],
-    now: i64,
-    dedup_since: i64,
+    enqueue: &Enqueue<'_>,
+    claim: &mut HashMap<&str, (i64, u32)>,
+    claimed: &mut Vec<Claimed>,
 ) -> Result<Vec<Enqueued>> {
+    let Enqueue {
+        environment,
+        queue,
+        events,
+        now,
+        dedup_since,
+    } = *enqueue;
     // The events seen within the window under the same (source, id), in
     // one statement (each pair a search of the dedup index).
     let sources: Vec<&str> = events.iter().map(|e| e.source).collect();
@@ -819,20 +826,67 @@ async fn enqueue_in(
         .await?;
         let event_ids: Vec<i64> = inserted.iter().map(|(id, _, _)| *id).collect();
         // One delivery per subscription of the queue, in event then name
-        // order.
-        sqlx::query(
-            "INSERT INTO deliveries (event_id, trigger, function, state, next_at) \
-             SELECT x.id, t.name, t.function, 'pending', $2 \
-             FROM unnest($1::bigint[]) WITH ORDINALITY AS x(id, n) \
-             CROSS JOIN (SELECT name, function FROM triggers WHERE environment = $3 AND queue = $4) AS t \
-             ORDER BY x.n, t.name",
+        // order; the first ones of a trigger in `claim` are claimed.
+        let (names, limits, leases): (Vec<&str>, Vec<i64>, Vec<i64>) = claim
+            .iter()
+            .filter(|(_, (_, left))| *left > 0)
+            .map(|(name, (lease, left))| (*name, i64::from(*left), *lease))
+            .collect();
+        let added: Vec<(i64, i64, String, String, bool)> = sqlx::query_as(
+            "INSERT INTO deliveries (event_id, trigger, function, state, next_at, lease_until) \
+             SELECT id, name, function, CASE WHEN taken THEN 'running' ELSE 'pending' END, $2, \
+                    CASE WHEN taken THEN lease END \
+             FROM (SELECT x.id, x.n, t.name, t.function, c.lease, \
+                          row_number() OVER (PARTITION BY t.name ORDER BY x.n) <= COALESCE(c.lim, 0) AS taken \
+                   FROM unnest($1::bigint[]) WITH ORDINALITY AS x(id, n) \
+                   CROSS JOIN (SELECT name, function FROM triggers WHERE environment = $3 AND queue = $4) AS t \
+                   LEFT JOIN unnest($5::text[], $6::bigint[], $7::bigint[]) AS c(name, lim, lease) \
+                       ON c.name = t.name) AS d \
+             ORDER BY n, name \
+             RETURNING id, event_id, trigger, function, state = 'running'",
         )
         .bind(&event_ids)
         .bind(now)
         .bind(environment)
         .bind(queue)
-        .execute(&mut *tx)
+        .bind(&names)
+        .bind(&limits)
+        .bind(&leases)
+        .fetch_all(&mut *tx)
         .await?;
+        let by_pair: HashMap<(&str, &str), &NewEvent<'_>> =
+            new.iter().map(|e| ((e.source, e.ce_id), *e)).collect();
+        let by_id: HashMap<i64, &NewEvent<'_>> = inserted
+            .iter()
+            .filter_map(|(id, source, ce_id)| {
+                Some((*id, *by_pair.get(&(source.as_str(), ce_id.as_str()))?))
+            })
+            .collect();
+        for (id, event, trigger, function, taken) in added {
+            if !taken {
+                continue;
+            }
+            if let Some((_, left)) = claim.get_mut(trigger.as_str()) {
+                *left = left.saturating_sub(1);
+            }
+            let e = by_id.get(&event).ok_or_else(|| {
+                Error::from(StateError::Backend(format!("event {event} was not stored")))
+            })?;
+            claimed.push(Claimed {
+                delivery_id: id as u64,
+                event_id: event as u64,
+                trigger,
+                environment: environment.to_owned(),
+                queue: queue.to_owned(),
+                function,
+                attempts: 0,
+                next_attempt: 1,
+                pinned_version: None,
+                ce_id: e.ce_id.to_owned(),
+                enqueued_at: now,
+                event: e.event.to_owned(),
+            });
+        }
         ids = inserted
             .into_iter()
             .map(|(id, source, ce_id)| ((source, ce_id), id))

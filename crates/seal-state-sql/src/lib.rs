@@ -571,7 +571,7 @@ macro_rules! state_ports {
         fn triggers() -> Vec<TriggerRecord>;
         fn trigger(name: &str) -> Option<TriggerRecord>;
         fn delete_trigger(name: &str, actor: &str) -> bool;
-        fn enqueue_batch(batch: &[Enqueue<'_>]) -> Vec<Vec<Enqueued>>;
+        fn enqueue_and_claim(batch: &[Enqueue<'_>], claims: &[ClaimNew<'_>]) -> (Vec<Vec<Enqueued>>, Vec<Claimed>);
         fn claim_due(trigger: &str, now: i64, lease_until: i64, limit: u32) -> Vec<Claimed>;
         fn next_due(trigger: &str) -> Option<i64>;
         fn finish_deliveries(done: &[Finished]) -> ();

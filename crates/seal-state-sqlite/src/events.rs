@@ -7,9 +7,9 @@
 
 use crate::{Error, Result, SqliteStore, insert_audit};
 use seal_state::{
-    AttemptRecord, Backlog, ClaimDue, Claimed, CronRun, DeadLetter, DeliveryRecord, Enqueue,
-    Enqueued, EventRecord, Finished, NewAudit, NewEvent, NextStep, QueueRecord, StateError,
-    TriggerRecord, TriggerSpec,
+    AttemptRecord, Backlog, ClaimDue, ClaimNew, Claimed, CronRun, DeadLetter, DeliveryRecord,
+    Enqueue, Enqueued, EventRecord, Finished, NewAudit, NewEvent, NextStep, QueueRecord,
+    StateError, TriggerRecord, TriggerSpec,
 };
 use seal_state_sql::{
     AttemptRow, BacklogRow, ClaimRow, DEAD_SELECT, DeadRow, DeliveryRow, EventRow, QueueRow,
@@ -252,24 +252,23 @@ impl SqliteStore {
         Ok(true)
     }
 
-    pub async fn enqueue_batch(&self, batch: &[Enqueue<'_>]) -> Result<Vec<Vec<Enqueued>>> {
+    pub async fn enqueue_and_claim(
+        &self,
+        batch: &[Enqueue<'_>],
+        claims: &[ClaimNew<'_>],
+    ) -> Result<(Vec<Vec<Enqueued>>, Vec<Claimed>)> {
         let mut tx = self.pool.begin().await?;
         let mut out = Vec::with_capacity(batch.len());
+        let mut claim: HashMap<&str, (i64, u32)> = claims
+            .iter()
+            .map(|c| (c.trigger, (c.lease_until, c.limit)))
+            .collect();
+        let mut claimed = Vec::new();
         for e in batch {
-            out.push(
-                enqueue_in(
-                    &mut tx,
-                    e.environment,
-                    e.queue,
-                    e.events,
-                    e.now,
-                    e.dedup_since,
-                )
-                .await?,
-            );
+            out.push(enqueue_in(&mut tx, e, &mut claim, &mut claimed).await?);
         }
         tx.commit().await?;
-        Ok(out)
+        Ok((out, claimed))
     }
 
     pub async fn claim_due(
@@ -817,14 +816,22 @@ fn seen_query<'a>(
 const BATCH_ROWS: usize = 256;
 
 /// Stores one producer's events and their deliveries, inside a transaction.
+/// One enqueue inside the batch's transaction. `claim` holds, per
+/// trigger, the lease and how many more of its new deliveries are claimed
+/// (they go to `claimed`).
 async fn enqueue_in(
     tx: &mut sqlx::SqliteConnection,
-    environment: &str,
-    queue: &str,
-    events: &[NewEvent<'_>],
-    now: i64,
-    dedup_since: i64,
+    enqueue: &Enqueue<'_>,
+    claim: &mut HashMap<&str, (i64, u32)>,
+    claimed: &mut Vec<Claimed>,
 ) -> Result<Vec<Enqueued>> {
+    let Enqueue {
+        environment,
+        queue,
+        events,
+        now,
+        dedup_since,
+    } = *enqueue;
     let subscribers: Vec<(String, String)> = sqlx::query_as(
         "SELECT name, function FROM triggers WHERE environment = $1 AND queue = $2 ORDER BY name",
     )
@@ -894,26 +901,52 @@ async fn enqueue_in(
         q.build().execute(&mut *tx).await?;
     }
     if !subscribers.is_empty() {
-        let deliveries: Vec<(i64, i64, &(String, String))> = new
-            .iter()
-            .flat_map(|(id, _)| subscribers.iter().map(move |s| (*id, s)))
-            .map(|(event, s)| {
+        // Each delivery with its lease when it is claimed here.
+        let mut deliveries = Vec::with_capacity(new.len() * subscribers.len());
+        for (event, e) in &new {
+            for s in &subscribers {
                 let id = next_delivery;
                 next_delivery += 1;
-                (id, event, s)
-            })
-            .collect();
+                let lease = match claim.get_mut(s.0.as_str()) {
+                    Some((lease_until, left)) if *left > 0 => {
+                        *left -= 1;
+                        claimed.push(Claimed {
+                            delivery_id: id as u64,
+                            event_id: *event as u64,
+                            trigger: s.0.clone(),
+                            environment: environment.to_owned(),
+                            queue: queue.to_owned(),
+                            function: s.1.clone(),
+                            attempts: 0,
+                            next_attempt: 1,
+                            pinned_version: None,
+                            ce_id: e.ce_id.to_owned(),
+                            enqueued_at: now,
+                            event: e.event.to_owned(),
+                        });
+                        Some(*lease_until)
+                    }
+                    _ => None,
+                };
+                deliveries.push((id, *event, s, lease));
+            }
+        }
         for chunk in deliveries.chunks(BATCH_ROWS) {
             let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "INSERT INTO deliveries (id, event_id, trigger, function, state, next_at) ",
+                "INSERT INTO deliveries (id, event_id, trigger, function, state, next_at, lease_until) ",
             );
-            q.push_values(chunk, |mut row, (id, event, (trigger, function))| {
+            q.push_values(chunk, |mut row, (id, event, (trigger, function), lease)| {
                 row.push_bind(*id)
                     .push_bind(*event)
                     .push_bind(trigger.as_str())
                     .push_bind(function.as_str())
-                    .push_bind("pending")
-                    .push_bind(now);
+                    .push_bind(if lease.is_some() {
+                        "running"
+                    } else {
+                        "pending"
+                    })
+                    .push_bind(now)
+                    .push_bind(*lease);
             });
             q.build().execute(&mut *tx).await?;
         }

@@ -1340,6 +1340,107 @@ pub async fn outcomes_commit_with_the_next_claims(s: &dyn StateStore) {
     assert_eq!((b.pending, b.running), (1, 1), "the retry and one claimed");
 }
 
+/// An enqueue claims, in its own transaction, the first deliveries it
+/// adds for the triggers it is asked to (never a duplicate's, never more
+/// than the limit, never another trigger's): they are running under the
+/// lease given, carry the event as a claim would, and the rest stay due.
+pub async fn enqueues_claim_what_they_add(s: &dyn StateStore) {
+    s.create_queue(&queue_record("orders")).await.unwrap();
+    s.create_trigger(&subscription("billing-orders", "billing", "orders"))
+        .await
+        .unwrap();
+    s.create_trigger(&subscription("mail-orders", "mail", "orders"))
+        .await
+        .unwrap();
+    let body = r#"{"id":"n"}"#;
+    let first = [event("n1", body)];
+    let second = [event("n1", body), event("n2", body), event("n3", body)];
+    let claims = [ClaimNew {
+        trigger: "billing-orders",
+        lease_until: 500,
+        limit: 2,
+    }];
+    let (answers, claimed) = s
+        .enqueue_and_claim(
+            &[
+                Enqueue {
+                    environment: "production",
+                    queue: "orders",
+                    events: &first,
+                    now: 10,
+                    dedup_since: 0,
+                },
+                Enqueue {
+                    environment: "production",
+                    queue: "orders",
+                    events: &second,
+                    now: 10,
+                    dedup_since: 0,
+                },
+            ],
+            &claims,
+        )
+        .await
+        .unwrap();
+    assert!(answers[1][0].duplicate);
+    assert_eq!(claimed.len(), 2, "the limit: {claimed:?}");
+    assert!(claimed.iter().all(|c| c.trigger == "billing-orders"));
+    assert_eq!(
+        claimed.iter().map(|c| c.event_id).collect::<Vec<_>>(),
+        [answers[0][0].id, answers[1][1].id],
+        "the first ones added, in order, none for the duplicate"
+    );
+    let c = &claimed[0];
+    assert_eq!((c.attempts, c.next_attempt, c.pinned_version), (0, 1, None));
+    assert_eq!(
+        (
+            c.environment.as_str(),
+            c.queue.as_str(),
+            c.function.as_str()
+        ),
+        ("production", "orders", "billing")
+    );
+    assert_eq!((c.ce_id.as_str(), c.enqueued_at), ("n1", 10));
+    assert_eq!(c.event, body);
+    // Leased as claimed: not due again until the lease ends.
+    let due = s.claim_due("billing-orders", 20, 600, 10).await.unwrap();
+    assert_eq!(
+        due.iter().map(|d| d.event_id).collect::<Vec<_>>(),
+        [answers[1][2].id],
+        "only the one left unclaimed"
+    );
+    assert_eq!(
+        s.claim_due("mail-orders", 20, 600, 10).await.unwrap().len(),
+        3,
+        "another trigger's deliveries stay due"
+    );
+    let b = s.backlog().await.unwrap();
+    let b = b.iter().find(|b| b.trigger == "billing-orders").unwrap();
+    assert_eq!((b.pending, b.running), (0, 3));
+    // Its outcome is recorded like any claimed delivery's.
+    s.finish_deliveries(&[Finished {
+        delivery_id: c.delivery_id,
+        attempt: Some(attempt(1, Outcome::Ok)),
+        next: NextStep::Done,
+        at: 30,
+    }])
+    .await
+    .unwrap();
+    let shown = s.event(c.event_id).await.unwrap().unwrap();
+    let d = shown
+        .deliveries
+        .iter()
+        .find(|d| d.trigger == "billing-orders")
+        .unwrap();
+    assert_eq!((d.state, d.history.len()), (DeliveryState::Done, 1));
+    // A lease that ended makes the other claimed one due again.
+    let late = s.claim_due("billing-orders", 500, 900, 10).await.unwrap();
+    assert_eq!(
+        late.iter().map(|d| d.delivery_id).collect::<Vec<_>>(),
+        [claimed[1].delivery_id]
+    );
+}
+
 /// A tick is committed once; a run left running is interrupted at start.
 pub async fn cron_ticks_commit_once(s: &dyn StateStore) {
     let t = TriggerRecord {
@@ -1716,6 +1817,7 @@ macro_rules! contract_tests {
             dead_letters_are_redriven_and_purged,
             cron_ticks_commit_once,
             enqueues_commit_together_in_order,
+            enqueues_claim_what_they_add,
             outcomes_commit_with_the_next_claims
         );
     };

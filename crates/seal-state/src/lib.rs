@@ -561,6 +561,15 @@ pub struct Enqueue<'a> {
     pub dedup_since: i64,
 }
 
+/// A claim made with [`Events::enqueue_and_claim`]: up to `limit` of the
+/// deliveries the enqueue adds for `trigger`, leased until `lease_until`.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimNew<'a> {
+    pub trigger: &'a str,
+    pub lease_until: i64,
+    pub limit: u32,
+}
+
 /// A delivery claimed for an attempt: its lease runs until the deadline
 /// given to [`Events::claim_due`].
 #[derive(Debug, Clone, PartialEq)]
@@ -670,7 +679,20 @@ pub trait Events: Send + Sync {
     /// Several enqueues (of any queues) in one durable transaction, in
     /// order: what concurrent producers share (group commit). One answer
     /// per enqueue.
-    async fn enqueue_batch(&self, batch: &[Enqueue<'_>]) -> Result<Vec<Vec<Enqueued>>>;
+    async fn enqueue_batch(&self, batch: &[Enqueue<'_>]) -> Result<Vec<Vec<Enqueued>>> {
+        Ok(self.enqueue_and_claim(batch, &[]).await?.0)
+    }
+    /// [`Events::enqueue_batch`], and in the same transaction, for each of
+    /// `claims`, the first `limit` deliveries it adds for that trigger (in
+    /// enqueue order) are claimed as [`Events::claim_due`] would: running,
+    /// leased until `lease_until`, answered with the enqueues' answers.
+    /// The delivery loop runs them at once, with no claim of its own (an
+    /// event's way to its handler is one commit).
+    async fn enqueue_and_claim(
+        &self,
+        batch: &[Enqueue<'_>],
+        claims: &[ClaimNew<'_>],
+    ) -> Result<(Vec<Vec<Enqueued>>, Vec<Claimed>)>;
     /// Claims up to `limit` deliveries of `trigger` that are due at `now`
     /// (pending and `next_at <= now`, or running past their lease) and
     /// marks them running until `lease_until`.
@@ -768,6 +790,21 @@ pub trait Queues: Send + Sync {
     /// Where the events are, for messages ("the state store", a URL).
     fn location(&self) -> String;
     async fn enqueue_batch(&self, batch: &[Enqueue<'_>]) -> Result<Vec<Vec<Enqueued>>>;
+    /// Whether [`Queues::enqueue_and_claim`] claims (the state store's
+    /// queues do; a broker hands its messages out itself).
+    fn claims_on_enqueue(&self) -> bool {
+        false
+    }
+    /// Claims nothing unless [`Queues::claims_on_enqueue`]: the delivery
+    /// loop claims as it would otherwise.
+    async fn enqueue_and_claim(
+        &self,
+        batch: &[Enqueue<'_>],
+        claims: &[ClaimNew<'_>],
+    ) -> Result<(Vec<Vec<Enqueued>>, Vec<Claimed>)> {
+        let _ = claims;
+        Ok((self.enqueue_batch(batch).await?, Vec::new()))
+    }
     /// Claims up to `limit` due deliveries of the queue trigger `trigger`.
     async fn claim_due(
         &self,
@@ -829,8 +866,18 @@ impl Queues for StoreQueues {
     fn location(&self) -> String {
         "the state store".into()
     }
+    fn claims_on_enqueue(&self) -> bool {
+        true
+    }
     async fn enqueue_batch(&self, batch: &[Enqueue<'_>]) -> Result<Vec<Vec<Enqueued>>> {
         self.0.enqueue_batch(batch).await
+    }
+    async fn enqueue_and_claim(
+        &self,
+        batch: &[Enqueue<'_>],
+        claims: &[ClaimNew<'_>],
+    ) -> Result<(Vec<Vec<Enqueued>>, Vec<Claimed>)> {
+        self.0.enqueue_and_claim(batch, claims).await
     }
     async fn claim_due(
         &self,
