@@ -757,10 +757,9 @@ async fn finish_one(
 }
 
 /// Stores one producer's events and their deliveries, inside a
-/// transaction that holds the queue's lock.
-/// One enqueue inside the batch's transaction. `claim` holds, per
-/// trigger, the lease and how many more of its new deliveries are claimed
-/// (they go to `claimed`).
+/// transaction that holds the queue's lock. `claim` holds, per trigger,
+/// the lease and how many more of its new deliveries are claimed (they
+/// go to `claimed`).
 async fn enqueue_in(
     tx: &mut sqlx::PgConnection,
     enqueue: &Enqueue<'_>,
