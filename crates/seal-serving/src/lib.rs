@@ -363,6 +363,11 @@ pub struct Serving {
     /// Settings of each function in each environment, by (environment,
     /// function).
     settings: std::sync::Mutex<HashMap<(String, String), Arc<SettingsSlot>>>,
+    /// Held by a settings change from reading the old ones to making the
+    /// new instances ahead: two changes at once would each release the
+    /// idle instances of the settings they read, and one could miss those
+    /// the other made.
+    settings_change: std::sync::Mutex<()>,
     /// In-flight counts of each function in each environment.
     in_flight: std::sync::Mutex<HashMap<(String, String), Arc<InFlight>>>,
     /// Concurrency limits and the fair share of the instance pool.
@@ -388,6 +393,7 @@ impl Serving {
             telemetry: Arc::new(telemetry),
             registry: std::sync::Mutex::default(),
             settings: std::sync::Mutex::default(),
+            settings_change: std::sync::Mutex::default(),
             in_flight: std::sync::Mutex::default(),
             admission,
             event_sink: std::sync::OnceLock::new(),
@@ -494,6 +500,10 @@ impl Serving {
     /// reuse or made ahead) are dropped, and the versions routed there get
     /// one made ahead with the new ones.
     pub fn set_settings(&self, environment: &str, function: &str, settings: Settings) {
+        let _turn = self
+            .settings_change
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let route = self.route(environment, function);
         let before: Vec<Arc<[(String, String)]>> = route
             .iter()
