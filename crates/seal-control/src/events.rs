@@ -73,6 +73,19 @@ struct Handoff {
     pass: bool,
 }
 
+/// Ends the hand-over of enqueues' claims when the delivery loop ends.
+struct HandoffEnds<'a> {
+    handoff: &'a Mutex<Option<tokio::sync::mpsc::UnboundedSender<Handoff>>>,
+    starter: tokio::task::AbortHandle,
+}
+
+impl Drop for HandoffEnds<'_> {
+    fn drop(&mut self) {
+        *lock(self.handoff) = None;
+        self.starter.abort();
+    }
+}
+
 /// Commits waiting enqueues in one transaction, claiming with it what the
 /// slots in `reserved` can take; answers each producer and hands the
 /// claims to the delivery loop (`handoff`; without one, nothing is
@@ -142,6 +155,9 @@ async fn commit_enqueues(
                     None => tracing::error!(delivery = c.delivery_id, "claimed without a slot"),
                 }
             }
+            // Slots taken and not used (duplicates) go back: a pass that
+            // found them taken may have left something due.
+            let pass = pass || reserved.values().any(|r| !r.permits.is_empty());
             for (p, a) in batch.into_iter().zip(answers) {
                 let _ = p.reply.send(Ok(a));
             }
@@ -595,8 +611,9 @@ impl EventsService {
 
     /// Takes the free slots of the subscriptions of the queues in `batch`,
     /// up to one per event each: the deliveries the commit adds for them
-    /// are claimed with it and run at once. Reads the subscriptions the
-    /// delivery loop last read (at most a second ago), without waiting:
+    /// are claimed with it and run at once. Reads the subscriptions as the
+    /// delivery loop last read them (it reads them again at least once a
+    /// second, and a trigger change clears them), without waiting:
     /// the batch is out of the pending list, and nothing may drop it
     /// before its commit starts.
     fn reserve(&self, batch: &[PendingEnqueue]) -> Vec<Reserved> {
@@ -963,6 +980,12 @@ impl EventsService {
         let (handoff_tx, handoff_rx) = tokio::sync::mpsc::unbounded_channel();
         *lock(&self.handoff) = Some(handoff_tx);
         let starter = tokio::spawn(self.clone().start_handed(handoff_rx, ended_tx.clone()));
+        // However this loop ends (a panic, or its future dropped), the
+        // enqueues stop claiming and what was handed over stops with it.
+        let _handoff_ends = HandoffEnds {
+            handoff: &self.handoff,
+            starter: starter.abort_handle(),
+        };
         let mut gauged_at = 0;
         let mut swept_at = 0;
         let mut next_pass = 0;
@@ -1137,17 +1160,20 @@ impl EventsService {
             }
             let lease = self.lease_ms(&t.environment, &t.function);
             let claimed = self.queues.claim_due(t, now, now + lease, free).await?;
-            if claimed.len() as u32 == free {
-                next = now;
-            } else if let Some(due) = self.queues.next_due(&t.name).await? {
-                next = next.min(due);
-            }
+            let full = claimed.len() as u32 == free;
+            // Started before anything else can fail: a claim not started
+            // would wait out its lease.
             for c in claimed {
                 let Some(permit) = permits.pop() else {
                     tracing::error!(delivery = c.delivery_id, "claimed beyond its limit");
                     break;
                 };
                 self.start(running, ended, sub, c, permit);
+            }
+            if full {
+                next = now;
+            } else if let Some(due) = self.queues.next_due(&t.name).await? {
+                next = next.min(due);
             }
         }
         Ok(next)

@@ -1352,14 +1352,24 @@ pub async fn enqueues_claim_what_they_add(s: &dyn StateStore) {
     s.create_trigger(&subscription("mail-orders", "mail", "orders"))
         .await
         .unwrap();
+    s.create_trigger(&subscription("audit-orders", "audit", "orders"))
+        .await
+        .unwrap();
     let body = r#"{"id":"n"}"#;
     let first = [event("n1", body)];
     let second = [event("n1", body), event("n2", body), event("n3", body)];
-    let claims = [ClaimNew {
-        trigger: "billing-orders",
-        lease_until: 500,
-        limit: 2,
-    }];
+    let claims = [
+        ClaimNew {
+            trigger: "billing-orders",
+            lease_until: 500,
+            limit: 2,
+        },
+        ClaimNew {
+            trigger: "audit-orders",
+            lease_until: 700,
+            limit: 1,
+        },
+    ];
     let (answers, claimed) = s
         .enqueue_and_claim(
             &[
@@ -1383,14 +1393,23 @@ pub async fn enqueues_claim_what_they_add(s: &dyn StateStore) {
         .await
         .unwrap();
     assert!(answers[1][0].duplicate);
-    assert_eq!(claimed.len(), 2, "the limit: {claimed:?}");
-    assert!(claimed.iter().all(|c| c.trigger == "billing-orders"));
+    assert_eq!(claimed.len(), 3, "the limits: {claimed:?}");
+    let of = |trigger: &str| -> Vec<&Claimed> {
+        claimed.iter().filter(|c| c.trigger == trigger).collect()
+    };
+    let billing = of("billing-orders");
     assert_eq!(
-        claimed.iter().map(|c| c.event_id).collect::<Vec<_>>(),
+        billing.iter().map(|c| c.event_id).collect::<Vec<_>>(),
         [answers[0][0].id, answers[1][1].id],
         "the first ones added, in order, none for the duplicate"
     );
-    let c = &claimed[0];
+    let audit = of("audit-orders");
+    assert_eq!(
+        audit.iter().map(|c| c.event_id).collect::<Vec<_>>(),
+        [answers[0][0].id],
+        "a limit used up by the first enqueue of the batch"
+    );
+    let c = billing[0];
     assert_eq!((c.attempts, c.next_attempt, c.pinned_version), (0, 1, None));
     assert_eq!(
         (
@@ -1417,6 +1436,13 @@ pub async fn enqueues_claim_what_they_add(s: &dyn StateStore) {
     let b = s.backlog().await.unwrap();
     let b = b.iter().find(|b| b.trigger == "billing-orders").unwrap();
     assert_eq!((b.pending, b.running), (0, 3));
+    // Each trigger's claims under its own lease.
+    let audit_due = s.claim_due("audit-orders", 600, 900, 10).await.unwrap();
+    assert_eq!(
+        audit_due.iter().map(|d| d.event_id).collect::<Vec<_>>(),
+        [answers[1][1].id, answers[1][2].id],
+        "leased until 700, the first is not due at 600"
+    );
     // Its outcome is recorded like any claimed delivery's.
     s.finish_deliveries(&[Finished {
         delivery_id: c.delivery_id,
@@ -1437,7 +1463,12 @@ pub async fn enqueues_claim_what_they_add(s: &dyn StateStore) {
     let late = s.claim_due("billing-orders", 500, 900, 10).await.unwrap();
     assert_eq!(
         late.iter().map(|d| d.delivery_id).collect::<Vec<_>>(),
-        [claimed[1].delivery_id]
+        [billing[1].delivery_id]
+    );
+    let audit_late = s.claim_due("audit-orders", 700, 900, 10).await.unwrap();
+    assert_eq!(
+        audit_late.iter().map(|d| d.delivery_id).collect::<Vec<_>>(),
+        [audit[0].delivery_id]
     );
 }
 
