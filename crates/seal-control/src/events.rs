@@ -1068,9 +1068,10 @@ impl EventsService {
         stop: &CancellationToken,
     ) -> bool {
         // The slots of the attempts that ended stay taken until their
-        // outcomes are committed, then go to what the commit claims; so do
-        // the slots free now, taken before the claim (enqueues take free
-        // slots too, beside this loop).
+        // outcomes are committed, then go to what the commit claims. Slots
+        // free already stay free for the enqueues to claim at once; a pass
+        // fills them when a claim here finds less than it asks for, an
+        // enqueue finds no free slot, or a second goes by.
         let mut freed: HashMap<String, Vec<tokio::sync::OwnedSemaphorePermit>> = HashMap::new();
         let mut outcomes = Vec::with_capacity(ended.len());
         for e in ended.drain(..) {
@@ -1095,10 +1096,6 @@ impl EventsService {
             let Some(permits) = freed.get_mut(&t.name) else {
                 continue;
             };
-            let slots = self.slots(&t.name, sub.max_in_flight);
-            permits.extend(std::iter::from_fn(|| {
-                slots.clone().try_acquire_owned().ok()
-            }));
             let lease = self.lease_ms(&t.environment, &t.function);
             claims.push(seal_state::ClaimDue {
                 trigger: t,
