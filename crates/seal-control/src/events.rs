@@ -982,7 +982,7 @@ impl EventsService {
         let starter = tokio::spawn(self.clone().start_handed(handoff_rx, ended_tx.clone()));
         // However this loop ends (a panic, or its future dropped), the
         // enqueues stop claiming and what was handed over stops with it.
-        let _handoff_ends = HandoffEnds {
+        let handoff_ends = HandoffEnds {
             handoff: &self.handoff,
             starter: starter.abort_handle(),
         };
@@ -1035,8 +1035,7 @@ impl EventsService {
         // Attempts cut off here stay claimed, as do those claimed by
         // enqueues and not started; the next start redelivers them. Those
         // that ended are committed before the loop returns.
-        *lock(&self.handoff) = None;
-        starter.abort();
+        drop(handoff_ends);
         let _ = starter.await;
         running.shutdown().await;
         drop(ended_tx);
