@@ -1024,8 +1024,8 @@ impl EventsService {
             tokio::select! {
                 () = stop.cancelled() => break,
                 _ = ended_rx.recv_many(&mut ended, 512) => {
-                    if self.settle(&mut ended, &mut running, &ended_tx, &stop).await {
-                        next_pass = now_ms();
+                    if let Some(at) = self.settle(&mut ended, &mut running, &ended_tx, &stop).await {
+                        next_pass = next_pass.min(at);
                     }
                 }
                 () = self.wake_queues.notified() => next_pass = now_ms(),
@@ -1056,16 +1056,18 @@ impl EventsService {
     /// Commits the outcomes in `ended` in one transaction that also
     /// claims, for each subscription they belong to, as many due
     /// deliveries as its slots can take once theirs are free; starts those
-    /// on the freed slots. Returns whether a full pass should follow (a
-    /// claim got less than it asked for: the next due instant is to be
-    /// read).
+    /// on the freed slots. Returns when the next full pass is due, if
+    /// sooner than planned: in the state store, a claim that got less
+    /// than it asked for took everything due, so the next pass is when the
+    /// next of its deliveries is due (a read, not another claim on the
+    /// one writer, which enqueues wait for).
     async fn settle(
         self: &Arc<Self>,
         ended: &mut Vec<Ended>,
         running: &mut tokio::task::JoinSet<()>,
         ended_tx: &tokio::sync::mpsc::UnboundedSender<Ended>,
         stop: &CancellationToken,
-    ) -> bool {
+    ) -> Option<i64> {
         // The slots of the attempts that ended stay taken until their
         // outcomes are committed, then go to what the commit claims. Slots
         // free already stay free for the enqueues to claim at once; a pass
@@ -1110,15 +1112,17 @@ impl EventsService {
                 // Left claimed: due again when their lease ends (or at the
                 // next start).
                 tracing::error!(error = %e, deliveries = done.len(), "cannot record delivery attempts");
-                return true;
+                return Some(now_ms());
             }
         };
         for (c, f) in &outcomes {
             self.count(c, f);
         }
-        let mut pass = false;
+        let mut short = Vec::new();
         for ((claim, sub), got) in claims.iter().zip(subs).zip(claimed) {
-            pass |= (got.len() as u32) < claim.limit;
+            if (got.len() as u32) < claim.limit {
+                short.push(claim.trigger.name.as_str());
+            }
             let permits = freed.get_mut(&claim.trigger.name).expect("grouped above");
             for c in got {
                 // Never more than the limit: one slot each.
@@ -1129,7 +1133,26 @@ impl EventsService {
                 self.start(running, ended_tx, sub, c, permit);
             }
         }
-        pass
+        if short.is_empty() {
+            return None;
+        }
+        // A broker's deliveries are pulled, not read: a short pull says
+        // nothing of what arrives next, so the pass comes at once.
+        if !self.queues.claims_on_enqueue() {
+            return Some(now_ms());
+        }
+        let mut next = None::<i64>;
+        for trigger in short {
+            match self.queues.next_due(trigger).await {
+                Ok(Some(due)) => next = Some(next.map_or(due, |n| n.min(due))),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the next due delivery");
+                    return Some(now_ms());
+                }
+            }
+        }
+        next
     }
 
     /// One pass: claims what each subscription may take and starts it.
