@@ -187,7 +187,9 @@ async fn commit_enqueues(
 struct Ended {
     claimed: Claimed,
     finished: Finished,
-    permit: tokio::sync::OwnedSemaphorePermit,
+    /// The attempt's slot, or none when its task went on with a
+    /// delivery claimed ahead (the slot went with it).
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -234,6 +236,11 @@ pub struct EventsService {
     commit_turn: tokio::sync::Mutex<()>,
     /// The running delivery loop's inbox for what enqueues claimed.
     handoff: Mutex<Option<tokio::sync::mpsc::UnboundedSender<Handoff>>>,
+    /// Deliveries claimed ahead, per trigger: the commit of outcomes
+    /// claims up to `max_in_flight` more than the slots it frees, and an
+    /// attempt that ends starts the next of these on its slot at once,
+    /// instead of its slot waiting for that commit (state store only).
+    ready: Mutex<HashMap<String, std::collections::VecDeque<(Claimed, QueueSubscription)>>>,
     /// The queue triggers and when they were read.
     trigger_cache: Mutex<Option<(i64, Arc<Vec<TriggerRecord>>)>>,
     /// Subscriptions whose backlog gauges were set last time (so one that
@@ -279,6 +286,7 @@ impl EventsService {
             pending: Mutex::default(),
             commit_turn: tokio::sync::Mutex::new(()),
             handoff: Mutex::default(),
+            ready: Mutex::default(),
             trigger_cache: Mutex::default(),
             gauged: Mutex::default(),
             contracts: crate::event_contracts::ContractCache::new(state.clone()),
@@ -1076,12 +1084,16 @@ impl EventsService {
         let mut freed: HashMap<String, Vec<tokio::sync::OwnedSemaphorePermit>> = HashMap::new();
         let mut outcomes = Vec::with_capacity(ended.len());
         for e in ended.drain(..) {
-            freed
-                .entry(e.claimed.trigger.clone())
-                .or_default()
-                .push(e.permit);
+            let permits = freed.entry(e.claimed.trigger.clone()).or_default();
+            permits.extend(e.permit);
             outcomes.push((e.claimed, e.finished));
         }
+        // Under load, each subscription whose attempts ended also claims
+        // ahead, up to its max in flight: its attempts then go from one
+        // delivery to the next without waiting for this commit. A claim
+        // ahead waits at most one attempt before it starts, so its lease
+        // covers two.
+        let ahead = self.queues.claims_on_enqueue();
         let done: Vec<Finished> = outcomes.iter().map(|(_, f)| f.clone()).collect();
         let triggers = match self.queue_triggers().await {
             Ok(list) if !stop.is_cancelled() => list,
@@ -1098,11 +1110,17 @@ impl EventsService {
                 continue;
             };
             let lease = self.lease_ms(&t.environment, &t.function);
+            let room = if ahead {
+                let waiting = lock(&self.ready).get(&t.name).map_or(0, |r| r.len());
+                (sub.max_in_flight as usize).saturating_sub(waiting)
+            } else {
+                0
+            };
             claims.push(seal_state::ClaimDue {
                 trigger: t,
                 now,
-                lease_until: now + lease,
-                limit: permits.len() as u32,
+                lease_until: now + if room > 0 { 2 * lease } else { lease },
+                limit: (permits.len() + room) as u32,
             });
             subs.push(sub);
         }
@@ -1119,19 +1137,38 @@ impl EventsService {
             self.count(c, f);
         }
         let mut short = Vec::new();
+        let mut waits = Vec::new();
         for ((claim, sub), got) in claims.iter().zip(subs).zip(claimed) {
+            waits.push((claim.trigger.name.as_str(), sub.max_in_flight));
             if (got.len() as u32) < claim.limit {
                 short.push(claim.trigger.name.as_str());
             }
             let permits = freed.get_mut(&claim.trigger.name).expect("grouped above");
-            for c in got {
-                // Never more than the limit: one slot each.
+            let mut got = got.into_iter();
+            // One slot each, then the rest wait for a slot.
+            for c in got.by_ref() {
                 let Some(permit) = permits.pop() else {
-                    tracing::error!(delivery = c.delivery_id, "claimed beyond its limit");
+                    lock(&self.ready)
+                        .entry(claim.trigger.name.clone())
+                        .or_default()
+                        .push_back((c, sub.clone()));
                     break;
                 };
                 self.start(running, ended_tx, sub, c, permit);
             }
+            let rest: Vec<_> = got.map(|c| (c, sub.clone())).collect();
+            if !rest.is_empty() {
+                lock(&self.ready)
+                    .entry(claim.trigger.name.clone())
+                    .or_default()
+                    .extend(rest);
+            }
+        }
+        // The slots no claim took go back; deliveries claimed ahead take
+        // them at once (none waits while a slot is free).
+        drop(freed);
+        for (trigger, max_in_flight) in waits {
+            self.start_waiting(running, ended_tx, trigger, max_in_flight);
         }
         if short.is_empty() {
             return None;
@@ -1164,10 +1201,15 @@ impl EventsService {
     ) -> ControlResult<i64> {
         let now = now_ms();
         let mut next = now + 1_000;
-        for t in self.queue_triggers().await?.iter() {
+        let triggers = self.queue_triggers().await?;
+        // Claims ahead of a trigger deleted since are dropped here (its
+        // deliveries went with it).
+        lock(&self.ready).retain(|name, _| triggers.iter().any(|t| &t.name == name));
+        for t in triggers.iter() {
             let TriggerSpec::Queue(sub) = &t.spec else {
                 continue;
             };
+            self.start_waiting(running, ended, &t.name, sub.max_in_flight);
             // The free slots are taken before the claim, so that each
             // delivery it claims has one (enqueues take free slots too).
             let slots = self.slots(&t.name, sub.max_in_flight);
@@ -1196,6 +1238,26 @@ impl EventsService {
             }
         }
         Ok(next)
+    }
+
+    /// Starts deliveries claimed ahead for `trigger` on its free slots.
+    fn start_waiting(
+        self: &Arc<Self>,
+        running: &mut tokio::task::JoinSet<()>,
+        ended: &tokio::sync::mpsc::UnboundedSender<Ended>,
+        trigger: &str,
+        max_in_flight: u32,
+    ) {
+        let slots = self.slots(trigger, max_in_flight);
+        while let Ok(permit) = slots.clone().try_acquire_owned() {
+            let Some((c, sub)) = lock(&self.ready)
+                .get_mut(trigger)
+                .and_then(std::collections::VecDeque::pop_front)
+            else {
+                break;
+            };
+            self.start(running, ended, &sub, c, permit);
+        }
     }
 
     /// Starts what enqueues claimed, as they hand it over, until the
@@ -1233,22 +1295,43 @@ impl EventsService {
         permit: tokio::sync::OwnedSemaphorePermit,
     ) {
         let this = self.clone();
-        let sub = sub.clone();
+        let mut sub = sub.clone();
         let ended = ended.clone();
         running.spawn(async move {
-            let now = now_ms();
-            let (attempt, next) = this.run_attempt(&c, &sub, now).await;
-            let finished = Finished {
-                delivery_id: c.delivery_id,
-                attempt,
-                next,
-                at: now_ms(),
-            };
-            let _ = ended.send(Ended {
-                claimed: c,
-                finished,
-                permit,
-            });
+            let mut c = c;
+            loop {
+                let now = now_ms();
+                let (attempt, next) = this.run_attempt(&c, &sub, now).await;
+                let finished = Finished {
+                    delivery_id: c.delivery_id,
+                    attempt,
+                    next,
+                    at: now_ms(),
+                };
+                // The slot goes on to a delivery claimed ahead, if one
+                // waits; else back, with the outcome, to the loop.
+                let waiting = lock(&this.ready)
+                    .get_mut(&c.trigger)
+                    .and_then(std::collections::VecDeque::pop_front);
+                match waiting {
+                    Some((next_c, next_sub)) => {
+                        let _ = ended.send(Ended {
+                            claimed: std::mem::replace(&mut c, next_c),
+                            finished,
+                            permit: None,
+                        });
+                        sub = next_sub;
+                    }
+                    None => {
+                        let _ = ended.send(Ended {
+                            claimed: c,
+                            finished,
+                            permit: Some(permit),
+                        });
+                        break;
+                    }
+                }
+            }
         });
     }
 
