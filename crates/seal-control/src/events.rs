@@ -184,6 +184,15 @@ async fn commit_enqueues(
 
 /// An attempt that ended, waiting to be committed; its subscription slot
 /// is freed once it is.
+/// A delivery claimed ahead, waiting for a slot.
+struct Waiting {
+    claimed: Claimed,
+    sub: QueueSubscription,
+    /// The last instant it may start and still end inside its lease;
+    /// later, it is left to come due again when the lease ends.
+    start_by: i64,
+}
+
 struct Ended {
     claimed: Claimed,
     finished: Finished,
@@ -240,7 +249,7 @@ pub struct EventsService {
     /// claims up to `max_in_flight` more than the slots it frees, and an
     /// attempt that ends starts the next of these on its slot at once,
     /// instead of its slot waiting for that commit (state store only).
-    ready: Mutex<HashMap<String, std::collections::VecDeque<(Claimed, QueueSubscription)>>>,
+    ready: Mutex<HashMap<String, std::collections::VecDeque<Waiting>>>,
     /// The queue triggers and when they were read.
     trigger_cache: Mutex<Option<(i64, Arc<Vec<TriggerRecord>>)>>,
     /// Subscriptions whose backlog gauges were set last time (so one that
@@ -482,6 +491,7 @@ impl EventsService {
         }
         self.queues.trigger_deleted(name).await?;
         lock(&self.in_flight).remove(name);
+        lock(&self.ready).remove(name);
         *lock(&self.trigger_cache) = None;
         self.wake_cron.notify_one();
         Ok(())
@@ -1078,7 +1088,8 @@ impl EventsService {
     ) -> Option<i64> {
         // The slots of the attempts that ended stay taken until their
         // outcomes are committed, then go to what the commit claims. Slots
-        // free already stay free for the enqueues to claim at once; a pass
+        // free already stay free for the enqueues to claim at once (and for
+        // deliveries claimed ahead, below); a pass
         // fills them when a claim here finds less than it asks for, an
         // enqueue finds no free slot, or a second goes by.
         let mut freed: HashMap<String, Vec<tokio::sync::OwnedSemaphorePermit>> = HashMap::new();
@@ -1091,9 +1102,11 @@ impl EventsService {
         // Under load, each subscription whose attempts ended also claims
         // ahead, up to its max in flight: its attempts then go from one
         // delivery to the next without waiting for this commit. A claim
-        // ahead waits at most one attempt before it starts, so its lease
-        // covers two.
-        let ahead = self.queues.claims_on_enqueue();
+        // ahead waits about one attempt before it starts, so its lease
+        // covers two. Not on a store shared by several nodes: claims
+        // ahead that a node took down with it would wait out that longer
+        // lease before another node could take them.
+        let ahead = self.queues.claims_on_enqueue() && !self.state.shared();
         let done: Vec<Finished> = outcomes.iter().map(|(_, f)| f.clone()).collect();
         let triggers = match self.queue_triggers().await {
             Ok(list) if !stop.is_cancelled() => list,
@@ -1143,25 +1156,23 @@ impl EventsService {
             if (got.len() as u32) < claim.limit {
                 short.push(claim.trigger.name.as_str());
             }
+            // What waits already goes first, then what this commit
+            // claimed, one slot each; the rest waits for a slot.
+            let start_by = now + self.lease_ms(&claim.trigger.environment, &claim.trigger.function);
+            lock(&self.ready)
+                .entry(claim.trigger.name.clone())
+                .or_default()
+                .extend(got.into_iter().map(|claimed| Waiting {
+                    claimed,
+                    sub: sub.clone(),
+                    start_by,
+                }));
             let permits = freed.get_mut(&claim.trigger.name).expect("grouped above");
-            let mut got = got.into_iter();
-            // One slot each, then the rest wait for a slot.
-            for c in got.by_ref() {
-                let Some(permit) = permits.pop() else {
-                    lock(&self.ready)
-                        .entry(claim.trigger.name.clone())
-                        .or_default()
-                        .push_back((c, sub.clone()));
+            while let Some(permit) = permits.pop() {
+                let Some(w) = self.next_waiting(&claim.trigger.name) else {
                     break;
                 };
-                self.start(running, ended_tx, sub, c, permit);
-            }
-            let rest: Vec<_> = got.map(|c| (c, sub.clone())).collect();
-            if !rest.is_empty() {
-                lock(&self.ready)
-                    .entry(claim.trigger.name.clone())
-                    .or_default()
-                    .extend(rest);
+                self.start(running, ended_tx, &w.sub, w.claimed, permit);
             }
         }
         // The slots no claim took go back; deliveries claimed ahead take
@@ -1250,14 +1261,31 @@ impl EventsService {
     ) {
         let slots = self.slots(trigger, max_in_flight);
         while let Ok(permit) = slots.clone().try_acquire_owned() {
-            let Some((c, sub)) = lock(&self.ready)
-                .get_mut(trigger)
-                .and_then(std::collections::VecDeque::pop_front)
-            else {
+            let Some(w) = self.next_waiting(trigger) else {
                 break;
             };
-            self.start(running, ended, &sub, c, permit);
+            self.start(running, ended, &w.sub, w.claimed, permit);
         }
+    }
+
+    /// The next delivery claimed ahead for `trigger` that can still run
+    /// inside its lease. One that cannot (it waited behind attempts
+    /// longer than planned) is left claimed: it comes due again when its
+    /// lease ends, and is never run twice at once.
+    fn next_waiting(&self, trigger: &str) -> Option<Waiting> {
+        let now = now_ms();
+        let mut ready = lock(&self.ready);
+        let waiting = ready.get_mut(trigger)?;
+        while let Some(w) = waiting.pop_front() {
+            if now <= w.start_by {
+                return Some(w);
+            }
+            tracing::debug!(
+                delivery = w.claimed.delivery_id,
+                "a delivery claimed ahead waited past its lease: due again when it ends"
+            );
+        }
+        None
     }
 
     /// Starts what enqueues claimed, as they hand it over, until the
@@ -1310,17 +1338,14 @@ impl EventsService {
                 };
                 // The slot goes on to a delivery claimed ahead, if one
                 // waits; else back, with the outcome, to the loop.
-                let waiting = lock(&this.ready)
-                    .get_mut(&c.trigger)
-                    .and_then(std::collections::VecDeque::pop_front);
-                match waiting {
-                    Some((next_c, next_sub)) => {
+                match this.next_waiting(&c.trigger) {
+                    Some(w) => {
                         let _ = ended.send(Ended {
-                            claimed: std::mem::replace(&mut c, next_c),
+                            claimed: std::mem::replace(&mut c, w.claimed),
                             finished,
                             permit: None,
                         });
-                        sub = next_sub;
+                        sub = w.sub;
                     }
                     None => {
                         let _ = ended.send(Ended {
