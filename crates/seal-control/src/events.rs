@@ -1132,7 +1132,9 @@ impl EventsService {
             claims.push(seal_state::ClaimDue {
                 trigger: t,
                 now,
-                lease_until: now + if room > 0 { 2 * lease } else { lease },
+                // Whatever this commit claims may wait behind claims ahead
+                // (they start first), so all of it has the longer lease.
+                lease_until: now + if ahead { 2 * lease } else { lease },
                 limit: (permits.len() + room) as u32,
             });
             subs.push(sub);
