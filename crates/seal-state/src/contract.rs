@@ -1308,13 +1308,10 @@ pub async fn outcomes_commit_with_the_next_claims(s: &dyn StateStore) {
     );
     assert_eq!(claimed[1].len(), 3, "the limit holds");
     assert!(claimed[1].iter().all(|c| c.trigger == "mail-orders"));
-    let shown = s.event(first[0].event_id).await.unwrap().unwrap();
-    let d = shown
-        .deliveries
-        .iter()
-        .find(|d| d.trigger == "billing-orders")
-        .unwrap();
-    assert_eq!((d.state, d.history.len()), (DeliveryState::Done, 1));
+    assert_eq!(
+        delivery_of(s, first[0].event_id, "billing-orders").await,
+        (DeliveryState::Done, 1)
+    );
     assert_eq!(
         s.next_due("billing-orders").await.unwrap(),
         Some(200),
@@ -1452,13 +1449,10 @@ pub async fn enqueues_claim_what_they_add(s: &dyn StateStore) {
     }])
     .await
     .unwrap();
-    let shown = s.event(c.event_id).await.unwrap().unwrap();
-    let d = shown
-        .deliveries
-        .iter()
-        .find(|d| d.trigger == "billing-orders")
-        .unwrap();
-    assert_eq!((d.state, d.history.len()), (DeliveryState::Done, 1));
+    assert_eq!(
+        delivery_of(s, c.event_id, "billing-orders").await,
+        (DeliveryState::Done, 1)
+    );
     // A lease that ended makes the other claimed one due again.
     let late = s.claim_due("billing-orders", 500, 900, 10).await.unwrap();
     assert_eq!(
@@ -1519,6 +1513,17 @@ pub async fn cron_ticks_commit_once(s: &dyn StateStore) {
     assert_eq!(runs[0].scheduled_at, 120_000, "newest first");
     assert_eq!(runs[0].status, "interrupted");
     assert_eq!((runs[1].status.as_str(), runs[1].version), ("ok", Some(3)));
+}
+
+/// The state of `trigger`'s delivery of event `id` and its attempts so far.
+async fn delivery_of(s: &dyn StateStore, id: u64, trigger: &str) -> (DeliveryState, usize) {
+    let shown = s.event(id).await.unwrap().unwrap();
+    let d = shown
+        .deliveries
+        .iter()
+        .find(|d| d.trigger == trigger)
+        .unwrap();
+    (d.state, d.history.len())
 }
 
 /// What a claim of `trigger` gets, after waiting up to `within` for at
