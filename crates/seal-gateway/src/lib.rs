@@ -179,6 +179,9 @@ impl Gateway {
             hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
         builder
             .http1()
+            // One buffer, one `send`, per response: a `writev` of head and
+            // body costs the kernel more for an answer this small.
+            .writev(false)
             .timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(self.limits.header_read_timeout);
         let slots = Arc::new(tokio::sync::Semaphore::new(self.limits.max_connections));
@@ -280,7 +283,9 @@ impl Gateway {
             }
         };
         // The function sees the path after `/<function>`.
-        *req.uri_mut() = uri;
+        if let Some(uri) = uri {
+            *req.uri_mut() = uri;
+        }
         let requested = if target_preview {
             route.preview
         } else {
@@ -502,22 +507,36 @@ fn split_preview(host_label: &str) -> (&str, bool) {
     }
 }
 
-/// The URI the function sees: its own path, absolute (wasi:http wants an
-/// authority).
-fn function_uri<B>(req: &Request<B>, path: &str) -> Result<Uri, String> {
+/// The URI the function sees: its own path. `None` when that is the
+/// request's URI as it came (routed by host, origin-form): nothing to
+/// build. wasi:http takes the authority from the `Host` header when the
+/// URI has none; without one (HTTP/1.0) the URI is absolute, on
+/// `localhost`.
+fn function_uri<B>(req: &Request<B>, path: &str) -> Result<Option<Uri>, String> {
+    let invalid = |e: http::Error| format!("invalid request URI: {e}");
+    if req.headers().contains_key(http::header::HOST) {
+        let uri = req.uri();
+        if uri.authority().is_none() && uri.path_and_query().map_or("/", |p| p.as_str()) == path {
+            return Ok(None);
+        }
+        return Uri::builder()
+            .path_and_query(path)
+            .build()
+            .map(Some)
+            .map_err(invalid);
+    }
     let authority = req
-        .headers()
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri().authority().map(|a| a.as_str()))
-        .unwrap_or("localhost")
+        .uri()
+        .authority()
+        .map_or("localhost", |a| a.as_str())
         .to_owned();
     Uri::builder()
         .scheme("http")
         .authority(authority)
         .path_and_query(path)
         .build()
-        .map_err(|e| format!("invalid request URI: {e}"))
+        .map(Some)
+        .map_err(invalid)
 }
 
 /// Answers a connection over the limit with `503`, `retry-after` and a
@@ -629,5 +648,26 @@ mod tests {
         );
         let r = req("hello.staging.localhost", "/x");
         assert!(!resolve(&r, "production").unwrap().preview);
+    }
+
+    #[test]
+    fn the_function_sees_its_own_path_and_an_authority() {
+        let uri_for = |r: &Request<()>| {
+            let t = resolve(r, "production").unwrap();
+            function_uri(r, &t.path).unwrap()
+        };
+        // Routed by host: the request's URI as it came.
+        assert_eq!(uri_for(&req("hello.localhost", "/a/b?x=1")), None);
+        // Routed by path: origin-form, the function's prefix gone; the
+        // authority is the Host header's.
+        let uri = uri_for(&req("127.0.0.1:8080", "/hello/a/b?x=1")).unwrap();
+        assert_eq!(uri.to_string(), "/a/b?x=1");
+        assert_eq!(uri.authority(), None);
+        // Absolute-form: rebuilt (the Host header names the authority).
+        let r = req("hello.localhost", "http://hello.localhost/a");
+        assert_eq!(uri_for(&r).unwrap().to_string(), "/a");
+        // No Host header (HTTP/1.0): absolute, on localhost.
+        let r = Request::builder().uri("/hello/a").body(()).unwrap();
+        assert_eq!(uri_for(&r).unwrap().to_string(), "http://localhost/a");
     }
 }

@@ -114,17 +114,28 @@ impl TraceIds {
 
     /// `traceparent` for the guest: this invocation's span as parent.
     pub fn traceparent(&self) -> String {
-        format!(
-            "00-{}-{}-{:02x}",
-            hex(&self.trace_id),
-            hex(&self.span_id),
-            u8::from(self.sampled)
-        )
+        String::from_utf8_lossy(&self.traceparent_bytes()).into_owned()
+    }
+
+    /// The same, built on the stack (it is written on every request).
+    fn traceparent_bytes(&self) -> [u8; 55] {
+        let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        let _ = hex::encode_to_slice(self.trace_id, &mut out[3..35]);
+        let _ = hex::encode_to_slice(self.span_id, &mut out[36..52]);
+        out[54] = if self.sampled { b'1' } else { b'0' };
+        out
     }
 }
 
 fn hex(bytes: &[u8]) -> String {
     hex::encode(bytes)
+}
+
+/// A trace id in lower-case hex, on the stack.
+fn trace_hex(id: &[u8; 16]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    let _ = hex::encode_to_slice(id, &mut out);
+    out
 }
 
 fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
@@ -157,7 +168,7 @@ pub fn parse_traceparent(v: &str) -> Option<([u8; 16], [u8; 8], bool)> {
 
 /// The invocation's trace context and correlation id, from the caller's
 /// headers or new; a new trace is sampled with probability `ratio`.
-pub fn correlate(headers: &HeaderMap, ratio: f64) -> (TraceIds, String) {
+pub fn correlate(headers: &HeaderMap, ratio: f64) -> (TraceIds, RequestId) {
     let span_id = loop {
         let id: [u8; 8] = rand::random();
         if id != [0; 8] {
@@ -175,7 +186,7 @@ pub fn correlate(headers: &HeaderMap, ratio: f64) -> (TraceIds, String) {
             parent: Some(parent),
             sampled,
         };
-        return (ids, hex(&trace_id));
+        return (ids, RequestId::of_trace(&trace_id));
     }
     let trace_id = loop {
         let id: [u8; 16] = rand::random();
@@ -194,19 +205,42 @@ pub fn correlate(headers: &HeaderMap, ratio: f64) -> (TraceIds, String) {
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|v| !v.is_empty() && v.len() <= 200)
-        .map_or_else(|| hex(&trace_id), str::to_owned);
+        .and_then(|v| {
+            Some(RequestId {
+                header: HeaderValue::from_str(v).ok()?,
+                id: Arc::from(v),
+            })
+        })
+        .unwrap_or_else(|| RequestId::of_trace(&trace_id));
     (ids, request_id)
 }
 
+/// An invocation's correlation id, as text and as a header value (each
+/// made once: both are written on every request).
+#[derive(Debug, Clone)]
+pub struct RequestId {
+    pub id: Arc<str>,
+    pub header: HeaderValue,
+}
+
+impl RequestId {
+    fn of_trace(trace_id: &[u8; 16]) -> Self {
+        let hex = trace_hex(trace_id);
+        let text = std::str::from_utf8(&hex).unwrap_or_default();
+        Self {
+            id: Arc::from(text),
+            header: HeaderValue::from_bytes(&hex).unwrap_or(HeaderValue::from_static("")),
+        }
+    }
+}
+
 /// Sets the headers the guest sees: its parent span and the correlation id.
-pub fn propagate(headers: &mut HeaderMap, ids: &TraceIds, request_id: &str) {
-    if let Ok(v) = HeaderValue::from_str(&ids.traceparent()) {
+pub fn propagate(headers: &mut HeaderMap, ids: &TraceIds, request_id: &RequestId) {
+    if let Ok(v) = HeaderValue::from_bytes(&ids.traceparent_bytes()) {
         headers.insert(TRACEPARENT, v);
     }
-    if !headers.contains_key(&X_REQUEST_ID)
-        && let Ok(v) = HeaderValue::from_str(request_id)
-    {
-        headers.insert(X_REQUEST_ID, v);
+    if !headers.contains_key(&X_REQUEST_ID) {
+        headers.insert(X_REQUEST_ID, request_id.header.clone());
     }
 }
 
@@ -225,7 +259,8 @@ pub struct Invocation {
     pub(crate) request_id: Arc<str>,
     pub(crate) ids: TraceIds,
     pub(crate) method: http::Method,
-    pub(crate) path: String,
+    /// Shared with its log record (one allocation for both).
+    pub(crate) path: Arc<str>,
     pub(crate) arrived: Instant,
     pub(crate) arrived_wall: SystemTime,
     /// Whether the gates judge it.
@@ -284,6 +319,10 @@ impl seal_runtime::Emitter for InvocationEmitter {
     }
 }
 
+fn method_ser<S: serde::Serializer>(m: &http::Method, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(m.as_str())
+}
+
 fn hex_ser<S: serde::Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&hex(bytes))
 }
@@ -296,8 +335,9 @@ pub struct InvocationFields {
     pub trace_id: [u8; 16],
     #[serde(serialize_with = "hex_ser")]
     pub span_id: [u8; 8],
-    pub method: String,
-    pub path: String,
+    #[serde(serialize_with = "method_ser")]
+    pub method: http::Method,
+    pub path: Arc<str>,
     pub status: u16,
     pub duration_ms: f64,
     pub head_ms: Option<f64>,
@@ -426,7 +466,7 @@ impl Invocation {
             opentelemetry::KeyValue::new("seal.instance_prepared", r.prepared),
             opentelemetry::KeyValue::new("seal.request_id", self.request_id.clone()),
             opentelemetry::KeyValue::new("http.request.method", self.method.to_string()),
-            opentelemetry::KeyValue::new("url.path", self.path.clone()),
+            opentelemetry::KeyValue::new("url.path", self.path.to_string()),
             opentelemetry::KeyValue::new("http.response.status_code", i64::from(status)),
             opentelemetry::KeyValue::new("seal.instantiate_us", r.instantiate.as_micros() as i64),
         ];
@@ -479,12 +519,12 @@ impl InvocationObserver for Invocation {
         self.telemetry.logs.push(
             &b.tags,
             None,
-            Payload::Guest(Box::new(GuestFields {
+            Payload::Guest(GuestFields {
                 request_id: self.request_id.clone(),
                 trace_id: self.ids.trace_id,
                 stream: stream.as_str(),
                 message: line.to_owned(),
-            })),
+            }),
         );
     }
 
@@ -561,7 +601,7 @@ impl InvocationObserver for Invocation {
             request_id: self.request_id.clone(),
             trace_id: self.ids.trace_id,
             span_id: self.ids.span_id,
-            method: self.method.as_str().to_owned(),
+            method: self.method.clone(),
             path: self.path.clone(),
             status,
             duration_ms,
@@ -586,7 +626,7 @@ impl InvocationObserver for Invocation {
         };
         self.telemetry
             .logs
-            .push(&b.tags, Some(status), Payload::Invocation(Box::new(fields)));
+            .push(&b.tags, Some(status), Payload::Invocation(fields));
     }
 }
 
@@ -619,14 +659,16 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(X_REQUEST_ID, HeaderValue::from_static("abc-123"));
         let (ids, id) = correlate(&h, 1.0);
-        assert_eq!(id, "abc-123");
+        assert_eq!(&*id.id, "abc-123");
+        assert_eq!(id.header, "abc-123");
         assert_eq!(ids.parent, None);
         h.insert(
             TRACEPARENT,
             HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"),
         );
         let (ids, id) = correlate(&h, 1.0);
-        assert_eq!(id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(&*id.id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(id.header, "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(ids.parent.map(|p| hex(&p)).unwrap(), "00f067aa0ba902b7");
         assert!(!ids.sampled);
         // The guest's parent is this invocation's span, in the same trace.
@@ -634,6 +676,18 @@ mod tests {
         let (t, p, _) = parse_traceparent(&tp).unwrap();
         assert_eq!((t, p), (ids.trace_id, ids.span_id));
         let (ids, id) = correlate(&HeaderMap::new(), 1.0);
-        assert_eq!(id, ids.trace_hex());
+        assert_eq!(&*id.id, ids.trace_hex());
+        assert_eq!(id.header, ids.trace_hex().as_str());
+        let tp = ids.traceparent();
+        assert_eq!(
+            tp,
+            format!("00-{}-{}-01", hex(&ids.trace_id), hex(&ids.span_id)),
+            "sampled at ratio 1"
+        );
+        let unsampled = TraceIds {
+            sampled: false,
+            ..ids
+        };
+        assert!(unsampled.traceparent().ends_with("-00"));
     }
 }

@@ -709,7 +709,7 @@ impl Serving {
     {
         let (ids, request_id) =
             invocation::correlate(req.headers(), self.telemetry.trace_sample_ratio);
-        let request_id_header = HeaderValue::from_str(&request_id).ok();
+        let request_id_header = Some(request_id.header.clone());
         let permit = match self.admission.admit(
             &backend.in_flight,
             backend.function.limits().max_concurrency,
@@ -729,10 +729,10 @@ impl Serving {
             config_revision,
             backend: backend.clone(),
             telemetry: self.telemetry.clone(),
-            request_id: Arc::from(request_id),
+            request_id: request_id.id,
             ids,
             method: req.method().clone(),
-            path: req.uri().path().to_owned(),
+            path: Arc::from(req.uri().path()),
             arrived: started,
             arrived_wall: std::time::SystemTime::now(),
             traffic,

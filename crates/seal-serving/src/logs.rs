@@ -37,8 +37,10 @@ pub struct LogRecord {
 
 #[derive(Debug)]
 pub enum Payload {
-    Invocation(Box<crate::invocation::InvocationFields>),
-    Guest(Box<crate::invocation::GuestFields>),
+    /// Both inline: a record is one allocation (one is written per
+    /// request).
+    Invocation(crate::invocation::InvocationFields),
+    Guest(crate::invocation::GuestFields),
 }
 
 impl LogRecord {
@@ -76,14 +78,14 @@ impl LogRecord {
                 seq,
                 kind,
                 tags,
-                fields: &**f,
+                fields: f,
             }),
             Payload::Guest(f) => serde_json::to_string(&Line {
                 ts,
                 seq,
                 kind,
                 tags,
-                fields: &**f,
+                fields: f,
             }),
         };
         out.unwrap_or_default()
@@ -244,12 +246,12 @@ mod tests {
     }
 
     fn guest_of(message: &str, request_id: &str) -> Payload {
-        Payload::Guest(Box::new(crate::invocation::GuestFields {
+        Payload::Guest(crate::invocation::GuestFields {
             request_id: request_id.into(),
             trace_id: [1; 16],
             stream: "stdout",
             message: message.into(),
-        }))
+        })
     }
 
     #[test]
