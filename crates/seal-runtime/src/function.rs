@@ -168,11 +168,11 @@ impl WarmPool {
     }
 
     /// The most recently used idle instance built with `env`.
-    fn take(&self, env: &[(String, String)]) -> Option<Warm> {
+    fn take(&self, env: &[(String, String)], now: std::time::Instant) -> Option<Warm> {
         let mut idle = self.lock();
-        let i = idle
-            .iter()
-            .rposition(|w| *w.env == *env && w.idle_since.elapsed() < INSTANCE_IDLE)?;
+        let i = idle.iter().rposition(|w| {
+            *w.env == *env && now.saturating_duration_since(w.idle_since) < INSTANCE_IDLE
+        })?;
         let warm = idle.swap_remove(i);
         drop(idle);
         self.budget.give_back(1);
@@ -200,8 +200,8 @@ impl WarmPool {
         }
     }
 
-    fn put_reserved(self: &Arc<Self>, mut warm: Warm, mut place: Reserved, born: u64) {
-        warm.idle_since = std::time::Instant::now();
+    /// (`warm.idle_since` is when it went idle: now.)
+    fn put_reserved(self: &Arc<Self>, warm: Warm, mut place: Reserved, born: u64) {
         {
             let mut idle = self.lock();
             if idle.len() >= MAX_IDLE_INSTANCES || self.generation() != born {
@@ -541,25 +541,28 @@ impl Function {
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
         let cold = self.take_cold();
-        let gate = if observer.deny_outbound() {
-            OutboundGate::new(Arc::from([])).with_events(self.limits.queues.clone(), None)
-        } else {
-            OutboundGate::new(self.limits.outbound_hosts.clone()).with_events(
+        let gate = OutboundGate::for_invocation(
+            if observer.deny_outbound() {
+                Arc::from([])
+            } else {
+                self.limits.outbound_hosts.clone()
+            },
+            (
                 self.limits.queues.clone(),
-                if self.limits.queues.is_empty() {
+                if self.limits.queues.is_empty() || observer.deny_outbound() {
                     None
                 } else {
                     observer.emitter()
                 },
-            )
-        }
-        .with_flags(
-            self.limits.flags.clone(),
-            if self.limits.flags.is_empty() {
-                None
-            } else {
-                observer.flags()
-            },
+            ),
+            (
+                self.limits.flags.clone(),
+                if self.limits.flags.is_empty() {
+                    None
+                } else {
+                    observer.flags()
+                },
+            ),
         );
         // An idle instance of its own when there is one: for a function
         // that declares reuse, one an earlier invocation left (the guest's
@@ -570,7 +573,14 @@ impl Function {
         let shares = observer.shares_instances();
         let reuse = self.limits.instance_reuse.filter(|_| shares);
         let born = self.idle.generation();
-        let warm = if shares { self.idle.take(env) } else { None };
+        // One reading of the clock for the start of the invocation: its
+        // deadline, its report and the idle check.
+        let started = std::time::Instant::now();
+        let warm = if shares {
+            self.idle.take(env, started)
+        } else {
+            None
+        };
         let running = Running::enter(&self.running);
         let (mut store, proxy, outputs, uses) = match warm {
             Some(mut w) => {
@@ -600,7 +610,7 @@ impl Function {
         // cannot starve other requests on its worker thread; once it has
         // computed for long it takes turns in the CPU lane; past the
         // deadline the tick interrupts it instead (a `Trap::Interrupt`).
-        let deadline = std::time::Instant::now() + self.limits.timeout;
+        let deadline = started + self.limits.timeout;
         let mut seat = self.lane.seat();
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |cx| {
@@ -674,20 +684,21 @@ impl Function {
                     peak_memory_bytes: 0,
                     outcome: Err(InvokeError::Timeout(timeout)),
                 }),
-                started: std::time::Instant::now(),
+                started,
                 call_started: None,
+                ended: None,
                 head: head.clone(),
             };
             // The instance comes back with the outcome, for reuse.
             let run = async {
-                let proxy = match proxy {
-                    Some(p) => p,
+                let (proxy, now) = match proxy {
+                    // Ready: the call starts as the invocation does.
+                    Some(p) => (p, started),
                     None => match pre.instantiate_async(&mut store).await {
-                        Ok(p) => p,
+                        Ok(p) => (p, std::time::Instant::now()),
                         Err(e) => return (Err(instantiate_error(e)), None),
                     },
                 };
-                let now = std::time::Instant::now();
                 report.call_started = Some(now);
                 if let Some(r) = report.report.as_mut()
                     && !reused
@@ -701,7 +712,7 @@ impl Function {
                     .map_err(|e| classify(e, store.data().limiter.hit, memory_limit, timeout));
                 (result, Some(proxy))
             };
-            let (result, instance) = match tokio::time::timeout(timeout, run).await {
+            let (result, instance) = match tokio::time::timeout_at(deadline.into(), run).await {
                 Ok(ran) => ran,
                 Err(_elapsed) => (Err(InvokeError::Timeout(timeout)), None),
             };
@@ -747,8 +758,10 @@ impl Function {
                     let detached: Arc<dyn InvocationObserver> = Arc::new(crate::observer::Detached);
                     outputs.0.rebind(detached.clone());
                     outputs.1.rebind(detached);
-                    store.data_mut().outbound = OutboundGate::new(Arc::from([]));
+                    store.data_mut().outbound.detach();
                     store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Continue(1)));
+                    let now = std::time::Instant::now();
+                    report.ended = Some(now);
                     idle.put(
                         Warm {
                             store,
@@ -757,7 +770,7 @@ impl Function {
                             stderr: outputs.1,
                             env: env_kept.clone(),
                             uses,
-                            idle_since: std::time::Instant::now(),
+                            idle_since: now,
                         },
                         born,
                     )
@@ -975,6 +988,8 @@ struct ReportOnDrop {
     report: Option<InvocationReport>,
     started: std::time::Instant,
     call_started: Option<std::time::Instant>,
+    /// When the run ended, if it already read the clock for it.
+    ended: Option<std::time::Instant>,
     head: Arc<HeadSent>,
 }
 
@@ -983,7 +998,10 @@ impl Drop for ReportOnDrop {
         let Some(mut r) = self.report.take() else {
             return;
         };
-        r.total = self.started.elapsed();
+        r.total = self
+            .ended
+            .unwrap_or_else(std::time::Instant::now)
+            .saturating_duration_since(self.started);
         if std::thread::panicking() {
             // Unwinding from a host bug: not the guest's timeout.
             r.outcome = Err(InvokeError::Internal("the invocation panicked".into()));

@@ -57,15 +57,30 @@ impl OutboundGate {
         }
     }
 
-    /// Requests to [`FLAGS_AUTHORITY`] for one of `flags` go to `evaluator`.
-    pub(crate) fn with_flags(
-        mut self,
-        flags: Arc<[String]>,
-        evaluator: Option<Arc<dyn FlagEvaluator>>,
+    /// A gate for one invocation: the hosts it may reach, the queues it
+    /// may publish to and where its events go, the flags it may evaluate
+    /// and what evaluates them (the manifest's lists are shared, nothing
+    /// is allocated).
+    pub(crate) fn for_invocation(
+        allowed: Arc<[HostPattern]>,
+        (queues, emitter): (Arc<[String]>, Option<Arc<dyn Emitter>>),
+        (flags, evaluator): (Arc<[String]>, Option<Arc<dyn FlagEvaluator>>),
     ) -> Self {
-        self.flags = flags;
-        self.evaluator = evaluator;
-        self
+        Self {
+            allowed,
+            queues,
+            emitter,
+            flags,
+            evaluator,
+        }
+    }
+
+    /// Lets go of what belongs to the invocation (where its events go,
+    /// what evaluates its flags): what an idle instance keeps points at
+    /// no invocation. The manifest's lists stay.
+    pub(crate) fn detach(&mut self) {
+        self.emitter = None;
+        self.evaluator = None;
     }
 
     /// An OFREP request, answered here: `POST /ofrep/v1/evaluate/flags/KEY`
@@ -177,6 +192,7 @@ impl OutboundGate {
     }
 
     /// Requests to [`EVENTS_AUTHORITY`] for one of `queues` go to `emitter`.
+    #[cfg(test)]
     pub(crate) fn with_events(
         mut self,
         queues: Arc<[String]>,

@@ -8,7 +8,7 @@
 //! and `x-request-id`; the response carries `x-request-id`.
 
 use crate::Backend;
-use crate::logs::{LogHub, Payload};
+use crate::logs::{LogHub, Payload, RecordText};
 use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
 use opentelemetry::trace::{
@@ -208,7 +208,7 @@ pub fn correlate(headers: &HeaderMap, ratio: f64) -> (TraceIds, RequestId) {
         .and_then(|v| {
             Some(RequestId {
                 header: HeaderValue::from_str(v).ok()?,
-                id: Arc::from(v),
+                id: RecordText::new(v),
             })
         })
         .unwrap_or_else(|| RequestId::of_trace(&trace_id));
@@ -219,7 +219,7 @@ pub fn correlate(headers: &HeaderMap, ratio: f64) -> (TraceIds, RequestId) {
 /// made once: both are written on every request).
 #[derive(Debug, Clone)]
 pub struct RequestId {
-    pub id: Arc<str>,
+    pub id: RecordText,
     pub header: HeaderValue,
 }
 
@@ -228,7 +228,7 @@ impl RequestId {
         let hex = trace_hex(trace_id);
         let text = std::str::from_utf8(&hex).unwrap_or_default();
         Self {
-            id: Arc::from(text),
+            id: RecordText::new(text),
             header: HeaderValue::from_bytes(&hex).unwrap_or(HeaderValue::from_static("")),
         }
     }
@@ -256,13 +256,13 @@ pub struct Invocation {
     /// guest that declares flags: nothing is allocated for the others).
     pub(crate) flags_evaluated: Option<Arc<std::sync::Mutex<Vec<FlagUse>>>>,
     pub(crate) telemetry: Arc<Telemetry>,
-    pub(crate) request_id: Arc<str>,
+    pub(crate) request_id: RecordText,
     pub(crate) ids: TraceIds,
     pub(crate) method: http::Method,
-    /// Shared with its log record (one allocation for both).
-    pub(crate) path: Arc<str>,
+    pub(crate) path: RecordText,
     pub(crate) arrived: Instant,
-    pub(crate) arrived_wall: SystemTime,
+    /// The wall-clock time it arrived, read only for a span (traced).
+    pub(crate) arrived_wall: Option<SystemTime>,
     /// Whether the gates judge it.
     pub(crate) traffic: crate::Traffic,
     /// Its place among the function's requests in flight, freed when the
@@ -328,16 +328,16 @@ fn hex_ser<S: serde::Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> 
 }
 
 /// An invocation's log record, beyond its version's tags.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct InvocationFields {
-    pub request_id: Arc<str>,
+    pub request_id: RecordText,
     #[serde(serialize_with = "hex_ser")]
     pub trace_id: [u8; 16],
     #[serde(serialize_with = "hex_ser")]
     pub span_id: [u8; 8],
     #[serde(serialize_with = "method_ser")]
     pub method: http::Method,
-    pub path: Arc<str>,
+    pub path: RecordText,
     pub status: u16,
     pub duration_ms: f64,
     pub head_ms: Option<f64>,
@@ -428,16 +428,16 @@ impl seal_runtime::FlagEvaluator for Flags {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ErrorField {
     pub kind: &'static str,
     pub message: String,
 }
 
 /// A line the guest wrote.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct GuestFields {
-    pub request_id: Arc<str>,
+    pub request_id: RecordText,
     #[serde(serialize_with = "hex_ser")]
     pub trace_id: [u8; 16],
     pub stream: &'static str,
@@ -450,7 +450,7 @@ fn ms(d: std::time::Duration) -> f64 {
 
 impl Invocation {
     fn span(&self, r: &InvocationReport, status: u16, error: Option<&InvokeError>) {
-        let Some(tracer) = &self.telemetry.tracer else {
+        let (Some(tracer), Some(arrived_wall)) = (&self.telemetry.tracer, self.arrived_wall) else {
             return;
         };
         let b = &self.backend;
@@ -464,7 +464,7 @@ impl Invocation {
             opentelemetry::KeyValue::new("seal.cold_start", r.cold),
             opentelemetry::KeyValue::new("seal.instance_reused", r.reused),
             opentelemetry::KeyValue::new("seal.instance_prepared", r.prepared),
-            opentelemetry::KeyValue::new("seal.request_id", self.request_id.clone()),
+            opentelemetry::KeyValue::new("seal.request_id", self.request_id.to_string()),
             opentelemetry::KeyValue::new("http.request.method", self.method.to_string()),
             opentelemetry::KeyValue::new("url.path", self.path.to_string()),
             opentelemetry::KeyValue::new("http.response.status_code", i64::from(status)),
@@ -483,7 +483,7 @@ impl Invocation {
             .with_kind(SpanKind::Server)
             .with_trace_id(TraceId::from_bytes(self.ids.trace_id))
             .with_span_id(SpanId::from_bytes(self.ids.span_id))
-            .with_start_time(self.arrived_wall)
+            .with_start_time(arrived_wall)
             .with_attributes(attributes)
             .with_status(status);
         let parent = match self.ids.parent {
@@ -502,7 +502,7 @@ impl Invocation {
         };
         let mut span = tracer.build_with_context(builder, &parent);
         use opentelemetry::trace::Span as _;
-        span.end_with_timestamp(self.arrived_wall + self.arrived.elapsed());
+        span.end_with_timestamp(arrived_wall + self.arrived.elapsed());
     }
 }
 
@@ -553,7 +553,7 @@ impl InvocationObserver for Invocation {
                 function: b.function_name.clone(),
                 version: b.version,
                 digest: b.digest.clone(),
-                correlation: self.request_id.clone(),
+                correlation: Arc::from(self.request_id.as_str()),
                 traceparent: self.ids.traceparent(),
             },
         }))

@@ -732,9 +732,13 @@ impl Serving {
             request_id: request_id.id,
             ids,
             method: req.method().clone(),
-            path: Arc::from(req.uri().path()),
+            path: req.uri().path().into(),
             arrived: started,
-            arrived_wall: std::time::SystemTime::now(),
+            arrived_wall: self
+                .telemetry
+                .tracer
+                .is_some()
+                .then(std::time::SystemTime::now),
             traffic,
             _permit: permit,
             events: if backend.function.limits().queues.is_empty() {

@@ -22,9 +22,59 @@ pub struct VersionTags {
     pub digest: String,
 }
 
+/// Text a log record keeps, inline up to 48 bytes (a hex correlation id,
+/// most paths). The ring drops its oldest record on every push, long
+/// after it was written: a record that points at nothing is dropped
+/// without touching (and missing in the cache on) memory elsewhere.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct RecordText(smallvec::SmallVec<[u8; 48]>);
+
+impl RecordText {
+    pub fn new(text: &str) -> Self {
+        Self(smallvec::SmallVec::from_slice(text.as_bytes()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ever made from a `str`.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl std::ops::Deref for RecordText {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl From<&str> for RecordText {
+    fn from(text: &str) -> Self {
+        Self::new(text)
+    }
+}
+
+impl std::fmt::Display for RecordText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for RecordText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl Serialize for RecordText {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 /// One log record. Kept as data: it is turned into its JSON line only
 /// when read, so the request path pays no serialization.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct LogRecord {
     pub seq: u64,
     pub ts_ms: i64,
@@ -35,9 +85,13 @@ pub struct LogRecord {
     pub payload: Payload,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "records live inline in the ring, each slot as large as the largest anyway"
+)]
 pub enum Payload {
-    /// Both inline: a record is one allocation (one is written per
+    /// Both inline: a record holds nothing to free (one is written per
     /// request).
     Invocation(crate::invocation::InvocationFields),
     Guest(crate::invocation::GuestFields),
@@ -159,7 +213,9 @@ impl LogFilter {
 }
 
 pub struct LogHub {
-    ring: Mutex<VecDeque<std::sync::Arc<LogRecord>>>,
+    /// The records themselves, not pointers to them: pushing one writes
+    /// into the slot the oldest leaves.
+    ring: Mutex<VecDeque<LogRecord>>,
     capacity: usize,
     seq: AtomicU64,
     live: broadcast::Sender<std::sync::Arc<LogRecord>>,
@@ -181,20 +237,21 @@ impl LogHub {
 
     /// Adds a record (numbered and timestamped here).
     pub fn push(&self, tags: &std::sync::Arc<VersionTags>, status: Option<u16>, payload: Payload) {
-        let record = std::sync::Arc::new(LogRecord {
+        let record = LogRecord {
             seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
             ts_ms: now_ms(),
             tags: tags.clone(),
             status,
             payload,
-        });
+        };
+        let live = (self.live.receiver_count() > 0).then(|| std::sync::Arc::new(record.clone()));
         if let Ok(mut ring) = self.ring.lock() {
             if ring.len() >= self.capacity {
                 ring.pop_front();
             }
-            ring.push_back(record.clone());
+            ring.push_back(record);
         }
-        if self.live.receiver_count() > 0 {
+        if let Some(record) = live {
             let _ = self.live.send(record);
         }
     }
@@ -209,7 +266,7 @@ impl LogHub {
             .rev()
             .filter(|r| filter.matches(r))
             .take(limit)
-            .cloned()
+            .map(|r| std::sync::Arc::new(r.clone()))
             .collect();
         out.reverse();
         out
@@ -252,6 +309,38 @@ mod tests {
             stream: "stdout",
             message: message.into(),
         })
+    }
+
+    #[test]
+    fn record_text_keeps_short_and_long_text() {
+        let short = RecordText::new("4bf92f3577b34da6a3ce929d0e0e4736");
+        let long_id = "x".repeat(200);
+        let long = RecordText::new(&long_id);
+        assert_eq!(short.as_str(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(long.as_str(), long_id);
+        assert_eq!(RecordText::new("").as_str(), "");
+        assert_eq!(
+            serde_json::to_string(&RecordText::new("/a/\"é\"")).unwrap(),
+            r#""/a/\"é\"""#
+        );
+        // A long correlation id (a caller's x-request-id) still matches.
+        let hub = LogHub::new(2);
+        let tags = std::sync::Arc::new(VersionTags {
+            function: "hello".into(),
+            environment: "production".into(),
+            version: 1,
+            digest: "sha256:x".into(),
+        });
+        hub.push(&tags, None, guest_of("hi", &long_id));
+        let found = hub.query(
+            &LogFilter {
+                correlation: Some(long_id.clone()),
+                ..Default::default()
+            },
+            10,
+        );
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].request_id(), long_id);
     }
 
     #[test]
