@@ -286,12 +286,12 @@ impl Gateway {
         if let Some(uri) = uri {
             *req.uri_mut() = uri;
         }
+        let pin = req.headers().get(&HEADER_PIN);
+        let pin_sent = pin.is_some();
         let requested = if target_preview {
             route.preview
         } else {
-            req.headers()
-                .get(&HEADER_PIN)
-                .and_then(|v| v.to_str().ok())
+            pin.and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<u64>().ok())
         };
         if target_preview && requested.is_none() {
@@ -308,9 +308,10 @@ impl Gateway {
         }
         // A pinned request counts in the gates only with the deployment's
         // preview token, and needs it in a protected environment.
-        let pinned = target_preview || req.headers().contains_key(&HEADER_PIN);
-        let Some(traffic) = route.admit_pin(pinned, req.headers().get(&HEADER_PREVIEW_TOKEN))
-        else {
+        let pinned = target_preview || pin_sent;
+        // The token is the gateway's: the function never sees it.
+        let token = req.headers_mut().remove(&HEADER_PREVIEW_TOKEN);
+        let Some(traffic) = route.admit_pin(pinned, token.as_ref()) else {
             return error_response(
                 StatusCode::FORBIDDEN,
                 "preview_token_required",
@@ -322,7 +323,6 @@ impl Gateway {
                 None,
             );
         };
-        req.headers_mut().remove(&HEADER_PREVIEW_TOKEN);
         let sticky = route
             .sticky_header
             .as_ref()

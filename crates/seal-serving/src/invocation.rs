@@ -166,15 +166,31 @@ pub fn parse_traceparent(v: &str) -> Option<([u8; 16], [u8; 8], bool)> {
     Some((trace, parent, flags & 1 == 1))
 }
 
+/// Random ids for traces and spans: a small fast generator per thread,
+/// seeded from the thread's cryptographic one (ids must be unique and
+/// unpredictable enough to not collide, not secret), as OpenTelemetry's
+/// SDK makes its own.
+fn random_id<const N: usize>() -> [u8; N] {
+    use rand::{Rng, SeedableRng};
+    thread_local! {
+        static IDS: std::cell::RefCell<rand::rngs::SmallRng> =
+            std::cell::RefCell::new(rand::rngs::SmallRng::from_rng(&mut rand::rng()));
+    }
+    IDS.with(|rng| {
+        let mut rng = rng.borrow_mut();
+        loop {
+            let id: [u8; N] = rng.random();
+            if id != [0; N] {
+                return id;
+            }
+        }
+    })
+}
+
 /// The invocation's trace context and correlation id, from the caller's
 /// headers or new; a new trace is sampled with probability `ratio`.
 pub fn correlate(headers: &HeaderMap, ratio: f64) -> (TraceIds, RequestId) {
-    let span_id = loop {
-        let id: [u8; 8] = rand::random();
-        if id != [0; 8] {
-            break id;
-        }
-    };
+    let span_id = random_id::<8>();
     let incoming = headers
         .get(&TRACEPARENT)
         .and_then(|v| v.to_str().ok())
@@ -188,12 +204,7 @@ pub fn correlate(headers: &HeaderMap, ratio: f64) -> (TraceIds, RequestId) {
         };
         return (ids, RequestId::of_trace(&trace_id));
     }
-    let trace_id = loop {
-        let id: [u8; 16] = rand::random();
-        if id != [0; 16] {
-            break id;
-        }
-    };
+    let trace_id = random_id::<16>();
     let ids = TraceIds {
         trace_id,
         span_id,
