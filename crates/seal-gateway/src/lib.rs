@@ -514,7 +514,15 @@ fn split_preview(host_label: &str) -> (&str, bool) {
 /// `localhost`.
 fn function_uri<B>(req: &Request<B>, path: &str) -> Result<Option<Uri>, String> {
     let invalid = |e: http::Error| format!("invalid request URI: {e}");
-    if req.headers().contains_key(http::header::HOST) {
+    // The guest gets `Host` as the authority only when it is one (a
+    // malformed one is refused below, an unreadable one replaced).
+    let host = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok());
+    if let Some(host) = host {
+        http::uri::Authority::try_from(host)
+            .map_err(|e| format!("invalid request URI: invalid Host header: {e}"))?;
         let uri = req.uri();
         if uri.authority().is_none() && uri.path_and_query().map_or("/", |p| p.as_str()) == path {
             return Ok(None);
@@ -525,6 +533,7 @@ fn function_uri<B>(req: &Request<B>, path: &str) -> Result<Option<Uri>, String> 
             .map(Some)
             .map_err(invalid);
     }
+    // No readable `Host`: the URI's own authority, else `localhost`.
     let authority = req
         .uri()
         .authority()
@@ -669,5 +678,21 @@ mod tests {
         // No Host header (HTTP/1.0): absolute, on localhost.
         let r = Request::builder().uri("/hello/a").body(()).unwrap();
         assert_eq!(uri_for(&r).unwrap().to_string(), "http://localhost/a");
+        // A Host that is no authority is refused, however it routes.
+        for bad in ["a b", "a/b", ""] {
+            let r = req(bad, "/hello/a");
+            let err = function_uri(&r, "/a").unwrap_err();
+            assert!(err.contains("invalid Host header"), "{bad:?}: {err}");
+        }
+        // An unreadable Host (not visible ASCII) is replaced by localhost.
+        let r = Request::builder()
+            .uri("/hello/a")
+            .header("host", http::HeaderValue::from_bytes(b"h\xe9").unwrap())
+            .body(())
+            .unwrap();
+        assert_eq!(
+            function_uri(&r, "/a").unwrap().unwrap().to_string(),
+            "http://localhost/a"
+        );
     }
 }

@@ -244,8 +244,13 @@ impl LogHub {
             status,
             payload,
         };
-        let live = (self.live.receiver_count() > 0).then(|| std::sync::Arc::new(record.clone()));
+        let mut live = None;
         if let Ok(mut ring) = self.ring.lock() {
+            // Under the ring's lock: a reader that subscribes, then reads
+            // the ring, finds the record in one or the other.
+            if self.live.receiver_count() > 0 {
+                live = Some(std::sync::Arc::new(record.clone()));
+            }
             if ring.len() >= self.capacity {
                 ring.pop_front();
             }
@@ -256,18 +261,34 @@ impl LogHub {
         }
     }
 
-    /// The newest `limit` records that match, oldest first.
+    /// The newest `limit` records that match, oldest first. Copied out a
+    /// few at a time, the lock let go in between, so a large read does
+    /// not hold up the requests that push.
     pub fn query(&self, filter: &LogFilter, limit: usize) -> Vec<std::sync::Arc<LogRecord>> {
-        let Ok(ring) = self.ring.lock() else {
-            return Vec::new();
-        };
-        let mut out: Vec<_> = ring
-            .iter()
-            .rev()
-            .filter(|r| filter.matches(r))
-            .take(limit)
-            .map(|r| std::sync::Arc::new(r.clone()))
-            .collect();
+        const COPIES_PER_LOCK: usize = 256;
+        let mut out = Vec::new();
+        // Records older than this one are still to be read.
+        let mut before = u64::MAX;
+        while out.len() < limit {
+            let Ok(ring) = self.ring.lock() else {
+                break;
+            };
+            // The ring is in `seq` order.
+            let mut end = ring.partition_point(|r| r.seq < before);
+            let mut copied = 0;
+            while end > 0 && out.len() < limit && copied < COPIES_PER_LOCK {
+                end -= 1;
+                let r = &ring[end];
+                if filter.matches(r) {
+                    out.push(std::sync::Arc::new(r.clone()));
+                    copied += 1;
+                }
+            }
+            if end == 0 {
+                break;
+            }
+            before = ring[end].seq;
+        }
         out.reverse();
         out
     }
@@ -341,6 +362,33 @@ mod tests {
         );
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].request_id(), long_id);
+    }
+
+    #[test]
+    fn a_large_read_is_copied_out_in_parts_and_in_order() {
+        let hub = LogHub::new(1000);
+        let tags = std::sync::Arc::new(VersionTags {
+            function: "hello".into(),
+            environment: "production".into(),
+            version: 1,
+            digest: "sha256:x".into(),
+        });
+        // 1,200 pushed into 1,000 places; every other one a 500.
+        for i in 0..1200u64 {
+            let status = if i % 2 == 0 { 200 } else { 500 };
+            hub.push(&tags, Some(status), guest("hi"));
+        }
+        let all = hub.query(&LogFilter::default(), 10_000);
+        let seqs: Vec<u64> = all.iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, (201..=1200).collect::<Vec<_>>());
+        let errors = LogFilter {
+            status: Some(StatusFilter::Exact(500)),
+            ..Default::default()
+        };
+        // More than one part's worth (256 copies per lock), newest kept.
+        let newest = hub.query(&errors, 300);
+        let seqs: Vec<u64> = newest.iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, (1..=300).map(|k| 600 + 2 * k).collect::<Vec<_>>());
     }
 
     #[test]
