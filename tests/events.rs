@@ -746,7 +746,11 @@ async fn no_event_is_lost_when_the_server_is_killed_during_delivery() {
     assert_eq!(handled_once, 1000);
     assert_eq!(seen.len(), 1000, "every event reached the guest");
     // At least once, and the redeliveries are the kills' in-flight ones.
-    assert!(duplicates <= 3 * 16, "{duplicates} duplicates");
+    // A slot goes on to a delivery claimed ahead before the outcome of
+    // the one it ran is committed, so a kill can catch, per slot of the
+    // 16: the attempt running, the one before it whose outcome waits for
+    // the next commit, and one in the commit under way. Three kills.
+    assert!(duplicates <= 3 * 3 * 16, "{duplicates} duplicates");
 }
 
 /// Enqueues claim what they add for free slots, beside the delivery
