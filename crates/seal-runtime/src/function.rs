@@ -692,8 +692,11 @@ impl Function {
             // The instance comes back with the outcome, for reuse.
             let run = async {
                 let (proxy, now) = match proxy {
-                    // Ready: the call starts as the invocation does.
-                    Some(p) => (p, started),
+                    // Reused: the call starts as the invocation does.
+                    Some(p) if reused => (p, started),
+                    // Made ahead: its "instantiate" is the time from the
+                    // invocation's start to the call, as for one made now.
+                    Some(p) => (p, std::time::Instant::now()),
                     None => match pre.instantiate_async(&mut store).await {
                         Ok(p) => (p, std::time::Instant::now()),
                         Err(e) => return (Err(instantiate_error(e)), None),
