@@ -319,6 +319,16 @@ pub fn rfc3339_ms(ms: i64) -> String {
 mod tests {
     use super::*;
 
+    /// hello@`version` in production.
+    fn tags(version: u64) -> std::sync::Arc<VersionTags> {
+        std::sync::Arc::new(VersionTags {
+            function: "hello".into(),
+            environment: "production".into(),
+            version,
+            digest: "sha256:x".into(),
+        })
+    }
+
     fn guest(message: &str) -> Payload {
         guest_of(message, "r")
     }
@@ -346,12 +356,7 @@ mod tests {
         );
         // A long correlation id (a caller's x-request-id) still matches.
         let hub = LogHub::new(2);
-        let tags = std::sync::Arc::new(VersionTags {
-            function: "hello".into(),
-            environment: "production".into(),
-            version: 1,
-            digest: "sha256:x".into(),
-        });
+        let tags = tags(1);
         hub.push(&tags, None, guest_of("hi", &long_id));
         let found = hub.query(
             &LogFilter {
@@ -367,12 +372,7 @@ mod tests {
     #[test]
     fn a_large_read_is_copied_out_in_parts_and_in_order() {
         let hub = LogHub::new(1000);
-        let tags = std::sync::Arc::new(VersionTags {
-            function: "hello".into(),
-            environment: "production".into(),
-            version: 1,
-            digest: "sha256:x".into(),
-        });
+        let tags = tags(1);
         // 1,200 pushed into 1,000 places; every other one a 500.
         for i in 0..1200u64 {
             let status = if i % 2 == 0 { 200 } else { 500 };
@@ -394,14 +394,6 @@ mod tests {
     #[test]
     fn ring_is_bounded_and_filters() {
         let hub = LogHub::new(3);
-        let tags = |version| {
-            std::sync::Arc::new(VersionTags {
-                function: "hello".into(),
-                environment: "production".into(),
-                version,
-                digest: "sha256:x".into(),
-            })
-        };
         for (v, status) in [(1, 200), (2, 500), (2, 200), (2, 503)] {
             hub.push(&tags(v), Some(status), guest("hi"));
         }
