@@ -27,8 +27,8 @@ use http_body_util::BodyExt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+use wasmtime::Store;
 use wasmtime::component::ResourceTable;
-use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi::WasiCtx;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
@@ -285,6 +285,7 @@ struct Ahead {
     memory_bytes: u64,
     timeout: Duration,
     idle: Arc<WarmPool>,
+    lane: crate::lane::CpuLane,
 }
 
 impl Ahead {
@@ -319,29 +320,24 @@ impl Ahead {
         rt.spawn(async move {
             let _filling = filling;
             let this = &*this;
-            let detached: Arc<dyn InvocationObserver> = Arc::new(crate::observer::Detached);
             let (mut store, stdout, stderr) = new_store(
                 &this.pre,
                 this.memory_bytes,
                 &env,
-                detached,
+                None,
                 OutboundGate::new(Arc::from([])),
+                &this.lane,
             );
             // Instantiation runs guest code (start functions): bounded as
             // an invocation is, yielding at each epoch tick.
-            let deadline = std::time::Instant::now() + this.timeout;
+            store
+                .data_mut()
+                .run_until(std::time::Instant::now() + this.timeout);
             store.set_epoch_deadline(1);
-            store.epoch_deadline_callback(move |_| {
-                Ok(if std::time::Instant::now() >= deadline {
-                    UpdateDeadline::Interrupt
-                } else {
-                    UpdateDeadline::Yield(1)
-                })
-            });
             let made =
                 tokio::time::timeout(this.timeout, this.pre.instantiate_async(&mut store)).await;
             if let Ok(Ok(proxy)) = made {
-                store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Continue(1)));
+                store.data_mut().idle();
                 this.idle.put_reserved(
                     Warm {
                         store,
@@ -370,13 +366,15 @@ impl Drop for Filling {
 }
 
 /// A store for one instance of `pre`, with `env` as its environment
-/// variables and its output told to `observer`; and that output.
+/// variables, its output told to `observer` (none: an instance made
+/// ahead) and its guest code taking turns in `lane`; and that output.
 fn new_store(
     pre: &ProxyPre<Host>,
     memory_bytes: u64,
     env: &[(String, String)],
-    observer: Arc<dyn InvocationObserver>,
+    observer: Option<Arc<dyn InvocationObserver>>,
     outbound: OutboundGate,
+    lane: &crate::lane::CpuLane,
 ) -> (Store<Host>, GuestOutput, GuestOutput) {
     let stdout = GuestOutput::new(GuestStream::Stdout, observer.clone());
     let stderr = GuestOutput::new(GuestStream::Stderr, observer);
@@ -397,9 +395,12 @@ fn new_store(
             table,
             limiter: MemoryLimiter::new(memory_bytes),
             outbound,
+            deadline: None,
+            seat: lane.seat(),
         },
     );
     store.limiter(|h| &mut h.limiter);
+    store.epoch_deadline_callback(crate::host::on_epoch);
     (store, stdout, stderr)
 }
 
@@ -472,6 +473,7 @@ impl Function {
             memory_bytes: limits.memory_bytes,
             timeout: limits.timeout,
             idle: idle.clone(),
+            lane: lane.clone(),
         });
         Self {
             pre: compiled.pre.clone(),
@@ -541,29 +543,27 @@ impl Function {
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
         let cold = self.take_cold();
-        let gate = OutboundGate::for_invocation(
-            if observer.deny_outbound() {
-                Arc::from([])
-            } else {
-                self.limits.outbound_hosts.clone()
-            },
-            (
-                self.limits.queues.clone(),
-                if self.limits.queues.is_empty() || observer.deny_outbound() {
-                    None
-                } else {
-                    observer.emitter()
-                },
-            ),
-            (
-                self.limits.flags.clone(),
-                if self.limits.flags.is_empty() {
-                    None
-                } else {
-                    observer.flags()
-                },
-            ),
-        );
+        // What the invocation's outbound gate lets through: the manifest's
+        // lists (shared with the function, cloned only into a new store),
+        // where its events go and what evaluates its flags.
+        let deny = observer.deny_outbound();
+        let denied: Arc<[seal_artifact::capabilities::HostPattern]>;
+        let allowed = if deny {
+            denied = Arc::from([]);
+            &denied
+        } else {
+            &self.limits.outbound_hosts
+        };
+        let emitter = if self.limits.queues.is_empty() || deny {
+            None
+        } else {
+            observer.emitter()
+        };
+        let evaluator = if self.limits.flags.is_empty() {
+            None
+        } else {
+            observer.flags()
+        };
         // An idle instance of its own when there is one: for a function
         // that declares reuse, one an earlier invocation left (the guest's
         // state stays); otherwise one made ready before the request and
@@ -581,13 +581,20 @@ impl Function {
         } else {
             None
         };
-        let running = Running::enter(&self.running);
+        // Counted only where it decides anything: whether to make the
+        // next instance ahead (a reusing function makes none).
+        let ahead = (shares && self.limits.instance_reuse.is_none()).then(|| self.ahead.clone());
+        let running = ahead.as_ref().map(|_| Running::enter(&self.running));
         let (mut store, proxy, outputs, uses) = match warm {
             Some(mut w) => {
-                w.stdout.rebind(observer.clone());
-                w.stderr.rebind(observer.clone());
+                w.stdout.rebind(Some(observer.clone()));
+                w.stderr.rebind(Some(observer.clone()));
                 let host = w.store.data_mut();
-                host.outbound = gate;
+                host.outbound.attach(
+                    allowed,
+                    (&self.limits.queues, emitter),
+                    (&self.limits.flags, evaluator),
+                );
                 host.limiter.next_invocation();
                 (w.store, Some(w.proxy), (w.stdout, w.stderr), w.uses)
             }
@@ -596,8 +603,13 @@ impl Function {
                     &self.pre,
                     self.limits.memory_bytes,
                     env,
-                    observer.clone(),
-                    gate,
+                    Some(observer.clone()),
+                    OutboundGate::for_invocation(
+                        allowed.clone(),
+                        (self.limits.queues.clone(), emitter),
+                        (self.limits.flags.clone(), evaluator),
+                    ),
+                    &self.lane,
                 );
                 (store, None, (stdout, stderr), 0)
             }
@@ -606,23 +618,11 @@ impl Function {
         // is as fresh as one made now.
         let reused = uses > 0;
         let prepared = proxy.is_some() && !reused;
-        // Every epoch tick the guest yields to the executor, so a busy guest
-        // cannot starve other requests on its worker thread; once it has
-        // computed for long it takes turns in the CPU lane; past the
-        // deadline the tick interrupts it instead (a `Trap::Interrupt`).
+        // The store's epoch callback (`host::on_epoch`) bounds the guest
+        // by this deadline and seats it in the CPU lane.
         let deadline = started + self.limits.timeout;
-        let mut seat = self.lane.seat();
+        store.data_mut().run_until(deadline);
         store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |cx| {
-            Ok(if std::time::Instant::now() >= deadline {
-                UpdateDeadline::Interrupt
-            } else {
-                match seat.tick(cx.data().limiter.grown) {
-                    Some(turn) => UpdateDeadline::YieldCustom(1, turn),
-                    None => UpdateDeadline::Yield(1),
-                }
-            })
-        });
 
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let req = store
@@ -655,12 +655,12 @@ impl Function {
                 }
             })
             .map_err(|e| InvokeError::Internal(format!("{e:#}")))?;
-        let pre = self.pre.clone();
+        // Only an instance made now needs the pre-instantiated component.
+        let pre = proxy.is_none().then(|| self.pre.clone());
         let memory_limit = self.limits.memory_bytes;
         let timeout = self.limits.timeout;
         let idle = self.idle.clone();
         let env_kept = env.clone();
-        let ahead = (shares && self.limits.instance_reuse.is_none()).then(|| self.ahead.clone());
 
         // The guest runs where the caller awaits until its response head is
         // out (no hand-off to another task for an answer that comes at
@@ -691,16 +691,22 @@ impl Function {
             };
             // The instance comes back with the outcome, for reuse.
             let run = async {
-                let (proxy, now) = match proxy {
+                let (proxy, now) = match (proxy, pre) {
                     // Reused: the call starts as the invocation does.
-                    Some(p) if reused => (p, started),
+                    (Some(p), _) if reused => (p, started),
                     // Made ahead: its "instantiate" is the time from the
                     // invocation's start to the call, as for one made now.
-                    Some(p) => (p, std::time::Instant::now()),
-                    None => match pre.instantiate_async(&mut store).await {
+                    (Some(p), _) => (p, std::time::Instant::now()),
+                    (None, Some(pre)) => match pre.instantiate_async(&mut store).await {
                         Ok(p) => (p, std::time::Instant::now()),
                         Err(e) => return (Err(instantiate_error(e)), None),
                     },
+                    (None, None) => {
+                        return (
+                            Err(InvokeError::Internal("no instance to call".into())),
+                            None,
+                        );
+                    }
                 };
                 report.call_started = Some(now);
                 if let Some(r) = report.report.as_mut()
@@ -758,11 +764,11 @@ impl Function {
             let uses = uses + 1;
             match (reuse, instance) {
                 (Some(max), Some(proxy)) if result.is_ok() && head.sent() && uses < max => {
-                    let detached: Arc<dyn InvocationObserver> = Arc::new(crate::observer::Detached);
-                    outputs.0.rebind(detached.clone());
-                    outputs.1.rebind(detached);
-                    store.data_mut().outbound.detach();
-                    store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Continue(1)));
+                    outputs.0.rebind(None);
+                    outputs.1.rebind(None);
+                    let host = store.data_mut();
+                    host.outbound.detach();
+                    host.idle();
                     let now = std::time::Instant::now();
                     report.ended = Some(now);
                     idle.put(
@@ -785,7 +791,7 @@ impl Function {
             // running), the next request's instance is made now, off its
             // path; at saturation none is, as it would only move the same
             // work around.
-            if running.leave() == 0
+            if running.is_some_and(|r| r.leave() == 0)
                 && !matches!(result, Err(InvokeError::Overloaded(_)))
                 && let Some(ahead) = ahead
             {

@@ -59,25 +59,36 @@ impl CpuLane {
         self.size - self.permits.available_permits()
     }
 
-    /// What one invocation holds of the lane.
+    /// What one store holds of the lane: a seat, reset for each
+    /// invocation it runs.
     pub(crate) fn seat(&self) -> Seat {
         Seat {
             lane: self.clone(),
             ticks: 0,
-            held: Arc::new(std::sync::Mutex::new(None)),
+            held: None,
         }
     }
 }
 
-/// One invocation's place in the lane: how long it has run, and the permit
-/// of its current slice while it is heavy.
+/// One store's place in the lane: how long its invocation has run, and the
+/// permit of its current slice while it is heavy. It lives in the store
+/// (made once with it), so an invocation costs the lane no allocation
+/// and touches no shared count until it is heavy.
 pub(crate) struct Seat {
     lane: CpuLane,
     ticks: u32,
-    held: Arc<std::sync::Mutex<Option<OwnedSemaphorePermit>>>,
+    /// Made the first time the invocation is heavy.
+    held: Option<Arc<std::sync::Mutex<Option<OwnedSemaphorePermit>>>>,
 }
 
 impl Seat {
+    /// A new invocation starts light; a permit an earlier one held is
+    /// given back.
+    pub(crate) fn reset(&mut self) {
+        self.ticks = 0;
+        self.held = None;
+    }
+
     /// At an epoch tick: `None` while the guest is light (a plain yield);
     /// once heavy, the future to yield on, which gives up the slice's
     /// permit and waits for the next one.
@@ -88,7 +99,7 @@ impl Seat {
         if self.ticks <= LIGHT_TICKS && grown <= LIGHT_GROWTH {
             return None;
         }
-        let held = self.held.clone();
+        let held = self.held.get_or_insert_default().clone();
         let permits = self.lane.permits.clone();
         Some(Box::pin(async move {
             // Give the slice up first, so a waiting guest can have it.

@@ -113,14 +113,3 @@ pub trait FlagEvaluator: Send + Sync {
         context: &serde_json::Value,
     ) -> (http::StatusCode, serde_json::Value);
 }
-
-/// Told nothing: what an idle instance's output and outbound gate point at
-/// between invocations, so it holds nothing of the last one (its
-/// admission permit, its event sender, its flags).
-pub(crate) struct Detached;
-
-impl InvocationObserver for Detached {
-    fn guest_output(&self, _stream: GuestStream, _line: &str) {}
-    fn late_failure(&self, _error: &InvokeError) {}
-    fn finished(&self, _report: InvocationReport) {}
-}

@@ -75,6 +75,28 @@ impl OutboundGate {
         }
     }
 
+    /// Points a kept instance's gate at its next invocation. The lists are
+    /// the function's, which the gate holds already after its first
+    /// invocation: each is replaced only when it differs (an instance made
+    /// ahead, a replay's refused hosts), so a reuse touches no shared count.
+    pub(crate) fn attach(
+        &mut self,
+        allowed: &Arc<[HostPattern]>,
+        (queues, emitter): (&Arc<[String]>, Option<Arc<dyn Emitter>>),
+        (flags, evaluator): (&Arc<[String]>, Option<Arc<dyn FlagEvaluator>>),
+    ) {
+        fn keep<T: ?Sized>(held: &mut Arc<T>, wanted: &Arc<T>) {
+            if !Arc::ptr_eq(held, wanted) {
+                *held = wanted.clone();
+            }
+        }
+        keep(&mut self.allowed, allowed);
+        keep(&mut self.queues, queues);
+        keep(&mut self.flags, flags);
+        self.emitter = emitter;
+        self.evaluator = evaluator;
+    }
+
     /// Lets go of what belongs to the invocation (where its events go,
     /// what evaluates its flags): what an idle instance keeps points at
     /// no invocation. The manifest's lists stay.

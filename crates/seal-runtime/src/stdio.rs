@@ -42,7 +42,9 @@ const MAX_OUTPUT: usize = 1 << 20;
 
 struct LineBuffer {
     stream: GuestStream,
-    observer: Arc<dyn InvocationObserver>,
+    /// The invocation the lines belong to; none while the instance is
+    /// idle (made ahead, or kept for reuse), so it holds nothing of one.
+    observer: Option<Arc<dyn InvocationObserver>>,
     partial: Vec<u8>,
     written: usize,
     truncated: bool,
@@ -56,15 +58,18 @@ impl LineBuffer {
         self.written += bytes.len();
         if self.written > MAX_OUTPUT {
             self.truncated = true;
-            self.observer.guest_output(
-                self.stream,
-                &format!("[seal: output truncated after {} bytes]", MAX_OUTPUT),
-            );
+            if let Some(o) = &self.observer {
+                o.guest_output(
+                    self.stream,
+                    &format!("[seal: output truncated after {} bytes]", MAX_OUTPUT),
+                );
+            }
             return;
         }
-        let line = String::from_utf8_lossy(bytes);
-        self.observer
-            .guest_output(self.stream, line.trim_end_matches('\r'));
+        if let Some(o) = &self.observer {
+            let line = String::from_utf8_lossy(bytes);
+            o.guest_output(self.stream, line.trim_end_matches('\r'));
+        }
     }
 
     fn write(&mut self, mut buf: &[u8]) {
@@ -97,7 +102,7 @@ impl Drop for LineBuffer {
 }
 
 impl GuestOutput {
-    pub(crate) fn new(stream: GuestStream, observer: Arc<dyn InvocationObserver>) -> Self {
+    pub(crate) fn new(stream: GuestStream, observer: Option<Arc<dyn InvocationObserver>>) -> Self {
         Self {
             inner: Arc::new(std::sync::Mutex::new(LineBuffer {
                 stream,
@@ -123,9 +128,10 @@ impl GuestOutput {
         }
     }
 
-    /// Points a reused instance's output at the next invocation, with
-    /// that invocation's own output budget.
-    pub(crate) fn rebind(&self, observer: Arc<dyn InvocationObserver>) {
+    /// Points a reused instance's output at the next invocation (`None`:
+    /// at none, while it is idle), with that invocation's own output
+    /// budget.
+    pub(crate) fn rebind(&self, observer: Option<Arc<dyn InvocationObserver>>) {
         if let Ok(mut b) = self.inner.lock() {
             b.observer = observer;
             b.partial.clear();
@@ -211,7 +217,7 @@ mod tests {
 
     fn output(stream: GuestStream) -> (Arc<Recorder>, GuestOutput) {
         let rec = Arc::new(Recorder::default());
-        let out = GuestOutput::new(stream, rec.clone());
+        let out = GuestOutput::new(stream, Some(rec.clone()));
         (rec, out)
     }
 
