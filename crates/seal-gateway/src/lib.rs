@@ -203,13 +203,26 @@ impl Gateway {
                 tokio::spawn(refuse(stream));
                 continue;
             };
-            let gateway = self.clone();
+            // One copy of the gateway per connection: a request clones the
+            // connection's own `Arc` (a count no other connection's thread
+            // writes), not the gateway's parts.
+            let gateway = Arc::new(self.clone());
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let gateway = gateway.clone();
                 async move {
                     use hyper::body::Body as _;
                     let had_body = !req.body().is_end_stream();
                     let mut resp = gateway.handle(req).await;
+                    // The answer is written once the requests already
+                    // waiting on this worker have been served: under load
+                    // the answers leave in bursts, so a client on the same
+                    // host (a proxy, a load generator) wakes once per burst
+                    // rather than once per answer, and this worker finds
+                    // its next requests waiting instead of sleeping between
+                    // them. Alone, a request waits for one non-blocking
+                    // poll of the sockets. bench/RESULTS.md, "Answers in
+                    // bursts".
+                    tokio::task::yield_now().await;
                     // The gateway's own error answers come before (or
                     // instead of) reading the request body; hyper then
                     // closes the connection, so the answer says so, or a
