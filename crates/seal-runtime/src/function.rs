@@ -759,8 +759,8 @@ impl Function {
             // An answer that never came (no head, an error code) is a
             // failure too. Idle, it holds nothing of this invocation: its
             // output and gate point nowhere (the invocation, its admission
-            // permit, its event sender and flags are let go) and its CPU
-            // lane seat goes with the epoch callback.
+            // permit, its event sender and flags are let go), it has no
+            // deadline, and its CPU-lane seat has given back any permit.
             let uses = uses + 1;
             match (reuse, instance) {
                 (Some(max), Some(proxy)) if result.is_ok() && head.sent() && uses < max => {

@@ -113,3 +113,28 @@ impl Seat {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store's seat outlives its invocations: once reset for the next
+    /// one, the permit the last one held is back in the lane and the new
+    /// invocation starts light.
+    #[tokio::test]
+    async fn a_reset_seat_gives_its_permit_back_and_starts_light() {
+        let lane = CpuLane::with_size(1);
+        let mut seat = lane.seat();
+        for _ in 0..LIGHT_TICKS {
+            assert!(seat.tick(0).is_none(), "light for {LIGHT_TICKS} ticks");
+        }
+        seat.tick(0).expect("heavy past its light ticks").await;
+        assert_eq!(lane.running(), 1, "the heavy guest holds the lane");
+
+        seat.reset();
+        assert_eq!(lane.running(), 0, "the permit is given back");
+        assert!(seat.tick(0).is_none(), "the next invocation starts light");
+        // Growing memory past the light budget makes it heavy at once.
+        assert!(seat.tick(LIGHT_GROWTH + 1).is_some());
+    }
+}

@@ -113,6 +113,45 @@ async fn an_instance_serves_its_uses_then_a_fresh_one_and_a_trap_discards_it() {
     }
 }
 
+/// A kept instance's seat in the CPU lane is its store's: a guest that
+/// went heavy and ended cleanly gives its permit back before the instance
+/// goes idle (else the lane's one permit would stay with an idle instance
+/// and every heavy guest after it would wait until its timeout), and its
+/// next invocation starts light, with a deadline of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_instance_holds_no_lane_permit_and_each_use_has_its_own_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let lane = seal_runtime::CpuLane::with_size(1);
+    let rt = runtime(&dir, 16).with_cpu_lane(lane.clone());
+    let wasm = std::fs::read(guests::guest("counter")).unwrap();
+    let mut l = limits(Some(10));
+    l.timeout = Duration::from_millis(400);
+    let (f, _) = rt.prepare("counter", None, || Ok(wasm), l).unwrap();
+    let obs = Arc::new(Reports::default());
+
+    // 150 ms of computing: heavy past 50 ms, in the lane until it ends.
+    assert_eq!(call(&f, "/spin/150", obs.clone()).await, Ok(1));
+    reports(&obs, 1).await;
+    assert_eq!(lane.running(), 0, "an idle instance holds no permit");
+    // A second heavy use of the same instance gets the permit again.
+    assert_eq!(call(&f, "/spin/150", obs.clone()).await, Ok(2));
+    reports(&obs, 2).await;
+    assert_eq!(lane.running(), 0);
+    // Each use's deadline is its own (400 ms from its start, not from
+    // the instance's first use): a third 150 ms use still fits, and one
+    // that computes past it is a timeout of its own.
+    assert_eq!(call(&f, "/spin/150", obs.clone()).await, Ok(3));
+    assert_eq!(
+        call(&f, "/spin/2000", obs.clone()).await,
+        Err("timeout".into())
+    );
+    let r = reports(&obs, 4).await;
+    assert!(r[1].reused && r[2].reused && r[3].reused, "one instance");
+    assert_eq!(lane.running(), 0, "a timed-out guest gives its permit back");
+    // The timed-out instance is discarded: the next request gets a fresh one.
+    assert_eq!(call(&f, "/", obs.clone()).await, Ok(1));
+}
+
 /// Idle instances hold pool slots: all functions together keep at most a
 /// quarter of the pool idle (here 4 slots: one).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
