@@ -57,6 +57,9 @@ pub struct Gateway {
     /// Where producers' events posted to the gateway go, when the server
     /// set it (the gateway knows no queue).
     ingest: std::sync::OnceLock<Arc<dyn EventIngest>>,
+    /// The CPU lane the guests it serves take turns in, when the server
+    /// set it: while a heavy guest runs, answers are written at once.
+    lane: std::sync::OnceLock<seal_runtime::CpuLane>,
 }
 
 /// Takes the events a producer posts to
@@ -95,7 +98,20 @@ impl Gateway {
             default_environment: default_environment.to_owned(),
             limits,
             ingest: std::sync::OnceLock::new(),
+            lane: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Tells the gateway the CPU lane of the runtime behind it.
+    pub fn set_cpu_lane(&self, lane: seal_runtime::CpuLane) {
+        let _ = self.lane.set(lane);
+    }
+
+    /// Whether an answer may wait for the requests queued behind it on
+    /// its worker: not while a heavy guest runs, since one of them could
+    /// be a whole epoch tick of guest code ahead of the answer.
+    fn answers_may_wait(&self) -> bool {
+        self.lane.get().is_none_or(|l| l.running() == 0)
     }
 
     /// Lets producers post events to the gateway, handed to `ingest`.
@@ -203,9 +219,9 @@ impl Gateway {
                 tokio::spawn(refuse(stream));
                 continue;
             };
-            // One copy of the gateway per connection: a request clones the
-            // connection's own `Arc` (a count no other connection's thread
-            // writes), not the gateway's parts.
+            // A handle per connection: a request clones the connection's
+            // own `Arc` (a count only this connection's task writes), not
+            // the gateway's, which every connection's thread would write.
             let gateway = Arc::new(self.clone());
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let gateway = gateway.clone();
@@ -214,15 +230,17 @@ impl Gateway {
                     let had_body = !req.body().is_end_stream();
                     let mut resp = gateway.handle(req).await;
                     // The answer is written once the requests already
-                    // waiting on this worker have been served: under load
-                    // the answers leave in bursts, so a client on the same
-                    // host (a proxy, a load generator) wakes once per burst
-                    // rather than once per answer, and this worker finds
-                    // its next requests waiting instead of sleeping between
-                    // them. Alone, a request waits for one non-blocking
-                    // poll of the sockets. bench/RESULTS.md, "Answers in
-                    // bursts".
-                    tokio::task::yield_now().await;
+                    // waiting on this worker have had their turn: under
+                    // load the answers leave in bursts, so a client on the
+                    // same host (a proxy, a load generator) wakes once per
+                    // burst rather than once per answer, and this worker
+                    // finds its next requests waiting instead of sleeping
+                    // between them. Alone, a request goes on at once; while
+                    // a heavy guest runs, every answer does.
+                    // bench/RESULTS.md, "Answers in bursts".
+                    if gateway.answers_may_wait() {
+                        BehindQueued(false).await;
+                    }
                     // The gateway's own error answers come before (or
                     // instead of) reading the request body; hyper then
                     // closes the connection, so the answer says so, or a
@@ -617,6 +635,30 @@ fn error_response(
         b.stamp(resp.headers_mut());
     }
     resp
+}
+
+/// Resolves on its second poll, having woken its own task on the first:
+/// the task goes to the back of its worker's run queue, behind the tasks
+/// already waiting there (requests that arrived with this one), and runs
+/// again once they have had their turn. (Tokio's `yield_now` instead
+/// waits until the worker parks or polls its sockets, which a worker busy
+/// with long guest slices may not do for dozens of tasks.)
+struct BehindQueued(bool);
+
+impl Future for BehindQueued {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.0 {
+            return std::task::Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    }
 }
 
 #[cfg(test)]

@@ -742,6 +742,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         &config.default_environment,
         config.gateway.limits,
     );
+    gateway.set_cpu_lane(runtime.cpu_lane().clone());
     let queues = match &config.events {
         Some(url) => Some(nats_queues(url, state.clone()).await?),
         None => None,
