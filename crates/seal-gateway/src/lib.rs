@@ -665,6 +665,31 @@ impl Future for BehindQueued {
 mod tests {
     use super::*;
 
+    /// Going behind the queued tasks is one wake of its own task and one
+    /// more poll: no timer, no wait for the worker to park.
+    #[test]
+    fn behind_queued_wakes_its_task_once_then_resolves() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::task::{Context, Poll, Wake, Waker};
+        struct Wakes(AtomicUsize);
+        impl Wake for Wakes {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let wakes = Arc::new(Wakes(AtomicUsize::new(0)));
+        let waker = Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut behind = BehindQueued(false);
+        assert_eq!(std::pin::Pin::new(&mut behind).poll(&mut cx), Poll::Pending);
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "woken to the queue");
+        assert_eq!(
+            std::pin::Pin::new(&mut behind).poll(&mut cx),
+            Poll::Ready(())
+        );
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "and no more");
+    }
+
     fn req(host: &str, path: &str) -> Request<()> {
         Request::builder()
             .uri(path)
