@@ -120,6 +120,14 @@ impl Runtime {
             .pagemap_scan(Enabled::Auto);
         let mut cfg = Config::new();
         cfg.wasm_component_model(true).epoch_interruption(true);
+        // Seal serves wasi:http/proxy 0.2 (and runs its guests' event and
+        // cron handlers through the same world): nothing it links is a
+        // concurrent (component-model async) host function. Without the
+        // concurrency runtime, a call enters the guest on its fiber
+        // directly and a host call does not create and delete a host task
+        // in the store's task table; components that use the async ABI are
+        // refused at publish, with wasmtime's error.
+        cfg.concurrency_support(false);
         let mut pooled = cfg.clone();
         pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         // The pool reserves address space for every slot up front; where the
@@ -367,6 +375,29 @@ mod tests {
         assert!(f.load_timings().from_cache);
         assert!(!asked.get());
         assert_eq!(counts(&rt), (1, 1));
+    }
+
+    /// The engine runs without wasmtime's concurrency runtime (see
+    /// `Runtime::new`): a component that uses the component model's async
+    /// ABI is refused when it is compiled, with an error that says why.
+    #[test]
+    fn a_component_using_the_async_abi_is_refused_at_compile() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime(&dir);
+        let wat = r#"(component
+            (core func $inc (canon backpressure.inc))
+            (core module $m (import "" "inc" (func)))
+            (core instance (instantiate $m (with "" (instance (export "inc" (func $inc))))))
+        )"#;
+        let err = rt.compile("async", wat.as_bytes()).unwrap_err().to_string();
+        assert!(
+            err.contains("concurrency") || err.contains("async"),
+            "{err}"
+        );
+        assert_eq!(counts(&rt), (0, 0));
+        // A component of the proxy world compiles on the same engine.
+        rt.compile("proxy", &proxy(RETURNS)).unwrap();
+        assert_eq!(counts(&rt), (1, 0));
     }
 
     /// Functions made of one component share its compiled form: while one
