@@ -624,6 +624,9 @@ impl Function {
         store.data_mut().run_until(deadline);
         store.set_epoch_deadline(1);
 
+        // Set by the epoch callback once the guest is heavy: its run then
+        // moves to the heavy executor (see `Migrating`).
+        let heavy = store.data().seat.heavy();
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let req = store
             .data_mut()
@@ -808,7 +811,10 @@ impl Function {
         // has gone (its connection closed): the guest's failures from then
         // on are not its own, and its run goes on in a task.
         let mut run = Detach {
-            run: Some(run),
+            run: Some(Migrating {
+                run: Some(Where::Here(run)),
+                heavy,
+            }),
             rt: tokio::runtime::Handle::try_current().ok(),
         };
         let mut receiver = receiver;
@@ -851,7 +857,7 @@ enum Step {
 /// dropped unfinished (the head is out and the body still streams, or the
 /// caller went away), the rest runs in a task of its own.
 struct Detach {
-    run: Option<Run>,
+    run: Option<Migrating>,
     /// Where the rest runs (the caller's runtime, wherever it is dropped).
     rt: Option<tokio::runtime::Handle>,
 }
@@ -867,7 +873,7 @@ impl Detach {
     ) -> std::task::Poll<Step> {
         use std::task::Poll;
         if let Some(run) = self.run.as_mut()
-            && let Poll::Ready(result) = run.as_mut().poll(cx)
+            && let Poll::Ready(result) = std::pin::Pin::new(run).poll(cx)
         {
             self.run = None;
             return Poll::Ready(Step::Ran(result));
@@ -879,7 +885,7 @@ impl Detach {
         let Some(run) = self.run.as_mut() else {
             return Err(InvokeError::Internal("the run was already over".into()));
         };
-        let result = run.as_mut().await;
+        let result = run.await;
         self.run = None;
         result
     }
@@ -887,8 +893,83 @@ impl Detach {
 
 impl Drop for Detach {
     fn drop(&mut self) {
-        if let (Some(run), Some(rt)) = (self.run.take(), self.rt.as_ref()) {
-            rt.spawn(run);
+        match (self.run.take(), self.rt.as_ref()) {
+            // Already a task of its own on the heavy executor: it goes on.
+            (
+                Some(Migrating {
+                    run: Some(Where::Moved(_)),
+                    ..
+                }),
+                _,
+            ) => {}
+            (Some(run), Some(rt)) => {
+                rt.spawn(run);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A guest's run that moves to the heavy executor
+/// ([`crate::lane::heavy_executor`]) at the first yield after the guest
+/// turned heavy, and from then on is awaited there: the workers serving
+/// light requests are not the threads heavy guests compute on.
+struct Migrating {
+    run: Option<Where>,
+    heavy: Arc<std::sync::atomic::AtomicBool>,
+}
+
+enum Where {
+    /// Polled by whoever polls this (the caller, or the task it left).
+    Here(Run),
+    /// A task on the heavy executor.
+    Moved(tokio::task::JoinHandle<Result<(), InvokeError>>),
+}
+
+impl Future for Migrating {
+    type Output = Result<(), InvokeError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        use std::task::Poll;
+        loop {
+            match self.run.as_mut() {
+                None => {
+                    return Poll::Ready(Err(InvokeError::Internal(
+                        "the run was already over".into(),
+                    )));
+                }
+                Some(Where::Here(run)) => {
+                    if let Poll::Ready(result) = run.as_mut().poll(cx) {
+                        self.run = None;
+                        return Poll::Ready(result);
+                    }
+                    if !self.heavy.load(std::sync::atomic::Ordering::Relaxed)
+                        || crate::lane::on_heavy_executor()
+                    {
+                        return Poll::Pending;
+                    }
+                    let Some(executor) = crate::lane::heavy_executor() else {
+                        return Poll::Pending;
+                    };
+                    let Some(Where::Here(run)) = self.run.take() else {
+                        unreachable!("matched above");
+                    };
+                    // The rest of the run is a task there; this awaits it.
+                    self.run = Some(Where::Moved(executor.spawn(run)));
+                }
+                Some(Where::Moved(task)) => {
+                    let ended = std::task::ready!(std::pin::Pin::new(task).poll(cx));
+                    self.run = None;
+                    return Poll::Ready(ended.unwrap_or_else(|_| {
+                        Err(InvokeError::Internal(
+                            "the invocation's run was cancelled".into(),
+                        ))
+                    }));
+                }
+            }
         }
     }
 }

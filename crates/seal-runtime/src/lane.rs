@@ -13,9 +13,72 @@
 //! least one). The others wait on the lane, using no CPU, in FIFO order; a
 //! light request (most of them: ~1 ms) never touches it, so it always has
 //! a worker the heavy ones cannot all take.
+//!
+//! A heavy guest's run also moves, at its next yield, off the server's
+//! workers to the [`heavy_executor`]: threads of their own (one fewer than
+//! the cores, at least one) at a lower scheduling priority (nice
+//! [`HEAVY_NICE`]). The kernel then gives the workers serving light
+//! requests, and a client or proxy on the same host, the CPU first; a
+//! heavy guest computes on what they leave, which is all of it when they
+//! are idle.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// The nice value of the heavy executor's threads (0 is the default; 19
+/// the lowest priority). At 10 a heavy thread weighs about a tenth of a
+/// worker when both want a core.
+pub const HEAVY_NICE: i32 = 10;
+
+/// Where heavy guests run once they are heavy: a multi-threaded executor
+/// of its own, one thread fewer than the cores (at least one), each at
+/// nice [`HEAVY_NICE`]; made the first time it is asked for, and for the
+/// life of the process. `None` if it could not be made (the guests then
+/// stay where they are).
+pub(crate) fn heavy_executor() -> Option<&'static tokio::runtime::Handle> {
+    static HEAVY: std::sync::OnceLock<Option<tokio::runtime::Runtime>> = std::sync::OnceLock::new();
+    HEAVY
+        .get_or_init(|| {
+            let threads = std::thread::available_parallelism()
+                .map_or(1, usize::from)
+                .saturating_sub(1)
+                .max(1);
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads)
+                .thread_name("seal-heavy")
+                .on_thread_start(|| {
+                    ON_HEAVY.set(true);
+                    lower_this_threads_priority();
+                })
+                .enable_time()
+                .build()
+                .map_err(|e| tracing::warn!(error = %e, "no executor for heavy guests; they stay on the workers"))
+                .ok()
+        })
+        .as_ref()
+        .map(|rt| rt.handle())
+}
+
+thread_local! {
+    static ON_HEAVY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the calling thread is one of the heavy executor's.
+pub(crate) fn on_heavy_executor() -> bool {
+    ON_HEAVY.get()
+}
+
+/// Lowers the calling thread's scheduling priority to [`HEAVY_NICE`]
+/// (Linux: a nice value is a thread's own). Raising a nice value needs no
+/// privilege; where it fails the thread runs at the default priority.
+fn lower_this_threads_priority() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), HEAVY_NICE)
+    {
+        tracing::debug!(error = %e, "could not lower a heavy-guest thread's priority");
+    }
+}
 
 /// What a heavy guest yields on.
 pub(crate) type YieldOn = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
@@ -66,6 +129,7 @@ impl CpuLane {
             lane: self.clone(),
             ticks: 0,
             held: None,
+            heavy: Arc::default(),
         }
     }
 }
@@ -79,6 +143,9 @@ pub(crate) struct Seat {
     ticks: u32,
     /// Made the first time the invocation is heavy.
     held: Option<Arc<std::sync::Mutex<Option<OwnedSemaphorePermit>>>>,
+    /// Whether the invocation running now is heavy: read by its run, which
+    /// then moves to the [`heavy_executor`].
+    heavy: Arc<AtomicBool>,
 }
 
 impl Seat {
@@ -87,6 +154,12 @@ impl Seat {
     pub(crate) fn reset(&mut self) {
         self.ticks = 0;
         self.held = None;
+        self.heavy.store(false, Ordering::Relaxed);
+    }
+
+    /// Set while the invocation running now is heavy.
+    pub(crate) fn heavy(&self) -> Arc<AtomicBool> {
+        self.heavy.clone()
     }
 
     /// At an epoch tick: `None` while the guest is light (a plain yield);
@@ -99,6 +172,7 @@ impl Seat {
         if self.ticks <= LIGHT_TICKS && grown <= LIGHT_GROWTH {
             return None;
         }
+        self.heavy.store(true, Ordering::Relaxed);
         let held = self.held.get_or_insert_default().clone();
         let permits = self.lane.permits.clone();
         Some(Box::pin(async move {

@@ -45,7 +45,7 @@ mod testing;
 pub use engine::{ComponentSource, EPOCH_TICK, Loader, Runtime, RuntimeConfig, RuntimeStats};
 pub use error::{InvokeError, Result, RuntimeError};
 pub use function::{Env, Function, LoadTimings, full_body};
-pub use lane::{CpuLane, LIGHT_GROWTH, LIGHT_TICKS};
+pub use lane::{CpuLane, HEAVY_NICE, LIGHT_GROWTH, LIGHT_TICKS};
 pub use limits::FunctionLimits;
 pub use observer::{
     EVENTS_AUTHORITY, Emitter, FLAGS_AUTHORITY, FlagEvaluator, InvocationObserver, InvocationReport,
