@@ -774,18 +774,22 @@ impl Function {
                     host.idle();
                     let now = std::time::Instant::now();
                     report.ended = Some(now);
-                    idle.put(
-                        Warm {
-                            store,
-                            proxy,
-                            stdout: outputs.0,
-                            stderr: outputs.1,
-                            env: env_kept.clone(),
-                            uses,
-                            idle_since: now,
-                        },
-                        born,
-                    )
+                    // (Its reaper, if it starts one, runs where the
+                    // invocation came from, not on the heavy executor.)
+                    crate::lane::on_home(|| {
+                        idle.put(
+                            Warm {
+                                store,
+                                proxy,
+                                stdout: outputs.0,
+                                stderr: outputs.1,
+                                env: env_kept.clone(),
+                                uses,
+                                idle_since: now,
+                            },
+                            born,
+                        )
+                    })
                 }
                 _ => drop(store),
             }
@@ -798,7 +802,7 @@ impl Function {
                 && !matches!(result, Err(InvokeError::Overloaded(_)))
                 && let Some(ahead) = ahead
             {
-                ahead.prepare(&env_kept, false);
+                crate::lane::on_home(|| ahead.prepare(&env_kept, false));
             }
             result
         });
@@ -958,7 +962,14 @@ impl Future for Migrating {
                         unreachable!("matched above");
                     };
                     // The rest of the run is a task there; this awaits it.
-                    self.run = Some(Where::Moved(executor.spawn(run)));
+                    // What it starts at its end (the next instance made
+                    // ahead, an idle reaper) goes back to the runtime it
+                    // came from (`lane::on_home`). Its timeout's timer
+                    // stays that runtime's too: it was made there.
+                    let home = tokio::runtime::Handle::try_current().ok();
+                    self.run = Some(Where::Moved(
+                        executor.spawn(crate::lane::moved_from(home, run)),
+                    ));
                 }
                 Some(Where::Moved(task)) => {
                     let ended = std::task::ready!(std::pin::Pin::new(task).poll(cx));

@@ -51,13 +51,42 @@ pub(crate) fn heavy_executor() -> Option<&'static tokio::runtime::Handle> {
                     ON_HEAVY.set(true);
                     lower_this_threads_priority();
                 })
-                .enable_time()
+                .enable_all()
                 .build()
                 .map_err(|e| tracing::warn!(error = %e, "no executor for heavy guests; they stay on the workers"))
                 .ok()
         })
         .as_ref()
         .map(|rt| rt.handle())
+}
+
+tokio::task_local! {
+    /// In a run moved to the heavy executor: the runtime it came from.
+    static HOME: tokio::runtime::Handle;
+}
+
+/// `run`, moved to the heavy executor from `home`.
+pub(crate) async fn moved_from<F: std::future::Future>(
+    home: Option<tokio::runtime::Handle>,
+    run: F,
+) -> F::Output {
+    match home {
+        Some(home) => HOME.scope(home, run).await,
+        None => run.await,
+    }
+}
+
+/// Runs `f` with the runtime a moved run came from as the current one
+/// (so what it spawns runs there, at the workers' priority); elsewhere
+/// just runs it.
+pub(crate) fn on_home<R>(f: impl FnOnce() -> R) -> R {
+    match HOME.try_with(|home| home.clone()) {
+        Ok(home) => {
+            let _entered = home.enter();
+            f()
+        }
+        Err(_) => f(),
+    }
 }
 
 thread_local! {

@@ -95,13 +95,15 @@ async fn a_heavy_guest_computes_on_threads_of_lower_priority_and_light_ones_neve
     assert!(
         threads
             .iter()
-            .all(|&(_, nice)| nice == seal_runtime::HEAVY_NICE as i64),
+            .all(|&(_, nice)| nice >= seal_runtime::HEAVY_NICE as i64),
         "{threads:?}"
     );
-    // Clock ticks are 10 ms: most of the 600 ms was computed there.
+    // (At least that nice: under a higher one the threads keep theirs.)
+    // Clock ticks are 10 ms: the guest computed there (at least 100 ms of
+    // its 550 past the light ticks, even on a machine busy elsewhere).
     let ticks: u64 = threads.iter().map(|&(t, _)| t).sum();
     assert!(
-        ticks >= 30,
+        ticks >= 10,
         "{ticks} ticks on the heavy threads: {threads:?}"
     );
 
@@ -115,4 +117,28 @@ async fn a_heavy_guest_computes_on_threads_of_lower_priority_and_light_ones_neve
     assert_eq!(call(&f2, "/spin/5000").await, Err("timeout".into()));
     // And light requests go on as before.
     assert_eq!(call(&f, "/").await, Ok("1".into()));
+
+    // A heavy guest's host calls work where it moved: after computing for
+    // 200 ms it makes an outbound request (to a server here, which its
+    // manifest names).
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = upstream.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut conn, _)) = upstream.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf).await;
+            let _ = conn
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nhi")
+                .await;
+        }
+    });
+    let wasm = std::fs::read(guests::guest("outbound")).unwrap();
+    let mut l = f.limits().clone();
+    l.outbound_hosts = Arc::new([seal_runtime::HostPattern::parse(&addr.to_string()).unwrap()]);
+    let (out, _) = rt.prepare("outbound", None, || Ok(wasm), l).unwrap();
+    assert_eq!(
+        call(&out, &format!("/?host={addr}&path=/&spin=200")).await,
+        Ok("upstream 200: hi".into())
+    );
 }

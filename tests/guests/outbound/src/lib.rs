@@ -1,6 +1,7 @@
 //! Test guest: makes one outbound HTTP GET through `wasi:http/outgoing-handler`
 //! to the `host` and `path` given in the query (`?host=127.0.0.1:9000&path=/x`,
-//! plain http) and answers:
+//! plain http), after computing for `spin` milliseconds when the query
+//! has `spin=<ms>`, and answers:
 //!
 //! - `200 upstream <status>: <body>` when the request went through;
 //! - `502 outbound error: <error-code>` when the host refused it, e.g.
@@ -20,6 +21,12 @@ impl Guest for Outbound {
         let pq = request.path_with_query().unwrap_or_default();
         let host = query(&pq, "host").unwrap_or_default();
         let path = query(&pq, "path").unwrap_or_else(|| "/".into());
+        if let Some(ms) = query(&pq, "spin").and_then(|ms| ms.parse::<u64>().ok()) {
+            let until = wasi::clocks::monotonic_clock::now() + ms * 1_000_000;
+            while wasi::clocks::monotonic_clock::now() < until {
+                std::hint::spin_loop();
+            }
+        }
         let (status, text) = match fetch(&host, &path) {
             Ok((code, body)) => (200, format!("upstream {code}: {body}")),
             Err(e) => (502, format!("outbound error: {e}")),
