@@ -234,8 +234,9 @@ pub struct EventsService {
     wake_queues: tokio::sync::Notify,
     /// Wakes the cron loop: a trigger created or deleted.
     wake_cron: tokio::sync::Notify,
-    /// Deliveries running per subscription.
-    in_flight: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
+    /// Deliveries running per subscription, with the `max_in_flight` its
+    /// semaphore was made for.
+    in_flight: Mutex<HashMap<String, (u32, Arc<tokio::sync::Semaphore>)>>,
     /// Cron triggers whose run is going (for `overlap = forbid`).
     cron_running: Mutex<HashSet<String>>,
     metrics: EventMetrics,
@@ -961,10 +962,7 @@ impl EventsService {
     }
 
     fn slots(&self, trigger: &str, max_in_flight: u32) -> Arc<tokio::sync::Semaphore> {
-        lock(&self.in_flight)
-            .entry(trigger.to_owned())
-            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(max_in_flight.max(1) as usize)))
-            .clone()
+        slots_in(&mut lock(&self.in_flight), trigger, max_in_flight)
     }
 
     /// Delivers due events until `stop`: at start, deliveries a previous
@@ -1857,9 +1855,57 @@ fn backoff_ms(sub: &QueueSubscription, n: u32) -> u64 {
     cap / 2 + rand::random_range(0..=cap / 2)
 }
 
+/// The delivery slots of `trigger`, sized `max_in_flight`. A trigger
+/// recreated under the same name with another `max_in_flight` (on this
+/// node or another one of a shared store) gets a semaphore of the new
+/// size; permits of the old one go back to it as its deliveries end.
+fn slots_in(
+    map: &mut HashMap<String, (u32, Arc<tokio::sync::Semaphore>)>,
+    trigger: &str,
+    max_in_flight: u32,
+) -> Arc<tokio::sync::Semaphore> {
+    let new = || {
+        (
+            max_in_flight,
+            Arc::new(tokio::sync::Semaphore::new(max_in_flight.max(1) as usize)),
+        )
+    };
+    match map.get_mut(trigger) {
+        Some(slot) if slot.0 == max_in_flight => slot.1.clone(),
+        Some(slot) => {
+            *slot = new();
+            slot.1.clone()
+        }
+        None => map.entry(trigger.to_owned()).or_insert_with(new).1.clone(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_trigger_recreated_with_another_max_in_flight_gets_slots_of_that_size() {
+        let mut map = HashMap::new();
+        let first = slots_in(&mut map, "orders", 2);
+        assert_eq!(first.available_permits(), 2);
+        let held = first.clone().try_acquire_owned().unwrap();
+        // Same setting: the same slots, one of them taken.
+        let again = slots_in(&mut map, "orders", 2);
+        assert!(Arc::ptr_eq(&first, &again));
+        assert_eq!(again.available_permits(), 1);
+        // Recreated with another max_in_flight: slots of the new size.
+        let resized = slots_in(&mut map, "orders", 5);
+        assert!(!Arc::ptr_eq(&first, &resized));
+        assert_eq!(resized.available_permits(), 5);
+        assert!(Arc::ptr_eq(&resized, &slots_in(&mut map, "orders", 5)));
+        // A permit of the old slots goes back to them, not the new ones.
+        drop(held);
+        assert_eq!(first.available_permits(), 2);
+        assert_eq!(resized.available_permits(), 5);
+        // Other triggers have their own.
+        assert_eq!(slots_in(&mut map, "other", 1).available_permits(), 1);
+    }
 
     #[test]
     fn backoff_grows_to_its_cap_with_jitter() {
